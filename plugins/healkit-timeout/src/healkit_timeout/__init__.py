@@ -1,0 +1,81 @@
+"""healkit-timeout: connect, read, per-attempt and per-call time limits per service.
+
+Configure per service (or under ``defaults``) in the ``timeout`` section::
+
+    [services.payments.timeout]
+    connect = 1.0     # TCP/TLS connect, waiting for a pooled connection included
+    read = 5.0        # until the first byte, and between two reads
+    attempt = 8.0     # one attempt from start to the end of its body
+    deadline = 20.0   # the whole call: every attempt and every backoff sleep
+
+Each limit raises its own error: :class:`healkit.ConnectTimeout`,
+:class:`healkit.ReadTimeout`, :class:`healkit.AttemptTimeout`,
+:class:`healkit.DeadlineExceeded`. A caller's own deadline (``deadline=`` on
+the call, or an enclosing anyio cancel scope) still applies: the earliest wins.
+
+Order: ``tryfirst`` on ``healkit_pre_request``, so plugins after it (a retry
+plugin checking the time left) see the limits of the attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Final, final
+
+import msgspec
+
+import healkit
+
+__all__ = ["SECTION", "TimeoutPlugin", "TimeoutSettings"]
+
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=24 * 3600.0)]
+
+
+@final
+class TimeoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``timeout`` section of a service document (seconds).
+
+    Attributes:
+        connect: connecting, TLS handshake and pool wait included. Default 5 s:
+            a healthy peer on a data-center network connects in milliseconds.
+        read: until the first byte of the response, and between two reads.
+            Default 30 s.
+        attempt: one attempt as a whole, body included. Default 30 s.
+        deadline: the whole call, across attempts and backoff. Default 60 s.
+
+    """
+
+    connect: Seconds = 5.0
+    read: Seconds = 30.0
+    attempt: Seconds = 30.0
+    deadline: Seconds = 60.0
+
+    def __post_init__(self) -> None:
+        """Reject an attempt limit longer than the call's deadline."""
+        if self.attempt > self.deadline:
+            raise ValueError(f"attempt ({self.attempt}s) must not exceed deadline ({self.deadline}s)")
+
+
+SECTION: Final = healkit.ConfigSection("timeout", TimeoutSettings, doc="time limits of attempts and calls")
+
+
+@final
+class TimeoutPlugin:
+    """Applies the ``timeout`` section of the call's policy to every attempt."""
+
+    __slots__ = ()
+
+    healkit_name = "timeout"
+
+    @healkit.hookimpl
+    def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
+        """Contribute the ``timeout`` section."""
+        return (SECTION,)
+
+    @healkit.hookimpl(tryfirst=True)
+    def healkit_pre_request(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> None:
+        """Set the attempt's limits; on the first attempt, the call's deadline."""
+        settings = call.policy.section(SECTION)
+        attempt.timeouts = healkit.Timeouts(connect=settings.connect, read=settings.read, total=settings.attempt)
+        if attempt.number == 1:
+            call.limit_deadline(settings.deadline)

@@ -1,0 +1,109 @@
+"""healkit: make outbound asyncio calls survive failures.
+
+A resilience pipeline of pluggy hooks (``pre_request``, ``post_response``,
+``on_error``, ``fallback``) around aiohttp requests and decorated async call
+sites, with plugins for timeouts, retries, circuit breakers and more, all
+configured live. Start with :class:`Client` or :func:`resilient`; the public
+names are exactly those in ``__all__``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version as _version
+
+from healkit._client import Client
+from healkit._clock import Clock, MonotonicClock
+from healkit._config import ConfigSection, HealkitConfig, LoggingSettings, ServicePolicy, Timeouts, build_config
+from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
+from healkit._decorator import resilient
+from healkit._errors import (
+    AttemptTimeout,
+    BodyTooLargeError,
+    BudgetExhaustedError,
+    CallError,
+    CircuitOpenError,
+    ConfigError,
+    ConfigIssue,
+    ConnectError,
+    ConnectionLostError,
+    ConnectTimeout,
+    DeadlineExceeded,
+    DNSError,
+    HealkitError,
+    HTTPStatusError,
+    LimitError,
+    PluginError,
+    ReadTimeout,
+    RequestError,
+    TimeoutExceeded,
+    TLSError,
+    TransportError,
+)
+from healkit._middleware import ResilienceMiddleware
+from healkit._outcome import AttemptRecord, Outcome, PathTaken
+from healkit._plugins import PluginInfo, create_plugin_manager, describe_plugins
+from healkit._response import OUTCOME_HEADER, Response
+from healkit._runtime import Runtime, current_runtime, default_runtime
+from healkit._sources import ConfigSink, ConfigSource, FileSource, InMemorySource
+from healkit._stash import Stash, StashKey
+from healkit.hookspecs import hookimpl
+
+__version__ = _version("healkit")
+
+__all__ = [
+    "OUTCOME_HEADER",
+    "AttemptContext",
+    "AttemptRecord",
+    "AttemptTimeout",
+    "BodyTooLargeError",
+    "BudgetExhaustedError",
+    "CallContext",
+    "CallError",
+    "CircuitOpenError",
+    "Client",
+    "Clock",
+    "ConfigError",
+    "ConfigIssue",
+    "ConfigSection",
+    "ConfigSink",
+    "ConfigSource",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionLostError",
+    "DNSError",
+    "DeadlineExceeded",
+    "Fallback",
+    "FileSource",
+    "HTTPStatusError",
+    "HealkitConfig",
+    "HealkitError",
+    "InMemorySource",
+    "LimitError",
+    "LoggingSettings",
+    "MonotonicClock",
+    "Outcome",
+    "PathTaken",
+    "PluginError",
+    "PluginInfo",
+    "ReadTimeout",
+    "RequestError",
+    "ResilienceMiddleware",
+    "Response",
+    "RetryDecision",
+    "Runtime",
+    "ServicePolicy",
+    "Stash",
+    "StashKey",
+    "TLSError",
+    "TimeoutExceeded",
+    "Timeouts",
+    "TransportError",
+    "__version__",
+    "build_config",
+    "create_plugin_manager",
+    "current_runtime",
+    "default_runtime",
+    "describe_plugins",
+    "hookimpl",
+    "resilient",
+]

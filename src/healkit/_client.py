@@ -1,0 +1,300 @@
+"""``healkit.Client``: resilient HTTP calls over one aiohttp session."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Final, Self, final
+
+import aiohttp
+import msgspec
+import yarl
+from multidict import CIMultiDict
+
+from healkit._clock import SYSTEM_CLOCK, Clock
+from healkit._config import HealkitConfig
+from healkit._context import CallContext
+from healkit._errors import RequestError
+from healkit._http import IDEMPOTENT_METHODS, HttpTransport
+from healkit._pipeline import caller_deadline, execute
+from healkit._response import Response
+from healkit._runtime import ConfigInput, Runtime
+
+__all__ = ["Client"]
+
+RESERVED_OPTIONS: Final = frozenset({"timeout", "method", "url", "headers", "data", "json"})
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+
+
+@final
+class Client:
+    """Resilient HTTP calls: an async context manager around one aiohttp session.
+
+    Address a call by service name and path (``service="payments"``,
+    ``"/v1/charges"``: it goes to the service's endpoints) or by absolute URL
+    (mapped to the service whose endpoint it starts with, else the defaults).
+
+    Args:
+        config: a document, a path to a TOML/YAML/JSON file (watched), a
+            :class:`healkit.ConfigSource`, or ``None`` for the defaults.
+        session: an aiohttp session to adopt (healkit will not close it);
+            by default the client creates and closes its own.
+        plugins: plugin objects to register besides the entry-point plugins.
+        block_plugins: entry-point plugin names not to load.
+        entry_points: whether to load plugins from entry points.
+        clock: the clock of deadlines and backoff (inject a manual one in tests).
+        runtime: share an existing :class:`healkit.Runtime` instead of building one
+            (then ``config``, ``plugins``, ``block_plugins``, ``entry_points`` and
+            ``clock`` must not be given).
+
+    """
+
+    __slots__ = ("_owns_session", "_session", "_token", "runtime")
+
+    def __init__(  # noqa: PLR0913 - every option is keyword-only and documented
+        self,
+        *,
+        config: ConfigInput = None,
+        session: aiohttp.ClientSession | None = None,
+        plugins: Iterable[object] = (),
+        block_plugins: Iterable[str] = (),
+        entry_points: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
+        runtime: Runtime | None = None,
+    ) -> None:
+        if runtime is None:
+            runtime = Runtime(
+                config=config,
+                plugins=plugins,
+                block_plugins=block_plugins,
+                entry_points=entry_points,
+                clock=clock,
+            )
+        elif config is not None or plugins or block_plugins or not entry_points or clock is not SYSTEM_CLOCK:
+            raise TypeError("pass either runtime= or the options to build one, not both")
+        self.runtime = runtime
+        self._session = session
+        self._owns_session = session is None
+        self._token: Any = None
+
+    async def __aenter__(self) -> Self:
+        """Open the session (unless adopted) and start the runtime."""
+        if self._session is None or self._session.closed:
+            if not self._owns_session:
+                raise RuntimeError("the adopted aiohttp session is closed")
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        await self.runtime.start()
+        self._token = self.runtime.activate()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the runtime's background work and close an owned session."""
+        try:
+            if self._token is not None:
+                Runtime.deactivate(self._token)
+                self._token = None
+            await self.runtime.stop()
+        finally:
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session (for what healkit does not wrap)."""
+        if self._session is None:
+            raise RuntimeError("the client is not open: use `async with healkit.Client(...)`")
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        service: str | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: object = None,
+        data: Any = None,  # noqa: ANN401 - whatever aiohttp accepts as a body
+        deadline: float | None = None,
+        idempotent: bool | None = None,
+        **options: Any,  # noqa: ANN401 - passed through to aiohttp
+    ) -> Response:
+        """Make a resilient request and return the buffered response.
+
+        Args:
+            method: the HTTP method.
+            target: a path (with ``service=``) or an absolute URL.
+            service: the service whose endpoints and policy to use.
+            params: query parameters.
+            headers: request headers.
+            json: a body encoded as JSON with msgspec.
+            data: a raw body (bytes, str, a form mapping) as aiohttp accepts it.
+            deadline: seconds within which the whole call must end, all attempts
+                and backoff included (combined with the timeout plugin's deadline
+                and any enclosing anyio cancel scope: the earliest wins).
+            idempotent: declare the request safe (or unsafe) to repeat, overriding
+                the method's default.
+            **options: passed to ``aiohttp.ClientSession.request`` (``ssl``,
+                ``proxy``, ``allow_redirects``, ``cookies``, ...); ``timeout`` is
+                not accepted: limits come from the policy and ``deadline``.
+
+        Returns:
+            The response (real, fallback or degraded; see ``response.outcome``).
+
+        Raises:
+            HealkitError: the call failed for good; ``error.attempts`` tells how.
+
+        """
+        call, transport, endpoint = self._prepare(
+            method, target, service, params, headers, json, data, deadline, idempotent, options, stream=False
+        )
+        return await execute(self.runtime, call, transport, endpoint)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        target: str,
+        *,
+        service: str | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: object = None,
+        data: Any = None,  # noqa: ANN401 - whatever aiohttp accepts as a body
+        deadline: float | None = None,
+        idempotent: bool | None = None,
+        **options: Any,  # noqa: ANN401 - passed through to aiohttp
+    ) -> AsyncIterator[Response]:
+        """Make a resilient request whose body is read as it arrives.
+
+        Resilience (timeouts, retries, fallback) applies until the response
+        head arrives; read the body with ``response.iter_chunks()`` or
+        ``await response.read()`` inside the block (``max_body_bytes`` still
+        applies). The connection is released when the block ends.
+        """
+        call, transport, endpoint = self._prepare(
+            method, target, service, params, headers, json, data, deadline, idempotent, options, stream=True
+        )
+        response = await execute(self.runtime, call, transport, endpoint)
+        try:
+            yield response
+        finally:
+            response.release()
+
+    def _prepare(  # noqa: PLR0913 - the request's parts, forwarded from request() and stream()
+        self,
+        method: str,
+        target: str,
+        service: str | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        json: object,
+        data: object,
+        deadline: float | None,
+        idempotent: bool | None,
+        options: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> tuple[CallContext, HttpTransport, str | None]:
+        session = self.session
+        reserved = RESERVED_OPTIONS & options.keys()
+        if reserved:
+            raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
+        if json is not None and data is not None:
+            raise RequestError("pass json= or data=, not both")
+        method = method.upper()
+        config = self.runtime.config
+        endpoint, path, service_name = _address(config, target, service)
+        if params:
+            path = str(yarl.URL(path).update_query(params))
+        request_headers: CIMultiDict[str] = CIMultiDict(headers or {})
+        body = data
+        if json is not None:
+            body = msgspec.json.encode(json)
+            request_headers.setdefault("Content-Type", "application/json")
+        clock = self.runtime.clock
+        now = clock.now()
+        limit = caller_deadline(now)
+        if deadline is not None:
+            if not deadline > 0 or not math.isfinite(deadline):
+                raise RequestError(f"deadline must be a finite number of seconds > 0, got {deadline!r}")
+            limit = min(limit, now + deadline)
+        call = CallContext(
+            service=service_name,
+            transport="http",
+            method=method,
+            target=path,
+            config=config,
+            policy=config.policy(service_name),
+            clock=clock,
+            headers=request_headers,
+            idempotent=_is_idempotent(method, request_headers, idempotent),
+            replayable=body is None or isinstance(body, bytes | str | Mapping),
+            deadline=limit,
+        )
+        transport = HttpTransport(session, data=body, options=options, stream=stream)
+        return call, transport, endpoint
+
+    async def get(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
+        """``request("GET", target, ...)``."""
+        return await self.request("GET", target, **kwargs)
+
+    async def head(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
+        """``request("HEAD", target, ...)``."""
+        return await self.request("HEAD", target, **kwargs)
+
+    async def options(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
+        """``request("OPTIONS", target, ...)``."""
+        return await self.request("OPTIONS", target, **kwargs)
+
+    async def post(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
+        """``request("POST", target, ...)``."""
+        return await self.request("POST", target, **kwargs)
+
+    async def put(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
+        """``request("PUT", target, ...)``."""
+        return await self.request("PUT", target, **kwargs)
+
+    async def patch(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
+        """``request("PATCH", target, ...)``."""
+        return await self.request("PATCH", target, **kwargs)
+
+    async def delete(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
+        """``request("DELETE", target, ...)``."""
+        return await self.request("DELETE", target, **kwargs)
+
+
+def _address(config: HealkitConfig, target: str, service: str | None) -> tuple[str | None, str, str]:
+    """Return (endpoint, path relative to it, service name) for a target."""
+    if target.startswith(("http://", "https://")):
+        url = yarl.URL(target)
+        if not url.host:
+            raise RequestError(f"invalid URL {target!r}: no host")
+        name = service or config.service_for_url(target)
+        policy = config.policy(name) if name else None
+        if policy is not None:
+            for endpoint in policy.endpoints:
+                if target.startswith(endpoint):
+                    return endpoint, target[len(endpoint) :], name or policy.name
+        origin = str(url.origin())
+        return origin, target[len(origin) :], name or url.host
+    if service is None:
+        raise RequestError(f"{target!r} is not an absolute URL: pass service= to address a service")
+    policy = config.policy(service)
+    if not policy.endpoints or policy.name != service:
+        raise RequestError(f"service {service!r} has no endpoints configured")
+    return policy.endpoints[0], target, service
+
+
+def _is_idempotent(method: str, headers: CIMultiDict[str], declared: bool | None) -> bool:
+    if declared is not None:
+        return declared
+    return method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in headers

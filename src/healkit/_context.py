@@ -1,0 +1,271 @@
+"""Per-call and per-attempt context, and the decisions hooks hand back.
+
+A :class:`CallContext` lives for one logical call (one HTTP request, or one
+invocation of a decorated function); each try of it is an :class:`AttemptContext`.
+Hooks read and adjust these objects and return decisions
+(:class:`RetryDecision`, :class:`Fallback`); the pipeline carries the decisions out.
+Plugins keep their own state in ``stash`` slots, never in globals.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal, final
+
+from multidict import CIMultiDict
+
+from healkit._config import CORE_TIMEOUTS, HealkitConfig, ServicePolicy, Timeouts
+from healkit._outcome import AttemptRecord, PathTaken
+from healkit._stash import Stash
+
+if TYPE_CHECKING:
+    from healkit._clock import Clock
+    from healkit._errors import HealkitError
+
+__all__ = ["AttemptContext", "CallContext", "Fallback", "RetryDecision", "TransportKind"]
+
+TransportKind = Literal["http", "function"]
+
+
+@final
+class CallContext:
+    """One logical call, across all of its attempts.
+
+    Attributes:
+        service: the service the call is for (from ``service=``, the URL, or the
+            decorator).
+        transport: ``"http"`` or ``"function"``.
+        method: the HTTP method, upper case (``"CALL"`` for a decorated function).
+        target: the path or absolute URL requested, or the function's qualified name.
+        idempotent: whether repeating the call is safe by its method (GET, HEAD,
+            OPTIONS, PUT, DELETE, TRACE) or by the decorator's declaration.
+        replayable: whether the request body can be sent again (``False`` for
+            streamed bodies).
+        headers: the call's request headers; a plugin may add call-wide headers
+            (an ``Idempotency-Key``) that every attempt then carries.
+        policy: the service's policy in the configuration snapshot the call
+            started with; it does not change during the call.
+        config: that whole snapshot.
+        clock: the runtime's clock.
+        started: monotonic start time of the call.
+        deadline: monotonic time by which the call must end (``math.inf`` for none).
+        attempts: the attempts so far, oldest first.
+        path: the path taken so far.
+        stash: per-call plugin state.
+
+    """
+
+    __slots__ = (
+        "attempts",
+        "clock",
+        "config",
+        "deadline",
+        "headers",
+        "idempotent",
+        "method",
+        "path",
+        "policy",
+        "replayable",
+        "service",
+        "started",
+        "stash",
+        "target",
+        "transport",
+    )
+
+    def __init__(  # noqa: PLR0913 - a context is a bag of named facts
+        self,
+        *,
+        service: str,
+        transport: TransportKind,
+        method: str,
+        target: str,
+        config: HealkitConfig,
+        policy: ServicePolicy,
+        clock: Clock,
+        headers: CIMultiDict[str] | None = None,
+        idempotent: bool = False,
+        replayable: bool = True,
+        deadline: float = math.inf,
+    ) -> None:
+        self.service = service
+        self.transport: TransportKind = transport
+        self.method = method
+        self.target = target
+        self.config = config
+        self.policy = policy
+        self.clock = clock
+        self.headers: CIMultiDict[str] = headers if headers is not None else CIMultiDict()
+        self.idempotent = idempotent
+        self.replayable = replayable
+        self.started = clock.now()
+        self.deadline = deadline
+        self.attempts: list[AttemptContext] = []
+        self.path: PathTaken = "primary"
+        self.stash = Stash()
+
+    def __repr__(self) -> str:
+        return f"<CallContext {self.service} {self.method} {self.target} path={self.path}>"
+
+    @property
+    def attempt_number(self) -> int:
+        """The number of the current (latest) attempt; 0 before the first."""
+        return len(self.attempts)
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (``math.inf`` without one)."""
+        return self.deadline - self.clock.now()
+
+    def limit_deadline(self, seconds: float) -> None:
+        """Shorten the deadline to ``seconds`` after the call started, if sooner."""
+        self.deadline = min(self.deadline, self.started + seconds)
+
+    def records(self) -> tuple[AttemptRecord, ...]:
+        """Return the attempt records so far."""
+        return tuple(a.record() for a in self.attempts)
+
+
+@final
+class AttemptContext:
+    """One try of a call.
+
+    ``pre_request`` hooks may change ``endpoint``, ``timeouts`` and ``headers``
+    before the attempt is sent; afterwards ``status``, ``error`` and
+    ``duration`` tell how it ended.
+
+    Attributes:
+        number: 1 for the first attempt.
+        endpoint: the base URL this attempt goes to (``None`` for a decorated
+            function, or an absolute-URL call to an unknown service).
+        timeouts: this attempt's limits; the pipeline also caps them by the
+            call's remaining deadline.
+        headers: headers added to this attempt only (``traceparent``).
+        started: monotonic time the attempt started.
+        status: the HTTP status received, if any.
+        error: the error the attempt ended with, if any.
+        duration: seconds the attempt took, once ended.
+        retry_delay: the backoff delay slept before this attempt (0 for the first).
+        stash: per-attempt plugin state.
+
+    """
+
+    __slots__ = (
+        "duration",
+        "endpoint",
+        "error",
+        "headers",
+        "number",
+        "retry_delay",
+        "started",
+        "stash",
+        "status",
+        "timeouts",
+    )
+
+    def __init__(
+        self,
+        number: int,
+        endpoint: str | None,
+        *,
+        started: float,
+        timeouts: Timeouts = CORE_TIMEOUTS,
+        retry_delay: float = 0.0,
+    ) -> None:
+        self.number = number
+        self.endpoint = endpoint
+        self.timeouts = timeouts
+        self.headers: dict[str, str] = {}
+        self.started = started
+        self.status: int | None = None
+        self.error: HealkitError | None = None
+        self.duration: float | None = None
+        self.retry_delay = retry_delay
+        self.stash = Stash()
+
+    def __repr__(self) -> str:
+        return f"<AttemptContext #{self.number} {self.endpoint}>"
+
+    def record(self) -> AttemptRecord:
+        """Return the frozen record of this attempt."""
+        error = self.error
+        return AttemptRecord(
+            number=self.number,
+            endpoint=self.endpoint,
+            started=self.started,
+            duration=self.duration if self.duration is not None else 0.0,
+            status=self.status,
+            error=type(error).__name__ if error is not None else None,
+            reason=error.message if error is not None else None,
+        )
+
+
+@final
+class RetryDecision:
+    """What an ``on_error`` hook proposes after a failed attempt.
+
+    Build one with :meth:`again` or :meth:`stop`. The first decision returned
+    (in hook order) is the one carried out.
+
+    Attributes:
+        retry: whether to make another attempt.
+        delay: seconds to wait before it (the pipeline never waits past the deadline).
+        endpoint: the endpoint the next attempt should use, or ``None`` for the
+            pipeline's choice.
+        reason: why; a stop reason ends up in the error message.
+
+    """
+
+    __slots__ = ("delay", "endpoint", "reason", "retry")
+
+    def __init__(self, *, retry: bool, delay: float, endpoint: str | None, reason: str) -> None:
+        if not math.isfinite(delay) or delay < 0:
+            raise ValueError(f"retry delay must be finite and >= 0, got {delay!r}")
+        self.retry = retry
+        self.delay = delay
+        self.endpoint = endpoint
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        if self.retry:
+            return f"RetryDecision.again({self.delay!r}, endpoint={self.endpoint!r})"
+        return f"RetryDecision.stop({self.reason!r})"
+
+    @classmethod
+    def again(cls, delay: float = 0.0, *, endpoint: str | None = None, reason: str = "") -> RetryDecision:
+        """Propose another attempt after ``delay`` seconds."""
+        return cls(retry=True, delay=delay, endpoint=endpoint, reason=reason)
+
+    @classmethod
+    def stop(cls, reason: str) -> RetryDecision:
+        """Refuse further attempts, saying why (e.g. ``"retry budget exhausted"``)."""
+        return cls(retry=False, delay=0.0, endpoint=None, reason=reason)
+
+
+@final
+class Fallback:
+    """A substitute result returned by a ``fallback`` hook.
+
+    Attributes:
+        value: for HTTP calls a :class:`healkit.Response`; for decorated
+            functions a value of the function's return type.
+        path: ``"fallback"`` (another source answered) or ``"degraded"`` (a
+            degraded response built locally).
+        endpoint: the endpoint that answered, if any.
+
+    """
+
+    __slots__ = ("endpoint", "path", "value")
+
+    def __init__(
+        self,
+        value: object,
+        *,
+        path: Literal["fallback", "degraded"] = "fallback",
+        endpoint: str | None = None,
+    ) -> None:
+        self.value = value
+        self.path: Literal["fallback", "degraded"] = path
+        self.endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return f"Fallback({self.value!r}, path={self.path!r})"

@@ -1,0 +1,129 @@
+"""``@healkit.resilient``: the same pipeline around any async call site."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, Generic, ParamSpec, TypeVar, final
+
+from healkit._context import AttemptContext, CallContext, Fallback
+from healkit._errors import CallError, RequestError
+from healkit._outcome import Outcome
+from healkit._pipeline import caller_deadline, execute
+from healkit._runtime import Runtime, current_runtime, default_runtime
+
+__all__ = ["resilient"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_FAILURES: Final[tuple[type[Exception], ...]] = (OSError, TimeoutError, ConnectionError)
+
+
+@final
+class _FunctionTransport(Generic[T]):
+    """One attempt = one call of the decorated function."""
+
+    __slots__ = ("_args", "_failures", "_function", "_kwargs")
+
+    def __init__(
+        self,
+        function: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        failures: tuple[type[Exception], ...],
+    ) -> None:
+        self._function = function
+        self._args = args
+        self._kwargs = kwargs
+        self._failures = failures
+
+    async def send(self, call: CallContext, attempt: AttemptContext) -> tuple[T, None]:
+        del call, attempt
+        try:
+            return await self._function(*self._args, **self._kwargs), None
+        except self._failures as exc:
+            raise CallError(exc) from exc
+
+    def discard(self, result: T) -> None:
+        del result
+
+    def accept(self, fallback: Fallback) -> T:
+        # The return type of the function is not checked at run time: a fallback
+        # plugin for a decorated call site answers with the site's own type.
+        return fallback.value  # type: ignore[return-value]
+
+    def finish(self, result: T, outcome: Outcome) -> T:
+        del outcome
+        return result
+
+
+def resilient(  # noqa: PLR0913 - keyword-only, each documented
+    *,
+    service: str,
+    failures: tuple[type[Exception], ...] = DEFAULT_FAILURES,
+    idempotent: bool = True,
+    deadline: float | None = None,
+    runtime: Runtime | None = None,
+) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:
+    """Run an async function through healkit's pipeline, under ``service``'s policy.
+
+    Args:
+        service: the service whose policy applies (timeouts, retry, breaker, fallback).
+        failures: exception types that count as a failed attempt (retried,
+            counted by breakers). Other exceptions propagate unchanged at once.
+            When the call fails for good, :class:`healkit.CallError` is raised
+            with the last such exception as ``error`` and ``__cause__``.
+        idempotent: whether calling the function again is safe; retry plugins
+            only repeat idempotent calls.
+        deadline: seconds within which the whole call must end, all attempts
+            and backoff included.
+        runtime: the runtime to use; by default the one of the enclosing
+            ``async with healkit.Client()``, else :func:`healkit.default_runtime`.
+
+    The decorated function keeps its signature (``ParamSpec``).
+
+    Raises:
+        TypeError: ``failures`` holds something that is not an Exception subclass
+            (cancellation must never count as a failure).
+
+    """
+    for kind in failures:
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+            raise TypeError(f"failures must be Exception subclasses, got {kind!r}")
+    if deadline is not None and not (deadline > 0 and math.isfinite(deadline)):
+        raise RequestError(f"deadline must be a finite number of seconds > 0, got {deadline!r}")
+
+    def decorate(function: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        if not inspect.iscoroutinefunction(function):
+            raise TypeError(f"@resilient needs an async function, got {function!r}")
+        name = function.__qualname__
+
+        @functools.wraps(function)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            active = runtime or current_runtime() or default_runtime()
+            config = active.config
+            clock = active.clock
+            now = clock.now()
+            limit = caller_deadline(now)
+            if deadline is not None:
+                limit = min(limit, now + deadline)
+            call = CallContext(
+                service=service,
+                transport="function",
+                method="CALL",
+                target=name,
+                config=config,
+                policy=config.policy(service),
+                clock=clock,
+                idempotent=idempotent,
+                deadline=limit,
+            )
+            transport = _FunctionTransport(function, args, kwargs, failures)
+            return await execute(active, call, transport, None)
+
+        return wrapper
+
+    return decorate

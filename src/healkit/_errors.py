@@ -1,0 +1,329 @@
+"""The healkit exception tree.
+
+Every error that leaves a healkit call is a :class:`HealkitError` and carries the
+attempts made (``error.attempts``)::
+
+    HealkitError
+    ├── TransportError              the request did not produce a response
+    │   ├── ConnectError            no connection: never reached the server
+    │   │   ├── DNSError
+    │   │   └── TLSError
+    │   └── ConnectionLostError     the connection broke after the request was written
+    ├── TimeoutExceeded             also a builtins.TimeoutError
+    │   ├── ConnectTimeout          connect or pool wait took too long: never sent
+    │   ├── ReadTimeout             no byte from the server for too long
+    │   ├── AttemptTimeout          one attempt as a whole took too long
+    │   └── DeadlineExceeded        the call's deadline (all attempts and backoff) passed
+    ├── HTTPStatusError             a response declared a failure (status, body excerpt)
+    ├── CircuitOpenError            a circuit breaker refused the attempt
+    ├── LimitError
+    │   ├── BudgetExhaustedError    a retry or concurrency budget is spent
+    │   └── BodyTooLargeError       the response body exceeded the configured cap
+    ├── CallError                   a decorated function raised an exception counted as failure
+    ├── RequestError                the request itself is invalid (bad URL, unknown service)
+    ├── ConfigError                 a configuration document is invalid (path and reason per issue)
+    └── PluginError                 a plugin crashed in a decision hook (names the plugin)
+
+``may_have_reached_server`` on every error says whether the request may have been
+seen by the server. Retry logic uses it: a request that provably never left is
+safe to resend whatever its method.
+
+aiohttp's exceptions are translated in one place, :func:`map_aiohttp_error`,
+always with ``raise ... from exc`` semantics (the original is the ``__cause__``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, final
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from healkit._outcome import AttemptRecord
+
+__all__ = [
+    "AttemptTimeout",
+    "BodyTooLargeError",
+    "BudgetExhaustedError",
+    "CallError",
+    "CircuitOpenError",
+    "ConfigError",
+    "ConfigIssue",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionLostError",
+    "DNSError",
+    "DeadlineExceeded",
+    "HTTPStatusError",
+    "HealkitError",
+    "LimitError",
+    "PluginError",
+    "ReadTimeout",
+    "RequestError",
+    "TLSError",
+    "TimeoutExceeded",
+    "TransportError",
+    "map_aiohttp_error",
+]
+
+BODY_EXCERPT_BYTES: Final = 200
+
+
+class HealkitError(Exception):
+    """Base of every error healkit raises.
+
+    Attributes:
+        attempts: the attempts of the call that ended in this error, oldest
+            first (empty for errors raised outside a call, such as ConfigError).
+        may_have_reached_server: ``False`` only when the request provably never
+            left this process (refused connection, DNS failure, TLS handshake
+            failure, connect timeout, refused by a breaker).
+
+    """
+
+    may_have_reached_server: bool = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.attempts: tuple[AttemptRecord, ...] = ()
+
+    def __str__(self) -> str:
+        """Return the message, followed by a one-line attempt history if any."""
+        if not self.attempts:
+            return self.message
+        history = "; ".join(record.describe() for record in self.attempts)
+        return f"{self.message} [attempts: {history}]"
+
+
+class TransportError(HealkitError):
+    """The attempt produced no response."""
+
+
+class ConnectError(TransportError):
+    """No connection could be made; the request never reached the server."""
+
+    may_have_reached_server = False
+
+
+class DNSError(ConnectError):
+    """The endpoint's host name could not be resolved."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed (certificate, hostname or protocol problem)."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection broke after the request may have been written."""
+
+
+class TimeoutExceeded(HealkitError, TimeoutError):
+    """A time limit was reached. Also a :class:`builtins.TimeoutError`."""
+
+    def __init__(self, message: str, *, limit: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ConnectTimeout(TimeoutExceeded):
+    """Connecting (or waiting for a pooled connection) took too long."""
+
+    may_have_reached_server = False
+
+
+class ReadTimeout(TimeoutExceeded):
+    """The server sent no byte for longer than the read timeout."""
+
+
+class AttemptTimeout(TimeoutExceeded):
+    """One attempt, from start to the end of its body, took too long."""
+
+
+class DeadlineExceeded(TimeoutExceeded):
+    """The call's overall deadline passed (it spans all attempts and backoff)."""
+
+
+@final
+class HTTPStatusError(HealkitError):
+    """A response was declared a failure, by a plugin or by ``raise_for_status()``.
+
+    Attributes:
+        status: the HTTP status code.
+        body_excerpt: at most the first 200 bytes of the body, decoded leniently.
+        retry_after: seconds from a ``Retry-After`` header when one was parsed.
+
+    """
+
+    def __init__(self, status: int, *, url: str, body_excerpt: str = "") -> None:
+        super().__init__(f"HTTP {status} from {url}")
+        self.status = status
+        self.url = url
+        self.body_excerpt = body_excerpt[:BODY_EXCERPT_BYTES]
+        self.retry_after: float | None = None
+
+
+@final
+class CircuitOpenError(HealkitError):
+    """A circuit breaker refused the attempt without contacting the server.
+
+    Attributes:
+        service: the service whose breaker is open.
+        endpoint: the endpoint the breaker guards (``None`` for a per-service breaker).
+        retry_at: monotonic time at which the breaker may let a probe through.
+
+    """
+
+    may_have_reached_server = False
+
+    def __init__(self, service: str, endpoint: str | None, *, retry_at: float) -> None:
+        where = f"{service} ({endpoint})" if endpoint else service
+        super().__init__(f"circuit open for {where}")
+        self.service = service
+        self.endpoint = endpoint
+        self.retry_at = retry_at
+
+
+class LimitError(HealkitError):
+    """A configured limit was reached."""
+
+
+@final
+class BudgetExhaustedError(LimitError):
+    """A retry or concurrency budget is spent."""
+
+    may_have_reached_server = False
+
+
+@final
+class BodyTooLargeError(LimitError):
+    """The response body is larger than ``max_body_bytes``."""
+
+    def __init__(self, limit: int, *, url: str) -> None:
+        super().__init__(f"response body from {url} exceeds {limit} bytes")
+        self.limit = limit
+
+
+@final
+class CallError(HealkitError):
+    """A decorated function raised an exception that its policy counts as a failure.
+
+    The original exception is ``error.error`` and ``error.__cause__``.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+@final
+class RequestError(HealkitError):
+    """The request cannot be made as given (invalid URL, unknown service, bad body)."""
+
+    may_have_reached_server = False
+
+
+@final
+class ConfigIssue:
+    """One problem in a configuration document: where it is and what is wrong."""
+
+    __slots__ = ("path", "reason")
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"ConfigIssue({self.path!r}, {self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConfigIssue):
+            return NotImplemented
+        return (self.path, self.reason) == (other.path, other.reason)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.reason))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@final
+class ConfigError(HealkitError):
+    """A configuration document was rejected.
+
+    Attributes:
+        issues: every problem found, each with its path (``$.services.pay.timeout``)
+            and reason. The first one is also ``path`` / ``reason``.
+        origin: where the document came from (a file path, ``"python"``, an etcd key).
+
+    """
+
+    may_have_reached_server = False
+
+    def __init__(self, issues: Sequence[ConfigIssue], *, origin: str = "") -> None:
+        if not issues:
+            raise ValueError("ConfigError needs at least one issue")
+        self.issues = tuple(issues)
+        self.origin = origin
+        self.path = self.issues[0].path
+        self.reason = self.issues[0].reason
+        where = f" in {origin}" if origin else ""
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        count = len(self.issues)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"invalid configuration{where}: {count} {noun}\n{lines}")
+
+
+@final
+class PluginError(HealkitError):
+    """A plugin raised an unexpected exception in a decision hook.
+
+    Attributes:
+        plugin: the registered name of the plugin.
+        hook: the hook that crashed.
+
+    """
+
+    def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
+        super().__init__(f"plugin {plugin!r} crashed in {hook}: {type(error).__name__}: {error}")
+        self.plugin = plugin
+        self.hook = hook
+
+
+def map_aiohttp_error(exc: aiohttp.ClientError | OSError, *, url: str, timeouts: tuple[float, float]) -> HealkitError:
+    """Translate an aiohttp (or socket-level) exception into the healkit tree.
+
+    Args:
+        exc: the exception raised while sending or reading (aiohttp's, or a
+            socket error that escaped it).
+        url: the (redacted) URL of the attempt, for the message.
+        timeouts: the attempt's ``(connect, read)`` limits, for timeout errors.
+
+    Returns:
+        The most specific healkit error; the caller raises it ``from exc``.
+
+    """
+    connect_limit, read_limit = timeouts
+    detail = str(exc) or type(exc).__name__
+    error: HealkitError
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        error = ConnectTimeout(f"connect to {url} timed out after {connect_limit}s", limit=connect_limit)
+    elif isinstance(exc, aiohttp.SocketTimeoutError | aiohttp.ServerTimeoutError):
+        error = ReadTimeout(f"no data from {url} for {read_limit}s", limit=read_limit)
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+        error = DNSError(f"cannot resolve host of {url}: {detail}")
+    elif isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        error = TLSError(f"TLS handshake with {url} failed: {detail}")
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        error = ConnectError(f"cannot connect to {url}: {detail}")
+    elif isinstance(exc, aiohttp.InvalidURL):
+        error = RequestError(f"invalid URL {url}: {detail}")
+    elif isinstance(exc, aiohttp.TooManyRedirects):
+        error = HTTPStatusError(exc.status, url=url, body_excerpt="too many redirects")
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        error = HTTPStatusError(exc.status, url=url, body_excerpt=exc.message)
+    else:
+        error = ConnectionLostError(f"connection to {url} lost: {type(exc).__name__}: {detail}")
+    return error

@@ -1,0 +1,103 @@
+"""healkit's structured log events.
+
+healkit logs through ``structlog.get_logger("healkit")`` and never configures
+logging: the application decides where events go. Event names are namespaced
+(``healkit.attempt_failed``); every event of a call carries ``service``,
+``attempt`` and ``path``; URLs and headers are redacted before they are logged.
+Successful calls log nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+if TYPE_CHECKING:
+    from healkit._context import AttemptContext, CallContext
+    from healkit._errors import ConfigError, HealkitError
+
+__all__ = ["logger"]
+
+logger: Final = structlog.get_logger("healkit")
+
+
+def attempt_failed(call: CallContext, attempt: AttemptContext, error: HealkitError) -> None:
+    """Log ``healkit.attempt_failed``."""
+    logger.warning(
+        "healkit.attempt_failed",
+        service=call.service,
+        attempt=attempt.number,
+        path=call.path,
+        method=call.method,
+        endpoint=call.config.redactor.url(attempt.endpoint) if attempt.endpoint else None,
+        error=type(error).__name__,
+        reason=error.message,
+        status=attempt.status,
+    )
+
+
+def retry_scheduled(call: CallContext, attempt: AttemptContext, delay: float) -> None:
+    """Log ``healkit.retry_scheduled``."""
+    logger.info(
+        "healkit.retry_scheduled",
+        service=call.service,
+        attempt=attempt.number,
+        path=call.path,
+        delay=round(delay, 6),
+    )
+
+
+def substitute_used(call: CallContext, error: HealkitError) -> None:
+    """Log ``healkit.fallback_used`` or ``healkit.degraded_used``."""
+    logger.warning(
+        f"healkit.{call.path}_used",
+        service=call.service,
+        attempt=call.attempt_number,
+        path=call.path,
+        error=type(error).__name__,
+    )
+
+
+def call_failed(call: CallContext, error: HealkitError, stop_reason: str | None) -> None:
+    """Log ``healkit.call_failed``."""
+    logger.error(
+        "healkit.call_failed",
+        service=call.service,
+        attempt=call.attempt_number,
+        path=call.path,
+        method=call.method,
+        error=type(error).__name__,
+        reason=error.message,
+        stop_reason=stop_reason,
+    )
+
+
+def plugin_failed(plugin: str, hook: str, error: Exception) -> None:
+    """Log ``healkit.plugin_error`` (the caller logs it once per plugin)."""
+    logger.error(
+        "healkit.plugin_error",
+        plugin=plugin,
+        hook=hook,
+        error=type(error).__name__,
+        reason=str(error),
+    )
+
+
+def config_applied(origin: str, version: int, services: int) -> None:
+    """Log ``healkit.config_applied``."""
+    logger.info("healkit.config_applied", origin=origin, version=version, services=services)
+
+
+def config_rejected(error: ConfigError) -> None:
+    """Log ``healkit.config_rejected`` with every issue's path and reason."""
+    logger.error(
+        "healkit.config_rejected",
+        origin=error.origin,
+        issues=[str(issue) for issue in error.issues],
+    )
+
+
+def background_failed(name: str, error: BaseException) -> None:
+    """Log ``healkit.background_task_failed``."""
+    logger.error("healkit.background_task_failed", task=name, error=type(error).__name__, reason=str(error))

@@ -1,0 +1,79 @@
+"""What a call did: the path it took and the record of each attempt.
+
+These are frozen values handed to users (``Response.outcome``, ``error.attempts``)
+and to observing plugins; they never change once made.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, final
+
+import msgspec
+
+__all__ = ["AttemptRecord", "Outcome", "PathTaken"]
+
+PathTaken = Literal["primary", "retry", "fallback", "degraded"]
+"""How a call got its answer.
+
+``primary``: the first attempt succeeded. ``retry``: a later attempt succeeded.
+``fallback``: a substitute from a fallback endpoint or cache. ``degraded``: a
+degraded response built from a template.
+"""
+
+
+@final
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of a call, as it ended.
+
+    Attributes:
+        number: 1 for the first attempt.
+        endpoint: the endpoint (base URL) tried, or ``None`` for a decorated function.
+        status: the HTTP status received, if a response arrived.
+        error: the name of the healkit error class if the attempt failed.
+        reason: the error message (redacted) if the attempt failed.
+        started: monotonic start time.
+        duration: seconds from start to the end of the attempt.
+
+    """
+
+    number: int
+    endpoint: str | None
+    started: float
+    duration: float
+    status: int | None = None
+    error: str | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the attempt succeeded."""
+        return self.error is None
+
+    def describe(self) -> str:
+        """Return a one-line summary, used in error messages."""
+        where = self.endpoint or "call"
+        result = self.error if self.error is not None else f"HTTP {self.status}"
+        if self.error is not None and self.status is not None:
+            result = f"{self.error} (HTTP {self.status})"
+        return f"#{self.number} {where} {result} in {self.duration * 1000:.1f}ms"
+
+
+@final
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How a call ended.
+
+    Attributes:
+        service: the service the call was made for.
+        path: the path taken (see :data:`PathTaken`).
+        attempts: every attempt, oldest first.
+        endpoint: the endpoint that answered (``None`` for a degraded response
+            or a decorated function).
+        duration: seconds from the start of the call to its end.
+
+    """
+
+    service: str
+    path: PathTaken
+    attempts: tuple[AttemptRecord, ...]
+    endpoint: str | None
+    duration: float

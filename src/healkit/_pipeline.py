@@ -1,0 +1,191 @@
+"""The executor: runs one call as attempts, carrying out what the hooks decide.
+
+It is transport-agnostic. A :class:`Transport` sends one attempt (an HTTP
+request, a call of a decorated function) and knows how to release a result
+that was declared a failure and how to accept a fallback value. The executor
+owns the rest: attempt contexts, the per-attempt and per-call time limits, the
+backoff sleeps a retry decision asks for, fallbacks, the path taken, logging,
+and the guarantee that a call ends in exactly one result or one typed error
+carrying its attempt history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
+
+import anyio
+
+from healkit import _log
+from healkit._context import AttemptContext, CallContext, Fallback
+from healkit._errors import AttemptTimeout, DeadlineExceeded, HealkitError, PluginError
+from healkit._outcome import Outcome
+
+if TYPE_CHECKING:
+    from healkit._response import Response
+    from healkit._runtime import Runtime
+
+__all__ = ["Transport", "caller_deadline", "execute"]
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+DEADLINE_STOP: Final = "the next attempt could not start before the call's deadline"
+
+
+class Transport(Protocol, Generic[R]):
+    """One way of making an attempt: HTTP over aiohttp, a function call, ..."""
+
+    async def send(self, call: CallContext, attempt: AttemptContext) -> tuple[R, Response | None]:
+        """Make the attempt; return the result and, for HTTP, the response to judge.
+
+        Raises:
+            HealkitError: the attempt failed (errors are mapped by the transport).
+
+        """
+        ...
+
+    def discard(self, result: R) -> None:
+        """Release a result that was declared a failure (close a streaming response)."""
+        ...
+
+    def accept(self, fallback: Fallback) -> R | None:
+        """Turn a fallback's value into a result, or ``None`` if this transport cannot use it."""
+        ...
+
+    def finish(self, result: R, outcome: Outcome) -> R:
+        """Attach the outcome to the result (a Response's ``outcome``) and return it."""
+        ...
+
+
+def caller_deadline(clock_now: float) -> float:
+    """Return the enclosing anyio cancel scope's deadline on the clock's time base.
+
+    ``math.inf`` when no enclosing scope has a deadline.
+    """
+    effective = anyio.current_effective_deadline()
+    if effective == math.inf:
+        return math.inf
+    return clock_now + (effective - anyio.current_time())
+
+
+async def execute(runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None) -> R:
+    """Run ``call`` to its end: a result (real, fallback or degraded) or a HealkitError.
+
+    ``CancelledError`` always propagates at once; it is never retried. A
+    :class:`PluginError` (a decision plugin crashed) fails the call at once.
+    """
+    try:
+        return await _run(runtime, call, transport, endpoint)
+    except PluginError as crash:
+        crash.attempts = call.records()
+        _log.call_failed(call, crash, None)
+        runtime.plan.call_end(call, _outcome(call, None), crash)
+        raise
+
+
+async def _run(runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None) -> R:
+    plan = runtime.plan
+    clock = call.clock
+    stop_reason: str | None = None
+    delay = 0.0
+    while True:
+        attempt = AttemptContext(len(call.attempts) + 1, endpoint, started=clock.now(), retry_delay=delay)
+        call.attempts.append(attempt)
+        try:
+            plan.pre_request(call, attempt)
+            result, response = await _send(call, attempt, transport)
+            if response is not None:
+                attempt.status = response.status
+            try:
+                error = plan.post_response(call, attempt, response)
+            except PluginError:
+                transport.discard(result)
+                raise
+            if error is None:
+                attempt.duration = clock.now() - attempt.started
+                outcome = _outcome(call, attempt.endpoint)
+                plan.call_end(call, outcome, None)
+                return transport.finish(result, outcome)
+            transport.discard(result)
+        except PluginError:
+            raise
+        except HealkitError as failure:
+            error = failure
+        attempt.error = error
+        attempt.duration = clock.now() - attempt.started
+        _log.attempt_failed(call, attempt, error)
+        decision = plan.on_error(call, attempt, error)
+        if decision is None:
+            break
+        if not decision.retry:
+            stop_reason = decision.reason
+            break
+        delay = decision.delay
+        if clock.now() + delay >= call.deadline:
+            stop_reason = DEADLINE_STOP
+            break
+        _log.retry_scheduled(call, attempt, delay)
+        if delay > 0:
+            await clock.sleep(delay)
+        call.path = "retry"
+        endpoint = decision.endpoint or attempt.endpoint
+    return await _failed(runtime, call, transport, error, stop_reason)
+
+
+async def _send(
+    call: CallContext, attempt: AttemptContext, transport: Transport[R]
+) -> tuple[R, Response | None]:
+    """Send one attempt under min(attempt total, time left before the deadline)."""
+    remaining = call.deadline - call.clock.now()
+    if remaining <= 0:
+        raise DeadlineExceeded("the call's deadline passed before the attempt started", limit=0.0)
+    total = attempt.timeouts.total
+    by_deadline = remaining < total
+    limit = remaining if by_deadline else total
+    timeout = asyncio.timeout(limit)
+    try:
+        async with timeout:
+            return await transport.send(call, attempt)
+    except TimeoutError as exc:
+        if not timeout.expired():
+            raise  # a healkit timeout from the transport, or the caller's own
+        if by_deadline:
+            raise DeadlineExceeded(f"the call's deadline passed during attempt {attempt.number}", limit=limit) from exc
+        raise AttemptTimeout(f"attempt {attempt.number} took longer than {total}s", limit=total) from exc
+
+
+async def _failed(
+    runtime: Runtime,
+    call: CallContext,
+    transport: Transport[R],
+    error: HealkitError,
+    stop_reason: str | None,
+) -> R:
+    """The call failed for good: ask the fallbacks, else raise the typed error."""
+    fallback = await runtime.plan.fallback(call, error)
+    if fallback is not None:
+        result = transport.accept(fallback)
+        if result is not None:
+            call.path = fallback.path
+            _log.substitute_used(call, error)
+            outcome = _outcome(call, fallback.endpoint)
+            runtime.plan.call_end(call, outcome, None)
+            return transport.finish(result, outcome)
+    if stop_reason is not None:
+        error.message = f"{error.message} (not retried: {stop_reason})"
+    error.attempts = call.records()
+    _log.call_failed(call, error, stop_reason)
+    runtime.plan.call_end(call, _outcome(call, None), error)
+    raise error
+
+
+def _outcome(call: CallContext, endpoint: str | None) -> Outcome:
+    return Outcome(
+        service=call.service,
+        path=call.path,
+        attempts=call.records(),
+        endpoint=endpoint,
+        duration=call.clock.now() - call.started,
+    )

@@ -1,0 +1,247 @@
+"""The compiled call plan: the per-call hooks without pluggy's generic dispatch.
+
+pluggy's hook calling walks the implementations, builds keyword arguments and
+checks wrappers on every call (~7 µs for five implementations); the hot path
+cannot pay that per attempt. A :class:`CallPlan` is built from
+``hook.get_hookimpls()`` whenever plugins are registered or unregistered: a
+tuple of plain functions per hook, in exactly the order pluggy calls them
+(reversed registration order, ``tryfirst`` first, ``trylast`` last), with
+pluggy's result semantics: all non-``None`` results in order, or the first
+non-``None`` for ``firstresult`` hooks. ``tests/test_plan.py`` proves the
+equivalence against pluggy itself.
+
+It adds the error policy of the contract: a deliberate :class:`HealkitError`
+from a decision hook passes through; any other exception becomes a
+:class:`PluginError` naming the plugin; an observer plugin's exception is
+reported to the ``on_observer_error`` callback and never fails the call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, final
+
+import pluggy
+
+from healkit._context import Fallback, RetryDecision
+from healkit._errors import HealkitError, PluginError
+
+if TYPE_CHECKING:
+    from healkit._context import AttemptContext, CallContext
+    from healkit._outcome import Outcome
+    from healkit._response import Response
+
+__all__ = ["PER_CALL_HOOKS", "CallPlan", "CompiledHook", "compile_hook"]
+
+PER_CALL_HOOKS: Final = (
+    "healkit_pre_request",
+    "healkit_post_response",
+    "healkit_on_error",
+    "healkit_fallback",
+    "healkit_call_end",
+)
+
+ObserverErrorHandler = Callable[[str, str, Exception], None]
+
+
+@final
+class CompiledHook:
+    """One hook's implementations, ready to call in pluggy's order.
+
+    Attributes:
+        name: the hook name.
+        functions: the implementations, each adapted to take the spec's
+            arguments positionally, in call order.
+        plugins: the registered name of each implementation's plugin.
+        observers: whether each implementation belongs to an observer plugin.
+        firstresult: whether the hook stops at the first non-``None`` result.
+
+    """
+
+    __slots__ = ("firstresult", "functions", "name", "observers", "plugins")
+
+    def __init__(
+        self,
+        name: str,
+        functions: tuple[Callable[..., Any], ...],
+        plugins: tuple[str, ...],
+        observers: tuple[bool, ...],
+        *,
+        firstresult: bool,
+    ) -> None:
+        self.name = name
+        self.functions = functions
+        self.plugins = plugins
+        self.observers = observers
+        self.firstresult = firstresult
+
+    def __len__(self) -> int:
+        return len(self.functions)
+
+    def call(self, *args: object) -> list[Any]:
+        """Call like pluggy would, without error policy (used for the proof of equivalence)."""
+        results: list[Any] = []
+        for function in self.functions:
+            result = function(*args)
+            if result is not None:
+                results.append(result)
+                if self.firstresult:
+                    break
+        return results
+
+
+def compile_hook(pm: pluggy.PluginManager, name: str) -> CompiledHook:
+    """Compile one hook of ``pm`` into a :class:`CompiledHook`.
+
+    Raises:
+        PluginError: when an implementation is a wrapper (not supported on
+            compiled hooks).
+
+    """
+    caller: pluggy.HookCaller = getattr(pm.hook, name)
+    spec = caller.spec
+    if spec is None:
+        raise PluginError("healkit", name, LookupError(f"no hook specification named {name}"))
+    spec_args = tuple(spec.argnames)
+    functions: list[Callable[..., Any]] = []
+    plugins: list[str] = []
+    observers: list[bool] = []
+    # pluggy calls the implementation list from its end to its start.
+    for impl in reversed(caller.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            raise PluginError(
+                impl.plugin_name,
+                name,
+                TypeError("wrappers are not supported on per-call hooks; use tryfirst/trylast"),
+            )
+        functions.append(_positional(impl.function, tuple(impl.argnames), spec_args))
+        plugins.append(impl.plugin_name)
+        observers.append(bool(getattr(impl.plugin, "healkit_observer", False)))
+    firstresult = bool(spec.opts.get("firstresult", False))
+    return CompiledHook(name, tuple(functions), tuple(plugins), tuple(observers), firstresult=firstresult)
+
+
+def _positional(
+    function: Callable[..., Any], argnames: tuple[str, ...], spec_args: tuple[str, ...]
+) -> Callable[..., Any]:
+    """Adapt an implementation that takes a subset (or another order) of the spec's arguments."""
+    if argnames == spec_args:
+        return function
+    indexes = tuple(spec_args.index(a) for a in argnames)
+
+    def adapted(*args: object) -> Any:  # noqa: ANN401 - returns what the implementation returns
+        return function(*[args[i] for i in indexes])
+
+    return adapted
+
+
+@final
+class CallPlan:
+    """The per-call hooks of one plugin set, compiled, with healkit's error policy."""
+
+    __slots__ = ("_call_end", "_fallback", "_on_error", "_on_observer_error", "_post_response", "_pre_request")
+
+    def __init__(self, pm: pluggy.PluginManager, on_observer_error: ObserverErrorHandler) -> None:
+        self._pre_request = compile_hook(pm, "healkit_pre_request")
+        self._post_response = compile_hook(pm, "healkit_post_response")
+        self._on_error = compile_hook(pm, "healkit_on_error")
+        self._fallback = compile_hook(pm, "healkit_fallback")
+        self._call_end = compile_hook(pm, "healkit_call_end")
+        self._on_observer_error = on_observer_error
+
+    def hooks(self) -> Sequence[CompiledHook]:
+        """Return the compiled hooks (for inspection and tests)."""
+        return (self._pre_request, self._post_response, self._on_error, self._fallback, self._call_end)
+
+    def _failed(self, hook: CompiledHook, index: int, exc: Exception) -> None:
+        plugin = hook.plugins[index]
+        if hook.observers[index]:
+            self._on_observer_error(plugin, hook.name, exc)
+            return
+        raise PluginError(plugin, hook.name, exc) from exc
+
+    def pre_request(self, call: CallContext, attempt: AttemptContext) -> None:
+        """Run ``healkit_pre_request``; a decision plugin's HealkitError refuses the attempt."""
+        hook = self._pre_request
+        for index, function in enumerate(hook.functions):
+            try:
+                function(call, attempt)
+            except HealkitError:
+                if hook.observers[index]:
+                    raise PluginError(hook.plugins[index], hook.name, RuntimeError("observer refused")) from None
+                raise
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+
+    def post_response(
+        self, call: CallContext, attempt: AttemptContext, response: Response | None
+    ) -> HealkitError | None:
+        """Run ``healkit_post_response``; return the first failure declared."""
+        hook = self._post_response
+        declared: HealkitError | None = None
+        for index, function in enumerate(hook.functions):
+            try:
+                result = function(call, attempt, response)
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+                continue
+            if result is not None and declared is None and not hook.observers[index]:
+                if not isinstance(result, HealkitError):
+                    self._failed(hook, index, TypeError(f"returned {type(result).__name__}, not a HealkitError"))
+                    continue
+                declared = result
+        return declared
+
+    def on_error(self, call: CallContext, attempt: AttemptContext, error: HealkitError) -> RetryDecision | None:
+        """Run ``healkit_on_error``; return the first decision proposed."""
+        hook = self._on_error
+        decision: RetryDecision | None = None
+        for index, function in enumerate(hook.functions):
+            try:
+                result = function(call, attempt, error)
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+                continue
+            if result is not None and decision is None and not hook.observers[index]:
+                if not isinstance(result, RetryDecision):
+                    self._failed(hook, index, TypeError(f"returned {type(result).__name__}, not a RetryDecision"))
+                    continue
+                decision = result
+        return decision
+
+    async def fallback(self, call: CallContext, error: HealkitError) -> Fallback | None:
+        """Run ``healkit_fallback`` until one implementation offers a substitute."""
+        hook = self._fallback
+        for index, function in enumerate(hook.functions):
+            try:
+                result = function(call, error)
+                if inspect.isawaitable(result):
+                    result = await _await(result)
+            except HealkitError:
+                # A fallback that itself failed (the fallback endpoint is down too)
+                # is not a crash: the next implementation may still help.
+                continue
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+                continue
+            if result is None:
+                continue
+            if not isinstance(result, Fallback):
+                self._failed(hook, index, TypeError(f"returned {type(result).__name__}, not a Fallback"))
+                continue
+            return result
+        return None
+
+    def call_end(self, call: CallContext, outcome: Outcome, error: HealkitError | None) -> None:
+        """Run ``healkit_call_end``; every exception is an observer error here."""
+        hook = self._call_end
+        for index, function in enumerate(hook.functions):
+            try:
+                function(call, outcome, error)
+            except Exception as exc:  # noqa: BLE001 - observing must never fail a finished call
+                self._on_observer_error(hook.plugins[index], hook.name, exc)
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:  # noqa: ANN401 - hook results are untyped
+    return await awaitable

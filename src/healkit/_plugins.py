@@ -1,0 +1,129 @@
+"""Building the plugin manager: entry points, explicit plugins, blocking, listing.
+
+Nothing happens at import time. :func:`create_plugin_manager` registers, in
+this order: the plugins of the ``healkit`` entry-point group (sorted by entry
+point name), then the plugins passed explicitly (in the order given). pluggy
+calls the most recently registered first, so explicit plugins run before
+entry-point plugins unless ``tryfirst``/``trylast`` say otherwise.
+
+An entry point names a plugin class (instantiated with no arguments, once per
+plugin manager, so each client has its own plugin state) or a ready object.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Collection, Iterable
+from typing import Final, final
+
+import msgspec
+import pluggy
+
+from healkit import hookspecs
+from healkit._errors import PluginError
+
+__all__ = ["BLOCK_ENV", "ENTRY_POINT_GROUP", "PluginInfo", "PluginManager", "create_plugin_manager", "describe_plugins"]
+
+ENTRY_POINT_GROUP: Final = "healkit"
+BLOCK_ENV: Final = "HEALKIT_BLOCK_PLUGINS"
+"""Comma-separated plugin names never to load, in addition to ``block=``."""
+
+
+@final
+class PluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager, remembering the distribution of each entry-point plugin."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.distributions: dict[str, tuple[str, str]] = {}
+
+
+@final
+class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``healkit plugins`` shows about one registered plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+    observer: bool
+    source: str
+
+
+def create_plugin_manager(
+    *,
+    plugins: Iterable[object] = (),
+    block: Collection[str] = (),
+    entry_points: bool = True,
+) -> PluginManager:
+    """Build a plugin manager with healkit's hook specifications and plugins.
+
+    Args:
+        plugins: plugin objects to register after the entry-point plugins.
+        block: names of entry-point plugins not to load (also read from the
+            ``HEALKIT_BLOCK_PLUGINS`` environment variable).
+        entry_points: whether to load the ``healkit`` entry-point group.
+
+    Raises:
+        PluginError: an entry point failed to load, or two plugins share a name.
+
+    """
+    pm = PluginManager()
+    blocked = set(block) | {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
+    for name in sorted(blocked):
+        pm.set_blocked(name)
+    if entry_points:
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if pm.is_blocked(ep.name):
+                continue
+            if pm.has_plugin(ep.name):
+                raise PluginError(ep.name, "load", LookupError("two entry points share this name"))
+            try:
+                loaded = ep.load()
+                plugin = loaded() if isinstance(loaded, type) else loaded
+            except Exception as exc:  # noqa: BLE001 - any import failure is reported as the plugin's
+                raise PluginError(ep.name, "load", exc) from exc
+            _register(pm, plugin, ep.name)
+            if ep.dist is not None:
+                pm.distributions[ep.name] = (ep.dist.name, ep.dist.version)
+    for plugin in plugins:
+        _register(pm, plugin, _name_of(plugin))
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except ValueError as exc:
+        raise PluginError(name, "register", exc) from exc
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(name, "register", exc) from exc
+
+
+def _name_of(plugin: object) -> str:
+    return str(getattr(plugin, "healkit_name", None) or type(plugin).__name__)
+
+
+def describe_plugins(pm: PluginManager) -> list[PluginInfo]:
+    """Return one :class:`PluginInfo` per registered plugin, sorted by name."""
+    infos: list[PluginInfo] = []
+    dists = pm.distributions
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
+        dist = dists.get(name)
+        infos.append(
+            PluginInfo(
+                name=name,
+                distribution=dist[0] if dist else None,
+                version=dist[1] if dist else None,
+                hooks=hooks,
+                observer=bool(getattr(plugin, "healkit_observer", False)),
+                source="entry point" if dist else "explicit",
+            )
+        )
+    return sorted(infos, key=lambda i: i.name)
+

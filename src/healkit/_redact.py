@@ -1,0 +1,76 @@
+"""Removing secrets from what healkit logs, traces and puts in error messages.
+
+Redacted: the headers ``Authorization``, ``Proxy-Authorization``, ``Cookie``,
+``Set-Cookie`` and configured names; URL userinfo (``user:pass@``); the values
+of query parameters that carry signatures, tokens or credentials (built-in
+names below, plus configured ones). Names compare case-insensitively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final, final
+
+import yarl
+
+__all__ = ["REDACTED", "Redactor"]
+
+REDACTED: Final = "[REDACTED]"
+
+SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+SECRET_QUERY: Final = frozenset(
+    {
+        "access_token",
+        "api_key",
+        "apikey",
+        "auth",
+        "client_secret",
+        "code",
+        "credential",
+        "key",
+        "password",
+        "passwd",
+        "refresh_token",
+        "secret",
+        "sig",
+        "signature",
+        "token",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "x-amz-signature",
+        "x-goog-credential",
+        "x-goog-signature",
+    }
+)
+
+
+@final
+class Redactor:
+    """Redacts headers and URLs; built from the ``logging`` config section."""
+
+    __slots__ = ("_headers", "_query")
+
+    def __init__(self, *, headers: Iterable[str] = (), query: Iterable[str] = ()) -> None:
+        self._headers = SECRET_HEADERS | {h.lower() for h in headers}
+        self._query = SECRET_QUERY | {q.lower() for q in query}
+
+    def header_is_secret(self, name: str) -> bool:
+        """Whether the header ``name`` is redacted."""
+        return name.lower() in self._headers
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Return a copy of ``headers`` with secret values replaced."""
+        return {k: REDACTED if k.lower() in self._headers else v for k, v in headers.items()}
+
+    def url(self, url: str | yarl.URL) -> str:
+        """Return ``url`` without userinfo and with secret query values replaced."""
+        parsed = url if isinstance(url, yarl.URL) else yarl.URL(url)
+        if parsed.user is not None or parsed.password is not None:
+            parsed = parsed.with_user(None)
+        if parsed.query_string and any(k.lower() in self._query for k in parsed.query):
+            parsed = parsed.with_query(
+                [(k, REDACTED if k.lower() in self._query else v) for k, v in parsed.query.items()]
+            )
+        return str(parsed)
+

@@ -1,0 +1,187 @@
+"""The response type of every HTTP call: real, fallback or degraded alike.
+
+A buffered response holds its whole body (read under the body-size cap). A
+streaming response (``Client.stream``) holds the open aiohttp response; its
+body is read with :meth:`Response.iter_chunks` or :meth:`Response.read`, and
+the connection is released when the ``stream`` block ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
+
+import aiohttp
+import msgspec
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from healkit._errors import BodyTooLargeError, HTTPStatusError, map_aiohttp_error
+
+if TYPE_CHECKING:
+    from healkit._outcome import Outcome
+
+__all__ = ["OUTCOME_HEADER", "Response"]
+
+T = TypeVar("T")
+
+OUTCOME_HEADER: Final = "Healkit-Outcome"
+"""Header set on fallback and degraded responses: its value is the path taken."""
+
+CHUNK_SIZE: Final = 64 * 1024
+
+
+@final
+class Response:
+    """An HTTP response as healkit returns it.
+
+    Attributes:
+        status: the HTTP status code.
+        reason: the reason phrase.
+        headers: the response headers (case-insensitive, read-only).
+        url: the URL that answered (redacted of userinfo).
+        outcome: how the call got this response: path taken, attempts, endpoint.
+            Set once the call ends.
+
+    """
+
+    __slots__ = ("_body", "_limit", "_stream", "headers", "outcome", "reason", "status", "url")
+
+    def __init__(
+        self,
+        status: int,
+        *,
+        headers: Mapping[str, str] | CIMultiDictProxy[str] | None = None,
+        body: bytes = b"",
+        url: str = "",
+        reason: str = "",
+    ) -> None:
+        """Build a buffered response (how plugins make fallback and degraded responses)."""
+        self.status = status
+        self.reason = reason
+        self.headers: CIMultiDictProxy[str] = (
+            headers if isinstance(headers, CIMultiDictProxy) else CIMultiDictProxy(CIMultiDict(headers or {}))
+        )
+        self.url = url
+        self._body: bytes | None = body
+        self._stream: aiohttp.ClientResponse | None = None
+        self._limit = 0
+        self.outcome: Outcome | None = None
+
+    @classmethod
+    def streaming(cls, raw: aiohttp.ClientResponse, *, url: str, limit: int) -> Response:
+        """Wrap an open aiohttp response whose body has not been read yet."""
+        response = cls(raw.status, headers=raw.headers, url=url, reason=raw.reason or "")
+        response._body = None
+        response._stream = raw
+        response._limit = limit
+        return response
+
+    def with_header(self, name: str, value: str) -> Response:
+        """Return a copy of this response with header ``name`` set to ``value``."""
+        headers = CIMultiDict(self.headers)
+        headers[name] = value
+        copy = Response(self.status, headers=headers, body=self._body or b"", url=self.url, reason=self.reason)
+        copy._body = self._body
+        copy._stream = self._stream
+        copy._limit = self._limit
+        return copy
+
+    def __repr__(self) -> str:
+        path = self.outcome.path if self.outcome is not None else "?"
+        return f"<Response {self.status} {self.url} path={path}>"
+
+    @property
+    def ok(self) -> bool:
+        """Whether the status is below 400."""
+        return self.status < 400
+
+    @property
+    def is_streaming(self) -> bool:
+        """Whether the body is still to be read from the connection."""
+        return self._body is None
+
+    @property
+    def body(self) -> bytes:
+        """The whole body. For a streaming response, call :meth:`read` first."""
+        if self._body is None:
+            raise RuntimeError("the body of a streaming response is not read yet: await response.read()")
+        return self._body
+
+    async def read(self) -> bytes:
+        """Read the whole body (at most ``max_body_bytes``) and return it."""
+        if self._body is None:
+            chunks = [chunk async for chunk in self.iter_chunks()]
+            self._body = b"".join(chunks)
+        return self._body
+
+    async def iter_chunks(self, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        """Yield the body in chunks as it arrives, enforcing ``max_body_bytes``.
+
+        Raises:
+            BodyTooLargeError: when the body grows past the cap.
+            ReadTimeout, ConnectionLostError: when the connection fails mid-body.
+
+        """
+        if self._body is not None:
+            for start in range(0, len(self._body), size):
+                yield self._body[start : start + size]
+            return
+        raw = self._stream
+        if raw is None:  # pragma: no cover - a response always has one or the other
+            raise RuntimeError("response has no body source")
+        received = 0
+        try:
+            while chunk := await raw.content.read(size):
+                received += len(chunk)
+                if received > self._limit:
+                    raise BodyTooLargeError(self._limit, url=self.url)
+                yield chunk
+        except (aiohttp.ClientError, OSError) as exc:
+            raise map_aiohttp_error(exc, url=self.url, timeouts=(0.0, 0.0)) from exc
+
+    def text(self, encoding: str | None = None) -> str:
+        """Decode the body: ``encoding``, else the charset of Content-Type, else UTF-8."""
+        charset = encoding or _charset(self.headers.get("Content-Type", "")) or "utf-8"
+        try:
+            return self.body.decode(charset, errors="replace")
+        except LookupError:  # an unknown charset named by the server
+            return self.body.decode("utf-8", errors="replace")
+
+    @overload
+    def json(self) -> Any: ...  # noqa: ANN401 - untyped JSON is Any
+    @overload
+    def json(self, type: type[T]) -> T: ...  # noqa: A002 - mirrors msgspec's argument name
+    def json(self, type: Any = Any) -> Any:  # noqa: A002
+        """Decode the body as JSON with msgspec, optionally into ``type``.
+
+        Raises:
+            msgspec.DecodeError: the body is not valid JSON.
+            msgspec.ValidationError: the JSON does not match ``type``.
+
+        """
+        return msgspec.json.decode(self.body, type=type)
+
+    def raise_for_status(self) -> Response:
+        """Raise :class:`HTTPStatusError` for a 4xx or 5xx status; return self otherwise."""
+        if self.status >= 400:
+            excerpt = self._body[:200].decode("utf-8", errors="replace") if self._body else ""
+            error = HTTPStatusError(self.status, url=self.url, body_excerpt=excerpt)
+            if self.outcome is not None:
+                error.attempts = self.outcome.attempts
+            raise error
+        return self
+
+    def release(self) -> None:
+        """Give the connection of a streaming response back (safe to call twice)."""
+        raw = self._stream
+        if raw is not None:
+            self._stream = None
+            raw.release()
+
+
+def _charset(content_type: str) -> str | None:
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip('"')
+    return None

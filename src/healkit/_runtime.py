@@ -1,0 +1,281 @@
+"""The runtime: plugins, the compiled call plan, live configuration, background tasks.
+
+A :class:`Runtime` is what a :class:`healkit.Client`, a ``@resilient`` call site
+or the aiohttp middleware runs calls with. It owns:
+
+* the plugin manager (built by the factory; no global registry);
+* the compiled :class:`~healkit._plan.CallPlan`, rebuilt when plugins change;
+* the configuration in force, replaced atomically when a source submits a
+  valid document (an invalid one is rejected and the last good one stays);
+* the background tasks of plugins and sources, cancelled and awaited on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, final
+
+from healkit import _log
+from healkit._clock import SYSTEM_CLOCK, Clock
+from healkit._config import ConfigSection, HealkitConfig, build_config
+from healkit._errors import ConfigError, ConfigIssue, PluginError
+from healkit._plan import CallPlan
+from healkit._plugins import PluginManager, create_plugin_manager
+from healkit._sources import ConfigSource, FileSource, InMemorySource
+
+__all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime"]
+
+ConfigInput = Mapping[str, Any] | str | os.PathLike[str] | ConfigSource | None
+"""What ``config=`` accepts: a document, a file path, a source, or ``None`` (all defaults)."""
+
+SHUTDOWN_TIMEOUT: Final = 5.0
+
+_current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("healkit_runtime", default=None)
+
+
+@final
+class Runtime:
+    """Plugins, call plan, configuration and background work, shared by call sites.
+
+    Args:
+        config: the configuration: a document (mapping), a path to a TOML/YAML/JSON
+            file (watched for changes), a :class:`ConfigSource`, or ``None``.
+        plugins: plugin objects to register in addition to entry-point plugins.
+        block_plugins: entry-point plugin names not to load.
+        entry_points: whether to load plugins from the ``healkit`` entry points.
+        clock: the clock for deadlines, windows and backoff (inject one in tests).
+
+    Raises:
+        ConfigError: ``config`` is a document or file that is invalid.
+        PluginError: a plugin failed to load or register.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ConfigInput = None,
+        plugins: Iterable[object] = (),
+        block_plugins: Iterable[str] = (),
+        entry_points: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.clock = clock
+        self.plugin_manager: PluginManager = create_plugin_manager(
+            plugins=plugins, block=frozenset(block_plugins), entry_points=entry_points
+        )
+        self.plugin_errors: Counter[str] = Counter()
+        self.sections = self._collect_sections()
+        self.plan = CallPlan(self.plugin_manager, self._observer_failed)
+        self._source = _as_source(config)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._changed = asyncio.Event()
+        self.version = 0
+        self._raw: object = {}
+        self._config: HealkitConfig = build_config({}, self.sections, origin="defaults")
+        if isinstance(self._source, InMemorySource | FileSource):
+            # Local documents are read at once: a bad one fails here, loudly.
+            self._apply_or_raise(self._source.read(), origin=self._source.origin)
+        self._configure(None)
+
+    # -- configuration ---------------------------------------------------------
+
+    @property
+    def config(self) -> HealkitConfig:
+        """The configuration snapshot in force."""
+        return self._config
+
+    def apply(self, raw: object, *, origin: str = "python") -> HealkitConfig:
+        """Validate a whole new document and swap it in.
+
+        Raises:
+            ConfigError: the document is invalid; the configuration in force stays.
+
+        """
+        return self._apply_or_raise(raw, origin=origin, configure=True)
+
+    def submit(self, raw: object, *, origin: str) -> ConfigError | None:
+        """Apply ``raw`` from a source; log and return the error if rejected."""
+        try:
+            self._apply_or_raise(raw, origin=origin, configure=True)
+        except ConfigError as error:
+            _log.config_rejected(error)
+            return error
+        return None
+
+    def reject(self, error: ConfigError) -> None:
+        """Log a document a source could not decode."""
+        _log.config_rejected(error)
+
+    async def wait_for_version(self, version: int) -> None:
+        """Return once the configuration version is at least ``version``."""
+        while self.version < version:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _apply_or_raise(self, raw: object, *, origin: str, configure: bool = False) -> HealkitConfig:
+        config = build_config(raw, self.sections, origin=origin)
+        previous = self._config
+        self._config = config
+        self._raw = raw
+        self.version += 1
+        if configure:
+            self._configure(previous)
+        self._changed.set()
+        _log.config_applied(origin, self.version, len(config.services))
+        return config
+
+    def _configure(self, previous: HealkitConfig | None) -> None:
+        # Called per implementation (in pluggy's order) so that one plugin's crash
+        # is reported with its name and does not keep the others from the new config.
+        arguments = {"config": self._config, "previous": previous}
+        for impl in reversed(self.plugin_manager.hook.healkit_configure.get_hookimpls()):
+            try:
+                impl.function(*[arguments[name] for name in impl.argnames])
+            except Exception as error:  # noqa: BLE001 - the document is accepted; report the plugin
+                _log.plugin_failed(impl.plugin_name, "healkit_configure", error)
+                self.plugin_errors[impl.plugin_name] += 1
+
+    def _collect_sections(self) -> tuple[ConfigSection[Any], ...]:
+        sections: dict[str, ConfigSection[Any]] = {}
+        for group in self.plugin_manager.hook.healkit_config_sections():
+            for section in group:
+                if section.name in sections:
+                    issue = ConfigIssue(f"$.{section.name}", "two plugins declare this section")
+                    raise ConfigError([issue], origin="plugins")
+                sections[section.name] = section
+        return tuple(sections.values())
+
+    # -- plugins ---------------------------------------------------------------
+
+    def register(self, plugin: object, *, name: str | None = None) -> None:
+        """Register a plugin at run time: recompile the plan, revalidate the config.
+
+        Raises:
+            ConfigError: the configuration in force is invalid with the new
+                plugin's sections; the plugin is unregistered again.
+
+        """
+        self.plugin_manager.register(plugin, name=name)
+        try:
+            self.sections = self._collect_sections()
+            self._apply_or_raise(self._raw, origin="plugins", configure=True)
+        except ConfigError:
+            self.plugin_manager.unregister(plugin)
+            self.sections = self._collect_sections()
+            raise
+        self.plan = CallPlan(self.plugin_manager, self._observer_failed)
+
+    def _observer_failed(self, plugin: str, hook: str, error: Exception) -> None:
+        if plugin not in self.plugin_errors:
+            _log.plugin_failed(plugin, hook, error)
+        self.plugin_errors[plugin] += 1
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` ran and :meth:`stop` did not yet."""
+        return self._started
+
+    async def start(self) -> None:
+        """Load remote configuration, start watching it, start plugin background work.
+
+        Raises:
+            ConfigError: the source's current document is invalid.
+
+        """
+        if self._started:
+            return
+        source = self._source
+        if not isinstance(source, InMemorySource | FileSource):
+            self._apply_or_raise(await source.load(), origin=source.origin, configure=True)
+        self._started = True
+        self.start_background(f"config-watch {source.origin}", lambda: source.watch(self))
+        self.plugin_manager.hook.healkit_startup(runtime=self)
+
+    async def stop(self) -> None:
+        """Cancel and await every background task, then run plugin shutdown hooks."""
+        if not self._started:
+            return
+        self._started = False
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+        for result in self.plugin_manager.hook.healkit_shutdown(runtime=self):
+            if isinstance(result, Awaitable):
+                await asyncio.wait_for(_as_coroutine(result), SHUTDOWN_TIMEOUT)
+
+    def start_background(self, name: str, function: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run ``function()`` as a task owned by this runtime until :meth:`stop`.
+
+        A task that fails is logged (``healkit.background_task_failed``); it is
+        not restarted.
+        """
+        if not self._started:
+            raise PluginError(name, "start_background", RuntimeError("the runtime is not started"))
+        task = asyncio.get_running_loop().create_task(_as_coroutine(function()), name=f"healkit: {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            _log.background_failed(task.get_name(), error)
+
+    @property
+    def background_tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The background tasks still running."""
+        return frozenset(self._tasks)
+
+    def activate(self) -> contextvars.Token[Runtime | None]:
+        """Make this the runtime of ``@resilient`` call sites in the current context."""
+        return _current.set(self)
+
+    @staticmethod
+    def deactivate(token: contextvars.Token[Runtime | None]) -> None:
+        """Undo :meth:`activate`."""
+        _current.reset(token)
+
+
+def current_runtime() -> Runtime | None:
+    """Return the runtime activated in this context (by an entered Client), if any."""
+    return _current.get()
+
+
+_default: list[Runtime] = []
+
+
+def default_runtime() -> Runtime:
+    """Return the process-wide runtime of ``@resilient`` call sites outside any Client.
+
+    Created on first use with the entry-point plugins and the default
+    configuration; configure it with ``default_runtime().apply(document)``.
+    """
+    if not _default:
+        _default.append(Runtime())
+    return _default[0]
+
+
+async def _as_coroutine(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+def _as_source(config: ConfigInput) -> ConfigSource:
+    if config is None:
+        return InMemorySource()
+    if isinstance(config, ConfigSource):
+        return config
+    if isinstance(config, str | os.PathLike):
+        return FileSource(config)
+    if isinstance(config, Mapping):
+        return InMemorySource(config)
+    raise TypeError(f"config must be a mapping, a path or a ConfigSource, not {type(config).__name__}")

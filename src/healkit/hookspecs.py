@@ -1,0 +1,193 @@
+"""The hooks a healkit plugin may implement.
+
+Implement them on a class (one instance per runtime, so state is per client)
+decorated with :data:`healkit.hookimpl`, and register the class through the
+``healkit`` entry-point group, or pass an instance to ``healkit.Client(plugins=[...])``.
+
+Order: pluggy's. Implementations run newest-registered first, ``tryfirst``
+ones before all others and ``trylast`` ones after. Entry-point plugins are
+registered after the built-in ones, in the order of their names. Wrappers
+(``wrapper=True`` / ``hookwrapper=True``) are refused on the per-call hooks,
+because those are compiled into a call plan for speed.
+
+Roles: a plugin is a *decision* plugin unless it sets the class attribute
+``healkit_observer = True``. An unexpected exception in a decision plugin fails
+the call with :class:`healkit.PluginError` naming the plugin; an observer's
+exception never fails a call: it is logged once per plugin and counted.
+
+Per-call hooks are plain functions in the hot path: they decide, they do not
+sleep or perform I/O. Only ``healkit_fallback`` and ``healkit_shutdown`` may
+return an awaitable, which healkit awaits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from healkit._config import ConfigSection, HealkitConfig
+    from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
+    from healkit._errors import HealkitError
+    from healkit._outcome import Outcome
+    from healkit._response import Response
+    from healkit._runtime import Runtime
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "healkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+"""Marker for healkit's hook specifications."""
+
+hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Marker for hook implementations: ``@healkit.hookimpl`` (``tryfirst=True``, ``trylast=True``)."""
+
+
+# ---------------------------------------------------------------------------
+# Configuration: called when a runtime is built and whenever config changes.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def healkit_config_sections() -> Sequence[ConfigSection[Any]]:  # type: ignore[empty-body]
+    """Return the sections this plugin adds to each service document.
+
+    Called once per runtime, when plugins are registered. Each section's
+    settings type is a frozen msgspec Struct with safe defaults for every field;
+    documents are validated against the union of all sections, and a key no
+    section claims is an error.
+
+    Result: all implementations are called; their sequences are concatenated.
+    May not return an awaitable.
+    """
+
+
+@hookspec
+def healkit_configure(config: HealkitConfig, previous: HealkitConfig | None) -> None:
+    """Take a new, validated configuration snapshot.
+
+    Called after a document was accepted and before any call uses it, with the
+    snapshot in force until now (``None`` the first time). Use it to rebuild
+    per-service state, keeping what is still compatible (breaker windows whose
+    key and window type are unchanged). Calls in flight keep the snapshot they
+    started with. Do not raise: the document is already accepted; an exception
+    here is reported as a :class:`healkit.PluginError` by the config source.
+
+    Result: all implementations are called; return values are ignored.
+    May not return an awaitable.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Runtime lifecycle: background work owned by a client.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def healkit_startup(runtime: Runtime) -> None:
+    """Start background work when a client (its runtime) starts.
+
+    Start tasks with ``runtime.start_background(name, coroutine_function)``;
+    the runtime cancels and awaits them when it stops, so none outlives the
+    client. Do not block.
+
+    Result: all implementations are called; return values are ignored.
+    May not return an awaitable (start a background task instead).
+    """
+
+
+@hookspec
+def healkit_shutdown(runtime: Runtime) -> Awaitable[None] | None:
+    """Release what the plugin holds when the runtime stops.
+
+    Called after background tasks were cancelled. May return an awaitable,
+    which is awaited (bounded by the runtime's shutdown timeout).
+
+    Result: all implementations are called; return values are awaited if awaitable.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Per call: the resilience pipeline. Hot path; compiled into a call plan.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def healkit_pre_request(call: CallContext, attempt: AttemptContext) -> None:
+    """Prepare an attempt before it is sent.
+
+    Called before every attempt, the first included. May set
+    ``attempt.endpoint``, ``attempt.timeouts``, add ``attempt.headers`` (or
+    call-wide ``call.headers``), shorten ``call.deadline``, or refuse the
+    attempt by raising a :class:`healkit.HealkitError` (``CircuitOpenError``,
+    ``BudgetExhaustedError``); a refusal is handled like a failed attempt and
+    goes to ``healkit_on_error``.
+
+    Result: all implementations are called; return values are ignored.
+    May not return an awaitable.
+    """
+
+
+@hookspec
+def healkit_post_response(
+    call: CallContext, attempt: AttemptContext, response: Response | None
+) -> HealkitError | None:
+    """Judge the result of an attempt that did not fail.
+
+    Called after a response arrived (its head, for streaming calls; the whole
+    body otherwise), or after a decorated function returned (``response`` is
+    then ``None``). Record success and latency here. Return an error (usually
+    :class:`healkit.HTTPStatusError`) to declare the result a failure: the
+    response is then released and the error goes to ``healkit_on_error``.
+
+    Result: all implementations are called; the first non-``None`` result (in
+    hook order) declares the failure. May not return an awaitable.
+    """
+
+
+@hookspec
+def healkit_on_error(
+    call: CallContext, attempt: AttemptContext, error: HealkitError
+) -> RetryDecision | None:
+    """React to a failed attempt.
+
+    Called after every failed attempt: an exception from the transport, a
+    refusal from ``healkit_pre_request``, or a result declared a failure by
+    ``healkit_post_response``. Record the failure; propose another attempt with
+    ``RetryDecision.again(delay, endpoint=...)`` or forbid one with
+    ``RetryDecision.stop(reason)``. The pipeline sleeps the delay (never past
+    the deadline) and makes the attempt.
+
+    Result: all implementations are called; the first non-``None`` decision (in
+    hook order) is carried out. May not return an awaitable.
+    """
+
+
+@hookspec(firstresult=True)
+def healkit_fallback(
+    call: CallContext, error: HealkitError
+) -> Fallback | Awaitable[Fallback | None] | None:
+    """Offer a substitute once the call has failed for good.
+
+    Return a :class:`healkit.Fallback` wrapping a :class:`healkit.Response` (HTTP
+    calls) or a value of the decorated function's return type. May return an
+    awaitable (fetch from a fallback endpoint or a cache); healkit awaits it
+    and, if it resolves to ``None``, asks the next implementation.
+
+    Result: stops at the first non-``None`` result (``firstresult``).
+    """
+
+
+@hookspec
+def healkit_call_end(call: CallContext, outcome: Outcome, error: HealkitError | None) -> None:
+    """Observe the end of a call: its outcome, and the error if it failed.
+
+    Called exactly once per call, after fallbacks, for logging, tracing and
+    metrics. ``error`` is ``None`` when the call produced a result.
+
+    Result: all implementations are called; return values are ignored.
+    May not return an awaitable.
+    """
