@@ -13,7 +13,14 @@ from importlib.metadata import version as _version
 
 from healkit._client import Client
 from healkit._clock import Clock, MonotonicClock
-from healkit._config import ConfigSection, HealkitConfig, LoggingSettings, ServicePolicy, Timeouts, build_config
+from healkit._config import (
+    ConfigSection,
+    HealkitConfig,
+    LoggingSettings,
+    ServicePolicy,
+    Timeouts,
+    build_config,
+)
 from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
 from healkit._decorator import resilient
 from healkit._errors import (

@@ -72,7 +72,13 @@ class Client:
                 entry_points=entry_points,
                 clock=clock,
             )
-        elif config is not None or plugins or block_plugins or not entry_points or clock is not SYSTEM_CLOCK:
+        elif (
+            config is not None
+            or plugins
+            or block_plugins
+            or not entry_points
+            or clock is not SYSTEM_CLOCK
+        ):
             raise TypeError("pass either runtime= or the options to build one, not both")
         self.runtime = runtime
         self._session = session
@@ -113,7 +119,7 @@ class Client:
             raise RuntimeError("the client is not open: use `async with healkit.Client(...)`")
         return self._session
 
-    async def request(
+    async def request(  # noqa: PLR0913 - keyword-only options, as in aiohttp
         self,
         method: str,
         target: str,
@@ -154,12 +160,22 @@ class Client:
 
         """
         call, transport, endpoint = self._prepare(
-            method, target, service, params, headers, json, data, deadline, idempotent, options, stream=False
+            method,
+            target,
+            service,
+            params,
+            headers,
+            json,
+            data,
+            deadline,
+            idempotent,
+            options,
+            stream=False,
         )
         return await execute(self.runtime, call, transport, endpoint)
 
     @asynccontextmanager
-    async def stream(
+    async def stream(  # noqa: PLR0913 - keyword-only options, as in aiohttp
         self,
         method: str,
         target: str,
@@ -181,7 +197,17 @@ class Client:
         applies). The connection is released when the block ends.
         """
         call, transport, endpoint = self._prepare(
-            method, target, service, params, headers, json, data, deadline, idempotent, options, stream=True
+            method,
+            target,
+            service,
+            params,
+            headers,
+            json,
+            data,
+            deadline,
+            idempotent,
+            options,
+            stream=True,
         )
         response = await execute(self.runtime, call, transport, endpoint)
         try:
@@ -189,7 +215,7 @@ class Client:
         finally:
             response.release()
 
-    def _prepare(  # noqa: PLR0913 - the request's parts, forwarded from request() and stream()
+    def _prepare(  # noqa: PLR0913, PLR0917 - the request's parts, forwarded from request() and stream()
         self,
         method: str,
         target: str,
@@ -225,7 +251,9 @@ class Client:
         limit = caller_deadline(now)
         if deadline is not None:
             if not deadline > 0 or not math.isfinite(deadline):
-                raise RequestError(f"deadline must be a finite number of seconds > 0, got {deadline!r}")
+                raise RequestError(
+                    f"deadline must be a finite number of seconds > 0, got {deadline!r}"
+                )
             limit = min(limit, now + deadline)
         call = CallContext(
             service=service_name,
@@ -272,7 +300,9 @@ class Client:
         return await self.request("DELETE", target, **kwargs)
 
 
-def _address(config: HealkitConfig, target: str, service: str | None) -> tuple[str | None, str, str]:
+def _address(
+    config: HealkitConfig, target: str, service: str | None
+) -> tuple[str | None, str, str]:
     """Return (endpoint, path relative to it, service name) for a target."""
     if target.startswith(("http://", "https://")):
         url = yarl.URL(target)

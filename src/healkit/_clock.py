@@ -12,7 +12,7 @@ from typing import Final, Protocol, final, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "MonotonicClock", "SYSTEM_CLOCK"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "MonotonicClock"]
 
 
 @runtime_checkable

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Final, Generic, TypeVar, cast, final
 import msgspec
 import yarl
 
-from healkit._config_validate import merge, validate
+from healkit._config_validate import join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._redact import Redactor
 
@@ -274,7 +274,9 @@ def build_config(
     defaults_struct, found = validate(document.defaults, service_type, path="$.defaults")
     issues += found
     if defaults_struct is not None and defaults_struct.endpoints:
-        issues.append(ConfigIssue("$.defaults.endpoints", "endpoints belong to a service, not to defaults"))
+        issues.append(
+            ConfigIssue("$.defaults.endpoints", "endpoints belong to a service, not to defaults")
+        )
     if found:
         defaults_ok = False
     defaults = _policy("*", defaults_struct, section_list) if defaults_struct is not None else None
@@ -282,7 +284,7 @@ def build_config(
     services: dict[str, ServicePolicy] = {}
     for name, doc in sorted(document.services.items()):
         merged = merge(document.defaults, doc) if defaults_ok else doc
-        struct, found = validate(merged, service_type, path=f"$.services.{name}")
+        struct, found = validate(merged, service_type, path=join_path("$.services", name))
         issues += found
         if struct is not None:
             services[name] = _policy(name, struct, section_list)
@@ -299,10 +301,7 @@ def build_config(
 
 
 def _service_type(sections: tuple[ConfigSection[Any], ...]) -> type[CoreServiceSettings]:
-    fields = [
-        (s.name, s.settings, msgspec.field(default_factory=s.default))
-        for s in sections
-    ]
+    fields = [(s.name, s.settings, msgspec.field(default_factory=s.default)) for s in sections]
     return cast(
         "type[CoreServiceSettings]",
         msgspec.defstruct(
@@ -332,7 +331,7 @@ def _shared_endpoints(services: Mapping[str, ServicePolicy]) -> list[ConfigIssue
             if endpoint in owner:
                 issues.append(
                     ConfigIssue(
-                        f"$.services.{name}.endpoints",
+                        join_path(join_path("$.services", name), "endpoints"),
                         f"endpoint {endpoint} is also an endpoint of service {owner[endpoint]!r};"
                         " absolute URLs could not be mapped to one service",
                     )
@@ -346,4 +345,3 @@ def _normalize_endpoint(endpoint: str) -> str:
     url = yarl.URL(endpoint)
     text = str(url.with_path(url.path.rstrip("/")))
     return text.rstrip("/")
-

@@ -231,7 +231,9 @@ class RetryDecision:
         return f"RetryDecision.stop({self.reason!r})"
 
     @classmethod
-    def again(cls, delay: float = 0.0, *, endpoint: str | None = None, reason: str = "") -> RetryDecision:
+    def again(
+        cls, delay: float = 0.0, *, endpoint: str | None = None, reason: str = ""
+    ) -> RetryDecision:
         """Propose another attempt after ``delay`` seconds."""
         return cls(retry=True, delay=delay, endpoint=endpoint, reason=reason)
 

@@ -60,7 +60,7 @@ class _FunctionTransport(Generic[T]):
         return result
 
 
-def resilient(  # noqa: PLR0913 - keyword-only, each documented
+def resilient(
     *,
     service: str,
     failures: tuple[type[Exception], ...] = DEFAULT_FAILURES,
@@ -96,7 +96,9 @@ def resilient(  # noqa: PLR0913 - keyword-only, each documented
     if deadline is not None and not (deadline > 0 and math.isfinite(deadline)):
         raise RequestError(f"deadline must be a finite number of seconds > 0, got {deadline!r}")
 
-    def decorate(function: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    def decorate(
+        function: Callable[P, Coroutine[Any, Any, T]],
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
         if not inspect.iscoroutinefunction(function):
             raise TypeError(f"@resilient needs an async function, got {function!r}")
         name = function.__qualname__

@@ -119,7 +119,7 @@ class ConnectionLostError(TransportError):
     """The connection broke after the request may have been written."""
 
 
-class TimeoutExceeded(HealkitError, TimeoutError):
+class TimeoutExceeded(HealkitError, TimeoutError):  # noqa: N818 - names what happened, like its subclasses
     """A time limit was reached. Also a :class:`builtins.TimeoutError`."""
 
     def __init__(self, message: str, *, limit: float) -> None:
@@ -292,7 +292,9 @@ class PluginError(HealkitError):
         self.hook = hook
 
 
-def map_aiohttp_error(exc: aiohttp.ClientError | OSError, *, url: str, timeouts: tuple[float, float]) -> HealkitError:
+def map_aiohttp_error(
+    exc: aiohttp.ClientError | OSError, *, url: str, timeouts: tuple[float, float]
+) -> HealkitError:
     """Translate an aiohttp (or socket-level) exception into the healkit tree.
 
     Args:
@@ -309,7 +311,9 @@ def map_aiohttp_error(exc: aiohttp.ClientError | OSError, *, url: str, timeouts:
     detail = str(exc) or type(exc).__name__
     error: HealkitError
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        error = ConnectTimeout(f"connect to {url} timed out after {connect_limit}s", limit=connect_limit)
+        error = ConnectTimeout(
+            f"connect to {url} timed out after {connect_limit}s", limit=connect_limit
+        )
     elif isinstance(exc, aiohttp.SocketTimeoutError | aiohttp.ServerTimeoutError):
         error = ReadTimeout(f"no data from {url} for {read_limit}s", limit=read_limit)
     elif isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -319,7 +323,7 @@ def map_aiohttp_error(exc: aiohttp.ClientError | OSError, *, url: str, timeouts:
     elif isinstance(exc, aiohttp.ClientConnectorError):
         error = ConnectError(f"cannot connect to {url}: {detail}")
     elif isinstance(exc, aiohttp.InvalidURL):
-        error = RequestError(f"invalid URL {url}: {detail}")
+        error = RequestError(f"invalid URL {url}")  # aiohttp's text repeats the raw URL
     elif isinstance(exc, aiohttp.TooManyRedirects):
         error = HTTPStatusError(exc.status, url=url, body_excerpt="too many redirects")
     elif isinstance(exc, aiohttp.ClientResponseError):

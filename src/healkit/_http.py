@@ -47,7 +47,9 @@ class HttpTransport:
         self._options = options
         self._stream = stream
 
-    async def send(self, call: CallContext, attempt: AttemptContext) -> tuple[Response, Response | None]:
+    async def send(
+        self, call: CallContext, attempt: AttemptContext
+    ) -> tuple[Response, Response | None]:
         """Make one request; map aiohttp's errors; read the body unless streaming."""
         if attempt.endpoint is None:
             raise RequestError(f"no endpoint to send {call.method} {call.target} to")
@@ -67,7 +69,9 @@ class HttpTransport:
                     timeout=_client_timeout(limits),
                     **self._options,
                 )
-                response = Response.streaming(raw, url=_public_url(raw.url), limit=call.policy.max_body_bytes)
+                response = Response.streaming(
+                    raw, url=_public_url(raw.url), limit=call.policy.max_body_bytes
+                )
                 return response, response
             async with self._session.request(
                 call.method,
@@ -78,12 +82,20 @@ class HttpTransport:
                 **self._options,
             ) as raw:
                 public = _public_url(raw.url)
-                body = b"" if call.method == "HEAD" else await _read_capped(raw, call.policy.max_body_bytes, public)
-                response = Response(raw.status, headers=raw.headers, body=body, url=public, reason=raw.reason or "")
+                body = (
+                    b""
+                    if call.method == "HEAD"
+                    else await _read_capped(raw, call.policy.max_body_bytes, public)
+                )
+                response = Response(
+                    raw.status, headers=raw.headers, body=body, url=public, reason=raw.reason or ""
+                )
                 return response, response
         except (aiohttp.ClientError, OSError) as exc:
             redacted = call.config.redactor.url(url)
-            raise map_aiohttp_error(exc, url=redacted, timeouts=(limits.connect, limits.read)) from exc
+            raise map_aiohttp_error(
+                exc, url=redacted, timeouts=(limits.connect, limits.read)
+            ) from exc
 
     def discard(self, result: Response) -> None:
         """Release a streaming response declared a failure."""

@@ -51,7 +51,7 @@ def retry_scheduled(call: CallContext, attempt: AttemptContext, delay: float) ->
 def substitute_used(call: CallContext, error: HealkitError) -> None:
     """Log ``healkit.fallback_used`` or ``healkit.degraded_used``."""
     logger.warning(
-        f"healkit.{call.path}_used",
+        "healkit.degraded_used" if call.path == "degraded" else "healkit.fallback_used",
         service=call.service,
         attempt=call.attempt_number,
         path=call.path,
@@ -70,6 +70,7 @@ def call_failed(call: CallContext, error: HealkitError, stop_reason: str | None)
         error=type(error).__name__,
         reason=error.message,
         stop_reason=stop_reason,
+        headers=call.config.redactor.headers(call.headers),
     )
 
 
@@ -100,4 +101,6 @@ def config_rejected(error: ConfigError) -> None:
 
 def background_failed(name: str, error: BaseException) -> None:
     """Log ``healkit.background_task_failed``."""
-    logger.error("healkit.background_task_failed", task=name, error=type(error).__name__, reason=str(error))
+    logger.error(
+        "healkit.background_task_failed", task=name, error=type(error).__name__, reason=str(error)
+    )

@@ -42,7 +42,9 @@ __all__ = ["ResilienceMiddleware"]
 class _MiddlewareTransport:
     __slots__ = ("_handler", "_origin", "_request")
 
-    def __init__(self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType, origin: str) -> None:
+    def __init__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType, origin: str
+    ) -> None:
         self._request = request
         self._handler = handler
         self._origin = origin
@@ -52,7 +54,9 @@ class _MiddlewareTransport:
     ) -> tuple[aiohttp.ClientResponse, Response | None]:
         request = self._request
         if attempt.endpoint is not None and not attempt.endpoint.startswith(self._origin):
-            raise RequestError("the aiohttp middleware cannot re-route a request; use healkit.Client")
+            raise RequestError(
+                "the aiohttp middleware cannot re-route a request; use healkit.Client"
+            )
         # call.headers is the request's own header multidict: call-wide plugin
         # headers are already in it; add this attempt's.
         for name, value in attempt.headers.items():
@@ -121,4 +125,6 @@ class ResilienceMiddleware:
             idempotent=method in IDEMPOTENT_METHODS or "Idempotency-Key" in request.headers,
             deadline=caller_deadline(clock.now()),
         )
-        return await execute(runtime, call, _MiddlewareTransport(request, handler, origin), endpoint)
+        return await execute(
+            runtime, call, _MiddlewareTransport(request, handler, origin), endpoint
+        )

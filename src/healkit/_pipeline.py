@@ -70,7 +70,9 @@ def caller_deadline(clock_now: float) -> float:
     return clock_now + (effective - anyio.current_time())
 
 
-async def execute(runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None) -> R:
+async def execute(
+    runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None
+) -> R:
     """Run ``call`` to its end: a result (real, fallback or degraded) or a HealkitError.
 
     ``CancelledError`` always propagates at once; it is never retried. A
@@ -85,13 +87,17 @@ async def execute(runtime: Runtime, call: CallContext, transport: Transport[R], 
         raise
 
 
-async def _run(runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None) -> R:
+async def _run(  # noqa: C901 - the attempt loop reads best as one function
+    runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None
+) -> R:
     plan = runtime.plan
     clock = call.clock
     stop_reason: str | None = None
     delay = 0.0
     while True:
-        attempt = AttemptContext(len(call.attempts) + 1, endpoint, started=clock.now(), retry_delay=delay)
+        attempt = AttemptContext(
+            len(call.attempts) + 1, endpoint, started=clock.now(), retry_delay=delay
+        )
         call.attempts.append(attempt)
         try:
             plan.pre_request(call, attempt)
@@ -152,8 +158,12 @@ async def _send(
         if not timeout.expired():
             raise  # a healkit timeout from the transport, or the caller's own
         if by_deadline:
-            raise DeadlineExceeded(f"the call's deadline passed during attempt {attempt.number}", limit=limit) from exc
-        raise AttemptTimeout(f"attempt {attempt.number} took longer than {total}s", limit=total) from exc
+            raise DeadlineExceeded(
+                f"the call's deadline passed during attempt {attempt.number}", limit=limit
+            ) from exc
+        raise AttemptTimeout(
+            f"attempt {attempt.number} took longer than {total}s", limit=total
+        ) from exc
 
 
 async def _failed(
@@ -163,7 +173,7 @@ async def _failed(
     error: HealkitError,
     stop_reason: str | None,
 ) -> R:
-    """The call failed for good: ask the fallbacks, else raise the typed error."""
+    """End a call that failed for good: use a fallback, else raise the typed error."""
     fallback = await runtime.plan.fallback(call, error)
     if fallback is not None:
         result = transport.accept(fallback)

@@ -119,7 +119,9 @@ def compile_hook(pm: pluggy.PluginManager, name: str) -> CompiledHook:
         plugins.append(impl.plugin_name)
         observers.append(bool(getattr(impl.plugin, "healkit_observer", False)))
     firstresult = bool(spec.opts.get("firstresult", False))
-    return CompiledHook(name, tuple(functions), tuple(plugins), tuple(observers), firstresult=firstresult)
+    return CompiledHook(
+        name, tuple(functions), tuple(plugins), tuple(observers), firstresult=firstresult
+    )
 
 
 def _positional(
@@ -140,7 +142,14 @@ def _positional(
 class CallPlan:
     """The per-call hooks of one plugin set, compiled, with healkit's error policy."""
 
-    __slots__ = ("_call_end", "_fallback", "_on_error", "_on_observer_error", "_post_response", "_pre_request")
+    __slots__ = (
+        "_call_end",
+        "_fallback",
+        "_on_error",
+        "_on_observer_error",
+        "_post_response",
+        "_pre_request",
+    )
 
     def __init__(self, pm: pluggy.PluginManager, on_observer_error: ObserverErrorHandler) -> None:
         self._pre_request = compile_hook(pm, "healkit_pre_request")
@@ -152,7 +161,13 @@ class CallPlan:
 
     def hooks(self) -> Sequence[CompiledHook]:
         """Return the compiled hooks (for inspection and tests)."""
-        return (self._pre_request, self._post_response, self._on_error, self._fallback, self._call_end)
+        return (
+            self._pre_request,
+            self._post_response,
+            self._on_error,
+            self._fallback,
+            self._call_end,
+        )
 
     def _failed(self, hook: CompiledHook, index: int, exc: Exception) -> None:
         plugin = hook.plugins[index]
@@ -169,7 +184,9 @@ class CallPlan:
                 function(call, attempt)
             except HealkitError:
                 if hook.observers[index]:
-                    raise PluginError(hook.plugins[index], hook.name, RuntimeError("observer refused")) from None
+                    raise PluginError(
+                        hook.plugins[index], hook.name, RuntimeError("observer refused")
+                    ) from None
                 raise
             except Exception as exc:  # noqa: BLE001 - the error policy of the contract
                 self._failed(hook, index, exc)
@@ -188,12 +205,18 @@ class CallPlan:
                 continue
             if result is not None and declared is None and not hook.observers[index]:
                 if not isinstance(result, HealkitError):
-                    self._failed(hook, index, TypeError(f"returned {type(result).__name__}, not a HealkitError"))
+                    self._failed(
+                        hook,
+                        index,
+                        TypeError(f"returned {type(result).__name__}, not a HealkitError"),
+                    )
                     continue
                 declared = result
         return declared
 
-    def on_error(self, call: CallContext, attempt: AttemptContext, error: HealkitError) -> RetryDecision | None:
+    def on_error(
+        self, call: CallContext, attempt: AttemptContext, error: HealkitError
+    ) -> RetryDecision | None:
         """Run ``healkit_on_error``; return the first decision proposed."""
         hook = self._on_error
         decision: RetryDecision | None = None
@@ -205,7 +228,11 @@ class CallPlan:
                 continue
             if result is not None and decision is None and not hook.observers[index]:
                 if not isinstance(result, RetryDecision):
-                    self._failed(hook, index, TypeError(f"returned {type(result).__name__}, not a RetryDecision"))
+                    self._failed(
+                        hook,
+                        index,
+                        TypeError(f"returned {type(result).__name__}, not a RetryDecision"),
+                    )
                     continue
                 decision = result
         return decision
@@ -228,7 +255,9 @@ class CallPlan:
             if result is None:
                 continue
             if not isinstance(result, Fallback):
-                self._failed(hook, index, TypeError(f"returned {type(result).__name__}, not a Fallback"))
+                self._failed(
+                    hook, index, TypeError(f"returned {type(result).__name__}, not a Fallback")
+                )
                 continue
             return result
         return None

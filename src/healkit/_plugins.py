@@ -23,7 +23,14 @@ import pluggy
 from healkit import hookspecs
 from healkit._errors import PluginError
 
-__all__ = ["BLOCK_ENV", "ENTRY_POINT_GROUP", "PluginInfo", "PluginManager", "create_plugin_manager", "describe_plugins"]
+__all__ = [
+    "BLOCK_ENV",
+    "ENTRY_POINT_GROUP",
+    "PluginInfo",
+    "PluginManager",
+    "create_plugin_manager",
+    "describe_plugins",
+]
 
 ENTRY_POINT_GROUP: Final = "healkit"
 BLOCK_ENV: Final = "HEALKIT_BLOCK_PLUGINS"
@@ -71,11 +78,15 @@ def create_plugin_manager(
 
     """
     pm = PluginManager()
-    blocked = set(block) | {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
+    blocked = set(block) | {
+        n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()
+    }
     for name in sorted(blocked):
         pm.set_blocked(name)
     if entry_points:
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        for ep in sorted(
+            importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+        ):
             if pm.is_blocked(ep.name):
                 continue
             if pm.has_plugin(ep.name):
@@ -83,13 +94,17 @@ def create_plugin_manager(
             try:
                 loaded = ep.load()
                 plugin = loaded() if isinstance(loaded, type) else loaded
-            except Exception as exc:  # noqa: BLE001 - any import failure is reported as the plugin's
+            except Exception as exc:
                 raise PluginError(ep.name, "load", exc) from exc
             _register(pm, plugin, ep.name)
             if ep.dist is not None:
                 pm.distributions[ep.name] = (ep.dist.name, ep.dist.version)
     for plugin in plugins:
         _register(pm, plugin, _name_of(plugin))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(pm.get_name(exc.plugin) or repr(exc.plugin), "register", exc) from exc
     return pm
 
 
@@ -126,4 +141,3 @@ def describe_plugins(pm: PluginManager) -> list[PluginInfo]:
             )
         )
     return sorted(infos, key=lambda i: i.name)
-

@@ -73,4 +73,3 @@ class Redactor:
                 [(k, REDACTED if k.lower() in self._query else v) for k, v in parsed.query.items()]
             )
         return str(parsed)
-

@@ -59,7 +59,9 @@ class Response:
         self.status = status
         self.reason = reason
         self.headers: CIMultiDictProxy[str] = (
-            headers if isinstance(headers, CIMultiDictProxy) else CIMultiDictProxy(CIMultiDict(headers or {}))
+            headers
+            if isinstance(headers, CIMultiDictProxy)
+            else CIMultiDictProxy(CIMultiDict(headers or {}))
         )
         self.url = url
         self._body: bytes | None = body
@@ -80,7 +82,9 @@ class Response:
         """Return a copy of this response with header ``name`` set to ``value``."""
         headers = CIMultiDict(self.headers)
         headers[name] = value
-        copy = Response(self.status, headers=headers, body=self._body or b"", url=self.url, reason=self.reason)
+        copy = Response(
+            self.status, headers=headers, body=self._body or b"", url=self.url, reason=self.reason
+        )
         copy._body = self._body
         copy._stream = self._stream
         copy._limit = self._limit
@@ -104,7 +108,9 @@ class Response:
     def body(self) -> bytes:
         """The whole body. For a streaming response, call :meth:`read` first."""
         if self._body is None:
-            raise RuntimeError("the body of a streaming response is not read yet: await response.read()")
+            raise RuntimeError(
+                "the body of a streaming response is not read yet: await response.read()"
+            )
         return self._body
 
     async def read(self) -> bytes:
@@ -150,7 +156,7 @@ class Response:
     @overload
     def json(self) -> Any: ...  # noqa: ANN401 - untyped JSON is Any
     @overload
-    def json(self, type: type[T]) -> T: ...  # noqa: A002 - mirrors msgspec's argument name
+    def json(self, type: type[T]) -> T: ...
     def json(self, type: Any = Any) -> Any:  # noqa: A002
         """Decode the body as JSON with msgspec, optionally into ``type``.
 

@@ -16,8 +16,10 @@ import asyncio
 import contextvars
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, final
+
+import pluggy
 
 from healkit import _log
 from healkit._clock import SYSTEM_CLOCK, Clock
@@ -34,7 +36,9 @@ ConfigInput = Mapping[str, Any] | str | os.PathLike[str] | ConfigSource | None
 
 SHUTDOWN_TIMEOUT: Final = 5.0
 
-_current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("healkit_runtime", default=None)
+_current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
+    "healkit_runtime", default=None
+)
 
 
 @final
@@ -118,7 +122,9 @@ class Runtime:
             self._changed.clear()
             await self._changed.wait()
 
-    def _apply_or_raise(self, raw: object, *, origin: str, configure: bool = False) -> HealkitConfig:
+    def _apply_or_raise(
+        self, raw: object, *, origin: str, configure: bool = False
+    ) -> HealkitConfig:
         config = build_config(raw, self.sections, origin=origin)
         previous = self._config
         self._config = config
@@ -163,9 +169,10 @@ class Runtime:
         """
         self.plugin_manager.register(plugin, name=name)
         try:
+            self.plugin_manager.check_pending()
             self.sections = self._collect_sections()
             self._apply_or_raise(self._raw, origin="plugins", configure=True)
-        except ConfigError:
+        except (ConfigError, pluggy.PluginValidationError):
             self.plugin_manager.unregister(plugin)
             self.sections = self._collect_sections()
             raise
@@ -196,7 +203,8 @@ class Runtime:
         if not isinstance(source, InMemorySource | FileSource):
             self._apply_or_raise(await source.load(), origin=source.origin, configure=True)
         self._started = True
-        self.start_background(f"config-watch {source.origin}", lambda: source.watch(self))
+        if not isinstance(source, InMemorySource):
+            self.start_background(f"config-watch {source.origin}", lambda: source.watch(self))
         self.plugin_manager.hook.healkit_startup(runtime=self)
 
     async def stop(self) -> None:
@@ -213,7 +221,9 @@ class Runtime:
             if isinstance(result, Awaitable):
                 await asyncio.wait_for(_as_coroutine(result), SHUTDOWN_TIMEOUT)
 
-    def start_background(self, name: str, function: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    def start_background(
+        self, name: str, function: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
         """Run ``function()`` as a task owned by this runtime until :meth:`stop`.
 
         A task that fails is logged (``healkit.background_task_failed``); it is
@@ -221,7 +231,7 @@ class Runtime:
         """
         if not self._started:
             raise PluginError(name, "start_background", RuntimeError("the runtime is not started"))
-        task = asyncio.get_running_loop().create_task(_as_coroutine(function()), name=f"healkit: {name}")
+        task = asyncio.get_running_loop().create_task(function(), name=f"healkit: {name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -278,4 +288,6 @@ def _as_source(config: ConfigInput) -> ConfigSource:
         return FileSource(config)
     if isinstance(config, Mapping):
         return InMemorySource(config)
-    raise TypeError(f"config must be a mapping, a path or a ConfigSource, not {type(config).__name__}")
+    raise TypeError(
+        f"config must be a mapping, a path or a ConfigSource, not {type(config).__name__}"
+    )

@@ -46,10 +46,10 @@ class Stash:
     def __getitem__(self, key: StashKey[T]) -> T:
         return cast("T", self._items[cast("StashKey[object]", key)])
 
-    def __contains__(self, key: "StashKey[Any]") -> bool:
+    def __contains__(self, key: StashKey[Any]) -> bool:
         return key in self._items
 
-    def __delitem__(self, key: "StashKey[Any]") -> None:
+    def __delitem__(self, key: StashKey[Any]) -> None:
         del self._items[key]
 
     def __len__(self) -> int:

@@ -1,0 +1,66 @@
+"""Development sessions: ``python -m nox -s tests`` (see README).
+
+Every session installs the locked workspace (the root and the local plugin
+distributions) into its own virtual environment with ``uv sync --locked``.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+def sync(session: nox.Session, *groups: str) -> None:
+    """Install the locked workspace with every extra and the given dependency groups."""
+    args = ["uv", "sync", "--locked", "--all-extras", "--no-default-groups"]
+    for group in groups:
+        args += ["--group", group]
+    session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location})
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite (real servers, real TLS; everything on loopback)."""
+    sync(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff: lint and formatting."""
+    sync(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the core, the plugins and the example plugin."""
+    sync(session, "typecheck", "test")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Run every code example of docs/ and check the reference against the models."""
+    sync(session, "test")
+    session.run("pytest", "tests/test_docs.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: pipeline overhead and end-to-end client CPU against peers."""
+    sync(session, "bench")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """healkit's main job on its embedded default: traffic through a scripted outage."""
+    sync(session)
+    session.run("healkit", "demo", *(session.posargs or ["--duration", "30"]), external=False)

@@ -1,0 +1,28 @@
+"""Test helpers for healkit and for code built on it.
+
+* :class:`FaultServer`: a real aiohttp server on loopback whose paths follow a
+  script of faults (latency, status bursts, resets, hangs, truncated and slow
+  bodies) and which records every request it handles.
+* :class:`ManualClock`: virtual time; backoff sleeps are instant and exact.
+* :func:`refused_url`, :func:`unused_tcp_port`: addresses where nothing listens.
+
+With healkit installed, pytest loads the fixtures of
+:mod:`healkit.testing._pytest_plugin` (``fault_server``, ``manual_clock``) by
+itself, through the ``pytest11`` entry point.
+"""
+
+from __future__ import annotations
+
+from healkit.testing._clock import ManualClock
+from healkit.testing._faults import Fault, FaultKind, FaultServer, RecordedRequest
+from healkit.testing._ports import refused_url, unused_tcp_port
+
+__all__ = [
+    "Fault",
+    "FaultKind",
+    "FaultServer",
+    "ManualClock",
+    "RecordedRequest",
+    "refused_url",
+    "unused_tcp_port",
+]

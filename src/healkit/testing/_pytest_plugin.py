@@ -1,0 +1,36 @@
+"""pytest fixtures of healkit.testing, loaded through the ``pytest11`` entry point.
+
+Async fixtures run under anyio's pytest plugin: mark tests ``@pytest.mark.anyio``.
+healkit needs asyncio (aiohttp), so ``anyio_backend`` defaults to ``"asyncio"``
+here; a ``conftest.py`` fixture of the same name overrides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from healkit.testing._clock import ManualClock
+from healkit.testing._faults import FaultServer
+
+__all__ = ["anyio_backend", "fault_server", "manual_clock"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run anyio tests on asyncio, which aiohttp needs."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def fault_server() -> AsyncIterator[FaultServer]:
+    """Start a :class:`FaultServer` on 127.0.0.1 for the test, and stop it after."""
+    async with FaultServer() as server:
+        yield server
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """Return a :class:`ManualClock`; pass it as ``clock=`` to a Client or Runtime."""
+    return ManualClock()

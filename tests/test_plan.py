@@ -1,0 +1,103 @@
+"""The compiled call plan calls implementations exactly as pluggy does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import healkit
+from healkit._plan import PER_CALL_HOOKS, CallPlan, compile_hook
+from healkit._plugins import create_plugin_manager
+
+HOOK_ARGS = {
+    "healkit_pre_request": ("call", "attempt"),
+    "healkit_post_response": ("call", "attempt", "response"),
+    "healkit_on_error": ("call", "attempt", "error"),
+    "healkit_fallback": ("call", "error"),
+    "healkit_call_end": ("call", "outcome", "error"),
+}
+
+# One implementation: (hook, ordering, result or None, argument subset taken)
+impl_strategy = st.tuples(
+    st.sampled_from(sorted(HOOK_ARGS)),
+    st.sampled_from(["plain", "tryfirst", "trylast"]),
+    st.one_of(st.none(), st.integers(0, 1000)),
+    st.booleans(),
+)
+
+
+def make_plugin(index: int, impls: list[tuple[str, str, int | None, bool]]) -> object:
+    """A plugin class with one method per hook it implements."""
+    namespace: dict[str, Any] = {}
+    for hook, order, result, subset in impls:
+        args = HOOK_ARGS[hook]
+        taken = args[:1] if subset else args
+        # pluggy reads argument names from the signature: build one with the names.
+        source = f"def {hook}(self, {', '.join(taken)}):\n    return _result\n"
+        scope: dict[str, Any] = {"_result": result}
+        exec(source, scope)  # noqa: S102 - builds a signature for pluggy to read
+        opts = {"tryfirst": order == "tryfirst", "trylast": order == "trylast"}
+        namespace[hook] = healkit.hookimpl(**opts)(scope[hook])
+    return type(f"Plugin{index}", (), namespace)()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(impl_strategy, max_size=5, unique_by=lambda i: i[0]), max_size=6))
+def test_plan_matches_pluggy(plugins_impls: list[list[tuple[str, str, int | None, bool]]]) -> None:
+    plugins = [make_plugin(i, impls) for i, impls in enumerate(plugins_impls)]
+    pm = create_plugin_manager(plugins=plugins, entry_points=False)
+    for hook in PER_CALL_HOOKS:
+        compiled = compile_hook(pm, hook)
+        values = {name: object() for name in HOOK_ARGS[hook]}
+        expected = getattr(pm.hook, hook)(**values)
+        got = compiled.call(*values.values())
+        if compiled.firstresult:
+            assert (got[0] if got else None) == expected
+        else:
+            assert got == expected
+
+
+def test_plugin_order_is_pluggy_order() -> None:
+    calls: list[str] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.healkit_name = name
+
+    def plugin(name: str, **opts: bool) -> object:
+        def healkit_pre_request(self: Any, call: Any, attempt: Any) -> None:
+            calls.append(name)
+
+        cls = type(name, (Recorder,), {"healkit_pre_request": healkit.hookimpl(**opts)(healkit_pre_request)})
+        return cls(name)
+
+    plugins = [plugin("a"), plugin("b", trylast=True), plugin("c"), plugin("d", tryfirst=True)]
+    pm = create_plugin_manager(plugins=plugins, entry_points=False)
+    compile_hook(pm, "healkit_pre_request").call(None, None)
+    assert calls == ["d", "c", "a", "b"]
+
+
+def test_wrappers_are_refused_on_per_call_hooks() -> None:
+    class Wrapper:
+        @healkit.hookimpl(wrapper=True)
+        def healkit_pre_request(self, call: Any, attempt: Any) -> Any:
+            return (yield)
+
+    pm = create_plugin_manager(plugins=[Wrapper()], entry_points=False)
+    with pytest.raises(healkit.PluginError, match="wrappers are not supported"):
+        CallPlan(pm, lambda *_: None)
+
+
+def test_misspelled_hooks_are_refused_at_registration() -> None:
+    class Typo:
+        @healkit.hookimpl
+        def healkit_pre_requets(self) -> None:  # a typo of the hook name
+            """Never called."""
+
+    with pytest.raises(healkit.PluginError, match="healkit_pre_requets") as caught:
+        create_plugin_manager(plugins=[Typo()], entry_points=False)
+    assert isinstance(caught.value.__cause__, pluggy.PluginValidationError)
