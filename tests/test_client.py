@@ -51,7 +51,9 @@ async def test_json_decodes_into_a_type(fault_server: FaultServer, make_client: 
     assert response.text() == '{"id": 7, "name": "x"}' or response.json(Item).id == 7
 
 
-async def test_absolute_url_is_mapped_to_its_service(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_absolute_url_is_mapped_to_its_service(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     async with make_client(service_config(fault_server.url, name="inventory")) as client:
         response = await client.get(f"{fault_server.url}/stock")
     assert response.outcome is not None
@@ -67,7 +69,9 @@ async def test_absolute_url_of_unknown_service_uses_defaults(
     assert response.outcome.service == "127.0.0.1"
 
 
-async def test_post_json_body_and_headers(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_post_json_body_and_headers(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     async with make_client(service_config(fault_server.url)) as client:
         await client.post("/charges", service="svc", json={"amount": 5}, headers={"X-Trace": "t1"})
     request = fault_server.requests[0]
@@ -89,7 +93,11 @@ async def test_post_json_body_and_headers(fault_server: FaultServer, make_client
     ],
 )
 async def test_bad_requests_fail_clearly(
-    fault_server: FaultServer, make_client: MakeClient, target: str, kwargs: dict[str, Any], message: str
+    fault_server: FaultServer,
+    make_client: MakeClient,
+    target: str,
+    kwargs: dict[str, Any],
+    message: str,
 ) -> None:
     async with make_client(service_config(fault_server.url)) as client:
         with pytest.raises(healkit.RequestError, match=message):
@@ -106,7 +114,9 @@ async def test_refused_connection_never_reached_the_server(make_client: MakeClie
     assert caught.value.attempts[0].endpoint == url
 
 
-async def test_reset_may_have_reached_the_server(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_reset_may_have_reached_the_server(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     fault_server.script("/pay", Fault.reset_after_body())
     async with make_client(service_config(fault_server.url)) as client:
         with pytest.raises(healkit.ConnectionLostError) as caught:
@@ -119,7 +129,9 @@ async def test_reset_may_have_reached_the_server(fault_server: FaultServer, make
 async def test_truncated_body_is_a_failed_attempt_that_can_be_retried(
     fault_server: FaultServer, make_client: MakeClient
 ) -> None:
-    fault_server.script("/doc", Fault.truncated(body=b"part", declared_length=100), then=Fault.ok(body=b"whole"))
+    fault_server.script(
+        "/doc", Fault.truncated(body=b"part", declared_length=100), then=Fault.ok(body=b"whole")
+    )
     async with make_client(service_config(fault_server.url), RetryUpTo(2)) as client:
         response = await client.get("/doc", service="svc")
         assert acquired(client) == 0
@@ -133,7 +145,9 @@ async def test_status_declared_failure_is_retried_then_returned(
     fault_server: FaultServer, make_client: MakeClient
 ) -> None:
     fault_server.script("/x", Fault.status(503), Fault.status(503))
-    async with make_client(service_config(fault_server.url), RetryUpTo(3), FailOnStatus(503)) as client:
+    async with make_client(
+        service_config(fault_server.url), RetryUpTo(3), FailOnStatus(503)
+    ) as client:
         response = await client.get("/x", service="svc")
     assert response.status == 200
     assert fault_server.hits("/x") == 3
@@ -141,7 +155,9 @@ async def test_status_declared_failure_is_retried_then_returned(
     assert [a.status for a in response.outcome.attempts] == [503, 503, 200]
 
 
-async def test_a_503_that_no_plugin_judges_is_a_response(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_a_503_that_no_plugin_judges_is_a_response(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     fault_server.script("/x", Fault.status(503, body=b"down"))
     async with make_client(service_config(fault_server.url)) as client:
         response = await client.get("/x", service="svc")
@@ -153,9 +169,13 @@ async def test_a_503_that_no_plugin_judges_is_a_response(fault_server: FaultServ
     assert len(caught.value.attempts) == 1
 
 
-async def test_fallback_response_announces_itself(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_fallback_response_announces_itself(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     fault_server.script("/x", Fault.status(503))
-    degraded = healkit.Response(200, body=b'{"degraded": true}', headers={"Content-Type": "application/json"})
+    degraded = healkit.Response(
+        200, body=b'{"degraded": true}', headers={"Content-Type": "application/json"}
+    )
     plugins = (FailOnStatus(503), StaticFallback(degraded, path="degraded"))
     async with make_client(service_config(fault_server.url), *plugins) as client:
         response = await client.get("/x", service="svc")
@@ -178,7 +198,9 @@ async def test_body_cap(fault_server: FaultServer, make_client: MakeClient) -> N
         assert acquired(client) == 0
 
 
-async def test_streaming_reads_chunks_and_releases(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_streaming_reads_chunks_and_releases(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     fault_server.script("/stream", Fault.slow_body(chunks=3, delay=0.0, chunk=b"z" * 100))
     async with make_client(service_config(fault_server.url)) as client:
         async with client.stream("GET", "/stream", service="svc") as response:
@@ -196,13 +218,17 @@ async def test_streaming_failure_declared_on_head_is_released_and_retried(
     fault_server: FaultServer, make_client: MakeClient
 ) -> None:
     fault_server.script("/s", Fault.status(503, body=b"no" * 1000))
-    async with make_client(service_config(fault_server.url), RetryUpTo(2), FailOnStatus(503)) as client:
+    async with make_client(
+        service_config(fault_server.url), RetryUpTo(2), FailOnStatus(503)
+    ) as client:
         async with client.stream("GET", "/s", service="svc") as response:
             assert await response.read() == b"ok"
         assert acquired(client) == 0
 
 
-async def test_no_connection_leaks_across_failure_kinds(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_no_connection_leaks_across_failure_kinds(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     # One pooled connection: any response left unreleased would block the next request.
     fault_server.script(
         "/x",
@@ -226,7 +252,9 @@ async def test_no_connection_leaks_across_failure_kinds(fault_server: FaultServe
     assert failures >= 3
 
 
-async def test_adopted_session_is_not_closed(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_adopted_session_is_not_closed(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     async with aiohttp.ClientSession() as session:
         async with make_client(service_config(fault_server.url), session=session) as client:
             assert client.session is session
@@ -234,7 +262,9 @@ async def test_adopted_session_is_not_closed(fault_server: FaultServer, make_cli
         assert not session.closed
 
 
-async def test_per_request_aiohttp_options_pass_through(fault_server: FaultServer, make_client: MakeClient) -> None:
+async def test_per_request_aiohttp_options_pass_through(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
     fault_server.script("/from", Fault.status(302, headers={"Location": "/to"}))
     async with make_client(service_config(fault_server.url)) as client:
         response = await client.get("/from", service="svc", allow_redirects=False)

@@ -12,12 +12,14 @@ from structlog.testing import LogCapture
 
 import healkit
 from healkit.testing import ManualClock
-from tests.plugins import FailOnStatus, Recorder, RetryUpTo, StaticFallback
+from tests.plugins import Recorder, RetryUpTo, StaticFallback
 
 pytestmark = pytest.mark.anyio
 
 
-def runtime(*plugins: object, clock: healkit.Clock | None = None, config: Any = None) -> healkit.Runtime:
+def runtime(
+    *plugins: object, clock: healkit.Clock | None = None, config: Any = None
+) -> healkit.Runtime:
     return healkit.Runtime(
         config=config, plugins=plugins, entry_points=False, clock=clock or healkit.MonotonicClock()
     )

@@ -72,7 +72,11 @@ def test_plugin_order_is_pluggy_order() -> None:
         def healkit_pre_request(self: Any, call: Any, attempt: Any) -> None:
             calls.append(name)
 
-        cls = type(name, (Recorder,), {"healkit_pre_request": healkit.hookimpl(**opts)(healkit_pre_request)})
+        cls = type(
+            name,
+            (Recorder,),
+            {"healkit_pre_request": healkit.hookimpl(**opts)(healkit_pre_request)},
+        )
         return cls(name)
 
     plugins = [plugin("a"), plugin("b", trylast=True), plugin("c"), plugin("d", tryfirst=True)]

@@ -7,8 +7,6 @@ configured live. Start with :class:`Client` or :func:`resilient`; the public
 names are exactly those in ``__all__``.
 """
 
-from __future__ import annotations
-
 from importlib.metadata import version as _version
 
 from healkit._client import Client

@@ -19,7 +19,8 @@ import msgspec
 from healkit._config import build_config
 from healkit._config_formats import load_file
 from healkit._errors import ConfigError, PluginError
-from healkit._runtime import Runtime
+from healkit._plugins import create_plugin_manager, describe_plugins
+from healkit._runtime import config_sections
 
 __all__ = ["main"]
 
@@ -105,10 +106,7 @@ def _positive_int(text: str) -> int:
 
 
 def _plugins(args: argparse.Namespace, out: TextIO) -> int:
-    from healkit._plugins import describe_plugins  # noqa: PLC0415 - keep CLI start light
-
-    runtime = Runtime(block_plugins=args.block)
-    infos = describe_plugins(runtime.plugin_manager)
+    infos = describe_plugins(create_plugin_manager(block=args.block))
     if args.json:
         out.write(msgspec.json.encode(infos).decode() + "\n")
         return EXIT_OK
@@ -124,21 +122,19 @@ def _plugins(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
-    runtime = Runtime(block_plugins=args.block)
+    sections = config_sections(create_plugin_manager(block=args.block))
     try:
         document = load_file(args.file)
-        config = build_config(document, runtime.sections, origin=args.file)
+        config = build_config(document, sections, origin=args.file)
     except ConfigError as error:
         out.writelines(f"{issue.path}: {issue.reason}\n" for issue in error.issues)
         count = len(error.issues)
         out.write(f"{args.file}: invalid ({count} problem{'s' if count != 1 else ''})\n")
         return EXIT_INVALID
     services = sorted(config.services)
-    sections = ", ".join(s.name for s in config.sections) or "none"
+    names = ", ".join(s.name for s in config.sections) or "none"
     listed = ", ".join(services) if services else "none"
-    out.write(
-        f"{args.file}: valid ({len(services)} services: {listed}; plugin sections: {sections})\n"
-    )
+    out.write(f"{args.file}: valid ({len(services)} services: {listed}; plugin sections: {names})\n")
     return EXIT_OK
 
 

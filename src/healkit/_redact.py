@@ -13,9 +13,11 @@ from typing import Final, final
 
 import yarl
 
-__all__ = ["REDACTED", "Redactor"]
+__all__ = ["REDACTED", "URL_REDACTED", "Redactor"]
 
 REDACTED: Final = "[REDACTED]"
+URL_REDACTED: Final = "REDACTED"
+"""The replacement of secret query values (no characters that need percent-encoding)."""
 
 SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
@@ -70,6 +72,9 @@ class Redactor:
             parsed = parsed.with_user(None)
         if parsed.query_string and any(k.lower() in self._query for k in parsed.query):
             parsed = parsed.with_query(
-                [(k, REDACTED if k.lower() in self._query else v) for k, v in parsed.query.items()]
+                [
+                    (k, URL_REDACTED if k.lower() in self._query else v)
+                    for k, v in parsed.query.items()
+                ]
             )
         return str(parsed)

@@ -73,13 +73,14 @@ class Runtime:
             plugins=plugins, block=frozenset(block_plugins), entry_points=entry_points
         )
         self.plugin_errors: Counter[str] = Counter()
-        self.sections = self._collect_sections()
+        self.sections = config_sections(self.plugin_manager)
         self.plan = CallPlan(self.plugin_manager, self._observer_failed)
         self._source = _as_source(config)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._changed = asyncio.Event()
         self.version = 0
+        self.rejections = 0
         self._raw: object = {}
         self._config: HealkitConfig = build_config({}, self.sections, origin="defaults")
         if isinstance(self._source, InMemorySource | FileSource):
@@ -108,17 +109,25 @@ class Runtime:
         try:
             self._apply_or_raise(raw, origin=origin, configure=True)
         except ConfigError as error:
-            _log.config_rejected(error)
+            self.reject(error)
             return error
         return None
 
     def reject(self, error: ConfigError) -> None:
-        """Log a document a source could not decode."""
+        """Log and count a rejected document (the configuration in force stays)."""
         _log.config_rejected(error)
+        self.rejections += 1
+        self._changed.set()
 
     async def wait_for_version(self, version: int) -> None:
         """Return once the configuration version is at least ``version``."""
         while self.version < version:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def wait_for_rejections(self, count: int) -> None:
+        """Return once at least ``count`` documents were rejected since start."""
+        while self.rejections < count:
             self._changed.clear()
             await self._changed.wait()
 
@@ -147,16 +156,6 @@ class Runtime:
                 _log.plugin_failed(impl.plugin_name, "healkit_configure", error)
                 self.plugin_errors[impl.plugin_name] += 1
 
-    def _collect_sections(self) -> tuple[ConfigSection[Any], ...]:
-        sections: dict[str, ConfigSection[Any]] = {}
-        for group in self.plugin_manager.hook.healkit_config_sections():
-            for section in group:
-                if section.name in sections:
-                    issue = ConfigIssue(f"$.{section.name}", "two plugins declare this section")
-                    raise ConfigError([issue], origin="plugins")
-                sections[section.name] = section
-        return tuple(sections.values())
-
     # -- plugins ---------------------------------------------------------------
 
     def register(self, plugin: object, *, name: str | None = None) -> None:
@@ -170,11 +169,11 @@ class Runtime:
         self.plugin_manager.register(plugin, name=name)
         try:
             self.plugin_manager.check_pending()
-            self.sections = self._collect_sections()
+            self.sections = config_sections(self.plugin_manager)
             self._apply_or_raise(self._raw, origin="plugins", configure=True)
         except (ConfigError, pluggy.PluginValidationError):
             self.plugin_manager.unregister(plugin)
-            self.sections = self._collect_sections()
+            self.sections = config_sections(self.plugin_manager)
             raise
         self.plan = CallPlan(self.plugin_manager, self._observer_failed)
 
@@ -254,6 +253,23 @@ class Runtime:
     def deactivate(token: contextvars.Token[Runtime | None]) -> None:
         """Undo :meth:`activate`."""
         _current.reset(token)
+
+
+def config_sections(pm: PluginManager) -> tuple[ConfigSection[Any], ...]:
+    """Return the config sections the plugins of ``pm`` contribute.
+
+    Raises:
+        ConfigError: two plugins declare the same section.
+
+    """
+    sections: dict[str, ConfigSection[Any]] = {}
+    for group in pm.hook.healkit_config_sections():
+        for section in group:
+            if section.name in sections:
+                issue = ConfigIssue(f"$.{section.name}", "two plugins declare this section")
+                raise ConfigError([issue], origin="plugins")
+            sections[section.name] = section
+    return tuple(sections.values())
 
 
 def current_runtime() -> Runtime | None:

@@ -53,10 +53,14 @@ class TimeoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     def __post_init__(self) -> None:
         """Reject an attempt limit longer than the call's deadline."""
         if self.attempt > self.deadline:
-            raise ValueError(f"attempt ({self.attempt}s) must not exceed deadline ({self.deadline}s)")
+            raise ValueError(
+                f"attempt ({self.attempt}s) must not exceed deadline ({self.deadline}s)"
+            )
 
 
-SECTION: Final = healkit.ConfigSection("timeout", TimeoutSettings, doc="time limits of attempts and calls")
+SECTION: Final = healkit.ConfigSection(
+    "timeout", TimeoutSettings, doc="time limits of attempts and calls"
+)
 
 
 @final
@@ -73,9 +77,13 @@ class TimeoutPlugin:
         return (SECTION,)
 
     @healkit.hookimpl(tryfirst=True)
-    def healkit_pre_request(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> None:
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
         """Set the attempt's limits; on the first attempt, the call's deadline."""
         settings = call.policy.section(SECTION)
-        attempt.timeouts = healkit.Timeouts(connect=settings.connect, read=settings.read, total=settings.attempt)
+        attempt.timeouts = healkit.Timeouts(
+            connect=settings.connect, read=settings.read, total=settings.attempt
+        )
         if attempt.number == 1:
             call.limit_deadline(settings.deadline)

@@ -1,0 +1,76 @@
+"""Structured logs: namespaced events, bound context, secrets redacted."""
+
+from __future__ import annotations
+
+import pytest
+from structlog.testing import LogCapture
+
+import healkit
+from healkit._redact import REDACTED, URL_REDACTED, Redactor
+from healkit.testing import Fault, FaultServer
+from tests.plugins import RetryUpTo
+
+pytestmark = pytest.mark.anyio
+
+SECRETS = ("s3cr3t-pass", "tok-123", "sig-456", "cookie-789", "apikey-000", "bearer-abc")
+
+
+async def test_failed_call_logs_carry_context_and_no_secret(
+    fault_server: FaultServer, logs: LogCapture
+) -> None:
+    fault_server.set_default(Fault.reset())
+    url = fault_server.url.replace("http://", "http://user:s3cr3t-pass@")
+    config = {"logging": {"redact_headers": ["X-Api-Key"], "redact_query": ["session"]}}
+    async with healkit.Client(config=config, plugins=[RetryUpTo(2)], entry_points=False) as client:
+        with pytest.raises(healkit.ConnectionLostError) as caught:
+            await client.get(
+                f"{url}/pay?token=tok-123&X-Amz-Signature=sig-456&session=tok-123&page=2",
+                headers={
+                    "Authorization": "Bearer bearer-abc",
+                    "Cookie": "id=cookie-789",
+                    "X-Api-Key": "apikey-000",
+                    "X-Visible": "shown",
+                },
+            )
+    events = [e["event"] for e in logs.entries]
+    assert events == [
+        "healkit.config_applied",
+        "healkit.attempt_failed",
+        "healkit.retry_scheduled",
+        "healkit.attempt_failed",
+        "healkit.call_failed",
+    ]
+    failed = logs.entries[-1]
+    assert failed["service"] == "127.0.0.1"
+    assert failed["attempt"] == 2
+    assert failed["path"] == "retry"
+    assert failed["headers"]["Authorization"] == REDACTED
+    assert failed["headers"]["X-Api-Key"] == REDACTED
+    assert failed["headers"]["X-Visible"] == "shown"
+    text = repr(logs.entries) + str(caught.value)
+    for secret in SECRETS:
+        assert secret not in text
+
+
+def test_redactor_urls() -> None:
+    redactor = Redactor(query=["session"])
+    url = "https://u:p@h.test:8443/a?sig=1&x=2&Session=3&X-Goog-Signature=4"
+    hidden = URL_REDACTED
+    assert (
+        redactor.url(url)
+        == f"https://h.test:8443/a?sig={hidden}&x=2&Session={hidden}&X-Goog-Signature={hidden}"
+    )
+    assert redactor.url("http://h.test/plain?a=1") == "http://h.test/plain?a=1"
+
+
+def test_redactor_headers_are_case_insensitive() -> None:
+    redactor = Redactor(headers=["x-secret"])
+    redacted = redactor.headers(
+        {"authorization": "a", "PROXY-AUTHORIZATION": "b", "X-Secret": "c", "Accept": "d"}
+    )
+    assert redacted == {
+        "authorization": REDACTED,
+        "PROXY-AUTHORIZATION": REDACTED,
+        "X-Secret": REDACTED,
+        "Accept": "d",
+    }

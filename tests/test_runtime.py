@@ -1,0 +1,125 @@
+"""Runtime lifecycle: plugin background work is owned by the client and never leaks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from structlog.testing import LogCapture
+
+import healkit
+
+pytestmark = pytest.mark.anyio
+
+
+class Background:
+    """Starts a ticking task on startup; records shutdown."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.ticked = asyncio.Event()
+        self.cancelled = False
+        self.shut_down = False
+
+    @healkit.hookimpl
+    def healkit_startup(self, runtime: healkit.Runtime) -> None:
+        runtime.start_background("ticker", self.tick)
+
+    async def tick(self) -> None:
+        try:
+            while True:
+                self.ticks += 1
+                self.ticked.set()
+                await asyncio.sleep(0.001)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    @healkit.hookimpl
+    def healkit_shutdown(self) -> Any:
+        async def close() -> None:
+            self.shut_down = True
+
+        return close()
+
+
+async def test_background_tasks_live_exactly_as_long_as_the_client() -> None:
+    plugin = Background()
+    before = asyncio.all_tasks()
+    async with healkit.Client(plugins=[plugin], entry_points=False) as client:
+        await plugin.ticked.wait()
+        assert len(client.runtime.background_tasks) == 1
+    assert plugin.cancelled
+    assert plugin.shut_down
+    assert client.runtime.background_tasks == frozenset()
+    assert asyncio.all_tasks() == before
+
+
+async def test_background_tasks_need_a_started_runtime() -> None:
+    runtime = healkit.Runtime(entry_points=False)
+
+    async def nothing() -> None:
+        return None
+
+    with pytest.raises(healkit.PluginError, match="not started"):
+        runtime.start_background("early", nothing)
+
+
+async def test_a_crashing_background_task_is_logged(logs: LogCapture) -> None:
+    class Crash:
+        @healkit.hookimpl
+        def healkit_startup(self, runtime: healkit.Runtime) -> None:
+            runtime.start_background("crasher", self.crash)
+
+        async def crash(self) -> None:
+            raise RuntimeError("background bug")
+
+    async with healkit.Client(plugins=[Crash()], entry_points=False) as client:
+        await asyncio.wait(client.runtime.background_tasks)
+    failed = [e for e in logs.entries if e["event"] == "healkit.background_task_failed"]
+    assert failed == [
+        {
+            "event": "healkit.background_task_failed",
+            "task": "healkit: crasher",
+            "error": "RuntimeError",
+            "reason": "background bug",
+            "log_level": "error",
+        }
+    ]
+
+
+async def test_configure_is_called_with_previous_and_a_crash_is_reported(logs: LogCapture) -> None:
+    seen: list[tuple[int, bool]] = []
+
+    class Watch:
+        healkit_name = "watch"
+
+        @healkit.hookimpl
+        def healkit_configure(
+            self, config: healkit.HealkitConfig, previous: healkit.HealkitConfig | None
+        ) -> None:
+            seen.append((len(config.services), previous is None))
+            if len(config.services) == 2:
+                raise ValueError("cannot take two")
+
+    runtime = healkit.Runtime(plugins=[Watch()], entry_points=False)
+    runtime.apply({"services": {"a": {"endpoints": ["http://a.test"]}}})
+    runtime.apply(
+        {"services": {"a": {"endpoints": ["http://a.test"]}, "b": {"endpoints": ["http://b.test"]}}}
+    )
+    assert seen == [(0, True), (1, False), (2, False)]
+    assert len(runtime.config.services) == 2
+    assert runtime.plugin_errors["watch"] == 1
+    assert any(
+        e["event"] == "healkit.plugin_error" and e["plugin"] == "watch" for e in logs.entries
+    )
+
+
+async def test_an_adopted_closed_session_is_refused() -> None:
+    session = aiohttp.ClientSession()
+    await session.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        async with healkit.Client(session=session, entry_points=False):
+            pass
