@@ -78,7 +78,9 @@ class Recorder:
         self.events: list[tuple[str, Any]] = []
 
     @healkit.hookimpl
-    def healkit_pre_request(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> None:
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
         self.events.append(("pre_request", (attempt.number, attempt.timeouts, call.deadline)))
 
     @healkit.hookimpl
@@ -86,11 +88,15 @@ class Recorder:
         self.events.append(("post_response", attempt.number))
 
     @healkit.hookimpl
-    def healkit_on_error(self, attempt: healkit.AttemptContext, error: healkit.HealkitError) -> None:
+    def healkit_on_error(
+        self, attempt: healkit.AttemptContext, error: healkit.HealkitError
+    ) -> None:
         self.events.append(("on_error", type(error).__name__))
 
     @healkit.hookimpl
-    def healkit_call_end(self, outcome: healkit.Outcome, error: healkit.HealkitError | None) -> None:
+    def healkit_call_end(
+        self, outcome: healkit.Outcome, error: healkit.HealkitError | None
+    ) -> None:
         self.events.append(("call_end", (outcome.path, type(error).__name__ if error else None)))
 
     def names(self) -> list[str]:

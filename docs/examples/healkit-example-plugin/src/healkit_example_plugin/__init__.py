@@ -29,7 +29,9 @@ class RequestIdSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     enabled: bool = True
 
 
-SECTION: Final = healkit.ConfigSection("request_id", RequestIdSettings, doc="a request id header per call")
+SECTION: Final = healkit.ConfigSection(
+    "request_id", RequestIdSettings, doc="a request id header per call"
+)
 
 REQUEST_ID: Final = healkit.StashKey[str]("healkit_example_plugin.request_id")
 """Where the plugin keeps the call's id (other plugins may read it)."""
