@@ -6,13 +6,17 @@ distributions) into its own virtual environment with ``uv sync --locked``.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "package", "tests"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
+PLUGINS = ("healkit-timeout",)
 
 
 def sync(session: nox.Session, *groups: str) -> None:
@@ -43,6 +47,21 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the core, the plugins and the example plugin."""
     sync(session, "typecheck", "test")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def package(session: nox.Session) -> None:
+    """Build every distribution; install each plugin alone beside the core wheel."""
+    dist = Path(session.create_tmp()) / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("uv", "build", "--all-packages", "--out-dir", str(dist), external=True)
+    core = next(dist.glob("healkit-*.whl"))
+    for plugin in PLUGINS:
+        wheel = next(dist.glob(f"{plugin.replace('-', '_')}-*.whl"))
+        session.run("uv", "pip", "install", "--reinstall", str(core), str(wheel))
+        module = plugin.replace("-", "_")
+        session.run("python", "-c", f"import healkit, {module}; print({module}.__name__, 'ok')")
+        session.run("uv", "pip", "uninstall", plugin)
 
 
 @nox.session(python=PYTHON)

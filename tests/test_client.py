@@ -275,3 +275,15 @@ async def test_client_requires_entering(make_client: MakeClient) -> None:
     client = make_client()
     with pytest.raises(RuntimeError, match="not open"):
         await client.get("http://127.0.0.1:1/")
+
+
+async def test_owned_session_does_not_resend_behind_the_pipeline(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
+    # A pooled connection that breaks: aiohttp alone would resend the GET silently.
+    fault_server.script("/x", Fault.ok(), Fault.reset(), then=Fault.ok())
+    async with make_client(service_config(fault_server.url)) as client:
+        await client.get("/x", service="svc")
+        with pytest.raises(healkit.ConnectionLostError):
+            await client.get("/x", service="svc")
+    assert fault_server.hits("/x") == 2

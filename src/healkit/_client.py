@@ -90,7 +90,7 @@ class Client:
         if self._session is None or self._session.closed:
             if not self._owns_session:
                 raise RuntimeError("the adopted aiohttp session is closed")
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+            self._session = _own_session()
         await self.runtime.start()
         self._token = self.runtime.activate()
         return self
@@ -298,6 +298,17 @@ class Client:
     async def delete(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
         """``request("DELETE", target, ...)``."""
         return await self.request("DELETE", target, **kwargs)
+
+
+def _own_session() -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+    # aiohttp resends an idempotent request once, silently, when the connection
+    # breaks before a response; healkit's pipeline must see (and count) every
+    # attempt, so its own session leaves resending to the pipeline. The switch is
+    # private to aiohttp: tests/test_client.py fails if it stops working.
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False  # noqa: SLF001
+    return session
 
 
 def _address(

@@ -1,0 +1,799 @@
+"""``healkit demo``: live traffic through healkit while a local upstream misbehaves.
+
+No etcd, nothing to set up: the demo starts a :class:`healkit.testing.FaultServer`
+on loopback, configures a :class:`healkit.Client` (with every installed plugin)
+for it as service ``demo``, and runs ``concurrency`` callers that each loop on
+``await client.get("/api", service="demo")`` until the time is up. Meanwhile the
+upstream plays a script of :data:`SCENES`: healthy, latency spikes, 503 bursts,
+a short outage, recovery. The terminal shows the traffic live with rich; the end
+is a summary (a table, or one JSON object with ``--json``).
+
+Every call ends as a response (counted by ``response.outcome.path`` and status)
+or as a :class:`healkit.HealkitError` (counted by type). Anything else is
+*lost*, which is a bug in healkit: the demo shows it and exits with status 1.
+At the end the demo stops issuing calls and awaits those in flight, so no call
+is cut short. Ctrl-C ends it early the same way (exit status 130); a second
+Ctrl-C cancels the calls still in flight (reported as ``cancelled``).
+
+Scenes are a table: a later scene (a breaker, a fallback upstream, a switch-back)
+is one more :class:`Scene` row, and :func:`run_demo` accepts another table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO, final
+
+import structlog
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from healkit._client import Client
+from healkit._errors import HealkitError
+from healkit._plugins import describe_plugins
+from healkit._runtime import Runtime
+from healkit.testing import Fault, FaultServer
+
+__all__ = ["SCENES", "Scene", "run_demo"]
+
+SERVICE: Final = "demo"
+"""The service name the demo's client calls."""
+PATH: Final = "/api"
+"""The upstream path every call requests."""
+TIMEOUTS: Final[Mapping[str, float]] = {
+    "connect": 0.5,
+    "read": 0.8,
+    "attempt": 1.0,
+    "deadline": 2.0,
+}
+"""The ``timeout`` section used when the timeout plugin is installed.
+
+``read`` < ``attempt`` so that a stalled response is a ``ReadTimeout`` and a
+body that trickles in (each gap shorter than ``read``) an ``AttemptTimeout``.
+"""
+
+EXIT_OK: Final = 0
+EXIT_LOST: Final = 1
+EXIT_INTERRUPTED: Final = 130
+
+REFRESH_PER_SECOND: Final = 4
+WINDOW: Final = 1.0
+"""Seconds of recent traffic behind the live rates and percentiles."""
+LIVE_EVENTS: Final = 8
+LABEL_WIDTH: Final = 22
+NUMBER_WIDTH: Final = 9
+MAX_EVENTS: Final = 200
+SCRIPT_LENGTH: Final = 4096
+"""Faults scripted at a time; the script is renewed when half of it is used."""
+LOST_EXAMPLES: Final = 5
+QUIET_LOG_EVENTS: Final = frozenset(
+    {
+        "healkit.attempt_failed",
+        "healkit.call_failed",
+        "healkit.retry_scheduled",
+        "healkit.config_applied",
+        "healkit.fallback_used",
+        "healkit.degraded_used",
+    }
+)
+"""Per-call log events: counted, not shown. Other healkit log events are notable."""
+FRACTION_TOLERANCE: Final = 1e-6
+
+_LogSink = Callable[[str, Mapping[str, Any]], None]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scene:
+    """One phase of the demo: what the upstream does, and for how long.
+
+    Attributes:
+        name: a short name, shown live and used as a key of the summary.
+        fraction: the share of the demo's duration; a table's fractions sum to 1.
+        faults: what the upstream answers, cycled request by request.
+        description: one line shown while the scene plays.
+        core_faults: what to answer instead when no plugin sets time limits
+            (the core's built-in limits are long: a hang would stall callers for
+            tens of seconds), or ``None`` to use ``faults`` in both cases.
+        core_description: the description that goes with ``core_faults``.
+
+    """
+
+    name: str
+    fraction: float
+    faults: tuple[Fault, ...]
+    description: str
+    core_faults: tuple[Fault, ...] | None = None
+    core_description: str | None = None
+
+    def __post_init__(self) -> None:
+        """Reject a scene that cannot be played."""
+        if not self.name:
+            raise ValueError("a scene needs a name")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"scene {self.name!r}: fraction must be in (0, 1]")
+        if not self.faults or self.core_faults == ():
+            raise ValueError(f"scene {self.name!r}: needs at least one fault")
+
+    def play(self, *, timeouts: bool) -> tuple[tuple[Fault, ...], str]:
+        """Return the faults and the description, with or without short time limits."""
+        if timeouts or self.core_faults is None:
+            return self.faults, self.description
+        return self.core_faults, self.core_description or self.description
+
+
+_HEALTHY: Final = (
+    Fault.ok(latency=0.002),
+    Fault.ok(latency=0.004),
+    Fault.ok(latency=0.003),
+    Fault.ok(latency=0.008),
+    Fault.ok(latency=0.005),
+)
+_STALL: Final = Fault.latency(1.5)
+_TRICKLE: Final = Fault.slow_body(6, 0.25, chunk=b"x" * 256)
+_UNAVAILABLE: Final = Fault.status(
+    503, body=b"upstream overloaded", headers={"Retry-After": "1"}, latency=0.001
+)
+
+SCENES: Final[tuple[Scene, ...]] = (
+    Scene(
+        name="healthy",
+        fraction=0.20,
+        faults=_HEALTHY,
+        description="the upstream answers 200 in 2-8 ms",
+    ),
+    Scene(
+        name="latency spikes",
+        fraction=0.20,
+        faults=(*(_HEALTHY * 3)[:9], _STALL, *(_HEALTHY * 2)[:9], _TRICKLE),
+        description="1 response in 10 stalls 1.5 s, 1 in 20 trickles its body over 1.5 s",
+    ),
+    Scene(
+        name="503 burst",
+        fraction=0.15,
+        faults=(_UNAVAILABLE,) * 8 + _HEALTHY[:2],
+        description="bursts of 503 Service Unavailable (Retry-After: 1) between 200s",
+    ),
+    Scene(
+        name="outage",
+        fraction=0.15,
+        faults=(Fault.blackhole(),),
+        description="the upstream hangs: it reads every request and never answers",
+        core_faults=(Fault.reset(),),
+        core_description="the upstream resets every connection (no timeout plugin: no hang)",
+    ),
+    Scene(
+        name="recovery",
+        fraction=0.30,
+        faults=_HEALTHY,
+        description="the upstream is healthy again",
+    ),
+)
+"""The default script, played in order."""
+
+
+def run_demo(
+    *,
+    duration: float,
+    concurrency: int,
+    as_json: bool,
+    out: TextIO,
+    scenes: Sequence[Scene] = SCENES,
+) -> int:
+    """Run the demo and return the exit status (the ``healkit demo`` command).
+
+    Args:
+        duration: seconds to run; the scenes share it by their fractions.
+        concurrency: how many callers loop concurrently.
+        as_json: show nothing live; write only the summary, as one JSON object.
+        out: where to write. A terminal gets the live view; anything else a
+            line per scene change and the summary table.
+        scenes: the script (by default :data:`SCENES`).
+
+    Returns:
+        0, or 1 if any call was lost (ended other than in a response or a
+        HealkitError), or 130 if interrupted with Ctrl-C.
+
+    Raises:
+        PluginError: an installed plugin failed to load.
+        ValueError: an invalid duration, concurrency or scene table.
+
+    """
+    if not (math.isfinite(duration) and duration > 0):
+        raise ValueError(f"duration must be a finite number of seconds > 0, got {duration!r}")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if not scenes or not math.isclose(
+        sum(s.fraction for s in scenes), 1.0, abs_tol=FRACTION_TOLERANCE
+    ):
+        raise ValueError("the scenes' fractions must sum to 1")
+    demo = _Demo(duration=duration, concurrency=concurrency, as_json=as_json, out=out)
+    try:
+        with _captured_logs(demo.on_log):
+            asyncio.run(demo.run(tuple(scenes)))
+    except KeyboardInterrupt:  # a second Ctrl-C: asyncio.run cancelled the calls in flight
+        demo.interrupted = True
+    demo.report()
+    if demo.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_LOST if demo.total.lost else EXIT_OK
+
+
+# -- bookkeeping -----------------------------------------------------------------
+
+
+@final
+@dataclass(slots=True)
+class _Tally:
+    """Counts and latencies of a set of calls (all of them, or one scene's)."""
+
+    requests: int = 0
+    lost: int = 0
+    by_path: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+    _sorted: list[float] = field(default_factory=list)
+    _pending: list[float] = field(default_factory=list)
+
+    def add(self, latency: float) -> None:
+        """Count one finished call (its outcome is counted by the caller)."""
+        self.requests += 1
+        self._pending.append(latency)
+
+    def latencies(self) -> list[float]:
+        """Every latency recorded, sorted (kept sorted between calls: cheap to repeat)."""
+        if self._pending:
+            self._sorted.extend(self._pending)
+            self._pending.clear()
+            self._sorted.sort()  # timsort merges the sorted run with the new tail
+        return self._sorted
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the tally as JSON-ready values."""
+        ordered = self.latencies()
+        return {
+            "requests": self.requests,
+            "lost": self.lost,
+            "by_path": dict(sorted(self.by_path.items())),
+            "errors_by_type": dict(sorted(self.errors.items())),
+            "statuses": dict(sorted(self.statuses.items())),
+            "p50_ms": _ms(_percentile(ordered, 0.50)),
+            "p99_ms": _ms(_percentile(ordered, 0.99)),
+        }
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Recent:
+    """One finished call, for the rates and percentiles of the last second."""
+
+    ended: float
+    latency: float
+    label: str
+    status: str | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A notable moment: a scene change, the first error of a type, a log event."""
+
+    at: float
+    text: str
+    style: str = ""
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float | None:
+    """Return the nearest-rank ``q`` percentile of sorted values (``None`` if empty)."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(round(q * len(ordered), 9)))  # round: 0.07 * 100 is 7.000000000000001
+    return ordered[rank - 1]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _fmt_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 1000 else f"{seconds:.2f} s"
+
+
+# -- the demo --------------------------------------------------------------------
+
+
+@final
+class _Demo:
+    """State and tasks of one run: the upstream, the callers, the view."""
+
+    def __init__(self, *, duration: float, concurrency: int, as_json: bool, out: TextIO) -> None:
+        self.duration = duration
+        self.concurrency = concurrency
+        self.as_json = as_json
+        self.out = out
+        self.console = Console(file=out, highlight=False)
+        self.live_view = not as_json and self.console.is_terminal
+        self.total = _Tally()
+        self.scenes: tuple[Scene, ...] = ()
+        self.by_scene: list[_Tally] = []
+        self.scene_index = 0
+        self.descriptions: list[str] = []
+        self.recent: deque[_Recent] = deque()
+        self.events: list[_Event] = []
+        self.log_events: Counter[str] = Counter()
+        self.lost_examples: list[str] = []
+        self.plugins: list[str] = []
+        self.timeouts = False
+        self.upstream = ""
+        self.interrupted = False
+        self.in_flight = 0
+        self.started = time.monotonic()
+        self.elapsed = 0.0
+        self._stopping = False
+        self._live: Live | None = None
+
+    # -- the run ---------------------------------------------------------------
+
+    async def run(self, scenes: tuple[Scene, ...]) -> None:
+        """Start the upstream and the client, play the scenes, await every call."""
+        self.scenes = scenes
+        self.by_scene = [_Tally() for _ in scenes]
+        async with FaultServer() as server:
+            runtime = Runtime()  # every installed plugin: the demo blocks none
+            self.timeouts = any(section.name == "timeout" for section in runtime.sections)
+            self.plugins = [info.name for info in describe_plugins(runtime.plugin_manager)]
+            self.descriptions = [scene.play(timeouts=self.timeouts)[1] for scene in scenes]
+            self.upstream = server.url
+            runtime.apply(self._document(server.url), origin="demo")
+            async with Client(runtime=runtime) as client:
+                with self._live_view():
+                    await self._play(server, client)
+
+    def _document(self, url: str) -> dict[str, Any]:
+        service: dict[str, Any] = {"endpoints": [url]}
+        if self.timeouts:
+            service["timeout"] = dict(TIMEOUTS)
+        return {"services": {SERVICE: service}}
+
+    async def _play(self, server: FaultServer, client: Client) -> None:
+        self.started = time.monotonic()
+        self._start_scene(server, 0)
+        callers = [
+            asyncio.create_task(self._caller(client), name=f"healkit-demo caller {n}")
+            for n in range(self.concurrency)
+        ]
+        try:
+            await self._direct(server)
+        except asyncio.CancelledError:
+            self._interrupt()
+        finally:
+            self._stopping = True
+        # Stop issuing calls, but let every call in flight end as it will.
+        everyone = asyncio.gather(*callers)
+        # Cancelled by asyncio.run after a second Ctrl-C: nobody awaits it any more.
+        everyone.add_done_callback(_retrieve)
+        while not everyone.done():
+            try:
+                await asyncio.shield(everyone)
+            except asyncio.CancelledError:
+                self._interrupt()
+        self.elapsed = time.monotonic() - self.started
+        self._refresh()
+
+    def _interrupt(self) -> None:
+        """Take the cancellation of Ctrl-C as the end of the demo, or re-raise it.
+
+        On Ctrl-C, ``asyncio.run`` cancels the main task once (a second Ctrl-C
+        raises KeyboardInterrupt instead): the demo then ends as at its
+        deadline. Any other cancellation propagates.
+        """
+        task = asyncio.current_task()
+        if self.interrupted or task is None or task.uncancel() > 0:
+            raise asyncio.CancelledError
+        self.interrupted = True
+        self._event("interrupted: awaiting the calls in flight (Ctrl-C again to cancel them)")
+
+    async def _direct(self, server: FaultServer) -> None:
+        """Switch scenes on schedule and refresh the view, until the end."""
+        boundaries = list(_cumulative([scene.fraction * self.duration for scene in self.scenes]))
+        end = self.started + self.duration
+        tick = 1 / REFRESH_PER_SECOND
+        next_tick = self.started + tick
+        while (now := time.monotonic()) < end:
+            index = self.scene_index
+            while index + 1 < len(self.scenes) and now >= self.started + boundaries[index]:
+                index += 1
+            if index != self.scene_index:
+                for following in range(self.scene_index + 1, index + 1):
+                    self._start_scene(server, following)
+            elif server.hits(PATH) >= SCRIPT_LENGTH // 2:
+                self._script(server, index)
+            if now >= next_tick:
+                self._refresh()
+                next_tick += tick
+                if next_tick <= now:  # fell behind: skip the missed frames
+                    next_tick = now + tick
+            wake = min(next_tick, end)
+            if index + 1 < len(self.scenes):
+                wake = min(wake, self.started + boundaries[index])
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+        self._stopping = True
+
+    def _start_scene(self, server: FaultServer, index: int) -> None:
+        self.scene_index = index
+        self._script(server, index)
+        scene = self.scenes[index]
+        self._event(
+            f"scene {index + 1}/{len(self.scenes)} {scene.name}: {self.descriptions[index]}",
+            "bold cyan",
+        )
+
+    def _script(self, server: FaultServer, index: int) -> None:
+        """Script the scene's faults on the upstream, from the start of its cycle.
+
+        The server records every request; resetting it first keeps its memory
+        bounded however long the demo runs.
+        """
+        faults, _ = self.scenes[index].play(timeouts=self.timeouts)
+        repeat = max(1, SCRIPT_LENGTH // len(faults))
+        server.reset()
+        server.script(PATH, *(faults * repeat), then=faults[0])
+
+    async def _caller(self, client: Client) -> None:
+        """Call the upstream in a loop until the end; count how every call ended."""
+        end = self.started + self.duration
+        while not self._stopping and time.monotonic() < end:
+            scene = self.by_scene[self.scene_index]
+            status: str | None = None
+            started = time.monotonic()
+            self.in_flight += 1  # stays counted only if cancelled (a second Ctrl-C)
+            try:
+                response = await client.get(PATH, service=SERVICE)
+            except HealkitError as error:
+                label = self._count_error(scene, type(error).__name__, error.message)
+            except Exception as error:  # noqa: BLE001 - a lost call is what the demo exists to catch
+                label = self._count_lost(scene, f"{type(error).__name__}: {error}")
+            else:
+                if response.outcome is None:
+                    label = self._count_lost(scene, f"response without an outcome: {response!r}")
+                else:
+                    status = str(response.status)
+                    label = self._count_response(scene, response.outcome.path, status)
+            self.in_flight -= 1
+            ended = time.monotonic()
+            latency = ended - started
+            for tally in (self.total, scene):
+                tally.add(latency)
+            if self.live_view:
+                self.recent.append(_Recent(ended, latency, label, status))
+
+    def _count_response(self, scene: _Tally, path: str, status: str) -> str:
+        if status not in self.total.statuses and not status.startswith("2"):
+            self._event(f"first HTTP {status} (a response, path {path})", "yellow")
+        if path not in self.total.by_path and path != "primary":
+            self._event(f"first response by path {path}", "green")
+        for tally in (self.total, scene):
+            tally.by_path[path] += 1
+            tally.statuses[status] += 1
+        return path
+
+    def _count_error(self, scene: _Tally, name: str, message: str) -> str:
+        if name not in self.total.errors:
+            self._event(f"first {name}: {_one_line(message)}", "red")
+        for tally in (self.total, scene):
+            tally.errors[name] += 1
+        return f"error: {name}"
+
+    def _count_lost(self, scene: _Tally, description: str) -> str:
+        for tally in (self.total, scene):
+            tally.lost += 1
+        if len(self.lost_examples) < LOST_EXAMPLES:
+            self.lost_examples.append(description)
+            self._event(f"LOST CALL: {_one_line(description)}", "bold red reverse")
+        return "lost"
+
+    # -- logs and events -------------------------------------------------------
+
+    def on_log(self, method: str, event: Mapping[str, Any]) -> None:
+        """Take a structlog event of healkit's: count it; keep the notable ones."""
+        name = str(event.get("event", "?"))
+        self.log_events[name] += 1
+        if name in QUIET_LOG_EVENTS:
+            return
+        details = " ".join(
+            f"{key}={value}" for key, value in event.items() if key not in {"event", "timestamp"}
+        )
+        self._event(f"log {method}: {name} {details}".rstrip(), "magenta")
+
+    def _event(self, text: str, style: str = "") -> None:
+        if len(self.events) >= MAX_EVENTS:
+            return
+        event = _Event(time.monotonic() - self.started, text, style)
+        self.events.append(event)
+        if not self.as_json and not self.live_view:
+            self.console.print(Text(f"[{event.at:6.2f}s] {text}", style=style), soft_wrap=True)
+
+    # -- the live view ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _live_view(self) -> Iterator[None]:
+        if not self.live_view:
+            yield
+            return
+        with Live(
+            self._render(),
+            console=self.console,
+            auto_refresh=False,  # refreshed from the event loop: no thread reads the counters
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        ) as live:
+            self._live = live
+            try:
+                yield
+            finally:
+                self._live = None
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
+
+    def _window(self) -> tuple[list[_Recent], float]:
+        """Return the calls that ended in the last WINDOW seconds, and the span covered."""
+        now = time.monotonic()
+        while self.recent and self.recent[0].ended < now - WINDOW:
+            self.recent.popleft()
+        span = min(WINDOW, now - self.started) or WINDOW
+        return list(self.recent), span
+
+    def _render(self) -> RenderableType:
+        elapsed = self.elapsed or min(time.monotonic() - self.started, self.duration)
+        recent, span = self._window()
+        body = Table.grid(padding=(0, 4))
+        body.add_row(self._traffic(recent, span, elapsed), self._outcomes(recent))
+        events = Table.grid(padding=(0, 1))
+        events.add_column(justify="right", style="dim")
+        events.add_column()
+        for event in self.events[-LIVE_EVENTS:]:
+            events.add_row(f"{event.at:6.2f}s", Text(event.text, style=event.style))
+        return Panel(
+            Group(
+                self._head(elapsed),
+                body,
+                Panel(events, title="events", title_align="left", box=box.ROUNDED),
+            ),
+            title="[bold]healkit demo",
+            subtitle="Ctrl-C ends early",
+        )
+
+    def _head(self, elapsed: float) -> RenderableType:
+        head = Table.grid(padding=(0, 2))
+        head.add_column(style="bold")
+        head.add_column()
+        if self.scenes:
+            scene = self.scenes[self.scene_index]
+            head.add_row(
+                "scene",
+                Text.assemble(
+                    (f"{self.scene_index + 1}/{len(self.scenes)} {scene.name}", "bold cyan"),
+                    "  ",
+                    self.descriptions[self.scene_index],
+                ),
+            )
+        progress = Table.grid(padding=(0, 1))
+        progress.add_row(
+            ProgressBar(total=self.duration, completed=elapsed, width=30),
+            f"{elapsed:5.1f} s / {self.duration:g} s",
+        )
+        head.add_row("time", progress)
+        head.add_row("upstream", f"{self.upstream}{PATH}  (service {SERVICE!r})")
+        head.add_row("plugins", ", ".join(self.plugins) or "none (core only)")
+        return head
+
+    def _traffic(self, recent: Sequence[_Recent], span: float, elapsed: float) -> Table:
+        latencies = sorted(call.latency for call in recent)
+        overall = self.total.latencies()
+        table = _counter_table("traffic", LABEL_WIDTH - 10)
+        table.add_row(
+            "requests/s",
+            f"{len(recent) / span:,.0f}",
+            f"{self.total.requests / max(elapsed, 1e-9):,.0f}",
+        )
+        table.add_row("calls", f"{len(recent):,}", f"{self.total.requests:,}")
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            table.add_row(
+                f"latency {name}",
+                _fmt_ms(_percentile(latencies, q)),
+                _fmt_ms(_percentile(overall, q)),
+            )
+        lost = Text(str(self.total.lost), style="bold red" if self.total.lost else "green")
+        table.add_row("lost", "", lost)
+        return table
+
+    def _outcomes(self, recent: Sequence[_Recent]) -> Table:
+        table = _counter_table("outcomes", LABEL_WIDTH)
+        labels = Counter(call.label for call in recent)
+        statuses = Counter(call.status for call in recent)
+        for path, count in sorted(self.total.by_path.items()):
+            table.add_row(Text(f"path {path}", style="green"), f"{labels[path]:,}", f"{count:,}")
+        for name, count in sorted(self.total.errors.items()):
+            label = f"error: {name}"
+            table.add_row(Text(label, style="red"), f"{labels[label]:,}", f"{count:,}")
+        if self.total.lost:
+            table.add_row(
+                Text("LOST", style="bold red"), f"{labels['lost']:,}", f"{self.total.lost:,}"
+            )
+        for code, count in sorted(self.total.statuses.items()):
+            style = "green" if code.startswith("2") else "yellow"
+            table.add_row(Text(f"HTTP {code}", style=style), f"{statuses[code]:,}", f"{count:,}")
+        return table
+
+    # -- the end ---------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """Return the summary of the run as JSON-ready values."""
+        total = self.total.as_dict()
+        duration = self.elapsed or time.monotonic() - self.started
+        responses = sum(self.total.by_path.values())
+        errors = sum(self.total.errors.values())
+        return {
+            "requests": total["requests"],
+            "lost": total["lost"],
+            "responses": responses,
+            "errors": errors,
+            "by_path": total["by_path"],
+            "errors_by_type": total["errors_by_type"],
+            "statuses": total["statuses"],
+            "p50_ms": total["p50_ms"],
+            "p99_ms": total["p99_ms"],
+            "duration_s": round(duration, 3),
+            "requests_per_s": round(self.total.requests / duration, 1) if duration else 0.0,
+            "concurrency": self.concurrency,
+            "scenes": [scene.name for scene in self.scenes],
+            "by_scene": {
+                scene.name: tally.as_dict()
+                for scene, tally in zip(self.scenes, self.by_scene, strict=True)
+            },
+            "plugins": self.plugins,
+            "timeouts": dict(TIMEOUTS) if self.timeouts else None,
+            "log_events": dict(sorted(self.log_events.items())),
+            "lost_examples": self.lost_examples,
+            "interrupted": self.interrupted,
+            "cancelled": self.in_flight,
+        }
+
+    def report(self) -> None:
+        """Write the summary: one JSON object, or a table."""
+        summary = self.summary()
+        if self.as_json:
+            self.out.write(json.dumps(summary) + "\n")
+            self.out.flush()
+            return
+        self.console.print(self._summary_table(summary))
+
+    def _summary_table(self, summary: Mapping[str, Any]) -> RenderableType:
+        scenes = Table(
+            title=f"healkit demo: {summary['duration_s']:.1f} s, {self.concurrency} callers",
+            box=box.SIMPLE_HEAVY,
+            padding=(0, 1),
+            pad_edge=False,
+        )
+        for name in ("scene", "calls", "2xx", "non-2xx", "errors", "lost", "p50", "p99"):
+            scenes.add_column(name, justify="left" if name == "scene" else "right", no_wrap=True)
+        rows = [*zip(self.scenes, self.by_scene, strict=True), (None, self.total)]
+        for scene, tally in rows:
+            ordered = tally.latencies()
+            good = sum(n for code, n in tally.statuses.items() if code.startswith("2"))
+            other = sum(tally.statuses.values()) - good
+            scenes.add_row(
+                Text(scene.name if scene else "total", style="" if scene else "bold"),
+                f"{tally.requests:,}",
+                f"{good:,}",
+                f"{other:,}",
+                Text(f"{sum(tally.errors.values()):,}", style="red" if tally.errors else ""),
+                Text(str(tally.lost), style="bold red" if tally.lost else "green"),
+                _fmt_ms(_percentile(ordered, 0.5)),
+                _fmt_ms(_percentile(ordered, 0.99)),
+                end_section=scene is self.scenes[-1],
+            )
+
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="bold")
+        facts.add_column()
+        facts.add_row("requests/s", f"{summary['requests_per_s']:,}")
+        facts.add_row("paths", _counts(summary["by_path"]))
+        facts.add_row("errors", _counts(summary["errors_by_type"]))
+        facts.add_row("statuses", _counts(summary["statuses"]))
+        facts.add_row("plugins", ", ".join(self.plugins) or "none (core only)")
+        lost = summary["lost"]
+        verdict = (
+            Text(f"{lost} calls lost: {'; '.join(self.lost_examples)}", style="bold red")
+            if lost
+            else Text("every call ended in a response or a typed healkit error", style="green")
+        )
+        facts.add_row("lost", verdict)
+        if self.interrupted:
+            note = "interrupted with Ctrl-C"
+            if self.in_flight:
+                note += f"; {self.in_flight} calls in flight were cancelled (not counted)"
+            facts.add_row("note", Text(note, style="yellow"))
+        return Group(scenes, facts)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _counter_table(title: str, label_width: int) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_style="bold")
+    table.add_column("", min_width=label_width, no_wrap=True)
+    table.add_column("last 1 s", justify="right", min_width=NUMBER_WIDTH)
+    table.add_column("overall", justify="right", min_width=NUMBER_WIDTH)
+    return table
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{key} {value:,}" for key, value in counts.items()) or "none"
+
+
+def _cumulative(values: Sequence[float]) -> Iterator[float]:
+    running = 0.0
+    for value in values:
+        running += value
+        yield running
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# -- structlog -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _captured_logs(sink: _LogSink) -> Iterator[None]:
+    """Route structlog to ``sink`` (dropping every event) and restore it afterwards.
+
+    healkit logs each failed attempt; during the demo those would scroll over
+    the live view. The demo is an application entry point, so it may configure
+    structlog while it runs; it puts the previous configuration back (or the
+    unconfigured defaults) however the run ends.
+    """
+    was_configured = structlog.is_configured()
+    saved = structlog.get_config()
+
+    def collect(_logger: object, method: str, event: structlog.typing.EventDict) -> Any:  # noqa: ANN401 - structlog's processor signature
+        sink(method, event)
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[collect],
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        logger_factory=structlog.ReturnLoggerFactory(),
+        context_class=dict,
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        if was_configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()

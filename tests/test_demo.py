@@ -1,0 +1,239 @@
+"""Tests of ``healkit demo`` (healkit._demo): real upstream, real client, real time.
+
+The demo calls ``asyncio.run`` itself, so these are plain synchronous tests.
+Durations are short; no assertion depends on timing beyond "something happened".
+"""
+
+import importlib.metadata
+import io
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from healkit import _cli, _demo
+from healkit._client import Client
+from healkit._demo import SCENES, Scene, run_demo
+from healkit.testing import Fault
+
+SCENE_NAMES = [scene.name for scene in SCENES]
+
+# Scenes without stalls, for tests that need a run but not the whole script:
+# every call ends within milliseconds, so the run ends on time.
+QUICK = (
+    Scene(name="ok", fraction=0.5, faults=(Fault.ok(),), description="fine"),
+    Scene(name="resets", fraction=0.5, faults=(Fault.reset(),), description="resets"),
+)
+
+
+def installed_plugins() -> set[str]:
+    return {ep.name for ep in importlib.metadata.entry_points(group="healkit")}
+
+
+@pytest.fixture(autouse=True)
+def _keep_structlog() -> Iterator[None]:
+    """Leave structlog as the test found it, whatever the test configures."""
+    was_configured = structlog.is_configured()
+    saved = structlog.get_config()
+    yield
+    if was_configured:
+        structlog.configure(**saved)
+    else:
+        structlog.reset_defaults()
+
+
+def check_summary(summary: dict[str, Any]) -> None:
+    """The invariants every summary holds, whatever happened during the run."""
+    assert summary["lost"] == 0
+    assert summary["requests"] > 0
+    assert summary["scenes"] == SCENE_NAMES
+    responses = sum(summary["by_path"].values())
+    errors = sum(summary["errors_by_type"].values())
+    assert responses + errors == summary["requests"]
+    assert (summary["responses"], summary["errors"]) == (responses, errors)
+    assert sum(summary["statuses"].values()) == responses
+    assert all(code.isdigit() for code in summary["statuses"])
+    assert 0 < summary["p50_ms"] <= summary["p99_ms"]
+    assert summary["duration_s"] > 0
+    assert math.isclose(
+        summary["requests_per_s"], summary["requests"] / summary["duration_s"], rel_tol=0.01
+    )
+    assert list(summary["by_scene"]) == SCENE_NAMES
+    assert sum(s["requests"] for s in summary["by_scene"].values()) == summary["requests"]
+    assert summary["interrupted"] is False
+    assert summary["lost_examples"] == []
+
+
+def test_json_summary_of_a_run() -> None:
+    out = io.StringIO()
+
+    status = run_demo(duration=3, concurrency=4, as_json=True, out=out)
+
+    assert status == 0
+    text = out.getvalue()
+    assert text.count("\n") == 1  # one JSON object, nothing live
+    summary = json.loads(text)
+    check_summary(summary)
+    assert summary["concurrency"] == 4
+    assert set(summary["plugins"]) == installed_plugins()
+    assert summary["by_path"]["primary"] > 0
+    assert summary["statuses"]["200"] > 0
+    if "timeout" in installed_plugins():
+        assert summary["timeouts"] == dict(_demo.TIMEOUTS)
+        # The outage hangs; the timeout plugin turns it into typed timeouts.
+        assert set(summary["errors_by_type"]) <= {"ReadTimeout", "AttemptTimeout"}
+        assert summary["errors_by_type"]
+    # healkit's per-attempt log events were captured, one per failed call here.
+    assert summary["log_events"].get("healkit.call_failed", 0) == summary["errors"]
+
+
+def test_cli_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
+    status = _cli.main(["demo", "--duration", "2", "--concurrency", "3", "--json"])
+
+    captured = capsys.readouterr()
+    assert status == 0
+    summary = json.loads(captured.out)
+    check_summary(summary)
+    assert summary["concurrency"] == 3
+    assert captured.err == ""
+
+
+def test_core_only_piped_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the timeout plugin the outage resets connections; a pipe gets plain lines."""
+    monkeypatch.setenv("HEALKIT_BLOCK_PLUGINS", "timeout")
+    out = io.StringIO()
+
+    status = run_demo(duration=1.5, concurrency=4, as_json=False, out=out)
+
+    assert status == 0
+    text = out.getvalue()
+    assert "\x1b[" not in text  # not a terminal: no colors, no animation
+    lines = text.splitlines()
+    for index, scene in enumerate(SCENES, start=1):
+        assert sum(f"scene {index}/{len(SCENES)} {scene.name}: " in line for line in lines) == 1
+    assert any(line.split()[:1] == ["total"] for line in lines)
+    assert any("every call ended in a response or a typed healkit error" in line for line in lines)
+    assert "timeout" not in next(line for line in lines if line.startswith("plugins"))
+
+
+def test_structlog_configuration_is_restored() -> None:
+    seen: list[str] = []
+
+    def keep(_logger: object, _method: str, event: Any) -> Any:
+        seen.append(event["event"])
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[keep], cache_logger_on_first_use=False)
+    before = structlog.get_config()
+
+    out = io.StringIO()
+    run_demo(duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK)
+
+    assert json.loads(out.getvalue())["log_events"]["healkit.attempt_failed"] > 0
+    assert structlog.get_config() == before
+    assert seen == []  # the demo's own events went to the demo
+    structlog.get_logger("healkit").info("after")
+    assert seen == ["after"]
+
+
+def test_unconfigured_structlog_stays_unconfigured() -> None:
+    structlog.reset_defaults()
+
+    run_demo(duration=0.4, concurrency=2, as_json=True, out=io.StringIO(), scenes=QUICK)
+
+    assert not structlog.is_configured()
+
+
+def test_an_unexpected_exception_is_a_lost_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_get = Client.get
+    calls = 0
+
+    async def flaky_get(self: Client, target: str, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls % 50 == 0:
+            raise RuntimeError("not a healkit error")
+        return await real_get(self, target, **kwargs)
+
+    monkeypatch.setattr(Client, "get", flaky_get)
+    out = io.StringIO()
+
+    status = run_demo(duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK)
+
+    assert status == 1
+    summary = json.loads(out.getvalue())
+    assert summary["lost"] > 0
+    responses = sum(summary["by_path"].values())
+    errors = sum(summary["errors_by_type"].values())
+    assert responses + errors + summary["lost"] == summary["requests"]
+    assert summary["lost_examples"][0] == "RuntimeError: not a healkit error"
+
+
+def test_scene_table() -> None:
+    assert math.isclose(sum(scene.fraction for scene in SCENES), 1.0)
+    assert len(set(SCENE_NAMES)) == len(SCENE_NAMES)
+    assert all(scene.description for scene in SCENES)
+    outage = next(scene for scene in SCENES if scene.name == "outage")
+    assert outage.play(timeouts=True)[0] == (Fault.blackhole(),)
+    # Without a plugin that sets short limits, nothing may hang.
+    assert outage.play(timeouts=False)[0] == (Fault.reset(),)
+    healthy = SCENES[0]
+    assert healthy.play(timeouts=False) == healthy.play(timeouts=True)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "faults"),
+    [(0.0, (Fault.ok(),)), (1.5, (Fault.ok(),)), (0.5, ())],
+)
+def test_invalid_scene(fraction: float, faults: tuple[Fault, ...]) -> None:
+    with pytest.raises(ValueError, match="scene 'x'"):
+        Scene(name="x", fraction=fraction, faults=faults, description="d")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"duration": 0.0},
+        {"duration": math.inf},
+        {"concurrency": 0},
+        {"scenes": (Scene(name="x", fraction=0.5, faults=(Fault.ok(),), description="d"),)},
+        {"scenes": ()},
+    ],
+)
+def test_invalid_arguments(kwargs: dict[str, Any]) -> None:
+    arguments: dict[str, Any] = {
+        "duration": 1.0,
+        "concurrency": 1,
+        "as_json": True,
+        "out": io.StringIO(),
+    }
+    with pytest.raises(ValueError, match="must"):
+        run_demo(**(arguments | kwargs))
+
+
+def test_custom_scene_table() -> None:
+    scenes = (
+        Scene(name="ok", fraction=0.5, faults=(Fault.ok(),), description="fine"),
+        Scene(name="teapot", fraction=0.5, faults=(Fault.status(418),), description="tea"),
+    )
+    out = io.StringIO()
+
+    assert run_demo(duration=0.6, concurrency=2, as_json=True, out=out, scenes=scenes) == 0
+
+    summary = json.loads(out.getvalue())
+    assert summary["scenes"] == ["ok", "teapot"]
+    assert summary["lost"] == 0
+    # A call counts in the scene it started in; one in flight at the switch may see a 418.
+    assert summary["by_scene"]["ok"]["statuses"]["200"] > 0
+    assert summary["by_scene"]["teapot"]["statuses"]["418"] > 0
+
+
+def test_percentile_is_exact_nearest_rank() -> None:
+    values = sorted(float(n) for n in range(1, 101))
+    assert _demo._percentile(values, 0.5) == 50.0
+    assert _demo._percentile(values, 0.99) == 99.0
+    assert _demo._percentile([3.0], 0.99) == 3.0
+    assert _demo._percentile([], 0.5) is None
