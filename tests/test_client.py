@@ -287,3 +287,26 @@ async def test_owned_session_does_not_resend_behind_the_pipeline(
         with pytest.raises(healkit.ConnectionLostError):
             await client.get("/x", service="svc")
     assert fault_server.hits("/x") == 2
+
+
+async def test_streaming_body_errors_carry_the_attempts(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
+    fault_server.script("/s", Fault.slow_body(chunks=2, delay=1.0))
+    config = service_config(fault_server.url, timeout={"read": 0.1})
+    async with make_client(config) as client, client.stream("GET", "/s", service="svc") as response:
+        with pytest.raises(healkit.ReadTimeout) as caught:
+            await response.read()
+    assert caught.value.limit == 0.1
+    assert len(caught.value.attempts) == 1
+
+
+async def test_error_messages_show_no_query_or_userinfo(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
+    fault_server.script("/big", Fault.ok(body=b"x" * 50))
+    async with make_client(service_config(fault_server.url, max_body_bytes=10)) as client:
+        with pytest.raises(healkit.BodyTooLargeError) as caught:
+            await client.get("/big?token=secret-1", service="svc")
+    assert "secret-1" not in str(caught.value)
+    assert caught.value.attempts[0].status == 200

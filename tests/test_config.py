@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -241,3 +242,29 @@ def test_cli_validate_accepts_a_good_file(
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     assert "valid (1 services: a; plugin sections:" in out
+
+
+def test_top_level_problems_do_not_hide_the_services_problems() -> None:
+    doc = {
+        "extra": 1,
+        "services": {"a": {"endpoints": ["http://a.test"], "max_body_bytes": -5}, "b c": {}},
+        "defaults": {"endpoints": ["http://x.test"], "timeout": {"read": 0}},
+    }
+    with pytest.raises(healkit.ConfigError) as caught:
+        build(doc)
+    paths = sorted(issue.path for issue in caught.value.issues)
+    assert paths == [
+        "$",
+        "$.defaults.endpoints",
+        "$.defaults.timeout.read",
+        "$.services",
+        "$.services.a.max_body_bytes",
+    ]
+
+
+def test_a_section_without_safe_defaults_is_refused_when_declared() -> None:
+    class Needs(msgspec.Struct, frozen=True):
+        url: str
+
+    with pytest.raises(TypeError, match="every setting needs a safe default"):
+        healkit.ConfigSection("needs", Needs)

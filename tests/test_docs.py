@@ -290,10 +290,18 @@ def _check_row(row: Row, expected: dict[str, Any]) -> None:
     assert row.key in expected, f"{where} is not a configuration key"
     shown = re.fullmatch(r"`([^`]+)`.*", row.default)
     assert shown is not None, f"{where}: the default must start with a value in backticks"
-    value = tomllib.loads(f"value = {shown[1]}")["value"]
+    # TOML has no null: a setting whose default is "not set" is documented as `null`.
+    value = None if shown[1] == "null" else tomllib.loads(f"value = {shown[1]}")["value"]
     assert value == expected[row.key], f"{where}: documented default {value!r}"
     assert type(value) is type(expected[row.key]), f"{where}: default {value!r} has the wrong type"
-    kind = {float: "number", int: "integer", list: "list", bool: "boolean", str: "string"}
+    kind = {
+        float: "number",
+        int: "integer",
+        list: "list",
+        bool: "boolean",
+        str: "string",
+        type(None): "null",
+    }
     assert kind[type(expected[row.key])] in row.type, f"{where}: type {row.type!r}"
 
 

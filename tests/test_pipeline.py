@@ -316,3 +316,65 @@ async def test_no_task_is_left_behind() -> None:
     for _ in range(5):
         await call_site()
     assert asyncio.all_tasks() == before
+
+
+async def test_an_observer_cannot_refuse_or_substitute(logs: LogCapture) -> None:
+    class Meddler:
+        healkit_name = "meddler"
+        healkit_observer = True
+
+        @healkit.hookimpl
+        def healkit_pre_request(self, call: healkit.CallContext) -> None:
+            raise healkit.CircuitOpenError(call.service, None, retry_at=0.0)
+
+        @healkit.hookimpl
+        def healkit_fallback(self) -> healkit.Fallback:
+            return healkit.Fallback("from an observer")
+
+    rt = runtime(Meddler())
+    assert await healkit.resilient(service="svc", runtime=rt)(Flaky(0).__call__)() == "ok"
+    with pytest.raises(healkit.CallError):
+        await healkit.resilient(service="svc", runtime=rt)(Flaky(5).__call__)()
+    assert rt.plugin_errors["meddler"] == 2
+
+
+async def test_a_failing_fallback_is_logged_and_the_next_one_answers(logs: LogCapture) -> None:
+    class Down:
+        healkit_name = "down"
+
+        @healkit.hookimpl(tryfirst=True)
+        def healkit_fallback(self) -> healkit.Fallback:
+            raise healkit.ConnectError("fallback endpoint down too")
+
+    rt = runtime(StaticFallback("second"), Down())
+    assert await healkit.resilient(service="svc", runtime=rt)(Flaky(1).__call__)() == "second"
+    failed = [e for e in logs.entries if e["event"] == "healkit.fallback_failed"]
+    assert failed[0]["plugin"] == "down"
+    assert failed[0]["error"] == "ConnectError"
+
+
+async def test_a_healkit_error_from_a_nested_call_passes_through_untouched() -> None:
+    inner = healkit.ConnectError("inner call failed")
+    recorder = Recorder()
+    rt = runtime(RetryUpTo(3), StaticFallback("unused"), recorder)
+
+    async def nested() -> None:
+        raise inner
+
+    call_site = healkit.resilient(service="svc", failures=(KeyError,), runtime=rt)(nested)
+    with pytest.raises(healkit.ConnectError) as caught:
+        await call_site()
+    assert caught.value is inner
+    assert caught.value.attempts == ()
+    assert "on_error" not in recorder.names()
+
+
+async def test_move_on_after_around_a_call_cancels_it_silently() -> None:
+    rt = runtime()
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    with anyio.move_on_after(0.05) as scope:
+        await healkit.resilient(service="svc", runtime=rt)(hang)()
+    assert scope.cancelled_caught

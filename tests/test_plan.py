@@ -93,7 +93,7 @@ def test_wrappers_are_refused_on_per_call_hooks() -> None:
 
     pm = create_plugin_manager(plugins=[Wrapper()], entry_points=False)
     with pytest.raises(healkit.PluginError, match="wrappers are not supported"):
-        CallPlan(pm, lambda *_: None)
+        CallPlan(pm, lambda *_: None, lambda *_: None)
 
 
 def test_misspelled_hooks_are_refused_at_registration() -> None:

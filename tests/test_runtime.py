@@ -123,3 +123,65 @@ async def test_an_adopted_closed_session_is_refused() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         async with healkit.Client(session=session, entry_points=False):
             pass
+
+
+async def test_a_crashing_startup_fails_the_client_and_leaks_nothing() -> None:
+    ticker = Background()
+
+    class Broken:
+        healkit_name = "broken-startup"
+
+        @healkit.hookimpl(trylast=True)
+        def healkit_startup(self) -> None:
+            raise OSError("cannot open")
+
+    before = asyncio.all_tasks()
+    client = healkit.Client(plugins=[ticker, Broken()], entry_points=False)
+    with pytest.raises(healkit.PluginError, match="broken-startup") as caught:
+        await client.__aenter__()
+    assert caught.value.hook == "healkit_startup"
+    assert ticker.shut_down
+    assert asyncio.all_tasks() == before
+
+
+async def test_failing_shutdowns_are_logged_not_raised(logs: LogCapture) -> None:
+    class BadShutdown:
+        healkit_name = "bad-shutdown"
+
+        @healkit.hookimpl
+        def healkit_shutdown(self) -> Any:
+            async def fail() -> None:
+                raise RuntimeError("cannot close")
+
+            return fail()
+
+    async with healkit.Client(plugins=[BadShutdown()], entry_points=False) as client:
+        pass
+    assert client.runtime.plugin_errors["bad-shutdown"] == 1
+    assert any(e.get("plugin") == "bad-shutdown" for e in logs.entries)
+
+
+def test_a_crashing_config_sections_hook_names_the_plugin() -> None:
+    class Broken:
+        healkit_name = "broken-sections"
+
+        @healkit.hookimpl
+        def healkit_config_sections(self) -> Any:
+            raise ImportError("missing module")
+
+    with pytest.raises(healkit.PluginError, match="broken-sections"):
+        healkit.Runtime(plugins=[Broken()], entry_points=False)
+
+
+async def test_a_started_runtime_is_shared_not_stopped_by_each_client() -> None:
+    plugin = Background()
+    async with healkit.Runtime(plugins=[plugin], entry_points=False) as runtime:
+        async with healkit.Client(runtime=runtime):
+            await plugin.ticked.wait()
+        assert runtime.started
+        assert not plugin.cancelled
+        async with healkit.Client(runtime=runtime):
+            pass
+        assert len(runtime.background_tasks) == 1
+    assert plugin.cancelled
+    assert not runtime.started

@@ -134,7 +134,9 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     services = sorted(config.services)
     names = ", ".join(s.name for s in config.sections) or "none"
     listed = ", ".join(services) if services else "none"
-    out.write(f"{args.file}: valid ({len(services)} services: {listed}; plugin sections: {names})\n")
+    out.write(
+        f"{args.file}: valid ({len(services)} services: {listed}; plugin sections: {names})\n"
+    )
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ import yarl
 from multidict import CIMultiDict
 
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config import HealkitConfig
+from healkit._config import HealkitConfig, url_under
 from healkit._context import CallContext
 from healkit._errors import RequestError
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
@@ -51,7 +51,7 @@ class Client:
 
     """
 
-    __slots__ = ("_owns_session", "_session", "_token", "runtime")
+    __slots__ = ("_owns_session", "_session", "_starts_runtime", "_token", "runtime")
 
     def __init__(  # noqa: PLR0913 - every option is keyword-only and documented
         self,
@@ -83,15 +83,25 @@ class Client:
         self.runtime = runtime
         self._session = session
         self._owns_session = session is None
+        self._starts_runtime = False
         self._token: Any = None
 
     async def __aenter__(self) -> Self:
-        """Open the session (unless adopted) and start the runtime."""
+        """Open the session (unless adopted) and start the runtime (unless started).
+
+        A runtime passed as ``runtime=`` that is already started is shared: this
+        client neither starts nor stops it.
+        """
         if self._session is None or self._session.closed:
             if not self._owns_session:
                 raise RuntimeError("the adopted aiohttp session is closed")
             self._session = _own_session()
-        await self.runtime.start()
+        self._starts_runtime = not self.runtime.started
+        try:
+            await self.runtime.start()
+        except BaseException:
+            await self._close_session()
+            raise
         self._token = self.runtime.activate()
         return self
 
@@ -106,11 +116,15 @@ class Client:
             if self._token is not None:
                 Runtime.deactivate(self._token)
                 self._token = None
-            await self.runtime.stop()
+            if self._starts_runtime:
+                await self.runtime.stop()
         finally:
-            if self._owns_session and self._session is not None:
-                await self._session.close()
-                self._session = None
+            await self._close_session()
+
+    async def _close_session(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -248,13 +262,13 @@ class Client:
             request_headers.setdefault("Content-Type", "application/json")
         clock = self.runtime.clock
         now = clock.now()
-        limit = caller_deadline(now)
+        limit = math.inf
         if deadline is not None:
             if not deadline > 0 or not math.isfinite(deadline):
                 raise RequestError(
                     f"deadline must be a finite number of seconds > 0, got {deadline!r}"
                 )
-            limit = min(limit, now + deadline)
+            limit = now + deadline
         call = CallContext(
             service=service_name,
             transport="http",
@@ -267,6 +281,7 @@ class Client:
             idempotent=_is_idempotent(method, request_headers, idempotent),
             replayable=body is None or isinstance(body, bytes | str | Mapping),
             deadline=limit,
+            scope_deadline=caller_deadline(now),
         )
         transport = HttpTransport(session, data=body, options=options, stream=stream)
         return call, transport, endpoint
@@ -323,7 +338,7 @@ def _address(
         policy = config.policy(name) if name else None
         if policy is not None:
             for endpoint in policy.endpoints:
-                if target.startswith(endpoint):
+                if url_under(target, endpoint):
                     return endpoint, target[len(endpoint) :], name or policy.name
         origin = str(url.origin())
         return origin, target[len(origin) :], name or url.host

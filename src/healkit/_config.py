@@ -24,6 +24,7 @@ service, swapped whole when a new document is accepted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Final, Generic, TypeVar, cast, final
 
@@ -97,6 +98,14 @@ class ConfigSection(Generic[S]):
     def __init__(self, name: str, settings: type[S], *, doc: str = "") -> None:
         if not name.isidentifier() or name in CORE_KEYS:
             raise ValueError(f"invalid config section name {name!r}")
+        if not (isinstance(settings, type) and issubclass(settings, msgspec.Struct)):
+            raise TypeError(f"section {name!r}: settings must be a msgspec Struct type")
+        try:
+            msgspec.convert({}, settings)
+        except msgspec.ValidationError as error:
+            raise TypeError(
+                f"section {name!r}: every setting needs a safe default ({error})"
+            ) from None
         self.name = name
         self.settings = settings
         self.doc = doc
@@ -241,7 +250,7 @@ class HealkitConfig:
     def service_for_url(self, url: str) -> str | None:
         """Return the service whose endpoint the absolute ``url`` starts with."""
         for prefix, name in self._by_prefix:
-            if url.startswith(prefix) and (len(url) == len(prefix) or url[len(prefix)] in "/?#"):
+            if url_under(url, prefix):
                 return name
         return None
 
@@ -264,26 +273,31 @@ def build_config(
 
     """
     section_list = tuple(sorted(sections, key=lambda s: s.name))
-    issues: list[ConfigIssue] = []
-    document, top_issues = validate(raw, _Document)
-    if document is None:
-        raise ConfigError(top_issues, origin=origin)
+    document, issues = validate(raw, _Document)
+    defaults_raw: Mapping[str, Any]
+    services_raw: Mapping[str, Mapping[str, Any]]
+    if document is not None:
+        defaults_raw, services_raw, logging = document.defaults, document.services, document.logging
+    else:
+        # Keep going with the parts that have the right shape, so that one
+        # pass reports the problems of every service too.
+        defaults_raw, services_raw = _salvage(raw)
+        logging = LoggingSettings()
     service_type = _service_type(section_list)
 
-    defaults_ok = True
-    defaults_struct, found = validate(document.defaults, service_type, path="$.defaults")
-    issues += found
-    if defaults_struct is not None and defaults_struct.endpoints:
+    if "endpoints" in defaults_raw:
         issues.append(
             ConfigIssue("$.defaults.endpoints", "endpoints belong to a service, not to defaults")
         )
-    if found:
-        defaults_ok = False
+        defaults_raw = {k: v for k, v in defaults_raw.items() if k != "endpoints"}
+    defaults_struct, found = validate(defaults_raw, service_type, path="$.defaults")
+    issues += found
+    defaults_ok = not found
     defaults = _policy("*", defaults_struct, section_list) if defaults_struct is not None else None
 
     services: dict[str, ServicePolicy] = {}
-    for name, doc in sorted(document.services.items()):
-        merged = merge(document.defaults, doc) if defaults_ok else doc
+    for name, doc in sorted(services_raw.items()):
+        merged = merge(defaults_raw, doc) if defaults_ok else doc
         struct, found = validate(merged, service_type, path=join_path("$.services", name))
         issues += found
         if struct is not None:
@@ -295,8 +309,31 @@ def build_config(
     return HealkitConfig(
         defaults=defaults,
         services=services,
-        logging=document.logging,
+        logging=logging,
         sections=section_list,
+    )
+
+
+def url_under(url: str, endpoint: str) -> bool:
+    """Whether ``url`` is ``endpoint`` or below it (``/x`` is under ``/``, not ``/xy``)."""
+    return url.startswith(endpoint) and (len(url) == len(endpoint) or url[len(endpoint)] in "/?#")
+
+
+def _salvage(raw: object) -> tuple[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]:
+    """Return the defaults and the well-named services of an invalid document."""
+    if not isinstance(raw, Mapping):
+        return {}, {}
+    defaults = raw.get("defaults")
+    services = raw.get("services")
+    return (
+        defaults if isinstance(defaults, Mapping) else {},
+        {
+            name: doc
+            for name, doc in (services.items() if isinstance(services, Mapping) else ())
+            if isinstance(name, str)
+            and re.match(SERVICE_NAME_PATTERN, name)
+            and isinstance(doc, Mapping)
+        },
     )
 
 

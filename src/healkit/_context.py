@@ -48,7 +48,12 @@ class CallContext:
         config: that whole snapshot.
         clock: the runtime's clock.
         started: monotonic start time of the call.
-        deadline: monotonic time by which the call must end (``math.inf`` for none).
+        deadline: monotonic time by which the call must end (``math.inf`` for
+            none): the earliest of ``deadline=`` and the plugins' limits. An
+            attempt still running then fails with ``DeadlineExceeded``.
+        scope_deadline: the deadline of the caller's enclosing anyio cancel
+            scope (``math.inf`` for none). healkit starts no backoff sleep that
+            would end after it; the scope itself cancels what runs past it.
         attempts: the attempts so far, oldest first.
         path: the path taken so far.
         stash: per-call plugin state.
@@ -66,6 +71,7 @@ class CallContext:
         "path",
         "policy",
         "replayable",
+        "scope_deadline",
         "service",
         "started",
         "stash",
@@ -87,6 +93,7 @@ class CallContext:
         idempotent: bool = False,
         replayable: bool = True,
         deadline: float = math.inf,
+        scope_deadline: float = math.inf,
     ) -> None:
         self.service = service
         self.transport: TransportKind = transport
@@ -100,6 +107,7 @@ class CallContext:
         self.replayable = replayable
         self.started = clock.now()
         self.deadline = deadline
+        self.scope_deadline = scope_deadline
         self.attempts: list[AttemptContext] = []
         self.path: PathTaken = "primary"
         self.stash = Stash()
@@ -113,8 +121,8 @@ class CallContext:
         return len(self.attempts)
 
     def remaining(self) -> float:
-        """Seconds left before the deadline (``math.inf`` without one)."""
-        return self.deadline - self.clock.now()
+        """Seconds left before the deadline or the scope's, whichever is first."""
+        return min(self.deadline, self.scope_deadline) - self.clock.now()
 
     def limit_deadline(self, seconds: float) -> None:
         """Shorten the deadline to ``seconds`` after the call started, if sooner."""

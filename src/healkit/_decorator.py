@@ -11,7 +11,7 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, final
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import CallError, RequestError
 from healkit._outcome import Outcome
-from healkit._pipeline import caller_deadline, execute
+from healkit._pipeline import Passthrough, caller_deadline, execute
 from healkit._runtime import Runtime, current_runtime, default_runtime
 
 __all__ = ["resilient"]
@@ -19,7 +19,7 @@ __all__ = ["resilient"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-DEFAULT_FAILURES: Final[tuple[type[Exception], ...]] = (OSError, TimeoutError, ConnectionError)
+DEFAULT_FAILURES: Final[tuple[type[Exception], ...]] = (OSError, TimeoutError)
 
 
 @final
@@ -46,6 +46,8 @@ class _FunctionTransport(Generic[T]):
             return await self._function(*self._args, **self._kwargs), None
         except self._failures as exc:
             raise CallError(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - not a failure: hand it back untouched
+            raise Passthrough(exc) from None
 
     def discard(self, result: T) -> None:
         del result
@@ -109,9 +111,6 @@ def resilient(
             config = active.config
             clock = active.clock
             now = clock.now()
-            limit = caller_deadline(now)
-            if deadline is not None:
-                limit = min(limit, now + deadline)
             call = CallContext(
                 service=service,
                 transport="function",
@@ -121,7 +120,8 @@ def resilient(
                 policy=config.policy(service),
                 clock=clock,
                 idempotent=idempotent,
-                deadline=limit,
+                deadline=now + deadline if deadline is not None else math.inf,
+                scope_deadline=caller_deadline(now),
             )
             transport = _FunctionTransport(function, args, kwargs, failures)
             return await execute(active, call, transport, None)

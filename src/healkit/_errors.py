@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, final
 
 import aiohttp
+import yarl
 
 if TYPE_CHECKING:
     from healkit._outcome import AttemptRecord
@@ -122,9 +123,10 @@ class ConnectionLostError(TransportError):
 class TimeoutExceeded(HealkitError, TimeoutError):  # noqa: N818 - names what happened, like its subclasses
     """A time limit was reached. Also a :class:`builtins.TimeoutError`."""
 
-    def __init__(self, message: str, *, limit: float) -> None:
+    def __init__(self, message: str, *, limit: float | None) -> None:
         super().__init__(message)
         self.limit = limit
+        """The limit that was reached, in seconds (``None`` if not known to healkit)."""
 
 
 class ConnectTimeout(TimeoutExceeded):
@@ -157,7 +159,7 @@ class HTTPStatusError(HealkitError):
     """
 
     def __init__(self, status: int, *, url: str, body_excerpt: str = "") -> None:
-        super().__init__(f"HTTP {status} from {url}")
+        super().__init__(f"HTTP {status} from {display_url(url)}")
         self.status = status
         self.url = url
         self.body_excerpt = body_excerpt[:BODY_EXCERPT_BYTES]
@@ -201,7 +203,7 @@ class BodyTooLargeError(LimitError):
     """The response body is larger than ``max_body_bytes``."""
 
     def __init__(self, limit: int, *, url: str) -> None:
-        super().__init__(f"response body from {url} exceeds {limit} bytes")
+        super().__init__(f"response body from {display_url(url)} exceeds {limit} bytes")
         self.limit = limit
 
 
@@ -292,8 +294,22 @@ class PluginError(HealkitError):
         self.hook = hook
 
 
+def display_url(url: str) -> str:
+    """Return ``url`` fit for a message: no userinfo, no query, no fragment."""
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError):
+        return "<invalid URL>"
+    if not parsed.is_absolute():
+        return parsed.path
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))
+
+
 def map_aiohttp_error(
-    exc: aiohttp.ClientError | OSError, *, url: str, timeouts: tuple[float, float]
+    exc: aiohttp.ClientError | OSError,
+    *,
+    url: str,
+    timeouts: tuple[float | None, float | None],
 ) -> HealkitError:
     """Translate an aiohttp (or socket-level) exception into the healkit tree.
 
@@ -301,7 +317,8 @@ def map_aiohttp_error(
         exc: the exception raised while sending or reading (aiohttp's, or a
             socket error that escaped it).
         url: the (redacted) URL of the attempt, for the message.
-        timeouts: the attempt's ``(connect, read)`` limits, for timeout errors.
+        timeouts: the attempt's ``(connect, read)`` limits, for timeout errors
+            (``None`` where aiohttp applied a limit healkit does not know).
 
     Returns:
         The most specific healkit error; the caller raises it ``from exc``.
@@ -311,11 +328,11 @@ def map_aiohttp_error(
     detail = str(exc) or type(exc).__name__
     error: HealkitError
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        error = ConnectTimeout(
-            f"connect to {url} timed out after {connect_limit}s", limit=connect_limit
-        )
+        after = f" after {connect_limit}s" if connect_limit is not None else ""
+        error = ConnectTimeout(f"connect to {url} timed out{after}", limit=connect_limit)
     elif isinstance(exc, aiohttp.SocketTimeoutError | aiohttp.ServerTimeoutError):
-        error = ReadTimeout(f"no data from {url} for {read_limit}s", limit=read_limit)
+        within = f" for {read_limit}s" if read_limit is not None else " within the read timeout"
+        error = ReadTimeout(f"no data from {url}{within}", limit=read_limit)
     elif isinstance(exc, aiohttp.ClientConnectorDNSError):
         error = DNSError(f"cannot resolve host of {url}: {detail}")
     elif isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):

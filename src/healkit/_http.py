@@ -70,7 +70,10 @@ class HttpTransport:
                     **self._options,
                 )
                 response = Response.streaming(
-                    raw, url=_public_url(raw.url), limit=call.policy.max_body_bytes
+                    raw,
+                    url=_public_url(raw.url),
+                    limit=call.policy.max_body_bytes,
+                    read_timeout=limits.read,
                 )
                 return response, response
             async with self._session.request(
@@ -81,6 +84,7 @@ class HttpTransport:
                 timeout=_client_timeout(limits),
                 **self._options,
             ) as raw:
+                attempt.status = raw.status  # known even if reading the body fails
                 public = _public_url(raw.url)
                 body = (
                     b""

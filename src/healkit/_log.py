@@ -59,6 +59,16 @@ def substitute_used(call: CallContext, error: HealkitError) -> None:
     )
 
 
+def fallback_failed(plugin: str, error: HealkitError) -> None:
+    """Log ``healkit.fallback_failed``: a fallback implementation raised a healkit error."""
+    logger.warning(
+        "healkit.fallback_failed",
+        plugin=plugin,
+        error=type(error).__name__,
+        reason=error.message,
+    )
+
+
 def call_failed(call: CallContext, error: HealkitError, stop_reason: str | None) -> None:
     """Log ``healkit.call_failed``."""
     logger.error(

@@ -27,6 +27,7 @@ from typing import final
 
 import aiohttp
 
+from healkit._config import url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import RequestError, map_aiohttp_error
 from healkit._http import IDEMPOTENT_METHODS
@@ -40,7 +41,7 @@ __all__ = ["ResilienceMiddleware"]
 
 @final
 class _MiddlewareTransport:
-    __slots__ = ("_handler", "_origin", "_request")
+    __slots__ = ("_attempt_headers", "_handler", "_origin", "_request")
 
     def __init__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType, origin: str
@@ -48,6 +49,7 @@ class _MiddlewareTransport:
         self._request = request
         self._handler = handler
         self._origin = origin
+        self._attempt_headers: tuple[str, ...] = ()
 
     async def send(
         self, call: CallContext, attempt: AttemptContext
@@ -58,16 +60,24 @@ class _MiddlewareTransport:
                 "the aiohttp middleware cannot re-route a request; use healkit.Client"
             )
         # call.headers is the request's own header multidict: call-wide plugin
-        # headers are already in it; add this attempt's.
+        # headers are already in it. Replace the previous attempt's own headers.
+        for name in self._attempt_headers:
+            request.headers.popall(name, None)
+        self._attempt_headers = tuple(attempt.headers)
         for name, value in attempt.headers.items():
             request.headers[name] = value
         try:
             raw = await self._handler(request)
         except (aiohttp.ClientError, OSError) as exc:
             url = call.config.redactor.url(request.url)
-            raise map_aiohttp_error(exc, url=url, timeouts=(0.0, 0.0)) from exc
+            raise map_aiohttp_error(exc, url=url, timeouts=(None, None)) from exc
         url = str(raw.url.with_user(None))
-        return raw, Response.streaming(raw, url=url, limit=call.policy.max_body_bytes)
+        # The body is read by the caller through aiohttp: neither the body cap
+        # nor healkit's read limit apply to it (the session's do).
+        response = Response.streaming(
+            raw, url=url, limit=call.policy.max_body_bytes, read_timeout=None
+        )
+        return raw, response
 
     def discard(self, result: aiohttp.ClientResponse) -> None:
         result.release()
@@ -110,7 +120,7 @@ class ResilienceMiddleware:
         origin = str(request.url.origin())
         service = self._service or config.service_for_url(url) or request.url.host or origin
         policy = config.policy(service)
-        endpoint = next((e for e in policy.endpoints if url.startswith(e)), origin)
+        endpoint = next((e for e in policy.endpoints if url_under(url, e)), origin)
         clock = runtime.clock
         method = request.method.upper()
         call = CallContext(
@@ -123,7 +133,7 @@ class ResilienceMiddleware:
             clock=clock,
             headers=request.headers,
             idempotent=method in IDEMPOTENT_METHODS or "Idempotency-Key" in request.headers,
-            deadline=caller_deadline(clock.now()),
+            scope_deadline=caller_deadline(clock.now()),
         )
         return await execute(
             runtime, call, _MiddlewareTransport(request, handler, origin), endpoint

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from healkit._response import Response
     from healkit._runtime import Runtime
 
-__all__ = ["Transport", "caller_deadline", "execute"]
+__all__ = ["Passthrough", "Transport", "caller_deadline", "execute"]
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -59,6 +59,19 @@ class Transport(Protocol, Generic[R]):
         ...
 
 
+class Passthrough(Exception):  # noqa: N818 - not an error of its own: a carrier
+    """Carries an exception of the called code that the pipeline must not handle.
+
+    A decorated function's exception that its policy does not count as a failure
+    (a ``ValueError``, or a healkit error from a nested call) must reach the
+    caller unchanged and untouched by retry, fallback or attempt bookkeeping.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def caller_deadline(clock_now: float) -> float:
     """Return the enclosing anyio cancel scope's deadline on the clock's time base.
 
@@ -76,10 +89,13 @@ async def execute(
     """Run ``call`` to its end: a result (real, fallback or degraded) or a HealkitError.
 
     ``CancelledError`` always propagates at once; it is never retried. A
-    :class:`PluginError` (a decision plugin crashed) fails the call at once.
+    :class:`PluginError` (a decision plugin crashed) fails the call at once. An
+    exception a transport wraps in :class:`Passthrough` leaves unchanged.
     """
     try:
         return await _run(runtime, call, transport, endpoint)
+    except Passthrough as passing:
+        raise passing.error from passing.error.__cause__
     except PluginError as crash:
         crash.attempts = call.records()
         _log.call_failed(call, crash, None)
@@ -129,7 +145,7 @@ async def _run(  # noqa: C901 - the attempt loop reads best as one function
             stop_reason = decision.reason
             break
         delay = decision.delay
-        if clock.now() + delay >= call.deadline:
+        if clock.now() + delay >= min(call.deadline, call.scope_deadline):
             stop_reason = DEADLINE_STOP
             break
         _log.retry_scheduled(call, attempt, delay)
@@ -143,7 +159,11 @@ async def _run(  # noqa: C901 - the attempt loop reads best as one function
 async def _send(
     call: CallContext, attempt: AttemptContext, transport: Transport[R]
 ) -> tuple[R, Response | None]:
-    """Send one attempt under min(attempt total, time left before the deadline)."""
+    """Send one attempt under min(attempt total, time left before the deadline).
+
+    An enclosing cancel scope is not turned into a healkit error here: when it
+    expires it cancels the attempt, as the caller asked.
+    """
     remaining = call.deadline - call.clock.now()
     if remaining <= 0:
         raise DeadlineExceeded("the call's deadline passed before the attempt started", limit=0.0)

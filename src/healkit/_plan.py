@@ -146,18 +146,25 @@ class CallPlan:
         "_call_end",
         "_fallback",
         "_on_error",
+        "_on_fallback_failed",
         "_on_observer_error",
         "_post_response",
         "_pre_request",
     )
 
-    def __init__(self, pm: pluggy.PluginManager, on_observer_error: ObserverErrorHandler) -> None:
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        on_observer_error: ObserverErrorHandler,
+        on_fallback_failed: Callable[[str, HealkitError], None],
+    ) -> None:
         self._pre_request = compile_hook(pm, "healkit_pre_request")
         self._post_response = compile_hook(pm, "healkit_post_response")
         self._on_error = compile_hook(pm, "healkit_on_error")
         self._fallback = compile_hook(pm, "healkit_fallback")
         self._call_end = compile_hook(pm, "healkit_call_end")
         self._on_observer_error = on_observer_error
+        self._on_fallback_failed = on_fallback_failed
 
     def hooks(self) -> Sequence[CompiledHook]:
         """Return the compiled hooks (for inspection and tests)."""
@@ -182,12 +189,10 @@ class CallPlan:
         for index, function in enumerate(hook.functions):
             try:
                 function(call, attempt)
-            except HealkitError:
-                if hook.observers[index]:
-                    raise PluginError(
-                        hook.plugins[index], hook.name, RuntimeError("observer refused")
-                    ) from None
-                raise
+            except HealkitError as refusal:
+                if not hook.observers[index]:
+                    raise
+                self._failed(hook, index, refusal)  # an observer cannot refuse: its bug
             except Exception as exc:  # noqa: BLE001 - the error policy of the contract
                 self._failed(hook, index, exc)
 
@@ -238,21 +243,22 @@ class CallPlan:
         return decision
 
     async def fallback(self, call: CallContext, error: HealkitError) -> Fallback | None:
-        """Run ``healkit_fallback`` until one implementation offers a substitute."""
+        """Run ``healkit_fallback`` until a decision plugin offers a substitute."""
         hook = self._fallback
         for index, function in enumerate(hook.functions):
             try:
                 result = function(call, error)
                 if inspect.isawaitable(result):
                     result = await _await(result)
-            except HealkitError:
+            except HealkitError as failed:
                 # A fallback that itself failed (the fallback endpoint is down too)
-                # is not a crash: the next implementation may still help.
+                # is not a crash: it is logged, and the next implementation may help.
+                self._on_fallback_failed(hook.plugins[index], failed)
                 continue
             except Exception as exc:  # noqa: BLE001 - the error policy of the contract
                 self._failed(hook, index, exc)
                 continue
-            if result is None:
+            if result is None or hook.observers[index]:
                 continue
             if not isinstance(result, Fallback):
                 self._failed(

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Collection, Iterable
-from typing import Final, final
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Final, final
 
 import msgspec
 import pluggy
@@ -28,6 +28,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "PluginManager",
+    "call_each",
     "create_plugin_manager",
     "describe_plugins",
 ]
@@ -69,7 +70,8 @@ def create_plugin_manager(
 
     Args:
         plugins: plugin objects to register after the entry-point plugins.
-        block: names of entry-point plugins not to load (also read from the
+        block: names of plugins not to load or register, whether from entry
+            points or passed explicitly (also read from the
             ``HEALKIT_BLOCK_PLUGINS`` environment variable).
         entry_points: whether to load the ``healkit`` entry-point group.
 
@@ -106,6 +108,33 @@ def create_plugin_manager(
     except pluggy.PluginValidationError as exc:
         raise PluginError(pm.get_name(exc.plugin) or repr(exc.plugin), "register", exc) from exc
     return pm
+
+
+def call_each(
+    pm: pluggy.PluginManager,
+    hook: str,
+    arguments: Mapping[str, object],
+    on_error: Callable[[str, str, Exception], None],
+) -> list[tuple[str, Any]]:
+    """Call every implementation of a lifecycle hook, in pluggy's order, one by one.
+
+    Unlike ``pm.hook.<name>(...)``, one plugin's exception does not keep the
+    others from running: it goes to ``on_error(plugin, hook, exception)``, which
+    may raise (to fail) or return (to carry on).
+
+    Returns:
+        ``(plugin name, result)`` for each implementation that returned.
+
+    """
+    results: list[tuple[str, Any]] = []
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        try:
+            result = impl.function(*[arguments[name] for name in impl.argnames])
+        except Exception as error:  # noqa: BLE001 - reported to on_error with the plugin's name
+            on_error(impl.plugin_name, hook, error)
+            continue
+        results.append((impl.plugin_name, result))
+    return results
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:

@@ -15,7 +15,13 @@ import aiohttp
 import msgspec
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from healkit._errors import BodyTooLargeError, HTTPStatusError, map_aiohttp_error
+from healkit._errors import (
+    BodyTooLargeError,
+    HealkitError,
+    HTTPStatusError,
+    display_url,
+    map_aiohttp_error,
+)
 
 if TYPE_CHECKING:
     from healkit._outcome import Outcome
@@ -44,7 +50,17 @@ class Response:
 
     """
 
-    __slots__ = ("_body", "_limit", "_stream", "headers", "outcome", "reason", "status", "url")
+    __slots__ = (
+        "_body",
+        "_limit",
+        "_read_timeout",
+        "_stream",
+        "headers",
+        "outcome",
+        "reason",
+        "status",
+        "url",
+    )
 
     def __init__(
         self,
@@ -67,15 +83,23 @@ class Response:
         self._body: bytes | None = body
         self._stream: aiohttp.ClientResponse | None = None
         self._limit = 0
+        self._read_timeout: float | None = None
         self.outcome: Outcome | None = None
 
     @classmethod
-    def streaming(cls, raw: aiohttp.ClientResponse, *, url: str, limit: int) -> Response:
-        """Wrap an open aiohttp response whose body has not been read yet."""
+    def streaming(
+        cls, raw: aiohttp.ClientResponse, *, url: str, limit: int, read_timeout: float | None
+    ) -> Response:
+        """Wrap an open aiohttp response whose body has not been read yet.
+
+        ``limit`` is the body cap; ``read_timeout`` the read limit the connection
+        was opened with, if known (for the message of a ReadTimeout while streaming).
+        """
         response = cls(raw.status, headers=raw.headers, url=url, reason=raw.reason or "")
         response._body = None
         response._stream = raw
         response._limit = limit
+        response._read_timeout = read_timeout
         return response
 
     def with_header(self, name: str, value: str) -> Response:
@@ -88,6 +112,7 @@ class Response:
         copy._body = self._body
         copy._stream = self._stream
         copy._limit = self._limit
+        copy._read_timeout = self._read_timeout
         return copy
 
     def __repr__(self) -> str:
@@ -140,10 +165,18 @@ class Response:
             while chunk := await raw.content.read(size):
                 received += len(chunk)
                 if received > self._limit:
-                    raise BodyTooLargeError(self._limit, url=self.url)
+                    raise self._with_attempts(BodyTooLargeError(self._limit, url=self.url))
                 yield chunk
         except (aiohttp.ClientError, OSError) as exc:
-            raise map_aiohttp_error(exc, url=self.url, timeouts=(0.0, 0.0)) from exc
+            error = map_aiohttp_error(
+                exc, url=display_url(self.url), timeouts=(None, self._read_timeout)
+            )
+            raise self._with_attempts(error) from exc
+
+    def _with_attempts(self, error: HealkitError) -> HealkitError:
+        if self.outcome is not None:
+            error.attempts = self.outcome.attempts
+        return error
 
     def text(self, encoding: str | None = None) -> str:
         """Decode the body: ``encoding``, else the charset of Content-Type, else UTF-8."""

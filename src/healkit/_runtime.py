@@ -17,7 +17,7 @@ import contextvars
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, Final, final
+from typing import Any, Final, Self, final
 
 import pluggy
 
@@ -26,7 +26,7 @@ from healkit._clock import SYSTEM_CLOCK, Clock
 from healkit._config import ConfigSection, HealkitConfig, build_config
 from healkit._errors import ConfigError, ConfigIssue, PluginError
 from healkit._plan import CallPlan
-from healkit._plugins import PluginManager, create_plugin_manager
+from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._sources import ConfigSource, FileSource, InMemorySource
 
 __all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime"]
@@ -74,7 +74,7 @@ class Runtime:
         )
         self.plugin_errors: Counter[str] = Counter()
         self.sections = config_sections(self.plugin_manager)
-        self.plan = CallPlan(self.plugin_manager, self._observer_failed)
+        self.plan = CallPlan(self.plugin_manager, self._observer_failed, _log.fallback_failed)
         self._source = _as_source(config)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -146,15 +146,10 @@ class Runtime:
         return config
 
     def _configure(self, previous: HealkitConfig | None) -> None:
-        # Called per implementation (in pluggy's order) so that one plugin's crash
-        # is reported with its name and does not keep the others from the new config.
+        # The document is accepted: a plugin that fails to take it is reported
+        # and does not keep the others from the new configuration.
         arguments = {"config": self._config, "previous": previous}
-        for impl in reversed(self.plugin_manager.hook.healkit_configure.get_hookimpls()):
-            try:
-                impl.function(*[arguments[name] for name in impl.argnames])
-            except Exception as error:  # noqa: BLE001 - the document is accepted; report the plugin
-                _log.plugin_failed(impl.plugin_name, "healkit_configure", error)
-                self.plugin_errors[impl.plugin_name] += 1
+        call_each(self.plugin_manager, "healkit_configure", arguments, self._plugin_failed)
 
     # -- plugins ---------------------------------------------------------------
 
@@ -175,14 +170,27 @@ class Runtime:
             self.plugin_manager.unregister(plugin)
             self.sections = config_sections(self.plugin_manager)
             raise
-        self.plan = CallPlan(self.plugin_manager, self._observer_failed)
+        self.plan = CallPlan(self.plugin_manager, self._observer_failed, _log.fallback_failed)
 
     def _observer_failed(self, plugin: str, hook: str, error: Exception) -> None:
         if plugin not in self.plugin_errors:
             _log.plugin_failed(plugin, hook, error)
         self.plugin_errors[plugin] += 1
 
+    def _plugin_failed(self, plugin: str, hook: str, error: Exception) -> None:
+        _log.plugin_failed(plugin, hook, error)
+        self.plugin_errors[plugin] += 1
+
     # -- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start the runtime (for the middleware and decorated call sites)."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop the runtime: background tasks cancelled and awaited."""
+        await self.stop()
 
     @property
     def started(self) -> bool:
@@ -204,10 +212,20 @@ class Runtime:
         self._started = True
         if not isinstance(source, InMemorySource):
             self.start_background(f"config-watch {source.origin}", lambda: source.watch(self))
-        self.plugin_manager.hook.healkit_startup(runtime=self)
+        try:
+            call_each(
+                self.plugin_manager, "healkit_startup", {"runtime": self}, _raise_plugin_error
+            )
+        except PluginError:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
-        """Cancel and await every background task, then run plugin shutdown hooks."""
+        """Cancel and await every background task, then run plugin shutdown hooks.
+
+        Never raises for a plugin: a shutdown hook that fails or takes longer
+        than 5 s, and a task that ignores cancellation, are logged.
+        """
         if not self._started:
             return
         self._started = False
@@ -215,10 +233,18 @@ class Runtime:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
-        for result in self.plugin_manager.hook.healkit_shutdown(runtime=self):
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+            for task in stuck:
+                _log.background_failed(task.get_name(), TimeoutError("ignored cancellation"))
+        shutdowns = call_each(
+            self.plugin_manager, "healkit_shutdown", {"runtime": self}, self._plugin_failed
+        )
+        for plugin, result in shutdowns:
             if isinstance(result, Awaitable):
-                await asyncio.wait_for(_as_coroutine(result), SHUTDOWN_TIMEOUT)
+                try:
+                    await asyncio.wait_for(_as_coroutine(result), SHUTDOWN_TIMEOUT)
+                except Exception as error:  # noqa: BLE001 - reported with the plugin's name
+                    self._plugin_failed(plugin, "healkit_shutdown", error)
 
     def start_background(
         self, name: str, function: Callable[[], Coroutine[Any, Any, None]]
@@ -260,16 +286,21 @@ def config_sections(pm: PluginManager) -> tuple[ConfigSection[Any], ...]:
 
     Raises:
         ConfigError: two plugins declare the same section.
+        PluginError: a plugin's ``healkit_config_sections`` crashed.
 
     """
     sections: dict[str, ConfigSection[Any]] = {}
-    for group in pm.hook.healkit_config_sections():
+    for _, group in call_each(pm, "healkit_config_sections", {}, _raise_plugin_error):
         for section in group:
             if section.name in sections:
                 issue = ConfigIssue(f"$.{section.name}", "two plugins declare this section")
                 raise ConfigError([issue], origin="plugins")
             sections[section.name] = section
     return tuple(sections.values())
+
+
+def _raise_plugin_error(plugin: str, hook: str, error: Exception) -> None:
+    raise PluginError(plugin, hook, error) from error
 
 
 def current_runtime() -> Runtime | None:

@@ -6,7 +6,8 @@ decorated with :data:`healkit.hookimpl`, and register the class through the
 
 Order: pluggy's. Implementations run newest-registered first, ``tryfirst``
 ones before all others and ``trylast`` ones after. Entry-point plugins are
-registered after the built-in ones, in the order of their names. Wrappers
+registered first, in the order of their names, then the plugins passed
+explicitly, in the order given. Wrappers
 (``wrapper=True`` / ``hookwrapper=True``) are refused on the per-call hooks,
 because those are compiled into a call plan for speed.
 

@@ -129,3 +129,9 @@ def test_invalid_settings_are_rejected_with_their_path(
         healkit.Runtime(config=config, plugins=[TimeoutPlugin()], entry_points=False)
     assert caught.value.path == path
     assert reason in caught.value.reason
+
+
+def test_deadline_alone_bounds_the_attempt_limit() -> None:
+    assert TimeoutSettings(deadline=10.0).attempt_limit == 10.0
+    assert TimeoutSettings().attempt_limit == 30.0
+    assert TimeoutSettings(attempt=5.0, deadline=10.0).attempt_limit == 5.0

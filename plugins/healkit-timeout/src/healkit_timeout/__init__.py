@@ -5,7 +5,7 @@ Configure per service (or under ``defaults``) in the ``timeout`` section::
     [services.payments.timeout]
     connect = 1.0     # TCP/TLS connect, waiting for a pooled connection included
     read = 5.0        # until the first byte, and between two reads
-    attempt = 8.0     # one attempt from start to the end of its body
+    attempt = 8.0     # one attempt from start to the end of its body (default: min(30, deadline))
     deadline = 20.0   # the whole call: every attempt and every backoff sleep
 
 Each limit raises its own error: :class:`healkit.ConnectTimeout`,
@@ -29,6 +29,7 @@ import healkit
 __all__ = ["SECTION", "TimeoutPlugin", "TimeoutSettings"]
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=24 * 3600.0)]
+DEFAULT_ATTEMPT: Final = 30.0
 
 
 @final
@@ -40,22 +41,29 @@ class TimeoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             a healthy peer on a data-center network connects in milliseconds.
         read: until the first byte of the response, and between two reads.
             Default 30 s.
-        attempt: one attempt as a whole, body included. Default 30 s.
+        attempt: one attempt as a whole, body included. Default: the smaller of
+            30 s and ``deadline``, so a call has room for a second attempt under
+            the default deadline and setting ``deadline`` alone is enough.
         deadline: the whole call, across attempts and backoff. Default 60 s.
 
     """
 
     connect: Seconds = 5.0
     read: Seconds = 30.0
-    attempt: Seconds = 30.0
+    attempt: Seconds | None = None
     deadline: Seconds = 60.0
 
     def __post_init__(self) -> None:
         """Reject an attempt limit longer than the call's deadline."""
-        if self.attempt > self.deadline:
+        if self.attempt is not None and self.attempt > self.deadline:
             raise ValueError(
                 f"attempt ({self.attempt}s) must not exceed deadline ({self.deadline}s)"
             )
+
+    @property
+    def attempt_limit(self) -> float:
+        """The limit of one attempt: ``attempt``, or by default min(30 s, ``deadline``)."""
+        return self.attempt if self.attempt is not None else min(DEFAULT_ATTEMPT, self.deadline)
 
 
 SECTION: Final = healkit.ConfigSection(
@@ -83,7 +91,7 @@ class TimeoutPlugin:
         """Set the attempt's limits; on the first attempt, the call's deadline."""
         settings = call.policy.section(SECTION)
         attempt.timeouts = healkit.Timeouts(
-            connect=settings.connect, read=settings.read, total=settings.attempt
+            connect=settings.connect, read=settings.read, total=settings.attempt_limit
         )
         if attempt.number == 1:
             call.limit_deadline(settings.deadline)

@@ -43,6 +43,9 @@ class RequestIdPlugin:
 
     __slots__ = ()
 
+    healkit_name = "request-id"
+    """The plugin's name, whether loaded from its entry point or passed explicitly."""
+
     @healkit.hookimpl
     def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
         """Contribute the ``request_id`` section."""
