@@ -1,0 +1,605 @@
+"""A real HTTP upstream on loopback that misbehaves on cue.
+
+:class:`FaultServer` runs an ``aiohttp.web`` server on ``127.0.0.1`` (plain HTTP,
+or HTTPS when given an :class:`ssl.SSLContext`) and answers each request with a
+scripted :class:`Fault`: a normal response, a status burst, latency, a reset
+connection, a hang, a truncated or a slow body. Every request that reaches the
+handler is recorded, so a test can assert what the client really sent::
+
+    async with FaultServer() as server, aiohttp.ClientSession() as session:
+        server.script("/pay", Fault.status(503), Fault.reset(), then=Fault.ok())
+        ...  # call server.url + "/pay" through the code under test
+        assert server.hits("/pay") == 3
+
+Scripts are per path (the request method does not matter) and can be replaced at
+any time, also while requests are in flight. Leaving the ``async with`` block
+aborts the connections of requests still being handled (a blackhole, a long
+latency), so shutdown is prompt; their clients see a connection error.
+"""
+
+import asyncio
+import contextlib
+import enum
+import json
+import math
+import socket
+import ssl
+import struct
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Final, Self, final
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ["Fault", "FaultKind", "FaultServer", "RecordedRequest"]
+
+_HOST: Final = "127.0.0.1"
+# Grace period aiohttp gives a handler on shutdown before cancelling it. The
+# server aborts its own in-flight requests first, so this only bounds requests
+# whose handler had not started yet when the server was closed.
+_SHUTDOWN_TIMEOUT: Final = 0.5
+# struct linger {l_onoff=1, l_linger=0}: close() then sends RST instead of FIN.
+_LINGER_RST: Final = struct.pack("ii", 1, 0)
+_REPR_BODY_MAX: Final = 32
+
+
+class FaultKind(enum.Enum):
+    """What a :class:`Fault` does to a request."""
+
+    RESPOND = "respond"
+    """Send a complete response (``ok``, ``status``, ``latency``, ``json``)."""
+    RESET = "reset"
+    """Abort the connection without reading the request body or responding."""
+    RESET_AFTER_BODY = "reset_after_body"
+    """Read the whole request body, then abort the connection without responding."""
+    BLACKHOLE = "blackhole"
+    """Read the request body and never respond."""
+    TRUNCATED = "truncated"
+    """Declare a Content-Length, send fewer bytes, then close the connection."""
+    SLOW_BODY = "slow_body"
+    """Send the headers, then the body in chunks with a delay between chunks."""
+
+
+def _check_seconds(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+def _freeze_headers(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return () if headers is None else tuple(headers.items())
+
+
+def _short(body: bytes) -> str:
+    if len(body) <= _REPR_BODY_MAX:
+        return repr(body)
+    return f"<{len(body)} bytes>"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class Fault:
+    """An immutable description of how the server treats one request.
+
+    Build one with the constructors (:meth:`ok`, :meth:`status`, :meth:`latency`,
+    :meth:`json`, :meth:`reset`, :meth:`reset_after_body`, :meth:`blackhole`,
+    :meth:`truncated`, :meth:`slow_body`); each accepts a ``latency`` in seconds
+    that is waited before the fault acts, and :meth:`with_latency` adds one to any
+    fault. Faults are hashable and compare by value.
+    """
+
+    kind: FaultKind
+    """What the fault does."""
+    status_code: int = 200
+    """Status of the response, for the kinds that send one."""
+    body: bytes = b""
+    """The response body; for ``SLOW_BODY`` the content of one chunk."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra response headers, in order."""
+    delay: float = 0.0
+    """Seconds waited after the request was read, before the fault acts."""
+    declared_length: int | None = None
+    """For ``TRUNCATED``: the Content-Length announced (more than ``len(body)``)."""
+    chunks: int = 0
+    """For ``SLOW_BODY``: how many chunks are sent."""
+    chunk_delay: float = 0.0
+    """For ``SLOW_BODY``: seconds between two chunks."""
+
+    def __post_init__(self) -> None:
+        """Reject inconsistent descriptions early, where the test builds them."""
+        if not 100 <= self.status_code <= 599:
+            raise ValueError(f"status must be in 100..599, got {self.status_code}")
+        _check_seconds("latency", self.delay)
+        _check_seconds("delay", self.chunk_delay)
+        if self.kind is FaultKind.TRUNCATED and (
+            self.declared_length is None or self.declared_length <= len(self.body)
+        ):
+            raise ValueError(
+                f"declared_length must exceed the {len(self.body)} bytes sent, "
+                f"got {self.declared_length}"
+            )
+        if self.kind is FaultKind.SLOW_BODY and (self.chunks < 1 or not self.body):
+            raise ValueError("slow_body needs chunks >= 1 and a non-empty chunk")
+
+    # -- constructors --------------------------------------------------------------
+
+    @classmethod
+    def ok(
+        cls,
+        *,
+        status: int = 200,
+        body: bytes = b"ok",
+        headers: Mapping[str, str] | None = None,
+        latency: float = 0.0,
+    ) -> "Fault":
+        """Respond normally (by default ``200`` with body ``b"ok"``)."""
+        return cls(
+            kind=FaultKind.RESPOND,
+            status_code=status,
+            body=body,
+            headers=_freeze_headers(headers),
+            delay=latency,
+        )
+
+    @classmethod
+    def status(
+        cls,
+        code: int,
+        *,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        latency: float = 0.0,
+    ) -> "Fault":
+        """Respond with status ``code``: ``Fault.status(503, headers={"Retry-After": "1"})``."""
+        return cls.ok(status=code, body=body, headers=headers, latency=latency)
+
+    @classmethod
+    def latency(
+        cls,
+        seconds: float,
+        *,
+        status: int = 200,
+        body: bytes = b"ok",
+        headers: Mapping[str, str] | None = None,
+    ) -> "Fault":
+        """Respond normally after ``seconds``."""
+        return cls.ok(status=status, body=body, headers=headers, latency=seconds)
+
+    @classmethod
+    def json(
+        cls,
+        obj: object,
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        latency: float = 0.0,
+    ) -> "Fault":
+        """Respond with ``obj`` encoded as JSON (``Content-Type: application/json``)."""
+        merged = dict(headers or {})
+        if not any(name.lower() == "content-type" for name in merged):
+            merged["Content-Type"] = "application/json"
+        return cls.ok(
+            status=status,
+            body=json.dumps(obj, separators=(",", ":")).encode(),
+            headers=merged,
+            latency=latency,
+        )
+
+    @classmethod
+    def reset(cls, *, latency: float = 0.0) -> "Fault":
+        """Abort the TCP connection (RST) without reading the body or responding.
+
+        The request is recorded with an empty body. The client sees a connection
+        error (``ServerDisconnectedError`` or ``ClientOSError`` in aiohttp).
+        """
+        return cls(kind=FaultKind.RESET, delay=latency)
+
+    @classmethod
+    def reset_after_body(cls, *, latency: float = 0.0) -> "Fault":
+        """Read the whole request body, then abort the connection without responding.
+
+        The recorded body proves that the request reached the server.
+        """
+        return cls(kind=FaultKind.RESET_AFTER_BODY, delay=latency)
+
+    @classmethod
+    def blackhole(cls) -> "Fault":
+        """Read the request and never respond.
+
+        The handler hangs until the client gives up (closes the connection) or the
+        server is closed.
+        """
+        return cls(kind=FaultKind.BLACKHOLE)
+
+    @classmethod
+    def truncated(
+        cls,
+        *,
+        body: bytes = b"partial",
+        declared_length: int | None = None,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        latency: float = 0.0,
+    ) -> "Fault":
+        """Announce ``declared_length`` bytes, send only ``body``, then close.
+
+        ``declared_length`` defaults to ``len(body) + 1``. The client sees the
+        status and headers, then a payload error while reading the body.
+        """
+        return cls(
+            kind=FaultKind.TRUNCATED,
+            status_code=status,
+            body=body,
+            headers=_freeze_headers(headers),
+            delay=latency,
+            declared_length=len(body) + 1 if declared_length is None else declared_length,
+        )
+
+    @classmethod
+    def slow_body(  # noqa: PLR0913 - keyword-only options, like the other constructors
+        cls,
+        chunks: int,
+        delay: float,
+        *,
+        chunk: bytes = b"x" * 1024,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        latency: float = 0.0,
+    ) -> "Fault":
+        """Send the headers at once, then ``chunks`` copies of ``chunk``, ``delay`` apart.
+
+        The Content-Length is exact (``chunks * len(chunk)``); the first chunk
+        follows the headers immediately.
+        """
+        return cls(
+            kind=FaultKind.SLOW_BODY,
+            status_code=status,
+            body=chunk,
+            headers=_freeze_headers(headers),
+            delay=latency,
+            chunks=chunks,
+            chunk_delay=delay,
+        )
+
+    def with_latency(self, seconds: float) -> "Fault":
+        """Return a copy of this fault that first waits ``seconds``."""
+        return replace(self, delay=seconds)
+
+    def __repr__(self) -> str:
+        """Show the fields that matter for this kind, with long bodies elided."""
+        parts = [f"kind={self.kind.name}"]
+        if self.kind in {FaultKind.RESPOND, FaultKind.TRUNCATED, FaultKind.SLOW_BODY}:
+            parts += [f"status_code={self.status_code}", f"body={_short(self.body)}"]
+        if self.headers:
+            parts.append(f"headers={self.headers!r}")
+        if self.delay:
+            parts.append(f"delay={self.delay!r}")
+        if self.kind is FaultKind.TRUNCATED:
+            parts.append(f"declared_length={self.declared_length}")
+        if self.kind is FaultKind.SLOW_BODY:
+            parts += [f"chunks={self.chunks}", f"chunk_delay={self.chunk_delay!r}"]
+        return f"Fault({', '.join(parts)})"
+
+
+_OK: Final = Fault.ok()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordedRequest:
+    """One request as the server received it."""
+
+    method: str
+    """The request method, e.g. ``"POST"``."""
+    path: str
+    """The percent-decoded path, without the query string."""
+    query_string: str
+    """The raw query string, without ``?`` (empty if none)."""
+    headers: CIMultiDictProxy[str]
+    """A copy of the request headers (case-insensitive, repeated names kept)."""
+    body: bytes
+    """The request body (empty for :meth:`Fault.reset`, which does not read it)."""
+    arrived_at: float
+    """``time.monotonic()`` when the handler started."""
+    fault: Fault
+    """The fault applied to this request."""
+
+
+@final
+class _Script:
+    __slots__ = ("_faults", "_next", "_then")
+
+    def __init__(self, faults: tuple[Fault, ...], then: Fault) -> None:
+        self._faults = faults
+        self._then = then
+        self._next = 0
+
+    def advance(self) -> Fault:
+        if self._next < len(self._faults):
+            fault = self._faults[self._next]
+            self._next += 1
+            return fault
+        return self._then
+
+
+def _abort(request: web.BaseRequest) -> web.StreamResponse:
+    """Reset the request's connection; return a response aiohttp will fail to send."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        transport.abort()
+    # Writing this to the aborted transport raises ConnectionResetError inside
+    # aiohttp, which treats it as a client that went away: nothing is logged.
+    return web.Response(status=500)
+
+
+@final
+class FaultServer:
+    """A loopback HTTP(S) server whose answers are scripted per path.
+
+    Use it as an async context manager; the server listens on a free port of
+    ``127.0.0.1`` between ``__aenter__`` and ``__aexit__``. Unscripted paths get
+    the default fault (``Fault.ok()`` unless changed with :meth:`set_default`).
+    Not thread-safe: use it from the event loop that entered it.
+    """
+
+    __slots__ = (
+        "_changed",
+        "_closed",
+        "_default",
+        "_hits",
+        "_inflight",
+        "_max_active",
+        "_port",
+        "_requests",
+        "_runner",
+        "_scripts",
+        "_ssl_context",
+    )
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Prepare a server; it starts listening in ``async with``.
+
+        Pass a server-side ``ssl_context`` to serve HTTPS instead of HTTP.
+        """
+        self._ssl_context = ssl_context
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._closed = False
+        self._default = _OK
+        self._scripts: dict[str, _Script] = {}
+        self._requests: list[RecordedRequest] = []
+        self._hits: Counter[str] = Counter()
+        self._inflight: dict[int, web.BaseRequest] = {}
+        self._max_active = 0
+        # Set, then replaced, whenever a request is recorded or finishes, and on close.
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        """Show where the server listens, or that it is not running."""
+        if self._port is None:
+            where = "not started"
+        else:
+            where = self.url + (" closed" if self._closed else "")
+        return f"<FaultServer {where} hits={len(self._requests)} active={self.active}>"
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start listening on a free loopback port."""
+        if self._runner is not None or self._closed:
+            raise RuntimeError("a FaultServer can be started only once")
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            access_log=None,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, _HOST, 0, ssl_context=self._ssl_context)
+            await site.start()
+            self._port = int(runner.addresses[0][1])
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop listening, abort requests still in flight and close every connection."""
+        runner = self._runner
+        if runner is None:
+            return
+        self._runner = None
+        self._closed = True
+        self._notify()
+        for site in list(runner.sites):
+            await site.stop()
+        server = runner.server
+        connections = [] if server is None else server.connections
+        # Hung handlers (blackhole, latency, slow body) end here: aborting the
+        # connection makes aiohttp cancel them (handler_cancellation=True).
+        for request in list(self._inflight.values()):
+            _abort(request)
+        await runner.cleanup()
+        # Idle keep-alive connections were closed gracefully by cleanup(); a TLS
+        # close may still wait for the peer's close_notify. Abort whatever is left
+        # and let the loop run the scheduled connection_lost callbacks, which
+        # close the sockets, before returning.
+        for connection in connections:
+            if connection.transport is not None:
+                connection.transport.abort()
+        await asyncio.sleep(0)
+
+    # -- addresses -----------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on.
+
+        It stays readable after the server closed, when nothing listens there
+        any more: a test can keep calling the URL to see a refused connection.
+        """
+        if self._port is None:
+            raise RuntimeError("the FaultServer was never started; use `async with`")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The base URL without a trailing slash, e.g. ``http://127.0.0.1:43123``."""
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{_HOST}:{self.port}"
+
+    # -- scripting -----------------------------------------------------------------
+
+    def script(self, path: str, *faults: Fault, then: Fault = _OK) -> None:
+        """Answer the next requests to ``path`` with ``faults`` in order, then ``then``.
+
+        The first request after this call gets ``faults[0]``, the next one
+        ``faults[1]``, and so on; once they are used up every request gets
+        ``then``. Any method counts. Calling it again for the same path replaces
+        the script and starts the new sequence from its beginning.
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {path!r}")
+        self._scripts[path] = _Script(faults, then)
+
+    def set_default(self, fault: Fault) -> None:
+        """Use ``fault`` for every request to a path without a script."""
+        self._default = fault
+
+    def reset(self) -> None:
+        """Forget scripts, the default fault and the recorded requests.
+
+        Requests in flight are not affected (they keep their fault, and are
+        recorded if they had not been yet).
+        """
+        self._scripts.clear()
+        self._default = _OK
+        self._requests.clear()
+        self._hits.clear()
+        self._max_active = self.active
+
+    # -- observation ---------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of the recorded requests, in the order they were recorded."""
+        return list(self._requests)
+
+    @property
+    def active(self) -> int:
+        """How many requests the server is handling right now."""
+        return len(self._inflight)
+
+    @property
+    def max_active(self) -> int:
+        """The most requests handled at the same time so far (since :meth:`reset`)."""
+        return self._max_active
+
+    def hits(self, path: str | None = None) -> int:
+        """How many requests were recorded for ``path`` (for all paths if ``None``)."""
+        return len(self._requests) if path is None else self._hits[path]
+
+    async def wait_for_hits(self, n: int, path: str | None = None) -> int:
+        """Wait until at least ``n`` requests were recorded and return the count.
+
+        It does not time out by itself: wrap it in ``asyncio.timeout`` or
+        ``anyio.fail_after``. Raises :class:`RuntimeError` if the server closes
+        before enough requests arrived.
+        """
+        while (count := self.hits(path)) < n:
+            if self._closed:
+                raise RuntimeError(f"FaultServer closed after {count} of {n} hits")
+            await self._changed.wait()
+        return count
+
+    async def wait_for_idle(self) -> None:
+        """Wait until no request is being handled (returns at once if none is).
+
+        Use it after a client gave up on a hanging request, to know that the
+        server noticed. Like :meth:`wait_for_hits`, it does not time out by itself.
+        """
+        while self._inflight:
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- request handling ----------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        arrived_at = time.monotonic()
+        script = self._scripts.get(request.path)
+        fault = self._default if script is None else script.advance()
+        key = id(request)
+        self._inflight[key] = request
+        self._max_active = max(self._max_active, len(self._inflight))
+        try:
+            body = b"" if fault.kind is FaultKind.RESET else await request.content.read()
+            self._requests.append(
+                RecordedRequest(
+                    method=request.method,
+                    path=request.path,
+                    query_string=request.query_string,
+                    headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+                    body=body,
+                    arrived_at=arrived_at,
+                    fault=fault,
+                )
+            )
+            self._hits[request.path] += 1
+            self._notify()
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            return await _apply(fault, request)
+        finally:
+            del self._inflight[key]
+            self._notify()
+
+
+async def _apply(fault: Fault, request: web.Request) -> web.StreamResponse:
+    match fault.kind:
+        case FaultKind.RESPOND:
+            return web.Response(status=fault.status_code, body=fault.body, headers=fault.headers)
+        case FaultKind.RESET | FaultKind.RESET_AFTER_BODY:
+            return _abort(request)
+        case FaultKind.BLACKHOLE:
+            # Cancelled when the client disconnects or the server closes.
+            await asyncio.get_running_loop().create_future()
+            return _abort(request)  # pragma: no cover - the future never completes
+        case FaultKind.TRUNCATED:
+            response = web.StreamResponse(status=fault.status_code, headers=fault.headers)
+            response.content_length = fault.declared_length
+            await response.prepare(request)
+            if request.method != "HEAD":
+                await response.write(fault.body)
+            if request.transport is not None:
+                # close(), not abort(): the partial body must be flushed first.
+                request.transport.close()
+            return response
+        case FaultKind.SLOW_BODY:
+            response = web.StreamResponse(status=fault.status_code, headers=fault.headers)
+            response.content_length = fault.chunks * len(fault.body)
+            await response.prepare(request)
+            # StreamResponse.write() would put body bytes on the wire even for HEAD.
+            for index in range(fault.chunks if request.method != "HEAD" else 0):
+                if index:
+                    await asyncio.sleep(fault.chunk_delay)
+                await response.write(fault.body)
+            return response
