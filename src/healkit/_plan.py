@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import pluggy
 
@@ -43,6 +43,7 @@ PER_CALL_HOOKS: Final = (
 )
 
 ObserverErrorHandler = Callable[[str, str, Exception], None]
+D = TypeVar("D")
 
 
 @final
@@ -200,46 +201,30 @@ class CallPlan:
         self, call: CallContext, attempt: AttemptContext, response: Response | None
     ) -> HealkitError | None:
         """Run ``healkit_post_response``; return the first failure declared."""
-        hook = self._post_response
-        declared: HealkitError | None = None
-        for index, function in enumerate(hook.functions):
-            try:
-                result = function(call, attempt, response)
-            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
-                self._failed(hook, index, exc)
-                continue
-            if result is not None and declared is None and not hook.observers[index]:
-                if not isinstance(result, HealkitError):
-                    self._failed(
-                        hook,
-                        index,
-                        TypeError(f"returned {type(result).__name__}, not a HealkitError"),
-                    )
-                    continue
-                declared = result
-        return declared
+        return self._first_decision(self._post_response, HealkitError, call, attempt, response)
 
     def on_error(
         self, call: CallContext, attempt: AttemptContext, error: HealkitError
     ) -> RetryDecision | None:
         """Run ``healkit_on_error``; return the first decision proposed."""
-        hook = self._on_error
-        decision: RetryDecision | None = None
+        return self._first_decision(self._on_error, RetryDecision, call, attempt, error)
+
+    def _first_decision(self, hook: CompiledHook, kind: type[D], *args: object) -> D | None:
+        """Call every implementation; return the first decision plugin's non-None result."""
+        decision: D | None = None
         for index, function in enumerate(hook.functions):
             try:
-                result = function(call, attempt, error)
+                result = function(*args)
             except Exception as exc:  # noqa: BLE001 - the error policy of the contract
                 self._failed(hook, index, exc)
                 continue
-            if result is not None and decision is None and not hook.observers[index]:
-                if not isinstance(result, RetryDecision):
-                    self._failed(
-                        hook,
-                        index,
-                        TypeError(f"returned {type(result).__name__}, not a RetryDecision"),
-                    )
-                    continue
-                decision = result
+            if result is None or decision is not None or hook.observers[index]:
+                continue
+            if not isinstance(result, kind):
+                wrong = TypeError(f"returned {type(result).__name__}, not a {kind.__name__}")
+                self._failed(hook, index, wrong)
+                continue
+            decision = result
         return decision
 
     async def fallback(self, call: CallContext, error: HealkitError) -> Fallback | None:
