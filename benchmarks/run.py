@@ -1,0 +1,130 @@
+"""Run healkit's benchmarks and print the results (tables, Markdown, or one JSON object).
+
+Usage::
+
+    python benchmarks/run.py              # every scenario, ~75 s on 2 cores (budget: 3 min)
+    python benchmarks/run.py --quick      # a ~10 s smoke run (numbers are rough)
+    python benchmarks/run.py --json       # one JSON object on stdout
+    python benchmarks/run.py --only http  # one scenario (repeat --only for several)
+
+A scenario is one function registered in :data:`SCENARIOS`; progress goes to
+stderr. The exit status is 0 even when a target is missed (benchmarks report,
+they do not gate); pass ``--check`` to exit with 1 in that case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Final
+
+import bench_http
+import bench_pipeline
+import structlog
+from _harness import Scenario, ScenarioResult, Settings, Target, environment, progress
+
+SCENARIOS: Final[dict[str, Scenario]] = {
+    "pipeline": Scenario(
+        bench_pipeline.run, "the pipeline alone on a stub transport, per plugin set"
+    ),
+    "http": Scenario(bench_http.run, "end to end vs raw aiohttp and peers on a loopback server"),
+}
+"""Every benchmark scenario, run in this order. Add a scenario by adding an entry."""
+
+DISTRIBUTIONS: Final = (
+    "healkit",
+    "healkit-timeout",
+    "aiohttp",
+    "aiohttp-retry",
+    "tenacity",
+    "stamina",
+    "pluggy",
+    "anyio",
+    "msgspec",
+)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run; numbers are rough")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(SCENARIOS),
+        help="run only this scenario (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    )
+    return parser.parse_args(argv)
+
+
+def _quiet_logs() -> None:
+    # healkit logs through structlog, whose default prints to stdout: keep stdout for
+    # results, and warnings (a failed attempt would be one) visible on stderr.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _print_text(
+    results: dict[str, ScenarioResult], targets: list[Target], *, markdown: bool
+) -> None:
+    for name, result in results.items():
+        print(f"\n## {name}: {SCENARIOS[name].summary}\n" if markdown else "")
+        for table in result.tables:
+            print(table.render(markdown=markdown))
+        for note in result.notes:
+            print(f"\n{note}" if markdown else f"  note: {note}")
+    print("\n## Targets\n" if markdown else "\nTargets:")
+    for target in targets:
+        verdict = "met" if target.met else "MISSED"
+        unit = target.unit
+        line = f"{target.name}: {target.value:.3f} {unit} (limit {target.limit} {unit}): {verdict}"
+        print(f"- {line}" if markdown else f"  {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen scenarios and print their results."""
+    args = _arguments(argv)
+    _quiet_logs()
+    settings = Settings(quick=args.quick)
+    env = environment(DISTRIBUTIONS)
+    started = time.perf_counter()
+    results: dict[str, ScenarioResult] = {}
+    for name in args.only or list(SCENARIOS):
+        progress(f"[{name}] {SCENARIOS[name].summary}")
+        results[name] = SCENARIOS[name].run(settings)
+    elapsed = time.perf_counter() - started
+    targets = [target for result in results.values() for target in result.targets]
+    if args.json:
+        document = {
+            "environment": env,
+            "settings": {
+                "quick": settings.quick,
+                "scenarios": list(results),
+                "seconds": round(elapsed, 1),
+            },
+            **{name: result.as_json() for name, result in results.items()},
+            "targets": [target.as_json() for target in targets],
+            "all_targets_met": all(target.met for target in targets),
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+        print(
+            f"{env['date']}  Python {env['python']}  {env['usable_cpus']} CPUs  "
+            f"load {env['load_average_at_start'].get('1min', '?')}  ({elapsed:.0f} s)\n{packages}"
+        )
+        _print_text(results, targets, markdown=args.markdown)
+    return 1 if args.check and not all(target.met for target in targets) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
