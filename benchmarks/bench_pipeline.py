@@ -31,7 +31,7 @@ from typing import Final
 from _harness import ScenarioResult, Settings, Spread, Table, Target, progress, spread
 
 import healkit
-from healkit._pipeline import caller_deadline, execute
+from healkit._pipeline import execute
 from healkit_timeout import TimeoutPlugin
 
 __all__ = ["PLUGIN_SETS", "run"]
@@ -86,8 +86,10 @@ class StubTransport:
         del fallback
         return None
 
-    def finish(self, result: healkit.Response, outcome: healkit.Outcome) -> healkit.Response:
-        result.outcome = outcome
+    def finish(
+        self, result: healkit.Response, outcome: Callable[[], healkit.Outcome]
+    ) -> healkit.Response:
+        result.bind_outcome(outcome)
         return result
 
 
@@ -117,8 +119,8 @@ def _execute_call(runtime: healkit.Runtime) -> OneCall:
             policy=config.policy(SERVICE),
             clock=clock,
             idempotent=True,
+            started=clock.now(),
             deadline=math.inf,
-            scope_deadline=caller_deadline(clock.now()),
         )
         return await execute(runtime, call, transport, ENDPOINT)
 

@@ -18,7 +18,7 @@ from healkit._config import HealkitConfig, url_under
 from healkit._context import CallContext
 from healkit._errors import RequestError
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
-from healkit._pipeline import caller_deadline, execute
+from healkit._pipeline import execute
 from healkit._response import Response
 from healkit._runtime import ConfigInput, Runtime
 
@@ -245,8 +245,7 @@ class Client:
         stream: bool,
     ) -> tuple[CallContext, HttpTransport, str | None]:
         session = self.session
-        reserved = RESERVED_OPTIONS & options.keys()
-        if reserved:
+        if options and (reserved := RESERVED_OPTIONS & options.keys()):
             raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
         if json is not None and data is not None:
             raise RequestError("pass json= or data=, not both")
@@ -255,10 +254,12 @@ class Client:
         endpoint, path, service_name = _address(config, target, service)
         if params:
             path = str(yarl.URL(path).update_query(params))
-        request_headers: CIMultiDict[str] = CIMultiDict(headers or {})
+        request_headers = CIMultiDict(headers) if headers else None
         body = data
         if json is not None:
             body = msgspec.json.encode(json)
+            if request_headers is None:
+                request_headers = CIMultiDict()
             request_headers.setdefault("Content-Type", "application/json")
         clock = self.runtime.clock
         now = clock.now()
@@ -280,8 +281,8 @@ class Client:
             headers=request_headers,
             idempotent=_is_idempotent(method, request_headers, idempotent),
             replayable=body is None or isinstance(body, bytes | str | Mapping),
+            started=now,
             deadline=limit,
-            scope_deadline=caller_deadline(now),
         )
         transport = HttpTransport(session, data=body, options=options, stream=stream)
         return call, transport, endpoint
@@ -350,7 +351,7 @@ def _address(
     return policy.endpoints[0], target, service
 
 
-def _is_idempotent(method: str, headers: CIMultiDict[str], declared: bool | None) -> bool:
+def _is_idempotent(method: str, headers: CIMultiDict[str] | None, declared: bool | None) -> bool:
     if declared is not None:
         return declared
-    return method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in headers
+    return method in IDEMPOTENT_METHODS or (headers is not None and IDEMPOTENCY_HEADER in headers)

@@ -34,6 +34,7 @@ import yarl
 from healkit._config_validate import join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._redact import Redactor
+from healkit._stash import Stash
 
 __all__ = [
     "ConfigSection",
@@ -174,10 +175,12 @@ class ServicePolicy:
         name: the service name (``"*"`` for the default policy).
         endpoints: the service's base URLs, normalized without a trailing slash.
         max_body_bytes: the response body cap.
+        stash: plugin state derived from this policy (built once per
+            configuration snapshot instead of once per call).
 
     """
 
-    __slots__ = ("_sections", "endpoints", "max_body_bytes", "name")
+    __slots__ = ("_sections", "endpoints", "max_body_bytes", "name", "stash")
 
     def __init__(
         self,
@@ -189,6 +192,7 @@ class ServicePolicy:
         self.endpoints = tuple(_normalize_endpoint(e) for e in core.endpoints)
         self.max_body_bytes = core.max_body_bytes
         self._sections = dict(sections)
+        self.stash = Stash()
 
     def __repr__(self) -> str:
         return f"ServicePolicy({self.name!r}, endpoints={self.endpoints!r})"

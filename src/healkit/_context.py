@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Literal, final
 
+import anyio
 from multidict import CIMultiDict
 
 from healkit._config import CORE_TIMEOUTS, HealkitConfig, ServicePolicy, Timeouts
@@ -22,7 +23,14 @@ if TYPE_CHECKING:
     from healkit._clock import Clock
     from healkit._errors import HealkitError
 
-__all__ = ["AttemptContext", "CallContext", "Fallback", "RetryDecision", "TransportKind"]
+__all__ = [
+    "AttemptContext",
+    "CallContext",
+    "Fallback",
+    "RetryDecision",
+    "TransportKind",
+    "scope_deadline_now",
+]
 
 TransportKind = Literal["http", "function"]
 
@@ -36,13 +44,13 @@ class CallContext:
             decorator).
         transport: ``"http"`` or ``"function"``.
         method: the HTTP method, upper case (``"CALL"`` for a decorated function).
-        target: the path or absolute URL requested, or the function's qualified name.
+        target: the path (with query) requested below the endpoint, or the
+            function's qualified name.
         idempotent: whether repeating the call is safe by its method (GET, HEAD,
-            OPTIONS, PUT, DELETE, TRACE) or by the decorator's declaration.
+            OPTIONS, PUT, DELETE, TRACE), an ``Idempotency-Key`` header, or the
+            caller's declaration.
         replayable: whether the request body can be sent again (``False`` for
             streamed bodies).
-        headers: the call's request headers; a plugin may add call-wide headers
-            (an ``Idempotency-Key``) that every attempt then carries.
         policy: the service's policy in the configuration snapshot the call
             started with; it does not change during the call.
         config: that whole snapshot.
@@ -51,30 +59,26 @@ class CallContext:
         deadline: monotonic time by which the call must end (``math.inf`` for
             none): the earliest of ``deadline=`` and the plugins' limits. An
             attempt still running then fails with ``DeadlineExceeded``.
-        scope_deadline: the deadline of the caller's enclosing anyio cancel
-            scope (``math.inf`` for none). healkit starts no backoff sleep that
-            would end after it; the scope itself cancels what runs past it.
         attempts: the attempts so far, oldest first.
         path: the path taken so far.
-        stash: per-call plugin state.
 
     """
 
     __slots__ = (
+        "_headers",
+        "_scope_deadline",
+        "_stash",
         "attempts",
         "clock",
         "config",
         "deadline",
-        "headers",
         "idempotent",
         "method",
         "path",
         "policy",
         "replayable",
-        "scope_deadline",
         "service",
         "started",
-        "stash",
         "target",
         "transport",
     )
@@ -92,8 +96,9 @@ class CallContext:
         headers: CIMultiDict[str] | None = None,
         idempotent: bool = False,
         replayable: bool = True,
+        started: float | None = None,
         deadline: float = math.inf,
-        scope_deadline: float = math.inf,
+        scope_deadline: float | None = None,
     ) -> None:
         self.service = service
         self.transport: TransportKind = transport
@@ -102,18 +107,52 @@ class CallContext:
         self.config = config
         self.policy = policy
         self.clock = clock
-        self.headers: CIMultiDict[str] = headers if headers is not None else CIMultiDict()
+        self._headers = headers
         self.idempotent = idempotent
         self.replayable = replayable
-        self.started = clock.now()
+        self.started = clock.now() if started is None else started
         self.deadline = deadline
-        self.scope_deadline = scope_deadline
+        self._scope_deadline = scope_deadline
         self.attempts: list[AttemptContext] = []
         self.path: PathTaken = "primary"
-        self.stash = Stash()
+        self._stash: Stash | None = None
 
     def __repr__(self) -> str:
         return f"<CallContext {self.service} {self.method} {self.target} path={self.path}>"
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        """The call's request headers (created on first use).
+
+        A plugin may add call-wide headers here (an ``Idempotency-Key``) that
+        every attempt then carries.
+        """
+        if self._headers is None:
+            self._headers = CIMultiDict()
+        return self._headers
+
+    def headers_if_any(self) -> CIMultiDict[str] | None:
+        """Return the request headers, or ``None`` if the call has none (no allocation)."""
+        return self._headers
+
+    @property
+    def stash(self) -> Stash:
+        """Per-call plugin state (created on first use)."""
+        if self._stash is None:
+            self._stash = Stash()
+        return self._stash
+
+    @property
+    def scope_deadline(self) -> float:
+        """The deadline of the caller's enclosing anyio cancel scope (``math.inf`` for none).
+
+        healkit starts no backoff sleep that would end after it; the scope itself
+        cancels what runs past it. Read on first use, from the caller's task:
+        read it in hooks (which run there), not from a background task.
+        """
+        if self._scope_deadline is None:
+            self._scope_deadline = scope_deadline_now(self.clock.now())
+        return self._scope_deadline
 
     @property
     def attempt_number(self) -> int:
@@ -126,11 +165,25 @@ class CallContext:
 
     def limit_deadline(self, seconds: float) -> None:
         """Shorten the deadline to ``seconds`` after the call started, if sooner."""
-        self.deadline = min(self.deadline, self.started + seconds)
+        limit = self.started + seconds
+        if limit < self.deadline:  # noqa: PLR1730 - a comparison is cheaper than min() here
+            self.deadline = limit
 
     def records(self) -> tuple[AttemptRecord, ...]:
         """Return the attempt records so far."""
         return tuple(a.record() for a in self.attempts)
+
+
+def scope_deadline_now(clock_now: float) -> float:
+    """Return the enclosing anyio cancel scope's deadline on the clock's time base.
+
+    ``math.inf`` when no enclosing scope has a deadline. Call it from the task
+    whose scopes count.
+    """
+    effective = anyio.current_effective_deadline()
+    if effective == math.inf:
+        return math.inf
+    return clock_now + (effective - anyio.current_time())
 
 
 @final
@@ -144,7 +197,7 @@ class AttemptContext:
     Attributes:
         number: 1 for the first attempt.
         endpoint: the base URL this attempt goes to (``None`` for a decorated
-            function, or an absolute-URL call to an unknown service).
+            function).
         timeouts: this attempt's limits; the pipeline also caps them by the
             call's remaining deadline.
         headers: headers added to this attempt only (``traceparent``).
@@ -153,11 +206,11 @@ class AttemptContext:
         error: the error the attempt ended with, if any.
         duration: seconds the attempt took, once ended.
         retry_delay: the backoff delay slept before this attempt (0 for the first).
-        stash: per-attempt plugin state.
 
     """
 
     __slots__ = (
+        "_stash",
         "duration",
         "endpoint",
         "error",
@@ -165,7 +218,6 @@ class AttemptContext:
         "number",
         "retry_delay",
         "started",
-        "stash",
         "status",
         "timeouts",
     )
@@ -188,10 +240,17 @@ class AttemptContext:
         self.error: HealkitError | None = None
         self.duration: float | None = None
         self.retry_delay = retry_delay
-        self.stash = Stash()
+        self._stash: Stash | None = None
 
     def __repr__(self) -> str:
         return f"<AttemptContext #{self.number} {self.endpoint}>"
+
+    @property
+    def stash(self) -> Stash:
+        """Per-attempt plugin state (created on first use)."""
+        if self._stash is None:
+            self._stash = Stash()
+        return self._stash
 
     def record(self) -> AttemptRecord:
         """Return the frozen record of this attempt."""

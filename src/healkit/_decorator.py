@@ -11,7 +11,7 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, final
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import CallError, RequestError
 from healkit._outcome import Outcome
-from healkit._pipeline import Passthrough, caller_deadline, execute
+from healkit._pipeline import Passthrough, execute
 from healkit._runtime import Runtime, current_runtime, default_runtime
 
 __all__ = ["resilient"]
@@ -57,7 +57,7 @@ class _FunctionTransport(Generic[T]):
         # plugin for a decorated call site answers with the site's own type.
         return fallback.value  # type: ignore[return-value]
 
-    def finish(self, result: T, outcome: Outcome) -> T:
+    def finish(self, result: T, outcome: Callable[[], Outcome]) -> T:
         del outcome
         return result
 
@@ -120,8 +120,8 @@ def resilient(
                 policy=config.policy(service),
                 clock=clock,
                 idempotent=idempotent,
+                started=now,
                 deadline=now + deadline if deadline is not None else math.inf,
-                scope_deadline=caller_deadline(now),
             )
             transport = _FunctionTransport(function, args, kwargs, failures)
             return await execute(active, call, transport, None)

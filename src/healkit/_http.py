@@ -10,7 +10,7 @@ judged on their head and hand the open response to the caller.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, final
 
 import aiohttp
@@ -54,9 +54,9 @@ class HttpTransport:
         if attempt.endpoint is None:
             raise RequestError(f"no endpoint to send {call.method} {call.target} to")
         url = join_url(attempt.endpoint, call.target)
-        headers = call.headers
+        headers = call.headers_if_any()
         if attempt.headers:
-            headers = CIMultiDict(call.headers)
+            headers = CIMultiDict(headers or ())
             headers.update(attempt.headers)
         limits = attempt.timeouts
         try:
@@ -112,9 +112,9 @@ class HttpTransport:
             return None
         return value.with_header(OUTCOME_HEADER, fallback.path)
 
-    def finish(self, result: Response, outcome: Outcome) -> Response:
+    def finish(self, result: Response, outcome: Callable[[], Outcome]) -> Response:
         """Attach the outcome."""
-        result.outcome = outcome
+        result.bind_outcome(outcome)
         return result
 
 

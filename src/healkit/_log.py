@@ -80,7 +80,7 @@ def call_failed(call: CallContext, error: HealkitError, stop_reason: str | None)
         error=type(error).__name__,
         reason=error.message,
         stop_reason=stop_reason,
-        headers=call.config.redactor.headers(call.headers),
+        headers=call.config.redactor.headers(call.headers_if_any() or {}),
     )
 
 

@@ -23,6 +23,7 @@ deadline are enforced. What differs, because aiohttp owns the request:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import final
 
 import aiohttp
@@ -32,7 +33,7 @@ from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import RequestError, map_aiohttp_error
 from healkit._http import IDEMPOTENT_METHODS
 from healkit._outcome import Outcome
-from healkit._pipeline import caller_deadline, execute
+from healkit._pipeline import execute
 from healkit._response import Response
 from healkit._runtime import Runtime, current_runtime, default_runtime
 
@@ -86,7 +87,9 @@ class _MiddlewareTransport:
         del fallback
         return None
 
-    def finish(self, result: aiohttp.ClientResponse, outcome: Outcome) -> aiohttp.ClientResponse:
+    def finish(
+        self, result: aiohttp.ClientResponse, outcome: Callable[[], Outcome]
+    ) -> aiohttp.ClientResponse:
         del outcome
         return result
 
@@ -133,7 +136,6 @@ class ResilienceMiddleware:
             clock=clock,
             headers=request.headers,
             idempotent=method in IDEMPOTENT_METHODS or "Idempotency-Key" in request.headers,
-            scope_deadline=caller_deadline(clock.now()),
         )
         return await execute(
             runtime, call, _MiddlewareTransport(request, handler, origin), endpoint

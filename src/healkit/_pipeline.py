@@ -12,24 +12,22 @@ carrying its attempt history.
 from __future__ import annotations
 
 import asyncio
-import math
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
-
-import anyio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, final
 
 from healkit import _log
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import AttemptTimeout, DeadlineExceeded, HealkitError, PluginError
 from healkit._outcome import Outcome
+from healkit._timer import TimerWheels
 
 if TYPE_CHECKING:
     from healkit._response import Response
     from healkit._runtime import Runtime
 
-__all__ = ["Passthrough", "Transport", "caller_deadline", "execute"]
+__all__ = ["Passthrough", "Transport", "execute"]
 
 R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
 
 DEADLINE_STOP: Final = "the next attempt could not start before the call's deadline"
 
@@ -54,8 +52,8 @@ class Transport(Protocol, Generic[R]):
         """Turn a fallback's value into a result, or ``None`` if this transport cannot use it."""
         ...
 
-    def finish(self, result: R, outcome: Outcome) -> R:
-        """Attach the outcome to the result (a Response's ``outcome``) and return it."""
+    def finish(self, result: R, outcome: Callable[[], Outcome]) -> R:
+        """Attach the outcome (built on first use) to the result and return it."""
         ...
 
 
@@ -72,18 +70,7 @@ class Passthrough(Exception):  # noqa: N818 - not an error of its own: a carrier
         self.error = error
 
 
-def caller_deadline(clock_now: float) -> float:
-    """Return the enclosing anyio cancel scope's deadline on the clock's time base.
-
-    ``math.inf`` when no enclosing scope has a deadline.
-    """
-    effective = anyio.current_effective_deadline()
-    if effective == math.inf:
-        return math.inf
-    return clock_now + (effective - anyio.current_time())
-
-
-async def execute(
+async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one frame on purpose
     runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None
 ) -> R:
     """Run ``call`` to its end: a result (real, fallback or degraded) or a HealkitError.
@@ -92,91 +79,92 @@ async def execute(
     :class:`PluginError` (a decision plugin crashed) fails the call at once. An
     exception a transport wraps in :class:`Passthrough` leaves unchanged.
     """
+    plan = runtime.plan
+    clock = call.clock
+    stop_reason: str | None = None
+    delay = 0.0
+    started = call.started
     try:
-        return await _run(runtime, call, transport, endpoint)
+        while True:
+            attempt = AttemptContext(
+                len(call.attempts) + 1, endpoint, started=started, retry_delay=delay
+            )
+            call.attempts.append(attempt)
+            try:
+                if plan.has_pre_request:
+                    plan.pre_request(call, attempt)
+                result, response = await _send(runtime.timers, call, attempt, transport)
+                if response is not None:
+                    attempt.status = response.status
+                error = None
+                if plan.has_post_response:
+                    try:
+                        error = plan.post_response(call, attempt, response)
+                    except PluginError:
+                        transport.discard(result)
+                        raise
+                if error is None:
+                    ended = clock.now()
+                    attempt.duration = ended - attempt.started
+                    outcome = _Ending(call, attempt.endpoint, ended)
+                    if plan.has_call_end:
+                        plan.call_end(call, outcome(), None)
+                    return transport.finish(result, outcome)
+                transport.discard(result)
+            except PluginError:
+                raise
+            except HealkitError as failure:
+                error = failure
+            attempt.error = error
+            now = clock.now()
+            attempt.duration = now - attempt.started
+            _log.attempt_failed(call, attempt, error)
+            decision = plan.on_error(call, attempt, error)
+            if decision is None:
+                break
+            if not decision.retry:
+                stop_reason = decision.reason
+                break
+            delay = decision.delay
+            if now + delay >= min(call.deadline, call.scope_deadline):
+                stop_reason = DEADLINE_STOP
+                break
+            _log.retry_scheduled(call, attempt, delay)
+            if delay > 0:
+                await clock.sleep(delay)
+            call.path = "retry"
+            endpoint = decision.endpoint or attempt.endpoint
+            started = clock.now()
+        return await _failed(runtime, call, transport, error, stop_reason)
     except Passthrough as passing:
         raise passing.error from passing.error.__cause__
     except PluginError as crash:
         crash.attempts = call.records()
         _log.call_failed(call, crash, None)
-        runtime.plan.call_end(call, _outcome(call, None), crash)
+        runtime.plan.call_end(call, _Ending(call, None, clock.now())(), crash)
         raise
 
 
-async def _run(  # noqa: C901 - the attempt loop reads best as one function
-    runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None
-) -> R:
-    plan = runtime.plan
-    clock = call.clock
-    stop_reason: str | None = None
-    delay = 0.0
-    while True:
-        attempt = AttemptContext(
-            len(call.attempts) + 1, endpoint, started=clock.now(), retry_delay=delay
-        )
-        call.attempts.append(attempt)
-        try:
-            plan.pre_request(call, attempt)
-            result, response = await _send(call, attempt, transport)
-            if response is not None:
-                attempt.status = response.status
-            try:
-                error = plan.post_response(call, attempt, response)
-            except PluginError:
-                transport.discard(result)
-                raise
-            if error is None:
-                attempt.duration = clock.now() - attempt.started
-                outcome = _outcome(call, attempt.endpoint)
-                plan.call_end(call, outcome, None)
-                return transport.finish(result, outcome)
-            transport.discard(result)
-        except PluginError:
-            raise
-        except HealkitError as failure:
-            error = failure
-        attempt.error = error
-        attempt.duration = clock.now() - attempt.started
-        _log.attempt_failed(call, attempt, error)
-        decision = plan.on_error(call, attempt, error)
-        if decision is None:
-            break
-        if not decision.retry:
-            stop_reason = decision.reason
-            break
-        delay = decision.delay
-        if clock.now() + delay >= min(call.deadline, call.scope_deadline):
-            stop_reason = DEADLINE_STOP
-            break
-        _log.retry_scheduled(call, attempt, delay)
-        if delay > 0:
-            await clock.sleep(delay)
-        call.path = "retry"
-        endpoint = decision.endpoint or attempt.endpoint
-    return await _failed(runtime, call, transport, error, stop_reason)
-
-
 async def _send(
-    call: CallContext, attempt: AttemptContext, transport: Transport[R]
+    timers: TimerWheels, call: CallContext, attempt: AttemptContext, transport: Transport[R]
 ) -> tuple[R, Response | None]:
     """Send one attempt under min(attempt total, time left before the deadline).
 
     An enclosing cancel scope is not turned into a healkit error here: when it
     expires it cancels the attempt, as the caller asked.
     """
-    remaining = call.deadline - call.clock.now()
+    remaining = call.deadline - attempt.started
     if remaining <= 0:
         raise DeadlineExceeded("the call's deadline passed before the attempt started", limit=0.0)
     total = attempt.timeouts.total
     by_deadline = remaining < total
     limit = remaining if by_deadline else total
-    timeout = asyncio.timeout(limit)
+    timer = timers.arm(limit)
     try:
-        async with timeout:
-            return await transport.send(call, attempt)
-    except TimeoutError as exc:
-        if not timeout.expired():
-            raise  # a healkit timeout from the transport, or the caller's own
+        return await transport.send(call, attempt)
+    except asyncio.CancelledError as exc:
+        if not timer.expired():
+            raise
         if by_deadline:
             raise DeadlineExceeded(
                 f"the call's deadline passed during attempt {attempt.number}", limit=limit
@@ -184,6 +172,33 @@ async def _send(
         raise AttemptTimeout(
             f"attempt {attempt.number} took longer than {total}s", limit=total
         ) from exc
+    finally:
+        timer.disarm()
+
+
+@final
+class _Ending:
+    """How a call ended, turned into an :class:`Outcome` only when someone asks."""
+
+    __slots__ = ("_built", "call", "ended", "endpoint")
+
+    def __init__(self, call: CallContext, endpoint: str | None, ended: float) -> None:
+        self.call = call
+        self.endpoint = endpoint
+        self.ended = ended
+        self._built: Outcome | None = None
+
+    def __call__(self) -> Outcome:
+        if self._built is None:
+            call = self.call
+            self._built = Outcome(
+                service=call.service,
+                path=call.path,
+                attempts=call.records(),
+                endpoint=self.endpoint,
+                duration=self.ended - call.started,
+            )
+        return self._built
 
 
 async def _failed(
@@ -200,22 +215,12 @@ async def _failed(
         if result is not None:
             call.path = fallback.path
             _log.substitute_used(call, error)
-            outcome = _outcome(call, fallback.endpoint)
-            runtime.plan.call_end(call, outcome, None)
+            outcome = _Ending(call, fallback.endpoint, call.clock.now())
+            runtime.plan.call_end(call, outcome(), None)
             return transport.finish(result, outcome)
     if stop_reason is not None:
         error.message = f"{error.message} (not retried: {stop_reason})"
     error.attempts = call.records()
     _log.call_failed(call, error, stop_reason)
-    runtime.plan.call_end(call, _outcome(call, None), error)
+    runtime.plan.call_end(call, _Ending(call, None, call.clock.now())(), error)
     raise error
-
-
-def _outcome(call: CallContext, endpoint: str | None) -> Outcome:
-    return Outcome(
-        service=call.service,
-        path=call.path,
-        attempts=call.records(),
-        endpoint=endpoint,
-        duration=call.clock.now() - call.started,
-    )

@@ -151,6 +151,9 @@ class CallPlan:
         "_on_observer_error",
         "_post_response",
         "_pre_request",
+        "has_call_end",
+        "has_post_response",
+        "has_pre_request",
     )
 
     def __init__(
@@ -166,6 +169,10 @@ class CallPlan:
         self._call_end = compile_hook(pm, "healkit_call_end")
         self._on_observer_error = on_observer_error
         self._on_fallback_failed = on_fallback_failed
+        # Hooks nobody implements are skipped by the executor without a call.
+        self.has_pre_request = bool(self._pre_request.functions)
+        self.has_post_response = bool(self._post_response.functions)
+        self.has_call_end = bool(self._call_end.functions)
 
     def hooks(self) -> Sequence[CompiledHook]:
         """Return the compiled hooks (for inspection and tests)."""

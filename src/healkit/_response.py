@@ -8,7 +8,7 @@ the connection is released when the ``stream`` block ends.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
 
 import aiohttp
@@ -53,10 +53,11 @@ class Response:
     __slots__ = (
         "_body",
         "_limit",
+        "_outcome",
+        "_outcome_source",
         "_read_timeout",
         "_stream",
         "headers",
-        "outcome",
         "reason",
         "status",
         "url",
@@ -84,7 +85,8 @@ class Response:
         self._stream: aiohttp.ClientResponse | None = None
         self._limit = 0
         self._read_timeout: float | None = None
-        self.outcome: Outcome | None = None
+        self._outcome: Outcome | None = None
+        self._outcome_source: Callable[[], Outcome] | None = None
 
     @classmethod
     def streaming(
@@ -101,6 +103,18 @@ class Response:
         response._limit = limit
         response._read_timeout = read_timeout
         return response
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How the call got this response (``None`` for a response no call returned)."""
+        if self._outcome is None and self._outcome_source is not None:
+            self._outcome = self._outcome_source()
+        return self._outcome
+
+    def bind_outcome(self, source: Callable[[], Outcome]) -> None:
+        """Attach the call's outcome, built on first read of :attr:`outcome` (used by healkit)."""
+        self._outcome_source = source
+        self._outcome = None
 
     def with_header(self, name: str, value: str) -> Response:
         """Return a copy of this response with header ``name`` set to ``value``."""

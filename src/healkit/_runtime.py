@@ -28,6 +28,7 @@ from healkit._errors import ConfigError, ConfigIssue, PluginError
 from healkit._plan import CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._sources import ConfigSource, FileSource, InMemorySource
+from healkit._timer import TimerWheels
 
 __all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime"]
 
@@ -75,6 +76,7 @@ class Runtime:
         self.plugin_errors: Counter[str] = Counter()
         self.sections = config_sections(self.plugin_manager)
         self.plan = CallPlan(self.plugin_manager, self._observer_failed, _log.fallback_failed)
+        self.timers = TimerWheels()
         self._source = _as_source(config)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False

@@ -71,6 +71,10 @@ SECTION: Final = healkit.ConfigSection(
 )
 
 
+LIMITS: Final = healkit.StashKey[tuple[healkit.Timeouts, float]]("healkit_timeout.limits")
+"""The attempt limits and the call deadline of a policy, kept in ``policy.stash``."""
+
+
 @final
 class TimeoutPlugin:
     """Applies the ``timeout`` section of the call's policy to every attempt."""
@@ -89,9 +93,15 @@ class TimeoutPlugin:
         self, call: healkit.CallContext, attempt: healkit.AttemptContext
     ) -> None:
         """Set the attempt's limits; on the first attempt, the call's deadline."""
-        settings = call.policy.section(SECTION)
-        attempt.timeouts = healkit.Timeouts(
-            connect=settings.connect, read=settings.read, total=settings.attempt_limit
-        )
+        policy = call.policy
+        limits = policy.stash.get(LIMITS)
+        if limits is None:
+            # Once per service per configuration snapshot, not once per call.
+            settings = policy.section(SECTION)
+            attempt_limits = healkit.Timeouts(
+                connect=settings.connect, read=settings.read, total=settings.attempt_limit
+            )
+            limits = policy.stash[LIMITS] = (attempt_limits, settings.deadline)
+        attempt.timeouts = limits[0]
         if attempt.number == 1:
-            call.limit_deadline(settings.deadline)
+            call.limit_deadline(limits[1])

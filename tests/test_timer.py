@@ -1,0 +1,83 @@
+"""Attempt timers share ticks but behave like asyncio.timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from healkit._timer import TICK, TimerWheels
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_timer_cancels_after_its_limit_never_before() -> None:
+    wheels = TimerWheels()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    timer = wheels.arm(0.05)
+    with pytest.raises(asyncio.CancelledError):
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            assert timer.expired()
+            raise
+        finally:
+            timer.disarm()
+    elapsed = loop.time() - started
+    assert 0.05 <= elapsed < 0.05 + TICK + 0.05
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_disarmed_timer_never_fires() -> None:
+    wheels = TimerWheels()
+    timers = [wheels.arm(0.02) for _ in range(100)]
+    for timer in timers:
+        timer.disarm()
+    await asyncio.sleep(0.05)  # past the tick: nothing cancels this sleep
+
+
+async def test_an_outside_cancellation_is_not_mistaken_for_the_timer() -> None:
+    wheels = TimerWheels()
+    timer_seen: list[bool] = []
+
+    async def attempt() -> None:
+        timer = wheels.arm(0.02)
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            timer_seen.append(timer.expired())
+            raise
+        finally:
+            timer.disarm()
+
+    task = asyncio.create_task(attempt())
+    await asyncio.sleep(0)
+    task.cancel()  # the caller cancels before the timer would fire
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert timer_seen == [False]
+
+
+async def test_a_swallowed_timer_cancellation_is_undone() -> None:
+    wheels = TimerWheels()
+    task = asyncio.current_task()
+    assert task is not None
+    timer = wheels.arm(0.01)
+    try:
+        await asyncio.sleep(1)
+    except asyncio.CancelledError:
+        pass  # code under the timer swallows the cancellation
+    timer.disarm()
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)  # and the task is not cancelled again later
+
+
+async def test_timers_in_one_tick_share_one_loop_callback() -> None:
+    wheels = TimerWheels()
+    loop = asyncio.get_running_loop()
+    before = len(loop._scheduled)  # type: ignore[attr-defined]
+    timers = [wheels.arm(5.0) for _ in range(50)]
+    assert len(loop._scheduled) - before <= 2  # type: ignore[attr-defined]
+    for timer in timers:
+        timer.disarm()
