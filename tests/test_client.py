@@ -310,3 +310,16 @@ async def test_error_messages_show_no_query_or_userinfo(
             await client.get("/big?token=secret-1", service="svc")
     assert "secret-1" not in str(caught.value)
     assert caught.value.attempts[0].status == 200
+
+
+async def test_credentials_in_the_url_become_basic_auth(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
+    url = fault_server.url.replace("http://", "http://alice:s3cret@") + "/private?page=2"
+    async with make_client() as client:
+        response = await client.get(url)
+    request = fault_server.requests[0]
+    assert request.path == "/private"
+    assert request.query_string == "page=2"
+    assert request.headers["Authorization"] == aiohttp.encode_basic_auth("alice", "s3cret")
+    assert "s3cret" not in response.url

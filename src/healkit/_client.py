@@ -14,7 +14,7 @@ import yarl
 from multidict import CIMultiDict
 
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config import HealkitConfig, url_under
+from healkit._config import HealkitConfig, ServicePolicy, url_under
 from healkit._context import CallContext
 from healkit._errors import RequestError
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
@@ -243,7 +243,7 @@ class Client:
         options: dict[str, Any],
         *,
         stream: bool,
-    ) -> tuple[CallContext, HttpTransport, str | None]:
+    ) -> tuple[CallContext, HttpTransport, str]:
         session = self.session
         if options and (reserved := RESERVED_OPTIONS & options.keys()):
             raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
@@ -251,10 +251,17 @@ class Client:
             raise RequestError("pass json= or data=, not both")
         method = method.upper()
         config = self.runtime.config
-        endpoint, path, service_name = _address(config, target, service)
+        endpoint, path, service_name, policy, url = _address(config, target, service)
         if params:
             path = str(yarl.URL(path).update_query(params))
         request_headers = CIMultiDict(headers) if headers else None
+        if url is not None and url.user is not None:
+            # Credentials in the URL become a Basic Authorization header (as
+            # aiohttp would do), so that logs and errors never carry the URL's.
+            if request_headers is None:
+                request_headers = CIMultiDict()
+            credentials = aiohttp.encode_basic_auth(url.user, url.password or "")
+            request_headers.setdefault("Authorization", credentials)
         body = data
         if json is not None:
             body = msgspec.json.encode(json)
@@ -276,7 +283,7 @@ class Client:
             method=method,
             target=path,
             config=config,
-            policy=config.policy(service_name),
+            policy=policy,
             clock=clock,
             headers=request_headers,
             idempotent=_is_idempotent(method, request_headers, idempotent),
@@ -329,26 +336,24 @@ def _own_session() -> aiohttp.ClientSession:
 
 def _address(
     config: HealkitConfig, target: str, service: str | None
-) -> tuple[str | None, str, str]:
-    """Return (endpoint, path relative to it, service name) for a target."""
+) -> tuple[str, str, str, ServicePolicy, yarl.URL | None]:
+    """Return (endpoint, path below it, service name, policy, URL if absolute) for a target."""
     if target.startswith(("http://", "https://")):
         url = yarl.URL(target)
         if not url.host:
-            raise RequestError(f"invalid URL {target!r}: no host")
+            raise RequestError("invalid URL: no host")
         name = service or config.service_for_url(target)
-        policy = config.policy(name) if name else None
-        if policy is not None:
-            for endpoint in policy.endpoints:
-                if url_under(target, endpoint):
-                    return endpoint, target[len(endpoint) :], name or policy.name
-        origin = str(url.origin())
-        return origin, target[len(origin) :], name or url.host
+        policy = config.policy(name) if name else config.defaults
+        for endpoint in policy.endpoints:
+            if url_under(target, endpoint):
+                return endpoint, target[len(endpoint) :], name or policy.name, policy, url
+        return str(url.origin()), url.raw_path_qs, name or url.host, policy, url
     if service is None:
         raise RequestError(f"{target!r} is not an absolute URL: pass service= to address a service")
     policy = config.policy(service)
     if not policy.endpoints or policy.name != service:
         raise RequestError(f"service {service!r} has no endpoints configured")
-    return policy.endpoints[0], target, service
+    return policy.endpoints[0], target, service, policy, None
 
 
 def _is_idempotent(method: str, headers: CIMultiDict[str] | None, declared: bool | None) -> bool:

@@ -60,46 +60,39 @@ class HttpTransport:
             headers.update(attempt.headers)
         limits = attempt.timeouts
         try:
-            if self._stream:
-                raw = await self._session.request(
-                    call.method,
-                    url,
-                    headers=headers,
-                    data=self._data,
-                    timeout=_client_timeout(limits),
-                    **self._options,
-                )
-                response = Response.streaming(
-                    raw,
-                    url=_public_url(raw.url),
-                    limit=call.policy.max_body_bytes,
-                    read_timeout=limits.read,
-                )
-                return response, response
-            async with self._session.request(
+            raw = await self._session.request(
                 call.method,
                 url,
                 headers=headers,
                 data=self._data,
                 timeout=_client_timeout(limits),
                 **self._options,
-            ) as raw:
+            )
+            # The URL we built has no userinfo; only a redirect can change it.
+            public = _public_url(raw.url) if raw.history else url
+            if self._stream:
+                response = Response.streaming(
+                    raw, url=public, limit=call.policy.max_body_bytes, read_timeout=limits.read
+                )
+                return response, response
+            try:
                 attempt.status = raw.status  # known even if reading the body fails
-                public = _public_url(raw.url)
                 body = (
                     b""
                     if call.method == "HEAD"
                     else await _read_capped(raw, call.policy.max_body_bytes, public)
                 )
-                response = Response(
-                    raw.status, headers=raw.headers, body=body, url=public, reason=raw.reason or ""
-                )
-                return response, response
+            finally:
+                raw.release()
         except (aiohttp.ClientError, OSError) as exc:
             redacted = call.config.redactor.url(url)
             raise map_aiohttp_error(
                 exc, url=redacted, timeouts=(limits.connect, limits.read)
             ) from exc
+        response = Response(
+            raw.status, headers=raw.headers, body=body, url=public, reason=raw.reason or ""
+        )
+        return response, response
 
     def discard(self, result: Response) -> None:
         """Release a streaming response declared a failure."""
