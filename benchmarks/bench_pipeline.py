@@ -4,8 +4,8 @@ Variants, each measured as ``await one()`` in a tight loop inside one event loop
 
 * ``baseline``: ``one`` is a trivial ``async def`` (the cost of the await itself);
 * ``execute[<set>]``: what ``healkit.Client`` does per call minus HTTP: read the
-  runtime's config snapshot, look up the caller's deadline (an enclosing anyio
-  cancel scope), build a fresh ``CallContext`` and run ``healkit._pipeline.execute``
+  runtime's config snapshot, build a fresh ``CallContext`` (the caller's anyio
+  deadline is read lazily, as in ``Client``) and run ``healkit._pipeline.execute``
   with a transport whose ``send`` returns a prebuilt ``healkit.Response`` without I/O;
 * ``resilient[<set>]``: a trivial ``async def`` decorated with
   ``@healkit.resilient(service=..., runtime=...)`` (adds the decorator's work:
@@ -219,9 +219,8 @@ def run(settings: Settings) -> ScenarioResult:
     )
     notes = [
         (
-            "execute[...] includes reading the config snapshot, the caller-deadline lookup and "
-            "building the CallContext, as Client does per call; resilient[...] is a decorated "
-            "trivial async function."
+            "execute[...] includes reading the config snapshot and building the CallContext, "
+            "as Client does per call; resilient[...] is a decorated trivial async function."
         ),
     ]
     return ScenarioResult(data=data, tables=[table], targets=[target], notes=notes)
