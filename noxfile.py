@@ -12,7 +12,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "typecheck", "package", "tests"]
+nox.options.sessions = ["lint", "typecheck", "package", "tests", "bench_smoke"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -76,6 +76,13 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: pipeline overhead and end-to-end client CPU against peers."""
     sync(session, "bench")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_smoke(session: nox.Session) -> None:
+    """Run every benchmark briefly, so the harness keeps working (numbers not judged)."""
+    sync(session, "bench")
+    session.run("python", "benchmarks/run.py", "--quick", "--json", silent=True)
 
 
 @nox.session(python=PYTHON)
