@@ -185,3 +185,38 @@ async def test_a_started_runtime_is_shared_not_stopped_by_each_client() -> None:
         assert len(runtime.background_tasks) == 1
     assert plugin.cancelled
     assert not runtime.started
+
+
+def test_events_reach_every_subscriber_and_a_crash_is_contained(logs: LogCapture) -> None:
+    received: list[object] = []
+
+    class Subscriber:
+        healkit_name = "subscriber"
+
+        @healkit.hookimpl
+        def healkit_event(self, event: object) -> None:
+            received.append(event)
+
+    class Broken:
+        healkit_name = "broken-subscriber"
+
+        @healkit.hookimpl(tryfirst=True)
+        def healkit_event(self) -> None:
+            raise RuntimeError("subscriber bug")
+
+    kept: list[healkit.Runtime] = []
+
+    class Emitter:
+        @healkit.hookimpl
+        def healkit_configure(self, runtime: healkit.Runtime) -> None:
+            kept.append(runtime)
+
+    runtime = healkit.Runtime(plugins=[Subscriber(), Broken(), Emitter()], entry_points=False)
+    assert kept == [runtime]
+    runtime.emit("first")
+    runtime.emit("second")
+    assert received == ["first", "second"]
+    assert runtime.plugin_errors["broken-subscriber"] == 2
+    assert [e["plugin"] for e in logs.entries if e["event"] == "healkit.plugin_error"] == [
+        "broken-subscriber"
+    ]

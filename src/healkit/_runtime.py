@@ -150,7 +150,7 @@ class Runtime:
     def _configure(self, previous: HealkitConfig | None) -> None:
         # The document is accepted: a plugin that fails to take it is reported
         # and does not keep the others from the new configuration.
-        arguments = {"config": self._config, "previous": previous}
+        arguments = {"config": self._config, "previous": previous, "runtime": self}
         call_each(self.plugin_manager, "healkit_configure", arguments, self._plugin_failed)
 
     # -- plugins ---------------------------------------------------------------
@@ -178,6 +178,10 @@ class Runtime:
         if plugin not in self.plugin_errors:
             _log.plugin_failed(plugin, hook, error)
         self.plugin_errors[plugin] += 1
+
+    def emit(self, event: object) -> None:
+        """Hand ``event`` to every ``healkit_event`` implementation (observers)."""
+        call_each(self.plugin_manager, "healkit_event", {"event": event}, self._observer_failed)
 
     def _plugin_failed(self, plugin: str, hook: str, error: Exception) -> None:
         _log.plugin_failed(plugin, hook, error)

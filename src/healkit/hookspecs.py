@@ -67,15 +67,18 @@ def healkit_config_sections() -> Sequence[ConfigSection[Any]]:  # type: ignore[e
 
 
 @hookspec
-def healkit_configure(config: HealkitConfig, previous: HealkitConfig | None) -> None:
+def healkit_configure(
+    config: HealkitConfig, previous: HealkitConfig | None, runtime: Runtime
+) -> None:
     """Take a new, validated configuration snapshot.
 
     Called after a document was accepted and before any call uses it, with the
-    snapshot in force until now (``None`` the first time). Use it to rebuild
-    per-service state, keeping what is still compatible (breaker windows whose
-    key and window type are unchanged). Calls in flight keep the snapshot they
-    started with. Do not raise: the document is already accepted; an exception
-    here is reported as a :class:`healkit.PluginError` by the config source.
+    snapshot in force until now (``None`` the first time), and the runtime the
+    plugin is registered in (keep it to ``runtime.emit`` events). Use it to
+    rebuild per-service state, keeping what is still compatible (breaker windows
+    whose key and window type are unchanged). Calls in flight keep the snapshot
+    they started with. Do not raise: the document is already accepted; an
+    exception here is logged (``healkit.plugin_error``) and counted.
 
     Result: all implementations are called; return values are ignored.
     May not return an awaitable.
@@ -179,6 +182,21 @@ def healkit_fallback(
     and, if it resolves to ``None``, asks the next implementation.
 
     Result: stops at the first non-``None`` result (``firstresult``).
+    """
+
+
+@hookspec
+def healkit_event(event: object) -> None:
+    """Observe a notable event a plugin emitted with ``runtime.emit(event)``.
+
+    Events are frozen, typed objects defined by the plugin that emits them (a
+    breaker's state transition, a retry budget running dry) and documented
+    with it; check their type with ``isinstance``. Tracing and metrics plugins
+    subscribe here. Every implementation is called, in hook order; an exception
+    is logged once per plugin and counted, never raised to the emitter.
+
+    Result: all implementations are called; return values are ignored.
+    May not return an awaitable.
     """
 
 
