@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, Self, final
@@ -294,33 +294,33 @@ class Client:
         transport = HttpTransport(session, data=body, options=options, stream=stream)
         return call, transport, endpoint
 
-    async def get(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
-        """``request("GET", target, ...)``."""
-        return await self.request("GET", target, **kwargs)
+    def get(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+        """``request("GET", target, ...)``: await it."""
+        return self.request("GET", target, **kwargs)
 
-    async def head(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
-        """``request("HEAD", target, ...)``."""
-        return await self.request("HEAD", target, **kwargs)
+    def head(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+        """``request("HEAD", target, ...)``: await it."""
+        return self.request("HEAD", target, **kwargs)
 
-    async def options(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
-        """``request("OPTIONS", target, ...)``."""
-        return await self.request("OPTIONS", target, **kwargs)
+    def options(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+        """``request("OPTIONS", target, ...)``: await it."""
+        return self.request("OPTIONS", target, **kwargs)
 
-    async def post(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
-        """``request("POST", target, ...)``."""
-        return await self.request("POST", target, **kwargs)
+    def post(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+        """``request("POST", target, ...)``: await it."""
+        return self.request("POST", target, **kwargs)
 
-    async def put(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
-        """``request("PUT", target, ...)``."""
-        return await self.request("PUT", target, **kwargs)
+    def put(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+        """``request("PUT", target, ...)``: await it."""
+        return self.request("PUT", target, **kwargs)
 
-    async def patch(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
-        """``request("PATCH", target, ...)``."""
-        return await self.request("PATCH", target, **kwargs)
+    def patch(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+        """``request("PATCH", target, ...)``: await it."""
+        return self.request("PATCH", target, **kwargs)
 
-    async def delete(self, target: str, **kwargs: Any) -> Response:  # noqa: ANN401
-        """``request("DELETE", target, ...)``."""
-        return await self.request("DELETE", target, **kwargs)
+    def delete(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+        """``request("DELETE", target, ...)``: await it."""
+        return self.request("DELETE", target, **kwargs)
 
 
 def _own_session() -> aiohttp.ClientSession:
