@@ -323,3 +323,18 @@ async def test_credentials_in_the_url_become_basic_auth(
     assert request.query_string == "page=2"
     assert request.headers["Authorization"] == aiohttp.encode_basic_auth("alice", "s3cret")
     assert "s3cret" not in response.url
+
+
+async def test_adopted_session_does_not_resend_behind_the_pipeline(
+    fault_server: FaultServer, make_client: MakeClient
+) -> None:
+    fault_server.script("/x", Fault.ok(), Fault.reset(), then=Fault.ok())
+    config = service_config(fault_server.url)
+    async with (
+        aiohttp.ClientSession() as session,
+        make_client(config, session=session) as client,
+    ):
+        await client.get("/x", service="svc")
+        with pytest.raises(healkit.ConnectionLostError):
+            await client.get("/x", service="svc")
+    assert fault_server.hits("/x") == 2

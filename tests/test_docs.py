@@ -32,6 +32,7 @@ from aiohttp import web
 
 import healkit
 import healkit_example_plugin
+import healkit_retry
 import healkit_timeout
 from healkit import _errors, hookspecs
 from healkit._config import CoreServiceSettings, LoggingSettings
@@ -243,6 +244,7 @@ MODELS: dict[str, type[msgspec.Struct]] = {
     "": CoreServiceSettings,
     "logging.": LoggingSettings,
     "timeout.": healkit_timeout.TimeoutSettings,
+    "retry.": healkit_retry.RetrySettings,
 }
 
 
@@ -262,18 +264,25 @@ def documented_keys() -> dict[str, Any]:
 
 
 def test_reference_names_every_key_with_its_default() -> None:
+    """The reference names every core key; plugin keys each on their plugin's page."""
     expected = documented_keys()
     rows = reference_rows(DOCS / "configuration.md")
-    assert sorted(row.key for row in rows) == sorted(expected)
+    core = {k for k in expected if not k.startswith(tuple(f"{p}." for p in PLUGIN_PAGES))}
+    assert core <= {row.key for row in rows}
     for row in rows:
         _check_row(row, expected)
 
 
-def test_timeout_page_names_every_setting_with_its_default() -> None:
+PLUGIN_PAGES = ("timeout", "retry")
+"""Plugins whose page documents every key of their section (docs/plugins/NAME.md)."""
+
+
+@pytest.mark.parametrize("plugin", PLUGIN_PAGES)
+def test_plugin_page_names_every_setting_with_its_default(plugin: str) -> None:
     expected = documented_keys()
-    rows = reference_rows(DOCS / "plugins/timeout.md")
-    timeout_keys = sorted(k for k in expected if k.startswith("timeout."))
-    assert sorted(row.key for row in rows) == timeout_keys
+    rows = reference_rows(DOCS / f"plugins/{plugin}.md")
+    keys = sorted(k for k in expected if k.startswith(f"{plugin}."))
+    assert sorted(row.key for row in rows) == keys
     for row in rows:
         _check_row(row, expected)
 
@@ -364,7 +373,7 @@ def test_error_tree_is_the_one_in_the_code() -> None:
 
 # --- configuration shown in the docs, and links ---------------------------------------------
 
-SECTIONS = (healkit_timeout.SECTION, healkit_example_plugin.SECTION)
+SECTIONS = (healkit_timeout.SECTION, healkit_retry.SECTION, healkit_example_plugin.SECTION)
 
 
 @pytest.mark.parametrize("block", TOML_BLOCKS, ids=[b.where for b in TOML_BLOCKS])

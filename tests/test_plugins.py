@@ -42,7 +42,8 @@ def test_blocking_by_name_and_by_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert "request-id" not in names
     assert "timeout" in names
     monkeypatch.setenv("HEALKIT_BLOCK_PLUGINS", "timeout, request-id")
-    assert healkit.describe_plugins(healkit.create_plugin_manager()) == []
+    names = {i.name for i in healkit.describe_plugins(healkit.create_plugin_manager())}
+    assert not names & {"timeout", "request-id"}
 
 
 def test_explicit_plugins_run_before_entry_point_plugins() -> None:

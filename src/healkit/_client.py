@@ -39,8 +39,10 @@ class Client:
     Args:
         config: a document, a path to a TOML/YAML/JSON file (watched), a
             :class:`healkit.ConfigSource`, or ``None`` for the defaults.
-        session: an aiohttp session to adopt (healkit will not close it);
-            by default the client creates and closes its own.
+        session: an aiohttp session to adopt (healkit will not close it, but
+            turns off aiohttp's silent resend on it, so that every attempt is
+            seen and counted by the pipeline); by default the client creates and
+            closes its own.
         plugins: plugin objects to register besides the entry-point plugins.
         block_plugins: entry-point plugin names not to load.
         entry_points: whether to load plugins from entry points.
@@ -96,6 +98,8 @@ class Client:
             if not self._owns_session:
                 raise RuntimeError("the adopted aiohttp session is closed")
             self._session = _own_session()
+        else:
+            _count_every_attempt(self._session)
         self._starts_runtime = not self.runtime.started
         try:
             await self.runtime.start()
@@ -325,13 +329,18 @@ class Client:
 
 def _own_session() -> aiohttp.ClientSession:
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+    _count_every_attempt(session)
+    return session
+
+
+def _count_every_attempt(session: aiohttp.ClientSession) -> None:
     # aiohttp resends an idempotent request once, silently, when the connection
     # breaks before a response; healkit's pipeline must see (and count) every
-    # attempt, so its own session leaves resending to the pipeline. The switch is
-    # private to aiohttp: tests/test_client.py fails if it stops working.
+    # attempt, so the session it uses, adopted ones included, leaves resending to
+    # the pipeline. The switch is private to aiohttp: tests/test_client.py fails
+    # if it stops working.
     if hasattr(session, "_retry_connection"):
         session._retry_connection = False  # noqa: SLF001
-    return session
 
 
 def _address(

@@ -1,0 +1,370 @@
+"""The retry plugin: which failures to retry, when, where, and how often."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final, final
+
+import healkit
+
+from ._backoff import decorrelated_jitter, full_jitter, parse_retry_after
+from ._budget import BudgetParams, RetryBudget, RetryBudgetExhausted
+from ._settings import SECTION, FailureKind, RetrySettings
+
+__all__ = ["IDEMPOTENCY_HEADER", "RetryPlugin"]
+
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
+EXCERPT_BYTES: Final = 200
+# Budgets of services nobody calls any more are dropped once there are this many.
+MAX_IDLE_BUDGETS: Final = 1024
+
+
+@final
+class _Policy:
+    """The retry settings of one service policy, in the shape the hooks use.
+
+    Built once per policy per configuration snapshot and kept in
+    ``policy.stash``, so that a call pays a dictionary look-up, not a rebuild.
+    """
+
+    __slots__ = (
+        "attempts",
+        "base",
+        "cap",
+        "decorrelated",
+        "inject_key",
+        "kinds",
+        "max_retry_after",
+        "non_idempotent",
+        "other_endpoint",
+        "statuses",
+    )
+
+    def __init__(self, settings: RetrySettings) -> None:
+        self.attempts = settings.attempts
+        self.base = settings.base
+        self.cap = settings.cap
+        self.decorrelated = settings.jitter == "decorrelated"
+        self.kinds: frozenset[FailureKind] = frozenset(settings.retry_on)
+        # Statuses are declared failures only if a retry of them is possible at all.
+        retrying = settings.attempts > 1 and "status" in self.kinds
+        self.statuses = frozenset(settings.statuses if retrying else ())
+        self.non_idempotent = settings.retry_non_idempotent
+        self.inject_key = settings.idempotency_key
+        self.other_endpoint = settings.prefer_other_endpoint
+        self.max_retry_after = settings.max_retry_after
+
+
+POLICY: Final = healkit.StashKey[_Policy]("healkit_retry.policy")
+"""The derived settings of a policy, kept in ``policy.stash``."""
+
+
+def budget_params(settings: RetrySettings) -> BudgetParams:
+    """Return the parameters that make two budgets interchangeable."""
+    return (settings.budget_ratio, settings.budget_window, settings.budget_min_retries_per_second)
+
+
+@final
+class RetryPlugin:
+    """Retries failed attempts: safely, with backoff, within the deadline and the budget.
+
+    One instance per runtime; the retry budgets of its services live in it.
+
+    Args:
+        rng: the random generator of the backoff jitter (pass a seeded
+            ``random.Random`` for reproducible delays).
+        wall_clock: seconds since the epoch, to turn a ``Retry-After`` date into
+            a delay (inject a fixed one in tests).
+
+    """
+
+    __slots__ = ("_budgets", "_config", "_draw", "_injecting", "_runtime", "_wall_clock")
+
+    healkit_name = "retry"
+
+    def __init__(
+        self,
+        *,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        # Jitter only spreads clients apart; it needs no cryptographic quality.
+        self._draw = (rng or random.Random()).random  # noqa: S311
+        self._wall_clock = wall_clock
+        self._budgets: dict[str, RetryBudget] = {}
+        self._config: healkit.HealkitConfig | None = None
+        self._runtime: healkit.Runtime | None = None
+        # Whether any policy adds Idempotency-Key headers (None: not configured yet).
+        self._injecting: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"<RetryPlugin budgets={len(self._budgets)}>"
+
+    # -- configuration -----------------------------------------------------------
+
+    @healkit.hookimpl
+    def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
+        """Contribute the ``retry`` section."""
+        return (SECTION,)
+
+    @healkit.hookimpl
+    def healkit_configure(
+        self,
+        config: healkit.HealkitConfig,
+        previous: healkit.HealkitConfig | None,
+        runtime: healkit.Runtime,
+    ) -> None:
+        """Keep the runtime; keep each budget whose settings did not change.
+
+        A service's budget survives a new configuration when its ``budget_*``
+        settings are the same in it (other settings may change); otherwise it
+        starts afresh with the new settings.
+        """
+        del previous  # compatibility is judged against each budget's own settings
+        self._runtime = runtime
+        self._config = config
+        policies = (config.defaults, *config.services.values())
+        self._injecting = any(p.section(SECTION).idempotency_key for p in policies)
+        for service, budget in list(self._budgets.items()):
+            if budget_params(config.policy(service).section(SECTION)) != budget.params:
+                del self._budgets[service]
+
+    # -- per call --------------------------------------------------------------------
+
+    @healkit.hookimpl(tryfirst=True)
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
+        """Count the call for the budget (first attempt); add an Idempotency-Key if configured."""
+        if attempt.number == 1:
+            budget = self._budgets.get(call.service) or self._new_budget(call)
+            budget.record_request(call.started)  # the clock read when the call began
+        if (
+            self._injecting is not False
+            and call.transport == "http"
+            and call.method not in IDEMPOTENT_METHODS
+        ):
+            self._add_idempotency_key(call)
+
+    @healkit.hookimpl(tryfirst=True)
+    def healkit_post_response(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        response: healkit.Response | None,
+    ) -> healkit.HealkitError | None:
+        """Declare a retryable status a failure, with the ``Retry-After`` it carries."""
+        del attempt
+        if response is None or response.status < 400:  # every retryable status is >= 400
+            return None
+        derived = call.policy.stash.get(POLICY) or self._derive(call.policy)
+        status = response.status
+        if status not in derived.statuses or not _may_retry(call, derived):
+            # Not retryable anyway: the caller gets the response as it came.
+            return None
+        excerpt = b"" if response.is_streaming else response.body[:EXCERPT_BYTES]
+        error = healkit.HTTPStatusError(
+            status, url=response.url, body_excerpt=excerpt.decode("utf-8", "replace")
+        )
+        if status in RETRY_AFTER_STATUSES and (header := response.headers.get("Retry-After")):
+            error.retry_after = parse_retry_after(header, wall_now=self._wall_clock())
+        return error
+
+    @healkit.hookimpl(trylast=True)
+    def healkit_on_error(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        error: healkit.HealkitError,
+    ) -> healkit.RetryDecision:
+        """Propose the next attempt, or stop and say why."""
+        derived = call.policy.stash.get(POLICY) or self._derive(call.policy)
+        refusal = _refusal(call, attempt, error, derived)
+        if refusal is not None:
+            return healkit.RetryDecision.stop(refusal)
+
+        endpoint = None
+        if derived.other_endpoint:
+            endpoint = _next_endpoint(call.policy.endpoints, attempt.endpoint)
+        now = call.clock.now()
+        delay, why = self._delay(attempt, error, derived, endpoint, now)
+        if why is not None:
+            return healkit.RetryDecision.stop(why)
+
+        # What call.remaining() measures (the call's deadline and the caller's
+        # scope deadline), compared as the executor compares it, so that a delay
+        # accepted here is never refused there by a rounding difference.
+        limit = min(call.deadline, call.scope_deadline)
+        if now + delay >= limit:
+            remaining = limit - now
+            wait = "Retry-After" if _retry_after(error) is not None else "backoff"
+            return healkit.RetryDecision.stop(
+                f"the next attempt could not start before the call's deadline"
+                f" ({wait} {delay:.3f}s, {max(remaining, 0.0):.3f}s left)"
+            )
+
+        budget = self._budgets.get(call.service) or self._new_budget(call)
+        if not budget.try_spend(now):
+            self._report_exhausted(call.service, budget, now)
+            ratio, window, minimum = budget.params
+            return healkit.RetryDecision.stop(
+                f"retry budget exhausted: {budget.retries} retries for {budget.requests}"
+                f" requests in the last {window:g}s (retry.budget_ratio = {ratio:g},"
+                f" at least {minimum:g} retries/s)"
+            )
+        return healkit.RetryDecision.again(
+            delay,
+            endpoint=endpoint,
+            reason=f"attempt {attempt.number + 1} of {derived.attempts}",
+        )
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _delay(
+        self,
+        attempt: healkit.AttemptContext,
+        error: healkit.HealkitError,
+        derived: _Policy,
+        endpoint: str | None,
+        now: float,
+    ) -> tuple[float, str | None]:
+        """Return the wait before the next attempt, or a reason not to make it."""
+        retry_after = _retry_after(error)
+        if retry_after is not None:
+            if not retry_after <= derived.max_retry_after:  # NaN included
+                return 0.0, (
+                    f"Retry-After asks for {retry_after:g}s, more than"
+                    f" retry.max_retry_after ({derived.max_retry_after:g}s)"
+                )
+            return max(retry_after, 0.0), None
+        draw = self._draw()
+        if derived.decorrelated:
+            delay = decorrelated_jitter(
+                attempt.retry_delay, base=derived.base, cap=derived.cap, draw=draw
+            )
+        else:
+            delay = full_jitter(attempt.number, base=derived.base, cap=derived.cap, draw=draw)
+        if isinstance(error, healkit.CircuitOpenError) and (
+            error.endpoint is None or error.endpoint == (endpoint or attempt.endpoint)
+        ):
+            # The next attempt goes where the breaker is open: wait until it may probe.
+            closed_in = error.retry_at - now
+            if closed_in > derived.cap:
+                return 0.0, (
+                    f"the circuit stays open for {closed_in:.3g}s more,"
+                    f" longer than retry.cap ({derived.cap:g}s)"
+                )
+            delay = max(delay, closed_in)
+        return delay, None
+
+    def _add_idempotency_key(self, call: healkit.CallContext) -> None:
+        """Give a non-idempotent HTTP call a key, once: it stays for every attempt."""
+        derived = call.policy.stash.get(POLICY) or self._derive(call.policy)
+        if derived.inject_key and IDEMPOTENCY_HEADER not in call.headers:
+            call.headers[IDEMPOTENCY_HEADER] = uuid.uuid4().hex
+            call.idempotent = True  # as the core judges a request carrying the header
+
+    def _derive(self, policy: healkit.ServicePolicy) -> _Policy:
+        derived = policy.stash[POLICY] = _Policy(policy.section(SECTION))
+        return derived
+
+    def _new_budget(self, call: healkit.CallContext) -> RetryBudget:
+        """Create the budget of ``call.service`` with the settings in force now."""
+        # A call that started under an older snapshot must not revive old settings.
+        config = self._config or call.config
+        params = budget_params(config.policy(call.service).section(SECTION))
+        if len(self._budgets) >= MAX_IDLE_BUDGETS:
+            now = call.clock.now()
+            for service, budget in list(self._budgets.items()):
+                if budget.idle(now):
+                    del self._budgets[service]
+        budget = self._budgets[call.service] = RetryBudget(params)
+        return budget
+
+    def _report_exhausted(self, service: str, budget: RetryBudget, now: float) -> None:
+        if self._runtime is not None and budget.should_report(now):
+            self._runtime.emit(
+                RetryBudgetExhausted(
+                    service=service,
+                    window_requests=budget.requests,
+                    window_retries=budget.retries,
+                )
+            )
+
+
+def _may_retry(call: healkit.CallContext, derived: _Policy) -> bool:
+    """Whether a call whose request may have reached the server may be repeated."""
+    return call.replayable and (call.idempotent or derived.non_idempotent)
+
+
+def _kind(error: healkit.HealkitError) -> FailureKind | None:
+    """Classify an attempt's error as ``retry.retry_on`` names it (``None``: never retried)."""
+    if isinstance(error, healkit.HTTPStatusError):
+        kind: FailureKind | None = "status"
+    elif isinstance(error, healkit.ConnectError | healkit.ConnectTimeout):
+        kind = "connect"
+    elif isinstance(error, healkit.DeadlineExceeded):
+        kind = None
+    elif isinstance(error, healkit.TimeoutExceeded):
+        kind = "timeout"
+    elif isinstance(error, healkit.TransportError):
+        kind = "connection_lost"
+    elif isinstance(error, healkit.CircuitOpenError):
+        kind = "circuit_open"
+    elif isinstance(error, healkit.CallError):
+        kind = "call_error"
+    else:
+        kind = None
+    return kind
+
+
+def _refusal(  # noqa: PLR0911 - one early return per rule reads best
+    call: healkit.CallContext,
+    attempt: healkit.AttemptContext,
+    error: healkit.HealkitError,
+    derived: _Policy,
+) -> str | None:
+    """Return why ``error`` must not be retried by the rules, or ``None`` if it may be."""
+    if derived.attempts == 1:
+        return "retries are off (retry.attempts = 1)"
+    kind = _kind(error)
+    if kind is None:
+        if isinstance(error, healkit.DeadlineExceeded):
+            return "the call's deadline passed"
+        return f"{type(error).__name__} is not a retryable failure"
+    if kind not in derived.kinds:
+        return f"{kind} failures are not retried (retry.retry_on)"
+    if isinstance(error, healkit.HTTPStatusError) and error.status not in derived.statuses:
+        return f"HTTP {error.status} is not a retryable status (retry.statuses)"
+    if not call.replayable:
+        return "the request body is a stream that cannot be sent again"
+    if error.may_have_reached_server and not (call.idempotent or derived.non_idempotent):
+        if call.transport == "function":
+            return "the function may have run and is not declared idempotent"
+        return (
+            f"{call.method} is not idempotent and the request may have reached the server"
+            f" (send an {IDEMPOTENCY_HEADER} header or declare the request idempotent)"
+        )
+    if attempt.number >= derived.attempts:
+        return f"all {derived.attempts} attempts made (retry.attempts)"
+    return None
+
+
+def _retry_after(error: healkit.HealkitError) -> float | None:
+    return error.retry_after if isinstance(error, healkit.HTTPStatusError) else None
+
+
+def _next_endpoint(endpoints: tuple[str, ...], failed: str | None) -> str | None:
+    """Return the endpoint after ``failed`` in the service's list (wrapping around)."""
+    if len(endpoints) < 2 or failed is None:
+        return None
+    try:
+        index = endpoints.index(failed)
+    except ValueError:  # an absolute URL outside the service's endpoints
+        return None
+    return endpoints[(index + 1) % len(endpoints)]
