@@ -31,6 +31,7 @@ import pytest
 from aiohttp import web
 
 import healkit
+import healkit_breaker
 import healkit_example_plugin
 import healkit_retry
 import healkit_timeout
@@ -245,6 +246,7 @@ MODELS: dict[str, type[msgspec.Struct]] = {
     "logging.": LoggingSettings,
     "timeout.": healkit_timeout.TimeoutSettings,
     "retry.": healkit_retry.RetrySettings,
+    "breaker.": healkit_breaker.BreakerSettings,
 }
 
 
@@ -273,7 +275,7 @@ def test_reference_names_every_key_with_its_default() -> None:
         _check_row(row, expected)
 
 
-PLUGIN_PAGES = ("timeout", "retry")
+PLUGIN_PAGES = ("timeout", "retry", "breaker")
 """Plugins whose page documents every key of their section (docs/plugins/NAME.md)."""
 
 
@@ -373,7 +375,12 @@ def test_error_tree_is_the_one_in_the_code() -> None:
 
 # --- configuration shown in the docs, and links ---------------------------------------------
 
-SECTIONS = (healkit_timeout.SECTION, healkit_retry.SECTION, healkit_example_plugin.SECTION)
+SECTIONS = (
+    healkit_timeout.SECTION,
+    healkit_retry.SECTION,
+    healkit_breaker.SECTION,
+    healkit_example_plugin.SECTION,
+)
 
 
 @pytest.mark.parametrize("block", TOML_BLOCKS, ids=[b.where for b in TOML_BLOCKS])

@@ -1,0 +1,340 @@
+"""The breaker plugin: healkit hooks around the pure state machine of ``_state``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, final
+
+import structlog
+
+import healkit
+from healkit_breaker._events import BreakerStatus, BreakerTransition, State
+from healkit_breaker._settings import SECTION, BreakerSettings, ErrorKind
+from healkit_breaker._state import Breaker, Probe, initial_state
+
+__all__ = ["BreakerPlugin"]
+
+_logger: Final = structlog.get_logger("healkit")
+
+Key = tuple[str, str | None]
+"""(service, endpoint); the endpoint is ``None`` for a per-service breaker."""
+
+_ERROR_KINDS: Final[Mapping[ErrorKind, type[healkit.HealkitError]]] = {
+    "connect": healkit.ConnectError,
+    "connection_lost": healkit.ConnectionLostError,
+    "timeout": healkit.TimeoutExceeded,
+    "call_error": healkit.CallError,
+}
+_OPENING: Final = frozenset({State.OPEN, State.FORCED_OPEN})
+
+
+@final
+class _Policy:
+    """A service policy's breaker settings, compiled once per configuration snapshot."""
+
+    __slots__ = ("disabled", "failure_errors", "per_endpoint", "registry", "settings")
+
+    def __init__(self, settings: BreakerSettings, registry: dict[Key, Breaker]) -> None:
+        self.settings = settings
+        self.disabled = settings.mode == "disabled"
+        self.per_endpoint = settings.scope == "endpoint"
+        self.failure_errors = tuple(_ERROR_KINDS[kind] for kind in settings.failure_errors)
+        # The breakers of the snapshot this policy belongs to: calls that started
+        # under an older snapshot keep using that snapshot's map.
+        self.registry = registry
+
+    def key(self, service: str, endpoint: str | None) -> Key:
+        return (service, endpoint if self.per_endpoint else None)
+
+
+def _counts(
+    call: healkit.CallContext,
+    attempt: healkit.AttemptContext,
+    error: healkit.HealkitError,
+    policy: _Policy,
+    breaker: Breaker,
+) -> bool:
+    """Whether ``error`` counts as a failure of the endpoint."""
+    if isinstance(error, healkit.HTTPStatusError):
+        return error.status in breaker.failure_statuses
+    if isinstance(error, healkit.DeadlineExceeded) and call.deadline <= attempt.started:
+        return False  # the attempt was never sent
+    return isinstance(error, policy.failure_errors)
+
+
+def _attempt_limit(call: healkit.CallContext, attempt: healkit.AttemptContext) -> float:
+    """Return the time by which the pipeline ends ``attempt``, whatever happens."""
+    started = attempt.started
+    return started + min(attempt.timeouts.total, call.deadline - started)
+
+
+@final
+class BreakerPlugin:
+    """Circuit breakers for every service, configured by the ``breaker`` section.
+
+    One instance per runtime (the entry point makes one per plugin manager);
+    its breakers live as long as it does and survive compatible configuration
+    changes. Besides the hooks it offers a read API for other plugins (routing,
+    health, status): :meth:`state`, :meth:`available`, :meth:`status` and
+    :meth:`snapshot`.
+    """
+
+    __slots__ = ("_config", "_policy_key", "_probe_key", "_registry", "_runtime")
+
+    healkit_name = "breaker"
+
+    def __init__(self) -> None:
+        # Keys of this instance: two runtimes sharing a snapshot never mix states.
+        self._policy_key = healkit.StashKey[_Policy]("healkit_breaker.policy")
+        self._probe_key = healkit.StashKey[Probe]("healkit_breaker.probe")
+        self._registry: dict[Key, Breaker] = {}
+        self._config: healkit.HealkitConfig | None = None
+        self._runtime: healkit.Runtime | None = None
+
+    def __repr__(self) -> str:
+        return f"<BreakerPlugin {len(self._registry)} breakers>"
+
+    # -- configuration ---------------------------------------------------------------
+
+    @healkit.hookimpl
+    def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
+        """Contribute the ``breaker`` section."""
+        return (SECTION,)
+
+    @healkit.hookimpl
+    def healkit_configure(self, config: healkit.HealkitConfig, runtime: healkit.Runtime) -> None:
+        """Carry the breakers over to a new snapshot, keeping what is compatible.
+
+        A breaker whose key still exists (its service is still per-endpoint, or
+        it has no endpoint) and whose window kind is unchanged keeps its state
+        and window and takes the new settings; one whose window kind changed is
+        replaced by a fresh one; one whose key is gone is dropped. Replaced and
+        dropped breakers emit a ``"reset"`` transition if their state changes.
+        """
+        self._runtime = runtime
+        now = runtime.clock.now()
+        registry: dict[Key, Breaker] = {}
+        for service_policy in (config.defaults, *config.services.values()):
+            self._compile(service_policy, registry)
+        for key, breaker in self._registry.items():
+            service, endpoint = key
+            policy = config.policy(service).stash[self._policy_key]
+            settings = policy.settings
+            if endpoint is not None and not policy.per_endpoint:
+                breaker.retire(now)
+            elif settings.window != breaker.window_kind:
+                successor = Breaker(service, endpoint, settings, self._notify, now=now, since=now)
+                breaker.retire(now, successor.state)
+                registry[key] = successor
+            else:
+                breaker.reconfigure(settings, now)
+                registry[key] = breaker
+        self._registry = registry
+        self._config = config
+
+    def _compile(self, policy: healkit.ServicePolicy, registry: dict[Key, Breaker]) -> _Policy:
+        compiled = _Policy(policy.section(SECTION), registry)
+        policy.stash[self._policy_key] = compiled
+        return compiled
+
+    def _policy(self, policy: healkit.ServicePolicy) -> _Policy:
+        """Return the compiled ``policy`` (compiled now if the snapshot predates this plugin)."""
+        compiled = policy.stash.get(self._policy_key)
+        if compiled is None:
+            compiled = self._compile(policy, self._registry)
+        return compiled
+
+    def _create(self, policy: _Policy, key: Key, now: float) -> Breaker:
+        breaker = Breaker(key[0], key[1], policy.settings, self._notify, now=now)
+        policy.registry[key] = breaker
+        return breaker
+
+    def _notify(self, event: BreakerTransition) -> None:
+        """Log a transition and hand it to the ``healkit_event`` subscribers."""
+        config = self._config
+        endpoint = event.endpoint
+        if endpoint is not None and config is not None:
+            endpoint = config.redactor.url(endpoint)
+        log = _logger.warning if event.to_state in _OPENING else _logger.info
+        log(
+            "healkit.breaker_transition",
+            service=event.service,
+            endpoint=endpoint,
+            from_state=event.from_state.value,
+            to_state=event.to_state.value,
+            reason=event.reason,
+            failures=event.failures,
+            calls=event.calls,
+            slow_calls=event.slow_calls,
+            at=event.at,
+        )
+        if self._runtime is not None:
+            self._runtime.emit(event)
+
+    # -- the pipeline --------------------------------------------------------------------
+
+    @healkit.hookimpl(tryfirst=True)
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
+        """Admit the attempt, or refuse it with ``CircuitOpenError`` before anything is done.
+
+        A closed breaker keeps nothing per attempt; a half-open one gives the
+        attempt a probe slot, kept in ``attempt.stash``.
+        """
+        policy = call.policy.stash.get(self._policy_key) or self._policy(call.policy)
+        if policy.disabled:
+            return
+        key = (call.service, attempt.endpoint if policy.per_endpoint else None)  # policy.key()
+        breaker = policy.registry.get(key) or self._create(policy, key, call.clock.now())
+        if breaker.admits:
+            return
+        now = call.clock.now()
+        probe = breaker.try_probe(now, functools.partial(_attempt_limit, call, attempt))
+        if probe is None:
+            raise healkit.CircuitOpenError(call.service, key[1], retry_at=breaker.retry_at(now))
+        attempt.stash[self._probe_key] = probe
+
+    @healkit.hookimpl
+    def healkit_post_response(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        response: healkit.Response | None,
+    ) -> None:
+        """Count the attempt: a failure if its status is one of ``failure_statuses``.
+
+        The breaker only observes: it never declares a response a failure (the
+        retry plugin, or the caller, decides what a response means).
+        """
+        # self._judging(), inlined: this is the hot path of every successful call.
+        policy = call.policy.stash.get(self._policy_key)
+        if policy is None or policy.disabled:
+            return
+        key = (call.service, attempt.endpoint if policy.per_endpoint else None)
+        breaker = policy.registry.get(key)
+        if breaker is None:
+            return
+        now = call.clock.now()
+        failure = response is not None and response.status in breaker.failure_statuses
+        slow = now - attempt.started > breaker.slow_threshold
+        if breaker.admits:
+            breaker.record(attempt.started, now, failure, slow)
+        else:
+            self._probe_ended(attempt, now, failure, slow, counts=True)
+
+    @healkit.hookimpl
+    def healkit_on_error(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        error: healkit.HealkitError,
+    ) -> None:
+        """Count a failed attempt if its error is one of ``failure_errors``; never decide.
+
+        An attempt that received a response was counted by
+        ``healkit_post_response``, even if a plugin then declared it a failure.
+        Errors that say nothing about the endpoint (this breaker's own refusal,
+        another plugin's, a deadline that passed before the attempt started, a
+        body over the cap, a status not in ``failure_statuses``) count nothing
+        and free the attempt's probe slot, if it holds one.
+        """
+        if attempt.status is not None or isinstance(error, healkit.CircuitOpenError):
+            # A response was judged in post_response already (a plugin then
+            # declared it a failure), or this breaker refused the attempt.
+            return
+        found = self._judging(call, attempt)
+        if found is None:
+            return
+        policy, breaker = found
+        now = call.clock.now()
+        counts = _counts(call, attempt, error, policy, breaker)
+        slow = now - attempt.started > breaker.slow_threshold
+        if breaker.admits:
+            if counts:
+                breaker.record(attempt.started, now, True, slow)  # noqa: FBT003 - a failure
+        else:
+            self._probe_ended(attempt, now, True, slow, counts=counts)  # noqa: FBT003 - a failure
+
+    def _judging(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> tuple[_Policy, Breaker] | None:
+        """Return the compiled policy and the breaker that admitted ``attempt``, if any."""
+        policy = call.policy.stash.get(self._policy_key)
+        if policy is None or policy.disabled:
+            return None
+        # None if a later plugin re-routed the attempt to an endpoint never seen
+        # (not supported: re-route before this plugin, or with a RetryDecision).
+        breaker = policy.registry.get(policy.key(call.service, attempt.endpoint))
+        return None if breaker is None else (policy, breaker)
+
+    def _probe_ended(
+        self,
+        attempt: healkit.AttemptContext,
+        now: float,
+        failure: bool,
+        slow: bool,
+        *,
+        counts: bool,
+    ) -> None:
+        """Report the end of an attempt that may hold a probe slot (of whichever breaker)."""
+        stash = attempt.stash
+        probe = stash.get(self._probe_key)
+        if probe is None:
+            return
+        del stash[self._probe_key]
+        if counts:
+            probe.breaker.record_probe(probe, now, failure, slow)
+        else:
+            probe.breaker.release_probe(probe)
+
+    # -- the read API for other plugins ---------------------------------------------------
+
+    def state(self, service: str, endpoint: str | None = None) -> State:
+        """Return the state of the breaker that guards ``endpoint`` of ``service``.
+
+        ``endpoint`` is a base URL as in ``attempt.endpoint``; it is ignored for
+        a service whose ``scope`` is ``"service"``. A breaker never used yet is
+        reported in the state its ``mode`` gives it (``CLOSED`` normally). An
+        open breaker whose open duration has passed is moved to ``HALF_OPEN``
+        (and the transition emitted), so that a router sees it may send a probe.
+        """
+        breaker, settings = self._find(service, endpoint)
+        if breaker is None:
+            return initial_state(settings.mode)
+        return breaker.current(self._now())
+
+    def available(self, service: str, endpoint: str | None = None) -> bool:
+        """Whether a call to ``endpoint`` of ``service`` would be admitted now.
+
+        True when closed, forced closed or disabled, and when half-open with a
+        free probe slot. It takes no slot: a router that sends a call there may
+        still see it refused by a concurrent caller.
+        """
+        breaker, settings = self._find(service, endpoint)
+        if breaker is None:
+            return settings.mode != "force_open"
+        return breaker.available(self._now())
+
+    def status(self, service: str, endpoint: str | None = None) -> BreakerStatus | None:
+        """Return the status of that breaker, or ``None`` if no call created it yet."""
+        breaker, _ = self._find(service, endpoint)
+        return None if breaker is None else breaker.status(self._now())
+
+    def snapshot(self) -> tuple[BreakerStatus, ...]:
+        """Return the status of every breaker, sorted by service and endpoint."""
+        now = self._now()
+        ordered = sorted(self._registry.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+        return tuple(breaker.status(now) for _, breaker in ordered)
+
+    def _find(self, service: str, endpoint: str | None) -> tuple[Breaker | None, BreakerSettings]:
+        config = self._config
+        if config is None:
+            return None, BreakerSettings()
+        policy = self._policy(config.policy(service))
+        return self._registry.get(policy.key(service, endpoint)), policy.settings
+
+    def _now(self) -> float:
+        runtime = self._runtime
+        return runtime.clock.now() if runtime is not None else healkit.MonotonicClock().now()
