@@ -66,6 +66,13 @@ def check_summary(summary: dict[str, Any]) -> None:
     assert sum(s["requests"] for s in summary["by_scene"].values()) == summary["requests"]
     assert summary["interrupted"] is False
     assert summary["lost_examples"] == []
+    assert summary["retries"] == sum(s["retries"] for s in summary["by_scene"].values())
+    rejected = summary["rejected_by_breaker"]
+    assert rejected == sum(s["rejected_by_breaker"] for s in summary["by_scene"].values())
+    # A call refused by the breaker on its last attempt ends in CircuitOpenError.
+    assert rejected >= summary["errors_by_type"].get("CircuitOpenError", 0)
+    if "breaker" not in summary["settings"]:
+        assert (rejected, summary["breaker_transitions"]) == (0, [])
 
 
 def test_json_summary_of_a_run() -> None:
@@ -84,6 +91,7 @@ def test_json_summary_of_a_run() -> None:
     assert summary["statuses"]["200"] > 0
     if "timeout" in installed_plugins():
         assert summary["timeouts"] == dict(_demo.TIMEOUTS)
+        assert summary["settings"]["timeout"] == dict(_demo.TIMEOUTS)
         # The outage hangs; the timeout plugin turns it into typed timeouts.
         assert all(
             issubclass(getattr(healkit, name), healkit.HealkitError)
@@ -241,3 +249,33 @@ def test_percentile_is_exact_nearest_rank() -> None:
     assert _demo._percentile(values, 0.99) == 99.0
     assert _demo._percentile([3.0], 0.99) == 3.0
     assert _demo._percentile([], 0.5) is None
+
+
+BREAKER_SCENES = (
+    Scene(name="storm", fraction=0.4, faults=(Fault.status(503),), description="503s"),
+    Scene(name="healed", fraction=0.6, faults=(Fault.ok(),), description="fine"),
+)
+
+
+@pytest.mark.skipif("breaker" not in installed_plugins(), reason="healkit-breaker not installed")
+def test_a_503_storm_trips_the_breaker_and_a_probe_closes_it() -> None:
+    out = io.StringIO()
+
+    status = run_demo(duration=4, concurrency=8, as_json=True, out=out, scenes=BREAKER_SCENES)
+
+    assert status == 0
+    summary = json.loads(out.getvalue())
+    assert summary["settings"]["breaker"] == dict(_demo.BREAKER)
+    moves = [(t["from"], t["to"]) for t in summary["breaker_transitions"]]
+    assert moves[0] == ("closed", "open")
+    assert moves[-1] == ("half_open", "closed")
+    assert summary["breaker_transitions"][0]["scene"] == "storm"
+    assert summary["breaker_transitions"][-1]["reason"] == "probes_succeeded"
+    storm = summary["by_scene"]["storm"]
+    # While open, calls are refused without reaching the upstream: most of the storm.
+    assert storm["rejected_by_breaker"] > storm["statuses"].get("503", 0)
+    assert storm["errors_by_type"]["CircuitOpenError"] > 0
+    assert summary["by_scene"]["healed"]["statuses"]["200"] > 0
+    if "retry" in installed_plugins():
+        assert summary["settings"]["retry"] == dict(_demo.RETRY)
+        assert storm["retries"] > 0  # the 503s before the trip were retried

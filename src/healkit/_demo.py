@@ -5,8 +5,13 @@ on loopback, configures a :class:`healkit.Client` (with every installed plugin)
 for it as service ``demo``, and runs ``concurrency`` callers that each loop on
 ``await client.get("/api", service="demo")`` until the time is up. Meanwhile the
 upstream plays a script of :data:`SCENES`: healthy, latency spikes, 503 bursts,
-a short outage, recovery. The terminal shows the traffic live with rich; the end
-is a summary (a table, or one JSON object with ``--json``).
+a 503 storm that trips the circuit breaker, a short outage, recovery. The
+terminal shows the traffic live with rich; the end is a summary (a table, or one
+JSON object with ``--json``).
+
+The plugins found installed get short settings fit for a demo that lasts
+seconds (:data:`TIMEOUTS`, :data:`BREAKER`, :data:`RETRY`); the others keep
+their defaults.
 
 Every call ends as a response (counted by ``response.outcome.path`` and status)
 or as a :class:`healkit.HealkitError` (counted by type). Anything else is
@@ -15,8 +20,8 @@ At the end the demo stops issuing calls and awaits those in flight, so no call
 is cut short. Ctrl-C ends it early the same way (exit status 130); a second
 Ctrl-C cancels the calls still in flight (reported as ``cancelled``).
 
-Scenes are a table: a later scene (a breaker, a fallback upstream, a switch-back)
-is one more :class:`Scene` row, and :func:`run_demo` accepts another table.
+Scenes are a table: a later scene (a fallback upstream, a switch-back) is one
+more :class:`Scene` row, and :func:`run_demo` accepts another table.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from rich.table import Table
 from rich.text import Text
 
 from healkit._client import Client
-from healkit._errors import HealkitError
+from healkit._errors import CircuitOpenError, HealkitError
+from healkit._outcome import AttemptRecord
 from healkit._plugins import describe_plugins
 from healkit._runtime import Runtime
 from healkit.testing import Fault, FaultServer
@@ -63,6 +69,33 @@ TIMEOUTS: Final[Mapping[str, float]] = {
 ``read`` < ``attempt`` so that a stalled response is a ``ReadTimeout`` and a
 body that trickles in (each gap shorter than ``read``) an ``AttemptTimeout``.
 """
+BREAKER: Final[Mapping[str, Any]] = {
+    "window_size": 40,
+    "open_duration": 0.5,
+    "open_duration_max": 1.0,
+}
+"""The ``breaker`` section used when the breaker plugin is installed.
+
+A short window and short open durations, so that a breaker tripped by the 503
+storm is seen refusing calls, probing and closing within a demo of a few
+seconds; the other settings are the plugin's defaults (it trips when half of
+the window failed, or on 10 failures in a row).
+"""
+RETRY: Final[Mapping[str, Any]] = {
+    "retry_on": ["connect", "connection_lost", "timeout", "status", "call_error"],
+}
+"""The ``retry`` section used when the retry and breaker plugins are both installed.
+
+``circuit_open`` is left out: the demo's callers fail fast on an open breaker
+instead of waiting for it to admit a probe (the retry plugin's default), so the
+speed of a refusal shows.
+"""
+ERROR_PAUSE: Final = 0.01
+"""Seconds a caller pauses after an error before its next call, as a client
+loop would: a refusal by an open breaker takes microseconds, and callers that
+never wait would keep the event loop from everything else."""
+BREAKER_LOG_EVENT: Final = "healkit.breaker_transition"
+"""The structlog event the breaker plugin logs for each transition."""
 
 EXIT_OK: Final = 0
 EXIT_LOST: Final = 1
@@ -146,25 +179,41 @@ _TRICKLE: Final = Fault.slow_body(6, 0.25, chunk=b"x" * 256)
 _UNAVAILABLE: Final = Fault.status(
     503, body=b"upstream overloaded", headers={"Retry-After": "1"}, latency=0.001
 )
+_FAILING: Final = Fault.status(503, body=b"upstream failing", latency=0.001)
 
 SCENES: Final[tuple[Scene, ...]] = (
     Scene(
         name="healthy",
-        fraction=0.20,
+        fraction=0.15,
         faults=_HEALTHY,
         description="the upstream answers 200 in 2-8 ms",
     ),
     Scene(
         name="latency spikes",
-        fraction=0.20,
+        fraction=0.15,
         faults=(*(_HEALTHY * 3)[:9], _STALL, *(_HEALTHY * 2)[:9], _TRICKLE),
         description="1 response in 10 stalls 1.5 s, 1 in 20 trickles its body over 1.5 s",
     ),
     Scene(
         name="503 burst",
+        fraction=0.10,
+        faults=(*(_UNAVAILABLE,) * 3, *_HEALTHY, *_HEALTHY[:2]),
+        description="3 responses in 10 are 503 Service Unavailable (Retry-After: 1)",
+    ),
+    Scene(
+        name="503 storm",
+        fraction=0.10,
+        faults=(_FAILING,),
+        description=(
+            "every request gets 503: a circuit breaker trips and refuses calls at once,"
+            " probing now and then"
+        ),
+    ),
+    Scene(
+        name="healed",
         fraction=0.15,
-        faults=(_UNAVAILABLE,) * 8 + _HEALTHY[:2],
-        description="bursts of 503 Service Unavailable (Retry-After: 1) between 200s",
+        faults=_HEALTHY,
+        description="the upstream answers again: a half-open probe closes the breaker",
     ),
     Scene(
         name="outage",
@@ -176,7 +225,7 @@ SCENES: Final[tuple[Scene, ...]] = (
     ),
     Scene(
         name="recovery",
-        fraction=0.30,
+        fraction=0.20,
         faults=_HEALTHY,
         description="the upstream is healthy again",
     ),
@@ -241,16 +290,23 @@ class _Tally:
 
     requests: int = 0
     lost: int = 0
+    retries: int = 0
+    rejected_by_breaker: int = 0
     by_path: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     _sorted: list[float] = field(default_factory=list)
     _pending: list[float] = field(default_factory=list)
 
-    def add(self, latency: float) -> None:
-        """Count one finished call (its outcome is counted by the caller)."""
+    def add(self, latency: float, attempts: Sequence[AttemptRecord]) -> None:
+        """Count one finished call and its attempts (its outcome is counted by the caller)."""
         self.requests += 1
         self._pending.append(latency)
+        if attempts:
+            self.retries += len(attempts) - 1
+            self.rejected_by_breaker += sum(
+                attempt.error == CircuitOpenError.__name__ for attempt in attempts
+            )
 
     def latencies(self) -> list[float]:
         """Every latency recorded, sorted (kept sorted between calls: cheap to repeat)."""
@@ -266,6 +322,8 @@ class _Tally:
         return {
             "requests": self.requests,
             "lost": self.lost,
+            "retries": self.retries,
+            "rejected_by_breaker": self.rejected_by_breaker,
             "by_path": dict(sorted(self.by_path.items())),
             "errors_by_type": dict(sorted(self.errors.items())),
             "statuses": dict(sorted(self.statuses.items())),
@@ -338,7 +396,8 @@ class _Demo:
         self.log_events: Counter[str] = Counter()
         self.lost_examples: list[str] = []
         self.plugins: list[str] = []
-        self.timeouts = False
+        self.sections: frozenset[str] = frozenset()
+        self.breaker_transitions: list[dict[str, Any]] = []
         self.upstream = ""
         self.interrupted = False
         self.in_flight = 0
@@ -355,7 +414,7 @@ class _Demo:
         self.by_scene = [_Tally() for _ in scenes]
         async with FaultServer() as server:
             runtime = Runtime()  # every installed plugin: the demo blocks none
-            self.timeouts = any(section.name == "timeout" for section in runtime.sections)
+            self.sections = frozenset(section.name for section in runtime.sections)
             self.plugins = [info.name for info in describe_plugins(runtime.plugin_manager)]
             self.descriptions = [scene.play(timeouts=self.timeouts)[1] for scene in scenes]
             self.upstream = server.url
@@ -364,11 +423,24 @@ class _Demo:
                 with self._live_view():
                     await self._play(server, client)
 
-    def _document(self, url: str) -> dict[str, Any]:
-        service: dict[str, Any] = {"endpoints": [url]}
+    @property
+    def timeouts(self) -> bool:
+        """Whether a plugin (the timeout plugin) takes the demo's short time limits."""
+        return "timeout" in self.sections
+
+    def _settings(self) -> dict[str, dict[str, Any]]:
+        """Return the plugin sections of the demo's service, for the plugins installed."""
+        settings: dict[str, dict[str, Any]] = {}
         if self.timeouts:
-            service["timeout"] = dict(TIMEOUTS)
-        return {"services": {SERVICE: service}}
+            settings["timeout"] = dict(TIMEOUTS)
+        if "breaker" in self.sections:
+            settings["breaker"] = dict(BREAKER)
+            if "retry" in self.sections:
+                settings["retry"] = dict(RETRY)
+        return settings
+
+    def _document(self, url: str) -> dict[str, Any]:
+        return {"services": {SERVICE: {"endpoints": [url], **self._settings()}}}
 
     async def _play(self, server: FaultServer, client: Client) -> None:
         self.started = time.monotonic()
@@ -460,11 +532,13 @@ class _Demo:
         while not self._stopping and time.monotonic() < end:
             scene = self.by_scene[self.scene_index]
             status: str | None = None
+            attempts: Sequence[AttemptRecord] = ()
             started = time.monotonic()
             self.in_flight += 1  # stays counted only if cancelled (a second Ctrl-C)
             try:
                 response = await client.get(PATH, service=SERVICE)
             except HealkitError as error:
+                attempts = error.attempts
                 label = self._count_error(scene, type(error).__name__, error.message)
             except Exception as error:  # noqa: BLE001 - a lost call is what the demo exists to catch
                 label = self._count_lost(scene, f"{type(error).__name__}: {error}")
@@ -472,15 +546,18 @@ class _Demo:
                 if response.outcome is None:
                     label = self._count_lost(scene, f"response without an outcome: {response!r}")
                 else:
+                    attempts = response.outcome.attempts
                     status = str(response.status)
                     label = self._count_response(scene, response.outcome.path, status)
             self.in_flight -= 1
             ended = time.monotonic()
             latency = ended - started
             for tally in (self.total, scene):
-                tally.add(latency)
+                tally.add(latency, attempts)
             if self.live_view:
                 self.recent.append(_Recent(ended, latency, label, status))
+            if status is None:
+                await asyncio.sleep(ERROR_PAUSE)
 
     def _count_response(self, scene: _Tally, path: str, status: str) -> str:
         if status not in self.total.statuses and not status.startswith("2"):
@@ -515,10 +592,32 @@ class _Demo:
         self.log_events[name] += 1
         if name in QUIET_LOG_EVENTS:
             return
+        if name == BREAKER_LOG_EVENT:
+            self._breaker_moved(event)
+            return
         details = " ".join(
             f"{key}={value}" for key, value in event.items() if key not in {"event", "timestamp"}
         )
         self._event(f"log {method}: {name} {details}".rstrip(), "magenta")
+
+    def _breaker_moved(self, event: Mapping[str, Any]) -> None:
+        """Record a breaker transition, and show it as an event."""
+        was, now, reason = event.get("from_state"), event.get("to_state"), event.get("reason")
+        failures, calls = event.get("failures"), event.get("calls")
+        self.breaker_transitions.append(
+            {
+                "at_s": round(time.monotonic() - self.started, 3),
+                "scene": self.scenes[self.scene_index].name,
+                "from": was,
+                "to": now,
+                "reason": reason,
+                "failures": failures,
+                "calls": calls,
+            }
+        )
+        style = "bold yellow" if now in {"open", "forced_open"} else "green"
+        counts = f"; {failures} of {calls} failed" if calls else ""
+        self._event(f"breaker {was} -> {now} ({reason}{counts})", style)
 
     def _event(self, text: str, style: str = "") -> None:
         if len(self.events) >= MAX_EVENTS:
@@ -661,6 +760,9 @@ class _Demo:
             "statuses": total["statuses"],
             "p50_ms": total["p50_ms"],
             "p99_ms": total["p99_ms"],
+            "retries": total["retries"],
+            "rejected_by_breaker": total["rejected_by_breaker"],
+            "breaker_transitions": self.breaker_transitions,
             "duration_s": round(duration, 3),
             "requests_per_s": round(self.total.requests / duration, 1) if duration else 0.0,
             "concurrency": self.concurrency,
@@ -671,6 +773,7 @@ class _Demo:
             },
             "plugins": self.plugins,
             "timeouts": dict(TIMEOUTS) if self.timeouts else None,
+            "settings": self._settings(),
             "log_events": dict(sorted(self.log_events.items())),
             "lost_examples": self.lost_examples,
             "interrupted": self.interrupted,
@@ -719,6 +822,11 @@ class _Demo:
         facts.add_row("paths", _counts(summary["by_path"]))
         facts.add_row("errors", _counts(summary["errors_by_type"]))
         facts.add_row("statuses", _counts(summary["statuses"]))
+        facts.add_row("retries", f"{summary['retries']:,}")
+        if "breaker" in self.sections:
+            moves = Counter(f"{m['from']} -> {m['to']}" for m in self.breaker_transitions)
+            facts.add_row("breaker", _counts(dict(moves)))
+            facts.add_row("refused by breaker", f"{summary['rejected_by_breaker']:,} attempts")
         facts.add_row("plugins", ", ".join(self.plugins) or "none (core only)")
         lost = summary["lost"]
         verdict = (
