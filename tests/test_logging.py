@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import yarl
 from structlog.testing import LogCapture
 
 import healkit
-from healkit._redact import REDACTED, URL_REDACTED, Redactor
+from healkit._redact import REDACTED, URL_CACHE_SIZE, URL_REDACTED, Redactor
 from healkit.testing import Fault, FaultServer
 from tests.plugins import RetryUpTo
 
@@ -61,6 +62,17 @@ def test_redactor_urls() -> None:
         == f"https://h.test:8443/a?sig={hidden}&x=2&Session={hidden}&X-Goog-Signature={hidden}"
     )
     assert redactor.url("http://h.test/plain?a=1") == "http://h.test/plain?a=1"
+    # Remembered, and the same answer the second time; a yarl.URL is redacted alike.
+    assert redactor.url(url) == redactor.url(yarl.URL(url))
+
+
+def test_redactor_remembers_a_bounded_number_of_urls() -> None:
+    redactor = Redactor()
+    for n in range(URL_CACHE_SIZE * 3):
+        assert redactor.url(f"https://u:p@h{n}.test/?token=t") == (
+            f"https://h{n}.test/?token={URL_REDACTED}"
+        )
+    assert len(redactor._urls) <= URL_CACHE_SIZE
 
 
 def test_redactor_headers_are_case_insensitive() -> None:

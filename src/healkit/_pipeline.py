@@ -141,7 +141,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
     except PluginError as crash:
         crash.attempts = call.records()
         _log.call_failed(call, crash, None)
-        runtime.plan.call_end(call, _Ending(call, None, clock.now())(), crash)
+        if plan.has_call_end:
+            plan.call_end(call, _Ending(call, None, clock.now())(), crash)
         raise
 
 
@@ -216,11 +217,13 @@ async def _failed(
             call.path = fallback.path
             _log.substitute_used(call, error)
             outcome = _Ending(call, fallback.endpoint, call.clock.now())
-            runtime.plan.call_end(call, outcome(), None)
+            if runtime.plan.has_call_end:
+                runtime.plan.call_end(call, outcome(), None)
             return transport.finish(result, outcome)
     if stop_reason is not None:
         error.message = f"{error.message} (not retried: {stop_reason})"
     error.attempts = call.records()
     _log.call_failed(call, error, stop_reason)
-    runtime.plan.call_end(call, _Ending(call, None, call.clock.now())(), error)
+    if runtime.plan.has_call_end:
+        runtime.plan.call_end(call, _Ending(call, None, call.clock.now())(), error)
     raise error

@@ -47,15 +47,22 @@ SECRET_QUERY: Final = frozenset(
 )
 
 
+URL_CACHE_SIZE: Final = 256
+"""URL strings whose redacted form a :class:`Redactor` remembers."""
+
+
 @final
 class Redactor:
     """Redacts headers and URLs; built from the ``logging`` config section."""
 
-    __slots__ = ("_headers", "_query")
+    __slots__ = ("_headers", "_query", "_urls")
 
     def __init__(self, *, headers: Iterable[str] = (), query: Iterable[str] = ()) -> None:
         self._headers = SECRET_HEADERS | {h.lower() for h in headers}
         self._query = SECRET_QUERY | {q.lower() for q in query}
+        # Redacted forms of the URL strings seen last (endpoints, mostly): every
+        # failed attempt logs its endpoint, and parsing it again costs a microsecond.
+        self._urls: dict[str, str] = {}
 
     def header_is_secret(self, name: str) -> bool:
         """Whether the header ``name`` is redacted."""
@@ -67,7 +74,16 @@ class Redactor:
 
     def url(self, url: str | yarl.URL) -> str:
         """Return ``url`` without userinfo and with secret query values replaced."""
-        parsed = url if isinstance(url, yarl.URL) else yarl.URL(url)
+        if isinstance(url, str):
+            known = self._urls.get(url)
+            if known is None:
+                if len(self._urls) >= URL_CACHE_SIZE:
+                    self._urls.clear()
+                known = self._urls[url] = self._redact_url(yarl.URL(url))
+            return known
+        return self._redact_url(url)
+
+    def _redact_url(self, parsed: yarl.URL) -> str:
         if parsed.user is not None or parsed.password is not None:
             parsed = parsed.with_user(None)
         if parsed.query_string and any(k.lower() in self._query for k in parsed.query):

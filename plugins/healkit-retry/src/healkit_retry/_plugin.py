@@ -242,13 +242,7 @@ class RetryPlugin:
                     f" retry.max_retry_after ({derived.max_retry_after:g}s)"
                 )
             return max(retry_after, 0.0), None
-        draw = self._draw()
-        if derived.decorrelated:
-            delay = decorrelated_jitter(
-                attempt.retry_delay, base=derived.base, cap=derived.cap, draw=draw
-            )
-        else:
-            delay = full_jitter(attempt.number, base=derived.base, cap=derived.cap, draw=draw)
+        closed_in = 0.0
         if isinstance(error, healkit.CircuitOpenError) and (
             error.endpoint is None or error.endpoint == (endpoint or attempt.endpoint)
         ):
@@ -259,8 +253,14 @@ class RetryPlugin:
                     f"the circuit stays open for {closed_in:.3g}s more,"
                     f" longer than retry.cap ({derived.cap:g}s)"
                 )
-            delay = max(delay, closed_in)
-        return delay, None
+        draw = self._draw()
+        if derived.decorrelated:
+            delay = decorrelated_jitter(
+                attempt.retry_delay, base=derived.base, cap=derived.cap, draw=draw
+            )
+        else:
+            delay = full_jitter(attempt.number, base=derived.base, cap=derived.cap, draw=draw)
+        return max(delay, closed_in), None
 
     def _add_idempotency_key(self, call: healkit.CallContext) -> None:
         """Give a non-idempotent HTTP call a key, once: it stays for every attempt."""
