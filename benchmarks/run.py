@@ -37,6 +37,8 @@ SCENARIOS: Final[dict[str, Scenario]] = {
 DISTRIBUTIONS: Final = (
     "healkit",
     "healkit-timeout",
+    "healkit-retry",
+    "healkit-breaker",
     "aiohttp",
     "aiohttp-retry",
     "tenacity",
