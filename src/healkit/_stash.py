@@ -61,7 +61,8 @@ class Stash:
     def get(self, key: StashKey[T], default: D) -> T | D: ...
     def get(self, key: StashKey[T], default: object = None) -> object:
         """Return the value under ``key``, or ``default``."""
-        return self._items.get(cast("StashKey[object]", key), default)
+        # No cast() here: this runs several times per call, and cast is a call.
+        return self._items.get(key, default)  # type: ignore[arg-type]
 
     def setdefault(self, key: StashKey[T], default: T) -> T:
         """Return the value under ``key``, storing ``default`` first if absent."""
