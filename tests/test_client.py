@@ -338,3 +338,38 @@ async def test_adopted_session_does_not_resend_behind_the_pipeline(
         with pytest.raises(healkit.ConnectionLostError):
             await client.get("/x", service="svc")
     assert fault_server.hits("/x") == 2
+
+
+class ConnectionTimings:
+    """Contributes an aiohttp TraceConfig; records which attempt each request belonged to."""
+
+    healkit_observer = True
+
+    def __init__(self) -> None:
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_request_start.append(self._started)
+        self.seen: list[tuple[int, str | None]] = []
+
+    async def _started(
+        self, session: object, context: Any, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        attempt = context.trace_request_ctx
+        assert isinstance(attempt, healkit.AttemptContext)
+        self.seen.append((attempt.number, attempt.endpoint))
+
+    @healkit.hookimpl
+    def healkit_trace_configs(self) -> list[aiohttp.TraceConfig]:
+        return [self.trace]
+
+
+async def test_plugins_trace_configs_see_each_attempt(fault_server: FaultServer) -> None:
+    fault_server.script("/x", Fault.status(503), then=Fault.ok())
+    timings = ConnectionTimings()
+    config = {"services": {"svc": {"endpoints": [fault_server.url]}}}
+    async with healkit.Client(
+        config=config, plugins=[timings, RetryUpTo(2), FailOnStatus(503)], entry_points=False
+    ) as client:
+        assert (await client.get("/x", service="svc")).status == 200
+        with pytest.raises(healkit.RequestError, match="trace_request_ctx"):
+            await client.get("/x", service="svc", trace_request_ctx={})
+    assert timings.seen == [(1, fault_server.url), (2, fault_server.url)]

@@ -59,3 +59,30 @@ async def test_hostname_mismatch_is_a_tls_error(ca: trustme.CA) -> None:
     ):
         with pytest.raises(healkit.TLSError, match="TLS handshake"):
             await client.get(f"{server.url}/x", ssl=client_context(ca))
+
+
+class TrustFor:
+    """Gives every attempt the TLS context of a test CA, as a TLS plugin would."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+    @healkit.hookimpl
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
+        attempt.ssl = self.context
+
+
+async def test_a_plugin_sets_the_attempts_tls_context_and_the_callers_ssl_wins(
+    ca: trustme.CA,
+) -> None:
+    plugin = TrustFor(client_context(ca))
+    async with FaultServer(ssl_context=server_context(ca)) as server:
+        config = {"services": {"secure": {"endpoints": [server.url]}}}
+        async with healkit.Client(config=config, plugins=[plugin], entry_points=False) as client:
+            assert (await client.get("/x", service="secure")).status == 200
+            # The caller's own ssl= (here: the system's CAs only) wins over the plugin's.
+            with pytest.raises(healkit.TLSError):
+                await client.get("/x", service="secure", ssl=ssl.create_default_context())
+    assert server.hits() == 1

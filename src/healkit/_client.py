@@ -24,7 +24,9 @@ from healkit._runtime import ConfigInput, Runtime
 
 __all__ = ["Client"]
 
-RESERVED_OPTIONS: Final = frozenset({"timeout", "method", "url", "headers", "data", "json"})
+RESERVED_OPTIONS: Final = frozenset(
+    {"timeout", "method", "url", "headers", "data", "json", "trace_request_ctx"}
+)
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 
 
@@ -97,7 +99,7 @@ class Client:
         if self._session is None or self._session.closed:
             if not self._owns_session:
                 raise RuntimeError("the adopted aiohttp session is closed")
-            self._session = _own_session()
+            self._session = _own_session(self.runtime.trace_configs())
         else:
             _count_every_attempt(self._session)
         self._starts_runtime = not self.runtime.started
@@ -168,7 +170,9 @@ class Client:
                 the method's default.
             **options: passed to ``aiohttp.ClientSession.request`` (``ssl``,
                 ``proxy``, ``allow_redirects``, ``cookies``, ...); ``timeout`` is
-                not accepted: limits come from the policy and ``deadline``.
+                not accepted: limits come from the policy and ``deadline``;
+                ``trace_request_ctx`` is healkit's (the attempt, for TraceConfig
+                callbacks). An ``ssl`` given here wins over a TLS plugin's.
 
         Returns:
             The response (real, fallback or degraded; see ``response.outcome``).
@@ -327,8 +331,10 @@ class Client:
         return self.request("DELETE", target, **kwargs)
 
 
-def _own_session() -> aiohttp.ClientSession:
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+def _own_session(trace_configs: list[aiohttp.TraceConfig]) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None), trace_configs=trace_configs or None
+    )
     _count_every_attempt(session)
     return session
 

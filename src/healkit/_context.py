@@ -10,6 +10,7 @@ Plugins keep their own state in ``stash`` slots, never in globals.
 from __future__ import annotations
 
 import math
+import ssl
 from typing import TYPE_CHECKING, Literal, final
 
 import anyio
@@ -190,9 +191,9 @@ def scope_deadline_now(clock_now: float) -> float:
 class AttemptContext:
     """One try of a call.
 
-    ``pre_request`` hooks may change ``endpoint``, ``timeouts`` and ``headers``
-    before the attempt is sent; afterwards ``status``, ``error`` and
-    ``duration`` tell how it ended.
+    ``pre_request`` hooks may change ``endpoint``, ``timeouts``, ``headers``
+    and ``ssl`` before the attempt is sent; afterwards ``status``, ``error``
+    and ``duration`` tell how it ended.
 
     Attributes:
         number: 1 for the first attempt.
@@ -201,6 +202,10 @@ class AttemptContext:
         timeouts: this attempt's limits; the pipeline also caps them by the
             call's remaining deadline.
         headers: headers added to this attempt only (``traceparent``).
+        ssl: the TLS context for this attempt's connection (set by a TLS
+            plugin); ``None`` leaves aiohttp's default (the system's CA
+            bundle, hostname verification on). An ``ssl=`` option the caller
+            passes with the request wins over it.
         started: monotonic time the attempt started.
         status: the HTTP status received, if any.
         error: the error the attempt ended with, if any.
@@ -217,6 +222,7 @@ class AttemptContext:
         "headers",
         "number",
         "retry_delay",
+        "ssl",
         "started",
         "status",
         "timeouts",
@@ -240,6 +246,7 @@ class AttemptContext:
         self.error: HealkitError | None = None
         self.duration: float | None = None
         self.retry_delay = retry_delay
+        self.ssl: ssl.SSLContext | None = None
         self._stash: Stash | None = None
 
     def __repr__(self) -> str:

@@ -59,6 +59,9 @@ class HttpTransport:
             headers = CIMultiDict(headers or ())
             headers.update(attempt.headers)
         limits = attempt.timeouts
+        options = self._options
+        if attempt.ssl is not None and "ssl" not in options:
+            options = {**options, "ssl": attempt.ssl}
         try:
             raw = await self._session.request(
                 call.method,
@@ -66,7 +69,10 @@ class HttpTransport:
                 headers=headers,
                 data=self._data,
                 timeout=_client_timeout(limits),
-                **self._options,
+                # What aiohttp hands to TraceConfig callbacks (a tracing plugin's):
+                # they find the attempt, and its stash, there.
+                trace_request_ctx=attempt,
+                **options,
             )
             # The URL we built has no userinfo; only a redirect can change it.
             public = _public_url(raw.url) if raw.history else url

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, Self, final
 
+import aiohttp
 import pluggy
 
 from healkit import _log
@@ -178,6 +179,20 @@ class Runtime:
         if plugin not in self.plugin_errors:
             _log.plugin_failed(plugin, hook, error)
         self.plugin_errors[plugin] += 1
+
+    def trace_configs(self) -> list[aiohttp.TraceConfig]:
+        """Return the aiohttp trace configs the plugins contribute (``healkit_trace_configs``).
+
+        Raises:
+            PluginError: a plugin's implementation failed.
+
+        """
+        found: list[aiohttp.TraceConfig] = []
+        for _, configs in call_each(
+            self.plugin_manager, "healkit_trace_configs", {}, _raise_plugin_error
+        ):
+            found.extend(configs)
+        return found
 
     def emit(self, event: object) -> None:
         """Hand ``event`` to every ``healkit_event`` implementation (observers)."""

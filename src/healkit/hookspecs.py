@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from healkit._config import ConfigSection, HealkitConfig
     from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
     from healkit._errors import HealkitError
@@ -111,6 +113,23 @@ def healkit_shutdown(runtime: Runtime) -> Awaitable[None] | None:
     which is awaited (bounded by the runtime's shutdown timeout).
 
     Result: all implementations are called; return values are awaited if awaitable.
+    """
+
+
+@hookspec
+def healkit_trace_configs() -> Sequence[aiohttp.TraceConfig]:  # type: ignore[empty-body]
+    """Return aiohttp ``TraceConfig`` objects for the session a client creates.
+
+    Called when a :class:`healkit.Client` opens the aiohttp session it owns
+    (not for a session the application passes in, which has its trace configs
+    already: a plugin should also expose its ``TraceConfig`` for that case).
+    Each request's ``trace_request_ctx`` is the attempt's
+    :class:`~healkit.AttemptContext`, so the callbacks find the attempt (and
+    its stash) as ``params``' ``trace_config_ctx.trace_request_ctx``. For
+    connection timings (DNS, connect, pool wait, reuse) in tracing and metrics.
+
+    Result: all implementations are called; the trace configs are added in
+    hook order. May not return an awaitable.
     """
 
 
