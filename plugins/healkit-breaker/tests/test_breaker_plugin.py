@@ -672,3 +672,16 @@ async def test_with_the_retry_plugin_each_attempt_counts_once_and_the_retry_wait
         ("open", "half_open", "open_duration_elapsed"),
         ("half_open", "closed", "probes_succeeded"),
     ]
+
+
+async def test_with_the_retry_plugin_a_forced_open_breaker_stops_at_once_and_says_why(
+    fault_server: FaultServer, manual_clock: ManualClock
+) -> None:
+    from healkit_retry import RetryPlugin  # noqa: PLC0415 - only this test needs both plugins
+
+    config = document([fault_server.url], mode="force_open")
+    async with client(config, BreakerPlugin(), manual_clock, RetryPlugin()) as c:
+        error = await refused(c, "/x", service="svc")
+    assert "held open until an operator closes it" in str(error)
+    assert manual_clock.sleeps == []
+    assert fault_server.hits() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -249,6 +250,8 @@ class RetryPlugin:
             # The next attempt goes where the breaker is open: wait until it may probe.
             closed_in = error.retry_at - now
             if closed_in > derived.cap:
+                if math.isinf(closed_in):
+                    return 0.0, "the circuit is held open until an operator closes it"
                 return 0.0, (
                     f"the circuit stays open for {closed_in:.3g}s more,"
                     f" longer than retry.cap ({derived.cap:g}s)"
