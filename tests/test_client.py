@@ -90,6 +90,7 @@ async def test_post_json_body_and_headers(
         ("/x", {"service": "svc", "json": {}, "data": b"x"}, "not both"),
         ("/x", {"service": "svc", "deadline": -1}, "deadline"),
         ("http:///nohost", {}, "no host"),
+        ("http://[::1/x", {}, "invalid URL"),
     ],
 )
 async def test_bad_requests_fail_clearly(

@@ -354,7 +354,10 @@ def _address(
 ) -> tuple[str, str, str, ServicePolicy, yarl.URL | None]:
     """Return (endpoint, path below it, service name, policy, URL if absolute) for a target."""
     if target.startswith(("http://", "https://")):
-        url = yarl.URL(target)
+        try:
+            url = yarl.URL(target)
+        except ValueError as exc:
+            raise RequestError(f"invalid URL: {exc}") from exc
         if not url.host:
             raise RequestError("invalid URL: no host")
         name = service or config.service_for_url(target)
