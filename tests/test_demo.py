@@ -18,6 +18,7 @@ import healkit
 from healkit import _cli, _demo
 from healkit._client import Client
 from healkit._demo import SCENES, Scene, run_demo
+from healkit._plugins import BUILTIN_PLUGINS
 from healkit.testing import Fault
 
 SCENE_NAMES = [scene.name for scene in SCENES]
@@ -31,7 +32,8 @@ QUICK = (
 
 
 def installed_plugins() -> set[str]:
-    return {ep.name for ep in importlib.metadata.entry_points(group="healkit")}
+    builtins = {plugin().healkit_name for plugin in BUILTIN_PLUGINS}  # type: ignore[attr-defined]
+    return builtins | {ep.name for ep in importlib.metadata.entry_points(group="healkit")}
 
 
 @pytest.fixture(autouse=True)

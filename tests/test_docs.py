@@ -37,6 +37,8 @@ import healkit_retry
 import healkit_timeout
 from healkit import _errors, hookspecs
 from healkit._config import CoreServiceSettings, LoggingSettings
+from healkit._degraded import SECTION as DEGRADED_SECTION
+from healkit._degraded import DegradedSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -244,6 +246,7 @@ def reference_rows(page: Path) -> list[Row]:
 MODELS: dict[str, type[msgspec.Struct]] = {
     "": CoreServiceSettings,
     "logging.": LoggingSettings,
+    "degraded.": DegradedSettings,
     "timeout.": healkit_timeout.TimeoutSettings,
     "retry.": healkit_retry.RetrySettings,
     "breaker.": healkit_breaker.BreakerSettings,
@@ -376,6 +379,7 @@ def test_error_tree_is_the_one_in_the_code() -> None:
 # --- configuration shown in the docs, and links ---------------------------------------------
 
 SECTIONS = (
+    DEGRADED_SECTION,
     healkit_timeout.SECTION,
     healkit_retry.SECTION,
     healkit_breaker.SECTION,

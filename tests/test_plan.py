@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 import healkit
 from healkit._plan import PER_CALL_HOOKS, CallPlan, compile_hook
-from healkit._plugins import create_plugin_manager
+from healkit._plugins import BUILTIN_PLUGINS, create_plugin_manager
+
+BUILTINS = [plugin().healkit_name for plugin in BUILTIN_PLUGINS]  # type: ignore[attr-defined]
 
 HOOK_ARGS = {
     "healkit_pre_request": ("call", "attempt"),
@@ -49,7 +51,8 @@ def make_plugin(index: int, impls: list[tuple[str, str, int | None, bool]]) -> o
 @given(st.lists(st.lists(impl_strategy, max_size=5, unique_by=lambda i: i[0]), max_size=6))
 def test_plan_matches_pluggy(plugins_impls: list[list[tuple[str, str, int | None, bool]]]) -> None:
     plugins = [make_plugin(i, impls) for i, impls in enumerate(plugins_impls)]
-    pm = create_plugin_manager(plugins=plugins, entry_points=False)
+    # The built-in plugins need real contexts; these tests call hooks with stand-ins.
+    pm = create_plugin_manager(plugins=plugins, entry_points=False, block=BUILTINS)
     for hook in PER_CALL_HOOKS:
         compiled = compile_hook(pm, hook)
         values = {name: object() for name in HOOK_ARGS[hook]}
@@ -80,7 +83,8 @@ def test_plugin_order_is_pluggy_order() -> None:
         return cls(name)
 
     plugins = [plugin("a"), plugin("b", trylast=True), plugin("c"), plugin("d", tryfirst=True)]
-    pm = create_plugin_manager(plugins=plugins, entry_points=False)
+    # The built-in plugins need real contexts; these tests call hooks with stand-ins.
+    pm = create_plugin_manager(plugins=plugins, entry_points=False, block=BUILTINS)
     compile_hook(pm, "healkit_pre_request").call(None, None)
     assert calls == ["d", "c", "a", "b"]
 
@@ -105,3 +109,39 @@ def test_misspelled_hooks_are_refused_at_registration() -> None:
     with pytest.raises(healkit.PluginError, match="healkit_pre_requets") as caught:
         create_plugin_manager(plugins=[Typo()], entry_points=False)
     assert isinstance(caught.value.__cause__, pluggy.PluginValidationError)
+
+
+class SometimesIdle:
+    """Has nothing to do per call unless the document says ``busy``."""
+
+    healkit_name = "sometimes-idle"
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+
+    def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
+        if self.broken:
+            raise RuntimeError("cannot tell")
+        return "busy" not in config.services
+
+    @healkit.hookimpl
+    def healkit_pre_request(self, attempt: healkit.AttemptContext) -> None:
+        attempt.headers["X-Seen"] = "1"
+
+
+def test_an_idle_plugin_is_left_out_of_the_plan_until_the_config_needs_it() -> None:
+    runtime = healkit.Runtime(plugins=[SometimesIdle()], entry_points=False, block_plugins=BUILTINS)
+    assert runtime.plan.idle == {"sometimes-idle"}
+    assert not runtime.plan.has_pre_request
+    runtime.apply({"services": {"busy": {}}}, origin="test")
+    assert runtime.plan.idle == frozenset()
+    assert runtime.plan.has_pre_request
+
+
+def test_a_plugin_whose_idle_check_fails_stays_in_the_plan() -> None:
+    runtime = healkit.Runtime(
+        plugins=[SometimesIdle(broken=True)], entry_points=False, block_plugins=BUILTINS
+    )
+    assert runtime.plan.idle == frozenset()
+    assert runtime.plan.has_pre_request
+    assert runtime.plugin_errors["sometimes-idle"] >= 1

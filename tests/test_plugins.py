@@ -50,9 +50,12 @@ def test_explicit_plugins_run_before_entry_point_plugins() -> None:
     retry = RetryUpTo(2)
     pm = healkit.create_plugin_manager(plugins=[retry])
     order = [impl.plugin_name for impl in reversed(pm.hook.healkit_on_error.get_hookimpls())]
-    assert order[0] == "retry-up-to"
+    # The built-in degraded plugin's on_error is tryfirst; among the others, explicit first.
+    assert order[0] == "degraded"
+    assert order[1] == "retry-up-to"
     infos = {i.name: i for i in healkit.describe_plugins(pm)}
     assert infos["retry-up-to"].source == "explicit"
+    assert (infos["degraded"].source, infos["degraded"].distribution) == ("built-in", "healkit")
 
 
 def test_a_plugin_name_cannot_be_registered_twice() -> None:

@@ -21,6 +21,7 @@ from healkit._config import (
 )
 from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
 from healkit._decorator import resilient
+from healkit._degraded import DegradedSettings
 from healkit._errors import (
     AttemptTimeout,
     BodyTooLargeError,
@@ -33,6 +34,7 @@ from healkit._errors import (
     ConnectionLostError,
     ConnectTimeout,
     DeadlineExceeded,
+    DegradedModeError,
     DNSError,
     HealkitError,
     HTTPStatusError,
@@ -51,6 +53,7 @@ from healkit._response import OUTCOME_HEADER, Response
 from healkit._runtime import Runtime, current_runtime, default_runtime
 from healkit._sources import ConfigSink, ConfigSource, FileSource, InMemorySource
 from healkit._stash import Stash, StashKey
+from healkit._templates import DegradedTemplate
 from healkit.hookspecs import hookimpl
 
 __version__ = _version("healkit")
@@ -77,6 +80,9 @@ __all__ = [
     "ConnectionLostError",
     "DNSError",
     "DeadlineExceeded",
+    "DegradedModeError",
+    "DegradedSettings",
+    "DegradedTemplate",
     "Fallback",
     "FileSource",
     "HTTPStatusError",

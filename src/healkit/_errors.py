@@ -16,6 +16,7 @@ attempts made (``error.attempts``)::
     │   └── DeadlineExceeded        the call's deadline (all attempts and backoff) passed
     ├── HTTPStatusError             a response declared a failure (status, body excerpt)
     ├── CircuitOpenError            a circuit breaker refused the attempt
+    ├── DegradedModeError           an operator forced the service into degraded mode
     ├── LimitError
     │   ├── BudgetExhaustedError    a retry or concurrency budget is spent
     │   └── BodyTooLargeError       the response body exceeded the configured cap
@@ -56,6 +57,7 @@ __all__ = [
     "ConnectionLostError",
     "DNSError",
     "DeadlineExceeded",
+    "DegradedModeError",
     "HTTPStatusError",
     "HealkitError",
     "LimitError",
@@ -185,6 +187,26 @@ class CircuitOpenError(HealkitError):
         self.service = service
         self.endpoint = endpoint
         self.retry_at = retry_at
+
+
+@final
+class DegradedModeError(HealkitError):
+    """An operator forced the service into degraded mode: nothing was sent.
+
+    The call is answered by the service's degraded response template (see
+    ``degraded.force``); this error reaches the caller only when no template
+    could be used (a decorated function, or the aiohttp middleware).
+
+    Attributes:
+        service: the service in degraded mode.
+
+    """
+
+    may_have_reached_server = False
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"{service} is in degraded mode (degraded.force)")
+        self.service = service
 
 
 class LimitError(HealkitError):

@@ -19,7 +19,7 @@ reported to the ``on_observer_error`` callback and never fails the call.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import pluggy
@@ -92,8 +92,10 @@ class CompiledHook:
         return results
 
 
-def compile_hook(pm: pluggy.PluginManager, name: str) -> CompiledHook:
-    """Compile one hook of ``pm`` into a :class:`CompiledHook`.
+def compile_hook(
+    pm: pluggy.PluginManager, name: str, idle: Collection[str] = frozenset()
+) -> CompiledHook:
+    """Compile one hook of ``pm`` into a :class:`CompiledHook`, leaving out the ``idle`` plugins.
 
     Raises:
         PluginError: when an implementation is a wrapper (not supported on
@@ -110,6 +112,8 @@ def compile_hook(pm: pluggy.PluginManager, name: str) -> CompiledHook:
     observers: list[bool] = []
     # pluggy calls the implementation list from its end to its start.
     for impl in reversed(caller.get_hookimpls()):
+        if impl.plugin_name in idle:
+            continue
         if impl.hookwrapper or impl.wrapper:
             raise PluginError(
                 impl.plugin_name,
@@ -141,7 +145,13 @@ def _positional(
 
 @final
 class CallPlan:
-    """The per-call hooks of one plugin set, compiled, with healkit's error policy."""
+    """The per-call hooks of one plugin set, compiled, with healkit's error policy.
+
+    Attributes:
+        idle: the plugins left out because they have nothing to do per call
+            under the configuration in force (``healkit_idle``).
+
+    """
 
     __slots__ = (
         "_call_end",
@@ -154,6 +164,7 @@ class CallPlan:
         "has_call_end",
         "has_post_response",
         "has_pre_request",
+        "idle",
     )
 
     def __init__(
@@ -161,12 +172,15 @@ class CallPlan:
         pm: pluggy.PluginManager,
         on_observer_error: ObserverErrorHandler,
         on_fallback_failed: Callable[[str, HealkitError], None],
+        *,
+        idle: Collection[str] = frozenset(),
     ) -> None:
-        self._pre_request = compile_hook(pm, "healkit_pre_request")
-        self._post_response = compile_hook(pm, "healkit_post_response")
-        self._on_error = compile_hook(pm, "healkit_on_error")
-        self._fallback = compile_hook(pm, "healkit_fallback")
-        self._call_end = compile_hook(pm, "healkit_call_end")
+        self._pre_request = compile_hook(pm, "healkit_pre_request", idle)
+        self._post_response = compile_hook(pm, "healkit_post_response", idle)
+        self._on_error = compile_hook(pm, "healkit_on_error", idle)
+        self._fallback = compile_hook(pm, "healkit_fallback", idle)
+        self._call_end = compile_hook(pm, "healkit_call_end", idle)
+        self.idle = frozenset(idle)
         self._on_observer_error = on_observer_error
         self._on_fallback_failed = on_fallback_failed
         # Hooks nobody implements are skipped by the executor without a call.

@@ -1,10 +1,12 @@
 """Building the plugin manager: entry points, explicit plugins, blocking, listing.
 
 Nothing happens at import time. :func:`create_plugin_manager` registers, in
-this order: the plugins of the ``healkit`` entry-point group (sorted by entry
-point name), then the plugins passed explicitly (in the order given). pluggy
-calls the most recently registered first, so explicit plugins run before
-entry-point plugins unless ``tryfirst``/``trylast`` say otherwise.
+this order: healkit's built-in plugins (:data:`BUILTIN_PLUGINS`), the plugins
+of the ``healkit`` entry-point group (sorted by entry point name), then the
+plugins passed explicitly (in the order given). pluggy calls the most recently
+registered first, so explicit plugins run before entry-point plugins, and both
+before the built-in ones, unless ``tryfirst``/``trylast`` say otherwise. Any of
+them can be blocked by name.
 
 An entry point names a plugin class (instantiated with no arguments, once per
 plugin manager, so each client has its own plugin state) or a ready object.
@@ -21,10 +23,12 @@ import msgspec
 import pluggy
 
 from healkit import hookspecs
+from healkit._degraded import DegradedResponses
 from healkit._errors import PluginError
 
 __all__ = [
     "BLOCK_ENV",
+    "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "PluginManager",
@@ -36,6 +40,8 @@ __all__ = [
 ENTRY_POINT_GROUP: Final = "healkit"
 BLOCK_ENV: Final = "HEALKIT_BLOCK_PLUGINS"
 """Comma-separated plugin names never to load, in addition to ``block=``."""
+BUILTIN_PLUGINS: Final[tuple[Callable[[], object], ...]] = (DegradedResponses,)
+"""The core's own plugins, registered first in every plugin manager."""
 
 
 @final
@@ -46,6 +52,7 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.distributions: dict[str, tuple[str, str]] = {}
+        self.builtins: set[str] = set()
 
 
 @final
@@ -70,10 +77,11 @@ def create_plugin_manager(
 
     Args:
         plugins: plugin objects to register after the entry-point plugins.
-        block: names of plugins not to load or register, whether from entry
+        block: names of plugins not to load or register, built-in, from entry
             points or passed explicitly (also read from the
             ``HEALKIT_BLOCK_PLUGINS`` environment variable).
-        entry_points: whether to load the ``healkit`` entry-point group.
+        entry_points: whether to load the ``healkit`` entry-point group (the
+            built-in plugins are registered either way).
 
     Raises:
         PluginError: an entry point failed to load, or two plugins share a name.
@@ -85,6 +93,7 @@ def create_plugin_manager(
     }
     for name in sorted(blocked):
         pm.set_blocked(name)
+    _register_builtins(pm)
     if entry_points:
         for ep in sorted(
             importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
@@ -137,6 +146,17 @@ def call_each(
     return results
 
 
+def _register_builtins(pm: PluginManager) -> None:
+    core = ("healkit", importlib.metadata.version("healkit"))
+    for factory in BUILTIN_PLUGINS:
+        plugin = factory()
+        name = _name_of(plugin)
+        if not pm.is_blocked(name):
+            _register(pm, plugin, name)
+            pm.distributions[name] = core
+            pm.builtins.add(name)
+
+
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     try:
         pm.register(plugin, name=name)
@@ -166,7 +186,9 @@ def describe_plugins(pm: PluginManager) -> list[PluginInfo]:
                 version=dist[1] if dist else None,
                 hooks=hooks,
                 observer=bool(getattr(plugin, "healkit_observer", False)),
-                source="entry point" if dist else "explicit",
+                source="built-in"
+                if name in pm.builtins
+                else ("entry point" if dist else "explicit"),
             )
         )
     return sorted(infos, key=lambda i: i.name)

@@ -76,7 +76,7 @@ class Runtime:
         )
         self.plugin_errors: Counter[str] = Counter()
         self.sections = config_sections(self.plugin_manager)
-        self.plan = CallPlan(self.plugin_manager, self._observer_failed, _log.fallback_failed)
+        self.plan = self._compile_plan(frozenset())
         self.timers = TimerWheels()
         self._source = _as_source(config)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -153,6 +153,32 @@ class Runtime:
         # and does not keep the others from the new configuration.
         arguments = {"config": self._config, "previous": previous, "runtime": self}
         call_each(self.plugin_manager, "healkit_configure", arguments, self._plugin_failed)
+        idle = self._idle_plugins()
+        if idle != self.plan.idle:
+            self.plan = self._compile_plan(idle)
+
+    def _compile_plan(self, idle: frozenset[str]) -> CallPlan:
+        return CallPlan(
+            self.plugin_manager, self._observer_failed, _log.fallback_failed, idle=idle
+        )
+
+    def _idle_plugins(self) -> frozenset[str]:
+        """Return the plugins whose ``healkit_idle(config)`` says they have nothing to do per call.
+
+        A plugin whose ``healkit_idle`` raises is kept in the plan (and the
+        error reported): when in doubt, a plugin runs.
+        """
+        idle: set[str] = set()
+        for name, plugin in self.plugin_manager.list_name_plugin():
+            check = getattr(plugin, "healkit_idle", None)
+            if check is None:
+                continue
+            try:
+                if check(self._config) is True:
+                    idle.add(name)
+            except Exception as error:  # noqa: BLE001 - reported; the plugin stays in the plan
+                self._plugin_failed(name, "healkit_idle", error)
+        return frozenset(idle)
 
     # -- plugins ---------------------------------------------------------------
 
@@ -173,7 +199,7 @@ class Runtime:
             self.plugin_manager.unregister(plugin)
             self.sections = config_sections(self.plugin_manager)
             raise
-        self.plan = CallPlan(self.plugin_manager, self._observer_failed, _log.fallback_failed)
+        self.plan = self._compile_plan(self._idle_plugins())
 
     def _observer_failed(self, plugin: str, hook: str, error: Exception) -> None:
         if plugin not in self.plugin_errors:
