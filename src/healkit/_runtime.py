@@ -158,9 +158,7 @@ class Runtime:
             self.plan = self._compile_plan(idle)
 
     def _compile_plan(self, idle: frozenset[str]) -> CallPlan:
-        return CallPlan(
-            self.plugin_manager, self._observer_failed, _log.fallback_failed, idle=idle
-        )
+        return CallPlan(self.plugin_manager, self._observer_failed, _log.fallback_failed, idle=idle)
 
     def _idle_plugins(self) -> frozenset[str]:
         """Return the plugins whose ``healkit_idle(config)`` says they have nothing to do per call.
