@@ -94,6 +94,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                 if plan.has_pre_request:
                     plan.pre_request(call, attempt)
                 result, response = await _send(runtime.timers, call, attempt, transport)
+                ended = clock.now()
+                attempt.duration = ended - attempt.started
                 if response is not None:
                     attempt.status = response.status
                 error = None
@@ -104,8 +106,6 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                         transport.discard(result)
                         raise
                 if error is None:
-                    ended = clock.now()
-                    attempt.duration = ended - attempt.started
                     outcome = _Ending(call, attempt.endpoint, ended)
                     if plan.has_call_end:
                         plan.call_end(call, outcome(), None)
@@ -117,7 +117,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                 error = failure
             attempt.error = error
             now = clock.now()
-            attempt.duration = now - attempt.started
+            if attempt.duration is None:  # set already if a response was declared a failure
+                attempt.duration = now - attempt.started
             _log.attempt_failed(call, attempt, error)
             decision = plan.on_error(call, attempt, error)
             if decision is None:

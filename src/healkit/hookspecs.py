@@ -162,7 +162,8 @@ def healkit_post_response(
 
     Called after a response arrived (its head, for streaming calls; the whole
     body otherwise), or after a decorated function returned (``response`` is
-    then ``None``). Record success and latency here. Return an error (usually
+    then ``None``). Record success and latency here: ``attempt.status`` and
+    ``attempt.duration`` are set. Return an error (usually
     :class:`healkit.HTTPStatusError`) to declare the result a failure: the
     response is then released and the error goes to ``healkit_on_error``.
 

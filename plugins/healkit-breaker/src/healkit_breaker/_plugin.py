@@ -216,9 +216,11 @@ class BreakerPlugin:
         breaker = policy.registry.get(key)
         if breaker is None:
             return
-        now = call.clock.now()
+        # The pipeline set attempt.duration when the response arrived: no clock read.
+        duration = attempt.duration or 0.0
+        now = attempt.started + duration
         failure = response is not None and response.status in breaker.failure_statuses
-        slow = now - attempt.started > breaker.slow_threshold
+        slow = duration > breaker.slow_threshold
         if breaker.admits:
             breaker.record(attempt.started, now, failure, slow)
         else:

@@ -228,6 +228,15 @@ class Breaker:
         if not self._counting or started < self.since:
             return
         window = self._window
+        if (
+            self._lazy
+            and not (failure or slow or window.failures or window.slow)
+            and window.calls == window.size
+        ):
+            # A count window full of plain successes stays the same with one more:
+            # the hot path of a healthy endpoint touches nothing.
+            self._consecutive = 0
+            return
         window.add(now, failure, slow)
         if failure:
             self._consecutive += 1
