@@ -35,6 +35,7 @@ import healkit_breaker
 import healkit_example_plugin
 import healkit_retry
 import healkit_timeout
+import healkit_tls
 from healkit import _errors, hookspecs
 from healkit._config import CoreServiceSettings, LoggingSettings
 from healkit._degraded import SECTION as DEGRADED_SECTION
@@ -250,6 +251,7 @@ MODELS: dict[str, type[msgspec.Struct]] = {
     "timeout.": healkit_timeout.TimeoutSettings,
     "retry.": healkit_retry.RetrySettings,
     "breaker.": healkit_breaker.BreakerSettings,
+    "tls.": healkit_tls.TlsSettings,
 }
 
 
@@ -278,7 +280,7 @@ def test_reference_names_every_key_with_its_default() -> None:
         _check_row(row, expected)
 
 
-PLUGIN_PAGES = ("timeout", "retry", "breaker")
+PLUGIN_PAGES = ("timeout", "retry", "breaker", "tls")
 """Plugins whose page documents every key of their section (docs/plugins/NAME.md)."""
 
 
@@ -383,6 +385,7 @@ SECTIONS = (
     healkit_timeout.SECTION,
     healkit_retry.SECTION,
     healkit_breaker.SECTION,
+    healkit_tls.SECTION,
     healkit_example_plugin.SECTION,
 )
 

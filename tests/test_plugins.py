@@ -49,10 +49,10 @@ def test_blocking_by_name_and_by_environment(monkeypatch: pytest.MonkeyPatch) ->
 def test_explicit_plugins_run_before_entry_point_plugins() -> None:
     retry = RetryUpTo(2)
     pm = healkit.create_plugin_manager(plugins=[retry])
-    order = [impl.plugin_name for impl in reversed(pm.hook.healkit_on_error.get_hookimpls())]
-    # The built-in degraded plugin's on_error is tryfirst; among the others, explicit first.
-    assert order[0] == "degraded"
-    assert order[1] == "retry-up-to"
+    impls = list(reversed(pm.hook.healkit_on_error.get_hookimpls()))
+    # Among the implementations without tryfirst/trylast, explicit plugins come first.
+    plain = [impl.plugin_name for impl in impls if not (impl.tryfirst or impl.trylast)]
+    assert plain[0] == "retry-up-to"
     infos = {i.name: i for i in healkit.describe_plugins(pm)}
     assert infos["retry-up-to"].source == "explicit"
     assert (infos["degraded"].source, infos["degraded"].distribution) == ("built-in", "healkit")
@@ -109,3 +109,14 @@ def test_cli_lists_plugins(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "timeout: healkit-timeout 0.1.0" in text
     assert "request-id" not in text
+
+
+def test_an_explicit_plugin_takes_the_place_of_the_entry_point_of_its_name() -> None:
+    class RequestId:
+        healkit_name = "request-id"
+
+    mine = RequestId()
+    pm = healkit.create_plugin_manager(plugins=[mine])
+    assert pm.get_plugin("request-id") is mine
+    infos = {i.name: i for i in healkit.describe_plugins(pm)}
+    assert infos["request-id"].source == "explicit"

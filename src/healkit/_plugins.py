@@ -5,8 +5,9 @@ this order: healkit's built-in plugins (:data:`BUILTIN_PLUGINS`), the plugins
 of the ``healkit`` entry-point group (sorted by entry point name), then the
 plugins passed explicitly (in the order given). pluggy calls the most recently
 registered first, so explicit plugins run before entry-point plugins, and both
-before the built-in ones, unless ``tryfirst``/``trylast`` say otherwise. Any of
-them can be blocked by name.
+before the built-in ones, unless ``tryfirst``/``trylast`` say otherwise. An
+explicit plugin replaces the built-in or entry-point plugin of the same name.
+Any of them can be blocked by name.
 
 An entry point names a plugin class (instantiated with no arguments, once per
 plugin manager, so each client has its own plugin state) or a ready object.
@@ -76,7 +77,9 @@ def create_plugin_manager(
     """Build a plugin manager with healkit's hook specifications and plugins.
 
     Args:
-        plugins: plugin objects to register after the entry-point plugins.
+        plugins: plugin objects to register after the entry-point plugins. One
+            whose name is that of a built-in or entry-point plugin takes its
+            place (to pass an instance built with other arguments).
         block: names of plugins not to load or register, built-in, from entry
             points or passed explicitly (also read from the
             ``HEALKIT_BLOCK_PLUGINS`` environment variable).
@@ -93,25 +96,15 @@ def create_plugin_manager(
     }
     for name in sorted(blocked):
         pm.set_blocked(name)
-    _register_builtins(pm)
+    explicit = [(plugin, _name_of(plugin)) for plugin in plugins]
+    # A plugin passed explicitly takes the place of the built-in or entry-point
+    # plugin of the same name (an instance built with other arguments).
+    replaced = {name for _, name in explicit}
+    _register_builtins(pm, replaced)
     if entry_points:
-        for ep in sorted(
-            importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
-        ):
-            if pm.is_blocked(ep.name):
-                continue
-            if pm.has_plugin(ep.name):
-                raise PluginError(ep.name, "load", LookupError("two entry points share this name"))
-            try:
-                loaded = ep.load()
-                plugin = loaded() if isinstance(loaded, type) else loaded
-            except Exception as exc:
-                raise PluginError(ep.name, "load", exc) from exc
-            _register(pm, plugin, ep.name)
-            if ep.dist is not None:
-                pm.distributions[ep.name] = (ep.dist.name, ep.dist.version)
-    for plugin in plugins:
-        _register(pm, plugin, _name_of(plugin))
+        _register_entry_points(pm, replaced)
+    for plugin, name in explicit:
+        _register(pm, plugin, name)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -146,15 +139,33 @@ def call_each(
     return results
 
 
-def _register_builtins(pm: PluginManager) -> None:
+def _register_builtins(pm: PluginManager, replaced: Collection[str]) -> None:
     core = ("healkit", importlib.metadata.version("healkit"))
     for factory in BUILTIN_PLUGINS:
         plugin = factory()
         name = _name_of(plugin)
-        if not pm.is_blocked(name):
+        if not pm.is_blocked(name) and name not in replaced:
             _register(pm, plugin, name)
             pm.distributions[name] = core
             pm.builtins.add(name)
+
+
+def _register_entry_points(pm: PluginManager, replaced: Collection[str]) -> None:
+    for ep in sorted(
+        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+    ):
+        if pm.is_blocked(ep.name) or ep.name in replaced:
+            continue
+        if pm.has_plugin(ep.name):
+            raise PluginError(ep.name, "load", LookupError("two entry points share this name"))
+        try:
+            loaded = ep.load()
+            plugin = loaded() if isinstance(loaded, type) else loaded
+        except Exception as exc:
+            raise PluginError(ep.name, "load", exc) from exc
+        _register(pm, plugin, ep.name)
+        if ep.dist is not None:
+            pm.distributions[ep.name] = (ep.dist.name, ep.dist.version)
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:

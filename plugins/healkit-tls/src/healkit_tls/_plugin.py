@@ -1,0 +1,554 @@
+"""The TLS plugin: per-service client contexts, checked rotation, expiry warnings."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import ssl
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Final, final
+
+import anyio
+import msgspec
+import structlog
+
+import healkit
+from healkit_tls._events import (
+    TlsCertificateExpiring,
+    TlsMaterialRejected,
+    TlsRotated,
+    TlsStatus,
+    Trigger,
+)
+from healkit_tls._material import CertificateInfo, MaterialError, build, read, utc_now
+from healkit_tls._settings import SECTION, TlsSettings
+
+__all__ = ["ALLOW_INSECURE_ENV", "TlsPlugin", "certificate_problem"]
+
+ALLOW_INSECURE_ENV: Final = "HEALKIT_TLS_ALLOW_INSECURE"
+"""Set to ``1`` (or ``true``, ``yes``, ``on``) to let documents set ``verify = false``."""
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_DAY: Final = timedelta(days=1)
+_CERTIFICATE_REASONS: Final = ("CERTIFICATE", "UNKNOWN_CA", "CERT_")
+_RETRY_REASON: Final = "TLS material changed after a certificate failure"
+
+_logger: Final = structlog.get_logger("healkit")
+
+
+@final
+class _Material:
+    """The live material of one distinct ``tls`` section, shared by the services using it.
+
+    ``context`` is replaced by one assignment when new material passed its
+    checks: attempts read it when they start, so a swap is atomic for them.
+    """
+
+    __slots__ = (
+        "certificate",
+        "context",
+        "digest",
+        "error",
+        "generation",
+        "next_check",
+        "rejected",
+        "services",
+        "settings",
+        "valid_from",
+        "warned",
+    )
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self.settings = settings
+        self.context: ssl.SSLContext | None = None
+        self.certificate: CertificateInfo | None = None
+        self.digest: bytes | None = None  # of the material in use
+        self.rejected: bytes | None = None  # of the last material rejected
+        self.valid_from: datetime | None = None  # when the rejected one becomes valid
+        self.error: str | None = None
+        self.generation = 0
+        self.services: tuple[str, ...] = ()
+        self.warned: int | None = None  # days_left of the last expiry warning
+        self.next_check = -math.inf  # event-loop time of the next watch
+
+    def __repr__(self) -> str:
+        return f"<TLS material of {', '.join(self.services)} generation {self.generation}>"
+
+
+@final
+class _Slot:
+    """What one service policy of one configuration snapshot uses.
+
+    Attributes:
+        material: the material its section describes (``None``: no TLS settings).
+        previous: the context the service used before this snapshot, kept
+            while ``material`` has none (its first load was rejected).
+
+    """
+
+    __slots__ = ("material", "previous")
+
+    def __init__(self, material: _Material | None, previous: ssl.SSLContext | None) -> None:
+        self.material = material
+        self.previous = previous
+
+    def context(self) -> ssl.SSLContext | None:
+        material = self.material
+        if material is None:
+            return None
+        return material.context or self.previous
+
+
+_NO_TLS: Final = _Slot(None, None)
+
+
+@final
+class TlsPlugin:
+    """Client TLS for every service, configured by the ``tls`` section.
+
+    Args:
+        allow_insecure: whether documents may turn verification off
+            (``verify = false``). ``None`` (the default, and what the entry
+            point uses) reads the ``HEALKIT_TLS_ALLOW_INSECURE`` environment
+            variable. A document is not trusted to decide this: it may come
+            from etcd, written by anyone with write access there.
+        wall_clock: returns the current UTC time, for certificate validity and
+            expiry (inject one in tests).
+
+    One instance per runtime. Besides the hooks it offers :meth:`status`,
+    :meth:`snapshot` and :meth:`reload`.
+
+    """
+
+    __slots__ = (
+        "_config",
+        "_materials",
+        "_refused_key",
+        "_reloaded_key",
+        "_runtime",
+        "_slot_key",
+        "_slots",
+        "_wake",
+        "_wall_clock",
+        "allow_insecure",
+    )
+
+    healkit_name = "tls"
+
+    def __init__(
+        self,
+        *,
+        allow_insecure: bool | None = None,
+        wall_clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if allow_insecure is None:
+            allow_insecure = os.environ.get(ALLOW_INSECURE_ENV, "").strip().lower() in _TRUE
+        self.allow_insecure = allow_insecure
+        self._wall_clock = wall_clock
+        self._slot_key = healkit.StashKey[_Slot]("healkit_tls.slot")
+        self._reloaded_key = healkit.StashKey[bool]("healkit_tls.reloaded")
+        self._refused_key = healkit.StashKey[bool]("healkit_tls.refused")
+        self._materials: dict[TlsSettings, _Material] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._config: healkit.HealkitConfig | None = None
+        self._runtime: healkit.Runtime | None = None
+        self._wake = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<TlsPlugin {len(self._materials)} materials>"
+
+    # -- configuration -----------------------------------------------------------------
+
+    def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
+        """Whether no service asks for TLS settings (then the hooks stay out of the plan)."""
+        policies = (config.defaults, *config.services.values())
+        return not any(policy.section(SECTION).active for policy in policies)
+
+    @healkit.hookimpl
+    def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
+        """Contribute the ``tls`` section."""
+        return (SECTION,)
+
+    @healkit.hookimpl
+    def healkit_configure(self, config: healkit.HealkitConfig, runtime: healkit.Runtime) -> None:
+        """Give every service policy of the snapshot its material.
+
+        Material whose section is unchanged is kept as it is (with its context
+        and its watch); new sections are loaded now. A service whose new
+        material is rejected keeps the context it had.
+        """
+        self._runtime = runtime
+        materials: dict[TlsSettings, _Material] = {}
+        slots: dict[str, _Slot] = {}
+        fresh: list[_Material] = []
+        for policy in (config.defaults, *config.services.values()):
+            settings = policy.section(SECTION)
+            if not settings.active:
+                policy.stash[self._slot_key] = _NO_TLS
+                slots[policy.name] = _NO_TLS
+                continue
+            settings = self._permitted(policy.name, settings)
+            material = materials.get(settings) or self._materials.get(settings)
+            if material is None:
+                material = _Material(settings)
+                fresh.append(material)
+            materials[settings] = material
+            old = self._slots.get(policy.name)
+            slot = _Slot(material, old.context() if old is not None else None)
+            policy.stash[self._slot_key] = slot
+            slots[policy.name] = slot
+        self._materials = materials
+        self._slots = slots
+        self._config = config
+        for material in materials.values():
+            material.services = tuple(
+                name for name, slot in slots.items() if slot.material is material
+            )
+        for material in fresh:
+            self._refresh(material, "config")
+        self._wake.set()
+
+    def _permitted(self, service: str, settings: TlsSettings) -> TlsSettings:
+        """Return ``settings``, with verification back on unless turning it off is permitted."""
+        if settings.verify or self.allow_insecure:
+            return settings
+        reason = (
+            "verify = false is not permitted in this process (TlsPlugin(allow_insecure=True)"
+            f" or {ALLOW_INSECURE_ENV}=1 permits it); verification stays on"
+        )
+        _logger.error(
+            "healkit.tls_insecure_refused", services=(service,), trigger="config", reason=reason
+        )
+        self._emit(
+            TlsMaterialRejected(
+                services=(service,), trigger="config", reason=reason, kept_previous=True
+            )
+        )
+        return msgspec.structs.replace(settings, verify=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @healkit.hookimpl
+    def healkit_startup(self, runtime: healkit.Runtime) -> None:
+        """Start watching the material files and the certificates' expiry."""
+        self._runtime = runtime
+        self._wake = asyncio.Event()
+        runtime.start_background("tls-watch", self._watch)
+
+    async def _watch(self) -> None:
+        """Re-read due material (files compared by content hash) and check expiry."""
+        while True:
+            self._wake.clear()
+            now = anyio.current_time()
+            for material in list(self._materials.values()):
+                if material.next_check <= now:
+                    material.next_check = now + material.settings.reload_interval
+                    if material.settings.files or material.valid_from is not None:
+                        self._refresh(material, "watch")
+                    self._check_expiry(material)
+            due = min((m.next_check for m in self._materials.values()), default=math.inf)
+            with anyio.move_on_after(max(due - anyio.current_time(), 0.0)):
+                await self._wake.wait()
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    @healkit.hookimpl
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
+        """Give the attempt the service's current context (new connections use it).
+
+        Refuses the attempt with ``TLSError`` when the service has TLS settings
+        but no valid material was ever loaded for them.
+        """
+        slot = call.policy.stash.get(self._slot_key) or self._late_slot(call.policy)
+        material = slot.material
+        if material is None:
+            return
+        context = material.context or slot.previous
+        if context is None:
+            attempt.stash[self._refused_key] = True
+            raise healkit.TLSError(
+                f"no valid TLS material for service {call.service!r}:"
+                f" {material.error or 'not loaded yet'}"
+            )
+        attempt.ssl = context
+
+    @healkit.hookimpl(tryfirst=True)
+    def healkit_on_error(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        error: healkit.HealkitError,
+    ) -> healkit.RetryDecision | None:
+        """After a certificate failure, re-read the material; retry once if it changed.
+
+        The re-read is synchronous (hooks must not await): a few small local
+        files, read and hashed in microseconds. The retry is made at once
+        (``RetryDecision.again(0)``), at most once per call.
+        """
+        if not isinstance(error, healkit.TransportError):
+            return None
+        if attempt.stash.get(self._refused_key):
+            return healkit.RetryDecision.stop("no valid TLS material")
+        used = attempt.ssl
+        slot = call.policy.stash.get(self._slot_key)
+        if used is None or slot is None or slot.material is None:
+            return None
+        if call.stash.get(self._reloaded_key) or not certificate_problem(error):
+            return None
+        call.stash[self._reloaded_key] = True
+        material = slot.material
+        if material.context is used and material.settings.files:
+            self._refresh(material, "handshake_failure")
+        current = slot.context()
+        if current is None or current is used:
+            return None
+        _logger.info(
+            "healkit.tls_retry",
+            service=call.service,
+            attempt=attempt.number,
+            generation=material.generation,
+        )
+        return healkit.RetryDecision.again(0.0, reason=_RETRY_REASON)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def _refresh(self, material: _Material, trigger: Trigger) -> bool:
+        """Read ``material`` again; check and swap it in if it changed. Return whether it did."""
+        settings = material.settings
+        try:
+            loaded = read(
+                ca_file=settings.ca_file,
+                ca_pem=settings.ca_pem,
+                cert_file=settings.cert_file,
+                cert_pem=settings.cert_pem,
+                key_file=settings.key_file,
+                key_pem=settings.key_pem,
+            )
+        except MaterialError as error:
+            self._reject(material, trigger, error.reason)
+            return False
+        now = self._wall_clock()
+        if loaded.digest == material.digest:
+            return False
+        if loaded.digest == material.rejected and (
+            material.valid_from is None or now < material.valid_from
+        ):
+            return False
+        try:
+            built = build(
+                loaded,
+                minimum_version=settings.minimum_version,
+                verify=settings.verify,
+                check_client_chain=settings.check_client_chain,
+                password=self._password(settings),
+                now=now,
+            )
+        except MaterialError as error:
+            material.rejected = loaded.digest
+            material.valid_from = error.valid_from
+            self._reject(material, trigger, error.reason, force=True)
+            return False
+        previous = material.certificate
+        material.context = built.context
+        material.certificate = built.certificate
+        material.digest = loaded.digest
+        material.rejected = material.valid_from = material.error = None
+        material.generation += 1
+        material.warned = None
+        certificate = built.certificate
+        event = TlsRotated(
+            services=material.services,
+            trigger=trigger,
+            generation=material.generation,
+            subject=certificate.subject if certificate else None,
+            not_after=certificate.not_after if certificate else None,
+            fingerprint=certificate.fingerprint if certificate else None,
+            previous_fingerprint=previous.fingerprint if previous else None,
+        )
+        _logger.info(
+            "healkit.tls_rotated",
+            services=event.services,
+            trigger=trigger,
+            generation=event.generation,
+            subject=event.subject,
+            not_after=event.not_after.isoformat() if event.not_after else None,
+            fingerprint=event.fingerprint,
+            previous_fingerprint=event.previous_fingerprint,
+        )
+        self._emit(event)
+        self._check_expiry(material)
+        return True
+
+    def _password(self, settings: TlsSettings) -> bytes | None:
+        name = settings.key_password_env
+        if name is None:
+            return None
+        value = os.environ.get(name)
+        if value is None:
+            raise MaterialError(f"key_password_env: the environment variable {name} is not set")
+        return value.encode("utf-8")
+
+    def _reject(
+        self, material: _Material, trigger: Trigger, reason: str, *, force: bool = False
+    ) -> None:
+        """Report rejected material, once per distinct reason unless ``force``."""
+        if not force and reason == material.error:
+            return
+        material.error = reason
+        kept = material.context is not None or any(
+            slot.previous is not None for slot in self._slots.values() if slot.material is material
+        )
+        _logger.error(
+            "healkit.tls_material_rejected",
+            services=material.services,
+            trigger=trigger,
+            reason=reason,
+            kept_previous=kept,
+        )
+        self._emit(
+            TlsMaterialRejected(
+                services=material.services, trigger=trigger, reason=reason, kept_previous=kept
+            )
+        )
+
+    def _check_expiry(self, material: _Material) -> None:
+        certificate = material.certificate
+        window = material.settings.expiry_warning_days
+        if certificate is None or window == 0:
+            return
+        left = certificate.not_after - self._wall_clock()
+        if left > timedelta(days=window):
+            return
+        days = math.floor(left / _DAY)
+        if material.warned == days:
+            return
+        material.warned = days
+        event = TlsCertificateExpiring(
+            services=material.services,
+            subject=certificate.subject,
+            not_after=certificate.not_after,
+            days_left=days,
+            fingerprint=certificate.fingerprint,
+        )
+        _logger.warning(
+            "healkit.tls_certificate_expiring",
+            services=event.services,
+            subject=event.subject,
+            not_after=event.not_after.isoformat(),
+            days_left=days,
+            fingerprint=event.fingerprint,
+        )
+        self._emit(event)
+
+    def _emit(self, event: object) -> None:
+        if self._runtime is not None:
+            self._runtime.emit(event)
+
+    def _late_slot(self, policy: healkit.ServicePolicy) -> _Slot:
+        """Return the slot of a policy ``healkit_configure`` did not see (and remember it)."""
+        settings = policy.section(SECTION)
+        material = None
+        if settings.active:
+            material = self._materials.get(self._permitted(policy.name, settings))
+        slot = _Slot(material, None) if material is not None else _NO_TLS
+        policy.stash[self._slot_key] = slot
+        return slot
+
+    # -- the read API ----------------------------------------------------------------------------
+
+    def reload(self) -> tuple[TlsStatus, ...]:
+        """Re-read every material now (an operator's "rotate now"); return the statuses.
+
+        Changed material is checked and swapped in as by the watcher; rejected
+        material is reported and the context in use stays.
+        """
+        for material in list(self._materials.values()):
+            self._refresh(material, "reload")
+        return self.snapshot()
+
+    def status(self, service: str) -> TlsStatus | None:
+        """Return the TLS status of ``service``, or ``None`` if it has no TLS settings."""
+        config = self._config
+        if config is None:
+            return None
+        policy = config.policy(service)
+        slot = self._slots.get(policy.name)
+        if slot is None or slot.material is None:
+            return None
+        return self._status(service, slot)
+
+    def snapshot(self) -> tuple[TlsStatus, ...]:
+        """Return the status of every policy with TLS settings, sorted by service."""
+        return tuple(
+            self._status(name, slot)
+            for name, slot in sorted(self._slots.items())
+            if slot.material is not None
+        )
+
+    def _status(self, service: str, slot: _Slot) -> TlsStatus:
+        material = slot.material
+        assert material is not None  # noqa: S101 - callers check
+        settings = material.settings
+        certificate = material.certificate
+        days: int | None = None
+        expiring = False
+        if certificate is not None:
+            left = certificate.not_after - self._wall_clock()
+            days = math.floor(left / _DAY)
+            window = settings.expiry_warning_days
+            expiring = window > 0 and left <= timedelta(days=window)
+        sources = tuple(
+            f"{name}={path}" if path is not None else f"{name[:-5]}_pem=inline"
+            for name, path, inline in (
+                ("ca_file", settings.ca_file, settings.ca_pem),
+                ("cert_file", settings.cert_file, settings.cert_pem),
+                ("key_file", settings.key_file, settings.key_pem),
+            )
+            if path is not None or inline is not None
+        )
+        return TlsStatus(
+            service=service,
+            active=slot.context() is not None,
+            generation=material.generation,
+            subject=certificate.subject if certificate else None,
+            not_after=certificate.not_after if certificate else None,
+            days_left=days,
+            expiring=expiring,
+            fingerprint=certificate.fingerprint if certificate else None,
+            sources=sources,
+            verify=settings.verify,
+            minimum_version=settings.minimum_version,
+            error=material.error,
+        )
+
+
+def certificate_problem(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a certificate failure of a TLS handshake.
+
+    True for a failed verification of the server's certificate (untrusted,
+    expired, wrong host name) and for the server's alerts about the client's
+    certificate (required, bad, unknown CA, expired...), which TLS 1.3 may
+    deliver only after the handshake looked complete.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException] = [error]
+    while stack:
+        exc = stack.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(exc, ssl.SSLError):
+            text = f"{exc.reason or ''} {exc}".upper()
+            if any(marker in text for marker in _CERTIFICATE_REASONS):
+                return True
+        for attribute in ("__cause__", "__context__", "certificate_error", "os_error"):
+            found = getattr(exc, attribute, None)
+            if isinstance(found, BaseException):
+                stack.append(found)
+    return False
