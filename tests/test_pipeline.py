@@ -378,3 +378,75 @@ async def test_move_on_after_around_a_call_cancels_it_silently() -> None:
     with anyio.move_on_after(0.05) as scope:
         await healkit.resilient(service="svc", runtime=rt)(hang)()
     assert scope.cancelled_caught
+
+
+class Abandoned:
+    """An observer of calls that end with neither a result nor a healkit error."""
+
+    healkit_observer = True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.ended = 0
+
+    @healkit.hookimpl
+    def healkit_call_abandoned(self, call: healkit.CallContext, exception: BaseException) -> None:
+        self.seen.append((call.service, type(exception).__name__))
+
+    @healkit.hookimpl
+    def healkit_call_end(self) -> None:
+        self.ended += 1
+
+
+async def test_a_cancelled_call_is_abandoned_not_ended() -> None:
+    observer = Abandoned()
+    rt = runtime(observer)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(healkit.resilient(service="svc", runtime=rt)(slow)())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert observer.seen == [("svc", "CancelledError")]
+    assert observer.ended == 0
+
+
+async def test_an_exception_passed_through_is_abandoned_and_a_failure_is_ended() -> None:
+    observer = Abandoned()
+    rt = runtime(observer)
+
+    async def buggy() -> None:
+        raise KeyError("not a failure")
+
+    async def refused() -> None:
+        raise ConnectionRefusedError
+
+    with pytest.raises(KeyError):
+        await healkit.resilient(service="svc", runtime=rt)(buggy)()
+    with pytest.raises(healkit.CallError):
+        await healkit.resilient(service="svc", runtime=rt)(refused)()
+    assert observer.seen == [("svc", "KeyError")]
+    assert observer.ended == 1
+
+
+async def test_an_observer_failing_on_an_abandoned_call_changes_nothing() -> None:
+    class Broken:
+        healkit_observer = True
+
+        @healkit.hookimpl
+        def healkit_call_abandoned(self) -> None:
+            raise RuntimeError("metrics backend down")
+
+    rt = runtime(Broken())
+
+    async def buggy() -> None:
+        raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        await healkit.resilient(service="svc", runtime=rt)(buggy)()
+    assert rt.plugin_errors["Broken"] == 1

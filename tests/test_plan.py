@@ -21,6 +21,7 @@ HOOK_ARGS = {
     "healkit_on_error": ("call", "attempt", "error"),
     "healkit_fallback": ("call", "error"),
     "healkit_call_end": ("call", "outcome", "error"),
+    "healkit_call_abandoned": ("call", "exception"),
 }
 
 # One implementation: (hook, ordering, result or None, argument subset taken)

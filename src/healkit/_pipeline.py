@@ -138,12 +138,20 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
             started = clock.now()
         return await _failed(runtime, call, transport, error, stop_reason)
     except Passthrough as passing:
+        if plan.has_call_abandoned:
+            plan.call_abandoned(call, passing.error)
         raise passing.error from passing.error.__cause__
     except PluginError as crash:
         crash.attempts = call.records()
         _log.call_failed(call, crash, None)
         if plan.has_call_end:
             plan.call_end(call, _Ending(call, None, clock.now())(), crash)
+        raise
+    except HealkitError:
+        raise  # the call's own error: healkit_call_end saw it
+    except BaseException as abandoned:  # cancelled (or interrupted): no result, no healkit error
+        if plan.has_call_abandoned:
+            plan.call_abandoned(call, abandoned)
         raise
 
 

@@ -40,6 +40,7 @@ PER_CALL_HOOKS: Final = (
     "healkit_on_error",
     "healkit_fallback",
     "healkit_call_end",
+    "healkit_call_abandoned",
 )
 
 ObserverErrorHandler = Callable[[str, str, Exception], None]
@@ -154,6 +155,7 @@ class CallPlan:
     """
 
     __slots__ = (
+        "_call_abandoned",
         "_call_end",
         "_fallback",
         "_on_error",
@@ -161,6 +163,7 @@ class CallPlan:
         "_on_observer_error",
         "_post_response",
         "_pre_request",
+        "has_call_abandoned",
         "has_call_end",
         "has_post_response",
         "has_pre_request",
@@ -180,6 +183,7 @@ class CallPlan:
         self._on_error = compile_hook(pm, "healkit_on_error", idle)
         self._fallback = compile_hook(pm, "healkit_fallback", idle)
         self._call_end = compile_hook(pm, "healkit_call_end", idle)
+        self._call_abandoned = compile_hook(pm, "healkit_call_abandoned", idle)
         self.idle = frozenset(idle)
         self._on_observer_error = on_observer_error
         self._on_fallback_failed = on_fallback_failed
@@ -187,6 +191,7 @@ class CallPlan:
         self.has_pre_request = bool(self._pre_request.functions)
         self.has_post_response = bool(self._post_response.functions)
         self.has_call_end = bool(self._call_end.functions)
+        self.has_call_abandoned = bool(self._call_abandoned.functions)
 
     def hooks(self) -> Sequence[CompiledHook]:
         """Return the compiled hooks (for inspection and tests)."""
@@ -196,6 +201,7 @@ class CallPlan:
             self._on_error,
             self._fallback,
             self._call_end,
+            self._call_abandoned,
         )
 
     def _failed(self, hook: CompiledHook, index: int, exc: Exception) -> None:
@@ -281,6 +287,16 @@ class CallPlan:
             try:
                 function(call, outcome, error)
             except Exception as exc:  # noqa: BLE001 - observing must never fail a finished call
+                self._on_observer_error(hook.plugins[index], hook.name, exc)
+
+
+    def call_abandoned(self, call: CallContext, exception: BaseException) -> None:
+        """Run ``healkit_call_abandoned``; every exception is an observer error here."""
+        hook = self._call_abandoned
+        for index, function in enumerate(hook.functions):
+            try:
+                function(call, exception)
+            except Exception as exc:  # noqa: BLE001 - observing must never change how a call ends
                 self._on_observer_error(hook.plugins[index], hook.name, exc)
 
 

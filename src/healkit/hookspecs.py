@@ -221,11 +221,30 @@ def healkit_event(event: object) -> None:
 
 
 @hookspec
+def healkit_call_abandoned(call: CallContext, exception: BaseException) -> None:
+    """Observe a call that ended with neither a result nor a healkit error.
+
+    Called once, instead of ``healkit_call_end``, when the call is cancelled
+    (``asyncio.CancelledError``, its caller's timeout or task group) or ends in
+    an exception healkit passes through unchanged (a decorated function's
+    exception that is not one of its ``failures``). ``exception`` is that
+    exception; it propagates after this hook. For tracing and metrics, to end
+    what they opened for the call. An exception raised here is logged and
+    counted, never raised.
+
+    Result: all implementations are called; return values are ignored.
+    May not return an awaitable.
+    """
+
+
+@hookspec
 def healkit_call_end(call: CallContext, outcome: Outcome, error: HealkitError | None) -> None:
     """Observe the end of a call: its outcome, and the error if it failed.
 
-    Called exactly once per call, after fallbacks, for logging, tracing and
-    metrics. ``error`` is ``None`` when the call produced a result.
+    Called exactly once per call that ends in a result or a healkit error,
+    after fallbacks, for logging, tracing and metrics (a call cancelled, or
+    ending in an exception passed through, gets ``healkit_call_abandoned``
+    instead). ``error`` is ``None`` when the call produced a result.
 
     Result: all implementations are called; return values are ignored.
     May not return an awaitable.
