@@ -289,7 +289,6 @@ class CallPlan:
             except Exception as exc:  # noqa: BLE001 - observing must never fail a finished call
                 self._on_observer_error(hook.plugins[index], hook.name, exc)
 
-
     def call_abandoned(self, call: CallContext, exception: BaseException) -> None:
         """Run ``healkit_call_abandoned``; every exception is an observer error here."""
         hook = self._call_abandoned
