@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 import sys
@@ -40,6 +41,7 @@ from healkit import _errors, hookspecs
 from healkit._config import CoreServiceSettings, LoggingSettings
 from healkit._degraded import SECTION as DEGRADED_SECTION
 from healkit._degraded import DegradedSettings
+from healkit.testing import EtcdServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -185,10 +187,14 @@ async def test_python_example_runs(block: Block, upstream: str) -> None:
     sys.modules[name] = module
     try:
         code = compile("\n" * (block.line - 1) + block.code, str(block.page), "exec")
-        exec(code, module.__dict__)  # noqa: S102 - running the documentation is the point
-        main = module.__dict__.get("main")
-        if inspect.iscoroutinefunction(main):
-            await main()
+        async with contextlib.AsyncExitStack() as stack:
+            if "ETCD_URL" in block.code:  # the etcd page's examples get a real etcd
+                etcd = await stack.enter_async_context(EtcdServer())
+                module.__dict__["ETCD_URL"] = etcd.url
+            exec(code, module.__dict__)  # noqa: S102 - running the documentation is the point
+            main = module.__dict__.get("main")
+            if inspect.iscoroutinefunction(main):
+                await main()
     finally:
         del sys.modules[name]
 

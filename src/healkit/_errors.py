@@ -23,7 +23,13 @@ attempts made (``error.attempts``)::
     ├── CallError                   a decorated function raised an exception counted as failure
     ├── RequestError                the request itself is invalid (bad URL, unknown service)
     ├── ConfigError                 a configuration document is invalid (path and reason per issue)
-    └── PluginError                 a plugin crashed in a decision hook (names the plugin)
+    ├── PluginError                 a plugin crashed in a decision hook (names the plugin)
+    └── EtcdError                   talking to etcd failed (healkit's own etcd client)
+        ├── EtcdUnavailable         no endpoint could serve (refused, timed out, no leader)
+        ├── EtcdProtocolError       a reply that is not what etcd's JSON gateway sends
+        └── EtcdRequestError        etcd answered with an error (gRPC code and etcd's reason)
+            ├── EtcdAuthError       authentication failed, or the user lacks permission
+            └── EtcdCompacted       the requested revision was compacted away
 
 ``may_have_reached_server`` on every error says whether the request may have been
 seen by the server. Retry logic uses it: a request that provably never left is
@@ -31,6 +37,8 @@ safe to resend whatever its method.
 
 aiohttp's exceptions are translated in one place, :func:`map_aiohttp_error`,
 always with ``raise ... from exc`` semantics (the original is the ``__cause__``).
+The etcd client maps its own transport errors to :class:`EtcdError` subclasses
+the same way; no etcd error message ever contains a password or an auth token.
 """
 
 from __future__ import annotations
@@ -58,6 +66,12 @@ __all__ = [
     "DNSError",
     "DeadlineExceeded",
     "DegradedModeError",
+    "EtcdAuthError",
+    "EtcdCompacted",
+    "EtcdError",
+    "EtcdProtocolError",
+    "EtcdRequestError",
+    "EtcdUnavailable",
     "HTTPStatusError",
     "HealkitError",
     "LimitError",
@@ -314,6 +328,114 @@ class PluginError(HealkitError):
         super().__init__(f"plugin {plugin!r} crashed in {hook}: {type(error).__name__}: {error}")
         self.plugin = plugin
         self.hook = hook
+
+
+class EtcdError(HealkitError):
+    """Talking to etcd failed.
+
+    Attributes:
+        endpoint: the etcd endpoint (base URL) the error comes from, or ``None``
+            when it concerns no single endpoint (every endpoint failed).
+
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+@final
+class EtcdUnavailable(EtcdError):  # noqa: N818 - names the state of etcd, like TimeoutExceeded
+    """No etcd endpoint could serve the request.
+
+    Raised when every endpoint refused the connection, timed out, lost the
+    connection, or answered that it cannot serve now (gRPC ``UNAVAILABLE``: no
+    leader, a request that timed out inside etcd), and when a watch stream ends.
+
+    Attributes:
+        failures: ``(endpoint, reason)`` for each endpoint tried, in order.
+        may_have_reached_server: ``False`` only when no endpoint can have seen
+            the request (every connection attempt failed).
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failures: Sequence[tuple[str, str]] = (),
+        may_have_reached_server: bool = True,
+        endpoint: str | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.failures = tuple(failures)
+        self.may_have_reached_server = may_have_reached_server
+
+
+@final
+class EtcdProtocolError(EtcdError):
+    """A reply could not be understood: not JSON, the wrong shape, or too large.
+
+    The endpoint is probably not an etcd v3 JSON gateway (or not a version
+    healkit supports); the message says what was wrong and where.
+    """
+
+
+class EtcdRequestError(EtcdError):
+    """etcd answered the request with an error.
+
+    Attributes:
+        code: the gRPC status code of the error (``None`` when etcd gave none,
+            as for a canceled watch).
+        reason: etcd's own message, e.g.
+            ``"etcdserver: mvcc: required revision is a future revision"``.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None,
+        reason: str,
+        endpoint: str | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.code = code
+        self.reason = reason
+
+
+@final
+class EtcdAuthError(EtcdRequestError):
+    """Authentication failed (wrong user or password, auth required) or permission denied.
+
+    The message names the user, never the password or a token.
+    """
+
+
+@final
+class EtcdCompacted(EtcdRequestError):  # noqa: N818 - names the state of the history, as etcd does
+    """The requested revision is older than the history etcd still keeps.
+
+    Attributes:
+        compact_revision: the revision etcd's history was compacted at, when
+            etcd said (a canceled watch says; a range at a compacted revision
+            does not, and then it is ``None``). Re-read at a current revision
+            and watch from the revision after it.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        compact_revision: int | None,
+        code: int | None = None,
+        reason: str = "",
+        endpoint: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, reason=reason, endpoint=endpoint)
+        self.compact_revision = compact_revision
 
 
 def display_url(url: str) -> str:

@@ -5,24 +5,33 @@
   bodies) and which records every request it handles.
 * :class:`ManualClock`: virtual time; backoff sleeps are instant and exact.
 * :func:`refused_url`, :func:`unused_tcp_port`: addresses where nothing listens.
+* :class:`EtcdServer`: a real etcd on free loopback ports in a temporary
+  directory, which can stop, restart, compact and run with TLS or auth
+  (:func:`find_etcd_binary` says which etcd binary it runs).
+* :class:`TcpProxy`: a loopback TCP proxy whose connections a test can cut.
 
 With healkit installed, pytest loads the fixtures of
-:mod:`healkit.testing._pytest_plugin` (``fault_server``, ``manual_clock``) by
-itself, through the ``pytest11`` entry point.
+:mod:`healkit.testing._pytest_plugin` (``fault_server``, ``manual_clock``,
+``etcd_server``) by itself, through the ``pytest11`` entry point.
 """
 
 from __future__ import annotations
 
 from healkit.testing._clock import ManualClock
+from healkit.testing._etcd import EtcdServer, find_etcd_binary
 from healkit.testing._faults import Fault, FaultKind, FaultServer, RecordedRequest
 from healkit.testing._ports import refused_url, unused_tcp_port
+from healkit.testing._proxy import TcpProxy
 
 __all__ = [
+    "EtcdServer",
     "Fault",
     "FaultKind",
     "FaultServer",
     "ManualClock",
     "RecordedRequest",
+    "TcpProxy",
+    "find_etcd_binary",
     "refused_url",
     "unused_tcp_port",
 ]

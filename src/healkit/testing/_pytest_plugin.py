@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from healkit.testing._clock import ManualClock
+from healkit.testing._etcd import EtcdServer
 from healkit.testing._faults import FaultServer
 
-__all__ = ["anyio_backend", "fault_server", "manual_clock"]
+__all__ = ["anyio_backend", "etcd_server", "fault_server", "manual_clock"]
 
 
 @pytest.fixture
@@ -34,3 +35,15 @@ async def fault_server() -> AsyncIterator[FaultServer]:
 def manual_clock() -> ManualClock:
     """Return a :class:`ManualClock`; pass it as ``clock=`` to a Client or Runtime."""
     return ManualClock()
+
+
+@pytest.fixture
+async def etcd_server() -> AsyncIterator[EtcdServer]:
+    """Start a real etcd (:class:`EtcdServer`) for the test, and stop it after.
+
+    A plain server: no TLS, no auth. For those, start
+    ``EtcdServer(tls=True, client_cert_auth=True)`` or ``EtcdServer(auth=True)``
+    in the test; ``server.client()`` returns a client set up for either.
+    """
+    async with EtcdServer() as server:
+        yield server

@@ -1,0 +1,519 @@
+"""Configuration from etcd: one document per service, watched and applied by revision.
+
+Key layout, under ``prefix`` (default ``/healkit/``) and a ``namespace``::
+
+    <prefix><namespace>/defaults                              the defaults document
+    <prefix><namespace>/services/<service>                    one document per service
+    <prefix><namespace>/channels/<channel>/services/<service> a canary overlay
+
+Documents are JSON or YAML. A client started with ``channel=`` applies that
+channel's overlay of a service on top of the service's document, key by key
+(a section of the overlay replaces the same section of the service).
+
+The watch follows etcd's rules (see ``DESIGN.md``, "etcd"): read the whole
+prefix at one revision R, watch from R + 1, apply each watch response as a
+whole and once (each of its revisions on its own, events of one revision
+together), resume after a disconnect from the last applied revision + 1,
+and resynchronize with one full read when the history was compacted or etcd's
+revision went backwards (a restore). Every applied revision is one document
+submitted to the runtime; a document of one key that is invalid is rejected
+(logged with its key, revision, path and reason) and that key's last good
+document stays in force while the others move on.
+
+While etcd cannot be reached the configuration in force keeps serving; the
+source says so (a log event, :attr:`EtcdSource.status`) and reconnects with
+capped, jittered backoff. With ``snapshot_path`` the last applied state is
+written to a local file after each revision, and a runtime that starts while
+etcd is away starts from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Final, Literal, final
+
+import anyio
+import msgspec
+import structlog
+
+from healkit._config_formats import DocumentFormat, parse_document
+from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
+from healkit._etcd import EtcdClient, KeyValue, WatchEvent
+from healkit._sources import ConfigSink
+
+__all__ = ["EtcdSource", "EtcdSourceStatus", "etcd_prefix"]
+
+_logger: Final = structlog.get_logger("healkit")
+
+DEFAULT_PREFIX: Final = "/healkit/"
+BACKOFF_BASE: Final = 0.1
+BACKOFF_CAP: Final = 10.0
+SNAPSHOT_VERSION: Final = 1
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+Connection = Literal["connecting", "connected", "unreachable"]
+
+
+@final
+class EtcdSourceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What the source knows of etcd right now (for ``healkit status`` and tests).
+
+    Attributes:
+        connection: ``connecting`` (before the first read), ``connected`` (the
+            watch is open) or ``unreachable`` (the last good configuration
+            serves meanwhile).
+        applied_revision: the etcd revision the configuration in force reflects
+            (0 before the first read, or when started from a snapshot file
+            that had none).
+        from_snapshot: whether the configuration in force was read from the
+            snapshot file, not from etcd, since the source started.
+        last_error: why etcd was last unreachable (``None`` if it never was).
+        rejected: the keys whose latest document was rejected, by key, with the
+            revision of that document.
+
+    """
+
+    connection: Connection
+    applied_revision: int
+    from_snapshot: bool
+    last_error: str | None
+    rejected: dict[str, int]
+
+
+class _Snapshot(msgspec.Struct, frozen=True):
+    version: int
+    revision: int
+    documents: dict[str, str]
+
+
+def etcd_prefix(namespace: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the key prefix of ``namespace``: ``<prefix><namespace>/``."""
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        raise ValueError(f"the etcd prefix must start and end with '/', got {prefix!r}")
+    if not _NAME.fullmatch(namespace):
+        raise ValueError(
+            f"invalid namespace {namespace!r}: letters, digits, '_', '.', '-' (1 to 128)"
+        )
+    return f"{prefix}{namespace}/"
+
+
+@final
+class EtcdSource:
+    """A :class:`~healkit.ConfigSource` reading the documents of a namespace from etcd.
+
+    Args:
+        client: the etcd client (the source does not close it).
+        namespace: the namespace whose documents this runtime applies.
+        prefix: the root of healkit's keys.
+        channel: apply this canary channel's overlays.
+        snapshot_path: keep the last applied state in this file (written
+            atomically, mode 0600), and start from it when etcd is away.
+        random: the random draw for the reconnection jitter (tests fix it).
+
+    """
+
+    __slots__ = (
+        "_changed",
+        "_channel",
+        "_client",
+        "_connection",
+        "_documents",
+        "_from_snapshot",
+        "_good",
+        "_last_error",
+        "_random",
+        "_rejected",
+        "_revision",
+        "_root",
+        "_snapshot",
+    )
+
+    def __init__(  # noqa: PLR0913 - keyword-only options
+        self,
+        client: EtcdClient,
+        *,
+        namespace: str = "default",
+        prefix: str = DEFAULT_PREFIX,
+        channel: str | None = None,
+        snapshot_path: str | os.PathLike[str] | None = None,
+        random: Callable[[], float] = random.random,
+    ) -> None:
+        self._client = client
+        self._root = etcd_prefix(namespace, prefix)
+        if channel is not None and not _NAME.fullmatch(channel):
+            raise ValueError(f"invalid channel {channel!r}")
+        self._channel = channel
+        self._snapshot = None if snapshot_path is None else Path(snapshot_path)
+        self._random = random
+        # Raw documents by key as etcd has them now, and the last good one of each.
+        self._documents: dict[str, str] = {}
+        self._good: dict[str, object] = {}
+        self._rejected: dict[str, int] = {}
+        self._revision = 0
+        self._connection: Connection = "connecting"
+        self._from_snapshot = False
+        self._last_error: str | None = None
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<EtcdSource {self.origin} revision {self._revision} {self._connection}>"
+
+    @property
+    def origin(self) -> str:
+        """Where documents come from: the etcd endpoints and the namespace's prefix."""
+        return f"etcd {','.join(self._client.endpoints)} {self._root}"
+
+    @property
+    def status(self) -> EtcdSourceStatus:
+        """The source's view of etcd now."""
+        return EtcdSourceStatus(
+            connection=self._connection,
+            applied_revision=self._revision,
+            from_snapshot=self._from_snapshot,
+            last_error=self._last_error,
+            rejected=dict(self._rejected),
+        )
+
+    async def wait_until(self, condition: Callable[[EtcdSourceStatus], bool]) -> EtcdSourceStatus:
+        """Return the status as soon as ``condition(status)`` holds.
+
+        The condition is checked now and after every change of the status: a
+        revision applied, the connection lost or regained.
+        """
+        while not condition(status := self.status):
+            self._changed.clear()
+            await self._changed.wait()
+        return status
+
+    # -- the ConfigSource protocol ------------------------------------------------
+
+    async def load(self) -> object:
+        """Read every document of the namespace at one revision; return the whole document.
+
+        An invalid key is left out (and reported when the runtime watches). If
+        etcd cannot be reached and a snapshot file exists, its state is used.
+
+        Raises:
+            EtcdError: etcd cannot be reached and there is no snapshot to start from.
+            ConfigError: the snapshot file is unreadable.
+
+        """
+        try:
+            result = await self._client.range_all(self._root, prefix=True)
+        except EtcdError as error:
+            snapshot = self._read_snapshot()
+            if snapshot is None:
+                raise
+            self._unreachable(error)
+            self._from_snapshot = True
+            self._revision = snapshot.revision
+            self._documents = dict(snapshot.documents)
+            _logger.warning(
+                "healkit.etcd_snapshot_used",
+                revision=snapshot.revision,
+                path=str(self._snapshot),
+                reason=str(error),
+            )
+        else:
+            self._connection = "connected"
+            self._revision = result.revision
+            self._documents = self._config_documents(result.kvs)
+        self._good = {}
+        for key, text in self._documents.items():
+            decoded = self._decode(key, text, self._revision)
+            if decoded is not None:
+                self._good[key] = decoded
+        return self._assemble(self._good)
+
+    async def watch(self, sink: ConfigSink) -> None:
+        """Apply every change of the namespace, revision by revision, until cancelled."""
+        failures = 0
+        while True:
+            try:
+                if self._from_snapshot:
+                    # Started from the snapshot: what etcd holds now replaces it.
+                    await self._resync(sink)
+                await self._follow(sink)
+            except EtcdCompacted as compacted:
+                _logger.warning(
+                    "healkit.etcd_compacted",
+                    applied_revision=self._revision,
+                    compact_revision=compacted.compact_revision,
+                )
+                failures = 0
+                await self._resync(sink)
+            except EtcdError as error:
+                self._unreachable(error)
+                failures += 1
+                await anyio.sleep(self._backoff(failures))
+
+    # -- following etcd -----------------------------------------------------------------
+
+    async def _follow(self, sink: ConfigSink) -> None:
+        async with self._client.watch(
+            self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
+        ) as stream:
+            self._connected()
+            async for response in stream:
+                if response.revision < self._revision:
+                    # etcd was restored from an older backup: its history is not ours.
+                    _logger.warning(
+                        "healkit.etcd_revision_went_back",
+                        applied_revision=self._revision,
+                        etcd_revision=response.revision,
+                    )
+                    await self._resync(sink)
+                    return
+                fresh = [e for e in response.events if e.kv.mod_revision > self._revision]
+                # A response can carry several revisions (catching up after a
+                # reconnection): each revision is applied on its own, whole.
+                for _, events in itertools.groupby(fresh, key=lambda e: e.kv.mod_revision):
+                    self._apply_events(list(events), sink)
+                if not response.events and response.revision > self._revision:
+                    # A progress notification: nothing of ours changed up to there.
+                    self._revision = response.revision
+                    self._changed.set()
+
+    async def _resync(self, sink: ConfigSink) -> None:
+        """Read the whole prefix at one revision and apply the difference as one document."""
+        result = await self._client.range_all(self._root, prefix=True)
+        now = self._config_documents(result.kvs)
+        changed: dict[str, str | None] = {key: None for key in self._documents if key not in now}
+        changed.update((key, text) for key, text in now.items() if self._documents.get(key) != text)
+        self._from_snapshot = False
+        self._connected()
+        self._apply(changed, result.revision, sink)
+
+    def _apply_events(self, events: Sequence[WatchEvent], sink: ConfigSink) -> None:
+        """Apply the events of one watch response as one document."""
+        changed: dict[str, str | None] = {}
+        for event in events:
+            key = self._key(event.kv)
+            if self._role(key) is not None:
+                changed[key] = None if event.type == "DELETE" else _text(event.kv)
+        self._apply(changed, max(event.kv.mod_revision for event in events), sink)
+
+    def _apply(self, changed: Mapping[str, str | None], revision: int, sink: ConfigSink) -> None:
+        """Submit the document with ``changed`` keys (``None``: deleted) as of ``revision``.
+
+        A key whose new document cannot be decoded, or is the cause of the
+        runtime's rejection, keeps its last good document; the others move on.
+        """
+        error: ConfigError | None = None
+        if changed:
+            good, refused = self._stage(changed, revision)
+            if good != self._good:  # else only rejected documents changed
+                error = self._submit(good, refused, changed, revision, sink)
+            if error is None:
+                self._good = good
+                for key in changed.keys() - refused:
+                    self._rejected.pop(key, None)
+        self._revision = revision
+        self._persist()
+        self._changed.set()
+
+    def _submit(
+        self,
+        good: dict[str, object],
+        refused: set[str],
+        changed: Mapping[str, str | None],
+        revision: int,
+        sink: ConfigSink,
+    ) -> ConfigError | None:
+        """Submit ``good``; if the runtime blames changed keys, retry without them."""
+        origin = f"{self.origin} revision {revision}"
+        error = sink.submit(self._assemble(good), origin=origin)
+        if error is None:
+            return None
+        blamed = {key for key in changed if key in good and self._blamed(key, error)} - refused
+        if not blamed:
+            return error  # not one document's fault: the configuration in force stays
+        for key in blamed:
+            self._reject(key, revision, error)
+            refused.add(key)
+            self._restore(key, good)
+        return sink.submit(self._assemble(good), origin=origin)
+
+    def _stage(
+        self, changed: Mapping[str, str | None], revision: int
+    ) -> tuple[dict[str, object], set[str]]:
+        """Return the good documents with ``changed`` applied, and the keys refused."""
+        good = dict(self._good)
+        refused: set[str] = set()
+        for key, text in changed.items():
+            if text is None:
+                self._documents.pop(key, None)
+                good.pop(key, None)
+                continue
+            self._documents[key] = text
+            decoded = self._decode(key, text, revision)
+            if decoded is None:
+                refused.add(key)
+                self._restore(key, good)
+            else:
+                good[key] = decoded
+        return good, refused
+
+    def _restore(self, key: str, good: dict[str, object]) -> None:
+        """Put back the last good document of ``key`` in ``good`` (or none)."""
+        if key in self._good:
+            good[key] = self._good[key]
+        else:
+            good.pop(key, None)
+
+    # -- documents ----------------------------------------------------------------------
+
+    def _key(self, kv: KeyValue) -> str:
+        return kv.key.decode("utf-8", "replace")[len(self._root) :]
+
+    def _config_documents(self, kvs: Sequence[KeyValue]) -> dict[str, str]:
+        """Return the configuration keys among ``kvs`` (relative to the root) and their text."""
+        documents = {self._key(kv): _text(kv) for kv in kvs}
+        return {key: text for key, text in documents.items() if self._role(key) is not None}
+
+    def _decode(self, key: str, text: str, revision: int) -> object | None:
+        """Decode one key's document, or report it and return ``None``."""
+        fmt: DocumentFormat = "json" if text.lstrip().startswith("{") else "yaml"
+        try:
+            return parse_document(text, fmt=fmt, origin=self._root + key)
+        except ConfigError as error:
+            self._reject(key, revision, error)
+            return None
+
+    def _role(self, key: str) -> tuple[Literal["defaults", "service", "overlay"], str] | None:
+        parts = key.split("/")
+        if parts == ["defaults"]:
+            return ("defaults", "")
+        if len(parts) == 2 and parts[0] == "services":
+            return ("service", parts[1])
+        if (
+            len(parts) == 4
+            and parts[0] == "channels"
+            and parts[1] == self._channel
+            and parts[2] == "services"
+        ):
+            return ("overlay", parts[3])
+        return None
+
+    def _assemble(self, good: Mapping[str, object]) -> dict[str, object]:
+        """Build the whole document from the good document of each key."""
+        services: dict[str, object] = {}
+        overlays: dict[str, object] = {}
+        document: dict[str, object] = {"services": services}
+        for key, value in good.items():
+            role = self._role(key)
+            if role is None:
+                continue
+            kind, name = role
+            if kind == "defaults":
+                document["defaults"] = value
+            elif kind == "service":
+                services[name] = value
+            else:
+                overlays[name] = value
+        for name, overlay in overlays.items():
+            base = services.get(name, {})
+            if isinstance(base, dict) and isinstance(overlay, dict):
+                services[name] = {**base, **overlay}
+        return document
+
+    def _blamed(self, key: str, error: ConfigError) -> bool:
+        """Whether an issue of ``error`` lies in the document of ``key``."""
+        return any(self._in_document(key, issue) for issue in error.issues)
+
+    def _in_document(self, key: str, issue: ConfigIssue) -> bool:
+        role = self._role(key)
+        if role is None:
+            return False
+        kind, name = role
+        path = "$.defaults" if kind == "defaults" else f"$.services.{name}"
+        return issue.path == path or issue.path.startswith((f"{path}.", f"{path}["))
+
+    def _reject(self, key: str, revision: int, error: ConfigError) -> None:
+        """Log the issues of ``error`` that lie in the document of ``key``."""
+        self._rejected[key] = revision
+        role = self._role(key)
+        for issue in error.issues:
+            if role is not None and issue.path != "$" and not self._in_document(key, issue):
+                continue
+            _logger.error(
+                "healkit.etcd_document_rejected",
+                key=self._root + key,
+                revision=revision,
+                path=issue.path,
+                reason=issue.reason,
+            )
+
+    # -- connection state ------------------------------------------------------------
+
+    def _connected(self) -> None:
+        if self._connection == "unreachable":
+            _logger.info("healkit.etcd_reconnected", applied_revision=self._revision)
+        self._connection = "connected"
+        self._changed.set()
+
+    def _unreachable(self, error: EtcdError) -> None:
+        if self._connection != "unreachable":
+            _logger.warning(
+                "healkit.etcd_unreachable",
+                applied_revision=self._revision,
+                reason=str(error),
+            )
+        self._connection = "unreachable"
+        self._last_error = str(error)
+        self._changed.set()
+
+    def _backoff(self, failures: int) -> float:
+        """Full jitter over a doubling ceiling, capped."""
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(failures, 16))
+        return ceiling * self._random()
+
+    # -- the snapshot file ---------------------------------------------------------------
+
+    def _persist(self) -> None:
+        path = self._snapshot
+        if path is None:
+            return
+        data = msgspec.json.encode(
+            _Snapshot(version=SNAPSHOT_VERSION, revision=self._revision, documents=self._documents)
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            Path(temporary).replace(path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                Path(temporary).unlink()
+            _logger.error(  # noqa: TRY400 - the reason is enough; no traceback in the log
+                "healkit.etcd_snapshot_failed", path=str(path), reason=str(error)
+            )
+
+    def _read_snapshot(self) -> _Snapshot | None:
+        path = self._snapshot
+        if path is None or not path.exists():
+            return None
+        try:
+            snapshot = msgspec.json.decode(path.read_bytes(), type=_Snapshot)
+        except (OSError, msgspec.DecodeError) as error:
+            issue = ConfigIssue("$", f"cannot read the etcd snapshot: {error}")
+            raise ConfigError([issue], origin=str(path)) from error
+        if snapshot.version != SNAPSHOT_VERSION:
+            issue = ConfigIssue("$", f"unknown snapshot version {snapshot.version}")
+            raise ConfigError([issue], origin=str(path))
+        return snapshot
+
+
+def _text(kv: KeyValue) -> str:
+    return kv.value.decode("utf-8", "replace")

@@ -1,0 +1,115 @@
+"""A loopback TCP proxy a test can cut: the network failures between two real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+from typing import Final, Self, final
+
+__all__ = ["TcpProxy"]
+
+_CHUNK: Final = 64 * 1024
+
+
+@final
+class TcpProxy:
+    """Forwards connections from a free loopback port to ``host:port``.
+
+    :meth:`cut` drops every open connection at once (both sides see a reset);
+    :meth:`block` makes new connections fail until :meth:`unblock`. Use it as
+    an async context manager; leaving it closes everything it opened.
+
+    Attributes:
+        port: the loopback port the proxy listens on.
+        accepted: connections accepted so far (refused ones included).
+
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._blocked = False
+        self.port = 0
+        self.accepted = 0
+
+    def __repr__(self) -> str:
+        host, port = self._target
+        return f"<TcpProxy 127.0.0.1:{self.port} -> {host}:{port}>"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``: the proxy's address as an HTTP base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        """Start listening on a free loopback port."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop listening and drop every connection."""
+        if self._server is not None:
+            self._server.close()
+        await self.cut()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def block(self) -> None:
+        """Refuse new connections (closed at once) until :meth:`unblock`."""
+        self._blocked = True
+
+    def unblock(self) -> None:
+        """Accept and forward new connections again."""
+        self._blocked = False
+
+    async def cut(self) -> None:
+        """Drop every open connection, both sides, and wait until they are gone."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if self._blocked:
+            writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, upstream_writer))
+        pair = [
+            asyncio.create_task(self._pipe(reader, upstream_writer)),
+            asyncio.create_task(self._pipe(upstream_reader, writer)),
+        ]
+        self._tasks.update(pair)
+        try:
+            await asyncio.wait(pair, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pair:
+                task.cancel()
+            await asyncio.gather(*pair, return_exceptions=True)
+            self._tasks.difference_update(pair)
+            for side in (writer, upstream_writer):
+                self._writers.discard(side)
+                side.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(_CHUNK):
+                writer.write(data)
+                await writer.drain()

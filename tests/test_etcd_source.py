@@ -1,0 +1,278 @@
+"""EtcdSource against a real etcd: bootstrap, hot reload, rejections, cuts, compaction, snapshot."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+import healkit
+from healkit import ConfigError
+from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
+from healkit.testing import EtcdServer, TcpProxy
+
+pytestmark = pytest.mark.anyio
+
+ROOT = "/healkit/test/"
+DEADLINE = 10.0
+
+
+def doc(endpoint: str, **fields: Any) -> bytes:
+    return json.dumps({"endpoints": [endpoint], **fields}).encode()
+
+
+async def until(source: EtcdSource, condition: Callable[[EtcdSourceStatus], bool]) -> None:
+    with anyio.fail_after(DEADLINE):
+        await source.wait_until(condition)
+
+
+@pytest.fixture
+async def etcd(etcd_server: EtcdServer) -> AsyncIterator[EtcdClient]:
+    async with etcd_server.client() as client:
+        yield client
+
+
+async def test_bootstrap_then_hot_reload_of_puts_and_deletes(etcd: EtcdClient) -> None:
+    await etcd.put(ROOT + "defaults", b'{"max_body_bytes": 1024}')
+    await etcd.put(ROOT + "services/a", doc("http://a.test"))
+    await etcd.put("/healkit/other/services/x", doc("http://x.test"))  # another namespace
+    runtime = healkit.Runtime(config=EtcdSource(etcd, namespace="test"), entry_points=False)
+    async with runtime:
+        assert set(runtime.config.services) == {"a"}
+        assert runtime.config.policy("a").max_body_bytes == 1024
+        version = runtime.version
+        await etcd.put(ROOT + "services/b", b"endpoints: [http://b.test]\n")  # YAML
+        with anyio.fail_after(DEADLINE):
+            await runtime.wait_for_version(version + 1)
+        assert runtime.config.policy("b").endpoints == ("http://b.test",)
+        await etcd.delete(ROOT + "services/a")
+        with anyio.fail_after(DEADLINE):
+            await runtime.wait_for_version(version + 2)
+        assert set(runtime.config.services) == {"b"}
+
+
+async def test_an_invalid_document_keeps_that_services_last_good_one(etcd: EtcdClient) -> None:
+    await etcd.put(ROOT + "services/a", doc("http://a.test", max_body_bytes=10))
+    source = EtcdSource(etcd, namespace="test")
+    runtime = healkit.Runtime(config=source, entry_points=False)
+    async with runtime:
+        version = runtime.version
+        with capture_logs() as logs:
+            # One transaction: a broken document for a, a good one for b.
+            result = await etcd.txn(
+                success=[
+                    PutOp(key=(ROOT + "services/a").encode(), value=doc("ftp://a.test")),
+                    PutOp(key=(ROOT + "services/b").encode(), value=doc("http://b.test")),
+                ]
+            )
+            with anyio.fail_after(DEADLINE):
+                await runtime.wait_for_version(version + 1)
+        assert runtime.config.policy("a").endpoints == ("http://a.test",)
+        assert runtime.config.policy("a").max_body_bytes == 10
+        assert runtime.config.policy("b").endpoints == ("http://b.test",)
+        assert source.status.rejected == {"services/a": result.revision}
+        (rejected,) = [e for e in logs if e["event"] == "healkit.etcd_document_rejected"]
+        assert rejected["key"] == ROOT + "services/a"
+        assert rejected["revision"] == result.revision
+        assert rejected["path"] == "$.services.a.endpoints[0]"
+        # Fixed: the key is no longer listed as rejected.
+        await etcd.put(ROOT + "services/a", doc("http://a2.test"))
+        with anyio.fail_after(DEADLINE):
+            await runtime.wait_for_version(version + 2)
+        assert runtime.config.policy("a").endpoints == ("http://a2.test",)
+        assert source.status.rejected == {}
+
+
+async def test_an_undecodable_document_is_rejected_alone(etcd: EtcdClient) -> None:
+    await etcd.put(ROOT + "services/a", doc("http://a.test"))
+    source = EtcdSource(etcd, namespace="test")
+    runtime = healkit.Runtime(config=source, entry_points=False)
+    async with runtime:
+        version = runtime.version
+        await etcd.put(ROOT + "services/a", b"{not json")
+        await etcd.put(ROOT + "services/b", doc("http://b.test"))
+        with anyio.fail_after(DEADLINE):
+            await runtime.wait_for_version(version + 1)
+        assert runtime.config.policy("a").endpoints == ("http://a.test",)
+        assert "services/a" in source.status.rejected
+
+
+async def test_a_channel_overlay_applies_only_to_its_channel(etcd: EtcdClient) -> None:
+    await etcd.put(ROOT + "services/a", doc("http://a.test", max_body_bytes=10))
+    await etcd.put(ROOT + "channels/canary/services/a", b'{"max_body_bytes": 20}')
+    plain = healkit.Runtime(config=EtcdSource(etcd, namespace="test"), entry_points=False)
+    canary = healkit.Runtime(
+        config=EtcdSource(etcd, namespace="test", channel="canary"), entry_points=False
+    )
+    async with plain, canary:
+        assert plain.config.policy("a").max_body_bytes == 10
+        assert canary.config.policy("a").max_body_bytes == 20
+        assert canary.config.policy("a").endpoints == ("http://a.test",)
+
+
+async def test_cut_connections_resume_from_the_last_applied_revision(
+    etcd_server: EtcdServer,
+) -> None:
+    port = int(etcd_server.url.rsplit(":", 1)[1])
+    async with TcpProxy("127.0.0.1", port) as proxy, EtcdClient(proxy.url, timeout=2.0) as via:
+        source = EtcdSource(via, namespace="test", random=lambda: 0.1)
+        runtime = healkit.Runtime(config=source, entry_points=False)
+        async with runtime, etcd_server.client() as direct:
+            proxy.block()
+            await proxy.cut()
+            await until(source, lambda s: s.connection == "unreachable")
+            await direct.put(ROOT + "services/a", doc("http://a.test"))
+            last = await direct.put(ROOT + "services/b", doc("http://b.test"))
+            assert set(runtime.config.services) == set()  # serving the last good one
+            proxy.unblock()
+            await until(source, lambda s: s.applied_revision == last.revision)
+            assert set(runtime.config.services) == {"a", "b"}
+            assert source.status.connection == "connected"
+            assert source.status.last_error is not None
+
+
+async def test_compacted_history_while_away_is_read_again_with_the_deletes(
+    etcd_server: EtcdServer,
+) -> None:
+    port = int(etcd_server.url.rsplit(":", 1)[1])
+    async with etcd_server.client() as direct:
+        await direct.put(ROOT + "services/a", doc("http://a.test"))
+        async with (
+            TcpProxy("127.0.0.1", port) as proxy,
+            EtcdClient(proxy.url, timeout=2.0) as via,
+        ):
+            source = EtcdSource(via, namespace="test", random=lambda: 0.1)
+            runtime = healkit.Runtime(config=source, entry_points=False)
+            async with runtime:
+                proxy.block()
+                await proxy.cut()
+                await until(source, lambda s: s.connection == "unreachable")
+                await direct.delete(ROOT + "services/a")
+                await direct.put(ROOT + "services/b", doc("http://b.test"))
+                last = await direct.put(ROOT + "services/b", doc("http://b2.test"))
+                await etcd_server.compact(last.revision)
+                with capture_logs() as logs:
+                    proxy.unblock()
+                    await until(source, lambda s: s.applied_revision == last.revision)
+                assert set(runtime.config.services) == {"b"}
+                assert runtime.config.policy("b").endpoints == ("http://b2.test",)
+                assert any(e["event"] == "healkit.etcd_compacted" for e in logs)
+
+
+async def test_a_restart_during_an_outage_starts_from_the_snapshot(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "healkit-etcd.json"
+    async with etcd_server.client() as etcd:
+        await etcd.put(ROOT + "services/a", doc("http://a.test"))
+        first = healkit.Runtime(
+            config=EtcdSource(etcd, namespace="test", snapshot_path=snapshot),
+            entry_points=False,
+        )
+        async with first:
+            version = first.version
+            await etcd.put(ROOT + "services/b", doc("http://b.test"))
+            with anyio.fail_after(DEADLINE):
+                await first.wait_for_version(version + 1)
+    assert snapshot.stat().st_mode & 0o777 == 0o600
+    await etcd_server.stop()
+    async with etcd_server.client(timeout=1.0, connect_timeout=0.5) as etcd:
+        source = EtcdSource(etcd, namespace="test", snapshot_path=snapshot, random=lambda: 0.1)
+        second = healkit.Runtime(config=source, entry_points=False)
+        async with second:
+            assert set(second.config.services) == {"a", "b"}
+            assert source.status.from_snapshot is True
+            assert source.status.connection == "unreachable"
+            await etcd_server.start()
+            await until(source, lambda s: s.connection == "connected")
+            assert source.status.from_snapshot is False
+
+
+async def test_without_etcd_or_a_snapshot_the_start_fails_clearly(
+    etcd_server: EtcdServer,
+) -> None:
+    await etcd_server.stop()
+    async with etcd_server.client(timeout=1.0, connect_timeout=0.5) as etcd:
+        runtime = healkit.Runtime(config=EtcdSource(etcd, namespace="test"), entry_points=False)
+        with pytest.raises(healkit.HealkitError, match="etcd"):
+            await runtime.start()
+        assert not runtime.started
+
+
+async def test_a_corrupt_snapshot_is_a_config_error(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "snapshot.json"
+    snapshot.write_text("{broken")
+    await etcd_server.stop()
+    async with etcd_server.client(timeout=1.0, connect_timeout=0.5) as etcd:
+        source = EtcdSource(etcd, namespace="test", snapshot_path=snapshot)
+        with pytest.raises(ConfigError, match="snapshot"):
+            await source.load()
+
+
+class RecordingSink:
+    """A ConfigSink that applies every document and records the revision it came from."""
+
+    def __init__(self) -> None:
+        self.revisions: list[int] = []
+        self.documents: list[dict[str, Any]] = []
+
+    def submit(self, raw: object, *, origin: str) -> ConfigError | None:
+        match = re.search(r"revision (\d+)$", origin)
+        assert match is not None
+        self.revisions.append(int(match[1]))
+        assert isinstance(raw, dict)
+        self.documents.append(raw)
+        return None
+
+    def reject(self, error: ConfigError) -> None:
+        raise AssertionError(error)
+
+
+async def test_writes_under_repeated_cuts_apply_every_revision_once_in_order(
+    etcd_server: EtcdServer,
+) -> None:
+    port = int(etcd_server.url.rsplit(":", 1)[1])
+    written: list[int] = []
+    async with (
+        TcpProxy("127.0.0.1", port) as proxy,
+        EtcdClient(proxy.url, timeout=2.0) as via,
+        etcd_server.client() as direct,
+    ):
+        source = EtcdSource(via, namespace="test", random=lambda: 0.1)
+        await source.load()
+        sink = RecordingSink()
+        async with anyio.create_task_group() as group:
+            group.start_soon(source.watch, sink)
+            for n in range(1000):
+                if n % 100 == 50:
+                    await proxy.cut()  # the watch breaks; it must resume where it was
+                if n % 10 == 0:  # a multi-key transaction: one revision, applied whole
+                    result = await direct.txn(
+                        success=[
+                            PutOp(
+                                key=f"{ROOT}services/s{n % 7}".encode(),
+                                value=doc(f"http://s{n}.test"),
+                            ),
+                            PutOp(
+                                key=f"{ROOT}services/t{n % 5}".encode(),
+                                value=doc(f"http://t{n}.test"),
+                            ),
+                        ]
+                    )
+                    written.append(result.revision)
+                else:
+                    put = await direct.put(f"{ROOT}services/s{n % 7}", doc(f"http://s{n}.test"))
+                    written.append(put.revision)
+            await until(source, lambda s: s.applied_revision == written[-1])
+            group.cancel_scope.cancel()
+    assert sink.revisions == written
+    last = sink.documents[-1]["services"]
+    assert last[f"s{999 % 7}"]["endpoints"] == ["http://s999.test"]
