@@ -276,3 +276,79 @@ async def test_writes_under_repeated_cuts_apply_every_revision_once_in_order(
     assert sink.revisions == written
     last = sink.documents[-1]["services"]
     assert last[f"s{999 % 7}"]["endpoints"] == ["http://s999.test"]
+
+
+class Heard:
+    """A listener that records what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[tuple[str, str, bytes]], int]] = []
+
+    def __call__(self, events: Any, revision: int) -> None:
+        self.calls.append(([(e.type, e.kv.key.decode(), e.kv.value) for e in events], revision))
+
+
+async def test_listeners_follow_their_keys_through_the_same_watch(etcd_server: EtcdServer) -> None:
+    port = int(etcd_server.url.rsplit(":", 1)[1])
+    async with etcd_server.client() as direct:
+        await direct.put(ROOT + "health/inventory/a/i1", b"down")
+        async with TcpProxy("127.0.0.1", port) as proxy, EtcdClient(proxy.url, timeout=2.0) as via:
+            source = EtcdSource(via, namespace="test", random=lambda: 0.1)
+            runtime = healkit.Runtime(config=source, entry_points=False)
+            async with runtime:
+                assert runtime.source is source
+                heard = Heard()
+                stop = source.listen("health/", heard)
+                assert heard.calls == [
+                    (
+                        [("PUT", ROOT + "health/inventory/a/i1", b"down")],
+                        source.status.applied_revision,
+                    )
+                ]
+                with pytest.raises(ValueError, match="configuration"):
+                    source.listen("services/", heard)
+                put = await direct.put(ROOT + "health/inventory/a/i2", b"down")
+                await direct.put(ROOT + "services/x", doc("http://x.test"))  # not for listeners
+                gone = await direct.delete(ROOT + "health/inventory/a/i1")
+                await until(source, lambda s: s.applied_revision == gone.revision)
+                assert heard.calls[1:] == [
+                    ([("PUT", ROOT + "health/inventory/a/i2", b"down")], put.revision),
+                    ([("DELETE", ROOT + "health/inventory/a/i1", b"")], gone.revision),
+                ]
+                # Away, compacted: the resync tells the listener what it missed.
+                proxy.block()
+                await proxy.cut()
+                await until(source, lambda s: s.connection == "unreachable")
+                await direct.delete(ROOT + "health/inventory/a/i2")
+                last = await direct.put(ROOT + "health/inventory/b/i3", b"down")
+                await etcd_server.compact(last.revision)
+                proxy.unblock()
+                await until(source, lambda s: s.applied_revision == last.revision)
+                assert sorted(heard.calls[3][0]) == [
+                    ("DELETE", ROOT + "health/inventory/a/i2", b""),
+                    ("PUT", ROOT + "health/inventory/b/i3", b"down"),
+                ]
+                stop()
+                await direct.put(ROOT + "health/inventory/b/i4", b"down")
+                after = await direct.put(ROOT + "services/y", doc("http://y.test"))
+                await until(source, lambda s: s.applied_revision == after.revision)
+                assert len(heard.calls) == 4
+
+
+async def test_a_failing_listener_is_logged_and_the_source_goes_on(etcd: EtcdClient) -> None:
+    source = EtcdSource(etcd, namespace="test")
+    runtime = healkit.Runtime(config=source, entry_points=False)
+
+    def broken(events: Any, revision: int) -> None:
+        raise RuntimeError("listener bug")
+
+    async with runtime:
+        source.listen("health/", broken)
+        with capture_logs() as logs:
+            await etcd.put(ROOT + "health/s/e/i", b"down")
+            put = await etcd.put(ROOT + "services/a", doc("http://a.test"))
+            await until(source, lambda s: s.applied_revision == put.revision)
+        assert "a" in runtime.config.services
+        assert [e["reason"] for e in logs if e["event"] == "healkit.etcd_listener_failed"] == [
+            "listener bug"
+        ]

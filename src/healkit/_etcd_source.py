@@ -49,7 +49,7 @@ from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
 from healkit._etcd import EtcdClient, KeyValue, WatchEvent
 from healkit._sources import ConfigSink
 
-__all__ = ["EtcdSource", "EtcdSourceStatus", "etcd_prefix"]
+__all__ = ["EtcdSource", "EtcdSourceStatus", "Listener", "etcd_prefix"]
 
 _logger: Final = structlog.get_logger("healkit")
 
@@ -60,6 +60,9 @@ SNAPSHOT_VERSION: Final = 1
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 Connection = Literal["connecting", "connected", "unreachable"]
+
+Listener = Callable[[Sequence[WatchEvent], int], None]
+"""Receives the changes of one revision under a listened prefix, and the revision."""
 
 
 @final
@@ -126,9 +129,11 @@ class EtcdSource:
         "_client",
         "_connection",
         "_documents",
+        "_extra",
         "_from_snapshot",
         "_good",
         "_last_error",
+        "_listeners",
         "_random",
         "_rejected",
         "_revision",
@@ -162,6 +167,10 @@ class EtcdSource:
         self._from_snapshot = False
         self._last_error: str | None = None
         self._changed = asyncio.Event()
+        # Keys under the namespace that are not configuration (fleet health
+        # records...), relative to the root, for the listeners.
+        self._extra: dict[str, KeyValue] = {}
+        self._listeners: list[tuple[str, Listener]] = []
 
     def __repr__(self) -> str:
         return f"<EtcdSource {self.origin} revision {self._revision} {self._connection}>"
@@ -192,6 +201,34 @@ class EtcdSource:
             self._changed.clear()
             await self._changed.wait()
         return status
+
+    def listen(self, prefix: str, listener: Listener) -> Callable[[], None]:
+        """Follow the keys under ``<namespace root><prefix>`` through the source's own watch.
+
+        For plugins that keep their state in the namespace (fleet health
+        records): ``listener(events, revision)`` is called at once with the
+        keys there now (as ``PUT`` events, if the source has loaded), then
+        with the events of every revision that touches them, after a
+        resynchronization too (deletes synthesized). Configuration keys
+        (``defaults``, ``services/``, ``channels/``) are not listened to. An
+        exception of the listener is logged and does not stop the source.
+
+        Returns:
+            A function that removes the listener.
+
+        """
+        if self._role(prefix + "x") is not None or prefix.startswith(("services/", "channels/")):
+            raise ValueError(f"{prefix!r} holds configuration keys; listen elsewhere")
+        entry = (prefix, listener)
+        self._listeners.append(entry)
+        current = [
+            WatchEvent(type="PUT", kv=kv)
+            for key, kv in self._extra.items()
+            if key.startswith(prefix)
+        ]
+        if current:
+            self._notify(listener, current, self._revision)
+        return lambda: self._listeners.remove(entry) if entry in self._listeners else None
 
     # -- the ConfigSource protocol ------------------------------------------------
 
@@ -226,6 +263,7 @@ class EtcdSource:
             self._connection = "connected"
             self._revision = result.revision
             self._documents = self._config_documents(result.kvs)
+            self._extra = self._other_keys(result.kvs)
         self._good = {}
         for key, text in self._documents.items():
             decoded = self._decode(key, text, self._revision)
@@ -285,6 +323,9 @@ class EtcdSource:
     async def _resync(self, sink: ConfigSink) -> None:
         """Read the whole prefix at one revision and apply the difference as one document."""
         result = await self._client.range_all(self._root, prefix=True)
+        self._dispatch(
+            self._difference(self._other_keys(result.kvs), result.revision), result.revision
+        )
         now = self._config_documents(result.kvs)
         changed: dict[str, str | None] = {key: None for key in self._documents if key not in now}
         changed.update((key, text) for key, text in now.items() if self._documents.get(key) != text)
@@ -293,13 +334,60 @@ class EtcdSource:
         self._apply(changed, result.revision, sink)
 
     def _apply_events(self, events: Sequence[WatchEvent], sink: ConfigSink) -> None:
-        """Apply the events of one watch response as one document."""
+        """Apply one revision: configuration as one document, other keys to the listeners."""
+        revision = max(event.kv.mod_revision for event in events)
         changed: dict[str, str | None] = {}
+        others: list[WatchEvent] = []
         for event in events:
             key = self._key(event.kv)
             if self._role(key) is not None:
                 changed[key] = None if event.type == "DELETE" else _text(event.kv)
-        self._apply(changed, max(event.kv.mod_revision for event in events), sink)
+                continue
+            others.append(event)
+            if event.type == "DELETE":
+                self._extra.pop(key, None)
+            else:
+                self._extra[key] = event.kv
+        self._dispatch(others, revision)
+        self._apply(changed, revision, sink)
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def _other_keys(self, kvs: Sequence[KeyValue]) -> dict[str, KeyValue]:
+        """Return the keys among ``kvs`` that are not configuration, relative to the root."""
+        return {key: kv for kv in kvs if self._role(key := self._key(kv)) is None}
+
+    def _difference(self, now: dict[str, KeyValue], revision: int) -> list[WatchEvent]:
+        """Replace the listened keys by ``now``; return the events that lead there."""
+        events = [
+            WatchEvent(type="DELETE", kv=KeyValue(key=self._full(key), mod_revision=revision))
+            for key in self._extra
+            if key not in now
+        ]
+        events.extend(
+            WatchEvent(type="PUT", kv=kv) for key, kv in now.items() if self._extra.get(key) != kv
+        )
+        self._extra = now
+        return events
+
+    def _dispatch(self, events: Sequence[WatchEvent], revision: int) -> None:
+        if not events:
+            return
+        for prefix, listener in list(self._listeners):
+            mine = [e for e in events if self._key(e.kv).startswith(prefix)]
+            if mine:
+                self._notify(listener, mine, revision)
+
+    def _notify(self, listener: Listener, events: Sequence[WatchEvent], revision: int) -> None:
+        try:
+            listener(events, revision)
+        except Exception as error:  # noqa: BLE001 - a listener's bug must not stop the source
+            _logger.error(  # noqa: TRY400 - the reason is enough; no traceback in the log
+                "healkit.etcd_listener_failed",
+                listener=getattr(listener, "__qualname__", repr(listener)),
+                error=type(error).__name__,
+                reason=str(error),
+            )
 
     def _apply(self, changed: Mapping[str, str | None], revision: int, sink: ConfigSink) -> None:
         """Submit the document with ``changed`` keys (``None``: deleted) as of ``revision``.
@@ -373,6 +461,9 @@ class EtcdSource:
 
     def _key(self, kv: KeyValue) -> str:
         return kv.key.decode("utf-8", "replace")[len(self._root) :]
+
+    def _full(self, key: str) -> bytes:
+        return (self._root + key).encode()
 
     def _config_documents(self, kvs: Sequence[KeyValue]) -> dict[str, str]:
         """Return the configuration keys among ``kvs`` (relative to the root) and their text."""

@@ -98,6 +98,11 @@ class Runtime:
         """The configuration snapshot in force."""
         return self._config
 
+    @property
+    def source(self) -> ConfigSource:
+        """Where the configuration comes from (a plugin may listen to an etcd source's keys)."""
+        return self._source
+
     def apply(self, raw: object, *, origin: str = "python") -> HealkitConfig:
         """Validate a whole new document and swap it in.
 
