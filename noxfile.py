@@ -27,11 +27,19 @@ def sync(session: nox.Session, *groups: str) -> None:
     session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location})
 
 
+SYSTEM_ETCD = "/usr/bin/etcd"
+"""Debian's etcd-server (3.4): when it is installed, the etcd tests run against it too."""
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the whole test suite (real servers, real TLS; everything on loopback)."""
+    """Run the whole test suite (real servers, real TLS, real etcd; everything on loopback)."""
     sync(session, "test")
     session.run("pytest", *session.posargs)
+    if not session.posargs and Path(SYSTEM_ETCD).is_file():
+        session.log(f"etcd tests again, against {SYSTEM_ETCD}")
+        etcd_tests = sorted(str(path) for path in Path("tests").glob("test_etcd_*.py"))
+        session.run("pytest", *etcd_tests, env={"HEALKIT_ETCD_BINARY": SYSTEM_ETCD})
 
 
 @nox.session(python=PYTHON)
