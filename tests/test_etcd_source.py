@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import healkit
@@ -162,7 +164,8 @@ async def test_compacted_history_while_away_is_read_again_with_the_deletes(
                     await until(source, lambda s: s.applied_revision == last.revision)
                 assert set(runtime.config.services) == {"b"}
                 assert runtime.config.policy("b").endpoints == ("http://b2.test",)
-                assert any(e["event"] == "healkit.etcd_compacted" for e in logs)
+                # Exactly one full resync: one compaction noticed, one document applied.
+                assert [e["event"] for e in logs].count("healkit.etcd_compacted") == 1
 
 
 async def test_a_restart_during_an_outage_starts_from_the_snapshot(
@@ -352,3 +355,62 @@ async def test_a_failing_listener_is_logged_and_the_source_goes_on(etcd: EtcdCli
         assert [e["reason"] for e in logs if e["event"] == "healkit.etcd_listener_failed"] == [
             "listener bug"
         ]
+
+
+async def test_writes_around_an_etcd_restart_are_all_applied(etcd_server: EtcdServer) -> None:
+    async with etcd_server.client(timeout=2.0, connect_timeout=1.0) as etcd:
+        source = EtcdSource(etcd, namespace="test", random=lambda: 0.1)
+        runtime = healkit.Runtime(config=source, entry_points=False)
+        async with runtime, etcd_server.client() as writer:
+            before = await writer.put(ROOT + "services/a", doc("http://a.test"))
+            await until(source, lambda s: s.applied_revision == before.revision)
+            await etcd_server.restart()
+            after = await writer.put(ROOT + "services/b", doc("http://b.test"))
+            await until(source, lambda s: s.applied_revision == after.revision)
+            assert set(runtime.config.services) == {"a", "b"}
+
+
+@pytest.mark.parametrize("secured", ["tls", "auth"])
+async def test_tls_with_a_client_certificate_and_username_password(secured: str) -> None:
+    options = {"tls": True, "client_cert_auth": True} if secured == "tls" else {"auth": True}
+    async with EtcdServer(**options) as server, server.client() as etcd:  # type: ignore[arg-type]
+        await etcd.put(ROOT + "services/a", doc("http://a.test"))
+        runtime = healkit.Runtime(config=EtcdSource(etcd, namespace="test"), entry_points=False)
+        async with runtime:
+            assert set(runtime.config.services) == {"a"}
+        if secured == "auth":
+            async with server.client(password="wrong") as wrong:  # noqa: S106 - a wrong one
+                with pytest.raises(healkit.EtcdAuthError) as caught:
+                    await EtcdSource(wrong, namespace="test").load()
+                assert "wrong" not in str(caught.value)
+
+
+KEYS = st.sampled_from(["endpoints", "timeout", "retry", "x", "max_body_bytes"])
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+)
+documents = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(KEYS, children, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(bad=documents)
+async def test_any_document_is_applied_or_rejected_and_the_last_good_stays(
+    etcd: EtcdClient, bad: object
+) -> None:
+    await etcd.put(ROOT + "services/a", doc("http://a.test"))
+    source = EtcdSource(etcd, namespace="test")
+    runtime = healkit.Runtime(config=source, entry_points=False)
+    async with runtime:
+        put = await etcd.put(ROOT + "services/a", json.dumps(bad).encode())
+        await until(source, lambda s: s.applied_revision >= put.revision)
+        if "services/a" in source.status.rejected:
+            assert runtime.config.policy("a").endpoints == ("http://a.test",)
+        else:
+            assert isinstance(bad, dict)
+    await etcd.delete(ROOT, prefix=True)
