@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Final
 
+import bench_etcd
 import bench_http
 import bench_pipeline
 import structlog
@@ -31,6 +32,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         bench_pipeline.run, "the pipeline alone on a stub transport, per plugin set"
     ),
     "http": Scenario(bench_http.run, "end to end vs raw aiohttp and peers on a loopback server"),
+    "etcd": Scenario(bench_etcd.run, "an etcd write until the policy is applied, 1 and 50 clients"),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""
 
