@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 import structlog
+from anyio.from_thread import start_blocking_portal
 
 import healkit
 from healkit import _cli, _demo
 from healkit._client import Client
 from healkit._demo import SCENES, Scene, run_demo
 from healkit._plugins import BUILTIN_PLUGINS
-from healkit.testing import Fault
+from healkit.testing import EtcdServer, Fault
 
 SCENE_NAMES = [scene.name for scene in SCENES]
 
@@ -281,3 +282,59 @@ def test_a_503_storm_trips_the_breaker_and_a_probe_closes_it() -> None:
     if "retry" in installed_plugins():
         assert summary["settings"]["retry"] == dict(_demo.RETRY)
         assert storm["retries"] > 0  # the 503s before the trip were retried
+
+
+POLICY_SCENES = (
+    Scene(name="ok", fraction=0.5, faults=(Fault.ok(),), description="fine"),
+    Scene(
+        name="down",
+        fraction=0.5,
+        faults=(Fault.reset(),),
+        description="resets; the operator adds a degraded response",
+        policy={"degraded": {"template": _demo.DEGRADED_TEMPLATE}},
+    ),
+)
+
+
+def test_the_operator_changes_the_policy_live_and_calls_see_it() -> None:
+    out = io.StringIO()
+
+    status = run_demo(duration=1.5, concurrency=4, as_json=True, out=out, scenes=POLICY_SCENES)
+
+    assert status == 0
+    summary = json.loads(out.getvalue())
+    assert [c["origin"] for c in summary["config_changes"]] == ["python", "demo operator"]
+    assert summary["by_scene"]["down"]["by_path"].get("degraded", 0) > 0
+    assert summary["etcd"] is None
+
+
+def test_with_etcd_the_policy_lives_in_etcd_and_changes_there() -> None:
+    with start_blocking_portal() as portal:
+        server = EtcdServer()
+        portal.call(server.__aenter__)
+        try:
+            out = io.StringIO()
+            status = run_demo(
+                duration=1.5,
+                concurrency=4,
+                as_json=True,
+                out=out,
+                scenes=POLICY_SCENES,
+                etcd=[server.url],
+            )
+
+            async def demo_keys() -> int:
+                async with server.client() as etcd:
+                    return len((await etcd.range("/healkit/", prefix=True)).kvs)
+
+            left = portal.call(demo_keys)
+        finally:
+            portal.call(server.__aexit__, None, None, None)
+    assert status == 0
+    summary = json.loads(out.getvalue())
+    assert summary["etcd"] == [server.url]
+    first, change = summary["config_changes"]
+    assert first["origin"].startswith(f"etcd {server.url}")
+    assert "revision" in change["origin"]
+    assert summary["by_scene"]["down"]["by_path"].get("degraded", 0) > 0
+    assert left == 0  # the demo removed its key

@@ -1,6 +1,6 @@
 """``healkit demo``: live traffic through healkit while a local upstream misbehaves.
 
-No etcd, nothing to set up: the demo starts a :class:`healkit.testing.FaultServer`
+Nothing to set up: the demo starts a :class:`healkit.testing.FaultServer`
 on loopback, configures a :class:`healkit.Client` (with every installed plugin)
 for it as service ``demo``, and runs ``concurrency`` callers that each loop on
 ``await client.get("/api", service="demo")`` until the time is up. Meanwhile the
@@ -11,7 +11,11 @@ JSON object with ``--json``).
 
 The plugins found installed get short settings fit for a demo that lasts
 seconds (:data:`TIMEOUTS`, :data:`BREAKER`, :data:`RETRY`); the others keep
-their defaults.
+their defaults. During the outage the operator changes the policy live (a
+degraded response is added). By default the policy is a document in Python,
+changed with ``runtime.apply``; with ``etcd`` endpoints it lives in etcd
+(namespace :data:`ETCD_NAMESPACE`, removed at the end) and the change is one
+etcd write that the client applies through its watch.
 
 Every call ends as a response (counted by ``response.outcome.path`` and status)
 or as a :class:`healkit.HealkitError` (counted by type). Anything else is
@@ -47,9 +51,11 @@ from rich.text import Text
 
 from healkit._client import Client
 from healkit._errors import CircuitOpenError, HealkitError
+from healkit._etcd import EtcdClient
+from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource
 from healkit._outcome import AttemptRecord
-from healkit._plugins import describe_plugins
-from healkit._runtime import Runtime
+from healkit._plugins import create_plugin_manager, describe_plugins
+from healkit._runtime import Runtime, config_sections
 from healkit.testing import Fault, FaultServer
 
 __all__ = ["SCENES", "Scene", "run_demo"]
@@ -91,11 +97,16 @@ instead of waiting for it to admit a probe (the retry plugin's default), so the
 speed of a refusal shows.
 """
 ERROR_PAUSE: Final = 0.01
-"""Seconds a caller pauses after an error before its next call, as a client
-loop would: a refusal by an open breaker takes microseconds, and callers that
-never wait would keep the event loop from everything else."""
+"""Seconds a caller pauses after an error or a degraded response before its
+next call, as a client loop would: a refusal by an open breaker (answered by
+the degraded template or not) takes microseconds, and callers that never wait
+would keep the event loop from everything else."""
 BREAKER_LOG_EVENT: Final = "healkit.breaker_transition"
 """The structlog event the breaker plugin logs for each transition."""
+CONFIG_LOG_EVENT: Final = "healkit.config_applied"
+ETCD_NAMESPACE: Final = "healkit-demo"
+"""The etcd namespace of ``healkit demo --etcd``; its key is deleted at the end."""
+ETCD_KEY: Final = f"{DEFAULT_PREFIX}{ETCD_NAMESPACE}/services/{SERVICE}"
 
 EXIT_OK: Final = 0
 EXIT_LOST: Final = 1
@@ -116,7 +127,6 @@ QUIET_LOG_EVENTS: Final = frozenset(
         "healkit.attempt_failed",
         "healkit.call_failed",
         "healkit.retry_scheduled",
-        "healkit.config_applied",
         "healkit.fallback_used",
         "healkit.degraded_used",
     }
@@ -141,6 +151,9 @@ class Scene:
             (the core's built-in limits are long: a hang would stall callers for
             tens of seconds), or ``None`` to use ``faults`` in both cases.
         core_description: the description that goes with ``core_faults``.
+        policy: service sections the operator adds to the demo service's
+            document when the scene starts (a live policy change, through
+            etcd with ``--etcd``); they stay for the following scenes.
 
     """
 
@@ -150,6 +163,7 @@ class Scene:
     description: str
     core_faults: tuple[Fault, ...] | None = None
     core_description: str | None = None
+    policy: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         """Reject a scene that cannot be played."""
@@ -180,6 +194,13 @@ _UNAVAILABLE: Final = Fault.status(
     503, body=b"upstream overloaded", headers={"Retry-After": "1"}, latency=0.001
 )
 _FAILING: Final = Fault.status(503, body=b"upstream failing", latency=0.001)
+
+DEGRADED_TEMPLATE: Final[Mapping[str, Any]] = {
+    "status": 503,
+    "headers": {"Retry-After": "${retry_after}"},
+    "json": {"error": "the service is degraded", "service": "${service}", "cause": "${error_type}"},
+}
+"""The degraded response the operator adds during the outage."""
 
 SCENES: Final[tuple[Scene, ...]] = (
     Scene(
@@ -219,9 +240,16 @@ SCENES: Final[tuple[Scene, ...]] = (
         name="outage",
         fraction=0.15,
         faults=(Fault.blackhole(),),
-        description="the upstream hangs: it reads every request and never answers",
+        description=(
+            "the upstream hangs: it reads every request and never answers;"
+            " the operator adds a degraded response"
+        ),
         core_faults=(Fault.reset(),),
-        core_description="the upstream resets every connection (no timeout plugin: no hang)",
+        core_description=(
+            "the upstream resets every connection (no timeout plugin: no hang);"
+            " the operator adds a degraded response"
+        ),
+        policy={"degraded": {"template": DEGRADED_TEMPLATE}},
     ),
     Scene(
         name="recovery",
@@ -233,13 +261,14 @@ SCENES: Final[tuple[Scene, ...]] = (
 """The default script, played in order."""
 
 
-def run_demo(
+def run_demo(  # noqa: PLR0913 - keyword-only options of the command
     *,
     duration: float,
     concurrency: int,
     as_json: bool,
     out: TextIO,
     scenes: Sequence[Scene] = SCENES,
+    etcd: Sequence[str] = (),
 ) -> int:
     """Run the demo and return the exit status (the ``healkit demo`` command).
 
@@ -250,6 +279,8 @@ def run_demo(
         out: where to write. A terminal gets the live view; anything else a
             line per scene change and the summary table.
         scenes: the script (by default :data:`SCENES`).
+        etcd: etcd endpoints: keep the demo's policy in etcd, and change it
+            there (empty: the embedded default, no etcd).
 
     Returns:
         0, or 1 if any call was lost (ended other than in a response or a
@@ -268,7 +299,9 @@ def run_demo(
         sum(s.fraction for s in scenes), 1.0, abs_tol=FRACTION_TOLERANCE
     ):
         raise ValueError("the scenes' fractions must sum to 1")
-    demo = _Demo(duration=duration, concurrency=concurrency, as_json=as_json, out=out)
+    demo = _Demo(
+        duration=duration, concurrency=concurrency, as_json=as_json, out=out, etcd=tuple(etcd)
+    )
     try:
         with _captured_logs(demo.on_log):
             asyncio.run(demo.run(tuple(scenes)))
@@ -379,8 +412,21 @@ def _fmt_ms(seconds: float | None) -> str:
 class _Demo:
     """State and tasks of one run: the upstream, the callers, the view."""
 
-    def __init__(self, *, duration: float, concurrency: int, as_json: bool, out: TextIO) -> None:
+    def __init__(
+        self,
+        *,
+        duration: float,
+        concurrency: int,
+        as_json: bool,
+        out: TextIO,
+        etcd: tuple[str, ...],
+    ) -> None:
         self.duration = duration
+        self.etcd_endpoints = etcd
+        self.etcd: EtcdClient | None = None
+        self.runtime: Runtime | None = None
+        self.policy: dict[str, Any] = {}
+        self.config_changes: list[dict[str, Any]] = []
         self.concurrency = concurrency
         self.as_json = as_json
         self.out = out
@@ -412,13 +458,21 @@ class _Demo:
         """Start the upstream and the client, play the scenes, await every call."""
         self.scenes = scenes
         self.by_scene = [_Tally() for _ in scenes]
-        async with FaultServer() as server:
-            runtime = Runtime()  # every installed plugin: the demo blocks none
-            self.sections = frozenset(section.name for section in runtime.sections)
-            self.plugins = [info.name for info in describe_plugins(runtime.plugin_manager)]
-            self.descriptions = [scene.play(timeouts=self.timeouts)[1] for scene in scenes]
+        async with FaultServer() as server, contextlib.AsyncExitStack() as stack:
             self.upstream = server.url
-            runtime.apply(self._document(server.url), origin="demo")
+            sections = config_sections(create_plugin_manager())
+            self.sections = frozenset(section.name for section in sections)
+            self.descriptions = [scene.play(timeouts=self.timeouts)[1] for scene in scenes]
+            if self.etcd_endpoints:
+                self.etcd = await stack.enter_async_context(EtcdClient(self.etcd_endpoints))
+                await self.etcd.put(ETCD_KEY, self._service_json())
+                stack.push_async_callback(self.etcd.delete, ETCD_KEY)
+                source = EtcdSource(self.etcd, namespace=ETCD_NAMESPACE)
+                runtime = Runtime(config=source)  # every installed plugin: the demo blocks none
+            else:
+                runtime = Runtime(config={"services": {SERVICE: self._service()}})
+            self.runtime = runtime
+            self.plugins = [info.name for info in describe_plugins(runtime.plugin_manager)]
             async with Client(runtime=runtime) as client:
                 with self._live_view():
                     await self._play(server, client)
@@ -439,8 +493,28 @@ class _Demo:
                 settings["retry"] = dict(RETRY)
         return settings
 
-    def _document(self, url: str) -> dict[str, Any]:
-        return {"services": {SERVICE: {"endpoints": [url], **self._settings()}}}
+    def _service(self) -> dict[str, Any]:
+        """Return the demo service's document: its endpoint, plugin settings and policy."""
+        return {"endpoints": [self.upstream], **self._settings(), **self.policy}
+
+    def _service_json(self) -> bytes:
+        return json.dumps(self._service()).encode()
+
+    async def _change_policy(self, scene: Scene) -> None:
+        """Add the scene's sections to the demo service's document, live."""
+        if not scene.policy:
+            return
+        self.policy.update(scene.policy)
+        sections = ", ".join(sorted(scene.policy))
+        if self.etcd is not None:
+            result = await self.etcd.put(ETCD_KEY, self._service_json())
+            self._event(
+                f"operator: {sections} written to etcd ({ETCD_KEY}, revision {result.revision})",
+                "bold blue",
+            )
+        elif self.runtime is not None:
+            self._event(f"operator: {sections} added with runtime.apply", "bold blue")
+            self.runtime.apply({"services": {SERVICE: self._service()}}, origin="demo operator")
 
     async def _play(self, server: FaultServer, client: Client) -> None:
         self.started = time.monotonic()
@@ -493,6 +567,7 @@ class _Demo:
             if index != self.scene_index:
                 for following in range(self.scene_index + 1, index + 1):
                     self._start_scene(server, following)
+                    await self._change_policy(self.scenes[following])
             elif server.hits(PATH) >= SCRIPT_LENGTH // 2:
                 self._script(server, index)
             if now >= next_tick:
@@ -556,7 +631,7 @@ class _Demo:
                 tally.add(latency, attempts)
             if self.live_view:
                 self.recent.append(_Recent(ended, latency, label, status))
-            if status is None:
+            if status is None or label == "degraded":
                 await asyncio.sleep(ERROR_PAUSE)
 
     def _count_response(self, scene: _Tally, path: str, status: str) -> str:
@@ -595,10 +670,26 @@ class _Demo:
         if name == BREAKER_LOG_EVENT:
             self._breaker_moved(event)
             return
+        if name == CONFIG_LOG_EVENT:
+            self._config_applied(event)
+            return
         details = " ".join(
             f"{key}={value}" for key, value in event.items() if key not in {"event", "timestamp"}
         )
         self._event(f"log {method}: {name} {details}".rstrip(), "magenta")
+
+    def _config_applied(self, event: Mapping[str, Any]) -> None:
+        """Record a configuration the runtime applied (the first one, then the live changes)."""
+        change = {
+            "at_s": round(max(time.monotonic() - self.started, 0.0), 3),
+            "version": event.get("version"),
+            "origin": str(event.get("origin")),
+        }
+        self.config_changes.append(change)
+        if len(self.config_changes) > 1:
+            self._event(
+                f"config applied: version {change['version']} from {change['origin']}", "blue"
+            )
 
     def _breaker_moved(self, event: Mapping[str, Any]) -> None:
         """Record a breaker transition, and show it as an event."""
@@ -763,6 +854,8 @@ class _Demo:
             "retries": total["retries"],
             "rejected_by_breaker": total["rejected_by_breaker"],
             "breaker_transitions": self.breaker_transitions,
+            "config_changes": self.config_changes,
+            "etcd": list(self.etcd_endpoints) or None,
             "duration_s": round(duration, 3),
             "requests_per_s": round(self.total.requests / duration, 1) if duration else 0.0,
             "concurrency": self.concurrency,
