@@ -16,7 +16,13 @@ nox.options.sessions = ["lint", "typecheck", "package", "tests", "bench_smoke"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
-PLUGINS = ("healkit-timeout", "healkit-retry", "healkit-breaker", "healkit-tls")
+PLUGINS = (
+    "healkit-timeout",
+    "healkit-retry",
+    "healkit-breaker",
+    "healkit-tls",
+    "healkit-tracing",
+)
 
 
 def sync(session: nox.Session, *groups: str) -> None:

@@ -37,6 +37,7 @@ import healkit_example_plugin
 import healkit_retry
 import healkit_timeout
 import healkit_tls
+import healkit_tracing
 from healkit import _errors, hookspecs
 from healkit._config import CoreServiceSettings, LoggingSettings
 from healkit._degraded import SECTION as DEGRADED_SECTION
@@ -258,6 +259,7 @@ MODELS: dict[str, type[msgspec.Struct]] = {
     "retry.": healkit_retry.RetrySettings,
     "breaker.": healkit_breaker.BreakerSettings,
     "tls.": healkit_tls.TlsSettings,
+    "tracing.": healkit_tracing.TracingSettings,
 }
 
 
@@ -286,7 +288,7 @@ def test_reference_names_every_key_with_its_default() -> None:
         _check_row(row, expected)
 
 
-PLUGIN_PAGES = ("timeout", "retry", "breaker", "tls")
+PLUGIN_PAGES = ("timeout", "retry", "breaker", "tls", "tracing")
 """Plugins whose page documents every key of their section (docs/plugins/NAME.md)."""
 
 
@@ -392,6 +394,7 @@ SECTIONS = (
     healkit_retry.SECTION,
     healkit_breaker.SECTION,
     healkit_tls.SECTION,
+    healkit_tracing.SECTION,
     healkit_example_plugin.SECTION,
 )
 

@@ -1,0 +1,583 @@
+"""The tracing plugin: one CLIENT span per attempt, metrics, trace context propagation.
+
+Lifecycle of an attempt's span:
+
+* started in ``healkit_pre_request`` (``trylast``: after every other plugin
+  chose the endpoint, the headers and the timeouts, so the span describes the
+  attempt as sent and the injected ``traceparent`` is not overwritten);
+* an attempt refused by an earlier ``healkit_pre_request`` (an open breaker, a
+  spent budget) never reaches this plugin's ``healkit_pre_request``: its span
+  is made in ``healkit_on_error``, with the attempt's start time;
+* a failed attempt's span ends in ``healkit_on_error``; the span of the
+  attempt that ends the call ends in ``healkit_call_end`` (the pipeline calls
+  it right after ``healkit_post_response`` found no failure, with nothing
+  awaited in between, and also when a decision plugin crashed);
+* the span of an attempt the call was abandoned in (the caller was cancelled,
+  or a decorated function raised an exception that is not a failure of the
+  call and passes through) ends in ``healkit_call_abandoned``, which the
+  pipeline calls at once, in the caller's task, before the exception leaves.
+
+Without an SDK (the API's no-op or not yet set global providers) none of this
+happens: each hook reads two flags (:class:`~healkit_tracing._providers.Sinks`)
+and returns; only an incoming trace context is passed on to HTTP attempts.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
+
+import aiohttp
+import yarl
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.metrics import _internal as metrics_api
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
+
+import healkit
+from healkit_tracing import _names as n
+from healkit_tracing._connection import build_trace_config
+from healkit_tracing._logging import ATTEMPT_SPAN
+from healkit_tracing._metrics import Instruments
+from healkit_tracing._providers import Sinks, meter_kind, tracer_kind
+from healkit_tracing._settings import SECTION
+from healkit_tracing._state import ATTEMPT, POLICY, AttemptSpan, Policy, policy_of
+
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
+__all__ = ["TracingPlugin"]
+
+INSTRUMENTATION_NAME: Final = "healkit_tracing"
+VERSION: Final = "0.1.0"
+
+_SUBSTITUTES: Final = frozenset({"fallback", "degraded"})
+
+
+class _BreakerReader(Protocol):
+    """What this plugin uses of ``healkit_breaker.BreakerPlugin`` (duck typed)."""
+
+    def state(self, service: str, endpoint: str | None = None) -> object:
+        """Return the breaker's state (an enum whose ``value`` is its name)."""
+        ...
+
+
+@functools.lru_cache(maxsize=256)
+def server_of(endpoint: str) -> tuple[str, int, str]:
+    """Return (``server.address``, ``server.port``, ``url.scheme``) of an endpoint URL."""
+    url = yarl.URL(endpoint)
+    return url.host or "", url.port or 0, url.scheme
+
+
+def _join(endpoint: str, target: str) -> str:
+    """Return the URL an HTTP attempt requests: the endpoint, then the target (as the core does)."""
+    if not target:
+        return endpoint
+    if target[0] in "?#/":
+        return endpoint + target
+    return f"{endpoint}/{target}"
+
+
+def error_type(error: healkit.HealkitError | None, status: int | None) -> str | None:
+    """Return the ``error.type`` of an attempt: the status of an HTTP error, else the error's class.
+
+    A response with a status of 400 or more is an error for a client span
+    (semantic conventions), even when no plugin declared it a failure.
+    """
+    if isinstance(error, healkit.HTTPStatusError):
+        return str(error.status)
+    if error is not None:
+        return type(error).__name__
+    if status is not None and status >= 400:
+        return str(status)
+    return None
+
+
+@final
+class TracingPlugin:
+    """OpenTelemetry spans, metrics and trace context for healkit calls.
+
+    Args:
+        tracer_provider: where spans go; the global one by default (a no-op
+            until the application installs the SDK).
+        meter_provider: where metrics go; the global one by default.
+
+    One instance per runtime (the entry point makes one per plugin manager).
+    Besides the hooks it offers :attr:`trace_config`, the aiohttp
+    ``TraceConfig`` to add to a session the application passes to
+    ``healkit.Client(session=...)``.
+
+    """
+
+    __slots__ = ("_breaker", "_config", "_instruments", "_sinks", "_trace_config", "_tracer")
+
+    healkit_name = "tracing"
+    healkit_observer = True
+    """An observer: an exception here never fails a call."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._tracer = trace.get_tracer(
+            INSTRUMENTATION_NAME, VERSION, tracer_provider=tracer_provider
+        )
+        meter = metrics.get_meter(INSTRUMENTATION_NAME, VERSION, meter_provider=meter_provider)
+        self._instruments = Instruments(meter)
+        self._sinks = Sinks(tracer_kind(tracer_provider), meter_kind(meter_provider))
+        self._trace_config = build_trace_config(self, self._sinks)
+        self._breaker: _BreakerReader | None = None
+        self._config: healkit.HealkitConfig | None = None
+
+    def __repr__(self) -> str:
+        return f"<TracingPlugin breaker={'yes' if self._breaker is not None else 'no'}>"
+
+    @property
+    def trace_config(self) -> aiohttp.TraceConfig:
+        """The aiohttp ``TraceConfig`` of this plugin (connection timings).
+
+        A :class:`healkit.Client` that opens its own session adds it by itself
+        (``healkit_trace_configs``); add it to a session you pass in yourself:
+        ``aiohttp.ClientSession(trace_configs=[plugin.trace_config])``.
+        """
+        return self._trace_config
+
+    @property
+    def instruments(self) -> Instruments:
+        """The metric instruments (for the connection timings of :attr:`trace_config`)."""
+        return self._instruments
+
+    # -- configuration -----------------------------------------------------------------
+
+    def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
+        """Whether ``tracing.enabled`` is off for every service: then no per-call hook runs."""
+        return not any(
+            policy_of(policy).enabled for policy in (config.defaults, *config.services.values())
+        )
+
+    @healkit.hookimpl
+    def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
+        """Contribute the ``tracing`` section."""
+        return (SECTION,)
+
+    @healkit.hookimpl
+    def healkit_configure(self, config: healkit.HealkitConfig, runtime: healkit.Runtime) -> None:
+        """Compile each policy's settings; find the breaker plugin, if one is registered."""
+        for policy in (config.defaults, *config.services.values()):
+            policy_of(policy)
+        self._config = config
+        breaker = runtime.plugin_manager.get_plugin("breaker")
+        self._breaker = breaker if callable(getattr(breaker, "state", None)) else None
+
+    @healkit.hookimpl
+    def healkit_trace_configs(self) -> Sequence[aiohttp.TraceConfig]:
+        """Add :attr:`trace_config` to the session a client opens (unless nothing can record)."""
+        sinks = self._sinks
+        if not (sinks.spans or sinks.metrics or sinks.watching):
+            return ()  # no-op providers given: connection timings would go nowhere
+        return (self._trace_config,)
+
+    # -- the pipeline --------------------------------------------------------------------
+
+    @healkit.hookimpl(trylast=True)
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
+        """Start the attempt's span; inject its context into the attempt's headers."""
+        sinks = self._sinks
+        if sinks.dormant:
+            # _providers.globals_unset(), inlined: this is every call's cost without an SDK.
+            if trace._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None:  # noqa: SLF001
+                if call.transport == "http" and otel_context.get_current():
+                    self._without_span(call, attempt)  # an incoming trace context to pass on
+                return
+            sinks.refresh()
+        elif sinks.watching:
+            sinks.refresh()
+        if not sinks.spans:
+            # No tracer: metrics, or an incoming trace context to pass on, or nothing.
+            if sinks.metrics or (call.transport == "http" and otel_context.get_current()):
+                self._without_span(call, attempt)
+            return
+        self._start(call, attempt)
+
+    def _start(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> None:
+        """Start the attempt's span (a tracer may record); propagate its context."""
+        policy = call.policy.stash.get(POLICY) or policy_of(call.policy)
+        if not policy.enabled:
+            return
+        span = self._tracer.start_span(_span_name(call), kind=SpanKind.CLIENT)
+        metered = self._sinks.metrics and policy.metrics
+        state = AttemptSpan(call, attempt, span, policy, sent=True, metrics=metered)
+        attempt.stash[ATTEMPT] = state
+        context = span.get_span_context()
+        if not context.is_valid:
+            return  # a no-op tracer and no incoming trace: nothing to propagate or log
+        if policy.propagate and call.transport == "http":
+            propagate.inject(attempt.headers, context=trace.set_span_in_context(span))
+        state.token = ATTEMPT_SPAN.set(state)
+        if span.is_recording():
+            span.set_attributes(self._attributes(call, attempt))
+
+    def _without_span(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> None:
+        """Prepare an attempt while no tracer can record: pass the trace context on; meter."""
+        policy = call.policy.stash.get(POLICY) or policy_of(call.policy)
+        if not policy.enabled:
+            return
+        if (
+            policy.propagate
+            and call.transport == "http"
+            and trace.get_current_span().get_span_context().is_valid
+        ):
+            # As the API's no-op tracer would: the caller's context goes on unchanged.
+            propagate.inject(attempt.headers)
+        if self._sinks.metrics and policy.metrics:
+            state = AttemptSpan(call, attempt, INVALID_SPAN, policy, sent=True, metrics=True)
+            attempt.stash[ATTEMPT] = state
+
+    @healkit.hookimpl
+    def healkit_on_error(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        error: healkit.HealkitError,
+    ) -> None:
+        """End the failed attempt's span (made now if a plugin refused the attempt)."""
+        sinks = self._sinks
+        if sinks.dormant:
+            if trace._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None:  # noqa: SLF001
+                return  # no SDK
+            sinks.refresh()
+        elif sinks.watching:
+            sinks.refresh()
+        if not (sinks.spans or sinks.metrics):
+            return
+        state = attempt.stash.get(ATTEMPT)
+        if state is None:
+            # Refused before this plugin's pre_request ran (which makes a state
+            # whenever there is something to record).
+            policy = call.policy.stash.get(POLICY) or policy_of(call.policy)
+            if not policy.enabled or not (sinks.spans or policy.metrics):
+                return
+            state = self._refused(call, attempt, policy)
+        if not state.ended:
+            self._finish(state, error_type(error, attempt.status))
+
+    @healkit.hookimpl
+    def healkit_call_end(
+        self,
+        call: healkit.CallContext,
+        outcome: healkit.Outcome,
+        error: healkit.HealkitError | None,
+    ) -> None:
+        """End the last attempt's span if open; show a fallback; record the call's duration."""
+        sinks = self._sinks
+        if sinks.dormant:
+            if trace._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None:  # noqa: SLF001
+                return  # no SDK
+            sinks.refresh()
+        elif sinks.watching:
+            sinks.refresh()
+        if not (sinks.spans or sinks.metrics):
+            return
+        policy = call.policy.stash.get(POLICY) or policy_of(call.policy)
+        if not policy.enabled:
+            return
+        state: AttemptSpan | None = None
+        if call.attempts:
+            last = call.attempts[-1]
+            state = last.stash.get(ATTEMPT)
+            if state is None and error is not None and (sinks.spans or policy.metrics):
+                # A decision plugin crashed before this plugin's pre_request ran.
+                state = self._refused(call, last, policy)
+            if state is not None and not state.ended:
+                self._finish(state, error_type(error, last.status))
+        if outcome.path in _SUBSTITUTES:
+            self._substitute(call, outcome, state, policy)
+        failure = None if error is None else type(error).__name__
+        self._record_call(call, policy, outcome.duration, failure)
+
+    @healkit.hookimpl
+    def healkit_call_abandoned(self, call: healkit.CallContext, exception: BaseException) -> None:
+        """End the span of the attempt the call was abandoned in; record the call's duration."""
+        sinks = self._sinks
+        if sinks.watching:
+            sinks.refresh()
+        if not (sinks.spans or sinks.metrics):
+            return
+        policy = call.policy.stash.get(POLICY) or policy_of(call.policy)
+        if not policy.enabled:
+            return
+        failure = type(exception).__name__  # CancelledError, or the exception passed through
+        if call.attempts:
+            state = call.attempts[-1].stash.get(ATTEMPT)
+            if state is not None and not state.ended:
+                self._finish(state, failure, abandoned=True)
+        self._record_call(call, policy, max(call.clock.now() - call.started, 0.0), failure)
+
+    @healkit.hookimpl
+    def healkit_event(self, event: object) -> None:
+        """Count circuit breaker transitions and keep the breaker state gauge."""
+        sinks = self._sinks
+        if sinks.watching:
+            sinks.refresh()
+        if not sinks.metrics:
+            return
+        to_state = getattr(event, "to_state", None)
+        from_state = getattr(event, "from_state", None)
+        service = getattr(event, "service", None)
+        if to_state is None or from_state is None or not isinstance(service, str):
+            return
+        config = self._config
+        if config is not None:
+            policy = policy_of(config.policy(service))
+            if not (policy.enabled and policy.metrics):
+                return
+        endpoint = getattr(event, "endpoint", None)
+        if isinstance(endpoint, str) and config is not None:
+            endpoint = config.redactor.url(endpoint)
+        where: dict[str, AttributeValue] = {
+            n.SERVICE: service,
+            n.ENDPOINT: endpoint if isinstance(endpoint, str) else "",
+        }
+        left, entered = _state_name(from_state), _state_name(to_state)
+        self._instruments.breaker_transitions.add(
+            1,
+            {
+                **where,
+                n.BREAKER_FROM_STATE: left,
+                n.BREAKER_TO_STATE: entered,
+                n.BREAKER_REASON: str(getattr(event, "reason", n.OTHER)),
+            },
+        )
+        if left != entered:
+            self._instruments.breaker_state.set(0, {**where, n.BREAKER_STATE: left})
+        self._instruments.breaker_state.set(1, {**where, n.BREAKER_STATE: entered})
+
+    # -- spans -----------------------------------------------------------------------------
+
+    def _attributes(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> dict[str, AttributeValue]:
+        """Return the attributes an attempt's span starts with."""
+        number = attempt.number
+        attributes: dict[str, AttributeValue] = {
+            n.SERVICE: call.service,
+            n.TRANSPORT: call.transport,
+            n.ATTEMPT: number,
+            n.PATH: call.path,
+        }
+        if number > 1:
+            attributes[n.RETRY_DELAY] = attempt.retry_delay
+        if call.transport == "http":
+            method = call.method
+            if method in n.KNOWN_METHODS:
+                attributes[n.HTTP_REQUEST_METHOD] = method
+            else:
+                attributes[n.HTTP_REQUEST_METHOD] = n.OTHER
+                attributes[n.HTTP_REQUEST_METHOD_ORIGINAL] = method
+            if number > 1:
+                attributes[n.HTTP_REQUEST_RESEND_COUNT] = number - 1
+            endpoint = attempt.endpoint
+            if endpoint:
+                redactor = call.config.redactor
+                attributes[n.URL_FULL] = redactor.url(_join(endpoint, call.target))
+                attributes[n.ENDPOINT] = redactor.url(endpoint)
+                host, port, scheme = server_of(endpoint)
+                attributes[n.SERVER_ADDRESS] = host
+                attributes[n.SERVER_PORT] = port
+                attributes[n.URL_SCHEME] = scheme
+        else:
+            attributes[n.CODE_FUNCTION_NAME] = call.target
+        breaker = self._breaker
+        if breaker is not None:
+            try:
+                state = breaker.state(call.service, attempt.endpoint)
+            except Exception:  # noqa: BLE001, S110 - a reading for a span must not lose the span
+                pass
+            else:
+                attributes[n.BREAKER_STATE] = _state_name(state)
+        return attributes
+
+    def _refused(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext, policy: Policy
+    ) -> AttemptSpan:
+        """Make the state (and span) of an attempt refused before this plugin's pre_request ran."""
+        sinks = self._sinks
+        span: trace.Span = INVALID_SPAN
+        if sinks.spans:
+            elapsed = max(call.clock.now() - attempt.started, 0.0)
+            started = time.time_ns() - int(elapsed * 1e9)
+            span = self._tracer.start_span(
+                _span_name(call), kind=SpanKind.CLIENT, start_time=started
+            )
+        metered = sinks.metrics and policy.metrics
+        state = AttemptSpan(call, attempt, span, policy, sent=False, metrics=metered)
+        attempt.stash[ATTEMPT] = state
+        if span.is_recording():
+            span.set_attributes(self._attributes(call, attempt))
+        return state
+
+    def _finish(self, state: AttemptSpan, failure: str | None, *, abandoned: bool = False) -> None:
+        """End an attempt's span and record its metrics."""
+        state.ended = True
+        state.end_ns = time.time_ns()
+        span = state.span
+        if span.is_recording():
+            status = state.attempt.status
+            if status is not None:
+                span.set_attribute(n.HTTP_RESPONSE_STATUS_CODE, status)
+            if abandoned:
+                span.set_attribute(n.ABANDONED, True)  # noqa: FBT003 - an attribute value
+            if failure is not None:
+                span.set_attribute(n.ERROR_TYPE, failure)
+                span.set_status(Status(StatusCode.ERROR, failure))
+            span.end(end_time=state.end_ns)
+        if state.metrics:
+            self._record_attempt(state, failure)
+        token = state.token
+        if token is not None:
+            # Every end runs in the caller's task, in the context pre_request set it in.
+            state.token = None
+            ATTEMPT_SPAN.reset(token)
+
+    def _substitute(
+        self,
+        call: healkit.CallContext,
+        outcome: healkit.Outcome,
+        last: AttemptSpan | None,
+        policy: Policy,
+    ) -> None:
+        """Show a fallback or degraded answer: a span of its own, and a counter."""
+        path = outcome.path
+        sinks = self._sinks
+        if sinks.spans:
+            self._substitute_span(call, outcome, last)
+        if not (sinks.metrics and policy.metrics):
+            return
+        counter = self._instruments.fallbacks if path == "fallback" else self._instruments.degraded
+        counter.add(1, {n.SERVICE: call.service, n.TRANSPORT: call.transport})
+
+    def _substitute_span(
+        self, call: healkit.CallContext, outcome: healkit.Outcome, last: AttemptSpan | None
+    ) -> None:
+        """Make the ``healkit.fallback`` or ``healkit.degraded`` span, after the last attempt's."""
+        path = outcome.path
+        if last is not None and last.end_ns:
+            started = last.end_ns
+        else:
+            started = time.time_ns() - int(max(outcome.duration, 0.0) * 1e9)
+        name = n.FALLBACK_SPAN if path == "fallback" else n.DEGRADED_SPAN
+        span = self._tracer.start_span(name, kind=SpanKind.INTERNAL, start_time=started)
+        if span.is_recording():
+            attributes: dict[str, AttributeValue] = {
+                n.SERVICE: call.service,
+                n.TRANSPORT: call.transport,
+                n.PATH: path,
+                n.ATTEMPTS: len(call.attempts),
+            }
+            if outcome.endpoint:
+                attributes[n.ENDPOINT] = call.config.redactor.url(outcome.endpoint)
+            if call.attempts:
+                attempt = call.attempts[-1]
+                cause = error_type(attempt.error, attempt.status)
+                if cause is not None:
+                    attributes[n.CAUSE] = cause
+            span.set_attributes(attributes)
+            span.end()
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _record_call(
+        self, call: healkit.CallContext, policy: Policy, duration: float, failure: str | None
+    ) -> None:
+        """Record ``healkit.call.duration`` (if metrics may be recorded for the service)."""
+        if not (self._sinks.metrics and policy.metrics):
+            return
+        attributes: dict[str, AttributeValue] = {
+            n.SERVICE: call.service,
+            n.TRANSPORT: call.transport,
+            n.PATH: call.path,
+        }
+        if failure is not None:
+            attributes[n.ERROR_TYPE] = failure
+        self._instruments.call_duration.record(duration, attributes)
+
+    def _record_attempt(self, state: AttemptSpan, failure: str | None) -> None:
+        call = state.call
+        attempt = state.attempt
+        instruments = self._instruments
+        counted: dict[str, AttributeValue] = {n.SERVICE: call.service, n.TRANSPORT: call.transport}
+        if attempt.number > 1:
+            instruments.retries.add(1, counted)
+        if failure is not None:
+            counted = {**counted, n.ERROR_TYPE: failure}
+        instruments.attempts.add(1, counted)
+        endpoint = attempt.endpoint
+        if not state.sent or endpoint is None or call.transport != "http":
+            return
+        duration = attempt.duration
+        if duration is None:
+            duration = call.clock.now() - attempt.started
+        host, port, scheme = server_of(endpoint)
+        method = call.method
+        attributes: dict[str, AttributeValue] = {
+            n.HTTP_REQUEST_METHOD: method if method in n.KNOWN_METHODS else n.OTHER,
+            n.SERVER_ADDRESS: host,
+            n.SERVER_PORT: port,
+            n.URL_SCHEME: scheme,
+            n.SERVICE: call.service,
+        }
+        if attempt.status is not None:
+            attributes[n.HTTP_RESPONSE_STATUS_CODE] = attempt.status
+        if failure is not None:
+            attributes[n.ERROR_TYPE] = failure
+        instruments.request_duration.record(duration, attributes)
+
+    def connection_timing(
+        self,
+        state: AttemptSpan,
+        event: str,
+        histogram: Any,  # noqa: ANN401 - an API Histogram (its class is private to the API)
+        seconds: float,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> None:
+        """Record a connection-level timing of an attempt (from the ``TraceConfig``)."""
+        span = state.span
+        if span.is_recording():
+            span.add_event(event, {n.DURATION: seconds})
+        if state.metrics:
+            histogram.record(seconds, attributes or self.server_attributes(state))
+
+    def connection_acquired(self, state: AttemptSpan, *, reused: bool) -> None:
+        """Count a connection the attempt got, new or from the pool."""
+        span = state.span
+        if span.is_recording():
+            span.set_attribute(n.CONNECTION_REUSED, reused)
+        if state.metrics:
+            attributes = {**self.server_attributes(state), n.CONNECTION_REUSED: reused}
+            self._instruments.connections.add(1, attributes)
+
+    @staticmethod
+    def server_attributes(state: AttemptSpan) -> dict[str, AttributeValue]:
+        """``server.address``, ``server.port`` and the service of an attempt."""
+        endpoint = state.attempt.endpoint
+        host, port, _ = server_of(endpoint) if endpoint else ("", 0, "")
+        return {n.SERVER_ADDRESS: host, n.SERVER_PORT: port, n.SERVICE: state.call.service}
+
+
+def _span_name(call: healkit.CallContext) -> str:
+    """Return the span name: ``{method}`` (``HTTP`` if unknown), or the function's name."""
+    if call.transport == "http":
+        return call.method if call.method in n.KNOWN_METHODS else "HTTP"
+    return call.target
+
+
+def _state_name(state: object) -> str:
+    """Return the name of a breaker state: its enum ``value``, else its string form."""
+    value = getattr(state, "value", state)
+    return value if isinstance(value, str) else str(value)

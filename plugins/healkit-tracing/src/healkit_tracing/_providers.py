@@ -1,0 +1,124 @@
+"""Whether the plugin's tracer and meter can record anything, answered in nanoseconds.
+
+Without an SDK the OpenTelemetry API is a no-op, but not a free one: a no-op
+``start_span`` costs ~0.7 µs, and ``trace.get_tracer_provider()`` ~0.8 µs
+while no provider is set (it looks the environment up each time). A healkit
+call must cost next to nothing when the application installed no SDK, yet pick
+up an SDK installed later with ``trace.set_tracer_provider`` or
+``metrics.set_meter_provider``, as the API's global proxies do. So
+:class:`Sinks` classifies each provider once, when the plugin is made:
+
+* a provider given to the plugin, or the global one if it was already set:
+  ``NoOpTracerProvider`` / ``NoOpMeterProvider`` never record; any other
+  provider may (an SDK samples span by span, so spans are still asked
+  ``is_recording()``);
+* the global provider, not set yet: the API's proxy. Whether it has been set
+  since is read from the API module's global (``_TRACER_PROVIDER``,
+  ``_METER_PROVIDER``), exactly what the API's own proxies read to decide the
+  same thing. A global provider can be set once only, so once it is seen set,
+  nothing is read again.
+
+Those module globals are private to the API. If a version renames them, the
+proxies are treated as recording: every call then pays the API's no-op cost,
+nothing breaks, and ``tests/test_tracing_providers.py`` says so.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, final
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as metrics_api
+
+__all__ = ["READABLE", "Kind", "Sinks", "globals_unset", "meter_kind", "tracer_kind"]
+
+READABLE: Final = (
+    hasattr(trace, "_TRACER_PROVIDER")
+    and hasattr(metrics_api, "_METER_PROVIDER")
+    and hasattr(metrics_api, "_PROXY_METER_PROVIDER")
+)
+"""Whether this API version keeps its global providers where :class:`Sinks` reads them."""
+
+
+class Kind(enum.Enum):
+    """What a provider can do."""
+
+    NEVER = "never"
+    """A no-op provider: nothing is ever recorded."""
+    MAY = "may"
+    """A real provider (or one the plugin cannot see through): ask it."""
+    UNSET = "unset"
+    """The API's global proxy, no provider set yet: nothing is recorded until one is."""
+
+
+def tracer_kind(provider: trace.TracerProvider | None) -> Kind:
+    """Classify the tracer provider the plugin got (``None``: the global one)."""
+    if provider is None:
+        provider = trace.get_tracer_provider()  # loads OTEL_PYTHON_TRACER_PROVIDER if named
+    if isinstance(provider, trace.NoOpTracerProvider):
+        return Kind.NEVER
+    if isinstance(provider, trace.ProxyTracerProvider) and READABLE:
+        return Kind.MAY if trace._TRACER_PROVIDER is not None else Kind.UNSET  # noqa: SLF001 - see the module docstring
+    return Kind.MAY
+
+
+def meter_kind(provider: metrics.MeterProvider | None) -> Kind:
+    """Classify the meter provider the plugin got (``None``: the global one)."""
+    if provider is None:
+        provider = metrics.get_meter_provider()  # loads OTEL_PYTHON_METER_PROVIDER if named
+    if isinstance(provider, metrics.NoOpMeterProvider):
+        return Kind.NEVER
+    if READABLE and provider is metrics_api._PROXY_METER_PROVIDER:  # noqa: SLF001 - see the module docstring
+        return Kind.MAY if metrics_api._METER_PROVIDER is not None else Kind.UNSET  # noqa: SLF001
+    return Kind.MAY
+
+
+@final
+class Sinks:
+    """Whether spans and metrics may be recorded now.
+
+    The hot path reads it in one of two ways. While ``dormant``, nothing
+    records until a global provider is set: :func:`globals_unset` (or the same
+    two reads inlined) says whether that is still so, and :meth:`refresh` takes
+    the change up. Otherwise, ``refresh()`` if ``watching``, then ``spans`` and
+    ``metrics``.
+
+    Attributes:
+        spans: the tracer may record (``False``: skip every span).
+        metrics: the meter may record (``False``: skip every measurement).
+        watching: a global provider is still unset; call :meth:`refresh`
+            before reading ``spans`` and ``metrics``.
+        dormant: both providers are the API's unset global proxies (no SDK
+            yet): nothing records while :func:`globals_unset` is true.
+
+    """
+
+    __slots__ = ("_watch_metrics", "_watch_spans", "dormant", "metrics", "spans", "watching")
+
+    def __init__(self, spans: Kind, metrics: Kind) -> None:
+        self.spans = spans is Kind.MAY
+        self.metrics = metrics is Kind.MAY
+        self._watch_spans = spans is Kind.UNSET
+        self._watch_metrics = metrics is Kind.UNSET
+        self.watching = self._watch_spans or self._watch_metrics
+        self.dormant = self._watch_spans and self._watch_metrics
+
+    def __repr__(self) -> str:
+        return f"<Sinks spans={self.spans} metrics={self.metrics} watching={self.watching}>"
+
+    def refresh(self) -> None:
+        """Take up a global provider set since the last look (a few attribute reads)."""
+        if self._watch_spans and trace._TRACER_PROVIDER is not None:  # noqa: SLF001
+            self._watch_spans = False
+            self.spans = True
+        if self._watch_metrics and metrics_api._METER_PROVIDER is not None:  # noqa: SLF001
+            self._watch_metrics = False
+            self.metrics = True
+        self.watching = self._watch_spans or self._watch_metrics
+        self.dormant = self._watch_spans and self._watch_metrics
+
+
+def globals_unset() -> bool:
+    """Whether neither global provider has been set (the hot path inlines these two reads)."""
+    return trace._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None  # noqa: SLF001
