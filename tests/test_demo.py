@@ -20,7 +20,7 @@ from healkit import _cli, _demo
 from healkit._client import Client
 from healkit._demo import SCENES, Scene, run_demo
 from healkit._plugins import BUILTIN_PLUGINS
-from healkit.testing import EtcdServer, Fault
+from healkit.testing import EtcdServer, Fault, refused_url
 
 SCENE_NAMES = [scene.name for scene in SCENES]
 
@@ -338,3 +338,16 @@ def test_with_etcd_the_policy_lives_in_etcd_and_changes_there() -> None:
     assert "revision" in change["origin"]
     assert summary["by_scene"]["down"]["by_path"].get("degraded", 0) > 0
     assert left == 0  # the demo removed its key
+
+
+def test_cli_demo_with_an_unreachable_etcd_fails_clearly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    address = refused_url()
+
+    status = _cli.main(["demo", "--duration", "1", "--json", "--etcd", address])
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == ""
+    assert captured.err.startswith("healkit: no etcd endpoint could serve")

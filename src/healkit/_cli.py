@@ -4,7 +4,14 @@
 
     healkit plugins [--json] [--block NAME ...]
     healkit config validate FILE [--block NAME ...]
-    healkit demo [--duration SECONDS] [--concurrency N] [--json]
+    healkit config push FILE|DIR [--dry-run] [--prune]     (etcd; see _cli_etcd)
+    healkit config get [SERVICE] [--format json|yaml|toml]
+    healkit config diff FILE|DIR
+    healkit config watch [--count N] [--timeout SECONDS]
+    healkit config history SERVICE [--full]
+    healkit config rollback SERVICE --to REVISION [--dry-run]
+    healkit status [--json]
+    healkit demo [--duration SECONDS] [--concurrency N] [--json] [--etcd ENDPOINTS]
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from typing import Final, TextIO
 
 import msgspec
 
+from healkit._cli_args import positive_float, positive_int
+from healkit._cli_etcd import add_commands as add_etcd_commands
 from healkit._config import build_config
 from healkit._config_formats import load_file
-from healkit._errors import ConfigError, PluginError
+from healkit._errors import ConfigError, EtcdError, PluginError
 from healkit._plugins import create_plugin_manager, describe_plugins
 from healkit._runtime import config_sections
 
@@ -35,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.run(args, sys.stdout)
-    except PluginError as error:
+    except (PluginError, EtcdError) as error:
         sys.stderr.write(f"healkit: {error}\n")
         return EXIT_INVALID
     return status
@@ -58,18 +67,29 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file", help="the document to validate")
     _block_option(validate)
     validate.set_defaults(run=_validate)
+    add_etcd_commands(commands, config_commands, _block_option)
 
     demo = commands.add_parser(
         "demo", help="watch healkit keep traffic alive through a scripted outage"
     )
     demo.add_argument(
-        "--duration", type=_positive_float, default=30.0, help="seconds to run (default 30)"
+        "--duration", type=positive_float, default=30.0, help="seconds to run (default 30)"
     )
     demo.add_argument(
-        "--concurrency", type=_positive_int, default=16, help="concurrent callers (default 16)"
+        "--concurrency", type=positive_int, default=16, help="concurrent callers (default 16)"
     )
     demo.add_argument(
         "--json", action="store_true", help="print only the final summary, as one JSON object"
+    )
+    demo.add_argument(
+        "--etcd",
+        type=_endpoints,
+        default=(),
+        metavar="ENDPOINTS",
+        help=(
+            "keep the demo's policy in this etcd (comma-separated endpoints, namespace"
+            " healkit-demo, removed at the end) and change it there mid-run"
+        ),
     )
     demo.set_defaults(run=_demo)
     return parser
@@ -83,26 +103,6 @@ def _block_option(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="do not load this entry-point plugin (repeatable)",
     )
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def _plugins(args: argparse.Namespace, out: TextIO) -> int:
@@ -144,8 +144,19 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     from healkit._demo import run_demo  # noqa: PLC0415 - the demo pulls in rich; load it only here
 
     return run_demo(
-        duration=args.duration, concurrency=args.concurrency, as_json=args.json, out=out
+        duration=args.duration,
+        concurrency=args.concurrency,
+        as_json=args.json,
+        out=out,
+        etcd=args.etcd,
     )
+
+
+def _endpoints(text: str) -> tuple[str, ...]:
+    endpoints = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not endpoints:
+        raise argparse.ArgumentTypeError("give at least one etcd endpoint")
+    return endpoints
 
 
 if __name__ == "__main__":  # pragma: no cover

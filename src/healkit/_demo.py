@@ -36,11 +36,10 @@ import json
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO, final
 
-import structlog
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -50,6 +49,7 @@ from rich.table import Table
 from rich.text import Text
 
 from healkit._client import Client
+from healkit._entry_logs import routed_logs
 from healkit._errors import CircuitOpenError, HealkitError
 from healkit._etcd import EtcdClient
 from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource
@@ -133,8 +133,6 @@ QUIET_LOG_EVENTS: Final = frozenset(
 )
 """Per-call log events: counted, not shown. Other healkit log events are notable."""
 FRACTION_TOLERANCE: Final = 1e-6
-
-_LogSink = Callable[[str, Mapping[str, Any]], None]
 
 
 @final
@@ -303,7 +301,7 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
         duration=duration, concurrency=concurrency, as_json=as_json, out=out, etcd=tuple(etcd)
     )
     try:
-        with _captured_logs(demo.on_log):
+        with routed_logs(demo.on_log):
             asyncio.run(demo.run(tuple(scenes)))
     except KeyboardInterrupt:  # a second Ctrl-C: asyncio.run cancelled the calls in flight
         demo.interrupted = True
@@ -963,38 +961,3 @@ def _cumulative(values: Sequence[float]) -> Iterator[float]:
 def _one_line(text: str, limit: int = 160) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-# -- structlog -------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _captured_logs(sink: _LogSink) -> Iterator[None]:
-    """Route structlog to ``sink`` (dropping every event) and restore it afterwards.
-
-    healkit logs each failed attempt; during the demo those would scroll over
-    the live view. The demo is an application entry point, so it may configure
-    structlog while it runs; it puts the previous configuration back (or the
-    unconfigured defaults) however the run ends.
-    """
-    was_configured = structlog.is_configured()
-    saved = structlog.get_config()
-
-    def collect(_logger: object, method: str, event: structlog.typing.EventDict) -> Any:  # noqa: ANN401 - structlog's processor signature
-        sink(method, event)
-        raise structlog.DropEvent
-
-    structlog.configure(
-        processors=[collect],
-        wrapper_class=structlog.make_filtering_bound_logger(0),
-        logger_factory=structlog.ReturnLoggerFactory(),
-        context_class=dict,
-        cache_logger_on_first_use=False,
-    )
-    try:
-        yield
-    finally:
-        if was_configured:
-            structlog.configure(**saved)
-        else:
-            structlog.reset_defaults()
