@@ -226,6 +226,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.revisions: list[int] = []
         self.documents: list[dict[str, Any]] = []
+        self.events: list[object] = []
 
     def submit(self, raw: object, *, origin: str) -> ConfigError | None:
         match = re.search(r"revision (\d+)$", origin)
@@ -237,6 +238,9 @@ class RecordingSink:
 
     def reject(self, error: ConfigError) -> None:
         raise AssertionError(error)
+
+    def emit(self, event: object) -> None:
+        self.events.append(event)
 
 
 async def test_writes_under_repeated_cuts_apply_every_revision_once_in_order(
@@ -277,6 +281,10 @@ async def test_writes_under_repeated_cuts_apply_every_revision_once_in_order(
             await until(source, lambda s: s.applied_revision == written[-1])
             group.cancel_scope.cancel()
     assert sink.revisions == written
+    # Each cut was an outage and a return, published as the source's status.
+    states = [e.connection for e in sink.events if isinstance(e, EtcdSourceStatus)]
+    assert states[:2] == ["unreachable", "connected"]
+    assert len(states) >= 2 * 5
     last = sink.documents[-1]["services"]
     assert last[f"s{999 % 7}"]["endpoints"] == ["http://s999.test"]
 
@@ -414,3 +422,32 @@ async def test_any_document_is_applied_or_rejected_and_the_last_good_stays(
         else:
             assert isinstance(bad, dict)
     await etcd.delete(ROOT, prefix=True)
+
+
+async def test_a_restored_etcd_behind_the_applied_revision_is_read_again() -> None:
+    async with (
+        EtcdServer() as first,
+        EtcdServer() as restored,
+        first.client() as a,
+        restored.client() as b,
+    ):
+        for n in range(10):
+            await a.put(ROOT + "services/x", doc(f"http://x{n}.test"))
+        # The "backup": older history, another document.
+        await b.put(ROOT + "services/y", doc("http://y.test"))
+        port = int(first.url.rsplit(":", 1)[1])
+        async with TcpProxy("127.0.0.1", port) as proxy, EtcdClient(proxy.url) as via:
+            source = EtcdSource(via, namespace="test", random=lambda: 0.1)
+            runtime = healkit.Runtime(config=source, entry_points=False)
+            async with runtime:
+                applied = source.status.applied_revision
+                assert set(runtime.config.services) == {"x"}
+                with capture_logs() as logs:
+                    proxy.retarget("127.0.0.1", int(restored.url.rsplit(":", 1)[1]))
+                    await proxy.cut()
+                    await until(source, lambda s: s.applied_revision < applied)
+                assert set(runtime.config.services) == {"y"}
+                assert any(e["event"] == "healkit.etcd_revision_went_back" for e in logs)
+                after = await b.put(ROOT + "services/z", doc("http://z.test"))
+                await until(source, lambda s: s.applied_revision == after.revision)
+                assert set(runtime.config.services) == {"y", "z"}

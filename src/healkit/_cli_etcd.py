@@ -1158,6 +1158,10 @@ class _WatchReport:
             self._out.write(f"rejected {error.origin}: {issue.path}: {issue.reason}\n")
         self._out.flush()
 
+    def emit(self, event: object) -> None:
+        """Ignore the source's status events: its log events are printed instead."""
+        del event
+
     def log(self, _method: str, event: Mapping[str, Any]) -> None:
         """Take one of the source's log events (those about documents and the connection)."""
         name = event.get("event")

@@ -138,6 +138,7 @@ class EtcdSource:
         "_rejected",
         "_revision",
         "_root",
+        "_sink",
         "_snapshot",
     )
 
@@ -167,6 +168,7 @@ class EtcdSource:
         self._from_snapshot = False
         self._last_error: str | None = None
         self._changed = asyncio.Event()
+        self._sink: ConfigSink | None = None
         # Keys under the namespace that are not configuration (fleet health
         # records...), relative to the root, for the listeners.
         self._extra: dict[str, KeyValue] = {}
@@ -273,6 +275,9 @@ class EtcdSource:
 
     async def watch(self, sink: ConfigSink) -> None:
         """Apply every change of the namespace, revision by revision, until cancelled."""
+        self._sink = sink
+        if self._connection == "unreachable":
+            sink.emit(self.status)  # started from the snapshot: say so at once
         failures = 0
         while True:
             try:
@@ -299,16 +304,15 @@ class EtcdSource:
         async with self._client.watch(
             self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
         ) as stream:
+            if stream.created_revision < self._revision:
+                # etcd was restored from an older backup (or is another cluster): a
+                # watch from our next revision would wait for a future that is not ours.
+                await self._went_back(stream.created_revision, sink)
+                return
             self._connected()
             async for response in stream:
                 if response.revision < self._revision:
-                    # etcd was restored from an older backup: its history is not ours.
-                    _logger.warning(
-                        "healkit.etcd_revision_went_back",
-                        applied_revision=self._revision,
-                        etcd_revision=response.revision,
-                    )
-                    await self._resync(sink)
+                    await self._went_back(response.revision, sink)
                     return
                 fresh = [e for e in response.events if e.kv.mod_revision > self._revision]
                 # A response can carry several revisions (catching up after a
@@ -319,6 +323,14 @@ class EtcdSource:
                     # A progress notification: nothing of ours changed up to there.
                     self._revision = response.revision
                     self._changed.set()
+
+    async def _went_back(self, etcd_revision: int, sink: ConfigSink) -> None:
+        _logger.warning(
+            "healkit.etcd_revision_went_back",
+            applied_revision=self._revision,
+            etcd_revision=etcd_revision,
+        )
+        await self._resync(sink)
 
     async def _resync(self, sink: ConfigSink) -> None:
         """Read the whole prefix at one revision and apply the difference as one document."""
@@ -546,21 +558,30 @@ class EtcdSource:
     # -- connection state ------------------------------------------------------------
 
     def _connected(self) -> None:
-        if self._connection == "unreachable":
-            _logger.info("healkit.etcd_reconnected", applied_revision=self._revision)
+        was = self._connection
         self._connection = "connected"
         self._changed.set()
+        if was == "unreachable":
+            _logger.info("healkit.etcd_reconnected", applied_revision=self._revision)
+            self._publish()
 
     def _unreachable(self, error: EtcdError) -> None:
-        if self._connection != "unreachable":
+        was = self._connection
+        self._connection = "unreachable"
+        self._last_error = str(error)
+        self._changed.set()
+        if was != "unreachable":
             _logger.warning(
                 "healkit.etcd_unreachable",
                 applied_revision=self._revision,
                 reason=str(error),
             )
-        self._connection = "unreachable"
-        self._last_error = str(error)
-        self._changed.set()
+            self._publish()
+
+    def _publish(self) -> None:
+        """Hand the status to ``healkit_event`` (metrics count outages from it)."""
+        if self._sink is not None:
+            self._sink.emit(self.status)
 
     def _backoff(self, failures: int) -> float:
         """Full jitter over a doubling ceiling, capped."""

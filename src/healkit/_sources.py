@@ -42,6 +42,10 @@ class ConfigSink(Protocol):
         """Report a document the source could not even decode."""
         ...
 
+    def emit(self, event: object) -> None:
+        """Publish an event of the source (its connection state) to ``healkit_event``."""
+        ...
+
 
 @runtime_checkable
 class ConfigSource(Protocol):

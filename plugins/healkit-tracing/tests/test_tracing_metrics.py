@@ -10,6 +10,7 @@ import pytest
 from tracing_support import SERVICE, RetryAll, Telemetry, document
 
 import healkit
+from healkit.etcd import EtcdSourceStatus
 from healkit.testing import Fault, FaultServer
 from healkit_breaker import BreakerPlugin
 from healkit_tracing import SECTION, TracingPlugin, TracingSettings
@@ -187,6 +188,31 @@ async def test_breaker_transition_events_are_counted(telemetry: Telemetry) -> No
         for p in collected["healkit.breaker.state"].data.data_points
     }
     assert states == {"closed": 0, "open": 1}
+    assert runtime.plugin_errors == {}
+
+
+def status(connection: str) -> EtcdSourceStatus:
+    return EtcdSourceStatus(
+        connection=connection,  # type: ignore[arg-type]
+        applied_revision=7,
+        from_snapshot=False,
+        last_error=None,
+        rejected={},
+    )
+
+
+async def test_etcd_outages_are_counted_and_the_connection_is_a_gauge(
+    telemetry: Telemetry,
+) -> None:
+    runtime = healkit.Runtime(plugins=[telemetry.plugin()], entry_points=False)
+    runtime.emit(status("unreachable"))
+    runtime.emit(status("connected"))
+    runtime.emit(status("unreachable"))
+    collected = telemetry.metrics()
+    (outages,) = collected["healkit.etcd.outages"].data.data_points
+    assert (outages.value, collected["healkit.etcd.outages"].unit) == (2, "{outage}")
+    (connected,) = collected["healkit.etcd.connected"].data.data_points
+    assert connected.value == 0
     assert runtime.plugin_errors == {}
 
 

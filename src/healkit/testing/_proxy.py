@@ -63,6 +63,10 @@ class TcpProxy:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def retarget(self, host: str, port: int) -> None:
+        """Forward new connections to ``host:port`` from now on (open ones stay)."""
+        self._target = (host, port)
+
     def block(self) -> None:
         """Refuse new connections (closed at once) until :meth:`unblock`."""
         self._blocked = True

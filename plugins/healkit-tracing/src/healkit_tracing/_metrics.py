@@ -24,6 +24,8 @@ class Instruments:
         "connections",
         "degraded",
         "dns_duration",
+        "etcd_connected",
+        "etcd_outages",
         "fallbacks",
         "queue_duration",
         "request_duration",
@@ -65,6 +67,16 @@ class Instruments:
             n.METRIC_BREAKER_STATE,
             unit="1",
             description="1 for the state a circuit breaker is in, 0 for a state it left.",
+        )
+        self.etcd_connected = meter.create_gauge(
+            n.METRIC_ETCD_CONNECTED,
+            unit="1",
+            description="1 while the etcd configuration source is connected, 0 while unreachable.",
+        )
+        self.etcd_outages = meter.create_counter(
+            n.METRIC_ETCD_OUTAGES,
+            unit="{outage}",
+            description="Times the etcd configuration source lost etcd.",
         )
         self.dns_duration = meter.create_histogram(
             n.METRIC_DNS_DURATION,

@@ -37,6 +37,7 @@ from opentelemetry.metrics import _internal as metrics_api
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
 import healkit
+from healkit.etcd import EtcdSourceStatus
 from healkit_tracing import _names as n
 from healkit_tracing._connection import build_trace_config
 from healkit_tracing._logging import ATTEMPT_SPAN
@@ -321,11 +322,17 @@ class TracingPlugin:
 
     @healkit.hookimpl
     def healkit_event(self, event: object) -> None:
-        """Count circuit breaker transitions and keep the breaker state gauge."""
+        """Count circuit breaker transitions and etcd outages; keep their gauges."""
         sinks = self._sinks
         if sinks.watching:
             sinks.refresh()
         if not sinks.metrics:
+            return
+        if isinstance(event, EtcdSourceStatus):
+            connected = event.connection == "connected"
+            self._instruments.etcd_connected.set(1 if connected else 0)
+            if event.connection == "unreachable":
+                self._instruments.etcd_outages.add(1)
             return
         to_state = getattr(event, "to_state", None)
         from_state = getattr(event, "from_state", None)
