@@ -42,6 +42,8 @@ from healkit import _errors, hookspecs
 from healkit._config import CoreServiceSettings, LoggingSettings
 from healkit._degraded import SECTION as DEGRADED_SECTION
 from healkit._degraded import DegradedSettings
+from healkit._routing import SECTION as ROUTING_SECTION
+from healkit._routing import RoutingSettings
 from healkit.testing import EtcdServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,6 +257,7 @@ MODELS: dict[str, type[msgspec.Struct]] = {
     "": CoreServiceSettings,
     "logging.": LoggingSettings,
     "degraded.": DegradedSettings,
+    "routing.": RoutingSettings,
     "timeout.": healkit_timeout.TimeoutSettings,
     "retry.": healkit_retry.RetrySettings,
     "breaker.": healkit_breaker.BreakerSettings,
@@ -390,6 +393,7 @@ def test_error_tree_is_the_one_in_the_code() -> None:
 
 SECTIONS = (
     DEGRADED_SECTION,
+    ROUTING_SECTION,
     healkit_timeout.SECTION,
     healkit_retry.SECTION,
     healkit_breaker.SECTION,

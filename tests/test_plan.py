@@ -16,6 +16,7 @@ from healkit._plugins import BUILTIN_PLUGINS, create_plugin_manager
 BUILTINS = [plugin().healkit_name for plugin in BUILTIN_PLUGINS]  # type: ignore[attr-defined]
 
 HOOK_ARGS = {
+    "healkit_route": ("call", "attempt"),
     "healkit_pre_request": ("call", "attempt"),
     "healkit_post_response": ("call", "attempt", "response"),
     "healkit_on_error": ("call", "attempt", "error"),

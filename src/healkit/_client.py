@@ -298,6 +298,7 @@ class Client:
             replayable=body is None or isinstance(body, bytes | str | Mapping),
             started=now,
             deadline=limit,
+            routable=url is None,
         )
         transport = HttpTransport(session, data=body, options=options, stream=stream)
         return call, transport, endpoint

@@ -44,6 +44,7 @@ __all__ = [
     "ServicePolicy",
     "Timeouts",
     "build_config",
+    "normalize_endpoint",
 ]
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -135,7 +136,7 @@ class CoreServiceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
 
     def __post_init__(self) -> None:
         """Reject duplicate endpoints."""
-        normalized = [_normalize_endpoint(e) for e in self.endpoints]
+        normalized = [normalize_endpoint(e) for e in self.endpoints]
         if len(set(normalized)) != len(normalized):
             raise ValueError("endpoints must not repeat")
 
@@ -189,7 +190,7 @@ class ServicePolicy:
         sections: Mapping[str, msgspec.Struct],
     ) -> None:
         self.name = name
-        self.endpoints = tuple(_normalize_endpoint(e) for e in core.endpoints)
+        self.endpoints = tuple(normalize_endpoint(e) for e in core.endpoints)
         self.max_body_bytes = core.max_body_bytes
         self._sections = dict(sections)
         self.stash = Stash()
@@ -382,7 +383,8 @@ def _shared_endpoints(services: Mapping[str, ServicePolicy]) -> list[ConfigIssue
     return issues
 
 
-def _normalize_endpoint(endpoint: str) -> str:
+def normalize_endpoint(endpoint: str) -> str:
+    """Return ``endpoint`` as healkit keeps it: no trailing ``/``."""
     url = yarl.URL(endpoint)
     text = str(url.with_path(url.path.rstrip("/")))
     return text.rstrip("/")

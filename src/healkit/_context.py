@@ -62,6 +62,10 @@ class CallContext:
             attempt still running then fails with ``DeadlineExceeded``.
         attempts: the attempts so far, oldest first.
         path: the path taken so far.
+        routable: whether an attempt may go to any endpoint of the service
+            (``healkit_route``): true for an HTTP call of :class:`healkit.Client`
+            addressed by service name; false for an absolute URL, the aiohttp
+            middleware and decorated functions.
 
     """
 
@@ -78,6 +82,7 @@ class CallContext:
         "path",
         "policy",
         "replayable",
+        "routable",
         "service",
         "started",
         "target",
@@ -100,8 +105,10 @@ class CallContext:
         started: float | None = None,
         deadline: float = math.inf,
         scope_deadline: float | None = None,
+        routable: bool = False,
     ) -> None:
         self.service = service
+        self.routable = routable
         self.transport: TransportKind = transport
         self.method = method
         self.target = target
@@ -202,6 +209,9 @@ class AttemptContext:
         timeouts: this attempt's limits; the pipeline also caps them by the
             call's remaining deadline.
         headers: headers added to this attempt only (``traceparent``).
+        withheld_headers: names (lower case) of the call's headers not sent with
+            this attempt: the credentials a router keeps from an endpoint of
+            another origin.
         ssl: the TLS context for this attempt's connection (set by a TLS
             plugin); ``None`` leaves aiohttp's default (the system's CA
             bundle, hostname verification on). An ``ssl=`` option the caller
@@ -226,6 +236,7 @@ class AttemptContext:
         "started",
         "status",
         "timeouts",
+        "withheld_headers",
     )
 
     def __init__(
@@ -247,6 +258,7 @@ class AttemptContext:
         self.duration: float | None = None
         self.retry_delay = retry_delay
         self.ssl: ssl.SSLContext | None = None
+        self.withheld_headers: frozenset[str] = frozenset()
         self._stash: Stash | None = None
 
     def __repr__(self) -> str:

@@ -55,6 +55,9 @@ class HttpTransport:
             raise RequestError(f"no endpoint to send {call.method} {call.target} to")
         url = join_url(attempt.endpoint, call.target)
         headers = call.headers_if_any()
+        if attempt.withheld_headers and headers:
+            withheld = attempt.withheld_headers
+            headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in withheld)
         if attempt.headers:
             headers = CIMultiDict(headers or ())
             headers.update(attempt.headers)

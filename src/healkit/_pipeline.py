@@ -91,6 +91,10 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
             )
             call.attempts.append(attempt)
             try:
+                if plan.has_route and call.routable:
+                    chosen = plan.route(call, attempt)
+                    if chosen is not None:
+                        attempt.endpoint = chosen
                 if plan.has_pre_request:
                     plan.pre_request(call, attempt)
                 result, response = await _send(runtime.timers, call, attempt, transport)
@@ -107,6 +111,9 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                         raise
                 if error is None:
                     outcome = _Ending(call, attempt.endpoint, ended)
+                    if call.path == "fallback":  # a fallback endpoint answered: say so
+                        marked = transport.accept(Fallback(result, endpoint=attempt.endpoint))
+                        result = result if marked is None else marked
                     if plan.has_call_end:
                         plan.call_end(call, outcome(), None)
                     return transport.finish(result, outcome)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["PER_CALL_HOOKS", "CallPlan", "CompiledHook", "compile_hook"]
 
 PER_CALL_HOOKS: Final = (
+    "healkit_route",
     "healkit_pre_request",
     "healkit_post_response",
     "healkit_on_error",
@@ -163,10 +164,12 @@ class CallPlan:
         "_on_observer_error",
         "_post_response",
         "_pre_request",
+        "_route",
         "has_call_abandoned",
         "has_call_end",
         "has_post_response",
         "has_pre_request",
+        "has_route",
         "idle",
     )
 
@@ -178,6 +181,7 @@ class CallPlan:
         *,
         idle: Collection[str] = frozenset(),
     ) -> None:
+        self._route = compile_hook(pm, "healkit_route", idle)
         self._pre_request = compile_hook(pm, "healkit_pre_request", idle)
         self._post_response = compile_hook(pm, "healkit_post_response", idle)
         self._on_error = compile_hook(pm, "healkit_on_error", idle)
@@ -188,6 +192,7 @@ class CallPlan:
         self._on_observer_error = on_observer_error
         self._on_fallback_failed = on_fallback_failed
         # Hooks nobody implements are skipped by the executor without a call.
+        self.has_route = bool(self._route.functions)
         self.has_pre_request = bool(self._pre_request.functions)
         self.has_post_response = bool(self._post_response.functions)
         self.has_call_end = bool(self._call_end.functions)
@@ -196,6 +201,7 @@ class CallPlan:
     def hooks(self) -> Sequence[CompiledHook]:
         """Return the compiled hooks (for inspection and tests)."""
         return (
+            self._route,
             self._pre_request,
             self._post_response,
             self._on_error,
@@ -210,6 +216,24 @@ class CallPlan:
             self._on_observer_error(plugin, hook.name, exc)
             return
         raise PluginError(plugin, hook.name, exc) from exc
+
+    def route(self, call: CallContext, attempt: AttemptContext) -> str | None:
+        """Run ``healkit_route``; return the first endpoint a decision plugin chose."""
+        hook = self._route
+        for index, function in enumerate(hook.functions):
+            try:
+                chosen = function(call, attempt)
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+                continue
+            if chosen is None or hook.observers[index]:
+                continue
+            if not isinstance(chosen, str):
+                wrong = TypeError(f"returned {type(chosen).__name__}, not an endpoint (str)")
+                self._failed(hook, index, wrong)
+                continue
+            return chosen
+        return None
 
     def pre_request(self, call: CallContext, attempt: AttemptContext) -> None:
         """Run ``healkit_pre_request``; a decision plugin's HealkitError refuses the attempt."""

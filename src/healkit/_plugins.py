@@ -26,6 +26,7 @@ import pluggy
 from healkit import hookspecs
 from healkit._degraded import DegradedResponses
 from healkit._errors import PluginError
+from healkit._routing import Router
 
 __all__ = [
     "BLOCK_ENV",
@@ -41,7 +42,7 @@ __all__ = [
 ENTRY_POINT_GROUP: Final = "healkit"
 BLOCK_ENV: Final = "HEALKIT_BLOCK_PLUGINS"
 """Comma-separated plugin names never to load, in addition to ``block=``."""
-BUILTIN_PLUGINS: Final[tuple[Callable[[], object], ...]] = (DegradedResponses,)
+BUILTIN_PLUGINS: Final[tuple[Callable[[], object], ...]] = (DegradedResponses, Router)
 """The core's own plugins, registered first in every plugin manager."""
 
 

@@ -138,6 +138,24 @@ def healkit_trace_configs() -> Sequence[aiohttp.TraceConfig]:  # type: ignore[em
 # ---------------------------------------------------------------------------
 
 
+@hookspec(firstresult=True)
+def healkit_route(call: CallContext, attempt: AttemptContext) -> str | None:
+    """Choose the endpoint of an attempt, before it is prepared.
+
+    Called before ``healkit_pre_request`` for every attempt of a call that may
+    go to any endpoint of its service (``call.routable``: an HTTP call of
+    :class:`healkit.Client` addressed by service name). ``attempt.endpoint``
+    holds the default: the service's first endpoint, or the one a
+    ``RetryDecision`` asked for. Return one of the service's endpoints, or
+    ``None`` to keep it. The built-in ``routing`` plugin implements it
+    (priority groups, balancing, ejection); a plugin registered after it
+    answers first.
+
+    Result: stops at the first non-``None`` result (``firstresult``). May not
+    return an awaitable.
+    """
+
+
 @hookspec
 def healkit_pre_request(call: CallContext, attempt: AttemptContext) -> None:
     """Prepare an attempt before it is sent.

@@ -62,17 +62,6 @@ def test_one_attempt_means_no_retry_whatever_the_error() -> None:
     assert decision.reason == "retries are off (retry.attempts = 1)"
 
 
-def test_next_endpoint_follows_the_one_that_failed() -> None:
-    assert decide(healkit.ConnectError("x"), endpoint=ENDPOINTS[0]).endpoint == ENDPOINTS[1]
-    assert decide(healkit.ConnectError("x"), endpoint=ENDPOINTS[1]).endpoint == ENDPOINTS[2]
-    assert decide(healkit.ConnectError("x"), prefer_other_endpoint=False).endpoint is None
-
-
-def test_next_endpoint_wraps_around_and_ignores_foreign_urls() -> None:
-    assert decide(healkit.ConnectError("x"), endpoint=ENDPOINTS[2]).endpoint == ENDPOINTS[0]
-    assert decide(healkit.ConnectError("x"), endpoint="http://other.test").endpoint is None
-
-
 def test_a_retry_after_set_by_another_plugin_is_sanitized() -> None:
     assert decide(status_error(503, retry_after=-3.0)).delay == 0.0
     refused = decide(status_error(503, retry_after=math.nan))

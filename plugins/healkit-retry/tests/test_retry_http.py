@@ -230,25 +230,6 @@ async def test_a_streamed_body_is_never_sent_twice(
 # -- where and when --------------------------------------------------------------------
 
 
-async def test_retry_goes_to_the_next_endpoint(
-    fault_server: FaultServer, manual_clock: ManualClock
-) -> None:
-    fault_server.script("/x", Fault.status(503), Fault.status(503))
-    async with FaultServer() as other:
-        other.script("/x", Fault.status(503))
-        endpoints = [fault_server.url, other.url]
-        async with client(endpoints, clock=manual_clock) as c:
-            with pytest.raises(healkit.HTTPStatusError) as caught:
-                await c.get("/x", service=SERVICE)
-        assert [a.endpoint for a in caught.value.attempts] == [*endpoints, fault_server.url]
-
-        fault_server.script("/x", Fault.status(503))
-        async with client(endpoints, clock=manual_clock, prefer_other_endpoint=False) as c:
-            response = await c.get("/x", service=SERVICE)
-        assert response.outcome is not None
-        assert [a.endpoint for a in response.outcome.attempts] == [fault_server.url] * 2
-
-
 async def test_retry_after_seconds_is_honoured(
     fault_server: FaultServer, manual_clock: ManualClock
 ) -> None:
@@ -404,7 +385,8 @@ async def test_breaker_refusal_moves_a_post_to_the_next_endpoint(
     assert response.status == 200
     assert response.outcome is not None
     assert [a.error for a in response.outcome.attempts] == ["CircuitOpenError", None]
-    assert manual_clock.sleeps[0] <= 0.01  # no wait for the breaker of the other endpoint
+    # The routing plugin moved the call to the other endpoint at once: no wait.
+    assert sum(manual_clock.sleeps) <= 0.01
 
 
 async def test_open_service_breaker_is_waited_for_within_the_cap(

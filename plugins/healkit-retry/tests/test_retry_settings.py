@@ -34,7 +34,7 @@ def test_settings_come_from_defaults_and_service_documents() -> None:
 
 def test_the_plugin_is_named_retry() -> None:
     runtime = healkit.Runtime(
-        plugins=[RetryPlugin()], entry_points=False, block_plugins=["degraded"]
+        plugins=[RetryPlugin()], entry_points=False, block_plugins=["degraded", "routing"]
     )
     assert [p.name for p in healkit.describe_plugins(runtime.plugin_manager)] == ["retry"]
 

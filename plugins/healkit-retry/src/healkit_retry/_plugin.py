@@ -42,7 +42,6 @@ class _Policy:
         "kinds",
         "max_retry_after",
         "non_idempotent",
-        "other_endpoint",
         "statuses",
     )
 
@@ -57,7 +56,6 @@ class _Policy:
         self.statuses = frozenset(settings.statuses if retrying else ())
         self.non_idempotent = settings.retry_non_idempotent
         self.inject_key = settings.idempotency_key
-        self.other_endpoint = settings.prefer_other_endpoint
         self.max_retry_after = settings.max_retry_after
 
 
@@ -189,11 +187,8 @@ class RetryPlugin:
         if refusal is not None:
             return healkit.RetryDecision.stop(refusal)
 
-        endpoint = None
-        if derived.other_endpoint:
-            endpoint = _next_endpoint(call.policy.endpoints, attempt.endpoint)
         now = call.clock.now()
-        delay, why = self._delay(attempt, error, derived, endpoint, now)
+        delay, why = self._delay(attempt, error, derived, now)
         if why is not None:
             return healkit.RetryDecision.stop(why)
 
@@ -219,9 +214,7 @@ class RetryPlugin:
                 f" at least {minimum:g} retries/s)"
             )
         return healkit.RetryDecision.again(
-            delay,
-            endpoint=endpoint,
-            reason=f"attempt {attempt.number + 1} of {derived.attempts}",
+            delay, reason=f"attempt {attempt.number + 1} of {derived.attempts}"
         )
 
     # -- helpers -----------------------------------------------------------------------
@@ -231,7 +224,6 @@ class RetryPlugin:
         attempt: healkit.AttemptContext,
         error: healkit.HealkitError,
         derived: _Policy,
-        endpoint: str | None,
         now: float,
     ) -> tuple[float, str | None]:
         """Return the wait before the next attempt, or a reason not to make it."""
@@ -244,10 +236,9 @@ class RetryPlugin:
                 )
             return max(retry_after, 0.0), None
         closed_in = 0.0
-        if isinstance(error, healkit.CircuitOpenError) and (
-            error.endpoint is None or error.endpoint == (endpoint or attempt.endpoint)
-        ):
-            # The next attempt goes where the breaker is open: wait until it may probe.
+        if isinstance(error, healkit.CircuitOpenError):
+            # No other endpoint took the call (the routing plugin would have moved
+            # it at once): the next attempt waits until this breaker may probe.
             closed_in = error.retry_at - now
             if closed_in > derived.cap:
                 if math.isinf(closed_in):
@@ -360,14 +351,3 @@ def _refusal(  # noqa: PLR0911 - one early return per rule reads best
 
 def _retry_after(error: healkit.HealkitError) -> float | None:
     return error.retry_after if isinstance(error, healkit.HTTPStatusError) else None
-
-
-def _next_endpoint(endpoints: tuple[str, ...], failed: str | None) -> str | None:
-    """Return the endpoint after ``failed`` in the service's list (wrapping around)."""
-    if len(endpoints) < 2 or failed is None:
-        return None
-    try:
-        index = endpoints.index(failed)
-    except ValueError:  # an absolute URL outside the service's endpoints
-        return None
-    return endpoints[(index + 1) % len(endpoints)]

@@ -80,9 +80,6 @@ class RetrySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             non-idempotent HTTP requests that have none, which makes them safe
             to retry. Default off: only a server that deduplicates by that
             header makes it safe.
-        prefer_other_endpoint: send a retry to the endpoint after the one that
-            failed, when the service has several. Default on: the failure is
-            often the endpoint's own.
         max_retry_after: seconds; the longest ``Retry-After`` honoured. A
             longer one ends the call instead of keeping it waiting. Default 30 s.
         budget_ratio: retries may add at most this fraction of the service's
@@ -106,7 +103,6 @@ class RetrySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     retry_on: tuple[FailureKind, ...] = ALL_FAILURES
     retry_non_idempotent: bool = False
     idempotency_key: bool = False
-    prefer_other_endpoint: bool = True
     max_retry_after: Annotated[float, msgspec.Meta(ge=0, le=3600.0)] = 30.0
     budget_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
     budget_window: Annotated[float, msgspec.Meta(gt=0, le=3600.0)] = 10.0

@@ -1,0 +1,524 @@
+"""Routing: endpoints in priority groups, balancing, passive ejection, failover.
+
+A built-in plugin (``routing``), configured per service in the ``routing``
+section. A service's endpoints form priority groups: its ``endpoints`` are the
+primary group, ``routing.fallback_groups`` come after. Each attempt of a call
+addressed by service name goes to a usable endpoint of the first group that
+has one (round-robin, or the less busy of two picked at random), and a retry
+prefers an endpoint other than the one that just failed.
+
+An endpoint is unusable while it is *ejected* (``eject_after`` failures in a
+row: ejected for ``eject_time``, doubling on each further ejection up to
+``eject_time_max``; at most ``max_ejected_fraction`` of a group at once, and
+always at least one endpoint) or while its circuit breaker refuses calls (the
+``breaker`` plugin, when installed). A failure that provably never reached the
+server (a refused connection, a breaker's refusal) moves the call to another
+usable endpoint at once, without a backoff. When no endpoint is usable, the
+primary group is tried anyway.
+
+An answer from a fallback group is a ``fallback``: ``response.outcome.path``
+and the ``Healkit-Outcome`` header say so, and ``response.outcome.endpoint``
+which endpoint answered. Credentials (``Authorization``, ``Proxy-Authorization``,
+``Cookie`` and ``routing.credential_headers``) are not sent to an endpoint of
+another origin than the service's first endpoint unless
+``routing.forward_credentials`` is true.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, final
+
+import msgspec
+import structlog
+import yarl
+
+from healkit._config import (
+    ENDPOINT_PATTERN,
+    ConfigSection,
+    HealkitConfig,
+    Seconds,
+    ServicePolicy,
+    normalize_endpoint,
+)
+from healkit._context import AttemptContext, CallContext, RetryDecision
+from healkit._errors import (
+    CircuitOpenError,
+    ConnectError,
+    ConnectionLostError,
+    ConnectTimeout,
+    DeadlineExceeded,
+    HealkitError,
+    HTTPStatusError,
+    TimeoutExceeded,
+)
+from healkit._stash import StashKey
+from healkit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from healkit._response import Response
+    from healkit._runtime import Runtime
+
+__all__ = [
+    "SECTION",
+    "EndpointEjected",
+    "EndpointStatus",
+    "Router",
+    "RoutingSettings",
+]
+
+_logger: Final = structlog.get_logger("healkit")
+
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
+_ORIGIN_PATTERN: Final = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5})?$")
+
+Endpoint = Annotated[str, msgspec.Meta(pattern=ENDPOINT_PATTERN)]
+Origin = Annotated[str, msgspec.Meta(pattern=_ORIGIN_PATTERN.pattern)]
+Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")]
+
+
+@final
+class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``routing`` section of a service document.
+
+    Attributes:
+        fallback_groups: endpoint groups tried, in order, when no endpoint of
+            the groups before is usable (the service's ``endpoints`` are the
+            primary group).
+        balance: within a group, ``round_robin`` or ``least_outstanding``
+            (the less busy of two endpoints picked at random).
+        eject_after: failures in a row that eject an endpoint (0: never).
+        eject_time: seconds of a first ejection.
+        eject_time_max: the cap of the ejection time, which doubles with
+            each further ejection of the endpoint.
+        max_ejected_fraction: the share of a group that may be ejected at once
+            (at least one endpoint may always be).
+        failover: move at once to another endpoint after a failure that never
+            reached the server (refused connection, open breaker).
+        allowed_origins: when not empty, every fallback endpoint must have one
+            of these origins (``https://dr.example.com:8443``, or a host
+            wildcard ``https://*.internal``).
+        forward_credentials: send credentials to endpoints of another origin
+            than the service's first endpoint too.
+        credential_headers: more header names withheld from such endpoints.
+
+    """
+
+    fallback_groups: tuple[tuple[Endpoint, ...], ...] = ()
+    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    eject_after: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    eject_time: Seconds = 30.0
+    eject_time_max: Seconds = 300.0
+    max_ejected_fraction: Fraction = 0.5
+    failover: bool = True
+    allowed_origins: tuple[Origin, ...] = ()
+    forward_credentials: bool = False
+    credential_headers: tuple[HeaderName, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Check what one field alone cannot say."""
+        if self.eject_time > self.eject_time_max:
+            raise ValueError(
+                f"eject_time ({self.eject_time}s) must not exceed"
+                f" eject_time_max ({self.eject_time_max}s)"
+            )
+        seen: set[str] = set()
+        for index, group in enumerate(self.fallback_groups):
+            if not group:
+                raise ValueError(f"fallback_groups[{index}] is empty")
+            for endpoint in group:
+                normalized = normalize_endpoint(endpoint)
+                if normalized in seen:
+                    raise ValueError(f"fallback endpoint {normalized} appears twice")
+                seen.add(normalized)
+                if self.allowed_origins and not origin_allowed(normalized, self.allowed_origins):
+                    raise ValueError(f"fallback endpoint {normalized} is outside allowed_origins")
+
+
+SECTION: Final = ConfigSection(
+    "routing", RoutingSettings, doc="endpoint groups, balancing, ejection and failover"
+)
+"""The ``routing`` section; read it with ``policy.section(SECTION)``."""
+
+
+def origin_allowed(url: str, allowed: Sequence[str]) -> bool:
+    """Whether ``url``'s scheme and host are allowed (``https://*.internal``: any subdomain).
+
+    An entry with a port (``https://dr.example.com:8443``) allows that port only.
+    """
+    parsed = yarl.URL(url)
+    for entry in allowed:
+        pattern = yarl.URL(entry)
+        if parsed.scheme != pattern.scheme:
+            continue
+        if pattern.explicit_port is not None and parsed.port != pattern.explicit_port:
+            continue  # a port is checked only when the entry names one
+        host, wanted = (parsed.host or "").lower(), (pattern.raw_host or "").lower()
+        if wanted.startswith("*."):
+            if host.endswith(wanted[1:]) and host != wanted[2:]:
+                return True
+        elif host == wanted:
+            return True
+    return False
+
+
+@final
+class EndpointEjected(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint was ejected (emitted to ``healkit_event`` and logged).
+
+    Attributes:
+        service: the service.
+        endpoint: the endpoint ejected.
+        failures: failures in a row that ejected it.
+        seconds: for how long.
+        ejections: how many times it was ejected without recovering since.
+
+    """
+
+    service: str
+    endpoint: str
+    failures: int
+    seconds: float
+    ejections: int
+
+
+@final
+class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint of a service as the router sees it now.
+
+    Attributes:
+        service: the service.
+        endpoint: the endpoint.
+        group: 0 for the primary group, 1 for the first fallback group, ...
+        usable: whether an attempt may go there now.
+        ejected_for: seconds of ejection left (0: not ejected).
+        consecutive_failures: failures since its last success.
+        outstanding: attempts in flight there.
+
+    """
+
+    service: str
+    endpoint: str
+    group: int
+    usable: bool
+    ejected_for: float
+    consecutive_failures: int
+    outstanding: int
+
+
+@final
+class _Health:
+    """What the router remembers of one endpoint of one service."""
+
+    __slots__ = ("ejected_until", "ejections", "failures", "outstanding", "successes")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.successes = 0
+        self.ejections = 0
+        self.ejected_until = -math.inf
+        self.outstanding = 0
+
+
+@final
+class _Plan:
+    """A service's routing, compiled once per configuration snapshot."""
+
+    __slots__ = ("first_origin", "groups", "settings", "withheld")
+
+    def __init__(self, policy: ServicePolicy, settings: RoutingSettings) -> None:
+        self.settings = settings
+        groups = [tuple(policy.endpoints)]
+        groups.extend(tuple(normalize_endpoint(e) for e in g) for g in settings.fallback_groups)
+        self.groups = tuple(group for group in groups if group)
+        self.first_origin = _origin(self.groups[0][0]) if self.groups else None
+        self.withheld = (
+            frozenset()
+            if settings.forward_credentials
+            else CREDENTIAL_HEADERS | {h.lower() for h in settings.credential_headers}
+        )
+
+    @property
+    def choices(self) -> int:
+        return sum(len(group) for group in self.groups)
+
+
+_PLAN: Final = StashKey[_Plan]("healkit.routing")
+_ROUTED: Final = StashKey[_Health]("healkit.routing.attempt")
+
+
+@final
+class Router:
+    """The built-in ``routing`` plugin."""
+
+    healkit_name = "routing"
+
+    def __init__(self, *, draw: Callable[[Sequence[str]], str] | None = None) -> None:
+        self._health: dict[tuple[str, str], _Health] = {}
+        self._turns: dict[tuple[str, int], int] = {}
+        self._runtime: Runtime | None = None
+        self._config: HealkitConfig | None = None
+        self._draw = draw or random.choice
+
+    def __repr__(self) -> str:
+        return f"<Router {len(self._health)} endpoints>"
+
+    # -- configuration --------------------------------------------------------------
+
+    @hookimpl
+    def healkit_config_sections(self) -> Sequence[ConfigSection[Any]]:
+        """Contribute the ``routing`` section."""
+        return (SECTION,)
+
+    @hookimpl
+    def healkit_configure(self, config: HealkitConfig, runtime: Runtime) -> None:
+        """Keep what is known of the endpoints still configured; forget the others."""
+        self._runtime = runtime
+        self._config = config
+        known = {
+            (name, endpoint)
+            for name, policy in config.services.items()
+            for group in _plan(policy).groups
+            for endpoint in group
+        }
+        self._health = {key: health for key, health in self._health.items() if key in known}
+
+    def healkit_idle(self, config: HealkitConfig) -> bool:
+        """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
+        return all(_plan(policy).choices <= 1 for policy in config.services.values())
+
+    # -- the pipeline --------------------------------------------------------------
+
+    @hookimpl
+    def healkit_route(self, call: CallContext, attempt: AttemptContext) -> str | None:
+        """Choose a usable endpoint: first group that has one; another one on a retry."""
+        plan = _plan(call.policy)
+        if plan.choices <= 1:
+            return None
+        now = call.clock.now()
+        earlier = call.attempts[:-1]
+        previous = earlier[-1].endpoint if earlier else None
+        # Endpoints this call could not reach are out of its way from now on.
+        unreached = frozenset(
+            a.endpoint
+            for a in earlier
+            if a.error is not None and not a.error.may_have_reached_server
+        )
+        chosen, group_index = self._choose(call.service, plan, now, previous, unreached)
+        health = self._of(call.service, chosen)
+        health.outstanding += 1
+        attempt.stash[_ROUTED] = health
+        if group_index > 0:
+            call.path = "fallback"
+        elif call.path == "fallback":
+            call.path = "retry"
+        if plan.withheld and _origin(chosen) != plan.first_origin:
+            attempt.withheld_headers = plan.withheld
+        return chosen
+
+    def _choose(
+        self,
+        service: str,
+        plan: _Plan,
+        now: float,
+        previous: str | None,
+        unreached: frozenset[str | None],
+    ) -> tuple[str, int]:
+        for index, group in enumerate(plan.groups):
+            usable = [e for e in group if e not in unreached and self._usable(service, e, now)]
+            if len(usable) > 1 and previous in usable:
+                usable.remove(previous)  # a retry prefers another endpoint
+            if usable:
+                return self._pick(service, index, usable, plan.settings.balance), index
+        # Nothing usable anywhere: try the primary group all the same.
+        return self._pick(service, 0, list(plan.groups[0]), "round_robin"), 0
+
+    def _pick(self, service: str, group: int, usable: list[str], balance: str) -> str:
+        if len(usable) == 1:
+            return usable[0]
+        if balance == "least_outstanding":
+            first, second = self._draw(usable), self._draw(usable)
+            if self._of(service, second).outstanding < self._of(service, first).outstanding:
+                return second
+            return first
+        turn = self._turns.get((service, group), 0)
+        self._turns[(service, group)] = turn + 1
+        return usable[turn % len(usable)]
+
+    def _usable(self, service: str, endpoint: str, now: float) -> bool:
+        health = self._health.get((service, endpoint))
+        if health is not None and health.ejected_until > now:
+            return False
+        breaker = self._breaker()
+        return breaker is None or bool(breaker.available(service, endpoint))
+
+    def _breaker(self) -> Any | None:  # noqa: ANN401 - the breaker plugin, duck-typed
+        runtime = self._runtime
+        if runtime is None:
+            return None
+        plugin = runtime.plugin_manager.get_plugin("breaker")
+        return plugin if callable(getattr(plugin, "available", None)) else None
+
+    @hookimpl
+    def healkit_post_response(
+        self, call: CallContext, attempt: AttemptContext, response: Response | None
+    ) -> None:
+        """Count a 5xx as a failure of the endpoint, anything else as a success."""
+        health = _release(attempt)
+        if health is None:
+            return
+        if response is not None and response.status >= 500:
+            self._failed(call, attempt, health)
+        else:
+            health.failures = 0
+            health.successes += 1
+            if health.successes >= _plan(call.policy).settings.eject_after:
+                health.ejections = 0  # recovered: the next ejection is a first one again
+
+    @hookimpl(tryfirst=True)
+    def healkit_on_error(
+        self, call: CallContext, attempt: AttemptContext, error: HealkitError
+    ) -> RetryDecision | None:
+        """Count the failure; fail over at once when the request never reached the server."""
+        health = _release(attempt)
+        if health is not None and attempt.status is None and _counts(call, attempt, error):
+            self._failed(call, attempt, health)
+        if not call.routable or not isinstance(
+            error, ConnectError | ConnectTimeout | CircuitOpenError
+        ):
+            return None
+        plan = _plan(call.policy)
+        if not plan.settings.failover or plan.choices <= 1:
+            return None
+        tried = {a.endpoint for a in call.attempts}
+        now = call.clock.now()
+        others = [
+            e
+            for group in plan.groups
+            for e in group
+            if e not in tried and self._usable(call.service, e, now)
+        ]
+        if not others:
+            return None
+        return RetryDecision.again(0.0, reason=f"failover from {attempt.endpoint}")
+
+    @hookimpl
+    def healkit_call_abandoned(self, call: CallContext) -> None:
+        """Release the endpoint of an attempt that will never end normally."""
+        if call.attempts:
+            _release(call.attempts[-1])
+
+    def _failed(self, call: CallContext, attempt: AttemptContext, health: _Health) -> None:
+        health.failures += 1
+        health.successes = 0
+        settings = _plan(call.policy).settings
+        if settings.eject_after == 0 or health.failures < settings.eject_after:
+            return
+        endpoint = attempt.endpoint
+        if endpoint is None or not self._may_eject(call, endpoint):
+            return
+        now = call.clock.now()
+        seconds = min(settings.eject_time * 2.0**health.ejections, settings.eject_time_max)
+        health.ejected_until = now + seconds
+        health.ejections += 1
+        failures, health.failures = health.failures, 0
+        event = EndpointEjected(
+            service=call.service,
+            endpoint=endpoint,
+            failures=failures,
+            seconds=seconds,
+            ejections=health.ejections,
+        )
+        _logger.warning(
+            "healkit.endpoint_ejected",
+            service=call.service,
+            endpoint=call.config.redactor.url(endpoint),
+            failures=failures,
+            seconds=seconds,
+            ejections=health.ejections,
+        )
+        if self._runtime is not None:
+            self._runtime.emit(event)
+
+    def _may_eject(self, call: CallContext, endpoint: str) -> bool:
+        """Whether ejecting ``endpoint`` keeps its group within ``max_ejected_fraction``."""
+        plan = _plan(call.policy)
+        now = call.clock.now()
+        for group in plan.groups:
+            if endpoint in group:
+                ejected = sum(
+                    1
+                    for e in group
+                    if (h := self._health.get((call.service, e))) and h.ejected_until > now
+                )
+                allowed = max(1, math.floor(plan.settings.max_ejected_fraction * len(group)))
+                return ejected < allowed
+        return False
+
+    def _of(self, service: str, endpoint: str) -> _Health:
+        key = (service, endpoint)
+        health = self._health.get(key)
+        if health is None:
+            health = self._health[key] = _Health()
+        return health
+
+    # -- the read API ----------------------------------------------------------------
+
+    def status(self, service: str) -> tuple[EndpointStatus, ...]:
+        """Return every endpoint of ``service``, group by group, as the router sees it now."""
+        config = self._config
+        if config is None or service not in config.services:
+            return ()
+        plan = _plan(config.policy(service))
+        now = self._runtime.clock if self._runtime is not None else None
+        moment = now.now() if now is not None else 0.0
+        found = []
+        for index, group in enumerate(plan.groups):
+            for endpoint in group:
+                health = self._health.get((service, endpoint)) or _Health()
+                found.append(
+                    EndpointStatus(
+                        service=service,
+                        endpoint=endpoint,
+                        group=index,
+                        usable=self._usable(service, endpoint, moment),
+                        ejected_for=max(health.ejected_until - moment, 0.0),
+                        consecutive_failures=health.failures,
+                        outstanding=health.outstanding,
+                    )
+                )
+        return tuple(found)
+
+
+def _plan(policy: ServicePolicy) -> _Plan:
+    plan = policy.stash.get(_PLAN)
+    if plan is None:
+        plan = policy.stash[_PLAN] = _Plan(policy, policy.section(SECTION))
+    return plan
+
+
+def _release(attempt: AttemptContext) -> _Health | None:
+    """Take the attempt's endpoint out of its outstanding count (once)."""
+    stash = attempt.stash
+    health = stash.get(_ROUTED)
+    if health is not None:
+        del stash[_ROUTED]
+        health.outstanding -= 1
+    return health
+
+
+def _counts(call: CallContext, attempt: AttemptContext, error: HealkitError) -> bool:
+    """Whether ``error`` says the endpoint failed (not the caller, not another plugin)."""
+    if isinstance(error, HTTPStatusError):
+        return error.status >= 500
+    if isinstance(error, DeadlineExceeded):
+        return call.deadline > attempt.started  # the attempt was sent, and timed out
+    return isinstance(error, ConnectError | ConnectionLostError | TimeoutExceeded)
+
+
+def _origin(url: str) -> str:
+    return str(yarl.URL(url).origin())

@@ -1,0 +1,249 @@
+"""The built-in routing plugin: priority groups, balancing, ejection, failover, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+
+import healkit
+from healkit._routing import Router
+from healkit.testing import Fault, FaultServer, ManualClock, refused_url
+from healkit_breaker import BreakerPlugin
+from healkit_retry import RetryPlugin
+
+pytestmark = pytest.mark.anyio
+
+SERVICE = "inventory"
+
+
+def document(primary: Sequence[str], **routing: Any) -> dict[str, Any]:
+    service: dict[str, Any] = {"endpoints": list(primary)}
+    if routing:
+        service["routing"] = routing
+    return {"services": {SERVICE: service}}
+
+
+def client(config: dict[str, Any], clock: ManualClock, *plugins: object) -> healkit.Client:
+    return healkit.Client(config=config, plugins=plugins, entry_points=False, clock=clock)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[FaultServer]]:
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(FaultServer()) for _ in range(3)]
+
+
+async def test_round_robin_within_the_primary_group(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b, _ = servers
+    async with client(document([a.url, b.url]), manual_clock) as c:
+        answered = [(await c.get("/x", service=SERVICE)).outcome for _ in range(4)]
+    assert [o.endpoint for o in answered if o] == [a.url, b.url, a.url, b.url]
+    assert {o.path for o in answered if o} == {"primary"}
+
+
+async def test_least_outstanding_picks_the_less_busy_of_two(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b, _ = servers
+    picks = iter([a.url, b.url])
+    router = Router(draw=lambda _: next(picks))
+    a.set_default(Fault.ok(latency=0.2))
+    async with client(
+        document([a.url, b.url], balance="least_outstanding"), manual_clock, router
+    ) as c:
+        first = asyncio.ensure_future(c.get("/x", service=SERVICE))
+        await asyncio.sleep(0)  # the first call is routed (to a) and in flight
+        assert {s.endpoint: s.outstanding for s in router.status(SERVICE)} == {a.url: 1, b.url: 0}
+        # The same two draws (a, then b): b has no call in flight, a has one.
+        picks = iter([a.url, b.url])
+        second = await c.get("/x", service=SERVICE)
+        assert (await first).outcome.endpoint == a.url  # type: ignore[union-attr]
+    assert second.outcome is not None
+    assert second.outcome.endpoint == b.url
+    assert {s.outstanding for s in router.status(SERVICE)} == {0}
+
+
+async def test_a_refused_primary_fails_over_at_once_and_the_answer_says_fallback(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    backup = servers[0]
+    down = refused_url()
+    config = document([down], fallback_groups=[[backup.url]])
+    async with client(config, manual_clock, RetryPlugin()) as c:
+        response = await c.get("/x", service=SERVICE)
+    assert response.status == 200
+    assert response.outcome is not None
+    assert response.outcome.path == "fallback"
+    assert response.outcome.endpoint == backup.url
+    assert response.headers[healkit.OUTCOME_HEADER] == "fallback"
+    assert [a.error for a in response.outcome.attempts] == ["ConnectError", None]
+    assert manual_clock.sleeps == []  # no backoff spent on the move to the other group
+
+
+async def test_failing_endpoints_are_ejected_and_come_back(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b, _ = servers
+    a.set_default(Fault.status(500))
+    config = document([a.url, b.url], eject_after=2, eject_time=10.0)
+    events: list[object] = []
+
+    class Events:
+        healkit_observer = True
+
+        @healkit.hookimpl
+        def healkit_event(self, event: object) -> None:
+            events.append(event)
+
+    async with client(config, manual_clock, Events()) as c:
+        for _ in range(4):  # a, b, a (2nd failure: ejected), b
+            await c.get("/x", service=SERVICE)
+        for _ in range(3):
+            assert (await c.get("/x", service=SERVICE)).outcome.endpoint == b.url  # type: ignore[union-attr]
+        router = c.runtime.plugin_manager.get_plugin("routing")
+        status = {s.endpoint: s for s in router.status(SERVICE)}
+        assert not status[a.url].usable
+        assert status[a.url].ejected_for == pytest.approx(10.0)
+        manual_clock.advance(10.0)
+        a.set_default(Fault.ok())
+        ends = [(await c.get("/x", service=SERVICE)).outcome.endpoint for _ in range(2)]  # type: ignore[union-attr]
+    assert a.hits() == 2 + 1
+    assert sorted(ends) == sorted([a.url, b.url])
+    (ejected,) = [e for e in events if type(e).__name__ == "EndpointEjected"]
+    assert (ejected.endpoint, ejected.failures, ejected.seconds) == (a.url, 2, 10.0)  # type: ignore[attr-defined]
+
+
+async def test_at_most_a_fraction_of_a_group_is_ejected(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b, _ = servers
+    a.set_default(Fault.status(503))
+    b.set_default(Fault.status(503))
+    config = document([a.url, b.url], eject_after=1, max_ejected_fraction=0.5)
+    async with client(config, manual_clock) as c:
+        for _ in range(6):
+            await c.get("/x", service=SERVICE)
+        router = c.runtime.plugin_manager.get_plugin("routing")
+        usable = [s.usable for s in router.status(SERVICE)]
+    assert usable.count(False) == 1  # one of two, never both
+
+
+async def test_a_whole_group_down_moves_traffic_to_the_next_group(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, backup, _ = servers
+    a.set_default(Fault.status(503))
+    config = document([a.url], fallback_groups=[[backup.url]], eject_after=1)
+    async with client(config, manual_clock) as c:
+        first = await c.get("/x", service=SERVICE)  # a answers 503 and is ejected
+        second = await c.get("/x", service=SERVICE)
+    assert (first.status, first.outcome.path) == (503, "primary")  # type: ignore[union-attr]
+    assert (second.status, second.outcome.path) == (200, "fallback")  # type: ignore[union-attr]
+
+
+async def test_a_retry_prefers_another_endpoint(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b, _ = servers
+    a.set_default(Fault.status(503))
+    async with client(document([a.url, b.url]), manual_clock, RetryPlugin()) as c:
+        response = await c.get("/x", service=SERVICE)
+    assert response.status == 200
+    assert response.outcome is not None
+    assert [x.endpoint for x in response.outcome.attempts] == [a.url, b.url]
+    assert response.outcome.path == "retry"
+
+
+async def test_an_open_breaker_keeps_traffic_away_from_its_endpoint(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b, _ = servers
+    a.set_default(Fault.status(503))
+    config = document([a.url, b.url], eject_after=0)
+    config["services"][SERVICE]["breaker"] = {"consecutive_failures": 1, "open_duration": 60.0}
+    async with client(config, manual_clock, BreakerPlugin()) as c:
+        await c.get("/x", service=SERVICE)  # a: 503, its breaker opens
+        ends = [(await c.get("/x", service=SERVICE)).outcome.endpoint for _ in range(4)]  # type: ignore[union-attr]
+    assert ends == [b.url] * 4
+    assert a.hits() == 1
+
+
+async def test_credentials_stay_with_the_origin_unless_allowed(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    backup = servers[0]
+    down = refused_url()
+    secret = {"Authorization": "Bearer s3cret", "X-Api-Key": "k", "Accept": "text/plain"}
+    config = document([down], fallback_groups=[[backup.url]], credential_headers=["X-Api-Key"])
+    async with client(config, manual_clock) as c:
+        await c.get("/x", service=SERVICE, headers=secret)
+    (request,) = backup.requests
+    assert "Authorization" not in request.headers
+    assert "X-Api-Key" not in request.headers
+    assert request.headers["Accept"] == "text/plain"
+
+    config = document([down], fallback_groups=[[backup.url]], forward_credentials=True)
+    async with client(config, manual_clock) as c:
+        await c.get("/x", service=SERVICE, headers=secret)
+    assert backup.requests[-1].headers["Authorization"] == "Bearer s3cret"
+
+
+def test_fallback_endpoints_outside_the_allowed_origins_are_rejected() -> None:
+    config = document(
+        ["https://a.internal"],
+        fallback_groups=[["https://b.internal"], ["https://evil.example.com"]],
+        allowed_origins=["https://*.internal"],
+    )
+    with pytest.raises(healkit.ConfigError) as caught:
+        healkit.Runtime(config=config, entry_points=False)
+    (issue,) = caught.value.issues
+    assert issue.path == f"$.services.{SERVICE}.routing"
+    assert "https://evil.example.com is outside allowed_origins" in issue.reason
+
+
+async def test_an_absolute_url_is_not_routed(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b, _ = servers
+    async with client(document([a.url, b.url]), manual_clock) as c:
+        for _ in range(3):
+            await c.get(f"{a.url}/x")
+    assert (a.hits(), b.hits()) == (3, 0)
+
+
+async def test_endpoint_health_survives_a_configuration_change(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b, _ = servers
+    a.set_default(Fault.status(500))
+    config = document([a.url, b.url], eject_after=1, eject_time=30.0)
+    async with client(config, manual_clock) as c:
+        await c.get("/x", service=SERVICE)  # a ejected
+        c.runtime.apply(document([a.url, b.url], eject_after=1, eject_time=60.0), origin="op")
+        ends = {(await c.get("/x", service=SERVICE)).outcome.endpoint for _ in range(3)}  # type: ignore[union-attr]
+    assert ends == {b.url}
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://dr.internal:8443", True),
+        ("https://a.b.internal", True),
+        ("https://internal", False),
+        ("http://dr.internal", False),
+        ("https://dr.example.com:8443", True),
+        ("https://dr.example.com:9443", False),
+        ("https://evil-internal.com", False),
+    ],
+)
+def test_allowed_origins_match_scheme_host_and_a_named_port(url: str, allowed: bool) -> None:
+    from healkit._routing import origin_allowed  # noqa: PLC0415 - a helper of this module
+
+    entries = ["https://*.internal", "https://dr.example.com:8443"]
+    assert origin_allowed(url, entries) is allowed
