@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 import pytest
 
 import healkit
-from healkit._routing import Router
+from healkit._routing import EndpointDown, EndpointReturned, Router
 from healkit.testing import Fault, FaultServer, ManualClock, refused_url
 from healkit_breaker import BreakerPlugin
 from healkit_retry import RetryPlugin
@@ -247,3 +249,90 @@ def test_allowed_origins_match_scheme_host_and_a_named_port(url: str, allowed: b
 
     entries = ["https://*.internal", "https://dr.example.com:8443"]
     assert origin_allowed(url, entries) is allowed
+
+
+class Health:
+    """An observer of the routing plugin's probe events, with an event per kind."""
+
+    healkit_observer = True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.changed = asyncio.Event()
+
+    @healkit.hookimpl
+    def healkit_event(self, event: object) -> None:
+        if isinstance(event, EndpointDown | EndpointReturned):
+            self.seen.append((type(event).__name__, event.endpoint))
+            self.changed.set()
+
+    async def wait_for(self, kind: str, endpoint: str) -> None:
+        with anyio.fail_after(10):
+            while (kind, endpoint) not in self.seen:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def probed(server: FaultServer, times: int) -> None:
+    """Wait until ``server`` answered ``times`` probes."""
+    with anyio.fail_after(10):
+        await server.wait_for_hits(times, "/health")
+
+
+PROBE = {
+    "path": "/health",
+    "interval": 0.1,
+    "timeout": 0.1,
+    "healthy_threshold": 2,
+    "unhealthy_threshold": 2,
+}
+
+
+async def test_probes_take_the_primary_down_and_traffic_returns_when_it_recovers(
+    servers: list[FaultServer],
+) -> None:
+    primary, backup, _ = servers
+    primary.set_default(Fault.status(503))
+    health = Health()
+    config = document([primary.url], fallback_groups=[[backup.url]], probe=PROBE)
+    async with healkit.Client(config=config, plugins=[health], entry_points=False) as c:
+        await health.wait_for("EndpointDown", primary.url)
+        during = await c.get("/x", service=SERVICE)
+        primary.set_default(Fault.ok())
+        recovered = time.monotonic()
+        await health.wait_for("EndpointReturned", primary.url)
+        took = time.monotonic() - recovered
+        after = await c.get("/x", service=SERVICE)
+    assert (during.status, during.outcome.path) == (200, "fallback")  # type: ignore[union-attr]
+    assert (after.outcome.endpoint, after.outcome.path) == (primary.url, "primary")  # type: ignore[union-attr]
+    # Back within interval x healthy_threshold plus one interval (and the loop's scheduling).
+    assert took <= 0.1 * 2 + 0.1 + 0.2
+    assert primary.hits("/x") == 1  # only the call after the return
+
+
+async def test_alternating_probes_never_flap(servers: list[FaultServer]) -> None:
+    steady, down, _ = servers
+    alternating = [Fault.ok(), Fault.status(503)] * 20
+    steady.script("/health", *alternating)
+    down.script("/health", Fault.status(503), Fault.status(503), *alternating)
+    health = Health()
+    config = document([steady.url, down.url], probe=PROBE)
+    async with healkit.Client(config=config, plugins=[health], entry_points=False) as c:
+        await health.wait_for("EndpointDown", down.url)
+        await probed(steady, 12)
+        await probed(down, 14)
+        router = c.runtime.plugin_manager.get_plugin("routing")
+        status = {s.endpoint: s for s in router.status(SERVICE)}
+    assert health.seen == [("EndpointDown", down.url)]  # nothing went down or came back since
+    assert status[steady.url].usable
+    assert status[down.url].down
+
+
+async def test_the_probe_task_is_owned_by_the_client(servers: list[FaultServer]) -> None:
+    a, b, _ = servers
+    config = document([a.url, b.url], probe=PROBE)
+    client_ = healkit.Client(config=config, entry_points=False)
+    async with client_:
+        tasks = {t.get_name() for t in client_.runtime.background_tasks}
+        assert "healkit: routing probes" in tasks
+    assert client_.runtime.background_tasks == frozenset()

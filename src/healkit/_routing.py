@@ -26,12 +26,15 @@ another origin than the service's first endpoint unless
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, final
 
+import aiohttp
 import msgspec
 import structlog
 import yarl
@@ -55,6 +58,7 @@ from healkit._errors import (
     HTTPStatusError,
     TimeoutExceeded,
 )
+from healkit._probes import ProbeSettings, probe
 from healkit._stash import StashKey
 from healkit.hookspecs import hookimpl
 
@@ -64,7 +68,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SECTION",
+    "EndpointDown",
     "EndpointEjected",
+    "EndpointReturned",
     "EndpointStatus",
     "Router",
     "RoutingSettings",
@@ -105,6 +111,8 @@ class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         forward_credentials: send credentials to endpoints of another origin
             than the service's first endpoint too.
         credential_headers: more header names withheld from such endpoints.
+        probe: active health probes of every endpoint of the service (``None``:
+            none; health is then learnt from real traffic only).
 
     """
 
@@ -118,6 +126,7 @@ class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     allowed_origins: tuple[Origin, ...] = ()
     forward_credentials: bool = False
     credential_headers: tuple[HeaderName, ...] = ()
+    probe: ProbeSettings | None = None
 
     def __post_init__(self) -> None:
         """Check what one field alone cannot say."""
@@ -187,6 +196,24 @@ class EndpointEjected(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @final
+class EndpointDown(msgspec.Struct, frozen=True, kw_only=True):
+    """Probes failed ``probes`` times in a row: no traffic until they succeed again."""
+
+    service: str
+    endpoint: str
+    probes: int
+
+
+@final
+class EndpointReturned(msgspec.Struct, frozen=True, kw_only=True):
+    """Probes succeeded ``probes`` times in a row: the endpoint takes traffic again."""
+
+    service: str
+    endpoint: str
+    probes: int
+
+
+@final
 class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
     """An endpoint of a service as the router sees it now.
 
@@ -196,6 +223,7 @@ class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
         group: 0 for the primary group, 1 for the first fallback group, ...
         usable: whether an attempt may go there now.
         ejected_for: seconds of ejection left (0: not ejected).
+        down: whether its probes take it for down.
         consecutive_failures: failures since its last success.
         outstanding: attempts in flight there.
 
@@ -206,6 +234,7 @@ class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
     group: int
     usable: bool
     ejected_for: float
+    down: bool
     consecutive_failures: int
     outstanding: int
 
@@ -214,7 +243,17 @@ class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
 class _Health:
     """What the router remembers of one endpoint of one service."""
 
-    __slots__ = ("ejected_until", "ejections", "failures", "outstanding", "successes")
+    __slots__ = (
+        "down",
+        "ejected_until",
+        "ejections",
+        "failures",
+        "outstanding",
+        "probes_bad",
+        "probes_good",
+        "returned_at",
+        "successes",
+    )
 
     def __init__(self) -> None:
         self.failures = 0
@@ -222,6 +261,10 @@ class _Health:
         self.ejections = 0
         self.ejected_until = -math.inf
         self.outstanding = 0
+        self.down = False
+        self.probes_good = 0
+        self.probes_bad = 0
+        self.returned_at = -math.inf
 
 
 @final
@@ -257,12 +300,21 @@ class Router:
 
     healkit_name = "routing"
 
-    def __init__(self, *, draw: Callable[[Sequence[str]], str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        draw: Callable[[Sequence[str]], str] | None = None,
+        random_share: Callable[[], float] | None = None,
+    ) -> None:
         self._health: dict[tuple[str, str], _Health] = {}
         self._turns: dict[tuple[str, int], int] = {}
         self._runtime: Runtime | None = None
         self._config: HealkitConfig | None = None
         self._draw = draw or random.choice
+        self._share = random_share or random.random
+        self._wake = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._probing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Router {len(self._health)} endpoints>"
@@ -286,6 +338,26 @@ class Router:
             for endpoint in group
         }
         self._health = {key: health for key, health in self._health.items() if key in known}
+        self._wake.set()  # the probes follow the new configuration
+        if runtime.started:
+            self._start_probes(runtime)
+
+    @hookimpl
+    def healkit_startup(self, runtime: Runtime) -> None:
+        """Start the health probes, if a service asks for them."""
+        self._start_probes(runtime)
+
+    def _start_probes(self, runtime: Runtime) -> None:
+        """Run the probe task while some service has probes (it ends when none has)."""
+        running = self._probing is not None and not self._probing.done()
+        if not running and self._probe_targets():
+            self._probing = runtime.start_background("routing probes", self._probe_forever)
+
+    @hookimpl
+    def healkit_shutdown(self) -> Awaitable[None] | None:
+        """Close the probes' HTTP session."""
+        session, self._session = self._session, None
+        return None if session is None else session.close()
 
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
@@ -340,6 +412,7 @@ class Router:
     def _pick(self, service: str, group: int, usable: list[str], balance: str) -> str:
         if len(usable) == 1:
             return usable[0]
+        usable = self._warmed(service, usable) or usable
         if balance == "least_outstanding":
             first, second = self._draw(usable), self._draw(usable)
             if self._of(service, second).outstanding < self._of(service, first).outstanding:
@@ -349,9 +422,26 @@ class Router:
         self._turns[(service, group)] = turn + 1
         return usable[turn % len(usable)]
 
+    def _warmed(self, service: str, usable: list[str]) -> list[str]:
+        """Leave out, by chance, endpoints still in their slow start."""
+        config = self._config
+        if config is None:
+            return usable
+        probe = _plan(config.policy(service)).settings.probe
+        if probe is None or probe.slow_start <= 0:
+            return usable
+        now = self._now()
+        kept = []
+        for endpoint in usable:
+            health = self._health.get((service, endpoint))
+            warmth = 1.0 if health is None else (now - health.returned_at) / probe.slow_start
+            if warmth >= 1.0 or self._share() < warmth:
+                kept.append(endpoint)
+        return kept
+
     def _usable(self, service: str, endpoint: str, now: float) -> bool:
         health = self._health.get((service, endpoint))
-        if health is not None and health.ejected_until > now:
+        if health is not None and (health.down or health.ejected_until > now):
             return False
         breaker = self._breaker()
         return breaker is None or bool(breaker.available(service, endpoint))
@@ -466,6 +556,90 @@ class Router:
             health = self._health[key] = _Health()
         return health
 
+    # -- active probes -----------------------------------------------------------------
+
+    def _now(self) -> float:
+        runtime = self._runtime
+        return runtime.clock.now() if runtime is not None else 0.0
+
+    def _probe_targets(self) -> list[tuple[str, str, ProbeSettings]]:
+        config = self._config
+        if config is None:
+            return []
+        targets: list[tuple[str, str, ProbeSettings]] = []
+        for name, policy in config.services.items():
+            plan = _plan(policy)
+            probe_settings = plan.settings.probe
+            if probe_settings is not None:
+                targets.extend(
+                    (name, endpoint, probe_settings) for group in plan.groups for endpoint in group
+                )
+        return targets
+
+    async def _probe_forever(self) -> None:
+        """Probe each endpoint of the services that ask for it, every ``interval``."""
+        loop = asyncio.get_running_loop()
+        due: dict[tuple[str, str], float] = {}
+        while targets := self._probe_targets():
+            now = loop.time()
+            ready = [t for t in targets if due.get((t[0], t[1]), -math.inf) <= now]
+            if ready:
+                results = await asyncio.gather(*(self._probe(*target) for target in ready))
+                finished = loop.time()
+                for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
+                    self._probed(service, endpoint, probe_settings, good=good)
+                    due[(service, endpoint)] = finished + probe_settings.interval
+            wait = min(due.get((t[0], t[1]), now) for t in targets) - loop.time()
+            if wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        tls_plugin = (
+            None if self._runtime is None else self._runtime.plugin_manager.get_plugin("tls")
+        )
+        context = getattr(tls_plugin, "context", None)
+        tls = context(service) if callable(context) else None
+        return await probe(self._session, endpoint, settings, tls)
+
+    def _probed(self, service: str, endpoint: str, settings: ProbeSettings, *, good: bool) -> None:
+        """Count a probe; take the endpoint down, or bring it back, past the thresholds."""
+        health = self._of(service, endpoint)
+        now = self._now()
+        if good:
+            health.probes_bad = 0
+            health.probes_good += 1
+            unusable = health.down or health.ejected_until > now
+            if unusable and health.probes_good >= settings.healthy_threshold:
+                health.down = False
+                health.ejected_until = -math.inf
+                health.failures = 0
+                health.returned_at = now
+                self._announce(
+                    "healkit.endpoint_returned",
+                    EndpointReturned(service=service, endpoint=endpoint, probes=health.probes_good),
+                )
+            return
+        health.probes_good = 0
+        health.probes_bad += 1
+        if not health.down and health.probes_bad >= settings.unhealthy_threshold:
+            health.down = True
+            self._announce(
+                "healkit.endpoint_down",
+                EndpointDown(service=service, endpoint=endpoint, probes=health.probes_bad),
+            )
+
+    def _announce(self, name: str, event: EndpointDown | EndpointReturned) -> None:
+        config = self._config
+        endpoint = event.endpoint if config is None else config.redactor.url(event.endpoint)
+        log = _logger.warning if isinstance(event, EndpointDown) else _logger.info
+        log(name, service=event.service, endpoint=endpoint, probes=event.probes)
+        if self._runtime is not None:
+            self._runtime.emit(event)
+
     # -- the read API ----------------------------------------------------------------
 
     def status(self, service: str) -> tuple[EndpointStatus, ...]:
@@ -487,6 +661,7 @@ class Router:
                         group=index,
                         usable=self._usable(service, endpoint, moment),
                         ejected_for=max(health.ejected_until - moment, 0.0),
+                        down=health.down,
                         consecutive_failures=health.failures,
                         outstanding=health.outstanding,
                     )

@@ -26,3 +26,17 @@ def test_without_tls_settings_the_plugin_stays_out_of_the_call_plan() -> None:
     assert "tls" in runtime.plan.idle
     runtime.apply({"services": {"a": {"tls": {"minimum_version": "1.3"}}}}, origin="test")
     assert "tls" not in runtime.plan.idle
+
+
+def test_the_context_of_a_service_for_probes() -> None:
+    plugin = healkit_tls.TlsPlugin()
+    runtime = healkit.Runtime(
+        config={"services": {"a": {"tls": {"minimum_version": "1.3"}}, "b": {}}},
+        plugins=[plugin],
+        entry_points=False,
+    )
+    context = plugin.context("a")
+    assert context is not None
+    assert context.minimum_version.name == "TLSv1_3"
+    assert plugin.context("b") is None
+    assert runtime.config.policy("a").name == "a"

@@ -470,6 +470,18 @@ class TlsPlugin:
             self._refresh(material, "reload")
         return self.snapshot()
 
+    def context(self, service: str) -> ssl.SSLContext | None:
+        """Return the TLS context attempts of ``service`` use now (``None``: aiohttp's default).
+
+        For code that connects to a service's endpoints outside a call, such as
+        the routing plugin's health probes.
+        """
+        config = self._config
+        if config is None:
+            return None
+        slot = self._slots.get(config.policy(service).name)
+        return None if slot is None else slot.context()
+
     def status(self, service: str) -> TlsStatus | None:
         """Return the TLS status of ``service``, or ``None`` if it has no TLS settings."""
         config = self._config
