@@ -40,10 +40,16 @@ import aiohttp_retry
 import stamina
 import tenacity
 from _harness import ScenarioResult, Settings, Spread, Table, Target, progress, spread
+from _plugins import (
+    SDK_AVAILABLE,
+    SDK_MISSING_NOTE,
+    SdkTelemetry,
+    full_plugins,
+    service_document,
+    standard_plugins,
+)
 
 import healkit
-from healkit_breaker import BreakerPlugin
-from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
 
 __all__ = ["CLIENTS", "REFERENCE", "loopback_server", "run"]
@@ -51,7 +57,7 @@ __all__ = ["CLIENTS", "REFERENCE", "loopback_server", "run"]
 SERVER: Final = Path(__file__).with_name("server.py")
 SERVER_START_TIMEOUT: Final = 15.0
 REFERENCE: Final = "aiohttp"
-TARGET_VARIANTS: Final = ("healkit", "healkit[standard]")
+TARGET_VARIANTS: Final = ("healkit", "healkit[standard]", "healkit[full]")
 TARGET_CPU_RATIO: Final = 1.05
 ATTEMPTS: Final = 3
 RETRIED: Final = (aiohttp.ClientConnectionError, TimeoutError)
@@ -100,8 +106,10 @@ async def raw_aiohttp(url: str) -> AsyncIterator[Fetch]:
 
 
 @asynccontextmanager
-async def _healkit(url: str, plugins: Sequence[object]) -> AsyncIterator[Fetch]:
-    config = {"services": {"bench": {"endpoints": [url]}}}
+async def _healkit(
+    url: str, plugins: Sequence[object], *, tls: bool = False
+) -> AsyncIterator[Fetch]:
+    config = {"services": {"bench": service_document(url, tls=tls)}}
     async with healkit.Client(config=config, plugins=plugins, entry_points=False) as client:
 
         async def fetch() -> int:
@@ -118,7 +126,30 @@ def healkit_client(url: str) -> AbstractAsyncContextManager[Fetch]:
 
 def healkit_standard(url: str) -> AbstractAsyncContextManager[Fetch]:
     """``healkit.Client`` with the standard plugin set: timeout, retry, breaker."""
-    return _healkit(url, [TimeoutPlugin(), RetryPlugin(), BreakerPlugin()])
+    return _healkit(url, standard_plugins())
+
+
+def healkit_full(url: str) -> AbstractAsyncContextManager[Fetch]:
+    """The standard set plus tls and tracing, tracing on the API's no-op providers."""
+    return _healkit(url, full_plugins(), tls=True)
+
+
+@asynccontextmanager
+async def healkit_full_sdk(url: str) -> AsyncIterator[Fetch]:
+    """The full set, tracing on the OpenTelemetry SDK (in-memory exporter and reader)."""
+    telemetry = SdkTelemetry()
+    try:
+        async with _healkit(url, full_plugins(telemetry), tls=True) as traced:
+            count = telemetry.count
+
+            async def fetch() -> int:
+                count()
+                return await traced()
+
+            yield fetch
+        telemetry.check()
+    finally:
+        telemetry.shutdown()
 
 
 @asynccontextmanager
@@ -170,11 +201,15 @@ CLIENTS: Final[dict[str, ClientVariant]] = {
     REFERENCE: raw_aiohttp,
     "healkit": healkit_client,
     "healkit[standard]": healkit_standard,
+    "healkit[full]": healkit_full,
+    **({"healkit[full+sdk]": healkit_full_sdk} if SDK_AVAILABLE else {}),
     "aiohttp-retry": aiohttp_retry_client,
     "tenacity+aiohttp": tenacity_aiohttp,
     "stamina+aiohttp": stamina_aiohttp,
 }
-"""The clients compared: name -> variant. The reference comes first."""
+"""The clients compared: name -> variant. The reference comes first.
+
+``healkit[full+sdk]`` is left out when the OpenTelemetry SDK is not installed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,5 +371,14 @@ def run(settings: Settings) -> ScenarioResult:
             "CPU ratio = median CPU µs/request of the variant / that of raw aiohttp; "
             "per-round ratio = range of the same ratio taken round by round."
         ),
+        (
+            "healkit[full] = timeout, retry, breaker, tls (the service's own context, TLS 1.3 "
+            "minimum, set on every attempt; the server is plain HTTP, so no handshake), tracing "
+            "with the API's no-op providers; healkit[full+sdk] = the same with tracing on the "
+            "SDK (a span per attempt to an InMemorySpanExporter, cleared every 1,000 requests, "
+            "metrics to an InMemoryMetricReader)."
+        ),
     ]
+    if not SDK_AVAILABLE:
+        notes.append(SDK_MISSING_NOTE)
     return ScenarioResult(data=data, tables=[table], targets=targets, notes=notes)

@@ -10,12 +10,16 @@ Variants, each measured as ``await one()`` in a tight loop inside one event loop
 * ``resilient[<set>]``: a trivial ``async def`` decorated with
   ``@healkit.resilient(service=..., runtime=...)`` (adds the decorator's work:
   the active-runtime lookup, ``functools.wraps``' wrapper, the function transport);
+* ``execute[full+sdk]``: ``execute`` with the full set, the tracing plugin on
+  the OpenTelemetry SDK (in-memory span exporter and metric reader; see
+  ``_plugins.py``); skipped, with a note, when the SDK is not installed;
 * ``rejected[standard]``: ``execute`` with the standard plugin set against a
   service whose breaker is open (tripped once before the measurement): the
   breaker refuses the attempt, the retry plugin declines to wait for it, and the
   call ends in ``CircuitOpenError`` without the transport being asked to send.
 
-``<set>`` is each entry of :data:`PLUGIN_SETS`. Every 100 calls the loop awaits
+``<set>`` is each entry of :data:`PLUGIN_SETS` (``full``: timeout, retry,
+breaker, tls, tracing with the API's no-op providers). Every 100 calls the loop awaits
 ``asyncio.sleep(0)`` (timed, paid by every variant alike) so the event loop turns
 as it would between real requests and purges the cancelled timer handles that
 per-attempt timeouts leave behind; without it the timer heap grows without bound
@@ -36,18 +40,24 @@ from typing import Final
 
 import structlog
 from _harness import ScenarioResult, Settings, Spread, Table, Target, progress, spread
+from _plugins import (
+    SDK_AVAILABLE,
+    SDK_MISSING_NOTE,
+    SdkTelemetry,
+    full_plugins,
+    names,
+    service_document,
+    standard_plugins,
+)
 
 import healkit
 from healkit._pipeline import execute
-from healkit_breaker import BreakerPlugin
-from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
 
 __all__ = ["PLUGIN_SETS", "run"]
 
 SERVICE: Final = "bench"
 ENDPOINT: Final = "http://127.0.0.1:9"
-CONFIG: Final = {"services": {SERVICE: {"endpoints": [ENDPOINT]}}}
 BATCH: Final = 100
 TARGET_US: Final = 5.0
 TARGET_VARIANTS: Final = ("execute[timeout]", "execute[standard]")
@@ -59,9 +69,13 @@ OPEN_FOR: Final = 86_400.0
 PLUGIN_SETS: Final[dict[str, Callable[[], Sequence[object]]]] = {
     "none": tuple,
     "timeout": lambda: (TimeoutPlugin(),),
-    "standard": lambda: (TimeoutPlugin(), RetryPlugin(), BreakerPlugin()),
+    "standard": standard_plugins,
+    "full": full_plugins,
 }
 """Plugin sets to measure: name -> a factory of fresh plugin instances. Add new plugins here."""
+TLS_SETS: Final = frozenset({"full"})
+"""Sets whose service gets a ``tls`` section (the TLS plugin is idle without one)."""
+SDK_VARIANT: Final = "execute[full+sdk]"
 
 OneCall = Callable[[], Awaitable[object]]
 
@@ -114,8 +128,9 @@ class StubTransport:
         return result
 
 
-def _runtime(plugins: Sequence[object]) -> healkit.Runtime:
-    return healkit.Runtime(config=CONFIG, plugins=plugins, entry_points=False)
+def _runtime(plugins: Sequence[object], *, tls: bool = False) -> healkit.Runtime:
+    config = {"services": {SERVICE: service_document(ENDPOINT, tls=tls)}}
+    return healkit.Runtime(config=config, plugins=plugins, entry_points=False)
 
 
 def _baseline() -> OneCall:
@@ -149,6 +164,18 @@ def _execute_call(runtime: healkit.Runtime, transport: StubTransport | None = No
     return one
 
 
+def _sdk_call(telemetry: SdkTelemetry) -> OneCall:
+    """``execute`` with the full set, tracing on the SDK; counts calls for the exporter."""
+    one = _execute_call(_runtime(full_plugins(telemetry), tls=True))
+    count = telemetry.count
+
+    async def traced() -> healkit.Response:
+        count()
+        return await one()
+
+    return traced
+
+
 def _decorated_call(runtime: healkit.Runtime) -> OneCall:
     @healkit.resilient(service=SERVICE, runtime=runtime)
     async def nothing() -> int:
@@ -168,7 +195,7 @@ class RejectedCall:
         }
         config = {"services": {SERVICE: {"endpoints": [ENDPOINT], "breaker": breaker}}}
         self.runtime = healkit.Runtime(
-            config=config, plugins=PLUGIN_SETS["standard"](), entry_points=False
+            config=config, plugins=standard_plugins(), entry_points=False
         )
         failing = healkit.Response(500, body=b"", url=ENDPOINT + "/")
         self.transport = StubTransport(failing)
@@ -228,12 +255,15 @@ async def _measure(variants: dict[str, OneCall], sizes: Sizes) -> dict[str, Spre
     return {name: spread(values) for name, values in samples.items()}
 
 
-def _variants() -> dict[str, OneCall]:
+def _variants(telemetry: SdkTelemetry | None) -> dict[str, OneCall]:
     variants = {"baseline": _baseline()}
     for set_name, plugins in PLUGIN_SETS.items():
         for kind, factory in VARIANT_KINDS.items():
             # One runtime per variant, so no plugin instance is shared between them.
-            variants[f"{kind}[{set_name}]"] = factory(_runtime(plugins()))
+            runtime = _runtime(plugins(), tls=set_name in TLS_SETS)
+            variants[f"{kind}[{set_name}]"] = factory(runtime)
+    if telemetry is not None:
+        variants[SDK_VARIANT] = _sdk_call(telemetry)
     variants[REJECTED_VARIANT] = RejectedCall()
     return variants
 
@@ -262,15 +292,20 @@ def run(settings: Settings) -> ScenarioResult:
     """Measure every variant; check the successful calls and the refused one against targets."""
     sizes = QUICK if settings.quick else FULL
     progress(f"pipeline: {sizes.repeats} x {sizes.calls} calls per variant")
+    telemetry = SdkTelemetry() if SDK_AVAILABLE else None
     with _logs_dropped():
-        results = asyncio.run(_measure(_variants(), sizes))
+        results = asyncio.run(_measure(_variants(telemetry), sizes))
+    if telemetry is not None:
+        telemetry.check()
+        telemetry.shutdown()
     base = results["baseline"].median
     data: dict[str, object] = {
         "unit": "µs per call",
         "calls_per_sample": sizes.calls,
         "samples": sizes.repeats,
         "plugin_sets": {
-            name: [type(p).__name__ for p in make()] for name, make in PLUGIN_SETS.items()
+            **{name: names(make()) for name, make in PLUGIN_SETS.items()},
+            **({"full+sdk": [*names(full_plugins()), "(SDK providers)"]} if SDK_AVAILABLE else {}),
         },
         "variants": {
             name: {
@@ -322,5 +357,13 @@ def run(settings: Settings) -> ScenarioResult:
             "structlog drops every event below CRITICAL during this scenario: the two events "
             "a refused call logs cost what the application's logging setup makes them cost."
         ),
+        (
+            "full = timeout, retry, breaker, tls (a tls section with minimum_version 1.3: the "
+            "plugin sets the service's context on each attempt), tracing with the API's no-op "
+            "providers; full+sdk = the same with tracing on the SDK (a span per attempt to an "
+            "InMemorySpanExporter, cleared every 1,000 calls, and an InMemoryMetricReader)."
+        ),
     ]
+    if not SDK_AVAILABLE:
+        notes.append(SDK_MISSING_NOTE)
     return ScenarioResult(data=data, tables=[table], targets=targets, notes=notes)

@@ -8,7 +8,9 @@ import importlib.metadata
 import io
 import json
 import math
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +78,10 @@ def check_summary(summary: dict[str, Any]) -> None:
     assert rejected >= summary["errors_by_type"].get("CircuitOpenError", 0)
     if "breaker" not in summary["settings"]:
         assert (rejected, summary["breaker_transitions"]) == (0, [])
+    if summary["tls"] is not None:
+        assert summary["tls"]["rejected_material"] == 0
+        assert sum(summary["tls"]["presented"].values()) > 0
+    assert summary["trace"] is None
 
 
 def test_json_summary_of_a_run() -> None:
@@ -351,3 +357,165 @@ def test_cli_demo_with_an_unreachable_etcd_fails_clearly(
     assert status == 1
     assert captured.out == ""
     assert captured.err.startswith("healkit: no etcd endpoint could serve")
+
+
+# -- the TLS scene ---------------------------------------------------------------------
+
+TLS_SCENES = (
+    Scene(name="before", fraction=0.3, faults=(Fault.ok(),), description="A"),
+    Scene(
+        name="rotation",
+        fraction=0.4,
+        faults=(Fault.ok(),),
+        description="A -> B",
+        rotate_client_certificate=True,
+    ),
+    Scene(name="after", fraction=0.3, faults=(Fault.ok(),), description="B"),
+)
+
+
+@pytest.mark.skipif("tls" not in installed_plugins(), reason="healkit-tls not installed")
+def test_the_client_certificate_is_rotated_mid_traffic_without_a_failure() -> None:
+    out = io.StringIO()
+
+    status = run_demo(duration=2, concurrency=4, as_json=True, out=out, scenes=TLS_SCENES)
+
+    assert status == 0
+    summary = json.loads(out.getvalue())
+    tls = summary["tls"]
+    a, b = (tls["certificates"][label] for label in ("A", "B"))
+    assert (a, b) == ("CN=healkit demo client A", "CN=healkit demo client B")
+    assert tls["ca"] == "CN=healkit demo CA"
+    assert tls["rotations"] == 1
+    (swap,) = tls["swaps"]
+    assert (swap["scene"], swap["from"], swap["to"], swap["trigger"]) == ("rotation", a, b, "watch")
+    assert swap["at_s"] <= swap["applied_at_s"]
+    # Every call answered 200: none failed during the rotation, nor anywhere else.
+    assert tls["failures_during_rotation"] == 0
+    assert tls["calls_during_rotation"] == summary["by_scene"]["rotation"]["requests"] > 0
+    assert summary["errors"] == 0
+    assert set(summary["statuses"]) == {"200"}
+    # The upstream saw A before the rotation; connections made after it present B only.
+    by_scene = tls["presented_by_scene"]
+    assert set(by_scene["before"]) == {a}
+    assert set(by_scene["rotation"]) == {a, b}
+    assert set(by_scene["after"]) == {b}
+    assert tls["presented_after_rotation"][b] > 0
+    assert sum(tls["presented"].values()) == summary["requests"]
+    assert tls["rejected_material"] == 0
+    # The service used HTTPS and the generated files, which are gone now.
+    assert summary["settings"]["tls"]["reload_interval"] == _demo.TLS_RELOAD_INTERVAL
+    assert not Path(summary["settings"]["tls"]["ca_file"]).exists()
+
+
+def test_without_the_tls_plugin_the_demo_says_it_runs_plain_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HEALKIT_BLOCK_PLUGINS", "tls")
+    out = io.StringIO()
+
+    status = run_demo(duration=0.6, concurrency=2, as_json=False, out=out, scenes=TLS_SCENES)
+
+    assert status == 0
+    text = out.getvalue()
+    assert "healkit-tls is not installed: the upstream speaks plain HTTP" in text
+    assert "scene 2/3 rotation: the upstream answers 200 (healkit-tls is not installed" in text
+    summary_text = " ".join(text.split())  # the summary table wraps long cells
+    assert "healkit-tls is not installed: plain HTTP, no certificate rotation" in summary_text
+    assert "replaced A -> B" not in text
+
+    json_out = io.StringIO()
+    run_demo(duration=0.3, concurrency=2, as_json=True, out=json_out, scenes=TLS_SCENES)
+    summary = json.loads(json_out.getvalue())
+    assert summary["tls"] is None
+    assert "tls" not in summary["settings"]
+
+
+# -- --trace ---------------------------------------------------------------------------
+
+TRACE_SCENES = (
+    Scene(
+        name="flaky",
+        fraction=1.0,
+        faults=(Fault.status(503), Fault.ok(), Fault.ok(), Fault.ok()),
+        description="1 response in 4 is a 503",
+    ),
+)
+needs_tracing = pytest.mark.skipif(
+    not {"tracing", "retry"} <= installed_plugins(), reason="healkit-tracing/retry not installed"
+)
+
+
+@needs_tracing
+def test_trace_summary_counts_spans_and_shows_a_retried_call() -> None:
+    out = io.StringIO()
+
+    status = run_demo(
+        duration=1.0, concurrency=4, as_json=True, out=out, scenes=TRACE_SCENES, trace=True
+    )
+
+    assert status == 0
+    summary = json.loads(out.getvalue())
+    trace = summary["trace"]
+    assert trace["calls"] == summary["requests"]
+    rows = trace["by_name_path_error"]
+    assert sum(row["count"] for row in rows) == trace["spans"]
+    counts = {(row["name"], row["path"], row["error_type"]): row["count"] for row in rows}
+    assert counts["GET", "primary", "-"] > 0
+    assert counts["GET", "primary", "503"] > 0
+    assert counts["GET", "retry", "-"] > 0
+    # One span per attempt: as many as the calls' first attempts plus their retries.
+    attempt_spans = sum(n for (name, _, _), n in counts.items() if name == "GET")
+    assert attempt_spans == summary["requests"] + summary["retries"]
+    # The sample: a call answered after a retry, its attempts sibling spans in one trace.
+    sample = trace["sample_retried_call"]
+    assert re.fullmatch(r"[0-9a-f]{32}", sample["trace_id"])
+    assert sample["outcome"] == "retry"
+    spans = sample["spans"]
+    assert sample["attempts"] == len(spans) >= 2
+    assert [span["attempt"] for span in spans] == list(range(1, len(spans) + 1))
+    assert [span["resend_count"] for span in spans] == [None, *range(1, len(spans))]
+    assert [span["path"] for span in spans] == ["primary"] + ["retry"] * (len(spans) - 1)
+    assert (spans[0]["status_code"], spans[0]["error_type"]) == (503, "503")
+    assert (spans[-1]["status_code"], spans[-1]["error_type"]) == (200, None)
+    # Metrics: the duration histogram and healkit's counters.
+    duration = trace["http_client_request_duration"]
+    assert duration["requests"] == attempt_spans
+    assert 0 < duration["p50_ms"] <= duration["p99_ms"] <= duration["max_ms"]
+    assert trace["counters"]["healkit.attempts"] == attempt_spans
+    assert trace["counters"]["healkit.retries"] == summary["retries"]
+
+
+@needs_tracing
+def test_trace_summary_in_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    status = _cli.main(["demo", "--duration", "0.5", "--concurrency", "2", "--trace"])
+
+    captured = capsys.readouterr()
+    assert status == 0
+    assert re.search(r"trace: [\d,]+ spans in [\d,]+ calls", captured.out)
+    assert "http.client.request.duration" in captured.out
+    assert captured.err == ""
+
+
+def test_cli_trace_without_the_tracing_plugin_fails_clearly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEALKIT_BLOCK_PLUGINS", "tracing")
+
+    status = _cli.main(["demo", "--duration", "1", "--json", "--trace"])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("healkit: --trace")
+
+
+def test_histogram_quantile_interpolates_within_a_bucket() -> None:
+    bounds = (0.005, 0.01, 0.025)
+    # 10 values in (0.005, 0.01], 10 in (0.01, 0.025]; smallest 0.006, largest 0.02.
+    buckets = (0, 10, 10, 0)
+    assert _demo._histogram_quantile(bounds, buckets, 0.5, 0.006, 0.02) == 0.01
+    assert math.isclose(_demo._histogram_quantile(bounds, buckets, 0.25, 0.006, 0.02), 0.008)
+    assert _demo._histogram_quantile(bounds, buckets, 1.0, 0.006, 0.02) == 0.02
+    assert _demo._histogram_quantile(bounds, (0, 0, 0, 0), 0.5, math.inf, -math.inf) is None

@@ -340,6 +340,41 @@ async def test_https(
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await fetch(session, srv.url + "/")
     assert srv.hits() == 1
+    # The context asks for no client certificate: none is recorded.
+    assert srv.requests[0].peer_certificate is None
+
+
+@pytest.mark.anyio
+async def test_the_client_certificate_of_each_request_is_recorded(ca: trustme.CA) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    leaves = {name: ca.issue_cert(f"{name}.client.test") for name in ("a", "b")}
+    async with FaultServer(ssl_context=context) as srv:
+        for name, leaf in leaves.items():
+            client = ssl.create_default_context()
+            ca.configure_trust(client)
+            leaf.configure_cert(client)
+            connector = aiohttp.TCPConnector(ssl=client)
+            async with aiohttp.ClientSession(connector=connector) as sess:
+                for _ in range(2):  # the second request reuses the connection
+                    assert await fetch(sess, f"{srv.url}/{name}") == (200, b"ok")
+    presented = [(r.path, r.peer_certificate) for r in srv.requests]
+    expected = [
+        (f"/{name}", ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode()))
+        for name, leaf in leaves.items()
+        for _ in range(2)
+    ]
+    assert presented == expected
+
+
+@pytest.mark.anyio
+async def test_plain_http_records_no_client_certificate(
+    server: FaultServer, session: aiohttp.ClientSession
+) -> None:
+    assert await fetch(session, server.url + "/") == (200, b"ok")
+    assert server.requests[0].peer_certificate is None
 
 
 # -- slow bodies -------------------------------------------------------------------

@@ -11,7 +11,7 @@
     healkit config history SERVICE [--full]
     healkit config rollback SERVICE --to REVISION [--dry-run]
     healkit status [--json]
-    healkit demo [--duration SECONDS] [--concurrency N] [--json] [--etcd ENDPOINTS]
+    healkit demo [--duration SECONDS] [--concurrency N] [--json] [--etcd ENDPOINTS] [--trace]
 """
 
 from __future__ import annotations
@@ -91,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
             " healkit-demo, removed at the end) and change it there mid-run"
         ),
     )
+    demo.add_argument(
+        "--trace",
+        action="store_true",
+        help=(
+            "trace the run with the OpenTelemetry SDK, in memory, and print a trace summary"
+            " at the end (needs healkit-tracing and opentelemetry-sdk)"
+        ),
+    )
     demo.set_defaults(run=_demo)
     return parser
 
@@ -141,15 +149,21 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
-    from healkit._demo import run_demo  # noqa: PLC0415 - the demo pulls in rich; load it only here
+    # The demo pulls in rich (and, for its options, plugin packages): load it only here.
+    from healkit._demo import DemoError, run_demo  # noqa: PLC0415
 
-    return run_demo(
-        duration=args.duration,
-        concurrency=args.concurrency,
-        as_json=args.json,
-        out=out,
-        etcd=args.etcd,
-    )
+    try:
+        return run_demo(
+            duration=args.duration,
+            concurrency=args.concurrency,
+            as_json=args.json,
+            out=out,
+            etcd=args.etcd,
+            trace=args.trace,
+        )
+    except DemoError as error:
+        sys.stderr.write(f"healkit: {error}\n")
+        return EXIT_USAGE
 
 
 def _endpoints(text: str) -> tuple[str, ...]:

@@ -4,7 +4,9 @@
 or HTTPS when given an :class:`ssl.SSLContext`) and answers each request with a
 scripted :class:`Fault`: a normal response, a status burst, latency, a reset
 connection, a hang, a truncated or a slow body. Every request that reaches the
-handler is recorded, so a test can assert what the client really sent::
+handler is recorded, so a test can assert what the client really sent (over
+HTTPS with a context that asks for client certificates, also the certificate
+the client presented)::
 
     async with FaultServer() as server, aiohttp.ClientSession() as session:
         server.script("/pay", Fault.status(503), Fault.reset(), then=Fault.ok())
@@ -306,6 +308,16 @@ class RecordedRequest:
     """``time.monotonic()`` when the handler started."""
     fault: Fault
     """The fault applied to this request."""
+    peer_certificate: bytes | None = None
+    """The certificate the client presented on this request's connection (DER).
+
+    ``None`` over plain HTTP, or when the server's ``ssl_context`` does not ask
+    for client certificates (``verify_mode`` ``CERT_NONE``) or the client sent
+    none. Load it with ``cryptography.x509.load_der_x509_certificate`` to read
+    its subject or fingerprint: requests on one connection share it, so after a
+    client rotated its certificate, the requests of its new connections show
+    the new one.
+    """
 
 
 @final
@@ -561,6 +573,7 @@ class FaultServer:
                     body=body,
                     arrived_at=arrived_at,
                     fault=fault,
+                    peer_certificate=_peer_certificate(request),
                 )
             )
             self._hits[request.path] += 1
@@ -571,6 +584,17 @@ class FaultServer:
         finally:
             del self._inflight[key]
             self._notify()
+
+
+def _peer_certificate(request: web.BaseRequest) -> bytes | None:
+    """Return the client certificate of the request's TLS connection (DER), if any."""
+    transport = request.transport
+    if transport is None:
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    if not isinstance(ssl_object, ssl.SSLObject):
+        return None
+    return ssl_object.getpeercert(binary_form=True)
 
 
 async def _apply(fault: Fault, request: web.Request) -> web.StreamResponse:
