@@ -178,6 +178,16 @@ class EtcdSource:
         return f"<EtcdSource {self.origin} revision {self._revision} {self._connection}>"
 
     @property
+    def client(self) -> EtcdClient:
+        """The etcd client the source reads through (plugins may write with it)."""
+        return self._client
+
+    @property
+    def root(self) -> str:
+        """The namespace's key prefix, ``<prefix><namespace>/``."""
+        return self._root
+
+    @property
     def origin(self) -> str:
         """Where documents come from: the etcd endpoints and the namespace's prefix."""
         return f"etcd {','.join(self._client.endpoints)} {self._root}"

@@ -58,6 +58,7 @@ from healkit._errors import (
     HTTPStatusError,
     TimeoutExceeded,
 )
+from healkit._fleet import FleetHealth, FleetSettings
 from healkit._probes import ProbeSettings, probe
 from healkit._stash import StashKey
 from healkit.hookspecs import hookimpl
@@ -113,6 +114,8 @@ class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         credential_headers: more header names withheld from such endpoints.
         probe: active health probes of every endpoint of the service (``None``:
             none; health is then learnt from real traffic only).
+        fleet: share endpoint health with the other instances through etcd
+            (``None``: this instance keeps it to itself).
 
     """
 
@@ -127,6 +130,7 @@ class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     forward_credentials: bool = False
     credential_headers: tuple[HeaderName, ...] = ()
     probe: ProbeSettings | None = None
+    fleet: FleetSettings | None = None
 
     def __post_init__(self) -> None:
         """Check what one field alone cannot say."""
@@ -224,6 +228,7 @@ class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
         usable: whether an attempt may go there now.
         ejected_for: seconds of ejection left (0: not ejected).
         down: whether its probes take it for down.
+        fleet_reports: instances (this one included) that report it out.
         consecutive_failures: failures since its last success.
         outstanding: attempts in flight there.
 
@@ -235,6 +240,7 @@ class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
     usable: bool
     ejected_for: float
     down: bool
+    fleet_reports: int
     consecutive_failures: int
     outstanding: int
 
@@ -315,6 +321,8 @@ class Router:
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._probing: asyncio.Task[None] | None = None
+        self._fleet = FleetHealth()
+        self._sharing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Router {len(self._health)} endpoints>"
@@ -341,11 +349,35 @@ class Router:
         self._wake.set()  # the probes follow the new configuration
         if runtime.started:
             self._start_probes(runtime)
+            self._start_sharing(runtime)
 
     @hookimpl
     def healkit_startup(self, runtime: Runtime) -> None:
-        """Start the health probes, if a service asks for them."""
+        """Start the health probes and the fleet health, if a service asks for them."""
         self._start_probes(runtime)
+        self._start_sharing(runtime)
+
+    def _start_sharing(self, runtime: Runtime) -> None:
+        """Publish and follow fleet health through the etcd source, once it is asked for."""
+        config = self._config
+        if config is None or (self._sharing is not None and not self._sharing.done()):
+            return
+        fleets = [
+            fleet
+            for policy in config.services.values()
+            if (fleet := _plan(policy).settings.fleet) is not None
+        ]
+        source = runtime.source
+        listen, client = getattr(source, "listen", None), getattr(source, "client", None)
+        root = getattr(source, "root", None)
+        if not fleets or not callable(listen) or client is None or not isinstance(root, str):
+            return  # no etcd source: health stays local
+        ttl = min(fleet.ttl for fleet in fleets)
+        fleet_health = self._fleet
+        listen("health/", lambda events, _revision: fleet_health.heard(root, events))
+        self._sharing = runtime.start_background(
+            "routing fleet health", lambda: fleet_health.publish_forever(client, root, ttl)
+        )
 
     def _start_probes(self, runtime: Runtime) -> None:
         """Run the probe task while some service has probes (it ends when none has)."""
@@ -443,6 +475,10 @@ class Router:
         health = self._health.get((service, endpoint))
         if health is not None and (health.down or health.ejected_until > now):
             return False
+        if self._config is not None:
+            fleet = _plan(self._config.policy(service)).settings.fleet
+            if fleet is not None and self._fleet.reporters(service, endpoint) >= fleet.quorum:
+                return False
         breaker = self._breaker()
         return breaker is None or bool(breaker.available(service, endpoint))
 
@@ -466,8 +502,11 @@ class Router:
         else:
             health.failures = 0
             health.successes += 1
-            if health.successes >= _plan(call.policy).settings.eject_after:
+            settings = _plan(call.policy).settings
+            if health.successes >= settings.eject_after:
                 health.ejections = 0  # recovered: the next ejection is a first one again
+            if settings.fleet is not None and attempt.endpoint is not None:
+                self._fleet.report(call.service, attempt.endpoint, out=False)
 
     @hookimpl(tryfirst=True)
     def healkit_on_error(
@@ -515,6 +554,8 @@ class Router:
         seconds = min(settings.eject_time * 2.0**health.ejections, settings.eject_time_max)
         health.ejected_until = now + seconds
         health.ejections += 1
+        if settings.fleet is not None:
+            self._fleet.report(call.service, endpoint, out=True)
         failures, health.failures = health.failures, 0
         event = EndpointEjected(
             service=call.service,
@@ -618,6 +659,7 @@ class Router:
                 health.ejected_until = -math.inf
                 health.failures = 0
                 health.returned_at = now
+                self._fleet.report(service, endpoint, out=False)
                 self._announce(
                     "healkit.endpoint_returned",
                     EndpointReturned(service=service, endpoint=endpoint, probes=health.probes_good),
@@ -627,6 +669,8 @@ class Router:
         health.probes_bad += 1
         if not health.down and health.probes_bad >= settings.unhealthy_threshold:
             health.down = True
+            if self._config is not None and _plan(self._config.policy(service)).settings.fleet:
+                self._fleet.report(service, endpoint, out=True)
             self._announce(
                 "healkit.endpoint_down",
                 EndpointDown(service=service, endpoint=endpoint, probes=health.probes_bad),
@@ -662,6 +706,7 @@ class Router:
                         usable=self._usable(service, endpoint, moment),
                         ejected_for=max(health.ejected_until - moment, 0.0),
                         down=health.down,
+                        fleet_reports=self._fleet.reporters(service, endpoint),
                         consecutive_failures=health.failures,
                         outstanding=health.outstanding,
                     )
