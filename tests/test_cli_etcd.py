@@ -766,3 +766,35 @@ def test_toml_output_reads_back() -> None:
         "nested": {"deeper": {"value": -1e20}},
     }
     assert tomllib.loads(toml_dumps(document)) == document
+
+
+def test_status_shows_fleet_health_and_where_traffic_goes(
+    server: EtcdServer, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = root(namespace)
+    primary, other, backup = "http://a.internal", "http://b.internal", "http://dr.internal"
+    document = {
+        "endpoints": [primary, other],
+        "routing": {"fallback_groups": [[backup]], "fleet": {"quorum": 2}},
+    }
+    put(server, prefix + "services/payments", canonical_json(document))
+    quoted = primary.replace(":", "%3A").replace("/", "%2F")
+    put(server, f"{prefix}health/payments/{quoted}/host-1", "out")
+    run = cli(capsys, "status", *connect(server, namespace))
+    assert run.status == 0, run.err
+    assert "service payments (quorum 2):" in run.out
+    assert f"group 0  {primary}  reported out by host-1" in run.out
+    assert f"traffic now: group 0: {primary}, {other}" in run.out  # one report < quorum 2
+
+    put(server, f"{prefix}health/payments/{quoted}/host-2", "out")
+    quoted_other = other.replace(":", "%3A").replace("/", "%2F")
+    for instance in ("host-1", "host-2"):
+        put(server, f"{prefix}health/payments/{quoted_other}/{instance}", "out")
+    report = json.loads(cli(capsys, "status", "--json", *connect(server, namespace)).out)
+    payments = report["fleet"]["payments"]
+    assert payments["traffic"] == {"group": 1, "endpoints": [backup]}
+    assert [e["reported_out_by"] for e in payments["endpoints"]] == [
+        ["host-1", "host-2"],
+        ["host-1", "host-2"],
+        [],
+    ]

@@ -44,6 +44,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO, final
+from urllib.parse import unquote
 
 import msgspec
 import yaml
@@ -991,7 +992,11 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
     async with connection.client() as client:
         etcd = await client.status()
         state = await read_namespace(client, connection.root)
+        health = await client.range_all(
+            connection.root + HEALTH_PREFIX, prefix=True, revision=state.revision
+        )
     problems = _namespace_issues(state, sections)
+    fleet = _fleet_health(state, [kv.key.decode("utf-8", "replace") for kv in health.kvs])
     rows = [
         _DocumentStatus(
             key=state.root + key,
@@ -1023,6 +1028,7 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
             "valid": not invalid,
             "issues": [{"path": i.path, "reason": i.reason} for i in problems.get("", [])],
             "documents": rows,
+            "fleet": fleet,
         }
         out.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
         return EXIT_FAILED if invalid else EXIT_OK
@@ -1044,7 +1050,79 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
     out.writelines(
         f"  namespace INVALID: {issue.path}: {issue.reason}\n" for issue in problems.get("", [])
     )
+    _write_fleet(out, fleet)
     return EXIT_FAILED if invalid else EXIT_OK
+
+
+HEALTH_PREFIX: Final = "health/"
+
+
+def _fleet_health(state: NamespaceState, health_keys: Sequence[str]) -> dict[str, Any]:
+    """Per service: its endpoint groups, who reports each endpoint out, where traffic goes.
+
+    The instances' own view (ejections they keep to themselves, breaker states)
+    is in their processes; this is what they share through etcd.
+    """
+    reports: dict[tuple[str, str], list[str]] = {}
+    for key in health_keys:
+        parts = key[len(state.root) + len(HEALTH_PREFIX) :].split("/")
+        if len(parts) == 3 and all(parts):
+            service, endpoint, instance = parts
+            reports.setdefault((service, unquote(endpoint)), []).append(instance)
+    view: dict[str, Any] = {}
+    for key in state.keys:
+        kind, service, _ = _role(key)
+        if kind != "service":
+            continue
+        try:
+            document = _decode_stored(state.text(key) or "", state.root + key)
+        except ConfigError:
+            continue
+        if not isinstance(document, dict):
+            continue
+        routing = document.get("routing") if isinstance(document.get("routing"), dict) else {}
+        groups = [list(document.get("endpoints") or [])]
+        groups.extend(list(g) for g in (routing or {}).get("fallback_groups") or [])
+        fleet = (routing or {}).get("fleet")
+        quorum = int(fleet.get("quorum", 1)) if isinstance(fleet, dict) else None
+        endpoints = [
+            {
+                "endpoint": e,
+                "group": index,
+                "reported_out_by": sorted(reports.get((service, e), [])),
+            }
+            for index, group in enumerate(groups)
+            for e in group
+        ]
+        traffic = None
+        for index, group in enumerate(groups):
+            healthy = [
+                e for e in group if quorum is None or len(reports.get((service, e), [])) < quorum
+            ]
+            if healthy:
+                traffic = {"group": index, "endpoints": healthy}
+                break
+        view[service] = {"quorum": quorum, "endpoints": endpoints, "traffic": traffic}
+    return view
+
+
+def _write_fleet(out: TextIO, fleet: Mapping[str, Any]) -> None:
+    for service, info in fleet.items():
+        if not info["endpoints"]:
+            continue
+        shared = "fleet health off" if info["quorum"] is None else f"quorum {info['quorum']}"
+        out.write(f"service {service} ({shared}):\n")
+        for entry in info["endpoints"]:
+            reporters = entry["reported_out_by"]
+            seen = f"reported out by {', '.join(reporters)}" if reporters else "no report"
+            out.write(f"  group {entry['group']}  {entry['endpoint']}  {seen}\n")
+        traffic = info["traffic"]
+        where = (
+            "nowhere healthy"
+            if traffic is None
+            else (f"group {traffic['group']}: {', '.join(traffic['endpoints'])}")
+        )
+        out.write(f"  traffic now: {where}\n")
 
 
 def _namespace_issues(
