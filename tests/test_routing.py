@@ -336,3 +336,21 @@ async def test_the_probe_task_is_owned_by_the_client(servers: list[FaultServer])
         tasks = {t.get_name() for t in client_.runtime.background_tasks}
         assert "healkit: routing probes" in tasks
     assert client_.runtime.background_tasks == frozenset()
+
+
+async def test_every_endpoint_down_ends_in_the_degraded_template(
+    manual_clock: ManualClock,
+) -> None:
+    template = {"status": 503, "json": {"error": "${error_type}"}}
+    config = document([refused_url(), refused_url()], fallback_groups=[[refused_url()]])
+    config["services"][SERVICE]["degraded"] = {"template": template}
+    async with client(config, manual_clock, RetryPlugin()) as c:
+        response = await c.get("/x", service=SERVICE)
+    assert response.status == 503
+    assert response.outcome is not None
+    assert response.outcome.path == "degraded"
+    assert response.headers[healkit.OUTCOME_HEADER] == "degraded"
+    assert response.json() == {"error": "ConnectError"}
+    # Each endpoint tried once, moving on at once: no backoff slept.
+    assert len({a.endpoint for a in response.outcome.attempts}) == 3
+    assert manual_clock.sleeps == []
