@@ -44,7 +44,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO, final
-from urllib.parse import unquote
 
 import msgspec
 import yaml
@@ -55,7 +54,8 @@ from healkit._config_formats import DocumentFormat, format_for_path, load_file, 
 from healkit._entry_logs import routed_logs
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
 from healkit._etcd import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
-from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource, etcd_prefix
+from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource, etcd_prefix, key_role
+from healkit._fleet import HEALTH, parse_record_key
 from healkit._plugins import create_plugin_manager
 from healkit._runtime import config_sections
 
@@ -399,25 +399,13 @@ class NamespaceState:
         return None if kv is None else kv.value.decode("utf-8", "replace")
 
 
-def _role(key: str) -> tuple[Literal["defaults", "service", "overlay", "other"], str, str]:
-    """Classify a key relative to the namespace: (kind, service, channel)."""
-    parts = key.split("/")
-    if parts == [_DEFAULTS]:
-        return ("defaults", "", "")
-    if len(parts) == 2 and parts[0] == "services" and parts[1]:
-        return ("service", parts[1], "")
-    if len(parts) == 4 and parts[0] == "channels" and parts[2] == "services" and parts[3]:
-        return ("overlay", parts[3], parts[1])
-    return ("other", "", "")
-
-
 async def read_namespace(client: EtcdClient, root: str) -> NamespaceState:
     """Read every configuration key under ``root`` at one revision."""
     result = await client.range_all(root, prefix=True)
     keys: dict[str, KeyValue] = {}
     for kv in result.kvs:
         relative = kv.key.decode("utf-8", "replace")[len(root) :]
-        if _role(relative)[0] != "other":
+        if key_role(relative)[0] != "other":
             keys[relative] = kv
     return NamespaceState(root=root, revision=result.revision, keys=keys)
 
@@ -428,7 +416,7 @@ def _decode_stored(text: str, origin: str) -> object:
 
 
 def _path_of(key: str) -> str:
-    kind, service, _ = _role(key)
+    kind, service, _ = key_role(key)
     return "$.defaults" if kind == "defaults" else f"$.services.{service}"
 
 
@@ -521,7 +509,7 @@ def _assemble(documents: Mapping[str, object]) -> dict[str, object]:
     whole: dict[str, object] = {}
     services: dict[str, object] = {}
     for key, value in documents.items():
-        kind, service, _ = _role(key)
+        kind, service, _ = key_role(key)
         if kind == "defaults":
             whole["defaults"] = value
         elif kind == "service":
@@ -596,7 +584,7 @@ def plan_push(
     kept: list[str] = []
     changes: list[Change] = []
     for key in sorted({*state.keys, *new_texts}):
-        kind = _role(key)[0]
+        kind = key_role(key)[0]
         if kind not in {"defaults", "service"}:
             continue
         old, new = state.text(key), new_texts.get(key)
@@ -630,7 +618,7 @@ def plan_push(
     others = [
         Compare.mod_revision(state.root + key, "==", kv.mod_revision)
         for key, kv in state.keys.items()
-        if key not in written and _role(key)[0] == "service"
+        if key not in written and key_role(key)[0] == "service"
     ]
     if len(guards) + len(others) <= MAX_TXN_OPS:
         guards += others
@@ -652,7 +640,7 @@ def _check_result(
     documents: dict[str, object] = {}
     issues: list[ConfigIssue] = []
     for key in sorted({*state.keys, *changed}):
-        if _role(key)[0] not in {"defaults", "service"}:
+        if key_role(key)[0] not in {"defaults", "service"}:
             continue
         text = changed[key] if key in changed else state.text(key)
         if text is None:
@@ -777,7 +765,7 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
         documents = {
             key: _decode_stored(text, state.root + key)
             for key in state.keys
-            if _role(key)[0] in {"defaults", "service"} and (text := state.text(key)) is not None
+            if key_role(key)[0] in {"defaults", "service"} and (text := state.text(key)) is not None
         }
         document = _assemble(documents)
     out.write(_render(document, args.format))
@@ -993,16 +981,16 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
         etcd = await client.status()
         state = await read_namespace(client, connection.root)
         health = await client.range_all(
-            connection.root + HEALTH_PREFIX, prefix=True, revision=state.revision
+            connection.root + HEALTH, prefix=True, revision=state.revision
         )
     problems = _namespace_issues(state, sections)
     fleet = _fleet_health(state, [kv.key.decode("utf-8", "replace") for kv in health.kvs])
     rows = [
         _DocumentStatus(
             key=state.root + key,
-            kind=_role(key)[0],
-            service=_role(key)[1] or None,
-            channel=_role(key)[2] or None,
+            kind=key_role(key)[0],
+            service=key_role(key)[1] or None,
+            channel=key_role(key)[2] or None,
             mod_revision=kv.mod_revision,
             version=kv.version,
             valid=not problems.get(key),
@@ -1054,9 +1042,6 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
     return EXIT_FAILED if invalid else EXIT_OK
 
 
-HEALTH_PREFIX: Final = "health/"
-
-
 def _fleet_health(state: NamespaceState, health_keys: Sequence[str]) -> dict[str, Any]:
     """Per service: its endpoint groups, who reports each endpoint out, where traffic goes.
 
@@ -1065,13 +1050,13 @@ def _fleet_health(state: NamespaceState, health_keys: Sequence[str]) -> dict[str
     """
     reports: dict[tuple[str, str], list[str]] = {}
     for key in health_keys:
-        parts = key[len(state.root) + len(HEALTH_PREFIX) :].split("/")
-        if len(parts) == 3 and all(parts):
-            service, endpoint, instance = parts
-            reports.setdefault((service, unquote(endpoint)), []).append(instance)
+        record = parse_record_key(key[len(state.root) :])
+        if record is not None:
+            service, endpoint, instance = record
+            reports.setdefault((service, endpoint), []).append(instance)
     view: dict[str, Any] = {}
     for key in state.keys:
-        kind, service, _ = _role(key)
+        kind, service, _ = key_role(key)
         if kind != "service":
             continue
         try:
@@ -1137,14 +1122,14 @@ def _namespace_issues(
             decoded[key] = _decode_stored(text, state.root + key)
         except ConfigError as error:
             problems.setdefault(key, []).extend(error.issues)
-    base = {k: v for k, v in decoded.items() if _role(k)[0] in {"defaults", "service"}}
+    base = {k: v for k, v in decoded.items() if key_role(k)[0] in {"defaults", "service"}}
     _attribute(build_issues(_assemble(base), sections), base, problems)
-    channels = sorted({_role(k)[2] for k in decoded if _role(k)[0] == "overlay"})
+    channels = sorted({key_role(k)[2] for k in decoded if key_role(k)[0] == "overlay"})
     for channel in channels:
         overlays = {
-            _SERVICES + _role(k)[1]: v
+            _SERVICES + key_role(k)[1]: v
             for k, v in decoded.items()
-            if _role(k)[0] == "overlay" and _role(k)[2] == channel
+            if key_role(k)[0] == "overlay" and key_role(k)[2] == channel
         }
         merged = dict(base)
         for key, overlay in overlays.items():

@@ -49,7 +49,7 @@ from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
 from healkit._etcd import EtcdClient, KeyValue, WatchEvent
 from healkit._sources import ConfigSink
 
-__all__ = ["EtcdSource", "EtcdSourceStatus", "Listener", "etcd_prefix"]
+__all__ = ["EtcdSource", "EtcdSourceStatus", "KeyKind", "Listener", "etcd_prefix", "key_role"]
 
 _logger: Final = structlog.get_logger("healkit")
 
@@ -95,6 +95,25 @@ class _Snapshot(msgspec.Struct, frozen=True):
     version: int
     revision: int
     documents: dict[str, str]
+
+
+KeyKind = Literal["defaults", "service", "overlay", "other"]
+
+
+def key_role(key: str) -> tuple[KeyKind, str, str]:
+    """Classify a key relative to a namespace's root: (kind, service, channel).
+
+    ``defaults``; ``services/<service>``; ``channels/<channel>/services/<service>``
+    (an overlay); anything else is ``other`` (health records...).
+    """
+    parts = key.split("/")
+    if parts == ["defaults"]:
+        return ("defaults", "", "")
+    if len(parts) == 2 and parts[0] == "services":
+        return ("service", parts[1], "")
+    if len(parts) == 4 and parts[0] == "channels" and parts[2] == "services":
+        return ("overlay", parts[3], parts[1])
+    return ("other", "", "")
 
 
 def etcd_prefix(namespace: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -502,19 +521,11 @@ class EtcdSource:
             return None
 
     def _role(self, key: str) -> tuple[Literal["defaults", "service", "overlay"], str] | None:
-        parts = key.split("/")
-        if parts == ["defaults"]:
-            return ("defaults", "")
-        if len(parts) == 2 and parts[0] == "services":
-            return ("service", parts[1])
-        if (
-            len(parts) == 4
-            and parts[0] == "channels"
-            and parts[1] == self._channel
-            and parts[2] == "services"
-        ):
-            return ("overlay", parts[3])
-        return None
+        """Return what ``key`` is to this source (``None``: not its configuration)."""
+        kind, service, channel = key_role(key)
+        if kind == "other" or (kind == "overlay" and channel != self._channel):
+            return None
+        return kind, service
 
     def _assemble(self, good: Mapping[str, object]) -> dict[str, object]:
         """Build the whole document from the good document of each key."""

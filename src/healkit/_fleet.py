@@ -32,9 +32,9 @@ import structlog
 from healkit._errors import EtcdError
 
 if TYPE_CHECKING:
-    from healkit._etcd import EtcdClient, WatchEvent
+    from healkit._etcd import EtcdClient, LeaseKeeper, WatchEvent
 
-__all__ = ["FleetHealth", "FleetSettings", "instance_name"]
+__all__ = ["HEALTH", "FleetHealth", "FleetSettings", "instance_name", "parse_record_key"]
 
 _logger: Final = structlog.get_logger("healkit")
 HEALTH: Final = "health/"
@@ -100,7 +100,7 @@ class FleetHealth:
     def heard(self, root: str, events: Sequence[WatchEvent]) -> None:
         """Take the health records that changed in etcd (a listener of the source)."""
         for event in events:
-            parsed = _parse(event.kv.key.decode("utf-8", "replace")[len(root) :])
+            parsed = parse_record_key(event.kv.key.decode("utf-8", "replace")[len(root) :])
             if parsed is None:
                 continue
             service, endpoint, instance = parsed
@@ -139,11 +139,10 @@ class FleetHealth:
                 )
                 await asyncio.sleep(RETRY_PAUSE)
 
-    async def _next(self, lease: object) -> tuple[str, str, bool]:
+    async def _next(self, lease: LeaseKeeper) -> tuple[str, str, bool]:
         """Return the next change to publish (or raise if the lease expires first)."""
-        wait_expired = getattr(lease, "wait_expired")  # noqa: B009 - LeaseKeeper, duck-typed
         change = asyncio.ensure_future(self._pending.get())
-        expiry = asyncio.ensure_future(wait_expired())
+        expiry = asyncio.ensure_future(lease.wait_expired())
         try:
             done, _ = await asyncio.wait({change, expiry}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -166,7 +165,7 @@ def _key(root: str, service: str, endpoint: str, instance: str) -> str:
     return f"{root}{HEALTH}{service}/{quote(endpoint, safe='')}/{instance}"
 
 
-def _parse(relative: str) -> tuple[str, str, str] | None:
+def parse_record_key(relative: str) -> tuple[str, str, str] | None:
     """Return (service, endpoint, instance) of a health record key, relative to the root."""
     if not relative.startswith(HEALTH):
         return None

@@ -68,7 +68,7 @@ async def probe(
     tls: ssl.SSLContext | None,
 ) -> bool:
     """Probe ``endpoint`` once; return whether it answered as expected in time."""
-    url = endpoint + settings.path if settings.path != "/" else endpoint + "/"
+    url = endpoint + settings.path  # endpoints keep no trailing "/"; paths start with one
     try:
         async with session.request(
             settings.method,

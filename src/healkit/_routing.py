@@ -322,6 +322,7 @@ class Router:
         self._session: aiohttp.ClientSession | None = None
         self._probing: asyncio.Task[None] | None = None
         self._fleet = FleetHealth()
+        self._breaker: Any = None
         self._sharing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -339,6 +340,9 @@ class Router:
         """Keep what is known of the endpoints still configured; forget the others."""
         self._runtime = runtime
         self._config = config
+        # Plugins change only through runtime.register, which configures again.
+        breaker = runtime.plugin_manager.get_plugin("breaker")
+        self._breaker = breaker if callable(getattr(breaker, "available", None)) else None
         known = {
             (name, endpoint)
             for name, policy in config.services.items()
@@ -404,14 +408,17 @@ class Router:
         if plan.choices <= 1:
             return None
         now = call.clock.now()
-        earlier = call.attempts[:-1]
-        previous = earlier[-1].endpoint if earlier else None
-        # Endpoints this call could not reach are out of its way from now on.
-        unreached = frozenset(
-            a.endpoint
-            for a in earlier
-            if a.error is not None and not a.error.may_have_reached_server
-        )
+        previous: str | None = None
+        unreached: frozenset[str | None] = frozenset()
+        if len(call.attempts) > 1:  # a retry: look at the attempts before this one
+            earlier = call.attempts[:-1]
+            previous = earlier[-1].endpoint
+            # Endpoints this call could not reach are out of its way from now on.
+            unreached = frozenset(
+                a.endpoint
+                for a in earlier
+                if a.error is not None and not a.error.may_have_reached_server
+            )
         chosen, group_index = self._choose(call.service, plan, now, previous, unreached)
         health = self._of(call.service, chosen)
         health.outstanding += 1
@@ -433,19 +440,21 @@ class Router:
         unreached: frozenset[str | None],
     ) -> tuple[str, int]:
         for index, group in enumerate(plan.groups):
-            usable = [e for e in group if e not in unreached and self._usable(service, e, now)]
+            usable = [
+                e for e in group if e not in unreached and self._usable(service, plan, e, now)
+            ]
             if len(usable) > 1 and previous in usable:
                 usable.remove(previous)  # a retry prefers another endpoint
             if usable:
-                return self._pick(service, index, usable, plan.settings.balance), index
+                return self._pick(service, plan, index, usable), index
         # Nothing usable anywhere: try the primary group all the same.
-        return self._pick(service, 0, list(plan.groups[0]), "round_robin"), 0
+        return self._pick(service, plan, 0, list(plan.groups[0])), 0
 
-    def _pick(self, service: str, group: int, usable: list[str], balance: str) -> str:
+    def _pick(self, service: str, plan: _Plan, group: int, usable: list[str]) -> str:
         if len(usable) == 1:
             return usable[0]
-        usable = self._warmed(service, usable) or usable
-        if balance == "least_outstanding":
+        usable = self._warmed(service, plan, usable) or usable
+        if plan.settings.balance == "least_outstanding":
             first, second = self._draw(usable), self._draw(usable)
             if self._of(service, second).outstanding < self._of(service, first).outstanding:
                 return second
@@ -454,12 +463,9 @@ class Router:
         self._turns[(service, group)] = turn + 1
         return usable[turn % len(usable)]
 
-    def _warmed(self, service: str, usable: list[str]) -> list[str]:
+    def _warmed(self, service: str, plan: _Plan, usable: list[str]) -> list[str]:
         """Leave out, by chance, endpoints still in their slow start."""
-        config = self._config
-        if config is None:
-            return usable
-        probe = _plan(config.policy(service)).settings.probe
+        probe = plan.settings.probe
         if probe is None or probe.slow_start <= 0:
             return usable
         now = self._now()
@@ -471,23 +477,15 @@ class Router:
                 kept.append(endpoint)
         return kept
 
-    def _usable(self, service: str, endpoint: str, now: float) -> bool:
+    def _usable(self, service: str, plan: _Plan, endpoint: str, now: float) -> bool:
         health = self._health.get((service, endpoint))
         if health is not None and (health.down or health.ejected_until > now):
             return False
-        if self._config is not None:
-            fleet = _plan(self._config.policy(service)).settings.fleet
-            if fleet is not None and self._fleet.reporters(service, endpoint) >= fleet.quorum:
-                return False
-        breaker = self._breaker()
+        fleet = plan.settings.fleet
+        if fleet is not None and self._fleet.reporters(service, endpoint) >= fleet.quorum:
+            return False
+        breaker = self._breaker
         return breaker is None or bool(breaker.available(service, endpoint))
-
-    def _breaker(self) -> Any | None:  # noqa: ANN401 - the breaker plugin, duck-typed
-        runtime = self._runtime
-        if runtime is None:
-            return None
-        plugin = runtime.plugin_manager.get_plugin("breaker")
-        return plugin if callable(getattr(plugin, "available", None)) else None
 
     @hookimpl
     def healkit_post_response(
@@ -529,7 +527,7 @@ class Router:
             e
             for group in plan.groups
             for e in group
-            if e not in tried and self._usable(call.service, e, now)
+            if e not in tried and self._usable(call.service, plan, e, now)
         ]
         if not others:
             return None
@@ -692,8 +690,7 @@ class Router:
         if config is None or service not in config.services:
             return ()
         plan = _plan(config.policy(service))
-        now = self._runtime.clock if self._runtime is not None else None
-        moment = now.now() if now is not None else 0.0
+        moment = self._now()
         found = []
         for index, group in enumerate(plan.groups):
             for endpoint in group:
@@ -703,7 +700,7 @@ class Router:
                         service=service,
                         endpoint=endpoint,
                         group=index,
-                        usable=self._usable(service, endpoint, moment),
+                        usable=self._usable(service, plan, endpoint, moment),
                         ejected_for=max(health.ejected_until - moment, 0.0),
                         down=health.down,
                         fleet_reports=self._fleet.reporters(service, endpoint),
