@@ -12,10 +12,12 @@ import anyio
 import pytest
 
 import healkit
+from healkit._probes import ProbeSettings
 from healkit._routing import EndpointDown, EndpointReturned, Router
 from healkit.testing import Fault, FaultServer, ManualClock, refused_url
 from healkit_breaker import BreakerPlugin
 from healkit_retry import RetryPlugin
+from healkit_timeout import TimeoutPlugin
 
 pytestmark = pytest.mark.anyio
 
@@ -338,6 +340,39 @@ async def test_the_probe_task_is_owned_by_the_client(servers: list[FaultServer])
         tasks = {t.get_name() for t in client_.runtime.background_tasks}
         assert "healkit: routing probes" in tasks
     assert client_.runtime.background_tasks == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("probe_timeout", "service_timeout"),
+    [(None, {"read": 0.2}), (0.2, {})],
+    ids=["the service's read limit", "the probe's own timeout"],
+)
+async def test_a_probe_keeps_to_the_service_limits(
+    servers: list[FaultServer], probe_timeout: float | None, service_timeout: dict[str, float]
+) -> None:
+    silent, backup, _ = servers
+    silent.script("/health", *[Fault.blackhole()] * 5)
+    probe = {"path": "/health", "interval": 30.0, "unhealthy_threshold": 1}
+    if probe_timeout is not None:
+        probe["timeout"] = probe_timeout
+    config = document([silent.url], fallback_groups=[[backup.url]], probe=probe)
+    config["services"][SERVICE]["timeout"] = service_timeout
+    health = Health()
+    plugins = [health, TimeoutPlugin()]
+    async with healkit.Client(config=config, plugins=plugins, entry_points=False):
+        # Down after the first probe, cut at 0.2 s: not after seconds.
+        with anyio.fail_after(1.5):
+            await health.wait_for("EndpointDown", silent.url)
+
+
+def test_probe_limits_are_the_service_attempt_limits_within_the_probe_table() -> None:
+    service = healkit.Timeouts(connect=1.0, read=4.0, total=8.0)
+    by_default = ProbeSettings(interval=5.0).limits(service)
+    assert (by_default.total, by_default.connect, by_default.sock_read) == (5.0, 1.0, 4.0)
+    tight = ProbeSettings(interval=5.0, timeout=0.5).limits(service)
+    assert (tight.total, tight.connect, tight.sock_read) == (0.5, 0.5, 0.5)
+    roomy = ProbeSettings(interval=60.0).limits(service)
+    assert (roomy.total, roomy.connect, roomy.sock_read) == (8.0, 1.0, 4.0)
 
 
 async def test_every_endpoint_down_ends_in_the_degraded_template(

@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal, final
 import aiohttp
 import msgspec
 
-from healkit._config import Seconds
+from healkit._config import Seconds, Timeouts
 
 __all__ = ["ProbeSettings", "probe"]
 
@@ -31,7 +31,10 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         path: the path probed below each endpoint.
         expect: the statuses of a good probe; empty: any 2xx or 3xx.
         interval: seconds between two probes of an endpoint.
-        timeout: seconds a probe may take (at most ``interval``).
+        timeout: seconds a probe may take (at most ``interval``); by default
+            the service's attempt limit (the ``timeout`` plugin's ``attempt``),
+            capped by ``interval``. A probe also keeps to the service's
+            ``connect`` and ``read`` limits.
         healthy_threshold: good probes in a row that bring a down or ejected
             endpoint back.
         unhealthy_threshold: failed probes in a row that take an endpoint down.
@@ -44,17 +47,24 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     path: Annotated[str, msgspec.Meta(pattern=r"^/[^\s#]*$", max_length=2048)] = "/"
     expect: tuple[Status, ...] = ()
     interval: Seconds = 5.0
-    timeout: Seconds = 2.0
+    timeout: Seconds | None = None
     healthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
     unhealthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     slow_start: Annotated[float, msgspec.Meta(ge=0, le=3600.0)] = 0.0
 
     def __post_init__(self) -> None:
         """Reject a timeout longer than the interval: a probe ends before the next starts."""
-        if self.timeout > self.interval:
+        if self.timeout is not None and self.timeout > self.interval:
             raise ValueError(
                 f"timeout ({self.timeout}s) must not exceed interval ({self.interval}s)"
             )
+
+    def limits(self, service: Timeouts) -> aiohttp.ClientTimeout:
+        """Return a probe's limits: the service's attempt limits, within this table's."""
+        total = min(service.total, self.interval if self.timeout is None else self.timeout)
+        return aiohttp.ClientTimeout(
+            total=total, connect=min(service.connect, total), sock_read=min(service.read, total)
+        )
 
     def good(self, status: int) -> bool:
         """Whether a probe answered with ``status`` is good."""
@@ -65,15 +75,16 @@ async def probe(
     session: aiohttp.ClientSession,
     endpoint: str,
     settings: ProbeSettings,
+    limits: aiohttp.ClientTimeout,
     tls: ssl.SSLContext | None,
 ) -> bool:
-    """Probe ``endpoint`` once; return whether it answered as expected in time."""
+    """Probe ``endpoint`` once within ``limits``; return whether it answered as expected."""
     url = endpoint + settings.path  # endpoints keep no trailing "/"; paths start with one
     try:
         async with session.request(
             settings.method,
             url,
-            timeout=aiohttp.ClientTimeout(total=settings.timeout),
+            timeout=limits,
             allow_redirects=False,
             ssl=tls if tls is not None else True,
         ) as response:

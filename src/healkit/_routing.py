@@ -635,14 +635,16 @@ class Router:
                     await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool:
+        """Probe with the service's TLS context and within its attempt limits."""
+        runtime, config = self._runtime, self._config
+        if runtime is None or config is None:
+            raise RuntimeError("the router probes only once configured")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        tls_plugin = (
-            None if self._runtime is None else self._runtime.plugin_manager.get_plugin("tls")
-        )
-        context = getattr(tls_plugin, "context", None)
+        context = getattr(runtime.plugin_manager.get_plugin("tls"), "context", None)
         tls = context(service) if callable(context) else None
-        return await probe(self._session, endpoint, settings, tls)
+        limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
+        return await probe(self._session, endpoint, settings, limits, tls)
 
     def _probed(self, service: str, endpoint: str, settings: ProbeSettings, *, good: bool) -> None:
         """Count a probe; take the endpoint down, or bring it back, past the thresholds."""

@@ -24,11 +24,19 @@ import pluggy
 
 from healkit import _log
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config import ConfigSection, HealkitConfig, build_config
+from healkit._config import (
+    CORE_TIMEOUTS,
+    ConfigSection,
+    HealkitConfig,
+    ServicePolicy,
+    Timeouts,
+    build_config,
+)
 from healkit._errors import ConfigError, ConfigIssue, PluginError
 from healkit._plan import CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._sources import ConfigSource, FileSource, InMemorySource
+from healkit._stash import StashKey
 from healkit._timer import TimerWheels
 
 __all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime"]
@@ -37,6 +45,8 @@ ConfigInput = Mapping[str, Any] | str | os.PathLike[str] | ConfigSource | None
 """What ``config=`` accepts: a document, a file path, a source, or ``None`` (all defaults)."""
 
 SHUTDOWN_TIMEOUT: Final = 5.0
+_ATTEMPT_TIMEOUTS: Final = StashKey[Timeouts]("healkit.attempt_timeouts")
+"""A policy's attempt limits as the plugins give them (for requests outside a call)."""
 
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "healkit_runtime", default=None
@@ -222,6 +232,25 @@ class Runtime:
         ):
             found.extend(configs)
         return found
+
+    def attempt_timeouts(self, policy: ServicePolicy) -> Timeouts:
+        """Return the limits of one attempt to ``policy``'s service (``healkit_attempt_timeouts``).
+
+        The first plugin's answer, else the core's limits; kept in ``policy.stash``
+        for the snapshot's lifetime. A plugin whose implementation raises is
+        logged and counted in ``plugin_errors``, and skipped.
+        """
+        limits = policy.stash.get(_ATTEMPT_TIMEOUTS)
+        if limits is None:
+            answers = call_each(
+                self.plugin_manager,
+                "healkit_attempt_timeouts",
+                {"policy": policy},
+                self._plugin_failed,
+            )
+            found = [answer for _, answer in answers if answer is not None]
+            limits = policy.stash[_ATTEMPT_TIMEOUTS] = found[0] if found else CORE_TIMEOUTS
+        return limits
 
     def emit(self, event: object) -> None:
         """Hand ``event`` to every ``healkit_event`` implementation (observers)."""

@@ -31,7 +31,7 @@ import pluggy
 if TYPE_CHECKING:
     import aiohttp
 
-    from healkit._config import ConfigSection, HealkitConfig
+    from healkit._config import ConfigSection, HealkitConfig, ServicePolicy, Timeouts
     from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
     from healkit._errors import HealkitError
     from healkit._outcome import Outcome
@@ -130,6 +130,23 @@ def healkit_trace_configs() -> Sequence[aiohttp.TraceConfig]:  # type: ignore[em
 
     Result: all implementations are called; the trace configs are added in
     hook order. May not return an awaitable.
+    """
+
+
+@hookspec(firstresult=True)
+def healkit_attempt_timeouts(policy: ServicePolicy) -> Timeouts | None:
+    """Return the time limits of one attempt to ``policy``'s service.
+
+    For the requests healkit makes to a service outside a call (the routing
+    plugin's health probes), which keep to the same limits as the service's
+    calls. A plugin that sets ``attempt.timeouts`` in ``healkit_pre_request``
+    returns the same limits here, or ``None`` when it sets none for this
+    service. Without an answer, the core's limits apply (``connect`` 10 s,
+    ``read`` 30 s, ``total`` 60 s). Called once per service and configuration
+    snapshot, not per call.
+
+    Result: stops at the first non-``None`` result (``firstresult``). May not
+    return an awaitable.
     """
 
 

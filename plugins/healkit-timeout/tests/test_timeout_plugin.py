@@ -135,3 +135,29 @@ def test_deadline_alone_bounds_the_attempt_limit() -> None:
     assert TimeoutSettings(deadline=10.0).attempt_limit == 10.0
     assert TimeoutSettings().attempt_limit == 30.0
     assert TimeoutSettings(attempt=5.0, deadline=10.0).attempt_limit == 5.0
+
+
+class Crashing:
+    """A plugin whose answer for attempt limits fails."""
+
+    healkit_name = "crashing"
+
+    @healkit.hookimpl
+    def healkit_attempt_timeouts(self) -> healkit.Timeouts:
+        raise RuntimeError("boom")
+
+
+def test_attempt_timeouts_outside_a_call_are_the_service_limits() -> None:
+    config = {"services": {"svc": {"endpoints": ["http://a.test"], "timeout": {"read": 2.0}}}}
+    runtime = healkit.Runtime(
+        config=config, plugins=[Crashing(), TimeoutPlugin()], entry_points=False
+    )
+    limits = runtime.attempt_timeouts(runtime.config.policy("svc"))
+    assert limits == healkit.Timeouts(connect=5.0, read=2.0, total=30.0)
+    assert runtime.plugin_errors["crashing"] == 1
+    bare = healkit.Runtime(
+        config={"services": {"svc": {"endpoints": ["http://a.test"]}}}, entry_points=False
+    )
+    assert bare.attempt_timeouts(bare.config.policy("svc")) == healkit.Timeouts(
+        connect=10.0, read=30.0, total=60.0
+    )
