@@ -19,12 +19,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 import yaml
 
@@ -37,6 +39,7 @@ from healkit._cli_etcd import (
     read_namespace,
     toml_dumps,
 )
+from healkit._fleet import EndpointView, InstanceView, ServiceView
 from healkit._plugins import create_plugin_manager
 from healkit._runtime import config_sections
 from healkit.etcd import EtcdClient
@@ -798,3 +801,58 @@ def test_status_shows_fleet_health_and_where_traffic_goes(
         ["host-1", "host-2"],
         [],
     ]
+
+
+def test_status_shows_each_instances_own_view(
+    server: EtcdServer, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = root(namespace)
+    primary, backup = "http://a.internal", "http://dr.internal"
+    document = {"endpoints": [primary], "routing": {"fallback_groups": [[backup]], "fleet": {}}}
+    put(server, prefix + "services/payments", canonical_json(document))
+    now = time.time()
+    endpoints = (
+        EndpointView(
+            endpoint=primary,
+            group=0,
+            usable=False,
+            down=False,
+            ejected_until=now + 42.4,
+            fleet_reports=1,
+            breaker="open",
+            breaker_retry_at=now + 9.6,
+        ),
+        EndpointView(
+            endpoint=backup,
+            group=1,
+            usable=True,
+            down=False,
+            ejected_until=None,
+            fleet_reports=0,
+            breaker="closed",
+            breaker_retry_at=None,
+        ),
+    )
+    view = InstanceView(
+        instance="host-1",
+        updated=now,
+        services={"payments": ServiceView(endpoints=endpoints, traffic_group=1, traffic=(backup,))},
+    )
+    put(server, prefix + "instances/host-1", msgspec.json.encode(view).decode())
+    put(server, prefix + "instances/intruder", "not a view")
+    run = cli(capsys, "status", *connect(server, namespace))
+    assert run.status == 0, run.err  # an unreadable view is reported, not a failure
+    assert re.search(rf"instance host-1 \(as of \d+ s ago\): traffic to group 1: {backup}", run.out)
+    assert re.search(
+        rf"group 0  {primary}  ejected \(4\d s left\), "
+        r"breaker open \(admits calls again in \d+ s\)",
+        run.out,
+    )
+    assert f"group 1  {backup}  usable, breaker closed" in run.out
+    assert "instance record instances/intruder unreadable" in run.out
+    report = json.loads(cli(capsys, "status", "--json", *connect(server, namespace)).out)
+    (seen,) = report["fleet"]["payments"]["instances"]
+    assert seen["instance"] == "host-1"
+    assert seen["traffic_group"] == 1
+    assert [e["breaker"] for e in seen["endpoints"]] == ["open", "closed"]
+    assert [r["key"] for r in report["unreadable_instance_records"]] == ["instances/intruder"]

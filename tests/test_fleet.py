@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 import healkit
+from healkit._fleet import InstanceView
 from healkit.etcd import EtcdClient, EtcdSource, WatchEvent
 from healkit.testing import EtcdServer, Fault, FaultServer, TcpProxy
+from healkit_breaker import BreakerPlugin
 
 pytestmark = pytest.mark.anyio
 
 SERVICE = "inventory"
 NAMESPACE = "fleet"
 HEALTH = f"/healkit/{NAMESPACE}/health/"
+INSTANCES = f"/healkit/{NAMESPACE}/instances/"
 KEY = f"/healkit/{NAMESPACE}/services/{SERVICE}"
 
 
@@ -53,10 +58,12 @@ async def upstreams() -> AsyncIterator[tuple[FaultServer, FaultServer]]:
         yield bad, good
 
 
-async def start(stack: AsyncExitStack, url: str) -> Instance:
+async def start(stack: AsyncExitStack, url: str, *plugins: object) -> Instance:
     etcd = await stack.enter_async_context(EtcdClient(url, timeout=2.0, connect_timeout=1.0))
     source = EtcdSource(etcd, namespace=NAMESPACE)
-    client = await stack.enter_async_context(healkit.Client(config=source, entry_points=False))
+    client = await stack.enter_async_context(
+        healkit.Client(config=source, plugins=plugins, entry_points=False)
+    )
     return Instance(source, client)
 
 
@@ -166,3 +173,93 @@ async def test_a_good_probe_takes_the_report_back(
         taken_back, _ = await next_health_change(etcd, revision)  # probes: back
         assert taken_back.type == "DELETE"
         assert taken_back.kv.key == reported.kv.key
+
+
+async def instance_views(etcd: EtcdClient) -> dict[str, InstanceView]:
+    found = await etcd.range_all(INSTANCES, prefix=True)
+    views = [msgspec.json.decode(kv.value, type=InstanceView) for kv in found.kvs]
+    return {view.instance: view for view in views}
+
+
+async def wait_for_view(
+    etcd: EtcdClient, instance: str, holds: Callable[[InstanceView | None], bool]
+) -> InstanceView | None:
+    """Wait until the record of ``instance`` satisfies ``holds`` (watching, not polling)."""
+    with anyio.fail_after(10):
+        async with etcd.watch(INSTANCES, prefix=True) as watch:
+            view = (await instance_views(etcd)).get(instance)
+            if holds(view):
+                return view
+            async for _ in watch:
+                view = (await instance_views(etcd)).get(instance)
+                if holds(view):
+                    return view
+    raise AssertionError("the watch ended")
+
+
+async def test_each_instance_publishes_its_own_view_for_healkit_status(
+    etcd_server: EtcdServer, upstreams: tuple[FaultServer, FaultServer]
+) -> None:
+    bad, good = upstreams
+    routing = {"fallback_groups": [[good.url]], "eject_after": 1, "eject_time": 60.0}
+    service = {
+        "endpoints": [bad.url],
+        "routing": {**routing, "fleet": {"ttl": 5, "quorum": 2}},
+        "breaker": {"consecutive_failures": 1, "minimum_calls": 1, "open_duration": 30.0},
+    }
+    async with AsyncExitStack() as stack, etcd_server.client() as etcd:
+        await etcd.put(KEY, json.dumps(service).encode())
+        a = await start(stack, etcd_server.url, BreakerPlugin())
+        b = await start(stack, etcd_server.url, BreakerPlugin())
+        response = await a.client.get("/x", service=SERVICE)  # 503: ejected, breaker open
+        assert response.outcome.endpoint == bad.url  # type: ignore[union-attr]
+        name_a, name_b = a.router.fleet_instance, b.router.fleet_instance
+
+        def a_ejected(view: InstanceView | None) -> bool:
+            return view is not None and not view.services[SERVICE].endpoints[0].usable
+
+        seen_a = await wait_for_view(etcd, name_a, a_ejected)
+        assert seen_a is not None
+        own = seen_a.services[SERVICE]
+        assert (own.traffic_group, own.traffic) == (1, (good.url,))
+        primary = own.endpoints[0]
+        assert (primary.endpoint, primary.group, primary.down) == (bad.url, 0, False)
+        assert primary.ejected_until is not None
+        assert primary.ejected_until > time.time() + 50  # 60 s of ejection, as Unix time
+        assert primary.breaker == "open"
+        assert primary.breaker_retry_at is not None
+        assert primary.fleet_reports == 1
+        # b: one report is below its quorum of 2, so b still sends to the primary.
+        seen_b = await wait_for_view(
+            etcd,
+            name_b,
+            lambda v: v is not None and v.services[SERVICE].endpoints[0].fleet_reports == 1,
+        )
+        assert seen_b is not None
+        assert seen_b.services[SERVICE].traffic == (bad.url,)
+        assert seen_b.services[SERVICE].endpoints[0].breaker == "closed"
+        await stack.aclose()  # both instances stop: their leases are revoked
+        assert await instance_views(etcd) == {}
+
+
+async def test_an_instance_rewrites_its_view_when_an_ejection_runs_out(
+    etcd_server: EtcdServer, upstreams: tuple[FaultServer, FaultServer]
+) -> None:
+    bad, good = upstreams
+    # Longer than the view's write period (1 s), so the ejection is seen first.
+    routing = {"eject_after": 1, "eject_time": 2.5, "fleet": {"ttl": 5}}
+    service = {"endpoints": [bad.url, good.url], "routing": routing}
+    async with AsyncExitStack() as stack, etcd_server.client() as etcd:
+        await etcd.put(KEY, json.dumps(service).encode())
+        a = await start(stack, etcd_server.url)
+        await a.client.get("/x", service=SERVICE)  # 503 from bad: ejected for 2.5 s
+        name = a.router.fleet_instance
+
+        def usable(view: InstanceView | None) -> bool | None:
+            return None if view is None else view.services[SERVICE].endpoints[0].usable
+
+        await wait_for_view(etcd, name, lambda view: usable(view) is False)
+        # No call, no event: the instance knew when the ejection would end.
+        back = await wait_for_view(etcd, name, lambda view: usable(view) is True)
+        assert back is not None
+        assert back.services[SERVICE].traffic == (bad.url, good.url)

@@ -40,6 +40,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ from healkit._entry_logs import routed_logs
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
 from healkit._etcd import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
 from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource, etcd_prefix, key_role
-from healkit._fleet import HEALTH, parse_record_key
+from healkit._fleet import HEALTH, INSTANCES, InstanceView, parse_record_key
 from healkit._plugins import create_plugin_manager
 from healkit._runtime import config_sections
 
@@ -983,8 +984,12 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
         health = await client.range_all(
             connection.root + HEALTH, prefix=True, revision=state.revision
         )
+        instances = await client.range_all(
+            connection.root + INSTANCES, prefix=True, revision=state.revision
+        )
     problems = _namespace_issues(state, sections)
-    fleet = _fleet_health(state, [kv.key.decode("utf-8", "replace") for kv in health.kvs])
+    views, unreadable = _instance_views(connection.root, instances.kvs)
+    fleet = _fleet_health(state, [kv.key.decode("utf-8", "replace") for kv in health.kvs], views)
     rows = [
         _DocumentStatus(
             key=state.root + key,
@@ -1017,6 +1022,7 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
             "issues": [{"path": i.path, "reason": i.reason} for i in problems.get("", [])],
             "documents": rows,
             "fleet": fleet,
+            "unreadable_instance_records": unreadable,
         }
         out.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
         return EXIT_FAILED if invalid else EXIT_OK
@@ -1038,15 +1044,35 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
     out.writelines(
         f"  namespace INVALID: {issue.path}: {issue.reason}\n" for issue in problems.get("", [])
     )
-    _write_fleet(out, fleet)
+    _write_fleet(out, fleet, time.time())
+    out.writelines(
+        f"  instance record {entry['key']} unreadable: {entry['reason']}\n" for entry in unreadable
+    )
     return EXIT_FAILED if invalid else EXIT_OK
 
 
-def _fleet_health(state: NamespaceState, health_keys: Sequence[str]) -> dict[str, Any]:
+def _instance_views(
+    root: str, kvs: Sequence[KeyValue]
+) -> tuple[list[InstanceView], list[dict[str, str]]]:
+    """Decode the instances' own views; list the records that are not one (key, reason)."""
+    views: list[InstanceView] = []
+    unreadable: list[dict[str, str]] = []
+    for kv in kvs:
+        key = kv.key.decode("utf-8", "replace")
+        try:
+            views.append(msgspec.json.decode(kv.value, type=InstanceView))
+        except msgspec.DecodeError as error:  # written by something else than healkit
+            unreadable.append({"key": key[len(root) :], "reason": str(error)})
+    return views, unreadable
+
+
+def _fleet_health(
+    state: NamespaceState, health_keys: Sequence[str], views: Sequence[InstanceView]
+) -> dict[str, Any]:
     """Per service: its endpoint groups, who reports each endpoint out, where traffic goes.
 
-    The instances' own view (ejections they keep to themselves, breaker states)
-    is in their processes; this is what they share through etcd.
+    ``views`` are the instances' own (``instances/<instance>``): their local
+    health, breaker states and traffic, for the services that share health.
     """
     reports: dict[tuple[str, str], list[str]] = {}
     for key in health_keys:
@@ -1087,11 +1113,25 @@ def _fleet_health(state: NamespaceState, health_keys: Sequence[str]) -> dict[str
             if healthy:
                 traffic = {"group": index, "endpoints": healthy}
                 break
-        view[service] = {"quorum": quorum, "endpoints": endpoints, "traffic": traffic}
+        seen_by = [
+            {
+                "instance": v.instance,
+                "updated": v.updated,
+                **msgspec.to_builtins(v.services[service]),
+            }
+            for v in views
+            if service in v.services
+        ]
+        view[service] = {
+            "quorum": quorum,
+            "endpoints": endpoints,
+            "traffic": traffic,
+            "instances": sorted(seen_by, key=lambda entry: entry["instance"]),
+        }
     return view
 
 
-def _write_fleet(out: TextIO, fleet: Mapping[str, Any]) -> None:
+def _write_fleet(out: TextIO, fleet: Mapping[str, Any], now: float) -> None:
     for service, info in fleet.items():
         if not info["endpoints"]:
             continue
@@ -1108,6 +1148,46 @@ def _write_fleet(out: TextIO, fleet: Mapping[str, Any]) -> None:
             else (f"group {traffic['group']}: {', '.join(traffic['endpoints'])}")
         )
         out.write(f"  traffic now: {where}\n")
+        for seen in info["instances"]:
+            _write_instance(out, seen, now)
+
+
+def _write_instance(out: TextIO, seen: Mapping[str, Any], now: float) -> None:
+    """Write one instance's own view of a service: its traffic, then each endpoint."""
+    group = seen["traffic_group"]
+    where = (
+        "nowhere usable (the primary group is tried anyway)"
+        if group is None
+        else f"group {group}: {', '.join(seen['traffic'])}"
+    )
+    age = max(now - seen["updated"], 0.0)
+    out.write(f"  instance {seen['instance']} (as of {age:.0f} s ago): traffic to {where}\n")
+    out.writelines(
+        f"    group {entry['group']}  {entry['endpoint']}  {_local_health(entry, now)}\n"
+        for entry in seen["endpoints"]
+    )
+
+
+def _local_health(entry: Mapping[str, Any], now: float) -> str:
+    """Describe an endpoint as one instance sees it: usable or why not, and its breaker."""
+    ejected_until, retry_at = entry["ejected_until"], entry["breaker_retry_at"]
+    if entry["down"]:
+        health = "down (probes)"
+    elif ejected_until is not None and ejected_until > now:
+        health = f"ejected ({ejected_until - now:.0f} s left)"
+    elif entry["usable"]:
+        health = "usable"
+    elif entry["fleet_reports"]:
+        health = f"avoided (reported out by {entry['fleet_reports']} instances)"
+    else:
+        health = "unusable"
+    breaker = entry["breaker"]
+    if breaker is None:
+        return health
+    health += f", breaker {breaker}"
+    if retry_at is not None and retry_at > now:
+        health += f" (admits calls again in {retry_at - now:.0f} s)"
+    return health
 
 
 def _namespace_issues(

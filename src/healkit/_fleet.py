@@ -11,19 +11,29 @@ it can route around an endpoint before failing on it itself, once at least
 ``routing.fleet.quorum`` instances (itself included) report it. A dead
 instance's records disappear with its lease (refreshed every TTL/3).
 
+Next to its reports, each such instance keeps its own view of the services
+that share health (every endpoint's local health and breaker state, where its
+traffic goes now) in one record under the same lease, for ``healkit status``::
+
+    <prefix><namespace>/instances/<instance>
+
+rewritten when the view changes, at most once per :data:`VIEW_PERIOD`.
+
 This module is the bookkeeping and the etcd side; the routing plugin decides
-when to report and asks who reported what.
+when to report, asks who reported what, and describes its view.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import secrets
 import socket
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Final, final
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Final, final
 from urllib.parse import quote, unquote
 
 import msgspec
@@ -34,10 +44,23 @@ from healkit._errors import EtcdError
 if TYPE_CHECKING:
     from healkit._etcd import EtcdClient, LeaseKeeper, WatchEvent
 
-__all__ = ["HEALTH", "FleetHealth", "FleetSettings", "instance_name", "parse_record_key"]
+__all__ = [
+    "HEALTH",
+    "INSTANCES",
+    "EndpointView",
+    "FleetHealth",
+    "FleetSettings",
+    "InstanceView",
+    "ServiceView",
+    "instance_name",
+    "parse_record_key",
+]
 
 _logger: Final = structlog.get_logger("healkit")
 HEALTH: Final = "health/"
+INSTANCES: Final = "instances/"
+VIEW_PERIOD: Final = 1.0
+"""Seconds between two writes of an instance's view, at least (a burst is one write)."""
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
 RETRY_PAUSE: Final = 1.0
 
@@ -58,6 +81,70 @@ class FleetSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     ttl: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 10
 
 
+@final
+class EndpointView(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An endpoint as one instance sees it (times are Unix timestamps).
+
+    Attributes:
+        endpoint: the endpoint's base URL.
+        group: 0 for the primary group, 1 for the first fallback group, ...
+        usable: whether this instance sends attempts there now.
+        down: whether this instance's probes take it for down.
+        ejected_until: when this instance's ejection of it ends (``None``: not ejected).
+        fleet_reports: instances (this one included) that report it out.
+        breaker: the state of its circuit breaker (``None`` without a breaker plugin).
+        breaker_retry_at: when an open breaker may admit a call again.
+
+    """
+
+    endpoint: Annotated[str, msgspec.Meta(max_length=2048)]
+    group: Annotated[int, msgspec.Meta(ge=0)]
+    usable: bool
+    down: bool
+    ejected_until: float | None
+    fleet_reports: Annotated[int, msgspec.Meta(ge=0)]
+    breaker: Annotated[str, msgspec.Meta(max_length=64)] | None
+    breaker_retry_at: float | None
+
+
+@final
+class ServiceView(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A service as one instance sees it.
+
+    Attributes:
+        endpoints: every endpoint, group by group.
+        traffic_group: the group this instance's traffic goes to now
+            (``None``: no endpoint is usable; the primary group is tried anyway).
+        traffic: the usable endpoints of that group.
+
+    """
+
+    endpoints: tuple[EndpointView, ...]
+    traffic_group: Annotated[int, msgspec.Meta(ge=0)] | None
+    traffic: tuple[str, ...]
+
+
+@final
+class InstanceView(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The record an instance keeps under ``instances/<instance>``.
+
+    Attributes:
+        instance: the instance's name (as in its health records).
+        updated: when it was written (Unix time).
+        services: the services that share health (``routing.fleet``), by name.
+
+    """
+
+    instance: Annotated[str, msgspec.Meta(max_length=128)]
+    updated: float
+    services: dict[str, ServiceView]
+
+
+Describe = Callable[[], tuple[Mapping[str, ServiceView], float | None]]
+"""Returns the instance's view of its services, and in how many seconds it
+changes by itself (an ejection ending, a breaker's open time passing), if ever."""
+
+
 def instance_name() -> str:
     """Return a name for this process in health records: host, process, a random part."""
     raw = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
@@ -75,6 +162,11 @@ class FleetHealth:
         # What this instance wants published: True (out) for each key it reports.
         self._mine: dict[tuple[str, str], bool] = {}
         self._pending: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue()
+        # The view: stale when something it shows may have changed.
+        self._stale = asyncio.Event()
+        self._view_due: float | None = None  # loop time when it changes by itself
+        self._last_view: Mapping[str, ServiceView] | None = None
+        self._last_write = -math.inf
 
     def __repr__(self) -> str:
         return f"<FleetHealth {self.instance} {len(self._reports)} endpoints reported>"
@@ -85,6 +177,11 @@ class FleetHealth:
         """Return how many instances report ``endpoint`` of ``service`` out."""
         return len(self._reports.get((service, endpoint), ()))
 
+    def others(self, service: str, endpoint: str) -> int:
+        """Return how many instances other than this one report ``endpoint`` out."""
+        reporters = self._reports.get((service, endpoint), ())
+        return len(reporters) - (self.instance in reporters)
+
     def report(self, service: str, endpoint: str, *, out: bool) -> None:
         """Say (``out=True``) or take back that this instance takes the endpoint out."""
         key = (service, endpoint)
@@ -94,6 +191,10 @@ class FleetHealth:
         if not out:
             del self._mine[key]
         self._pending.put_nowait((service, endpoint, out))
+
+    def touch(self) -> None:
+        """Say that this instance's view may have changed (it is written again if it did)."""
+        self._stale.set()
 
     # -- etcd ------------------------------------------------------------------------
 
@@ -111,9 +212,12 @@ class FleetHealth:
                     del self._reports[(service, endpoint)]
             else:
                 reporters.add(instance)
+            self._stale.set()
 
-    async def publish_forever(self, client: EtcdClient, root: str, ttl: int) -> None:
-        """Keep this instance's reports in etcd under a lease, until cancelled."""
+    async def publish_forever(
+        self, client: EtcdClient, root: str, ttl: int, describe: Describe
+    ) -> None:
+        """Keep this instance's reports and view in etcd under a lease, until cancelled."""
         while True:
             try:
                 async with client.lease(ttl) as lease:
@@ -121,8 +225,14 @@ class FleetHealth:
                     for service, endpoint in list(self._mine):
                         key = _key(root, service, endpoint, self.instance)
                         await client.put(key, b"out", lease=lease.id)
+                    self._last_view = None
+                    self._stale.set()
                     while not lease.expired:
-                        service, endpoint, out = await self._next(lease)
+                        await self._write_view(client, root, lease, describe)
+                        change = await self._next(lease)
+                        if change is None:
+                            continue
+                        service, endpoint, out = change
                         key = _key(root, service, endpoint, self.instance)
                         if out:
                             await client.put(key, b"out", lease=lease.id)
@@ -139,19 +249,64 @@ class FleetHealth:
                 )
                 await asyncio.sleep(RETRY_PAUSE)
 
-    async def _next(self, lease: LeaseKeeper) -> tuple[str, str, bool]:
-        """Return the next change to publish (or raise if the lease expires first)."""
+    async def _write_view(
+        self, client: EtcdClient, root: str, lease: LeaseKeeper, describe: Describe
+    ) -> None:
+        """Write this instance's view if it may have changed and did (rate-limited)."""
+        now = asyncio.get_running_loop().time()
+        due = self._view_due is not None and now >= self._view_due
+        if not (self._stale.is_set() or due) or now < self._last_write + VIEW_PERIOD:
+            return
+        self._stale.clear()
+        services, changes_in = describe()
+        self._view_due = None if changes_in is None else now + changes_in
+        if services == self._last_view:
+            return
+        view = InstanceView(instance=self.instance, updated=time.time(), services=dict(services))
+        await client.put(
+            root + INSTANCES + self.instance, msgspec.json.encode(view), lease=lease.id
+        )
+        self._last_view, self._last_write = services, now
+
+    def _view_wait(self) -> float | None:
+        """Seconds until the view must be looked at again (``None``: on a change only)."""
+        now = asyncio.get_running_loop().time()
+        moments = [] if self._view_due is None else [self._view_due]
+        if self._stale.is_set():  # changed within VIEW_PERIOD of the last write
+            moments.append(now)
+        if not moments:
+            return None
+        return max(min(moments), self._last_write + VIEW_PERIOD, now) - now
+
+    async def _next(self, lease: LeaseKeeper) -> tuple[str, str, bool] | None:
+        """Return the next report to publish, or ``None`` when the view is to be looked at.
+
+        Raises:
+            _LeaseLostError: the lease expired first.
+
+        """
         change = asyncio.ensure_future(self._pending.get())
         expiry = asyncio.ensure_future(lease.wait_expired())
+        waiting: set[asyncio.Future[Any]] = {change, expiry}
+        stale = None
+        if not self._stale.is_set():
+            stale = asyncio.ensure_future(self._stale.wait())
+            waiting.add(stale)
         try:
-            done, _ = await asyncio.wait({change, expiry}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                waiting, timeout=self._view_wait(), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            expiry.cancel()
+            for waiter in (expiry, stale):
+                if waiter is not None:
+                    waiter.cancel()
             if not change.done():
                 change.cancel()
         if change in done:
             return change.result()
-        raise _LeaseLostError
+        if expiry in done:
+            raise _LeaseLostError
+        return None
 
 
 class _LeaseLostError(EtcdError):

@@ -31,6 +31,7 @@ import contextlib
 import math
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, final
 
@@ -58,7 +59,7 @@ from healkit._errors import (
     HTTPStatusError,
     TimeoutExceeded,
 )
-from healkit._fleet import FleetHealth, FleetSettings
+from healkit._fleet import EndpointView, FleetHealth, FleetSettings, ServiceView
 from healkit._probes import ProbeSettings, probe
 from healkit._stash import StashKey
 from healkit.hookspecs import hookimpl
@@ -324,6 +325,7 @@ class Router:
         self._fleet = FleetHealth()
         self._breaker: Any = None
         self._sharing: asyncio.Task[None] | None = None
+        self._wall_offset = 0.0  # Unix time minus the runtime clock, for the shared view
 
     def __repr__(self) -> str:
         return f"<Router {len(self._health)} endpoints>"
@@ -351,6 +353,7 @@ class Router:
         }
         self._health = {key: health for key, health in self._health.items() if key in known}
         self._wake.set()  # the probes follow the new configuration
+        self._fleet.touch()
         if runtime.started:
             self._start_probes(runtime)
             self._start_sharing(runtime)
@@ -378,9 +381,11 @@ class Router:
             return  # no etcd source: health stays local
         ttl = min(fleet.ttl for fleet in fleets)
         fleet_health = self._fleet
+        self._wall_offset = time.time() - runtime.clock.now()
         listen("health/", lambda events, _revision: fleet_health.heard(root, events))
         self._sharing = runtime.start_background(
-            "routing fleet health", lambda: fleet_health.publish_forever(client, root, ttl)
+            "routing fleet health",
+            lambda: fleet_health.publish_forever(client, root, ttl, self._describe),
         )
 
     def _start_probes(self, runtime: Runtime) -> None:
@@ -394,6 +399,11 @@ class Router:
         """Close the probes' HTTP session."""
         session, self._session = self._session, None
         return None if session is None else session.close()
+
+    @hookimpl
+    def healkit_event(self) -> None:
+        """Any event (an ejection, a breaker transition) may change the shared view."""
+        self._fleet.touch()
 
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
@@ -482,8 +492,12 @@ class Router:
         if health is not None and (health.down or health.ejected_until > now):
             return False
         fleet = plan.settings.fleet
-        if fleet is not None and self._fleet.reporters(service, endpoint) >= fleet.quorum:
-            return False
+        if fleet is not None:
+            # Not out here (or no longer: an ejection ran out): take back this
+            # instance's report, and let the others' reports decide.
+            self._fleet.report(service, endpoint, out=False)
+            if self._fleet.others(service, endpoint) >= fleet.quorum:
+                return False
         breaker = self._breaker
         return breaker is None or bool(breaker.available(service, endpoint))
 
@@ -686,6 +700,11 @@ class Router:
 
     # -- the read API ----------------------------------------------------------------
 
+    @property
+    def fleet_instance(self) -> str:
+        """The name of this instance in fleet health records (``instances/<name>``)."""
+        return self._fleet.instance
+
     def status(self, service: str) -> tuple[EndpointStatus, ...]:
         """Return every endpoint of ``service``, group by group, as the router sees it now."""
         config = self._config
@@ -711,6 +730,68 @@ class Router:
                     )
                 )
         return tuple(found)
+
+    def _describe(self) -> tuple[dict[str, ServiceView], float | None]:
+        """Return how this instance sees the services that share health, and when that changes.
+
+        Times are Unix timestamps; the second value is in how many seconds an
+        ejection ends or an open breaker may admit calls again, if ever.
+        """
+        config = self._config
+        if config is None:
+            return {}, None
+        now = self._now()
+        upcoming: list[float] = []
+        view: dict[str, ServiceView] = {}
+        for name, policy in config.services.items():
+            plan = _plan(policy)
+            if plan.settings.fleet is None:
+                continue
+            endpoints: list[EndpointView] = []
+            traffic_group: int | None = None
+            traffic: tuple[str, ...] = ()
+            for index, group in enumerate(plan.groups):
+                usable = tuple(e for e in group if self._usable(name, plan, e, now))
+                if usable and traffic_group is None:
+                    traffic_group, traffic = index, usable
+                for endpoint in group:
+                    health = self._health.get((name, endpoint)) or _Health()
+                    breaker, retry_at = self._breaker_of(name, endpoint)
+                    upcoming.extend(
+                        t for t in (health.ejected_until, retry_at) if now < t < math.inf
+                    )
+                    endpoints.append(
+                        EndpointView(
+                            endpoint=endpoint,
+                            group=index,
+                            usable=endpoint in usable,
+                            down=health.down,
+                            ejected_until=self._wall(health.ejected_until, now),
+                            fleet_reports=self._fleet.reporters(name, endpoint),
+                            breaker=breaker,
+                            breaker_retry_at=self._wall(retry_at, now),
+                        )
+                    )
+            view[name] = ServiceView(
+                endpoints=tuple(endpoints), traffic_group=traffic_group, traffic=traffic
+            )
+        return view, (min(upcoming) - now if upcoming else None)
+
+    def _breaker_of(self, service: str, endpoint: str) -> tuple[str | None, float]:
+        """Return the breaker plugin's state of the endpoint, and when it may admit calls again."""
+        breaker = self._breaker
+        if breaker is None:
+            return None, -math.inf
+        state = breaker.state(service, endpoint)
+        status = breaker.status(service, endpoint)
+        retry_at = getattr(status, "retry_at", None)
+        return str(getattr(state, "value", state)), -math.inf if retry_at is None else retry_at
+
+    def _wall(self, moment: float, now: float) -> float | None:
+        """Return a future moment of the runtime clock in Unix time (``None``: past or never)."""
+        if not now < moment < math.inf:
+            return None
+        return round(moment + self._wall_offset, 3)
 
 
 def _plan(policy: ServicePolicy) -> _Plan:
