@@ -78,6 +78,10 @@ def check_summary(summary: dict[str, Any]) -> None:
     assert rejected >= summary["errors_by_type"].get("CircuitOpenError", 0)
     if "breaker" not in summary["settings"]:
         assert (rejected, summary["breaker_transitions"]) == (0, [])
+    changes = summary["traffic_changes"]
+    assert summary["failovers"] == sum(change["from"] == 0 for change in changes)
+    assert summary["switch_backs"] == sum(change["to"] == 0 for change in changes)
+    assert summary["degraded"] == summary["by_path"].get("degraded", 0)
     if summary["tls"] is not None:
         assert summary["tls"]["rejected_material"] == 0
         assert sum(summary["tls"]["presented"].values()) > 0
@@ -101,14 +105,72 @@ def test_json_summary_of_a_run() -> None:
     if "timeout" in installed_plugins():
         assert summary["timeouts"] == dict(_demo.TIMEOUTS)
         assert summary["settings"]["timeout"] == dict(_demo.TIMEOUTS)
-        # The outage hangs; the timeout plugin turns it into typed timeouts.
+        # Stalls end in typed timeouts (or are answered by the fallback).
         assert all(
             issubclass(getattr(healkit, name), healkit.HealkitError)
             for name in summary["errors_by_type"]
         )
-        assert summary["errors_by_type"]
+    assert summary["fallback_upstream"] is not None
+    assert summary["by_path"].get("fallback", 0) > 0  # the storm, at least, failed over
     # healkit's per-attempt log events were captured, one per failed call here.
     assert summary["log_events"].get("healkit.call_failed", 0) == summary["errors"]
+
+
+OK = Fault.ok()
+HEALING_SCENES = (
+    Scene(name="fine", fraction=0.15, faults=(OK,), description="fine", fallback=OK),
+    Scene(
+        name="primary down",
+        fraction=0.2,
+        faults=(Fault.status(503),),
+        description="503, health check too",
+        down=True,
+        fallback=OK,
+        policy={"degraded": {"template": _demo.DEGRADED_TEMPLATE}},
+    ),
+    Scene(name="healed", fraction=0.25, faults=(OK,), description="fine again", fallback=OK),
+    Scene(
+        name="all down",
+        fraction=0.15,
+        faults=(Fault.reset(),),
+        description="both reset",
+        down=True,
+        fallback=Fault.reset(),
+    ),
+    Scene(name="recovery", fraction=0.25, faults=(OK,), description="fine again", fallback=OK),
+)
+
+
+def test_failover_switch_back_and_degraded_in_the_summary() -> None:
+    out = io.StringIO()
+
+    status = run_demo(duration=6, concurrency=4, as_json=True, out=out, scenes=HEALING_SCENES)
+
+    assert status == 0
+    summary = json.loads(out.getvalue())
+    assert summary["lost"] == 0
+    scenes = summary["by_scene"]
+    # (A call counts in the scene it started in: those at a boundary may end otherwise.)
+    assert scenes["fine"]["by_path"]["primary"] > 0
+    assert scenes["primary down"]["by_path"].get("fallback", 0) > 0
+    assert scenes["all down"]["by_path"].get("degraded", 0) > 0
+    assert summary["degraded"] == summary["by_path"]["degraded"]
+    assert summary["failovers"] >= 2  # the primary down, then everything down
+    assert summary["switch_backs"] >= 2  # healed, then recovery
+    first = summary["traffic_changes"][0]
+    assert (first["scene"], first["from"], first["to"]) == ("primary down", 0, 1)
+    assert None in {change["to"] for change in summary["traffic_changes"]}  # all down
+    last = summary["traffic_changes"][-1]
+    assert (last["scene"], last["to"]) == ("recovery", 0)  # the primary has the traffic back
+
+
+def test_a_table_gives_the_fallback_in_every_scene_or_none() -> None:
+    mixed = (
+        Scene(name="a", fraction=0.5, faults=(OK,), description="a", fallback=OK),
+        Scene(name="b", fraction=0.5, faults=(OK,), description="b"),
+    )
+    with pytest.raises(ValueError, match="every scene or in none"):
+        run_demo(duration=1, concurrency=1, as_json=True, out=io.StringIO(), scenes=mixed)
 
 
 def test_cli_demo_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,13 +1,16 @@
 """``healkit demo``: live traffic through healkit while a local upstream misbehaves.
 
-Nothing to set up: the demo starts a :class:`healkit.testing.FaultServer`
-on loopback, configures a :class:`healkit.Client` (with every installed plugin)
-for it as service ``demo``, and runs ``concurrency`` callers that each loop on
-``await client.get("/api", service="demo")`` until the time is up. Meanwhile the
-upstream plays a script of :data:`SCENES`: healthy, latency spikes, 503 bursts,
-a 503 storm that trips the circuit breaker, a short outage, recovery. The
-terminal shows the traffic live with rich; the end is a summary (a table, or one
-JSON object with ``--json``).
+Nothing to set up: the demo starts two :class:`healkit.testing.FaultServer`
+on loopback, a primary and a fallback, configures a :class:`healkit.Client`
+(with every installed plugin) for them as service ``demo`` (the fallback as its
+fallback group, with health probes: :data:`ROUTING`), and runs ``concurrency``
+callers that each loop on ``await client.get("/api", service="demo")`` until
+the time is up. Meanwhile the upstreams play a script of :data:`SCENES`:
+healthy, latency spikes, 503 bursts, a 503 storm (failover to the fallback),
+healed (probes switch traffic back), an outage, a total outage (degraded
+responses), recovery. The terminal shows the traffic live with rich, where it
+goes now included; the end is a summary (a table, or one JSON object with
+``--json``) that counts failovers, switch-backs and degraded responses.
 
 The plugins found installed get short settings fit for a demo that lasts
 seconds (:data:`TIMEOUTS`, :data:`BREAKER`, :data:`RETRY`); the others keep
@@ -129,6 +132,27 @@ RETRY: Final[Mapping[str, Any]] = {
 instead of waiting for it to admit a probe (the retry plugin's default), so the
 speed of a refusal shows.
 """
+HEALTH_PATH: Final = "/health"
+"""The path the health probes request on each upstream."""
+ROUTING: Final[Mapping[str, Any]] = {
+    "eject_time": 1.0,
+    "eject_time_max": 2.0,
+    "probe": {
+        "path": HEALTH_PATH,
+        "interval": 0.2,
+        "healthy_threshold": 3,
+        "unhealthy_threshold": 2,
+    },
+}
+"""The ``routing`` section (next to the fallback group) when the demo runs a fallback upstream.
+
+Short ejections and probes every 0.2 s, so that failover and switch-back
+happen within a scene of a few seconds: 2 failed probes take an upstream down,
+3 good ones in a row bring it back (the hysteresis against flapping)."""
+ROUTING_LOG_EVENTS: Final = frozenset(
+    {"healkit.endpoint_ejected", "healkit.endpoint_down", "healkit.endpoint_returned"}
+)
+"""The router's log events: each may move the traffic to another group."""
 ERROR_PAUSE: Final = 0.01
 """Seconds a caller pauses after an error or a degraded response before its
 next call, as a client loop would: a refusal by an open breaker (answered by
@@ -208,6 +232,12 @@ class Scene:
             client certificate files with the next certificate (A by B, then
             B by A...) in one atomic rename. Only with the tls plugin installed;
             without it the scene plays its faults over plain HTTP.
+        down: the upstream's health endpoint fails too (the scene's first
+            fault), so that health probes take it down; otherwise it answers 200.
+        fallback: what the fallback upstream answers (every path, its health
+            endpoint included) during the scene. A table gives it in every
+            scene (the demo then runs a fallback upstream, the service's
+            fallback group) or in none (a single upstream).
 
     """
 
@@ -219,6 +249,8 @@ class Scene:
     core_description: str | None = None
     policy: Mapping[str, Any] | None = None
     rotate_client_certificate: bool = False
+    down: bool = False
+    fallback: Fault | None = None
 
     def __post_init__(self) -> None:
         """Reject a scene that cannot be played."""
@@ -249,6 +281,7 @@ _UNAVAILABLE: Final = Fault.status(
     503, body=b"upstream overloaded", headers={"Retry-After": "1"}, latency=0.001
 )
 _FAILING: Final = Fault.status(503, body=b"upstream failing", latency=0.001)
+_OK: Final = Fault.ok()
 
 DEGRADED_TEMPLATE: Final[Mapping[str, Any]] = {
     "status": 503,
@@ -257,60 +290,79 @@ DEGRADED_TEMPLATE: Final[Mapping[str, Any]] = {
 }
 """The degraded response the operator adds during the outage."""
 
+_RESETS: Final = Fault.reset()
+
 SCENES: Final[tuple[Scene, ...]] = (
     Scene(
         name="healthy",
-        fraction=0.15,
+        fraction=0.12,
         faults=_HEALTHY,
-        description="the upstream answers 200 in 2-8 ms",
+        description="the primary answers 200 in 2-8 ms",
+        fallback=_OK,
     ),
     Scene(
         name="latency spikes",
-        fraction=0.15,
+        fraction=0.12,
         faults=(*(_HEALTHY * 3)[:9], _STALL, *(_HEALTHY * 2)[:9], _TRICKLE),
         description="1 response in 10 stalls 1.5 s, 1 in 20 trickles its body over 1.5 s",
+        fallback=_OK,
     ),
     Scene(
         name="503 burst",
-        fraction=0.10,
+        fraction=0.08,
         faults=(*(_UNAVAILABLE,) * 3, *_HEALTHY, *_HEALTHY[:2]),
         description="3 responses in 10 are 503 Service Unavailable (Retry-After: 1)",
+        fallback=_OK,
     ),
     Scene(
         name="503 storm",
-        fraction=0.10,
+        fraction=0.12,
         faults=(_FAILING,),
         description=(
-            "every request gets 503: a circuit breaker trips and refuses calls at once,"
-            " probing now and then"
+            "the primary answers 503 to everything, its health check too: it is ejected,"
+            " probed down, and traffic fails over to the fallback"
         ),
+        down=True,
+        fallback=_OK,
     ),
     Scene(
         name="healed",
-        fraction=0.15,
+        fraction=0.10,
         faults=_HEALTHY,
-        description="the upstream answers again: a half-open probe closes the breaker",
+        description="the primary answers again: good probes switch traffic back to it",
+        fallback=_OK,
     ),
     Scene(
         name="outage",
-        fraction=0.15,
+        fraction=0.12,
         faults=(Fault.blackhole(),),
         description=(
-            "the upstream hangs: it reads every request and never answers;"
+            "the primary hangs: traffic fails over to the fallback;"
             " the operator adds a degraded response"
         ),
-        core_faults=(Fault.reset(),),
+        core_faults=(_RESETS,),
         core_description=(
-            "the upstream resets every connection (no timeout plugin: no hang);"
-            " the operator adds a degraded response"
+            "the primary resets every connection (no timeout plugin: no hang): traffic"
+            " fails over to the fallback; the operator adds a degraded response"
         ),
         policy={"degraded": {"template": DEGRADED_TEMPLATE}},
+        down=True,
+        fallback=_OK,
+    ),
+    Scene(
+        name="total outage",
+        fraction=0.10,
+        faults=(_RESETS,),
+        description="the primary and the fallback reset every connection: degraded responses",
+        down=True,
+        fallback=_RESETS,
     ),
     Scene(
         name="recovery",
-        fraction=0.10,
+        fraction=0.14,
         faults=_HEALTHY,
-        description="the upstream is healthy again",
+        description="both are healthy again: probes switch traffic back to the primary",
+        fallback=_OK,
     ),
     Scene(
         name="certificate rotation",
@@ -321,6 +373,7 @@ SCENES: Final[tuple[Scene, ...]] = (
             " rename: new connections present B, no call fails"
         ),
         rotate_client_certificate=True,
+        fallback=_OK,
     ),
 )
 """The default script, played in order."""
@@ -373,6 +426,8 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
         sum(s.fraction for s in scenes), 1.0, abs_tol=FRACTION_TOLERANCE
     ):
         raise ValueError("the scenes' fractions must sum to 1")
+    if len({scene.fallback is None for scene in scenes}) > 1:
+        raise ValueError("give the fallback upstream's faults in every scene or in none")
     demo = _Demo(
         duration=duration, concurrency=concurrency, as_json=as_json, out=out, etcd=tuple(etcd)
     )
@@ -438,6 +493,39 @@ class _Tally:
             "p50_ms": _ms(_percentile(ordered, 0.50)),
             "p99_ms": _ms(_percentile(ordered, 0.99)),
         }
+
+
+@final
+@dataclass(slots=True)
+class _TrafficWatch:
+    """Where the router sends the service's traffic, and each time that changed.
+
+    ``group``: 0 (the primary), 1 (the fallback) or ``None`` (no endpoint usable:
+    degraded responses). Leaving the primary is a failover, returning to it a
+    switch-back.
+    """
+
+    group: int | None = 0
+    failovers: int = 0
+    switch_backs: int = 0
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def observe(self, group: int | None, at: float, scene: str) -> str | None:
+        """Take the group traffic goes to now; return a line to show if it changed."""
+        was, self.group = self.group, group
+        if group == was:
+            return None
+        self.changes.append({"at_s": round(at, 3), "scene": scene, "from": was, "to": group})
+        if was == 0:
+            self.failovers += 1
+        elif group == 0:
+            self.switch_backs += 1
+            return "switch-back: traffic returns to the primary"
+        return (
+            "failover: traffic goes to the fallback group"
+            if group is not None
+            else "no upstream healthy: degraded responses"
+        )
 
 
 @final
@@ -944,6 +1032,9 @@ class _Demo:
         self.sections: frozenset[str] = frozenset()
         self.breaker_transitions: list[dict[str, Any]] = []
         self.upstream = ""
+        self.fallback_upstream = ""
+        self._fallback: FaultServer | None = None
+        self.traffic = _TrafficWatch()
         self.interrupted = False
         self.in_flight = 0
         self.started = time.monotonic()
@@ -1004,9 +1095,17 @@ class _Demo:
                 if self.telemetry is not None:
                     self.telemetry.close()
 
+    @property
+    def has_fallback(self) -> bool:
+        """Whether the scenes give a fallback upstream (the service's fallback group)."""
+        return any(scene.fallback is not None for scene in self.scenes)
+
     async def _serve(self, context: ssl.SSLContext | None) -> None:
         async with FaultServer(ssl_context=context) as server, contextlib.AsyncExitStack() as stack:
             self.upstream = server.url
+            if self.has_fallback:
+                self._fallback = await stack.enter_async_context(FaultServer(ssl_context=context))
+                self.fallback_upstream = self._fallback.url
             if self.pki is None:
                 self._event("healkit-tls is not installed: the upstream speaks plain HTTP")
             else:
@@ -1055,8 +1154,11 @@ class _Demo:
         return settings
 
     def _service(self) -> dict[str, Any]:
-        """Return the demo service's document: its endpoint, plugin settings and policy."""
-        return {"endpoints": [self.upstream], **self._settings(), **self.policy}
+        """Return the demo service's document: its endpoints, plugin settings and policy."""
+        service: dict[str, Any] = {"endpoints": [self.upstream]}
+        if self.fallback_upstream:
+            service["routing"] = {"fallback_groups": [[self.fallback_upstream]], **ROUTING}
+        return {**service, **self._settings(), **self.policy}
 
     def _service_json(self) -> bytes:
         return json.dumps(self._service()).encode()
@@ -1165,10 +1267,31 @@ class _Demo:
         return self._rotations[0] if self._rotations else math.inf
 
     def _frame(self) -> None:
-        """Count the spans finished since the last frame (with ``trace``); refresh the view."""
+        """Count spans (with ``trace``), see where traffic goes now, refresh the view."""
         if self.telemetry is not None:
             self.telemetry.drain()
+        self._watch_traffic()
         self._refresh()
+
+    def _watch_traffic(self) -> None:
+        """Ask the router where the service's traffic goes now; count a failover or switch-back.
+
+        Called on every frame and on every router or breaker event (an
+        ejection ending, or an open breaker's time passing, shows on the next frame).
+        """
+        runtime = self.runtime
+        router = None if runtime is None else runtime.plugin_manager.get_plugin("routing")
+        status = getattr(router, "status", None)
+        if not self.fallback_upstream or not callable(status):
+            return
+        groups = [(endpoint.group, endpoint.usable) for endpoint in status(SERVICE)]
+        group = min((g for g, usable in groups if usable), default=None)
+        change = self.traffic.observe(group, time.monotonic() - self.started, self._scene_name())
+        if change is not None:
+            self._event(change, "bold green" if group == 0 else "bold yellow")
+
+    def _scene_name(self) -> str:
+        return self.scenes[self.scene_index].name if self.scenes else ""
 
     def _start_scene(self, server: FaultServer, index: int) -> None:
         self.scene_index = index
@@ -1185,12 +1308,18 @@ class _Demo:
         The server records every request; resetting it first keeps its memory
         bounded however long the demo runs.
         """
-        faults, _ = self.scenes[index].play(timeouts=self.timeouts)
+        scene = self.scenes[index]
+        faults, _ = scene.play(timeouts=self.timeouts)
         repeat = max(1, SCRIPT_LENGTH // len(faults))
         self._harvest(server)
         server.reset()
         self._harvested = 0
         server.script(PATH, *(faults * repeat), then=faults[0])
+        # Every other path, the health endpoint included: down with the scene, or 200.
+        server.set_default(faults[0] if scene.down else _OK)
+        if self._fallback is not None and scene.fallback is not None:
+            self._fallback.reset()
+            self._fallback.set_default(scene.fallback)
 
     def _rotate(self, server: FaultServer) -> None:
         """Replace the client certificate files with the next certificate (A -> B)."""
@@ -1308,7 +1437,10 @@ class _Demo:
             return
         if name == BREAKER_LOG_EVENT:
             self._breaker_moved(event)
+            self._watch_traffic()
             return
+        if name in ROUTING_LOG_EVENTS:
+            self._watch_traffic()
         if name == CONFIG_LOG_EVENT:
             self._config_applied(event)
             return
@@ -1457,8 +1589,19 @@ class _Demo:
         )
         head.add_row("time", progress)
         head.add_row("upstream", f"{self.upstream}{PATH}  (service {SERVICE!r})")
+        if self.fallback_upstream:
+            head.add_row("fallback", f"{self.fallback_upstream}{PATH}  (fallback group)")
+            head.add_row("traffic now", self._traffic_now())
         head.add_row("plugins", ", ".join(self.plugins) or "none (core only)")
         return head
+
+    def _traffic_now(self) -> Text:
+        group = self.traffic.group
+        if group == 0:
+            return Text(f"primary {self.upstream}", style="green")
+        if group is None:
+            return Text("no upstream healthy: degraded responses", style="bold red")
+        return Text(f"fallback {self.fallback_upstream}", style="yellow")
 
     def _traffic(self, recent: Sequence[_Recent], span: float, elapsed: float) -> Table:
         latencies = sorted(call.latency for call in recent)
@@ -1519,6 +1662,12 @@ class _Demo:
             "retries": total["retries"],
             "rejected_by_breaker": total["rejected_by_breaker"],
             "breaker_transitions": self.breaker_transitions,
+            "failovers": self.traffic.failovers,
+            "switch_backs": self.traffic.switch_backs,
+            "degraded": total["by_path"].get("degraded", 0),
+            "traffic_changes": self.traffic.changes,
+            "upstream": self.upstream,
+            "fallback_upstream": self.fallback_upstream or None,
             "config_changes": self.config_changes,
             "etcd": list(self.etcd_endpoints) or None,
             "duration_s": round(duration, 3),
@@ -1612,6 +1761,12 @@ class _Demo:
         facts.add_row("errors", _counts(summary["errors_by_type"]))
         facts.add_row("statuses", _counts(summary["statuses"]))
         facts.add_row("retries", f"{summary['retries']:,}")
+        if self.fallback_upstream:
+            facts.add_row(
+                "traffic",
+                f"{summary['failovers']} failovers, {summary['switch_backs']} switch-backs,"
+                f" {summary['degraded']:,} degraded responses",
+            )
         if "breaker" in self.sections:
             moves = Counter(f"{m['from']} -> {m['to']}" for m in self.breaker_transitions)
             facts.add_row("breaker", _counts(dict(moves)))
