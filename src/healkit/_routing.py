@@ -278,14 +278,18 @@ class _Health:
 class _Plan:
     """A service's routing, compiled once per configuration snapshot."""
 
-    __slots__ = ("first_origin", "groups", "settings", "withheld")
+    __slots__ = ("groups", "settings", "strangers", "withheld")
 
     def __init__(self, policy: ServicePolicy, settings: RoutingSettings) -> None:
         self.settings = settings
         groups = [tuple(policy.endpoints)]
         groups.extend(tuple(normalize_endpoint(e) for e in g) for g in settings.fallback_groups)
         self.groups = tuple(group for group in groups if group)
-        self.first_origin = _origin(self.groups[0][0]) if self.groups else None
+        first_origin = _origin(self.groups[0][0]) if self.groups else None
+        # The endpoints of another origin than the first: credentials stay away from them.
+        self.strangers = frozenset(
+            e for group in self.groups for e in group if _origin(e) != first_origin
+        )
         self.withheld = (
             frozenset()
             if settings.forward_credentials
@@ -437,7 +441,7 @@ class Router:
             call.path = "fallback"
         elif call.path == "fallback":
             call.path = "retry"
-        if plan.withheld and _origin(chosen) != plan.first_origin:
+        if plan.withheld and chosen in plan.strangers:
             attempt.withheld_headers = plan.withheld
         return chosen
 
