@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import structlog
 import yarl
 from structlog.testing import LogCapture
 
 import healkit
+from healkit import _log
 from healkit._redact import REDACTED, URL_CACHE_SIZE, URL_REDACTED, Redactor
 from healkit.testing import Fault, FaultServer
 from tests.plugins import RetryUpTo
@@ -86,3 +90,55 @@ def test_redactor_headers_are_case_insensitive() -> None:
         "X-Secret": REDACTED,
         "Accept": "d",
     }
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        (logging.WARNING, ["healkit.attempt_failed", "healkit.call_failed"]),
+        (logging.ERROR, ["healkit.call_failed"]),
+        (logging.CRITICAL, []),
+    ],
+)
+async def test_a_filtering_logger_gets_the_events_at_its_level_only(
+    fault_server: FaultServer, level: int, expected: list[str]
+) -> None:
+    # Events below the level are skipped before their arguments are computed;
+    # the ones at or above it are logged as they always were.
+    fault_server.set_default(Fault.reset())
+    capture = LogCapture()
+    saved = structlog.get_config()
+    structlog.configure(
+        processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(level)
+    )
+    try:
+        async with healkit.Client(entry_points=False) as client:
+            with pytest.raises(healkit.ConnectionLostError):
+                await client.get(f"{fault_server.url}/x")
+    finally:
+        structlog.reset_defaults()
+        structlog.configure(**saved)
+    assert [e["event"] for e in capture.entries] == expected
+    if expected:
+        assert capture.entries[-1]["error"] == "ConnectionLostError"
+
+
+def test_events_are_prepared_only_for_a_logger_that_may_emit_them() -> None:
+    saved = structlog.get_config()
+    stdlib_logger = logging.getLogger("healkit")
+    stdlib_level = stdlib_logger.level
+    try:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+        assert _log._emitting(logging.WARNING) is None
+        assert _log._emitting(logging.ERROR) is not None
+        # stdlib's runs its processors before its level check: it gets every event.
+        structlog.configure(
+            wrapper_class=structlog.stdlib.BoundLogger,
+            logger_factory=structlog.stdlib.LoggerFactory(),
+        )
+        stdlib_logger.setLevel(logging.ERROR)
+        assert _log._emitting(logging.DEBUG) is not None
+    finally:
+        stdlib_logger.setLevel(stdlib_level)
+        structlog.reset_defaults()
+        structlog.configure(**saved)

@@ -9,7 +9,8 @@ Successful calls log nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+import logging
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -22,9 +23,44 @@ __all__ = ["logger"]
 logger: Final = structlog.get_logger("healkit")
 
 
+_FILTERING: Final = frozenset(
+    structlog.make_filtering_bound_logger(level)
+    for level in (
+        logging.NOTSET,
+        logging.DEBUG,
+        logging.INFO,
+        logging.WARNING,
+        logging.ERROR,
+        logging.CRITICAL,
+    )
+)
+"""structlog's native filtering loggers (its default wrapper class among them)."""
+
+
+def _emitting(level: int) -> Any | None:  # noqa: ANN401 - whatever logger structlog is configured with
+    """Return the logger to emit a per-call event at ``level`` with, or ``None`` if it drops it.
+
+    The events of a failing call take a few µs to prepare (redacted URLs and
+    headers), paid even when the application's logger drops them. In
+    structlog's native filtering loggers (its default, and every
+    ``make_filtering_bound_logger`` level) a method below the level is a no-op
+    that runs no processor, so such an event is skipped before its arguments
+    are computed. Any other logger (stdlib's runs its processors before its
+    level check) gets every event, as before. ``logger.bind()`` is what each
+    ``logger.<level>(...)`` call does first.
+    """
+    bound = logger.bind()
+    if type(bound) in _FILTERING and not bound.is_enabled_for(level):
+        return None
+    return bound
+
+
 def attempt_failed(call: CallContext, attempt: AttemptContext, error: HealkitError) -> None:
     """Log ``healkit.attempt_failed``."""
-    logger.warning(
+    log = _emitting(logging.WARNING)
+    if log is None:
+        return
+    log.warning(
         "healkit.attempt_failed",
         service=call.service,
         attempt=attempt.number,
@@ -39,7 +75,10 @@ def attempt_failed(call: CallContext, attempt: AttemptContext, error: HealkitErr
 
 def retry_scheduled(call: CallContext, attempt: AttemptContext, delay: float) -> None:
     """Log ``healkit.retry_scheduled``."""
-    logger.info(
+    log = _emitting(logging.INFO)
+    if log is None:
+        return
+    log.info(
         "healkit.retry_scheduled",
         service=call.service,
         attempt=attempt.number,
@@ -50,7 +89,10 @@ def retry_scheduled(call: CallContext, attempt: AttemptContext, delay: float) ->
 
 def substitute_used(call: CallContext, error: HealkitError) -> None:
     """Log ``healkit.fallback_used`` or ``healkit.degraded_used``."""
-    logger.warning(
+    log = _emitting(logging.WARNING)
+    if log is None:
+        return
+    log.warning(
         "healkit.degraded_used" if call.path == "degraded" else "healkit.fallback_used",
         service=call.service,
         attempt=call.attempt_number,
@@ -71,7 +113,10 @@ def fallback_failed(plugin: str, error: HealkitError) -> None:
 
 def call_failed(call: CallContext, error: HealkitError, stop_reason: str | None) -> None:
     """Log ``healkit.call_failed``."""
-    logger.error(
+    log = _emitting(logging.ERROR)
+    if log is None:
+        return
+    log.error(
         "healkit.call_failed",
         service=call.service,
         attempt=call.attempt_number,
