@@ -50,7 +50,9 @@ def call(b: Breaker, now: float, outcome: str = "success") -> bool:
     if b.admits:
         b.record(now, now, failure, slow)
         return True
+    refused = b.refuses(now)  # the plugin's shortcut: no probe slot could be had
     probe = b.try_probe(now, within(60.0, now))
+    assert probe is None or not refused
     if probe is None:
         return False
     b.record_probe(probe, now, failure, slow)
@@ -134,8 +136,10 @@ def test_open_refuses_until_retry_at_then_admits_one_probe() -> None:
     b, events = breaker(consecutive_failures=1, open_duration=5.0)
     call(b, 10.0, "failure")
     assert not b.admits
+    assert b.refuses(14.999)
     assert b.try_probe(14.999, within(60.0, 14.999)) is None
     assert b.retry_at(14.999) == 15.0
+    assert not b.refuses(15.0)  # due: try_probe decides
     probe = b.try_probe(15.0, within(60.0, 15.0))
     assert probe is not None
     assert b.try_probe(15.0, within(60.0, 15.0)) is None  # the one slot is taken
@@ -219,6 +223,7 @@ def test_modes(mode: str, state: State, admits: bool) -> None:
     assert b.available(0.0) is admits
     if not admits:
         assert b.retry_at(0.0) == math.inf
+        assert b.refuses(0.0)
 
 
 def test_force_closed_keeps_counting_and_back_to_normal_trips_on_the_next_failure() -> None:

@@ -80,7 +80,7 @@ class BreakerPlugin:
     :meth:`snapshot`.
     """
 
-    __slots__ = ("_config", "_policy_key", "_probe_key", "_registry", "_runtime")
+    __slots__ = ("_compiled", "_config", "_policy_key", "_probe_key", "_registry", "_runtime")
 
     healkit_name = "breaker"
 
@@ -89,6 +89,10 @@ class BreakerPlugin:
         self._policy_key = healkit.StashKey[_Policy]("healkit_breaker.policy")
         self._probe_key = healkit.StashKey[Probe]("healkit_breaker.probe")
         self._registry: dict[Key, Breaker] = {}
+        # The compiled policies of the snapshot in force, by policy object: what
+        # policy.stash holds too, found with one dict look-up instead of a
+        # method call by the two hooks every attempt runs.
+        self._compiled: dict[healkit.ServicePolicy, _Policy] = {}
         self._config: healkit.HealkitConfig | None = None
         self._runtime: healkit.Runtime | None = None
 
@@ -115,8 +119,10 @@ class BreakerPlugin:
         self._runtime = runtime
         now = runtime.clock.now()
         registry: dict[Key, Breaker] = {}
-        for service_policy in (config.defaults, *config.services.values()):
-            self._compile(service_policy, registry)
+        compiled = {
+            service_policy: self._compile(service_policy, registry)
+            for service_policy in (config.defaults, *config.services.values())
+        }
         for key, breaker in self._registry.items():
             service, endpoint = key
             policy = config.policy(service).stash[self._policy_key]
@@ -131,6 +137,7 @@ class BreakerPlugin:
                 breaker.reconfigure(settings, now)
                 registry[key] = breaker
         self._registry = registry
+        self._compiled = compiled
         self._config = config
 
     def _compile(self, policy: healkit.ServicePolicy, registry: dict[Key, Breaker]) -> _Policy:
@@ -183,7 +190,7 @@ class BreakerPlugin:
         A closed breaker keeps nothing per attempt; a half-open one gives the
         attempt a probe slot, kept in ``attempt.stash``.
         """
-        policy = call.policy.stash.get(self._policy_key) or self._policy(call.policy)
+        policy = self._compiled.get(call.policy) or self._policy(call.policy)
         if policy.disabled:
             return
         key = (call.service, attempt.endpoint if policy.per_endpoint else None)  # policy.key()
@@ -191,7 +198,12 @@ class BreakerPlugin:
         if breaker.admits:
             return
         now = call.clock.now()
-        probe = breaker.try_probe(now, functools.partial(_attempt_limit, call, attempt))
+        # An open breaker refuses without a probe slot to offer: no limit to build.
+        probe = (
+            None
+            if breaker.refuses(now)
+            else breaker.try_probe(now, functools.partial(_attempt_limit, call, attempt))
+        )
         if probe is None:
             raise healkit.CircuitOpenError(call.service, key[1], retry_at=breaker.retry_at(now))
         attempt.stash[self._probe_key] = probe
@@ -209,7 +221,7 @@ class BreakerPlugin:
         retry plugin, or the caller, decides what a response means).
         """
         # self._judging(), inlined: this is the hot path of every successful call.
-        policy = call.policy.stash.get(self._policy_key)
+        policy = self._compiled.get(call.policy) or call.policy.stash.get(self._policy_key)
         if policy is None or policy.disabled:
             return
         key = (call.service, attempt.endpoint if policy.per_endpoint else None)

@@ -184,6 +184,15 @@ class Breaker:
             return len(self._probes) < self.settings.half_open_probes
         return False
 
+    def refuses(self, now: float) -> bool:
+        """Whether an attempt at ``now`` is refused without looking for a probe slot.
+
+        True while open (its open duration not over) or forced open; then
+        :meth:`try_probe` would return ``None`` too.
+        """
+        state = self.state
+        return state is State.FORCED_OPEN or (state is State.OPEN and now < self._open_until)
+
     def retry_at(self, now: float) -> float:
         """When an attempt refused at ``now`` may be admitted.
 

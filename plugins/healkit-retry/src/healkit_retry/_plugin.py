@@ -298,6 +298,16 @@ def _may_retry(call: healkit.CallContext, derived: _Policy) -> bool:
 
 def _kind(error: healkit.HealkitError) -> FailureKind | None:
     """Classify an attempt's error as ``retry.retry_on`` names it (``None``: never retried)."""
+    cls = type(error)
+    try:
+        return _KINDS[cls]
+    except KeyError:
+        kind = _KINDS[cls] = _classify(error)
+        return kind
+
+
+def _classify(error: healkit.HealkitError) -> FailureKind | None:
+    """Classify by the error's class alone (what :func:`_kind` remembers per class)."""
     if isinstance(error, healkit.HTTPStatusError):
         kind: FailureKind | None = "status"
     elif isinstance(error, healkit.ConnectError | healkit.ConnectTimeout):
@@ -315,6 +325,10 @@ def _kind(error: healkit.HealkitError) -> FailureKind | None:
     else:
         kind = None
     return kind
+
+
+_KINDS: Final[dict[type[healkit.HealkitError], FailureKind | None]] = {}
+"""The kind of each error class met so far: the classification depends on the class only."""
 
 
 def _refusal(  # noqa: PLR0911 - one early return per rule reads best
