@@ -285,22 +285,22 @@ class Client:
                     f"deadline must be a finite number of seconds > 0, got {deadline!r}"
                 )
             limit = now + deadline
-        call = CallContext(
-            service=service_name,
-            transport="http",
-            method=method,
-            target=path,
-            config=config,
-            policy=policy,
-            clock=clock,
-            headers=request_headers,
-            idempotent=_is_idempotent(method, request_headers, idempotent),
-            replayable=body is None or isinstance(body, bytes | str | Mapping),
-            started=now,
-            deadline=limit,
-            routable=url is None,
+        call = CallContext._start(  # noqa: SLF001 - CallContext(...) by position: see _start
+            service_name,
+            "http",
+            method,
+            path,
+            config,
+            policy,
+            clock,
+            request_headers,
+            _is_idempotent(method, request_headers, idempotent),
+            body is None or isinstance(body, bytes | str | Mapping),  # replayable
+            now,
+            limit,
+            url is None,  # routable
         )
-        transport = HttpTransport(session, data=body, options=options, stream=stream)
+        transport = HttpTransport(session, body, options, stream)
         return call, transport, endpoint
 
     def get(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401

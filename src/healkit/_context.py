@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import ssl
-from typing import TYPE_CHECKING, Literal, final
+from typing import TYPE_CHECKING, Final, Literal, final
 
 import anyio
 from multidict import CIMultiDict
@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 TransportKind = Literal["http", "function"]
+
+_NOTHING_WITHHELD: Final[frozenset[str]] = frozenset()
+"""Every attempt's ``withheld_headers`` until a router says otherwise (shared: immutable)."""
 
 
 @final
@@ -107,6 +110,83 @@ class CallContext:
         scope_deadline: float | None = None,
         routable: bool = False,
     ) -> None:
+        self._fill(
+            service,
+            transport,
+            method,
+            target,
+            config,
+            policy,
+            clock,
+            headers,
+            idempotent,
+            replayable,
+            clock.now() if started is None else started,
+            deadline,
+            scope_deadline,
+            routable,
+        )
+
+    @classmethod
+    def _start(  # noqa: PLR0913, PLR0917 - the same facts as __init__, by position
+        cls,
+        service: str,
+        transport: TransportKind,
+        method: str,
+        target: str,
+        config: HealkitConfig,
+        policy: ServicePolicy,
+        clock: Clock,
+        headers: CIMultiDict[str] | None,
+        idempotent: bool,
+        replayable: bool,
+        started: float,
+        deadline: float,
+        routable: bool,
+    ) -> CallContext:
+        """Make a call context as ``__init__`` does, for healkit's own per-call paths.
+
+        Keyword arguments to a class make CPython 3.11 build a dictionary for
+        ``__init__`` (a few hundred ns for a dozen of them); the client and the
+        decorator make one context per call, so they pass everything by
+        position here (both fill the context with ``_fill``).
+        """
+        self = cls.__new__(cls)
+        self._fill(
+            service,
+            transport,
+            method,
+            target,
+            config,
+            policy,
+            clock,
+            headers,
+            idempotent,
+            replayable,
+            started,
+            deadline,
+            None,
+            routable,
+        )
+        return self
+
+    def _fill(  # noqa: PLR0913, PLR0917 - every fact of a call, by position
+        self,
+        service: str,
+        transport: TransportKind,
+        method: str,
+        target: str,
+        config: HealkitConfig,
+        policy: ServicePolicy,
+        clock: Clock,
+        headers: CIMultiDict[str] | None,
+        idempotent: bool,
+        replayable: bool,
+        started: float,
+        deadline: float,
+        scope_deadline: float | None,
+        routable: bool,
+    ) -> None:
         self.service = service
         self.routable = routable
         self.transport: TransportKind = transport
@@ -118,7 +198,7 @@ class CallContext:
         self._headers = headers
         self.idempotent = idempotent
         self.replayable = replayable
-        self.started = clock.now() if started is None else started
+        self.started = started
         self.deadline = deadline
         self._scope_deadline = scope_deadline
         self.attempts: list[AttemptContext] = []
@@ -179,7 +259,10 @@ class CallContext:
 
     def records(self) -> tuple[AttemptRecord, ...]:
         """Return the attempt records so far."""
-        return tuple(a.record() for a in self.attempts)
+        attempts = self.attempts
+        if len(attempts) == 1:  # most calls: no generator or list to build
+            return (attempts[0].record(),)
+        return tuple([a.record() for a in attempts])
 
 
 def scope_deadline_now(clock_now: float) -> float:
@@ -248,6 +331,29 @@ class AttemptContext:
         timeouts: Timeouts = CORE_TIMEOUTS,
         retry_delay: float = 0.0,
     ) -> None:
+        self._fill(number, endpoint, started, timeouts, retry_delay)
+
+    @classmethod
+    def _start(
+        cls, number: int, endpoint: str | None, started: float, retry_delay: float
+    ) -> AttemptContext:
+        """Make an attempt context as ``__init__`` does (core limits), for the executor.
+
+        Positional, for the reason given in :meth:`CallContext._start`: the
+        executor makes one per attempt (both fill it with ``_fill``).
+        """
+        self = cls.__new__(cls)
+        self._fill(number, endpoint, started, CORE_TIMEOUTS, retry_delay)
+        return self
+
+    def _fill(
+        self,
+        number: int,
+        endpoint: str | None,
+        started: float,
+        timeouts: Timeouts,
+        retry_delay: float,
+    ) -> None:
         self.number = number
         self.endpoint = endpoint
         self.timeouts = timeouts
@@ -258,7 +364,7 @@ class AttemptContext:
         self.duration: float | None = None
         self.retry_delay = retry_delay
         self.ssl: ssl.SSLContext | None = None
-        self.withheld_headers: frozenset[str] = frozenset()
+        self.withheld_headers: frozenset[str] = _NOTHING_WITHHELD
         self._stash: Stash | None = None
 
     def __repr__(self) -> str:

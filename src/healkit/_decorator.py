@@ -111,17 +111,20 @@ def resilient(
             config = active.config
             clock = active.clock
             now = clock.now()
-            call = CallContext(
-                service=service,
-                transport="function",
-                method="CALL",
-                target=name,
-                config=config,
-                policy=config.policy(service),
-                clock=clock,
-                idempotent=idempotent,
-                started=now,
-                deadline=now + deadline if deadline is not None else math.inf,
+            call = CallContext._start(  # noqa: SLF001 - CallContext(...) by position: see _start
+                service,
+                "function",
+                "CALL",
+                name,
+                config,
+                config.policy(service),
+                clock,
+                None,  # headers
+                idempotent,
+                True,  # noqa: FBT003 - replayable
+                now,
+                now + deadline if deadline is not None else math.inf,
+                False,  # noqa: FBT003 - routable
             )
             transport = _FunctionTransport(function, args, kwargs, failures)
             return await execute(active, call, transport, None)

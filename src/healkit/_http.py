@@ -17,7 +17,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict
 
-from healkit._config import Timeouts
+from healkit._config import CORE_TIMEOUTS, Timeouts
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import BodyTooLargeError, RequestError, map_aiohttp_error
 from healkit._outcome import Outcome
@@ -37,10 +37,9 @@ class HttpTransport:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        *,
         data: Any,  # noqa: ANN401 - whatever aiohttp accepts as a body
         options: Mapping[str, Any],
-        stream: bool,
+        stream: bool,  # by position (as all four): keywords to a class cost a dict per call
     ) -> None:
         self._session = session
         self._data = data
@@ -71,7 +70,7 @@ class HttpTransport:
                 url,
                 headers=headers,
                 data=self._data,
-                timeout=_client_timeout(limits),
+                timeout=_client_timeout(limits, self._stream),
                 # What aiohttp hands to TraceConfig callbacks (a tracing plugin's):
                 # they find the attempt, and its stash, there.
                 trace_request_ctx=attempt,
@@ -86,11 +85,17 @@ class HttpTransport:
                 return response, response
             try:
                 attempt.status = raw.status  # known even if reading the body fails
-                body = (
-                    b""
-                    if call.method == "HEAD"
-                    else await _read_capped(raw, call.policy.max_body_bytes, public)
-                )
+                if call.method == "HEAD":
+                    body = b""
+                else:
+                    limit = call.policy.max_body_bytes
+                    length = raw.content_length
+                    if length is None:  # no declared length: read in chunks, under the cap
+                        body = await _read_capped(raw, limit, public)
+                    elif length > limit:
+                        raise BodyTooLargeError(limit, url=public)
+                    else:  # the common case, without a coroutine of its own
+                        body = await raw.read()
             finally:
                 raw.release()
         except (aiohttp.ClientError, OSError) as exc:
@@ -98,9 +103,7 @@ class HttpTransport:
             raise map_aiohttp_error(
                 exc, url=redacted, timeouts=(limits.connect, limits.read)
             ) from exc
-        response = Response(
-            raw.status, headers=raw.headers, body=body, url=public, reason=raw.reason or ""
-        )
+        response = Response._received(raw, body, public)  # noqa: SLF001 - see _received
         return response, response
 
     def discard(self, result: Response) -> None:
@@ -129,11 +132,39 @@ def join_url(endpoint: str, target: str) -> str:
     return f"{endpoint}/{target}"
 
 
+def _client_timeout(limits: Timeouts, stream: bool) -> aiohttp.ClientTimeout:
+    """Return aiohttp's limits for an attempt with ``limits`` (memoized per Timeouts object).
+
+    ``total`` is enforced by the pipeline (it also covers the deadline);
+    ``connect`` includes the wait for a pooled connection. ``sock_read`` is
+    left out of a buffered attempt whose read limit is not below its total:
+    the pipeline's attempt limit ends the whole attempt, body included, at
+    most one 10 ms timer tick after the read limit could have, and aiohttp
+    would arm and cancel a timer twice per request for nothing. With
+    read equal to total the two used to race (ReadTimeout or AttemptTimeout);
+    now it is always AttemptTimeout. A streaming attempt keeps ``sock_read``:
+    its body is read after the attempt limit is disarmed.
+    """
+    global _memo  # noqa: PLW0603 - a one-entry memo of the hot path
+    memo = _memo  # read once: one tuple, so a concurrent update is never seen half done
+    if memo[0] is not limits:  # one Timeouts object per policy and snapshot: an identity check
+        memo = _memo = (limits, _timeouts_for(limits))
+    return memo[1][1] if stream else memo[1][0]
+
+
 @functools.lru_cache(maxsize=256)
-def _client_timeout(limits: Timeouts) -> aiohttp.ClientTimeout:
-    # total is enforced by the pipeline (it also covers the deadline);
-    # connect includes the wait for a pooled connection.
-    return aiohttp.ClientTimeout(total=None, connect=limits.connect, sock_read=limits.read)
+def _timeouts_for(limits: Timeouts) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
+    """Return (buffered, streaming) aiohttp limits for ``limits``."""
+    streaming = aiohttp.ClientTimeout(total=None, connect=limits.connect, sock_read=limits.read)
+    if limits.read < limits.total:
+        return streaming, streaming
+    return aiohttp.ClientTimeout(total=None, connect=limits.connect, sock_read=None), streaming
+
+
+_memo: tuple[Timeouts, tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]] = (
+    CORE_TIMEOUTS,
+    _timeouts_for(CORE_TIMEOUTS),
+)
 
 
 def _public_url(url: yarl.URL) -> str:
@@ -141,11 +172,7 @@ def _public_url(url: yarl.URL) -> str:
 
 
 async def _read_capped(raw: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
-    length = raw.content_length
-    if length is not None:
-        if length > limit:
-            raise BodyTooLargeError(limit, url=url)
-        return await raw.read()
+    """Read a body of unknown length, failing as soon as it grows past ``limit``."""
     buffer = bytearray()
     while chunk := await raw.content.read(CHUNK_SIZE):
         buffer += chunk

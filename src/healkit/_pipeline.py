@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Final, Generic, NoReturn, Protocol, TypeVar, final
 
 from healkit import _log
 from healkit._context import AttemptContext, CallContext, Fallback
-from healkit._errors import AttemptTimeout, DeadlineExceeded, HealkitError, PluginError
+from healkit._errors import (
+    AttemptTimeout,
+    DeadlineExceeded,
+    HealkitError,
+    PluginError,
+    TimeoutExceeded,
+)
 from healkit._outcome import Outcome
-from healkit._timer import TimerWheels
 
 if TYPE_CHECKING:
+    from healkit._plan import CallPlan
     from healkit._response import Response
     from healkit._runtime import Runtime
 
@@ -80,14 +86,15 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
     exception a transport wraps in :class:`Passthrough` leaves unchanged.
     """
     plan = runtime.plan
+    timers = runtime.timers
     clock = call.clock
     stop_reason: str | None = None
     delay = 0.0
     started = call.started
     try:
         while True:
-            attempt = AttemptContext(
-                len(call.attempts) + 1, endpoint, started=started, retry_delay=delay
+            attempt = AttemptContext._start(  # noqa: SLF001 - by position: see _start
+                len(call.attempts) + 1, endpoint, started, delay
             )
             call.attempts.append(attempt)
             try:
@@ -97,7 +104,26 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                         attempt.endpoint = chosen
                 if plan.has_pre_request:
                     plan.pre_request(call, attempt)
-                result, response = await _send(runtime.timers, call, attempt, transport)
+                # Sent under min(attempt total, time left before the deadline); inlined
+                # (no coroutine of its own) as this runs on every attempt. An enclosing
+                # cancel scope is not turned into a healkit error here: when it expires
+                # it cancels the attempt, as the caller asked.
+                remaining = call.deadline - attempt.started
+                if remaining <= 0:
+                    raise DeadlineExceeded(
+                        "the call's deadline passed before the attempt started", limit=0.0
+                    )
+                total = attempt.timeouts.total
+                by_deadline = remaining < total
+                timer = timers.arm(remaining if by_deadline else total)
+                try:
+                    result, response = await transport.send(call, attempt)
+                except asyncio.CancelledError as exc:
+                    if not timer.expired():
+                        raise
+                    raise _timed_out(attempt, remaining, total, by_deadline=by_deadline) from exc
+                finally:
+                    timer.disarm()
                 ended = clock.now()
                 attempt.duration = ended - attempt.started
                 if response is not None:
@@ -143,7 +169,14 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
             call.path = "retry"
             endpoint = decision.endpoint or attempt.endpoint
             started = clock.now()
-        return await _failed(runtime, call, transport, error, stop_reason)
+        current = runtime.plan  # the plan in force now: it may have changed during a backoff
+        if current.has_fallback:
+            fallback = await current.fallback(call, error)
+            if fallback is not None:
+                substitute = _substitute(current, call, transport, fallback, error)
+                if substitute is not None:
+                    return substitute
+        _failed(current, call, error, stop_reason)
     except Passthrough as passing:
         if plan.has_call_abandoned:
             plan.call_abandoned(call, passing.error)
@@ -162,35 +195,15 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
         raise
 
 
-async def _send(
-    timers: TimerWheels, call: CallContext, attempt: AttemptContext, transport: Transport[R]
-) -> tuple[R, Response | None]:
-    """Send one attempt under min(attempt total, time left before the deadline).
-
-    An enclosing cancel scope is not turned into a healkit error here: when it
-    expires it cancels the attempt, as the caller asked.
-    """
-    remaining = call.deadline - attempt.started
-    if remaining <= 0:
-        raise DeadlineExceeded("the call's deadline passed before the attempt started", limit=0.0)
-    total = attempt.timeouts.total
-    by_deadline = remaining < total
-    limit = remaining if by_deadline else total
-    timer = timers.arm(limit)
-    try:
-        return await transport.send(call, attempt)
-    except asyncio.CancelledError as exc:
-        if not timer.expired():
-            raise
-        if by_deadline:
-            raise DeadlineExceeded(
-                f"the call's deadline passed during attempt {attempt.number}", limit=limit
-            ) from exc
-        raise AttemptTimeout(
-            f"attempt {attempt.number} took longer than {total}s", limit=total
-        ) from exc
-    finally:
-        timer.disarm()
+def _timed_out(
+    attempt: AttemptContext, remaining: float, total: float, *, by_deadline: bool
+) -> TimeoutExceeded:
+    """Return the error of an attempt its time limit cancelled."""
+    if by_deadline:
+        return DeadlineExceeded(
+            f"the call's deadline passed during attempt {attempt.number}", limit=remaining
+        )
+    return AttemptTimeout(f"attempt {attempt.number} took longer than {total}s", limit=total)
 
 
 @final
@@ -218,28 +231,33 @@ class _Ending:
         return self._built
 
 
-async def _failed(
-    runtime: Runtime,
+def _substitute(
+    plan: CallPlan,
     call: CallContext,
     transport: Transport[R],
+    fallback: Fallback,
     error: HealkitError,
-    stop_reason: str | None,
-) -> R:
-    """End a call that failed for good: use a fallback, else raise the typed error."""
-    fallback = await runtime.plan.fallback(call, error)
-    if fallback is not None:
-        result = transport.accept(fallback)
-        if result is not None:
-            call.path = fallback.path
-            _log.substitute_used(call, error)
-            outcome = _Ending(call, fallback.endpoint, call.clock.now())
-            if runtime.plan.has_call_end:
-                runtime.plan.call_end(call, outcome(), None)
-            return transport.finish(result, outcome)
+) -> R | None:
+    """End a failed call with a fallback's substitute; ``None`` if the transport cannot use it."""
+    result = transport.accept(fallback)
+    if result is None:
+        return None
+    call.path = fallback.path
+    _log.substitute_used(call, error)
+    outcome = _Ending(call, fallback.endpoint, call.clock.now())
+    if plan.has_call_end:
+        plan.call_end(call, outcome(), None)
+    return transport.finish(result, outcome)
+
+
+def _failed(
+    plan: CallPlan, call: CallContext, error: HealkitError, stop_reason: str | None
+) -> NoReturn:
+    """End a call that failed for good: raise its typed error."""
     if stop_reason is not None:
         error.message = f"{error.message} (not retried: {stop_reason})"
     error.attempts = call.records()
     _log.call_failed(call, error, stop_reason)
-    if runtime.plan.has_call_end:
-        runtime.plan.call_end(call, _Ending(call, None, call.clock.now())(), error)
+    if plan.has_call_end:
+        plan.call_end(call, _Ending(call, None, call.clock.now())(), error)
     raise error

@@ -59,10 +59,12 @@ class CompiledHook:
         plugins: the registered name of each implementation's plugin.
         observers: whether each implementation belongs to an observer plugin.
         firstresult: whether the hook stops at the first non-``None`` result.
+        indexed: ``(index, function)`` for each implementation, in call order:
+            what the plan loops over (no ``enumerate`` object per call).
 
     """
 
-    __slots__ = ("firstresult", "functions", "name", "observers", "plugins")
+    __slots__ = ("firstresult", "functions", "indexed", "name", "observers", "plugins")
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class CompiledHook:
     ) -> None:
         self.name = name
         self.functions = functions
+        self.indexed = tuple(enumerate(functions))
         self.plugins = plugins
         self.observers = observers
         self.firstresult = firstresult
@@ -167,6 +170,7 @@ class CallPlan:
         "_route",
         "has_call_abandoned",
         "has_call_end",
+        "has_fallback",
         "has_post_response",
         "has_pre_request",
         "has_route",
@@ -195,6 +199,7 @@ class CallPlan:
         self.has_route = bool(self._route.functions)
         self.has_pre_request = bool(self._pre_request.functions)
         self.has_post_response = bool(self._post_response.functions)
+        self.has_fallback = bool(self._fallback.functions)
         self.has_call_end = bool(self._call_end.functions)
         self.has_call_abandoned = bool(self._call_abandoned.functions)
 
@@ -220,7 +225,7 @@ class CallPlan:
     def route(self, call: CallContext, attempt: AttemptContext) -> str | None:
         """Run ``healkit_route``; return the first endpoint a decision plugin chose."""
         hook = self._route
-        for index, function in enumerate(hook.functions):
+        for index, function in hook.indexed:
             try:
                 chosen = function(call, attempt)
             except Exception as exc:  # noqa: BLE001 - the error policy of the contract
@@ -238,7 +243,7 @@ class CallPlan:
     def pre_request(self, call: CallContext, attempt: AttemptContext) -> None:
         """Run ``healkit_pre_request``; a decision plugin's HealkitError refuses the attempt."""
         hook = self._pre_request
-        for index, function in enumerate(hook.functions):
+        for index, function in hook.indexed:
             try:
                 function(call, attempt)
             except HealkitError as refusal:
@@ -252,36 +257,55 @@ class CallPlan:
         self, call: CallContext, attempt: AttemptContext, response: Response | None
     ) -> HealkitError | None:
         """Run ``healkit_post_response``; return the first failure declared."""
-        return self._first_decision(self._post_response, HealkitError, call, attempt, response)
+        # Spelled out rather than shared with on_error through *args: this runs
+        # on every successful attempt, and packing and unpacking the arguments
+        # costs more than the calls themselves.
+        hook = self._post_response
+        decision: HealkitError | None = None
+        for index, function in hook.indexed:
+            try:
+                result = function(call, attempt, response)
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+                continue
+            if result is not None and decision is None:
+                decision = self._decision(hook, index, result, HealkitError)
+        return decision
 
     def on_error(
         self, call: CallContext, attempt: AttemptContext, error: HealkitError
     ) -> RetryDecision | None:
         """Run ``healkit_on_error``; return the first decision proposed."""
-        return self._first_decision(self._on_error, RetryDecision, call, attempt, error)
-
-    def _first_decision(self, hook: CompiledHook, kind: type[D], *args: object) -> D | None:
-        """Call every implementation; return the first decision plugin's non-None result."""
-        decision: D | None = None
-        for index, function in enumerate(hook.functions):
+        hook = self._on_error
+        decision: RetryDecision | None = None
+        for index, function in hook.indexed:
             try:
-                result = function(*args)
+                result = function(call, attempt, error)
             except Exception as exc:  # noqa: BLE001 - the error policy of the contract
                 self._failed(hook, index, exc)
                 continue
-            if result is None or decision is not None or hook.observers[index]:
-                continue
-            if not isinstance(result, kind):
-                wrong = TypeError(f"returned {type(result).__name__}, not a {kind.__name__}")
-                self._failed(hook, index, wrong)
-                continue
-            decision = result
+            if result is not None and decision is None:
+                decision = self._decision(hook, index, result, RetryDecision)
         return decision
+
+    def _decision(self, hook: CompiledHook, index: int, result: object, kind: type[D]) -> D | None:
+        """Return an implementation's non-None result if it is a decision, else ``None``.
+
+        An observer's result is ignored; a decision plugin's result of the wrong
+        type is reported as that plugin's error.
+        """
+        if hook.observers[index]:
+            return None
+        if not isinstance(result, kind):
+            wrong = TypeError(f"returned {type(result).__name__}, not a {kind.__name__}")
+            self._failed(hook, index, wrong)
+            return None
+        return result
 
     async def fallback(self, call: CallContext, error: HealkitError) -> Fallback | None:
         """Run ``healkit_fallback`` until a decision plugin offers a substitute."""
         hook = self._fallback
-        for index, function in enumerate(hook.functions):
+        for index, function in hook.indexed:
             try:
                 result = function(call, error)
                 if inspect.isawaitable(result):
@@ -307,7 +331,7 @@ class CallPlan:
     def call_end(self, call: CallContext, outcome: Outcome, error: HealkitError | None) -> None:
         """Run ``healkit_call_end``; every exception is an observer error here."""
         hook = self._call_end
-        for index, function in enumerate(hook.functions):
+        for index, function in hook.indexed:
             try:
                 function(call, outcome, error)
             except Exception as exc:  # noqa: BLE001 - observing must never fail a finished call
@@ -316,7 +340,7 @@ class CallPlan:
     def call_abandoned(self, call: CallContext, exception: BaseException) -> None:
         """Run ``healkit_call_abandoned``; every exception is an observer error here."""
         hook = self._call_abandoned
-        for index, function in enumerate(hook.functions):
+        for index, function in hook.indexed:
             try:
                 function(call, exception)
             except Exception as exc:  # noqa: BLE001 - observing must never change how a call ends

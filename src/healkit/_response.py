@@ -97,12 +97,32 @@ class Response:
         ``limit`` is the body cap; ``read_timeout`` the read limit the connection
         was opened with, if known (for the message of a ReadTimeout while streaming).
         """
-        response = cls(raw.status, headers=raw.headers, url=url, reason=raw.reason or "")
-        response._body = None
-        response._stream = raw
-        response._limit = limit
-        response._read_timeout = read_timeout
-        return response
+        self = cls._received(raw, None, url)
+        self._stream = raw
+        self._limit = limit
+        self._read_timeout = read_timeout
+        return self
+
+    @classmethod
+    def _received(cls, raw: aiohttp.ClientResponse, body: bytes | None, url: str) -> Response:
+        """Build what ``cls(raw.status, headers=raw.headers, ...)`` builds, for the transport.
+
+        Keyword arguments to a class make CPython 3.11 build a dictionary for
+        ``__init__``; every HTTP attempt makes a response, so the transport
+        sets the slots here. ``tests/test_http.py`` keeps it equal to ``__init__``.
+        """
+        self = cls.__new__(cls)
+        self.status = raw.status
+        self.reason = raw.reason or ""
+        self.headers = raw.headers
+        self.url = url
+        self._body = body
+        self._stream = None
+        self._limit = 0
+        self._read_timeout = None
+        self._outcome = None
+        self._outcome_source = None
+        return self
 
     @property
     def outcome(self) -> Outcome | None:

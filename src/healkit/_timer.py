@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import weakref
+from collections.abc import Callable
 from typing import Final, final
 
 __all__ = ["TICK", "AttemptTimer", "TimerWheels"]
@@ -64,24 +66,25 @@ class AttemptTimer:
 
 @final
 class _Wheel:
-    """The timer buckets of one event loop, keyed by tick number."""
+    """The timer buckets of one event loop, keyed by tick number.
 
-    __slots__ = ("_buckets", "_loop")
+    :meth:`TimerWheels.arm` reads and fills the buckets itself (one frame less
+    per attempt); the wheel fires them.
+    """
+
+    __slots__ = ("buckets", "loop", "time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._buckets: dict[int, set[AttemptTimer]] = {}
+        self.loop = loop
+        self.buckets: dict[int, set[AttemptTimer]] = {}
+        # asyncio's own loops tell time with time.monotonic(): read it without
+        # the method's frame. Any other loop (uvloop) is asked, as call_at requires.
+        base = getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time
+        self.time: Callable[[], float] = time.monotonic if base else loop.time
 
-    def arm(self, task: asyncio.Task[object], seconds: float) -> AttemptTimer:
-        tick = math.ceil((self._loop.time() + seconds) / TICK)
-        bucket = self._buckets.get(tick)
-        if bucket is None:
-            bucket = self._buckets[tick] = set()
-            self._loop.call_at(tick * TICK, self._fire, tick)
-        return AttemptTimer(task, bucket)
-
-    def _fire(self, tick: int) -> None:
-        for timer in self._buckets.pop(tick, ()):
+    def fire(self, tick: int) -> None:
+        """Fire every timer of ``tick`` (called by the loop when the tick comes)."""
+        for timer in self.buckets.pop(tick, ()):
             timer.fire()
 
 
@@ -95,7 +98,7 @@ class TimerWheels:
         self._wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = (
             weakref.WeakKeyDictionary()
         )
-        self._last: tuple[asyncio.AbstractEventLoop | None, _Wheel | None] = (None, None)
+        self._last: _Wheel | None = None
 
     def arm(self, seconds: float) -> AttemptTimer:
         """Arm a limit of ``seconds`` on the current task."""
@@ -103,10 +106,16 @@ class TimerWheels:
         if task is None:  # pragma: no cover - healkit always runs inside a task
             raise RuntimeError("healkit calls must run inside an asyncio task")
         loop = task.get_loop()
-        last_loop, wheel = self._last
-        if last_loop is not loop or wheel is None:
+        wheel = self._last  # one read: a wheel knows its loop
+        if wheel is None or wheel.loop is not loop:
             wheel = self._wheels.get(loop)
             if wheel is None:
                 wheel = self._wheels[loop] = _Wheel(loop)
-            self._last = (loop, wheel)
-        return wheel.arm(task, seconds)
+            self._last = wheel
+        tick = math.ceil((wheel.time() + seconds) / TICK)
+        buckets = wheel.buckets
+        bucket = buckets.get(tick)
+        if bucket is None:
+            bucket = buckets[tick] = set()
+            loop.call_at(tick * TICK, wheel.fire, tick)
+        return AttemptTimer(task, bucket)

@@ -93,7 +93,8 @@ class TimeoutPlugin:
         self, call: healkit.CallContext, attempt: healkit.AttemptContext
     ) -> None:
         """Set the attempt's limits; on the first attempt, the call's deadline."""
-        limits = _limits(call.policy)
+        policy = call.policy
+        limits = policy.stash.get(LIMITS) or _limits(policy)  # read inline: the hot path
         attempt.timeouts = limits[0]
         if attempt.number == 1:
             call.limit_deadline(limits[1])
@@ -101,17 +102,18 @@ class TimeoutPlugin:
     @healkit.hookimpl
     def healkit_attempt_timeouts(self, policy: healkit.ServicePolicy) -> healkit.Timeouts:
         """Return the service's attempt limits (for its health probes)."""
-        return _limits(policy)[0]
+        return (policy.stash.get(LIMITS) or _limits(policy))[0]
 
 
 def _limits(policy: healkit.ServicePolicy) -> tuple[healkit.Timeouts, float]:
-    """Return the attempt limits and the call deadline of ``policy``."""
-    limits = policy.stash.get(LIMITS)
-    if limits is None:
-        # Once per service per configuration snapshot, not once per call.
-        settings = policy.section(SECTION)
-        attempt_limits = healkit.Timeouts(
-            connect=settings.connect, read=settings.read, total=settings.attempt_limit
-        )
-        limits = policy.stash[LIMITS] = (attempt_limits, settings.deadline)
+    """Build and keep the attempt limits and the call deadline of ``policy``.
+
+    Once per service per configuration snapshot, not once per call: read them
+    back from ``policy.stash``.
+    """
+    settings = policy.section(SECTION)
+    attempt_limits = healkit.Timeouts(
+        connect=settings.connect, read=settings.read, total=settings.attempt_limit
+    )
+    limits = policy.stash[LIMITS] = (attempt_limits, settings.deadline)
     return limits
