@@ -24,6 +24,7 @@ service, swapped whole when a new document is accepted.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Final, Generic, TypeVar, cast, final
@@ -342,7 +343,13 @@ def _salvage(raw: object) -> tuple[Mapping[str, Any], Mapping[str, Mapping[str, 
     )
 
 
+@functools.lru_cache(maxsize=64)
 def _service_type(sections: tuple[ConfigSection[Any], ...]) -> type[CoreServiceSettings]:
+    """Return the Struct of a service document with ``sections`` (one type per section set).
+
+    Built once per set of sections, not per document: a new type would also
+    make msgspec inspect its annotations anew on every document applied.
+    """
     fields = [(s.name, s.settings, msgspec.field(default_factory=s.default)) for s in sections]
     return cast(
         "type[CoreServiceSettings]",

@@ -23,9 +23,10 @@ and placed at the right path.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Final, TypeVar, cast
 
 import msgspec
@@ -72,7 +73,7 @@ def validate(raw: object, model: type[T], *, path: str = "$") -> tuple[T | None,
         least one issue. Invalid input never raises.
 
     """
-    info = mi.type_info(model)
+    info = _type_info(cast("Hashable", model))  # a type: hashable, as lru_cache needs
     issues: list[ConfigIssue] = []
     try:
         if isinstance(info, mi.StructType) and not info.array_like:
@@ -85,6 +86,17 @@ def validate(raw: object, model: type[T], *, path: str = "$") -> tuple[T | None,
         # Only a recursive model can be walked this deep; the data is junk anyway.
         return None, [ConfigIssue(path, "the document is nested too deeply")]
     return (None, issues) if issues else (cast("T", value), issues)
+
+
+@functools.lru_cache(maxsize=256)
+def _type_info(model: Hashable) -> mi.Type:
+    """Return msgspec's description of ``model``, worked out once per model.
+
+    ``msgspec.inspect.type_info`` evaluates every annotation of every nested
+    type on each call: without this memo it was nine tenths of the time a
+    runtime takes to apply a document (about 1.9 ms of 2.1 ms).
+    """
+    return mi.type_info(model)
 
 
 def check(raw: object, model: type[T], *, origin: str = "", path: str = "$") -> T:
