@@ -22,6 +22,7 @@ import time
 from typing import Final
 
 import bench_etcd
+import bench_healing
 import bench_http
 import bench_pipeline
 import structlog
@@ -33,6 +34,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     ),
     "http": Scenario(bench_http.run, "end to end vs raw aiohttp and peers on a loopback server"),
     "etcd": Scenario(bench_etcd.run, "an etcd write until the policy is applied, 1 and 50 clients"),
+    "healing": Scenario(
+        bench_healing.run, "failover and recovery times on loopback, endpoint selection cost"
+    ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""
 
