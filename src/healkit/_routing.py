@@ -714,8 +714,9 @@ class Router:
         config = self._config
         if config is None or service not in config.services:
             return ()
-        plan = _plan(config.policy(service))
-        moment = self._now()
+        return self._statuses(service, _plan(config.policy(service)), self._now())
+
+    def _statuses(self, service: str, plan: _Plan, moment: float) -> tuple[EndpointStatus, ...]:
         found = []
         for index, group in enumerate(plan.groups):
             for endpoint in group:
@@ -751,31 +752,27 @@ class Router:
             plan = _plan(policy)
             if plan.settings.fleet is None:
                 continue
+            seen = self._statuses(name, plan, now)
+            traffic_group = min((e.group for e in seen if e.usable), default=None)
+            traffic = tuple(e.endpoint for e in seen if e.usable and e.group == traffic_group)
             endpoints: list[EndpointView] = []
-            traffic_group: int | None = None
-            traffic: tuple[str, ...] = ()
-            for index, group in enumerate(plan.groups):
-                usable = tuple(e for e in group if self._usable(name, plan, e, now))
-                if usable and traffic_group is None:
-                    traffic_group, traffic = index, usable
-                for endpoint in group:
-                    health = self._health.get((name, endpoint)) or _Health()
-                    breaker, retry_at = self._breaker_of(name, endpoint)
-                    upcoming.extend(
-                        t for t in (health.ejected_until, retry_at) if now < t < math.inf
+            for status in seen:
+                health = self._health.get((name, status.endpoint))
+                ejected_until = -math.inf if health is None else health.ejected_until
+                breaker, retry_at = self._breaker_of(name, status.endpoint)
+                upcoming.extend(t for t in (ejected_until, retry_at) if now < t < math.inf)
+                endpoints.append(
+                    EndpointView(
+                        endpoint=status.endpoint,
+                        group=status.group,
+                        usable=status.usable,
+                        down=status.down,
+                        ejected_until=self._wall(ejected_until, now),
+                        fleet_reports=status.fleet_reports,
+                        breaker=breaker,
+                        breaker_retry_at=self._wall(retry_at, now),
                     )
-                    endpoints.append(
-                        EndpointView(
-                            endpoint=endpoint,
-                            group=index,
-                            usable=endpoint in usable,
-                            down=health.down,
-                            ejected_until=self._wall(health.ejected_until, now),
-                            fleet_reports=self._fleet.reporters(name, endpoint),
-                            breaker=breaker,
-                            breaker_retry_at=self._wall(retry_at, now),
-                        )
-                    )
+                )
             view[name] = ServiceView(
                 endpoints=tuple(endpoints), traffic_group=traffic_group, traffic=traffic
             )
