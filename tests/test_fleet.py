@@ -216,7 +216,9 @@ async def test_each_instance_publishes_its_own_view_for_healkit_status(
         name_a, name_b = a.router.fleet_instance, b.router.fleet_instance
 
         def a_ejected(view: InstanceView | None) -> bool:
-            return view is not None and not view.services[SERVICE].endpoints[0].usable
+            # Ejected, and a's own report heard back from etcd (a later rewrite).
+            primary = None if view is None else view.services[SERVICE].endpoints[0]
+            return primary is not None and not primary.usable and primary.fleet_reports == 1
 
         seen_a = await wait_for_view(etcd, name_a, a_ejected)
         assert seen_a is not None
