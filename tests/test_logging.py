@@ -129,15 +129,15 @@ def test_events_are_prepared_only_for_a_logger_that_may_emit_them() -> None:
     stdlib_level = stdlib_logger.level
     try:
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-        assert _log._emitting(logging.WARNING) is None
-        assert _log._emitting(logging.ERROR) is not None
+        assert _log._emitting(_log._DROPPING_WARNING) is None
+        assert _log._emitting(_log._DROPPING_ERROR) is not None
         # stdlib's runs its processors before its level check: it gets every event.
         structlog.configure(
             wrapper_class=structlog.stdlib.BoundLogger,
             logger_factory=structlog.stdlib.LoggerFactory(),
         )
         stdlib_logger.setLevel(logging.ERROR)
-        assert _log._emitting(logging.DEBUG) is not None
+        assert _log._emitting(_log._DROPPING_INFO) is not None
     finally:
         stdlib_logger.setLevel(stdlib_level)
         structlog.reset_defaults()

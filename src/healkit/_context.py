@@ -432,7 +432,14 @@ class RetryDecision:
     @classmethod
     def stop(cls, reason: str) -> RetryDecision:
         """Refuse further attempts, saying why (e.g. ``"retry budget exhausted"``)."""
-        return cls(retry=False, delay=0.0, endpoint=None, reason=reason)
+        # Filled here rather than through __init__ (keywords, a delay to check):
+        # a refused call makes one of these, and it has nothing to validate.
+        decision = cls.__new__(cls)
+        decision.retry = False
+        decision.delay = 0.0
+        decision.endpoint = None
+        decision.reason = reason
+        return decision
 
 
 @final

@@ -102,7 +102,9 @@ class HealkitError(Exception):
     may_have_reached_server: bool = True
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
+        # What Exception.__init__ does, without the super() call: a refused or
+        # failed call makes one of these.
+        self.args = (message,)
         self.message = message
         self.attempts: tuple[AttemptRecord, ...] = ()
 

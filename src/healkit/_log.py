@@ -23,41 +23,43 @@ __all__ = ["logger"]
 logger: Final = structlog.get_logger("healkit")
 
 
-_FILTERING: Final = frozenset(
-    structlog.make_filtering_bound_logger(level)
-    for level in (
-        logging.NOTSET,
-        logging.DEBUG,
-        logging.INFO,
-        logging.WARNING,
-        logging.ERROR,
-        logging.CRITICAL,
+def _dropping(level: int) -> frozenset[type[Any]]:
+    """Return structlog's native filtering loggers that drop events at ``level``.
+
+    ``make_filtering_bound_logger(minimum)`` returns one class per minimum (its
+    default wrapper class among them); it drops every level below its minimum.
+    """
+    minimums = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+    return frozenset(
+        structlog.make_filtering_bound_logger(minimum) for minimum in minimums if minimum > level
     )
-)
-"""structlog's native filtering loggers (its default wrapper class among them)."""
 
 
-def _emitting(level: int) -> Any | None:  # noqa: ANN401 - whatever logger structlog is configured with
-    """Return the logger to emit a per-call event at ``level`` with, or ``None`` if it drops it.
+_DROPPING_INFO: Final = _dropping(logging.INFO)
+_DROPPING_WARNING: Final = _dropping(logging.WARNING)
+_DROPPING_ERROR: Final = _dropping(logging.ERROR)
+
+
+def _emitting(dropping: frozenset[type[Any]]) -> Any | None:  # noqa: ANN401 - whatever logger structlog is configured with
+    """Return the logger to emit a per-call event with, or ``None`` if it drops the event.
 
     The events of a failing call take a few µs to prepare (redacted URLs and
     headers), paid even when the application's logger drops them. In
     structlog's native filtering loggers (its default, and every
     ``make_filtering_bound_logger`` level) a method below the level is a no-op
     that runs no processor, so such an event is skipped before its arguments
-    are computed. Any other logger (stdlib's runs its processors before its
-    level check) gets every event, as before. ``logger.bind()`` is what each
+    are computed: ``dropping`` holds the classes that drop the event's level.
+    Any other logger (stdlib's runs its processors before its level check)
+    gets every event, as before. ``logger.bind()`` is what each
     ``logger.<level>(...)`` call does first.
     """
     bound = logger.bind()
-    if type(bound) in _FILTERING and not bound.is_enabled_for(level):
-        return None
-    return bound
+    return None if type(bound) in dropping else bound
 
 
 def attempt_failed(call: CallContext, attempt: AttemptContext, error: HealkitError) -> None:
     """Log ``healkit.attempt_failed``."""
-    log = _emitting(logging.WARNING)
+    log = _emitting(_DROPPING_WARNING)
     if log is None:
         return
     log.warning(
@@ -75,7 +77,7 @@ def attempt_failed(call: CallContext, attempt: AttemptContext, error: HealkitErr
 
 def retry_scheduled(call: CallContext, attempt: AttemptContext, delay: float) -> None:
     """Log ``healkit.retry_scheduled``."""
-    log = _emitting(logging.INFO)
+    log = _emitting(_DROPPING_INFO)
     if log is None:
         return
     log.info(
@@ -89,7 +91,7 @@ def retry_scheduled(call: CallContext, attempt: AttemptContext, delay: float) ->
 
 def substitute_used(call: CallContext, error: HealkitError) -> None:
     """Log ``healkit.fallback_used`` or ``healkit.degraded_used``."""
-    log = _emitting(logging.WARNING)
+    log = _emitting(_DROPPING_WARNING)
     if log is None:
         return
     log.warning(
@@ -113,7 +115,7 @@ def fallback_failed(plugin: str, error: HealkitError) -> None:
 
 def call_failed(call: CallContext, error: HealkitError, stop_reason: str | None) -> None:
     """Log ``healkit.call_failed``."""
-    log = _emitting(logging.ERROR)
+    log = _emitting(_DROPPING_ERROR)
     if log is None:
         return
     log.error(

@@ -37,6 +37,7 @@ class _Policy:
         "attempts",
         "base",
         "cap",
+        "cap_text",
         "decorrelated",
         "inject_key",
         "kinds",
@@ -49,6 +50,7 @@ class _Policy:
         self.attempts = settings.attempts
         self.base = settings.base
         self.cap = settings.cap
+        self.cap_text = f"retry.cap ({settings.cap:g}s)"  # formatted once, not per refusal
         self.decorrelated = settings.jitter == "decorrelated"
         self.kinds: frozenset[FailureKind] = frozenset(settings.retry_on)
         # Statuses are declared failures only if a retry of them is possible at all.
@@ -227,7 +229,8 @@ class RetryPlugin:
         now: float,
     ) -> tuple[float, str | None]:
         """Return the wait before the next attempt, or a reason not to make it."""
-        retry_after = _retry_after(error)
+        # _retry_after(error), inlined: this runs for every refused call too.
+        retry_after = error.retry_after if isinstance(error, healkit.HTTPStatusError) else None
         if retry_after is not None:
             if not retry_after <= derived.max_retry_after:  # NaN included
                 return 0.0, (
@@ -245,7 +248,7 @@ class RetryPlugin:
                     return 0.0, "the circuit is held open until an operator closes it"
                 return 0.0, (
                     f"the circuit stays open for {closed_in:.3g}s more,"
-                    f" longer than retry.cap ({derived.cap:g}s)"
+                    f" longer than {derived.cap_text}"
                 )
         draw = self._draw()
         if derived.decorrelated:
