@@ -147,3 +147,66 @@ def test_a_plugin_whose_idle_check_fails_stays_in_the_plan() -> None:
     assert runtime.plan.idle == frozenset()
     assert runtime.plan.has_pre_request
     assert runtime.plugin_errors["sometimes-idle"] >= 1
+
+
+class QuietObserver:
+    """Names the hooks it has nothing to do in; its answer can change outside the config."""
+
+    healkit_name = "quiet-observer"
+    healkit_observer = True
+
+    def __init__(self, answer: object = ("healkit_call_end",)) -> None:
+        self.answer = answer
+        self.seen: list[str] = []
+
+    def healkit_idle_hooks(self, config: healkit.HealkitConfig) -> object:
+        del config
+        return self.answer
+
+    @healkit.hookimpl
+    def healkit_pre_request(self, attempt: healkit.AttemptContext) -> None:
+        self.seen.append(f"pre_request {attempt.number}")
+
+    @healkit.hookimpl
+    def healkit_call_end(self, outcome: healkit.Outcome) -> None:
+        self.seen.append(f"call_end {outcome.path}")
+
+
+async def _call_once(runtime: healkit.Runtime) -> None:
+    @healkit.resilient(service="svc", runtime=runtime)
+    async def work() -> int:
+        return 1
+
+    assert await work() == 1
+
+
+@pytest.mark.anyio
+async def test_hooks_a_plugin_names_idle_are_left_out_and_its_others_stay() -> None:
+    plugin = QuietObserver()
+    runtime = healkit.Runtime(plugins=[plugin], entry_points=False, block_plugins=BUILTINS)
+    assert runtime.plan.idle_hooks == {("quiet-observer", "healkit_call_end")}
+    assert runtime.plan.idle == frozenset()
+    assert runtime.plan.has_pre_request
+    assert not runtime.plan.has_call_end
+    await _call_once(runtime)
+    assert plugin.seen == ["pre_request 1"]
+    # Its answer changes for a reason of its own: it asks for the plan again.
+    plugin.answer = ()
+    runtime.refresh_plan()
+    assert runtime.plan.idle_hooks == frozenset()
+    await _call_once(runtime)
+    assert plugin.seen == ["pre_request 1", "pre_request 1", "call_end primary"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [("healkit_call_ends",), "healkit_call_end", ("healkit_configure",), 42],
+    ids=["misspelled", "a string, not names", "not a per-call hook", "not iterable"],
+)
+def test_a_plugin_naming_hooks_wrongly_stays_in_the_plan_whole(answer: object) -> None:
+    runtime = healkit.Runtime(
+        plugins=[QuietObserver(answer)], entry_points=False, block_plugins=BUILTINS
+    )
+    assert runtime.plan.idle_hooks == frozenset()
+    assert runtime.plan.has_call_end
+    assert runtime.plugin_errors["quiet-observer"] >= 1

@@ -155,6 +155,8 @@ class CallPlan:
     Attributes:
         idle: the plugins left out because they have nothing to do per call
             under the configuration in force (``healkit_idle``).
+        idle_hooks: ``(plugin, hook)`` pairs left out besides: the hooks a
+            plugin said it has nothing to do in (``healkit_idle_hooks``).
 
     """
 
@@ -175,6 +177,7 @@ class CallPlan:
         "has_pre_request",
         "has_route",
         "idle",
+        "idle_hooks",
     )
 
     def __init__(
@@ -184,15 +187,22 @@ class CallPlan:
         on_fallback_failed: Callable[[str, HealkitError], None],
         *,
         idle: Collection[str] = frozenset(),
+        idle_hooks: Collection[tuple[str, str]] = frozenset(),
     ) -> None:
-        self._route = compile_hook(pm, "healkit_route", idle)
-        self._pre_request = compile_hook(pm, "healkit_pre_request", idle)
-        self._post_response = compile_hook(pm, "healkit_post_response", idle)
-        self._on_error = compile_hook(pm, "healkit_on_error", idle)
-        self._fallback = compile_hook(pm, "healkit_fallback", idle)
-        self._call_end = compile_hook(pm, "healkit_call_end", idle)
-        self._call_abandoned = compile_hook(pm, "healkit_call_abandoned", idle)
         self.idle = frozenset(idle)
+        self.idle_hooks = frozenset(idle_hooks)
+
+        def compiled(hook: str) -> CompiledHook:
+            left_out = self.idle.union(p for p, h in self.idle_hooks if h == hook)
+            return compile_hook(pm, hook, left_out)
+
+        self._route = compiled("healkit_route")
+        self._pre_request = compiled("healkit_pre_request")
+        self._post_response = compiled("healkit_post_response")
+        self._on_error = compiled("healkit_on_error")
+        self._fallback = compiled("healkit_fallback")
+        self._call_end = compiled("healkit_call_end")
+        self._call_abandoned = compiled("healkit_call_abandoned")
         self._on_observer_error = on_observer_error
         self._on_fallback_failed = on_fallback_failed
         # Hooks nobody implements are skipped by the executor without a call.

@@ -17,7 +17,7 @@ import contextvars
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, Final, Self, final
+from typing import Any, Final, NamedTuple, Self, final
 
 import aiohttp
 import pluggy
@@ -33,7 +33,7 @@ from healkit._config import (
     build_config,
 )
 from healkit._errors import ConfigError, ConfigIssue, PluginError
-from healkit._plan import CallPlan
+from healkit._plan import PER_CALL_HOOKS, CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._sources import ConfigSource, FileSource, InMemorySource
 from healkit._stash import StashKey
@@ -51,6 +51,26 @@ _ATTEMPT_TIMEOUTS: Final = StashKey[Timeouts]("healkit.attempt_timeouts")
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "healkit_runtime", default=None
 )
+
+
+def _per_call_hooks(names: Iterable[str]) -> frozenset[str]:
+    """Return ``names`` (a ``healkit_idle_hooks`` answer) if all are per-call hooks.
+
+    Raises:
+        ValueError: one is not (a typo would otherwise leave nothing out, silently).
+
+    """
+    named = frozenset(names)
+    if unknown := named - frozenset(PER_CALL_HOOKS):
+        raise ValueError(f"not per-call hooks: {', '.join(sorted(unknown))}")
+    return named
+
+
+class _Idleness(NamedTuple):
+    """What the call plan leaves out: whole plugins, and ``(plugin, hook)`` pairs."""
+
+    plugins: frozenset[str] = frozenset()
+    hooks: frozenset[tuple[str, str]] = frozenset()
 
 
 @final
@@ -86,7 +106,7 @@ class Runtime:
         )
         self.plugin_errors: Counter[str] = Counter()
         self.sections = config_sections(self.plugin_manager)
-        self.plan = self._compile_plan(frozenset())
+        self.plan = self._compile_plan(_Idleness())
         self.timers = TimerWheels()
         self._source = _as_source(config)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,30 +188,59 @@ class Runtime:
         # and does not keep the others from the new configuration.
         arguments = {"config": self._config, "previous": previous, "runtime": self}
         call_each(self.plugin_manager, "healkit_configure", arguments, self._plugin_failed)
-        idle = self._idle_plugins()
-        if idle != self.plan.idle:
-            self.plan = self._compile_plan(idle)
+        self.refresh_plan()
 
-    def _compile_plan(self, idle: frozenset[str]) -> CallPlan:
-        return CallPlan(self.plugin_manager, self._observer_failed, _log.fallback_failed, idle=idle)
+    def refresh_plan(self) -> None:
+        """Ask the plugins again what they have nothing to do; recompile the plan if that changed.
 
-    def _idle_plugins(self) -> frozenset[str]:
-        """Return the plugins whose ``healkit_idle(config)`` says they have nothing to do per call.
-
-        A plugin whose ``healkit_idle`` raises is kept in the plan (and the
-        error reported): when in doubt, a plugin runs.
+        The runtime asks after every configuration change by itself. A plugin
+        whose ``healkit_idle`` or ``healkit_idle_hooks`` answer changes for
+        another reason (an OpenTelemetry SDK installed since, for the tracing
+        plugin) calls this. Calls already running finish under the plan they
+        started with.
         """
-        idle: set[str] = set()
+        idleness = self._idleness()
+        if idleness != _Idleness(self.plan.idle, self.plan.idle_hooks):
+            self.plan = self._compile_plan(idleness)
+
+    def _compile_plan(self, idleness: _Idleness) -> CallPlan:
+        return CallPlan(
+            self.plugin_manager,
+            self._observer_failed,
+            _log.fallback_failed,
+            idle=idleness.plugins,
+            idle_hooks=idleness.hooks,
+        )
+
+    def _idleness(self) -> _Idleness:
+        """Return what the plugins say they have nothing to do per call under the config in force.
+
+        ``healkit_idle(config) -> bool``: ``True`` leaves all of the plugin's
+        per-call hooks out; ``healkit_idle_hooks(config)`` names the ones to
+        leave out (its other hooks stay). A plugin whose answer raises, or
+        names a hook that is not a per-call hook, is kept in the plan whole
+        (and the error reported): when in doubt, a plugin runs.
+        """
+        plugins: set[str] = set()
+        hooks: set[tuple[str, str]] = set()
+        config = self._config
         for name, plugin in self.plugin_manager.list_name_plugin():
-            check = getattr(plugin, "healkit_idle", None)
-            if check is None:
-                continue
-            try:
-                if check(self._config) is True:
-                    idle.add(name)
-            except Exception as error:  # noqa: BLE001 - reported; the plugin stays in the plan
-                self._plugin_failed(name, "healkit_idle", error)
-        return frozenset(idle)
+            if (check := getattr(plugin, "healkit_idle", None)) is not None:
+                try:
+                    if check(config) is True:
+                        plugins.add(name)
+                        continue
+                except Exception as error:  # noqa: BLE001 - reported; the plugin stays in the plan
+                    self._plugin_failed(name, "healkit_idle", error)
+                    continue
+            if (name_hooks := getattr(plugin, "healkit_idle_hooks", None)) is not None:
+                try:
+                    named = _per_call_hooks(name_hooks(config))
+                except Exception as error:  # noqa: BLE001 - reported; the plugin stays in the plan
+                    self._plugin_failed(name, "healkit_idle_hooks", error)
+                    continue
+                hooks.update((name, hook) for hook in named)
+        return _Idleness(frozenset(plugins), frozenset(hooks))
 
     # -- plugins ---------------------------------------------------------------
 
@@ -212,7 +261,7 @@ class Runtime:
             self.plugin_manager.unregister(plugin)
             self.sections = config_sections(self.plugin_manager)
             raise
-        self.plan = self._compile_plan(self._idle_plugins())
+        self.plan = self._compile_plan(self._idleness())
 
     def _observer_failed(self, plugin: str, hook: str, error: Exception) -> None:
         if plugin not in self.plugin_errors:
