@@ -42,6 +42,11 @@ class KeepCalls:
         self.calls.append(call)
 
 
+RECORDING_HOOKS_LEFT_OUT = frozenset(
+    ("tracing", hook) for hook in ("healkit_on_error", "healkit_call_end", "healkit_call_abandoned")
+)
+
+
 def test_the_api_globals_are_where_the_plugin_reads_them() -> None:
     # If this fails, a new opentelemetry-api moved its global providers: the
     # plugin still works, but pays the API's no-op cost on every call.
@@ -86,6 +91,8 @@ async def test_without_an_sdk_an_incoming_context_is_passed_on(fault_server: Fau
     async with healkit.Client(
         config=config, plugins=[TracingPlugin()], entry_points=False
     ) as client:
+        # Only pre_request is left in the plan: the context goes on without it.
+        assert client.runtime.plan.idle_hooks == RECORDING_HOOKS_LEFT_OUT
         await client.get("/none", service=SERVICE)  # no context yet: nothing to pass on
         token = context.attach(trace.set_span_in_context(NonRecordingSpan(incoming)))
         try:
@@ -110,6 +117,9 @@ async def test_no_op_providers_given(fault_server: FaultServer) -> None:
     async with healkit.Client(
         config=document([fault_server.url]), plugins=[plugin], entry_points=False
     ) as client:
+        # Nothing will ever record: no call builds the Outcome of healkit_call_end.
+        assert client.runtime.plan.idle_hooks == RECORDING_HOOKS_LEFT_OUT
+        assert not client.runtime.plan.has_call_end
         response = await client.get("/x", service=SERVICE)
     assert response.status == 200
     assert "traceparent" not in fault_server.requests[0].headers
@@ -123,6 +133,7 @@ async def test_metrics_without_a_tracer(fault_server: FaultServer, telemetry: Te
     async with healkit.Client(
         config=document([fault_server.url]), plugins=plugins, entry_points=False
     ) as client:
+        assert client.runtime.plan.idle_hooks == frozenset()
         await client.get("/x", service=SERVICE)
     assert telemetry.spans() == []
     assert "traceparent" not in fault_server.requests[0].headers
@@ -195,11 +206,18 @@ async def main() -> None:
             tracer_provider = TracerProvider()
             tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
             trace.set_tracer_provider(tracer_provider)
+            # The call that finds the provider started under the plan without the
+            # recording hooks (nothing recorded before): it gets no span; it puts
+            # them back for the calls after it.
+            assert client.runtime.plan.idle_hooks
+            await client.get("/finds", service="svc")
+            assert not client.runtime.plan.idle_hooks
             await client.get("/spans", service="svc")
             metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
             await client.get("/both", service="svc")
-        before, spans, both = server.requests
+        before, finds, spans, both = server.requests
     assert "traceparent" not in before.headers
+    assert "traceparent" not in finds.headers
     first, second = exporter.get_finished_spans()
     assert first.attributes["url.full"] == server.url + "/spans"
     assert second.attributes["url.full"] == server.url + "/both"

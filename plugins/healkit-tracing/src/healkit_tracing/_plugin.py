@@ -18,13 +18,21 @@ Lifecycle of an attempt's span:
   pipeline calls at once, in the caller's task, before the exception leaves.
 
 Without an SDK (the API's no-op or not yet set global providers) none of this
-happens: each hook reads two flags (:class:`~healkit_tracing._providers.Sinks`)
-and returns; only an incoming trace context is passed on to HTTP attempts.
+happens. The plugin then leaves its recording hooks (``healkit_on_error``,
+``healkit_call_end``, ``healkit_call_abandoned``) out of the call plan
+(``healkit_idle_hooks``), so that a call does not even build the
+:class:`healkit.Outcome` that ``healkit_call_end`` receives; its
+``healkit_pre_request`` reads two flags
+(:class:`~healkit_tracing._providers.Sinks`) and passes an incoming trace
+context on to HTTP attempts. When a global provider is set later, the first
+look at the flags that sees it asks the runtime for the whole plan again
+(``runtime.refresh_plan()``); calls that started before go on without spans.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
@@ -55,6 +63,8 @@ INSTRUMENTATION_NAME: Final = "healkit_tracing"
 VERSION: Final = "0.1.0"
 
 _SUBSTITUTES: Final = frozenset({"fallback", "degraded"})
+_RECORDING_HOOKS: Final = ("healkit_on_error", "healkit_call_end", "healkit_call_abandoned")
+"""The hooks that only end spans and record metrics: nothing to do while nothing records."""
 
 
 class _BreakerReader(Protocol):
@@ -112,7 +122,17 @@ class TracingPlugin:
 
     """
 
-    __slots__ = ("_breaker", "_config", "_instruments", "_sinks", "_trace_config", "_tracer")
+    __slots__ = (
+        "_breaker",
+        "_config",
+        "_instruments",
+        "_lean",
+        "_lean_until",
+        "_runtime",
+        "_sinks",
+        "_trace_config",
+        "_tracer",
+    )
 
     healkit_name = "tracing"
     healkit_observer = True
@@ -129,10 +149,17 @@ class TracingPlugin:
         )
         meter = metrics.get_meter(INSTRUMENTATION_NAME, VERSION, meter_provider=meter_provider)
         self._instruments = Instruments(meter)
-        self._sinks = Sinks(tracer_kind(tracer_provider), meter_kind(meter_provider))
+        self._sinks = Sinks(
+            tracer_kind(tracer_provider), meter_kind(meter_provider), self._recording_started
+        )
         self._trace_config = build_trace_config(self, self._sinks)
         self._breaker: _BreakerReader | None = None
         self._config: healkit.HealkitConfig | None = None
+        self._runtime: healkit.Runtime | None = None
+        # Whether the plan in force leaves the recording hooks out (healkit_idle_hooks),
+        # and the start time before which calls ran under such a plan.
+        self._lean = False
+        self._lean_until = -math.inf
 
     def __repr__(self) -> str:
         return f"<TracingPlugin breaker={'yes' if self._breaker is not None else 'no'}>"
@@ -160,6 +187,24 @@ class TracingPlugin:
             policy_of(policy).enabled for policy in (config.defaults, *config.services.values())
         )
 
+    def healkit_idle_hooks(self, config: healkit.HealkitConfig) -> Sequence[str]:
+        """Name the recording hooks while nothing can record (no SDK): the plan leaves them out."""
+        del config  # what matters is whether a provider records, not the settings
+        sinks = self._sinks
+        self._lean = not (sinks.spans or sinks.metrics)
+        return _RECORDING_HOOKS if self._lean else ()
+
+    def _recording_started(self) -> None:
+        """Put the recording hooks back in the plan: a global provider was set since.
+
+        Calls that started under the lean plan have no ``healkit_on_error`` or
+        ``healkit_call_end`` to end a span in: they get none (see ``_lean_until``).
+        """
+        runtime = self._runtime
+        if self._lean and runtime is not None:
+            self._lean_until = runtime.clock.now()
+            runtime.refresh_plan()
+
     @healkit.hookimpl
     def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
         """Contribute the ``tracing`` section."""
@@ -171,6 +216,7 @@ class TracingPlugin:
         for policy in (config.defaults, *config.services.values()):
             policy_of(policy)
         self._config = config
+        self._runtime = runtime
         breaker = runtime.plugin_manager.get_plugin("breaker")
         self._breaker = breaker if callable(getattr(breaker, "state", None)) else None
 
@@ -199,6 +245,11 @@ class TracingPlugin:
             sinks.refresh()
         elif sinks.watching:
             sinks.refresh()
+        if call.started < self._lean_until:
+            # Started under the lean plan: nothing would end a span or record it.
+            if call.transport == "http" and otel_context.get_current():
+                self._pass_on(call, attempt)
+            return
         if not sinks.spans:
             # No tracer: metrics, or an incoming trace context to pass on, or nothing.
             if sinks.metrics or (call.transport == "http" and otel_context.get_current()):
@@ -226,9 +277,16 @@ class TracingPlugin:
 
     def _without_span(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> None:
         """Prepare an attempt while no tracer can record: pass the trace context on; meter."""
+        policy = self._pass_on(call, attempt)
+        if policy is not None and self._sinks.metrics and policy.metrics:
+            state = AttemptSpan(call, attempt, INVALID_SPAN, policy, sent=True, metrics=True)
+            attempt.stash[ATTEMPT] = state
+
+    def _pass_on(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> Policy | None:
+        """Pass the caller's trace context on to an HTTP attempt; return the policy if enabled."""
         policy = call.policy.stash.get(POLICY) or policy_of(call.policy)
         if not policy.enabled:
-            return
+            return None
         if (
             policy.propagate
             and call.transport == "http"
@@ -236,9 +294,7 @@ class TracingPlugin:
         ):
             # As the API's no-op tracer would: the caller's context goes on unchanged.
             propagate.inject(attempt.headers)
-        if self._sinks.metrics and policy.metrics:
-            state = AttemptSpan(call, attempt, INVALID_SPAN, policy, sent=True, metrics=True)
-            attempt.stash[ATTEMPT] = state
+        return policy
 
     @healkit.hookimpl
     def healkit_on_error(

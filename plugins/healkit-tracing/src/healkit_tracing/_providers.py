@@ -26,6 +26,7 @@ nothing breaks, and ``tests/test_tracing_providers.py`` says so.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Final, final
 
 from opentelemetry import metrics, trace
@@ -94,9 +95,20 @@ class Sinks:
 
     """
 
-    __slots__ = ("_watch_metrics", "_watch_spans", "dormant", "metrics", "spans", "watching")
+    __slots__ = (
+        "_on_recording",
+        "_watch_metrics",
+        "_watch_spans",
+        "dormant",
+        "metrics",
+        "spans",
+        "watching",
+    )
 
-    def __init__(self, spans: Kind, metrics: Kind) -> None:
+    def __init__(
+        self, spans: Kind, metrics: Kind, on_recording: Callable[[], None] = lambda: None
+    ) -> None:
+        self._on_recording = on_recording
         self.spans = spans is Kind.MAY
         self.metrics = metrics is Kind.MAY
         self._watch_spans = spans is Kind.UNSET
@@ -108,7 +120,12 @@ class Sinks:
         return f"<Sinks spans={self.spans} metrics={self.metrics} watching={self.watching}>"
 
     def refresh(self) -> None:
-        """Take up a global provider set since the last look (a few attribute reads)."""
+        """Take up a global provider set since the last look (a few attribute reads).
+
+        Calls ``on_recording`` when spans or metrics may be recorded where
+        nothing could be before.
+        """
+        silent = not (self.spans or self.metrics)
         if self._watch_spans and trace._TRACER_PROVIDER is not None:  # noqa: SLF001
             self._watch_spans = False
             self.spans = True
@@ -117,6 +134,8 @@ class Sinks:
             self.metrics = True
         self.watching = self._watch_spans or self._watch_metrics
         self.dormant = self._watch_spans and self._watch_metrics
+        if silent and (self.spans or self.metrics):
+            self._on_recording()
 
 
 def globals_unset() -> bool:
