@@ -80,3 +80,46 @@ async def test_timers_in_one_tick_share_one_loop_callback() -> None:
     assert len(loop._scheduled) - before <= 2  # type: ignore[attr-defined]
     for timer in timers:
         timer.disarm()
+
+
+async def test_each_timer_cancels_the_task_that_armed_it() -> None:
+    wheels = TimerWheels()  # after the first arm, later ones find their task by the wheel's loop
+    outcomes: dict[str, bool] = {}
+
+    async def attempt(name: str, limit: float, wait: float) -> None:
+        timer = wheels.arm(limit)
+        try:
+            await asyncio.sleep(wait)
+            outcomes[name] = False
+        except asyncio.CancelledError:
+            outcomes[name] = timer.expired()
+        finally:
+            timer.disarm()
+
+    await asyncio.gather(
+        attempt("long", 5.0, 0.1), attempt("short", 0.02, 1.0), attempt("other", 5.0, 0.1)
+    )
+    assert outcomes == {"long": False, "short": True, "other": False}
+
+
+def test_one_set_of_wheels_serves_loops_one_after_another_and_in_other_threads() -> None:
+    wheels = TimerWheels()
+
+    async def armed_task() -> asyncio.Task[object]:
+        timer = wheels.arm(5.0)
+        try:
+            return timer._task  # the task the timer would cancel
+        finally:
+            timer.disarm()
+
+    async def check() -> None:
+        assert await asyncio.create_task(armed_task()) is not asyncio.current_task()
+        assert await armed_task() is asyncio.current_task()
+
+    async def alongside_a_thread() -> None:
+        await check()  # this loop's wheel is the last one used
+        await asyncio.to_thread(asyncio.run, check())  # a loop in another thread, meanwhile
+        await check()
+
+    asyncio.run(check())
+    asyncio.run(alongside_a_thread())  # a new loop: the last wheel's loop is closed
