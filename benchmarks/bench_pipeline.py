@@ -16,7 +16,10 @@ Variants, each measured as ``await one()`` in a tight loop inside one event loop
 * ``rejected[standard]``: ``execute`` with the standard plugin set against a
   service whose breaker is open (tripped once before the measurement): the
   breaker refuses the attempt, the retry plugin declines to wait for it, and the
-  call ends in ``CircuitOpenError`` without the transport being asked to send.
+  call ends in ``CircuitOpenError`` without the transport being asked to send;
+* ``rejected[bare]``: the same refusal by :class:`Refuser`, a plugin whose
+  ``healkit_pre_request`` only raises ``CircuitOpenError``, and no other plugin:
+  what the pipeline itself costs for a refused call, plugins' work aside.
 
 ``<set>`` is each entry of :data:`PLUGIN_SETS` (``full``: timeout, retry,
 breaker, tls, tracing with the API's no-op providers). Every 100 calls the loop awaits
@@ -75,6 +78,7 @@ TARGET_US: Final = 5.0
 TARGET_VARIANTS: Final = ("execute[timeout]", "execute[standard]")
 REJECTED_TARGET_US: Final = 3.0
 REJECTED_VARIANT: Final = "rejected[standard]"
+BARE_REJECTED_VARIANT: Final = "rejected[bare]"
 OPEN_FOR: Final = 86_400.0
 """Seconds the breaker of ``rejected[standard]`` stays open: the whole run."""
 
@@ -204,27 +208,54 @@ def _decorated_call(runtime: healkit.Runtime) -> OneCall:
     return nothing
 
 
-class RejectedCall:
-    """``execute`` against an open breaker; checks that nothing was ever sent."""
+class Refuser:
+    """A plugin that refuses every attempt as an open breaker does, and does nothing else."""
 
-    def __init__(self) -> None:
-        breaker = {
-            "consecutive_failures": 1,
-            "open_duration": OPEN_FOR,
-            "open_duration_max": OPEN_FOR,
-        }
-        config = {"services": {SERVICE: {"endpoints": [ENDPOINT], "breaker": breaker}}}
+    healkit_name = "refuser"
+
+    @healkit.hookimpl
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
+        """Refuse the attempt."""
+        raise healkit.CircuitOpenError(call.service, attempt.endpoint, retry_at=math.inf)
+
+
+class RejectedCall:
+    """``execute`` refused before sending; checks that nothing was ever sent.
+
+    Args:
+        plugins: the runtime's plugins.
+        breaker: the service's ``breaker`` section, if it has one.
+
+    """
+
+    def __init__(self, plugins: Sequence[object], breaker: dict[str, object] | None) -> None:
+        service: dict[str, object] = {"endpoints": [ENDPOINT]}
+        if breaker is not None:
+            service["breaker"] = breaker
         self.runtime = healkit.Runtime(
-            config=config, plugins=standard_plugins(), entry_points=False
+            config={"services": {SERVICE: service}}, plugins=plugins, entry_points=False
         )
         failing = healkit.Response(500, body=b"", url=ENDPOINT + "/")
         self.transport = StubTransport(failing)
         self._execute = execute_call(self.runtime, self.transport)
         self.sent_before = 0
 
+    @classmethod
+    def by_open_breaker(cls) -> RejectedCall:
+        """The standard set against a breaker that one failure opens for the whole run."""
+        breaker: dict[str, object] = {
+            "consecutive_failures": 1,
+            "open_duration": OPEN_FOR,
+            "open_duration_max": OPEN_FOR,
+        }
+        return cls(standard_plugins(), breaker)
+
     async def trip(self) -> None:
-        """Make the one call that opens the breaker (a 500, not retried)."""
-        await self._execute()
+        """Make the first call (a 500, not retried, opens a breaker); count what it sent."""
+        with contextlib.suppress(healkit.CircuitOpenError):
+            await self._execute()
         self.sent_before = self.transport.sends
 
     async def __call__(self) -> None:
@@ -232,7 +263,7 @@ class RejectedCall:
             await self._execute()
         except healkit.CircuitOpenError:
             return
-        raise AssertionError("the breaker admitted a call")
+        raise AssertionError("the call was not refused")
 
     def check(self) -> None:
         """Fail if the transport was asked to send anything after the trip."""
@@ -272,12 +303,12 @@ async def interleaved(variants: dict[str, OneCall], sizes: Sizes, label: str) ->
 
 
 async def _measure(variants: dict[str, OneCall], sizes: Sizes) -> dict[str, Spread]:
-    rejected = variants[REJECTED_VARIANT]
-    if not isinstance(rejected, RejectedCall):
-        raise TypeError(f"{REJECTED_VARIANT} is not a RejectedCall")
-    await rejected.trip()
+    rejected = [one for one in variants.values() if isinstance(one, RejectedCall)]
+    for refused in rejected:
+        await refused.trip()
     results = await interleaved(variants, sizes, "pipeline")
-    rejected.check()
+    for refused in rejected:
+        refused.check()
     return results
 
 
@@ -290,7 +321,8 @@ def _variants(telemetry: SdkTelemetry | None) -> dict[str, OneCall]:
             variants[f"{kind}[{set_name}]"] = factory(runtime)
     if telemetry is not None:
         variants[SDK_VARIANT] = _sdk_call(telemetry)
-    variants[REJECTED_VARIANT] = RejectedCall()
+    variants[REJECTED_VARIANT] = RejectedCall.by_open_breaker()
+    variants[BARE_REJECTED_VARIANT] = RejectedCall((Refuser(),), None)
     return variants
 
 
