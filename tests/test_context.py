@@ -46,8 +46,10 @@ def test_a_call_context_started_by_position_is_the_one_init_makes(given: str) ->
 
 
 def test_an_attempt_context_started_by_position_is_the_one_init_makes() -> None:
-    made = healkit.AttemptContext(2, "http://a", started=3.0, retry_delay=0.25)
-    started = healkit.AttemptContext._start(2, "http://a", 3.0, 0.25)
+    limits = healkit.Timeouts(connect=1.0, read=2.0, total=3.0)
+    made = healkit.AttemptContext(2, "http://a", started=3.0, timeouts=limits, retry_delay=0.25)
+    started = healkit.AttemptContext._start(2, "http://a", 3.0, limits, 0.25)
     assert slots(started) == slots(made)
-    assert started.timeouts is CORE_TIMEOUTS
+    assert started.timeouts is limits
+    assert healkit.AttemptContext(1, None, started=0.0).timeouts is CORE_TIMEOUTS
     assert started.headers is not made.headers

@@ -450,3 +450,66 @@ async def test_an_observer_failing_on_an_abandoned_call_changes_nothing() -> Non
     with pytest.raises(KeyError, match="mine"):
         await healkit.resilient(service="svc", runtime=rt)(buggy)()
     assert rt.plugin_errors["Broken"] == 1
+
+
+class ServiceLimits:
+    """Answers the per-service limits; records what the first per-call hook sees."""
+
+    healkit_name = "service-limits"
+
+    def __init__(self, deadline: object, timeouts: object) -> None:
+        self.deadline = deadline
+        self.timeouts = timeouts
+        self.asked = 0
+        self.seen: list[tuple[float, healkit.Timeouts]] = []
+
+    @healkit.hookimpl
+    def healkit_attempt_timeouts(self) -> object:
+        self.asked += 1
+        return self.timeouts
+
+    @healkit.hookimpl
+    def healkit_call_deadline(self) -> object:
+        return self.deadline
+
+    @healkit.hookimpl(tryfirst=True)
+    def healkit_pre_request(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
+        self.seen.append((call.deadline - call.started, attempt.timeouts))
+
+
+async def test_the_services_limits_are_set_before_any_per_call_hook_and_asked_once() -> None:
+    limits = healkit.Timeouts(connect=1.0, read=2.0, total=3.0)
+    plugin = ServiceLimits(deadline=7, timeouts=limits)
+    runtime = healkit.Runtime(
+        config={"services": {"svc": {}}}, plugins=[plugin], entry_points=False
+    )
+
+    @healkit.resilient(service="svc", runtime=runtime)
+    async def work() -> int:
+        return 1
+
+    assert await work() == 1
+    assert await work() == 1
+    assert plugin.seen == [(7.0, limits), (7.0, limits)]
+    assert plugin.asked == 1  # once per service and configuration snapshot
+    assert runtime.call_deadline(runtime.config.policy("svc")) == 7.0
+
+
+@pytest.mark.parametrize(
+    ("deadline", "timeouts"),
+    [(-1.0, "3s"), (True, 3.0), ("5", None), (math.nan, (1.0, 2.0, 3.0))],
+    ids=["negative", "a bool", "a string", "not a number"],
+)
+async def test_a_wrong_answer_for_the_services_limits_is_reported_and_not_used(
+    deadline: object, timeouts: object
+) -> None:
+    plugin = ServiceLimits(deadline=deadline, timeouts=timeouts)
+    runtime = healkit.Runtime(
+        config={"services": {"svc": {}}}, plugins=[plugin], entry_points=False
+    )
+    policy = runtime.config.policy("svc")
+    assert runtime.call_deadline(policy) == math.inf
+    assert runtime.attempt_timeouts(policy) == healkit.Timeouts(connect=10.0, read=30.0, total=60.0)
+    assert runtime.plugin_errors["service-limits"] == (2 if timeouts is not None else 1)

@@ -104,7 +104,7 @@ def test_cli_lists_plugins(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins", "--json"]) == 0
     listed = {item["name"]: item for item in json.loads(capsys.readouterr().out)}
     assert listed["timeout"]["distribution"] == "healkit-timeout"
-    assert "healkit_pre_request" in listed["timeout"]["hooks"]
+    assert "healkit_attempt_timeouts" in listed["timeout"]["hooks"]
     assert main(["plugins", "--block", "request-id"]) == 0
     text = capsys.readouterr().out
     assert "timeout: healkit-timeout 0.1.0" in text

@@ -179,10 +179,14 @@ class ServicePolicy:
         max_body_bytes: the response body cap.
         stash: plugin state derived from this policy (built once per
             configuration snapshot instead of once per call).
+        call_limits: the attempt limits and the call deadline (seconds) the
+            runtime's plugins give this service (``healkit_attempt_timeouts``,
+            ``healkit_call_deadline``); ``None`` until the runtime first asks
+            (``Runtime.call_limits``). The executor reads it once per call.
 
     """
 
-    __slots__ = ("_sections", "endpoints", "max_body_bytes", "name", "stash")
+    __slots__ = ("_sections", "call_limits", "endpoints", "max_body_bytes", "name", "stash")
 
     def __init__(
         self,
@@ -195,6 +199,7 @@ class ServicePolicy:
         self.max_body_bytes = core.max_body_bytes
         self._sections = dict(sections)
         self.stash = Stash()
+        self.call_limits: tuple[Timeouts, float] | None = None
 
     def __repr__(self) -> str:
         return f"ServicePolicy({self.name!r}, endpoints={self.endpoints!r})"

@@ -335,15 +335,20 @@ class AttemptContext:
 
     @classmethod
     def _start(
-        cls, number: int, endpoint: str | None, started: float, retry_delay: float
+        cls,
+        number: int,
+        endpoint: str | None,
+        started: float,
+        timeouts: Timeouts,
+        retry_delay: float,
     ) -> AttemptContext:
-        """Make an attempt context as ``__init__`` does (core limits), for the executor.
+        """Make an attempt context as ``__init__`` does, for the executor.
 
         Positional, for the reason given in :meth:`CallContext._start`: the
         executor makes one per attempt (both fill it with ``_fill``).
         """
         self = cls.__new__(cls)
-        self._fill(number, endpoint, started, CORE_TIMEOUTS, retry_delay)
+        self._fill(number, endpoint, started, timeouts, retry_delay)
         return self
 
     def _fill(

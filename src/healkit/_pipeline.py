@@ -91,10 +91,15 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
     stop_reason: str | None = None
     delay = 0.0
     started = call.started
+    # The service's limits (healkit_attempt_timeouts, healkit_call_deadline), asked
+    # once per snapshot and kept with the policy: no hook per call.
+    timeouts, within = call.policy.call_limits or runtime.call_limits(call.policy)
+    if started + within < call.deadline:  # noqa: PLR1730 - call.limit_deadline(within), inlined
+        call.deadline = started + within
     try:
         while True:
             attempt = AttemptContext._start(  # noqa: SLF001 - by position: see _start
-                len(call.attempts) + 1, endpoint, started, delay
+                len(call.attempts) + 1, endpoint, started, timeouts, delay
             )
             call.attempts.append(attempt)
             try:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, Final, NamedTuple, Self, final
+from typing import Any, Final, NamedTuple, Self, TypeVar, final
 
 import aiohttp
 import pluggy
@@ -36,7 +37,6 @@ from healkit._errors import ConfigError, ConfigIssue, PluginError
 from healkit._plan import PER_CALL_HOOKS, CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._sources import ConfigSource, FileSource, InMemorySource
-from healkit._stash import StashKey
 from healkit._timer import TimerWheels
 
 __all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime"]
@@ -45,12 +45,37 @@ ConfigInput = Mapping[str, Any] | str | os.PathLike[str] | ConfigSource | None
 """What ``config=`` accepts: a document, a file path, a source, or ``None`` (all defaults)."""
 
 SHUTDOWN_TIMEOUT: Final = 5.0
-_ATTEMPT_TIMEOUTS: Final = StashKey[Timeouts]("healkit.attempt_timeouts")
+T = TypeVar("T")
+
 """A policy's attempt limits as the plugins give them (for requests outside a call)."""
 
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "healkit_runtime", default=None
 )
+
+
+def _timeouts(answer: object) -> Timeouts:
+    """Accept a ``healkit_attempt_timeouts`` answer.
+
+    Raises:
+        TypeError: it is not a :class:`Timeouts`.
+
+    """
+    if not isinstance(answer, Timeouts):
+        raise TypeError(f"returned {answer!r}, not a healkit.Timeouts")
+    return answer
+
+
+def _seconds(answer: object) -> float:
+    """Accept a ``healkit_call_deadline`` answer: a number of seconds > 0 (``inf``: none).
+
+    Raises:
+        ValueError: it is not.
+
+    """
+    if isinstance(answer, bool) or not isinstance(answer, int | float) or not answer > 0:
+        raise ValueError(f"returned {answer!r}, not a number of seconds > 0")
+    return float(answer)
 
 
 def _per_call_hooks(names: Iterable[str]) -> frozenset[str]:
@@ -285,21 +310,51 @@ class Runtime:
     def attempt_timeouts(self, policy: ServicePolicy) -> Timeouts:
         """Return the limits of one attempt to ``policy``'s service (``healkit_attempt_timeouts``).
 
-        The first plugin's answer, else the core's limits; kept in ``policy.stash``
-        for the snapshot's lifetime. A plugin whose implementation raises is
-        logged and counted in ``plugin_errors``, and skipped.
+        The first plugin's answer, else the core's limits; kept with the policy
+        for the snapshot's lifetime (:meth:`call_limits`). A plugin whose
+        implementation raises, or answers something else than a ``Timeouts``,
+        is logged and counted in ``plugin_errors``, and skipped.
         """
-        limits = policy.stash.get(_ATTEMPT_TIMEOUTS)
+        return self.call_limits(policy)[0]
+
+    def call_deadline(self, policy: ServicePolicy) -> float:
+        """Return the seconds a call to ``policy``'s service may take (``healkit_call_deadline``).
+
+        The first plugin's answer, else ``math.inf`` (no limit); kept with the
+        policy like :meth:`attempt_timeouts`.
+        """
+        return self.call_limits(policy)[1]
+
+    def call_limits(self, policy: ServicePolicy) -> tuple[Timeouts, float]:
+        """Return :meth:`attempt_timeouts` and :meth:`call_deadline` of ``policy`` together.
+
+        What the executor reads per call: both plugin answers, asked once per
+        service and configuration snapshot and kept in ``policy.call_limits``.
+        """
+        limits = policy.call_limits
         if limits is None:
-            answers = call_each(
-                self.plugin_manager,
-                "healkit_attempt_timeouts",
-                {"policy": policy},
-                self._plugin_failed,
+            timeouts = self._first_answer("healkit_attempt_timeouts", policy, _timeouts)
+            deadline = self._first_answer("healkit_call_deadline", policy, _seconds)
+            limits = policy.call_limits = (
+                CORE_TIMEOUTS if timeouts is None else timeouts,
+                math.inf if deadline is None else deadline,
             )
-            found = [answer for _, answer in answers if answer is not None]
-            limits = policy.stash[_ATTEMPT_TIMEOUTS] = found[0] if found else CORE_TIMEOUTS
         return limits
+
+    def _first_answer(
+        self, hook: str, policy: ServicePolicy, accept: Callable[[object], T]
+    ) -> T | None:
+        """Return the first non-``None`` answer of a per-policy hook; report a wrong one."""
+        for name, answer in call_each(
+            self.plugin_manager, hook, {"policy": policy}, self._plugin_failed
+        ):
+            if answer is None:
+                continue
+            try:
+                return accept(answer)
+            except (TypeError, ValueError) as wrong:
+                self._plugin_failed(name, hook, wrong)
+        return None
 
     def emit(self, event: object) -> None:
         """Hand ``event`` to every ``healkit_event`` implementation (observers)."""

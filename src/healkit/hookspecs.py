@@ -137,13 +137,29 @@ def healkit_trace_configs() -> Sequence[aiohttp.TraceConfig]:  # type: ignore[em
 def healkit_attempt_timeouts(policy: ServicePolicy) -> Timeouts | None:
     """Return the time limits of one attempt to ``policy``'s service.
 
-    For the requests healkit makes to a service outside a call (the routing
-    plugin's health probes), which keep to the same limits as the service's
-    calls. A plugin that sets ``attempt.timeouts`` in ``healkit_pre_request``
-    returns the same limits here, or ``None`` when it sets none for this
-    service. Without an answer, the core's limits apply (``connect`` 10 s,
-    ``read`` 30 s, ``total`` 60 s). Called once per service and configuration
-    snapshot, not per call.
+    The executor gives every attempt of a call these limits
+    (``attempt.timeouts``) before ``healkit_route`` and ``healkit_pre_request``
+    run, which may still change them for one attempt; the requests healkit
+    makes outside a call (the routing plugin's health probes) keep to them too.
+    ``None``: no limits from this plugin. Without an answer, the core's limits
+    apply (``connect`` 10 s, ``read`` 30 s, ``total`` 60 s). Called once per
+    service and configuration snapshot, not per call.
+
+    Result: stops at the first non-``None`` result (``firstresult``). May not
+    return an awaitable.
+    """
+
+
+@hookspec(firstresult=True)
+def healkit_call_deadline(policy: ServicePolicy) -> float | None:
+    """Return the seconds within which a whole call to ``policy``'s service must end.
+
+    Every attempt and every backoff sleep included, counted from the call's
+    start; the executor applies it (with the caller's ``deadline=``, the
+    earliest wins) before the first attempt, so per-call hooks already see it
+    in ``call.deadline``. ``None``: no limit from this plugin. Without an
+    answer, a call has no deadline but the caller's. Called once per service
+    and configuration snapshot, not per call.
 
     Result: stops at the first non-``None`` result (``firstresult``). May not
     return an awaitable.

@@ -13,8 +13,10 @@ Each limit raises its own error: :class:`healkit.ConnectTimeout`,
 :class:`healkit.DeadlineExceeded`. A caller's own deadline (``deadline=`` on
 the call, or an enclosing anyio cancel scope) still applies: the earliest wins.
 
-Order: ``tryfirst`` on ``healkit_pre_request``, so plugins after it (a retry
-plugin checking the time left) see the limits of the attempt.
+The plugin has no per-call hook: it answers ``healkit_attempt_timeouts`` and
+``healkit_call_deadline`` once per service and configuration snapshot, and the
+executor applies the limits to every call and attempt before any per-call hook
+runs, so every plugin (a retry plugin checking the time left) sees them.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ LIMITS: Final = healkit.StashKey[tuple[healkit.Timeouts, float]]("healkit_timeou
 
 @final
 class TimeoutPlugin:
-    """Applies the ``timeout`` section of the call's policy to every attempt."""
+    """Gives every call and attempt the time limits of the ``timeout`` section of its service."""
 
     __slots__ = ()
 
@@ -88,32 +90,24 @@ class TimeoutPlugin:
         """Contribute the ``timeout`` section."""
         return (SECTION,)
 
-    @healkit.hookimpl(tryfirst=True)
-    def healkit_pre_request(
-        self, call: healkit.CallContext, attempt: healkit.AttemptContext
-    ) -> None:
-        """Set the attempt's limits; on the first attempt, the call's deadline."""
-        policy = call.policy
-        limits = policy.stash.get(LIMITS) or _limits(policy)  # read inline: the hot path
-        attempt.timeouts = limits[0]
-        if attempt.number == 1:
-            call.limit_deadline(limits[1])
-
     @healkit.hookimpl
     def healkit_attempt_timeouts(self, policy: healkit.ServicePolicy) -> healkit.Timeouts:
-        """Return the service's attempt limits (for its health probes)."""
-        return (policy.stash.get(LIMITS) or _limits(policy))[0]
+        """Return the limits of each attempt to ``policy``'s service (probes included)."""
+        return _limits(policy)[0]
+
+    @healkit.hookimpl
+    def healkit_call_deadline(self, policy: healkit.ServicePolicy) -> float:
+        """Return the seconds a whole call to ``policy``'s service may take."""
+        return _limits(policy)[1]
 
 
 def _limits(policy: healkit.ServicePolicy) -> tuple[healkit.Timeouts, float]:
-    """Build and keep the attempt limits and the call deadline of ``policy``.
-
-    Once per service per configuration snapshot, not once per call: read them
-    back from ``policy.stash``.
-    """
-    settings = policy.section(SECTION)
-    attempt_limits = healkit.Timeouts(
-        connect=settings.connect, read=settings.read, total=settings.attempt_limit
-    )
-    limits = policy.stash[LIMITS] = (attempt_limits, settings.deadline)
+    """Return the attempt limits and the call deadline of ``policy``, built once per policy."""
+    limits = policy.stash.get(LIMITS)
+    if limits is None:
+        settings = policy.section(SECTION)
+        attempt_limits = healkit.Timeouts(
+            connect=settings.connect, read=settings.read, total=settings.attempt_limit
+        )
+        limits = policy.stash[LIMITS] = (attempt_limits, settings.deadline)
     return limits
