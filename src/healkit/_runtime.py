@@ -47,8 +47,6 @@ ConfigInput = Mapping[str, Any] | str | os.PathLike[str] | ConfigSource | None
 SHUTDOWN_TIMEOUT: Final = 5.0
 T = TypeVar("T")
 
-"""A policy's attempt limits as the plugins give them (for requests outside a call)."""
-
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "healkit_runtime", default=None
 )

@@ -73,10 +73,6 @@ SECTION: Final = healkit.ConfigSection(
 )
 
 
-LIMITS: Final = healkit.StashKey[tuple[healkit.Timeouts, float]]("healkit_timeout.limits")
-"""The attempt limits and the call deadline of a policy, kept in ``policy.stash``."""
-
-
 @final
 class TimeoutPlugin:
     """Gives every call and attempt the time limits of the ``timeout`` section of its service."""
@@ -92,22 +88,16 @@ class TimeoutPlugin:
 
     @healkit.hookimpl
     def healkit_attempt_timeouts(self, policy: healkit.ServicePolicy) -> healkit.Timeouts:
-        """Return the limits of each attempt to ``policy``'s service (probes included)."""
-        return _limits(policy)[0]
+        """Return the limits of each attempt to ``policy``'s service (probes included).
+
+        Asked once per service and configuration snapshot: the runtime keeps the answer.
+        """
+        settings = policy.section(SECTION)
+        return healkit.Timeouts(
+            connect=settings.connect, read=settings.read, total=settings.attempt_limit
+        )
 
     @healkit.hookimpl
     def healkit_call_deadline(self, policy: healkit.ServicePolicy) -> float:
         """Return the seconds a whole call to ``policy``'s service may take."""
-        return _limits(policy)[1]
-
-
-def _limits(policy: healkit.ServicePolicy) -> tuple[healkit.Timeouts, float]:
-    """Return the attempt limits and the call deadline of ``policy``, built once per policy."""
-    limits = policy.stash.get(LIMITS)
-    if limits is None:
-        settings = policy.section(SECTION)
-        attempt_limits = healkit.Timeouts(
-            connect=settings.connect, read=settings.read, total=settings.attempt_limit
-        )
-        limits = policy.stash[LIMITS] = (attempt_limits, settings.deadline)
-    return limits
+        return policy.section(SECTION).deadline
