@@ -6,7 +6,10 @@ distributions) into its own virtual environment with ``uv sync --locked``.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import nox
@@ -16,6 +19,57 @@ nox.options.sessions = ["lint", "typecheck", "package", "tests", "bench_smoke"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
+SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
+"""The CPython versions healkit supports (pyproject's classifiers); the tests run on each."""
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    """Order pyenv's version directories numerically (3.12.10 after 3.12.9)."""
+    return tuple(int(part) for part in path.name.split(".") if part.isdigit())
+
+
+def _expose_pyenv_interpreters(versions: list[str]) -> None:
+    """Put pyenv's installed interpreters on PATH under their versioned names.
+
+    pyenv's shims refuse a version that is not selected (``python3.12: command
+    not found``), so nox would report it missing. For each version whose
+    ``pythonX.Y`` does not run, the newest ``X.Y.*`` under ``pyenv root`` is
+    linked by that name alone into a directory put first on PATH (``python``
+    itself keeps pointing where it did).
+    """
+    missing = [v for v in versions if not _runs(f"python{v}")]
+    pyenv = shutil.which("pyenv")
+    if not missing or pyenv is None:
+        return
+    root = Path(
+        subprocess.run(  # noqa: S603 - pyenv found on PATH, fixed arguments
+            [pyenv, "root"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    links = Path(tempfile.gettempdir()) / "healkit-nox-pythons"
+    links.mkdir(exist_ok=True)
+    for version in missing:
+        found = sorted(
+            root.glob(f"versions/{version}.*/bin/python{version}"),
+            key=lambda p: _version_key(p.parent.parent),
+        )
+        if not found:
+            continue
+        link = links / f"python{version}"
+        link.unlink(missing_ok=True)
+        link.symlink_to(found[-1])
+    os.environ["PATH"] = f"{links}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _runs(command: str) -> bool:
+    """Whether ``command`` is on PATH and runs (a pyenv shim of an unselected version does not)."""
+    if shutil.which(command) is None:
+        return False
+    ran = subprocess.run([command, "--version"], capture_output=True, check=False)  # noqa: S603 - a python command name of ours
+    return ran.returncode == 0
+
+
+_expose_pyenv_interpreters(SUPPORTED_PYTHONS)
 PLUGINS = (
     "healkit-timeout",
     "healkit-retry",
@@ -37,12 +91,12 @@ SYSTEM_ETCD = "/usr/bin/etcd"
 """Debian's etcd-server (3.4): when it is installed, the etcd tests run against it too."""
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=SUPPORTED_PYTHONS)
 def tests(session: nox.Session) -> None:
     """Run the whole test suite (real servers, real TLS, real etcd; everything on loopback)."""
     sync(session, "test")
     session.run("pytest", *session.posargs)
-    if not session.posargs and Path(SYSTEM_ETCD).is_file():
+    if not session.posargs and session.python == PYTHON and Path(SYSTEM_ETCD).is_file():
         session.log(f"etcd tests again, against {SYSTEM_ETCD}")
         etcd_tests = sorted(str(path) for path in Path("tests").glob("test_etcd_*.py"))
         session.run("pytest", *etcd_tests, env={"HEALKIT_ETCD_BINARY": SYSTEM_ETCD})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -27,12 +26,6 @@ __all__ = ["TICK", "AttemptTimer", "TimerWheels"]
 
 TICK: Final = 0.01
 """Resolution of attempt timers, in seconds."""
-
-_CURRENT_TASKS: Final[dict[asyncio.AbstractEventLoop, asyncio.Task[object]]] = getattr(
-    asyncio.tasks, "_current_tasks", {}
-)
-"""asyncio's task running in each loop (empty where a Python version keeps it elsewhere)."""
-
 
 @final
 class AttemptTimer:
@@ -108,16 +101,10 @@ class TimerWheels:
 
     def arm(self, seconds: float) -> AttemptTimer:
         """Arm a limit of ``seconds`` on the current task."""
-        wheel = self._last  # one read: a wheel knows its loop
-        task = None
-        if wheel is not None and getattr(wheel.loop, "_thread_id", None) == threading.get_ident():
-            # This thread is running the last wheel's loop: asyncio's own record
-            # of the task that loop is running is the current task.
-            # asyncio.current_task() would find the loop again, and CPython
-            # 3.11's get_running_loop() makes a getpid() system call to do it.
-            task = _CURRENT_TASKS.get(wheel.loop)
-        if task is None or wheel is None:
-            task, wheel = self._current()
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - healkit always runs inside a task
+            raise RuntimeError("healkit calls must run inside an asyncio task")
+        wheel = self._wheel(task.get_loop())
         tick = math.ceil((wheel.time() + seconds) / TICK)
         buckets = wheel.buckets
         bucket = buckets.get(tick)
@@ -126,14 +113,12 @@ class TimerWheels:
             wheel.loop.call_at(tick * TICK, wheel.fire, tick)
         return AttemptTimer(task, bucket)
 
-    def _current(self) -> tuple[asyncio.Task[object], _Wheel]:
-        """Return the current task and the wheel of its loop (made on first use)."""
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - healkit always runs inside a task
-            raise RuntimeError("healkit calls must run inside an asyncio task")
-        loop = task.get_loop()
-        wheel = self._wheels.get(loop)
-        if wheel is None:
-            wheel = self._wheels[loop] = _Wheel(loop)
-        self._last = wheel
-        return task, wheel
+    def _wheel(self, loop: asyncio.AbstractEventLoop) -> _Wheel:
+        """Return the wheel of ``loop`` (made on first use; the last one is kept at hand)."""
+        wheel = self._last
+        if wheel is None or wheel.loop is not loop:
+            wheel = self._wheels.get(loop)
+            if wheel is None:
+                wheel = self._wheels[loop] = _Wheel(loop)
+            self._last = wheel
+        return wheel
