@@ -39,6 +39,7 @@ import healkit_timeout
 import healkit_tls
 import healkit_tracing
 from healkit import _errors, hookspecs
+from healkit._cli import main as cli_main
 from healkit._config import CoreServiceSettings, LoggingSettings
 from healkit._degraded import SECTION as DEGRADED_SECTION
 from healkit._degraded import DegradedSettings
@@ -54,6 +55,7 @@ EXAMPLE_PLUGIN_SOURCE = (
 )
 FENCE = re.compile(r"^```(?P<lang>[\w+-]*)\s*$")
 SOURCE_MARKER = re.compile(r"^<!-- source: (?P<path>\S+) -->$")
+OUTPUT_MARKER = re.compile(r"^<!-- output: healkit (?P<args>.+) -->$")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Block:
     lang: str
     code: str
     source: str | None  # the file this block must reproduce, from a marker above it
+    command: str | None  # the healkit command whose output this block shows, from a marker
 
     @property
     def where(self) -> str:
@@ -80,6 +83,7 @@ def blocks(page: Path) -> Iterator[Block]:
             index += 1
             continue
         marker = SOURCE_MARKER.match(lines[index - 1]) if index else None
+        output = OUTPUT_MARKER.match(lines[index - 1]) if index else None
         end = index + 1
         while end < len(lines) and lines[end].strip() != "```":
             end += 1
@@ -91,6 +95,7 @@ def blocks(page: Path) -> Iterator[Block]:
             lang=opening["lang"],
             code="\n".join(lines[index + 1 : end]) + "\n",
             source=marker["path"] if marker else None,
+            command=output["args"] if output else None,
         )
         index = end + 1
 
@@ -214,6 +219,17 @@ def test_quoted_source_is_current(block: Block) -> None:
     assert block.source is not None
     source = (ROOT / block.source).read_text(encoding="utf-8")
     assert block.code == source, f"{block.where}: update the copy of {block.source}"
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.command], ids=lambda b: b.where)
+def test_sample_output_is_current(
+    block: Block, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block under ``<!-- output: healkit ARGS -->`` is what that command prints."""
+    assert block.command is not None
+    monkeypatch.delenv("HEALKIT_BLOCK_PLUGINS", raising=False)
+    assert cli_main(block.command.split()) == 0
+    assert capsys.readouterr().out == block.code, f"{block.where}: update the sample output"
 
 
 def test_the_example_plugin_is_quoted_in_the_guide() -> None:

@@ -97,7 +97,12 @@ def test_wrappers_are_refused_on_per_call_hooks() -> None:
         def healkit_pre_request(self, call: Any, attempt: Any) -> Any:
             return (yield)
 
-    pm = create_plugin_manager(plugins=[Wrapper()], entry_points=False)
+    with pytest.raises(healkit.PluginError, match="wrappers are not supported") as caught:
+        create_plugin_manager(plugins=[Wrapper()], entry_points=False)
+    assert caught.value.hook == "register"
+    # A plugin registered on the manager directly is still refused by the plan.
+    pm = create_plugin_manager(entry_points=False)
+    pm.register(Wrapper())
     with pytest.raises(healkit.PluginError, match="wrappers are not supported"):
         CallPlan(pm, lambda *_: None, lambda *_: None)
 

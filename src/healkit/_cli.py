@@ -2,7 +2,7 @@
 
 ::
 
-    healkit plugins [--json] [--block NAME ...]
+    healkit plugins [--json] [--check] [--block NAME ...]
     healkit config validate FILE [--block NAME ...]
     healkit config push FILE|DIR [--dry-run] [--prune]     (etcd; see _cli_etcd)
     healkit config get [SERVICE] [--format json|yaml|toml]
@@ -28,7 +28,12 @@ from healkit._cli_etcd import add_commands as add_etcd_commands
 from healkit._config import build_config
 from healkit._config_formats import load_file
 from healkit._errors import ConfigError, EtcdError, PluginError
-from healkit._plugins import create_plugin_manager, describe_plugins
+from healkit._plugins import (
+    check_plugin_sections,
+    create_plugin_manager,
+    describe_plugins,
+    inspect_plugins,
+)
 from healkit._runtime import config_sections
 
 __all__ = ["main"]
@@ -58,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list the plugins healkit loads, and their hooks")
     plugins.add_argument("--json", action="store_true", help="print one JSON array")
+    plugins.add_argument(
+        "--check",
+        action="store_true",
+        help="also check each plugin's configuration sections; exit 1 if any plugin is broken",
+    )
     _block_option(plugins)
     plugins.set_defaults(run=_plugins)
 
@@ -114,19 +124,31 @@ def _block_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _plugins(args: argparse.Namespace, out: TextIO) -> int:
-    infos = describe_plugins(create_plugin_manager(block=args.block))
+    pm = inspect_plugins(block=args.block)
+    problems = check_plugin_sections(pm) if args.check else {}
+    infos = describe_plugins(pm, problems)
+    broken = [info for info in infos if info.error is not None]
     if args.json:
         out.write(msgspec.json.encode(infos).decode() + "\n")
-        return EXIT_OK
-    if not infos:
+    elif not infos:
         out.write("no plugins installed\n")
-        return EXIT_OK
-    for info in infos:
+    for info in infos if not args.json else ():
         origin = f"{info.distribution} {info.version}" if info.distribution else info.source
         role = " (observer)" if info.observer else ""
-        out.write(f"{info.name}{role}: {origin}\n")
-        out.write(f"    hooks: {', '.join(info.hooks)}\n")
-    return EXIT_OK
+        state = " BROKEN" if info.error is not None else ""
+        out.write(f"{info.name}{role}: {origin}{state}\n")
+        if info.error is not None:
+            out.write(f"    error: {info.error}\n")
+        else:
+            out.write(f"    hooks: {', '.join(info.hooks)}\n")
+    if broken and not args.json:
+        names = ",".join(info.name for info in broken)
+        sys.stderr.write(
+            f"healkit: {len(broken)} broken plugin{'s' if len(broken) != 1 else ''}: every "
+            f"client refuses to start until it is fixed or blocked "
+            f"(HEALKIT_BLOCK_PLUGINS={names})\n"
+        )
+    return EXIT_INVALID if args.check and broken else EXIT_OK
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:

@@ -327,9 +327,19 @@ class PluginError(HealkitError):
     """
 
     def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
-        super().__init__(f"plugin {plugin!r} crashed in {hook}: {type(error).__name__}: {error}")
+        message = f"plugin {plugin!r} crashed in {hook}: {type(error).__name__}: {error}"
+        if hook in _SETUP_STEPS:
+            message += (
+                f" (to run without it, block it: HEALKIT_BLOCK_PLUGINS={plugin} in the "
+                f"environment, or healkit.Client(block_plugins=[{plugin!r}]))"
+            )
+        super().__init__(message)
         self.plugin = plugin
         self.hook = hook
+
+
+_SETUP_STEPS: Final = frozenset({"load", "register"})
+"""The ``PluginError.hook`` values of a plugin that could not be set up at all."""
 
 
 class EtcdError(HealkitError):

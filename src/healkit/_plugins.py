@@ -11,21 +11,31 @@ Any of them can be blocked by name.
 
 An entry point names a plugin class (instantiated with no arguments, once per
 plugin manager, so each client has its own plugin state) or a ready object.
+
+A plugin is checked when it is registered: no wrapper on a per-call hook (they
+are compiled into a call plan) and no ``async def`` implementation of a hook
+that may not return an awaitable (pluggy would hand back an unawaited
+coroutine, and the plugin's effect would silently never happen).
+:func:`inspect_plugins` loads the same plugins without stopping at the first
+broken one, for ``healkit plugins``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Final, final
 
 import msgspec
 import pluggy
 
 from healkit import hookspecs
+from healkit._config import ConfigSection
 from healkit._degraded import DegradedResponses
 from healkit._errors import PluginError
+from healkit._plan import PER_CALL_HOOKS
 from healkit._routing import Router
 
 __all__ = [
@@ -35,8 +45,10 @@ __all__ = [
     "PluginInfo",
     "PluginManager",
     "call_each",
+    "check_plugin_sections",
     "create_plugin_manager",
     "describe_plugins",
+    "inspect_plugins",
 ]
 
 ENTRY_POINT_GROUP: Final = "healkit"
@@ -44,22 +56,48 @@ BLOCK_ENV: Final = "HEALKIT_BLOCK_PLUGINS"
 """Comma-separated plugin names never to load, in addition to ``block=``."""
 BUILTIN_PLUGINS: Final[tuple[Callable[[], object], ...]] = (DegradedResponses, Router)
 """The core's own plugins, registered first in every plugin manager."""
+AWAITABLE_HOOKS: Final = frozenset({"healkit_fallback", "healkit_shutdown"})
+"""The hooks whose implementations may return an awaitable (healkit awaits it)."""
 
 
 @final
 class PluginManager(pluggy.PluginManager):
-    """pluggy's plugin manager, remembering the distribution of each entry-point plugin."""
+    """pluggy's plugin manager, remembering the distribution of each entry-point plugin.
+
+    Attributes:
+        distributions: ``(distribution, version)`` of each plugin that has one.
+        builtins: the names of healkit's own built-in plugins.
+        broken: the plugins that could not be loaded or registered, with the
+            error, when the manager was built by :func:`inspect_plugins`.
+
+    """
 
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.distributions: dict[str, tuple[str, str]] = {}
         self.builtins: set[str] = set()
+        self.broken: dict[str, PluginError] = {}
 
 
 @final
 class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``healkit plugins`` shows about one registered plugin."""
+    """What ``healkit plugins`` shows about one installed plugin.
+
+    Attributes:
+        name: the registered (or entry point) name.
+        distribution: the distribution that installed it, if any.
+        version: that distribution's version.
+        hooks: the hooks it implements (none for a broken plugin).
+        observer: whether it is an observer plugin.
+        source: ``"built-in"`` (part of healkit's core), ``"entry point"`` (an
+            installed distribution's ``healkit`` entry point) or ``"explicit"``
+            (passed to ``Client(plugins=...)`` / ``create_plugin_manager``).
+        error: why the plugin cannot be used (it failed to import, to build or
+            to register, or ``healkit plugins --check`` found a problem in it);
+            ``None`` for a working plugin.
+
+    """
 
     name: str
     distribution: str | None
@@ -67,6 +105,7 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     hooks: tuple[str, ...]
     observer: bool
     source: str
+    error: str | None = None
 
 
 def create_plugin_manager(
@@ -88,9 +127,31 @@ def create_plugin_manager(
             built-in plugins are registered either way).
 
     Raises:
-        PluginError: an entry point failed to load, or two plugins share a name.
+        PluginError: an entry point failed to load, a plugin breaks the hook
+            contract (see the module docstring), or two plugins share a name.
+            The message says how to block the plugin.
 
     """
+    return _build(plugins, block, entry_points=entry_points, keep_going=False)
+
+
+def inspect_plugins(*, block: Collection[str] = ()) -> PluginManager:
+    """Load every installed plugin as :func:`create_plugin_manager` does, without failing.
+
+    A plugin that fails to load or to register is left out and recorded in
+    :attr:`PluginManager.broken`; the others are registered as usual. This is
+    what ``healkit plugins`` diagnoses with; a runtime never uses it.
+    """
+    return _build((), block, entry_points=True, keep_going=True)
+
+
+def _build(
+    plugins: Iterable[object],
+    block: Collection[str],
+    *,
+    entry_points: bool,
+    keep_going: bool,
+) -> PluginManager:
     pm = PluginManager()
     blocked = set(block) | {
         n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()
@@ -103,7 +164,7 @@ def create_plugin_manager(
     replaced = {name for _, name in explicit}
     _register_builtins(pm, replaced)
     if entry_points:
-        _register_entry_points(pm, replaced)
+        _register_entry_points(pm, replaced, keep_going=keep_going)
     for plugin, name in explicit:
         _register(pm, plugin, name)
     try:
@@ -151,22 +212,33 @@ def _register_builtins(pm: PluginManager, replaced: Collection[str]) -> None:
             pm.builtins.add(name)
 
 
-def _register_entry_points(pm: PluginManager, replaced: Collection[str]) -> None:
+def _register_entry_points(
+    pm: PluginManager, replaced: Collection[str], *, keep_going: bool
+) -> None:
     for ep in sorted(
         importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
     ):
         if pm.is_blocked(ep.name) or ep.name in replaced:
             continue
-        if pm.has_plugin(ep.name):
-            raise PluginError(ep.name, "load", LookupError("two entry points share this name"))
-        try:
-            loaded = ep.load()
-            plugin = loaded() if isinstance(loaded, type) else loaded
-        except Exception as exc:
-            raise PluginError(ep.name, "load", exc) from exc
-        _register(pm, plugin, ep.name)
         if ep.dist is not None:
             pm.distributions[ep.name] = (ep.dist.name, ep.dist.version)
+        try:
+            _load_entry_point(pm, ep)
+        except PluginError as error:
+            if not keep_going:
+                raise
+            pm.broken[ep.name] = error
+
+
+def _load_entry_point(pm: PluginManager, ep: importlib.metadata.EntryPoint) -> None:
+    if pm.has_plugin(ep.name) or ep.name in pm.broken:
+        raise PluginError(ep.name, "load", LookupError("two entry points share this name"))
+    try:
+        loaded = ep.load()
+        plugin = loaded() if isinstance(loaded, type) else loaded
+    except Exception as exc:
+        raise PluginError(ep.name, "load", exc) from exc
+    _register(pm, plugin, ep.name)
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
@@ -176,14 +248,90 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
         raise PluginError(name, "register", exc) from exc
     except pluggy.PluginValidationError as exc:
         raise PluginError(name, "register", exc) from exc
+    try:
+        _check_contract(pm, plugin)
+    except TypeError as exc:
+        pm.unregister(plugin)
+        raise PluginError(name, "register", exc) from exc
+
+
+def _check_contract(pm: pluggy.PluginManager, plugin: object) -> None:
+    """Refuse what pluggy accepts but healkit's pipeline cannot honour.
+
+    Raises:
+        TypeError: a wrapper on a per-call hook, or an ``async def`` (or async
+            generator) implementation of a hook that may not return an awaitable.
+
+    """
+    for caller in pm.get_hookcallers(plugin) or ():
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            if caller.name in PER_CALL_HOOKS and (impl.hookwrapper or impl.wrapper):
+                raise TypeError(
+                    f"{caller.name} is a wrapper: wrappers are not supported on "
+                    "per-call hooks; use tryfirst/trylast"
+                )
+            function = impl.function
+            if caller.name not in AWAITABLE_HOOKS and (
+                inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+            ):
+                allowed = " and ".join(sorted(AWAITABLE_HOOKS))
+                raise TypeError(
+                    f"{caller.name} is an async function, but this hook may not await "
+                    f"(only {allowed} may return an awaitable; start a background task "
+                    "in healkit_startup for other I/O)"
+                )
+
+
+def check_plugin_sections(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Ask every plugin for its configuration sections; return each plugin's problem.
+
+    Finds, before any configuration is applied, what ``config validate`` or
+    the first call would otherwise find: a section with an invalid name, a
+    settings type that is not a msgspec Struct, a setting without a default,
+    a result that is not a sequence of :class:`healkit.ConfigSection`, or two
+    plugins declaring one section.
+    """
+    problems: dict[str, str] = {}
+    owners: dict[str, str] = {}
+
+    def failed(plugin: str, hook: str, error: Exception) -> None:
+        problems[plugin] = f"{hook}: {type(error).__name__}: {error}"
+
+    for plugin, result in call_each(pm, "healkit_config_sections", {}, failed):
+        if not isinstance(result, Sequence) or not all(
+            isinstance(section, ConfigSection) for section in result
+        ):
+            problems[plugin] = (
+                "healkit_config_sections: expected a sequence of healkit.ConfigSection, "
+                f"got {result!r}"
+            )
+            continue
+        for section in result:
+            other = owners.setdefault(section.name, plugin)
+            if other != plugin:
+                problems[plugin] = f"section {section.name!r} is also declared by {other!r}"
+    return problems
 
 
 def _name_of(plugin: object) -> str:
     return str(getattr(plugin, "healkit_name", None) or type(plugin).__name__)
 
 
-def describe_plugins(pm: PluginManager) -> list[PluginInfo]:
-    """Return one :class:`PluginInfo` per registered plugin, sorted by name."""
+def describe_plugins(
+    pm: PluginManager, problems: Mapping[str, str] | None = None
+) -> list[PluginInfo]:
+    """Return one :class:`PluginInfo` per plugin, sorted by name.
+
+    Args:
+        pm: the plugin manager; its broken plugins (see :func:`inspect_plugins`)
+            are listed too, with their error.
+        problems: further problems by plugin name (from a check), shown as the
+            plugin's ``error``.
+
+    """
+    problems = problems or {}
     infos: list[PluginInfo] = []
     dists = pm.distributions
     for name, plugin in pm.list_name_plugin():
@@ -201,6 +349,20 @@ def describe_plugins(pm: PluginManager) -> list[PluginInfo]:
                 source="built-in"
                 if name in pm.builtins
                 else ("entry point" if dist else "explicit"),
+                error=problems.get(name),
+            )
+        )
+    for name, error in pm.broken.items():
+        dist = dists.get(name)
+        infos.append(
+            PluginInfo(
+                name=name,
+                distribution=dist[0] if dist else None,
+                version=dist[1] if dist else None,
+                hooks=(),
+                observer=False,
+                source="entry point",
+                error=str(error),
             )
         )
     return sorted(infos, key=lambda i: i.name)
