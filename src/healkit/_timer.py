@@ -27,6 +27,7 @@ __all__ = ["TICK", "AttemptTimer", "TimerWheels"]
 TICK: Final = 0.01
 """Resolution of attempt timers, in seconds."""
 
+
 @final
 class AttemptTimer:
     """One armed attempt limit on the current task."""
