@@ -586,7 +586,11 @@ def test_watch_ends_with_status_130_on_ctrl_c(server: EtcdServer, namespace: str
         assert process.stdout is not None
         assert process.stdout.readline().startswith(f"watching {root(namespace)}")
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=DEADLINE)
+        try:
+            _, err = process.communicate(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()  # never leave the with block waiting for a hung child
+            raise
     assert process.returncode == 130
     assert err == "healkit: interrupted\n"
 
