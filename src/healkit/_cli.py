@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from typing import Final, TextIO
@@ -58,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healkit", description="Resilience for asyncio outbound calls."
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"healkit {importlib.metadata.version('healkit')}",
+        help="print healkit's version and exit",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 

@@ -1,0 +1,7 @@
+"""``python -m healkit``: the ``healkit`` command line."""
+
+import sys
+
+from healkit._cli import main
+
+sys.exit(main())
