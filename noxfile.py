@@ -119,14 +119,23 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
-    """Build every distribution; install each plugin alone beside the core wheel."""
+    """Build every distribution; install the core (with its timeout plugin) and each plugin."""
     dist = Path(session.create_tmp()) / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     session.run("uv", "build", "--all-packages", "--out-dir", str(dist), external=True)
-    core = next(dist.glob("healkit-*.whl"))
+
+    def wheel(distribution: str) -> str:
+        return str(next(dist.glob(f"{distribution.replace('-', '_')}-*.whl")))
+
+    # The core depends on healkit-timeout: both wheels are given, so nothing
+    # of healkit's is looked up on an index.
+    core = [wheel("healkit"), wheel("healkit-timeout")]
+    session.run("uv", "pip", "install", "--reinstall", *core)
+    session.run("python", "-c", "import healkit, healkit_timeout; print('core and timeout ok')")
     for plugin in PLUGINS:
-        wheel = next(dist.glob(f"{plugin.replace('-', '_')}-*.whl"))
-        session.run("uv", "pip", "install", "--reinstall", str(core), str(wheel))
+        if plugin == "healkit-timeout":
+            continue
+        session.run("uv", "pip", "install", "--reinstall", *core, wheel(plugin))
         module = plugin.replace("-", "_")
         session.run("python", "-c", f"import healkit, {module}; print({module}.__name__, 'ok')")
         session.run("uv", "pip", "uninstall", plugin)

@@ -106,9 +106,24 @@ def test_urls_map_to_the_longest_matching_endpoint() -> None:
     assert config.service_for_url("http://other.test/") is None
 
 
-def test_a_section_of_an_uninstalled_plugin_is_an_unknown_key() -> None:
-    with pytest.raises(healkit.ConfigError, match="unknown key 'timeout'"):
-        healkit.build_config({"services": {"a": {"timeout": {"read": 1}}}}, ())
+@pytest.mark.parametrize("section", ["timeout", "retry", "breaker", "tls", "tracing"])
+def test_a_section_of_an_uninstalled_first_party_plugin_names_its_extra(section: str) -> None:
+    document = {"defaults": {section: {}}, "services": {"a": {section: {"x": 1}}}}
+    with pytest.raises(healkit.ConfigError) as caught:
+        healkit.build_config(document, ())
+    hint = (
+        f"section {section!r} belongs to the healkit-{section} plugin, which is not installed "
+        f"(or is blocked): pip install 'healkit[{section}]'"
+    )
+    assert [(i.path, i.reason) for i in caught.value.issues] == [
+        ("$.defaults", hint),
+        ("$.services.a", hint),
+    ]
+
+
+def test_a_section_of_an_unknown_plugin_is_an_unknown_key() -> None:
+    with pytest.raises(healkit.ConfigError, match="unknown key 'ratelimit'"):
+        healkit.build_config({"services": {"a": {"ratelimit": {"rate": 1}}}}, ())
 
 
 json_values = st.recursive(

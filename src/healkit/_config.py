@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Annotated, Any, Final, Generic, TypeVar, cast, final
 
 import msgspec
@@ -143,6 +143,15 @@ class CoreServiceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
 
 
 CORE_KEYS: Final = frozenset(f for f in CoreServiceSettings.__struct_fields__)
+
+FIRST_PARTY_SECTIONS: Final = {
+    "timeout": ("healkit-timeout", "timeout"),
+    "retry": ("healkit-retry", "retry"),
+    "breaker": ("healkit-breaker", "breaker"),
+    "tls": ("healkit-tls", "tls"),
+    "tracing": ("healkit-tracing", "tracing"),
+}
+"""The sections of healkit's own plugins: distribution, and the extra that installs it."""
 
 
 @final
@@ -301,6 +310,8 @@ def build_config(
             ConfigIssue("$.defaults.endpoints", "endpoints belong to a service, not to defaults")
         )
         defaults_raw = {k: v for k, v in defaults_raw.items() if k != "endpoints"}
+    known_sections = {section.name for section in section_list}
+    defaults_raw = _without_missing_plugins(defaults_raw, "$.defaults", known_sections, issues)
     defaults_struct, found = validate(defaults_raw, service_type, path="$.defaults")
     issues += found
     defaults_ok = not found
@@ -308,8 +319,10 @@ def build_config(
 
     services: dict[str, ServicePolicy] = {}
     for name, doc in sorted(services_raw.items()):
+        path = join_path("$.services", name)
+        doc = _without_missing_plugins(doc, path, known_sections, issues)  # noqa: PLW2901
         merged = merge(defaults_raw, doc) if defaults_ok else doc
-        struct, found = validate(merged, service_type, path=join_path("$.services", name))
+        struct, found = validate(merged, service_type, path=path)
         issues += found
         if struct is not None:
             services[name] = _policy(name, struct, section_list)
@@ -323,6 +336,26 @@ def build_config(
         logging=logging,
         sections=section_list,
     )
+
+
+def _without_missing_plugins(
+    doc: Mapping[str, Any], path: str, known: Collection[str], issues: list[ConfigIssue]
+) -> Mapping[str, Any]:
+    """Report each section of a first-party plugin that is not installed; drop it.
+
+    The generic "unknown key" would list the known keys; this says what to install.
+    """
+    missing = [key for key in doc if key in FIRST_PARTY_SECTIONS and key not in known]
+    for key in missing:
+        distribution, extra = FIRST_PARTY_SECTIONS[key]
+        issues.append(
+            ConfigIssue(
+                path,
+                f"section {key!r} belongs to the {distribution} plugin, which is not "
+                f"installed (or is blocked): pip install 'healkit[{extra}]'",
+            )
+        )
+    return {k: v for k, v in doc.items() if k not in missing} if missing else doc
 
 
 def url_under(url: str, endpoint: str) -> bool:
