@@ -37,6 +37,7 @@ from typing import Final
 
 import aiohttp
 import aiohttp_retry
+import httpx
 import stamina
 import tenacity
 from _harness import ScenarioResult, Settings, Spread, Table, Target, progress, spread
@@ -50,6 +51,7 @@ from _plugins import (
 )
 
 import healkit
+from healkit.httpx import ResilientTransport
 from healkit_timeout import TimeoutPlugin
 
 __all__ = ["CLIENTS", "REFERENCE", "loopback_server", "run"]
@@ -197,6 +199,33 @@ async def stamina_aiohttp(url: str) -> AsyncIterator[Fetch]:
         yield fetch
 
 
+@asynccontextmanager
+async def raw_httpx(url: str) -> AsyncIterator[Fetch]:
+    """Plain ``httpx.AsyncClient.get`` (the body is read): the reference of healkit.httpx."""
+    limits = httpx.Timeout(30.0, connect=5.0)
+    async with httpx.AsyncClient(timeout=limits) as client:
+
+        async def fetch() -> int:
+            response = await client.get(url)
+            return response.status_code
+
+        yield fetch
+
+
+@asynccontextmanager
+async def healkit_httpx(url: str) -> AsyncIterator[Fetch]:
+    """``httpx.AsyncClient`` on healkit's transport with the timeout plugin."""
+    config = {"services": {"bench": service_document(url, tls=False)}}
+    transport = ResilientTransport(config=config, plugins=[TimeoutPlugin()], entry_points=False)
+    async with httpx.AsyncClient(transport=transport) as client:
+
+        async def fetch() -> int:
+            response = await client.get(url)
+            return response.status_code
+
+        yield fetch
+
+
 CLIENTS: Final[dict[str, ClientVariant]] = {
     REFERENCE: raw_aiohttp,
     "healkit": healkit_client,
@@ -206,6 +235,8 @@ CLIENTS: Final[dict[str, ClientVariant]] = {
     "aiohttp-retry": aiohttp_retry_client,
     "tenacity+aiohttp": tenacity_aiohttp,
     "stamina+aiohttp": stamina_aiohttp,
+    "httpx": raw_httpx,
+    "healkit.httpx": healkit_httpx,
 }
 """The clients compared: name -> variant. The reference comes first.
 
@@ -336,6 +367,9 @@ def run(settings: Settings) -> ScenarioResult:
         "rounds": sizes.rounds,
         "concurrency": sizes.concurrency,
         "variants": variants,
+        "healkit.httpx_cpu_ratio_to_httpx": round(
+            cpu["healkit.httpx"].median / cpu["httpx"].median, 3
+        ),
     }
     rows = tuple(
         (
@@ -379,6 +413,11 @@ def run(settings: Settings) -> ScenarioResult:
             "metrics to an InMemoryMetricReader)."
         ),
     ]
+    notes.append(
+        "healkit.httpx = httpx.AsyncClient on healkit.httpx.ResilientTransport with the "
+        "timeout plugin; its CPU per request is "
+        f"{cpu['healkit.httpx'].median / cpu['httpx'].median:.3f} x raw httpx's."
+    )
     if not SDK_AVAILABLE:
         notes.append(SDK_MISSING_NOTE)
     return ScenarioResult(data=data, tables=[table], targets=targets, notes=notes)

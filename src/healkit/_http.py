@@ -23,7 +23,7 @@ from healkit._errors import BodyTooLargeError, RequestError, map_aiohttp_error
 from healkit._outcome import Outcome
 from healkit._response import CHUNK_SIZE, OUTCOME_HEADER, Response
 
-__all__ = ["HttpTransport", "join_url"]
+__all__ = ["HttpTransport", "attempt_headers", "join_url"]
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -53,13 +53,7 @@ class HttpTransport:
         if attempt.endpoint is None:
             raise RequestError(f"no endpoint to send {call.method} {call.target} to")
         url = join_url(attempt.endpoint, call.target)
-        headers = call.headers_if_any()
-        if attempt.withheld_headers and headers:
-            withheld = attempt.withheld_headers
-            headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in withheld)
-        if attempt.headers:
-            headers = CIMultiDict(headers or ())
-            headers.update(attempt.headers)
+        headers = attempt_headers(call, attempt)
         limits = attempt.timeouts
         options = self._options
         if attempt.ssl is not None and "ssl" not in options:
@@ -121,6 +115,18 @@ class HttpTransport:
         """Attach the outcome."""
         result.bind_outcome(outcome)
         return result
+
+
+def attempt_headers(call: CallContext, attempt: AttemptContext) -> CIMultiDict[str] | None:
+    """Return the headers one attempt sends: the call's, less withheld ones, plus the attempt's."""
+    headers = call.headers_if_any()
+    if attempt.withheld_headers and headers:
+        withheld = attempt.withheld_headers
+        headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in withheld)
+    if attempt.headers:
+        headers = CIMultiDict(headers or ())
+        headers.update(attempt.headers)
+    return headers
 
 
 def join_url(endpoint: str, target: str) -> str:

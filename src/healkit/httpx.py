@@ -1,0 +1,394 @@
+"""healkit for httpx: the resilience pipeline as an ``httpx.AsyncBaseTransport``.
+
+Install with ``pip install 'healkit[httpx]'``. Any ``httpx.AsyncClient`` (and
+any SDK that accepts one) then runs every request through healkit: the same
+configuration, plugins, errors and outcome as :class:`healkit.Client`::
+
+    transport = healkit.httpx.ResilientTransport(config=CONFIG)
+    base = "https://payments.internal"
+    async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+        response = await client.post("/v1/charges", json={"amount": 42})
+        print(healkit.httpx.outcome_of(response).path)
+
+What httpx does and what healkit does:
+
+* httpx builds the request (auth, cookies, base URL, encodings) and follows
+  redirects above the transport: each hop reaches this transport as a request
+  of its own, and so is a healkit call of its own;
+* healkit maps the request's URL to a service by its endpoints (or uses
+  ``service=``), applies the service's policy (timeouts as httpx's per-request
+  connect/read/write/pool limits, retries, breaker, routing, fallback), and
+  sends each attempt through the wrapped transport (``httpx.AsyncHTTPTransport()``
+  by default). A URL under one of the service's endpoints may be re-routed to
+  another endpoint or fallback group, as a call addressed by service name is;
+* the response body is read within the attempt (capped by ``max_body_bytes``),
+  so a truncated body is a failed attempt that can be retried; with
+  ``stream=True`` a response is judged on its head and its body is read by the
+  caller as it arrives (server-sent events, large downloads);
+* failures raise healkit's errors (:class:`healkit.HealkitError` and its
+  subclasses, with the attempt history), not httpx's;
+* TLS is the wrapped transport's (``httpx.AsyncHTTPTransport(verify=...)``):
+  httpx has no per-request TLS context, so the TLS plugin's per-service
+  contexts do not apply here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import ssl
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final, Self, final
+
+import httpx
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from healkit._client import IDEMPOTENCY_HEADER
+from healkit._client import _address as address
+from healkit._clock import SYSTEM_CLOCK, Clock
+from healkit._config import url_under
+from healkit._context import AttemptContext, CallContext, Fallback
+from healkit._errors import (
+    BodyTooLargeError,
+    ConnectError,
+    ConnectionLostError,
+    ConnectTimeout,
+    DNSError,
+    HealkitError,
+    ReadTimeout,
+    RequestError,
+    TLSError,
+)
+from healkit._http import IDEMPOTENT_METHODS, attempt_headers, join_url
+from healkit._outcome import Outcome
+from healkit._pipeline import execute
+from healkit._response import OUTCOME_HEADER, Response
+from healkit._runtime import ConfigInput, Runtime
+
+__all__ = ["OUTCOME_EXTENSION", "ResilientTransport", "map_httpx_error", "outcome_of"]
+
+OUTCOME_EXTENSION: Final = "healkit.outcome"
+"""The key of a response's ``extensions`` under which the call's outcome is kept."""
+
+_HOP_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
+"""Headers of the original request that each attempt's request sets for itself."""
+
+
+@final
+class ResilientTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that runs each request through healkit's pipeline.
+
+    Args:
+        transport: the transport that sends each attempt (by default a new
+            ``httpx.AsyncHTTPTransport()``, closed with this one).
+        service: the service whose policy applies to every request; by default
+            each request's URL is mapped to a service by its endpoints.
+        stream: judge responses on their head and let the caller read the body
+            as it arrives, instead of reading it within the attempt.
+        config: as for :class:`healkit.Client`.
+        plugins: as for :class:`healkit.Client`.
+        block_plugins: as for :class:`healkit.Client`.
+        entry_points: as for :class:`healkit.Client`.
+        clock: as for :class:`healkit.Client`.
+        runtime: share an existing :class:`healkit.Runtime` (then ``config``,
+            ``plugins``, ``block_plugins``, ``entry_points`` and ``clock`` must
+            not be given); one this transport did not start is not stopped by it.
+
+    The runtime is started on first use (or by ``async with`` on the client)
+    and stopped by ``aclose()``, which ``httpx.AsyncClient`` calls when it closes.
+
+    """
+
+    def __init__(  # noqa: D107, PLR0913 - documented on the class; every option is keyword-only
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        service: str | None = None,
+        stream: bool = False,
+        config: ConfigInput = None,
+        plugins: tuple[object, ...] | list[object] = (),
+        block_plugins: tuple[str, ...] | list[str] = (),
+        entry_points: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
+        runtime: Runtime | None = None,
+    ) -> None:
+        if runtime is None:
+            runtime = Runtime(
+                config=config,
+                plugins=plugins,
+                block_plugins=block_plugins,
+                entry_points=entry_points,
+                clock=clock,
+            )
+            self._owns_runtime = True
+        elif (
+            config is not None
+            or plugins
+            or block_plugins
+            or not entry_points
+            or clock is not SYSTEM_CLOCK
+        ):
+            raise TypeError("pass either runtime= or the options to build one, not both")
+        else:
+            self._owns_runtime = not runtime.started
+        self.runtime = runtime
+        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._service = service
+        self._stream = stream
+        self._starting: asyncio.Lock | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        """Start the runtime and enter the wrapped transport."""
+        await self._inner.__aenter__()
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        """Close: see :meth:`aclose`."""
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the runtime (if this transport started it) and close the wrapped transport."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._closing:
+                await asyncio.gather(*self._closing, return_exceptions=True)
+            if self._owns_runtime and self.runtime.started:
+                await self.runtime.stop()
+        finally:
+            await self._inner.aclose()
+
+    async def _start(self) -> None:
+        if self.runtime.started:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            await self.runtime.start()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Run ``request`` through the pipeline; return the response it ends with.
+
+        Raises:
+            HealkitError: the call failed for good (``error.attempts`` tells how),
+                the transport is closed, or the request is invalid.
+
+        """
+        if self._closed:
+            raise RequestError("the healkit httpx transport is closed")
+        await self._start()
+        body = await request.aread()
+        runtime = self.runtime
+        config = runtime.config
+        target = str(request.url)
+        endpoint, path, service, policy, _ = address(config, target, self._service)
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.multi_items()
+            if name.lower() not in _HOP_HEADERS
+        )
+        method = request.method.upper()
+        clock = runtime.clock
+        now = clock.now()
+        call = CallContext._start(  # noqa: SLF001 - by position, as healkit.Client builds it
+            service,
+            "http",
+            method,
+            path,
+            config,
+            policy,
+            clock,
+            headers or None,
+            method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in headers,
+            True,  # noqa: FBT003 - replayable: the body was read, every attempt can send it
+            now,
+            math.inf,
+            url_under(target, endpoint),  # routable: the URL is under a configured endpoint
+        )
+        attempts = _Attempts(self._inner, body, request.extensions, self._stream, self._closing)
+        return await execute(runtime, call, attempts, endpoint)
+
+
+def outcome_of(response: httpx.Response) -> Outcome:
+    """Return how healkit got ``response``: path taken, attempts, endpoint.
+
+    Raises:
+        LookupError: the response did not come through a :class:`ResilientTransport`.
+
+    """
+    outcome = response.extensions.get(OUTCOME_EXTENSION)
+    if not isinstance(outcome, Outcome):
+        raise LookupError(  # noqa: TRY004 - a missing entry, not an argument of the wrong type
+            "this response did not come through healkit's httpx transport"
+        )
+    return outcome
+
+
+@final
+class _Attempts:
+    """Sends the attempts of one call through the wrapped httpx transport."""
+
+    __slots__ = ("_body", "_closing", "_extensions", "_inner", "_stream")
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        body: bytes,
+        extensions: dict[str, object],
+        stream: bool,
+        closing: set[asyncio.Task[None]],
+    ) -> None:
+        self._inner = inner
+        self._body = body
+        self._extensions = extensions
+        self._stream = stream
+        self._closing = closing
+
+    async def send(
+        self, call: CallContext, attempt: AttemptContext
+    ) -> tuple[httpx.Response, Response | None]:
+        if attempt.endpoint is None:
+            raise RequestError(f"no endpoint to send {call.method} {call.target} to")
+        url = join_url(attempt.endpoint, call.target)
+        limits = attempt.timeouts
+        extensions = {
+            **self._extensions,
+            "timeout": {
+                "connect": limits.connect,
+                "pool": limits.connect,
+                "read": limits.read,
+                "write": limits.read,
+            },
+        }
+        headers = attempt_headers(call, attempt)
+        try:
+            request = httpx.Request(
+                call.method,
+                url,
+                headers=list(headers.items()) if headers else None,
+                content=self._body,
+                extensions=extensions,
+            )
+            answer = await self._inner.handle_async_request(request)
+            attempt.status = answer.status_code
+            answer.headers.pop(OUTCOME_HEADER, None)  # only healkit says how a call went
+            judged = Response(
+                answer.status_code,
+                headers=CIMultiDictProxy(CIMultiDict(answer.headers.multi_items())),
+                url=call.config.redactor.url(url),
+                reason=answer.reason_phrase,
+            )
+            if self._stream:
+                return answer, judged
+            try:
+                raw = await _read_capped(answer, call.policy.max_body_bytes, judged.url)
+            finally:
+                await answer.aclose()
+        except httpx.HTTPError as exc:
+            redacted = call.config.redactor.url(url)
+            raise map_httpx_error(
+                exc, url=redacted, connect=limits.connect, read=limits.read
+            ) from exc
+        except httpx.InvalidURL as exc:
+            raise RequestError(f"invalid URL {call.config.redactor.url(url)}: {exc}") from exc
+        result = httpx.Response(
+            answer.status_code,
+            headers=answer.headers,
+            content=raw,
+            extensions=dict(answer.extensions),
+        )
+        judged = Response(
+            answer.status_code,
+            headers=judged.headers,
+            body=raw,
+            url=judged.url,
+            reason=judged.reason,
+        )
+        return result, judged
+
+    def discard(self, result: httpx.Response) -> None:
+        """Close a streaming response declared a failure (in the background: it awaits)."""
+        if self._stream and not result.is_closed:
+            task = asyncio.get_running_loop().create_task(result.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def accept(self, fallback: Fallback) -> httpx.Response | None:
+        value = fallback.value
+        if isinstance(value, httpx.Response):  # an answer from a fallback endpoint
+            value.headers[OUTCOME_HEADER] = fallback.path
+            return value
+        if not isinstance(value, Response):
+            return None
+        headers = [(k, v) for k, v in value.headers.items() if k.lower() != "content-length"]
+        headers.append((OUTCOME_HEADER, fallback.path))
+        return httpx.Response(value.status, headers=headers, content=value.body)
+
+    def finish(self, result: httpx.Response, outcome: Callable[[], Outcome]) -> httpx.Response:
+        result.extensions[OUTCOME_EXTENSION] = outcome()
+        return result
+
+
+async def _read_capped(answer: httpx.Response, limit: int, url: str) -> bytes:
+    """Read a body as it came on the wire (still encoded), failing past ``limit`` bytes."""
+    buffer = bytearray()
+    async for chunk in answer.aiter_raw():
+        buffer += chunk
+        if len(buffer) > limit:
+            raise BodyTooLargeError(limit, url=url)
+    return bytes(buffer)
+
+
+def map_httpx_error(exc: httpx.HTTPError, *, url: str, connect: float, read: float) -> HealkitError:
+    """Translate an httpx transport exception into the healkit tree.
+
+    Args:
+        exc: what the wrapped transport raised.
+        url: the (redacted) URL of the attempt, for the message.
+        connect: the attempt's connect limit, for a :class:`healkit.ConnectTimeout`.
+        read: the attempt's read limit, for a :class:`healkit.ReadTimeout`.
+
+    Returns:
+        The most specific healkit error; the caller raises it ``from exc``.
+
+    """
+    detail = str(exc) or type(exc).__name__
+    error: HealkitError
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        error = ConnectTimeout(f"connect to {url} timed out after {connect}s", limit=connect)
+    elif isinstance(exc, httpx.ReadTimeout):
+        error = ReadTimeout(f"no data from {url} for {read}s", limit=read)
+    elif isinstance(exc, httpx.ConnectError | httpx.ProxyError):
+        causes = _causes(exc)
+        if any(isinstance(cause, ssl.SSLError) for cause in causes):
+            error = TLSError(f"TLS handshake with {url} failed: {detail}")
+        elif any(isinstance(cause, socket.gaierror) for cause in causes):
+            error = DNSError(f"cannot resolve host of {url}: {detail}")
+        else:
+            error = ConnectError(f"cannot connect to {url}: {detail}")
+    elif isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        error = RequestError(f"cannot send to {url}: {detail}")
+    else:
+        error = ConnectionLostError(f"connection to {url} lost: {type(exc).__name__}: {detail}")
+    return error
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """Return what ``exc`` was raised from or during, nearest first (httpcore's, the socket's)."""
+    chain: list[BaseException] = []
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
