@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 import pytest
 
 import healkit
@@ -418,3 +419,90 @@ async def test_a_fallback_endpoint_cannot_claim_another_outcome(
     async with client(config, manual_clock) as c:
         response = await c.get("/x", service=SERVICE)
     assert response.headers.getall(healkit.OUTCOME_HEADER) == ["fallback"]
+
+
+# -- the aiohttp middleware: aiohttp follows, healkit's rules hold per hop -----------
+
+
+def middleware_session(config: dict[str, Any], *plugins: object) -> aiohttp.ClientSession:
+    runtime = healkit.Runtime(config=config, plugins=plugins, entry_points=False)
+    return aiohttp.ClientSession(middlewares=[healkit.ResilienceMiddleware(runtime)])
+
+
+async def test_middleware_a_redirected_post_into_the_void_is_not_resent(
+    fault_server: FaultServer,
+) -> None:
+    dead = refused_url()
+    fault_server.set_default(moved(307, f"{dead}/gone"))
+    async with middleware_session(document(fault_server.url), RetryPlugin()) as session:
+        with pytest.raises(healkit.ConnectError) as caught:
+            await session.post(f"{fault_server.url}/pay", data=b"charge 10")
+    error = caught.value
+    assert fault_server.hits() == 1
+    assert error.may_have_reached_server is True
+    (attempt,) = error.attempts  # the hop's call: not retried
+    assert attempt.endpoint == dead
+    assert [(hop.status, hop.url) for hop in attempt.redirects] == [
+        (307, f"{fault_server.url}/pay")
+    ]
+
+
+async def test_middleware_drops_configured_credentials_across_origins(
+    servers: list[FaultServer],
+) -> None:
+    primary, other = servers
+    primary.script("/start", moved(302, f"{other.url}/landing"))
+    routing = {"credential_headers": ["X-Api-Key"]}
+    async with (
+        middleware_session(document(primary.url, routing=routing)) as session,
+        session.get(f"{primary.url}/start", headers=SECRETS) as response,
+    ):
+        assert response.status == 200
+    assert primary.requests[0].headers["X-Api-Key"] == "k3y"
+    assert dict(other.requests[0].headers).keys() & SECRETS.keys() == {"Accept"}
+
+
+async def test_middleware_refuses_a_hop_outside_the_allowed_origins(
+    servers: list[FaultServer],
+) -> None:
+    primary, other = servers
+    primary.script("/start", moved(302, f"{other.url}/landing"))
+    routing = {"allowed_origins": [primary.url]}
+    async with middleware_session(document(primary.url, routing=routing)) as session:
+        with pytest.raises(healkit.RedirectRefusedError) as caught:
+            await session.get(f"{primary.url}/start")
+    assert other.hits() == 0
+    assert caught.value.location == f"{other.url}/landing"
+
+
+async def test_middleware_enforces_max_redirects_and_follow_redirects(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.set_default(moved(302, "/again"))
+    async with middleware_session(document(fault_server.url, max_redirects=2)) as session:
+        with pytest.raises(healkit.TooManyRedirects):
+            await session.get(f"{fault_server.url}/start")
+    assert fault_server.hits() == 3
+    async with middleware_session(document(fault_server.url, follow_redirects=False)) as session:
+        with pytest.raises(healkit.RedirectRefusedError, match="follow_redirects"):
+            await session.get(f"{fault_server.url}/start")
+        async with session.get(f"{fault_server.url}/start", allow_redirects=False) as response:
+            assert response.status == 302
+        # The redirect was not followed: the next request is not taken for its hop.
+        async with session.get(f"{fault_server.url}/elsewhere", allow_redirects=False) as again:
+            assert again.status == 302
+
+
+async def test_middleware_303_is_a_get_and_307_keeps_the_post(fault_server: FaultServer) -> None:
+    fault_server.script("/a", moved(303, "/b"))
+    fault_server.script("/c", moved(307, "/d"))
+    async with middleware_session(document(fault_server.url)) as session:
+        for path in ("/a", "/c"):
+            async with session.post(f"{fault_server.url}{path}", data=b"x") as response:
+                assert response.status == 200
+    assert [(r.method, r.path, r.body) for r in fault_server.requests] == [
+        ("POST", "/a", b"x"),
+        ("GET", "/b", b""),
+        ("POST", "/c", b"x"),
+        ("POST", "/d", b"x"),
+    ]

@@ -41,7 +41,14 @@ from healkit._outcome import Outcome, RedirectRecord
 from healkit._response import CHUNK_SIZE, OUTCOME_HEADER, Response
 from healkit._routing import redirect_rules
 
-__all__ = ["REDIRECT_STATUSES", "HttpTransport", "join_url"]
+__all__ = [
+    "REDIRECT_STATUSES",
+    "HttpTransport",
+    "join_url",
+    "next_method",
+    "reached",
+    "redirect_target",
+]
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
@@ -220,7 +227,7 @@ class HttpTransport:
                 error = map_aiohttp_error(
                     exc, url=record.location, timeouts=(limits.connect, limits.read)
                 )
-                raise _reached(error, attempt) from exc
+                raise reached(error, attempt) from exc
         return raw, str(hop.url)
 
 
@@ -257,7 +264,9 @@ class _Hop:
         redactor = call.config.redactor
         current = self.url
         here = redactor.url(current)
-        target = _redirect_target(current, location, status, here)
+        target = redirect_target(current, location)
+        if target is None:
+            raise _unfollowable(location, status, here)
         shown = redactor.url(target)
         if done >= limit:
             raise TooManyRedirects(limit, url=here)
@@ -265,9 +274,9 @@ class _Hop:
         if not rules.allows(target):
             reason = "its origin is outside routing.allowed_origins"
             raise RedirectRefusedError(reason, status=status, url=here, location=shown)
-        method = self.method
-        if (status == 303 and method != "HEAD") or (status in {301, 302} and method == "POST"):
-            self.method, self.data = "GET", None  # as browsers, httpx and aiohttp do
+        method = next_method(status, self.method)
+        if method != self.method:
+            self.method, self.data = method, None
             self.headers = _without(self.headers, BODY_HEADERS)
         elif self.data is not None and not call.replayable:
             reason = "the request body was streamed and cannot be sent again (pass bytes)"
@@ -335,26 +344,45 @@ def _redirect_options(allow: object, most: object) -> tuple[bool | None, int | N
     return allow, most
 
 
-def _redirect_target(current: yarl.URL, location: str, status: int, here: str) -> yarl.URL:
-    """Resolve a ``Location`` against the URL that sent it; refuse what is not http(s).
+def next_method(status: int, method: str) -> str:
+    """Return the method of the hop after redirect ``status`` of a ``method`` request.
 
-    Userinfo in the target is dropped: credentials never come from an upstream.
+    303 turns anything but HEAD into a GET; 301 and 302 turn a POST into a GET
+    (as browsers, httpx and aiohttp do); 307 and 308 keep the method.
+    """
+    if (status == 303 and method != "HEAD") or (status in {301, 302} and method == "POST"):
+        return "GET"
+    return method
+
+
+def redirect_target(current: yarl.URL, location: str) -> yarl.URL | None:
+    """Resolve a redirect's ``Location`` against the URL that sent it.
+
+    Returns ``None`` when it is not an ``http``/``https`` URL with a host.
+    Userinfo and fragment are dropped: credentials never come from an upstream.
     """
     try:
         target = current.join(yarl.URL(location))
-        valid = target.scheme in {"http", "https"} and bool(target.host)
     except ValueError:
-        target, valid = yarl.URL(), False
-    if not valid:
-        scheme = target.scheme
-        if scheme in {"", "http", "https"}:
-            reason, shown = "the Location is not a URL healkit can follow", "<invalid URL>"
-        else:  # only the scheme is shown: the rest is the upstream's, and may be anything
-            reason, shown = f"scheme {scheme[:32]!r} is not http or https", f"{scheme[:32]}:"
-        raise RedirectRefusedError(reason, status=status, url=here, location=shown)
+        return None
+    if target.scheme not in {"http", "https"} or not target.host:
+        return None
     if target.user is not None or target.password is not None:
         target = target.with_user(None)
     return target.with_fragment(None)
+
+
+def _unfollowable(location: str, status: int, here: str) -> RedirectRefusedError:
+    """Return the error of a redirect whose ``Location`` healkit cannot follow."""
+    try:
+        scheme = yarl.URL(location).scheme
+    except ValueError:
+        scheme = ""
+    if scheme in {"", "http", "https"}:
+        reason, shown = "the Location is not a URL healkit can follow", "<invalid URL>"
+    else:  # only the scheme is shown: the rest is the upstream's, and may be anything
+        reason, shown = f"scheme {scheme[:32]!r} is not http or https", f"{scheme[:32]}:"
+    return RedirectRefusedError(reason, status=status, url=here, location=shown)
 
 
 def _without(headers: CIMultiDict[str] | None, names: frozenset[str]) -> CIMultiDict[str] | None:
@@ -364,7 +392,7 @@ def _without(headers: CIMultiDict[str] | None, names: frozenset[str]) -> CIMulti
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in names)
 
 
-def _reached(error: HealkitError, attempt: AttemptContext) -> HealkitError:
+def reached(error: HealkitError, attempt: AttemptContext) -> HealkitError:
     """Mark ``error`` of an attempt whose earlier hop was answered: it reached a server."""
     if attempt.redirects and not error.may_have_reached_server:
         error.may_have_reached_server = True
