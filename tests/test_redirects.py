@@ -163,6 +163,23 @@ async def test_a_hop_outside_the_allowed_origins_is_refused(
     assert "allowed_origins" in str(error)
 
 
+async def test_allowed_origins_always_admit_the_origin_first_asked(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    # An absolute URL of no configured service: the defaults' allowed_origins apply.
+    primary, other = servers
+    primary.script("/start", moved(302, "/here"))
+    primary.script("/here", moved(302, f"{other.url}/there"))
+    config = {"defaults": {"routing": {"allowed_origins": ["https://*.internal"]}}}
+    async with client(config, manual_clock) as c:
+        with pytest.raises(healkit.RedirectRefusedError) as caught:
+            await c.get(f"{primary.url}/start")
+    assert [r.path for r in primary.requests] == ["/start", "/here"]
+    assert other.hits() == 0
+    (attempt,) = caught.value.attempts
+    assert [hop.location for hop in attempt.redirects] == [f"{primary.url}/here"]
+
+
 @pytest.mark.parametrize(
     "location", ["ftp://files.example.com/x", "javascript:alert(1)", "file:///etc/passwd"]
 )

@@ -235,7 +235,7 @@ class HttpTransport:
 class _Hop:
     """The request of an attempt as it goes from hop to hop of its redirects."""
 
-    __slots__ = ("data", "headers", "method", "options", "url")
+    __slots__ = ("data", "headers", "method", "options", "start", "url")
 
     def __init__(
         self,
@@ -246,7 +246,7 @@ class _Hop:
         options: Mapping[str, Any],
     ) -> None:
         self.method = method
-        self.url = yarl.URL(url)
+        self.url = self.start = yarl.URL(url)
         self.headers = headers
         self.data = data
         self.options = options
@@ -271,7 +271,7 @@ class _Hop:
         if done >= limit:
             raise TooManyRedirects(limit, url=here)
         rules = redirect_rules(call.policy)
-        if not rules.allows(target):
+        if not rules.allows(target, self.start):
             reason = "its origin is outside routing.allowed_origins"
             raise RedirectRefusedError(reason, status=status, url=here, location=shown)
         method = next_method(status, self.method)

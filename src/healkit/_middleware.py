@@ -234,7 +234,7 @@ def _hop_of(request: aiohttp.ClientRequest) -> _Redirected | None:
     if len(chain.hops) > policy.max_redirects:
         raise TooManyRedirects(policy.max_redirects, url=last.url)
     rules = redirect_rules(policy)
-    if not rules.allows(request.url):
+    if not rules.allows(request.url, yarl.URL(chain.hops[0].url)):
         reason = "its origin is outside routing.allowed_origins"
         raise RedirectRefusedError(reason, status=last.status, url=last.url, location=last.location)
     if request.url.origin() != chain.source.origin():

@@ -301,14 +301,17 @@ class RedirectRules:
         self._own = frozenset(_origin(e) for e in endpoints)
         self.credentials = CREDENTIAL_HEADERS | {h.lower() for h in settings.credential_headers}
 
-    def allows(self, url: yarl.URL) -> bool:
-        """Whether a redirect may go to ``url``.
+    def allows(self, url: yarl.URL, start: yarl.URL) -> bool:
+        """Whether a redirect of a request first sent to ``start`` may go to ``url``.
 
-        Any origin may when ``allowed_origins`` is empty; otherwise the
-        service's own origins (its endpoints and fallback groups) and the
-        allowed ones.
+        Any origin may when ``allowed_origins`` is empty; otherwise the origin
+        of ``start``, the service's own origins (its endpoints and fallback
+        groups) and the allowed ones.
         """
-        if not self._allowed or str(url.origin()) in self._own:
+        if not self._allowed:
+            return True
+        origin = url.origin()
+        if origin == start.origin() or str(origin) in self._own:
             return True
         return origin_allowed(str(url), self._allowed)
 
