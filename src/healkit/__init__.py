@@ -47,13 +47,15 @@ from healkit._errors import (
     LimitError,
     PluginError,
     ReadTimeout,
+    RedirectRefusedError,
     RequestError,
     TimeoutExceeded,
     TLSError,
+    TooManyRedirects,
     TransportError,
 )
 from healkit._middleware import ResilienceMiddleware
-from healkit._outcome import AttemptRecord, Outcome, PathTaken
+from healkit._outcome import AttemptRecord, Outcome, PathTaken, RedirectRecord
 from healkit._plugins import PluginInfo, create_plugin_manager, describe_plugins
 from healkit._response import OUTCOME_HEADER, Response
 from healkit._runtime import Runtime, current_runtime, default_runtime
@@ -109,6 +111,8 @@ __all__ = [
     "PluginError",
     "PluginInfo",
     "ReadTimeout",
+    "RedirectRecord",
+    "RedirectRefusedError",
     "RequestError",
     "ResilienceMiddleware",
     "Response",
@@ -120,6 +124,7 @@ __all__ = [
     "TLSError",
     "TimeoutExceeded",
     "Timeouts",
+    "TooManyRedirects",
     "TransportError",
     "__version__",
     "build_config",

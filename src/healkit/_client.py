@@ -169,7 +169,10 @@ class Client:
             idempotent: declare the request safe (or unsafe) to repeat, overriding
                 the method's default.
             **options: passed to ``aiohttp.ClientSession.request`` (``ssl``,
-                ``proxy``, ``allow_redirects``, ``cookies``, ...); ``timeout`` is
+                ``proxy``, ``cookies``, ...), except ``allow_redirects`` and
+                ``max_redirects``, which override the service's
+                ``follow_redirects`` and ``max_redirects`` (healkit follows
+                redirects itself, hop by hop); ``timeout`` is
                 not accepted: limits come from the policy and ``deadline``;
                 ``trace_request_ctx`` is healkit's (the attempt, for TraceConfig
                 callbacks). An ``ssl`` given here wins over a TLS plugin's.

@@ -15,7 +15,8 @@ A document (from Python, a file or etcd) looks like this (TOML shown)::
     [logging]
     redact_headers = ["X-Api-Key"]
 
-The core owns ``endpoints`` and ``max_body_bytes``; every other key of a service
+The core owns ``endpoints``, ``max_body_bytes``, ``follow_redirects`` and
+``max_redirects``; every other key of a service
 is a section contributed by a plugin through ``healkit_config_sections``. Unknown
 keys are errors that name the key and its path. A validated document becomes a
 :class:`HealkitConfig`: immutable, with one resolved :class:`ServicePolicy` per
@@ -53,6 +54,7 @@ S = TypeVar("S", bound=msgspec.Struct)
 SERVICE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 ENDPOINT_PATTERN: Final = r"^https?://[^/@\s?#]+(/[^\s?#]*)?$"
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_MAX_REDIRECTS: Final = 10
 MAX_SECONDS: Final = 24 * 3600.0
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
@@ -129,11 +131,17 @@ class CoreServiceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
             calls addressed by service name go to the first one; absolute URLs
             that start with one of them are mapped to this service.
         max_body_bytes: the largest response body healkit reads into memory.
+        follow_redirects: follow 301, 302, 303, 307 and 308 answers, hop by
+            hop under healkit's rules; ``False`` returns them as the response.
+        max_redirects: the most redirects one attempt follows; one more is a
+            ``TooManyRedirects`` error.
 
     """
 
     endpoints: tuple[Annotated[str, msgspec.Meta(pattern=ENDPOINT_PATTERN)], ...] = ()
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = DEFAULT_MAX_BODY_BYTES
+    follow_redirects: bool = True
+    max_redirects: Annotated[int, msgspec.Meta(ge=0, le=50)] = DEFAULT_MAX_REDIRECTS
 
     def __post_init__(self) -> None:
         """Reject duplicate endpoints."""
@@ -186,6 +194,8 @@ class ServicePolicy:
         name: the service name (``"*"`` for the default policy).
         endpoints: the service's base URLs, normalized without a trailing slash.
         max_body_bytes: the response body cap.
+        follow_redirects: whether healkit follows redirects for this service.
+        max_redirects: the most redirects one attempt follows.
         stash: plugin state derived from this policy (built once per
             configuration snapshot instead of once per call).
         call_limits: the attempt limits and the call deadline (seconds) the
@@ -195,7 +205,16 @@ class ServicePolicy:
 
     """
 
-    __slots__ = ("_sections", "call_limits", "endpoints", "max_body_bytes", "name", "stash")
+    __slots__ = (
+        "_sections",
+        "call_limits",
+        "endpoints",
+        "follow_redirects",
+        "max_body_bytes",
+        "max_redirects",
+        "name",
+        "stash",
+    )
 
     def __init__(
         self,
@@ -206,6 +225,8 @@ class ServicePolicy:
         self.name = name
         self.endpoints = tuple(normalize_endpoint(e) for e in core.endpoints)
         self.max_body_bytes = core.max_body_bytes
+        self.follow_redirects = core.follow_redirects
+        self.max_redirects = core.max_redirects
         self._sections = dict(sections)
         self.stash = Stash()
         self.call_limits: tuple[Timeouts, float] | None = None
@@ -222,6 +243,8 @@ class ServicePolicy:
         doc: dict[str, Any] = {
             "endpoints": list(self.endpoints),
             "max_body_bytes": self.max_body_bytes,
+            "follow_redirects": self.follow_redirects,
+            "max_redirects": self.max_redirects,
         }
         for name, value in sorted(self._sections.items()):
             doc[name] = msgspec.to_builtins(value)

@@ -17,7 +17,7 @@ import anyio
 from multidict import CIMultiDict
 
 from healkit._config import CORE_TIMEOUTS, HealkitConfig, ServicePolicy, Timeouts
-from healkit._outcome import AttemptRecord, PathTaken
+from healkit._outcome import AttemptRecord, PathTaken, RedirectRecord
 from healkit._stash import Stash
 
 if TYPE_CHECKING:
@@ -304,6 +304,8 @@ class AttemptContext:
         error: the error the attempt ended with, if any.
         duration: seconds the attempt took, once ended.
         retry_delay: the backoff delay slept before this attempt (0 for the first).
+        redirects: the redirects this attempt followed so far (set by the
+            transport, one record per hop that answered with a redirect).
 
     """
 
@@ -314,6 +316,7 @@ class AttemptContext:
         "error",
         "headers",
         "number",
+        "redirects",
         "retry_delay",
         "ssl",
         "started",
@@ -370,6 +373,7 @@ class AttemptContext:
         self.retry_delay = retry_delay
         self.ssl: ssl.SSLContext | None = None
         self.withheld_headers: frozenset[str] = _NOTHING_WITHHELD
+        self.redirects: tuple[RedirectRecord, ...] = ()
         self._stash: Stash | None = None
 
     def __repr__(self) -> str:
@@ -393,6 +397,7 @@ class AttemptContext:
             status=self.status,
             error=type(error).__name__ if error is not None else None,
             reason=error.message if error is not None else None,
+            redirects=self.redirects,
         )
 
 

@@ -17,9 +17,11 @@ attempts made (``error.attempts``)::
     ├── HTTPStatusError             a response declared a failure (status, body excerpt)
     ├── CircuitOpenError            a circuit breaker refused the attempt
     ├── DegradedModeError           an operator forced the service into degraded mode
+    ├── RedirectRefusedError        a redirect healkit will not follow (origin, scheme, body)
     ├── LimitError
     │   ├── BudgetExhaustedError    a retry or concurrency budget is spent
-    │   └── BodyTooLargeError       the response body exceeded the configured cap
+    │   ├── BodyTooLargeError       the response body exceeded the configured cap
+    │   └── TooManyRedirects        more redirects than the service's ``max_redirects``
     ├── CallError                   a decorated function raised an exception counted as failure
     ├── RequestError                the request itself is invalid (bad URL, unknown service)
     ├── ConfigError                 a configuration document is invalid (path and reason per issue)
@@ -33,7 +35,9 @@ attempts made (``error.attempts``)::
 
 ``may_have_reached_server`` on every error says whether the request may have been
 seen by the server. Retry logic uses it: a request that provably never left is
-safe to resend whatever its method.
+safe to resend whatever its method. Once a hop of a redirected request got an
+answer, every later failure of that attempt says ``True``, whatever its class
+(a ``ConnectError`` at the redirect's target included).
 
 aiohttp's exceptions are translated in one place, :func:`map_aiohttp_error`,
 always with ``raise ... from exc`` semantics (the original is the ``__cause__``).
@@ -77,9 +81,11 @@ __all__ = [
     "LimitError",
     "PluginError",
     "ReadTimeout",
+    "RedirectRefusedError",
     "RequestError",
     "TLSError",
     "TimeoutExceeded",
+    "TooManyRedirects",
     "TransportError",
     "map_aiohttp_error",
 ]
@@ -243,6 +249,52 @@ class BodyTooLargeError(LimitError):
     def __init__(self, limit: int, *, url: str) -> None:
         super().__init__(f"response body from {display_url(url)} exceeds {limit} bytes")
         self.limit = limit
+
+
+@final
+class TooManyRedirects(LimitError):  # noqa: N818 - the name httpx and aiohttp users know
+    """A request was redirected more times than its service's ``max_redirects``.
+
+    The request reached a server (every hop was answered), so
+    ``may_have_reached_server`` is ``True``.
+
+    Attributes:
+        limit: the maximum number of redirects that was exceeded.
+        url: the (redacted) URL of the last redirect response.
+
+    """
+
+    def __init__(self, limit: int, *, url: str) -> None:
+        super().__init__(f"more than {limit} redirects, the last from {display_url(url)}")
+        self.limit = limit
+        self.url = url
+
+
+@final
+class RedirectRefusedError(HealkitError):
+    """An upstream answered with a redirect that healkit does not follow.
+
+    The target's origin is outside ``routing.allowed_origins``, its scheme is
+    not ``http`` or ``https``, its ``Location`` is not a URL, or a 307/308 asks
+    to resend a request body that was streamed and cannot be sent again. The
+    redirect response itself reached healkit, so ``may_have_reached_server``
+    is ``True``.
+
+    Attributes:
+        status: the redirect's status (301, 302, 303, 307 or 308).
+        url: the (redacted) URL that answered with the redirect.
+        location: the (redacted) target of the redirect, as far as it could be read.
+
+    """
+
+    def __init__(self, reason: str, *, status: int, url: str, location: str) -> None:
+        target = display_url(location) if location.startswith(("http://", "https://")) else location
+        super().__init__(
+            f"redirect {status} from {display_url(url)} to {target} not followed: {reason}"
+        )
+        self.status = status
+        self.url = url
+        self.location = location
 
 
 @final
@@ -497,8 +549,6 @@ def map_aiohttp_error(
         error = ConnectError(f"cannot connect to {url}: {detail}")
     elif isinstance(exc, aiohttp.InvalidURL):
         error = RequestError(f"invalid URL {url}")  # aiohttp's text repeats the raw URL
-    elif isinstance(exc, aiohttp.TooManyRedirects):
-        error = HTTPStatusError(exc.status, url=url, body_excerpt="too many redirects")
     elif isinstance(exc, aiohttp.ClientResponseError):
         error = HTTPStatusError(exc.status, url=url, body_excerpt=exc.message)
     else:

@@ -5,6 +5,16 @@ the attempt's connect and read timeouts. Buffered calls read the whole body
 (under ``max_body_bytes``) before the response is judged, so a truncated or
 stalled body is a failed attempt that can be retried; streaming calls are
 judged on their head and hand the open response to the caller.
+
+Redirects are part of the attempt, not a hidden resend: aiohttp is told not
+to follow them, and the transport follows each hop itself (when the service's
+``follow_redirects`` allows) under the attempt's time limit: at most
+``max_redirects`` hops, each to an ``http``/``https`` URL whose origin
+``routing.allowed_origins`` admits, with the credentials left out on a hop to
+another origin, 303 (and 301/302 after a POST) turned into a GET without a
+body, 307/308 resending method and body (a streamed body cannot be: refused).
+Each hop is recorded on the attempt; once one was answered, any later failure
+of the attempt says the request may have reached the server.
 """
 
 from __future__ import annotations
@@ -19,20 +29,51 @@ from multidict import CIMultiDict
 
 from healkit._config import CORE_TIMEOUTS, Timeouts
 from healkit._context import AttemptContext, CallContext, Fallback
-from healkit._errors import BodyTooLargeError, RequestError, map_aiohttp_error
-from healkit._outcome import Outcome
+from healkit._errors import (
+    BodyTooLargeError,
+    HealkitError,
+    RedirectRefusedError,
+    RequestError,
+    TooManyRedirects,
+    map_aiohttp_error,
+)
+from healkit._outcome import Outcome, RedirectRecord
 from healkit._response import CHUNK_SIZE, OUTCOME_HEADER, Response
+from healkit._routing import redirect_rules
 
-__all__ = ["HttpTransport", "attempt_headers", "join_url"]
+__all__ = [
+    "REDIRECT_STATUSES",
+    "HttpTransport",
+    "attempt_headers",
+    "join_url",
+    "next_method",
+    "reached",
+    "redirect_target",
+]
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+"""The statuses healkit treats as redirects (as aiohttp, httpx and browsers do)."""
+BODY_HEADERS: Final = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "content-language",
+        "content-location",
+        "transfer-encoding",
+    }
+)
+"""Headers describing a request body: left out when a redirect turns the request into a GET."""
+CREDENTIAL_OPTIONS: Final = ("auth", "cookies")
+"""aiohttp options that carry credentials: left out on a hop to another origin."""
 
 
 @final
 class HttpTransport:
     """Sends the attempts of one HTTP call through an aiohttp session."""
 
-    __slots__ = ("_data", "_options", "_session", "_stream")
+    __slots__ = ("_data", "_follow", "_options", "_session", "_stream")
 
     def __init__(
         self,
@@ -43,8 +84,14 @@ class HttpTransport:
     ) -> None:
         self._session = session
         self._data = data
-        self._options = options
         self._stream = stream
+        self._follow: tuple[bool | None, int | None] | None = None
+        if "allow_redirects" in options or "max_redirects" in options:
+            options = dict(options)
+            self._follow = _redirect_options(
+                options.pop("allow_redirects", None), options.pop("max_redirects", None)
+            )
+        self._options = options
 
     async def send(
         self, call: CallContext, attempt: AttemptContext
@@ -59,19 +106,29 @@ class HttpTransport:
         if attempt.ssl is not None and "ssl" not in options:
             options = {**options, "ssl": attempt.ssl}
         try:
+            timeout = _client_timeout(limits, self._stream)
             raw = await self._session.request(
                 call.method,
                 url,
                 headers=headers,
                 data=self._data,
-                timeout=_client_timeout(limits, self._stream),
+                timeout=timeout,
                 # What aiohttp hands to TraceConfig callbacks (a tracing plugin's):
                 # they find the attempt, and its stash, there.
                 trace_request_ctx=attempt,
+                allow_redirects=False,  # healkit follows them: see _redirected
                 **options,
             )
-            # The URL we built has no userinfo; only a redirect can change it.
-            public = _public_url(raw.url) if raw.history else url
+        except (aiohttp.ClientError, OSError) as exc:
+            redacted = call.config.redactor.url(url)
+            raise map_aiohttp_error(
+                exc, url=redacted, timeouts=(limits.connect, limits.read)
+            ) from exc
+        public = url  # the URL we built has no userinfo
+        if raw.status in REDIRECT_STATUSES and self._follows(call):
+            hop = _Hop(call.method, url, headers, self._data, options)
+            raw, public = await self._redirected(call, attempt, raw, hop)
+        try:
             if self._stream:
                 response = Response.streaming(
                     raw, url=public, limit=call.policy.max_body_bytes, read_timeout=limits.read
@@ -92,8 +149,8 @@ class HttpTransport:
                         body = await raw.read()
             finally:
                 raw.release()
-        except (aiohttp.ClientError, OSError) as exc:
-            redacted = call.config.redactor.url(url)
+        except (aiohttp.ClientError, OSError) as exc:  # reading the body: a response arrived
+            redacted = call.config.redactor.url(public)
             raise map_aiohttp_error(
                 exc, url=redacted, timeouts=(limits.connect, limits.read)
             ) from exc
@@ -115,6 +172,118 @@ class HttpTransport:
         """Attach the outcome."""
         result.bind_outcome(outcome)
         return result
+
+    def _follows(self, call: CallContext) -> bool:
+        follow = self._follow
+        if follow is None or follow[0] is None:
+            return call.policy.follow_redirects
+        return follow[0]
+
+    async def _redirected(
+        self, call: CallContext, attempt: AttemptContext, raw: aiohttp.ClientResponse, hop: _Hop
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        """Follow the redirect ``raw`` and every one after it, hop by hop.
+
+        Returns the first answer that is not a redirect to follow, and the
+        (userinfo-free) URL it came from. Every hop is recorded on ``attempt``.
+
+        Raises:
+            TooManyRedirects: more than ``max_redirects`` hops.
+            RedirectRefusedError: a hop healkit does not follow.
+            HealkitError: a later hop failed (``may_have_reached_server`` is true).
+
+        """
+        follow = self._follow
+        limit = call.policy.max_redirects
+        if follow is not None and follow[1] is not None:
+            limit = follow[1]
+        timeout = _client_timeout(attempt.timeouts, self._stream)
+        while raw.status in REDIRECT_STATUSES:
+            location = raw.headers.get("Location")
+            if location is None:  # nothing to follow: the redirect is the answer (as in aiohttp)
+                break
+            raw.release()
+            done = len(attempt.redirects)
+            record = hop.follow(call, raw.status, location, limit=limit, done=done)
+            attempt.redirects = (*attempt.redirects, record)
+            try:
+                raw = await self._session.request(
+                    hop.method,
+                    hop.url,
+                    headers=hop.headers,
+                    data=hop.data,
+                    timeout=timeout,
+                    trace_request_ctx=attempt,
+                    allow_redirects=False,
+                    **hop.options,
+                )
+            except (aiohttp.ClientError, OSError) as exc:
+                limits = attempt.timeouts
+                error = map_aiohttp_error(
+                    exc, url=record.location, timeouts=(limits.connect, limits.read)
+                )
+                raise reached(error, attempt) from exc
+        return raw, str(hop.url)
+
+
+@final
+class _Hop:
+    """The request of an attempt as it goes from hop to hop of its redirects."""
+
+    __slots__ = ("data", "headers", "method", "options", "start", "url")
+
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        headers: CIMultiDict[str] | None,
+        data: Any,  # noqa: ANN401 - whatever aiohttp accepts as a body
+        options: Mapping[str, Any],
+    ) -> None:
+        self.method = method
+        self.url = self.start = yarl.URL(url)
+        self.headers = headers
+        self.data = data
+        self.options = options
+
+    def follow(
+        self, call: CallContext, status: int, location: str, *, limit: int, done: int
+    ) -> RedirectRecord:
+        """Apply healkit's rules to the redirect ``status`` to ``location``; become its hop.
+
+        Raises:
+            TooManyRedirects: ``done`` redirects were followed already, the limit.
+            RedirectRefusedError: the redirect is not one healkit follows.
+
+        """
+        redactor = call.config.redactor
+        current = self.url
+        here = redactor.url(current)
+        target = redirect_target(current, location)
+        if target is None:
+            raise _unfollowable(location, status, here)
+        shown = redactor.url(target)
+        if done >= limit:
+            raise TooManyRedirects(limit, url=here)
+        rules = redirect_rules(call.policy)
+        if not rules.allows(target, self.start):
+            reason = "its origin is outside routing.allowed_origins"
+            raise RedirectRefusedError(reason, status=status, url=here, location=shown)
+        method = next_method(status, self.method)
+        if method != self.method:
+            self.method, self.data = method, None
+            self.headers = _without(self.headers, BODY_HEADERS)
+        elif self.data is not None and not call.replayable:
+            reason = "the request body was streamed and cannot be sent again (pass bytes)"
+            raise RedirectRefusedError(reason, status=status, url=here, location=shown)
+        if target.origin() != current.origin():
+            self.headers = _without(self.headers, rules.credentials)
+            if any(name in self.options for name in CREDENTIAL_OPTIONS):
+                self.options = {
+                    k: v for k, v in self.options.items() if k not in CREDENTIAL_OPTIONS
+                }
+        self.url = target
+        return RedirectRecord(url=here, status=status, location=shown, method=self.method)
 
 
 def attempt_headers(call: CallContext, attempt: AttemptContext) -> CIMultiDict[str] | None:
@@ -173,8 +342,74 @@ _memo: tuple[Timeouts, tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]] = (
 )
 
 
-def _public_url(url: yarl.URL) -> str:
-    return str(url.with_user(None)) if url.user is not None else str(url)
+def _redirect_options(allow: object, most: object) -> tuple[bool | None, int | None]:
+    """Check the per-request ``allow_redirects`` and ``max_redirects`` options."""
+    if allow is not None and not isinstance(allow, bool):
+        raise RequestError(f"allow_redirects must be a bool, got {allow!r}")
+    if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 0):
+        raise RequestError(f"max_redirects must be an int >= 0, got {most!r}")
+    return allow, most
+
+
+def next_method(status: int, method: str) -> str:
+    """Return the method of the hop after redirect ``status`` of a ``method`` request.
+
+    303 turns anything but HEAD into a GET; 301 and 302 turn a POST into a GET
+    (as browsers, httpx and aiohttp do); 307 and 308 keep the method.
+    """
+    if (status == 303 and method != "HEAD") or (status in {301, 302} and method == "POST"):
+        return "GET"
+    return method
+
+
+def redirect_target(current: yarl.URL, location: str) -> yarl.URL | None:
+    """Resolve a redirect's ``Location`` against the URL that sent it.
+
+    Returns ``None`` when it is not an ``http``/``https`` URL with a host.
+    Userinfo and fragment are dropped: credentials never come from an upstream.
+    """
+    try:
+        target = current.join(yarl.URL(location))
+    except ValueError:
+        return None
+    if target.scheme not in {"http", "https"} or not target.host:
+        return None
+    if target.user is not None or target.password is not None:
+        target = target.with_user(None)
+    return target.with_fragment(None)
+
+
+def _unfollowable(location: str, status: int, here: str) -> RedirectRefusedError:
+    """Return the error of a redirect whose ``Location`` healkit cannot follow."""
+    try:
+        scheme = yarl.URL(location).scheme
+    except ValueError:
+        scheme = ""
+    if scheme in {"", "http", "https"}:
+        reason, shown = "the Location is not a URL healkit can follow", "<invalid URL>"
+    else:  # only the scheme is shown: the rest is the upstream's, and may be anything
+        reason, shown = f"scheme {scheme[:32]!r} is not http or https", f"{scheme[:32]}:"
+    return RedirectRefusedError(reason, status=status, url=here, location=shown)
+
+
+def _without(headers: CIMultiDict[str] | None, names: frozenset[str]) -> CIMultiDict[str] | None:
+    """Return ``headers`` without the (lower-case) ``names``: a copy, the caller's stay whole."""
+    if not headers or not any(name.lower() in names for name in headers):
+        return headers
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in names)
+
+
+def reached(error: HealkitError, attempt: AttemptContext) -> HealkitError:
+    """Mark ``error`` of an attempt whose earlier hop was answered: it reached a server."""
+    if attempt.redirects and not error.may_have_reached_server:
+        error.may_have_reached_server = True
+        last = attempt.redirects[-1]
+        error.message = (
+            f"{error.message} (after {last.url} answered HTTP {last.status}:"
+            " the request reached a server)"
+        )
+        error.args = (error.message,)
+    return error
 
 
 async def _read_capped(raw: aiohttp.ClientResponse, limit: int, url: str) -> bytes:

@@ -19,37 +19,90 @@ deadline are enforced. What differs, because aiohttp owns the request:
   gets a :class:`healkit.RequestError`);
 * a fallback must be a response aiohttp can return, so substitute responses
   (fallback and degraded bodies) are not used: the call's error is raised.
+
+Redirects: aiohttp, not healkit, follows them (``allow_redirects``,
+``max_redirects`` of the request), calling the middleware once per hop. The
+middleware links a hop to the redirect it returned just before (in the same
+task: a request for exactly the ``Location`` of that redirect) and applies
+healkit's rules before the hop is sent: the service's ``follow_redirects``
+and ``max_redirects``, ``routing.allowed_origins``, and no
+``routing.credential_headers`` on a hop to another origin (aiohttp drops
+``Authorization``, ``Proxy-Authorization`` and ``Cookie`` itself). A failure
+of a hop says ``may_have_reached_server``, and the hops so far are in its
+attempt history.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import final
+from contextvars import ContextVar
+from typing import Final, final
 
 import aiohttp
+import yarl
 
-from healkit._config import url_under
+from healkit._config import ServicePolicy, url_under
 from healkit._context import AttemptContext, CallContext, Fallback
-from healkit._errors import RequestError, map_aiohttp_error
-from healkit._http import IDEMPOTENT_METHODS
-from healkit._outcome import Outcome
+from healkit._errors import (
+    RedirectRefusedError,
+    RequestError,
+    TooManyRedirects,
+    map_aiohttp_error,
+)
+from healkit._http import (
+    IDEMPOTENT_METHODS,
+    REDIRECT_STATUSES,
+    next_method,
+    reached,
+    redirect_target,
+)
+from healkit._outcome import Outcome, RedirectRecord
 from healkit._pipeline import execute
 from healkit._response import Response
+from healkit._routing import redirect_rules
 from healkit._runtime import Runtime, current_runtime, default_runtime
 
 __all__ = ["ResilienceMiddleware"]
 
 
 @final
-class _MiddlewareTransport:
-    __slots__ = ("_attempt_headers", "_handler", "_origin", "_request")
+class _Redirected:
+    """A redirect the middleware returned to aiohttp, which aiohttp may follow next."""
+
+    __slots__ = ("hops", "policy", "source", "target")
 
     def __init__(
-        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType, origin: str
+        self,
+        hops: tuple[RedirectRecord, ...],
+        policy: ServicePolicy,
+        source: yarl.URL,
+        target: yarl.URL,
+    ) -> None:
+        self.hops = hops  # every redirect of the chain so far, this one last
+        self.policy = policy  # the policy of the chain's first request: its rules hold
+        self.source = source
+        self.target = target
+
+
+_REDIRECTED: Final = ContextVar[_Redirected | None]("healkit_middleware_redirect", default=None)
+"""The redirect the middleware returned last in this task (aiohttp follows it in the same task)."""
+
+
+@final
+class _MiddlewareTransport:
+    __slots__ = ("_attempt_headers", "_handler", "_hops", "_origin", "_request")
+
+    def __init__(
+        self,
+        request: aiohttp.ClientRequest,
+        handler: aiohttp.ClientHandlerType,
+        origin: str,
+        hops: tuple[RedirectRecord, ...],
     ) -> None:
         self._request = request
         self._handler = handler
         self._origin = origin
+        self._hops = hops
         self._attempt_headers: tuple[str, ...] = ()
 
     async def send(
@@ -67,11 +120,13 @@ class _MiddlewareTransport:
         self._attempt_headers = tuple(attempt.headers)
         for name, value in attempt.headers.items():
             request.headers[name] = value
+        attempt.redirects = self._hops
         try:
             raw = await self._handler(request)
         except (aiohttp.ClientError, OSError) as exc:
             url = call.config.redactor.url(request.url)
-            raise map_aiohttp_error(exc, url=url, timeouts=(None, None)) from exc
+            error = map_aiohttp_error(exc, url=url, timeouts=(None, None))
+            raise reached(error, attempt) from exc
         url = str(raw.url.with_user(None))
         # The body is read by the caller through aiohttp: neither the body cap
         # nor healkit's read limit apply to it (the session's do).
@@ -124,6 +179,8 @@ class ResilienceMiddleware:
         service = self._service or config.service_for_url(url) or request.url.host or origin
         policy = config.policy(service)
         endpoint = next((e for e in policy.endpoints if url_under(url, e)), origin)
+        chain = _hop_of(request)
+        hops = () if chain is None else chain.hops
         clock = runtime.clock
         method = request.method.upper()
         call = CallContext(
@@ -137,6 +194,50 @@ class ResilienceMiddleware:
             headers=request.headers,
             idempotent=method in IDEMPOTENT_METHODS or "Idempotency-Key" in request.headers,
         )
-        return await execute(
-            runtime, call, _MiddlewareTransport(request, handler, origin), endpoint
-        )
+        transport = _MiddlewareTransport(request, handler, origin, hops)
+        response = await execute(runtime, call, transport, endpoint)
+        if response.status in REDIRECT_STATUSES:
+            location = response.headers.get("Location")
+            target = None if location is None else redirect_target(request.url, location)
+            if location is not None and target is not None:
+                record = RedirectRecord(
+                    url=config.redactor.url(request.url),
+                    status=response.status,
+                    location=config.redactor.url(target),
+                    method=next_method(response.status, method),
+                )
+                first = policy if chain is None else chain.policy
+                _REDIRECTED.set(_Redirected((*hops, record), first, request.url, target))
+        return response
+
+
+def _hop_of(request: aiohttp.ClientRequest) -> _Redirected | None:
+    """Return the redirect ``request`` is the hop of, if any, after checking the hop.
+
+    Raises:
+        RedirectRefusedError: the chain's service does not follow redirects, or
+            the hop's origin is outside its ``routing.allowed_origins``.
+        TooManyRedirects: the hop is one more than its ``max_redirects``.
+
+    """
+    chain = _REDIRECTED.get()
+    if chain is None:
+        return None
+    _REDIRECTED.set(None)
+    if chain.target != request.url:
+        return None  # a new request: the redirect before was not followed
+    last = chain.hops[-1]
+    policy = chain.policy
+    if not policy.follow_redirects:
+        reason = "follow_redirects is false (pass allow_redirects=False to aiohttp)"
+        raise RedirectRefusedError(reason, status=last.status, url=last.url, location=last.location)
+    if len(chain.hops) > policy.max_redirects:
+        raise TooManyRedirects(policy.max_redirects, url=last.url)
+    rules = redirect_rules(policy)
+    if not rules.allows(request.url, yarl.URL(chain.hops[0].url)):
+        reason = "its origin is outside routing.allowed_origins"
+        raise RedirectRefusedError(reason, status=last.status, url=last.url, location=last.location)
+    if request.url.origin() != chain.source.origin():
+        for name in [name for name in request.headers if name.lower() in rules.credentials]:
+            request.headers.popall(name, None)
+    return chain

@@ -10,7 +10,7 @@ from typing import Literal, final
 
 import msgspec
 
-__all__ = ["AttemptRecord", "Outcome", "PathTaken"]
+__all__ = ["AttemptRecord", "Outcome", "PathTaken", "RedirectRecord"]
 
 PathTaken = Literal["primary", "retry", "fallback", "degraded"]
 """How a call got its answer.
@@ -19,6 +19,25 @@ PathTaken = Literal["primary", "retry", "fallback", "degraded"]
 ``fallback``: a substitute from a fallback endpoint or cache. ``degraded``: a
 degraded response built from a template.
 """
+
+
+@final
+class RedirectRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One redirect an attempt followed: a hop that answered 301, 302, 303, 307 or 308.
+
+    Attributes:
+        url: the URL that answered with the redirect (redacted as in logs).
+        status: the redirect's status.
+        location: where it sent the request next (resolved, redacted).
+        method: the method of the next hop (``GET`` after a 303, or after a
+            301/302 answering a POST).
+
+    """
+
+    url: str
+    status: int
+    location: str
+    method: str
 
 
 @final
@@ -33,6 +52,8 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
         reason: the error message (redacted) if the attempt failed.
         started: monotonic start time.
         duration: seconds from start to the end of the attempt.
+        redirects: the redirects this attempt followed, in order (``status``
+            and ``error`` are those of the last hop).
 
     """
 
@@ -43,6 +64,7 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     status: int | None = None
     error: str | None = None
     reason: str | None = None
+    redirects: tuple[RedirectRecord, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -55,6 +77,9 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
         result = self.error if self.error is not None else f"HTTP {self.status}"
         if self.error is not None and self.status is not None:
             result = f"{self.error} (HTTP {self.status})"
+        if self.redirects:
+            count = len(self.redirects)
+            result = f"{result} after {count} redirect{'s' if count > 1 else ''}"
         return f"#{self.number} {where} {result} in {self.duration * 1000:.1f}ms"
 
 
@@ -77,3 +102,10 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     attempts: tuple[AttemptRecord, ...]
     endpoint: str | None
     duration: float
+
+    @property
+    def redirects(self) -> tuple[RedirectRecord, ...]:
+        """The redirects followed by the attempt that answered (empty if none answered)."""
+        if self.endpoint is None or not self.attempts:
+            return ()
+        return self.attempts[-1].redirects

@@ -31,7 +31,10 @@ __all__ = ["OUTCOME_HEADER", "Response"]
 T = TypeVar("T")
 
 OUTCOME_HEADER: Final = "Healkit-Outcome"
-"""Header set on fallback and degraded responses: its value is the path taken."""
+"""Header set on fallback and degraded responses: its value is the path taken.
+
+Only healkit sets it: it is removed from every answer an upstream sends.
+"""
 
 CHUNK_SIZE: Final = 64 * 1024
 
@@ -114,7 +117,10 @@ class Response:
         self = cls.__new__(cls)
         self.status = raw.status
         self.reason = raw.reason or ""
-        self.headers = raw.headers
+        headers = raw.headers
+        if OUTCOME_HEADER in headers:  # an upstream's claim: only healkit says how a call went
+            headers = _without_outcome(headers)
+        self.headers = headers
         self.url = url
         self._body = body
         self._stream = None
@@ -250,6 +256,13 @@ class Response:
         if raw is not None:
             self._stream = None
             raw.release()
+
+
+def _without_outcome(headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
+    """Return ``headers`` without the :data:`OUTCOME_HEADER` an upstream sent."""
+    kept = CIMultiDict(headers)
+    kept.popall(OUTCOME_HEADER)
+    return CIMultiDictProxy(kept)
 
 
 def _charset(content_type: str) -> str | None:

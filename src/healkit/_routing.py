@@ -22,6 +22,11 @@ which endpoint answered. Credentials (``Authorization``, ``Proxy-Authorization``
 ``Cookie`` and ``routing.credential_headers``) are not sent to an endpoint of
 another origin than the service's first endpoint unless
 ``routing.forward_credentials`` is true.
+
+The same settings rule the redirects healkit follows (:func:`redirect_rules`):
+a hop must go to one of the service's own origins or to ``allowed_origins``
+(when set), and a hop to another origin never carries the credentials,
+whatever ``forward_credentials`` says (the upstream, not the operator, chose it).
 """
 
 from __future__ import annotations
@@ -74,8 +79,10 @@ __all__ = [
     "EndpointEjected",
     "EndpointReturned",
     "EndpointStatus",
+    "RedirectRules",
     "Router",
     "RoutingSettings",
+    "redirect_rules",
 ]
 
 _logger: Final = structlog.get_logger("healkit")
@@ -275,6 +282,52 @@ class _Health:
 
 
 @final
+@final
+class RedirectRules:
+    """Where a service's redirects may go, and what a hop to another origin leaves out.
+
+    Attributes:
+        credentials: the header names (lower case) dropped on a hop to
+            another origin: ``Authorization``, ``Proxy-Authorization``,
+            ``Cookie`` and ``routing.credential_headers``.
+
+    """
+
+    __slots__ = ("_allowed", "_own", "credentials")
+
+    def __init__(self, policy: ServicePolicy, settings: RoutingSettings) -> None:
+        self._allowed = settings.allowed_origins
+        endpoints = [*policy.endpoints, *(e for g in settings.fallback_groups for e in g)]
+        self._own = frozenset(_origin(e) for e in endpoints)
+        self.credentials = CREDENTIAL_HEADERS | {h.lower() for h in settings.credential_headers}
+
+    def allows(self, url: yarl.URL, start: yarl.URL) -> bool:
+        """Whether a redirect of a request first sent to ``start`` may go to ``url``.
+
+        Any origin may when ``allowed_origins`` is empty; otherwise the origin
+        of ``start``, the service's own origins (its endpoints and fallback
+        groups) and the allowed ones.
+        """
+        if not self._allowed:
+            return True
+        origin = url.origin()
+        if origin == start.origin() or str(origin) in self._own:
+            return True
+        return origin_allowed(str(url), self._allowed)
+
+
+def redirect_rules(policy: ServicePolicy) -> RedirectRules:
+    """Return the redirect rules of ``policy`` (built once per configuration snapshot)."""
+    rules = policy.stash.get(_REDIRECTS)
+    if rules is None:
+        try:
+            settings = policy.section(SECTION)
+        except KeyError:  # a runtime without the routing plugin: its defaults
+            settings = SECTION.default()
+        rules = policy.stash[_REDIRECTS] = RedirectRules(policy, settings)
+    return rules
+
+
 class _Plan:
     """A service's routing, compiled once per configuration snapshot."""
 
@@ -303,6 +356,7 @@ class _Plan:
 
 _PLAN: Final = StashKey[_Plan]("healkit.routing")
 _ROUTED: Final = StashKey[_Health]("healkit.routing.attempt")
+_REDIRECTS: Final = StashKey[RedirectRules]("healkit.routing.redirects")
 
 
 @final
@@ -532,8 +586,11 @@ class Router:
         health = _release(attempt)
         if health is not None and attempt.status is None and _counts(call, attempt, error):
             self._failed(call, attempt, health)
-        if not call.routable or not isinstance(
-            error, ConnectError | ConnectTimeout | CircuitOpenError
+        if (
+            not call.routable
+            or not isinstance(error, ConnectError | ConnectTimeout | CircuitOpenError)
+            # A redirect's target refused: the first hop was answered, the request arrived.
+            or error.may_have_reached_server
         ):
             return None
         plan = _plan(call.policy)
