@@ -20,7 +20,7 @@ from healkit._errors import RequestError
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
 from healkit._pipeline import execute
 from healkit._response import Response
-from healkit._runtime import ConfigInput, Runtime
+from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
 __all__ = ["Client"]
 
@@ -68,22 +68,14 @@ class Client:
         clock: Clock = SYSTEM_CLOCK,
         runtime: Runtime | None = None,
     ) -> None:
-        if runtime is None:
-            runtime = Runtime(
-                config=config,
-                plugins=plugins,
-                block_plugins=block_plugins,
-                entry_points=entry_points,
-                clock=clock,
-            )
-        elif (
-            config is not None
-            or plugins
-            or block_plugins
-            or not entry_points
-            or clock is not SYSTEM_CLOCK
-        ):
-            raise TypeError("pass either runtime= or the options to build one, not both")
+        runtime = runtime_or_build(
+            runtime,
+            config=config,
+            plugins=plugins,
+            block_plugins=block_plugins,
+            entry_points=entry_points,
+            clock=clock,
+        )
         self.runtime = runtime
         self._session = session
         self._owns_session = session is None

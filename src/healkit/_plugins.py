@@ -332,19 +332,18 @@ def describe_plugins(
 
     """
     problems = problems or {}
-    infos: list[PluginInfo] = []
     dists = pm.distributions
+    infos: list[PluginInfo] = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
         dist = dists.get(name)
         infos.append(
             PluginInfo(
                 name=name,
                 distribution=dist[0] if dist else None,
                 version=dist[1] if dist else None,
-                hooks=hooks,
+                hooks=tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())),
                 observer=bool(getattr(plugin, "healkit_observer", False)),
                 source="built-in"
                 if name in pm.builtins
@@ -352,17 +351,16 @@ def describe_plugins(
                 error=problems.get(name),
             )
         )
-    for name, error in pm.broken.items():
-        dist = dists.get(name)
-        infos.append(
-            PluginInfo(
-                name=name,
-                distribution=dist[0] if dist else None,
-                version=dist[1] if dist else None,
-                hooks=(),
-                observer=False,
-                source="entry point",
-                error=str(error),
-            )
+    infos.extend(
+        PluginInfo(
+            name=name,
+            distribution=dists[name][0] if name in dists else None,
+            version=dists[name][1] if name in dists else None,
+            hooks=(),
+            observer=False,
+            source="entry point",
+            error=str(error),
         )
+        for name, error in pm.broken.items()
+    )
     return sorted(infos, key=lambda i: i.name)

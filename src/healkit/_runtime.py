@@ -39,7 +39,7 @@ from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._sources import ConfigSource, FileSource, InMemorySource
 from healkit._timer import TimerWheels
 
-__all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime"]
+__all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime", "runtime_or_build"]
 
 ConfigInput = Mapping[str, Any] | str | os.PathLike[str] | ConfigSource | None
 """What ``config=`` accepts: a document, a file path, a source, or ``None`` (all defaults)."""
@@ -490,6 +490,40 @@ def current_runtime() -> Runtime | None:
 
 
 _default: list[Runtime] = []
+
+
+def runtime_or_build(  # noqa: PLR0913 - the options of every entry point that builds a runtime
+    runtime: Runtime | None,
+    *,
+    config: ConfigInput,
+    plugins: Iterable[object],
+    block_plugins: Iterable[str],
+    entry_points: bool,
+    clock: Clock,
+) -> Runtime:
+    """Return ``runtime`` to share, or a new one built from the options.
+
+    Raises:
+        TypeError: both a runtime and options to build one were given.
+
+    """
+    if runtime is None:
+        return Runtime(
+            config=config,
+            plugins=plugins,
+            block_plugins=block_plugins,
+            entry_points=entry_points,
+            clock=clock,
+        )
+    if (
+        config is not None
+        or plugins
+        or block_plugins
+        or not entry_points
+        or clock is not SYSTEM_CLOCK
+    ):
+        raise TypeError("pass either runtime= or the options to build one, not both")
+    return runtime
 
 
 def default_runtime() -> Runtime:

@@ -38,7 +38,7 @@ import asyncio
 import math
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Final, Self, final
 
@@ -65,7 +65,7 @@ from healkit._http import IDEMPOTENT_METHODS, attempt_headers, join_url
 from healkit._outcome import Outcome
 from healkit._pipeline import execute
 from healkit._response import OUTCOME_HEADER, Response
-from healkit._runtime import ConfigInput, Runtime
+from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
 __all__ = ["OUTCOME_EXTENSION", "ResilientTransport", "map_httpx_error", "outcome_of"]
 
@@ -108,31 +108,21 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         service: str | None = None,
         stream: bool = False,
         config: ConfigInput = None,
-        plugins: tuple[object, ...] | list[object] = (),
-        block_plugins: tuple[str, ...] | list[str] = (),
+        plugins: Iterable[object] = (),
+        block_plugins: Iterable[str] = (),
         entry_points: bool = True,
         clock: Clock = SYSTEM_CLOCK,
         runtime: Runtime | None = None,
     ) -> None:
-        if runtime is None:
-            runtime = Runtime(
-                config=config,
-                plugins=plugins,
-                block_plugins=block_plugins,
-                entry_points=entry_points,
-                clock=clock,
-            )
-            self._owns_runtime = True
-        elif (
-            config is not None
-            or plugins
-            or block_plugins
-            or not entry_points
-            or clock is not SYSTEM_CLOCK
-        ):
-            raise TypeError("pass either runtime= or the options to build one, not both")
-        else:
-            self._owns_runtime = not runtime.started
+        self._owns_runtime = runtime is None or not runtime.started
+        runtime = runtime_or_build(
+            runtime,
+            config=config,
+            plugins=plugins,
+            block_plugins=block_plugins,
+            entry_points=entry_points,
+            clock=clock,
+        )
         self.runtime = runtime
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self._service = service
