@@ -38,7 +38,7 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Annotated, Final, Literal, Self, TypeVar, final
+from typing import Annotated, Final, Literal, Protocol, Self, TypeVar, final
 
 import aiohttp
 import msgspec
@@ -503,8 +503,28 @@ class _Header(msgspec.Struct, frozen=True):
     revision: _Revision = 0
     raft_term: int = 0
 
+    def from_etcd(self) -> bool:
+        """Whether this is the header an etcd member puts on every reply it sends.
+
+        etcd fills the cluster ID and member ID (never 0) in the header of each
+        RPC's reply, and the revision in all but a canceled watch's; the
+        replies nested in a transaction carry less, so only a whole reply is
+        checked.
+        """
+        return self.cluster_id > 0 and self.member_id > 0
+
 
 _NO_HEADER: Final = _Header()
+
+
+class _Reply(Protocol):
+    """A whole reply of the gateway: it carries etcd's header (``None``: an error message)."""
+
+    @property
+    def header(self) -> _Header | None: ...
+
+
+R = TypeVar("R", bound=_Reply)
 
 
 class _RangeReply(msgspec.Struct, frozen=True):
@@ -580,6 +600,10 @@ class _KeepAliveMessage(msgspec.Struct, frozen=True):
     result: _LeaseReply | None = None
     error: _StreamError | None = None
 
+    @property
+    def header(self) -> _Header | None:
+        return None if self.result is None else self.result.header
+
 
 class _StatusReply(msgspec.Struct, frozen=True):
     header: _Header = _NO_HEADER
@@ -627,6 +651,10 @@ class _WatchReply(msgspec.Struct, frozen=True):
 class _WatchMessage(msgspec.Struct, frozen=True):
     result: _WatchReply | None = None
     error: _StreamError | None = None
+
+    @property
+    def header(self) -> _Header | None:
+        return None if self.result is None else self.result.header
 
 
 def _decoder(kind: type[T]) -> msgspec.json.Decoder[T]:
@@ -1161,10 +1189,10 @@ class EtcdClient:
         self,
         path: str,
         body: Mapping[str, object],
-        decoder: msgspec.json.Decoder[T],
+        decoder: msgspec.json.Decoder[R],
         *,
         idempotent: bool,
-    ) -> T:
+    ) -> R:
         reply, _ = await self._call_at(path, body, decoder, idempotent=idempotent)
         return reply
 
@@ -1172,10 +1200,10 @@ class EtcdClient:
         self,
         path: str,
         body: Mapping[str, object],
-        decoder: msgspec.json.Decoder[T],
+        decoder: msgspec.json.Decoder[R],
         *,
         idempotent: bool,
-    ) -> tuple[T, str]:
+    ) -> tuple[R, str]:
         """Send one request and decode the reply; return it and the endpoint that answered."""
         raw, endpoint = await self._request(path, _ENCODER.encode(body), idempotent=idempotent)
         return self._decode(decoder, raw, path, endpoint), endpoint
@@ -1271,13 +1299,23 @@ class EtcdClient:
         return error.code == _GRPC_UNAVAILABLE
 
     @staticmethod
-    def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, path: str, endpoint: str) -> T:
+    def _decode(decoder: msgspec.json.Decoder[R], raw: bytes, path: str, endpoint: str) -> R:
+        """Decode a whole reply and check that it is etcd's (its header), or raise."""
         try:
-            return decoder.decode(raw)
+            reply = decoder.decode(raw)
         except msgspec.DecodeError as exc:
             raise EtcdProtocolError(
-                f"invalid reply from etcd at {endpoint} to {path}: {exc}", endpoint=endpoint
+                f"invalid reply from {endpoint} to {path}: {exc} (is it an etcd v3 JSON gateway?)",
+                endpoint=endpoint,
             ) from exc
+        header = reply.header
+        if header is not None and not header.from_etcd():
+            raise EtcdProtocolError(
+                f"invalid reply from {endpoint} to {path}: no etcd header (cluster ID and"
+                f" member ID): {_snippet(raw)!r} (is it an etcd v3 JSON gateway?)",
+                endpoint=endpoint,
+            )
+        return reply
 
     def _reply_error(self, status: int, raw: bytes, endpoint: str, path: str) -> EtcdError:
         try:
