@@ -245,6 +245,8 @@ class RangeResult(msgspec.Struct, frozen=True, kw_only=True):
     """How many keys the range holds (also those beyond ``limit``)."""
     more: bool = False
     """There are more keys in the range than were returned."""
+    cluster_id: int = 0
+    """ID of the etcd cluster that answered (0 in a transaction's results)."""
 
 
 @final
@@ -535,7 +537,11 @@ class _RangeReply(msgspec.Struct, frozen=True):
 
     def result(self) -> RangeResult:
         return RangeResult(
-            kvs=self.kvs, revision=self.header.revision, count=self.count, more=self.more
+            kvs=self.kvs,
+            revision=self.header.revision,
+            count=self.count,
+            more=self.more,
+            cluster_id=self.header.cluster_id,
         )
 
 
@@ -989,7 +995,9 @@ class EtcdClient:
             following = page.kvs[-1].key + b"\x00"
             page = await self.range(following, range_end=end, revision=at, limit=page_size)
             kvs.extend(page.kvs)
-        return RangeResult(kvs=tuple(kvs), revision=at, count=count, more=False)
+        return RangeResult(
+            kvs=tuple(kvs), revision=at, count=count, more=False, cluster_id=page.cluster_id
+        )
 
     async def put(
         self, key: Key, value: Key, *, lease: int = 0, prev_kv: bool = False

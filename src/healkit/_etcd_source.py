@@ -56,7 +56,7 @@ _logger: Final = structlog.get_logger("healkit")
 DEFAULT_PREFIX: Final = "/healkit/"
 BACKOFF_BASE: Final = 0.1
 BACKOFF_CAP: Final = 10.0
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 Connection = Literal["connecting", "connected", "unreachable"]
@@ -92,7 +92,13 @@ class EtcdSourceStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
+    """The snapshot file: what etcd held under one namespace's root, at one revision."""
+
     version: int
+    root: str
+    """The namespace's key prefix the documents were read under."""
+    cluster_id: int
+    """The etcd cluster they were read from."""
     revision: int
     documents: dict[str, str]
 
@@ -146,6 +152,7 @@ class EtcdSource:
         "_changed",
         "_channel",
         "_client",
+        "_cluster_id",
         "_connection",
         "_documents",
         "_extra",
@@ -183,6 +190,8 @@ class EtcdSource:
         self._good: dict[str, object] = {}
         self._rejected: dict[str, int] = {}
         self._revision = 0
+        # The etcd cluster the documents in force come from (0: not known yet).
+        self._cluster_id = 0
         self._connection: Connection = "connecting"
         self._from_snapshot = False
         self._last_error: str | None = None
@@ -283,6 +292,7 @@ class EtcdSource:
             self._unreachable(error)
             self._from_snapshot = True
             self._revision = snapshot.revision
+            self._cluster_id = snapshot.cluster_id
             self._documents = dict(snapshot.documents)
             _logger.warning(
                 "healkit.etcd_snapshot_used",
@@ -293,6 +303,7 @@ class EtcdSource:
         else:
             self._connection = "connected"
             self._revision = result.revision
+            self._cluster_id = result.cluster_id
             self._documents = self._config_documents(result.kvs)
             self._extra = self._other_keys(result.kvs)
         self._good = {}
@@ -300,6 +311,10 @@ class EtcdSource:
             decoded = self._decode(key, text, self._revision)
             if decoded is not None:
                 self._good[key] = decoded
+        if not self._from_snapshot:
+            # The bootstrap read is what the runtime applies now: an instance
+            # restarted while etcd is away starts from it, changed since or not.
+            self._persist()
         return self._assemble(self._good)
 
     async def watch(self, sink: ConfigSink) -> None:
@@ -364,6 +379,7 @@ class EtcdSource:
     async def _resync(self, sink: ConfigSink) -> None:
         """Read the whole prefix at one revision and apply the difference as one document."""
         result = await self._client.range_all(self._root, prefix=True)
+        self._check_cluster(result.cluster_id)
         self._dispatch(
             self._difference(self._other_keys(result.kvs), result.revision), result.revision
         )
@@ -615,9 +631,14 @@ class EtcdSource:
         path = self._snapshot
         if path is None:
             return
-        data = msgspec.json.encode(
-            _Snapshot(version=SNAPSHOT_VERSION, revision=self._revision, documents=self._documents)
+        snapshot = _Snapshot(
+            version=SNAPSHOT_VERSION,
+            root=self._root,
+            cluster_id=self._cluster_id,
+            revision=self._revision,
+            documents=self._documents,
         )
+        data = msgspec.json.encode(snapshot)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
@@ -645,7 +666,31 @@ class EtcdSource:
         if snapshot.version != SNAPSHOT_VERSION:
             issue = ConfigIssue("$", f"unknown snapshot version {snapshot.version}")
             raise ConfigError([issue], origin=str(path))
+        if snapshot.root != self._root:
+            reason = (
+                f"the snapshot holds the documents of {snapshot.root}, not of {self._root}:"
+                " refusing to start with another namespace's configuration"
+                " (give each namespace its own snapshot_path)"
+            )
+            raise ConfigError([ConfigIssue("$.root", reason)], origin=str(path))
         return snapshot
+
+    def _check_cluster(self, cluster_id: int) -> None:
+        """Refuse the snapshot's state as a base when etcd is another cluster than its own.
+
+        The revisions of one cluster mean nothing in another (a restore from a
+        backup makes a new cluster too): the state etcd holds replaces the
+        snapshot's whole, which the caller does; this says so.
+        """
+        if self._from_snapshot and self._cluster_id and cluster_id != self._cluster_id:
+            _logger.warning(
+                "healkit.etcd_snapshot_refused",
+                path=str(self._snapshot),
+                snapshot_cluster=f"{self._cluster_id:x}",
+                etcd_cluster=f"{cluster_id:x}",
+                reason="the snapshot was written from another etcd cluster",
+            )
+        self._cluster_id = cluster_id
 
 
 def _text(kv: KeyValue) -> str:
