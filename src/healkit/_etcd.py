@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ from typing import Annotated, Final, Literal, Protocol, Self, TypeVar, final
 import aiohttp
 import msgspec
 import yarl
+from aiohttp.connector import AddrInfoType
 from aiohttp.http_exceptions import LineTooLong
 
 from healkit._errors import (
@@ -123,6 +125,9 @@ _GRPC_CODES: Final[Mapping[str, int]] = {
 }
 
 _DEFAULT_MAX_MESSAGE: Final = 64 * 1024 * 1024
+_KEEPALIVE_IDLE: Final = 10
+_KEEPALIVE_INTERVAL: Final = 5
+_KEEPALIVE_COUNT: Final = 3
 _READ_CHUNK: Final = 64 * 1024
 _SNIPPET: Final = 200
 
@@ -745,6 +750,28 @@ def _normalize_endpoint(endpoint: str, *, tls: bool) -> str:
     return str(url.origin())
 
 
+def _keepalive_socket(addr_info: AddrInfoType) -> socket.socket:
+    """Open a client socket with TCP keepalive, so that the kernel notices a vanished peer.
+
+    A watch may be idle for minutes; without keepalive a connection whose
+    path silently died stays "open" for ever. Probes start after
+    ``_KEEPALIVE_IDLE`` seconds of silence, ``_KEEPALIVE_INTERVAL`` apart, and
+    ``_KEEPALIVE_COUNT`` unanswered ones close it (where the OS has the options).
+    """
+    family, kind, protocol, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=protocol)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", _KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", _KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    return sock
+
+
 def _tls_context(
     ca_file: str | os.PathLike[str] | None,
     cert_file: str | os.PathLike[str] | None,
@@ -896,7 +923,7 @@ class EtcdClient:
             raise RuntimeError("the EtcdClient is closed")
         if self._session is None:
             # No pool limit: every open watch holds a connection of its own.
-            connector = aiohttp.TCPConnector(limit=0)
+            connector = aiohttp.TCPConnector(limit=0, socket_factory=_keepalive_socket)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -929,6 +956,7 @@ class EtcdClient:
         keys_only: bool = False,
         count_only: bool = False,
         serializable: bool = False,
+        min_mod_revision: int = 0,
     ) -> RangeResult:
         """Read one key, a prefix (``prefix=True``) or ``[key, range_end)``.
 
@@ -943,6 +971,8 @@ class EtcdClient:
             count_only: return only ``count``.
             serializable: let the member answer from its local state
                 without a quorum read (faster, maybe stale).
+            min_mod_revision: return only the keys last modified at or after
+                this revision (0: all); ``count`` still counts every key.
 
         Raises:
             EtcdCompacted: ``revision`` is older than the compacted history.
@@ -957,6 +987,7 @@ class EtcdClient:
             "keys_only": keys_only,
             "count_only": count_only,
             "serializable": serializable,
+            "min_mod_revision": min_mod_revision,
         }
         body.update({name: value for name, value in options.items() if value})
         reply = await self._call("/v3/kv/range", body, _RANGE, idempotent=True)

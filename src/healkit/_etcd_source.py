@@ -32,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import random
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal, final
 
@@ -45,8 +46,8 @@ import msgspec
 import structlog
 
 from healkit._config_formats import DocumentFormat, parse_document
-from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
-from healkit._etcd import EtcdClient, KeyValue, WatchEvent
+from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError, EtcdUnavailable
+from healkit._etcd import EtcdClient, EtcdWatch, KeyValue, WatchEvent
 from healkit._sources import ConfigSink
 
 __all__ = ["EtcdSource", "EtcdSourceStatus", "KeyKind", "Listener", "etcd_prefix", "key_role"]
@@ -56,6 +57,7 @@ _logger: Final = structlog.get_logger("healkit")
 DEFAULT_PREFIX: Final = "/healkit/"
 BACKOFF_BASE: Final = 0.1
 BACKOFF_CAP: Final = 10.0
+DEFAULT_LIVENESS: Final = 10.0
 SNAPSHOT_VERSION: Final = 2
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
@@ -144,6 +146,10 @@ class EtcdSource:
         channel: apply this canary channel's overlays.
         snapshot_path: keep the last applied state in this file (written
             atomically, mode 0600), and start from it when etcd is away.
+        liveness_timeout: seconds within which a watch stream that went
+            silently dead (packets dropped, no reset) is noticed, and the
+            longest a new watch may take to be confirmed; the source then
+            reconnects and resumes from the last applied revision + 1.
         random: the random draw for the reconnection jitter (tests fix it).
 
     """
@@ -158,8 +164,10 @@ class EtcdSource:
         "_extra",
         "_from_snapshot",
         "_good",
+        "_heard",
         "_last_error",
         "_listeners",
+        "_liveness",
         "_random",
         "_rejected",
         "_revision",
@@ -176,9 +184,15 @@ class EtcdSource:
         prefix: str = DEFAULT_PREFIX,
         channel: str | None = None,
         snapshot_path: str | os.PathLike[str] | None = None,
+        liveness_timeout: float = DEFAULT_LIVENESS,
         random: Callable[[], float] = random.random,
     ) -> None:
+        if not 0 < liveness_timeout < math.inf:
+            raise ValueError(f"liveness_timeout must be > 0 seconds, got {liveness_timeout!r}")
         self._client = client
+        self._liveness = liveness_timeout
+        # Messages the watch stream delivered so far (its sign of life).
+        self._heard = 0
         self._root = etcd_prefix(namespace, prefix)
         if channel is not None and not _NAME.fullmatch(channel):
             raise ValueError(f"invalid channel {channel!r}")
@@ -338,6 +352,8 @@ class EtcdSource:
                 failures = 0
                 await self._resync(sink)
             except EtcdError as error:
+                if self._connection == "connected":
+                    failures = 0  # it worked until now: the backoff starts over
                 self._unreachable(error)
                 failures += 1
                 await anyio.sleep(self._backoff(failures))
@@ -345,9 +361,7 @@ class EtcdSource:
     # -- following etcd -----------------------------------------------------------------
 
     async def _follow(self, sink: ConfigSink) -> None:
-        async with self._client.watch(
-            self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
-        ) as stream:
+        async with self._watch_stream() as stream:
             if stream.created_revision < self._revision:
                 # etcd was restored from an older backup (or is another cluster): a
                 # watch from our next revision would wait for a future that is not ours.
@@ -355,6 +369,7 @@ class EtcdSource:
                 return
             self._connected()
             async for response in stream:
+                self._heard += 1
                 if response.revision < self._revision:
                     await self._went_back(response.revision, sink)
                     return
@@ -367,6 +382,81 @@ class EtcdSource:
                     # A progress notification: nothing of ours changed up to there.
                     self._revision = response.revision
                     self._changed.set()
+
+    @contextlib.asynccontextmanager
+    async def _watch_stream(self) -> AsyncIterator[EtcdWatch]:
+        """Open the watch from the next revision, guarded against a silent death.
+
+        The watch must be confirmed within ``liveness_timeout``; while it runs,
+        :meth:`_guard` closes it when it is found dead, which ends the
+        iteration, and leaving the block raises the reason
+        (:class:`~healkit.EtcdUnavailable`): the source reconnects.
+        """
+        watch = self._client.watch(
+            self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                with anyio.fail_after(self._liveness):
+                    stream = await stack.enter_async_context(watch)
+            except TimeoutError as timeout:
+                reason = f"etcd did not confirm the watch within {self._liveness:g} s"
+                raise _dead(watch.endpoint, reason) from timeout
+            dead: list[EtcdUnavailable] = []
+            guard = asyncio.create_task(self._guard(stream.endpoint, dead, stream.aclose))
+            try:
+                yield stream
+            finally:
+                guard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
+            if dead:
+                raise dead[0]
+
+    async def _guard(
+        self, endpoint: str, dead: list[EtcdUnavailable], close: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Close the watch once it is found dead, with the reason in ``dead``.
+
+        Every third of ``liveness_timeout`` without a message on the stream, a
+        cheap read (the namespace's keys changed since the applied revision)
+        goes to etcd. The stream is dead when that read gets no answer within
+        a third of ``liveness_timeout``, or when etcd holds a change of the
+        namespace that the stream did not deliver by the next check. So a
+        silent death is noticed within ``liveness_timeout``.
+        """
+        period = self._liveness / 3
+        heard = self._heard
+        expected = 0  # a revision of the namespace in etcd that the stream must deliver
+        while True:
+            await anyio.sleep(period)
+            if expected > self._revision:
+                reason = f"the watch did not deliver revision {expected} that etcd has"
+                break
+            expected = 0
+            if self._heard != heard:
+                heard = self._heard
+                continue
+            try:
+                with anyio.fail_after(period):
+                    probe = await self._client.range(
+                        self._root,
+                        prefix=True,
+                        keys_only=True,
+                        limit=1,
+                        serializable=True,
+                        min_mod_revision=self._revision + 1,
+                    )
+            except TimeoutError:
+                reason = f"the watch is silent and etcd did not answer a probe within {period:g} s"
+                break
+            except EtcdError as error:
+                reason = f"the watch is silent and a probe failed: {error.message}"
+                break
+            if probe.kvs:
+                expected = probe.kvs[0].mod_revision
+        dead.append(_dead(endpoint, reason))
+        await close()
 
     async def _went_back(self, etcd_revision: int, sink: ConfigSink) -> None:
         _logger.warning(
@@ -691,6 +781,15 @@ class EtcdSource:
                 reason="the snapshot was written from another etcd cluster",
             )
         self._cluster_id = cluster_id
+
+
+def _dead(endpoint: str, reason: str) -> EtcdUnavailable:
+    """Return the error of a watch stream found dead (the source reconnects and resumes)."""
+    return EtcdUnavailable(
+        f"watch stream from etcd at {endpoint or 'any endpoint'} is dead: {reason}",
+        failures=[(endpoint, reason)] if endpoint else [],
+        endpoint=endpoint or None,
+    )
 
 
 def _text(kv: KeyValue) -> str:
