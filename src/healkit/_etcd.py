@@ -37,7 +37,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Annotated, Final, Literal, Protocol, Self, TypeVar, final
 
@@ -715,12 +715,46 @@ def _snippet(raw: bytes) -> str:
     return text + ("..." if len(raw) > _SNIPPET else "")
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, endpoint: str = "") -> str:
+    """Say what went wrong in one line, for messages and logs.
+
+    aiohttp's connection errors are described from their parts: their own
+    text shows the SSL context's ``repr`` (``ssl:<ssl.SSLContext object at
+    0x...>``) and ``[None]`` for a cause without a message.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _describe_connect(exc, tls=endpoint.startswith("https://"))
     text = str(exc)
     name = type(exc).__name__
     if not text and isinstance(exc, TimeoutError):
         text = "timed out"
     return f"{name}: {text}" if text else name
+
+
+def _describe_connect(exc: aiohttp.ClientConnectorError, *, tls: bool) -> str:
+    where = f"{exc.host}:{exc.port}"
+    cause = exc.os_error
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        reason = getattr(error, "verify_message", "") or str(error)
+        return (
+            f"TLS: the certificate of {where} is not trusted: {reason}"
+            " (is the CA that signed it the one given as CA file?)"
+        )
+    if isinstance(cause, ssl.SSLError):
+        reason = cause.reason or cause.strerror or type(cause).__name__
+        hint = ""
+        if reason in {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"}:
+            hint = " (the endpoint does not speak TLS: is it plain HTTP? then use http://)"
+        return f"TLS handshake with {where} failed: {reason}{hint}"
+    if tls and isinstance(cause, ConnectionResetError | EOFError):
+        # etcd without TLS drops a TLS hello at once: nothing else resets there.
+        return (
+            f"{where} closed the connection during the TLS handshake"
+            " (does the endpoint speak plain HTTP? then use http://)"
+        )
+    reason = cause.strerror or str(cause) or type(cause).__name__
+    return f"cannot connect to {where}: {reason}"
 
 
 def _stale_token(error: EtcdError) -> bool:
@@ -779,12 +813,29 @@ def _tls_context(
 ) -> ssl.SSLContext:
     if key_file is not None and cert_file is None:
         raise ValueError("key_file needs cert_file")
-    context = ssl.create_default_context(cafile=None if ca_file is None else os.fspath(ca_file))
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        with _loading(f"the CA file {os.fspath(ca_file)!r}"):
+            context.load_verify_locations(cafile=os.fspath(ca_file))
     if cert_file is not None:
-        context.load_cert_chain(
-            os.fspath(cert_file), None if key_file is None else os.fspath(key_file)
-        )
+        what = f"the certificate {os.fspath(cert_file)!r}"
+        if key_file is not None:
+            what += f" with the key {os.fspath(key_file)!r}"
+        with _loading(what):
+            context.load_cert_chain(
+                os.fspath(cert_file), None if key_file is None else os.fspath(key_file)
+            )
     return context
+
+
+@contextlib.contextmanager
+def _loading(what: str) -> Iterator[None]:
+    """Name the file in the error when ``ssl`` cannot load it (its own error names none)."""
+    try:
+        yield
+    except OSError as exc:  # ssl.SSLError too
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise ValueError(f"cannot load {what}: {reason}") from exc
 
 
 # -- the client -------------------------------------------------------------------
@@ -1286,9 +1337,9 @@ class EtcdClient:
                     raw = await self._read_body(response, endpoint, path)
                     status = response.status
             except _NOT_SENT as exc:
-                cause, failure = exc, _describe(exc)
+                cause, failure = exc, _describe(exc, endpoint)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                cause, failure, reached = exc, _describe(exc), True
+                cause, failure, reached = exc, _describe(exc, endpoint), True
                 if not idempotent:
                     # It may have been applied: never resend it elsewhere.
                     failures.append((endpoint, failure))
@@ -1447,10 +1498,10 @@ class EtcdClient:
                     ssl=self._ssl_option(),
                 )
             except _NOT_SENT as exc:
-                failure, cause = _describe(exc), exc
+                failure, cause = _describe(exc, endpoint), exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Creating a watch changes nothing: safe to try the next endpoint.
-                failure, cause, reached = _describe(exc), exc, True
+                failure, cause, reached = _describe(exc, endpoint), exc, True
             else:
                 self._preferred = index
                 return response, endpoint
@@ -1650,8 +1701,8 @@ class EtcdWatch:
                 ) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise EtcdUnavailable(
-                    f"watch stream from etcd at {endpoint} broke: {_describe(exc)}",
-                    failures=[(endpoint, _describe(exc))],
+                    f"watch stream from etcd at {endpoint} broke: {_describe(exc, endpoint)}",
+                    failures=[(endpoint, _describe(exc, endpoint))],
                     endpoint=endpoint,
                 ) from exc
             if not line:
