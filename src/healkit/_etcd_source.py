@@ -22,9 +22,12 @@ document stays in force while the others move on.
 
 While etcd cannot be reached the configuration in force keeps serving; the
 source says so (a log event, :attr:`EtcdSource.status`) and reconnects with
-capped, jittered backoff. With ``snapshot_path`` the last applied state is
-written to a local file after each revision, and a runtime that starts while
-etcd is away starts from it.
+capped, jittered backoff. A watch stream that dies silently (packets dropped,
+no reset) is noticed within ``liveness_timeout`` and handled the same way.
+With ``snapshot_path`` the state is written to a local file once the bootstrap
+read is loaded and after each revision, with the namespace and etcd's cluster
+ID, and a runtime of that namespace that starts while etcd is away starts from
+it.
 """
 
 from __future__ import annotations
