@@ -426,7 +426,9 @@ class EtcdSource:
         goes to etcd. The stream is dead when that read gets no answer within
         a third of ``liveness_timeout``, or when etcd holds a change of the
         namespace that the stream did not deliver by the next check. So a
-        silent death is noticed within ``liveness_timeout``.
+        silent death is noticed within ``liveness_timeout``. The read is
+        linearizable: a member cut off from its cluster's leader, whose watch
+        would stay quiet, fails it, and the client moves to another endpoint.
         """
         period = self._liveness / 3
         heard = self._heard
@@ -447,7 +449,6 @@ class EtcdSource:
                         prefix=True,
                         keys_only=True,
                         limit=1,
-                        serializable=True,
                         min_mod_revision=self._revision + 1,
                     )
             except TimeoutError:
