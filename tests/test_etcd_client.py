@@ -662,7 +662,8 @@ async def test_write_is_not_resent_after_the_connection_broke(
 
 
 async def test_bad_watch_streams(fault_server: FaultServer) -> None:
-    created = {"result": {"header": {"revision": "7"}, "created": True}}
+    header = {"cluster_id": "1", "member_id": "2", "raft_term": "2"}
+    created = {"result": {"header": {**header, "revision": "7"}, "created": True}}
     stream = json.dumps(created).encode() + b"\n" + b'{"result": {"events": [{"type": "BOGUS"}]}}\n'
     fault_server.script(
         "/v3/watch", Fault.ok(body=stream), Fault.ok(body=json.dumps(created).encode() + b"\n")
@@ -675,7 +676,9 @@ async def test_bad_watch_streams(fault_server: FaultServer) -> None:
         async with client.watch("/k") as watch:
             with pytest.raises(EtcdUnavailable, match="ended"):
                 await next_response(watch)
-        fault_server.script("/v3/watch", Fault.json({"result": {"header": {"revision": "1"}}}))
+        fault_server.script(
+            "/v3/watch", Fault.json({"result": {"header": {**header, "revision": "1"}}})
+        )
         with pytest.raises(EtcdProtocolError, match="did not confirm"):
             await client.watch("/k").__aenter__()
         error = {"error": {"grpc_code": 14, "message": "etcdserver: no leader"}}

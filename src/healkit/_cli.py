@@ -24,7 +24,7 @@ from typing import Final, TextIO
 
 import msgspec
 
-from healkit._cli_args import positive_float, positive_int
+from healkit._cli_args import UsageParser, positive_float, positive_int
 from healkit._cli_etcd import add_commands as add_etcd_commands
 from healkit._config import build_config
 from healkit._config_formats import load_file
@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Typed as the base class: argparse makes every subcommand parser a UsageParser too.
+    parser: argparse.ArgumentParser = UsageParser(
         prog="healkit", description="Resilience for asyncio outbound calls."
     )
     parser.add_argument(

@@ -97,6 +97,8 @@ _REVISION_IN_ORIGIN: Final = re.compile(r"revision (\d+)\s*$")
 _DEFAULTS: Final = "defaults"
 _SERVICES: Final = "services/"
 _TOP_KEYS: Final = frozenset({"defaults", "services"})
+UNDECODABLE: Final = "healkit_undecodable"
+"""``config get`` shows a key whose document cannot be decoded as ``{UNDECODABLE: reason}``."""
 
 OutputFormat = Literal["json", "yaml", "toml"]
 
@@ -756,6 +758,7 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
     async with connection.client() as client:
         state = await read_namespace(client, connection.root)
     document: object
+    undecodable: list[tuple[str, ConfigError]] = []
     if args.service is not None:
         key = _SERVICES + args.service
         text = state.text(key)
@@ -763,13 +766,26 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
             raise _CommandError(f"no document for service {args.service!r} at {state.root}{key}")
         document = _decode_stored(text, state.root + key)
     else:
-        documents = {
-            key: _decode_stored(text, state.root + key)
-            for key in state.keys
-            if key_role(key)[0] in {"defaults", "service"} and (text := state.text(key)) is not None
-        }
+        documents: dict[str, object] = {}
+        for key in state.keys:
+            text = state.text(key)
+            if key_role(key)[0] not in {"defaults", "service"} or text is None:
+                continue
+            try:
+                documents[key] = _decode_stored(text, state.root + key)
+            except ConfigError as error:
+                # Show the others; mark this one where its document would be.
+                documents[key] = {UNDECODABLE: error.reason}
+                undecodable.append((key, error))
         document = _assemble(documents)
     out.write(_render(document, args.format))
+    if undecodable:
+        for key, problem in undecodable:
+            sys.stderr.write(
+                f"healkit: {state.root}{key} cannot be decoded (shown as"
+                f" {{{UNDECODABLE!r}: reason}}): {problem.path}: {_one_line(problem.reason)}\n"
+            )
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -1369,28 +1385,46 @@ def _origin_revision(origin: str) -> int:
 
 async def _watch(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
     report = _WatchReport(_sections(args.block), out, args.count)
+    started = False
     with routed_logs(report.log):
         async with connection.client() as client:
             source = EtcdSource(client, namespace=connection.namespace, prefix=connection.prefix)
-            document = await source.load()
-            revision = source.status.applied_revision
-            report.started(document, revision)
-            issues = build_issues(document, report.sections)
-            state = "valid" if not issues else f"INVALID ({len(issues)} problem{_s(len(issues))})"
-            out.write(f"watching {connection.root} from revision {revision}: {state}\n")
-            out.writelines(f"    {i.path}: {i.reason}\n" for i in issues)
-            out.flush()
-            task = asyncio.create_task(source.watch(report))
             try:
+                # --timeout bounds the whole command: a hung etcd too.
                 async with asyncio.timeout(args.timeout):
-                    await _follow(source, report)
+                    document = await source.load()
+                    revision = source.status.applied_revision
+                    report.started(document, revision)
+                    issues = build_issues(document, report.sections)
+                    state = (
+                        "valid"
+                        if not issues
+                        else f"INVALID ({len(issues)} problem{_s(len(issues))})"
+                    )
+                    out.write(f"watching {connection.root} from revision {revision}: {state}\n")
+                    out.writelines(f"    {i.path}: {i.reason}\n" for i in issues)
+                    out.flush()
+                    started = True
+                    await _watch_until_done(source, report)
             except TimeoutError:
+                if not started:
+                    endpoints = ", ".join(connection.endpoints)
+                    raise _CommandError(
+                        f"etcd ({endpoints}) did not answer within --timeout {args.timeout:g} s"
+                    ) from None
                 sys.stderr.write(f"healkit: stopped after {args.timeout:g} s\n")
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
     return EXIT_OK
+
+
+async def _watch_until_done(source: EtcdSource, report: _WatchReport) -> None:
+    """Run the source's watch and print what it applies, until the report is done."""
+    task = asyncio.create_task(source.watch(report))
+    try:
+        await _follow(source, report)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _follow(source: EtcdSource, report: _WatchReport) -> None:

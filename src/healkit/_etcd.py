@@ -34,15 +34,17 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Annotated, Final, Literal, Self, TypeVar, final
+from typing import Annotated, Final, Literal, Protocol, Self, TypeVar, final
 
 import aiohttp
 import msgspec
 import yarl
+from aiohttp.connector import AddrInfoType
 from aiohttp.http_exceptions import LineTooLong
 
 from healkit._errors import (
@@ -123,6 +125,9 @@ _GRPC_CODES: Final[Mapping[str, int]] = {
 }
 
 _DEFAULT_MAX_MESSAGE: Final = 64 * 1024 * 1024
+_KEEPALIVE_IDLE: Final = 10
+_KEEPALIVE_INTERVAL: Final = 5
+_KEEPALIVE_COUNT: Final = 3
 _READ_CHUNK: Final = 64 * 1024
 _SNIPPET: Final = 200
 
@@ -245,6 +250,8 @@ class RangeResult(msgspec.Struct, frozen=True, kw_only=True):
     """How many keys the range holds (also those beyond ``limit``)."""
     more: bool = False
     """There are more keys in the range than were returned."""
+    cluster_id: int = 0
+    """ID of the etcd cluster that answered (0 in a transaction's results)."""
 
 
 @final
@@ -503,8 +510,28 @@ class _Header(msgspec.Struct, frozen=True):
     revision: _Revision = 0
     raft_term: int = 0
 
+    def from_etcd(self) -> bool:
+        """Whether this is the header an etcd member puts on every reply it sends.
+
+        etcd fills the cluster ID and member ID (never 0) in the header of each
+        RPC's reply, and the revision in all but a canceled watch's; the
+        replies nested in a transaction carry less, so only a whole reply is
+        checked.
+        """
+        return self.cluster_id > 0 and self.member_id > 0
+
 
 _NO_HEADER: Final = _Header()
+
+
+class _Reply(Protocol):
+    """A whole reply of the gateway: it carries etcd's header (``None``: an error message)."""
+
+    @property
+    def header(self) -> _Header | None: ...
+
+
+R = TypeVar("R", bound=_Reply)
 
 
 class _RangeReply(msgspec.Struct, frozen=True):
@@ -515,7 +542,11 @@ class _RangeReply(msgspec.Struct, frozen=True):
 
     def result(self) -> RangeResult:
         return RangeResult(
-            kvs=self.kvs, revision=self.header.revision, count=self.count, more=self.more
+            kvs=self.kvs,
+            revision=self.header.revision,
+            count=self.count,
+            more=self.more,
+            cluster_id=self.header.cluster_id,
         )
 
 
@@ -580,6 +611,10 @@ class _KeepAliveMessage(msgspec.Struct, frozen=True):
     result: _LeaseReply | None = None
     error: _StreamError | None = None
 
+    @property
+    def header(self) -> _Header | None:
+        return None if self.result is None else self.result.header
+
 
 class _StatusReply(msgspec.Struct, frozen=True):
     header: _Header = _NO_HEADER
@@ -627,6 +662,10 @@ class _WatchReply(msgspec.Struct, frozen=True):
 class _WatchMessage(msgspec.Struct, frozen=True):
     result: _WatchReply | None = None
     error: _StreamError | None = None
+
+    @property
+    def header(self) -> _Header | None:
+        return None if self.result is None else self.result.header
 
 
 def _decoder(kind: type[T]) -> msgspec.json.Decoder[T]:
@@ -676,12 +715,46 @@ def _snippet(raw: bytes) -> str:
     return text + ("..." if len(raw) > _SNIPPET else "")
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, endpoint: str = "") -> str:
+    """Say what went wrong in one line, for messages and logs.
+
+    aiohttp's connection errors are described from their parts: their own
+    text shows the SSL context's ``repr`` (``ssl:<ssl.SSLContext object at
+    0x...>``) and ``[None]`` for a cause without a message.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _describe_connect(exc, tls=endpoint.startswith("https://"))
     text = str(exc)
     name = type(exc).__name__
     if not text and isinstance(exc, TimeoutError):
         text = "timed out"
     return f"{name}: {text}" if text else name
+
+
+def _describe_connect(exc: aiohttp.ClientConnectorError, *, tls: bool) -> str:
+    where = f"{exc.host}:{exc.port}"
+    cause = exc.os_error
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        reason = getattr(error, "verify_message", "") or str(error)
+        return (
+            f"TLS: the certificate of {where} is not trusted: {reason}"
+            " (is the CA that signed it the one given as CA file?)"
+        )
+    if isinstance(cause, ssl.SSLError):
+        reason = cause.reason or cause.strerror or type(cause).__name__
+        hint = ""
+        if reason in {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"}:
+            hint = " (the endpoint does not speak TLS: is it plain HTTP? then use http://)"
+        return f"TLS handshake with {where} failed: {reason}{hint}"
+    if tls and isinstance(cause, ConnectionResetError | EOFError):
+        # etcd without TLS drops a TLS hello at once: nothing else resets there.
+        return (
+            f"{where} closed the connection during the TLS handshake"
+            " (does the endpoint speak plain HTTP? then use http://)"
+        )
+    reason = cause.strerror or str(cause) or type(cause).__name__
+    return f"cannot connect to {where}: {reason}"
 
 
 def _stale_token(error: EtcdError) -> bool:
@@ -711,6 +784,28 @@ def _normalize_endpoint(endpoint: str, *, tls: bool) -> str:
     return str(url.origin())
 
 
+def _keepalive_socket(addr_info: AddrInfoType) -> socket.socket:
+    """Open a client socket with TCP keepalive, so that the kernel notices a vanished peer.
+
+    A watch may be idle for minutes; without keepalive a connection whose
+    path silently died stays "open" for ever. Probes start after
+    ``_KEEPALIVE_IDLE`` seconds of silence, ``_KEEPALIVE_INTERVAL`` apart, and
+    ``_KEEPALIVE_COUNT`` unanswered ones close it (where the OS has the options).
+    """
+    family, kind, protocol, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=protocol)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", _KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", _KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    return sock
+
+
 def _tls_context(
     ca_file: str | os.PathLike[str] | None,
     cert_file: str | os.PathLike[str] | None,
@@ -718,12 +813,29 @@ def _tls_context(
 ) -> ssl.SSLContext:
     if key_file is not None and cert_file is None:
         raise ValueError("key_file needs cert_file")
-    context = ssl.create_default_context(cafile=None if ca_file is None else os.fspath(ca_file))
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        with _loading(f"the CA file {os.fspath(ca_file)!r}"):
+            context.load_verify_locations(cafile=os.fspath(ca_file))
     if cert_file is not None:
-        context.load_cert_chain(
-            os.fspath(cert_file), None if key_file is None else os.fspath(key_file)
-        )
+        what = f"the certificate {os.fspath(cert_file)!r}"
+        if key_file is not None:
+            what += f" with the key {os.fspath(key_file)!r}"
+        with _loading(what):
+            context.load_cert_chain(
+                os.fspath(cert_file), None if key_file is None else os.fspath(key_file)
+            )
     return context
+
+
+@contextlib.contextmanager
+def _loading(what: str) -> Iterator[None]:
+    """Name the file in the error when ``ssl`` cannot load it (its own error names none)."""
+    try:
+        yield
+    except OSError as exc:  # ssl.SSLError too
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise ValueError(f"cannot load {what}: {reason}") from exc
 
 
 # -- the client -------------------------------------------------------------------
@@ -862,7 +974,7 @@ class EtcdClient:
             raise RuntimeError("the EtcdClient is closed")
         if self._session is None:
             # No pool limit: every open watch holds a connection of its own.
-            connector = aiohttp.TCPConnector(limit=0)
+            connector = aiohttp.TCPConnector(limit=0, socket_factory=_keepalive_socket)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -895,6 +1007,7 @@ class EtcdClient:
         keys_only: bool = False,
         count_only: bool = False,
         serializable: bool = False,
+        min_mod_revision: int = 0,
     ) -> RangeResult:
         """Read one key, a prefix (``prefix=True``) or ``[key, range_end)``.
 
@@ -909,6 +1022,8 @@ class EtcdClient:
             count_only: return only ``count``.
             serializable: let the member answer from its local state
                 without a quorum read (faster, maybe stale).
+            min_mod_revision: return only the keys last modified at or after
+                this revision (0: all); ``count`` still counts every key.
 
         Raises:
             EtcdCompacted: ``revision`` is older than the compacted history.
@@ -923,6 +1038,7 @@ class EtcdClient:
             "keys_only": keys_only,
             "count_only": count_only,
             "serializable": serializable,
+            "min_mod_revision": min_mod_revision,
         }
         body.update({name: value for name, value in options.items() if value})
         reply = await self._call("/v3/kv/range", body, _RANGE, idempotent=True)
@@ -961,7 +1077,9 @@ class EtcdClient:
             following = page.kvs[-1].key + b"\x00"
             page = await self.range(following, range_end=end, revision=at, limit=page_size)
             kvs.extend(page.kvs)
-        return RangeResult(kvs=tuple(kvs), revision=at, count=count, more=False)
+        return RangeResult(
+            kvs=tuple(kvs), revision=at, count=count, more=False, cluster_id=page.cluster_id
+        )
 
     async def put(
         self, key: Key, value: Key, *, lease: int = 0, prev_kv: bool = False
@@ -1161,10 +1279,10 @@ class EtcdClient:
         self,
         path: str,
         body: Mapping[str, object],
-        decoder: msgspec.json.Decoder[T],
+        decoder: msgspec.json.Decoder[R],
         *,
         idempotent: bool,
-    ) -> T:
+    ) -> R:
         reply, _ = await self._call_at(path, body, decoder, idempotent=idempotent)
         return reply
 
@@ -1172,10 +1290,10 @@ class EtcdClient:
         self,
         path: str,
         body: Mapping[str, object],
-        decoder: msgspec.json.Decoder[T],
+        decoder: msgspec.json.Decoder[R],
         *,
         idempotent: bool,
-    ) -> tuple[T, str]:
+    ) -> tuple[R, str]:
         """Send one request and decode the reply; return it and the endpoint that answered."""
         raw, endpoint = await self._request(path, _ENCODER.encode(body), idempotent=idempotent)
         return self._decode(decoder, raw, path, endpoint), endpoint
@@ -1219,9 +1337,9 @@ class EtcdClient:
                     raw = await self._read_body(response, endpoint, path)
                     status = response.status
             except _NOT_SENT as exc:
-                cause, failure = exc, _describe(exc)
+                cause, failure = exc, _describe(exc, endpoint)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                cause, failure, reached = exc, _describe(exc), True
+                cause, failure, reached = exc, _describe(exc, endpoint), True
                 if not idempotent:
                     # It may have been applied: never resend it elsewhere.
                     failures.append((endpoint, failure))
@@ -1271,13 +1389,23 @@ class EtcdClient:
         return error.code == _GRPC_UNAVAILABLE
 
     @staticmethod
-    def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, path: str, endpoint: str) -> T:
+    def _decode(decoder: msgspec.json.Decoder[R], raw: bytes, path: str, endpoint: str) -> R:
+        """Decode a whole reply and check that it is etcd's (its header), or raise."""
         try:
-            return decoder.decode(raw)
+            reply = decoder.decode(raw)
         except msgspec.DecodeError as exc:
             raise EtcdProtocolError(
-                f"invalid reply from etcd at {endpoint} to {path}: {exc}", endpoint=endpoint
+                f"invalid reply from {endpoint} to {path}: {exc} (is it an etcd v3 JSON gateway?)",
+                endpoint=endpoint,
             ) from exc
+        header = reply.header
+        if header is not None and not header.from_etcd():
+            raise EtcdProtocolError(
+                f"invalid reply from {endpoint} to {path}: no etcd header (cluster ID and"
+                f" member ID): {_snippet(raw)!r} (is it an etcd v3 JSON gateway?)",
+                endpoint=endpoint,
+            )
+        return reply
 
     def _reply_error(self, status: int, raw: bytes, endpoint: str, path: str) -> EtcdError:
         try:
@@ -1370,10 +1498,10 @@ class EtcdClient:
                     ssl=self._ssl_option(),
                 )
             except _NOT_SENT as exc:
-                failure, cause = _describe(exc), exc
+                failure, cause = _describe(exc, endpoint), exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Creating a watch changes nothing: safe to try the next endpoint.
-                failure, cause, reached = _describe(exc), exc, True
+                failure, cause, reached = _describe(exc, endpoint), exc, True
             else:
                 self._preferred = index
                 return response, endpoint
@@ -1573,8 +1701,8 @@ class EtcdWatch:
                 ) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise EtcdUnavailable(
-                    f"watch stream from etcd at {endpoint} broke: {_describe(exc)}",
-                    failures=[(endpoint, _describe(exc))],
+                    f"watch stream from etcd at {endpoint} broke: {_describe(exc, endpoint)}",
+                    failures=[(endpoint, _describe(exc, endpoint))],
                     endpoint=endpoint,
                 ) from exc
             if not line:

@@ -22,9 +22,12 @@ document stays in force while the others move on.
 
 While etcd cannot be reached the configuration in force keeps serving; the
 source says so (a log event, :attr:`EtcdSource.status`) and reconnects with
-capped, jittered backoff. With ``snapshot_path`` the last applied state is
-written to a local file after each revision, and a runtime that starts while
-etcd is away starts from it.
+capped, jittered backoff. A watch stream that dies silently (packets dropped,
+no reset) is noticed within ``liveness_timeout`` and handled the same way.
+With ``snapshot_path`` the state is written to a local file once the bootstrap
+read is loaded and after each revision, with the namespace and etcd's cluster
+ID, and a runtime of that namespace that starts while etcd is away starts from
+it.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import random
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal, final
 
@@ -45,8 +49,8 @@ import msgspec
 import structlog
 
 from healkit._config_formats import DocumentFormat, parse_document
-from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
-from healkit._etcd import EtcdClient, KeyValue, WatchEvent
+from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError, EtcdUnavailable
+from healkit._etcd import EtcdClient, EtcdWatch, KeyValue, WatchEvent
 from healkit._sources import ConfigSink
 
 __all__ = ["EtcdSource", "EtcdSourceStatus", "KeyKind", "Listener", "etcd_prefix", "key_role"]
@@ -56,7 +60,8 @@ _logger: Final = structlog.get_logger("healkit")
 DEFAULT_PREFIX: Final = "/healkit/"
 BACKOFF_BASE: Final = 0.1
 BACKOFF_CAP: Final = 10.0
-SNAPSHOT_VERSION: Final = 1
+DEFAULT_LIVENESS: Final = 10.0
+SNAPSHOT_VERSION: Final = 2
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 Connection = Literal["connecting", "connected", "unreachable"]
@@ -92,7 +97,13 @@ class EtcdSourceStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
+    """The snapshot file: what etcd held under one namespace's root, at one revision."""
+
     version: int
+    root: str
+    """The namespace's key prefix the documents were read under."""
+    cluster_id: int
+    """The etcd cluster they were read from."""
     revision: int
     documents: dict[str, str]
 
@@ -138,6 +149,10 @@ class EtcdSource:
         channel: apply this canary channel's overlays.
         snapshot_path: keep the last applied state in this file (written
             atomically, mode 0600), and start from it when etcd is away.
+        liveness_timeout: seconds within which a watch stream that went
+            silently dead (packets dropped, no reset) is noticed, and the
+            longest a new watch may take to be confirmed; the source then
+            reconnects and resumes from the last applied revision + 1.
         random: the random draw for the reconnection jitter (tests fix it).
 
     """
@@ -146,13 +161,16 @@ class EtcdSource:
         "_changed",
         "_channel",
         "_client",
+        "_cluster_id",
         "_connection",
         "_documents",
         "_extra",
         "_from_snapshot",
         "_good",
+        "_heard",
         "_last_error",
         "_listeners",
+        "_liveness",
         "_random",
         "_rejected",
         "_revision",
@@ -169,9 +187,15 @@ class EtcdSource:
         prefix: str = DEFAULT_PREFIX,
         channel: str | None = None,
         snapshot_path: str | os.PathLike[str] | None = None,
+        liveness_timeout: float = DEFAULT_LIVENESS,
         random: Callable[[], float] = random.random,
     ) -> None:
+        if not 0 < liveness_timeout < math.inf:
+            raise ValueError(f"liveness_timeout must be > 0 seconds, got {liveness_timeout!r}")
         self._client = client
+        self._liveness = liveness_timeout
+        # Messages the watch stream delivered so far (its sign of life).
+        self._heard = 0
         self._root = etcd_prefix(namespace, prefix)
         if channel is not None and not _NAME.fullmatch(channel):
             raise ValueError(f"invalid channel {channel!r}")
@@ -183,6 +207,8 @@ class EtcdSource:
         self._good: dict[str, object] = {}
         self._rejected: dict[str, int] = {}
         self._revision = 0
+        # The etcd cluster the documents in force come from (0: not known yet).
+        self._cluster_id = 0
         self._connection: Connection = "connecting"
         self._from_snapshot = False
         self._last_error: str | None = None
@@ -283,6 +309,7 @@ class EtcdSource:
             self._unreachable(error)
             self._from_snapshot = True
             self._revision = snapshot.revision
+            self._cluster_id = snapshot.cluster_id
             self._documents = dict(snapshot.documents)
             _logger.warning(
                 "healkit.etcd_snapshot_used",
@@ -293,6 +320,7 @@ class EtcdSource:
         else:
             self._connection = "connected"
             self._revision = result.revision
+            self._cluster_id = result.cluster_id
             self._documents = self._config_documents(result.kvs)
             self._extra = self._other_keys(result.kvs)
         self._good = {}
@@ -300,6 +328,10 @@ class EtcdSource:
             decoded = self._decode(key, text, self._revision)
             if decoded is not None:
                 self._good[key] = decoded
+        if not self._from_snapshot:
+            # The bootstrap read is what the runtime applies now: an instance
+            # restarted while etcd is away starts from it, changed since or not.
+            self._persist()
         return self._assemble(self._good)
 
     async def watch(self, sink: ConfigSink) -> None:
@@ -323,6 +355,8 @@ class EtcdSource:
                 failures = 0
                 await self._resync(sink)
             except EtcdError as error:
+                if self._connection == "connected":
+                    failures = 0  # it worked until now: the backoff starts over
                 self._unreachable(error)
                 failures += 1
                 await anyio.sleep(self._backoff(failures))
@@ -330,9 +364,7 @@ class EtcdSource:
     # -- following etcd -----------------------------------------------------------------
 
     async def _follow(self, sink: ConfigSink) -> None:
-        async with self._client.watch(
-            self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
-        ) as stream:
+        async with self._watch_stream() as stream:
             if stream.created_revision < self._revision:
                 # etcd was restored from an older backup (or is another cluster): a
                 # watch from our next revision would wait for a future that is not ours.
@@ -340,6 +372,7 @@ class EtcdSource:
                 return
             self._connected()
             async for response in stream:
+                self._heard += 1
                 if response.revision < self._revision:
                     await self._went_back(response.revision, sink)
                     return
@@ -353,6 +386,82 @@ class EtcdSource:
                     self._revision = response.revision
                     self._changed.set()
 
+    @contextlib.asynccontextmanager
+    async def _watch_stream(self) -> AsyncIterator[EtcdWatch]:
+        """Open the watch from the next revision, guarded against a silent death.
+
+        The watch must be confirmed within ``liveness_timeout``; while it runs,
+        :meth:`_guard` closes it when it is found dead, which ends the
+        iteration, and leaving the block raises the reason
+        (:class:`~healkit.EtcdUnavailable`): the source reconnects.
+        """
+        watch = self._client.watch(
+            self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                with anyio.fail_after(self._liveness):
+                    stream = await stack.enter_async_context(watch)
+            except TimeoutError as timeout:
+                reason = f"etcd did not confirm the watch within {self._liveness:g} s"
+                raise _dead(watch.endpoint, reason) from timeout
+            dead: list[EtcdUnavailable] = []
+            guard = asyncio.create_task(self._guard(stream.endpoint, dead, stream.aclose))
+            try:
+                yield stream
+            finally:
+                guard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
+            if dead:
+                raise dead[0]
+
+    async def _guard(
+        self, endpoint: str, dead: list[EtcdUnavailable], close: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Close the watch once it is found dead, with the reason in ``dead``.
+
+        Every third of ``liveness_timeout`` without a message on the stream, a
+        cheap read (the namespace's keys changed since the applied revision)
+        goes to etcd. The stream is dead when that read gets no answer within
+        a third of ``liveness_timeout``, or when etcd holds a change of the
+        namespace that the stream did not deliver by the next check. So a
+        silent death is noticed within ``liveness_timeout``. The read is
+        linearizable: a member cut off from its cluster's leader, whose watch
+        would stay quiet, fails it, and the client moves to another endpoint.
+        """
+        period = self._liveness / 3
+        heard = self._heard
+        expected = 0  # a revision of the namespace in etcd that the stream must deliver
+        while True:
+            await anyio.sleep(period)
+            if expected > self._revision:
+                reason = f"the watch did not deliver revision {expected} that etcd has"
+                break
+            expected = 0
+            if self._heard != heard:
+                heard = self._heard
+                continue
+            try:
+                with anyio.fail_after(period):
+                    probe = await self._client.range(
+                        self._root,
+                        prefix=True,
+                        keys_only=True,
+                        limit=1,
+                        min_mod_revision=self._revision + 1,
+                    )
+            except TimeoutError:
+                reason = f"the watch is silent and etcd did not answer a probe within {period:g} s"
+                break
+            except EtcdError as error:
+                reason = f"the watch is silent and a probe failed: {error.message}"
+                break
+            if probe.kvs:
+                expected = probe.kvs[0].mod_revision
+        dead.append(_dead(endpoint, reason))
+        await close()
+
     async def _went_back(self, etcd_revision: int, sink: ConfigSink) -> None:
         _logger.warning(
             "healkit.etcd_revision_went_back",
@@ -364,6 +473,7 @@ class EtcdSource:
     async def _resync(self, sink: ConfigSink) -> None:
         """Read the whole prefix at one revision and apply the difference as one document."""
         result = await self._client.range_all(self._root, prefix=True)
+        self._check_cluster(result.cluster_id)
         self._dispatch(
             self._difference(self._other_keys(result.kvs), result.revision), result.revision
         )
@@ -615,9 +725,14 @@ class EtcdSource:
         path = self._snapshot
         if path is None:
             return
-        data = msgspec.json.encode(
-            _Snapshot(version=SNAPSHOT_VERSION, revision=self._revision, documents=self._documents)
+        snapshot = _Snapshot(
+            version=SNAPSHOT_VERSION,
+            root=self._root,
+            cluster_id=self._cluster_id,
+            revision=self._revision,
+            documents=self._documents,
         )
+        data = msgspec.json.encode(snapshot)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
@@ -645,7 +760,40 @@ class EtcdSource:
         if snapshot.version != SNAPSHOT_VERSION:
             issue = ConfigIssue("$", f"unknown snapshot version {snapshot.version}")
             raise ConfigError([issue], origin=str(path))
+        if snapshot.root != self._root:
+            reason = (
+                f"the snapshot holds the documents of {snapshot.root}, not of {self._root}:"
+                " refusing to start with another namespace's configuration"
+                " (give each namespace its own snapshot_path)"
+            )
+            raise ConfigError([ConfigIssue("$.root", reason)], origin=str(path))
         return snapshot
+
+    def _check_cluster(self, cluster_id: int) -> None:
+        """Refuse the snapshot's state as a base when etcd is another cluster than its own.
+
+        The revisions of one cluster mean nothing in another (a restore from a
+        backup makes a new cluster too): the state etcd holds replaces the
+        snapshot's whole, which the caller does; this says so.
+        """
+        if self._from_snapshot and self._cluster_id and cluster_id != self._cluster_id:
+            _logger.warning(
+                "healkit.etcd_snapshot_refused",
+                path=str(self._snapshot),
+                snapshot_cluster=f"{self._cluster_id:x}",
+                etcd_cluster=f"{cluster_id:x}",
+                reason="the snapshot was written from another etcd cluster",
+            )
+        self._cluster_id = cluster_id
+
+
+def _dead(endpoint: str, reason: str) -> EtcdUnavailable:
+    """Return the error of a watch stream found dead (the source reconnects and resumes)."""
+    return EtcdUnavailable(
+        f"watch stream from etcd at {endpoint or 'any endpoint'} is dead: {reason}",
+        failures=[(endpoint, reason)] if endpoint else [],
+        endpoint=endpoint or None,
+    )
 
 
 def _text(kv: KeyValue) -> str:

@@ -17,8 +17,10 @@ class TcpProxy:
     """Forwards connections from a free loopback port to ``host:port``.
 
     :meth:`cut` drops every open connection at once (both sides see a reset);
-    :meth:`block` makes new connections fail until :meth:`unblock`. Use it as
-    an async context manager; leaving it closes everything it opened.
+    :meth:`block` makes new connections fail until :meth:`unblock`;
+    :meth:`blackhole` makes the network drop packets without a reset: nothing
+    is forwarded any more and nothing is closed. Use it as an async context
+    manager; leaving it closes everything it opened.
 
     Attributes:
         port: the loopback port the proxy listens on.
@@ -32,6 +34,9 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._blocked = False
+        self._blackholed = False
+        # Client sides of the connections whose packets are dropped for good.
+        self._silenced: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.accepted = 0
 
@@ -71,9 +76,21 @@ class TcpProxy:
         """Refuse new connections (closed at once) until :meth:`unblock`."""
         self._blocked = True
 
+    def blackhole(self) -> None:
+        """Drop every packet without a reset, like a dead route, until :meth:`unblock`.
+
+        Open connections stay open and go silent for good (what either side
+        sends is lost, as when a NAT forgot them); new connections are
+        accepted and held silent. Only a keepalive, a timeout or a probe of
+        the client can notice.
+        """
+        self._blackholed = True
+        self._silenced.update(self._writers)
+
     def unblock(self) -> None:
-        """Accept and forward new connections again."""
+        """Accept and forward new connections again (silenced ones stay silent)."""
         self._blocked = False
+        self._blackholed = False
 
     async def cut(self) -> None:
         """Drop every open connection, both sides, and wait until they are gone."""
@@ -89,6 +106,9 @@ class TcpProxy:
         if self._blocked:
             writer.transport.abort()
             return
+        if self._blackholed:
+            await self._hold(reader, writer)
+            return
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -96,8 +116,8 @@ class TcpProxy:
             return
         self._writers.update((writer, upstream_writer))
         pair = [
-            asyncio.create_task(self._pipe(reader, upstream_writer)),
-            asyncio.create_task(self._pipe(upstream_reader, writer)),
+            asyncio.create_task(self._pipe(reader, upstream_writer, writer)),
+            asyncio.create_task(self._pipe(upstream_reader, writer, writer)),
         ]
         self._tasks.update(pair)
         try:
@@ -110,10 +130,30 @@ class TcpProxy:
             for side in (writer, upstream_writer):
                 self._writers.discard(side)
                 side.transport.abort()
+            self._silenced.discard(writer)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Keep a connection open and answer nothing, until it or the proxy closes."""
+        self._writers.add(writer)
+        self._silenced.add(writer)
+        try:
+            with contextlib.suppress(ConnectionError, OSError):
+                while await reader.read(_CHUNK):
+                    pass
+        finally:
+            self._writers.discard(writer)
+            self._silenced.discard(writer)
+            writer.transport.abort()
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: asyncio.StreamWriter,
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(_CHUNK):
+                if client in self._silenced:
+                    continue  # dropped on the way
                 writer.write(data)
                 await writer.drain()
