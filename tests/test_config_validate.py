@@ -705,7 +705,11 @@ def _parse_error(text: str | bytes, fmt: Literal["json", "yaml", "toml"]) -> Con
                 "but found another document at line 2, column 1"
             ),
         ),
-        ("yaml", "a: *nowhere", "invalid YAML: found undefined alias 'nowhere' at line 1, column 4"),
+        (
+            "yaml",
+            "a: *nowhere",
+            "invalid YAML: found undefined alias 'nowhere' at line 1, column 4",
+        ),
         ("toml", "a = ", "invalid TOML: Invalid value (at end of document)"),
         ("toml", "a = 1\na = 2", "invalid TOML: Cannot overwrite a value (at end of document)"),
         ("toml", "a = [1,,]", "invalid TOML: Invalid value (at line 1, column 8)"),
