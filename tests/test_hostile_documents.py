@@ -177,8 +177,11 @@ def test_a_document_of_exactly_max_bytes_is_accepted() -> None:
     padded = body + b" " * (MIB - len(body))
     assert len(padded) == MIB
     assert parse_document(padded, fmt="json", origin="t") == {"services": {}}
-    with pytest.raises(ConfigError, match="over the limit of 1 MiB"):
+    with pytest.raises(ConfigError) as caught:
         parse_document(padded + b" ", fmt="json", origin="t")
+    assert caught.value.reason == (
+        "the document is 1,048,577 bytes, over the limit of 1,048,576 bytes (max_bytes)"
+    )
 
 
 def test_a_file_is_never_read_past_the_limit(tmp_path: Path) -> None:

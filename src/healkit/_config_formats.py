@@ -381,7 +381,10 @@ def _size(size: int) -> str:
 
 
 def _too_large(size: int, limits: DocumentLimits) -> str:
-    return f"the document is {_size(size)}, over the limit of {_size(limits.max_bytes)} (max_bytes)"
+    shown, limit = _size(size), _size(limits.max_bytes)
+    if shown == limit:  # just over: only the exact numbers tell them apart
+        shown, limit = f"{size:,} bytes", f"{limits.max_bytes:,} bytes"
+    return f"the document is {shown}, over the limit of {limit} (max_bytes)"
 
 
 def _too_deep(limits: DocumentLimits) -> str:
