@@ -123,6 +123,17 @@ def test_aliases_count_what_they_expand_to_and_within_the_limit_they_work() -> N
     assert parse_document(merged, fmt="yaml", origin="t")["svc"] == {"k": 1, "j": 2}  # type: ignore[index]
 
 
+def test_aliases_of_a_long_string_count_its_text() -> None:
+    # 100 KiB of text, referred to 20 times: 2 MiB once expanded, from a 100 KiB document.
+    text = f"s: &s {'x' * 100 * 1024}\nt: [{', '.join(['*s'] * 20)}]\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_document(text, fmt="yaml", origin="t")
+    assert caught.value.reason == "YAML aliases expand beyond 1 MiB of text (max_bytes)"
+    # Nine aliases: 1000 KiB of text in all, within the limit.
+    text = f"s: &s {'x' * 100 * 1024}\nt: [{', '.join(['*s'] * 9)}]\n"
+    assert len(parse_document(text, fmt="yaml", origin="t")["t"]) == 9  # type: ignore[index]
+
+
 def test_a_yaml_alias_inside_its_own_anchor_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_document("a: &a [1, *a]\n", fmt="yaml", origin="t")

@@ -36,13 +36,13 @@ import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Literal, NoReturn, TypeAlias, final
+from typing import Final, Literal, NamedTuple, NoReturn, TypeAlias, final
 
 import msgspec
 import yaml
 from yaml.composer import Composer
 from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from healkit._errors import ConfigError, ConfigIssue
 
@@ -82,7 +82,8 @@ class DocumentLimits(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         max_bytes: the size of the document in bytes (UTF-8), checked before it
-            is decoded. 1 MiB by default: a real document is a few KiB (one
+            is decoded, and of the text its YAML aliases may expand to. 1 MiB
+            by default: a real document is a few KiB (one
             etcd key per service) to a few hundred KiB (a file with thousands of
             services), and etcd itself refuses values above 1.5 MiB by default.
         max_depth: how deeply values may nest (the top-level mapping is level
@@ -264,13 +265,24 @@ def _check_shape(document: object, limits: DocumentLimits) -> None:
             raise _LimitExceededError(_too_many(limits))
 
 
+class _Shape(NamedTuple):
+    """What a composed YAML node expands to: its nodes, its height, its text."""
+
+    nodes: int
+    height: int
+    text: int
+
+
 class _BoundedComposer(Composer):
     """PyYAML's composer, counting what the document expands to as it composes it.
 
     Each node composed counts one; an alias counts every node of what it refers
-    to (aliases inside it included), and its depth adds to the depth where it
-    stands. Both are known when the alias is met, from the node it refers to,
-    so the check costs nothing more than composing the document itself.
+    to (aliases inside it included), its depth adds to the depth where it
+    stands, and the text of its scalars adds to the document's text (aliases
+    may not expand a document to more text than ``max_bytes``: one long string
+    referred to by thousands of aliases is a bomb too). All are known when the
+    alias is met, from the node it refers to, so the checks cost nothing more
+    than composing the document itself.
     """
 
     check_event: Callable[..., bool]  # the parser's, a base class of the loader
@@ -280,9 +292,10 @@ class _BoundedComposer(Composer):
         self._limits = limits
         self._depth = 0
         self._nodes = 0
-        # The expanded (size, height) of each composed node, by id: the nodes
-        # stay alive in the tree while it is composed.
-        self._shapes: dict[int, tuple[int, int]] = {}
+        self._text = 0
+        # The shape of each composed node, by id: the nodes stay alive in the
+        # tree while it is composed.
+        self._shapes: dict[int, _Shape] = {}
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         """Compose one node (PyYAML's), then account for it."""
@@ -292,14 +305,7 @@ class _BoundedComposer(Composer):
             shape = None if node is None else self._shapes.get(id(node))
             if shape is None:
                 raise _LimitExceededError("a YAML alias refers to a node that contains it")
-            size, height = shape
-            if self._nodes + size > limits.max_nodes:
-                raise _LimitExceededError(
-                    f"YAML aliases expand beyond {limits.max_nodes:,} nodes (max_nodes)"
-                )
-            if self._depth + height > limits.max_depth:
-                raise _LimitExceededError(_too_deep(limits))
-            self._nodes += size
+            self._expand(shape)
             return node
         self._depth += 1
         if self._depth > limits.max_depth:
@@ -311,17 +317,38 @@ class _BoundedComposer(Composer):
         self._depth -= 1
         if node is None:  # pragma: no cover - PyYAML composes a node from every event
             return None
-        children: list[Node] = []
-        if isinstance(node, SequenceNode):
-            children = node.value
-        elif isinstance(node, MappingNode):
-            children = [child for pair in node.value for child in pair]
+        if isinstance(node, ScalarNode):
+            self._text += len(node.value)  # within the document's size: no alias in it
+            self._shapes[id(node)] = _Shape(1, 1, len(node.value))
+            return node
+        children = (
+            [child for pair in node.value for child in pair]
+            if isinstance(node, MappingNode)
+            else node.value
+        )
         shapes = [self._shapes[id(child)] for child in children]
-        self._shapes[id(node)] = (
-            1 + sum(size for size, _ in shapes),
-            1 + max((height for _, height in shapes), default=0),
+        self._shapes[id(node)] = _Shape(
+            1 + sum(shape.nodes for shape in shapes),
+            1 + max((shape.height for shape in shapes), default=0),
+            sum(shape.text for shape in shapes),
         )
         return node
+
+    def _expand(self, shape: _Shape) -> None:
+        """Account for an alias to a node of ``shape``, at the current depth."""
+        limits = self._limits
+        if self._nodes + shape.nodes > limits.max_nodes:
+            raise _LimitExceededError(
+                f"YAML aliases expand beyond {limits.max_nodes:,} nodes (max_nodes)"
+            )
+        if self._text + shape.text > limits.max_bytes:
+            raise _LimitExceededError(
+                f"YAML aliases expand beyond {_size(limits.max_bytes)} of text (max_bytes)"
+            )
+        if self._depth + shape.height > limits.max_depth:
+            raise _LimitExceededError(_too_deep(limits))
+        self._nodes += shape.nodes
+        self._text += shape.text
 
 
 if yaml.__with_libyaml__:
