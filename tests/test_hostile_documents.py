@@ -340,6 +340,7 @@ class Gate:
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.left = threading.Event()
         self.threads: list[int] = []
         self.timed_out = False
 
@@ -348,6 +349,7 @@ class Gate:
         self.entered.set()
         if not self.release.wait(DEADLINE):
             self.timed_out = True  # the loop could not run while validation was held
+        self.left.set()
 
 
 def gated_plugin(gate: Gate) -> object:
@@ -397,3 +399,30 @@ async def test_calls_keep_their_deadlines_while_a_document_is_being_validated(
         assert not gate.timed_out
         assert threading.get_ident() not in gate.threads
         assert runtime.config.policy("svc").section(SECTION).deadline == 1.0
+
+
+async def test_a_runtime_stopped_mid_validation_stops_at_once_and_applies_nothing(
+    tmp_path: Path, fault_server: FaultServer, logs: LogCapture
+) -> None:
+    gate = Gate()
+    path = tmp_path / "healkit.yaml"
+    path.write_text(service_yaml(fault_server.url))
+    source = healkit.FileSource(path, poll_interval=0.01)
+    async with healkit.Client(
+        config=source, plugins=[TimeoutPlugin(), gated_plugin(gate)], entry_points=False
+    ) as client:
+        runtime = client.runtime
+        good, version = runtime.config, runtime.version
+        path.write_text(service_yaml(fault_server.url, gate="{hold: true}"))
+        with anyio.fail_after(DEADLINE):
+            await anyio.to_thread.run_sync(gate.entered.wait)
+    # Stopped while the document was held: the stop did not wait for it...
+    assert not gate.left.is_set()
+    gate.release.set()
+    with anyio.fail_after(DEADLINE):
+        await anyio.to_thread.run_sync(gate.left.wait)
+    # ...and the worker's result, once there, is dropped.
+    assert not gate.timed_out
+    assert runtime.config is good
+    assert runtime.version == version
+    assert not any(entry["event"] == "healkit.background_task_failed" for entry in logs.entries)
