@@ -1,7 +1,7 @@
 """Configuration work off the event loop.
 
 Decoding a document and validating it are CPU work that grows with the document
-(up to about a second at the default :class:`~healkit.DocumentLimits`). Done on
+(seconds for a document at the default :class:`~healkit.DocumentLimits`). Done on
 the event loop, they would stall every call in flight; :func:`off_loop` runs
 them in a worker thread while the loop keeps serving.
 
