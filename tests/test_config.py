@@ -158,7 +158,7 @@ def test_any_document_is_a_config_or_a_config_error(doc: Any) -> None:
         assert isinstance(outcome, healkit.HealkitConfig)
 
 
-def test_invalid_document_keeps_the_last_good_configuration(logs: LogCapture) -> None:
+async def test_invalid_document_keeps_the_last_good_configuration(logs: LogCapture) -> None:
     runtime = healkit.Runtime(
         config={"services": {"a": {"endpoints": ["http://a.test"]}}},
         plugins=[TimeoutPlugin()],
@@ -170,7 +170,7 @@ def test_invalid_document_keeps_the_last_good_configuration(logs: LogCapture) ->
         runtime.apply({"services": {"a": {"endpoints": "nope"}}})
     assert runtime.config is good
     assert runtime.version == version
-    assert runtime.submit({"services": 1}, origin="test") is not None
+    assert await runtime.submit({"services": 1}, origin="test") is not None
     assert runtime.config is good
     rejected = [e for e in logs.entries if e["event"] == "healkit.config_rejected"]
     assert rejected

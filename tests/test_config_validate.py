@@ -681,7 +681,7 @@ def _parse_error(text: str | bytes, fmt: Literal["json", "yaml", "toml"]) -> Con
         ("json", '{"a": 1,}', "invalid JSON: trailing comma in object at line 1, column 9"),
         ("json", '{"a":\n  @}', "invalid JSON: invalid character at line 2, column 3"),
         ("json", '{"a": 1', "invalid JSON: input data was truncated"),
-        ("json", "[" * 100_000, "invalid JSON: the document is nested too deeply"),
+        ("json", "[" * 100_000, "the document nests deeper than 64 levels (max_depth)"),
         ("json", '{"a": 1e999}', "invalid JSON: number out of range"),
         (
             "yaml",
@@ -705,7 +705,11 @@ def _parse_error(text: str | bytes, fmt: Literal["json", "yaml", "toml"]) -> Con
                 "but found another document at line 2, column 1"
             ),
         ),
-        ("yaml", "a: *nowhere", "invalid YAML: found undefined alias at line 1, column 4"),
+        (
+            "yaml",
+            "a: *nowhere",
+            "invalid YAML: found undefined alias 'nowhere' at line 1, column 4",
+        ),
         ("toml", "a = ", "invalid TOML: Invalid value (at end of document)"),
         ("toml", "a = 1\na = 2", "invalid TOML: Cannot overwrite a value (at end of document)"),
         ("toml", "a = [1,,]", "invalid TOML: Invalid value (at line 1, column 8)"),

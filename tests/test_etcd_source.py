@@ -228,7 +228,7 @@ class RecordingSink:
         self.documents: list[dict[str, Any]] = []
         self.events: list[object] = []
 
-    def submit(self, raw: object, *, origin: str) -> ConfigError | None:
+    async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
         match = re.search(r"revision (\d+)$", origin)
         assert match is not None
         self.revisions.append(int(match[1]))

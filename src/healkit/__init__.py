@@ -19,6 +19,7 @@ from healkit._config import (
     Timeouts,
     build_config,
 )
+from healkit._config_formats import DocumentLimits
 from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
 from healkit._decorator import resilient
 from healkit._degraded import DegradedSettings
@@ -91,6 +92,7 @@ __all__ = [
     "DegradedModeError",
     "DegradedSettings",
     "DegradedTemplate",
+    "DocumentLimits",
     "EtcdAuthError",
     "EtcdCompacted",
     "EtcdError",

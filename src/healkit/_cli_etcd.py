@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import difflib
+import functools
 import getpass
 import json
 import math
@@ -57,6 +58,7 @@ from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
 from healkit._etcd import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
 from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource, etcd_prefix, key_role
 from healkit._fleet import HEALTH, INSTANCES, InstanceView, parse_record_key
+from healkit._offload import off_loop
 from healkit._plugins import create_plugin_manager
 from healkit._runtime import config_sections
 
@@ -1290,11 +1292,11 @@ class _WatchReport:
         self._start = revision
         self._accepted = _flatten(document)
 
-    def submit(self, raw: object, *, origin: str) -> ConfigError | None:
-        """Validate ``raw``; print the revision applied, or keep the error for later."""
+    async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
+        """Validate ``raw`` (in a worker thread); print the revision applied, or keep the error."""
         revision = _origin_revision(origin)
         try:
-            build_config(raw, self.sections, origin=origin)
+            await off_loop(functools.partial(build_config, raw, self.sections, origin=origin))
         except ConfigError as error:
             self._pending[revision] = error
             return error

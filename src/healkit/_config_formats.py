@@ -16,6 +16,16 @@ Format notes:
   documents is refused.
 - JSON also keeps the last value of a repeated key. TOML refuses repeated keys.
 - The top level must be a mapping (a JSON object, a YAML mapping, a TOML table).
+
+Limits (:class:`DocumentLimits`): a configuration document comes from a file or
+from etcd, and whoever can write there must not be able to stall or exhaust the
+process that reads it. Its size is checked before anything is decoded (a file is
+never read past the limit); YAML is composed node by node with the expansion of
+each alias counted, so a "billion laughs" document is refused long before any
+value is built; and every format is refused past a nesting depth and a number of
+nodes (each mapping key, each value, each container counts one). The decoding
+is CPU work of up to a second for a document at the limits: the sources run it
+in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -24,15 +34,27 @@ import errno
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Literal, NoReturn, TypeAlias
+from typing import Final, Literal, NamedTuple, NoReturn, TypeAlias, final
 
 import msgspec
-import msgspec.yaml
+import yaml
+from yaml.composer import Composer
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from healkit._errors import ConfigError, ConfigIssue
 
-__all__ = ["DocumentFormat", "format_for_path", "load_file", "parse_document"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DocumentFormat",
+    "DocumentLimits",
+    "format_for_path",
+    "load_file",
+    "parse_document",
+    "read_file",
+]
 
 DocumentFormat: TypeAlias = Literal["json", "yaml", "toml"]
 
@@ -47,25 +69,86 @@ _JSON_BYTE: Final = re.compile(r" \(byte (\d+)\)$")
 _MSGSPEC_LOCATION: Final = re.compile(r" - at `[^`]*`$")
 _YAML_MARK: Final = re.compile(r'^\s*in "[^"]*", line (\d+), column (\d+)\s*$')
 _BOM: Final = "\ufeff"
+_MIB: Final = 1024 * 1024
 
 
-def parse_document(text: str | bytes, *, fmt: DocumentFormat, origin: str) -> object:
-    """Decode one configuration document.
+@final
+class DocumentLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What one configuration document may cost to decode; beyond, it is refused.
+
+    Limits are set locally (on :class:`~healkit.FileSource` or
+    :class:`~healkit.etcd.EtcdSource`), never by a document: a document cannot
+    raise its own limits.
+
+    Attributes:
+        max_bytes: the size of the document in bytes (UTF-8), checked before it
+            is decoded, and of the text its YAML aliases may expand to. 1 MiB
+            by default: a real document is a few KiB (one
+            etcd key per service) to a few hundred KiB (a file with thousands of
+            services), and etcd itself refuses values above 1.5 MiB by default.
+        max_depth: how deeply values may nest (the top-level mapping is level
+            1). 64 by default; the deepest path of healkit's own schema is
+            under 10 levels.
+        max_nodes: how many values the decoded document may hold, counting
+            each mapping key, each value and each container, after YAML
+            aliases are expanded. 250,000 by default: more than any document
+            within ``max_bytes`` needs (a 1 MiB document of real configuration
+            holds about 100,000), and it keeps alias expansion, validation and
+            every later walk of the document bounded.
+
+    """
+
+    max_bytes: int = _MIB
+    max_depth: int = 64
+    max_nodes: int = 250_000
+
+    def __post_init__(self) -> None:
+        """Refuse limits that are not positive integers."""
+        for name in ("max_bytes", "max_depth", "max_nodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+DEFAULT_LIMITS: Final = DocumentLimits()
+"""The limits of a source that is given none."""
+
+
+class _LimitExceededError(Exception):
+    """A document goes beyond its :class:`DocumentLimits`; the message says how."""
+
+
+def parse_document(
+    text: str | bytes,
+    *,
+    fmt: DocumentFormat,
+    origin: str,
+    limits: DocumentLimits = DEFAULT_LIMITS,
+) -> object:
+    """Decode one configuration document within ``limits``.
+
+    This is CPU work proportional to the document (up to about a second at the
+    default limits): call it off the event loop.
 
     Args:
         text: the document, as text or as UTF-8 bytes.
         fmt: its format.
         origin: where it came from (a file path, an etcd key), for error messages.
+        limits: what the document may cost; it is refused beyond.
 
     Returns:
         The decoded document: a ``dict`` with ``str`` keys for well-formed input
         (YAML may also produce non-string keys; validation reports them).
 
     Raises:
-        ConfigError: the bytes are not UTF-8, the syntax is invalid, or the top
-            level is not a mapping.
+        ConfigError: the document is larger, deeper or holds more nodes than
+            ``limits`` allow, the bytes are not UTF-8, the syntax is invalid,
+            or the top level is not a mapping.
 
     """
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        _fail(_too_large(size, limits), origin)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -74,11 +157,19 @@ def parse_document(text: str | bytes, *, fmt: DocumentFormat, origin: str) -> ob
     text = text.removeprefix(_BOM)
     name = _FORMAT_NAMES[fmt]
     try:
-        document = _decode(text, fmt)
-    except (msgspec.MsgspecError, tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        document = _decode(text, fmt, limits)
+    except _LimitExceededError as exc:
+        _fail(str(exc), origin)
+    except (
+        msgspec.MsgspecError,
+        yaml.YAMLError,
+        tomllib.TOMLDecodeError,
+        ValueError,
+        TypeError,
+    ) as exc:
         _fail(f"invalid {name}: {_describe_error(exc, text, fmt)}", origin)
     except RecursionError:
-        _fail(f"invalid {name}: the document is nested too deeply", origin)
+        _fail(_too_deep(limits), origin)
     if not isinstance(document, dict):
         got = "null" if document is None else type(document).__name__
         _fail(f"the document must be an object/table at the top level, got {got}", origin)
@@ -101,32 +192,186 @@ def format_for_path(path: str | os.PathLike[str]) -> DocumentFormat:
     return fmt
 
 
-def load_file(path: str | os.PathLike[str]) -> object:
-    """Read and decode a configuration file, choosing the format from its suffix.
+def read_file(path: str | os.PathLike[str], *, limits: DocumentLimits = DEFAULT_LIMITS) -> bytes:
+    """Read a configuration file's bytes, never more than ``limits.max_bytes`` (+1 to tell).
 
     Raises:
-        ConfigError: unsupported suffix, unreadable file (the reason names the OS
-            error), or an invalid document; ``origin`` is the path.
+        ConfigError: the file cannot be read (the reason names the OS error) or
+            is larger than ``limits.max_bytes``; ``origin`` is the path.
 
     """
     origin = os.fspath(path)
-    fmt = format_for_path(path)
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as file:
+            data = file.read(limits.max_bytes + 1)
+            if len(data) > limits.max_bytes:
+                _fail(_too_large(max(os.fstat(file.fileno()).st_size, len(data)), limits), origin)
     except OSError as exc:
         code = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
         detail = exc.strerror or type(exc).__name__
         _fail(f"cannot read the file: {detail}" + (f" ({code})" if code else ""), origin)
-    return parse_document(data, fmt=fmt, origin=origin)
+    return data
 
 
-def _decode(text: str, fmt: DocumentFormat) -> object:
-    """Run the decoder of ``fmt``; decoder exceptions propagate."""
-    if fmt == "json":
-        return msgspec.json.decode(text.encode("utf-8"))
+def load_file(path: str | os.PathLike[str], *, limits: DocumentLimits = DEFAULT_LIMITS) -> object:
+    """Read and decode a configuration file, choosing the format from its suffix.
+
+    Like :func:`parse_document`, this is CPU work: call it off the event loop.
+
+    Raises:
+        ConfigError: unsupported suffix, unreadable file (the reason names the OS
+            error), a document beyond ``limits``, or an invalid document;
+            ``origin`` is the path.
+
+    """
+    fmt = format_for_path(path)
+    data = read_file(path, limits=limits)
+    return parse_document(data, fmt=fmt, origin=os.fspath(path), limits=limits)
+
+
+def _decode(text: str, fmt: DocumentFormat, limits: DocumentLimits) -> object:
+    """Run the decoder of ``fmt`` within ``limits``; decoder exceptions propagate."""
     if fmt == "yaml":
-        return msgspec.yaml.decode(text)
-    return tomllib.loads(text)
+        # The bounded loader counts nodes and depth while composing, before
+        # anything is constructed: an alias bomb never gets expanded.
+        loader = _BoundedYamlLoader(text, limits)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    document = msgspec.json.decode(text.encode("utf-8")) if fmt == "json" else tomllib.loads(text)
+    _check_shape(document, limits)
+    return document
+
+
+def _check_shape(document: object, limits: DocumentLimits) -> None:
+    """Refuse a decoded document that nests deeper or holds more nodes than ``limits``.
+
+    Iterative, and it stops at the first excess: its cost is bounded by the limits.
+    """
+    nodes = 0
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise _LimitExceededError(_too_deep(limits))
+        nodes += 1
+        if isinstance(value, dict):
+            nodes += len(value)  # the keys
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        if nodes > limits.max_nodes:
+            raise _LimitExceededError(_too_many(limits))
+
+
+class _Shape(NamedTuple):
+    """What a composed YAML node expands to: its nodes, its height, its text."""
+
+    nodes: int
+    height: int
+    text: int
+
+
+class _BoundedComposer(Composer):
+    """PyYAML's composer, counting what the document expands to as it composes it.
+
+    Each node composed counts one; an alias counts every node of what it refers
+    to (aliases inside it included), its depth adds to the depth where it
+    stands, and the text of its scalars adds to the document's text (aliases
+    may not expand a document to more text than ``max_bytes``: one long string
+    referred to by thousands of aliases is a bomb too). All are known when the
+    alias is met, from the node it refers to, so the checks cost nothing more
+    than composing the document itself.
+    """
+
+    check_event: Callable[..., bool]  # the parser's, a base class of the loader
+
+    def __init__(self, limits: DocumentLimits) -> None:
+        Composer.__init__(self)
+        self._limits = limits
+        self._depth = 0
+        self._nodes = 0
+        self._text = 0
+        # The shape of each composed node, by id: the nodes stay alive in the
+        # tree while it is composed.
+        self._shapes: dict[int, _Shape] = {}
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        """Compose one node (PyYAML's), then account for it."""
+        limits = self._limits
+        if self.check_event(AliasEvent):
+            node = super().compose_node(parent, index)
+            shape = None if node is None else self._shapes.get(id(node))
+            if shape is None:
+                raise _LimitExceededError("a YAML alias refers to a node that contains it")
+            self._expand(shape)
+            return node
+        self._depth += 1
+        if self._depth > limits.max_depth:
+            raise _LimitExceededError(_too_deep(limits))
+        self._nodes += 1
+        if self._nodes > limits.max_nodes:
+            raise _LimitExceededError(_too_many(limits))
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if node is None:  # pragma: no cover - PyYAML composes a node from every event
+            return None
+        if isinstance(node, ScalarNode):
+            self._text += len(node.value)  # within the document's size: no alias in it
+            self._shapes[id(node)] = _Shape(1, 1, len(node.value))
+            return node
+        children = (
+            [child for pair in node.value for child in pair]
+            if isinstance(node, MappingNode)
+            else node.value
+        )
+        shapes = [self._shapes[id(child)] for child in children]
+        self._shapes[id(node)] = _Shape(
+            1 + sum(shape.nodes for shape in shapes),
+            1 + max((shape.height for shape in shapes), default=0),
+            sum(shape.text for shape in shapes),
+        )
+        return node
+
+    def _expand(self, shape: _Shape) -> None:
+        """Account for an alias to a node of ``shape``, at the current depth."""
+        limits = self._limits
+        if self._nodes + shape.nodes > limits.max_nodes:
+            raise _LimitExceededError(
+                f"YAML aliases expand beyond {limits.max_nodes:,} nodes (max_nodes)"
+            )
+        if self._text + shape.text > limits.max_bytes:
+            raise _LimitExceededError(
+                f"YAML aliases expand beyond {_size(limits.max_bytes)} of text (max_bytes)"
+            )
+        if self._depth + shape.height > limits.max_depth:
+            raise _LimitExceededError(_too_deep(limits))
+        self._nodes += shape.nodes
+        self._text += shape.text
+
+
+if yaml.__with_libyaml__:
+
+    class _BoundedYamlLoader(_BoundedComposer, yaml.CSafeLoader):
+        """PyYAML's safe loader on libyaml's C parser, composing with :class:`_BoundedComposer`.
+
+        The composer comes first in the bases, so its ``get_single_node``
+        replaces libyaml's own (which would compose without counting).
+        """
+
+        def __init__(self, text: str, limits: DocumentLimits) -> None:
+            yaml.CSafeLoader.__init__(self, text)
+            _BoundedComposer.__init__(self, limits)
+
+else:  # pragma: no cover - PyYAML built without libyaml
+
+    class _BoundedYamlLoader(_BoundedComposer, yaml.SafeLoader):  # type: ignore[no-redef]
+        """PyYAML's pure-Python safe loader, composing with :class:`_BoundedComposer`."""
+
+        def __init__(self, text: str, limits: DocumentLimits) -> None:
+            yaml.SafeLoader.__init__(self, text)
+            _BoundedComposer.__init__(self, limits)
 
 
 def _describe_error(exc: Exception, text: str, fmt: DocumentFormat) -> str:
@@ -151,6 +396,30 @@ def _describe_error(exc: Exception, text: str, fmt: DocumentFormat) -> str:
                 parts.append(raw_line.strip())
         return ": ".join(parts) or message
     return message
+
+
+def _size(size: int) -> str:
+    """Write a size in bytes, KiB or MiB (binary units: the limits are round there)."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < _MIB:
+        return f"{size / 1024:.1f} KiB".replace(".0 ", " ")
+    return f"{size / _MIB:.1f} MiB".replace(".0 ", " ")
+
+
+def _too_large(size: int, limits: DocumentLimits) -> str:
+    shown, limit = _size(size), _size(limits.max_bytes)
+    if shown == limit:  # just over: only the exact numbers tell them apart
+        shown, limit = f"{size:,} bytes", f"{limits.max_bytes:,} bytes"
+    return f"the document is {shown}, over the limit of {limit} (max_bytes)"
+
+
+def _too_deep(limits: DocumentLimits) -> str:
+    return f"the document nests deeper than {limits.max_depth} levels (max_depth)"
+
+
+def _too_many(limits: DocumentLimits) -> str:
+    return f"the document holds more than {limits.max_nodes:,} nodes (max_nodes)"
 
 
 def _line_column(text: str, byte_offset: int) -> tuple[int, int]:

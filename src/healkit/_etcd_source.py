@@ -18,7 +18,9 @@ and resynchronize with one full read when the history was compacted or etcd's
 revision went backwards (a restore). Every applied revision is one document
 submitted to the runtime; a document of one key that is invalid is rejected
 (logged with its key, revision, path and reason) and that key's last good
-document stays in force while the others move on.
+document stays in force while the others move on. Documents are decoded (within
+the source's :class:`~healkit.DocumentLimits`) and validated in a worker thread,
+one revision after the other: the event loop keeps serving calls meanwhile.
 
 While etcd cannot be reached the configuration in force keeps serving; the
 source says so (a log event, :attr:`EtcdSource.status`) and reconnects with
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -48,9 +51,10 @@ import anyio
 import msgspec
 import structlog
 
-from healkit._config_formats import DocumentFormat, parse_document
+from healkit._config_formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError, EtcdUnavailable
 from healkit._etcd import EtcdClient, EtcdWatch, KeyValue, WatchEvent
+from healkit._offload import off_loop
 from healkit._sources import ConfigSink
 
 __all__ = ["EtcdSource", "EtcdSourceStatus", "KeyKind", "Listener", "etcd_prefix", "key_role"]
@@ -154,6 +158,9 @@ class EtcdSource:
             longest a new watch may take to be confirmed; the source then
             reconnects and resumes from the last applied revision + 1.
         random: the random draw for the reconnection jitter (tests fix it).
+        limits: what one key's document may cost to decode (see
+            :class:`~healkit.DocumentLimits`); beyond, it is rejected like an
+            invalid one. Set here, locally: no document in etcd can change them.
 
     """
 
@@ -169,6 +176,7 @@ class EtcdSource:
         "_good",
         "_heard",
         "_last_error",
+        "_limits",
         "_listeners",
         "_liveness",
         "_random",
@@ -189,6 +197,7 @@ class EtcdSource:
         snapshot_path: str | os.PathLike[str] | None = None,
         liveness_timeout: float = DEFAULT_LIVENESS,
         random: Callable[[], float] = random.random,
+        limits: DocumentLimits = DEFAULT_LIMITS,
     ) -> None:
         if not 0 < liveness_timeout < math.inf:
             raise ValueError(f"liveness_timeout must be > 0 seconds, got {liveness_timeout!r}")
@@ -196,6 +205,7 @@ class EtcdSource:
         self._liveness = liveness_timeout
         # Messages the watch stream delivered so far (its sign of life).
         self._heard = 0
+        self._limits = limits
         self._root = etcd_prefix(namespace, prefix)
         if channel is not None and not _NAME.fullmatch(channel):
             raise ValueError(f"invalid channel {channel!r}")
@@ -324,8 +334,9 @@ class EtcdSource:
             self._documents = self._config_documents(result.kvs)
             self._extra = self._other_keys(result.kvs)
         self._good = {}
-        for key, text in self._documents.items():
-            decoded = self._decode(key, text, self._revision)
+        parsed = await self._parse(self._documents)
+        for key, document in parsed.items():
+            decoded = self._decode(key, document, self._revision)
             if decoded is not None:
                 self._good[key] = decoded
         if not self._from_snapshot:
@@ -380,7 +391,7 @@ class EtcdSource:
                 # A response can carry several revisions (catching up after a
                 # reconnection): each revision is applied on its own, whole.
                 for _, events in itertools.groupby(fresh, key=lambda e: e.kv.mod_revision):
-                    self._apply_events(list(events), sink)
+                    await self._apply_events(list(events), sink)
                 if not response.events and response.revision > self._revision:
                     # A progress notification: nothing of ours changed up to there.
                     self._revision = response.revision
@@ -482,9 +493,9 @@ class EtcdSource:
         changed.update((key, text) for key, text in now.items() if self._documents.get(key) != text)
         self._from_snapshot = False
         self._connected()
-        self._apply(changed, result.revision, sink)
+        await self._apply(changed, result.revision, sink)
 
-    def _apply_events(self, events: Sequence[WatchEvent], sink: ConfigSink) -> None:
+    async def _apply_events(self, events: Sequence[WatchEvent], sink: ConfigSink) -> None:
         """Apply one revision: configuration as one document, other keys to the listeners."""
         revision = max(event.kv.mod_revision for event in events)
         changed: dict[str, str | None] = {}
@@ -500,7 +511,7 @@ class EtcdSource:
             else:
                 self._extra[key] = event.kv
         self._dispatch(others, revision)
-        self._apply(changed, revision, sink)
+        await self._apply(changed, revision, sink)
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -540,7 +551,9 @@ class EtcdSource:
                 reason=str(error),
             )
 
-    def _apply(self, changed: Mapping[str, str | None], revision: int, sink: ConfigSink) -> None:
+    async def _apply(
+        self, changed: Mapping[str, str | None], revision: int, sink: ConfigSink
+    ) -> None:
         """Submit the document with ``changed`` keys (``None``: deleted) as of ``revision``.
 
         A key whose new document cannot be decoded, or is the cause of the
@@ -548,9 +561,10 @@ class EtcdSource:
         """
         error: ConfigError | None = None
         if changed:
-            good, refused = self._stage(changed, revision)
+            parsed = await self._parse(changed)
+            good, refused = self._stage(changed, parsed, revision)
             if good != self._good:  # else only rejected documents changed
-                error = self._submit(good, refused, changed, revision, sink)
+                error = await self._submit(good, refused, changed, revision, sink)
             if error is None:
                 self._good = good
                 for key in changed.keys() - refused:
@@ -559,7 +573,7 @@ class EtcdSource:
         self._persist()
         self._changed.set()
 
-    def _submit(
+    async def _submit(
         self,
         good: dict[str, object],
         refused: set[str],
@@ -569,7 +583,7 @@ class EtcdSource:
     ) -> ConfigError | None:
         """Submit ``good``; if the runtime blames changed keys, retry without them."""
         origin = f"{self.origin} revision {revision}"
-        error = sink.submit(self._assemble(good), origin=origin)
+        error = await sink.submit(self._assemble(good), origin=origin)
         if error is None:
             return None
         blamed = {key for key in changed if key in good and self._blamed(key, error)} - refused
@@ -579,12 +593,15 @@ class EtcdSource:
             self._reject(key, revision, error)
             refused.add(key)
             self._restore(key, good)
-        return sink.submit(self._assemble(good), origin=origin)
+        return await sink.submit(self._assemble(good), origin=origin)
 
     def _stage(
-        self, changed: Mapping[str, str | None], revision: int
+        self, changed: Mapping[str, str | None], parsed: Mapping[str, object], revision: int
     ) -> tuple[dict[str, object], set[str]]:
-        """Return the good documents with ``changed`` applied, and the keys refused."""
+        """Return the good documents with ``changed`` applied, and the keys refused.
+
+        ``parsed`` holds the decoded document of each key ``changed`` to a text.
+        """
         good = dict(self._good)
         refused: set[str] = set()
         for key, text in changed.items():
@@ -593,7 +610,7 @@ class EtcdSource:
                 good.pop(key, None)
                 continue
             self._documents[key] = text
-            decoded = self._decode(key, text, revision)
+            decoded = self._decode(key, parsed[key], revision)
             if decoded is None:
                 refused.add(key)
                 self._restore(key, good)
@@ -621,14 +638,36 @@ class EtcdSource:
         documents = {self._key(kv): _text(kv) for kv in kvs}
         return {key: text for key, text in documents.items() if self._role(key) is not None}
 
-    def _decode(self, key: str, text: str, revision: int) -> object | None:
-        """Decode one key's document, or report it and return ``None``."""
-        fmt: DocumentFormat = "json" if text.lstrip().startswith("{") else "yaml"
-        try:
-            return parse_document(text, fmt=fmt, origin=self._root + key)
-        except ConfigError as error:
-            self._reject(key, revision, error)
+    async def _parse(self, texts: Mapping[str, str | None]) -> dict[str, object]:
+        """Decode the documents of ``texts`` (``None``: deleted, skipped) in a worker thread.
+
+        Returns:
+            Each key's decoded document, or the :class:`ConfigError` that refused it.
+
+        """
+        return await off_loop(functools.partial(self._parse_all, dict(texts)))
+
+    def _parse_all(self, texts: Mapping[str, str | None]) -> dict[str, object]:
+        """Decode each document of ``texts`` (in a worker thread: no state of the source)."""
+        parsed: dict[str, object] = {}
+        for key, text in texts.items():
+            if text is None:
+                continue
+            fmt: DocumentFormat = "json" if text.lstrip().startswith("{") else "yaml"
+            try:
+                parsed[key] = parse_document(
+                    text, fmt=fmt, origin=self._root + key, limits=self._limits
+                )
+            except ConfigError as error:
+                parsed[key] = error
+        return parsed
+
+    def _decode(self, key: str, parsed: object, revision: int) -> object | None:
+        """Return one key's decoded document, or report why it has none and return ``None``."""
+        if isinstance(parsed, ConfigError):
+            self._reject(key, revision, parsed)
             return None
+        return parsed
 
     def _role(self, key: str) -> tuple[Literal["defaults", "service", "overlay"], str] | None:
         """Return what ``key`` is to this source (``None``: not its configuration)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import math
 import os
 from collections import Counter
@@ -34,6 +35,7 @@ from healkit._config import (
     build_config,
 )
 from healkit._errors import ConfigError, ConfigIssue, PluginError
+from healkit._offload import off_loop
 from healkit._plan import PER_CALL_HOOKS, CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._sources import ConfigSource, FileSource, InMemorySource
@@ -165,13 +167,18 @@ class Runtime:
         """
         return self._apply_or_raise(raw, origin=origin, configure=True)
 
-    def submit(self, raw: object, *, origin: str) -> ConfigError | None:
-        """Apply ``raw`` from a source; log and return the error if rejected."""
+    async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
+        """Apply ``raw`` from a source; log and return the error if rejected.
+
+        The document is validated in a worker thread (the event loop keeps
+        serving meanwhile), then swapped in on the loop.
+        """
         try:
-            self._apply_or_raise(raw, origin=origin, configure=True)
+            config = await self._validate_off_loop(raw, origin)
         except ConfigError as error:
             self.reject(error)
             return error
+        self._install(config, raw, origin=origin, configure=True)
         return None
 
     def reject(self, error: ConfigError) -> None:
@@ -196,6 +203,24 @@ class Runtime:
         self, raw: object, *, origin: str, configure: bool = False
     ) -> HealkitConfig:
         config = build_config(raw, self.sections, origin=origin)
+        return self._install(config, raw, origin=origin, configure=configure)
+
+    async def _validate_off_loop(self, raw: object, origin: str) -> HealkitConfig:
+        """Validate ``raw`` in a worker thread, against the sections in force when it ends.
+
+        Raises:
+            ConfigError: the document is invalid.
+
+        """
+        while True:
+            sections = self.sections
+            config = await off_loop(functools.partial(build_config, raw, sections, origin=origin))
+            if sections is self.sections:  # else a plugin was registered meanwhile
+                return config
+
+    def _install(
+        self, config: HealkitConfig, raw: object, *, origin: str, configure: bool
+    ) -> HealkitConfig:
         previous = self._config
         self._config = config
         self._raw = raw
@@ -389,7 +414,9 @@ class Runtime:
             return
         source = self._source
         if not isinstance(source, InMemorySource | FileSource):
-            self._apply_or_raise(await source.load(), origin=source.origin, configure=True)
+            raw = await source.load()
+            config = await self._validate_off_loop(raw, source.origin)
+            self._install(config, raw, origin=source.origin, configure=True)
         self._started = True
         if not isinstance(source, InMemorySource):
             self.start_background(f"config-watch {source.origin}", lambda: source.watch(self))

@@ -9,10 +9,15 @@ it and keeps the last good configuration. Two sources ship with the core:
 
 A source for another store (etcd) implements the same protocol: ``load`` the
 current document once at start, then ``watch`` and submit each new one.
+
+Reading, decoding (within :class:`~healkit.DocumentLimits`) and validating a
+document run in a worker thread, never on the event loop: a large or hostile
+document delays its own application, not the calls in flight.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -21,8 +26,15 @@ from typing import Protocol, final, runtime_checkable
 
 import anyio
 
-from healkit._config_formats import load_file
+from healkit._config_formats import (
+    DEFAULT_LIMITS,
+    DocumentLimits,
+    format_for_path,
+    parse_document,
+    read_file,
+)
 from healkit._errors import ConfigError
+from healkit._offload import off_loop
 
 __all__ = ["ConfigSink", "ConfigSource", "FileSource", "InMemorySource"]
 
@@ -30,11 +42,13 @@ __all__ = ["ConfigSink", "ConfigSource", "FileSource", "InMemorySource"]
 class ConfigSink(Protocol):
     """What a source submits documents to (implemented by the runtime)."""
 
-    def submit(self, raw: object, *, origin: str) -> ConfigError | None:
+    async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
         """Validate and apply ``raw``; return the error if it was rejected.
 
-        A rejected document is logged (``healkit.config_rejected``) and the
-        configuration in force stays; the source carries on watching.
+        The runtime validates in a worker thread; the source awaits the
+        outcome before it submits its next document, so documents apply in
+        order. A rejected document is logged (``healkit.config_rejected``) and
+        the configuration in force stays; the source carries on watching.
         """
         ...
 
@@ -107,16 +121,33 @@ class FileSource:
     The file is re-read when its size, modification time or inode change, and
     submitted only if its content differs from the last one read. Polling
     (default once a second) works on every filesystem, including the
-    atomically replaced files of Kubernetes ConfigMaps.
+    atomically replaced files of Kubernetes ConfigMaps. The file is read,
+    decoded and validated in a worker thread, and never read past
+    ``limits.max_bytes``.
+
+    Args:
+        path: the file; its suffix gives the format.
+        poll_interval: seconds between two looks at the file.
+        limits: what one document may cost to decode (see
+            :class:`~healkit.DocumentLimits`); a larger, deeper or bigger one
+            is rejected and the configuration in force stays.
+
     """
 
-    __slots__ = ("_digest", "_path", "_poll_interval", "_signature")
+    __slots__ = ("_digest", "_limits", "_path", "_poll_interval", "_signature")
 
-    def __init__(self, path: str | os.PathLike[str], *, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        poll_interval: float = 1.0,
+        limits: DocumentLimits = DEFAULT_LIMITS,
+    ) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         self._path = Path(path)
         self._poll_interval = poll_interval
+        self._limits = limits
         self._signature: tuple[int, int, int] | None = None
         self._digest: bytes | None = None
 
@@ -126,14 +157,26 @@ class FileSource:
         return str(self._path)
 
     def read(self) -> object:
-        """Read and decode the file now (the file is small; used at start)."""
+        """Read and decode the file now, on the calling thread (a runtime does it once, at start).
+
+        Raises:
+            ConfigError: the file cannot be read, or its document is invalid.
+
+        """
         self._signature = self._stat()
-        self._digest = _digest(self._path)
-        return load_file(self._path)
+        self._digest, document = self._fetch(None)
+        if isinstance(document, ConfigError):
+            raise document
+        return document
 
     async def load(self) -> object:
-        """Read and decode the file."""
-        return self.read()
+        """Read and decode the file in a worker thread.
+
+        Raises:
+            ConfigError: the file cannot be read, or its document is invalid.
+
+        """
+        return await off_loop(self.read)
 
     async def watch(self, sink: ConfigSink) -> None:
         """Poll the file and submit each changed document."""
@@ -143,16 +186,34 @@ class FileSource:
             if signature == self._signature:
                 continue
             self._signature = signature
-            digest = _digest(self._path)
+            digest, document = await off_loop(functools.partial(self._fetch, self._digest))
             if digest == self._digest:
                 continue
             self._digest = digest
-            try:
-                document = load_file(self._path)
-            except ConfigError as error:
-                sink.reject(error)
-                continue
-            sink.submit(document, origin=self.origin)
+            if isinstance(document, ConfigError):
+                sink.reject(document)
+            else:
+                await sink.submit(document, origin=self.origin)
+
+    def _fetch(self, known: bytes | None) -> tuple[bytes | None, object]:
+        """Read the file; return its digest and its document (or why there is none).
+
+        The document is ``None`` when the digest is ``known`` (nothing changed),
+        a :class:`ConfigError` when the file cannot be read (digest ``None``)
+        or decoded. Runs in a worker thread: it touches no state of the source.
+        """
+        try:
+            fmt = format_for_path(self._path)
+            data = read_file(self._path, limits=self._limits)
+        except ConfigError as error:
+            return None, error
+        digest = hashlib.sha256(data).digest()
+        if digest == known:
+            return digest, None
+        try:
+            return digest, parse_document(data, fmt=fmt, origin=self.origin, limits=self._limits)
+        except ConfigError as error:
+            return digest, error
 
     def _stat(self) -> tuple[int, int, int]:
         try:
@@ -160,10 +221,3 @@ class FileSource:
         except OSError:
             return (-1, -1, -1)
         return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _digest(path: Path) -> bytes | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).digest()
-    except OSError:
-        return None
