@@ -491,9 +491,10 @@ class EtcdSource:
         now = self._config_documents(result.kvs)
         changed: dict[str, str | None] = {key: None for key in self._documents if key not in now}
         changed.update((key, text) for key, text in now.items() if self._documents.get(key) != text)
+        await self._apply(changed, result.revision, sink)
+        # Only now is what etcd holds in force (applying may await a worker thread).
         self._from_snapshot = False
         self._connected()
-        await self._apply(changed, result.revision, sink)
 
     async def _apply_events(self, events: Sequence[WatchEvent], sink: ConfigSink) -> None:
         """Apply one revision: configuration as one document, other keys to the listeners."""
