@@ -139,7 +139,7 @@ async def test_truncated_body_is_a_failed_attempt_that_can_be_retried(
     assert response.body == b"whole"
     assert response.outcome is not None
     assert response.outcome.path == "retry"
-    assert [a.error for a in response.outcome.attempts] == ["ConnectionLostError", None]
+    assert [a.error for a in response.outcome.attempts] == ["ProtocolError", None]
 
 
 async def test_status_declared_failure_is_retried_then_returned(
