@@ -274,7 +274,7 @@ async def test_per_request_aiohttp_options_pass_through(
 
 async def test_client_requires_entering(make_client: MakeClient) -> None:
     client = make_client()
-    with pytest.raises(RuntimeError, match="not open"):
+    with pytest.raises(healkit.ClientClosedError, match="not open"):
         await client.get("http://127.0.0.1:1/")
 
 

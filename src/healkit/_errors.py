@@ -23,6 +23,7 @@ attempts made (``error.attempts``)::
     │   └── BodyTooLargeError       the response body exceeded the configured cap
     ├── CallError                   a decorated function raised an exception counted as failure
     ├── RequestError                the request itself is invalid (bad URL, unknown service)
+    │   └── ClientClosedError       the client is not open (never entered, or already closed)
     ├── ConfigError                 a configuration document is invalid (path and reason per issue)
     ├── PluginError                 a plugin crashed in a decision hook (names the plugin)
     └── EtcdError                   talking to etcd failed (healkit's own etcd client)
@@ -60,6 +61,7 @@ __all__ = [
     "BudgetExhaustedError",
     "CallError",
     "CircuitOpenError",
+    "ClientClosedError",
     "ConfigError",
     "ConfigIssue",
     "ConnectError",
@@ -276,11 +278,23 @@ class CallError(HealkitError):
         self.error = error
 
 
-@final
 class RequestError(HealkitError):
-    """The request cannot be made as given (invalid URL, unknown service, bad body)."""
+    """The request cannot be made as given (invalid URL, unknown service, bad body).
+
+    Raised before anything is sent; the message names the argument at fault
+    (``method``, ``headers``, ``json``, ``data``, ``params``, the URL).
+    """
 
     may_have_reached_server = False
+
+
+@final
+class ClientClosedError(RequestError):
+    """A call was made on a :class:`healkit.Client` that is not open.
+
+    The client was never entered (``async with healkit.Client() as client``),
+    has been closed, or its adopted aiohttp session was closed. Nothing was sent.
+    """
 
 
 @final

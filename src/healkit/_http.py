@@ -19,7 +19,12 @@ from multidict import CIMultiDict
 
 from healkit._config import CORE_TIMEOUTS, Timeouts
 from healkit._context import AttemptContext, CallContext, Fallback
-from healkit._errors import BodyTooLargeError, RequestError, map_aiohttp_error
+from healkit._errors import (
+    BodyTooLargeError,
+    ClientClosedError,
+    RequestError,
+    map_aiohttp_error,
+)
 from healkit._outcome import Outcome
 from healkit._response import CHUNK_SIZE, OUTCOME_HEADER, Response
 
@@ -52,6 +57,7 @@ class HttpTransport:
         """Make one request; map aiohttp's errors; read the body unless streaming."""
         if attempt.endpoint is None:
             raise RequestError(f"no endpoint to send {call.method} {call.target} to")
+        _check_open(self._session)
         url = join_url(attempt.endpoint, call.target)
         headers = call.headers_if_any()
         if attempt.withheld_headers and headers:
@@ -121,6 +127,12 @@ class HttpTransport:
         """Attach the outcome."""
         result.bind_outcome(outcome)
         return result
+
+
+def _check_open(session: aiohttp.ClientSession) -> None:
+    """Raise ClientClosedError if the client closed its session during the call (a retry)."""
+    if session.closed:
+        raise ClientClosedError("the client was closed before this attempt")
 
 
 def join_url(endpoint: str, target: str) -> str:
