@@ -17,7 +17,7 @@ import pytest
 
 import healkit
 from healkit.testing import Fault, FaultServer, ManualClock
-from healkit_breaker import BreakerPlugin
+from healkit_breaker import BreakerPlugin, State
 from healkit_retry import RetryPlugin
 from tests.conftest import service_config
 
@@ -165,6 +165,28 @@ async def test_the_breaker_counts_malformed_answers_as_failures(
     assert status is not None
     assert (status.failures, status.consecutive_failures) == (3, 3)
     assert fault_server.hits() == 3
+
+
+async def test_a_half_open_probe_whose_body_is_malformed_opens_the_breaker_again(
+    fault_server: FaultServer, manual_clock: ManualClock, make_client: MakeClient
+) -> None:
+    fault_server.script(
+        "/x", Fault.garbage_status_line(), HEAD_AND_BODY["body not gzip as declared"]
+    )
+    breaker = BreakerPlugin()
+    config = service_config(
+        fault_server.url, breaker={"consecutive_failures": 1, "open_duration": 5.0}
+    )
+    async with make_client(config, breaker, clock=manual_clock) as client:
+        with pytest.raises(healkit.ProtocolError):
+            await client.get("/x", service="svc")
+        assert breaker.state("svc", fault_server.url) is State.OPEN
+        manual_clock.advance(5.0)
+        assert breaker.state("svc", fault_server.url) is State.HALF_OPEN
+        with pytest.raises(healkit.ProtocolError):  # the probe: a 200 head, a broken body
+            await client.get("/x", service="svc")
+        assert breaker.state("svc", fault_server.url) is State.OPEN
+    assert fault_server.hits("/x") == 2
 
 
 async def test_a_get_is_retried_after_a_malformed_answer(
