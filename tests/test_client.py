@@ -139,7 +139,7 @@ async def test_truncated_body_is_a_failed_attempt_that_can_be_retried(
     assert response.body == b"whole"
     assert response.outcome is not None
     assert response.outcome.path == "retry"
-    assert [a.error for a in response.outcome.attempts] == ["ConnectionLostError", None]
+    assert [a.error for a in response.outcome.attempts] == ["ProtocolError", None]
 
 
 async def test_status_declared_failure_is_retried_then_returned(
@@ -274,7 +274,7 @@ async def test_per_request_aiohttp_options_pass_through(
 
 async def test_client_requires_entering(make_client: MakeClient) -> None:
     client = make_client()
-    with pytest.raises(RuntimeError, match="not open"):
+    with pytest.raises(healkit.ClientClosedError, match="not open"):
         await client.get("http://127.0.0.1:1/")
 
 

@@ -133,6 +133,15 @@ async def test_an_upstream_cannot_fake_the_outcome_header(fault_server: FaultSer
     assert outcome_of(response).path == "primary"
 
 
+async def test_a_malformed_answer_is_a_protocol_error(fault_server: FaultServer) -> None:
+    fault_server.script("/bad", Fault.garbage_status_line())
+    document = config(fault_server.url, retry={"attempts": 1})
+    async with httpx.AsyncClient(transport=transport(document)) as client:
+        with pytest.raises(healkit.ProtocolError) as caught:
+            await client.get(f"{fault_server.url}/bad")
+    assert caught.value.may_have_reached_server is True
+
+
 async def test_the_body_cap_applies(fault_server: FaultServer) -> None:
     fault_server.script("/big", Fault.ok(body=b"x" * 2048))
     document = config(fault_server.url, max_body_bytes=1024)
@@ -186,7 +195,7 @@ async def test_the_runtime_stops_with_the_client(fault_server: FaultServer) -> N
         await client.get(f"{fault_server.url}/x")
         assert resilient.runtime.started
     assert not resilient.runtime.started
-    with pytest.raises(healkit.RequestError, match="closed"):
+    with pytest.raises(healkit.ClientClosedError, match="closed"):
         await resilient.handle_async_request(httpx.Request("GET", f"{fault_server.url}/x"))
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, Self, final
@@ -16,7 +18,7 @@ from multidict import CIMultiDict
 from healkit._clock import SYSTEM_CLOCK, Clock
 from healkit._config import HealkitConfig, ServicePolicy, url_under
 from healkit._context import CallContext
-from healkit._errors import RequestError
+from healkit._errors import ClientClosedError, RequestError
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
 from healkit._pipeline import execute
 from healkit._response import Response
@@ -28,6 +30,25 @@ RESERVED_OPTIONS: Final = frozenset(
     {"timeout", "method", "url", "headers", "data", "json", "trace_request_ctx"}
 )
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+STANDARD_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+# RFC 9110 5.6.2: a method or a field name is a token.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 5.5: a field value holds no control character but horizontal tab.
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A host as yarl gives it (IPv6 without brackets, IDNA already applied): RFC 3986 reg-name.
+_HOST: Final = re.compile(r"[0-9A-Za-z\-._~!$&'()*+,;=%:]+")
+_SHOWN_NAME_CHARS: Final = 64
+# What aiohttp sends as a body besides bytes and str (forms are Mappings or pairs).
+_BODY_TYPES: Final = (
+    bytearray,
+    memoryview,
+    io.IOBase,
+    aiohttp.Payload,
+    aiohttp.FormData,
+    AsyncIterable,
+)
 
 
 @final
@@ -127,9 +148,12 @@ class Client:
     @property
     def session(self) -> aiohttp.ClientSession:
         """The aiohttp session (for what healkit does not wrap)."""
-        if self._session is None:
-            raise RuntimeError("the client is not open: use `async with healkit.Client(...)`")
-        return self._session
+        session = self._session
+        if session is None or session.closed:
+            raise ClientClosedError(
+                "the client is not open (use `async with healkit.Client(...)`), or is closed"
+            )
+        return session
 
     async def request(  # noqa: PLR0913 - keyword-only options, as in aiohttp
         self,
@@ -173,6 +197,10 @@ class Client:
             The response (real, fallback or degraded; see ``response.outcome``).
 
         Raises:
+            RequestError: the request is invalid as given (the message names the
+                argument: ``method``, ``target``, ``params``, ``headers``, ``json``,
+                ``data``, ``deadline``); nothing was sent.
+            ClientClosedError: the client is not open.
             HealkitError: the call failed for good; ``error.attempts`` tells how.
 
         """
@@ -212,6 +240,10 @@ class Client:
         head arrives; read the body with ``response.iter_chunks()`` or
         ``await response.read()`` inside the block (``max_body_bytes`` still
         applies). The connection is released when the block ends.
+
+        Raises:
+            HealkitError: as :meth:`request`.
+
         """
         call, transport, endpoint = self._prepare(
             method,
@@ -250,24 +282,22 @@ class Client:
         session = self.session
         if options and (reserved := RESERVED_OPTIONS & options.keys()):
             raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
-        if json is not None and data is not None:
-            raise RequestError("pass json= or data=, not both")
+        if method not in STANDARD_METHODS:
+            _check_method(method)
         method = method.upper()
         config = self.runtime.config
         endpoint, path, service_name, policy, url = _address(config, target, service)
         if params:
-            path = str(yarl.URL(path).update_query(params))
-        request_headers = CIMultiDict(headers) if headers else None
+            path = _with_query(path, params)
+        request_headers = _request_headers(headers) if headers else None
         if url is not None and url.user is not None:
             # Credentials in the URL become a Basic Authorization header (as
             # aiohttp would do), so that logs and errors never carry the URL's.
             if request_headers is None:
                 request_headers = CIMultiDict()
-            credentials = aiohttp.encode_basic_auth(url.user, url.password or "")
-            request_headers.setdefault("Authorization", credentials)
-        body = data
+            request_headers.setdefault("Authorization", _basic_auth(url))
+        body = _body(json, data)
         if json is not None:
-            body = msgspec.json.encode(json)
             if request_headers is None:
                 request_headers = CIMultiDict()
             request_headers.setdefault("Content-Type", "application/json")
@@ -275,7 +305,7 @@ class Client:
         now = clock.now()
         limit = math.inf
         if deadline is not None:
-            if not deadline > 0 or not math.isfinite(deadline):
+            if not isinstance(deadline, int | float) or not 0 < deadline < math.inf:
                 raise RequestError(
                     f"deadline must be a finite number of seconds > 0, got {deadline!r}"
                 )
@@ -349,13 +379,17 @@ def _address(
     config: HealkitConfig, target: str, service: str | None
 ) -> tuple[str, str, str, ServicePolicy, yarl.URL | None]:
     """Return (endpoint, path below it, service name, policy, URL if absolute) for a target."""
+    if not isinstance(target, str):
+        raise RequestError(f"target must be a path or a URL (a str), got {type(target).__name__}")
     if target.startswith(("http://", "https://")):
         try:
             url = yarl.URL(target)
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeError (a host IDNA rejects) included
             raise RequestError(f"invalid URL: {exc}") from exc
-        if not url.host:
+        if not url.host or not url.raw_host:
             raise RequestError("invalid URL: no host")
+        if not _HOST.fullmatch(url.raw_host):
+            raise RequestError("invalid URL: the host has characters a host name cannot have")
         name = service or config.service_for_url(target)
         policy = config.policy(name) if name else config.defaults
         for endpoint in policy.endpoints:
@@ -363,7 +397,9 @@ def _address(
                 return endpoint, target[len(endpoint) :], name or policy.name, policy, url
         return str(url.origin()), url.raw_path_qs, name or url.host, policy, url
     if service is None:
-        raise RequestError(f"{target!r} is not an absolute URL: pass service= to address a service")
+        raise RequestError(
+            f"{_shown(target)} is not an absolute URL: pass service= to address a service"
+        )
     policy = config.policy(service)
     if not policy.endpoints or policy.name != service:
         raise RequestError(f"service {service!r} has no endpoints configured")
@@ -374,3 +410,116 @@ def _is_idempotent(method: str, headers: CIMultiDict[str] | None, declared: bool
     if declared is not None:
         return declared
     return method in IDEMPOTENT_METHODS or (headers is not None and IDEMPOTENCY_HEADER in headers)
+
+
+def _check_method(method: object) -> None:
+    """Raise RequestError unless ``method`` is an RFC 9110 token (an extension method)."""
+    if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+        raise RequestError(f"method {_shown(method)} is not an HTTP method (an RFC 9110 token)")
+
+
+def _request_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """Copy the caller's headers, rejecting what cannot be sent as a header field.
+
+    A name must be a token; a value a str with no control character but tab
+    (a CR or LF would split the header and inject another). Messages name the
+    header, never its value (it may be a credential).
+    """
+    try:
+        checked: CIMultiDict[str] = CIMultiDict(headers)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"headers= must map header names (str) to values: {exc}") from exc
+    for name, value in checked.items():
+        if not _TOKEN.fullmatch(name):
+            raise RequestError(f"headers: {_shown(name)} is not a header name (an RFC 9110 token)")
+        if not isinstance(value, str):
+            raise RequestError(
+                f"headers: the value of {_shown(name)} must be a str, got {type(value).__name__}"
+            )
+        if _CONTROL.search(value):
+            raise RequestError(
+                f"headers: the value of {_shown(name)} contains a control character (CR, LF, NUL)"
+            )
+        _check_text(value, f"headers: the value of {_shown(name)}")
+    return checked
+
+
+def _with_query(path: str, params: Mapping[str, str]) -> str:
+    """Return ``path`` with ``params`` added to its query string."""
+    try:
+        return str(yarl.URL(path).update_query(params))
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"params= cannot be put in a query string: {exc}") from exc
+
+
+def _basic_auth(url: yarl.URL) -> str:
+    """Return the Basic ``Authorization`` value for the userinfo of ``url``."""
+    try:
+        return aiohttp.encode_basic_auth(url.user or "", url.password or "")
+    except ValueError as exc:  # UnicodeEncodeError: Basic credentials are Latin-1
+        raise RequestError("invalid URL: its user name or password is not Latin-1") from exc
+
+
+def _body(json: object, data: object) -> object:
+    """Return the body to send: ``json`` encoded, else ``data`` once checked."""
+    if json is None:
+        if data is not None and not isinstance(data, bytes):
+            _check_data(data)
+        return data
+    if data is not None:
+        raise RequestError("pass json= or data=, not both")
+    try:
+        return msgspec.json.encode(json)
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+        raise RequestError(f"json= cannot be encoded as JSON: {exc}") from exc
+
+
+def _check_data(data: object) -> None:
+    """Raise RequestError unless aiohttp can send ``data`` as a body.
+
+    Besides bytes (not checked) aiohttp sends text (as UTF-8), bytes-like
+    objects, file objects, async iterables of bytes, payloads, and forms: a
+    mapping with str keys, an ``aiohttp.FormData``, or (name, value) pairs.
+    """
+    if isinstance(data, str):
+        _check_text(data, "data")
+        return
+    if isinstance(data, _BODY_TYPES):
+        return
+    if isinstance(data, Mapping):
+        fields: Iterable[object] = data.items()
+    elif isinstance(data, list | tuple):
+        fields = data
+    else:
+        raise RequestError(
+            "data= must be bytes, str, a form (a mapping or (name, value) pairs), a file"
+            f" object, or an async iterable of bytes; got {type(data).__name__}"
+        )
+    for field in fields:
+        if not (isinstance(field, list | tuple) and len(field) == 2):
+            raise RequestError("data: the fields of a form must be (name, value) pairs")
+        name, value = field
+        if not isinstance(name, str):
+            raise RequestError(f"data: a form field name must be a str, got {type(name).__name__}")
+        if _CONTROL.search(name):  # it goes into a header of a multipart form
+            raise RequestError("data: a form field name contains a control character")
+        _check_text(name, "data: a form field name")
+        if isinstance(value, str):
+            _check_text(value, f"data: the form field {_shown(name)}")
+
+
+def _check_text(text: str, what: str) -> None:
+    """Raise RequestError naming ``what`` unless ``text`` can be encoded as UTF-8."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise RequestError(f"{what} cannot be encoded as UTF-8") from exc
+
+
+def _shown(value: object) -> str:
+    """Return ``repr(value)`` cut to a length fit for an error message."""
+    text = repr(value)
+    if len(text) > _SHOWN_NAME_CHARS:
+        return text[: _SHOWN_NAME_CHARS - 3] + "..."
+    return text

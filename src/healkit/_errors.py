@@ -8,7 +8,8 @@ attempts made (``error.attempts``)::
     │   ├── ConnectError            no connection: never reached the server
     │   │   ├── DNSError
     │   │   └── TLSError
-    │   └── ConnectionLostError     the connection broke after the request was written
+    │   ├── ConnectionLostError     the connection broke after the request was written
+    │   └── ProtocolError           the answer is not valid HTTP (status line, headers, framing)
     ├── TimeoutExceeded             also a builtins.TimeoutError
     │   ├── ConnectTimeout          connect or pool wait took too long: never sent
     │   ├── ReadTimeout             no byte from the server for too long
@@ -24,6 +25,7 @@ attempts made (``error.attempts``)::
     │   └── TooManyRedirects        more redirects than the service's ``max_redirects``
     ├── CallError                   a decorated function raised an exception counted as failure
     ├── RequestError                the request itself is invalid (bad URL, unknown service)
+    │   └── ClientClosedError       the client is not open (never entered, or already closed)
     ├── ConfigError                 a configuration document is invalid (path and reason per issue)
     ├── PluginError                 a plugin crashed in a decision hook (names the plugin)
     └── EtcdError                   talking to etcd failed (healkit's own etcd client)
@@ -52,6 +54,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import aiohttp
 import yarl
+from aiohttp.http_exceptions import HttpProcessingError
 
 if TYPE_CHECKING:
     from healkit._outcome import AttemptRecord
@@ -62,6 +65,7 @@ __all__ = [
     "BudgetExhaustedError",
     "CallError",
     "CircuitOpenError",
+    "ClientClosedError",
     "ConfigError",
     "ConfigIssue",
     "ConnectError",
@@ -80,6 +84,7 @@ __all__ = [
     "HealkitError",
     "LimitError",
     "PluginError",
+    "ProtocolError",
     "ReadTimeout",
     "RedirectRefusedError",
     "RequestError",
@@ -91,6 +96,9 @@ __all__ = [
 ]
 
 BODY_EXCERPT_BYTES: Final = 200
+PROTOCOL_DETAIL_CHARS: Final = 200
+"""At most this much of aiohttp's parser message goes into a ProtocolError's message."""
+_CAUSE_DEPTH: Final = 4
 
 
 class HealkitError(Exception):
@@ -142,6 +150,19 @@ class TLSError(ConnectError):
 
 class ConnectionLostError(TransportError):
     """The connection broke after the request may have been written."""
+
+
+@final
+class ProtocolError(TransportError):
+    """The upstream's answer is not valid HTTP, so there is no response to judge.
+
+    A garbage status line, a header block over aiohttp's limits, broken chunked
+    framing, a body shorter (or longer) than its ``Content-Length``, a body that
+    does not decode as its ``Content-Encoding`` says. The upstream sent no real
+    status: this is a failure of the endpoint (counted by ejection and breakers),
+    and the request may have reached the server, so only an idempotent request
+    is retried.
+    """
 
 
 class TimeoutExceeded(HealkitError, TimeoutError):  # noqa: N818 - names what happened, like its subclasses
@@ -309,11 +330,23 @@ class CallError(HealkitError):
         self.error = error
 
 
-@final
 class RequestError(HealkitError):
-    """The request cannot be made as given (invalid URL, unknown service, bad body)."""
+    """The request cannot be made as given (invalid URL, unknown service, bad body).
+
+    Raised before anything is sent; the message names the argument at fault
+    (``method``, ``headers``, ``json``, ``data``, ``params``, the URL).
+    """
 
     may_have_reached_server = False
+
+
+@final
+class ClientClosedError(RequestError):
+    """A call was made on a :class:`healkit.Client` that is not open.
+
+    The client was never entered (``async with healkit.Client() as client``),
+    has been closed, or its adopted aiohttp session was closed. Nothing was sent.
+    """
 
 
 @final
@@ -547,10 +580,44 @@ def map_aiohttp_error(
         error = TLSError(f"TLS handshake with {url} failed: {detail}")
     elif isinstance(exc, aiohttp.ClientConnectorError):
         error = ConnectError(f"cannot connect to {url}: {detail}")
+    elif (malformed := _malformed_answer(exc)) is not None:
+        error = ProtocolError(f"malformed response from {url}: {malformed}")
     elif isinstance(exc, aiohttp.InvalidURL):
         error = RequestError(f"invalid URL {url}")  # aiohttp's text repeats the raw URL
-    elif isinstance(exc, aiohttp.ClientResponseError):
+    elif isinstance(exc, aiohttp.ClientResponseError):  # a real status (raise_for_status=True)
         error = HTTPStatusError(exc.status, url=url, body_excerpt=exc.message)
     else:
         error = ConnectionLostError(f"connection to {url} lost: {type(exc).__name__}: {detail}")
     return error
+
+
+def _malformed_answer(exc: BaseException) -> str | None:
+    """Describe what aiohttp's parser rejected in the answer, or ``None`` if it did not.
+
+    aiohttp reports an unparsable response head as ``ClientResponseError`` with
+    ``status=400`` (a status the upstream never sent), caused by its parser's
+    ``HttpProcessingError``; a broken body (framing, length, encoding) as
+    ``ClientPayloadError``. The most specific parser error in the cause chain
+    names the problem; its message is cut short, as it may quote the answer.
+    """
+    if not isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return None
+    parser_error: HttpProcessingError | None = None
+    cause = exc.__cause__
+    for _ in range(_CAUSE_DEPTH):  # aiohttp chains a copy of the parser's error to it
+        if not isinstance(cause, HttpProcessingError):
+            break
+        parser_error = cause
+        cause = cause.__cause__
+    if parser_error is None:
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return _first_line(str(exc)) or "the body is incomplete or malformed"
+        return None
+    reason = _first_line(parser_error.message) or "unparsable answer"
+    return f"{type(parser_error).__name__}: {reason}"
+
+
+def _first_line(text: str) -> str:
+    """Return the first line of ``text`` without the answer's bytes aiohttp may quote."""
+    line = text.strip().split("\n", 1)[0].split(" b'", 1)[0].strip().rstrip(":")
+    return line[:PROTOCOL_DETAIL_CHARS]

@@ -31,6 +31,7 @@ from healkit._config import CORE_TIMEOUTS, Timeouts
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
+    ClientClosedError,
     HealkitError,
     RedirectRefusedError,
     RequestError,
@@ -99,6 +100,7 @@ class HttpTransport:
         """Make one request; map aiohttp's errors; read the body unless streaming."""
         if attempt.endpoint is None:
             raise RequestError(f"no endpoint to send {call.method} {call.target} to")
+        _check_open(self._session)
         url = join_url(attempt.endpoint, call.target)
         headers = attempt_headers(call, attempt)
         limits = attempt.timeouts
@@ -296,6 +298,12 @@ def attempt_headers(call: CallContext, attempt: AttemptContext) -> CIMultiDict[s
         headers = CIMultiDict(headers or ())
         headers.update(attempt.headers)
     return headers
+
+
+def _check_open(session: aiohttp.ClientSession) -> None:
+    """Raise ClientClosedError if the client closed its session during the call (a retry)."""
+    if session.closed:
+        raise ClientClosedError("the client was closed before this attempt")
 
 
 def join_url(endpoint: str, target: str) -> str:

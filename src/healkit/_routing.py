@@ -57,12 +57,12 @@ from healkit._context import AttemptContext, CallContext, RetryDecision
 from healkit._errors import (
     CircuitOpenError,
     ConnectError,
-    ConnectionLostError,
     ConnectTimeout,
     DeadlineExceeded,
     HealkitError,
     HTTPStatusError,
     TimeoutExceeded,
+    TransportError,
 )
 from healkit._fleet import EndpointView, FleetHealth, FleetSettings, ServiceView
 from healkit._probes import ProbeSettings, probe
@@ -584,7 +584,9 @@ class Router:
     ) -> RetryDecision | None:
         """Count the failure; fail over at once when the request never reached the server."""
         health = _release(attempt)
-        if health is not None and attempt.status is None and _counts(call, attempt, error):
+        # Released already if post_response judged a response (and counted it there); an
+        # attempt whose body failed after its head arrived is counted here.
+        if health is not None and _counts(call, attempt, error):
             self._failed(call, attempt, health)
         if (
             not call.routable
@@ -875,7 +877,8 @@ def _counts(call: CallContext, attempt: AttemptContext, error: HealkitError) -> 
         return error.status >= 500
     if isinstance(error, DeadlineExceeded):
         return call.deadline > attempt.started  # the attempt was sent, and timed out
-    return isinstance(error, ConnectError | ConnectionLostError | TimeoutExceeded)
+    # No connection, a broken one, or an answer that is not HTTP (ProtocolError).
+    return isinstance(error, TransportError | TimeoutExceeded)
 
 
 def _origin(url: str) -> str:

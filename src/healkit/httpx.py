@@ -52,11 +52,13 @@ from healkit._config import url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
+    ClientClosedError,
     ConnectError,
     ConnectionLostError,
     ConnectTimeout,
     DNSError,
     HealkitError,
+    ProtocolError,
     ReadTimeout,
     RequestError,
     TLSError,
@@ -176,7 +178,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
         """
         if self._closed:
-            raise RequestError("the healkit httpx transport is closed")
+            raise ClientClosedError("the healkit httpx transport is closed")
         await self._start()
         body = await request.aread()
         runtime = self.runtime
@@ -369,6 +371,8 @@ def map_httpx_error(exc: httpx.HTTPError, *, url: str, connect: float, read: flo
             error = ConnectError(f"cannot connect to {url}: {detail}")
     elif isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         error = RequestError(f"cannot send to {url}: {detail}")
+    elif isinstance(exc, httpx.RemoteProtocolError):
+        error = ProtocolError(f"malformed response from {url}: {detail}")
     else:
         error = ConnectionLostError(f"connection to {url} lost: {type(exc).__name__}: {detail}")
     return error

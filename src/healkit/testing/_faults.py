@@ -3,7 +3,9 @@
 :class:`FaultServer` runs an ``aiohttp.web`` server on ``127.0.0.1`` (plain HTTP,
 or HTTPS when given an :class:`ssl.SSLContext`) and answers each request with a
 scripted :class:`Fault`: a normal response, a status burst, latency, a reset
-connection, a hang, a truncated or a slow body. Every request that reaches the
+connection, a hang, a truncated or a slow body, or an answer that is not valid
+HTTP (a garbage status line, an oversized header block, broken chunked framing,
+any bytes you give). Every request that reaches the
 handler is recorded, so a test can assert what the client really sent (over
 HTTPS with a context that asks for client certificates, also the certificate
 the client presented)::
@@ -64,6 +66,8 @@ class FaultKind(enum.Enum):
     """Declare a Content-Length, send fewer bytes, then close the connection."""
     SLOW_BODY = "slow_body"
     """Send the headers, then the body in chunks with a delay between chunks."""
+    MALFORMED = "malformed"
+    """Write the given bytes as the whole answer, then close: not valid HTTP."""
 
 
 def _check_seconds(name: str, value: float) -> None:
@@ -98,7 +102,8 @@ class Fault:
     status_code: int = 200
     """Status of the response, for the kinds that send one."""
     body: bytes = b""
-    """The response body; for ``SLOW_BODY`` the content of one chunk."""
+    """The response body; for ``SLOW_BODY`` the content of one chunk; for
+    ``MALFORMED`` the raw bytes of the whole answer."""
     headers: tuple[tuple[str, str], ...] = ()
     """Extra response headers, in order."""
     delay: float = 0.0
@@ -125,6 +130,8 @@ class Fault:
             )
         if self.kind is FaultKind.SLOW_BODY and (self.chunks < 1 or not self.body):
             raise ValueError("slow_body needs chunks >= 1 and a non-empty chunk")
+        if self.kind is FaultKind.MALFORMED and not self.body:
+            raise ValueError("malformed needs the bytes of the answer")
 
     # -- constructors --------------------------------------------------------------
 
@@ -266,6 +273,42 @@ class Fault:
             chunk_delay=delay,
         )
 
+    @classmethod
+    def malformed(cls, answer: bytes, *, latency: float = 0.0) -> "Fault":
+        """Write ``answer`` to the connection as the whole response, then close it.
+
+        The bytes are sent as they are, with nothing added: use it for answers no
+        HTTP server would send. The named constructors below cover the usual
+        cases (a body shorter than its Content-Length is :meth:`truncated`).
+        """
+        return cls(kind=FaultKind.MALFORMED, body=answer, delay=latency)
+
+    @classmethod
+    def garbage_status_line(cls, *, latency: float = 0.0) -> "Fault":
+        """Answer with a status line that is not HTTP (``GARBAGE``), then close.
+
+        aiohttp reports it as ``ClientResponseError(status=400)`` caused by a
+        ``BadStatusLine``: a status the server never sent.
+        """
+        return cls.malformed(b"GARBAGE\r\n\r\n", latency=latency)
+
+    @classmethod
+    def oversized_headers(cls, size: int = 200 * 1024, *, latency: float = 0.0) -> "Fault":
+        """Answer ``200`` with one header line of ``size`` bytes, then close.
+
+        Far over the 8 KiB line limit of aiohttp's parser (``LineTooLong``).
+        """
+        if size < 1:
+            raise ValueError(f"size must be at least 1 byte, got {size}")
+        head = b"HTTP/1.1 200 OK\r\nX-Filler: " + b"a" * size
+        return cls.malformed(head + b"\r\nContent-Length: 0\r\n\r\n", latency=latency)
+
+    @classmethod
+    def bad_chunking(cls, *, latency: float = 0.0) -> "Fault":
+        """Answer ``200`` with chunked framing whose chunk size is not hexadecimal, then close."""
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        return cls.malformed(head + b"zz\r\nhello\r\n0\r\n\r\n", latency=latency)
+
     def with_latency(self, seconds: float) -> "Fault":
         """Return a copy of this fault that first waits ``seconds``."""
         return replace(self, delay=seconds)
@@ -275,6 +318,8 @@ class Fault:
         parts = [f"kind={self.kind.name}"]
         if self.kind in {FaultKind.RESPOND, FaultKind.TRUNCATED, FaultKind.SLOW_BODY}:
             parts += [f"status_code={self.status_code}", f"body={_short(self.body)}"]
+        if self.kind is FaultKind.MALFORMED:
+            parts.append(f"body={_short(self.body)}")
         if self.headers:
             parts.append(f"headers={self.headers!r}")
         if self.delay:
@@ -608,15 +653,9 @@ async def _apply(fault: Fault, request: web.Request) -> web.StreamResponse:
             await asyncio.get_running_loop().create_future()
             return _abort(request)  # pragma: no cover - the future never completes
         case FaultKind.TRUNCATED:
-            response = web.StreamResponse(status=fault.status_code, headers=fault.headers)
-            response.content_length = fault.declared_length
-            await response.prepare(request)
-            if request.method != "HEAD":
-                await response.write(fault.body)
-            if request.transport is not None:
-                # close(), not abort(): the partial body must be flushed first.
-                request.transport.close()
-            return response
+            return await _truncated(fault, request)
+        case FaultKind.MALFORMED:
+            return _malformed(fault.body, request)
         case FaultKind.SLOW_BODY:
             response = web.StreamResponse(status=fault.status_code, headers=fault.headers)
             response.content_length = fault.chunks * len(fault.body)
@@ -627,3 +666,26 @@ async def _apply(fault: Fault, request: web.Request) -> web.StreamResponse:
                     await asyncio.sleep(fault.chunk_delay)
                 await response.write(fault.body)
             return response
+
+
+async def _truncated(fault: Fault, request: web.Request) -> web.StreamResponse:
+    """Send the head and part of the body, then close the connection."""
+    response = web.StreamResponse(status=fault.status_code, headers=fault.headers)
+    response.content_length = fault.declared_length
+    await response.prepare(request)
+    if request.method != "HEAD":
+        await response.write(fault.body)
+    if request.transport is not None:
+        # close(), not abort(): the partial body must be flushed first.
+        request.transport.close()
+    return response
+
+
+def _malformed(answer: bytes, request: web.BaseRequest) -> web.StreamResponse:
+    """Write ``answer`` to the request's connection and close it; return a dud response."""
+    transport = request.transport
+    if transport is not None:
+        transport.write(answer)
+        transport.close()  # close(), not abort(): the answer is flushed first
+    # aiohttp fails to send this on the closing transport, as for _abort().
+    return web.Response(status=500)

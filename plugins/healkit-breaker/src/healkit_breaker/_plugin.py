@@ -23,6 +23,7 @@ Key = tuple[str, str | None]
 _ERROR_KINDS: Final[Mapping[ErrorKind, type[healkit.HealkitError]]] = {
     "connect": healkit.ConnectError,
     "connection_lost": healkit.ConnectionLostError,
+    "protocol": healkit.ProtocolError,
     "timeout": healkit.TimeoutExceeded,
     "call_error": healkit.CallError,
 }
@@ -247,16 +248,22 @@ class BreakerPlugin:
     ) -> None:
         """Count a failed attempt if its error is one of ``failure_errors``; never decide.
 
-        An attempt that received a response was counted by
-        ``healkit_post_response``, even if a plugin then declared it a failure.
+        An attempt whose response was judged by ``healkit_post_response`` was
+        counted there, even if a plugin then declared it a failure (an
+        ``HTTPStatusError``); one whose body failed after the head arrived (a
+        ``ProtocolError``, a timeout) is counted here.
         Errors that say nothing about the endpoint (this breaker's own refusal,
         another plugin's, a deadline that passed before the attempt started, a
         body over the cap, a status not in ``failure_statuses``) count nothing
         and free the attempt's probe slot, if it holds one.
         """
-        if attempt.status is not None or isinstance(error, healkit.CircuitOpenError):
-            # A response was judged in post_response already (a plugin then
-            # declared it a failure), or this breaker refused the attempt.
+        if isinstance(error, healkit.CircuitOpenError) or (
+            attempt.status is not None and isinstance(error, healkit.HTTPStatusError)
+        ):
+            # This breaker refused the attempt, or a response was judged in
+            # post_response already (a plugin then declared it a failure). A body
+            # that failed after the head arrived (a ProtocolError, a timeout) was
+            # never judged: it is counted here.
             return
         found = self._judging(call, attempt)
         if found is None:

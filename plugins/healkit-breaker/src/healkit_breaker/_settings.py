@@ -27,7 +27,7 @@ Scope = Literal["endpoint", "service"]
 """What one breaker guards: each endpoint of the service, or the service as a whole."""
 WindowKind = Literal["count", "time"]
 """The sliding window: the last N outcomes, or the outcomes of the last N seconds."""
-ErrorKind = Literal["connect", "connection_lost", "timeout", "call_error"]
+ErrorKind = Literal["connect", "connection_lost", "protocol", "timeout", "call_error"]
 """Classes of attempt errors that can count as failures."""
 
 COUNT_WINDOW_DEFAULT: Final = 100
@@ -85,7 +85,13 @@ class BreakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     slow_call_rate: Rate = 1.0
     consecutive_failures: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT_WINDOW)] = 10
     failure_statuses: tuple[Status, ...] = (500, 502, 503, 504)
-    failure_errors: tuple[ErrorKind, ...] = ("connect", "connection_lost", "timeout", "call_error")
+    failure_errors: tuple[ErrorKind, ...] = (
+        "connect",
+        "connection_lost",
+        "protocol",
+        "timeout",
+        "call_error",
+    )
     open_duration: Seconds = 5.0
     open_duration_max: Seconds = 60.0
     half_open_probes: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1

@@ -319,6 +319,8 @@ def _classify(error: healkit.HealkitError) -> FailureKind | None:
         kind = None
     elif isinstance(error, healkit.TimeoutExceeded):
         kind = "timeout"
+    elif isinstance(error, healkit.ProtocolError):
+        kind = "protocol"
     elif isinstance(error, healkit.TransportError):
         kind = "connection_lost"
     elif isinstance(error, healkit.CircuitOpenError):

@@ -23,13 +23,16 @@ MAX_ATTEMPTS: Final = 10
 """The most attempts a call may be given: beyond that, retrying only hides an outage."""
 
 FailureKind = Literal[
-    "connect", "connection_lost", "timeout", "status", "circuit_open", "call_error"
+    "connect", "connection_lost", "protocol", "timeout", "status", "circuit_open", "call_error"
 ]
 """What went wrong in an attempt, as ``retry.retry_on`` names it.
 
 * ``connect``: no connection was made (refused, DNS, TLS, connect timeout); the
   request never left.
 * ``connection_lost``: the connection broke after the request may have been written.
+* ``protocol``: the answer was not valid HTTP (garbage status line, oversized
+  headers, broken chunking, a body shorter than its Content-Length); the request
+  may have reached the server.
 * ``timeout``: no data within the read timeout, or the attempt took too long.
 * ``status``: a response whose status is in ``retry.statuses``.
 * ``circuit_open``: a circuit breaker refused the attempt (nothing was sent).
