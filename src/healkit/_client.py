@@ -14,7 +14,7 @@ import yarl
 from multidict import CIMultiDict
 
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config import HealkitConfig, ServicePolicy, url_under
+from healkit._config import HealkitConfig, ServicePolicy, url_problem, url_under
 from healkit._context import CallContext
 from healkit._errors import RequestError
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
@@ -361,6 +361,8 @@ def _address(
             raise RequestError(f"invalid URL: {exc}") from exc
         if not url.host:
             raise RequestError("invalid URL: no host")
+        if (problem := url_problem(url)) is not None:
+            raise RequestError(f"invalid URL: {problem}")
         name = service or config.service_for_url(target)
         policy = config.policy(name) if name else config.defaults
         for endpoint in policy.endpoints:

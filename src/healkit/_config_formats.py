@@ -47,6 +47,10 @@ _JSON_BYTE: Final = re.compile(r" \(byte (\d+)\)$")
 _MSGSPEC_LOCATION: Final = re.compile(r" - at `[^`]*`$")
 _YAML_MARK: Final = re.compile(r'^\s*in "[^"]*", line (\d+), column (\d+)\s*$')
 _BOM: Final = "\ufeff"
+# A JSON number too large for a float (1e999) decodes to an infinity, as YAML's
+# .inf does, so that validation names its path instead of msgspec's pathless
+# "Number out of range".
+_JSON_DECODER: Final = msgspec.json.Decoder(float_hook=float)
 
 
 def parse_document(text: str | bytes, *, fmt: DocumentFormat, origin: str) -> object:
@@ -123,7 +127,7 @@ def load_file(path: str | os.PathLike[str]) -> object:
 def _decode(text: str, fmt: DocumentFormat) -> object:
     """Run the decoder of ``fmt``; decoder exceptions propagate."""
     if fmt == "json":
-        return msgspec.json.decode(text.encode("utf-8"))
+        return _JSON_DECODER.decode(text.encode("utf-8"))
     if fmt == "yaml":
         return msgspec.yaml.decode(text)
     return tomllib.loads(text)
