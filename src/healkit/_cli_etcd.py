@@ -41,7 +41,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO, final
@@ -50,8 +50,9 @@ import msgspec
 import yaml
 
 from healkit._cli_args import positive_float, positive_int
-from healkit._config import ConfigSection, build_config
+from healkit._config import ConfigSection, build_config, service_name_issues
 from healkit._config_formats import DocumentFormat, format_for_path, load_file, parse_document
+from healkit._config_validate import join_path
 from healkit._entry_logs import routed_logs
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
 from healkit._etcd import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
@@ -418,14 +419,16 @@ def _decode_stored(text: str, origin: str) -> object:
 
 def _path_of(key: str) -> str:
     kind, service, _ = key_role(key)
-    return "$.defaults" if kind == "defaults" else f"$.services.{service}"
+    return "$.defaults" if kind == "defaults" else join_path("$.services", service)
 
 
-def _key_of_path(path: str) -> str | None:
-    match = re.match(r"\$\.(defaults|services\.([^.\[]+))", path)
-    if match is None:
-        return None
-    return _DEFAULTS if match[2] is None else _SERVICES + match[2]
+def _key_of_path(path: str, keys: Iterable[str]) -> str | None:
+    """Return the key among ``keys`` whose document ``path`` lies in, or ``None``."""
+    for key in keys:
+        where = _path_of(key)
+        if path == where or path.startswith((f"{where}.", f"{where}[")):
+            return key
+    return None
 
 
 def canonical_json(document: object) -> str:
@@ -467,6 +470,9 @@ def load_source(source: str) -> dict[str, object]:
     if not isinstance(services, dict):
         issues.append(ConfigIssue("$.services", "must be a mapping of service documents"))
         services = {}
+    # Each name becomes a key: refused if build_config would refuse it, never
+    # written under another spelling (YAML's `on` is True) nor left out.
+    issues += service_name_issues(services)
     if issues:
         raise ConfigError(issues, origin=source)
     documents: dict[str, object] = {}
@@ -487,6 +493,9 @@ def _load_directory(path: Path) -> dict[str, object]:
             format_for_path(file)
         except ConfigError:
             continue  # a README or a backup file: not a document
+        if file.stem != _DEFAULTS and (named := service_name_issues([file.stem])):
+            issues += [ConfigIssue(i.path, f"{i.reason} (file {file.name})") for i in named]
+            continue
         key = _DEFAULTS if file.stem == _DEFAULTS else f"{_SERVICES}{file.stem}"
         if key in origins:
             issues.append(
@@ -655,7 +664,8 @@ def _check_result(
     except ConfigError as error:
         issues += error.issues
     if issues:
-        unchanged = [i for i in issues if _key_of_path(i.path) not in changed]
+        keys = state.keys.keys() | changed.keys()
+        unchanged = [i for i in issues if _key_of_path(i.path, keys) not in changed]
         marked = [
             ConfigIssue(i.path, f"{i.reason} (in etcd, not in the pushed document)")
             if i in unchanged
@@ -1218,8 +1228,8 @@ def _namespace_issues(
                 merged[key] = {**below, **overlay}
         found = build_issues(_assemble(merged), sections)
         for issue in found:
-            target = _key_of_path(issue.path)
-            if target in overlays:
+            target = _key_of_path(issue.path, overlays)
+            if target is not None:
                 problems.setdefault(f"channels/{channel}/{target}", []).append(issue)
     return problems
 
@@ -1239,8 +1249,8 @@ def _attribute(
     problems: dict[str, list[ConfigIssue]],
 ) -> None:
     for issue in issues:
-        key = _key_of_path(issue.path)
-        problems.setdefault(key if key is not None and key in documents else "", []).append(issue)
+        key = _key_of_path(issue.path, documents)
+        problems.setdefault(key if key is not None else "", []).append(issue)
 
 
 # -- watch ----------------------------------------------------------------------------------

@@ -48,7 +48,9 @@ __all__ = [
     "Timeouts",
     "build_config",
     "endpoint_problem",
+    "name_problem",
     "normalize_endpoint",
+    "service_name_issues",
     "url_problem",
 ]
 
@@ -122,6 +124,28 @@ def _host_problem(host: str) -> str | None:
 
 Endpoint = Annotated[str, msgspec.Meta(pattern=ENDPOINT_PATTERN, extra={CHECK: endpoint_problem})]
 """A base URL: ``http(s)://host[:port][/path]``, with a host that can be called."""
+
+Name = Annotated[str, msgspec.Meta(pattern=SERVICE_NAME_PATTERN)]
+"""A service, namespace or channel name: a letter or digit, then letters, digits,
+``_``, ``.``, ``-``; 128 characters at most (nothing else: no ``/``, no newline)."""
+
+
+def name_problem(name: object) -> str | None:
+    """Return why ``name`` is not a valid service, namespace or channel name, or ``None``."""
+    _, issues = validate(name, Name)
+    return issues[0].reason if issues else None
+
+
+def service_name_issues(names: Iterable[object], *, path: str = "$.services") -> list[ConfigIssue]:
+    """Return one issue per invalid service name, worded as :func:`build_config` words it.
+
+    ``healkit config push`` checks the names of the documents it would write
+    (mapping keys of a file, file names of a directory) with this, so that a
+    name is refused, not written under another spelling (``on`` read by YAML
+    as ``True``) or left out.
+    """
+    _, issues = validate(dict.fromkeys(names), dict[Name, None], path=path)
+    return issues
 
 
 @final
@@ -228,9 +252,7 @@ class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 class _Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     defaults: dict[str, Any] = msgspec.field(default_factory=dict)
-    services: dict[Annotated[str, msgspec.Meta(pattern=SERVICE_NAME_PATTERN)], dict[str, Any]] = (
-        msgspec.field(default_factory=dict)
-    )
+    services: dict[Name, dict[str, Any]] = msgspec.field(default_factory=dict)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
 
@@ -406,9 +428,7 @@ def _salvage(raw: object) -> tuple[Mapping[str, Any], Mapping[str, Mapping[str, 
         {
             name: doc
             for name, doc in (services.items() if isinstance(services, Mapping) else ())
-            if isinstance(name, str)
-            and re.match(SERVICE_NAME_PATTERN, name)
-            and isinstance(doc, Mapping)
+            if name_problem(name) is None and isinstance(doc, Mapping)
         },
     )
 
