@@ -144,8 +144,10 @@ async def test_a_change_to_defaults_that_breaks_a_service_is_rejected_with_its_k
     source = EtcdSource(etcd, namespace=NAMESPACE)
     async with runtime_of(source) as runtime:
         # Valid alone, but the service's eject_time would exceed its eject_time_max.
-        bad = await put(etcd, source, "defaults", encode({"routing": {"eject_time": 100}}))
+        with capture_logs() as logs:
+            bad = await put(etcd, source, "defaults", encode({"routing": {"eject_time": 100}}))
         assert source.status.rejected == {"defaults": bad}
+        assert rejected_events(logs) == [("defaults", bad, "$.services.svc.routing")]
         assert runtime.config.defaults.as_document()["routing"]["eject_time"] == 30.0
         await put(etcd, source, "services/b", service("http://b.test"))
         assert set(runtime.config.services) == {"svc", "b"}

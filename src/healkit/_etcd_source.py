@@ -630,12 +630,19 @@ class EtcdSource:
         return issue.path == path or issue.path.startswith((f"{path}.", f"{path}["))
 
     def _reject(self, key: str, revision: int, error: ConfigError) -> None:
-        """Log the issues of ``error`` that lie in the document of ``key``."""
+        """Log the issues of ``error`` that lie in the document of ``key``.
+
+        If none does (the key's change made another document invalid, such as a
+        service merged with new defaults), every issue is logged with the key.
+        """
         self._rejected[key] = revision
         role = self._role(key)
-        for issue in error.issues:
-            if role is not None and issue.path != "$" and not self._in_document(key, issue):
-                continue
+        mine = [
+            issue
+            for issue in error.issues
+            if role is None or issue.path == "$" or self._in_document(key, issue)
+        ]
+        for issue in mine or error.issues:
             _logger.error(
                 "healkit.etcd_document_rejected",
                 key=self._root + key,
