@@ -175,3 +175,14 @@ def test_a_namespace_ending_in_a_newline_is_a_usage_error(
     run = cli(capsys, "config", "get", "--endpoints", server.url, "--namespace", "shop\n")
     assert run.status == 2
     assert "invalid namespace 'shop\\n'" in run.err
+
+
+@pytest.mark.parametrize("command", ["get", "history", "rollback"])
+@pytest.mark.parametrize("name", ["svc\n", "a/b", "../defaults"])
+def test_a_service_argument_is_held_to_the_same_rule(
+    server: EtcdServer, capsys: pytest.CaptureFixture[str], command: str, name: str
+) -> None:
+    extra = ["--to", "1"] if command == "rollback" else []
+    run = cli(capsys, "config", command, name, *extra, "--endpoints", server.url)
+    assert run.status == 2
+    assert f"invalid service name {name!r}" in run.err

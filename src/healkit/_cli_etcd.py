@@ -50,7 +50,7 @@ import msgspec
 import yaml
 
 from healkit._cli_args import positive_float, positive_int
-from healkit._config import ConfigSection, build_config, service_name_issues
+from healkit._config import ConfigSection, build_config, name_problem, service_name_issues
 from healkit._config_formats import DocumentFormat, format_for_path, load_file, parse_document
 from healkit._config_validate import join_path
 from healkit._entry_logs import routed_logs
@@ -288,7 +288,9 @@ def add_commands(
     _etcd_command(push, _push)
 
     get = config_commands.add_parser("get", help="print the namespace's document from etcd")
-    get.add_argument("service", nargs="?", help="print only this service's document")
+    get.add_argument(
+        "service", nargs="?", type=_service_name, help="print only this service's document"
+    )
     get.add_argument(
         "--format", choices=("json", "yaml", "toml"), default="json", help="default json"
     )
@@ -317,14 +319,14 @@ def add_commands(
     history = config_commands.add_parser(
         "history", help="list the revisions of a service's document still in etcd's history"
     )
-    history.add_argument("service", help="the service")
+    history.add_argument("service", type=_service_name, help="the service")
     history.add_argument("--full", action="store_true", help="print each document whole")
     _etcd_command(history, _history)
 
     rollback = config_commands.add_parser(
         "rollback", help="write back the document a service had at a revision"
     )
-    rollback.add_argument("service", help="the service")
+    rollback.add_argument("service", type=_service_name, help="the service")
     rollback.add_argument(
         "--to", dest="revision", type=positive_int, required=True, metavar="REVISION"
     )
@@ -338,6 +340,14 @@ def add_commands(
     status.add_argument("--json", action="store_true", help="print one JSON object")
     block_option(status)
     _etcd_command(status, _status)
+
+
+def _service_name(text: str) -> str:
+    """Return ``text`` if it is a valid service name (the configuration's rule), else fail."""
+    problem = name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"invalid service name {text!r}: {problem}")
+    return text
 
 
 def _etcd_command(
@@ -664,7 +674,7 @@ def _check_result(
     except ConfigError as error:
         issues += error.issues
     if issues:
-        keys = state.keys.keys() | changed.keys()
+        keys = [k for k in {*state.keys, *changed} if key_role(k)[0] in {"defaults", "service"}]
         unchanged = [i for i in issues if _key_of_path(i.path, keys) not in changed]
         marked = [
             ConfigIssue(i.path, f"{i.reason} (in etcd, not in the pushed document)")
