@@ -186,3 +186,25 @@ def test_a_service_argument_is_held_to_the_same_rule(
     run = cli(capsys, "config", command, name, *extra, "--endpoints", server.url)
     assert run.status == 2
     assert f"invalid service name {name!r}" in run.err
+
+
+def test_a_stored_value_that_is_not_utf8_is_judged_as_instances_judge_it(
+    server: EtcdServer, namespace: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def put_raw() -> None:
+        async with server.client() as client:
+            await client.put(
+                f"/healkit/{namespace}/services/x", b'{"endpoints": ["http://x.test/\xff"]}'
+            )
+
+    asyncio.run(put_raw())
+    source = tmp_path / "y.json"
+    source.write_text('{"services": {"y": {"endpoints": ["http://y.test"]}}}', encoding="utf-8")
+    pushed = push(capsys, server, namespace, source)
+    assert pushed.status == 1
+    [line] = issue_lines(pushed.err)
+    assert line.startswith("$.services.x: the document is not valid UTF-8")
+    assert line.endswith("(in etcd, not in the pushed document)")
+    status = cli(capsys, "status", "--endpoints", server.url, "--namespace", namespace)
+    assert status.status == 1
+    assert "not valid UTF-8" in status.out + status.err

@@ -406,9 +406,18 @@ class NamespaceState:
     ``channels/<channel>/services/<name>``), in key order."""
 
     def text(self, key: str) -> str | None:
-        """Return the stored document of ``key`` (relative), or ``None`` if absent."""
+        """Return the stored document of ``key`` (relative), or ``None`` if absent.
+
+        For display: bytes that are not UTF-8 are replaced. Judge a document by
+        :meth:`raw`, which keeps them (and so refuses them, as instances do).
+        """
         kv = self.keys.get(key)
         return None if kv is None else kv.value.decode("utf-8", "replace")
+
+    def raw(self, key: str) -> bytes | None:
+        """Return the stored bytes of ``key`` (relative), or ``None`` if absent."""
+        kv = self.keys.get(key)
+        return None if kv is None else kv.value
 
 
 async def read_namespace(client: EtcdClient, root: str) -> NamespaceState:
@@ -422,9 +431,10 @@ async def read_namespace(client: EtcdClient, root: str) -> NamespaceState:
     return NamespaceState(root=root, revision=result.revision, keys=keys)
 
 
-def _decode_stored(text: str, origin: str) -> object:
-    fmt: DocumentFormat = "json" if text.lstrip().startswith("{") else "yaml"
-    return parse_document(text, fmt=fmt, origin=origin)
+def _decode_stored(data: str | bytes, origin: str) -> object:
+    """Decode a stored document as instances do: JSON if it starts with ``{``, else YAML."""
+    fmt: DocumentFormat = "json" if data.lstrip()[:1] in {"{", b"{"} else "yaml"
+    return parse_document(data, fmt=fmt, origin=origin)
 
 
 def _path_of(key: str) -> str:
@@ -662,11 +672,11 @@ def _check_result(
     for key in sorted({*state.keys, *changed}):
         if key_role(key)[0] not in {"defaults", "service"}:
             continue
-        text = changed[key] if key in changed else state.text(key)
-        if text is None:
+        data = changed[key] if key in changed else state.raw(key)
+        if data is None:
             continue
         try:
-            documents[key] = _decode_stored(text, state.root + key)
+            documents[key] = _decode_stored(data, state.root + key)
         except ConfigError as error:
             issues += [ConfigIssue(_path_of(key), i.reason) for i in error.issues]
     try:
@@ -778,15 +788,15 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
     document: object
     if args.service is not None:
         key = _SERVICES + args.service
-        text = state.text(key)
-        if text is None:
+        data = state.raw(key)
+        if data is None:
             raise _CommandError(f"no document for service {args.service!r} at {state.root}{key}")
-        document = _decode_stored(text, state.root + key)
+        document = _decode_stored(data, state.root + key)
     else:
         documents = {
-            key: _decode_stored(text, state.root + key)
+            key: _decode_stored(data, state.root + key)
             for key in state.keys
-            if key_role(key)[0] in {"defaults", "service"} and (text := state.text(key)) is not None
+            if key_role(key)[0] in {"defaults", "service"} and (data := state.raw(key)) is not None
         }
         document = _assemble(documents)
     out.write(_render(document, args.format))
@@ -914,7 +924,9 @@ def _write_version(out: TextIO, kv: KeyValue, *, full: bool) -> None:
         out.writelines(f"    {line}\n" for line in text.splitlines())
         return
     try:
-        summary = json.dumps(_decode_stored(text, ""), separators=(",", ":"), ensure_ascii=False)
+        summary = json.dumps(
+            _decode_stored(kv.value, ""), separators=(",", ":"), ensure_ascii=False
+        )
     except ConfigError as error:
         summary = f"(not a valid document: {error.reason})"
     if len(summary) > _SUMMARY:
@@ -1106,7 +1118,7 @@ def _fleet_health(
         if kind != "service":
             continue
         try:
-            document = _decode_stored(state.text(key) or "", state.root + key)
+            document = _decode_stored(state.raw(key) or b"", state.root + key)
         except ConfigError:
             continue
         if not isinstance(document, dict):
@@ -1217,9 +1229,8 @@ def _namespace_issues(
     problems: dict[str, list[ConfigIssue]] = {}
     decoded: dict[str, object] = {}
     for key in state.keys:
-        text = state.text(key) or ""
         try:
-            decoded[key] = _decode_stored(text, state.root + key)
+            decoded[key] = _decode_stored(state.raw(key) or b"", state.root + key)
         except ConfigError as error:
             problems.setdefault(key, []).extend(error.issues)
     base = {k: v for k, v in decoded.items() if key_role(k)[0] in {"defaults", "service"}}
