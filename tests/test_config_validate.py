@@ -601,7 +601,7 @@ def _valid_values(  # noqa: C901, PLR0911
         return floats | st.integers(1, 3600)
     if isinstance(info, mi.StrType):
         if info.pattern is not None:
-            return st.from_regex(info.pattern)
+            return st.from_regex(info.pattern, fullmatch=True)  # "$" ends the value
         return st.text(min_size=info.min_length or 0, max_size=info.max_length)
     if isinstance(info, mi.LiteralType):
         return st.sampled_from(info.values)
@@ -682,7 +682,6 @@ def _parse_error(text: str | bytes, fmt: Literal["json", "yaml", "toml"]) -> Con
         ("json", '{"a":\n  @}', "invalid JSON: invalid character at line 2, column 3"),
         ("json", '{"a": 1', "invalid JSON: input data was truncated"),
         ("json", "[" * 100_000, "the document nests deeper than 64 levels (max_depth)"),
-        ("json", '{"a": 1e999}', "invalid JSON: number out of range"),
         (
             "yaml",
             "a: b: c",

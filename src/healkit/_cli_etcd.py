@@ -42,7 +42,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO, final
@@ -51,8 +51,9 @@ import msgspec
 import yaml
 
 from healkit._cli_args import positive_float, positive_int
-from healkit._config import ConfigSection, build_config
+from healkit._config import ConfigSection, build_config, name_problem, service_name_issues
 from healkit._config_formats import DocumentFormat, format_for_path, load_file, parse_document
+from healkit._config_validate import join_path
 from healkit._entry_logs import routed_logs
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
 from healkit._etcd import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
@@ -291,7 +292,9 @@ def add_commands(
     _etcd_command(push, _push)
 
     get = config_commands.add_parser("get", help="print the namespace's document from etcd")
-    get.add_argument("service", nargs="?", help="print only this service's document")
+    get.add_argument(
+        "service", nargs="?", type=_service_name, help="print only this service's document"
+    )
     get.add_argument(
         "--format", choices=("json", "yaml", "toml"), default="json", help="default json"
     )
@@ -320,14 +323,14 @@ def add_commands(
     history = config_commands.add_parser(
         "history", help="list the revisions of a service's document still in etcd's history"
     )
-    history.add_argument("service", help="the service")
+    history.add_argument("service", type=_service_name, help="the service")
     history.add_argument("--full", action="store_true", help="print each document whole")
     _etcd_command(history, _history)
 
     rollback = config_commands.add_parser(
         "rollback", help="write back the document a service had at a revision"
     )
-    rollback.add_argument("service", help="the service")
+    rollback.add_argument("service", type=_service_name, help="the service")
     rollback.add_argument(
         "--to", dest="revision", type=positive_int, required=True, metavar="REVISION"
     )
@@ -341,6 +344,14 @@ def add_commands(
     status.add_argument("--json", action="store_true", help="print one JSON object")
     block_option(status)
     _etcd_command(status, _status)
+
+
+def _service_name(text: str) -> str:
+    """Return ``text`` if it is a valid service name (the configuration's rule), else fail."""
+    problem = name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"invalid service name {text!r}: {problem}")
+    return text
 
 
 def _etcd_command(
@@ -399,9 +410,18 @@ class NamespaceState:
     ``channels/<channel>/services/<name>``), in key order."""
 
     def text(self, key: str) -> str | None:
-        """Return the stored document of ``key`` (relative), or ``None`` if absent."""
+        """Return the stored document of ``key`` (relative), or ``None`` if absent.
+
+        For display: bytes that are not UTF-8 are replaced. Judge a document by
+        :meth:`raw`, which keeps them (and so refuses them, as instances do).
+        """
         kv = self.keys.get(key)
         return None if kv is None else kv.value.decode("utf-8", "replace")
+
+    def raw(self, key: str) -> bytes | None:
+        """Return the stored bytes of ``key`` (relative), or ``None`` if absent."""
+        kv = self.keys.get(key)
+        return None if kv is None else kv.value
 
 
 async def read_namespace(client: EtcdClient, root: str) -> NamespaceState:
@@ -415,21 +435,24 @@ async def read_namespace(client: EtcdClient, root: str) -> NamespaceState:
     return NamespaceState(root=root, revision=result.revision, keys=keys)
 
 
-def _decode_stored(text: str, origin: str) -> object:
-    fmt: DocumentFormat = "json" if text.lstrip().startswith("{") else "yaml"
-    return parse_document(text, fmt=fmt, origin=origin)
+def _decode_stored(data: str | bytes, origin: str) -> object:
+    """Decode a stored document as instances do: JSON if it starts with ``{``, else YAML."""
+    fmt: DocumentFormat = "json" if data.lstrip()[:1] in {"{", b"{"} else "yaml"
+    return parse_document(data, fmt=fmt, origin=origin)
 
 
 def _path_of(key: str) -> str:
     kind, service, _ = key_role(key)
-    return "$.defaults" if kind == "defaults" else f"$.services.{service}"
+    return "$.defaults" if kind == "defaults" else join_path("$.services", service)
 
 
-def _key_of_path(path: str) -> str | None:
-    match = re.match(r"\$\.(defaults|services\.([^.\[]+))", path)
-    if match is None:
-        return None
-    return _DEFAULTS if match[2] is None else _SERVICES + match[2]
+def _key_of_path(path: str, keys: Iterable[str]) -> str | None:
+    """Return the key among ``keys`` whose document ``path`` lies in, or ``None``."""
+    for key in keys:
+        where = _path_of(key)
+        if path == where or path.startswith((f"{where}.", f"{where}[")):
+            return key
+    return None
 
 
 def canonical_json(document: object) -> str:
@@ -471,6 +494,9 @@ def load_source(source: str) -> dict[str, object]:
     if not isinstance(services, dict):
         issues.append(ConfigIssue("$.services", "must be a mapping of service documents"))
         services = {}
+    # Each name becomes a key: refused if build_config would refuse it, never
+    # written under another spelling (YAML's `on` is True) nor left out.
+    issues += service_name_issues(services)
     if issues:
         raise ConfigError(issues, origin=source)
     documents: dict[str, object] = {}
@@ -491,6 +517,9 @@ def _load_directory(path: Path) -> dict[str, object]:
             format_for_path(file)
         except ConfigError:
             continue  # a README or a backup file: not a document
+        if file.stem != _DEFAULTS and (named := service_name_issues([file.stem])):
+            issues += [ConfigIssue(i.path, f"{i.reason} (file {file.name})") for i in named]
+            continue
         key = _DEFAULTS if file.stem == _DEFAULTS else f"{_SERVICES}{file.stem}"
         if key in origins:
             issues.append(
@@ -647,11 +676,11 @@ def _check_result(
     for key in sorted({*state.keys, *changed}):
         if key_role(key)[0] not in {"defaults", "service"}:
             continue
-        text = changed[key] if key in changed else state.text(key)
-        if text is None:
+        data = changed[key] if key in changed else state.raw(key)
+        if data is None:
             continue
         try:
-            documents[key] = _decode_stored(text, state.root + key)
+            documents[key] = _decode_stored(data, state.root + key)
         except ConfigError as error:
             issues += [ConfigIssue(_path_of(key), i.reason) for i in error.issues]
     try:
@@ -659,7 +688,8 @@ def _check_result(
     except ConfigError as error:
         issues += error.issues
     if issues:
-        unchanged = [i for i in issues if _key_of_path(i.path) not in changed]
+        keys = [k for k in {*state.keys, *changed} if key_role(k)[0] in {"defaults", "service"}]
+        unchanged = [i for i in issues if _key_of_path(i.path, keys) not in changed]
         marked = [
             ConfigIssue(i.path, f"{i.reason} (in etcd, not in the pushed document)")
             if i in unchanged
@@ -763,18 +793,18 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
     undecodable: list[tuple[str, ConfigError]] = []
     if args.service is not None:
         key = _SERVICES + args.service
-        text = state.text(key)
-        if text is None:
+        data = state.raw(key)
+        if data is None:
             raise _CommandError(f"no document for service {args.service!r} at {state.root}{key}")
-        document = _decode_stored(text, state.root + key)
+        document = _decode_stored(data, state.root + key)
     else:
         documents: dict[str, object] = {}
         for key in state.keys:
-            text = state.text(key)
-            if key_role(key)[0] not in {"defaults", "service"} or text is None:
+            data = state.raw(key)
+            if key_role(key)[0] not in {"defaults", "service"} or data is None:
                 continue
             try:
-                documents[key] = _decode_stored(text, state.root + key)
+                documents[key] = _decode_stored(data, state.root + key)
             except ConfigError as error:
                 # Show the others; mark this one where its document would be.
                 documents[key] = {UNDECODABLE: error.reason}
@@ -912,7 +942,9 @@ def _write_version(out: TextIO, kv: KeyValue, *, full: bool) -> None:
         out.writelines(f"    {line}\n" for line in text.splitlines())
         return
     try:
-        summary = json.dumps(_decode_stored(text, ""), separators=(",", ":"), ensure_ascii=False)
+        summary = json.dumps(
+            _decode_stored(kv.value, ""), separators=(",", ":"), ensure_ascii=False
+        )
     except ConfigError as error:
         summary = f"(not a valid document: {error.reason})"
     if len(summary) > _SUMMARY:
@@ -1104,7 +1136,7 @@ def _fleet_health(
         if kind != "service":
             continue
         try:
-            document = _decode_stored(state.text(key) or "", state.root + key)
+            document = _decode_stored(state.raw(key) or b"", state.root + key)
         except ConfigError:
             continue
         if not isinstance(document, dict):
@@ -1215,9 +1247,8 @@ def _namespace_issues(
     problems: dict[str, list[ConfigIssue]] = {}
     decoded: dict[str, object] = {}
     for key in state.keys:
-        text = state.text(key) or ""
         try:
-            decoded[key] = _decode_stored(text, state.root + key)
+            decoded[key] = _decode_stored(state.raw(key) or b"", state.root + key)
         except ConfigError as error:
             problems.setdefault(key, []).extend(error.issues)
     base = {k: v for k, v in decoded.items() if key_role(k)[0] in {"defaults", "service"}}
@@ -1236,8 +1267,8 @@ def _namespace_issues(
                 merged[key] = {**below, **overlay}
         found = build_issues(_assemble(merged), sections)
         for issue in found:
-            target = _key_of_path(issue.path)
-            if target in overlays:
+            target = _key_of_path(issue.path, overlays)
+            if target is not None:
                 problems.setdefault(f"channels/{channel}/{target}", []).append(issue)
     return problems
 
@@ -1257,8 +1288,8 @@ def _attribute(
     problems: dict[str, list[ConfigIssue]],
 ) -> None:
     for issue in issues:
-        key = _key_of_path(issue.path)
-        problems.setdefault(key if key is not None and key in documents else "", []).append(issue)
+        key = _key_of_path(issue.path, documents)
+        problems.setdefault(key if key is not None else "", []).append(issue)
 
 
 # -- watch ----------------------------------------------------------------------------------

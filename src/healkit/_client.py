@@ -16,7 +16,7 @@ import yarl
 from multidict import CIMultiDict
 
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config import HealkitConfig, ServicePolicy, url_under
+from healkit._config import HealkitConfig, ServicePolicy, url_problem, url_under
 from healkit._context import CallContext
 from healkit._errors import ClientClosedError, RequestError
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
@@ -37,8 +37,6 @@ STANDARD_METHODS: Final = frozenset(
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 5.5: a field value holds no control character but horizontal tab.
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# A host as yarl gives it (IPv6 without brackets, IDNA already applied): RFC 3986 reg-name.
-_HOST: Final = re.compile(r"[0-9A-Za-z\-._~!$&'()*+,;=%:]+")
 _SHOWN_NAME_CHARS: Final = 64
 # What aiohttp sends as a body besides bytes and str (forms are Mappings or pairs).
 _BODY_TYPES: Final = (
@@ -388,8 +386,8 @@ def _address(
             raise RequestError(f"invalid URL: {exc}") from exc
         if not url.host or not url.raw_host:
             raise RequestError("invalid URL: no host")
-        if not _HOST.fullmatch(url.raw_host):
-            raise RequestError("invalid URL: the host has characters a host name cannot have")
+        if (problem := url_problem(url)) is not None:
+            raise RequestError(f"invalid URL: {problem}")
         name = service or config.service_for_url(target)
         policy = config.policy(name) if name else config.defaults
         for endpoint in policy.endpoints:

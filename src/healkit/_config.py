@@ -25,7 +25,9 @@ service, swapped whole when a new document is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Annotated, Any, Final, Generic, TypeVar, cast, final
@@ -33,7 +35,7 @@ from typing import Annotated, Any, Final, Generic, TypeVar, cast, final
 import msgspec
 import yarl
 
-from healkit._config_validate import join_path, merge, validate
+from healkit._config_validate import CHECK, join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._redact import Redactor
 from healkit._stash import Stash
@@ -46,19 +48,106 @@ __all__ = [
     "ServicePolicy",
     "Timeouts",
     "build_config",
+    "endpoint_problem",
+    "name_problem",
     "normalize_endpoint",
+    "service_name_issues",
+    "url_problem",
 ]
 
 S = TypeVar("S", bound=msgspec.Struct)
 
 SERVICE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 ENDPOINT_PATTERN: Final = r"^https?://[^/@\s?#]+(/[^\s?#]*)?$"
+# A host name as DNS and IDNA allow it (RFC 1035/1123, RFC 5890): dot-separated
+# ASCII labels of 1 to 63 characters (after IDNA encoding), 253 in all. "_" is
+# kept: container and service-discovery names use it.
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+MAX_HOST_LENGTH: Final = 253
+MAX_LABEL_LENGTH: Final = 63
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS: Final = 10
 MAX_SECONDS: Final = 24 * 3600.0
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 """A duration in seconds: finite, positive, at most a day."""
+
+
+def url_problem(url: yarl.URL) -> str | None:
+    """Return why an absolute ``url`` cannot be called (its host or its port), or ``None``.
+
+    The host must be an IP address or a host name that IDNA and RFC 3986 accept:
+    no empty label (``a..b``), no label over 63 characters, no percent-encoded
+    or control characters, 253 characters at most. An explicit port is 1 to 65535.
+    The configuration (each endpoint) and the client (each absolute URL called)
+    both ask this function, so one rule decides.
+    """
+    try:
+        host = url.raw_host
+        port = url.explicit_port
+        url.host  # noqa: B018 - decodes an IDNA host ("xn--..."): it must decode
+    except ValueError as error:  # UnicodeError (an IDNA failure) included
+        return f"invalid host: {error}"
+    if not host:
+        return "no host"
+    if port is not None and not 0 < port < 2**16:
+        return f"invalid port {port}: must be 1 to 65535"
+    return _host_problem(host)
+
+
+def endpoint_problem(endpoint: object) -> str | None:
+    """Return why ``endpoint`` (an ``http(s)://`` base URL) is not usable, or ``None``."""
+    if not isinstance(endpoint, str):
+        return f"expected a string, got {type(endpoint).__name__}"
+    try:
+        url = yarl.URL(endpoint)
+    except ValueError as error:
+        return f"invalid URL: {error}"
+    return url_problem(url)
+
+
+def _host_problem(host: str) -> str | None:
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return None
+    name = host.removesuffix(".")
+    if len(name) > MAX_HOST_LENGTH:
+        return f"invalid host: longer than {MAX_HOST_LENGTH} characters"
+    for label in name.split("."):
+        if not _HOST_LABEL.fullmatch(label):
+            shown = msgspec.json.encode(host).decode()
+            if not label:
+                return f"invalid host {shown}: empty label"
+            if len(label) > MAX_LABEL_LENGTH:
+                return f"invalid host {shown}: a label is longer than {MAX_LABEL_LENGTH} characters"
+            return f"invalid host {shown}: letters, digits, '-' and '_' only in each label"
+    return None
+
+
+Endpoint = Annotated[str, msgspec.Meta(pattern=ENDPOINT_PATTERN, extra={CHECK: endpoint_problem})]
+"""A base URL: ``http(s)://host[:port][/path]``, with a host that can be called."""
+
+Name = Annotated[str, msgspec.Meta(pattern=SERVICE_NAME_PATTERN)]
+"""A service, namespace or channel name: a letter or digit, then letters, digits,
+``_``, ``.``, ``-``; 128 characters at most (nothing else: no ``/``, no newline)."""
+
+
+def name_problem(name: object) -> str | None:
+    """Return why ``name`` is not a valid service, namespace or channel name, or ``None``."""
+    _, issues = validate(name, Name)
+    return issues[0].reason if issues else None
+
+
+def service_name_issues(names: Iterable[object], *, path: str = "$.services") -> list[ConfigIssue]:
+    """Return one issue per invalid service name, worded as :func:`build_config` words it.
+
+    ``healkit config push`` checks the names of the documents it would write
+    (mapping keys of a file, file names of a directory) with this, so that a
+    name is refused, not written under another spelling (``on`` read by YAML
+    as ``True``) or left out.
+    """
+    _, issues = validate(dict.fromkeys(names), dict[Name, None], path=path)
+    return issues
 
 
 @final
@@ -138,7 +227,7 @@ class CoreServiceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
 
     """
 
-    endpoints: tuple[Annotated[str, msgspec.Meta(pattern=ENDPOINT_PATTERN)], ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = DEFAULT_MAX_BODY_BYTES
     follow_redirects: bool = True
     max_redirects: Annotated[int, msgspec.Meta(ge=0, le=50)] = DEFAULT_MAX_REDIRECTS
@@ -180,9 +269,7 @@ class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 class _Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     defaults: dict[str, Any] = msgspec.field(default_factory=dict)
-    services: dict[Annotated[str, msgspec.Meta(pattern=SERVICE_NAME_PATTERN)], dict[str, Any]] = (
-        msgspec.field(default_factory=dict)
-    )
+    services: dict[Name, dict[str, Any]] = msgspec.field(default_factory=dict)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
 
@@ -397,9 +484,7 @@ def _salvage(raw: object) -> tuple[Mapping[str, Any], Mapping[str, Mapping[str, 
         {
             name: doc
             for name, doc in (services.items() if isinstance(services, Mapping) else ())
-            if isinstance(name, str)
-            and re.match(SERVICE_NAME_PATTERN, name)
-            and isinstance(doc, Mapping)
+            if name_problem(name) is None and isinstance(doc, Mapping)
         },
     )
 

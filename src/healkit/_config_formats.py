@@ -70,6 +70,10 @@ _MSGSPEC_LOCATION: Final = re.compile(r" - at `[^`]*`$")
 _YAML_MARK: Final = re.compile(r'^\s*in "[^"]*", line (\d+), column (\d+)\s*$')
 _BOM: Final = "\ufeff"
 _MIB: Final = 1024 * 1024
+# A JSON number too large for a float (1e999) decodes to an infinity, as YAML's
+# .inf does, so that validation names its path instead of msgspec's pathless
+# "Number out of range".
+_JSON_DECODER: Final = msgspec.json.Decoder(float_hook=float)
 
 
 @final
@@ -239,7 +243,7 @@ def _decode(text: str, fmt: DocumentFormat, limits: DocumentLimits) -> object:
             return loader.get_single_data()
         finally:
             loader.dispose()
-    document = msgspec.json.decode(text.encode("utf-8")) if fmt == "json" else tomllib.loads(text)
+    document = _JSON_DECODER.decode(text.encode("utf-8")) if fmt == "json" else tomllib.loads(text)
     _check_shape(document, limits)
     return document
 

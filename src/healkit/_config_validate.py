@@ -19,6 +19,15 @@ Once every field of a Struct is valid, the Struct itself is built with
 The same conversion is the safety net for any type this walker does not inspect
 itself (dates, bytes, dataclasses...): msgspec's own message is then translated
 and placed at the right path.
+
+The walker is stricter than msgspec where msgspec would let a document mean two
+things: a list must be an ordered sequence (a YAML ``!!set`` or a Python ``set``
+is refused, since its order, and so a service's primary endpoint, could differ
+between processes), and a ``pattern`` that ends with ``$`` must match up to the
+end of the value (Python's ``$`` also matches before a final newline). A string
+field may name a further check in its metadata, ``msgspec.Meta(extra={"check":
+function})``: ``function(value)`` returns why the value is invalid, or ``None``,
+and runs once the value has the right type and pattern.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Final, TypeVar, cast
 
 import msgspec
@@ -34,7 +43,7 @@ import msgspec.inspect as mi
 
 from healkit._errors import ConfigError, ConfigIssue
 
-__all__ = ["check", "join_path", "merge", "validate"]
+__all__ = ["check", "join_path", "merge", "same_document", "validate"]
 
 T = TypeVar("T")
 
@@ -43,7 +52,10 @@ _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _MSGSPEC_LOCATION: Final = re.compile(r" - at `(?P<path>\$[^`]*)`$")
 _MSGSPEC_KEY_LOCATION: Final = re.compile(r" - at `key` in `(?P<path>\$[^`]*)`$")
 _GOT_REPR_LIMIT: Final = 40
-_ARRAY_LIKE: Final = (list, tuple, set, frozenset)
+# Ordered sequences only: a set has no order a document could rely on.
+_ARRAY_LIKE: Final = (list, tuple)
+CHECK: Final = "check"
+"""The key of a further check in a field's ``msgspec.Meta(extra=...)``."""
 
 
 def join_path(path: str, key: str | int) -> str:
@@ -137,12 +149,46 @@ def merge(base: Mapping[str, object], override: Mapping[str, object]) -> dict[st
     return merged
 
 
+def same_document(first: object, second: object) -> bool:
+    """Whether two decoded documents are the same value, kind included.
+
+    Python's ``==`` holds for values a validator tells apart (``True == 1``,
+    ``2 == 2.0``, ``{1} == {True}``): a document that was valid must not make an
+    invalid one look unchanged. Here every mapping key, item and leaf must also
+    be of the same type.
+    """
+    if type(first) is not type(second):
+        return False
+    if isinstance(first, Mapping) and isinstance(second, Mapping):
+        return _same_keys(first, second) and all(
+            same_document(value, second[key]) for key, value in first.items()
+        )
+    if isinstance(first, list | tuple) and isinstance(second, list | tuple):
+        return len(first) == len(second) and all(
+            same_document(a, b) for a, b in zip(first, second, strict=True)
+        )
+    if isinstance(first, set | frozenset) and isinstance(second, set | frozenset):
+        return _typed(first) == _typed(second)
+    return bool(first == second)
+
+
+def _same_keys(first: Mapping[object, object], second: Mapping[object, object]) -> bool:
+    return len(first) == len(second) and _typed(first) == _typed(second)
+
+
+def _typed(items: Iterable[object]) -> set[tuple[type, object]]:
+    """Pair each item with its type, so that ``1`` and ``True`` differ."""
+    return {(type(item), item) for item in items}
+
+
 # --- the walker -------------------------------------------------------------------
 
 
 def _check(value: object, info: mi.Type, path: str, issues: list[ConfigIssue]) -> None:
     """Append to ``issues`` every problem of ``value`` against ``info``."""
-    if isinstance(info, mi.StructType):
+    if isinstance(info, mi.Metadata):
+        _check_metadata(value, info, path, issues)
+    elif isinstance(info, mi.StructType):
         if info.array_like:
             return  # rare layout: left to msgspec.convert in the enclosing Struct
         _check_struct(value, info, path, issues)
@@ -193,6 +239,17 @@ def _check_struct(
         return None
     built = _convert(value, info.cls, path, issues)
     return None if len(issues) > found else built
+
+
+def _check_metadata(value: object, info: mi.Metadata, path: str, issues: list[ConfigIssue]) -> None:
+    """Check the annotated type, then the field's own check (``extra={"check": ...}``)."""
+    found = len(issues)
+    _check(value, info.type, path, issues)
+    function = (info.extra or {}).get(CHECK)
+    if len(issues) == found and callable(function):
+        reason = cast("Callable[[object], str | None]", function)(value)
+        if reason is not None:
+            issues.append(ConfigIssue(path, reason))
 
 
 def _check_union(value: object, info: mi.UnionType, path: str, issues: list[ConfigIssue]) -> None:
@@ -328,9 +385,22 @@ def _str_problem(value: object, info: mi.StrType) -> str | None:
     bound = _length_bound(len(value), info.min_length, info.max_length, "character")
     if bound is not None:
         return f"must be {bound} long"
-    if info.pattern is not None and re.search(info.pattern, value) is None:
+    if info.pattern is not None and not _matches(info.pattern, value):
         return f"must match the pattern {info.pattern!r}"
     return None
+
+
+def _matches(pattern: str, value: str) -> bool:
+    r"""``re.search``, except that a final ``$`` means the end of ``value``.
+
+    Python's ``$`` also matches before a newline that ends the string: a
+    service name ``"payments\n"`` would pass ``^[a-z]+$``.
+    """
+    found = re.search(pattern, value)
+    if found is None:
+        return False
+    anchored = pattern.endswith("$") and not pattern.endswith("\\$")
+    return not anchored or found.end() == len(value)
 
 
 def _length_bound(
@@ -376,6 +446,7 @@ def _translate(message: str, path: str) -> ConfigIssue:
 
 def _kind_fits(value: object, info: mi.Type) -> bool:  # noqa: PLR0911
     """Whether ``value`` is of a kind that ``info`` may accept (union dispatch)."""
+    info = _bare(info)
     if isinstance(info, mi.NoneType):
         return value is None
     if isinstance(info, mi.BoolType):
@@ -399,6 +470,7 @@ def _kind_fits(value: object, info: mi.Type) -> bool:  # noqa: PLR0911
 
 def _describe(info: mi.Type) -> str:  # noqa: PLR0911
     """Name what ``info`` expects, for "expected ..." reasons."""
+    info = _bare(info)
     if isinstance(info, mi.NoneType):
         return "null"
     if isinstance(info, mi.BoolType):
@@ -417,6 +489,11 @@ def _describe(info: mi.Type) -> str:  # noqa: PLR0911
         return "a list"
     name = type(info).__name__.removesuffix("Type").lower()
     return f"a {name} value"
+
+
+def _bare(info: mi.Type) -> mi.Type:
+    """Return the type inside an ``Annotated`` one that carries extra metadata."""
+    return info.type if isinstance(info, mi.Metadata) else info
 
 
 def _is_one_of(value: object, choices: Iterable[object]) -> bool:

@@ -22,6 +22,17 @@ document stays in force while the others move on. Documents are decoded (within
 the source's :class:`~healkit.DocumentLimits`) and validated in a worker thread,
 one revision after the other: the event loop keeps serving calls meanwhile.
 
+Each key is judged on its own, at every revision that writes it. A document
+that is not UTF-8 or not JSON/YAML is rejected as undecodable; a decoded one
+is compared with the key's last good document by value *and type* (``true``
+is not ``1``, ``2.0`` is not ``2``), so an invalid document never looks
+unchanged; when the runtime refuses the whole document, the keys its issues
+point at are rejected (or, if they point at no key written in that revision,
+every key written in it: together they made the document invalid) and the
+rest is submitted again. At start the same rules apply (:meth:`EtcdSource.load_into`):
+the runtime starts with every valid document and refuses to start only when
+documents exist and none of them is usable.
+
 While etcd cannot be reached the configuration in force keeps serving; the
 source says so (a log event, :attr:`EtcdSource.status`) and reconnects with
 capped, jittered backoff. A watch stream that dies silently (packets dropped,
@@ -41,7 +52,6 @@ import itertools
 import math
 import os
 import random
-import re
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +61,9 @@ import anyio
 import msgspec
 import structlog
 
+from healkit._config import name_problem
 from healkit._config_formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
+from healkit._config_validate import join_path, same_document
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError, EtcdUnavailable
 from healkit._etcd import EtcdClient, EtcdWatch, KeyValue, WatchEvent
 from healkit._offload import off_loop
@@ -66,7 +78,6 @@ BACKOFF_BASE: Final = 0.1
 BACKOFF_CAP: Final = 10.0
 DEFAULT_LIVENESS: Final = 10.0
 SNAPSHOT_VERSION: Final = 2
-_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 Connection = Literal["connecting", "connected", "unreachable"]
 
@@ -135,7 +146,7 @@ def etcd_prefix(namespace: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Return the key prefix of ``namespace``: ``<prefix><namespace>/``."""
     if not prefix.startswith("/") or not prefix.endswith("/"):
         raise ValueError(f"the etcd prefix must start and end with '/', got {prefix!r}")
-    if not _NAME.fullmatch(namespace):
+    if name_problem(namespace) is not None:
         raise ValueError(
             f"invalid namespace {namespace!r}: letters, digits, '_', '.', '-' (1 to 128)"
         )
@@ -207,7 +218,7 @@ class EtcdSource:
         self._heard = 0
         self._limits = limits
         self._root = etcd_prefix(namespace, prefix)
-        if channel is not None and not _NAME.fullmatch(channel):
+        if channel is not None and name_problem(channel) is not None:
             raise ValueError(f"invalid channel {channel!r}")
         self._channel = channel
         self._snapshot = None if snapshot_path is None else Path(snapshot_path)
@@ -302,14 +313,56 @@ class EtcdSource:
     async def load(self) -> object:
         """Read every document of the namespace at one revision; return the whole document.
 
-        An invalid key is left out (and reported when the runtime watches). If
-        etcd cannot be reached and a snapshot file exists, its state is used.
+        An undecodable key is left out (and reported). If etcd cannot be reached
+        and a snapshot file exists, its state is used. A runtime starts through
+        :meth:`load_into` instead, which also leaves out the keys it rejects.
 
         Raises:
             EtcdError: etcd cannot be reached and there is no snapshot to start from.
             ConfigError: the snapshot file is unreadable.
 
         """
+        await self._read()
+        self._good = {}
+        parsed = await self._parse(self._documents)
+        for key, document in parsed.items():
+            decoded = self._decode(key, document, self._revision)
+            if decoded is not None:
+                self._good[key] = decoded
+        if not self._from_snapshot:
+            # The bootstrap read is what the runtime applies now: an instance
+            # restarted while etcd is away starts from it, changed since or not.
+            self._persist()
+        return self._assemble(self._good)
+
+    async def load_into(self, sink: ConfigSink) -> None:
+        """Read every document of the namespace at one revision and submit them to ``sink``.
+
+        Each key is judged on its own, as when watching: a key whose document
+        cannot be decoded, or that the sink's rejection points at, is rejected
+        (logged, listed in :attr:`status` ``rejected``) and the others are
+        submitted again without it.
+
+        Raises:
+            EtcdError: etcd cannot be reached and there is no snapshot to start from.
+            ConfigError: the snapshot file is unreadable, or documents exist and
+                every one of them was rejected (nothing usable to start with).
+
+        """
+        await self._read()
+        documents, self._documents, self._good = self._documents, {}, {}
+        error = await self._apply(documents, self._revision, sink, force=True)
+        if error is None and documents and not self._good:
+            issues = [
+                ConfigIssue("$", f"{self._root}{key} was rejected at revision {revision}")
+                for key, revision in sorted(self._rejected.items())
+            ]
+            error = ConfigError(issues, origin=f"{self.origin}: no valid document to start with")
+        if error is not None:
+            raise error
+
+    async def _read(self) -> None:
+        """Read the namespace (or the snapshot file when etcd is away) into ``_documents``."""
         try:
             result = await self._client.range_all(self._root, prefix=True)
         except EtcdError as error:
@@ -333,17 +386,6 @@ class EtcdSource:
             self._cluster_id = result.cluster_id
             self._documents = self._config_documents(result.kvs)
             self._extra = self._other_keys(result.kvs)
-        self._good = {}
-        parsed = await self._parse(self._documents)
-        for key, document in parsed.items():
-            decoded = self._decode(key, document, self._revision)
-            if decoded is not None:
-                self._good[key] = decoded
-        if not self._from_snapshot:
-            # The bootstrap read is what the runtime applies now: an instance
-            # restarted while etcd is away starts from it, changed since or not.
-            self._persist()
-        return self._assemble(self._good)
 
     async def watch(self, sink: ConfigSink) -> None:
         """Apply every change of the namespace, revision by revision, until cancelled."""
@@ -553,48 +595,70 @@ class EtcdSource:
             )
 
     async def _apply(
-        self, changed: Mapping[str, str | None], revision: int, sink: ConfigSink
-    ) -> None:
+        self,
+        changed: Mapping[str, str | None],
+        revision: int,
+        sink: ConfigSink,
+        *,
+        force: bool = False,
+    ) -> ConfigError | None:
         """Submit the document with ``changed`` keys (``None``: deleted) as of ``revision``.
 
-        A key whose new document cannot be decoded, or is the cause of the
-        runtime's rejection, keeps its last good document; the others move on.
+        A key whose new document cannot be decoded, or that the runtime's
+        rejection points at, is rejected and keeps its last good document; the
+        others move on. ``force`` submits even an unchanged document (at start).
+
+        Returns:
+            The runtime's error if it refused even the last good documents.
+
         """
         error: ConfigError | None = None
-        if changed:
+        if changed or force:
             parsed = await self._parse(changed)
             good, refused = self._stage(changed, parsed, revision)
-            if good != self._good:  # else only rejected documents changed
-                error = await self._submit(good, refused, changed, revision, sink)
-            if error is None:
-                self._good = good
-                for key in changed.keys() - refused:
-                    self._rejected.pop(key, None)
+            error = await self._settle(good, refused, changed, revision, sink, force=force)
+            self._good = good
+            for key in changed.keys() - refused:
+                self._rejected.pop(key, None)
         self._revision = revision
         self._persist()
         self._changed.set()
+        return error
 
-    async def _submit(
+    async def _settle(  # noqa: PLR0913 - one revision's whole state
         self,
         good: dict[str, object],
         refused: set[str],
         changed: Mapping[str, str | None],
         revision: int,
         sink: ConfigSink,
+        *,
+        force: bool,
     ) -> ConfigError | None:
-        """Submit ``good``; if the runtime blames changed keys, retry without them."""
+        """Submit ``good`` until the runtime takes it, rejecting the keys it blames.
+
+        The document is submitted only if it differs (value and type) from the
+        last good one. On a refusal, the changed keys the issues point at are
+        rejected; if they point at none, every changed key still pending is:
+        the document was valid before this revision, so its changes made it
+        invalid. Each round rejects at least one key, so this ends.
+        """
         origin = f"{self.origin} revision {revision}"
-        error = await sink.submit(self._assemble(good), origin=origin)
-        if error is None:
-            return None
-        blamed = {key for key in changed if key in good and self._blamed(key, error)} - refused
-        if not blamed:
-            return error  # not one document's fault: the configuration in force stays
-        for key in blamed:
-            self._reject(key, revision, error)
-            refused.add(key)
-            self._restore(key, good)
-        return await sink.submit(self._assemble(good), origin=origin)
+        pending = set(changed) - refused
+        while force or not same_document(good, self._good):
+            force = False
+            error = await sink.submit(self._assemble(good), origin=origin)
+            if error is None:
+                return None
+            if not pending:
+                return error  # the last good documents themselves are refused
+            blamed = {key for key in pending if self._blamed(key, error)} or set(pending)
+            for key in blamed:
+                self._reject(key, revision, error)
+                self._restore(key, good)
+            refused |= blamed
+            pending -= blamed
+        return None
 
     def _stage(
         self, changed: Mapping[str, str | None], parsed: Mapping[str, object], revision: int
@@ -656,8 +720,10 @@ class EtcdSource:
                 continue
             fmt: DocumentFormat = "json" if text.lstrip().startswith("{") else "yaml"
             try:
+                # The bytes as etcd holds them: a value that is not UTF-8 is refused.
+                data = text.encode("utf-8", "surrogateescape")
                 parsed[key] = parse_document(
-                    text, fmt=fmt, origin=self._root + key, limits=self._limits
+                    data, fmt=fmt, origin=self._root + key, limits=self._limits
                 )
             except ConfigError as error:
                 parsed[key] = error
@@ -708,16 +774,23 @@ class EtcdSource:
         if role is None:
             return False
         kind, name = role
-        path = "$.defaults" if kind == "defaults" else f"$.services.{name}"
+        path = "$.defaults" if kind == "defaults" else join_path("$.services", name)
         return issue.path == path or issue.path.startswith((f"{path}.", f"{path}["))
 
     def _reject(self, key: str, revision: int, error: ConfigError) -> None:
-        """Log the issues of ``error`` that lie in the document of ``key``."""
+        """Log the issues of ``error`` that lie in the document of ``key``.
+
+        If none does (the key's change made another document invalid, such as a
+        service merged with new defaults), every issue is logged with the key.
+        """
         self._rejected[key] = revision
         role = self._role(key)
-        for issue in error.issues:
-            if role is not None and issue.path != "$" and not self._in_document(key, issue):
-                continue
+        mine = [
+            issue
+            for issue in error.issues
+            if role is None or issue.path == "$" or self._in_document(key, issue)
+        ]
+        for issue in mine or error.issues:
             _logger.error(
                 "healkit.etcd_document_rejected",
                 key=self._root + key,
@@ -770,7 +843,7 @@ class EtcdSource:
             root=self._root,
             cluster_id=self._cluster_id,
             revision=self._revision,
-            documents=self._documents,
+            documents={k: v for k, v in self._documents.items() if _storable(v)},
         )
         data = msgspec.json.encode(snapshot)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -837,4 +910,14 @@ def _dead(endpoint: str, reason: str) -> EtcdUnavailable:
 
 
 def _text(kv: KeyValue) -> str:
-    return kv.value.decode("utf-8", "replace")
+    """Return the value of ``kv`` as text; bytes that are not UTF-8 stay, escaped, to be refused."""
+    return kv.value.decode("utf-8", "surrogateescape")
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` can be written to the snapshot file (it was valid UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -46,8 +46,8 @@ import structlog
 import yarl
 
 from healkit._config import (
-    ENDPOINT_PATTERN,
     ConfigSection,
+    Endpoint,
     HealkitConfig,
     Seconds,
     ServicePolicy,
@@ -90,7 +90,6 @@ _logger: Final = structlog.get_logger("healkit")
 CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
 _ORIGIN_PATTERN: Final = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5})?$")
 
-Endpoint = Annotated[str, msgspec.Meta(pattern=ENDPOINT_PATTERN)]
 Origin = Annotated[str, msgspec.Meta(pattern=_ORIGIN_PATTERN.pattern)]
 Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")]

@@ -38,7 +38,7 @@ from healkit._errors import ConfigError, ConfigIssue, PluginError
 from healkit._offload import off_loop
 from healkit._plan import PER_CALL_HOOKS, CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
-from healkit._sources import ConfigSource, FileSource, InMemorySource
+from healkit._sources import ConfigSource, FileSource, InMemorySource, PartialConfigSource
 from healkit._timer import TimerWheels
 
 __all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime", "runtime_or_build"]
@@ -407,13 +407,16 @@ class Runtime:
         """Load remote configuration, start watching it, start plugin background work.
 
         Raises:
-            ConfigError: the source's current document is invalid.
+            ConfigError: the source's current document is invalid (for a source of
+                parts such as etcd: no part of it is valid).
 
         """
         if self._started:
             return
         source = self._source
-        if not isinstance(source, InMemorySource | FileSource):
+        if isinstance(source, PartialConfigSource):
+            await source.load_into(self)  # starts with every part that is valid
+        elif not isinstance(source, InMemorySource | FileSource):
             raw = await source.load()
             config = await self._validate_off_loop(raw, source.origin)
             self._install(config, raw, origin=source.origin, configure=True)

@@ -8,7 +8,10 @@ it and keeps the last good configuration. Two sources ship with the core:
 * :class:`FileSource`: a TOML, YAML or JSON file, watched for changes.
 
 A source for another store (etcd) implements the same protocol: ``load`` the
-current document once at start, then ``watch`` and submit each new one.
+current document once at start, then ``watch`` and submit each new one. A
+source whose document is made of parts judged one by one (etcd: one key per
+service) is a :class:`PartialConfigSource`: the runtime starts it with
+``load_into``, so that one invalid part never keeps it from starting.
 
 Reading, decoding (within :class:`~healkit.DocumentLimits`) and validating a
 document run in a worker thread, never on the event loop: a large or hostile
@@ -36,7 +39,7 @@ from healkit._config_formats import (
 from healkit._errors import ConfigError
 from healkit._offload import off_loop
 
-__all__ = ["ConfigSink", "ConfigSource", "FileSource", "InMemorySource"]
+__all__ = ["ConfigSink", "ConfigSource", "FileSource", "InMemorySource", "PartialConfigSource"]
 
 
 class ConfigSink(Protocol):
@@ -83,6 +86,20 @@ class ConfigSource(Protocol):
         """Submit every new document to ``sink`` until cancelled.
 
         Returns at once if the source never changes.
+        """
+        ...
+
+
+@runtime_checkable
+class PartialConfigSource(ConfigSource, Protocol):
+    """A source whose document is made of parts that are accepted or rejected one by one."""
+
+    async def load_into(self, sink: ConfigSink) -> None:
+        """Submit the current document to ``sink``, leaving out each part it rejects.
+
+        Raises:
+            ConfigError: no usable document exists (every part was rejected).
+
         """
         ...
 
