@@ -283,7 +283,7 @@ async def _sample(one: OneCall, calls: int, timer: Callable[[], float]) -> float
     return (timer() - start) * 1e6 / calls
 
 
-async def _interleaved(  # noqa: PLR0913 - keyword-only sizes
+async def _interleaved(
     variants: dict[str, OneCall],
     *,
     calls: int,
