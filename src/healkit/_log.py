@@ -196,9 +196,6 @@ def attempt_failed(
     failure is logged in full once, then summarised in
     ``healkit.attempt_failures_summary`` while it repeats.
     """
-    log = _emitting(_DROPPING_WARNING)
-    if log is None:
-        return
     refusal = error if isinstance(error, CircuitOpenError) else None
     key: _Key = (
         "attempt" if refusal is None else "refusal",
@@ -207,7 +204,12 @@ def attempt_failed(
         type(error).__name__,
     )
     now = call.clock.now()
+    # Counted first: a repeat needs no logger. A kind is followed only once its
+    # first failure was logged, so a logger that drops the level counts nothing.
     if repeats.counted(key, now):
+        return
+    log = _emitting(_DROPPING_WARNING)
+    if log is None:
         return
     endpoint = call.config.redactor.url(attempt.endpoint) if attempt.endpoint else None
     repeats.opened(key, now, endpoint)
@@ -283,14 +285,14 @@ def call_failed(
     Calls that fail alike (same service, last endpoint and error class) are
     logged in full once, then summarised while they repeat.
     """
-    log = _emitting(_DROPPING_ERROR)
-    if log is None:
-        return
     attempts = call.attempts
     raw = attempts[-1].endpoint if attempts else None
     key: _Key = ("call", call.service, raw, type(error).__name__)
     now = call.clock.now()
-    if repeats.counted(key, now):
+    if repeats.counted(key, now):  # counted first, as in attempt_failed
+        return
+    log = _emitting(_DROPPING_ERROR)
+    if log is None:
         return
     repeats.opened(key, now, call.config.redactor.url(raw) if raw else None)
     log.error(
