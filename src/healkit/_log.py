@@ -101,8 +101,10 @@ class Repeats:
     """Summarises repeated identical failures: O(1) per failure, bounded in memory.
 
     The first failure of a kind is logged in full by the caller
-    (:meth:`opens` returns True); each later one within the interval is only
-    counted. At most once per ``interval`` per kind, the count and the clock
+    (:meth:`counted` returns False, then the caller calls :meth:`opened`);
+    each later one is only counted. Once per interval, the next failure also
+    makes one pass over the kinds followed (at most ``limit``) to log what is due.
+    At most once per ``interval`` per kind, the count and the clock
     readings of the first and last counted failure are logged as one summary
     event. A kind that saw no failure for a whole interval is forgotten, so
     its next failure is logged in full again (a new episode). Counts are exact:
