@@ -108,7 +108,7 @@ class Repeats:
     readings of the first and last counted failure are logged as one summary
     event. A kind that saw no failure for a whole interval is forgotten, so
     its next failure is logged in full again (a new episode). Counts are exact:
-    what is pending is logged when the kind's interval passes and another
+    what is pending is logged when the kind's interval has passed and any
     failure arrives, when the oldest kind is dropped to make room, and by
     :meth:`flush` (the runtime flushes on stop).
 
