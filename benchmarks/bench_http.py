@@ -40,7 +40,7 @@ import aiohttp_retry
 import httpx
 import stamina
 import tenacity
-from _harness import ScenarioResult, Settings, Spread, Table, Target, progress, spread
+from _harness import ScenarioResult, Settings, Spread, Table, progress, spread
 from _plugins import (
     SDK_AVAILABLE,
     SDK_MISSING_NOTE,
@@ -59,8 +59,8 @@ __all__ = ["CLIENTS", "REFERENCE", "loopback_server", "run"]
 SERVER: Final = Path(__file__).with_name("server.py")
 SERVER_START_TIMEOUT: Final = 15.0
 REFERENCE: Final = "aiohttp"
-TARGET_VARIANTS: Final = ("healkit", "healkit[standard]", "healkit[full]")
-TARGET_CPU_RATIO: Final = 1.05
+GUARDED_VARIANTS: Final = ("healkit", "healkit[standard]", "healkit[full]")
+"""Variants whose CPU ratio is a guard against regressions (reported; not a target)."""
 ATTEMPTS: Final = 3
 RETRIED: Final = (aiohttp.ClientConnectionError, TimeoutError)
 CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout(total=30.0, connect=5.0, sock_read=30.0)
@@ -338,7 +338,7 @@ def _ratio_spread(rounds: list[Round], reference: list[Round]) -> Spread:
 
 
 def run(settings: Settings) -> ScenarioResult:
-    """Measure every client variant; check healkit's CPU ratio against 1.05."""
+    """Measure every client variant; report healkit's CPU ratios to raw aiohttp."""
     sizes = QUICK if settings.quick else FULL
     progress(
         f"http: {sizes.rounds} rounds x {sizes.requests} requests x {len(CLIENTS)} clients, "
@@ -390,17 +390,14 @@ def run(settings: Settings) -> ScenarioResult:
         headers=("client", "CPU µs/req", "CPU ratio", "per-round ratio", "req/s", "req/s ratio"),
         rows=rows,
     )
-    targets = [
-        Target(
-            name=f"end to end: {variant} client CPU per request / {REFERENCE}",
-            value=cpu[variant].median / ref_cpu,
-            limit=TARGET_CPU_RATIO,
-            unit="x",
-        )
-        for variant in TARGET_VARIANTS
-    ]
     notes = [
         "CPU is time.process_time() of the client process; the server runs in another process.",
+        (
+            "The healthy path is at instruction parity with raw aiohttp: the CPU ratios of "
+            + ", ".join(GUARDED_VARIANTS)
+            + " are a guard against regressions (beyond run-to-run spread), not a target; "
+            "the targets are on the failure paths (the failures scenario)."
+        ),
         (
             "CPU ratio = median CPU µs/request of the variant / that of raw aiohttp; "
             "per-round ratio = range of the same ratio taken round by round."
@@ -420,4 +417,4 @@ def run(settings: Settings) -> ScenarioResult:
     )
     if not SDK_AVAILABLE:
         notes.append(SDK_MISSING_NOTE)
-    return ScenarioResult(data=data, tables=[table], targets=targets, notes=notes)
+    return ScenarioResult(data=data, tables=[table], notes=notes)

@@ -19,7 +19,9 @@ Variants, each measured as ``await one()`` in a tight loop inside one event loop
   call ends in ``CircuitOpenError`` without the transport being asked to send;
 * ``rejected[bare]``: the same refusal by :class:`Refuser`, a plugin whose
   ``healkit_pre_request`` only raises ``CircuitOpenError``, and no other plugin:
-  what the pipeline itself costs for a refused call, plugins' work aside.
+  what the pipeline itself costs for a refused call, plugins' work aside. Their
+  goal is a ratio to the Python circuit breakers, measured side by side in
+  ``bench_failures.py``; here they are reported, not checked.
 
 ``<set>`` is each entry of :data:`PLUGIN_SETS` (``full``: timeout, retry,
 breaker, tls, tracing with the API's no-op providers). Every 100 calls the loop awaits
@@ -76,7 +78,6 @@ ENDPOINT: Final = "http://127.0.0.1:9"
 BATCH: Final = 100
 TARGET_US: Final = 5.0
 TARGET_VARIANTS: Final = ("execute[timeout]", "execute[standard]")
-REJECTED_TARGET_US: Final = 3.0
 REJECTED_VARIANT: Final = "rejected[standard]"
 BARE_REJECTED_VARIANT: Final = "rejected[bare]"
 OPEN_FOR: Final = 86_400.0
@@ -330,9 +331,9 @@ def _variants(telemetry: SdkTelemetry | None) -> dict[str, OneCall]:
 def logs_dropped() -> Iterator[None]:
     """Drop healkit's log events at the logger, as an application logging only criticals would.
 
-    A refused call logs ``healkit.attempt_failed`` and ``healkit.call_failed``;
-    what rendering and writing them costs is the application's choice of
-    logging setup, so it is left out of the measurement.
+    A refused call's log events (once per kind, then summarised) cost what the
+    application's choice of logging setup makes them cost: left out here
+    (``bench_failures.py`` measures with JSON logs).
     """
     saved = structlog.get_config()
     structlog.configure(
@@ -347,7 +348,7 @@ def logs_dropped() -> Iterator[None]:
 
 
 def run(settings: Settings) -> ScenarioResult:
-    """Measure every variant; check the successful calls and the refused one against targets."""
+    """Measure every variant; check the successful calls against their target."""
     sizes = QUICK if settings.quick else FULL
     progress(f"pipeline: {sizes.repeats} x {sizes.calls} calls per variant")
     telemetry = SdkTelemetry() if SDK_AVAILABLE else None
@@ -398,22 +399,14 @@ def run(settings: Settings) -> ScenarioResult:
         )
         for variant in TARGET_VARIANTS
     ]
-    targets.append(
-        Target(
-            name=f"pipeline: {REJECTED_VARIANT} (open breaker, nothing sent) µs per call",
-            value=results[REJECTED_VARIANT].median,
-            limit=REJECTED_TARGET_US,
-            unit="µs",
-        )
-    )
     notes = [
         (
             "execute[...] includes reading the config snapshot and building the CallContext, "
             "as Client does per call; resilient[...] is a decorated trivial async function."
         ),
         (
-            "structlog drops every event below CRITICAL during this scenario: the two events "
-            "a refused call logs cost what the application's logging setup makes them cost."
+            "structlog drops every event below CRITICAL during this scenario: what a refused "
+            "call logs costs what the application's logging setup makes it cost."
         ),
         (
             "full = timeout, retry, breaker, tls (a tls section with minimum_version 1.3: the "

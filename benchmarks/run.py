@@ -22,6 +22,7 @@ import time
 from typing import Final
 
 import bench_etcd
+import bench_failures
 import bench_healing
 import bench_http
 import bench_pipeline
@@ -33,6 +34,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         bench_pipeline.run, "the pipeline alone on a stub transport, per plugin set"
     ),
     "http": Scenario(bench_http.run, "end to end vs raw aiohttp and peers on a loopback server"),
+    "failures": Scenario(
+        bench_failures.run, "refused and failed calls vs Python breakers and raw aiohttp"
+    ),
     "etcd": Scenario(bench_etcd.run, "an etcd write until the policy is applied, 1 and 50 clients"),
     "healing": Scenario(
         bench_healing.run, "failover and recovery times on loopback, endpoint selection cost"
@@ -51,6 +55,9 @@ DISTRIBUTIONS: Final = (
     "opentelemetry-sdk",
     "aiohttp",
     "aiohttp-retry",
+    "circuitbreaker",
+    "purgatory",
+    "aiobreaker",
     "tenacity",
     "stamina",
     "pluggy",

@@ -112,8 +112,11 @@ def test_json_summary_of_a_run() -> None:
         )
     assert summary["fallback_upstream"] is not None
     assert summary["by_path"].get("fallback", 0) > 0  # the storm, at least, failed over
-    # healkit's per-attempt log events were captured, one per failed call here.
-    assert summary["log_events"].get("healkit.call_failed", 0) == summary["errors"]
+    # healkit's log events were captured: a failed call is logged in full the first
+    # time its kind fails, then summarised (healkit.call_failures_summary).
+    logged = summary["log_events"].get("healkit.call_failed", 0)
+    assert logged <= summary["errors"]
+    assert (logged > 0) == (summary["errors"] > 0)
 
 
 OK = Fault.ok()

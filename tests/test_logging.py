@@ -38,14 +38,17 @@ async def test_failed_call_logs_carry_context_and_no_secret(
                 },
             )
     events = [e["event"] for e in logs.entries]
+    # The second, identical attempt failure is counted, and summarised when the client closes.
     assert events == [
         "healkit.config_applied",
         "healkit.attempt_failed",
         "healkit.retry_scheduled",
-        "healkit.attempt_failed",
         "healkit.call_failed",
+        "healkit.attempt_failures_summary",
     ]
-    failed = logs.entries[-1]
+    assert logs.entries[-1]["count"] == 1
+    assert "s3cr3t-pass" not in logs.entries[-1]["endpoint"]
+    failed = logs.entries[-2]
     assert failed["service"] == "127.0.0.1"
     assert failed["attempt"] == 2
     assert failed["path"] == "retry"

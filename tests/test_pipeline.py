@@ -71,10 +71,13 @@ async def test_final_error_is_typed_and_carries_every_attempt(logs: LogCapture) 
     assert error.__cause__ is error.error
     assert [a.number for a in error.attempts] == [1, 2, 3]
     assert all(a.error == "CallError" for a in error.attempts)
+    rt.repeats.flush(rt.clock.now())
     events = [e["event"] for e in logs.entries]
-    assert events.count("healkit.attempt_failed") == 3
+    # The first attempt failure in full; the two identical ones after it in a summary.
+    assert events.count("healkit.attempt_failed") == 1
     assert events.count("healkit.retry_scheduled") == 2
-    assert events[-1] == "healkit.call_failed"
+    assert events[-2:] == ["healkit.call_failed", "healkit.attempt_failures_summary"]
+    assert logs.entries[-1]["count"] == 2
 
 
 async def test_exceptions_not_counted_as_failures_propagate_unchanged() -> None:

@@ -157,7 +157,7 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
             now = clock.now()
             if attempt.duration is None:  # set already if a response was declared a failure
                 attempt.duration = now - attempt.started
-            _log.attempt_failed(call, attempt, error)
+            _log.attempt_failed(runtime.repeats, call, attempt, error)
             decision = plan.on_error(call, attempt, error)
             if decision is None:
                 break
@@ -181,14 +181,14 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                 substitute = _substitute(current, call, transport, fallback, error)
                 if substitute is not None:
                     return substitute
-        _failed(current, call, error, stop_reason)
+        _failed(current, runtime.repeats, call, error, stop_reason)
     except Passthrough as passing:
         if plan.has_call_abandoned:
             plan.call_abandoned(call, passing.error)
         raise passing.error from passing.error.__cause__
     except PluginError as crash:
         crash.attempts = call.records()
-        _log.call_failed(call, crash, None)
+        _log.call_failed(runtime.repeats, call, crash, None)
         if plan.has_call_end:
             plan.call_end(call, _Ending(call, None, clock.now())(), crash)
         raise
@@ -256,13 +256,17 @@ def _substitute(
 
 
 def _failed(
-    plan: CallPlan, call: CallContext, error: HealkitError, stop_reason: str | None
+    plan: CallPlan,
+    repeats: _log.Repeats,
+    call: CallContext,
+    error: HealkitError,
+    stop_reason: str | None,
 ) -> NoReturn:
     """End a call that failed for good: raise its typed error."""
     if stop_reason is not None:
         error.message = f"{error.message} (not retried: {stop_reason})"
     error.attempts = call.records()
-    _log.call_failed(call, error, stop_reason)
+    _log.call_failed(repeats, call, error, stop_reason)
     if plan.has_call_end:
         plan.call_end(call, _Ending(call, None, call.clock.now())(), error)
     raise error

@@ -133,6 +133,8 @@ class Runtime:
         self.sections = config_sections(self.plugin_manager)
         self.plan = self._compile_plan(_Idleness())
         self.timers = TimerWheels()
+        self.repeats = _log.Repeats()
+        """Repeated failures, counted and logged as summaries (see ``healkit._log``)."""
         self._source = _as_source(config)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -437,6 +439,7 @@ class Runtime:
         Never raises for a plugin: a shutdown hook that fails or takes longer
         than 5 s, and a task that ignores cancellation, are logged.
         """
+        self.repeats.flush(self.clock.now())  # no count of repeated failures is lost
         if not self._started:
             return
         self._started = False

@@ -655,7 +655,13 @@ async def test_with_the_retry_plugin_each_attempt_counts_once_and_the_retry_wait
     fault_server.script("/x", *[Fault.status(503)] * 3, then=Fault.ok())
     plugin = BreakerPlugin()
     config = document([fault_server.url], consecutive_failures=3, open_duration=2.0)
-    config["services"]["svc"]["retry"] = {"attempts": 5, "base": 0.01, "cap": 5.0}
+    # Waiting for the breaker is opted into (the default fails fast: test_breaker_wait.py).
+    config["services"]["svc"]["retry"] = {
+        "attempts": 5,
+        "base": 0.01,
+        "cap": 5.0,
+        "max_circuit_wait": 5.0,
+    }
     async with client(config, plugin, manual_clock, RetryPlugin(), events) as c:
         response = await c.get("/x", service="svc")
     assert response.status == 200

@@ -389,19 +389,24 @@ async def test_breaker_refusal_moves_a_post_to_the_next_endpoint(
     assert sum(manual_clock.sleeps) <= 0.01
 
 
-async def test_open_service_breaker_is_waited_for_within_the_cap(
+async def test_open_service_breaker_is_waited_for_within_max_circuit_wait(
     fault_server: FaultServer, manual_clock: ManualClock
 ) -> None:
     async with client(
-        fault_server.url, EndpointBreaker(None, open_for=1.5), clock=manual_clock
+        fault_server.url,
+        EndpointBreaker(None, open_for=1.5),
+        clock=manual_clock,
+        max_circuit_wait=2.0,
     ) as c:
         response = await c.get("/x", service=SERVICE)
     assert response.status == 200
     assert manual_clock.sleeps == [1.5]
 
     breaker = EndpointBreaker(None, open_for=60.0)
-    async with client(fault_server.url, breaker, clock=manual_clock, cap=5.0) as c:
-        with pytest.raises(healkit.CircuitOpenError, match=r"longer than retry\.cap"):
+    async with client(
+        fault_server.url, breaker, clock=manual_clock, cap=60.0, max_circuit_wait=5.0
+    ) as c:
+        with pytest.raises(healkit.CircuitOpenError, match=r"longer than retry\.max_circuit_wait"):
             await c.get("/x", service=SERVICE)
 
 

@@ -642,6 +642,14 @@ def _peer_certificate(request: web.BaseRequest) -> bytes | None:
     return ssl_object.getpeercert(binary_form=True)
 
 
+# _CLIENT_GONE: a client that stops reading a slow or truncated body (its read
+# timeout, a cancelled call) closes the connection, and the next write raises
+# ConnectionResetError. That is the end such a fault expects, not a server
+# error: the handler returns, and aiohttp, failing to finish the response,
+# treats it as a client that went away (nothing logged) instead of logging
+# "Error handling request" with a traceback. Any other error still propagates.
+
+
 async def _apply(fault: Fault, request: web.Request) -> web.StreamResponse:
     match fault.kind:
         case FaultKind.RESPOND:
@@ -661,10 +669,11 @@ async def _apply(fault: Fault, request: web.Request) -> web.StreamResponse:
             response.content_length = fault.chunks * len(fault.body)
             await response.prepare(request)
             # StreamResponse.write() would put body bytes on the wire even for HEAD.
-            for index in range(fault.chunks if request.method != "HEAD" else 0):
-                if index:
-                    await asyncio.sleep(fault.chunk_delay)
-                await response.write(fault.body)
+            with contextlib.suppress(ConnectionResetError):  # see _CLIENT_GONE
+                for index in range(fault.chunks if request.method != "HEAD" else 0):
+                    if index:
+                        await asyncio.sleep(fault.chunk_delay)
+                    await response.write(fault.body)
             return response
 
 
@@ -674,7 +683,8 @@ async def _truncated(fault: Fault, request: web.Request) -> web.StreamResponse:
     response.content_length = fault.declared_length
     await response.prepare(request)
     if request.method != "HEAD":
-        await response.write(fault.body)
+        with contextlib.suppress(ConnectionResetError):  # see _CLIENT_GONE
+            await response.write(fault.body)
     if request.transport is not None:
         # close(), not abort(): the partial body must be flushed first.
         request.transport.close()

@@ -37,7 +37,8 @@ class _Policy:
         "attempts",
         "base",
         "cap",
-        "cap_text",
+        "circuit_wait",
+        "circuit_wait_text",
         "decorrelated",
         "inject_key",
         "kinds",
@@ -50,7 +51,9 @@ class _Policy:
         self.attempts = settings.attempts
         self.base = settings.base
         self.cap = settings.cap
-        self.cap_text = f"retry.cap ({settings.cap:g}s)"  # formatted once, not per refusal
+        self.circuit_wait = settings.max_circuit_wait
+        # Formatted once, not per refusal.
+        self.circuit_wait_text = f"retry.max_circuit_wait ({settings.max_circuit_wait:g}s)"
         self.decorrelated = settings.jitter == "decorrelated"
         self.kinds: frozenset[FailureKind] = frozenset(settings.retry_on)
         # Statuses are declared failures only if a retry of them is possible at all.
@@ -241,14 +244,16 @@ class RetryPlugin:
         closed_in = 0.0
         if isinstance(error, healkit.CircuitOpenError):
             # No other endpoint took the call (the routing plugin would have moved
-            # it at once): the next attempt waits until this breaker may probe.
+            # it at once): the next attempt would wait until this breaker may
+            # probe. Longer than max_circuit_wait (0 by default), the call ends
+            # now: its fallback or its error serves the caller sooner.
             closed_in = error.retry_at - now
-            if closed_in > derived.cap:
+            if closed_in > derived.circuit_wait:
                 if math.isinf(closed_in):
                     return 0.0, "the circuit is held open until an operator closes it"
                 return 0.0, (
                     f"the circuit stays open for {closed_in:.3g}s more,"
-                    f" longer than {derived.cap_text}"
+                    f" longer than {derived.circuit_wait_text}"
                 )
         draw = self._draw()
         if derived.decorrelated:

@@ -85,6 +85,13 @@ class RetrySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             header makes it safe.
         max_retry_after: seconds; the longest ``Retry-After`` honoured. A
             longer one ends the call instead of keeping it waiting. Default 30 s.
+        max_circuit_wait: seconds; the longest a call waits for an open
+            circuit breaker to let a probe through before its next attempt.
+            A breaker that stays open longer ends the call at once, so that
+            its fallback (a fallback group, a degraded response) or its error
+            reaches the caller now. Default 0: fail fast. A call that waits
+            holds its caller for up to that long and, when the breaker lets a
+            single probe through, is usually refused again by it.
         budget_ratio: retries may add at most this fraction of the service's
             requests in the last ``budget_window`` seconds. Default 0.2 (as
             Envoy and Finagle): under a full outage the load grows by 20%, not
@@ -107,6 +114,7 @@ class RetrySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     retry_non_idempotent: bool = False
     idempotency_key: bool = False
     max_retry_after: Annotated[float, msgspec.Meta(ge=0, le=3600.0)] = 30.0
+    max_circuit_wait: Annotated[float, msgspec.Meta(ge=0, le=300.0)] = 0.0
     budget_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
     budget_window: Annotated[float, msgspec.Meta(gt=0, le=3600.0)] = 10.0
     budget_min_retries_per_second: Annotated[float, msgspec.Meta(ge=0, le=10_000.0)] = 3.0

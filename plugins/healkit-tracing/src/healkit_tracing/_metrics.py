@@ -17,6 +17,7 @@ class Instruments:
 
     __slots__ = (
         "attempts",
+        "breaker_refusals",
         "breaker_state",
         "breaker_transitions",
         "call_duration",
@@ -62,6 +63,11 @@ class Instruments:
             n.METRIC_BREAKER_TRANSITIONS,
             unit="{transition}",
             description="Circuit breaker state transitions.",
+        )
+        self.breaker_refusals = meter.create_counter(
+            n.METRIC_BREAKER_REFUSALS,
+            unit="{attempt}",
+            description="Attempts refused by an open circuit breaker (nothing was sent).",
         )
         self.breaker_state = meter.create_gauge(
             n.METRIC_BREAKER_STATE,

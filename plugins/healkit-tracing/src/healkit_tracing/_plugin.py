@@ -581,6 +581,9 @@ class TracingPlugin:
             counted = {**counted, n.ERROR_TYPE: failure}
         instruments.attempts.add(1, counted)
         endpoint = attempt.endpoint
+        if isinstance(attempt.error, healkit.CircuitOpenError):
+            where = call.config.redactor.url(endpoint) if endpoint else ""
+            instruments.breaker_refusals.add(1, {n.SERVICE: call.service, n.ENDPOINT: where})
         if not state.sent or endpoint is None or call.transport != "http":
             return
         duration = attempt.duration
