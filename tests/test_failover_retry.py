@@ -199,3 +199,20 @@ async def test_thirty_percent_chaos_without_ejection_fails_no_call(
     assert backup.hits("/x") == faults == paths.count("fallback")
     assert paths.count("primary") == calls - faults
     assert manual_clock.sleeps == []
+
+
+async def test_a_deadline_alone_leaves_a_hanging_primary_time_for_the_fallback(
+    upstreams: tuple[FaultServer, FaultServer],
+) -> None:
+    # The default attempt limit is half the deadline: the hang ends in time for
+    # the fallback group. Real time here: the deadline is what is under test.
+    primary, backup = upstreams
+    primary.script("/x", Fault.blackhole())
+    config = document(primary.url, backup.url)
+    config["services"][SERVICE]["timeout"] = {"deadline": 4 * HANG_LIMIT}
+    async with healkit.Client(config=config, plugins=[TimeoutPlugin()], entry_points=False) as c:
+        response = await c.get("/x", service=SERVICE)
+    assert response.status == 200
+    assert response.outcome is not None
+    assert [a.error for a in response.outcome.attempts] == ["AttemptTimeout", None]
+    assert response.outcome.attempts[0].duration < 4 * HANG_LIMIT
