@@ -216,3 +216,23 @@ async def test_a_deadline_alone_leaves_a_hanging_primary_time_for_the_fallback(
     assert response.outcome is not None
     assert [a.error for a in response.outcome.attempts] == ["AttemptTimeout", None]
     assert response.outcome.attempts[0].duration < 4 * HANG_LIMIT
+
+
+@pytest.mark.parametrize("backup_answer", [200, 503])
+async def test_a_degraded_status_tries_the_fallback_group_before_the_template(
+    upstreams: tuple[FaultServer, FaultServer], manual_clock: ManualClock, backup_answer: int
+) -> None:
+    primary, backup = upstreams
+    primary.script("/x", Fault.status(503))
+    backup.script("/x", Fault.status(backup_answer))
+    config = document(primary.url, backup.url)
+    template = {"status": 503, "json": {"service": "${service}"}}
+    config["services"][SERVICE]["degraded"] = {"template": template}
+    async with client(config, manual_clock, RetryPlugin()) as c:
+        response = await c.get("/x", service=SERVICE)
+    assert response.outcome is not None
+    assert (primary.hits("/x"), backup.hits("/x")) == (1, 1)  # no retry besides the move
+    if backup_answer == 200:
+        assert (response.status, response.outcome.path) == (200, "fallback")
+    else:
+        assert response.outcome.path == "degraded"
