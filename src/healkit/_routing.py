@@ -494,9 +494,13 @@ class Router:
         # Nothing usable anywhere: try the primary group all the same.
         return self._pick(service, plan, 0, list(plan.groups[0])), 0
 
-    def _next_group(self, call: CallContext, plan: _Plan) -> int | None:
-        """Return the first group with a usable endpoint that ``call`` has not failed on."""
-        failed_on = _failed_groups(call, plan, call.attempts)
+    def _next_group(self, call: CallContext, plan: _Plan, failing: str | None) -> int | None:
+        """Return the first group with a usable endpoint that ``call`` has not failed on.
+
+        ``failing`` is the endpoint of the attempt failing now: its group counts
+        as failed on, whether or not the attempt's error is recorded yet.
+        """
+        failed_on = _failed_groups(call, plan, call.attempts) | {plan.group_of.get(failing, 0)}
         now = call.clock.now()
         for index, group in enumerate(plan.groups):
             if index not in failed_on and any(
@@ -562,7 +566,7 @@ class Router:
         if response is not None and response.status >= 500:
             self._failed(call, attempt, health)
             if response.status in _UNAVAILABLE and call.routable:
-                return self._unavailable(call, response)
+                return self._unavailable(call, attempt, response)
         else:
             health.failures = 0
             health.successes += 1
@@ -573,10 +577,16 @@ class Router:
                 self._fleet.report(call.service, attempt.endpoint, out=False)
         return None
 
-    def _unavailable(self, call: CallContext, response: Response) -> HTTPStatusError | None:
+    def _unavailable(
+        self, call: CallContext, attempt: AttemptContext, response: Response
+    ) -> HTTPStatusError | None:
         """Declare an unavailable answer a failure if another group may serve the call."""
         plan = _plan(call.policy)
-        if not plan.moves or not _resendable(call) or self._next_group(call, plan) is None:
+        if (
+            not plan.moves
+            or not _resendable(call)
+            or self._next_group(call, plan, attempt.endpoint) is None
+        ):
             return None
         return HTTPStatusError(response.status, url=response.url)
 
@@ -601,7 +611,7 @@ class Router:
             plan.moves
             and error.may_have_reached_server
             and _moves_on(call, error)
-            and (group := self._next_group(call, plan)) is not None
+            and (group := self._next_group(call, plan, attempt.endpoint)) is not None
         ):
             return RetryDecision.again(
                 0.0, reason=f"fallback group {group} after a failure on {attempt.endpoint}"
