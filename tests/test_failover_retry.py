@@ -255,3 +255,11 @@ async def test_without_a_retry_plugin_the_last_group_answer_is_the_result(
     assert response.outcome is not None
     assert (response.outcome.path, response.outcome.endpoint) == ("fallback", backup.url)
     assert (primary.hits("/x"), backup.hits("/x")) == (1, 1)
+
+
+def test_the_setting_must_be_a_boolean() -> None:
+    config = document("http://127.0.0.1:1", "http://127.0.0.1:2", retry_other_groups="yes")
+    with pytest.raises(healkit.ConfigError) as caught:
+        healkit.Runtime(config=config, plugins=[TimeoutPlugin()], entry_points=False)
+    (issue,) = caught.value.issues
+    assert issue.path == f"$.services.{SERVICE}.routing.retry_other_groups"
