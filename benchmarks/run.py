@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/run.py              # every scenario, ~75 s on 2 cores (budget: 3 min)
+    python benchmarks/run.py              # every scenario (chaos alone: ~2.5 min on 2 cores)
     python benchmarks/run.py --quick      # a ~10 s smoke run (numbers are rough)
     python benchmarks/run.py --json       # one JSON object on stdout
     python benchmarks/run.py --only http  # one scenario (repeat --only for several)
@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Final
 
+import bench_chaos
 import bench_etcd
 import bench_failures
 import bench_healing
@@ -40,6 +41,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "etcd": Scenario(bench_etcd.run, "an etcd write until the policy is applied, 1 and 50 clients"),
     "healing": Scenario(
         bench_healing.run, "failover and recovery times on loopback, endpoint selection cost"
+    ),
+    "chaos": Scenario(
+        bench_chaos.run, "a primary failing 30% of calls, a healthy fallback group: failed calls"
     ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""

@@ -16,6 +16,14 @@ server (a refused connection, a breaker's refusal) moves the call to another
 usable endpoint at once, without a backoff. When no endpoint is usable, the
 primary group is tried anyway.
 
+Once a call has failed on a group, its next attempt goes to the next group with
+a usable endpoint (``routing.retry_other_groups``, on by default; Envoy's
+``previous_priorities`` retry does the same): at once and without a backoff
+when the router itself moves the call there, after the retry plugin's backoff
+when that plugin retries. A call that failed on every group starts again from
+the first usable one. A request that is not idempotent and may have reached
+the server is never sent to another group on that account.
+
 An answer from a fallback group is a ``fallback``: ``response.outcome.path``
 and the ``Healkit-Outcome`` header say so, and ``response.outcome.endpoint``
 which endpoint answered. Credentials (``Authorization``, ``Proxy-Authorization``,
@@ -113,6 +121,14 @@ class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             (at least one endpoint may always be).
         failover: move at once to another endpoint after a failure that never
             reached the server (refused connection, open breaker).
+        retry_other_groups: once a call failed on a group (a 5xx answer, a
+            connection error, a time limit), send its next attempt to the next
+            group with a usable endpoint, at once, instead of the same group
+            again; a 502, 503 or 504 answer counts as that failure even if no
+            retry plugin declares it one. Only for a request that may be sent
+            again: idempotent (method, ``Idempotency-Key``, declaration) and
+            replayable, or one that never reached the server. No effect
+            without ``fallback_groups``.
         allowed_origins: when not empty, every fallback endpoint must have one
             of these origins (``https://dr.example.com:8443``, or a host
             wildcard ``https://*.internal``).
@@ -133,6 +149,7 @@ class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     eject_time_max: Seconds = 300.0
     max_ejected_fraction: Fraction = 0.5
     failover: bool = True
+    retry_other_groups: bool = True
     allowed_origins: tuple[Origin, ...] = ()
     forward_credentials: bool = False
     credential_headers: tuple[HeaderName, ...] = ()
@@ -330,13 +347,20 @@ def redirect_rules(policy: ServicePolicy) -> RedirectRules:
 class _Plan:
     """A service's routing, compiled once per configuration snapshot."""
 
-    __slots__ = ("groups", "settings", "strangers", "withheld")
+    __slots__ = ("group_of", "groups", "moves", "settings", "strangers", "withheld")
 
     def __init__(self, policy: ServicePolicy, settings: RoutingSettings) -> None:
         self.settings = settings
         groups = [tuple(policy.endpoints)]
         groups.extend(tuple(normalize_endpoint(e) for e in g) for g in settings.fallback_groups)
         self.groups = tuple(group for group in groups if group)
+        # The group of each endpoint (an endpoint listed twice belongs to the first).
+        self.group_of: dict[str | None, int] = {}
+        for index, group in enumerate(self.groups):
+            for endpoint in group:
+                self.group_of.setdefault(endpoint, index)
+        # Whether a call that failed on a group moves on to the next one.
+        self.moves = settings.retry_other_groups and len(self.groups) > 1
         first_origin = _origin(self.groups[0][0]) if self.groups else None
         # The endpoints of another origin than the first: credentials stay away from them.
         self.strangers = frozenset(
@@ -352,6 +376,9 @@ class _Plan:
     def choices(self) -> int:
         return sum(len(group) for group in self.groups)
 
+
+_UNAVAILABLE: Final = frozenset({502, 503, 504})
+"""Answers that say "this endpoint cannot serve now": another group may."""
 
 _PLAN: Final = StashKey[_Plan]("healkit.routing")
 _ROUTED: Final = StashKey[_Health]("healkit.routing.attempt")
@@ -474,19 +501,7 @@ class Router:
         plan = _plan(call.policy)
         if plan.choices <= 1:
             return None
-        now = call.clock.now()
-        previous: str | None = None
-        unreached: frozenset[str | None] = frozenset()
-        if len(call.attempts) > 1:  # a retry: look at the attempts before this one
-            earlier = call.attempts[:-1]
-            previous = earlier[-1].endpoint
-            # Endpoints this call could not reach are out of its way from now on.
-            unreached = frozenset(
-                a.endpoint
-                for a in earlier
-                if a.error is not None and not a.error.may_have_reached_server
-            )
-        chosen, group_index = self._choose(call.service, plan, now, previous, unreached)
+        chosen, group_index = self._choose(call, plan)
         health = self._of(call.service, chosen)
         health.outstanding += 1
         attempt.stash[_ROUTED] = health
@@ -498,24 +513,53 @@ class Router:
             attempt.withheld_headers = plan.withheld
         return chosen
 
-    def _choose(
-        self,
-        service: str,
-        plan: _Plan,
-        now: float,
-        previous: str | None,
-        unreached: frozenset[str | None],
-    ) -> tuple[str, int]:
-        for index, group in enumerate(plan.groups):
-            usable = [
-                e for e in group if e not in unreached and self._usable(service, plan, e, now)
-            ]
-            if len(usable) > 1 and previous in usable:
-                usable.remove(previous)  # a retry prefers another endpoint
-            if usable:
-                return self._pick(service, plan, index, usable), index
+    def _choose(self, call: CallContext, plan: _Plan) -> tuple[str, int]:
+        """Return the endpoint of the current attempt, and its group."""
+        service = call.service
+        now = call.clock.now()
+        previous: str | None = None
+        unreached: frozenset[str | None] = frozenset()
+        failed_on: frozenset[int] = frozenset()
+        if len(call.attempts) > 1:  # a retry: look at the attempts before this one
+            earlier = call.attempts[:-1]
+            previous = earlier[-1].endpoint
+            # Endpoints this call could not reach are out of its way from now on.
+            unreached = frozenset(
+                a.endpoint
+                for a in earlier
+                if a.error is not None and not a.error.may_have_reached_server
+            )
+            if plan.moves:
+                failed_on = _failed_groups(call, plan, earlier)
+        # First the groups this call has not failed on, then (all failed) every group.
+        for skipped in (failed_on, frozenset()) if failed_on else (failed_on,):
+            for index, group in enumerate(plan.groups):
+                if index in skipped:
+                    continue
+                usable = [
+                    e for e in group if e not in unreached and self._usable(service, plan, e, now)
+                ]
+                if len(usable) > 1 and previous in usable:
+                    usable.remove(previous)  # a retry prefers another endpoint
+                if usable:
+                    return self._pick(service, plan, index, usable), index
         # Nothing usable anywhere: try the primary group all the same.
         return self._pick(service, plan, 0, list(plan.groups[0])), 0
+
+    def _next_group(self, call: CallContext, plan: _Plan, failing: str | None) -> int | None:
+        """Return the first group with a usable endpoint that ``call`` has not failed on.
+
+        ``failing`` is the endpoint of the attempt failing now: its group counts
+        as failed on, whether or not the attempt's error is recorded yet.
+        """
+        failed_on = _failed_groups(call, plan, call.attempts) | {plan.group_of.get(failing, 0)}
+        now = call.clock.now()
+        for index, group in enumerate(plan.groups):
+            if index not in failed_on and any(
+                self._usable(call.service, plan, e, now) for e in group
+            ):
+                return index
+        return None
 
     def _pick(self, service: str, plan: _Plan, group: int, usable: list[str]) -> str:
         if len(usable) == 1:
@@ -561,13 +605,20 @@ class Router:
     @hookimpl
     def healkit_post_response(
         self, call: CallContext, attempt: AttemptContext, response: Response | None
-    ) -> None:
-        """Count a 5xx as a failure of the endpoint, anything else as a success."""
+    ) -> HTTPStatusError | None:
+        """Count a 5xx as a failure of the endpoint, anything else as a success.
+
+        A 502, 503 or 504 is declared a failure when the call may move on to
+        another group (``retry_other_groups``), so that ``healkit_on_error``
+        sends it there.
+        """
         health = _release(attempt)
         if health is None:
-            return
+            return None
         if response is not None and response.status >= 500:
             self._failed(call, attempt, health)
+            if response.status in _UNAVAILABLE and call.routable:
+                return self._unavailable(call, attempt, response)
         else:
             health.failures = 0
             health.successes += 1
@@ -576,25 +627,55 @@ class Router:
                 health.ejections = 0  # recovered: the next ejection is a first one again
             if settings.fleet is not None and attempt.endpoint is not None:
                 self._fleet.report(call.service, attempt.endpoint, out=False)
+        return None
+
+    def _unavailable(
+        self, call: CallContext, attempt: AttemptContext, response: Response
+    ) -> HTTPStatusError | None:
+        """Declare an unavailable answer a failure if another group may serve the call."""
+        plan = _plan(call.policy)
+        if (
+            not plan.moves
+            or not _resendable(call)
+            or self._next_group(call, plan, attempt.endpoint) is None
+        ):
+            return None
+        return HTTPStatusError(response.status, url=response.url)
 
     @hookimpl(tryfirst=True)
     def healkit_on_error(
         self, call: CallContext, attempt: AttemptContext, error: HealkitError
     ) -> RetryDecision | None:
-        """Count the failure; fail over at once when the request never reached the server."""
+        """Count the failure; move the call at once where it may succeed.
+
+        A request that never reached the server moves to another usable
+        endpoint (``failover``); one that may have reached it and may be sent
+        again moves to the next group it has not failed on
+        (``retry_other_groups``).
+        """
         health = _release(attempt)
         # Released already if post_response judged a response (and counted it there); an
         # attempt whose body failed after its head arrived is counted here.
         if health is not None and _counts(call, attempt, error):
             self._failed(call, attempt, health)
+        if not call.routable:
+            return None
+        plan = _plan(call.policy)
         if (
-            not call.routable
-            or not isinstance(error, ConnectError | ConnectTimeout | CircuitOpenError)
+            plan.moves
+            and error.may_have_reached_server
+            and _moves_on(call, error)
+            and (group := self._next_group(call, plan, attempt.endpoint)) is not None
+        ):
+            return RetryDecision.again(
+                0.0, reason=f"fallback group {group} after a failure on {attempt.endpoint}"
+            )
+        if (
+            not isinstance(error, ConnectError | ConnectTimeout | CircuitOpenError)
             # A redirect's target refused: the first hop was answered, the request arrived.
             or error.may_have_reached_server
         ):
             return None
-        plan = _plan(call.policy)
         if not plan.settings.failover or plan.choices <= 1:
             return None
         tried = {a.endpoint for a in call.attempts}
@@ -868,6 +949,33 @@ def _release(attempt: AttemptContext) -> _Health | None:
         del stash[_ROUTED]
         health.outstanding -= 1
     return health
+
+
+def _failed_groups(
+    call: CallContext, plan: _Plan, attempts: Sequence[AttemptContext]
+) -> frozenset[int]:
+    """Return the groups ``attempts`` failed on in a way that moves the call on."""
+    return frozenset(
+        plan.group_of.get(a.endpoint, 0)
+        for a in attempts
+        if a.error is not None and _moves_on(call, a.error)
+    )
+
+
+def _moves_on(call: CallContext, error: HealkitError) -> bool:
+    """Whether ``error`` says the endpoint failed and the request may go to another group."""
+    if isinstance(error, HTTPStatusError):
+        failed = error.status >= 500
+    else:
+        failed = isinstance(
+            error, TransportError | CircuitOpenError | TimeoutExceeded
+        ) and not isinstance(error, DeadlineExceeded)
+    return failed and (not error.may_have_reached_server or _resendable(call))
+
+
+def _resendable(call: CallContext) -> bool:
+    """Whether the request may be sent again although it may have reached a server."""
+    return call.idempotent and call.replayable
 
 
 def _counts(call: CallContext, attempt: AttemptContext, error: HealkitError) -> bool:

@@ -132,7 +132,9 @@ def test_invalid_settings_are_rejected_with_their_path(
 
 
 def test_deadline_alone_bounds_the_attempt_limit() -> None:
-    assert TimeoutSettings(deadline=10.0).attempt_limit == 10.0
+    # Half the deadline: a hanging attempt leaves time for a second one.
+    assert TimeoutSettings(deadline=10.0).attempt_limit == 5.0
+    assert TimeoutSettings(deadline=100.0).attempt_limit == 30.0
     assert TimeoutSettings().attempt_limit == 30.0
     assert TimeoutSettings(attempt=5.0, deadline=10.0).attempt_limit == 5.0
 

@@ -5,7 +5,7 @@ Configure per service (or under ``defaults``) in the ``timeout`` section::
     [services.payments.timeout]
     connect = 1.0     # TCP/TLS connect, waiting for a pooled connection included
     read = 5.0        # until the first byte, and between two reads
-    attempt = 8.0     # one attempt from start to the end of its body (default: min(30, deadline))
+    attempt = 8.0     # one attempt, start to end of its body (default: min(30, deadline / 2))
     deadline = 20.0   # the whole call: every attempt and every backoff sleep
 
 Each limit raises its own error: :class:`healkit.ConnectTimeout`,
@@ -44,8 +44,9 @@ class TimeoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         read: until the first byte of the response, and between two reads.
             Default 30 s.
         attempt: one attempt as a whole, body included. Default: the smaller of
-            30 s and ``deadline``, so a call has room for a second attempt under
-            the default deadline and setting ``deadline`` alone is enough.
+            30 s and half of ``deadline``, so that an attempt that hangs leaves
+            the call time for a second one (a retry, a fallback group) whatever
+            the deadline, and setting ``deadline`` alone is enough.
         deadline: the whole call, across attempts and backoff. Default 60 s.
 
     """
@@ -64,8 +65,10 @@ class TimeoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     @property
     def attempt_limit(self) -> float:
-        """The limit of one attempt: ``attempt``, or by default min(30 s, ``deadline``)."""
-        return self.attempt if self.attempt is not None else min(DEFAULT_ATTEMPT, self.deadline)
+        """The limit of one attempt: ``attempt``, or by default min(30 s, ``deadline`` / 2)."""
+        if self.attempt is not None:
+            return self.attempt
+        return min(DEFAULT_ATTEMPT, self.deadline / 2)
 
 
 SECTION: Final = healkit.ConfigSection(
