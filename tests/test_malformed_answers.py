@@ -129,6 +129,8 @@ async def test_malformed_answers_eject_the_endpoint_and_traffic_fails_over(
     primary, backup = two_servers
     primary.set_default(fault)
     config = routed(primary.url, backup.url)
+    # Ejection alone: a call that fails is not moved to the fallback group at once.
+    config["services"][SERVICE]["routing"]["retry_other_groups"] = False
     async with make_client(config, clock=manual_clock) as client:
         router = client.runtime.plugin_manager.get_plugin("routing")
         counted = []
@@ -144,6 +146,21 @@ async def test_malformed_answers_eject_the_endpoint_and_traffic_fails_over(
     assert primary.hits() == 3
     assert backup.hits() == 5
     assert {(a.status, a.outcome.path) for a in answers if a.outcome} == {(200, "fallback")}
+
+
+@pytest.mark.parametrize("fault", HEAD_AND_BODY.values(), ids=HEAD_AND_BODY.keys())
+async def test_a_malformed_answer_moves_the_call_to_the_fallback_group(
+    two_servers: tuple[FaultServer, FaultServer],
+    manual_clock: ManualClock,
+    make_client: MakeClient,
+    fault: Fault,
+) -> None:
+    primary, backup = two_servers
+    primary.set_default(fault)
+    async with make_client(routed(primary.url, backup.url), clock=manual_clock) as client:
+        answer = await client.get("/x", service=SERVICE)
+    assert (answer.status, answer.outcome is not None and answer.outcome.path) == (200, "fallback")
+    assert (primary.hits(), backup.hits()) == (1, 1)
 
 
 @pytest.mark.parametrize("fault", HEAD_AND_BODY.values(), ids=HEAD_AND_BODY.keys())
