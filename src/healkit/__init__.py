@@ -9,10 +9,12 @@ names are exactly those in ``__all__``.
 
 from importlib.metadata import version as _version
 
+from healkit._bounded import BoundedMap, EvictionReason, StateEvicted, StateSettings
 from healkit._client import Client
 from healkit._clock import Clock, MonotonicClock
 from healkit._config import (
     ConfigSection,
+    DeclaresEndpoints,
     HealkitConfig,
     LoggingSettings,
     ServicePolicy,
@@ -70,6 +72,7 @@ __all__ = [
     "AttemptRecord",
     "AttemptTimeout",
     "BodyTooLargeError",
+    "BoundedMap",
     "BudgetExhaustedError",
     "CallContext",
     "CallError",
@@ -86,6 +89,7 @@ __all__ = [
     "ConnectionLostError",
     "DNSError",
     "DeadlineExceeded",
+    "DeclaresEndpoints",
     "DegradedModeError",
     "DegradedSettings",
     "DegradedTemplate",
@@ -95,6 +99,7 @@ __all__ = [
     "EtcdProtocolError",
     "EtcdRequestError",
     "EtcdUnavailable",
+    "EvictionReason",
     "Fallback",
     "FileSource",
     "HTTPStatusError",
@@ -117,6 +122,8 @@ __all__ = [
     "ServicePolicy",
     "Stash",
     "StashKey",
+    "StateEvicted",
+    "StateSettings",
     "TLSError",
     "TimeoutExceeded",
     "Timeouts",

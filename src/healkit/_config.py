@@ -15,6 +15,9 @@ A document (from Python, a file or etcd) looks like this (TOML shown)::
     [logging]
     redact_headers = ["X-Api-Key"]
 
+    [state]                     # bounds of the state of hosts nobody configured
+    max_unconfigured = 4096
+
 The core owns ``endpoints`` and ``max_body_bytes``; every other key of a service
 is a section contributed by a plugin through ``healkit_config_sections``. Unknown
 keys are errors that name the key and its path. A validated document becomes a
@@ -27,11 +30,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Final, Generic, TypeVar, cast, final
+from typing import Annotated, Any, Final, Generic, Protocol, TypeVar, cast, final, runtime_checkable
 
 import msgspec
 import yarl
 
+from healkit._bounded import StateSettings
 from healkit._config_validate import join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._redact import Redactor
@@ -40,6 +44,7 @@ from healkit._stash import Stash
 __all__ = [
     "ConfigSection",
     "CoreServiceSettings",
+    "DeclaresEndpoints",
     "HealkitConfig",
     "LoggingSettings",
     "ServicePolicy",
@@ -161,12 +166,27 @@ class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     redact_query: tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=256)], ...] = ()
 
 
+@runtime_checkable
+class DeclaresEndpoints(Protocol):
+    """A plugin section that names more endpoints of its service (routing's fallback groups).
+
+    Endpoints a section declares are *configured* endpoints, like the service's
+    ``endpoints``: the state plugins keep for them is never evicted
+    (:meth:`HealkitConfig.configured`).
+    """
+
+    def declared_endpoints(self) -> Iterable[str]:
+        """Return the endpoints this section names (as written; healkit normalizes them)."""
+        ...
+
+
 class _Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     defaults: dict[str, Any] = msgspec.field(default_factory=dict)
     services: dict[Annotated[str, msgspec.Meta(pattern=SERVICE_NAME_PATTERN)], dict[str, Any]] = (
         msgspec.field(default_factory=dict)
     )
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
 
 
 @final
@@ -176,6 +196,8 @@ class ServicePolicy:
     Attributes:
         name: the service name (``"*"`` for the default policy).
         endpoints: the service's base URLs, normalized without a trailing slash.
+        known_endpoints: ``endpoints`` and every endpoint a section of the
+            policy declares (:class:`DeclaresEndpoints`), normalized.
         max_body_bytes: the response body cap.
         stash: plugin state derived from this policy (built once per
             configuration snapshot instead of once per call).
@@ -186,7 +208,15 @@ class ServicePolicy:
 
     """
 
-    __slots__ = ("_sections", "call_limits", "endpoints", "max_body_bytes", "name", "stash")
+    __slots__ = (
+        "_sections",
+        "call_limits",
+        "endpoints",
+        "known_endpoints",
+        "max_body_bytes",
+        "name",
+        "stash",
+    )
 
     def __init__(
         self,
@@ -198,6 +228,15 @@ class ServicePolicy:
         self.endpoints = tuple(normalize_endpoint(e) for e in core.endpoints)
         self.max_body_bytes = core.max_body_bytes
         self._sections = dict(sections)
+        declared = (
+            e
+            for value in self._sections.values()
+            if isinstance(value, DeclaresEndpoints)
+            for e in value.declared_endpoints()
+        )
+        self.known_endpoints = frozenset(self.endpoints).union(
+            normalize_endpoint(e) for e in declared
+        )
         self.stash = Stash()
         self.call_limits: tuple[Timeouts, float] | None = None
 
@@ -230,12 +269,22 @@ class HealkitConfig:
         defaults: the policy of services without a document of their own.
         services: the policy of each configured service.
         logging: redaction settings.
+        state: the bounds of the state plugins keep for unconfigured services
+            and endpoints.
         sections: the plugin sections this snapshot was validated against.
         redactor: redacts secrets from what healkit logs, per ``logging``.
 
     """
 
-    __slots__ = ("_by_prefix", "defaults", "logging", "redactor", "sections", "services")
+    __slots__ = (
+        "_by_prefix",
+        "defaults",
+        "logging",
+        "redactor",
+        "sections",
+        "services",
+        "state",
+    )
 
     def __init__(
         self,
@@ -244,10 +293,12 @@ class HealkitConfig:
         services: Mapping[str, ServicePolicy],
         logging: LoggingSettings,
         sections: tuple[ConfigSection[Any], ...],
+        state: StateSettings | None = None,
     ) -> None:
         self.defaults = defaults
         self.services = dict(services)
         self.logging = logging
+        self.state = StateSettings() if state is None else state
         self.sections = sections
         self.redactor = Redactor(headers=logging.redact_headers, query=logging.redact_query)
         prefixes = [(e, name) for name, p in self.services.items() for e in p.endpoints]
@@ -257,6 +308,15 @@ class HealkitConfig:
     def policy(self, service: str) -> ServicePolicy:
         """Return the policy of ``service``, or the defaults if it has none."""
         return self.services.get(service) or self.defaults
+
+    def configured(self, service: str, endpoint: str | None = None) -> bool:
+        """Whether ``service`` has a document and ``endpoint`` (if given) is one it names.
+
+        State kept for a configured key lives as long as the configuration
+        names it; state of any other key is bounded (``state`` settings).
+        """
+        policy = self.services.get(service)
+        return policy is not None and (endpoint is None or endpoint in policy.known_endpoints)
 
     def service_for_url(self, url: str) -> str | None:
         """Return the service whose endpoint the absolute ``url`` starts with."""
@@ -288,12 +348,13 @@ def build_config(
     defaults_raw: Mapping[str, Any]
     services_raw: Mapping[str, Mapping[str, Any]]
     if document is not None:
-        defaults_raw, services_raw, logging = document.defaults, document.services, document.logging
+        defaults_raw, services_raw = document.defaults, document.services
+        logging, state = document.logging, document.state
     else:
         # Keep going with the parts that have the right shape, so that one
         # pass reports the problems of every service too.
         defaults_raw, services_raw = _salvage(raw)
-        logging = LoggingSettings()
+        logging, state = LoggingSettings(), StateSettings()
     service_type = _service_type(section_list)
 
     if "endpoints" in defaults_raw:
@@ -322,6 +383,7 @@ def build_config(
         services=services,
         logging=logging,
         sections=section_list,
+        state=state,
     )
 
 
