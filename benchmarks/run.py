@@ -25,6 +25,7 @@ import bench_etcd
 import bench_healing
 import bench_http
 import bench_pipeline
+import bench_state
 import structlog
 from _harness import Scenario, ScenarioResult, Settings, Target, environment, progress
 
@@ -36,6 +37,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "etcd": Scenario(bench_etcd.run, "an etcd write until the policy is applied, 1 and 50 clients"),
     "healing": Scenario(
         bench_healing.run, "failover and recovery times on loopback, endpoint selection cost"
+    ),
+    "state": Scenario(
+        bench_state.run, "first-call cost and memory with 10,000 new services, 100,000 new hosts"
     ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""
