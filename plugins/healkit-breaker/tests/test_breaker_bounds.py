@@ -155,3 +155,21 @@ async def test_a_host_that_gets_configured_keeps_its_breaker_for_good(
         status = plugin.status("hook-1.test", host)
     assert status is not None
     assert len(plugin.unconfigured_breakers) == 1
+
+
+async def test_hosts_called_under_a_configured_service_it_does_not_name_are_bounded(
+    fault_server: FaultServer, manual_clock: ManualClock
+) -> None:
+    plugin = BreakerPlugin()
+    config = {
+        "services": {"webhooks": {"endpoints": [fault_server.url]}},
+        "state": {"max_unconfigured": 10},
+    }
+    async with hosts_client(config, manual_clock, plugin) as c:
+        await c.get("/", service="webhooks")
+        for index in range(30):
+            await c.post(hook(fault_server, index), service="webhooks", data=b"{}")
+    assert [key for key, _ in plugin.unconfigured_breakers.items()] == [
+        ("webhooks", f"http://hook-{index}.test:{fault_server.port}") for index in range(20, 30)
+    ]
+    assert plugin.status("webhooks", fault_server.url) is not None
