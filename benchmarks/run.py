@@ -27,6 +27,7 @@ import bench_failures
 import bench_healing
 import bench_http
 import bench_pipeline
+import bench_state
 import structlog
 from _harness import Scenario, ScenarioResult, Settings, Target, environment, progress
 
@@ -44,6 +45,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     ),
     "chaos": Scenario(
         bench_chaos.run, "a primary failing 30% of calls, a healthy fallback group: failed calls"
+    ),
+    "state": Scenario(
+        bench_state.run, "first-call cost and memory with 10,000 new services, 100,000 new hosts"
     ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""

@@ -272,6 +272,7 @@ def reference_rows(page: Path) -> list[Row]:
 MODELS: dict[str, type[msgspec.Struct]] = {
     "": CoreServiceSettings,
     "logging.": LoggingSettings,
+    "state.": healkit.StateSettings,
     "degraded.": DegradedSettings,
     "routing.": RoutingSettings,
     "timeout.": healkit_timeout.TimeoutSettings,
@@ -422,7 +423,7 @@ SECTIONS = (
 @pytest.mark.parametrize("block", TOML_BLOCKS, ids=[b.where for b in TOML_BLOCKS])
 def test_toml_example(block: Block) -> None:
     document = tomllib.loads(block.code)
-    if not document.keys() <= {"defaults", "services", "logging"}:
+    if not document.keys() <= {"defaults", "services", "logging", "state"}:
         return  # not a healkit document (a pyproject.toml)
     if "(invalid)" in block.code.splitlines()[0]:
         with pytest.raises(healkit.ConfigError):

@@ -9,10 +9,12 @@ names are exactly those in ``__all__``.
 
 from importlib.metadata import version as _version
 
+from healkit._bounded import BoundedMap, EvictionReason, StateEvicted, StateSettings
 from healkit._client import Client
 from healkit._clock import Clock, MonotonicClock
 from healkit._config import (
     ConfigSection,
+    DeclaresEndpoints,
     HealkitConfig,
     LoggingSettings,
     ServicePolicy,
@@ -75,6 +77,7 @@ __all__ = [
     "AttemptRecord",
     "AttemptTimeout",
     "BodyTooLargeError",
+    "BoundedMap",
     "BudgetExhaustedError",
     "CallContext",
     "CallError",
@@ -92,6 +95,7 @@ __all__ = [
     "ConnectionLostError",
     "DNSError",
     "DeadlineExceeded",
+    "DeclaresEndpoints",
     "DegradedModeError",
     "DegradedSettings",
     "DegradedTemplate",
@@ -102,6 +106,7 @@ __all__ = [
     "EtcdProtocolError",
     "EtcdRequestError",
     "EtcdUnavailable",
+    "EvictionReason",
     "Fallback",
     "FileSource",
     "HTTPStatusError",
@@ -127,6 +132,8 @@ __all__ = [
     "ServicePolicy",
     "Stash",
     "StashKey",
+    "StateEvicted",
+    "StateSettings",
     "TLSError",
     "TimeoutExceeded",
     "Timeouts",

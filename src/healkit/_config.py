@@ -15,6 +15,9 @@ A document (from Python, a file or etcd) looks like this (TOML shown)::
     [logging]
     redact_headers = ["X-Api-Key"]
 
+    [state]                     # bounds of the state of hosts nobody configured
+    max_unconfigured = 4096
+
 The core owns ``endpoints``, ``max_body_bytes``, ``follow_redirects`` and
 ``max_redirects``; every other key of a service
 is a section contributed by a plugin through ``healkit_config_sections``. Unknown
@@ -30,11 +33,12 @@ import functools
 import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
-from typing import Annotated, Any, Final, Generic, TypeVar, cast, final
+from typing import Annotated, Any, Final, Generic, Protocol, TypeVar, cast, final, runtime_checkable
 
 import msgspec
 import yarl
 
+from healkit._bounded import StateSettings
 from healkit._config_validate import CHECK, join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._redact import Redactor
@@ -43,6 +47,7 @@ from healkit._stash import Stash
 __all__ = [
     "ConfigSection",
     "CoreServiceSettings",
+    "DeclaresEndpoints",
     "HealkitConfig",
     "LoggingSettings",
     "ServicePolicy",
@@ -267,10 +272,25 @@ class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     redact_query: tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=256)], ...] = ()
 
 
+@runtime_checkable
+class DeclaresEndpoints(Protocol):
+    """A plugin section that names more endpoints of its service (routing's fallback groups).
+
+    Endpoints a section declares are *configured* endpoints, like the service's
+    ``endpoints``: the state plugins keep for them is never evicted
+    (:meth:`HealkitConfig.configured`).
+    """
+
+    def declared_endpoints(self) -> Iterable[str]:
+        """Return the endpoints this section names (as written; healkit normalizes them)."""
+        ...
+
+
 class _Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     defaults: dict[str, Any] = msgspec.field(default_factory=dict)
     services: dict[Name, dict[str, Any]] = msgspec.field(default_factory=dict)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
 
 
 @final
@@ -280,6 +300,8 @@ class ServicePolicy:
     Attributes:
         name: the service name (``"*"`` for the default policy).
         endpoints: the service's base URLs, normalized without a trailing slash.
+        known_endpoints: ``endpoints`` and every endpoint a section of the
+            policy declares (:class:`DeclaresEndpoints`), normalized.
         max_body_bytes: the response body cap.
         follow_redirects: whether healkit follows redirects for this service.
         max_redirects: the most redirects one attempt follows.
@@ -297,6 +319,7 @@ class ServicePolicy:
         "call_limits",
         "endpoints",
         "follow_redirects",
+        "known_endpoints",
         "max_body_bytes",
         "max_redirects",
         "name",
@@ -315,6 +338,15 @@ class ServicePolicy:
         self.follow_redirects = core.follow_redirects
         self.max_redirects = core.max_redirects
         self._sections = dict(sections)
+        declared = (
+            e
+            for value in self._sections.values()
+            if isinstance(value, DeclaresEndpoints)
+            for e in value.declared_endpoints()
+        )
+        self.known_endpoints = frozenset(self.endpoints).union(
+            normalize_endpoint(e) for e in declared
+        )
         self.stash = Stash()
         self.call_limits: tuple[Timeouts, float] | None = None
 
@@ -349,12 +381,22 @@ class HealkitConfig:
         defaults: the policy of services without a document of their own.
         services: the policy of each configured service.
         logging: redaction settings.
+        state: the bounds of the state plugins keep for unconfigured services
+            and endpoints.
         sections: the plugin sections this snapshot was validated against.
         redactor: redacts secrets from what healkit logs, per ``logging``.
 
     """
 
-    __slots__ = ("_by_prefix", "defaults", "logging", "redactor", "sections", "services")
+    __slots__ = (
+        "_by_prefix",
+        "defaults",
+        "logging",
+        "redactor",
+        "sections",
+        "services",
+        "state",
+    )
 
     def __init__(
         self,
@@ -363,10 +405,12 @@ class HealkitConfig:
         services: Mapping[str, ServicePolicy],
         logging: LoggingSettings,
         sections: tuple[ConfigSection[Any], ...],
+        state: StateSettings | None = None,
     ) -> None:
         self.defaults = defaults
         self.services = dict(services)
         self.logging = logging
+        self.state = StateSettings() if state is None else state
         self.sections = sections
         self.redactor = Redactor(headers=logging.redact_headers, query=logging.redact_query)
         prefixes = [(e, name) for name, p in self.services.items() for e in p.endpoints]
@@ -376,6 +420,15 @@ class HealkitConfig:
     def policy(self, service: str) -> ServicePolicy:
         """Return the policy of ``service``, or the defaults if it has none."""
         return self.services.get(service) or self.defaults
+
+    def configured(self, service: str, endpoint: str | None = None) -> bool:
+        """Whether ``service`` has a document and ``endpoint`` (if given) is one it names.
+
+        State kept for a configured key lives as long as the configuration
+        names it; state of any other key is bounded (``state`` settings).
+        """
+        policy = self.services.get(service)
+        return policy is not None and (endpoint is None or endpoint in policy.known_endpoints)
 
     def service_for_url(self, url: str) -> str | None:
         """Return the service whose endpoint the absolute ``url`` starts with."""
@@ -407,12 +460,13 @@ def build_config(
     defaults_raw: Mapping[str, Any]
     services_raw: Mapping[str, Mapping[str, Any]]
     if document is not None:
-        defaults_raw, services_raw, logging = document.defaults, document.services, document.logging
+        defaults_raw, services_raw = document.defaults, document.services
+        logging, state = document.logging, document.state
     else:
         # Keep going with the parts that have the right shape, so that one
         # pass reports the problems of every service too.
         defaults_raw, services_raw = _salvage(raw)
-        logging = LoggingSettings()
+        logging, state = LoggingSettings(), StateSettings()
     service_type = _service_type(section_list)
 
     if "endpoints" in defaults_raw:
@@ -445,6 +499,7 @@ def build_config(
         services=services,
         logging=logging,
         sections=section_list,
+        state=state,
     )
 
 

@@ -175,6 +175,10 @@ class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
                 if self.allowed_origins and not origin_allowed(normalized, self.allowed_origins):
                     raise ValueError(f"fallback endpoint {normalized} is outside allowed_origins")
 
+    def declared_endpoints(self) -> tuple[str, ...]:
+        """Return the fallback endpoints: configured endpoints of the service too."""
+        return tuple(endpoint for group in self.fallback_groups for endpoint in group)
+
 
 SECTION: Final = ConfigSection(
     "routing", RoutingSettings, doc="endpoint groups, balancing, ejection and failover"

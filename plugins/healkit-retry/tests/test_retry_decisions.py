@@ -10,7 +10,6 @@ from retry_support import build, call_context, seeded
 import healkit
 from healkit.testing import ManualClock
 from healkit_retry import RetryPlugin
-from healkit_retry._plugin import MAX_IDLE_BUDGETS
 
 ENDPOINTS = ("http://a.test", "http://b.test", "http://c.test")
 
@@ -73,26 +72,3 @@ def test_a_retry_after_of_zero_retries_at_once() -> None:
     decision = decide(status_error(429, retry_after=0.0))
     assert decision.retry
     assert decision.delay == 0.0
-
-
-def test_budgets_of_idle_services_are_dropped() -> None:
-    clock = ManualClock()
-    config = build(list(ENDPOINTS))
-    plugin = RetryPlugin()
-    for index in range(MAX_IDLE_BUDGETS):
-        call = healkit.CallContext(
-            service=f"host-{index}",
-            transport="http",
-            method="GET",
-            target="/",
-            config=config,
-            policy=config.defaults,
-            clock=clock,
-            scope_deadline=math.inf,
-        )
-        plugin.healkit_pre_request(call, healkit.AttemptContext(1, None, started=clock.now()))
-    assert len(plugin._budgets) == MAX_IDLE_BUDGETS
-    clock.advance(60.0)  # every window is empty now
-    call = call_context(config, clock)
-    plugin.healkit_pre_request(call, healkit.AttemptContext(1, None, started=clock.now()))
-    assert list(plugin._budgets) == ["svc"]

@@ -9,6 +9,8 @@
   directory, which can stop, restart, compact and run with TLS or auth
   (:func:`find_etcd_binary` says which etcd binary it runs).
 * :class:`TcpProxy`: a loopback TCP proxy whose connections a test can cut.
+* :class:`LoopbackResolver`: every ``*.test`` host name on loopback, so one
+  server answers for thousands of distinct hosts.
 
 With healkit installed, pytest loads the fixtures of
 :mod:`healkit.testing._pytest_plugin` (``fault_server``, ``manual_clock``,
@@ -22,12 +24,14 @@ from healkit.testing._etcd import EtcdServer, find_etcd_binary
 from healkit.testing._faults import Fault, FaultKind, FaultServer, RecordedRequest
 from healkit.testing._ports import refused_url, unused_tcp_port
 from healkit.testing._proxy import TcpProxy
+from healkit.testing._resolver import LoopbackResolver
 
 __all__ = [
     "EtcdServer",
     "Fault",
     "FaultKind",
     "FaultServer",
+    "LoopbackResolver",
     "ManualClock",
     "RecordedRequest",
     "TcpProxy",

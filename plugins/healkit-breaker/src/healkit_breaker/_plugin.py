@@ -64,6 +64,12 @@ def _counts(
     return isinstance(error, policy.failure_errors)
 
 
+def _refusing(breaker: Breaker, now: float) -> bool:
+    """Whether an unconfigured key's breaker is spared: dropping it would let calls through."""
+    del now
+    return not breaker.admits
+
+
 def _attempt_limit(call: healkit.CallContext, attempt: healkit.AttemptContext) -> float:
     """Return the time by which the pipeline ends ``attempt``, whatever happens."""
     started = attempt.started
@@ -75,13 +81,26 @@ class BreakerPlugin:
     """Circuit breakers for every service, configured by the ``breaker`` section.
 
     One instance per runtime (the entry point makes one per plugin manager);
-    its breakers live as long as it does and survive compatible configuration
-    changes. Besides the hooks it offers a read API for other plugins (routing,
-    health, status): :meth:`state`, :meth:`available`, :meth:`status` and
+    the breakers of configured services and endpoints live as long as the
+    configuration names them and survive compatible configuration changes. The
+    breakers of other keys (hosts called by absolute URL, services without a
+    document) are kept within the ``state`` bounds: dropped after
+    ``state.idle_expiry`` unused, least recently used first out beyond
+    ``state.max_unconfigured``, a breaker that refuses calls last. Besides
+    the hooks it offers a read API for other plugins (routing, health,
+    status): :meth:`state`, :meth:`available`, :meth:`status` and
     :meth:`snapshot`.
     """
 
-    __slots__ = ("_compiled", "_config", "_policy_key", "_probe_key", "_registry", "_runtime")
+    __slots__ = (
+        "_compiled",
+        "_config",
+        "_policy_key",
+        "_probe_key",
+        "_registry",
+        "_runtime",
+        "_strangers",
+    )
 
     healkit_name = "breaker"
 
@@ -90,6 +109,13 @@ class BreakerPlugin:
         self._policy_key = healkit.StashKey[_Policy]("healkit_breaker.policy")
         self._probe_key = healkit.StashKey[Probe]("healkit_breaker.probe")
         self._registry: dict[Key, Breaker] = {}
+        bounds = healkit.StateSettings()
+        self._strangers = healkit.BoundedMap[Key, Breaker](
+            capacity=bounds.max_unconfigured,
+            idle_expiry=bounds.idle_expiry,
+            spare=_refusing,
+            evicted=self._evicted,
+        )
         # The compiled policies of the snapshot in force, by policy object: what
         # policy.stash holds too, found with one dict look-up instead of a
         # method call by the two hooks every attempt runs.
@@ -98,7 +124,12 @@ class BreakerPlugin:
         self._runtime: healkit.Runtime | None = None
 
     def __repr__(self) -> str:
-        return f"<BreakerPlugin {len(self._registry)} breakers>"
+        return f"<BreakerPlugin {len(self._registry) + len(self._strangers)} breakers>"
+
+    @property
+    def unconfigured_breakers(self) -> healkit.BoundedMap[Key, Breaker]:
+        """The breakers of unconfigured services and endpoints (bounded by ``state``)."""
+        return self._strangers
 
     # -- configuration ---------------------------------------------------------------
 
@@ -116,6 +147,8 @@ class BreakerPlugin:
         and window and takes the new settings; one whose window kind changed is
         replaced by a fresh one; one whose key is gone is dropped. Replaced and
         dropped breakers emit a ``"reset"`` transition if their state changes.
+        A key that the new configuration names keeps its breaker for as long
+        as it does; the breakers of other keys are bounded by ``state``.
         """
         self._runtime = runtime
         now = runtime.clock.now()
@@ -124,19 +157,28 @@ class BreakerPlugin:
             service_policy: self._compile(service_policy, registry)
             for service_policy in (config.defaults, *config.services.values())
         }
-        for key, breaker in self._registry.items():
+        strangers = self._strangers
+        for key, breaker in [*self._registry.items(), *strangers.items()]:
             service, endpoint = key
             policy = config.policy(service).stash[self._policy_key]
             settings = policy.settings
             if endpoint is not None and not policy.per_endpoint:
+                strangers.pop(key)
                 breaker.retire(now)
-            elif settings.window != breaker.window_kind:
-                successor = Breaker(service, endpoint, settings, self._notify, now=now, since=now)
-                breaker.retire(now, successor.state)
-                registry[key] = successor
+                continue
+            kept = breaker
+            if settings.window != breaker.window_kind:
+                kept = Breaker(service, endpoint, settings, self._notify, now=now, since=now)
+                breaker.retire(now, kept.state)
+                strangers.pop(key)
             else:
                 breaker.reconfigure(settings, now)
-                registry[key] = breaker
+            if config.configured(service, endpoint):
+                strangers.pop(key)
+                registry[key] = kept
+            elif key not in strangers:  # an unconfigured key's breaker keeps its place
+                strangers.put(key, kept, now)
+        strangers.resize(config.state.max_unconfigured, config.state.idle_expiry, now)
         self._registry = registry
         self._compiled = compiled
         self._config = config
@@ -153,10 +195,26 @@ class BreakerPlugin:
             compiled = self._compile(policy, self._registry)
         return compiled
 
-    def _create(self, policy: _Policy, key: Key, now: float) -> Breaker:
-        breaker = Breaker(key[0], key[1], policy.settings, self._notify, now=now)
-        policy.registry[key] = breaker
+    def _breaker(
+        self, config: healkit.HealkitConfig, policy: _Policy, key: Key, now: float
+    ) -> Breaker:
+        """Return the breaker of a key not in ``policy.registry``: bounded, or new."""
+        breaker = self._strangers.get(key, now)
+        if breaker is None:
+            breaker = Breaker(key[0], key[1], policy.settings, self._notify, now=now)
+            if config.configured(*key):
+                policy.registry[key] = breaker
+            else:
+                self._strangers.put(key, breaker, now)
         return breaker
+
+    def _evicted(self, key: Key, breaker: Breaker, reason: healkit.EvictionReason) -> None:
+        del breaker
+        if self._runtime is not None:
+            event = healkit.StateEvicted(
+                owner="breaker", service=key[0], endpoint=key[1], reason=reason
+            )
+            self._runtime.emit(event)
 
     def _notify(self, event: BreakerTransition) -> None:
         """Log a transition and hand it to the ``healkit_event`` subscribers."""
@@ -195,7 +253,9 @@ class BreakerPlugin:
         if policy.disabled:
             return
         key = (call.service, attempt.endpoint if policy.per_endpoint else None)  # policy.key()
-        breaker = policy.registry.get(key) or self._create(policy, key, call.clock.now())
+        breaker = policy.registry.get(key) or self._breaker(
+            call.config, policy, key, call.clock.now()
+        )
         if breaker.admits:
             return
         now = call.clock.now()
@@ -226,7 +286,7 @@ class BreakerPlugin:
         if policy is None or policy.disabled:
             return
         key = (call.service, attempt.endpoint if policy.per_endpoint else None)
-        breaker = policy.registry.get(key)
+        breaker = policy.registry.get(key) or self._strangers.get(key, attempt.started)
         if breaker is None:
             return
         # The pipeline set attempt.duration when the response arrived: no clock read.
@@ -287,7 +347,8 @@ class BreakerPlugin:
             return None
         # None if a later plugin re-routed the attempt to an endpoint never seen
         # (not supported: re-route before this plugin, or with a RetryDecision).
-        breaker = policy.registry.get(policy.key(call.service, attempt.endpoint))
+        key = policy.key(call.service, attempt.endpoint)
+        breaker = policy.registry.get(key) or self._strangers.get(key, attempt.started)
         return None if breaker is None else (policy, breaker)
 
     def _probe_ended(
@@ -346,7 +407,8 @@ class BreakerPlugin:
     def snapshot(self) -> tuple[BreakerStatus, ...]:
         """Return the status of every breaker, sorted by service and endpoint."""
         now = self._now()
-        ordered = sorted(self._registry.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+        every = [*self._registry.items(), *self._strangers.items()]
+        ordered = sorted(every, key=lambda item: (item[0][0], item[0][1] or ""))
         return tuple(breaker.status(now) for _, breaker in ordered)
 
     def _find(self, service: str, endpoint: str | None) -> tuple[Breaker | None, BreakerSettings]:
@@ -354,7 +416,9 @@ class BreakerPlugin:
         if config is None:
             return None, BreakerSettings()
         policy = self._policy(config.policy(service))
-        return self._registry.get(policy.key(service, endpoint)), policy.settings
+        key = policy.key(service, endpoint)
+        breaker = self._registry.get(key) or self._strangers.get(key, self._now())
+        return breaker, policy.settings
 
     def _now(self) -> float:
         runtime = self._runtime

@@ -130,12 +130,6 @@ class RetryBudget:
         self._last_event = now
         return True
 
-    def idle(self, now: float) -> bool:
-        """Whether the window holds no count at ``now`` (the budget is as good as new)."""
-        if not self._bucket_start <= now < self._bucket_end:
-            self._slide(now)
-        return self.requests == 0 and self.retries == 0
-
     def _slide(self, now: float) -> None:
         """Move the window to the bucket of ``now``, forgetting the buckets that left it."""
         epoch = math.floor(now * self._buckets_per_second)

@@ -21,8 +21,6 @@ IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
 EXCERPT_BYTES: Final = 200
-# Budgets of services nobody calls any more are dropped once there are this many.
-MAX_IDLE_BUDGETS: Final = 1024
 
 
 @final
@@ -77,7 +75,10 @@ def budget_params(settings: RetrySettings) -> BudgetParams:
 class RetryPlugin:
     """Retries failed attempts: safely, with backoff, within the deadline and the budget.
 
-    One instance per runtime; the retry budgets of its services live in it.
+    One instance per runtime; the retry budgets of its services live in it:
+    those of services with a document as long as the configuration names
+    them, the others within the ``state`` bounds (least recently used first
+    out, dropped after ``state.idle_expiry`` unused).
 
     Args:
         rng: the random generator of the backoff jitter (pass a seeded
@@ -87,7 +88,15 @@ class RetryPlugin:
 
     """
 
-    __slots__ = ("_budgets", "_config", "_draw", "_injecting", "_runtime", "_wall_clock")
+    __slots__ = (
+        "_budgets",
+        "_config",
+        "_draw",
+        "_injecting",
+        "_runtime",
+        "_strangers",
+        "_wall_clock",
+    )
 
     healkit_name = "retry"
 
@@ -100,14 +109,26 @@ class RetryPlugin:
         # Jitter only spreads clients apart; it needs no cryptographic quality.
         self._draw = (rng or random.Random()).random  # noqa: S311
         self._wall_clock = wall_clock
+        # The budgets of configured services, and of the others (bounded).
         self._budgets: dict[str, RetryBudget] = {}
+        bounds = healkit.StateSettings()
+        self._strangers = healkit.BoundedMap[str, RetryBudget](
+            capacity=bounds.max_unconfigured,
+            idle_expiry=bounds.idle_expiry,
+            evicted=self._evicted,
+        )
         self._config: healkit.HealkitConfig | None = None
         self._runtime: healkit.Runtime | None = None
         # Whether any policy adds Idempotency-Key headers (None: not configured yet).
         self._injecting: bool | None = None
 
     def __repr__(self) -> str:
-        return f"<RetryPlugin budgets={len(self._budgets)}>"
+        return f"<RetryPlugin budgets={len(self._budgets) + len(self._strangers)}>"
+
+    @property
+    def unconfigured_budgets(self) -> healkit.BoundedMap[str, RetryBudget]:
+        """The budgets of services without a document (bounded by the ``state`` settings)."""
+        return self._strangers
 
     # -- configuration -----------------------------------------------------------
 
@@ -127,16 +148,28 @@ class RetryPlugin:
 
         A service's budget survives a new configuration when its ``budget_*``
         settings are the same in it (other settings may change); otherwise it
-        starts afresh with the new settings.
+        starts afresh with the new settings. A service that gains a document
+        keeps its budget for as long as the document names it; one that loses
+        it has its budget bounded with the other unconfigured ones.
         """
         del previous  # compatibility is judged against each budget's own settings
         self._runtime = runtime
         self._config = config
         policies = (config.defaults, *config.services.values())
         self._injecting = any(p.section(SECTION).idempotency_key for p in policies)
-        for service, budget in list(self._budgets.items()):
+        now = runtime.clock.now()
+        budgets: dict[str, RetryBudget] = {}
+        strangers = self._strangers
+        for service, budget in [*self._budgets.items(), *strangers.items()]:
             if budget_params(config.policy(service).section(SECTION)) != budget.params:
-                del self._budgets[service]
+                strangers.pop(service)
+            elif config.configured(service):
+                strangers.pop(service)
+                budgets[service] = budget
+            elif service not in strangers:  # an unconfigured service's budget keeps its place
+                strangers.put(service, budget, now)
+        self._budgets = budgets
+        strangers.resize(config.state.max_unconfigured, config.state.idle_expiry, now)
 
     # -- per call --------------------------------------------------------------------
 
@@ -146,7 +179,7 @@ class RetryPlugin:
     ) -> None:
         """Count the call for the budget (first attempt); add an Idempotency-Key if configured."""
         if attempt.number == 1:
-            budget = self._budgets.get(call.service) or self._new_budget(call)
+            budget = self._budgets.get(call.service) or self._budget(call, call.started)
             budget.record_request(call.started)  # the clock read when the call began
         if (
             self._injecting is not False
@@ -209,7 +242,7 @@ class RetryPlugin:
                 f" ({wait} {delay:.3f}s, {max(remaining, 0.0):.3f}s left)"
             )
 
-        budget = self._budgets.get(call.service) or self._new_budget(call)
+        budget = self._budgets.get(call.service) or self._budget(call, now)
         if not budget.try_spend(now):
             self._report_exhausted(call.service, budget, now)
             ratio, window, minimum = budget.params
@@ -275,18 +308,31 @@ class RetryPlugin:
         derived = policy.stash[POLICY] = _Policy(policy.section(SECTION))
         return derived
 
-    def _new_budget(self, call: healkit.CallContext) -> RetryBudget:
-        """Create the budget of ``call.service`` with the settings in force now."""
+    def _budget(self, call: healkit.CallContext, now: float) -> RetryBudget:
+        """Return the budget of ``call.service`` when it is not a configured one's yet.
+
+        The budget of a service without a document, from the bounded map, or
+        a new budget with the settings in force now. O(1) however many exist.
+        """
+        service = call.service
+        budget = self._strangers.get(service, now)
+        if budget is not None:
+            return budget
         # A call that started under an older snapshot must not revive old settings.
         config = self._config or call.config
-        params = budget_params(config.policy(call.service).section(SECTION))
-        if len(self._budgets) >= MAX_IDLE_BUDGETS:
-            now = call.clock.now()
-            for service, budget in list(self._budgets.items()):
-                if budget.idle(now):
-                    del self._budgets[service]
-        budget = self._budgets[call.service] = RetryBudget(params)
+        budget = RetryBudget(budget_params(config.policy(service).section(SECTION)))
+        if config.configured(service):
+            self._budgets[service] = budget
+        else:
+            self._strangers.put(service, budget, now)
         return budget
+
+    def _evicted(self, service: str, budget: RetryBudget, reason: healkit.EvictionReason) -> None:
+        del budget
+        if self._runtime is not None:
+            self._runtime.emit(
+                healkit.StateEvicted(owner="retry", service=service, endpoint=None, reason=reason)
+            )
 
     def _report_exhausted(self, service: str, budget: RetryBudget, now: float) -> None:
         if self._runtime is not None and budget.should_report(now):

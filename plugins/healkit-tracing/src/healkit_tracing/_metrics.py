@@ -31,6 +31,7 @@ class Instruments:
         "queue_duration",
         "request_duration",
         "retries",
+        "state_evictions",
     )
 
     def __init__(self, meter: metrics.Meter) -> None:
@@ -73,6 +74,11 @@ class Instruments:
             n.METRIC_BREAKER_STATE,
             unit="1",
             description="1 for the state a circuit breaker is in, 0 for a state it left.",
+        )
+        self.state_evictions = meter.create_counter(
+            n.METRIC_STATE_EVICTIONS,
+            unit="{entry}",
+            description="Per-service or per-endpoint state of unconfigured keys evicted.",
         )
         self.etcd_connected = meter.create_gauge(
             n.METRIC_ETCD_CONNECTED,

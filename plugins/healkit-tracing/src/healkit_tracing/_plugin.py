@@ -378,7 +378,7 @@ class TracingPlugin:
 
     @healkit.hookimpl
     def healkit_event(self, event: object) -> None:
-        """Count circuit breaker transitions and etcd outages; keep their gauges."""
+        """Count circuit breaker transitions, etcd outages and state evictions; keep gauges."""
         sinks = self._sinks
         if sinks.watching:
             sinks.refresh()
@@ -390,6 +390,17 @@ class TracingPlugin:
             if event.connection == "unreachable":
                 self._instruments.etcd_outages.add(1)
             return
+        if isinstance(event, healkit.StateEvicted):
+            # By owner and reason only: one series per evicted host would be the
+            # unbounded growth the eviction prevents.
+            self._instruments.state_evictions.add(
+                1, {n.STATE_OWNER: event.owner, n.STATE_REASON: event.reason}
+            )
+            return
+        self._breaker_transition(event)
+
+    def _breaker_transition(self, event: object) -> None:
+        """Count a circuit breaker transition (any event with its fields); keep the state gauge."""
         to_state = getattr(event, "to_state", None)
         from_state = getattr(event, "from_state", None)
         service = getattr(event, "service", None)
