@@ -123,19 +123,11 @@ REQUIRED_CLASSIFIERS = {
 }
 """Classifiers every distribution carries. (No Project-URL yet: healkit has no public URL.)"""
 
-CORE_SDIST_TOP = {
-    "src",
-    "tests",
-    "docs",
-    "benchmarks",
-    "README.md",
-    "CHANGELOG.md",
-    "LICENSE",
-    "pyproject.toml",
-    "PKG-INFO",
-    ".gitignore",
-}
+SDIST_ALWAYS = {"pyproject.toml", "PKG-INFO", "README.md", "LICENSE", ".gitignore"}
+CORE_SDIST_TOP = SDIST_ALWAYS | {"src", "tests", "docs", "benchmarks", "CHANGELOG.md"}
 """What the core sdist may hold at its top: not uv.lock, plugins/, .ci/ or the nox sessions."""
+PLUGIN_SDIST_TOP = SDIST_ALWAYS | {"src", "tests"}
+"""What a plugin's sdist may hold at its top."""
 
 LINK_TARGET = re.compile(
     r"\]\(\s*<?([^)\s>]+)"  # [text](target)
@@ -189,10 +181,20 @@ def check_distribution(archive: Path) -> list[str]:
     names = members(archive)
     if not any(n == "LICENSE" or n.endswith(".dist-info/licenses/LICENSE") for n in names):
         problems.append("no LICENSE")
-    if archive.name.endswith(".tar.gz") and metadata["Name"] == "healkit":
-        problems += [
-            f"holds {top}" for top in sorted({n.split("/")[0] for n in names} - CORE_SDIST_TOP)
-        ]
+    if archive.name.endswith(".tar.gz"):
+        problems += sdist_problems(metadata, names)
+    return [f"{archive.name}: {problem}" for problem in problems]
+
+
+def sdist_problems(metadata: Message, names: list[str]) -> list[str]:
+    """What an sdist holds that it should not, or lacks."""
+    name = metadata["Name"]
+    allowed = CORE_SDIST_TOP if name == "healkit" else PLUGIN_SDIST_TOP
+    problems = [f"holds {top}" for top in sorted({n.split("/")[0] for n in names} - allowed)]
+    module = name.replace("-", "_")
+    if not any(n.startswith(f"src/{module}/") for n in names):
+        problems.append(f"no src/{module}")
+    if name == "healkit":
         problems += [
             f"holds {n}"
             for n in names
@@ -201,22 +203,7 @@ def check_distribution(archive: Path) -> list[str]:
         for path in NAMED_PATH.findall(str(metadata.get_payload())):
             if not any(n == path or n.startswith(f"{path}/") for n in names):
                 problems.append(f"readme names {path}, which it does not hold")
-    elif archive.name.endswith(".tar.gz"):
-        module = metadata["Name"].replace("-", "_")
-        tops = {n.split("/")[0] for n in names}
-        allowed = {
-            "src",
-            "tests",
-            "README.md",
-            "LICENSE",
-            "pyproject.toml",
-            "PKG-INFO",
-            ".gitignore",
-        }
-        problems += [f"holds {top}" for top in sorted(tops - allowed)]
-        if not any(n.startswith(f"src/{module}/") for n in names):
-            problems.append(f"no src/{module}")
-    return [f"{archive.name}: {problem}" for problem in problems]
+    return problems
 
 
 def readme_example() -> str:
