@@ -7,9 +7,14 @@ distributions) into its own virtual environment with ``uv sync --locked``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
+import zipfile
+from email import message_from_bytes
+from email.message import Message
 from pathlib import Path
 
 import nox
@@ -70,13 +75,6 @@ def _runs(command: str) -> bool:
 
 
 _expose_pyenv_interpreters(SUPPORTED_PYTHONS)
-PLUGINS = (
-    "healkit-timeout",
-    "healkit-retry",
-    "healkit-breaker",
-    "healkit-tls",
-    "healkit-tracing",
-)
 
 
 def sync(session: nox.Session, *groups: str) -> None:
@@ -117,28 +115,176 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
+REQUIRED_CLASSIFIERS = {
+    "Programming Language :: Python :: 3.11",
+    "Programming Language :: Python :: 3.12",
+    "Programming Language :: Python :: 3.13",
+    "Typing :: Typed",
+}
+"""Classifiers every distribution carries. (No Project-URL yet: healkit has no public URL.)"""
+
+SDIST_ALWAYS = {"pyproject.toml", "PKG-INFO", "README.md", "LICENSE", ".gitignore"}
+CORE_SDIST_TOP = SDIST_ALWAYS | {"src", "tests", "docs", "benchmarks", "CHANGELOG.md"}
+"""What the core sdist may hold at its top: not uv.lock, plugins/, .ci/ or the nox sessions."""
+PLUGIN_SDIST_TOP = SDIST_ALWAYS | {"src", "tests"}
+"""What a plugin's sdist may hold at its top."""
+
+LINK_TARGET = re.compile(
+    r"\]\(\s*<?([^)\s>]+)"  # [text](target)
+    r"|^\s*\[[^\]]+\]:\s*<?(\S+?)>?\s*$"  # [label]: target
+    r"|\b(?:href|src)\s*=\s*[\"']([^\"']+)",  # HTML
+    re.MULTILINE,
+)
+ABSOLUTE = re.compile(r"(?:https?|mailto):", re.IGNORECASE)
+NAMED_PATH = re.compile(r"\(`([\w./-]+)`\)")
+"""A repository path that the core's PyPI readme names in place of a link (see pyproject.toml)."""
+
+
+def metadata_of(archive: Path) -> Message:
+    """The core metadata of a built wheel (METADATA) or sdist (PKG-INFO)."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            name = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+            return message_from_bytes(wheel.read(name))
+    with tarfile.open(archive) as sdist:
+        member = sdist.extractfile(f"{sdist.getnames()[0].split('/')[0]}/PKG-INFO")
+        if member is None:
+            raise ValueError(f"{archive.name}: no PKG-INFO")
+        return message_from_bytes(member.read())
+
+
+def members(archive: Path) -> list[str]:
+    """File names of a wheel, or of an sdist without its top directory."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            return wheel.namelist()
+    with tarfile.open(archive) as sdist:
+        return [name.partition("/")[2] for name in sdist.getnames() if "/" in name]
+
+
+def relative_links(markdown: str) -> list[str]:
+    """Link targets of a long description that PyPI cannot follow (no scheme)."""
+    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.MULTILINE | re.DOTALL)
+    prose = re.sub(r"`[^`\n]*`", "", prose)
+    targets = (next(group for group in m.groups() if group) for m in LINK_TARGET.finditer(prose))
+    return [target for target in targets if not ABSOLUTE.match(target)]
+
+
+def check_distribution(archive: Path) -> list[str]:
+    """What is wrong with one built distribution, as PyPI and installers see it."""
+    metadata = metadata_of(archive)
+    problems = [f"relative link {link}" for link in relative_links(str(metadata.get_payload()))]
+    if metadata["License-Expression"] != "Apache-2.0":
+        problems.append(f"License-Expression {metadata['License-Expression']}")
+    missing = REQUIRED_CLASSIFIERS - set(metadata.get_all("Classifier") or [])
+    problems += [f"no classifier {classifier}" for classifier in sorted(missing)]
+    names = members(archive)
+    if not any(n == "LICENSE" or n.endswith(".dist-info/licenses/LICENSE") for n in names):
+        problems.append("no LICENSE")
+    if archive.name.endswith(".tar.gz"):
+        problems += sdist_problems(metadata, names)
+    return [f"{archive.name}: {problem}" for problem in problems]
+
+
+def sdist_problems(metadata: Message, names: list[str]) -> list[str]:
+    """What an sdist holds that it should not, or lacks."""
+    name = metadata["Name"]
+    allowed = CORE_SDIST_TOP if name == "healkit" else PLUGIN_SDIST_TOP
+    problems = [f"holds {top}" for top in sorted({n.split("/")[0] for n in names} - allowed)]
+    module = name.replace("-", "_")
+    if not any(n.startswith(f"src/{module}/") for n in names):
+        problems.append(f"no src/{module}")
+    if name == "healkit":
+        problems += [
+            f"holds {n}"
+            for n in names
+            if n.startswith("benchmarks/") and n != "benchmarks/README.md"
+        ]
+        for path in NAMED_PATH.findall(str(metadata.get_payload())):
+            if not any(n == path or n.startswith(f"{path}/") for n in names):
+                problems.append(f"readme names {path}, which it does not hold")
+    return problems
+
+
+def readme_example() -> str:
+    """The first ```python block of README.md's "Use it" section."""
+    section = Path("README.md").read_text(encoding="utf-8").split("\n## Use it\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    found = re.search(r"^```python\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    if found is None:
+        raise ValueError('README.md: no ```python block under "## Use it"')
+    return found.group(1)
+
+
 @nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
-    """Build every distribution; install the core (with its timeout plugin) and each plugin."""
-    dist = Path(session.create_tmp()) / "dist"
+    """Build every distribution and check it as PyPI and a new user meet it.
+
+    twine check --strict and check-wheel-contents; every distribution has its
+    LICENSE, the classifiers and a long description without relative links;
+    the sdists hold what they should. Then, in a fresh virtual environment
+    outside the repository, ``healkit[breaker,tls]`` from the built wheels (so
+    nothing of healkit's comes from an index) runs the README's example against
+    a local server; the example plugin, copied out of the repository, installs
+    against it; the remaining plugins install too.
+    """
+    sync(session, "package")
+    dist = Path(session.create_tmp()).resolve() / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     session.run("uv", "build", "--all-packages", "--out-dir", str(dist), external=True)
+    archives = sorted(dist.glob("*.whl")) + sorted(dist.glob("*.tar.gz"))
+    session.run("twine", "check", "--strict", *map(str, archives))
+    session.run("check-wheel-contents", *(str(a) for a in archives if a.suffix == ".whl"))
+    problems = [problem for archive in archives for problem in check_distribution(archive)]
+    if problems:
+        session.error("\n".join(problems))
+    session.log(f"{len(archives)} distributions: LICENSE, classifiers, links and contents ok")
 
     def wheel(distribution: str) -> str:
         return str(next(dist.glob(f"{distribution.replace('-', '_')}-*.whl")))
 
-    # The core depends on healkit-timeout: both wheels are given, so nothing
-    # of healkit's is looked up on an index.
-    core = [wheel("healkit"), wheel("healkit-timeout")]
-    session.run("uv", "pip", "install", "--reinstall", *core)
-    session.run("python", "-c", "import healkit, healkit_timeout; print('core and timeout ok')")
-    for plugin in PLUGINS:
-        if plugin == "healkit-timeout":
-            continue
-        session.run("uv", "pip", "install", "--reinstall", *core, wheel(plugin))
-        module = plugin.replace("-", "_")
-        session.run("python", "-c", f"import healkit, {module}; print({module}.__name__, 'ok')")
-        session.run("uv", "pip", "uninstall", plugin)
+    smoke = str(Path("tests/install_smoke.py").resolve())
+    with tempfile.TemporaryDirectory(prefix="healkit-package-") as tmp:
+        python = str(Path(tmp) / "venv" / "bin" / "python")
+        session.run("uv", "venv", "--quiet", "--python", PYTHON, f"{tmp}/venv", external=True)
+
+        def install(*requirements: str) -> None:
+            session.run("uv", "pip", "install", "--python", python, *requirements, external=True)
+
+        core = Path(wheel("healkit")).as_uri()
+        install(
+            f"healkit[breaker,tls] @ {core}",
+            *map(wheel, ("healkit-timeout", "healkit-breaker", "healkit-tls")),
+        )
+        session.run(python, smoke, "breaker", "timeout", "tls", external=True)
+
+        example = readme_example()
+        if ".internal" in example:
+            session.log("README 'Use it' example not run: it calls a host under .internal")
+        else:
+            script = Path(tmp) / "readme_example.py"
+            script.write_text(example, encoding="utf-8")
+            session.run(python, str(script), external=True)
+
+        # Copied out of the repository, the example plugin installs as it is,
+        # against the core already installed (--find-links: none from an index).
+        copy = Path(tmp) / "healkit-example-plugin"
+        shutil.copytree("docs/examples/healkit-example-plugin", copy)
+        install("--find-links", str(dist), str(copy))
+        session.run(python, smoke, "breaker", "request-id", "timeout", "tls", external=True)
+
+        install(wheel("healkit-retry"), wheel("healkit-tracing"))
+        session.run(
+            python,
+            smoke,
+            "breaker",
+            "request-id",
+            "retry",
+            "timeout",
+            "tls",
+            "tracing",
+            external=True,
+        )
 
 
 @nox.session(python=PYTHON)
