@@ -119,6 +119,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                         "the call's deadline passed before the attempt started", limit=0.0
                     )
                 total = attempt.timeouts.total
+                if call.attempt_timeout is not None and call.attempt_timeout < total:
+                    total = call.attempt_timeout  # the caller's attempt_timeout= lowers it
                 by_deadline = remaining < total
                 timer = timers.arm(remaining if by_deadline else total)
                 try:
