@@ -71,8 +71,9 @@ class CallContext:
             middleware and decorated functions.
         attempt_limit: the most attempts the caller allows this call
             (``attempts=``), never above what the policy allows
-            (``healkit_max_attempts``); ``None``: the policy decides. A retry
-            plugin proposes no attempt beyond it.
+            (``healkit_max_attempts``), or what the test mode allows
+            (``healkit.testing.set_testing(True, attempts=...)``); ``None``:
+            the policy decides. A retry plugin proposes no attempt beyond it.
         attempt_timeout: the caller's limit in seconds on each attempt as a
             whole (``attempt_timeout=``), never above the policy's; the executor
             sends each attempt under the lower of it and ``attempt.timeouts.total``.
