@@ -395,9 +395,9 @@ class Client:
         """
         policy = call.policy
         if attempts is not None:
-            allowed = self.runtime.max_attempts(policy)
             if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
                 raise RequestError(f"attempts must be an int of at least 1, got {attempts!r}")
+            allowed = self.runtime.max_attempts(policy)
             if attempts > allowed:
                 raise RequestError(
                     f"attempts={attempts} is more than the {allowed} attempt(s) the policy of"
