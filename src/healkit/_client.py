@@ -263,7 +263,8 @@ class Client:
             data,
             deadline,
             idempotent,
-            (attempts, attempt_timeout),
+            attempts,
+            attempt_timeout,
             options,
             stream=False,
         )
@@ -307,7 +308,8 @@ class Client:
             data,
             deadline,
             idempotent,
-            (attempts, attempt_timeout),
+            attempts,
+            attempt_timeout,
             options,
             stream=True,
         )
@@ -328,7 +330,8 @@ class Client:
         data: object,
         deadline: float | None,
         idempotent: bool | None,
-        overrides: tuple[int | None, float | None],
+        attempts: int | None,
+        attempt_timeout: float | None,
         options: Mapping[str, Any],
         *,
         stream: bool,
@@ -379,8 +382,8 @@ class Client:
             limit,
             url is None,  # routable
         )
-        if overrides != (None, None):
-            self._override(call, *overrides)
+        if attempts is not None or attempt_timeout is not None:
+            self._override(call, attempts, attempt_timeout)
         transport = HttpTransport(session, body, options, stream)
         return call, transport, endpoint
 
