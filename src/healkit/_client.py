@@ -8,13 +8,13 @@ import re
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
-from http.cookies import BaseCookie
 from types import TracebackType
 from typing import Any, Final, Self, TypedDict, Unpack, final
 
 import aiohttp
 import msgspec
 import yarl
+from aiohttp.typedefs import LooseCookies, LooseHeaders
 from multidict import CIMultiDict
 
 from healkit._clock import SYSTEM_CLOCK, Clock
@@ -58,7 +58,7 @@ class AiohttpOptions(TypedDict, total=False):
     ``trace_request_ctx`` are healkit's and are not among them.
     """
 
-    cookies: Mapping[str, str | BaseCookie[str]] | BaseCookie[str] | None
+    cookies: LooseCookies | None
     skip_auto_headers: Iterable[str] | None
     auth: aiohttp.BasicAuth | None
     allow_redirects: bool
@@ -69,7 +69,7 @@ class AiohttpOptions(TypedDict, total=False):
     read_until_eof: bool
     proxy: str | yarl.URL | None
     proxy_auth: aiohttp.BasicAuth | None
-    proxy_headers: Mapping[str, str] | None
+    proxy_headers: LooseHeaders | None
     ssl: ssl.SSLContext | bool | aiohttp.Fingerprint
     server_hostname: str | None
     read_bufsize: int | None

@@ -28,7 +28,9 @@ async def client_calls(client: healkit.Client) -> None:
         ssl=False,
         proxy="http://proxy.test:3128",
     )
-    await client.request("PATCH", "/v1/orders/1", service="orders", attempts=1, cookies={})
+    await client.request(
+        "PATCH", "/v1/orders/1", service="orders", attempts=1, cookies=[("session", "s1")]
+    )
     async with client.stream("GET", "/export", service="inventory", attempts=1) as streamed:
         assert_type(streamed, healkit.Response)
 
