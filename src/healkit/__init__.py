@@ -10,7 +10,7 @@ names are exactly those in ``__all__``.
 from importlib.metadata import version as _version
 
 from healkit._bounded import BoundedMap, EvictionReason, StateEvicted, StateSettings
-from healkit._client import Client
+from healkit._client import AiohttpOptions, Client, RequestOptions
 from healkit._clock import Clock, MonotonicClock
 from healkit._config import (
     ConfigSection,
@@ -73,6 +73,7 @@ __version__ = _version("healkit")
 
 __all__ = [
     "OUTCOME_HEADER",
+    "AiohttpOptions",
     "AttemptContext",
     "AttemptRecord",
     "AttemptTimeout",
@@ -125,6 +126,7 @@ __all__ = [
     "RedirectRecord",
     "RedirectRefusedError",
     "RequestError",
+    "RequestOptions",
     "ResilienceMiddleware",
     "Response",
     "RetryDecision",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import math
 import re
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Final, Self, final
+from typing import Any, Final, Self, TypedDict, Unpack, final
 
 import aiohttp
 import msgspec
 import yarl
+from aiohttp.typedefs import LooseCookies, LooseHeaders
 from multidict import CIMultiDict
 
 from healkit._clock import SYSTEM_CLOCK, Clock
@@ -24,7 +26,7 @@ from healkit._pipeline import execute
 from healkit._response import Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
-__all__ = ["Client"]
+__all__ = ["AiohttpOptions", "Client", "RequestOptions"]
 
 RESERVED_OPTIONS: Final = frozenset(
     {"timeout", "method", "url", "headers", "data", "json", "trace_request_ctx"}
@@ -47,6 +49,47 @@ _BODY_TYPES: Final = (
     aiohttp.FormData,
     AsyncIterable,
 )
+
+
+class AiohttpOptions(TypedDict, total=False):
+    """The ``aiohttp.ClientSession.request`` options a call passes through to aiohttp.
+
+    Typed so that a type checker catches a misspelt option; ``timeout`` and
+    ``trace_request_ctx`` are healkit's and are not among them.
+    """
+
+    cookies: LooseCookies | None
+    skip_auto_headers: Iterable[str] | None
+    auth: aiohttp.BasicAuth | None
+    allow_redirects: bool
+    max_redirects: int
+    compress: str | bool | None
+    chunked: bool | None
+    expect100: bool
+    read_until_eof: bool
+    proxy: str | yarl.URL | None
+    proxy_auth: aiohttp.BasicAuth | None
+    proxy_headers: LooseHeaders | None
+    ssl: ssl.SSLContext | bool | aiohttp.Fingerprint
+    server_hostname: str | None
+    read_bufsize: int | None
+    auto_decompress: bool | None
+    max_line_size: int | None
+    max_field_size: int | None
+
+
+class RequestOptions(AiohttpOptions, total=False):
+    """Every keyword option of :meth:`Client.request`: what ``get``, ``post``, ... accept."""
+
+    service: str | None
+    params: Mapping[str, str] | None
+    headers: Mapping[str, str] | None
+    json: object
+    data: Any
+    deadline: float | None
+    idempotent: bool | None
+    attempts: int | None
+    attempt_timeout: float | None
 
 
 @final
@@ -165,7 +208,9 @@ class Client:
         data: Any = None,  # noqa: ANN401 - whatever aiohttp accepts as a body
         deadline: float | None = None,
         idempotent: bool | None = None,
-        **options: Any,  # noqa: ANN401 - passed through to aiohttp
+        attempts: int | None = None,
+        attempt_timeout: float | None = None,
+        **options: Unpack[AiohttpOptions],
     ) -> Response:
         """Make a resilient request and return the buffered response.
 
@@ -182,6 +227,11 @@ class Client:
                 and any enclosing anyio cancel scope: the earliest wins).
             idempotent: declare the request safe (or unsafe) to repeat, overriding
                 the method's default.
+            attempts: the most attempts for this call, the first included
+                (``1``: no retry); at most what the service's policy allows
+                (``retry.attempts``), which it can only lower.
+            attempt_timeout: seconds within which each attempt as a whole must
+                end; at most the policy's attempt limit, which it can only lower.
             **options: passed to ``aiohttp.ClientSession.request`` (``ssl``,
                 ``proxy``, ``cookies``, ...), except ``allow_redirects`` and
                 ``max_redirects``, which override the service's
@@ -197,7 +247,8 @@ class Client:
         Raises:
             RequestError: the request is invalid as given (the message names the
                 argument: ``method``, ``target``, ``params``, ``headers``, ``json``,
-                ``data``, ``deadline``); nothing was sent.
+                ``data``, ``deadline``, ``attempts``, ``attempt_timeout``, or
+                above what the service's policy allows); nothing was sent.
             ClientClosedError: the client is not open.
             HealkitError: the call failed for good; ``error.attempts`` tells how.
 
@@ -212,6 +263,8 @@ class Client:
             data,
             deadline,
             idempotent,
+            attempts,
+            attempt_timeout,
             options,
             stream=False,
         )
@@ -230,7 +283,9 @@ class Client:
         data: Any = None,  # noqa: ANN401 - whatever aiohttp accepts as a body
         deadline: float | None = None,
         idempotent: bool | None = None,
-        **options: Any,  # noqa: ANN401 - passed through to aiohttp
+        attempts: int | None = None,
+        attempt_timeout: float | None = None,
+        **options: Unpack[AiohttpOptions],
     ) -> AsyncIterator[Response]:
         """Make a resilient request whose body is read as it arrives.
 
@@ -253,6 +308,8 @@ class Client:
             data,
             deadline,
             idempotent,
+            attempts,
+            attempt_timeout,
             options,
             stream=True,
         )
@@ -262,7 +319,7 @@ class Client:
         finally:
             response.release()
 
-    def _prepare(  # noqa: PLR0913, PLR0917 - the request's parts, forwarded from request() and stream()
+    def _prepare(  # noqa: C901, PLR0913, PLR0917 - the request's parts, forwarded from request() and stream()
         self,
         method: str,
         target: str,
@@ -273,7 +330,9 @@ class Client:
         data: object,
         deadline: float | None,
         idempotent: bool | None,
-        options: dict[str, Any],
+        attempts: int | None,
+        attempt_timeout: float | None,
+        options: Mapping[str, Any],
         *,
         stream: bool,
     ) -> tuple[CallContext, HttpTransport, str]:
@@ -323,34 +382,78 @@ class Client:
             limit,
             url is None,  # routable
         )
+        if attempts is not None or attempt_timeout is not None:
+            self._override(call, attempts, attempt_timeout)
         transport = HttpTransport(session, body, options, stream)
         return call, transport, endpoint
 
-    def get(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+    def _override(
+        self, call: CallContext, attempts: int | None, attempt_timeout: float | None
+    ) -> None:
+        """Set the caller's ``attempts=`` and ``attempt_timeout=`` on ``call``, once checked.
+
+        Each may only lower what the service's policy allows: ``attempts`` at
+        most its ``healkit_max_attempts``, ``attempt_timeout`` at most its
+        attempt limit (``attempt.timeouts.total``).
+        """
+        policy = call.policy
+        if attempts is not None:
+            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+                raise RequestError(f"attempts must be an int of at least 1, got {attempts!r}")
+            allowed = self.runtime.max_attempts(policy)
+            if attempts > allowed:
+                raise RequestError(
+                    f"attempts={attempts} is more than the {allowed} attempt(s) the policy of"
+                    f" service {call.service!r} allows"
+                )
+            call.attempt_limit = attempts
+        if attempt_timeout is not None:
+            if (
+                isinstance(attempt_timeout, bool)
+                or not isinstance(attempt_timeout, int | float)
+                or not 0 < attempt_timeout < math.inf
+            ):
+                raise RequestError(
+                    "attempt_timeout must be a finite number of seconds > 0,"
+                    f" got {attempt_timeout!r}"
+                )
+            limit = self.runtime.attempt_timeouts(policy).total
+            if attempt_timeout > limit:
+                raise RequestError(
+                    f"attempt_timeout={attempt_timeout:g} is more than the {limit:g}s the policy"
+                    f" of service {call.service!r} allows an attempt"
+                )
+            call.attempt_timeout = float(attempt_timeout)
+
+    def get(self, target: str, **kwargs: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
         """``request("GET", target, ...)``: await it."""
         return self.request("GET", target, **kwargs)
 
-    def head(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+    def head(self, target: str, **kwargs: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
         """``request("HEAD", target, ...)``: await it."""
         return self.request("HEAD", target, **kwargs)
 
-    def options(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+    def options(
+        self, target: str, **kwargs: Unpack[RequestOptions]
+    ) -> Coroutine[Any, Any, Response]:
         """``request("OPTIONS", target, ...)``: await it."""
         return self.request("OPTIONS", target, **kwargs)
 
-    def post(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+    def post(self, target: str, **kwargs: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
         """``request("POST", target, ...)``: await it."""
         return self.request("POST", target, **kwargs)
 
-    def put(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+    def put(self, target: str, **kwargs: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
         """``request("PUT", target, ...)``: await it."""
         return self.request("PUT", target, **kwargs)
 
-    def patch(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+    def patch(self, target: str, **kwargs: Unpack[RequestOptions]) -> Coroutine[Any, Any, Response]:
         """``request("PATCH", target, ...)``: await it."""
         return self.request("PATCH", target, **kwargs)
 
-    def delete(self, target: str, **kwargs: Any) -> Coroutine[Any, Any, Response]:  # noqa: ANN401
+    def delete(
+        self, target: str, **kwargs: Unpack[RequestOptions]
+    ) -> Coroutine[Any, Any, Response]:
         """``request("DELETE", target, ...)``: await it."""
         return self.request("DELETE", target, **kwargs)
 

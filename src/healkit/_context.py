@@ -69,6 +69,15 @@ class CallContext:
             (``healkit_route``): true for an HTTP call of :class:`healkit.Client`
             addressed by service name; false for an absolute URL, the aiohttp
             middleware and decorated functions.
+        attempt_limit: the most attempts the caller allows this call
+            (``attempts=``), never above what the policy allows
+            (``healkit_max_attempts``), or what the test mode allows
+            (``healkit.testing.set_testing(True, attempts=...)``); ``None``:
+            the policy decides. A retry plugin proposes no attempt beyond it.
+        attempt_timeout: the caller's limit in seconds on each attempt as a
+            whole (``attempt_timeout=``), never above the policy's; the executor
+            sends each attempt under the lower of it and ``attempt.timeouts.total``.
+            ``None``: the policy's limit alone.
 
     """
 
@@ -76,6 +85,8 @@ class CallContext:
         "_headers",
         "_scope_deadline",
         "_stash",
+        "attempt_limit",
+        "attempt_timeout",
         "attempts",
         "clock",
         "config",
@@ -109,6 +120,8 @@ class CallContext:
         deadline: float = math.inf,
         scope_deadline: float | None = None,
         routable: bool = False,
+        attempt_limit: int | None = None,
+        attempt_timeout: float | None = None,
     ) -> None:
         self._fill(
             service,
@@ -126,6 +139,8 @@ class CallContext:
             scope_deadline,
             routable,
         )
+        self.attempt_limit = attempt_limit
+        self.attempt_timeout = attempt_timeout
 
     @classmethod
     def _start(  # noqa: PLR0913, PLR0917 - the same facts as __init__, by position
@@ -204,6 +219,8 @@ class CallContext:
         self.attempts: list[AttemptContext] = []
         self.path: PathTaken = "primary"
         self._stash: Stash | None = None
+        self.attempt_limit = None
+        self.attempt_timeout = None
 
     def __repr__(self) -> str:
         return f"<CallContext {self.service} {self.method} {self.target} path={self.path}>"

@@ -66,7 +66,7 @@ def resilient(
     *,
     service: str,
     failures: tuple[type[Exception], ...] = DEFAULT_FAILURES,
-    idempotent: bool = True,
+    idempotent: bool = False,
     deadline: float | None = None,
     runtime: Runtime | None = None,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:
@@ -74,12 +74,17 @@ def resilient(
 
     Args:
         service: the service whose policy applies (timeouts, retry, breaker, fallback).
-        failures: exception types that count as a failed attempt (retried,
-            counted by breakers). Other exceptions propagate unchanged at once.
-            When the call fails for good, :class:`healkit.CallError` is raised
-            with the last such exception as ``error`` and ``__cause__``.
-        idempotent: whether calling the function again is safe; retry plugins
-            only repeat idempotent calls.
+        failures: exception types that count as a failed attempt (counted by
+            breakers, ended by a fallback, retried if ``idempotent``); by
+            default ``OSError`` and ``TimeoutError``, the failures of I/O.
+            Other exceptions propagate unchanged at once. When the call fails
+            for good, :class:`healkit.CallError` is raised with the last such
+            exception as ``error`` and ``__cause__``.
+        idempotent: whether calling the function again is safe. ``False`` by
+            default: a function that may have run is never repeated, as a POST
+            is not, unless its author declares ``idempotent=True`` (the retry
+            plugin repeats only idempotent calls; a retry policy with
+            ``retry_non_idempotent`` still does).
         deadline: seconds within which the whole call must end, all attempts
             and backoff included.
         runtime: the runtime to use; by default the one of the enclosing

@@ -25,6 +25,7 @@ from healkit._errors import (
     TimeoutExceeded,
 )
 from healkit._outcome import Outcome
+from healkit._testmode import TEST_MODE
 
 if TYPE_CHECKING:
     from healkit._plan import CallPlan
@@ -96,6 +97,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
     timeouts, within = call.policy.call_limits or runtime.call_limits(call.policy)
     if started + within < call.deadline:  # noqa: PLR1730 - call.limit_deadline(within), inlined
         call.deadline = started + within
+    if TEST_MODE.on and TEST_MODE.attempts is not None:
+        _limit_attempts(call, TEST_MODE.attempts)
     try:
         while True:
             attempt = AttemptContext._start(  # noqa: SLF001 - by position: see _start
@@ -119,6 +122,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                         "the call's deadline passed before the attempt started", limit=0.0
                     )
                 total = attempt.timeouts.total
+                if call.attempt_timeout is not None and call.attempt_timeout < total:
+                    total = call.attempt_timeout  # the caller's attempt_timeout= lowers it
                 by_deadline = remaining < total
                 timer = timers.arm(remaining if by_deadline else total)
                 try:
@@ -169,7 +174,7 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                 stop_reason = DEADLINE_STOP
                 break
             _log.retry_scheduled(call, attempt, delay)
-            if delay > 0:
+            if delay > 0 and not TEST_MODE.on:  # the test mode carries retries out at once
                 await clock.sleep(delay)
             call.path = "retry"
             endpoint = decision.endpoint or attempt.endpoint
@@ -198,6 +203,12 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
         if plan.has_call_abandoned:
             plan.call_abandoned(call, abandoned)
         raise
+
+
+def _limit_attempts(call: CallContext, allowed: int) -> None:
+    """Lower ``call.attempt_limit`` to the test mode's ``attempts``."""
+    if call.attempt_limit is None or allowed < call.attempt_limit:
+        call.attempt_limit = allowed
 
 
 def _timed_out(

@@ -39,6 +39,7 @@ from healkit._offload import off_loop
 from healkit._plan import PER_CALL_HOOKS, CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._sources import ConfigSource, FileSource, InMemorySource, PartialConfigSource
+from healkit._stash import StashKey
 from healkit._timer import TimerWheels
 
 __all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime", "runtime_or_build"]
@@ -76,6 +77,22 @@ def _seconds(answer: object) -> float:
     if isinstance(answer, bool) or not isinstance(answer, int | float) or not answer > 0:
         raise ValueError(f"returned {answer!r}, not a number of seconds > 0")
     return float(answer)
+
+
+def _attempts(answer: object) -> int:
+    """Accept a ``healkit_max_attempts`` answer: an int of at least 1.
+
+    Raises:
+        ValueError: it is not.
+
+    """
+    if isinstance(answer, bool) or not isinstance(answer, int) or answer < 1:
+        raise ValueError(f"returned {answer!r}, not a number of attempts >= 1")
+    return answer
+
+
+_MAX_ATTEMPTS: Final = StashKey[int]("healkit.max_attempts")
+"""The answer of ``healkit_max_attempts`` for a policy, kept in ``policy.stash``."""
 
 
 def _per_call_hooks(names: Iterable[str]) -> frozenset[str]:
@@ -365,6 +382,21 @@ class Runtime:
                 math.inf if deadline is None else deadline,
             )
         return limits
+
+    def max_attempts(self, policy: ServicePolicy) -> int:
+        """Return the most attempts a call to ``policy``'s service may make.
+
+        What ``healkit_max_attempts`` answers: the first plugin's answer, else 1
+        (no plugin retries); kept in ``policy.stash`` for the snapshot's
+        lifetime. A plugin whose implementation raises, or answers something
+        else than an int of at least 1, is logged and counted in
+        ``plugin_errors``, and skipped.
+        """
+        limit = policy.stash.get(_MAX_ATTEMPTS)
+        if limit is None:
+            answer = self._first_answer("healkit_max_attempts", policy, _attempts)
+            limit = policy.stash[_MAX_ATTEMPTS] = 1 if answer is None else answer
+        return limit
 
     def _first_answer(
         self, hook: str, policy: ServicePolicy, accept: Callable[[object], T]

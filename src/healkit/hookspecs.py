@@ -166,6 +166,22 @@ def healkit_call_deadline(policy: ServicePolicy) -> float | None:
     """
 
 
+@hookspec(firstresult=True)
+def healkit_max_attempts(policy: ServicePolicy) -> int | None:
+    """Return the most attempts a call to ``policy``'s service may make, the first included.
+
+    A retry plugin answers with its setting, so that a caller's per-call
+    ``attempts=`` can be checked against it before anything is sent (a value
+    above it is a ``RequestError``). ``None``: no answer from this plugin.
+    Without an answer a call makes one attempt, and ``attempts=`` may only be
+    1. Called once per service and configuration snapshot, and only for calls
+    that pass ``attempts=``.
+
+    Result: stops at the first non-``None`` result (``firstresult``). May not
+    return an awaitable.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Per call: the resilience pipeline. Hot path; compiled into a call plan.
 # ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def runtime(clock: ManualClock, **retry: object) -> healkit.Runtime:
 async def test_failures_of_an_idempotent_function_are_retried(manual_clock: ManualClock) -> None:
     calls: list[int] = []
 
-    @healkit.resilient(service=SERVICE, runtime=runtime(manual_clock))
+    @healkit.resilient(service=SERVICE, idempotent=True, runtime=runtime(manual_clock))
     async def fetch(n: int) -> int:
         calls.append(n)
         if len(calls) < 3:
@@ -54,7 +54,7 @@ async def test_a_function_declared_not_idempotent_runs_once(manual_clock: Manual
 async def test_attempt_limit_applies_to_functions(manual_clock: ManualClock) -> None:
     calls = 0
 
-    @healkit.resilient(service=SERVICE, runtime=runtime(manual_clock, attempts=5))
+    @healkit.resilient(service=SERVICE, idempotent=True, runtime=runtime(manual_clock, attempts=5))
     async def flaky() -> None:
         nonlocal calls
         calls += 1

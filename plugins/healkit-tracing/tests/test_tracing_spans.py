@@ -148,7 +148,7 @@ async def test_decorated_function_attempts_get_spans(
         entry_points=False,
         clock=manual_clock,
     )
-    resilient = healkit.resilient(service="rates", runtime=runtime)(fetch_rates)
+    resilient = healkit.resilient(service="rates", idempotent=True, runtime=runtime)(fetch_rates)
     with telemetry.tracer.start_as_current_span("job") as parent:
         assert await resilient("EUR") == {"EUR": 1.0}
 

@@ -11,14 +11,18 @@
 * :class:`TcpProxy`: a loopback TCP proxy whose connections a test can cut.
 * :class:`LoopbackResolver`: every ``*.test`` host name on loopback, so one
   server answers for thousands of distinct hosts.
+* :func:`set_testing`, :func:`is_testing`: healkit's process-wide test mode for
+  an application's own tests: retries without backoff sleeps, optionally at
+  most N attempts.
 
 With healkit installed, pytest loads the fixtures of
 :mod:`healkit.testing._pytest_plugin` (``fault_server``, ``manual_clock``,
-``etcd_server``) by itself, through the ``pytest11`` entry point.
+``etcd_server``, ``healkit_testing``) by itself, through the ``pytest11`` entry point.
 """
 
 from __future__ import annotations
 
+from healkit._testmode import is_testing, set_testing
 from healkit.testing._clock import ManualClock
 from healkit.testing._etcd import EtcdServer, find_etcd_binary
 from healkit.testing._faults import Fault, FaultKind, FaultServer, RecordedRequest
@@ -36,6 +40,8 @@ __all__ = [
     "RecordedRequest",
     "TcpProxy",
     "find_etcd_binary",
+    "is_testing",
     "refused_url",
+    "set_testing",
     "unused_tcp_port",
 ]

@@ -7,15 +7,16 @@ here; a ``conftest.py`` fixture of the same name overrides it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from healkit._testmode import set_testing
 from healkit.testing._clock import ManualClock
 from healkit.testing._etcd import EtcdServer
 from healkit.testing._faults import FaultServer
 
-__all__ = ["anyio_backend", "etcd_server", "fault_server", "manual_clock"]
+__all__ = ["anyio_backend", "etcd_server", "fault_server", "healkit_testing", "manual_clock"]
 
 
 @pytest.fixture
@@ -47,3 +48,17 @@ async def etcd_server() -> AsyncIterator[EtcdServer]:
     """
     async with EtcdServer() as server:
         yield server
+
+
+@pytest.fixture
+def healkit_testing() -> Iterator[None]:
+    """Turn healkit's test mode on for the test, and restore the previous setting after.
+
+    Retries happen at once, without their backoff sleeps (see
+    :func:`healkit.testing.set_testing`). Inside the test,
+    ``set_testing(True, attempts=1)`` lowers the attempts too; the fixture
+    undoes that as well. For every test of a suite, use it from an
+    ``autouse`` fixture of the suite's ``conftest.py``.
+    """
+    with set_testing(True):
+        yield

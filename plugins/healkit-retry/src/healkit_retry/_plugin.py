@@ -171,6 +171,11 @@ class RetryPlugin:
         self._budgets = budgets
         strangers.resize(config.state.max_unconfigured, config.state.idle_expiry, now)
 
+    @healkit.hookimpl
+    def healkit_max_attempts(self, policy: healkit.ServicePolicy) -> int:
+        """Answer ``retry.attempts``: a caller's ``attempts=`` may not exceed it."""
+        return policy.section(SECTION).attempts
+
     # -- per call --------------------------------------------------------------------
 
     @healkit.hookimpl(tryfirst=True)
@@ -201,7 +206,11 @@ class RetryPlugin:
             return None
         derived = call.policy.stash.get(POLICY) or self._derive(call.policy)
         status = response.status
-        if status not in derived.statuses or not _may_retry(call, derived):
+        if (
+            status not in derived.statuses
+            or not _may_retry(call, derived)
+            or call.attempt_limit == 1
+        ):
             # Not retryable anyway: the caller gets the response as it came.
             return None
         excerpt = b"" if response.is_streaming else response.body[:EXCERPT_BYTES]
@@ -252,7 +261,8 @@ class RetryPlugin:
                 f" at least {minimum:g} retries/s)"
             )
         return healkit.RetryDecision.again(
-            delay, reason=f"attempt {attempt.number + 1} of {derived.attempts}"
+            delay,
+            reason=f"attempt {attempt.number + 1} of {call.attempt_limit or derived.attempts}",
         )
 
     # -- helpers -----------------------------------------------------------------------
@@ -387,7 +397,7 @@ _KINDS: Final[dict[type[healkit.HealkitError], FailureKind | None]] = {}
 """The kind of each error class met so far: the classification depends on the class only."""
 
 
-def _refusal(  # noqa: PLR0911 - one early return per rule reads best
+def _refusal(  # noqa: C901, PLR0911 - one early return per rule reads best
     call: healkit.CallContext,
     attempt: healkit.AttemptContext,
     error: healkit.HealkitError,
@@ -416,6 +426,8 @@ def _refusal(  # noqa: PLR0911 - one early return per rule reads best
         )
     if attempt.number >= derived.attempts:
         return f"all {derived.attempts} attempts made (retry.attempts)"
+    if call.attempt_limit is not None and attempt.number >= call.attempt_limit:
+        return f"all {call.attempt_limit} attempts made (the call's attempt_limit)"
     return None
 
 
