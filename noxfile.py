@@ -7,6 +7,7 @@ distributions) into its own virtual environment with ``uv sync --locked``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -110,11 +111,32 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+PROGRAM_PAGES = ("README.md", "docs/quickstart.md")
+"""Pages whose python blocks are whole programs a user copies (tests/test_docs.py runs them)."""
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def write_programs(directory: Path) -> list[str]:
+    """Write each python block of :data:`PROGRAM_PAGES` to a file of its own; return the paths."""
+    paths = []
+    for page in PROGRAM_PAGES:
+        text = Path(page).read_text(encoding="utf-8")
+        for number, code in enumerate(PYTHON_BLOCK.findall(text), start=1):
+            path = directory / f"{Path(page).stem.lower()}_{number}.py"
+            path.write_text(code, encoding="utf-8")
+            paths.append(str(path))
+    return paths
+
+
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the core, the plugins and the example plugin."""
+    """mypy --strict over the core, the plugins, the example plugin and the docs' programs."""
     sync(session, "typecheck", "test")
     session.run("mypy")
+    programs = Path(session.create_tmp()) / "programs"
+    shutil.rmtree(programs, ignore_errors=True)
+    programs.mkdir()
+    session.run("mypy", "--strict", *write_programs(programs))
 
 
 @nox.session(python=PYTHON)
