@@ -29,3 +29,10 @@ async def test_the_gauge_follows_applied_documents_and_ignores_rejected_ones(
             runtime.apply(document(tracing={"propagate": "no"}))
         assert version(telemetry) == runtime.version == 2
     assert telemetry.metrics()["healkit.config.version"].unit == "{version}"
+
+
+async def test_off_with_the_metrics_of_defaults(telemetry: Telemetry) -> None:
+    config = {"defaults": {"tracing": {"record_metrics": False}}}
+    async with healkit.Client(config=config, plugins=[telemetry.plugin()], entry_points=False):
+        pass
+    assert telemetry.points("healkit.config.version") == []

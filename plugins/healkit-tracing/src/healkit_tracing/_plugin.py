@@ -222,7 +222,8 @@ class TracingPlugin:
         sinks = self._sinks
         if sinks.watching:
             sinks.refresh()
-        if sinks.metrics:
+        if sinks.metrics and policy_of(config.defaults).metrics:
+            # The version belongs to no service: the defaults' record_metrics decides.
             self._instruments.config_version.set(runtime.version)
 
     @healkit.hookimpl
