@@ -8,6 +8,7 @@
   each in a fresh module. A block may define ``async def main()``; it is then
   awaited on the test's event loop. Blocks read the URL of a real aiohttp server
   on loopback from the variable ``UPSTREAM`` (see :func:`upstream` for its routes).
+  Their ``# prints: LINE`` comments are checked the same way.
 * The configuration reference (every table whose first column is ``Key``) names
   exactly the fields of the core and timeout-plugin models, with their defaults.
 * Every hook of :mod:`healkit.hookspecs` has a heading and its exact signature
@@ -199,7 +200,9 @@ async def upstream() -> AsyncIterator[str]:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.where for b in PYTHON_BLOCKS])
-async def test_python_example_runs(block: Block, upstream: str) -> None:
+async def test_python_example_runs(
+    block: Block, upstream: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     name = "healkit_docs_example"
     module = types.ModuleType(name)
     module.__dict__["UPSTREAM"] = upstream
@@ -217,6 +220,7 @@ async def test_python_example_runs(block: Block, upstream: str) -> None:
                 await main()
     finally:
         del sys.modules[name]
+    check_output(block, capsys.readouterr().out)
 
 
 def test_examples_exist() -> None:
@@ -258,9 +262,14 @@ def test_program_runs_as_printed(block: Block, tmp_path: Path) -> None:
         check=False,
     )
     assert ran.returncode == 0, f"{block.where} failed:\n{ran.stderr}"
-    output = iter(ran.stdout.splitlines())
-    for line in expected:  # in order; healkit's log lines may come in between
-        assert line in output, f"{block.where}: no line {line!r} in order in:\n{ran.stdout}"
+    check_output(block, ran.stdout)
+
+
+def check_output(block: Block, stdout: str) -> None:
+    """Every ``# prints: LINE`` of the block is a line of ``stdout``, in order."""
+    output = iter(stdout.splitlines())
+    for line in expected_output(block.code):  # healkit's log lines may come in between
+        assert line in output, f"{block.where}: no line {line!r} in order in:\n{stdout}"
 
 
 def test_expected_output_reads_prints_comments() -> None:
