@@ -165,9 +165,13 @@ def package(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Run every code example of docs/ and check the reference against the models."""
+    """Run every code example of docs/; check the reference, value lists and dashboard."""
     sync(session, "test")
-    session.run("pytest", "tests/test_docs.py", *session.posargs)
+    session.run(
+        "pytest",
+        *sorted(str(path) for path in Path("tests").glob("test_docs*.py")),
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
