@@ -34,18 +34,24 @@ def values(text: str) -> set[str]:
 
 
 def section(page: str, heading: str) -> str:
-    """The text under ``heading`` of ``docs/page``, up to the next heading of its level or above."""
+    """The text under ``heading`` of ``docs/page``, up to the next heading of its level or above.
+
+    Lines inside fenced code blocks are never headings (a ``# comment`` of a TOML
+    or Python example).
+    """
     lines = (DOCS / page).read_text(encoding="utf-8").splitlines()
-    marks = [i for i, line in enumerate(lines) if line.lstrip("#").strip() == heading]
-    assert marks, f"docs/{page} has no heading {heading!r}"
-    start = marks[0]
-    level = len(lines[start]) - len(lines[start].lstrip("#"))
+    headings: list[tuple[int, int, str]] = []  # line, level, title
+    fenced = False
+    for number, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (found := re.match(r"(#+) (.+)$", line)):
+            headings.append((number, len(found[1]), found[2].strip()))
+    matches = [(number, level) for number, level, title in headings if title == heading]
+    assert matches, f"docs/{page} has no heading {heading!r}"
+    start, level = matches[0]
     end = next(
-        (
-            i
-            for i in range(start + 1, len(lines))
-            if re.match(rf"#{{1,{level}}} ", lines[i]) and not lines[i - 1].startswith("```")
-        ),
+        (number for number, deeper, _ in headings if number > start and deeper <= level),
         len(lines),
     )
     return "\n".join(lines[start + 1 : end])
