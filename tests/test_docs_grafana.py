@@ -165,3 +165,14 @@ def test_the_dashboard_covers_what_healkit_reports(exported: set[str]) -> None:
         <= used
         <= exported
     )
+
+
+def test_names_in_the_recipe_are_exported(exported: set[str]) -> None:
+    """The Prometheus names docs/plugins/tracing.md spells out are exported (metrics, labels)."""
+    page = DASHBOARD.parent.parent / "plugins/tracing.md"
+    text = page.read_text(encoding="utf-8")
+    recipe = text[text.index("### Exporting metrics to Prometheus") :]
+    names = set(re.findall(r"`((?:healkit|http_client)_[a-z_]+)`", recipe))
+    assert "healkit_attempts_total" in names
+    known = exported | attribute_labels()
+    assert names <= known, f"not exported: {sorted(names - known)}"
