@@ -108,13 +108,37 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+PROGRAM_PAGES = ("README.md", "docs/quickstart.md")
+"""Pages whose python blocks are whole programs a user copies (tests/test_docs.py runs them)."""
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def write_programs(directory: Path) -> list[str]:
+    """Write each python block of :data:`PROGRAM_PAGES` to a file of its own; return the paths."""
+    paths = []
+    for page in PROGRAM_PAGES:
+        text = Path(page).read_text(encoding="utf-8")
+        for number, code in enumerate(PYTHON_BLOCK.findall(text), start=1):
+            path = directory / f"{Path(page).stem.lower()}_{number}.py"
+            path.write_text(code, encoding="utf-8")
+            paths.append(str(path))
+    return paths
+
+
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the core, the plugins and the example plugin; the typing test."""
+    """mypy --strict over the core, the plugins, the example plugin and the docs' programs.
+
+    Also the typing test: what a user's type checker sees (lines marked
+    ``type: ignore[...]`` must be rejected).
+    """
     sync(session, "typecheck", "test")
     session.run("mypy")
-    # What a user's type checker sees: lines marked `type: ignore[...]` must be rejected.
     session.run("mypy", "tests/typing")
+    programs = Path(session.create_tmp()) / "programs"
+    shutil.rmtree(programs, ignore_errors=True)
+    programs.mkdir()
+    session.run("mypy", "--strict", *write_programs(programs))
 
 
 REQUIRED_CLASSIFIERS = {
@@ -291,9 +315,13 @@ def package(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Run every code example of docs/ and check the reference against the models."""
+    """Run every code example of docs/; check the reference, value lists and dashboard."""
     sync(session, "test")
-    session.run("pytest", "tests/test_docs.py", *session.posargs)
+    session.run(
+        "pytest",
+        *sorted(str(path) for path in Path("tests").glob("test_docs*.py")),
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)

@@ -174,10 +174,10 @@ async def _chaos(variant: Variant, rng: random.Random) -> Tally:
                             tally.examples.append(str(error))
                         continue
                     tally.times_ms.append((time.perf_counter() - start) * 1000)
-                    outcome = response.outcome
-                    if response.status != 200 or outcome is None:
+                    if response.status != 200:
                         tally.failed[f"HTTP {response.status}"] += 1
                         continue
+                    outcome = response.outcome
                     tally.paths[outcome.path] += 1
                     tally.by_primary += outcome.endpoint == primary.url
 

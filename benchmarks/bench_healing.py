@@ -140,13 +140,6 @@ def _client(config: dict[str, object], *observers: object) -> healkit.Client:
     )
 
 
-def _outcome(response: healkit.Response) -> healkit.Outcome:
-    outcome = response.outcome
-    if outcome is None:
-        raise AssertionError("a call by service name has an outcome")
-    return outcome
-
-
 def _ms(seconds: float) -> float:
     return seconds * 1000
 
@@ -156,7 +149,7 @@ async def _timed_call(client: healkit.Client, endpoint: str, errors: Sequence[st
     start = time.perf_counter()
     response = await client.get(PATH, service=SERVICE)
     took = _ms(time.perf_counter() - start)
-    outcome = _outcome(response)
+    outcome = response.outcome
     met = [attempt.error for attempt in outcome.attempts]
     if response.status != 200 or outcome.endpoint != endpoint or met != list(errors):
         raise AssertionError(f"{outcome.endpoint} answered {response.status} after {met}")
@@ -253,7 +246,7 @@ class Traffic:
         if response.status != 200:
             self.failed += 1
             return
-        outcome = _outcome(response)
+        outcome = response.outcome
         self.answered[outcome.endpoint] += 1
         if self._watch is not None:
             wanted, found = self._watch
@@ -377,7 +370,7 @@ async def _check_selection(variants: dict[str, OneCall]) -> None:
             response = await one()
             if not isinstance(response, healkit.Response):
                 raise TypeError(f"{name} returned {response!r}")
-            chosen[_outcome(response).endpoint] += 1
+            chosen[response.outcome.endpoint] += 1
         match SELECTION[name]:
             case None:
                 expected = chosen.keys() == {ENDPOINT}

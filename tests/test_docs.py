@@ -1,9 +1,14 @@
 """The documentation is tested like code.
 
-* Every ```python block of ``docs/*.md`` and ``docs/plugins/*.md`` runs, each in
-  a fresh module. A block may define ``async def main()``; it is then awaited on
-  the test's event loop. Blocks read the URL of a real aiohttp server on
-  loopback from the variable ``UPSTREAM`` (see :func:`upstream` for its routes).
+* The ```python blocks of ``docs/quickstart.md`` and the README's are whole
+  programs: each runs as printed, as a file, in a Python process of its own
+  (starting its own upstream on loopback and ending with ``asyncio.run(main())``),
+  and every line shown as ``# prints: LINE`` is a line of its output, in order.
+* Every other ```python block of ``docs/*.md`` and ``docs/plugins/*.md`` runs,
+  each in a fresh module. A block may define ``async def main()``; it is then
+  awaited on the test's event loop. Blocks read the URL of a real aiohttp server
+  on loopback from the variable ``UPSTREAM`` (see :func:`upstream` for its routes).
+  Their ``# prints: LINE`` comments are checked the same way.
 * The configuration reference (every table whose first column is ``Key``) names
   exactly the fields of the core and timeout-plugin models, with their defaults.
 * Every hook of :mod:`healkit.hookspecs` has a heading and its exact signature
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import inspect
 import re
+import subprocess
 import sys
 import tomllib
 import types
@@ -101,7 +107,14 @@ def blocks(page: Path) -> Iterator[Block]:
 
 
 ALL_BLOCKS = [block for page in PAGES for block in blocks(page)]
-PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.lang == "python"]
+PROGRAM_PAGES = (DOCS / "quickstart.md", ROOT / "README.md")
+"""Pages whose python blocks are whole programs, run as printed."""
+PROGRAM_BLOCKS = [
+    block for page in PROGRAM_PAGES for block in blocks(page) if block.lang == "python"
+]
+PYTHON_BLOCKS = [
+    block for block in ALL_BLOCKS if block.lang == "python" and block.page not in PROGRAM_PAGES
+]
 TOML_BLOCKS = [block for block in ALL_BLOCKS if block.lang == "toml"]
 
 
@@ -187,7 +200,9 @@ async def upstream() -> AsyncIterator[str]:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.where for b in PYTHON_BLOCKS])
-async def test_python_example_runs(block: Block, upstream: str) -> None:
+async def test_python_example_runs(
+    block: Block, upstream: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     name = "healkit_docs_example"
     module = types.ModuleType(name)
     module.__dict__["UPSTREAM"] = upstream
@@ -205,12 +220,61 @@ async def test_python_example_runs(block: Block, upstream: str) -> None:
                 await main()
     finally:
         del sys.modules[name]
+    check_output(block, capsys.readouterr().out)
 
 
 def test_examples_exist() -> None:
-    pages = {block.page.name for block in PYTHON_BLOCKS}
+    pages = {block.page.name for block in [*PYTHON_BLOCKS, *PROGRAM_BLOCKS]}
     for page in ("quickstart.md", "concepts.md", "configuration.md", "writing-plugins.md"):
         assert page in pages, f"docs/{page} has no runnable example"
+    assert "README.md" in pages, "the README's 'Use it' block is gone"
+
+
+# --- the quickstart and the README run as printed --------------------------------------
+
+PRINTS = re.compile(r"#\s*prints: (?P<line>.*)$")
+PROGRAM_TIME_LIMIT = 120.0
+"""Seconds a program may take before the test gives up on it (a bound, not a wait)."""
+
+
+def expected_output(code: str) -> list[str]:
+    """The lines a program shows as ``# prints: LINE`` comments, in order."""
+    return [found["line"] for line in code.splitlines() if (found := PRINTS.search(line))]
+
+
+@pytest.mark.parametrize("block", PROGRAM_BLOCKS, ids=[b.where for b in PROGRAM_BLOCKS])
+def test_program_runs_as_printed(block: Block, tmp_path: Path) -> None:
+    """Saved to a file and run with ``python``, the block prints what it says it prints."""
+    assert "UPSTREAM" not in block.code, f"{block.where}: start an upstream of its own"
+    assert block.code.rstrip().endswith("asyncio.run(main())"), (
+        f"{block.where}: a program ends with asyncio.run(main())"
+    )
+    expected = expected_output(block.code)
+    assert expected, f"{block.where}: show what the program prints (# prints: ...)"
+    program = tmp_path / "example.py"
+    program.write_text(block.code, encoding="utf-8")
+    ran = subprocess.run(  # noqa: S603 - this interpreter, a file the test wrote
+        [sys.executable, str(program)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=PROGRAM_TIME_LIMIT,
+        check=False,
+    )
+    assert ran.returncode == 0, f"{block.where} failed:\n{ran.stderr}"
+    check_output(block, ran.stdout)
+
+
+def check_output(block: Block, stdout: str) -> None:
+    """Every ``# prints: LINE`` of the block is a line of ``stdout``, in order."""
+    output = iter(stdout.splitlines())
+    for line in expected_output(block.code):  # healkit's log lines may come in between
+        assert line in output, f"{block.where}: no line {line!r} in order in:\n{stdout}"
+
+
+def test_expected_output_reads_prints_comments() -> None:
+    code = "print(1)  # prints: 1\n# prints: x y\nprint(2)  # a remark\n"
+    assert expected_output(code) == ["1", "x y"]
 
 
 @pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.source], ids=lambda b: b.where)

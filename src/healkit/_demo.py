@@ -77,7 +77,7 @@ from rich.text import Text
 
 from healkit._client import Client
 from healkit._entry_logs import routed_logs
-from healkit._errors import CircuitOpenError, HealkitError
+from healkit._errors import CircuitOpenError, HealkitError, OutcomeUnavailableError
 from healkit._etcd import EtcdClient
 from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource
 from healkit._outcome import AttemptRecord
@@ -1396,11 +1396,13 @@ class _Demo:
             return None, error.attempts, label
         except Exception as error:  # noqa: BLE001 - a lost call is what the demo exists to catch
             return None, (), self._count_lost(scene, f"{type(error).__name__}: {error}")
-        if response.outcome is None:
+        try:
+            outcome = response.outcome
+        except OutcomeUnavailableError:
             return None, (), self._count_lost(scene, f"response without an outcome: {response!r}")
         status = str(response.status)
-        label = self._count_response(scene, response.outcome.path, status)
-        return status, response.outcome.attempts, label
+        label = self._count_response(scene, outcome.path, status)
+        return status, outcome.attempts, label
 
     def _count_response(self, scene: _Tally, path: str, status: str) -> str:
         if status not in self.total.statuses and not status.startswith("2"):

@@ -26,6 +26,7 @@ attempts made (``error.attempts``)::
     ├── CallError                   a decorated function raised an exception counted as failure
     ├── RequestError                the request itself is invalid (bad URL, unknown service)
     │   └── ClientClosedError       the client is not open (never entered, or already closed)
+    ├── OutcomeUnavailableError     no healkit call returned this response (also a LookupError)
     ├── ConfigError                 a configuration document is invalid (path and reason per issue)
     ├── PluginError                 a plugin crashed in a decision hook (names the plugin)
     └── EtcdError                   talking to etcd failed (healkit's own etcd client)
@@ -347,6 +348,20 @@ class ClientClosedError(RequestError):
     The client was never entered (``async with healkit.Client() as client``),
     has been closed, or its adopted aiohttp session was closed. Nothing was sent.
     """
+
+
+@final
+class OutcomeUnavailableError(HealkitError, LookupError):
+    """A response has no outcome: no healkit call returned it (yet).
+
+    Raised by :attr:`healkit.Response.outcome` on a response that a plugin built
+    and no call has returned, or that a hook reads before its call ended, and by
+    :func:`healkit.httpx.outcome_of` on an httpx response that did not come
+    through healkit's transport. Every response a call returns has one. No
+    request is involved, so nothing was sent.
+    """
+
+    may_have_reached_server = False
 
 
 @final

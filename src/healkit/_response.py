@@ -19,6 +19,7 @@ from healkit._errors import (
     BodyTooLargeError,
     HealkitError,
     HTTPStatusError,
+    OutcomeUnavailableError,
     display_url,
     map_aiohttp_error,
 )
@@ -49,7 +50,8 @@ class Response:
         headers: the response headers (case-insensitive, read-only).
         url: the URL that answered (redacted of userinfo).
         outcome: how the call got this response: path taken, attempts, endpoint.
-            Set once the call ends.
+            Set on every response a call returns; reading it on another one
+            raises :class:`OutcomeUnavailableError`.
 
     """
 
@@ -131,8 +133,23 @@ class Response:
         return self
 
     @property
-    def outcome(self) -> Outcome | None:
-        """How the call got this response (``None`` for a response no call returned)."""
+    def outcome(self) -> Outcome:
+        """How the call got this response: path taken, attempts, endpoint.
+
+        Raises:
+            OutcomeUnavailableError: no healkit call returned this response (a
+                plugin built it, or a hook reads it before its call ended).
+
+        """
+        outcome = self._bound_outcome()
+        if outcome is None:
+            raise OutcomeUnavailableError(
+                "this response has no outcome: no healkit call returned it (yet)"
+            )
+        return outcome
+
+    def _bound_outcome(self) -> Outcome | None:
+        """Return the outcome if a call bound one (built on first read), else None."""
         if self._outcome is None and self._outcome_source is not None:
             self._outcome = self._outcome_source()
         return self._outcome
@@ -156,7 +173,8 @@ class Response:
         return copy
 
     def __repr__(self) -> str:
-        path = self.outcome.path if self.outcome is not None else "?"
+        outcome = self._bound_outcome()
+        path = outcome.path if outcome is not None else "?"
         return f"<Response {self.status} {self.url} path={path}>"
 
     @property
@@ -214,8 +232,9 @@ class Response:
             raise self._with_attempts(error) from exc
 
     def _with_attempts(self, error: HealkitError) -> HealkitError:
-        if self.outcome is not None:
-            error.attempts = self.outcome.attempts
+        outcome = self._bound_outcome()
+        if outcome is not None:
+            error.attempts = outcome.attempts
         return error
 
     def text(self, encoding: str | None = None) -> str:
@@ -244,10 +263,9 @@ class Response:
         """Raise :class:`HTTPStatusError` for a 4xx or 5xx status; return self otherwise."""
         if self.status >= 400:
             excerpt = self._body[:200].decode("utf-8", errors="replace") if self._body else ""
-            error = HTTPStatusError(self.status, url=self.url, body_excerpt=excerpt)
-            if self.outcome is not None:
-                error.attempts = self.outcome.attempts
-            raise error
+            raise self._with_attempts(
+                HTTPStatusError(self.status, url=self.url, body_excerpt=excerpt)
+            )
         return self
 
     def release(self) -> None:

@@ -58,6 +58,7 @@ from healkit._errors import (
     ConnectTimeout,
     DNSError,
     HealkitError,
+    OutcomeUnavailableError,
     ProtocolError,
     ReadTimeout,
     RequestError,
@@ -216,12 +217,13 @@ def outcome_of(response: httpx.Response) -> Outcome:
     """Return how healkit got ``response``: path taken, attempts, endpoint.
 
     Raises:
-        LookupError: the response did not come through a :class:`ResilientTransport`.
+        OutcomeUnavailableError: the response did not come through a
+            :class:`ResilientTransport` (also a ``LookupError``).
 
     """
     outcome = response.extensions.get(OUTCOME_EXTENSION)
     if not isinstance(outcome, Outcome):
-        raise LookupError(  # noqa: TRY004 - a missing entry, not an argument of the wrong type
+        raise OutcomeUnavailableError(
             "this response did not come through healkit's httpx transport"
         )
     return outcome

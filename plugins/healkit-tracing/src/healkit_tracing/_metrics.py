@@ -21,6 +21,7 @@ class Instruments:
         "breaker_state",
         "breaker_transitions",
         "call_duration",
+        "config_version",
         "connect_duration",
         "connections",
         "degraded",
@@ -74,6 +75,11 @@ class Instruments:
             n.METRIC_BREAKER_STATE,
             unit="1",
             description="1 for the state a circuit breaker is in, 0 for a state it left.",
+        )
+        self.config_version = meter.create_gauge(
+            n.METRIC_CONFIG_VERSION,
+            unit="{version}",
+            description="The version of the configuration in force (1 for the first applied).",
         )
         self.state_evictions = meter.create_counter(
             n.METRIC_STATE_EVICTIONS,

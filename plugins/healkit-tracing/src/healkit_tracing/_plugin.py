@@ -212,13 +212,19 @@ class TracingPlugin:
 
     @healkit.hookimpl
     def healkit_configure(self, config: healkit.HealkitConfig, runtime: healkit.Runtime) -> None:
-        """Compile each policy's settings; find the breaker plugin, if one is registered."""
+        """Compile each policy's settings; find the breaker plugin; record the config version."""
         for policy in (config.defaults, *config.services.values()):
             policy_of(policy)
         self._config = config
         self._runtime = runtime
         breaker = runtime.plugin_manager.get_plugin("breaker")
         self._breaker = breaker if callable(getattr(breaker, "state", None)) else None
+        sinks = self._sinks
+        if sinks.watching:
+            sinks.refresh()
+        if sinks.metrics and policy_of(config.defaults).metrics:
+            # The version belongs to no service: the defaults' record_metrics decides.
+            self._instruments.config_version.set(runtime.version)
 
     @healkit.hookimpl
     def healkit_trace_configs(self) -> Sequence[aiohttp.TraceConfig]:
