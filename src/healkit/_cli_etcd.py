@@ -2,12 +2,12 @@
 
 ::
 
-    healkit config push FILE|DIR [--dry-run] [--prune] [--block NAME ...]
-    healkit config get [SERVICE] [--format json|yaml|toml]
-    healkit config diff FILE|DIR [--prune] [--block NAME ...]
+    healkit config push FILE|DIR [--dry-run] [--prune] [--json] [--block NAME ...]
+    healkit config get [SERVICE] [--json | --format json|yaml|toml]
+    healkit config diff FILE|DIR [--prune] [--json] [--block NAME ...]
     healkit config watch [--count N] [--timeout SECONDS] [--block NAME ...]
-    healkit config history SERVICE [--full]
-    healkit config rollback SERVICE --to REVISION [--dry-run] [--block NAME ...]
+    healkit config history SERVICE [--full] [--limit N] [--json]
+    healkit config rollback SERVICE --to REVISION [--dry-run] [--json] [--block NAME ...]
     healkit status [--json] [--block NAME ...]
 
 Every command takes the connection options (``--endpoints``, ``--namespace``,
@@ -50,7 +50,17 @@ from typing import Any, Final, Literal, TextIO, final
 import msgspec
 import yaml
 
-from healkit._cli_args import positive_float, positive_int
+from healkit._cli_args import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    close_names,
+    etcd_endpoints,
+    positive_float,
+    positive_int,
+    write_json,
+)
 from healkit._config import ConfigSection, build_config, name_problem, service_name_issues
 from healkit._config_formats import DocumentFormat, format_for_path, load_file, parse_document
 from healkit._config_validate import join_path
@@ -79,11 +89,6 @@ __all__ = [
     "toml_dumps",
 ]
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
-
 ENV_ENDPOINTS: Final = "HEALKIT_ETCD_ENDPOINTS"
 ENV_NAMESPACE: Final = "HEALKIT_NAMESPACE"
 ENV_PREFIX: Final = "HEALKIT_ETCD_PREFIX"
@@ -95,6 +100,7 @@ ENV_PASSWORD: Final = "HEALKIT_ETCD_PASSWORD"  # noqa: S105 - the variable's nam
 DEFAULT_NAMESPACE: Final = "default"
 
 _SUMMARY: Final = 100
+DEFAULT_HISTORY_LIMIT: Final = 100
 MAX_TXN_OPS: Final = 128  # etcd's default --max-txn-ops
 _REVISION_IN_ORIGIN: Final = re.compile(r"revision (\d+)\s*$")
 _DEFAULTS: Final = "defaults"
@@ -156,8 +162,9 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("etcd connection")
     group.add_argument(
         "--endpoints",
+        type=etcd_endpoints,
         metavar="URLS",
-        help=f"etcd endpoints, comma-separated (${ENV_ENDPOINTS}; required)",
+        help=f"etcd endpoints, comma-separated http(s)://HOST:PORT (${ENV_ENDPOINTS}; required)",
     )
     group.add_argument(
         "--namespace", help=f"the namespace (${ENV_NAMESPACE}; default {DEFAULT_NAMESPACE!r})"
@@ -210,12 +217,15 @@ def _resolve_connection(args: argparse.Namespace, parser: argparse.ArgumentParse
         value: str | None = getattr(args, name)
         return value or env.get(variable) or None
 
-    raw_endpoints = option("endpoints", ENV_ENDPOINTS)
-    if not raw_endpoints:
-        parser.error(f"give the etcd endpoints with --endpoints or ${ENV_ENDPOINTS}")
-    endpoints = tuple(part.strip() for part in raw_endpoints.split(",") if part.strip())
-    if not endpoints:
-        parser.error(f"no etcd endpoint in {raw_endpoints!r}")
+    endpoints: tuple[str, ...] | None = args.endpoints
+    if endpoints is None:
+        from_env = env.get(ENV_ENDPOINTS)
+        if not from_env:
+            parser.error(f"give the etcd endpoints with --endpoints or ${ENV_ENDPOINTS}")
+        try:
+            endpoints = etcd_endpoints(from_env)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"${ENV_ENDPOINTS}: {error}")
     namespace = option("namespace", ENV_NAMESPACE) or DEFAULT_NAMESPACE
     prefix = option("prefix", ENV_PREFIX) or DEFAULT_PREFIX
     try:
@@ -281,35 +291,71 @@ def add_commands(
 ) -> None:
     """Add ``healkit status`` to ``commands`` and the etcd actions to ``config_commands``."""
     push = config_commands.add_parser(
-        "push", help="validate a document and write it to etcd in one transaction"
+        "push",
+        help="validate a document and write it to etcd in one transaction",
+        description=(
+            "Validate a document (FILE) or one file a service (DIR) before connecting, then"
+            " validate the namespace as it will be and write every changed key in one"
+            " transaction."
+        ),
     )
     push.add_argument("source", metavar="FILE|DIR", help="a whole document, or one file a service")
     push.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
     push.add_argument(
         "--prune", action="store_true", help="delete the services etcd has but the document lacks"
     )
+    _json_option(push, "print the keys changed (or that would change) as one JSON object")
     block_option(push)
     _etcd_command(push, _push)
 
-    get = config_commands.add_parser("get", help="print the namespace's document from etcd")
+    get = config_commands.add_parser(
+        "get",
+        help="print the namespace's document from etcd",
+        description=(
+            "Print the namespace's whole document (defaults and services) or one service's,"
+            " as etcd holds it."
+        ),
+    )
     get.add_argument(
         "service", nargs="?", type=_service_name, help="print only this service's document"
     )
-    get.add_argument(
-        "--format", choices=("json", "yaml", "toml"), default="json", help="default json"
+    output = get.add_mutually_exclusive_group()
+    output.add_argument(
+        "--format",
+        choices=("json", "yaml", "toml"),
+        default="json",
+        help="the output format (default json)",
+    )
+    output.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="print the document as one JSON object (the default; same as --format json)",
     )
     _etcd_command(get, _get)
 
     diff = config_commands.add_parser(
-        "diff", help="show what push would write (exit 0: same, 1: different, 2: trouble)"
+        "diff",
+        help="show what push would write (exit 0: same, 1: different, 2: trouble)",
+        description=(
+            "Show what 'config push' would write, as a unified diff per key."
+            " Exit status 0: etcd holds the document, 1: it differs, 2: trouble."
+        ),
     )
     diff.add_argument("source", metavar="FILE|DIR", help="a whole document, or one file a service")
     diff.add_argument("--prune", action="store_true", help="also show the deletes of --prune")
+    _json_option(diff, "print the keys that differ, with both documents, as one JSON object")
     block_option(diff)
     _etcd_command(diff, _diff, failure_status=EXIT_USAGE)
 
     watch = config_commands.add_parser(
-        "watch", help="print each revision applied or rejected, live (Ctrl-C to stop)"
+        "watch",
+        help="print each revision applied or rejected, live (Ctrl-C to stop)",
+        description=(
+            "Follow the namespace like an instance does and print one line per revision"
+            " applied or document rejected, until Ctrl-C, --count or --timeout."
+        ),
     )
     watch.add_argument(
         "--count", type=positive_int, metavar="N", help="stop after N revisions reported"
@@ -321,29 +367,63 @@ def add_commands(
     _etcd_command(watch, _watch)
 
     history = config_commands.add_parser(
-        "history", help="list the revisions of a service's document still in etcd's history"
+        "history",
+        help="list the revisions of a service's document still in etcd's history",
+        description=(
+            "List the versions of a service's document that etcd still keeps, newest first,"
+            " and say where the history ends."
+        ),
     )
     history.add_argument("service", type=_service_name, help="the service")
     history.add_argument("--full", action="store_true", help="print each document whole")
+    history.add_argument(
+        "--limit",
+        type=positive_int,
+        default=DEFAULT_HISTORY_LIMIT,
+        metavar="N",
+        help=f"list at most N versions (default {DEFAULT_HISTORY_LIMIT})",
+    )
+    _json_option(history, "print the versions, with their documents, as one JSON object")
     _etcd_command(history, _history)
 
     rollback = config_commands.add_parser(
-        "rollback", help="write back the document a service had at a revision"
+        "rollback",
+        help="write back the document a service had at a revision",
+        description=(
+            "Write back the document a service had at a revision, once the namespace is"
+            " checked to be valid with it."
+        ),
     )
     rollback.add_argument("service", type=_service_name, help="the service")
     rollback.add_argument(
-        "--to", dest="revision", type=positive_int, required=True, metavar="REVISION"
+        "--to",
+        dest="revision",
+        type=positive_int,
+        required=True,
+        metavar="REVISION",
+        help="the etcd revision whose document to write back (required)",
     )
     rollback.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
+    _json_option(rollback, "print what was (or would be) written as one JSON object")
     block_option(rollback)
     _etcd_command(rollback, _rollback)
 
     status = commands.add_parser(
-        "status", help="etcd's status and every document of the namespace, checked"
+        "status",
+        help="etcd's status and every document of the namespace, checked",
+        description=(
+            "Show the etcd member that answers, every document of the namespace checked as"
+            " instances check it, and fleet health per service. Exit status 1 when a"
+            " document is invalid."
+        ),
     )
-    status.add_argument("--json", action="store_true", help="print one JSON object")
+    _json_option(status, "print one JSON object")
     block_option(status)
     _etcd_command(status, _status)
+
+
+def _json_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--json", action="store_true", help=text)
 
 
 def _service_name(text: str) -> str:
@@ -369,7 +449,7 @@ def _etcd_command(
             err.write("healkit: interrupted\n")
             return EXIT_INTERRUPTED
         except ConfigError as error:
-            _write_config_error(err, error)
+            write_config_error(err, error)
         except EtcdError as error:
             err.write(f"healkit: {type(error).__name__}: {_one_line(error.message)}\n")
         except (_CommandError, PushConflictError) as error:
@@ -379,7 +459,7 @@ def _etcd_command(
     parser.set_defaults(run=run)
 
 
-def _write_config_error(err: TextIO, error: ConfigError) -> None:
+def write_config_error(err: TextIO, error: ConfigError) -> None:
     """Write one line for one issue; else a line saying how many, then one line per issue."""
     where = f"{error.origin}: " if error.origin else ""
     if len(error.issues) == 1:
@@ -538,7 +618,7 @@ def _load_directory(path: Path) -> dict[str, object]:
     return documents
 
 
-def _assemble(documents: Mapping[str, object]) -> dict[str, object]:
+def assemble(documents: Mapping[str, object]) -> dict[str, object]:
     """Build the whole document of keys ``defaults`` and ``services/<name>`` (others left out)."""
     whole: dict[str, object] = {}
     services: dict[str, object] = {}
@@ -613,7 +693,7 @@ def plan_push(
         ConfigError: either document is invalid.
 
     """
-    build_config(_assemble(documents), sections, origin=origin)
+    build_config(assemble(documents), sections, origin=origin)
     new_texts = {key: canonical_json(value) for key, value in documents.items()}
     kept: list[str] = []
     changes: list[Change] = []
@@ -684,7 +764,7 @@ def _check_result(
         except ConfigError as error:
             issues += [ConfigIssue(_path_of(key), i.reason) for i in error.issues]
     try:
-        build_config(_assemble(documents), sections, origin=state.root)
+        build_config(assemble(documents), sections, origin=state.root)
     except ConfigError as error:
         issues += error.issues
     if issues:
@@ -738,44 +818,68 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-async def _plan_from_args(
-    args: argparse.Namespace, connection: Connection, client: EtcdClient
-) -> PushPlan:
+def _checked_source(
+    args: argparse.Namespace,
+) -> tuple[dict[str, object], tuple[ConfigSection[Any], ...]]:
+    """Read FILE|DIR and validate it on its own: its problems come before any etcd trouble."""
     documents = load_source(args.source)
     sections = _sections(args.block)
-    state = await read_namespace(client, connection.root)
-    return plan_push(state, documents, sections, prune=args.prune, origin=args.source)
+    build_config(assemble(documents), sections, origin=args.source)
+    return documents, sections
+
+
+def _plan_json(plan: PushPlan) -> dict[str, Any]:
+    """Return the JSON object of ``config diff --json`` (``push --json`` adds to it)."""
+    return {
+        "prefix": plan.root,
+        "revision": plan.revision,
+        "changes": [
+            {"key": c.key, "action": c.action, "old": c.old, "new": c.new} for c in plan.changes
+        ],
+        "kept": list(plan.kept),
+    }
+
+
+def _write_kept(plan: PushPlan) -> None:
+    for key in plan.kept:
+        sys.stderr.write(
+            f"healkit: {plan.root}{key} is in etcd but not in the document:"
+            " kept (--prune deletes it)\n"
+        )
 
 
 async def _push(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
+    documents, sections = _checked_source(args)
+    written: int | None = None
     async with connection.client() as client:
-        plan = await _plan_from_args(args, connection, client)
-        for key in plan.kept:
-            sys.stderr.write(
-                f"healkit: {plan.root}{key} is in etcd but not in the document:"
-                " kept (--prune deletes it)\n"
-            )
-        if not plan.changes:
-            out.write(
-                f"nothing to push: etcd already holds this document (revision {plan.revision})\n"
-            )
-            return EXIT_OK
-        if args.dry_run:
-            _write_diff(out, plan.root, plan.changes, plan.revision)
-            count = len(plan.changes)
-            out.write(f"dry run: {count} key{_s(count)} would change; nothing written\n")
-            return EXIT_OK
-        revision = await commit(client, plan)
-    out.writelines(f"{change.action} {plan.root}{change.key}\n" for change in plan.changes)
+        state = await read_namespace(client, connection.root)
+        plan = plan_push(state, documents, sections, prune=args.prune, origin=args.source)
+        if plan.changes and not args.dry_run:
+            written = await commit(client, plan)
     count = len(plan.changes)
-    out.write(f"pushed {count} key{_s(count)} to {plan.root} at revision {revision}\n")
+    if args.json:
+        write_json(out, _plan_json(plan) | {"dry_run": args.dry_run, "written_revision": written})
+    elif not plan.changes:
+        out.write(f"nothing to push: etcd already holds this document (revision {plan.revision})\n")
+    elif written is None:
+        _write_diff(out, plan.root, plan.changes, plan.revision)
+        out.write(f"dry run: {count} key{_s(count)} would change; nothing written\n")
+    else:
+        out.writelines(f"{change.action} {plan.root}{change.key}\n" for change in plan.changes)
+        out.write(f"pushed {count} key{_s(count)} to {plan.root} at revision {written}\n")
+    _write_kept(plan)
     return EXIT_OK
 
 
 async def _diff(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
+    documents, sections = _checked_source(args)
     async with connection.client() as client:
-        plan = await _plan_from_args(args, connection, client)
-    _write_diff(out, plan.root, plan.changes, plan.revision)
+        state = await read_namespace(client, connection.root)
+    plan = plan_push(state, documents, sections, prune=args.prune, origin=args.source)
+    if args.json:
+        write_json(out, _plan_json(plan))
+    else:
+        _write_diff(out, plan.root, plan.changes, plan.revision)
     return EXIT_FAILED if plan.changes else EXIT_OK
 
 
@@ -795,7 +899,10 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
         key = _SERVICES + args.service
         data = state.raw(key)
         if data is None:
-            raise _CommandError(f"no document for service {args.service!r} at {state.root}{key}")
+            raise _CommandError(
+                f"no document for service {args.service!r} at {state.root}{key}"
+                + close_names(args.service, _service_names(state.keys))
+            )
         document = _decode_stored(data, state.root + key)
     else:
         documents: dict[str, object] = {}
@@ -809,7 +916,7 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
                 # Show the others; mark this one where its document would be.
                 documents[key] = {UNDECODABLE: error.reason}
                 undecodable.append((key, error))
-        document = _assemble(documents)
+        document = assemble(documents)
     out.write(_render(document, args.format))
     if undecodable:
         for key, problem in undecodable:
@@ -909,29 +1016,94 @@ def _toml_value(value: object, path: Sequence[str]) -> str:  # noqa: PLR0911 - o
 # -- history --------------------------------------------------------------------------------
 
 
+@final
+@dataclass(frozen=True)
+class _HistoryEnd:
+    """Why ``config history`` stopped: the first version, compaction, or ``--limit``."""
+
+    reason: Literal["created", "compacted", "limit"]
+    revision: int | None
+
+
 async def _history(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
     key = connection.root + _SERVICES + args.service
+    versions: list[KeyValue] = []
     async with connection.client() as client:
         kv = await client.get(key)
         if kv is None:
-            raise _CommandError(f"no document for service {args.service!r} at {key}")
-        out.write(f"{key} (newest first):\n")
-        while True:
-            _write_version(out, kv, full=args.full)
-            if kv.mod_revision == kv.create_revision:
-                out.write(f"history ends: created at revision {kv.create_revision}\n")
-                return EXIT_OK
-            try:
-                previous = await client.get(key, revision=kv.mod_revision - 1)
-            except EtcdCompacted:
-                compacted = await _compact_revision(client, key, connection.request_timeout)
-                where = f" at revision {compacted}" if compacted else ""
-                out.write(f"history ends: compacted{where} (older versions are gone)\n")
-                return EXIT_OK
-            if previous is None:  # pragma: no cover - mod == create covers a first version
-                out.write(f"history ends: created at revision {kv.create_revision}\n")
-                return EXIT_OK
-            kv = previous
+            found = await client.range(connection.root + _SERVICES, prefix=True, keys_only=True)
+            relative = (k.key.decode("utf-8", "replace")[len(connection.root) :] for k in found.kvs)
+            raise _CommandError(
+                f"no document for service {args.service!r} at {key}"
+                + close_names(args.service, _service_names(relative))
+            )
+        end = await _walk_history(client, kv, versions, args.limit, connection.request_timeout)
+    if args.json:
+        write_json(
+            out,
+            {
+                "key": key,
+                "service": args.service,
+                "versions": [_version_json(v) for v in versions],
+                "ends": {"reason": end.reason, "revision": end.revision},
+            },
+        )
+        return EXIT_OK
+    out.write(f"{key} (newest first):\n")
+    for version in versions:
+        _write_version(out, version, full=args.full)
+    if end.reason == "created":
+        out.write(f"history ends: created at revision {end.revision}\n")
+    elif end.reason == "compacted":
+        where = f" at revision {end.revision}" if end.revision else ""
+        out.write(f"history ends: compacted{where} (older versions are gone)\n")
+    else:
+        out.write(f"history goes on: older versions not listed (--limit {args.limit})\n")
+    return EXIT_OK
+
+
+async def _walk_history(
+    client: EtcdClient, kv: KeyValue, versions: list[KeyValue], limit: int, seconds: float
+) -> _HistoryEnd:
+    """Append ``kv`` and the versions before it to ``versions``, at most ``limit`` of them."""
+    key = kv.key
+    while True:
+        versions.append(kv)
+        if kv.mod_revision == kv.create_revision:
+            return _HistoryEnd("created", kv.create_revision)
+        if len(versions) >= limit:
+            return _HistoryEnd("limit", None)
+        try:
+            previous = await client.get(key, revision=kv.mod_revision - 1)
+        except EtcdCompacted:
+            return _HistoryEnd(
+                "compacted",
+                await _compact_revision(client, key.decode("utf-8", "replace"), seconds),
+            )
+        if previous is None:  # pragma: no cover - mod == create covers a first version
+            return _HistoryEnd("created", kv.create_revision)
+        kv = previous
+
+
+def _version_json(kv: KeyValue) -> dict[str, Any]:
+    """One version of ``config history --json``: the decoded document, or why it is not one."""
+    document: object = None
+    undecodable: str | None = None
+    try:
+        document = _decode_stored(kv.value, "")
+    except ConfigError as error:
+        undecodable = error.reason
+    return {
+        "revision": kv.mod_revision,
+        "version": kv.version,
+        "document": document,
+        "undecodable": undecodable,
+    }
+
+
+def _service_names(keys: Iterable[str]) -> list[str]:
+    """Return the services of ``keys`` (relative to the namespace)."""
+    return [key_role(key)[1] for key in keys if key_role(key)[0] == "service"]
 
 
 def _write_version(out: TextIO, kv: KeyValue, *, full: bool) -> None:
@@ -972,6 +1144,7 @@ async def _rollback(args: argparse.Namespace, connection: Connection, out: TextI
     relative = _SERVICES + args.service
     key = connection.root + relative
     sections = _sections(args.block)
+    written: int | None = None
     async with connection.client() as client:
         state = await read_namespace(client, connection.root)
         if args.revision > state.revision:
@@ -987,28 +1160,50 @@ async def _rollback(args: argparse.Namespace, connection: Connection, out: TextI
                 f"revision {args.revision} of {key} was compacted away{where}"
             ) from None
         if then is None:
-            raise _CommandError(f"{key} did not exist at revision {args.revision}")
-        old_text = then.value.decode("utf-8", "replace")
+            known = _service_names(state.keys)
+            raise _CommandError(
+                f"{key} did not exist at revision {args.revision}"
+                + ("" if args.service in known else close_names(args.service, known))
+            )
         current = state.keys.get(relative)
-        change = Change(key=relative, old=state.text(relative), new=old_text)
-        if change.old == change.new:
-            out.write(f"{key} already holds the document of revision {args.revision}\n")
-            return EXIT_OK
-        _check_result(state, {relative: old_text}, sections)
-        if args.dry_run:
-            _write_diff(out, state.root, [change], state.revision)
-            out.write("dry run: nothing written\n")
-            return EXIT_OK
-        guard = Compare.mod_revision(key, "==", 0 if current is None else current.mod_revision)
-        result = await client.txn([guard], [PutOp(key=key.encode(), value=then.value)])
-    if not result.succeeded:
-        raise PushConflictError(
-            f"{key} changed while rolling back; nothing was written: look at it and try again"
+        restored = then.value.decode("utf-8", "replace")
+        change = Change(key=relative, old=state.text(relative), new=restored)
+        if change.old != change.new:
+            _check_result(state, {relative: restored}, sections)
+            if not args.dry_run:
+                guard = Compare.mod_revision(
+                    key, "==", 0 if current is None else current.mod_revision
+                )
+                result = await client.txn([guard], [PutOp(key=key.encode(), value=then.value)])
+                if not result.succeeded:
+                    raise PushConflictError(
+                        f"{key} changed while rolling back; nothing was written:"
+                        " look at it and try again"
+                    )
+                written = result.revision
+    if args.json:
+        write_json(
+            out,
+            {
+                "key": key,
+                "from_revision": then.mod_revision,
+                "changed": change.old != change.new,
+                "dry_run": args.dry_run,
+                "old": change.old,
+                "new": change.new,
+                "written_revision": written,
+            },
         )
-    out.write(
-        f"rolled back {key} to its document of revision {then.mod_revision}"
-        f" (now revision {result.revision})\n"
-    )
+    elif change.old == change.new:
+        out.write(f"{key} already holds the document of revision {args.revision}\n")
+    elif written is None:
+        _write_diff(out, state.root, [change], state.revision)
+        out.write("dry run: nothing written\n")
+    else:
+        out.write(
+            f"rolled back {key} to its document of revision {then.mod_revision}"
+            f" (now revision {written})\n"
+        )
     return EXIT_OK
 
 
@@ -1252,7 +1447,7 @@ def _namespace_issues(
         except ConfigError as error:
             problems.setdefault(key, []).extend(error.issues)
     base = {k: v for k, v in decoded.items() if key_role(k)[0] in {"defaults", "service"}}
-    _attribute(build_issues(_assemble(base), sections), base, problems)
+    _attribute(build_issues(assemble(base), sections), base, problems)
     channels = sorted({key_role(k)[2] for k in decoded if key_role(k)[0] == "overlay"})
     for channel in channels:
         overlays = {
@@ -1265,7 +1460,7 @@ def _namespace_issues(
             below = merged.get(key, {})
             if isinstance(below, dict) and isinstance(overlay, dict):
                 merged[key] = {**below, **overlay}
-        found = build_issues(_assemble(merged), sections)
+        found = build_issues(assemble(merged), sections)
         for issue in found:
             target = _key_of_path(issue.path, overlays)
             if target is not None:
