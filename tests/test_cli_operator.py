@@ -301,6 +301,26 @@ def test_rollback_json_says_what_was_written(
     assert again["changed"] is False
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_says_on_stderr_which_documents_are_invalid(
+    server: EtcdServer,
+    namespace: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    as_json: bool,
+) -> None:
+    pushed(capsys, server, namespace, tmp_path)
+    root = f"/healkit/{namespace}/"
+    put(server, root + "services/search", json.dumps({"endpoints": [1]}))
+    run = cli(capsys, "status", *(["--json"] if as_json else []), *connect(server, namespace))
+    assert run.status == 1
+    assert run.err == f"healkit: {root}: invalid: services/search\n"
+    if as_json:
+        assert json.loads(run.out)["valid"] is False
+    else:
+        assert "services/search" in run.out
+
+
 # -- close names -----------------------------------------------------------------------------
 
 

@@ -196,7 +196,7 @@ def _plugins(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"    error: {info.error}\n")
         else:
             out.write(f"    hooks: {', '.join(info.hooks)}\n")
-    if broken and not args.json:
+    if broken:
         names = ",".join(info.name for info in broken)
         sys.stderr.write(
             f"healkit: {len(broken)} broken plugin{'s' if len(broken) != 1 else ''}: every "

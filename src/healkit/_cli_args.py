@@ -4,8 +4,9 @@ The conventions every command keeps:
 
 - stdout carries the command's data and nothing else; with ``--json`` that
   data is one JSON document (:func:`write_json`);
-- stderr carries the problems, each line starting with ``healkit:``, written
-  after the data (``config watch``, which runs live, writes each as it comes);
+- stderr carries the problems, written after the data (``config watch``,
+  which runs live, writes each as it comes): one line each, starting with
+  ``healkit:``; the problems of an invalid document follow its line, indented;
 - the exit status is :data:`EXIT_OK`, :data:`EXIT_FAILED`, :data:`EXIT_USAGE`
   or :data:`EXIT_INTERRUPTED`.
 """

@@ -42,7 +42,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO, final
@@ -1234,7 +1234,8 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
         )
     problems = _namespace_issues(state, sections)
     views, unreadable = _instance_views(connection.root, instances.kvs)
-    fleet = _fleet_health(state, [kv.key.decode("utf-8", "replace") for kv in health.kvs], views)
+    health_keys = [kv.key.decode("utf-8", "replace") for kv in health.kvs]
+    fleet = _fleet_health(state, health_keys, views, invalid=problems.keys())
     rows = [
         _DocumentStatus(
             key=state.root + key,
@@ -1270,6 +1271,7 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
             "unreadable_instance_records": unreadable,
         }
         out.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+        _write_invalid(rows, state.root, whole=bool(problems.get("")))
         return EXIT_FAILED if invalid else EXIT_OK
     leader = "no leader" if not etcd.leader else f"leader {etcd.leader:x}"
     if etcd.leader and etcd.leader == etcd.member_id:
@@ -1293,7 +1295,17 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
     out.writelines(
         f"  instance record {entry['key']} unreadable: {entry['reason']}\n" for entry in unreadable
     )
+    _write_invalid(rows, state.root, whole=bool(problems.get("")))
     return EXIT_FAILED if invalid else EXIT_OK
+
+
+def _write_invalid(rows: Sequence[_DocumentStatus], root: str, *, whole: bool) -> None:
+    """Say on stderr why ``status`` exits with 1: which documents are invalid."""
+    keys = [row.key[len(root) :] for row in rows if not row.valid]
+    if whole:
+        keys.append("(the namespace as a whole)")
+    if keys:
+        sys.stderr.write(f"healkit: {root}: invalid: {', '.join(keys)}\n")
 
 
 def _instance_views(
@@ -1312,12 +1324,18 @@ def _instance_views(
 
 
 def _fleet_health(
-    state: NamespaceState, health_keys: Sequence[str], views: Sequence[InstanceView]
+    state: NamespaceState,
+    health_keys: Sequence[str],
+    views: Sequence[InstanceView],
+    *,
+    invalid: Collection[str],
 ) -> dict[str, Any]:
     """Per service: its endpoint groups, who reports each endpoint out, where traffic goes.
 
     ``views`` are the instances' own (``instances/<instance>``): their local
     health, breaker states and traffic, for the services that share health.
+    The services whose key is in ``invalid`` are left out: their endpoints
+    and groups may be anything (they are listed as invalid instead).
     """
     reports: dict[tuple[str, str], list[str]] = {}
     for key in health_keys:
@@ -1328,7 +1346,7 @@ def _fleet_health(
     view: dict[str, Any] = {}
     for key in state.keys:
         kind, service, _ = key_role(key)
-        if kind != "service":
+        if kind != "service" or key in invalid:
             continue
         try:
             document = _decode_stored(state.raw(key) or b"", state.root + key)
