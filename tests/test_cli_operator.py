@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ PAYMENTS = {"endpoints": ["https://payments.internal:8443"], "retry": {"attempts
 INVENTORY = {"endpoints": ["http://inventory.internal:8080"]}
 DEFAULTS = {"timeout": {"attempt": 5.0}}
 DOCUMENT = {"defaults": DEFAULTS, "services": {"payments": PAYMENTS, "inventory": INVENTORY}}
+DEADLINE = 60.0  # a ceiling against a hang on a loaded machine, not a timing under test
 INVALID = {"services": {"payments": {"endpoints": [1], "max_body_bytes": -1}}}
 
 
@@ -400,3 +406,38 @@ def test_block_names_an_installed_plugin_or_is_a_usage_error(
     assert "no installed plugin of that name" in odd.err
     assert odd.err.count("\n") == 1
     assert cli(capsys, "plugins", "--block", "retry").status == 0
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_in_a_command_without_etcd_is_one_line_and_status_130(tmp_path: Path) -> None:
+    fifo = tmp_path / "stuck.toml"
+    os.mkfifo(fifo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALKIT_")}
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "healkit", "config", "validate", str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    writers: list[int] = []
+    # Opening a FIFO for writing returns once the reader has opened it: then the
+    # command is inside its run, blocked reading the file.
+    opener = threading.Thread(
+        target=lambda: writers.append(os.open(fifo, os.O_WRONLY)), daemon=True
+    )
+    opener.start()
+    opener.join(DEADLINE)
+    try:
+        assert writers, "the command never opened the file"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=DEADLINE)
+    finally:
+        for fd in writers:
+            os.close(fd)
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert (child.returncode, out, err) == (130, "", "healkit: interrupted\n")
