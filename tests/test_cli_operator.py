@@ -24,6 +24,7 @@ import pytest
 from healkit._cli import _parser, main
 from healkit._plugins import installed_plugin_names
 from healkit.testing import EtcdServer, refused_url
+from tests.test_cli_etcd import Lines
 
 PAYMENTS = {"endpoints": ["https://payments.internal:8443"], "retry": {"attempts": 3}}
 INVENTORY = {"endpoints": ["http://inventory.internal:8080"]}
@@ -441,3 +442,47 @@ def test_ctrl_c_in_a_command_without_etcd_is_one_line_and_status_130(tmp_path: P
             child.kill()
             child.communicate()
     assert (child.returncode, out, err) == (130, "", "healkit: interrupted\n")
+
+
+# -- config watch --json ------------------------------------------------------------------------
+
+
+def test_watch_json_prints_one_object_a_line(
+    server: EtcdServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = f"/healkit/{namespace}/"
+    put(server, root + "services/payments", json.dumps(PAYMENTS))
+    out = Lines()
+    monkeypatch.setattr(sys, "stdout", out)
+    statuses: list[int] = []
+    argv = ["config", "watch", "--json", "--count", "2", "--timeout", str(DEADLINE)]
+    thread = threading.Thread(
+        target=lambda: statuses.append(main([*argv, *connect(server, namespace)]))
+    )
+    thread.start()
+    try:
+        out.wait_for('"event": "watching"')
+        applied = put(server, root + "services/inventory", json.dumps(INVENTORY))
+        out.wait_for(f'"revision": {applied}')
+        rejected = put(server, root + "services/payments", '{"endpoints": ["ftp://bad"]}')
+    finally:
+        thread.join(DEADLINE)
+    assert statuses == [0]
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert events[0] == {
+        "event": "watching",
+        "prefix": root,
+        "revision": applied - 1,
+        "valid": True,
+        "issues": [],
+    }
+    assert events[1] == {
+        "event": "applied",
+        "changes": [{"key": "services/inventory", "action": "created"}],
+        "revision": applied,
+    }
+    assert len(events) == 3
+    assert events[2]["event"] == "rejected"
+    assert events[2]["revision"] == rejected
+    assert events[2]["key"] == root + "services/payments"
+    assert events[2]["path"] == "$.services.payments.endpoints[0]"

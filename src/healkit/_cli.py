@@ -7,7 +7,7 @@
     healkit config push FILE|DIR [--dry-run] [--prune] [--json]     (etcd; see _cli_etcd)
     healkit config get [SERVICE] [--json | --format json|yaml|toml]
     healkit config diff FILE|DIR [--prune] [--json]
-    healkit config watch [--count N] [--timeout SECONDS]
+    healkit config watch [--count N] [--timeout SECONDS] [--json]
     healkit config history SERVICE [--full] [--limit N] [--json]
     healkit config rollback SERVICE --to REVISION [--dry-run] [--json]
     healkit status [--json]

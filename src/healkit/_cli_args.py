@@ -3,7 +3,8 @@
 The conventions every command keeps:
 
 - stdout carries the command's data and nothing else; with ``--json`` that
-  data is one JSON document (:func:`write_json`);
+  data is one JSON document (:func:`write_json`), or for ``config watch``,
+  which runs live, one JSON object a line;
 - stderr carries the problems, written after the data (``config watch``,
   which runs live, writes each as it comes): one line each, starting with
   ``healkit:``; the problems of an invalid document follow its line, indented;

@@ -5,7 +5,7 @@
     healkit config push FILE|DIR [--dry-run] [--prune] [--json] [--block NAME ...]
     healkit config get [SERVICE] [--json | --format json|yaml|toml]
     healkit config diff FILE|DIR [--prune] [--json] [--block NAME ...]
-    healkit config watch [--count N] [--timeout SECONDS] [--block NAME ...]
+    healkit config watch [--count N] [--timeout SECONDS] [--json] [--block NAME ...]
     healkit config history SERVICE [--full] [--limit N] [--json]
     healkit config rollback SERVICE --to REVISION [--dry-run] [--json] [--block NAME ...]
     healkit status [--json] [--block NAME ...]
@@ -363,6 +363,7 @@ def add_commands(
     watch.add_argument(
         "--timeout", type=positive_float, metavar="SECONDS", help="stop after this many seconds"
     )
+    _json_option(watch, "print one JSON object a line (JSON Lines) instead of text")
     block_option(watch)
     _etcd_command(watch, _watch)
 
@@ -1517,24 +1518,48 @@ class _WatchReport:
     the source's rejection events (key, revision, path, reason) are printed as
     they are logged. A rejection that the source could not pin on one key is
     printed once the source has finished with that revision (:meth:`flush`).
+    With ``as_json``, each line is a JSON object instead (JSON Lines).
     """
 
     def __init__(
-        self, sections: Sequence[ConfigSection[Any]], out: TextIO, count: int | None
+        self,
+        sections: Sequence[ConfigSection[Any]],
+        out: TextIO,
+        count: int | None,
+        *,
+        as_json: bool = False,
     ) -> None:
         self.sections = tuple(sections)
         self._out = out
         self._count = count
+        self._json = as_json
         self._start = 0
         self._accepted: dict[str, str] = {}
         self._pending: dict[int, ConfigError] = {}
         self._reported: set[int] = set()
         self.done = asyncio.Event()
 
-    def started(self, document: object, revision: int) -> None:
-        """Remember the document the watch starts from, read at ``revision``."""
+    def started(self, root: str, document: object, revision: int) -> None:
+        """Print the document the watch starts from, read at ``revision``, checked."""
         self._start = revision
         self._accepted = _flatten(document)
+        issues = build_issues(document, self.sections)
+        if self._json:
+            self._write_json(
+                {
+                    "event": "watching",
+                    "prefix": root,
+                    "revision": revision,
+                    "valid": not issues,
+                    "issues": [{"path": i.path, "reason": i.reason} for i in issues],
+                }
+            )
+            return
+        count = len(issues)
+        state = "valid" if not issues else f"INVALID ({count} problem{_s(count)})"
+        self._out.write(f"watching {root} from revision {revision}: {state}\n")
+        self._out.writelines(f"    {i.path}: {i.reason}\n" for i in issues)
+        self._out.flush()
 
     async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
         """Validate ``raw`` (in a worker thread); print the revision applied, or keep the error."""
@@ -1548,19 +1573,26 @@ class _WatchReport:
         now = _flatten(raw)
         before = self._accepted
         changed = [
-            f"{key} ({_what_happened(key, before, now)})"
+            (key, _what_happened(key, before, now))
             for key in sorted({*now, *before})
             if now.get(key) != before.get(key)
         ]
         self._accepted = now
         if changed:  # else a resubmission without the keys just rejected
-            self._line(revision, f"applied {', '.join(changed)}")
+            self._line(
+                revision,
+                f"applied {', '.join(f'{key} ({action})' for key, action in changed)}",
+                {"event": "applied", "changes": [{"key": k, "action": a} for k, a in changed]},
+            )
         return None
 
     def reject(self, error: ConfigError) -> None:
         """Print a document the source could not decode at all."""
         for issue in error.issues:
-            self._out.write(f"rejected {error.origin}: {issue.path}: {issue.reason}\n")
+            if self._json:
+                self._write_json(_rejected(None, error.origin, issue.path, issue.reason))
+            else:
+                self._out.write(f"rejected {error.origin}: {issue.path}: {issue.reason}\n")
         self._out.flush()
 
     def emit(self, event: object) -> None:
@@ -1573,9 +1605,11 @@ class _WatchReport:
         if name == "healkit.etcd_document_rejected":
             revision = int(event.get("revision", 0))
             self._pending.pop(revision, None)
+            key, path, reason = (str(event.get(name)) for name in ("key", "path", "reason"))
             self._line(
                 revision,
-                f"rejected {event.get('key')}: {event.get('path')}: {event.get('reason')}",
+                f"rejected {key}: {path}: {reason}",
+                _rejected(revision, key, path, reason),
             )
         elif name in {
             "healkit.etcd_unreachable",
@@ -1593,15 +1627,29 @@ class _WatchReport:
                 self._line(
                     revision,
                     f"rejected (the configuration in force stays): {issue.path}: {issue.reason}",
+                    _rejected(revision, None, issue.path, issue.reason),
                 )
 
-    def _line(self, revision: int, text: str) -> None:
-        self._out.write(f"revision {revision}: {text}\n")
+    def _line(self, revision: int, text: str, record: dict[str, Any]) -> None:
+        """Print what happened at ``revision``: ``text``, or ``record`` as JSON."""
+        if self._json:
+            self._write_json({**record, "revision": revision})
+        else:
+            self._out.write(f"revision {revision}: {text}\n")
         self._out.flush()
         if revision > self._start:
             self._reported.add(revision)
         if self._count is not None and len(self._reported) >= self._count:
             self.done.set()
+
+    def _write_json(self, record: Mapping[str, Any]) -> None:
+        self._out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._out.flush()
+
+
+def _rejected(revision: int | None, key: str | None, path: str, reason: str) -> dict[str, Any]:
+    """Return the JSON line of a rejection (``key``: ``None`` when no one key is to blame)."""
+    return {"event": "rejected", "revision": revision, "key": key, "path": path, "reason": reason}
 
 
 def _what_happened(key: str, before: Mapping[str, str], now: Mapping[str, str]) -> str:
@@ -1630,7 +1678,7 @@ def _origin_revision(origin: str) -> int:
 
 
 async def _watch(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
-    report = _WatchReport(_sections(args.block), out, args.count)
+    report = _WatchReport(_sections(args.block), out, args.count, as_json=args.json)
     started = False
     with routed_logs(report.log):
         async with connection.client() as client:
@@ -1639,17 +1687,7 @@ async def _watch(args: argparse.Namespace, connection: Connection, out: TextIO) 
                 # --timeout bounds the whole command: a hung etcd too.
                 async with asyncio.timeout(args.timeout):
                     document = await source.load()
-                    revision = source.status.applied_revision
-                    report.started(document, revision)
-                    issues = build_issues(document, report.sections)
-                    state = (
-                        "valid"
-                        if not issues
-                        else f"INVALID ({len(issues)} problem{_s(len(issues))})"
-                    )
-                    out.write(f"watching {connection.root} from revision {revision}: {state}\n")
-                    out.writelines(f"    {i.path}: {i.reason}\n" for i in issues)
-                    out.flush()
+                    report.started(connection.root, document, source.status.applied_revision)
                     started = True
                     await _watch_until_done(source, report)
             except TimeoutError:
