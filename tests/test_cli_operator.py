@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -326,6 +327,34 @@ def test_status_says_on_stderr_which_documents_are_invalid(
         assert json.loads(run.out)["valid"] is False
     else:
         assert "services/search" in run.out
+
+
+def strict_json(text: str) -> Any:
+    """Parse ``text`` as JSON proper: ``NaN`` and ``Infinity`` are not JSON."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_parses_whatever_etcd_holds(
+    server: EtcdServer, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = f"/healkit/{namespace}/services/odd"
+    put(server, key, "endpoints: [http://odd.test]\nweight: .nan\nlimit: .inf\nsince: 2024-01-01\n")
+    for argv in (["config", "get", "odd", "--json"], ["config", "history", "odd", "--json"]):
+        run = cli(capsys, *argv, *connect(server, namespace))
+        assert run.status == 0, run.err
+        document = strict_json(run.out)
+        if argv[1] == "history":
+            document = document["versions"][0]["document"]
+        assert document == {
+            "endpoints": ["http://odd.test"],
+            "weight": None,
+            "limit": None,
+            "since": "2024-01-01",
+        }
 
 
 # -- close names -----------------------------------------------------------------------------

@@ -28,8 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-import msgspec
-
 from healkit._cli_args import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -184,7 +182,7 @@ def _plugins(args: argparse.Namespace, out: TextIO) -> int:
     infos = describe_plugins(pm, problems)
     broken = [info for info in infos if info.error is not None]
     if args.json:
-        out.write(msgspec.json.encode(infos).decode() + "\n")
+        write_json(out, infos)
     elif not infos:
         out.write("no plugins installed\n")
     for info in infos if not args.json else ():

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import math
 import re
 from collections.abc import Iterable
 from typing import Final, NoReturn, TextIO
 
+import msgspec
 import yarl
 
 from healkit._plugins import installed_plugin_names
@@ -34,6 +34,7 @@ __all__ = [
     "UsageParser",
     "close_names",
     "etcd_endpoints",
+    "json_text",
     "plugin_name",
     "positive_float",
     "positive_int",
@@ -147,6 +148,18 @@ def close_names(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {' or '.join(repr(c) for c in close)}?"
 
 
+def json_text(document: object, *, indent: int = 2) -> str:
+    """Return ``document`` as valid JSON with a final newline (``indent=0``: one line).
+
+    Documents read from etcd or files are hostile: a key that is not a string
+    becomes one (YAML's ``on`` is ``"True"``), a date its ISO form, and a
+    float that JSON cannot hold (YAML's ``.nan``, ``.inf``) becomes ``null``,
+    so the output always parses.
+    """
+    encoded = msgspec.json.encode(document, enc_hook=str)
+    return msgspec.json.format(encoded, indent=indent).decode() + "\n"
+
+
 def write_json(out: TextIO, document: object) -> None:
     """Write ``document`` to ``out`` as one JSON document (two-space indent, final newline)."""
-    out.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+    out.write(json_text(document))

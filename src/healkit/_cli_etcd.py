@@ -57,6 +57,7 @@ from healkit._cli_args import (
     EXIT_USAGE,
     close_names,
     etcd_endpoints,
+    json_text,
     positive_float,
     positive_int,
     write_json,
@@ -936,7 +937,7 @@ def _render(document: object, fmt: OutputFormat) -> str:
         if not isinstance(document, Mapping):  # pragma: no cover - documents are mappings
             raise _CommandError("only a mapping can be written as TOML")
         return toml_dumps(document)
-    return json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n"
+    return json_text(document)
 
 
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
@@ -1271,7 +1272,7 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
             "fleet": fleet,
             "unreadable_instance_records": unreadable,
         }
-        out.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+        write_json(out, report)
         _write_invalid(rows, state.root, whole=bool(problems.get("")))
         return EXIT_FAILED if invalid else EXIT_OK
     leader = "no leader" if not etcd.leader else f"leader {etcd.leader:x}"
@@ -1643,7 +1644,7 @@ class _WatchReport:
             self.done.set()
 
     def _write_json(self, record: Mapping[str, Any]) -> None:
-        self._out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._out.write(json_text(record, indent=0))
         self._out.flush()
 
 
