@@ -74,7 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     # Typed as the base class: argparse makes every subcommand parser a UsageParser too.
     parser: argparse.ArgumentParser = UsageParser(
-        prog="healkit", description="Resilience for asyncio outbound calls."
+        prog="healkit",
+        description="Resilience for asyncio outbound calls.",
+        epilog=(
+            "Data goes to stdout (one JSON document with --json), problems to stderr."
+            " Exit status: 0 ok, 1 invalid or failed, 2 usage error, 130 interrupted."
+        ),
     )
     parser.add_argument(
         "--version",
