@@ -99,7 +99,7 @@ def test_yaml_keys_that_are_not_strings_are_refused_by_push_and_validate_alike(
         "$.services: invalid key True: expected a string, got bool",
         "$.services: invalid key None: expected a string, got null",
     }
-    assert issue_lines(validated.out) == expected
+    assert issue_lines(validated.err) == expected
     assert issue_lines(pushed.err) == expected
     assert stored(server, namespace) == []  # not services/True, services/None
 
@@ -122,7 +122,7 @@ def test_a_service_name_etcd_could_not_hold_as_is_is_refused(
     assert "nothing to push" not in pushed.out
     [line] = issue_lines(pushed.err)
     assert line.startswith("$.services: invalid key ")
-    assert issue_lines(validated.out) == {line}
+    assert issue_lines(validated.err) == {line}
     assert stored(server, namespace) == []
 
 
@@ -138,7 +138,7 @@ def test_each_bad_name_gets_its_own_refusal(
     assert pushed.status == 1
     assert len(issue_lines(pushed.err)) == 3
     assert issue_lines(pushed.err) == issue_lines(
-        cli(capsys, "config", "validate", str(source)).out
+        cli(capsys, "config", "validate", str(source)).err
     )
 
 
@@ -165,7 +165,7 @@ def test_an_endpoint_host_is_refused_at_its_path_by_both(
         '{"services": {"svc": {"endpoints": ["http://a.test", "http://a..b"]}}}', encoding="utf-8"
     )
     expected = {'$.services.svc.endpoints[1]: invalid host "a..b": empty label'}
-    assert issue_lines(cli(capsys, "config", "validate", str(source)).out) == expected
+    assert issue_lines(cli(capsys, "config", "validate", str(source)).err) == expected
     assert issue_lines(push(capsys, server, namespace, source).err) == expected
 
 

@@ -242,10 +242,12 @@ def test_cli_validate_reports_every_problem(
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"services": {"a": {"endpoints": [1], "max_body_bytes": -1}}}))
     assert main(["config", "validate", str(path)]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert "$.services.a.endpoints[0]: expected a string, got int" in out
-    assert any(line.startswith("$.services.a.max_body_bytes: must be >= 0") for line in out)
-    assert out[-1].endswith("invalid (2 problems)")
+    captured = capsys.readouterr()
+    assert captured.out == ""  # problems go to stderr
+    err = captured.err.splitlines()
+    assert err[0] == f"healkit: {path}: invalid (2 problems):"
+    assert "  $.services.a.endpoints[0]: expected a string, got int" in err
+    assert any(line.startswith("  $.services.a.max_body_bytes: must be >= 0") for line in err)
 
 
 def test_cli_validate_accepts_a_good_file(

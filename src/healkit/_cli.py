@@ -3,15 +3,20 @@
 ::
 
     healkit plugins [--json] [--check] [--block NAME ...]
-    healkit config validate FILE [--block NAME ...]
-    healkit config push FILE|DIR [--dry-run] [--prune]     (etcd; see _cli_etcd)
-    healkit config get [SERVICE] [--format json|yaml|toml]
-    healkit config diff FILE|DIR
-    healkit config watch [--count N] [--timeout SECONDS]
-    healkit config history SERVICE [--full]
-    healkit config rollback SERVICE --to REVISION [--dry-run]
+    healkit config validate FILE|DIR [--json] [--block NAME ...]
+    healkit config push FILE|DIR [--dry-run] [--prune] [--json]     (etcd; see _cli_etcd)
+    healkit config get [SERVICE] [--json | --format json|yaml|toml]
+    healkit config diff FILE|DIR [--prune] [--json]
+    healkit config watch [--count N] [--timeout SECONDS] [--json]
+    healkit config history SERVICE [--full] [--limit N] [--json]
+    healkit config rollback SERVICE --to REVISION [--dry-run] [--json]
     healkit status [--json]
     healkit demo [--duration SECONDS] [--concurrency N] [--json] [--etcd ENDPOINTS] [--trace]
+
+Every command keeps the conventions of :mod:`healkit._cli_args`: data on
+stdout (one JSON document with ``--json``), problems on stderr after it, each
+line prefixed ``healkit:``, exit status 0 (ok), 1 (invalid or failed), 2
+(usage) or 130 (interrupted).
 """
 
 from __future__ import annotations
@@ -20,12 +25,23 @@ import argparse
 import importlib.metadata
 import sys
 from collections.abc import Sequence
-from typing import Final, TextIO
+from pathlib import Path
+from typing import TextIO
 
-import msgspec
-
-from healkit._cli_args import UsageParser, positive_float, positive_int
+from healkit._cli_args import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageParser,
+    etcd_endpoints,
+    plugin_name,
+    positive_float,
+    positive_int,
+    write_json,
+)
 from healkit._cli_etcd import add_commands as add_etcd_commands
+from healkit._cli_etcd import assemble, load_source, write_config_error
 from healkit._config import build_config
 from healkit._config_formats import load_file
 from healkit._errors import ConfigError, EtcdError, PluginError
@@ -39,10 +55,6 @@ from healkit._runtime import config_sections
 
 __all__ = ["main"]
 
-EXIT_OK: Final = 0
-EXIT_INVALID: Final = 1
-EXIT_USAGE: Final = 2
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
@@ -50,16 +62,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.run(args, sys.stdout)
+    except KeyboardInterrupt:
+        sys.stderr.write("healkit: interrupted\n")
+        return EXIT_INTERRUPTED
     except (PluginError, EtcdError) as error:
         sys.stderr.write(f"healkit: {error}\n")
-        return EXIT_INVALID
+        return EXIT_FAILED
     return status
 
 
 def _parser() -> argparse.ArgumentParser:
     # Typed as the base class: argparse makes every subcommand parser a UsageParser too.
     parser: argparse.ArgumentParser = UsageParser(
-        prog="healkit", description="Resilience for asyncio outbound calls."
+        prog="healkit",
+        description="Resilience for asyncio outbound calls.",
+        epilog=(
+            "Data goes to stdout (one JSON document with --json), problems to stderr."
+            " Exit status: 0 ok, 1 invalid or failed, 2 usage error, 130 interrupted."
+        ),
     )
     parser.add_argument(
         "--version",
@@ -69,7 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    plugins = commands.add_parser("plugins", help="list the plugins healkit loads, and their hooks")
+    plugins = commands.add_parser(
+        "plugins",
+        help="list the plugins healkit loads, and their hooks",
+        description=(
+            "List the built-in and installed plugins healkit loads, with the hooks each"
+            " implements; --check also checks their configuration sections."
+        ),
+    )
     plugins.add_argument("--json", action="store_true", help="print one JSON array")
     plugins.add_argument(
         "--check",
@@ -79,16 +106,38 @@ def _parser() -> argparse.ArgumentParser:
     _block_option(plugins)
     plugins.set_defaults(run=_plugins)
 
-    config = commands.add_parser("config", help="work with configuration documents")
+    config = commands.add_parser(
+        "config",
+        help="work with configuration documents",
+        description="Validate configuration documents, and read and write them in etcd.",
+    )
     config_commands = config.add_subparsers(required=True, metavar="ACTION")
-    validate = config_commands.add_parser("validate", help="validate a TOML, YAML or JSON document")
-    validate.add_argument("file", help="the document to validate")
+    validate = config_commands.add_parser(
+        "validate",
+        help="validate a TOML, YAML or JSON document, or a directory of them",
+        description=(
+            "Validate a document (FILE), or a directory with one file per service and an"
+            " optional defaults file (DIR, named as for 'config push'), with the installed"
+            " plugins' sections. Exit status 0: valid, 1: invalid."
+        ),
+    )
+    validate.add_argument(
+        "source", metavar="FILE|DIR", help="a whole document, or a directory of one file a service"
+    )
+    validate.add_argument(
+        "--json", action="store_true", help="print the verdict and every problem as one JSON object"
+    )
     _block_option(validate)
     validate.set_defaults(run=_validate)
     add_etcd_commands(commands, config_commands, _block_option)
 
     demo = commands.add_parser(
-        "demo", help="watch healkit keep traffic alive through a scripted outage"
+        "demo",
+        help="watch healkit keep traffic alive through a scripted outage",
+        description=(
+            "Run a scripted outage against local servers and show how healkit keeps"
+            " traffic alive (needs the demo extra)."
+        ),
     )
     demo.add_argument(
         "--duration", type=positive_float, default=30.0, help="seconds to run (default 30)"
@@ -101,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--etcd",
-        type=_endpoints,
+        type=etcd_endpoints,
         default=(),
         metavar="ENDPOINTS",
         help=(
@@ -126,8 +175,9 @@ def _block_option(parser: argparse.ArgumentParser) -> None:
         "--block",
         action="append",
         default=[],
+        type=plugin_name,
         metavar="NAME",
-        help="do not load this entry-point plugin (repeatable)",
+        help="do not load this installed plugin (repeatable)",
     )
 
 
@@ -137,7 +187,7 @@ def _plugins(args: argparse.Namespace, out: TextIO) -> int:
     infos = describe_plugins(pm, problems)
     broken = [info for info in infos if info.error is not None]
     if args.json:
-        out.write(msgspec.json.encode(infos).decode() + "\n")
+        write_json(out, infos)
     elif not infos:
         out.write("no plugins installed\n")
     for info in infos if not args.json else ():
@@ -149,33 +199,55 @@ def _plugins(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"    error: {info.error}\n")
         else:
             out.write(f"    hooks: {', '.join(info.hooks)}\n")
-    if broken and not args.json:
+    if broken:
         names = ",".join(info.name for info in broken)
         sys.stderr.write(
             f"healkit: {len(broken)} broken plugin{'s' if len(broken) != 1 else ''}: every "
             f"client refuses to start until it is fixed or blocked "
             f"(HEALKIT_BLOCK_PLUGINS={names})\n"
         )
-    return EXIT_INVALID if args.check and broken else EXIT_OK
+    return EXIT_FAILED if args.check and broken else EXIT_OK
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
-    sections = config_sections(create_plugin_manager(block=args.block))
+    names: list[str] = []
     try:
-        document = load_file(args.file)
-        config = build_config(document, sections, origin=args.file)
+        sections = config_sections(create_plugin_manager(block=args.block))
+        names = [section.name for section in sections]
+        document = (
+            assemble(load_source(args.source))
+            if Path(args.source).is_dir()
+            else load_file(args.source)
+        )
+        services = sorted(build_config(document, sections, origin=args.source).services)
     except ConfigError as error:
-        out.writelines(f"{issue.path}: {issue.reason}\n" for issue in error.issues)
-        count = len(error.issues)
-        out.write(f"{args.file}: invalid ({count} problem{'s' if count != 1 else ''})\n")
-        return EXIT_INVALID
-    services = sorted(config.services)
-    names = ", ".join(s.name for s in config.sections) or "none"
+        if args.json:
+            issues = [{"path": i.path, "reason": i.reason} for i in error.issues]
+            write_json(out, _verdict(args.source, [], names, issues))
+        write_config_error(sys.stderr, error)
+        return EXIT_FAILED
+    if args.json:
+        write_json(out, _verdict(args.source, services, names, []))
+        return EXIT_OK
     listed = ", ".join(services) if services else "none"
     out.write(
-        f"{args.file}: valid ({len(services)} services: {listed}; plugin sections: {names})\n"
+        f"{args.source}: valid ({len(services)} services: {listed};"
+        f" plugin sections: {', '.join(names) or 'none'})\n"
     )
     return EXIT_OK
+
+
+def _verdict(
+    source: str, services: list[str], sections: list[str], issues: list[dict[str, str]]
+) -> dict[str, object]:
+    """Return the JSON object ``config validate --json`` prints."""
+    return {
+        "source": source,
+        "valid": not issues,
+        "services": services,
+        "sections": sections,
+        "issues": issues,
+    }
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -194,13 +266,6 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     except DemoError as error:
         sys.stderr.write(f"healkit: {error}\n")
         return EXIT_USAGE
-
-
-def _endpoints(text: str) -> tuple[str, ...]:
-    endpoints = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not endpoints:
-        raise argparse.ArgumentTypeError("give at least one etcd endpoint")
-    return endpoints
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,14 +1,56 @@
-"""argparse value types and the parser class shared by the ``healkit`` commands."""
+"""Argument types, the parser class and the output conventions of the ``healkit`` commands.
+
+The conventions every command keeps:
+
+- stdout carries the command's data and nothing else; with ``--json`` that
+  data is one JSON document (:func:`write_json`), or for ``config watch``,
+  which runs live, one JSON object a line;
+- stderr carries the problems, written after the data (``config watch``,
+  which runs live, writes each as it comes): one line each, starting with
+  ``healkit:``; the problems of an invalid document follow its line, indented;
+- the exit status is :data:`EXIT_OK`, :data:`EXIT_FAILED`, :data:`EXIT_USAGE`
+  or :data:`EXIT_INTERRUPTED`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
-from typing import NoReturn
+import re
+from collections.abc import Iterable
+from typing import Final, NoReturn, TextIO
 
-__all__ = ["UsageParser", "positive_float", "positive_int"]
+import msgspec
+import yarl
 
-EXIT_USAGE = 2
+from healkit._plugins import installed_plugin_names
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageParser",
+    "close_names",
+    "etcd_endpoints",
+    "json_text",
+    "plugin_name",
+    "positive_float",
+    "positive_int",
+    "write_json",
+]
+
+EXIT_OK: Final = 0
+"""Success (``config diff``: no difference)."""
+EXIT_FAILED: Final = 1
+"""An invalid document, a failed operation (``config diff``: a difference)."""
+EXIT_USAGE: Final = 2
+"""A usage error: a missing or invalid argument, option or environment variable."""
+EXIT_INTERRUPTED: Final = 130
+"""Interrupted (Ctrl-C)."""
+
+_PLUGIN_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -44,3 +86,80 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+def etcd_endpoints(text: str) -> tuple[str, ...]:
+    """Parse comma-separated etcd endpoints: ``http(s)://HOST[:PORT]``, nothing more.
+
+    Raises:
+        argparse.ArgumentTypeError: no endpoint, or one that is not an http or
+            https URL with a host, or one with credentials, a path, a query or
+            a fragment.
+
+    """
+    endpoints = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not endpoints:
+        raise argparse.ArgumentTypeError(f"no etcd endpoint in {text!r}")
+    for endpoint in endpoints:
+        problem = _endpoint_problem(endpoint)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"invalid etcd endpoint {endpoint!r}: {problem}")
+    return endpoints
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    try:
+        url = yarl.URL(endpoint)
+        port = url.port
+    except ValueError as error:
+        return str(error)
+    if url.scheme not in {"http", "https"} or not url.host or port is None:
+        return "expected http(s)://HOST:PORT"
+    if url.user is not None or url.password is not None:
+        return "no credentials in the URL: use --user and --password-file"
+    if url.path not in {"", "/"} or url.query_string or url.fragment:
+        return "no path, query or fragment"
+    return None
+
+
+def plugin_name(text: str) -> str:
+    """Return ``text`` if a plugin of that name is installed (built-in or entry point).
+
+    Raises:
+        argparse.ArgumentTypeError: no such plugin; the message lists the
+            installed ones.
+
+    """
+    installed = installed_plugin_names()
+    if text in installed:
+        return text
+    shown = repr(text) if _PLUGIN_NAME.fullmatch(text) else "of that name"
+    raise argparse.ArgumentTypeError(
+        f"no installed plugin {shown}{close_names(text, installed)}"
+        f" (installed: {', '.join(installed) or 'none'})"
+    )
+
+
+def close_names(name: str, known: Iterable[str]) -> str:
+    """Return ``"; did you mean 'a' or 'b'?"`` for the names close to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    if not close:
+        return ""
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?"
+
+
+def json_text(document: object, *, indent: int = 2) -> str:
+    """Return ``document`` as valid JSON with a final newline (``indent=0``: one line).
+
+    Documents read from etcd or files are hostile: a key that is not a string
+    becomes one (YAML's ``on`` is ``"True"``), a date its ISO form, and a
+    float that JSON cannot hold (YAML's ``.nan``, ``.inf``) becomes ``null``,
+    so the output always parses.
+    """
+    encoded = msgspec.json.encode(document, enc_hook=str)
+    return msgspec.json.format(encoded, indent=indent).decode() + "\n"
+
+
+def write_json(out: TextIO, document: object) -> None:
+    """Write ``document`` to ``out`` as one JSON document (two-space indent, final newline)."""
+    out.write(json_text(document))

@@ -2,12 +2,12 @@
 
 ::
 
-    healkit config push FILE|DIR [--dry-run] [--prune] [--block NAME ...]
-    healkit config get [SERVICE] [--format json|yaml|toml]
-    healkit config diff FILE|DIR [--prune] [--block NAME ...]
-    healkit config watch [--count N] [--timeout SECONDS] [--block NAME ...]
-    healkit config history SERVICE [--full]
-    healkit config rollback SERVICE --to REVISION [--dry-run] [--block NAME ...]
+    healkit config push FILE|DIR [--dry-run] [--prune] [--json] [--block NAME ...]
+    healkit config get [SERVICE] [--json | --format json|yaml|toml]
+    healkit config diff FILE|DIR [--prune] [--json] [--block NAME ...]
+    healkit config watch [--count N] [--timeout SECONDS] [--json] [--block NAME ...]
+    healkit config history SERVICE [--full] [--limit N] [--json]
+    healkit config rollback SERVICE --to REVISION [--dry-run] [--json] [--block NAME ...]
     healkit status [--json] [--block NAME ...]
 
 Every command takes the connection options (``--endpoints``, ``--namespace``,
@@ -42,7 +42,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO, final
@@ -50,7 +50,18 @@ from typing import Any, Final, Literal, TextIO, final
 import msgspec
 import yaml
 
-from healkit._cli_args import positive_float, positive_int
+from healkit._cli_args import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    close_names,
+    etcd_endpoints,
+    json_text,
+    positive_float,
+    positive_int,
+    write_json,
+)
 from healkit._config import ConfigSection, build_config, name_problem, service_name_issues
 from healkit._config_formats import DocumentFormat, format_for_path, load_file, parse_document
 from healkit._config_validate import join_path
@@ -79,11 +90,6 @@ __all__ = [
     "toml_dumps",
 ]
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
-
 ENV_ENDPOINTS: Final = "HEALKIT_ETCD_ENDPOINTS"
 ENV_NAMESPACE: Final = "HEALKIT_NAMESPACE"
 ENV_PREFIX: Final = "HEALKIT_ETCD_PREFIX"
@@ -95,6 +101,7 @@ ENV_PASSWORD: Final = "HEALKIT_ETCD_PASSWORD"  # noqa: S105 - the variable's nam
 DEFAULT_NAMESPACE: Final = "default"
 
 _SUMMARY: Final = 100
+DEFAULT_HISTORY_LIMIT: Final = 100
 MAX_TXN_OPS: Final = 128  # etcd's default --max-txn-ops
 _REVISION_IN_ORIGIN: Final = re.compile(r"revision (\d+)\s*$")
 _DEFAULTS: Final = "defaults"
@@ -156,8 +163,9 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("etcd connection")
     group.add_argument(
         "--endpoints",
+        type=etcd_endpoints,
         metavar="URLS",
-        help=f"etcd endpoints, comma-separated (${ENV_ENDPOINTS}; required)",
+        help=f"etcd endpoints, comma-separated http(s)://HOST:PORT (${ENV_ENDPOINTS}; required)",
     )
     group.add_argument(
         "--namespace", help=f"the namespace (${ENV_NAMESPACE}; default {DEFAULT_NAMESPACE!r})"
@@ -210,12 +218,15 @@ def _resolve_connection(args: argparse.Namespace, parser: argparse.ArgumentParse
         value: str | None = getattr(args, name)
         return value or env.get(variable) or None
 
-    raw_endpoints = option("endpoints", ENV_ENDPOINTS)
-    if not raw_endpoints:
-        parser.error(f"give the etcd endpoints with --endpoints or ${ENV_ENDPOINTS}")
-    endpoints = tuple(part.strip() for part in raw_endpoints.split(",") if part.strip())
-    if not endpoints:
-        parser.error(f"no etcd endpoint in {raw_endpoints!r}")
+    endpoints: tuple[str, ...] | None = args.endpoints
+    if endpoints is None:
+        from_env = env.get(ENV_ENDPOINTS)
+        if not from_env:
+            parser.error(f"give the etcd endpoints with --endpoints or ${ENV_ENDPOINTS}")
+        try:
+            endpoints = etcd_endpoints(from_env)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"${ENV_ENDPOINTS}: {error}")
     namespace = option("namespace", ENV_NAMESPACE) or DEFAULT_NAMESPACE
     prefix = option("prefix", ENV_PREFIX) or DEFAULT_PREFIX
     try:
@@ -281,35 +292,71 @@ def add_commands(
 ) -> None:
     """Add ``healkit status`` to ``commands`` and the etcd actions to ``config_commands``."""
     push = config_commands.add_parser(
-        "push", help="validate a document and write it to etcd in one transaction"
+        "push",
+        help="validate a document and write it to etcd in one transaction",
+        description=(
+            "Validate a document (FILE) or one file a service (DIR) before connecting, then"
+            " validate the namespace as it will be and write every changed key in one"
+            " transaction."
+        ),
     )
     push.add_argument("source", metavar="FILE|DIR", help="a whole document, or one file a service")
     push.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
     push.add_argument(
         "--prune", action="store_true", help="delete the services etcd has but the document lacks"
     )
+    _json_option(push, "print the keys changed (or that would change) as one JSON object")
     block_option(push)
     _etcd_command(push, _push)
 
-    get = config_commands.add_parser("get", help="print the namespace's document from etcd")
+    get = config_commands.add_parser(
+        "get",
+        help="print the namespace's document from etcd",
+        description=(
+            "Print the namespace's whole document (defaults and services) or one service's,"
+            " as etcd holds it."
+        ),
+    )
     get.add_argument(
         "service", nargs="?", type=_service_name, help="print only this service's document"
     )
-    get.add_argument(
-        "--format", choices=("json", "yaml", "toml"), default="json", help="default json"
+    output = get.add_mutually_exclusive_group()
+    output.add_argument(
+        "--format",
+        choices=("json", "yaml", "toml"),
+        default="json",
+        help="the output format (default json)",
+    )
+    output.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="print the document as one JSON object (the default; same as --format json)",
     )
     _etcd_command(get, _get)
 
     diff = config_commands.add_parser(
-        "diff", help="show what push would write (exit 0: same, 1: different, 2: trouble)"
+        "diff",
+        help="show what push would write (exit 0: same, 1: different, 2: trouble)",
+        description=(
+            "Show what 'config push' would write, as a unified diff per key."
+            " Exit status 0: etcd holds the document, 1: it differs, 2: trouble."
+        ),
     )
     diff.add_argument("source", metavar="FILE|DIR", help="a whole document, or one file a service")
     diff.add_argument("--prune", action="store_true", help="also show the deletes of --prune")
+    _json_option(diff, "print the keys that differ, with both documents, as one JSON object")
     block_option(diff)
     _etcd_command(diff, _diff, failure_status=EXIT_USAGE)
 
     watch = config_commands.add_parser(
-        "watch", help="print each revision applied or rejected, live (Ctrl-C to stop)"
+        "watch",
+        help="print each revision applied or rejected, live (Ctrl-C to stop)",
+        description=(
+            "Follow the namespace like an instance does and print one line per revision"
+            " applied or document rejected, until Ctrl-C, --count or --timeout."
+        ),
     )
     watch.add_argument(
         "--count", type=positive_int, metavar="N", help="stop after N revisions reported"
@@ -317,33 +364,68 @@ def add_commands(
     watch.add_argument(
         "--timeout", type=positive_float, metavar="SECONDS", help="stop after this many seconds"
     )
+    _json_option(watch, "print one JSON object a line (JSON Lines) instead of text")
     block_option(watch)
     _etcd_command(watch, _watch)
 
     history = config_commands.add_parser(
-        "history", help="list the revisions of a service's document still in etcd's history"
+        "history",
+        help="list the revisions of a service's document still in etcd's history",
+        description=(
+            "List the versions of a service's document that etcd still keeps, newest first,"
+            " and say where the history ends."
+        ),
     )
     history.add_argument("service", type=_service_name, help="the service")
     history.add_argument("--full", action="store_true", help="print each document whole")
+    history.add_argument(
+        "--limit",
+        type=positive_int,
+        default=DEFAULT_HISTORY_LIMIT,
+        metavar="N",
+        help=f"list at most N versions (default {DEFAULT_HISTORY_LIMIT})",
+    )
+    _json_option(history, "print the versions, with their documents, as one JSON object")
     _etcd_command(history, _history)
 
     rollback = config_commands.add_parser(
-        "rollback", help="write back the document a service had at a revision"
+        "rollback",
+        help="write back the document a service had at a revision",
+        description=(
+            "Write back the document a service had at a revision, once the namespace is"
+            " checked to be valid with it."
+        ),
     )
     rollback.add_argument("service", type=_service_name, help="the service")
     rollback.add_argument(
-        "--to", dest="revision", type=positive_int, required=True, metavar="REVISION"
+        "--to",
+        dest="revision",
+        type=positive_int,
+        required=True,
+        metavar="REVISION",
+        help="the etcd revision whose document to write back (required)",
     )
     rollback.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
+    _json_option(rollback, "print what was (or would be) written as one JSON object")
     block_option(rollback)
     _etcd_command(rollback, _rollback)
 
     status = commands.add_parser(
-        "status", help="etcd's status and every document of the namespace, checked"
+        "status",
+        help="etcd's status and every document of the namespace, checked",
+        description=(
+            "Show the etcd member that answers, every document of the namespace checked as"
+            " instances check it, and fleet health per service. Exit status 1 when a"
+            " document is invalid."
+        ),
     )
-    status.add_argument("--json", action="store_true", help="print one JSON object")
+    _json_option(status, "print one JSON object")
     block_option(status)
     _etcd_command(status, _status)
+
+
+def _json_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--json", action="store_true", help=text)
 
 
 def _service_name(text: str) -> str:
@@ -369,7 +451,7 @@ def _etcd_command(
             err.write("healkit: interrupted\n")
             return EXIT_INTERRUPTED
         except ConfigError as error:
-            _write_config_error(err, error)
+            write_config_error(err, error)
         except EtcdError as error:
             err.write(f"healkit: {type(error).__name__}: {_one_line(error.message)}\n")
         except (_CommandError, PushConflictError) as error:
@@ -379,7 +461,7 @@ def _etcd_command(
     parser.set_defaults(run=run)
 
 
-def _write_config_error(err: TextIO, error: ConfigError) -> None:
+def write_config_error(err: TextIO, error: ConfigError) -> None:
     """Write one line for one issue; else a line saying how many, then one line per issue."""
     where = f"{error.origin}: " if error.origin else ""
     if len(error.issues) == 1:
@@ -538,7 +620,7 @@ def _load_directory(path: Path) -> dict[str, object]:
     return documents
 
 
-def _assemble(documents: Mapping[str, object]) -> dict[str, object]:
+def assemble(documents: Mapping[str, object]) -> dict[str, object]:
     """Build the whole document of keys ``defaults`` and ``services/<name>`` (others left out)."""
     whole: dict[str, object] = {}
     services: dict[str, object] = {}
@@ -613,7 +695,7 @@ def plan_push(
         ConfigError: either document is invalid.
 
     """
-    build_config(_assemble(documents), sections, origin=origin)
+    build_config(assemble(documents), sections, origin=origin)
     new_texts = {key: canonical_json(value) for key, value in documents.items()}
     kept: list[str] = []
     changes: list[Change] = []
@@ -684,7 +766,7 @@ def _check_result(
         except ConfigError as error:
             issues += [ConfigIssue(_path_of(key), i.reason) for i in error.issues]
     try:
-        build_config(_assemble(documents), sections, origin=state.root)
+        build_config(assemble(documents), sections, origin=state.root)
     except ConfigError as error:
         issues += error.issues
     if issues:
@@ -738,44 +820,68 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-async def _plan_from_args(
-    args: argparse.Namespace, connection: Connection, client: EtcdClient
-) -> PushPlan:
+def _checked_source(
+    args: argparse.Namespace,
+) -> tuple[dict[str, object], tuple[ConfigSection[Any], ...]]:
+    """Read FILE|DIR and validate it on its own: its problems come before any etcd trouble."""
     documents = load_source(args.source)
     sections = _sections(args.block)
-    state = await read_namespace(client, connection.root)
-    return plan_push(state, documents, sections, prune=args.prune, origin=args.source)
+    build_config(assemble(documents), sections, origin=args.source)
+    return documents, sections
+
+
+def _plan_json(plan: PushPlan) -> dict[str, Any]:
+    """Return the JSON object of ``config diff --json`` (``push --json`` adds to it)."""
+    return {
+        "prefix": plan.root,
+        "revision": plan.revision,
+        "changes": [
+            {"key": c.key, "action": c.action, "old": c.old, "new": c.new} for c in plan.changes
+        ],
+        "kept": list(plan.kept),
+    }
+
+
+def _write_kept(plan: PushPlan) -> None:
+    for key in plan.kept:
+        sys.stderr.write(
+            f"healkit: {plan.root}{key} is in etcd but not in the document:"
+            " kept (--prune deletes it)\n"
+        )
 
 
 async def _push(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
+    documents, sections = _checked_source(args)
+    written: int | None = None
     async with connection.client() as client:
-        plan = await _plan_from_args(args, connection, client)
-        for key in plan.kept:
-            sys.stderr.write(
-                f"healkit: {plan.root}{key} is in etcd but not in the document:"
-                " kept (--prune deletes it)\n"
-            )
-        if not plan.changes:
-            out.write(
-                f"nothing to push: etcd already holds this document (revision {plan.revision})\n"
-            )
-            return EXIT_OK
-        if args.dry_run:
-            _write_diff(out, plan.root, plan.changes, plan.revision)
-            count = len(plan.changes)
-            out.write(f"dry run: {count} key{_s(count)} would change; nothing written\n")
-            return EXIT_OK
-        revision = await commit(client, plan)
-    out.writelines(f"{change.action} {plan.root}{change.key}\n" for change in plan.changes)
+        state = await read_namespace(client, connection.root)
+        plan = plan_push(state, documents, sections, prune=args.prune, origin=args.source)
+        if plan.changes and not args.dry_run:
+            written = await commit(client, plan)
     count = len(plan.changes)
-    out.write(f"pushed {count} key{_s(count)} to {plan.root} at revision {revision}\n")
+    if args.json:
+        write_json(out, _plan_json(plan) | {"dry_run": args.dry_run, "written_revision": written})
+    elif not plan.changes:
+        out.write(f"nothing to push: etcd already holds this document (revision {plan.revision})\n")
+    elif written is None:
+        _write_diff(out, plan.root, plan.changes, plan.revision)
+        out.write(f"dry run: {count} key{_s(count)} would change; nothing written\n")
+    else:
+        out.writelines(f"{change.action} {plan.root}{change.key}\n" for change in plan.changes)
+        out.write(f"pushed {count} key{_s(count)} to {plan.root} at revision {written}\n")
+    _write_kept(plan)
     return EXIT_OK
 
 
 async def _diff(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
+    documents, sections = _checked_source(args)
     async with connection.client() as client:
-        plan = await _plan_from_args(args, connection, client)
-    _write_diff(out, plan.root, plan.changes, plan.revision)
+        state = await read_namespace(client, connection.root)
+    plan = plan_push(state, documents, sections, prune=args.prune, origin=args.source)
+    if args.json:
+        write_json(out, _plan_json(plan))
+    else:
+        _write_diff(out, plan.root, plan.changes, plan.revision)
     return EXIT_FAILED if plan.changes else EXIT_OK
 
 
@@ -795,7 +901,10 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
         key = _SERVICES + args.service
         data = state.raw(key)
         if data is None:
-            raise _CommandError(f"no document for service {args.service!r} at {state.root}{key}")
+            raise _CommandError(
+                f"no document for service {args.service!r} at {state.root}{key}"
+                + close_names(args.service, _service_names(state.keys))
+            )
         document = _decode_stored(data, state.root + key)
     else:
         documents: dict[str, object] = {}
@@ -809,7 +918,7 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
                 # Show the others; mark this one where its document would be.
                 documents[key] = {UNDECODABLE: error.reason}
                 undecodable.append((key, error))
-        document = _assemble(documents)
+        document = assemble(documents)
     out.write(_render(document, args.format))
     if undecodable:
         for key, problem in undecodable:
@@ -828,7 +937,7 @@ def _render(document: object, fmt: OutputFormat) -> str:
         if not isinstance(document, Mapping):  # pragma: no cover - documents are mappings
             raise _CommandError("only a mapping can be written as TOML")
         return toml_dumps(document)
-    return json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n"
+    return json_text(document)
 
 
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
@@ -909,29 +1018,94 @@ def _toml_value(value: object, path: Sequence[str]) -> str:  # noqa: PLR0911 - o
 # -- history --------------------------------------------------------------------------------
 
 
+@final
+@dataclass(frozen=True)
+class _HistoryEnd:
+    """Why ``config history`` stopped: the first version, compaction, or ``--limit``."""
+
+    reason: Literal["created", "compacted", "limit"]
+    revision: int | None
+
+
 async def _history(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
     key = connection.root + _SERVICES + args.service
+    versions: list[KeyValue] = []
     async with connection.client() as client:
         kv = await client.get(key)
         if kv is None:
-            raise _CommandError(f"no document for service {args.service!r} at {key}")
-        out.write(f"{key} (newest first):\n")
-        while True:
-            _write_version(out, kv, full=args.full)
-            if kv.mod_revision == kv.create_revision:
-                out.write(f"history ends: created at revision {kv.create_revision}\n")
-                return EXIT_OK
-            try:
-                previous = await client.get(key, revision=kv.mod_revision - 1)
-            except EtcdCompacted:
-                compacted = await _compact_revision(client, key, connection.request_timeout)
-                where = f" at revision {compacted}" if compacted else ""
-                out.write(f"history ends: compacted{where} (older versions are gone)\n")
-                return EXIT_OK
-            if previous is None:  # pragma: no cover - mod == create covers a first version
-                out.write(f"history ends: created at revision {kv.create_revision}\n")
-                return EXIT_OK
-            kv = previous
+            found = await client.range(connection.root + _SERVICES, prefix=True, keys_only=True)
+            relative = (k.key.decode("utf-8", "replace")[len(connection.root) :] for k in found.kvs)
+            raise _CommandError(
+                f"no document for service {args.service!r} at {key}"
+                + close_names(args.service, _service_names(relative))
+            )
+        end = await _walk_history(client, kv, versions, args.limit, connection.request_timeout)
+    if args.json:
+        write_json(
+            out,
+            {
+                "key": key,
+                "service": args.service,
+                "versions": [_version_json(v) for v in versions],
+                "ends": {"reason": end.reason, "revision": end.revision},
+            },
+        )
+        return EXIT_OK
+    out.write(f"{key} (newest first):\n")
+    for version in versions:
+        _write_version(out, version, full=args.full)
+    if end.reason == "created":
+        out.write(f"history ends: created at revision {end.revision}\n")
+    elif end.reason == "compacted":
+        where = f" at revision {end.revision}" if end.revision else ""
+        out.write(f"history ends: compacted{where} (older versions are gone)\n")
+    else:
+        out.write(f"history goes on: older versions not listed (--limit {args.limit})\n")
+    return EXIT_OK
+
+
+async def _walk_history(
+    client: EtcdClient, kv: KeyValue, versions: list[KeyValue], limit: int, seconds: float
+) -> _HistoryEnd:
+    """Append ``kv`` and the versions before it to ``versions``, at most ``limit`` of them."""
+    key = kv.key
+    while True:
+        versions.append(kv)
+        if kv.mod_revision == kv.create_revision:
+            return _HistoryEnd("created", kv.create_revision)
+        if len(versions) >= limit:
+            return _HistoryEnd("limit", None)
+        try:
+            previous = await client.get(key, revision=kv.mod_revision - 1)
+        except EtcdCompacted:
+            return _HistoryEnd(
+                "compacted",
+                await _compact_revision(client, key.decode("utf-8", "replace"), seconds),
+            )
+        if previous is None:  # pragma: no cover - mod == create covers a first version
+            return _HistoryEnd("created", kv.create_revision)
+        kv = previous
+
+
+def _version_json(kv: KeyValue) -> dict[str, Any]:
+    """One version of ``config history --json``: the decoded document, or why it is not one."""
+    document: object = None
+    undecodable: str | None = None
+    try:
+        document = _decode_stored(kv.value, "")
+    except ConfigError as error:
+        undecodable = error.reason
+    return {
+        "revision": kv.mod_revision,
+        "version": kv.version,
+        "document": document,
+        "undecodable": undecodable,
+    }
+
+
+def _service_names(keys: Iterable[str]) -> list[str]:
+    """Return the services of ``keys`` (relative to the namespace)."""
+    return [key_role(key)[1] for key in keys if key_role(key)[0] == "service"]
 
 
 def _write_version(out: TextIO, kv: KeyValue, *, full: bool) -> None:
@@ -972,6 +1146,7 @@ async def _rollback(args: argparse.Namespace, connection: Connection, out: TextI
     relative = _SERVICES + args.service
     key = connection.root + relative
     sections = _sections(args.block)
+    written: int | None = None
     async with connection.client() as client:
         state = await read_namespace(client, connection.root)
         if args.revision > state.revision:
@@ -987,28 +1162,50 @@ async def _rollback(args: argparse.Namespace, connection: Connection, out: TextI
                 f"revision {args.revision} of {key} was compacted away{where}"
             ) from None
         if then is None:
-            raise _CommandError(f"{key} did not exist at revision {args.revision}")
-        old_text = then.value.decode("utf-8", "replace")
+            known = _service_names(state.keys)
+            raise _CommandError(
+                f"{key} did not exist at revision {args.revision}"
+                + ("" if args.service in known else close_names(args.service, known))
+            )
         current = state.keys.get(relative)
-        change = Change(key=relative, old=state.text(relative), new=old_text)
-        if change.old == change.new:
-            out.write(f"{key} already holds the document of revision {args.revision}\n")
-            return EXIT_OK
-        _check_result(state, {relative: old_text}, sections)
-        if args.dry_run:
-            _write_diff(out, state.root, [change], state.revision)
-            out.write("dry run: nothing written\n")
-            return EXIT_OK
-        guard = Compare.mod_revision(key, "==", 0 if current is None else current.mod_revision)
-        result = await client.txn([guard], [PutOp(key=key.encode(), value=then.value)])
-    if not result.succeeded:
-        raise PushConflictError(
-            f"{key} changed while rolling back; nothing was written: look at it and try again"
+        restored = then.value.decode("utf-8", "replace")
+        change = Change(key=relative, old=state.text(relative), new=restored)
+        if change.old != change.new:
+            _check_result(state, {relative: restored}, sections)
+            if not args.dry_run:
+                guard = Compare.mod_revision(
+                    key, "==", 0 if current is None else current.mod_revision
+                )
+                result = await client.txn([guard], [PutOp(key=key.encode(), value=then.value)])
+                if not result.succeeded:
+                    raise PushConflictError(
+                        f"{key} changed while rolling back; nothing was written:"
+                        " look at it and try again"
+                    )
+                written = result.revision
+    if args.json:
+        write_json(
+            out,
+            {
+                "key": key,
+                "from_revision": then.mod_revision,
+                "changed": change.old != change.new,
+                "dry_run": args.dry_run,
+                "old": change.old,
+                "new": change.new,
+                "written_revision": written,
+            },
         )
-    out.write(
-        f"rolled back {key} to its document of revision {then.mod_revision}"
-        f" (now revision {result.revision})\n"
-    )
+    elif change.old == change.new:
+        out.write(f"{key} already holds the document of revision {args.revision}\n")
+    elif written is None:
+        _write_diff(out, state.root, [change], state.revision)
+        out.write("dry run: nothing written\n")
+    else:
+        out.write(
+            f"rolled back {key} to its document of revision {then.mod_revision}"
+            f" (now revision {written})\n"
+        )
     return EXIT_OK
 
 
@@ -1039,7 +1236,8 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
         )
     problems = _namespace_issues(state, sections)
     views, unreadable = _instance_views(connection.root, instances.kvs)
-    fleet = _fleet_health(state, [kv.key.decode("utf-8", "replace") for kv in health.kvs], views)
+    health_keys = [kv.key.decode("utf-8", "replace") for kv in health.kvs]
+    fleet = _fleet_health(state, health_keys, views, invalid=problems.keys())
     rows = [
         _DocumentStatus(
             key=state.root + key,
@@ -1074,7 +1272,8 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
             "fleet": fleet,
             "unreadable_instance_records": unreadable,
         }
-        out.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+        write_json(out, report)
+        _write_invalid(rows, state.root, whole=bool(problems.get("")))
         return EXIT_FAILED if invalid else EXIT_OK
     leader = "no leader" if not etcd.leader else f"leader {etcd.leader:x}"
     if etcd.leader and etcd.leader == etcd.member_id:
@@ -1098,7 +1297,17 @@ async def _status(args: argparse.Namespace, connection: Connection, out: TextIO)
     out.writelines(
         f"  instance record {entry['key']} unreadable: {entry['reason']}\n" for entry in unreadable
     )
+    _write_invalid(rows, state.root, whole=bool(problems.get("")))
     return EXIT_FAILED if invalid else EXIT_OK
+
+
+def _write_invalid(rows: Sequence[_DocumentStatus], root: str, *, whole: bool) -> None:
+    """Say on stderr why ``status`` exits with 1: which documents are invalid."""
+    keys = [row.key[len(root) :] for row in rows if not row.valid]
+    if whole:
+        keys.append("(the namespace as a whole)")
+    if keys:
+        sys.stderr.write(f"healkit: {root}: invalid: {', '.join(keys)}\n")
 
 
 def _instance_views(
@@ -1117,12 +1326,18 @@ def _instance_views(
 
 
 def _fleet_health(
-    state: NamespaceState, health_keys: Sequence[str], views: Sequence[InstanceView]
+    state: NamespaceState,
+    health_keys: Sequence[str],
+    views: Sequence[InstanceView],
+    *,
+    invalid: Collection[str],
 ) -> dict[str, Any]:
     """Per service: its endpoint groups, who reports each endpoint out, where traffic goes.
 
     ``views`` are the instances' own (``instances/<instance>``): their local
     health, breaker states and traffic, for the services that share health.
+    The services whose key is in ``invalid`` are left out: their endpoints
+    and groups may be anything (they are listed as invalid instead).
     """
     reports: dict[tuple[str, str], list[str]] = {}
     for key in health_keys:
@@ -1133,7 +1348,7 @@ def _fleet_health(
     view: dict[str, Any] = {}
     for key in state.keys:
         kind, service, _ = key_role(key)
-        if kind != "service":
+        if kind != "service" or key in invalid:
             continue
         try:
             document = _decode_stored(state.raw(key) or b"", state.root + key)
@@ -1252,7 +1467,7 @@ def _namespace_issues(
         except ConfigError as error:
             problems.setdefault(key, []).extend(error.issues)
     base = {k: v for k, v in decoded.items() if key_role(k)[0] in {"defaults", "service"}}
-    _attribute(build_issues(_assemble(base), sections), base, problems)
+    _attribute(build_issues(assemble(base), sections), base, problems)
     channels = sorted({key_role(k)[2] for k in decoded if key_role(k)[0] == "overlay"})
     for channel in channels:
         overlays = {
@@ -1265,7 +1480,7 @@ def _namespace_issues(
             below = merged.get(key, {})
             if isinstance(below, dict) and isinstance(overlay, dict):
                 merged[key] = {**below, **overlay}
-        found = build_issues(_assemble(merged), sections)
+        found = build_issues(assemble(merged), sections)
         for issue in found:
             target = _key_of_path(issue.path, overlays)
             if target is not None:
@@ -1304,24 +1519,48 @@ class _WatchReport:
     the source's rejection events (key, revision, path, reason) are printed as
     they are logged. A rejection that the source could not pin on one key is
     printed once the source has finished with that revision (:meth:`flush`).
+    With ``as_json``, each line is a JSON object instead (JSON Lines).
     """
 
     def __init__(
-        self, sections: Sequence[ConfigSection[Any]], out: TextIO, count: int | None
+        self,
+        sections: Sequence[ConfigSection[Any]],
+        out: TextIO,
+        count: int | None,
+        *,
+        as_json: bool = False,
     ) -> None:
         self.sections = tuple(sections)
         self._out = out
         self._count = count
+        self._json = as_json
         self._start = 0
         self._accepted: dict[str, str] = {}
         self._pending: dict[int, ConfigError] = {}
         self._reported: set[int] = set()
         self.done = asyncio.Event()
 
-    def started(self, document: object, revision: int) -> None:
-        """Remember the document the watch starts from, read at ``revision``."""
+    def started(self, root: str, document: object, revision: int) -> None:
+        """Print the document the watch starts from, read at ``revision``, checked."""
         self._start = revision
         self._accepted = _flatten(document)
+        issues = build_issues(document, self.sections)
+        if self._json:
+            self._write_json(
+                {
+                    "event": "watching",
+                    "prefix": root,
+                    "revision": revision,
+                    "valid": not issues,
+                    "issues": [{"path": i.path, "reason": i.reason} for i in issues],
+                }
+            )
+            return
+        count = len(issues)
+        state = "valid" if not issues else f"INVALID ({count} problem{_s(count)})"
+        self._out.write(f"watching {root} from revision {revision}: {state}\n")
+        self._out.writelines(f"    {i.path}: {i.reason}\n" for i in issues)
+        self._out.flush()
 
     async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
         """Validate ``raw`` (in a worker thread); print the revision applied, or keep the error."""
@@ -1335,19 +1574,26 @@ class _WatchReport:
         now = _flatten(raw)
         before = self._accepted
         changed = [
-            f"{key} ({_what_happened(key, before, now)})"
+            (key, _what_happened(key, before, now))
             for key in sorted({*now, *before})
             if now.get(key) != before.get(key)
         ]
         self._accepted = now
         if changed:  # else a resubmission without the keys just rejected
-            self._line(revision, f"applied {', '.join(changed)}")
+            self._line(
+                revision,
+                f"applied {', '.join(f'{key} ({action})' for key, action in changed)}",
+                {"event": "applied", "changes": [{"key": k, "action": a} for k, a in changed]},
+            )
         return None
 
     def reject(self, error: ConfigError) -> None:
         """Print a document the source could not decode at all."""
         for issue in error.issues:
-            self._out.write(f"rejected {error.origin}: {issue.path}: {issue.reason}\n")
+            if self._json:
+                self._write_json(_rejected(None, error.origin, issue.path, issue.reason))
+            else:
+                self._out.write(f"rejected {error.origin}: {issue.path}: {issue.reason}\n")
         self._out.flush()
 
     def emit(self, event: object) -> None:
@@ -1360,9 +1606,11 @@ class _WatchReport:
         if name == "healkit.etcd_document_rejected":
             revision = int(event.get("revision", 0))
             self._pending.pop(revision, None)
+            key, path, reason = (str(event.get(name)) for name in ("key", "path", "reason"))
             self._line(
                 revision,
-                f"rejected {event.get('key')}: {event.get('path')}: {event.get('reason')}",
+                f"rejected {key}: {path}: {reason}",
+                _rejected(revision, key, path, reason),
             )
         elif name in {
             "healkit.etcd_unreachable",
@@ -1380,15 +1628,29 @@ class _WatchReport:
                 self._line(
                     revision,
                     f"rejected (the configuration in force stays): {issue.path}: {issue.reason}",
+                    _rejected(revision, None, issue.path, issue.reason),
                 )
 
-    def _line(self, revision: int, text: str) -> None:
-        self._out.write(f"revision {revision}: {text}\n")
+    def _line(self, revision: int, text: str, record: dict[str, Any]) -> None:
+        """Print what happened at ``revision``: ``text``, or ``record`` as JSON."""
+        if self._json:
+            self._write_json({**record, "revision": revision})
+        else:
+            self._out.write(f"revision {revision}: {text}\n")
         self._out.flush()
         if revision > self._start:
             self._reported.add(revision)
         if self._count is not None and len(self._reported) >= self._count:
             self.done.set()
+
+    def _write_json(self, record: Mapping[str, Any]) -> None:
+        self._out.write(json_text(record, indent=0))
+        self._out.flush()
+
+
+def _rejected(revision: int | None, key: str | None, path: str, reason: str) -> dict[str, Any]:
+    """Return the JSON line of a rejection (``key``: ``None`` when no one key is to blame)."""
+    return {"event": "rejected", "revision": revision, "key": key, "path": path, "reason": reason}
 
 
 def _what_happened(key: str, before: Mapping[str, str], now: Mapping[str, str]) -> str:
@@ -1417,7 +1679,7 @@ def _origin_revision(origin: str) -> int:
 
 
 async def _watch(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
-    report = _WatchReport(_sections(args.block), out, args.count)
+    report = _WatchReport(_sections(args.block), out, args.count, as_json=args.json)
     started = False
     with routed_logs(report.log):
         async with connection.client() as client:
@@ -1426,17 +1688,7 @@ async def _watch(args: argparse.Namespace, connection: Connection, out: TextIO) 
                 # --timeout bounds the whole command: a hung etcd too.
                 async with asyncio.timeout(args.timeout):
                     document = await source.load()
-                    revision = source.status.applied_revision
-                    report.started(document, revision)
-                    issues = build_issues(document, report.sections)
-                    state = (
-                        "valid"
-                        if not issues
-                        else f"INVALID ({len(issues)} problem{_s(len(issues))})"
-                    )
-                    out.write(f"watching {connection.root} from revision {revision}: {state}\n")
-                    out.writelines(f"    {i.path}: {i.reason}\n" for i in issues)
-                    out.flush()
+                    report.started(connection.root, document, source.status.applied_revision)
                     started = True
                     await _watch_until_done(source, report)
             except TimeoutError:

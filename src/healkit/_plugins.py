@@ -49,6 +49,7 @@ __all__ = [
     "create_plugin_manager",
     "describe_plugins",
     "inspect_plugins",
+    "installed_plugin_names",
 ]
 
 ENTRY_POINT_GROUP: Final = "healkit"
@@ -143,6 +144,16 @@ def inspect_plugins(*, block: Collection[str] = ()) -> PluginManager:
     what ``healkit plugins`` diagnoses with; a runtime never uses it.
     """
     return _build((), block, entry_points=True, keep_going=True)
+
+
+def installed_plugin_names() -> list[str]:
+    """Return the names of the built-in and entry-point plugins, sorted, loading none.
+
+    These are the names ``block=`` (and ``healkit ... --block``) can leave out.
+    """
+    names = {_name_of(factory()) for factory in BUILTIN_PLUGINS}
+    names.update(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
 
 
 def _build(
