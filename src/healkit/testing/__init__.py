@@ -11,6 +11,7 @@
 * :class:`TcpProxy`: a loopback TCP proxy whose connections a test can cut.
 * :class:`LoopbackResolver`: every ``*.test`` host name on loopback, so one
   server answers for thousands of distinct hosts.
+* :func:`capture_events`: the healkit log events a block logs, as dicts.
 
 With healkit installed, pytest loads the fixtures of
 :mod:`healkit.testing._pytest_plugin` (``fault_server``, ``manual_clock``,
@@ -22,6 +23,7 @@ from __future__ import annotations
 from healkit.testing._clock import ManualClock
 from healkit.testing._etcd import EtcdServer, find_etcd_binary
 from healkit.testing._faults import Fault, FaultKind, FaultServer, RecordedRequest
+from healkit.testing._logs import capture_events
 from healkit.testing._ports import refused_url, unused_tcp_port
 from healkit.testing._proxy import TcpProxy
 from healkit.testing._resolver import LoopbackResolver
@@ -35,6 +37,7 @@ __all__ = [
     "ManualClock",
     "RecordedRequest",
     "TcpProxy",
+    "capture_events",
     "find_etcd_binary",
     "refused_url",
     "unused_tcp_port",
