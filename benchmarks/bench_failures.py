@@ -20,8 +20,9 @@ drift of the machine hits them all alike:
   call (``time.process_time()``), as a ratio to raw aiohttp. The goal: at most
   :data:`TARGET_FAILED_RATIO`.
 
-healkit logs as an application with JSON logs would: structlog's JSON renderer
-writing to ``os.devnull`` at level INFO, so what a failure logs (the first in
+healkit logs as an application with JSON logs would: a logging handler with
+structlog's ``ProcessorFormatter`` and JSON renderer writing to ``os.devnull``
+at level INFO, so what a failure logs (the first in
 full, then a summary per interval) is part of its cost.
 """
 
@@ -332,23 +333,27 @@ async def _measure(sizes: Sizes) -> tuple[dict[str, list[float]], dict[str, list
 @contextlib.contextmanager
 def json_logs() -> Iterator[None]:
     """Log as an application with JSON logs would, to ``os.devnull``."""
-    saved = structlog.get_config()
+    top = logging.getLogger("healkit")
+    level = top.level
     with open(os.devnull, "w", encoding="utf-8") as sink:  # noqa: PTH123 - a plain text sink
-        structlog.configure(
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso"),
-                structlog.processors.JSONRenderer(),
-            ],
-            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-            logger_factory=structlog.PrintLoggerFactory(sink),
-            cache_logger_on_first_use=True,
+        handler = logging.StreamHandler(sink)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.stdlib.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.processors.JSONRenderer(),
+                ]
+            )
         )
+        top.addHandler(handler)
+        top.setLevel(logging.INFO)
         try:
             yield
         finally:
-            structlog.reset_defaults()
-            structlog.configure(**saved)
+            top.removeHandler(handler)
+            top.setLevel(level)
 
 
 def _paired_ratios(samples: list[float], reference: list[float]) -> Spread:

@@ -43,7 +43,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import structlog
 from _harness import ScenarioResult, Settings, Spread, Table, Target, progress, spread
 from _plugins import (
     SDK_AVAILABLE,
@@ -335,16 +334,13 @@ def logs_dropped() -> Iterator[None]:
     application's choice of logging setup makes them cost: left out here
     (``bench_failures.py`` measures with JSON logs).
     """
-    saved = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
-        cache_logger_on_first_use=True,
-    )
+    top = logging.getLogger("healkit")
+    level = top.level
+    top.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        structlog.reset_defaults()
-        structlog.configure(**saved)
+        top.setLevel(level)
 
 
 def run(settings: Settings) -> ScenarioResult:
@@ -405,8 +401,8 @@ def run(settings: Settings) -> ScenarioResult:
             "as Client does per call; resilient[...] is a decorated trivial async function."
         ),
         (
-            "structlog drops every event below CRITICAL during this scenario: what a refused "
-            "call logs costs what the application's logging setup makes it cost."
+            "the healkit logger drops every event below CRITICAL during this scenario: what a "
+            "refused call logs costs what the application's logging setup makes it cost."
         ),
         (
             "full = timeout, retry, breaker, tls (a tls section with minimum_version 1.3: the "

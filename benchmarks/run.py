@@ -28,7 +28,6 @@ import bench_healing
 import bench_http
 import bench_pipeline
 import bench_state
-import structlog
 from _harness import Scenario, ScenarioResult, Settings, Target, environment, progress
 
 SCENARIOS: Final[dict[str, Scenario]] = {
@@ -92,12 +91,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _quiet_logs() -> None:
-    # healkit logs through structlog, whose default prints to stdout: keep stdout for
-    # results, and warnings (a failed attempt would be one) visible on stderr.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    # Keep stdout for results, and healkit's warnings (a failed attempt would be one)
+    # visible on stderr.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
 
 def _print_text(

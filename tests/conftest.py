@@ -7,25 +7,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import LogCapture
 
 import healkit
+from healkit.testing import capture_events
 from healkit_timeout import TimeoutPlugin
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def logs() -> Iterator[LogCapture]:
-    """Capture structlog events emitted during the test."""
-    capture = LogCapture()
-    saved = structlog.get_config()
-    structlog.configure(processors=[capture])
-    try:
-        yield capture
-    finally:
-        structlog.configure(**saved)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Capture healkit's log events during the test (healkit.testing.capture_events)."""
+    with capture_events() as events:
+        yield events
 
 
 def service_config(url: str, name: str = "svc", **sections: Any) -> dict[str, Any]:

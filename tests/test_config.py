@@ -11,7 +11,6 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from structlog.testing import LogCapture
 
 import healkit
 from healkit._cli import main
@@ -158,7 +157,9 @@ def test_any_document_is_a_config_or_a_config_error(doc: Any) -> None:
         assert isinstance(outcome, healkit.HealkitConfig)
 
 
-async def test_invalid_document_keeps_the_last_good_configuration(logs: LogCapture) -> None:
+async def test_invalid_document_keeps_the_last_good_configuration(
+    logs: list[dict[str, Any]],
+) -> None:
     runtime = healkit.Runtime(
         config={"services": {"a": {"endpoints": ["http://a.test"]}}},
         plugins=[TimeoutPlugin()],
@@ -172,7 +173,7 @@ async def test_invalid_document_keeps_the_last_good_configuration(logs: LogCaptu
     assert runtime.version == version
     assert await runtime.submit({"services": 1}, origin="test") is not None
     assert runtime.config is good
-    rejected = [e for e in logs.entries if e["event"] == "healkit.config_rejected"]
+    rejected = [e for e in logs if e["event"] == "healkit.config_rejected"]
     assert rejected
     assert rejected[0]["origin"] == "test"
 
@@ -195,7 +196,7 @@ async def test_in_flight_calls_finish_under_the_configuration_they_started_with(
 
 
 async def test_file_source_hot_reloads_and_rejects_bad_documents(
-    tmp_path: Path, fault_server: FaultServer, logs: LogCapture
+    tmp_path: Path, fault_server: FaultServer, logs: list[dict[str, Any]]
 ) -> None:
     path = tmp_path / "healkit.toml"
     path.write_text(f'[services.svc]\nendpoints = ["{fault_server.url}"]\n')
@@ -217,7 +218,7 @@ async def test_file_source_hot_reloads_and_rejects_bad_documents(
         path.write_text('[services.svc]\nendpoints = "not a list"\n')
         await asyncio.wait_for(runtime.wait_for_rejections(2), 5)
         assert runtime.config is good
-        rejected = [e for e in logs.entries if e["event"] == "healkit.config_rejected"]
+        rejected = [e for e in logs if e["event"] == "healkit.config_rejected"]
         assert "invalid TOML" in rejected[0]["issues"][0]
         assert rejected[1]["issues"][0].startswith("$.services.svc.endpoints: ")
         path.write_text(

@@ -7,14 +7,13 @@ Durations are short; no assertion depends on timing beyond "something happened".
 import importlib.metadata
 import io
 import json
+import logging
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from anyio.from_thread import start_blocking_portal
 
 import healkit
@@ -22,7 +21,7 @@ from healkit import _cli, _demo
 from healkit._client import Client
 from healkit._demo import SCENES, Scene, run_demo
 from healkit._plugins import BUILTIN_PLUGINS
-from healkit.testing import EtcdServer, Fault, refused_url
+from healkit.testing import EtcdServer, Fault, capture_events, refused_url
 
 SCENE_NAMES = [scene.name for scene in SCENES]
 
@@ -37,18 +36,6 @@ QUICK = (
 def installed_plugins() -> set[str]:
     builtins = {plugin().healkit_name for plugin in BUILTIN_PLUGINS}  # type: ignore[attr-defined]
     return builtins | {ep.name for ep in importlib.metadata.entry_points(group="healkit")}
-
-
-@pytest.fixture(autouse=True)
-def _keep_structlog() -> Iterator[None]:
-    """Leave structlog as the test found it, whatever the test configures."""
-    was_configured = structlog.is_configured()
-    saved = structlog.get_config()
-    yield
-    if was_configured:
-        structlog.configure(**saved)
-    else:
-        structlog.reset_defaults()
 
 
 def check_summary(summary: dict[str, Any]) -> None:
@@ -205,32 +192,18 @@ def test_core_only_piped_output(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "timeout" not in next(line for line in lines if line.startswith("plugins"))
 
 
-def test_structlog_configuration_is_restored() -> None:
-    seen: list[str] = []
+def test_the_logging_configuration_is_restored() -> None:
+    top = logging.getLogger("healkit")
+    before = (top.level, top.propagate, list(top.handlers))
+    with capture_events() as seen:
+        out = io.StringIO()
+        run_demo(duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK)
 
-    def keep(_logger: object, _method: str, event: Any) -> Any:
-        seen.append(event["event"])
-        raise structlog.DropEvent
-
-    structlog.configure(processors=[keep], cache_logger_on_first_use=False)
-    before = structlog.get_config()
-
-    out = io.StringIO()
-    run_demo(duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK)
-
-    assert json.loads(out.getvalue())["log_events"]["healkit.attempt_failed"] > 0
-    assert structlog.get_config() == before
-    assert seen == []  # the demo's own events went to the demo
-    structlog.get_logger("healkit").info("after")
-    assert seen == ["after"]
-
-
-def test_unconfigured_structlog_stays_unconfigured() -> None:
-    structlog.reset_defaults()
-
-    run_demo(duration=0.4, concurrency=2, as_json=True, out=io.StringIO(), scenes=QUICK)
-
-    assert not structlog.is_configured()
+        assert json.loads(out.getvalue())["log_events"]["healkit.attempt_failed"] > 0
+        assert seen == []  # the demo's own events went to the demo
+        healkit.get_logger().info("healkit.after")
+    assert [e["event"] for e in seen] == ["healkit.after"]
+    assert (top.level, top.propagate, list(top.handlers)) == before
 
 
 def test_an_unexpected_exception_is_a_lost_call(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,9 +11,9 @@ import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
-from structlog.testing import LogCapture
 
 import healkit
 from healkit import (
@@ -444,18 +444,18 @@ async def test_status(client: EtcdClient, etcd_server: EtcdServer) -> None:
 
 
 async def test_failover_from_a_dead_endpoint_is_remembered(
-    etcd_server: EtcdServer, logs: LogCapture
+    etcd_server: EtcdServer, logs: list[dict[str, Any]]
 ) -> None:
     dead = refused_url()
     async with EtcdClient([dead, etcd_server.url]) as client:
         await client.put("/f", b"1")
-        failed = [e for e in logs.entries if e["event"] == "healkit.etcd_endpoint_failed"]
+        failed = [e for e in logs if e["event"] == "healkit.etcd_endpoint_failed"]
         assert [e["endpoint"] for e in failed] == [dead]
         assert (await client.status()).endpoint == etcd_server.url
         kv = await client.get("/f")
         assert kv is not None
         # The live endpoint is tried first from now on.
-        again = [e for e in logs.entries if e["event"] == "healkit.etcd_endpoint_failed"]
+        again = [e for e in logs if e["event"] == "healkit.etcd_endpoint_failed"]
         assert len(again) == 1
         async with client.watch("/f") as watch:
             assert watch.endpoint == etcd_server.url
@@ -500,7 +500,7 @@ async def test_client_survives_a_killed_etcd(client: EtcdClient, etcd_server: Et
 # -- authentication -----------------------------------------------------------------
 
 
-async def test_auth_with_username_and_password(logs: LogCapture) -> None:
+async def test_auth_with_username_and_password(logs: list[dict[str, Any]]) -> None:
     async with EtcdServer(auth=True) as server:
         assert server.password is not None
         async with server.client() as client:
@@ -519,17 +519,17 @@ async def test_auth_with_username_and_password(logs: LogCapture) -> None:
             async with client.watch("/secure", start_revision=kv.mod_revision) as watch:
                 replay = await next_response(watch)
             assert [e.kv.value for e in replay.events] == [b"2"]
-        assert server.password not in json.dumps(logs.entries, default=str)
-        assert [e["event"] for e in logs.entries].count("healkit.etcd_authenticated") == 2
+        assert server.password not in json.dumps(logs, default=str)
+        assert [e["event"] for e in logs].count("healkit.etcd_authenticated") == 2
 
 
-async def test_concurrent_requests_share_one_login(logs: LogCapture) -> None:
+async def test_concurrent_requests_share_one_login(logs: list[dict[str, Any]]) -> None:
     async with EtcdServer(auth=True) as server, server.client() as client:
         await asyncio.gather(*(client.put(f"/c/{i}", b"v") for i in range(20)))
-    assert [e["event"] for e in logs.entries].count("healkit.etcd_authenticated") == 1
+    assert [e["event"] for e in logs].count("healkit.etcd_authenticated") == 1
 
 
-async def test_wrong_password_and_no_credentials(logs: LogCapture) -> None:
+async def test_wrong_password_and_no_credentials(logs: list[dict[str, Any]]) -> None:
     wrong = "not-the-password-0123"
     async with EtcdServer(auth=True) as server:
         async with server.client(password=wrong) as client:
@@ -552,7 +552,7 @@ async def test_wrong_password_and_no_credentials(logs: LogCapture) -> None:
                 await anonymous.watch("/k").__aenter__()
             # 3.5 says "permission denied", 3.4 "user name is empty".
             assert denied.value.code in {3, 7}
-    assert wrong not in json.dumps(logs.entries, default=str)
+    assert wrong not in json.dumps(logs, default=str)
 
 
 async def test_credentials_with_auth_disabled_are_not_needed(etcd_server: EtcdServer) -> None:

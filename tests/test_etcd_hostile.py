@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
 
 import healkit
 from healkit import DocumentLimits
 from healkit._config import build_config
 from healkit._config_formats import parse_document
 from healkit.etcd import EtcdClient, EtcdSource, PutOp
-from healkit.testing import EtcdServer
+from healkit.testing import EtcdServer, capture_events
 from tests.test_hostile_documents import billion_laughs, calls_on_this_thread
 
 pytestmark = pytest.mark.anyio
@@ -44,7 +43,7 @@ async def test_the_billion_laughs_in_a_key_is_refused_alone_and_off_the_loop(
         version = runtime.version
         bomb = billion_laughs(under="degraded.template.json").encode()
         with (
-            capture_logs() as logs,
+            capture_events() as logs,
             calls_on_this_thread(parse_document, build_config) as on_loop,
         ):
             # One revision: the bomb for a, a good document for b.
@@ -83,7 +82,7 @@ async def test_a_document_just_under_the_size_limit_is_accepted_over_it_refused(
         with anyio.fail_after(DEADLINE):
             await runtime.wait_for_version(version + 1)
         assert runtime.config.policy("a").endpoints == ("http://a.test",)
-        with capture_logs() as logs:
+        with capture_events() as logs:
             put = await etcd.put(ROOT + "services/a", just_under.replace(b"a.test", b"aa.test"))
             with anyio.fail_after(DEADLINE):
                 await source.wait_until(lambda status: status.applied_revision >= put.revision)
@@ -101,7 +100,7 @@ async def test_the_limits_are_the_sources_own(etcd: EtcdClient) -> None:
     source = EtcdSource(etcd, namespace="test", limits=small)
     runtime = healkit.Runtime(config=source, entry_points=False)
     async with runtime:
-        with capture_logs() as logs:
+        with capture_events() as logs:
             deep = await etcd.put(ROOT + "services/a", b'{"endpoints": [[["http://a.test"]]]}')
             big_document = doc("http://b.test/" + "x" * 64)
             big = await etcd.put(ROOT + "services/b", big_document)

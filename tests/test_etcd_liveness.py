@@ -8,11 +8,10 @@ from collections.abc import Callable
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
 
 import healkit
 from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus
-from healkit.testing import EtcdServer, TcpProxy
+from healkit.testing import EtcdServer, TcpProxy, capture_events
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +44,7 @@ async def test_a_blackholed_watch_is_noticed_and_a_change_made_meanwhile_applied
             # A change through the watch: the stream is open and delivering.
             first = await direct.put(ROOT + "services/b", doc("http://b.test"))
             await until(source, lambda s: s.applied_revision == first.revision)
-            with capture_logs() as logs:
+            with capture_events() as logs:
                 proxy.blackhole()  # no reset: the stream just goes quiet
                 meanwhile = await direct.put(ROOT + "services/c", doc("http://c.test"))
                 await until(source, lambda s: s.connection == "unreachable")
@@ -73,7 +72,7 @@ async def test_a_silent_stream_on_a_working_path_is_noticed_by_the_change_it_mis
         async with runtime:
             first = await direct.put(ROOT + "services/a", doc("http://a.test"))
             await until(source, lambda s: s.applied_revision == first.revision)
-            with capture_logs() as logs:
+            with capture_events() as logs:
                 # Only the connections open now go silent (a NAT that forgot
                 # them); new ones work, so the source's probes are answered.
                 proxy.blackhole()
@@ -96,7 +95,7 @@ async def test_a_watch_that_is_never_confirmed_times_out(etcd_server: EtcdServer
         source = EtcdSource(via, namespace="test", liveness_timeout=LIVENESS, random=lambda: 0.0)
         await source.load()  # the bootstrap read, then etcd hangs before the watch
         proxy.blackhole()
-        with capture_logs() as logs:
+        with capture_events() as logs:
             async with anyio.create_task_group() as group:
                 group.start_soon(source.watch, _Sink())
                 await until(source, lambda s: s.connection == "unreachable")

@@ -18,12 +18,11 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 import healkit
 from healkit import ConfigError
 from healkit.etcd import DeleteOp, EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
-from healkit.testing import EtcdServer
+from healkit.testing import EtcdServer, capture_events
 
 pytestmark = pytest.mark.anyio
 
@@ -80,7 +79,7 @@ async def test_an_invalid_default_equal_in_python_is_rejected_and_costs_no_later
     await etcd.put(ROOT + "services/svc", service("http://a.test"))
     source = EtcdSource(etcd, namespace=NAMESPACE)
     async with runtime_of(source) as runtime:
-        with capture_logs() as logs:
+        with capture_events() as logs:
             bad = await put(etcd, source, "defaults", encode({"routing": {"eject_time": True}}))
         assert source.status.rejected == {"defaults": bad}
         assert rejected_events(logs) == [("defaults", bad, "$.defaults.routing.eject_time")]
@@ -117,7 +116,7 @@ async def test_every_invalid_revision_is_rejected_on_its_own(
     source = EtcdSource(etcd, namespace=NAMESPACE)
     async with runtime_of(source) as runtime:
         path = f"$.services.svc.routing.{field}"
-        with capture_logs() as logs:
+        with capture_events() as logs:
             first = await put(
                 etcd, source, "services/svc", service("http://a.test", **{field: bad})
             )
@@ -144,7 +143,7 @@ async def test_a_change_to_defaults_that_breaks_a_service_is_rejected_with_its_k
     source = EtcdSource(etcd, namespace=NAMESPACE)
     async with runtime_of(source) as runtime:
         # Valid alone, but the service's eject_time would exceed its eject_time_max.
-        with capture_logs() as logs:
+        with capture_events() as logs:
             bad = await put(etcd, source, "defaults", encode({"routing": {"eject_time": 100}}))
         assert source.status.rejected == {"defaults": bad}
         assert rejected_events(logs) == [("defaults", bad, "$.services.svc.routing")]
@@ -177,7 +176,7 @@ async def test_an_instance_starts_with_every_valid_key(etcd: EtcdClient) -> None
     bad = await etcd.put(ROOT + "services/bad", service("http://bad.test", eject_after="3"))
     broken = await etcd.put(ROOT + "services/broken", b"{not json")
     source = EtcdSource(etcd, namespace=NAMESPACE)
-    with capture_logs() as logs:
+    with capture_events() as logs:
         runtime = runtime_of(source)
         await runtime.start()
     try:
@@ -221,7 +220,7 @@ async def test_a_value_that_is_not_utf8_is_rejected_not_replaced(etcd: EtcdClien
     async with runtime_of(source) as runtime:
         assert set(runtime.config.services) == {"m"}  # at start
         assert "services/s" in source.status.rejected
-        with capture_logs() as logs:
+        with capture_events() as logs:
             revision = await put(
                 etcd, source, "services/m", b'{"endpoints": ["http://m.test/m2\xff"]}'
             )

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
 
 import healkit
 from healkit import ConfigError, EtcdUnavailable
 from healkit.etcd import EtcdClient, EtcdSource
-from healkit.testing import EtcdServer, TcpProxy
+from healkit.testing import EtcdServer, TcpProxy, capture_events
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +94,7 @@ async def test_a_snapshot_of_another_cluster_is_replaced_whole_and_said_so(
                 runtime = healkit.Runtime(config=source, entry_points=False)
                 async with runtime:
                     assert set(runtime.config.services) == {"x"}
-                    with capture_logs() as logs:
+                    with capture_events() as logs:
                         proxy.unblock()  # cluster B answers
                         with anyio.fail_after(DEADLINE):
                             await source.wait_until(lambda s: not s.from_snapshot)

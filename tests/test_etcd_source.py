@@ -12,12 +12,11 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 import healkit
 from healkit import ConfigError
 from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
-from healkit.testing import EtcdServer, TcpProxy
+from healkit.testing import EtcdServer, TcpProxy, capture_events
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +64,7 @@ async def test_an_invalid_document_keeps_that_services_last_good_one(etcd: EtcdC
     runtime = healkit.Runtime(config=source, entry_points=False)
     async with runtime:
         version = runtime.version
-        with capture_logs() as logs:
+        with capture_events() as logs:
             # One transaction: a broken document for a, a good one for b.
             result = await etcd.txn(
                 success=[
@@ -159,7 +158,7 @@ async def test_compacted_history_while_away_is_read_again_with_the_deletes(
                 await direct.put(ROOT + "services/b", doc("http://b.test"))
                 last = await direct.put(ROOT + "services/b", doc("http://b2.test"))
                 await etcd_server.compact(last.revision)
-                with capture_logs() as logs:
+                with capture_events() as logs:
                     proxy.unblock()
                     await until(source, lambda s: s.applied_revision == last.revision)
                 assert set(runtime.config.services) == {"b"}
@@ -355,7 +354,7 @@ async def test_a_failing_listener_is_logged_and_the_source_goes_on(etcd: EtcdCli
 
     async with runtime:
         source.listen("health/", broken)
-        with capture_logs() as logs:
+        with capture_events() as logs:
             await etcd.put(ROOT + "health/s/e/i", b"down")
             put = await etcd.put(ROOT + "services/a", doc("http://a.test"))
             await until(source, lambda s: s.applied_revision == put.revision)
@@ -442,7 +441,7 @@ async def test_a_restored_etcd_behind_the_applied_revision_is_read_again() -> No
             async with runtime:
                 applied = source.status.applied_revision
                 assert set(runtime.config.services) == {"x"}
-                with capture_logs() as logs:
+                with capture_events() as logs:
                     proxy.retarget("127.0.0.1", int(restored.url.rsplit(":", 1)[1]))
                     await proxy.cut()
                     await until(source, lambda s: s.applied_revision < applied)

@@ -24,7 +24,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from structlog.testing import LogCapture
 
 import healkit
 from healkit import ConfigError, DocumentLimits
@@ -81,10 +80,10 @@ def calls_on_this_thread(*functions: Callable[..., object]) -> Iterator[list[str
         sys.setprofile(None)
 
 
-def rejection_reasons(logs: LogCapture) -> list[str]:
+def rejection_reasons(logs: list[dict[str, Any]]) -> list[str]:
     return [
         issue
-        for entry in logs.entries
+        for entry in logs
         if entry["event"] == "healkit.config_rejected"
         for issue in entry["issues"]
     ]
@@ -290,7 +289,7 @@ def test_alias_bombs_of_any_shape_are_refused_or_small(levels: int, width: int, 
 
 
 async def test_a_watched_file_with_the_billion_laughs_is_refused_off_the_loop(
-    tmp_path: Path, fault_server: FaultServer, logs: LogCapture
+    tmp_path: Path, fault_server: FaultServer, logs: list[dict[str, Any]]
 ) -> None:
     path = tmp_path / "healkit.yaml"
     path.write_text(service_yaml(fault_server.url))
@@ -402,7 +401,7 @@ async def test_calls_keep_their_deadlines_while_a_document_is_being_validated(
 
 
 async def test_a_runtime_stopped_mid_validation_stops_at_once_and_applies_nothing(
-    tmp_path: Path, fault_server: FaultServer, logs: LogCapture
+    tmp_path: Path, fault_server: FaultServer, logs: list[dict[str, Any]]
 ) -> None:
     gate = Gate()
     path = tmp_path / "healkit.yaml"
@@ -425,4 +424,4 @@ async def test_a_runtime_stopped_mid_validation_stops_at_once_and_applies_nothin
     assert not gate.timed_out
     assert runtime.config is good
     assert runtime.version == version
-    assert not any(entry["event"] == "healkit.background_task_failed" for entry in logs.entries)
+    assert not any(entry["event"] == "healkit.background_task_failed" for entry in logs)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
-import structlog
 import yarl
-from structlog.testing import LogCapture
 
 import healkit
-from healkit import _log
 from healkit._redact import REDACTED, URL_CACHE_SIZE, URL_REDACTED, Redactor
-from healkit.testing import Fault, FaultServer
+from healkit.testing import Fault, FaultServer, capture_events
 from tests.plugins import RetryUpTo
 
 pytestmark = pytest.mark.anyio
@@ -21,7 +19,7 @@ SECRETS = ("s3cr3t-pass", "tok-123", "sig-456", "cookie-789", "apikey-000", "bea
 
 
 async def test_failed_call_logs_carry_context_and_no_secret(
-    fault_server: FaultServer, logs: LogCapture
+    fault_server: FaultServer, logs: list[dict[str, Any]]
 ) -> None:
     fault_server.set_default(Fault.reset())
     url = fault_server.url.replace("http://", "http://user:s3cr3t-pass@")
@@ -37,7 +35,7 @@ async def test_failed_call_logs_carry_context_and_no_secret(
                     "X-Visible": "shown",
                 },
             )
-    events = [e["event"] for e in logs.entries]
+    events = [e["event"] for e in logs]
     # The second, identical attempt failure is counted, and summarised when the client closes.
     assert events == [
         "healkit.config_applied",
@@ -46,16 +44,16 @@ async def test_failed_call_logs_carry_context_and_no_secret(
         "healkit.call_failed",
         "healkit.attempt_failures_summary",
     ]
-    assert logs.entries[-1]["count"] == 1
-    assert "s3cr3t-pass" not in logs.entries[-1]["endpoint"]
-    failed = logs.entries[-2]
+    assert logs[-1]["count"] == 1
+    assert "s3cr3t-pass" not in logs[-1]["endpoint"]
+    failed = logs[-2]
     assert failed["service"] == "127.0.0.1"
     assert failed["attempt"] == 2
     assert failed["path"] == "retry"
     assert failed["headers"]["Authorization"] == REDACTED
     assert failed["headers"]["X-Api-Key"] == REDACTED
     assert failed["headers"]["X-Visible"] == "shown"
-    text = repr(logs.entries) + str(caught.value)
+    text = repr(logs) + str(caught.value)
     for secret in SECRETS:
         assert secret not in text
 
@@ -109,39 +107,10 @@ async def test_a_filtering_logger_gets_the_events_at_its_level_only(
     # Events below the level are skipped before their arguments are computed;
     # the ones at or above it are logged as they always were.
     fault_server.set_default(Fault.reset())
-    capture = LogCapture()
-    saved = structlog.get_config()
-    structlog.configure(
-        processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(level)
-    )
-    try:
+    with capture_events(level) as logs:
         async with healkit.Client(entry_points=False) as client:
             with pytest.raises(healkit.ConnectionLostError):
                 await client.get(f"{fault_server.url}/x")
-    finally:
-        structlog.reset_defaults()
-        structlog.configure(**saved)
-    assert [e["event"] for e in capture.entries] == expected
+    assert [e["event"] for e in logs] == expected
     if expected:
-        assert capture.entries[-1]["error"] == "ConnectionLostError"
-
-
-def test_events_are_prepared_only_for_a_logger_that_may_emit_them() -> None:
-    saved = structlog.get_config()
-    stdlib_logger = logging.getLogger("healkit")
-    stdlib_level = stdlib_logger.level
-    try:
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-        assert _log._emitting(_log._DROPPING_WARNING) is None
-        assert _log._emitting(_log._DROPPING_ERROR) is not None
-        # stdlib's runs its processors before its level check: it gets every event.
-        structlog.configure(
-            wrapper_class=structlog.stdlib.BoundLogger,
-            logger_factory=structlog.stdlib.LoggerFactory(),
-        )
-        stdlib_logger.setLevel(logging.ERROR)
-        assert _log._emitting(_log._DROPPING_INFO) is not None
-    finally:
-        stdlib_logger.setLevel(stdlib_level)
-        structlog.reset_defaults()
-        structlog.configure(**saved)
+        assert logs[-1]["error"] == "ConnectionLostError"

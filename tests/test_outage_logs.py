@@ -6,11 +6,10 @@ import logging
 from typing import Any
 
 import pytest
-from structlog.testing import LogCapture
 
 import healkit
 from healkit import _log
-from healkit.testing import Fault, FaultServer, ManualClock, refused_url
+from healkit.testing import Fault, FaultServer, ManualClock, capture_events, refused_url
 from healkit_breaker import BreakerPlugin
 
 pytestmark = pytest.mark.anyio
@@ -18,8 +17,8 @@ pytestmark = pytest.mark.anyio
 INTERVAL = _log.SUMMARY_INTERVAL
 
 
-def named(logs: LogCapture, event: str) -> list[dict[str, Any]]:
-    return [e for e in logs.entries if e["event"] == event]
+def named(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == event]
 
 
 def tripping_client(fault_server: FaultServer, clock: ManualClock) -> healkit.Client:
@@ -41,7 +40,7 @@ def tripping_client(fault_server: FaultServer, clock: ManualClock) -> healkit.Cl
 
 
 async def test_an_open_breaker_logs_once_then_one_exact_summary_per_interval(
-    fault_server: FaultServer, manual_clock: ManualClock, logs: LogCapture
+    fault_server: FaultServer, manual_clock: ManualClock, logs: list[dict[str, Any]]
 ) -> None:
     refused = 0
     async with tripping_client(fault_server, manual_clock) as client:
@@ -87,7 +86,7 @@ async def test_an_open_breaker_logs_once_then_one_exact_summary_per_interval(
 
 
 async def test_identical_attempt_failures_are_summarised_and_other_kinds_logged(
-    fault_server: FaultServer, manual_clock: ManualClock, logs: LogCapture
+    fault_server: FaultServer, manual_clock: ManualClock, logs: list[dict[str, Any]]
 ) -> None:
     fault_server.set_default(Fault.reset())
     down = refused_url()
@@ -112,7 +111,7 @@ async def test_identical_attempt_failures_are_summarised_and_other_kinds_logged(
 
 
 async def test_a_new_episode_after_a_quiet_interval_is_logged_in_full(
-    manual_clock: ManualClock, logs: LogCapture
+    manual_clock: ManualClock, logs: list[dict[str, Any]]
 ) -> None:
     down = refused_url()
     async with healkit.Client(entry_points=False, clock=manual_clock) as client:
@@ -131,7 +130,7 @@ async def test_a_new_episode_after_a_quiet_interval_is_logged_in_full(
     assert [s["count"] for s in named(logs, "healkit.attempt_failures_summary")] == [2, 2]
 
 
-def test_the_summariser_is_bounded_and_loses_no_count(logs: LogCapture) -> None:
+def test_the_summariser_is_bounded_and_loses_no_count(logs: list[dict[str, Any]]) -> None:
     repeats = _log.Repeats(interval=INTERVAL, limit=4)
     now = 0.0
     for host in range(10):
@@ -150,20 +149,10 @@ def test_the_summariser_is_bounded_and_loses_no_count(logs: LogCapture) -> None:
 async def test_a_logger_that_drops_warnings_is_spared_the_counting(
     manual_clock: ManualClock,
 ) -> None:
-    import structlog  # noqa: PLC0415 - configured for this test only
-
-    capture = LogCapture()
-    saved = structlog.get_config()
-    structlog.configure(
-        processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL)
-    )
-    try:
+    with capture_events(logging.CRITICAL) as logs:
         async with healkit.Client(entry_points=False, clock=manual_clock) as client:
             for _ in range(3):
                 with pytest.raises(healkit.ConnectError):
                     await client.get(f"{refused_url()}/a", service="down")
             assert len(client.runtime.repeats) == 0
-    finally:
-        structlog.reset_defaults()
-        structlog.configure(**saved)
-    assert capture.entries == []
+    assert logs == []

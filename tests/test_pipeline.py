@@ -8,7 +8,6 @@ from typing import Any
 
 import anyio
 import pytest
-from structlog.testing import LogCapture
 
 import healkit
 from healkit.testing import ManualClock
@@ -61,7 +60,7 @@ async def test_retry_decisions_are_carried_out_with_backoff_on_the_clock() -> No
     assert recorder.events[-1] == ("call_end", ("retry", None))
 
 
-async def test_final_error_is_typed_and_carries_every_attempt(logs: LogCapture) -> None:
+async def test_final_error_is_typed_and_carries_every_attempt(logs: list[dict[str, Any]]) -> None:
     rt = runtime(RetryUpTo(3), clock=ManualClock())
     flaky = Flaky(10)
     with pytest.raises(healkit.CallError) as caught:
@@ -72,12 +71,12 @@ async def test_final_error_is_typed_and_carries_every_attempt(logs: LogCapture) 
     assert [a.number for a in error.attempts] == [1, 2, 3]
     assert all(a.error == "CallError" for a in error.attempts)
     rt.repeats.flush(rt.clock.now())
-    events = [e["event"] for e in logs.entries]
+    events = [e["event"] for e in logs]
     # The first attempt failure in full; the two identical ones after it in a summary.
     assert events.count("healkit.attempt_failed") == 1
     assert events.count("healkit.retry_scheduled") == 2
     assert events[-2:] == ["healkit.call_failed", "healkit.attempt_failures_summary"]
-    assert logs.entries[-1]["count"] == 2
+    assert logs[-1]["count"] == 2
 
 
 async def test_exceptions_not_counted_as_failures_propagate_unchanged() -> None:
@@ -231,7 +230,9 @@ async def test_crash_in_decision_plugin_fails_the_call_with_plugin_error() -> No
     assert len(caught.value.attempts) == 1
 
 
-async def test_crash_in_observer_is_logged_once_counted_and_harmless(logs: LogCapture) -> None:
+async def test_crash_in_observer_is_logged_once_counted_and_harmless(
+    logs: list[dict[str, Any]],
+) -> None:
     class BrokenObserver:
         healkit_name = "broken-observer"
         healkit_observer = True
@@ -245,7 +246,7 @@ async def test_crash_in_observer_is_logged_once_counted_and_harmless(logs: LogCa
     for _ in range(3):
         assert await call_site() == "ok"
     assert rt.plugin_errors["broken-observer"] == 3
-    plugin_events = [e for e in logs.entries if e["event"] == "healkit.plugin_error"]
+    plugin_events = [e for e in logs if e["event"] == "healkit.plugin_error"]
     assert len(plugin_events) == 1
     assert plugin_events[0]["plugin"] == "broken-observer"
 
@@ -321,7 +322,7 @@ async def test_no_task_is_left_behind() -> None:
     assert asyncio.all_tasks() == before
 
 
-async def test_an_observer_cannot_refuse_or_substitute(logs: LogCapture) -> None:
+async def test_an_observer_cannot_refuse_or_substitute(logs: list[dict[str, Any]]) -> None:
     class Meddler:
         healkit_name = "meddler"
         healkit_observer = True
@@ -341,7 +342,9 @@ async def test_an_observer_cannot_refuse_or_substitute(logs: LogCapture) -> None
     assert rt.plugin_errors["meddler"] == 2
 
 
-async def test_a_failing_fallback_is_logged_and_the_next_one_answers(logs: LogCapture) -> None:
+async def test_a_failing_fallback_is_logged_and_the_next_one_answers(
+    logs: list[dict[str, Any]],
+) -> None:
     class Down:
         healkit_name = "down"
 
@@ -351,7 +354,7 @@ async def test_a_failing_fallback_is_logged_and_the_next_one_answers(logs: LogCa
 
     rt = runtime(StaticFallback("second"), Down())
     assert await healkit.resilient(service="svc", runtime=rt)(Flaky(1).__call__)() == "second"
-    failed = [e for e in logs.entries if e["event"] == "healkit.fallback_failed"]
+    failed = [e for e in logs if e["event"] == "healkit.fallback_failed"]
     assert failed[0]["plugin"] == "down"
     assert failed[0]["error"] == "ConnectError"
 

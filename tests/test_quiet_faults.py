@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from healkit._demo import Scene, run_demo
 from healkit.testing import Fault
 
 NOISE = ("Error handling request", "Traceback")
-
-
-@pytest.fixture(autouse=True)
-def _keep_structlog() -> Iterator[None]:
-    """Leave structlog as the test found it (the demo configures it)."""
-    was_configured = structlog.is_configured()
-    saved = structlog.get_config()
-    yield
-    if was_configured:
-        structlog.configure(**saved)
-    else:
-        structlog.reset_defaults()
 
 
 def test_the_demo_screen_shows_no_server_traceback(

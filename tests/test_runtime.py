@@ -7,7 +7,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from structlog.testing import LogCapture
 
 import healkit
 
@@ -67,7 +66,7 @@ async def test_background_tasks_need_a_started_runtime() -> None:
         runtime.start_background("early", nothing)
 
 
-async def test_a_crashing_background_task_is_logged(logs: LogCapture) -> None:
+async def test_a_crashing_background_task_is_logged(logs: list[dict[str, Any]]) -> None:
     class Crash:
         @healkit.hookimpl
         def healkit_startup(self, runtime: healkit.Runtime) -> None:
@@ -78,7 +77,7 @@ async def test_a_crashing_background_task_is_logged(logs: LogCapture) -> None:
 
     async with healkit.Client(plugins=[Crash()], entry_points=False) as client:
         await asyncio.wait(client.runtime.background_tasks)
-    failed = [e for e in logs.entries if e["event"] == "healkit.background_task_failed"]
+    failed = [e for e in logs if e["event"] == "healkit.background_task_failed"]
     assert failed == [
         {
             "event": "healkit.background_task_failed",
@@ -90,7 +89,9 @@ async def test_a_crashing_background_task_is_logged(logs: LogCapture) -> None:
     ]
 
 
-async def test_configure_is_called_with_previous_and_a_crash_is_reported(logs: LogCapture) -> None:
+async def test_configure_is_called_with_previous_and_a_crash_is_reported(
+    logs: list[dict[str, Any]],
+) -> None:
     seen: list[tuple[int, bool]] = []
 
     class Watch:
@@ -112,9 +113,7 @@ async def test_configure_is_called_with_previous_and_a_crash_is_reported(logs: L
     assert seen == [(0, True), (1, False), (2, False)]
     assert len(runtime.config.services) == 2
     assert runtime.plugin_errors["watch"] == 1
-    assert any(
-        e["event"] == "healkit.plugin_error" and e["plugin"] == "watch" for e in logs.entries
-    )
+    assert any(e["event"] == "healkit.plugin_error" and e["plugin"] == "watch" for e in logs)
 
 
 async def test_an_adopted_closed_session_is_refused() -> None:
@@ -144,7 +143,7 @@ async def test_a_crashing_startup_fails_the_client_and_leaks_nothing() -> None:
     assert asyncio.all_tasks() == before
 
 
-async def test_failing_shutdowns_are_logged_not_raised(logs: LogCapture) -> None:
+async def test_failing_shutdowns_are_logged_not_raised(logs: list[dict[str, Any]]) -> None:
     class BadShutdown:
         healkit_name = "bad-shutdown"
 
@@ -158,7 +157,7 @@ async def test_failing_shutdowns_are_logged_not_raised(logs: LogCapture) -> None
     async with healkit.Client(plugins=[BadShutdown()], entry_points=False) as client:
         pass
     assert client.runtime.plugin_errors["bad-shutdown"] == 1
-    assert any(e.get("plugin") == "bad-shutdown" for e in logs.entries)
+    assert any(e.get("plugin") == "bad-shutdown" for e in logs)
 
 
 def test_a_crashing_config_sections_hook_names_the_plugin() -> None:
@@ -187,7 +186,7 @@ async def test_a_started_runtime_is_shared_not_stopped_by_each_client() -> None:
     assert not runtime.started
 
 
-def test_events_reach_every_subscriber_and_a_crash_is_contained(logs: LogCapture) -> None:
+def test_events_reach_every_subscriber_and_a_crash_is_contained(logs: list[dict[str, Any]]) -> None:
     received: list[object] = []
 
     class Subscriber:
@@ -217,6 +216,6 @@ def test_events_reach_every_subscriber_and_a_crash_is_contained(logs: LogCapture
     runtime.emit("second")
     assert received == ["first", "second"]
     assert runtime.plugin_errors["broken-subscriber"] == 2
-    assert [e["plugin"] for e in logs.entries if e["event"] == "healkit.plugin_error"] == [
+    assert [e["plugin"] for e in logs if e["event"] == "healkit.plugin_error"] == [
         "broken-subscriber"
     ]

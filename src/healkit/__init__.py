@@ -60,6 +60,7 @@ from healkit._errors import (
     TooManyRedirects,
     TransportError,
 )
+from healkit._log import EventLogger, get_logger
 from healkit._middleware import ResilienceMiddleware
 from healkit._outcome import AttemptRecord, Outcome, PathTaken, RedirectRecord
 from healkit._plugins import PluginInfo, create_plugin_manager, describe_plugins
@@ -108,6 +109,7 @@ __all__ = [
     "EtcdProtocolError",
     "EtcdRequestError",
     "EtcdUnavailable",
+    "EventLogger",
     "EvictionReason",
     "Fallback",
     "FileSource",
@@ -149,6 +151,7 @@ __all__ = [
     "current_runtime",
     "default_runtime",
     "describe_plugins",
+    "get_logger",
     "hookimpl",
     "resilient",
 ]

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, Final, Literal, TextIO, final
 
 import msgspec
-import yaml
 
 from healkit._cli_args import (
     EXIT_FAILED,
@@ -63,7 +62,13 @@ from healkit._cli_args import (
     write_json,
 )
 from healkit._config import ConfigSection, build_config, name_problem, service_name_issues
-from healkit._config_formats import DocumentFormat, format_for_path, load_file, parse_document
+from healkit._config_formats import (
+    DocumentFormat,
+    format_for_path,
+    load_file,
+    parse_document,
+    require_yaml,
+)
 from healkit._config_validate import join_path
 from healkit._entry_logs import routed_logs
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
@@ -932,7 +937,10 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
 
 def _render(document: object, fmt: OutputFormat) -> str:
     if fmt == "yaml":
-        return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+        require_yaml("--format yaml")
+        from healkit._config_yaml import dump_yaml  # noqa: PLC0415 - PyYAML: only for YAML
+
+        return dump_yaml(document)
     if fmt == "toml":
         if not isinstance(document, Mapping):  # pragma: no cover - documents are mappings
             raise _CommandError("only a mapping can be written as TOML")

@@ -8,7 +8,9 @@ checking it against a model is :func:`healkit._config_validate.validate`'s job.
 Format notes:
 
 - Text is UTF-8 (a leading byte order mark is tolerated); anything else is refused.
-- YAML is loaded with PyYAML's safe loader (through ``msgspec.yaml``): tags that
+- YAML needs PyYAML, the extra ``yaml`` (``pip install 'healkit[yaml]'``); without
+  it a YAML document is a ConfigError saying so. It is loaded with PyYAML's
+  safe loader (see :mod:`healkit._config_yaml`): tags that
   would construct Python objects (``!!python/object``, ``!!python/name``...) are
   refused. YAML 1.1 rules apply (``on``/``off``/``yes``/``no`` are booleans),
   anchors, aliases and ``<<`` merge keys work, and a key repeated in one mapping
@@ -34,15 +36,10 @@ import errno
 import os
 import re
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Literal, NamedTuple, NoReturn, TypeAlias, final
+from typing import Final, Literal, NoReturn, TypeAlias, final
 
 import msgspec
-import yaml
-from yaml.composer import Composer
-from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, ScalarNode
 
 from healkit._errors import ConfigError, ConfigIssue
 
@@ -160,17 +157,22 @@ def parse_document(
             _fail(f"the document is not valid UTF-8: {exc.reason} at byte {exc.start}", origin)
     text = text.removeprefix(_BOM)
     name = _FORMAT_NAMES[fmt]
+    decode_errors: tuple[type[Exception], ...] = (
+        msgspec.MsgspecError,
+        tomllib.TOMLDecodeError,
+        ValueError,
+        TypeError,
+    )
+    if fmt == "yaml":
+        require_yaml(origin)
+        from healkit._config_yaml import YAMLError  # noqa: PLC0415 - PyYAML: only for YAML
+
+        decode_errors = (*decode_errors, YAMLError)
     try:
         document = _decode(text, fmt, limits)
     except _LimitExceededError as exc:
         _fail(str(exc), origin)
-    except (
-        msgspec.MsgspecError,
-        yaml.YAMLError,
-        tomllib.TOMLDecodeError,
-        ValueError,
-        TypeError,
-    ) as exc:
+    except decode_errors as exc:
         _fail(f"invalid {name}: {_describe_error(exc, text, fmt)}", origin)
     except RecursionError:
         _fail(_too_deep(limits), origin)
@@ -194,6 +196,27 @@ def format_for_path(path: str | os.PathLike[str]) -> DocumentFormat:
         what = f"suffix {suffix!r}" if suffix else "no suffix"
         _fail(f"unsupported file type ({what}): use one of {supported}", os.fspath(path))
     return fmt
+
+
+YAML_MISSING: Final = (
+    "YAML support is not installed: install it with pip install 'healkit[yaml]'"
+    " (or use a .json or .toml document)"
+)
+"""The reason of the ConfigError raised when a YAML document is met without PyYAML."""
+
+
+def require_yaml(origin: str) -> None:
+    """Make sure YAML can be read and written: PyYAML is the optional extra ``yaml``.
+
+    Raises:
+        ConfigError: PyYAML is not installed (the reason says how to install
+            it); ``origin`` names what needed YAML.
+
+    """
+    try:
+        import yaml  # noqa: F401, PLC0415 - imported once, only when YAML is used
+    except ImportError:
+        _fail(YAML_MISSING, origin)
 
 
 def read_file(path: str | os.PathLike[str], *, limits: DocumentLimits = DEFAULT_LIMITS) -> bytes:
@@ -236,13 +259,9 @@ def load_file(path: str | os.PathLike[str], *, limits: DocumentLimits = DEFAULT_
 def _decode(text: str, fmt: DocumentFormat, limits: DocumentLimits) -> object:
     """Run the decoder of ``fmt`` within ``limits``; decoder exceptions propagate."""
     if fmt == "yaml":
-        # The bounded loader counts nodes and depth while composing, before
-        # anything is constructed: an alias bomb never gets expanded.
-        loader = _BoundedYamlLoader(text, limits)
-        try:
-            return loader.get_single_data()
-        finally:
-            loader.dispose()
+        from healkit._config_yaml import load_yaml  # noqa: PLC0415 - PyYAML: only for YAML
+
+        return load_yaml(text, limits)
     document = _JSON_DECODER.decode(text.encode("utf-8")) if fmt == "json" else tomllib.loads(text)
     _check_shape(document, limits)
     return document
@@ -267,115 +286,6 @@ def _check_shape(document: object, limits: DocumentLimits) -> None:
             stack.extend((item, depth + 1) for item in value)
         if nodes > limits.max_nodes:
             raise _LimitExceededError(_too_many(limits))
-
-
-class _Shape(NamedTuple):
-    """What a composed YAML node expands to: its nodes, its height, its text."""
-
-    nodes: int
-    height: int
-    text: int
-
-
-class _BoundedComposer(Composer):
-    """PyYAML's composer, counting what the document expands to as it composes it.
-
-    Each node composed counts one; an alias counts every node of what it refers
-    to (aliases inside it included), its depth adds to the depth where it
-    stands, and the text of its scalars adds to the document's text (aliases
-    may not expand a document to more text than ``max_bytes``: one long string
-    referred to by thousands of aliases is a bomb too). All are known when the
-    alias is met, from the node it refers to, so the checks cost nothing more
-    than composing the document itself.
-    """
-
-    check_event: Callable[..., bool]  # the parser's, a base class of the loader
-
-    def __init__(self, limits: DocumentLimits) -> None:
-        Composer.__init__(self)
-        self._limits = limits
-        self._depth = 0
-        self._nodes = 0
-        self._text = 0
-        # The shape of each composed node, by id: the nodes stay alive in the
-        # tree while it is composed.
-        self._shapes: dict[int, _Shape] = {}
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        """Compose one node (PyYAML's), then account for it."""
-        limits = self._limits
-        if self.check_event(AliasEvent):
-            node = super().compose_node(parent, index)
-            shape = None if node is None else self._shapes.get(id(node))
-            if shape is None:
-                raise _LimitExceededError("a YAML alias refers to a node that contains it")
-            self._expand(shape)
-            return node
-        self._depth += 1
-        if self._depth > limits.max_depth:
-            raise _LimitExceededError(_too_deep(limits))
-        self._nodes += 1
-        if self._nodes > limits.max_nodes:
-            raise _LimitExceededError(_too_many(limits))
-        node = super().compose_node(parent, index)
-        self._depth -= 1
-        if node is None:  # pragma: no cover - PyYAML composes a node from every event
-            return None
-        if isinstance(node, ScalarNode):
-            self._text += len(node.value)  # within the document's size: no alias in it
-            self._shapes[id(node)] = _Shape(1, 1, len(node.value))
-            return node
-        children = (
-            [child for pair in node.value for child in pair]
-            if isinstance(node, MappingNode)
-            else node.value
-        )
-        shapes = [self._shapes[id(child)] for child in children]
-        self._shapes[id(node)] = _Shape(
-            1 + sum(shape.nodes for shape in shapes),
-            1 + max((shape.height for shape in shapes), default=0),
-            sum(shape.text for shape in shapes),
-        )
-        return node
-
-    def _expand(self, shape: _Shape) -> None:
-        """Account for an alias to a node of ``shape``, at the current depth."""
-        limits = self._limits
-        if self._nodes + shape.nodes > limits.max_nodes:
-            raise _LimitExceededError(
-                f"YAML aliases expand beyond {limits.max_nodes:,} nodes (max_nodes)"
-            )
-        if self._text + shape.text > limits.max_bytes:
-            raise _LimitExceededError(
-                f"YAML aliases expand beyond {_size(limits.max_bytes)} of text (max_bytes)"
-            )
-        if self._depth + shape.height > limits.max_depth:
-            raise _LimitExceededError(_too_deep(limits))
-        self._nodes += shape.nodes
-        self._text += shape.text
-
-
-if yaml.__with_libyaml__:
-
-    class _BoundedYamlLoader(_BoundedComposer, yaml.CSafeLoader):
-        """PyYAML's safe loader on libyaml's C parser, composing with :class:`_BoundedComposer`.
-
-        The composer comes first in the bases, so its ``get_single_node``
-        replaces libyaml's own (which would compose without counting).
-        """
-
-        def __init__(self, text: str, limits: DocumentLimits) -> None:
-            yaml.CSafeLoader.__init__(self, text)
-            _BoundedComposer.__init__(self, limits)
-
-else:  # pragma: no cover - PyYAML built without libyaml
-
-    class _BoundedYamlLoader(_BoundedComposer, yaml.SafeLoader):  # type: ignore[no-redef]
-        """PyYAML's pure-Python safe loader, composing with :class:`_BoundedComposer`."""
-
-        def __init__(self, text: str, limits: DocumentLimits) -> None:
-            yaml.SafeLoader.__init__(self, text)
-            _BoundedComposer.__init__(self, limits)
 
 
 def _describe_error(exc: Exception, text: str, fmt: DocumentFormat) -> str:

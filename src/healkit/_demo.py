@@ -159,7 +159,7 @@ next call, as a client loop would: a refusal by an open breaker (answered by
 the degraded template or not) takes microseconds, and callers that never wait
 would keep the event loop from everything else."""
 BREAKER_LOG_EVENT: Final = "healkit.breaker_transition"
-"""The structlog event the breaker plugin logs for each transition."""
+"""The event the breaker plugin logs for each transition."""
 CONFIG_LOG_EVENT: Final = "healkit.config_applied"
 ETCD_NAMESPACE: Final = "healkit-demo"
 """The etcd namespace of ``healkit demo --etcd``; its key is deleted at the end."""
@@ -1432,7 +1432,7 @@ class _Demo:
     # -- logs and events -------------------------------------------------------
 
     def on_log(self, method: str, event: Mapping[str, Any]) -> None:
-        """Take a structlog event of healkit's: count it; keep the notable ones."""
+        """Take an event of healkit's: count it; keep the notable ones."""
         name = str(event.get("event", "?"))
         self.log_events[name] += 1
         if name in QUIET_LOG_EVENTS:

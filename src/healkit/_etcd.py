@@ -55,7 +55,7 @@ from healkit._errors import (
     EtcdRequestError,
     EtcdUnavailable,
 )
-from healkit._log import logger
+from healkit._log import get_logger
 
 __all__ = [
     "Compare",
@@ -76,6 +76,8 @@ __all__ = [
     "WatchResponse",
     "prefix_range_end",
 ]
+
+logger: Final = get_logger("healkit.etcd")
 
 # gRPC status codes that the gateway puts in its error replies.
 _GRPC_INVALID_ARGUMENT: Final = 3

@@ -59,19 +59,19 @@ from typing import Final, Literal, final
 
 import anyio
 import msgspec
-import structlog
 
 from healkit._config import name_problem
 from healkit._config_formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
 from healkit._config_validate import join_path, same_document
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError, EtcdUnavailable
 from healkit._etcd import EtcdClient, EtcdWatch, KeyValue, WatchEvent
+from healkit._log import get_logger
 from healkit._offload import off_loop
 from healkit._sources import ConfigSink
 
 __all__ = ["EtcdSource", "EtcdSourceStatus", "KeyKind", "Listener", "etcd_prefix", "key_role"]
 
-_logger: Final = structlog.get_logger("healkit")
+_logger: Final = get_logger("healkit.etcd")
 
 DEFAULT_PREFIX: Final = "/healkit/"
 BACKOFF_BASE: Final = 0.1

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, final
 from urllib.parse import quote, unquote
 
 import msgspec
-import structlog
 
 from healkit._errors import EtcdError
+from healkit._log import get_logger
 
 if TYPE_CHECKING:
     from healkit._etcd import EtcdClient, LeaseKeeper, WatchEvent
@@ -56,7 +56,7 @@ __all__ = [
     "parse_record_key",
 ]
 
-_logger: Final = structlog.get_logger("healkit")
+_logger: Final = get_logger("healkit.fleet")
 HEALTH: Final = "health/"
 INSTANCES: Final = "instances/"
 VIEW_PERIOD: Final = 1.0

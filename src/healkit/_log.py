@@ -1,10 +1,27 @@
-"""healkit's structured log events.
+"""healkit's structured log events, through the standard library's :mod:`logging`.
 
-healkit logs through ``structlog.get_logger("healkit")`` and never configures
-logging: the application decides where events go. Event names are namespaced
-(``healkit.attempt_failed``); every event of a call carries ``service``,
-``attempt`` and ``path``; URLs and headers are redacted before they are logged.
-Successful calls log nothing.
+Every event goes to a :class:`logging.Logger` under ``healkit`` (the core logs
+to ``healkit``; subsystems and plugins to ``healkit.<name>``), so the
+application's logging configuration decides what is shown: healkit never
+configures logging. ``healkit`` has a :class:`logging.NullHandler`, as a
+library's top logger should: an application that configured nothing sees
+nothing (not even Python's last-resort output of warnings to stderr);
+``logging.basicConfig(level=logging.INFO)`` shows the events;
+``logging.getLogger("healkit").setLevel(logging.ERROR)`` keeps only errors.
+
+An event is a :class:`~logging.LogRecord` whose message is the event's
+fields (an :class:`Event`: ``event`` holds its namespaced name, such as
+``healkit.attempt_failed``). ``str()`` of it, which is what a plain
+:class:`logging.Formatter` shows, reads ``healkit.attempt_failed service='users'
+...``. The record carries the two attributes that structlog's
+``ProcessorFormatter.wrap_for_formatter`` gives its own records, so a
+``structlog.stdlib.ProcessorFormatter`` renders the fields as a structlog
+event (JSON, key-values, the console...). healkit does not import structlog.
+
+Every event of a call carries ``service``, ``attempt`` and ``path``; URLs and
+headers are redacted before they are logged. Successful calls log nothing.
+An event whose level the logger drops is not built: the per-call events skip
+their redaction work when :meth:`EventLogger.enabled` says no.
 
 Failures that repeat are summarised, never logged once per call: the first
 attempt failure, refusal or call failure of a kind (same service, endpoint and
@@ -20,17 +37,125 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
-import structlog
-
 from healkit._errors import CircuitOpenError
 
 if TYPE_CHECKING:
     from healkit._context import AttemptContext, CallContext
     from healkit._errors import ConfigError, HealkitError
 
-__all__ = ["MAX_SUMMARIES", "SUMMARY_INTERVAL", "Repeats", "logger"]
+__all__ = [
+    "MAX_SUMMARIES",
+    "ROOT_LOGGER",
+    "SUMMARY_INTERVAL",
+    "Event",
+    "EventLogger",
+    "Repeats",
+    "get_logger",
+    "logger",
+]
 
-logger: Final = structlog.get_logger("healkit")
+ROOT_LOGGER: Final = "healkit"
+"""The name of the standard library logger every healkit event goes to, or under."""
+
+logging.getLogger(ROOT_LOGGER).addHandler(logging.NullHandler())
+
+_METHODS: Final = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+"""Level number to the name structlog's processors receive as the method name."""
+
+
+@final
+class Event(dict[str, Any]):
+    """A healkit event, as a log record's message: its name (``event``) and fields.
+
+    ``str()`` renders ``name key=value ...`` for plain :class:`logging.Formatter`
+    output. It is a :class:`dict` so that ``ProcessorFormatter`` and handlers
+    that want the fields (tests, JSON) read them as they are.
+    """
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        """Render ``event key=value ...`` (values as ``repr``)."""
+        fields = " ".join(f"{key}={value!r}" for key, value in self.items() if key != "event")
+        name = str(self.get("event", ""))
+        return f"{name} {fields}" if fields else name
+
+
+@final
+class EventLogger:
+    """Logs healkit events to one standard library logger (see :func:`get_logger`).
+
+    ``logger.warning("healkit.x", key=value)`` emits a record whose message is
+    the :class:`Event` ``{"event": "healkit.x", "key": value}``; a level the
+    standard library logger does not handle costs one cached level check.
+    """
+
+    __slots__ = ("stdlib",)
+
+    def __init__(self, name: str) -> None:
+        self.stdlib: Final = logging.getLogger(name)
+        """The standard library logger the events go to."""
+
+    def enabled(self, level: int) -> bool:
+        """Return whether an event at ``level`` would be handled (build it only then)."""
+        return self.stdlib.isEnabledFor(level)
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        stdlib = self.stdlib
+        if not stdlib.isEnabledFor(level):
+            return
+        message = Event(event=event)
+        message.update(fields)
+        # _logger and _name: what ProcessorFormatter reads on a structlog record.
+        extra = {"_logger": stdlib, "_name": _METHODS.get(level, "log")}
+        # stacklevel 3: the record names the caller of debug()/info()/... or log().
+        stdlib.log(level, message, extra=extra, stacklevel=3)
+
+    def log(self, level: int, event: str, /, **fields: Any) -> None:  # noqa: ANN401 - any field value
+        """Log ``event`` with ``fields`` at ``level`` (a :mod:`logging` level number)."""
+        self._emit(level, event, fields)
+
+    def debug(self, event: str, /, **fields: Any) -> None:  # noqa: ANN401 - any field value
+        """Log ``event`` with ``fields`` at DEBUG."""
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, /, **fields: Any) -> None:  # noqa: ANN401 - any field value
+        """Log ``event`` with ``fields`` at INFO."""
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, /, **fields: Any) -> None:  # noqa: ANN401 - any field value
+        """Log ``event`` with ``fields`` at WARNING."""
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, /, **fields: Any) -> None:  # noqa: ANN401 - any field value
+        """Log ``event`` with ``fields`` at ERROR."""
+        self._emit(logging.ERROR, event, fields)
+
+
+def get_logger(name: str = ROOT_LOGGER) -> EventLogger:
+    """Return the logger of healkit events named ``name`` (``healkit`` or under it).
+
+    For plugins and subsystems: ``get_logger("healkit.breaker")`` logs through
+    ``logging.getLogger("healkit.breaker")``, so the application's logging
+    configuration of ``healkit`` applies to it.
+
+    Raises:
+        ValueError: ``name`` is not ``healkit`` or a name under it.
+
+    """
+    if name != ROOT_LOGGER and not name.startswith(ROOT_LOGGER + "."):
+        msg = f"healkit event loggers are named 'healkit' or 'healkit.<name>', not {name!r}"
+        raise ValueError(msg)
+    return EventLogger(name)
+
+
+logger: Final = get_logger()
 
 SUMMARY_INTERVAL: Final = 10.0
 """Seconds: repeated failures of one kind are summarised at most once per interval."""
@@ -46,40 +171,6 @@ _SUMMARY_EVENTS: Final[dict[Kind, tuple[str, int]]] = {
 }
 _Key = tuple[Kind, str, str | None, str]
 """(kind, service, endpoint as sent, error class name): what makes two failures identical."""
-
-
-def _dropping(level: int) -> frozenset[type[Any]]:
-    """Return structlog's native filtering loggers that drop events at ``level``.
-
-    ``make_filtering_bound_logger(minimum)`` returns one class per minimum (its
-    default wrapper class among them); it drops every level below its minimum.
-    """
-    minimums = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
-    return frozenset(
-        structlog.make_filtering_bound_logger(minimum) for minimum in minimums if minimum > level
-    )
-
-
-_DROPPING_INFO: Final = _dropping(logging.INFO)
-_DROPPING_WARNING: Final = _dropping(logging.WARNING)
-_DROPPING_ERROR: Final = _dropping(logging.ERROR)
-
-
-def _emitting(dropping: frozenset[type[Any]]) -> Any | None:  # noqa: ANN401 - whatever logger structlog is configured with
-    """Return the logger to emit a per-call event with, or ``None`` if it drops the event.
-
-    The events of a failing call take a few µs to prepare (redacted URLs and
-    headers), paid even when the application's logger drops them. In
-    structlog's native filtering loggers (its default, and every
-    ``make_filtering_bound_logger`` level) a method below the level is a no-op
-    that runs no processor, so such an event is skipped before its arguments
-    are computed: ``dropping`` holds the classes that drop the event's level.
-    Any other logger (stdlib's runs its processors before its level check)
-    gets every event, as before. ``logger.bind()`` is what each
-    ``logger.<level>(...)`` call does first.
-    """
-    bound = logger.bind()
-    return None if type(bound) in dropping else bound
 
 
 @final
@@ -210,13 +301,12 @@ def attempt_failed(
     # first failure was logged, so a logger that drops the level counts nothing.
     if repeats.counted(key, now):
         return
-    log = _emitting(_DROPPING_WARNING)
-    if log is None:
+    if not logger.enabled(logging.WARNING):
         return
     endpoint = call.config.redactor.url(attempt.endpoint) if attempt.endpoint else None
     repeats.opened(key, now, endpoint)
     if refusal is not None:
-        log.warning(
+        logger.warning(
             "healkit.endpoint_refusing",
             service=call.service,
             attempt=attempt.number,
@@ -228,7 +318,7 @@ def attempt_failed(
             closes_in=round(max(refusal.retry_at - now, 0.0), 6),
         )
         return
-    log.warning(
+    logger.warning(
         "healkit.attempt_failed",
         service=call.service,
         attempt=attempt.number,
@@ -243,10 +333,9 @@ def attempt_failed(
 
 def retry_scheduled(call: CallContext, attempt: AttemptContext, delay: float) -> None:
     """Log ``healkit.retry_scheduled``."""
-    log = _emitting(_DROPPING_INFO)
-    if log is None:
+    if not logger.enabled(logging.INFO):
         return
-    log.info(
+    logger.info(
         "healkit.retry_scheduled",
         service=call.service,
         attempt=attempt.number,
@@ -257,10 +346,9 @@ def retry_scheduled(call: CallContext, attempt: AttemptContext, delay: float) ->
 
 def substitute_used(call: CallContext, error: HealkitError) -> None:
     """Log ``healkit.fallback_used`` or ``healkit.degraded_used``."""
-    log = _emitting(_DROPPING_WARNING)
-    if log is None:
+    if not logger.enabled(logging.WARNING):
         return
-    log.warning(
+    logger.warning(
         "healkit.degraded_used" if call.path == "degraded" else "healkit.fallback_used",
         service=call.service,
         attempt=call.attempt_number,
@@ -293,11 +381,10 @@ def call_failed(
     now = call.clock.now()
     if repeats.counted(key, now):  # counted first, as in attempt_failed
         return
-    log = _emitting(_DROPPING_ERROR)
-    if log is None:
+    if not logger.enabled(logging.ERROR):
         return
     repeats.opened(key, now, call.config.redactor.url(raw) if raw else None)
-    log.error(
+    logger.error(
         "healkit.call_failed",
         service=call.service,
         attempt=call.attempt_number,

@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, final
 
 import aiohttp
 import msgspec
-import structlog
 import yarl
 
 from healkit._config import (
@@ -73,6 +72,7 @@ from healkit._errors import (
     TransportError,
 )
 from healkit._fleet import EndpointView, FleetHealth, FleetSettings, ServiceView
+from healkit._log import get_logger
 from healkit._probes import ProbeSettings, probe
 from healkit._stash import StashKey
 from healkit.hookspecs import hookimpl
@@ -93,7 +93,7 @@ __all__ = [
     "redirect_rules",
 ]
 
-_logger: Final = structlog.get_logger("healkit")
+_logger: Final = get_logger("healkit.routing")
 
 CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
 _ORIGIN_PATTERN: Final = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5})?$")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import structlog
 from breaker_helpers import Events
-from structlog.testing import LogCapture
+
+from healkit.testing import capture_events
 
 
 @pytest.fixture
@@ -16,12 +17,7 @@ def events() -> Events:
 
 
 @pytest.fixture
-def logs() -> Iterator[LogCapture]:
-    """Capture structlog events during the test; the configuration is restored after."""
-    capture = LogCapture()
-    saved = structlog.get_config()
-    structlog.configure(processors=[capture])
-    try:
-        yield capture
-    finally:
-        structlog.configure(**saved)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Capture healkit's log events during the test (healkit.testing.capture_events)."""
+    with capture_events() as events:
+        yield events

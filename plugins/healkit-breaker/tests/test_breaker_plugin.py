@@ -8,7 +8,6 @@ from typing import Any
 import msgspec
 import pytest
 from breaker_helpers import Events, document
-from structlog.testing import LogCapture
 
 import healkit
 from healkit.testing import Fault, FaultServer, ManualClock, refused_url
@@ -336,7 +335,7 @@ async def test_changing_scope_drops_the_endpoint_breakers(
 
 
 async def test_transition_events_have_a_stable_shape_and_are_logged(
-    fault_server: FaultServer, manual_clock: ManualClock, events: Events, logs: LogCapture
+    fault_server: FaultServer, manual_clock: ManualClock, events: Events, logs: list[dict[str, Any]]
 ) -> None:
     fault_server.set_default(Fault.status(503))
     plugin = BreakerPlugin()
@@ -370,7 +369,7 @@ async def test_transition_events_have_a_stable_shape_and_are_logged(
         "slow_calls": 0,
         "at": manual_clock.now(),
     }
-    (entry,) = [e for e in logs.entries if e["event"] == "healkit.breaker_transition"]
+    (entry,) = [e for e in logs if e["event"] == "healkit.breaker_transition"]
     assert entry == {
         "event": "healkit.breaker_transition",
         "log_level": "warning",

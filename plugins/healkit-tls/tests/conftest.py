@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import structlog
 import trustme
-from structlog.testing import LogCapture
 from tls_helpers import Events, Material
+
+from healkit.testing import capture_events
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +29,7 @@ def material(tmp_path: Path) -> Material:
 
 
 @pytest.fixture
-def logs() -> Iterator[LogCapture]:
-    """Capture structlog events during the test; the configuration is restored after."""
-    capture = LogCapture()
-    saved = structlog.get_config()
-    structlog.configure(processors=[capture])
-    try:
-        yield capture
-    finally:
-        structlog.configure(**saved)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """Capture healkit's log events during the test (healkit.testing.capture_events)."""
+    with capture_events() as events:
+        yield events

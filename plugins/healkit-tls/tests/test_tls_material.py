@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from structlog.testing import LogCapture
 from tls_helpers import Events, Material, MtlsServer, fingerprint, pem_chain, server_context
 
 import healkit
@@ -55,7 +54,7 @@ def expired(ca: trustme.CA) -> trustme.LeafCert:
 
 @pytest.mark.parametrize("problem", ["expired", "mismatched key", "untrusted chain"])
 async def test_rejected_file_material_keeps_the_context_in_use(
-    ca: trustme.CA, material: Material, events: Events, logs: LogCapture, problem: str
+    ca: trustme.CA, material: Material, events: Events, logs: list[dict[str, Any]], problem: str
 ) -> None:
     leaf = ca.issue_cert("client.test")
     material.write_leaf(leaf, ca)
@@ -88,7 +87,7 @@ async def test_rejected_file_material_keeps_the_context_in_use(
     assert status.error == rejected.reason
     assert status.fingerprint == fingerprint(leaf)
     assert [e.generation for e in events.of(TlsRotated)] == [1]
-    [logged] = [e for e in logs.entries if e["event"] == "healkit.tls_material_rejected"]
+    [logged] = [e for e in logs if e["event"] == "healkit.tls_material_rejected"]
     assert logged["log_level"] == "error"
     assert logged["reason"] == rejected.reason
 
@@ -199,7 +198,7 @@ async def test_minimum_version_1_3_refuses_a_tls_1_2_server(ca: trustme.CA) -> N
 
 
 async def test_expiry_warnings_are_emitted_logged_and_readable(
-    ca: trustme.CA, material: Material, events: Events, logs: LogCapture
+    ca: trustme.CA, material: Material, events: Events, logs: list[dict[str, Any]]
 ) -> None:
     leaf = ca.issue_cert("client.test")
     material.write_leaf(leaf, ca)
@@ -216,7 +215,7 @@ async def test_expiry_warnings_are_emitted_logged_and_readable(
     assert first.not_after == dt.datetime(3000, 1, 1, tzinfo=UTC)
     assert status is not None
     assert (status.days_left, status.expiring) == (5, True)
-    warnings = [e for e in logs.entries if e["event"] == "healkit.tls_certificate_expiring"]
+    warnings = [e for e in logs if e["event"] == "healkit.tls_certificate_expiring"]
     assert [w["days_left"] for w in warnings] == [5, 4]
     assert {w["log_level"] for w in warnings} == {"warning"}
 
@@ -239,7 +238,7 @@ async def test_an_encrypted_key_with_its_passphrase_from_the_environment(
     ca: trustme.CA,
     material: Material,
     monkeypatch: pytest.MonkeyPatch,
-    logs: LogCapture,
+    logs: list[dict[str, Any]],
     events: Events,
 ) -> None:
     leaf = ca.issue_cert("client.test")
@@ -264,7 +263,7 @@ async def test_an_encrypted_key_with_its_passphrase_from_the_environment(
         async with client(document(server.url, tls), TlsPlugin()) as c:
             assert (await c.get("/x", service="secure")).status == 200
     assert server.fingerprints() == [fingerprint(leaf)]
-    text = repr(logs.entries) + repr(events.received)
+    text = repr(logs) + repr(events.received)
     assert passphrase not in text
     assert "wrong" not in text.replace("passphrase is wrong", "")
     assert "PRIVATE KEY" not in text

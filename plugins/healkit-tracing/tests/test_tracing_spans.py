@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import anyio
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
-from structlog.testing import LogCapture
 from tracing_support import (
     SERVICE,
     Degrade,
@@ -85,7 +85,10 @@ async def test_two_retries_make_three_sibling_spans(
 
 
 async def test_no_secret_reaches_a_span_or_a_log(
-    fault_server: FaultServer, manual_clock: ManualClock, telemetry: Telemetry, logs: LogCapture
+    fault_server: FaultServer,
+    manual_clock: ManualClock,
+    telemetry: Telemetry,
+    logs: list[dict[str, Any]],
 ) -> None:
     fault_server.script("/pay", Fault.status(503))
     secrets = ("s3cretpw", "tok-123456", "sig-abcdef", "Bearer auth-xyz", "auth-xyz", "hunter2")
@@ -108,8 +111,8 @@ async def test_no_secret_reaches_a_span_or_a_log(
     spans = telemetry.spans()
     assert len(spans) == 2
     text = all_text(spans)
-    assert logs.entries, "the failed attempt was logged"
-    logged = "\n".join(repr(entry) for entry in logs.entries)
+    assert logs, "the failed attempt was logged"
+    logged = "\n".join(repr(entry) for entry in logs)
     for secret in secrets:
         assert secret not in text
         assert secret not in logged
@@ -279,7 +282,7 @@ async def test_cancelled_function_call_ends_its_span_at_once(telemetry: Telemetr
 
 
 async def test_an_exception_passed_through_ends_its_span_at_once(
-    telemetry: Telemetry, logs: LogCapture
+    telemetry: Telemetry, logs: list[dict[str, Any]]
 ) -> None:
     import structlog  # noqa: PLC0415
 
@@ -299,7 +302,7 @@ async def test_an_exception_passed_through_ends_its_span_at_once(
     assert attributes["error.type"] == "ValueError"
     assert attributes["healkit.abandoned"] is True
     assert "passed through" not in all_text([span])  # messages never go into spans
-    assert logs.entries[-1]["span_id"] == f"{parent.get_span_context().span_id:016x}"
+    assert logs[-1]["span_id"] == f"{parent.get_span_context().span_id:016x}"
     assert telemetry.counted("healkit.attempts", **{"error.type": "ValueError"}) == 1
 
 
@@ -359,7 +362,7 @@ async def test_fallback_of_a_decorated_function(telemetry: Telemetry) -> None:
 
 
 async def test_trace_ids_in_logs(
-    fault_server: FaultServer, telemetry: Telemetry, logs: LogCapture
+    fault_server: FaultServer, telemetry: Telemetry, logs: list[dict[str, Any]]
 ) -> None:
     fault_server.script("/x", Fault.status(503))
     plugins = [RetryAll(), telemetry.plugin()]
@@ -371,19 +374,19 @@ async def test_trace_ids_in_logs(
             import structlog  # noqa: PLC0415
 
             structlog.get_logger("app").info("app.after_call")
-    failed = next(e for e in logs.entries if e["event"] == "healkit.attempt_failed")
+    failed = next(e for e in logs if e["event"] == "healkit.attempt_failed")
     first = telemetry.spans("GET")[0]
     assert failed["trace_id"] == f"{first.context.trace_id:032x}"
     assert failed["span_id"] == f"{first.context.span_id:016x}"  # the attempt's span
-    after = next(e for e in logs.entries if e["event"] == "app.after_call")
+    after = next(e for e in logs if e["event"] == "app.after_call")
     assert after["span_id"] == f"{parent.get_span_context().span_id:016x}"
 
 
-async def test_no_ids_without_a_span(logs: LogCapture) -> None:
+async def test_no_ids_without_a_span(logs: list[dict[str, Any]]) -> None:
     import structlog  # noqa: PLC0415
 
     structlog.get_logger("app").info("app.idle")
-    (entry,) = logs.entries
+    (entry,) = logs
     assert "trace_id" not in entry
     assert "span_id" not in entry
 

@@ -14,6 +14,7 @@
 * :func:`set_testing`, :func:`is_testing`: healkit's process-wide test mode for
   an application's own tests: retries without backoff sleeps, optionally at
   most N attempts.
+* :func:`capture_events`: the healkit log events a block logs, as dicts.
 
 With healkit installed, pytest loads the fixtures of
 :mod:`healkit.testing._pytest_plugin` (``fault_server``, ``manual_clock``,
@@ -26,6 +27,7 @@ from healkit._testmode import is_testing, set_testing
 from healkit.testing._clock import ManualClock
 from healkit.testing._etcd import EtcdServer, find_etcd_binary
 from healkit.testing._faults import Fault, FaultKind, FaultServer, RecordedRequest
+from healkit.testing._logs import capture_events
 from healkit.testing._ports import refused_url, unused_tcp_port
 from healkit.testing._proxy import TcpProxy
 from healkit.testing._resolver import LoopbackResolver
@@ -39,6 +41,7 @@ __all__ = [
     "ManualClock",
     "RecordedRequest",
     "TcpProxy",
+    "capture_events",
     "find_etcd_binary",
     "is_testing",
     "refused_url",

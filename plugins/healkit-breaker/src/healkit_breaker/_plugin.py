@@ -6,8 +6,6 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, final
 
-import structlog
-
 import healkit
 from healkit_breaker._events import BreakerStatus, BreakerTransition, State
 from healkit_breaker._settings import SECTION, BreakerSettings, ErrorKind
@@ -15,7 +13,7 @@ from healkit_breaker._state import Breaker, Probe, initial_state
 
 __all__ = ["BreakerPlugin"]
 
-_logger: Final = structlog.get_logger("healkit")
+_logger: Final = healkit.get_logger("healkit.breaker")
 
 Key = tuple[str, str | None]
 """(service, endpoint); the endpoint is ``None`` for a per-service breaker."""

@@ -12,7 +12,6 @@ from typing import Any, Final, final
 
 import anyio
 import msgspec
-import structlog
 
 import healkit
 from healkit_tls._events import (
@@ -35,7 +34,7 @@ _DAY: Final = timedelta(days=1)
 _CERTIFICATE_REASONS: Final = ("CERTIFICATE", "UNKNOWN_CA", "CERT_")
 _RETRY_REASON: Final = "TLS material changed after a certificate failure"
 
-_logger: Final = structlog.get_logger("healkit")
+_logger: Final = healkit.get_logger("healkit.tls")
 
 
 @final

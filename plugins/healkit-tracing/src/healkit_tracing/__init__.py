@@ -8,7 +8,7 @@ endpoint, attempt, path taken, breaker state, retry delay); the attempt's trace
 context injected into its headers through the configured propagator; the
 ``http.client.request.duration`` histogram and healkit's counters through the
 OpenTelemetry metrics API; connection timings from aiohttp's ``TraceConfig``;
-and :func:`add_trace_ids`, a structlog processor for the application's chain.
+and :func:`add_trace_ids`, a structlog processor for the application's log formatter.
 
 Only the OpenTelemetry API (1.30 or later) is needed at run time: without an
 SDK the plugin makes no OpenTelemetry call, and picks up an SDK installed

@@ -20,7 +20,6 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aiohttp
-import structlog
 
 import healkit
 from healkit_tracing import _names as n
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_trace_config"]
 
-_logger: Final = structlog.get_logger("healkit")
+_logger: Final = healkit.get_logger("healkit.tracing")
 
 P = TypeVar("P")
 Callback = Callable[[aiohttp.ClientSession, SimpleNamespace, P], Awaitable[None]]

@@ -1,7 +1,9 @@
 """Trace and span ids for structlog events: the :func:`add_trace_ids` processor.
 
-healkit never configures logging; the application adds the processor to its
-own structlog chain. An event logged while an attempt runs (healkit's own
+healkit never configures logging; the application adds the processor to the
+``structlog.stdlib.ProcessorFormatter`` of its logging handler, which renders
+healkit's events (standard library records) and its own structlog events
+alike. An event logged while an attempt runs (healkit's own
 ``healkit.attempt_failed``, or the application's, inside a decorated
 function) carries the ids of that attempt's span; any other event the ids of
 the current span, if there is one.
@@ -50,9 +52,10 @@ def add_trace_ids(
     The ids are those of the healkit attempt in progress in this context, else
     of the current OpenTelemetry span; nothing is added when there is no valid
     span context (no SDK, no incoming trace). Keys the event already has are
-    kept. Add it to the application's chain before the renderer::
+    kept. Add it to the processors of the handler's ``ProcessorFormatter``,
+    before the renderer::
 
-        structlog.configure(processors=[..., healkit_tracing.add_trace_ids, renderer])
+        structlog.stdlib.ProcessorFormatter(processors=[..., add_trace_ids, renderer])
     """
     attempt = ATTEMPT_SPAN.get()
     span = attempt.span if attempt is not None and not attempt.ended else trace.get_current_span()
