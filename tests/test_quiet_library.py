@@ -142,3 +142,18 @@ def test_import_healkit_loads_no_console_renderer() -> None:
         timeout=60,
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_the_demo_without_rich_says_which_extra_to_install() -> None:
+    # rich absent (the `demo` extra not installed): a module set to None cannot be imported.
+    code = "import sys; sys.modules['rich'] = None\nfrom healkit._cli import main\nsys.exit(main())"
+    ran = subprocess.run(  # noqa: S603 - this interpreter, our own module
+        [sys.executable, "-c", code, "demo", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (ran.returncode, ran.stderr) == (
+        2,
+        "healkit: the demo needs rich: pip install 'healkit[demo]'\n",
+    )

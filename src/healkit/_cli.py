@@ -251,8 +251,15 @@ def _verdict(
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
-    # The demo pulls in rich (and, for its options, plugin packages): load it only here.
-    from healkit._demo import DemoError, run_demo  # noqa: PLC0415
+    # The demo is an application on top of the library: its live view needs rich
+    # (the `demo` extra), which the library never imports. Load it only here.
+    try:
+        from healkit._demo import DemoError, run_demo  # noqa: PLC0415
+    except ModuleNotFoundError as missing:
+        if missing.name != "rich":
+            raise
+        sys.stderr.write("healkit: the demo needs rich: pip install 'healkit[demo]'\n")
+        return EXIT_USAGE
 
     try:
         return run_demo(
