@@ -27,7 +27,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict
 
-from healkit._config import CORE_TIMEOUTS, Timeouts
+from healkit._config import CORE_TIMEOUTS, Timeouts, url_problem
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
@@ -200,13 +200,14 @@ class HttpTransport:
         if follow is not None and follow[1] is not None:
             limit = follow[1]
         timeout = _client_timeout(attempt.timeouts, self._stream)
+        ambient = _ambient_credentials(self._session, redirect_rules(call.policy).credentials)
         while raw.status in REDIRECT_STATUSES:
             location = raw.headers.get("Location")
             if location is None:  # nothing to follow: the redirect is the answer (as in aiohttp)
                 break
             raw.release()
             done = len(attempt.redirects)
-            record = hop.follow(call, raw.status, location, limit=limit, done=done)
+            record = hop.follow(call, raw.status, location, limit=limit, done=done, ambient=ambient)
             attempt.redirects = (*attempt.redirects, record)
             try:
                 raw = await self._session.request(
@@ -248,10 +249,21 @@ class _Hop:
         self.data = data
         self.options = options
 
-    def follow(
-        self, call: CallContext, status: int, location: str, *, limit: int, done: int
+    def follow(  # noqa: PLR0913 - the hop's facts, each by keyword
+        self,
+        call: CallContext,
+        status: int,
+        location: str,
+        *,
+        limit: int,
+        done: int,
+        ambient: tuple[str, ...],
     ) -> RedirectRecord:
         """Apply healkit's rules to the redirect ``status`` to ``location``; become its hop.
+
+        ``ambient`` names the credentials the session adds to every request
+        (its default headers, its ``auth``): healkit cannot leave them out of
+        one request, so a hop to another origin is refused when there are any.
 
         Raises:
             TooManyRedirects: ``done`` redirects were followed already, the limit.
@@ -279,6 +291,12 @@ class _Hop:
             reason = "the request body was streamed and cannot be sent again (pass bytes)"
             raise RedirectRefusedError(reason, status=status, url=here, location=shown)
         if target.origin() != current.origin():
+            if ambient:
+                reason = (
+                    f"it goes to another origin, and the session sends {', '.join(ambient)}"
+                    " with every request (pass credentials per request instead)"
+                )
+                raise RedirectRefusedError(reason, status=status, url=here, location=shown)
             self.headers = _without(self.headers, rules.credentials)
             if any(name in self.options for name in CREDENTIAL_OPTIONS):
                 self.options = {
@@ -373,18 +391,32 @@ def next_method(status: int, method: str) -> str:
 def redirect_target(current: yarl.URL, location: str) -> yarl.URL | None:
     """Resolve a redirect's ``Location`` against the URL that sent it.
 
-    Returns ``None`` when it is not an ``http``/``https`` URL with a host.
+    Returns ``None`` when it is not an ``http``/``https`` URL with a host that
+    can be called (the rule of :func:`~healkit._config.url_problem`: a label of
+    64 characters would fail in the resolver, outside healkit's errors).
     Userinfo and fragment are dropped: credentials never come from an upstream.
     """
     try:
         target = current.join(yarl.URL(location))
     except ValueError:
         return None
-    if target.scheme not in {"http", "https"} or not target.host:
+    if target.scheme not in {"http", "https"} or url_problem(target) is not None:
         return None
     if target.user is not None or target.password is not None:
         target = target.with_user(None)
     return target.with_fragment(None)
+
+
+def _ambient_credentials(session: aiohttp.ClientSession, names: frozenset[str]) -> tuple[str, ...]:
+    """Name the credentials ``session`` adds to every request (default headers, ``auth``).
+
+    aiohttp merges a session's default headers and ``auth`` into each request,
+    and offers no way to leave them out of one.
+    """
+    found = tuple(sorted({str(name) for name in session.headers if name.lower() in names}))
+    if session.auth is not None and "authorization" not in {name.lower() for name in found}:
+        found = (*found, "Authorization (the session's auth)")
+    return found
 
 
 def _unfollowable(location: str, status: int, here: str) -> RedirectRefusedError:

@@ -41,7 +41,7 @@ from typing import Final, final
 import aiohttp
 import yarl
 
-from healkit._config import ServicePolicy, url_under
+from healkit._config import ServicePolicy, url_problem, url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     RedirectRefusedError,
@@ -172,6 +172,9 @@ class ResilienceMiddleware:
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
         """Run the request through the pipeline."""
+        if (problem := url_problem(request.url)) is not None:
+            # aiohttp would fail in its resolver, outside its own errors (UnicodeError).
+            raise RequestError(f"invalid URL: {problem}")
         runtime = self._runtime or current_runtime() or default_runtime()
         config = runtime.config
         url = str(request.url)
