@@ -12,9 +12,11 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 
 import healkit
+import healkit.httpx
 from healkit.testing import Fault, FaultServer
 from healkit_timeout import TimeoutPlugin
 
@@ -226,3 +228,60 @@ async def test_session_cookies_are_not_sent_on_a_hop_to_another_origin(
         with contextlib.suppress(healkit.RedirectRefusedError):  # refusing the hop would do too
             await c.get("/start", service=SERVICE)
     assert credentials(other) == {}
+
+
+# -- a status outside 100-599 is not a response ----------------------------------------
+
+
+def answer_with_status(code: str) -> Fault:
+    return Fault.malformed(
+        f"HTTP/1.1 {code} Odd\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode()
+    )
+
+
+async def fetch(path: str, c: healkit.Client, url: str) -> None:
+    """GET ``url`` through one of healkit's four HTTP paths."""
+    if path == "buffered":
+        await c.get("/a", service=SERVICE)
+    elif path == "stream":
+        async with c.stream("GET", "/a", service=SERVICE):
+            pass
+    elif path == "middleware":
+        async with (
+            aiohttp.ClientSession(middlewares=[healkit.ResilienceMiddleware()]) as session,
+            session.get(url),
+        ):
+            pass
+    else:
+        transport = healkit.httpx.ResilientTransport(runtime=c.runtime)
+        async with httpx.AsyncClient(transport=transport) as hx:
+            await hx.get(url)
+
+
+@pytest.mark.parametrize("code", ["000", "999", "600"])
+@pytest.mark.parametrize("path", ["buffered", "stream", "middleware", "httpx"])
+async def test_a_status_outside_100_to_599_is_a_protocol_error(
+    fault_server: FaultServer, code: str, path: str
+) -> None:
+    # Old code (aiohttp accepts any three digits): a response with status 0 or
+    # 999, judged a success by breakers and ejection. httpx's h11 refused 000 only.
+    fault_server.set_default(answer_with_status(code))
+    async with client(document(fault_server.url)) as c:
+        with pytest.raises(healkit.ProtocolError) as caught:
+            await fetch(path, c, f"{fault_server.url}/a")
+    if (path, code) != ("httpx", "000"):  # h11's own words
+        assert f"status {int(code)} is not an HTTP status (100 to 599)" in str(caught.value)
+    assert caught.value.may_have_reached_server is True
+    assert fault_server.hits() >= 1
+
+
+async def test_an_endpoint_answering_999_is_failed_over_like_any_broken_endpoint(
+    servers: list[FaultServer],
+) -> None:
+    primary, backup = servers
+    primary.set_default(answer_with_status("999"))
+    async with client(document(primary.url, fallback_groups=[[backup.url]])) as c:
+        response = await c.get("/a", service=SERVICE)
+    assert response.status == 200
+    assert response.outcome.path == "fallback"
+    assert response.outcome.endpoint == backup.url

@@ -36,6 +36,7 @@ from healkit._errors import (
     RedirectRefusedError,
     RequestError,
     TooManyRedirects,
+    invalid_status,
     map_aiohttp_error,
 )
 from healkit._outcome import Outcome, RedirectRecord
@@ -127,9 +128,9 @@ class HttpTransport:
                 exc, url=redacted, timeouts=(limits.connect, limits.read)
             ) from exc
         public = url  # the URL we built has no userinfo
-        if raw.status in REDIRECT_STATUSES and self._follows(call):
+        if raw.status in REDIRECT_STATUSES or not 100 <= raw.status <= 599:
             hop = _Hop(call.method, url, headers, self._data, options)
-            raw, public = await self._redirected(call, attempt, raw, hop)
+            raw, public = await self._settled(call, attempt, raw, hop, url)
         try:
             if self._stream:
                 response = Response.streaming(
@@ -180,6 +181,30 @@ class HttpTransport:
         if follow is None or follow[0] is None:
             return call.policy.follow_redirects
         return follow[0]
+
+    async def _settled(
+        self,
+        call: CallContext,
+        attempt: AttemptContext,
+        raw: aiohttp.ClientResponse,
+        hop: _Hop,
+        public: str,
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        """Follow the redirect ``raw`` (if it is one to follow); refuse a status out of range.
+
+        Returns the answer to judge and the (userinfo-free) URL it came from,
+        ``public`` (the URL of ``raw``) when no redirect was followed.
+
+        Raises:
+            ProtocolError: the answer's status is not 100 to 599.
+
+        """
+        if raw.status in REDIRECT_STATUSES and self._follows(call):
+            raw, public = await self._redirected(call, attempt, raw, hop)
+        if not 100 <= raw.status <= 599:
+            raw.release()
+            raise reached(invalid_status(raw.status, call.config.redactor.url(public)), attempt)
+        return raw, public
 
     async def _redirected(
         self, call: CallContext, attempt: AttemptContext, raw: aiohttp.ClientResponse, hop: _Hop

@@ -47,6 +47,7 @@ from healkit._errors import (
     RedirectRefusedError,
     RequestError,
     TooManyRedirects,
+    invalid_status,
     map_aiohttp_error,
 )
 from healkit._http import (
@@ -127,6 +128,10 @@ class _MiddlewareTransport:
             url = call.config.redactor.url(request.url)
             error = map_aiohttp_error(exc, url=url, timeouts=(None, None))
             raise reached(error, attempt) from exc
+        if not 100 <= raw.status <= 599:
+            raw.release()
+            error = invalid_status(raw.status, call.config.redactor.url(request.url))
+            raise reached(error, attempt)
         url = str(raw.url.with_user(None))
         # The body is read by the caller through aiohttp: neither the body cap
         # nor healkit's read limit apply to it (the session's do).
