@@ -9,7 +9,13 @@ literal must not cost quadratic time to decode.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -19,7 +25,8 @@ from structlog.testing import LogCapture
 import healkit
 from healkit import ConfigError, build_config
 from healkit._config_formats import parse_document
-from healkit.testing import FaultServer
+from healkit.etcd import EtcdSource
+from healkit.testing import EtcdServer, FaultServer
 from healkit_timeout import TimeoutPlugin
 
 pytestmark = pytest.mark.anyio
@@ -126,3 +133,72 @@ def test_an_integer_of_more_than_4300_digits_is_refused_in_any_base(fmt: str, te
 )
 def test_integers_within_the_limit_still_decode(fmt: str, text: str, value: int) -> None:
     assert parse_document(text, fmt=fmt, origin="t") == {"a": value}  # type: ignore[arg-type]
+
+
+# -- the etcd snapshot file is written and read off the event loop --------------------
+
+
+@contextmanager
+def on_this_thread(*functions: Callable[..., object]) -> Iterator[list[str]]:
+    """Record the calls of ``functions`` (Python or C) made on this thread (the event loop's)."""
+    codes = {f.__code__: f.__name__ for f in functions if hasattr(f, "__code__")}
+    builtins = [f for f in functions if not hasattr(f, "__code__")]
+    seen: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code in codes:
+            seen.append(codes[frame.f_code])
+        elif event == "c_call" and any(arg is f for f in builtins):
+            seen.append(getattr(arg, "__name__", "?"))
+
+    sys.setprofile(profile)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(None)
+
+
+def service_doc(endpoint: str) -> bytes:
+    return json.dumps({"endpoints": [endpoint]}).encode()
+
+
+async def test_the_etcd_snapshot_is_written_off_the_loop_on_each_revision(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    # Old code: every applied revision encoded the whole namespace and called
+    # os.fsync on the event loop, stalling every call in flight meanwhile.
+    snapshot = tmp_path / "healkit-etcd.json"
+    async with etcd_server.client() as etcd:
+        await etcd.put("/healkit/test/services/a", service_doc("http://a.test"))
+        source = EtcdSource(etcd, namespace="test", snapshot_path=snapshot)
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            version = runtime.version
+            with on_this_thread(os.fsync, Path.read_bytes) as on_loop:
+                written = await etcd.put("/healkit/test/services/b", service_doc("http://b.test"))
+                with anyio.fail_after(DEADLINE):
+                    await runtime.wait_for_version(version + 1)
+                    await source.wait_until(lambda s: s.applied_revision >= written.revision)
+            assert on_loop == []
+    stored = json.loads(snapshot.read_bytes())
+    assert stored["revision"] == written.revision
+    assert set(stored["documents"]) == {"services/a", "services/b"}
+
+
+async def test_the_etcd_snapshot_is_read_off_the_loop(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "healkit-etcd.json"
+    async with etcd_server.client() as etcd:
+        await etcd.put("/healkit/test/services/a", service_doc("http://a.test"))
+        async with healkit.Runtime(
+            config=EtcdSource(etcd, namespace="test", snapshot_path=snapshot), entry_points=False
+        ):
+            pass
+    await etcd_server.stop()
+    async with etcd_server.client(timeout=1.0, connect_timeout=0.5) as etcd:
+        source = EtcdSource(etcd, namespace="test", snapshot_path=snapshot)
+        with on_this_thread(Path.read_bytes) as on_loop:
+            async with healkit.Runtime(config=source, entry_points=False) as runtime:
+                assert set(runtime.config.services) == {"a"}
+        assert source.status.from_snapshot is True
+        assert on_loop == []
