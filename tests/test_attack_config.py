@@ -202,3 +202,22 @@ async def test_the_etcd_snapshot_is_read_off_the_loop(
                 assert set(runtime.config.services) == {"a"}
         assert source.status.from_snapshot is True
         assert on_loop == []
+
+
+async def test_a_snapshot_path_whose_directory_cannot_be_made_is_logged_not_raised(
+    etcd_server: EtcdServer, tmp_path: Path, logs: LogCapture
+) -> None:
+    # Old code: mkdir ran outside the error handling, and the OSError
+    # (FileExistsError: a file stands where the directory should be) came out
+    # of the runtime's start. A snapshot that cannot be written is logged.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    snapshot = blocker / "healkit-etcd.json"
+    async with etcd_server.client() as etcd:
+        await etcd.put("/healkit/test/services/a", service_doc("http://a.test"))
+        source = EtcdSource(etcd, namespace="test", snapshot_path=snapshot)
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            assert set(runtime.config.services) == {"a"}
+    failed = [e for e in logs.entries if e["event"] == "healkit.etcd_snapshot_failed"]
+    assert failed
+    assert failed[0]["path"] == str(snapshot)
