@@ -11,6 +11,7 @@ import io
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import httpx
@@ -324,3 +325,29 @@ async def test_an_option_aiohttp_refuses_is_a_request_error(
     async with client(document(fault_server.url)) as c:
         with pytest.raises(healkit.RequestError):
             await c.post("/a", service=SERVICE, **options)
+
+
+# -- a relative Location is resolved against the encoded path --------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "location", "landed", "path"),
+    [
+        ("/a%00b/c", "d", "/a%00b/d", "/a\x00b/d"),
+        ("/files/a%2Fb/c", "d", "/files/a%2Fb/d", "/files/a/b/d"),
+        ("/files/a%2Fb/c", "../d", "/files/d", "/files/d"),
+    ],
+    ids=["nul", "encoded-slash", "dot-dot"],
+)
+async def test_a_relative_location_keeps_the_encoding_of_the_path_it_is_resolved_against(
+    fault_server: FaultServer, start: str, location: str, landed: str, path: str
+) -> None:
+    # Old code: yarl's URL.join decoded the base's directory: %00 became a NUL
+    # in the request line (%0D%0A a raw CR LF alike), and aiohttp's ValueError
+    # escaped the error tree; %2F became a "/" (another resource: /files/a/b/d).
+    fault_server.script(unquote(start), moved(location))  # the server's paths are decoded
+    async with client(document(fault_server.url)) as c:
+        response = await c.get(start, service=SERVICE)
+    assert response.status == 200
+    assert response.url == f"{fault_server.url}{landed}"
+    assert fault_server.requests[-1].path == path

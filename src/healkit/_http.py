@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
+from urllib.parse import urljoin
 
 import aiohttp
 import yarl
@@ -422,7 +423,11 @@ def redirect_target(current: yarl.URL, location: str) -> yarl.URL | None:
     Userinfo and fragment are dropped: credentials never come from an upstream.
     """
     try:
-        target = current.join(yarl.URL(location))
+        relative = yarl.URL(location)
+        # RFC 3986's merge on the encoded forms: yarl's URL.join (1.25) decodes
+        # the base's path as it merges (``/a%2Fb/c`` + ``d`` gives ``/a/b/d``,
+        # a ``%0D%0A`` becomes a raw CR LF that aiohttp then refuses).
+        target = yarl.URL(urljoin(str(current), str(relative)))
     except ValueError:
         return None
     if target.scheme not in {"http", "https"} or url_problem(target) is not None:
