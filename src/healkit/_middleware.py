@@ -34,6 +34,7 @@ attempt history.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Final, final
@@ -85,6 +86,7 @@ class _Redirected:
         self.target = target
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _REDIRECTED: Final = ContextVar[_Redirected | None]("healkit_middleware_redirect", default=None)
 """The redirect the middleware returned last in this task (aiohttp follows it in the same task)."""
 
@@ -180,6 +182,10 @@ class ResilienceMiddleware:
         if (problem := url_problem(request.url)) is not None:
             # aiohttp would fail in its resolver, outside its own errors (UnicodeError).
             raise RequestError(f"invalid URL: {problem}")
+        if _CONTROL.search(request.url.raw_path_qs):
+            # A redirect aiohttp resolved with yarl's URL.join, which decodes the
+            # path it merges (%00, %0D%0A): aiohttp would refuse to write it (ValueError).
+            raise RequestError("invalid URL: a control character in its path or query")
         runtime = self._runtime or current_runtime() or default_runtime()
         config = runtime.config
         url = str(request.url)
