@@ -388,3 +388,30 @@ async def test_the_middleware_keeps_the_encoding_of_a_path_a_redirect_is_resolve
         session.get(f"{fault_server.url}/files/a%2Fb/c") as response,
     ):
         assert str(response.url) == f"{fault_server.url}/files/a%2Fb/d"
+
+
+# -- a request's max_redirects is bounded as the configuration's -----------------------
+
+
+@pytest.mark.parametrize("most", [51, 10**9, -(10**5000)], ids=["51", "1e9", "-1e5000"])
+async def test_a_request_may_not_ask_for_more_redirects_than_a_service_may(
+    fault_server: FaultServer, most: int
+) -> None:
+    # Old code: max_redirects=10**9 let a redirect loop run until the attempt's
+    # time limit (7,769 hops recorded on the attempt in 3 s on loopback), while
+    # the configuration caps max_redirects at 50.
+    fault_server.set_default(moved("/a"))
+    async with client(document(fault_server.url)) as c:
+        with pytest.raises(healkit.RequestError, match="max_redirects must be an int from 0 to 50"):
+            await c.get("/a", service=SERVICE, max_redirects=most)
+    assert fault_server.hits() == 0
+
+
+async def test_a_request_may_ask_for_the_most_redirects_a_service_may(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.set_default(moved("/a"))
+    async with client(document(fault_server.url)) as c:
+        with pytest.raises(healkit.TooManyRedirects):
+            await c.get("/a", service=SERVICE, max_redirects=50)
+    assert fault_server.hits() == 51

@@ -28,7 +28,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict
 
-from healkit._config import CORE_TIMEOUTS, Timeouts, url_problem
+from healkit._config import CORE_TIMEOUTS, MAX_REDIRECTS, Timeouts, url_problem
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
@@ -398,8 +398,12 @@ def _redirect_options(allow: object, most: object) -> tuple[bool | None, int | N
     """Check the per-request ``allow_redirects`` and ``max_redirects`` options."""
     if allow is not None and not isinstance(allow, bool):
         raise RequestError(f"allow_redirects must be a bool, got {allow!r}")
-    if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 0):
-        raise RequestError(f"max_redirects must be an int >= 0, got {most!r}")
+    if most is not None and (
+        isinstance(most, bool) or not isinstance(most, int) or not 0 <= most <= MAX_REDIRECTS
+    ):
+        # Bounded as the configuration's: each hop is recorded on the attempt.
+        shown = "a larger int" if isinstance(most, int) and abs(most) > 10**6 else repr(most)
+        raise RequestError(f"max_redirects must be an int from 0 to {MAX_REDIRECTS}, got {shown}")
     return allow, most
 
 
