@@ -145,10 +145,13 @@ class HttpTransport:
                 else:
                     limit = call.policy.max_body_bytes
                     length = raw.content_length
-                    if length is None:  # no declared length: read in chunks, under the cap
-                        body = await _read_capped(raw, limit, public)
-                    elif length > limit:
+                    if length is not None and length > limit:
                         raise BodyTooLargeError(limit, url=public)
+                    if length is None or "Content-Encoding" in raw.headers:
+                        # No declared length, or the length of the encoded body
+                        # (aiohttp decodes gzip...: a small body can decode to
+                        # gigabytes): read in chunks, under the cap.
+                        body = await _read_capped(raw, limit, public)
                     else:  # the common case, without a coroutine of its own
                         body = await raw.read()
             finally:
