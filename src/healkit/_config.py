@@ -72,6 +72,8 @@ MAX_HOST_LENGTH: Final = 253
 MAX_LABEL_LENGTH: Final = 63
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS: Final = 10
+MAX_REDIRECTS: Final = 50
+"""The most ``max_redirects`` a service or a request may ask for."""
 MAX_SECONDS: Final = 24 * 3600.0
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
@@ -235,7 +237,7 @@ class CoreServiceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     endpoints: tuple[Endpoint, ...] = ()
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = DEFAULT_MAX_BODY_BYTES
     follow_redirects: bool = True
-    max_redirects: Annotated[int, msgspec.Meta(ge=0, le=50)] = DEFAULT_MAX_REDIRECTS
+    max_redirects: Annotated[int, msgspec.Meta(ge=0, le=MAX_REDIRECTS)] = DEFAULT_MAX_REDIRECTS
 
     def __post_init__(self) -> None:
         """Reject duplicate endpoints."""

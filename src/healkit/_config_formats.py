@@ -25,7 +25,9 @@ process that reads it. Its size is checked before anything is decoded (a file is
 never read past the limit); YAML is composed node by node with the expansion of
 each alias counted, so a "billion laughs" document is refused long before any
 value is built; and every format is refused past a nesting depth and a number of
-nodes (each mapping key, each value, each container counts one). The decoding
+nodes (each mapping key, each value, each container counts one), and an
+integer of more digits than Python reads from decimal text (4,300) is refused
+in any base (a YAML base-60 ``1:2:3`` costs quadratic time to build). The decoding
 is CPU work of up to a second for a document at the limits: the sources run it
 in a worker thread, never on the event loop.
 """
@@ -33,8 +35,10 @@ in a worker thread, never on the event loop.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Final, Literal, NoReturn, TypeAlias, final
@@ -71,6 +75,13 @@ _MIB: Final = 1024 * 1024
 # .inf does, so that validation names its path instead of msgspec's pathless
 # "Number out of range".
 _JSON_DECODER: Final = msgspec.json.Decoder(float_hook=float)
+# Python refuses to read a decimal integer of more digits than this: the
+# conversion is quadratic (CVE-2020-10735). Other spellings escape that limit
+# (YAML 1.1's base 60, ``1:2:3``, costs quadratic time too; TOML's and YAML's
+# hexadecimal, octal and binary do not, but build integers as large), so every
+# integer of a document is held to it, whatever its base.
+MAX_INT_DIGITS: Final = sys.int_info.default_max_str_digits
+_MAX_INT_BITS: Final = math.ceil(MAX_INT_DIGITS * math.log2(10))
 
 
 @final
@@ -284,6 +295,8 @@ def _check_shape(document: object, limits: DocumentLimits) -> None:
             stack.extend((item, depth + 1) for item in value.values())
         elif isinstance(value, list):
             stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+            raise _LimitExceededError(_too_long_int())
         if nodes > limits.max_nodes:
             raise _LimitExceededError(_too_many(limits))
 
@@ -330,6 +343,10 @@ def _too_large(size: int, limits: DocumentLimits) -> str:
 
 def _too_deep(limits: DocumentLimits) -> str:
     return f"the document nests deeper than {limits.max_depth} levels (max_depth)"
+
+
+def _too_long_int() -> str:
+    return f"an integer has more than {MAX_INT_DIGITS:,} digits"
 
 
 def _too_many(limits: DocumentLimits) -> str:

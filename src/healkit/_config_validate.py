@@ -52,6 +52,9 @@ _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _MSGSPEC_LOCATION: Final = re.compile(r" - at `(?P<path>\$[^`]*)`$")
 _MSGSPEC_KEY_LOCATION: Final = re.compile(r" - at `key` in `(?P<path>\$[^`]*)`$")
 _GOT_REPR_LIMIT: Final = 40
+# Integers wider than this are shown by their size (their digits would not fit
+# in _GOT_REPR_LIMIT anyway, and beyond 4,300 digits Python refuses to write them).
+_SHOWN_INT_BITS: Final = 128
 # Ordered sequences only: a set has no order a document could rely on.
 _ARRAY_LIKE: Final = (list, tuple)
 CHECK: Final = "check"
@@ -312,7 +315,7 @@ def _check_dict(value: object, info: mi.DictType, path: str, issues: list[Config
         issues.extend(
             ConfigIssue(path, f"invalid key {_show(key)}: {issue.reason}") for issue in key_issues
         )
-        child = join_path(path, key) if isinstance(key, str | int) else f"{path}[{_show(key)}]"
+        child = join_path(path, key) if isinstance(key, str) else f"{path}[{_show(key)}]"
         _check(item, info.value_type, child, issues)
 
 
@@ -520,7 +523,14 @@ def _kind(value: object) -> str:
 
 
 def _show(value: object) -> str:
-    """Return a short ``repr`` of a value, for a reason."""
+    """Return a short ``repr`` of a value, for a reason.
+
+    An integer too long to show is described by its size: Python refuses to
+    write an integer of more than ``sys.get_int_max_str_digits()`` digits, and
+    a document (a YAML or TOML hexadecimal literal, a Python object) can hold one.
+    """
+    if isinstance(value, int) and value.bit_length() > _SHOWN_INT_BITS:
+        return f"<an integer of {value.bit_length():,} bits>"
     text = repr(value)
     if len(text) > _GOT_REPR_LIMIT:
         text = text[: _GOT_REPR_LIMIT - 3] + "..."

@@ -18,10 +18,13 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from healkit._config_formats import (
+    _MAX_INT_BITS,
+    MAX_INT_DIGITS,
     DocumentLimits,
     _LimitExceededError,
     _size,
     _too_deep,
+    _too_long_int,
     _too_many,
 )
 
@@ -153,3 +156,20 @@ else:  # pragma: no cover - PyYAML built without libyaml
         def __init__(self, text: str, limits: DocumentLimits) -> None:
             yaml.SafeLoader.__init__(self, text)
             _BoundedComposer.__init__(self, limits)
+
+
+def _bounded_int(loader: _BoundedYamlLoader, node: ScalarNode) -> int:
+    """Construct a YAML integer (PyYAML's rules) of at most ``MAX_INT_DIGITS`` characters.
+
+    PyYAML builds a base-60 integer (``1:2:3``) by repeated multiplication, in
+    time quadratic in its length: the length is checked first.
+    """
+    if len(node.value) > MAX_INT_DIGITS:
+        raise _LimitExceededError(_too_long_int())
+    value: int = loader.construct_yaml_int(node)
+    if value.bit_length() > _MAX_INT_BITS:  # a shorter hexadecimal one
+        raise _LimitExceededError(_too_long_int())
+    return value
+
+
+_BoundedYamlLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)

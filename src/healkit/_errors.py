@@ -93,6 +93,7 @@ __all__ = [
     "TimeoutExceeded",
     "TooManyRedirects",
     "TransportError",
+    "invalid_status",
     "map_aiohttp_error",
 ]
 
@@ -159,7 +160,8 @@ class ProtocolError(TransportError):
 
     A garbage status line, a header block over aiohttp's limits, broken chunked
     framing, a body shorter (or longer) than its ``Content-Length``, a body that
-    does not decode as its ``Content-Encoding`` says. The upstream sent no real
+    does not decode as its ``Content-Encoding`` says, a status outside 100 to
+    599. The upstream sent no real
     status: this is a failure of the endpoint (counted by ejection and breakers),
     and the request may have reached the server, so only an idempotent request
     is retried.
@@ -559,6 +561,20 @@ def display_url(url: str) -> str:
     if not parsed.is_absolute():
         return parsed.path
     return str(parsed.with_user(None).with_query(None).with_fragment(None))
+
+
+def invalid_status(status: int, url: str) -> ProtocolError:
+    """Return the error of an answer whose status is outside 100 to 599.
+
+    RFC 9110 (section 15) calls such values invalid; parsers still accept any
+    three digits (``000``, ``999``). Judged as a response, such an answer would
+    count as a success for breakers and ejection: it is a malformed answer.
+    Callers check ``100 <= status <= 599`` themselves (the healthy path pays
+    one comparison) and call this only when it fails.
+    """
+    return ProtocolError(
+        f"malformed response from {url}: status {status} is not an HTTP status (100 to 599)"
+    )
 
 
 def map_aiohttp_error(

@@ -332,7 +332,7 @@ class EtcdSource:
         if not self._from_snapshot:
             # The bootstrap read is what the runtime applies now: an instance
             # restarted while etcd is away starts from it, changed since or not.
-            self._persist()
+            await self._persist()
         return self._assemble(self._good)
 
     async def load_into(self, sink: ConfigSink) -> None:
@@ -366,7 +366,7 @@ class EtcdSource:
         try:
             result = await self._client.range_all(self._root, prefix=True)
         except EtcdError as error:
-            snapshot = self._read_snapshot()
+            snapshot = await off_loop(self._read_snapshot)
             if snapshot is None:
                 raise
             self._unreachable(error)
@@ -621,7 +621,7 @@ class EtcdSource:
             for key in changed.keys() - refused:
                 self._rejected.pop(key, None)
         self._revision = revision
-        self._persist()
+        await self._persist()
         self._changed.set()
         return error
 
@@ -834,32 +834,34 @@ class EtcdSource:
 
     # -- the snapshot file ---------------------------------------------------------------
 
-    def _persist(self) -> None:
+    async def _persist(self) -> None:
+        """Write the snapshot file, in a worker thread.
+
+        Encoding every document of the namespace and the ``fsync`` grow with
+        the namespace and the disk's mood: they must not stall the event loop
+        on each revision applied.
+        """
         path = self._snapshot
         if path is None:
             return
-        snapshot = _Snapshot(
-            version=SNAPSHOT_VERSION,
-            root=self._root,
-            cluster_id=self._cluster_id,
-            revision=self._revision,
-            documents={k: v for k, v in self._documents.items() if _storable(v)},
+        write = functools.partial(
+            _write_snapshot,
+            path,
+            self._root,
+            self._cluster_id,
+            self._revision,
+            dict(self._documents),  # the loop may change the source's own after
         )
-        data = msgspec.json.encode(snapshot)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        # Finished even if the source is cancelled meanwhile (off_loop would
+        # abandon it): a runtime that stops waits for the state it applied to
+        # be on disk, as when the file was written on the loop; then the
+        # cancellation goes on.
+        writing = asyncio.ensure_future(asyncio.to_thread(write))
         try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            Path(temporary).replace(path)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                Path(temporary).unlink()
-            _logger.error(  # noqa: TRY400 - the reason is enough; no traceback in the log
-                "healkit.etcd_snapshot_failed", path=str(path), reason=str(error)
-            )
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            await writing
+            raise
 
     def _read_snapshot(self) -> _Snapshot | None:
         path = self._snapshot
@@ -912,6 +914,36 @@ def _dead(endpoint: str, reason: str) -> EtcdUnavailable:
 def _text(kv: KeyValue) -> str:
     """Return the value of ``kv`` as text; bytes that are not UTF-8 stay, escaped, to be refused."""
     return kv.value.decode("utf-8", "surrogateescape")
+
+
+def _write_snapshot(
+    path: Path, root: str, cluster_id: int, revision: int, documents: Mapping[str, str]
+) -> None:
+    """Write the snapshot file atomically (a temporary file, fsync, rename); log a failure."""
+    snapshot = _Snapshot(
+        version=SNAPSHOT_VERSION,
+        root=root,
+        cluster_id=cluster_id,
+        revision=revision,
+        documents={k: v for k, v in documents.items() if _storable(v)},
+    )
+    data = msgspec.json.encode(snapshot)
+    handle: int | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        Path(temporary).replace(path)
+    except OSError as error:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                Path(temporary).unlink()
+        _logger.error(  # noqa: TRY400 - the reason is enough; no traceback in the log
+            "healkit.etcd_snapshot_failed", path=str(path), reason=str(error)
+        )
 
 
 def _storable(text: str) -> bool:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
+from urllib.parse import urljoin
 
 import aiohttp
 import yarl
 from multidict import CIMultiDict
 
-from healkit._config import CORE_TIMEOUTS, Timeouts
+from healkit._config import CORE_TIMEOUTS, MAX_REDIRECTS, Timeouts, url_problem
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
@@ -36,6 +37,7 @@ from healkit._errors import (
     RedirectRefusedError,
     RequestError,
     TooManyRedirects,
+    invalid_status,
     map_aiohttp_error,
 )
 from healkit._outcome import Outcome, RedirectRecord
@@ -127,9 +129,9 @@ class HttpTransport:
                 exc, url=redacted, timeouts=(limits.connect, limits.read)
             ) from exc
         public = url  # the URL we built has no userinfo
-        if raw.status in REDIRECT_STATUSES and self._follows(call):
+        if raw.status in REDIRECT_STATUSES or not 100 <= raw.status <= 599:
             hop = _Hop(call.method, url, headers, self._data, options)
-            raw, public = await self._redirected(call, attempt, raw, hop)
+            raw, public = await self._settled(call, attempt, raw, hop, url)
         try:
             if self._stream:
                 response = Response.streaming(
@@ -143,10 +145,13 @@ class HttpTransport:
                 else:
                     limit = call.policy.max_body_bytes
                     length = raw.content_length
-                    if length is None:  # no declared length: read in chunks, under the cap
-                        body = await _read_capped(raw, limit, public)
-                    elif length > limit:
+                    if length is not None and length > limit:
                         raise BodyTooLargeError(limit, url=public)
+                    if length is None or "Content-Encoding" in raw.headers:
+                        # No declared length, or the length of the encoded body
+                        # (aiohttp decodes gzip...: a small body can decode to
+                        # gigabytes): read in chunks, under the cap.
+                        body = await _read_capped(raw, limit, public)
                     else:  # the common case, without a coroutine of its own
                         body = await raw.read()
             finally:
@@ -181,6 +186,30 @@ class HttpTransport:
             return call.policy.follow_redirects
         return follow[0]
 
+    async def _settled(
+        self,
+        call: CallContext,
+        attempt: AttemptContext,
+        raw: aiohttp.ClientResponse,
+        hop: _Hop,
+        public: str,
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        """Follow the redirect ``raw`` (if it is one to follow); refuse a status out of range.
+
+        Returns the answer to judge and the (userinfo-free) URL it came from,
+        ``public`` (the URL of ``raw``) when no redirect was followed.
+
+        Raises:
+            ProtocolError: the answer's status is not 100 to 599.
+
+        """
+        if raw.status in REDIRECT_STATUSES and self._follows(call):
+            raw, public = await self._redirected(call, attempt, raw, hop)
+        if not 100 <= raw.status <= 599:
+            raw.release()
+            raise reached(invalid_status(raw.status, call.config.redactor.url(public)), attempt)
+        return raw, public
+
     async def _redirected(
         self, call: CallContext, attempt: AttemptContext, raw: aiohttp.ClientResponse, hop: _Hop
     ) -> tuple[aiohttp.ClientResponse, str]:
@@ -200,13 +229,14 @@ class HttpTransport:
         if follow is not None and follow[1] is not None:
             limit = follow[1]
         timeout = _client_timeout(attempt.timeouts, self._stream)
+        ambient = _ambient_credentials(self._session, redirect_rules(call.policy).credentials)
         while raw.status in REDIRECT_STATUSES:
             location = raw.headers.get("Location")
             if location is None:  # nothing to follow: the redirect is the answer (as in aiohttp)
                 break
             raw.release()
             done = len(attempt.redirects)
-            record = hop.follow(call, raw.status, location, limit=limit, done=done)
+            record = hop.follow(call, raw.status, location, limit=limit, done=done, ambient=ambient)
             attempt.redirects = (*attempt.redirects, record)
             try:
                 raw = await self._session.request(
@@ -248,10 +278,21 @@ class _Hop:
         self.data = data
         self.options = options
 
-    def follow(
-        self, call: CallContext, status: int, location: str, *, limit: int, done: int
+    def follow(  # noqa: PLR0913 - the hop's facts, each by keyword
+        self,
+        call: CallContext,
+        status: int,
+        location: str,
+        *,
+        limit: int,
+        done: int,
+        ambient: tuple[str, ...],
     ) -> RedirectRecord:
         """Apply healkit's rules to the redirect ``status`` to ``location``; become its hop.
+
+        ``ambient`` names the credentials the session adds to every request
+        (its default headers, its ``auth``): healkit cannot leave them out of
+        one request, so a hop to another origin is refused when there are any.
 
         Raises:
             TooManyRedirects: ``done`` redirects were followed already, the limit.
@@ -279,6 +320,12 @@ class _Hop:
             reason = "the request body was streamed and cannot be sent again (pass bytes)"
             raise RedirectRefusedError(reason, status=status, url=here, location=shown)
         if target.origin() != current.origin():
+            if ambient:
+                reason = (
+                    f"it goes to another origin, and the session sends {', '.join(ambient)}"
+                    " with every request (pass credentials per request instead)"
+                )
+                raise RedirectRefusedError(reason, status=status, url=here, location=shown)
             self.headers = _without(self.headers, rules.credentials)
             if any(name in self.options for name in CREDENTIAL_OPTIONS):
                 self.options = {
@@ -354,8 +401,12 @@ def _redirect_options(allow: object, most: object) -> tuple[bool | None, int | N
     """Check the per-request ``allow_redirects`` and ``max_redirects`` options."""
     if allow is not None and not isinstance(allow, bool):
         raise RequestError(f"allow_redirects must be a bool, got {allow!r}")
-    if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 0):
-        raise RequestError(f"max_redirects must be an int >= 0, got {most!r}")
+    if most is not None and (
+        isinstance(most, bool) or not isinstance(most, int) or not 0 <= most <= MAX_REDIRECTS
+    ):
+        # Bounded as the configuration's: each hop is recorded on the attempt.
+        shown = "a larger int" if isinstance(most, int) and abs(most) > 10**6 else repr(most)
+        raise RequestError(f"max_redirects must be an int from 0 to {MAX_REDIRECTS}, got {shown}")
     return allow, most
 
 
@@ -373,18 +424,36 @@ def next_method(status: int, method: str) -> str:
 def redirect_target(current: yarl.URL, location: str) -> yarl.URL | None:
     """Resolve a redirect's ``Location`` against the URL that sent it.
 
-    Returns ``None`` when it is not an ``http``/``https`` URL with a host.
+    Returns ``None`` when it is not an ``http``/``https`` URL with a host that
+    can be called (the rule of :func:`~healkit._config.url_problem`: a label of
+    64 characters would fail in the resolver, outside healkit's errors).
     Userinfo and fragment are dropped: credentials never come from an upstream.
     """
     try:
-        target = current.join(yarl.URL(location))
+        relative = yarl.URL(location)
+        # RFC 3986's merge on the encoded forms: yarl's URL.join (1.25) decodes
+        # the base's path as it merges (``/a%2Fb/c`` + ``d`` gives ``/a/b/d``,
+        # a ``%0D%0A`` becomes a raw CR LF that aiohttp then refuses).
+        target = yarl.URL(urljoin(str(current), str(relative)))
     except ValueError:
         return None
-    if target.scheme not in {"http", "https"} or not target.host:
+    if target.scheme not in {"http", "https"} or url_problem(target) is not None:
         return None
     if target.user is not None or target.password is not None:
         target = target.with_user(None)
     return target.with_fragment(None)
+
+
+def _ambient_credentials(session: aiohttp.ClientSession, names: frozenset[str]) -> tuple[str, ...]:
+    """Name the credentials ``session`` adds to every request (default headers, ``auth``).
+
+    aiohttp merges a session's default headers and ``auth`` into each request,
+    and offers no way to leave them out of one.
+    """
+    found = tuple(sorted({str(name) for name in session.headers if name.lower() in names}))
+    if session.auth is not None and "authorization" not in {name.lower() for name in found}:
+        found = (*found, "Authorization (the session's auth)")
+    return found
 
 
 def _unfollowable(location: str, status: int, here: str) -> RedirectRefusedError:

@@ -34,6 +34,7 @@ attempt history.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Final, final
@@ -41,12 +42,13 @@ from typing import Final, final
 import aiohttp
 import yarl
 
-from healkit._config import ServicePolicy, url_under
+from healkit._config import ServicePolicy, url_problem, url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     RedirectRefusedError,
     RequestError,
     TooManyRedirects,
+    invalid_status,
     map_aiohttp_error,
 )
 from healkit._http import (
@@ -84,6 +86,7 @@ class _Redirected:
         self.target = target
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _REDIRECTED: Final = ContextVar[_Redirected | None]("healkit_middleware_redirect", default=None)
 """The redirect the middleware returned last in this task (aiohttp follows it in the same task)."""
 
@@ -127,6 +130,10 @@ class _MiddlewareTransport:
             url = call.config.redactor.url(request.url)
             error = map_aiohttp_error(exc, url=url, timeouts=(None, None))
             raise reached(error, attempt) from exc
+        if not 100 <= raw.status <= 599:
+            raw.release()
+            error = invalid_status(raw.status, call.config.redactor.url(request.url))
+            raise reached(error, attempt)
         url = str(raw.url.with_user(None))
         # The body is read by the caller through aiohttp: neither the body cap
         # nor healkit's read limit apply to it (the session's do).
@@ -172,6 +179,13 @@ class ResilienceMiddleware:
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
         """Run the request through the pipeline."""
+        if (problem := url_problem(request.url)) is not None:
+            # aiohttp would fail in its resolver, outside its own errors (UnicodeError).
+            raise RequestError(f"invalid URL: {problem}")
+        if _CONTROL.search(request.url.raw_path_qs):
+            # A redirect aiohttp resolved with yarl's URL.join, which decodes the
+            # path it merges (%00, %0D%0A): aiohttp would refuse to write it (ValueError).
+            raise RequestError("invalid URL: a control character in its path or query")
         runtime = self._runtime or current_runtime() or default_runtime()
         config = runtime.config
         url = str(request.url)

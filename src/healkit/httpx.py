@@ -63,6 +63,7 @@ from healkit._errors import (
     ReadTimeout,
     RequestError,
     TLSError,
+    invalid_status,
 )
 from healkit._http import IDEMPOTENT_METHODS, attempt_headers, join_url
 from healkit._outcome import Outcome
@@ -275,6 +276,9 @@ class _Attempts:
                 extensions=extensions,
             )
             answer = await self._inner.handle_async_request(request)
+            if not 100 <= answer.status_code <= 599:
+                await answer.aclose()
+                raise invalid_status(answer.status_code, call.config.redactor.url(url))
             attempt.status = answer.status_code
             answer.headers.pop(OUTCOME_HEADER, None)  # only healkit says how a call went
             judged = Response(
