@@ -22,7 +22,6 @@ import threading
 import time
 import tomllib
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +43,7 @@ from healkit._plugins import create_plugin_manager
 from healkit._runtime import config_sections
 from healkit.etcd import EtcdClient
 from healkit.testing import EtcdServer, refused_url
+from tests.cli_support import cli, connect
 
 T = TypeVar("T")
 DEADLINE = 20.0
@@ -115,27 +115,6 @@ def value_of(server: EtcdServer, key: str) -> bytes | None:
 def keys_under(server: EtcdServer, prefix: str) -> dict[str, bytes]:
     result = etcd(server, lambda c: c.range_all(prefix, prefix=True))
     return {kv.key.decode(): kv.value for kv in result.kvs}
-
-
-@dataclass
-class Run:
-    status: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
-    """Run ``healkit ARGV`` in this process; argparse's exits become the status."""
-    try:
-        status = main(list(argv))
-    except SystemExit as exit_:
-        status = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return Run(status, captured.out, captured.err)
-
-
-def connect(server: EtcdServer, namespace: str) -> list[str]:
-    return ["--endpoints", server.url, "--namespace", namespace]
 
 
 def write(path: Path, data: Any) -> Path:

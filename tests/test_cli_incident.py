@@ -11,35 +11,17 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import pytest
 import trustme
 
-from healkit._cli import main
 from healkit._cli_etcd import UNDECODABLE
 from healkit.testing import EtcdServer, Fault, FaultServer, TcpProxy
+from tests.cli_support import Run, cli
 
 DEADLINE = 60.0  # a ceiling against a hang on a loaded machine, not a timing under test
-
-
-@dataclass
-class Run:
-    status: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
-    """Run ``healkit ARGV`` in this process; argparse's exits become the status."""
-    try:
-        status = main(list(argv))
-    except SystemExit as exit_:
-        status = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return Run(status, captured.out, captured.err)
 
 
 async def cli_process(*argv: str) -> Run:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pytest
 from healkit._cli import _parser, main
 from healkit._plugins import installed_plugin_names
 from healkit.testing import EtcdServer, refused_url
+from tests.cli_support import cli, connect
 from tests.test_cli_etcd import Lines
 
 PAYMENTS = {"endpoints": ["https://payments.internal:8443"], "retry": {"attempts": 3}}
@@ -33,23 +33,6 @@ DEFAULTS = {"timeout": {"attempt": 5.0}}
 DOCUMENT = {"defaults": DEFAULTS, "services": {"payments": PAYMENTS, "inventory": INVENTORY}}
 DEADLINE = 60.0  # a ceiling against a hang on a loaded machine, not a timing under test
 INVALID = {"services": {"payments": {"endpoints": [1], "max_body_bytes": -1}}}
-
-
-@dataclass
-class Run:
-    status: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
-    """Run ``healkit ARGV`` in this process; argparse's exits become the status."""
-    try:
-        status = main(list(argv))
-    except SystemExit as exit_:
-        status = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return Run(status, captured.out, captured.err)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +48,6 @@ def server() -> Iterator[EtcdServer]:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:100]
-
-
-def connect(server: EtcdServer, namespace: str) -> list[str]:
-    return ["--endpoints", server.url, "--namespace", namespace]
 
 
 def write_json(path: Path, document: object) -> Path:

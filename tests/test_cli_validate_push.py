@@ -11,20 +11,12 @@ import asyncio
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from healkit._cli import main
 from healkit.testing import EtcdServer
-
-
-@dataclass
-class Run:
-    status: int
-    out: str
-    err: str
+from tests.cli_support import Run, cli
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +32,6 @@ def server() -> Iterator[EtcdServer]:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:100]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
-    try:
-        status = main(list(argv))
-    except SystemExit as exit_:
-        status = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return Run(status, captured.out, captured.err)
 
 
 def stored(server: EtcdServer, namespace: str) -> list[str]:
