@@ -402,6 +402,12 @@ class Router:
         random_share: Callable[[], float] | None = None,
     ) -> None:
         self._health: dict[tuple[str, str], _Health] = {}
+        # Of the snapshot in force: the services with a choice of endpoints, with
+        # probes, and with fleet health (and its record TTL), kept up to date
+        # with each change instead of found by looking at every service.
+        self._branching: set[str] = set()
+        self._probing_services: set[str] = set()
+        self._fleets: dict[str, int] = {}
         self._turns: dict[tuple[str, int], int] = {}
         self._runtime: Runtime | None = None
         self._config: HealkitConfig | None = None
@@ -427,24 +433,69 @@ class Router:
 
     @hookimpl
     def healkit_configure(self, config: HealkitConfig, runtime: Runtime) -> None:
-        """Keep what is known of the endpoints still configured; forget the others."""
+        """Keep what is known of the endpoints still configured; forget the others.
+
+        Only the services the new snapshot changed are looked at
+        (:meth:`HealkitConfig.changes_since` the snapshot this plugin saw
+        last); the plan of a service is compiled on its first call.
+        """
         self._runtime = runtime
-        self._config = config
+        before, self._config = self._config, config
         # Plugins change only through runtime.register, which configures again.
         breaker = runtime.plugin_manager.get_plugin("breaker")
         self._breaker = breaker if callable(getattr(breaker, "available", None)) else None
-        known = {
-            (name, endpoint)
-            for name, policy in config.services.items()
-            for group in _plan(policy).groups
-            for endpoint in group
-        }
-        self._health = {key: health for key, health in self._health.items() if key in known}
+        changes = config.changes_since(before)
+        if before is None or changes is None or changes.defaults:
+            self._follow_all(config)
+        else:
+            for name in changes.services:
+                self._follow(name, config.services.get(name), before.services.get(name))
         self._wake.set()  # the probes follow the new configuration
         self._fleet.touch()
         if runtime.started:
             self._start_probes(runtime)
             self._start_sharing(runtime)
+
+    def _follow_all(self, config: HealkitConfig) -> None:
+        """Index every service of ``config``; forget the health of endpoints not routed to."""
+        self._branching.clear()
+        self._probing_services.clear()
+        self._fleets.clear()
+        for name, policy in config.services.items():
+            self._index(name, policy)
+        services = config.services
+        self._health = {
+            (name, endpoint): health
+            for (name, endpoint), health in self._health.items()
+            if name in services and endpoint in _plan(services[name]).group_of
+        }
+
+    def _follow(
+        self, name: str, policy: ServicePolicy | None, before: ServicePolicy | None
+    ) -> None:
+        """Index one changed service; forget the health of the endpoints it no longer routes to."""
+        self._branching.discard(name)
+        self._probing_services.discard(name)
+        self._fleets.pop(name, None)
+        # Health is kept only for endpoints a plan routed to: none if it was never compiled.
+        old_plan = None if before is None else before.stash.get(_PLAN)
+        if old_plan is not None:
+            routed = {} if policy is None else _plan(policy).group_of
+            for endpoint in old_plan.group_of:
+                if endpoint is not None and endpoint not in routed:
+                    self._health.pop((name, endpoint), None)
+        if policy is not None:
+            self._index(name, policy)
+
+    def _index(self, name: str, policy: ServicePolicy) -> None:
+        """Note what ``name`` asks of the router, from its settings (its plan is compiled later)."""
+        settings = policy.section(SECTION)
+        if len(policy.endpoints) + sum(map(len, settings.fallback_groups)) > 1:  # _Plan.choices
+            self._branching.add(name)
+        if settings.probe is not None:
+            self._probing_services.add(name)
+        if settings.fleet is not None:
+            self._fleets[name] = settings.fleet.ttl
 
     @hookimpl
     def healkit_startup(self, runtime: Runtime) -> None:
@@ -457,17 +508,13 @@ class Router:
         config = self._config
         if config is None or (self._sharing is not None and not self._sharing.done()):
             return
-        fleets = [
-            fleet
-            for policy in config.services.values()
-            if (fleet := _plan(policy).settings.fleet) is not None
-        ]
+        fleets = self._fleets
         source = runtime.source
         listen, client = getattr(source, "listen", None), getattr(source, "client", None)
         root = getattr(source, "root", None)
         if not fleets or not callable(listen) or client is None or not isinstance(root, str):
             return  # no etcd source: health stays local
-        ttl = min(fleet.ttl for fleet in fleets)
+        ttl = min(fleets.values())
         fleet_health = self._fleet
         self._wall_offset = time.time() - runtime.clock.now()
         listen("health/", lambda events, _revision: fleet_health.heard(root, events))
@@ -479,7 +526,7 @@ class Router:
     def _start_probes(self, runtime: Runtime) -> None:
         """Run the probe task while some service has probes (it ends when none has)."""
         running = self._probing is not None and not self._probing.done()
-        if not running and self._probe_targets():
+        if not running and self._probing_services:
             self._probing = runtime.start_background("routing probes", self._probe_forever)
 
     @hookimpl
@@ -495,6 +542,8 @@ class Router:
 
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
+        if config is self._config:
+            return not self._branching
         return all(_plan(policy).choices <= 1 for policy in config.services.values())
 
     # -- the pipeline --------------------------------------------------------------
@@ -767,8 +816,8 @@ class Router:
         if config is None:
             return []
         targets: list[tuple[str, str, ProbeSettings]] = []
-        for name, policy in config.services.items():
-            plan = _plan(policy)
+        for name in sorted(self._probing_services):
+            plan = _plan(config.services[name])
             probe_settings = plan.settings.probe
             if probe_settings is not None:
                 targets.extend(
@@ -891,10 +940,8 @@ class Router:
         now = self._now()
         upcoming: list[float] = []
         view: dict[str, ServiceView] = {}
-        for name, policy in config.services.items():
-            plan = _plan(policy)
-            if plan.settings.fleet is None:
-                continue
+        for name in sorted(self._fleets):
+            plan = _plan(config.services[name])
             seen = self._statuses(name, plan, now)
             traffic_group = min((e.group for e in seen if e.usable), default=None)
             traffic = tuple(e.endpoint for e in seen if e.usable and e.group == traffic_group)

@@ -202,22 +202,29 @@ class Runtime:
             await self._changed.wait()
 
     def _apply_or_raise(
-        self, raw: object, *, origin: str, configure: bool = False
+        self, raw: object, *, origin: str, configure: bool = False, keep: bool = True
     ) -> HealkitConfig:
-        config = build_config(raw, self.sections, origin=origin)
+        previous = self._config if keep else None
+        config = build_config(raw, self.sections, origin=origin, previous=previous)
         return self._install(config, raw, origin=origin, configure=configure)
 
     async def _validate_off_loop(self, raw: object, origin: str) -> HealkitConfig:
-        """Validate ``raw`` in a worker thread, against the sections in force when it ends.
+        """Validate ``raw`` in a worker thread, against the sections and snapshot in force.
+
+        The new snapshot keeps the policies of the services it leaves unchanged
+        (``build_config(previous=...)``), so the plugins' ``healkit_configure``
+        does work in proportion to what changed. If a plugin was registered or
+        another document installed meanwhile, it is validated again.
 
         Raises:
             ConfigError: the document is invalid.
 
         """
         while True:
-            sections = self.sections
-            config = await off_loop(functools.partial(build_config, raw, sections, origin=origin))
-            if sections is self.sections:  # else a plugin was registered meanwhile
+            sections, previous = self.sections, self._config
+            build = functools.partial(build_config, raw, sections, origin=origin, previous=previous)
+            config = await off_loop(build)
+            if sections is self.sections and previous is self._config:
                 return config
 
     def _install(
@@ -306,7 +313,8 @@ class Runtime:
         try:
             self.plugin_manager.check_pending()
             self.sections = config_sections(self.plugin_manager)
-            self._apply_or_raise(self._raw, origin="plugins", configure=True)
+            # New plugins derive their own state: no policy of the old snapshot is kept.
+            self._apply_or_raise(self._raw, origin="plugins", configure=True, keep=False)
         except (ConfigError, pluggy.PluginValidationError):
             self.plugin_manager.unregister(plugin)
             self.sections = config_sections(self.plugin_manager)

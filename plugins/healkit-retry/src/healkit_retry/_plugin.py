@@ -93,6 +93,7 @@ class RetryPlugin:
         "_config",
         "_draw",
         "_injecting",
+        "_injectors",
         "_runtime",
         "_strangers",
         "_wall_clock",
@@ -121,6 +122,8 @@ class RetryPlugin:
         self._runtime: healkit.Runtime | None = None
         # Whether any policy adds Idempotency-Key headers (None: not configured yet).
         self._injecting: bool | None = None
+        # The services whose policy adds them ("*": the defaults), kept up to date per change.
+        self._injectors: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<RetryPlugin budgets={len(self._budgets) + len(self._strangers)}>"
@@ -146,21 +149,47 @@ class RetryPlugin:
     ) -> None:
         """Keep the runtime; keep each budget whose settings did not change.
 
+        Only the services the new snapshot changed are looked at
+        (:meth:`healkit.HealkitConfig.changes_since`).
+
         A service's budget survives a new configuration when its ``budget_*``
         settings are the same in it (other settings may change); otherwise it
         starts afresh with the new settings. A service that gains a document
         keeps its budget for as long as the document names it; one that loses
         it has its budget bounded with the other unconfigured ones.
         """
-        del previous  # compatibility is judged against each budget's own settings
+        del previous  # changes are judged against the snapshot this plugin saw last
         self._runtime = runtime
-        self._config = config
-        policies = (config.defaults, *config.services.values())
-        self._injecting = any(p.section(SECTION).idempotency_key for p in policies)
+        before, self._config = self._config, config
+        changes = config.changes_since(before)
         now = runtime.clock.now()
-        budgets: dict[str, RetryBudget] = {}
+        budgets = self._budgets
         strangers = self._strangers
-        for service, budget in [*self._budgets.items(), *strangers.items()]:
+        injectors = self._injectors
+        named: list[tuple[str, healkit.ServicePolicy | None]]
+        if changes is None:
+            touched = [*budgets.items(), *strangers.items()]
+            budgets.clear()
+            injectors.clear()
+            named = [*config.services.items(), ("*", config.defaults)]
+        else:
+            # Only the budgets of changed services (and, if the defaults changed,
+            # of unconfigured ones) need a look; the others keep their settings.
+            touched = [(name, budgets.pop(name)) for name in changes.services if name in budgets]
+            touched.extend(
+                (service, budget)
+                for service, budget in strangers.items()
+                if changes.defaults or service in changes.services
+            )
+            named = [(name, config.services.get(name)) for name in changes.services]
+            if changes.defaults:
+                named.append(("*", config.defaults))
+        for name, policy in named:
+            injectors.discard(name)
+            if policy is not None and policy.section(SECTION).idempotency_key:
+                injectors.add(name)
+        self._injecting = bool(injectors)
+        for service, budget in touched:
             if budget_params(config.policy(service).section(SECTION)) != budget.params:
                 strangers.pop(service)
             elif config.configured(service):
@@ -168,7 +197,6 @@ class RetryPlugin:
                 budgets[service] = budget
             elif service not in strangers:  # an unconfigured service's budget keeps its place
                 strangers.put(service, budget, now)
-        self._budgets = budgets
         strangers.resize(config.state.max_unconfigured, config.state.idle_expiry, now)
 
     # -- per call --------------------------------------------------------------------

@@ -125,6 +125,7 @@ class TracingPlugin:
     __slots__ = (
         "_breaker",
         "_config",
+        "_enabled",
         "_instruments",
         "_lean",
         "_lean_until",
@@ -155,6 +156,8 @@ class TracingPlugin:
         self._trace_config = build_trace_config(self, self._sinks)
         self._breaker: _BreakerReader | None = None
         self._config: healkit.HealkitConfig | None = None
+        # The services ("*": the defaults) with tracing enabled in the snapshot in force.
+        self._enabled: set[str] = set()
         self._runtime: healkit.Runtime | None = None
         # Whether the plan in force leaves the recording hooks out (healkit_idle_hooks),
         # and the start time before which calls ran under such a plan.
@@ -183,8 +186,11 @@ class TracingPlugin:
 
     def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
         """Whether ``tracing.enabled`` is off for every service: then no per-call hook runs."""
+        if config is self._config:
+            return not self._enabled
         return not any(
-            policy_of(policy).enabled for policy in (config.defaults, *config.services.values())
+            policy.section(SECTION).enabled
+            for policy in (config.defaults, *config.services.values())
         )
 
     def healkit_idle_hooks(self, config: healkit.HealkitConfig) -> Sequence[str]:
@@ -212,10 +218,28 @@ class TracingPlugin:
 
     @healkit.hookimpl
     def healkit_configure(self, config: healkit.HealkitConfig, runtime: healkit.Runtime) -> None:
-        """Compile each policy's settings; find the breaker plugin, if one is registered."""
-        for policy in (config.defaults, *config.services.values()):
-            policy_of(policy)
-        self._config = config
+        """Keep the snapshot; find the breaker plugin, if one is registered.
+
+        Each policy's settings are compiled on its first call (``policy_of``),
+        not here: a large document costs the event loop nothing up front. Only
+        the services the snapshot changed are looked at
+        (:meth:`healkit.HealkitConfig.changes_since`).
+        """
+        before, self._config = self._config, config
+        changes = config.changes_since(before)
+        enabled = self._enabled
+        named: list[tuple[str, healkit.ServicePolicy | None]]
+        if changes is None:
+            enabled.clear()
+            named = [("*", config.defaults), *config.services.items()]
+        else:
+            named = [(name, config.services.get(name)) for name in changes.services]
+            if changes.defaults:
+                named.append(("*", config.defaults))
+        for name, policy in named:
+            enabled.discard(name)
+            if policy is not None and policy.section(SECTION).enabled:
+                enabled.add(name)
         self._runtime = runtime
         breaker = runtime.plugin_manager.get_plugin("breaker")
         self._breaker = breaker if callable(getattr(breaker, "state", None)) else None
