@@ -436,6 +436,7 @@ class HealkitConfig:
         sections: the plugin sections this snapshot was validated against.
         redactor: redacts secrets from what healkit logs, per ``logging``.
         serial: a number unique to this snapshot in the process.
+        stash: what plugins derive from the whole snapshot (``healkit_prepare``).
 
     """
 
@@ -448,6 +449,7 @@ class HealkitConfig:
         "sections",
         "serial",
         "services",
+        "stash",
         "state",
     )
 
@@ -463,6 +465,7 @@ class HealkitConfig:
     ) -> None:
         self.serial = next(_SERIALS)
         self._changes = changes
+        self.stash = Stash()
         self.defaults = defaults
         self.services = dict(services)
         self.logging = logging

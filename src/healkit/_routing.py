@@ -381,10 +381,40 @@ class _Plan:
         return sum(len(group) for group in self.groups)
 
 
+class _Index:
+    """What the services of a snapshot ask of the router, found by looking at each once.
+
+    Built off the event loop (``healkit_prepare``) from the settings alone; the
+    plans themselves are compiled on each service's first call.
+    """
+
+    __slots__ = ("branching", "fleets", "probing")
+
+    def __init__(self, config: HealkitConfig | None) -> None:
+        services = config.services if config is not None else {}
+        #: Whether a service has a choice of endpoints (else the plugin is idle).
+        self.branching = False
+        #: The services with probes, and those sharing health (their record TTL), by name.
+        self.probing: tuple[str, ...] = ()
+        self.fleets: dict[str, int] = {}
+        probing: list[str] = []
+        for name, policy in services.items():  # sorted by name, as build_config makes them
+            settings = policy.section(SECTION)
+            if not self.branching:
+                # _Plan.choices, without normalizing every endpoint.
+                self.branching = len(policy.endpoints) + sum(map(len, settings.fallback_groups)) > 1
+            if settings.probe is not None:
+                probing.append(name)
+            if settings.fleet is not None:
+                self.fleets[name] = settings.fleet.ttl
+        self.probing = tuple(probing)
+
+
 _UNAVAILABLE: Final = frozenset({502, 503, 504})
 """Answers that say "this endpoint cannot serve now": another group may."""
 
 _PLAN: Final = StashKey[_Plan]("healkit.routing")
+_INDEX: Final = StashKey[_Index]("healkit.routing.index")
 _ROUTED: Final = StashKey[_Health]("healkit.routing.attempt")
 _REDIRECTS: Final = StashKey[RedirectRules]("healkit.routing.redirects")
 
@@ -402,12 +432,7 @@ class Router:
         random_share: Callable[[], float] | None = None,
     ) -> None:
         self._health: dict[tuple[str, str], _Health] = {}
-        # Of the snapshot in force: the services with a choice of endpoints, with
-        # probes, and with fleet health (and its record TTL), kept up to date
-        # with each change instead of found by looking at every service.
-        self._branching: set[str] = set()
-        self._probing_services: set[str] = set()
-        self._fleets: dict[str, int] = {}
+        self._index = _Index(None)
         self._turns: dict[tuple[str, int], int] = {}
         self._runtime: Runtime | None = None
         self._config: HealkitConfig | None = None
@@ -432,10 +457,15 @@ class Router:
         return (SECTION,)
 
     @hookimpl
+    def healkit_prepare(self, config: HealkitConfig) -> None:
+        """Note which services have a choice of endpoints, probes, fleet health (off the loop)."""
+        config.stash[_INDEX] = _Index(config)
+
+    @hookimpl
     def healkit_configure(self, config: HealkitConfig, runtime: Runtime) -> None:
         """Keep what is known of the endpoints still configured; forget the others.
 
-        Only the services the new snapshot changed are looked at
+        Only the health of services the new snapshot changed is looked at
         (:meth:`HealkitConfig.changes_since` the snapshot this plugin saw
         last); the plan of a service is compiled on its first call.
         """
@@ -444,58 +474,43 @@ class Router:
         # Plugins change only through runtime.register, which configures again.
         breaker = runtime.plugin_manager.get_plugin("breaker")
         self._breaker = breaker if callable(getattr(breaker, "available", None)) else None
-        changes = config.changes_since(before)
-        if before is None or changes is None or changes.defaults:
-            self._follow_all(config)
-        else:
-            for name in changes.services:
-                self._follow(name, config.services.get(name), before.services.get(name))
+        index = config.stash.get(_INDEX)
+        if index is None:  # healkit_prepare failed: look at every service now
+            index = config.stash[_INDEX] = _Index(config)
+        self._index = index
+        self._forget_unrouted(config, before)
         self._wake.set()  # the probes follow the new configuration
         self._fleet.touch()
         if runtime.started:
             self._start_probes(runtime)
             self._start_sharing(runtime)
 
-    def _follow_all(self, config: HealkitConfig) -> None:
-        """Index every service of ``config``; forget the health of endpoints not routed to."""
-        self._branching.clear()
-        self._probing_services.clear()
-        self._fleets.clear()
-        for name, policy in config.services.items():
-            self._index(name, policy)
+    def _forget_unrouted(self, config: HealkitConfig, before: HealkitConfig | None) -> None:
+        """Forget the health of the endpoints the services ``config`` changed no longer route to.
+
+        Looks at the fewer of the changed services and the endpoints with a
+        health record; at every record when what changed is not known.
+        """
+        changes = config.changes_since(before)
+        health = self._health
+        if before is None or changes is None or changes.defaults:
+            keys = list(health)  # the health of unconfigured services goes too
+        elif len(changes.services) < len(health):
+            keys = [
+                (name, endpoint)
+                for name in changes.services
+                if (old := before.services.get(name)) is not None
+                and (old_plan := old.stash.get(_PLAN)) is not None
+                for endpoint in old_plan.group_of
+                if endpoint is not None
+            ]
+        else:
+            keys = [key for key in health if key[0] in changes.services]
         services = config.services
-        self._health = {
-            (name, endpoint): health
-            for (name, endpoint), health in self._health.items()
-            if name in services and endpoint in _plan(services[name]).group_of
-        }
-
-    def _follow(
-        self, name: str, policy: ServicePolicy | None, before: ServicePolicy | None
-    ) -> None:
-        """Index one changed service; forget the health of the endpoints it no longer routes to."""
-        self._branching.discard(name)
-        self._probing_services.discard(name)
-        self._fleets.pop(name, None)
-        # Health is kept only for endpoints a plan routed to: none if it was never compiled.
-        old_plan = None if before is None else before.stash.get(_PLAN)
-        if old_plan is not None:
-            routed = {} if policy is None else _plan(policy).group_of
-            for endpoint in old_plan.group_of:
-                if endpoint is not None and endpoint not in routed:
-                    self._health.pop((name, endpoint), None)
-        if policy is not None:
-            self._index(name, policy)
-
-    def _index(self, name: str, policy: ServicePolicy) -> None:
-        """Note what ``name`` asks of the router, from its settings (its plan is compiled later)."""
-        settings = policy.section(SECTION)
-        if len(policy.endpoints) + sum(map(len, settings.fallback_groups)) > 1:  # _Plan.choices
-            self._branching.add(name)
-        if settings.probe is not None:
-            self._probing_services.add(name)
-        if settings.fleet is not None:
-            self._fleets[name] = settings.fleet.ttl
+        for key in keys:
+            policy = services.get(key[0])
+            if policy is None or key[1] not in _plan(policy).group_of:
+                health.pop(key, None)
 
     @hookimpl
     def healkit_startup(self, runtime: Runtime) -> None:
@@ -508,7 +523,7 @@ class Router:
         config = self._config
         if config is None or (self._sharing is not None and not self._sharing.done()):
             return
-        fleets = self._fleets
+        fleets = self._index.fleets
         source = runtime.source
         listen, client = getattr(source, "listen", None), getattr(source, "client", None)
         root = getattr(source, "root", None)
@@ -526,7 +541,7 @@ class Router:
     def _start_probes(self, runtime: Runtime) -> None:
         """Run the probe task while some service has probes (it ends when none has)."""
         running = self._probing is not None and not self._probing.done()
-        if not running and self._probing_services:
+        if not running and self._index.probing:
             self._probing = runtime.start_background("routing probes", self._probe_forever)
 
     @hookimpl
@@ -543,7 +558,7 @@ class Router:
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
         if config is self._config:
-            return not self._branching
+            return not self._index.branching
         return all(_plan(policy).choices <= 1 for policy in config.services.values())
 
     # -- the pipeline --------------------------------------------------------------
@@ -816,7 +831,7 @@ class Router:
         if config is None:
             return []
         targets: list[tuple[str, str, ProbeSettings]] = []
-        for name in sorted(self._probing_services):
+        for name in self._index.probing:
             plan = _plan(config.services[name])
             probe_settings = plan.settings.probe
             if probe_settings is not None:
@@ -940,7 +955,7 @@ class Router:
         now = self._now()
         upcoming: list[float] = []
         view: dict[str, ServiceView] = {}
-        for name in sorted(self._fleets):
+        for name in self._index.fleets:
             plan = _plan(config.services[name])
             seen = self._statuses(name, plan, now)
             traffic_group = min((e.group for e in seen if e.usable), default=None)

@@ -193,22 +193,31 @@ class BreakerPlugin:
             touched = [*registry.items(), *strangers.items()]
             registry.clear()
             return touched
-        touched = []
-        for name in changes.services:
-            old = before.services.get(name)
-            if old is None:
-                continue
-            self._compiled.pop(old, None)
-            for endpoint in (None, *old.known_endpoints):
-                breaker = registry.pop((name, endpoint), None)
-                if breaker is not None:
-                    touched.append(((name, endpoint), breaker))
+        # The fewer of the changed services and the breakers are gone through.
+        names = changes.services
+        compiled = self._compiled
+        if len(names) < len(compiled):
+            for name in names:
+                if (old := before.services.get(name)) is not None:
+                    compiled.pop(old, None)
+        else:
+            self._compiled = {p: c for p, c in compiled.items() if config.policy(p.name) is p}
         if changes.defaults:
             self._compiled.pop(before.defaults, None)
+        if len(names) < len(registry):
+            keys = [
+                (name, endpoint)
+                for name in names
+                if (old := before.services.get(name)) is not None
+                for endpoint in (None, *old.known_endpoints)
+            ]
+        else:
+            keys = [key for key in registry if key[0] in names]
+        touched = [(key, registry.pop(key)) for key in keys if key in registry]
         touched.extend(
             (key, breaker)
             for key, breaker in strangers.items()
-            if changes.defaults or key[0] in changes.services
+            if changes.defaults or key[0] in names
         )
         return touched
 

@@ -93,7 +93,7 @@ class RetryPlugin:
         "_config",
         "_draw",
         "_injecting",
-        "_injectors",
+        "_injecting_key",
         "_runtime",
         "_strangers",
         "_wall_clock",
@@ -122,8 +122,7 @@ class RetryPlugin:
         self._runtime: healkit.Runtime | None = None
         # Whether any policy adds Idempotency-Key headers (None: not configured yet).
         self._injecting: bool | None = None
-        # The services whose policy adds them ("*": the defaults), kept up to date per change.
-        self._injectors: set[str] = set()
+        self._injecting_key = healkit.StashKey[bool]("healkit_retry.injecting")
 
     def __repr__(self) -> str:
         return f"<RetryPlugin budgets={len(self._budgets) + len(self._strangers)}>"
@@ -139,6 +138,11 @@ class RetryPlugin:
     def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
         """Contribute the ``retry`` section."""
         return (SECTION,)
+
+    @healkit.hookimpl
+    def healkit_prepare(self, config: healkit.HealkitConfig) -> None:
+        """Note whether a policy adds Idempotency-Key headers (off the event loop)."""
+        config.stash[self._injecting_key] = _injecting(config)
 
     @healkit.hookimpl
     def healkit_configure(
@@ -163,32 +167,20 @@ class RetryPlugin:
         before, self._config = self._config, config
         changes = config.changes_since(before)
         now = runtime.clock.now()
+        injecting = config.stash.get(self._injecting_key)
+        self._injecting = _injecting(config) if injecting is None else injecting
         budgets = self._budgets
         strangers = self._strangers
-        injectors = self._injectors
-        named: list[tuple[str, healkit.ServicePolicy | None]]
-        if changes is None:
+        if changes is None or changes.defaults:
             touched = [*budgets.items(), *strangers.items()]
             budgets.clear()
-            injectors.clear()
-            named = [*config.services.items(), ("*", config.defaults)]
         else:
-            # Only the budgets of changed services (and, if the defaults changed,
-            # of unconfigured ones) need a look; the others keep their settings.
-            touched = [(name, budgets.pop(name)) for name in changes.services if name in budgets]
-            touched.extend(
-                (service, budget)
-                for service, budget in strangers.items()
-                if changes.defaults or service in changes.services
-            )
-            named = [(name, config.services.get(name)) for name in changes.services]
-            if changes.defaults:
-                named.append(("*", config.defaults))
-        for name, policy in named:
-            injectors.discard(name)
-            if policy is not None and policy.section(SECTION).idempotency_key:
-                injectors.add(name)
-        self._injecting = bool(injectors)
+            # Only the budgets of changed services need a look: the fewer of the
+            # changed services and the budgets are gone through.
+            names = changes.services
+            changed = names if len(names) < len(budgets) else [n for n in budgets if n in names]
+            touched = [(name, budgets.pop(name)) for name in changed if name in budgets]
+            touched.extend((s, budget) for s, budget in strangers.items() if s in names)
         for service, budget in touched:
             if budget_params(config.policy(service).section(SECTION)) != budget.params:
                 strangers.pop(service)
@@ -371,6 +363,12 @@ class RetryPlugin:
                     window_retries=budget.retries,
                 )
             )
+
+
+def _injecting(config: healkit.HealkitConfig) -> bool:
+    """Whether a policy of ``config`` adds Idempotency-Key headers."""
+    policies = (config.defaults, *config.services.values())
+    return any(policy.section(SECTION).idempotency_key for policy in policies)
 
 
 def _may_retry(call: healkit.CallContext, derived: _Policy) -> bool:
