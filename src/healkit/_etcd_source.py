@@ -332,7 +332,7 @@ class EtcdSource:
         if not self._from_snapshot:
             # The bootstrap read is what the runtime applies now: an instance
             # restarted while etcd is away starts from it, changed since or not.
-            self._persist()
+            await self._persist()
         return self._assemble(self._good)
 
     async def load_into(self, sink: ConfigSink) -> None:
@@ -621,7 +621,7 @@ class EtcdSource:
             for key in changed.keys() - refused:
                 self._rejected.pop(key, None)
         self._revision = revision
-        self._persist()
+        await self._persist()
         self._changed.set()
         return error
 
@@ -834,16 +834,41 @@ class EtcdSource:
 
     # -- the snapshot file ---------------------------------------------------------------
 
-    def _persist(self) -> None:
+    async def _persist(self) -> None:
+        """Write the documents in force to the snapshot file, in a worker thread.
+
+        Encoding, writing and ``fsync`` take the event loop nothing. The source
+        awaits the write and a cancellation waits for it to end, so snapshots
+        reach the disk one at a time, in the order of their revisions, and a
+        stopped runtime leaves the last one complete.
+        """
         path = self._snapshot
         if path is None:
             return
+        write = functools.partial(
+            self._write_snapshot,
+            path,
+            self._cluster_id,
+            self._revision,
+            dict(self._documents),  # values are str: the copy is the state at this revision
+        )
+        written = asyncio.get_running_loop().run_in_executor(None, write)
+        try:
+            await asyncio.shield(written)
+        except asyncio.CancelledError:
+            await asyncio.wait([written])  # a cancelled source still leaves it whole
+            raise
+
+    def _write_snapshot(
+        self, path: Path, cluster_id: int, revision: int, documents: dict[str, str]
+    ) -> None:
+        """Encode and write one snapshot (runs in a worker thread; touches no loop state)."""
         snapshot = _Snapshot(
             version=SNAPSHOT_VERSION,
             root=self._root,
-            cluster_id=self._cluster_id,
-            revision=self._revision,
-            documents={k: v for k, v in self._documents.items() if _storable(v)},
+            cluster_id=cluster_id,
+            revision=revision,
+            documents={k: v for k, v in documents.items() if _storable(v)},
         )
         data = msgspec.json.encode(snapshot)
         path.parent.mkdir(parents=True, exist_ok=True)
