@@ -557,9 +557,8 @@ class Router:
 
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
-        if config is self._config:
-            return not self._index.branching
-        return all(_plan(policy).choices <= 1 for policy in config.services.values())
+        index = config.stash.get(_INDEX)  # None: healkit_prepare did not run or failed
+        return not (index or _Index(config)).branching
 
     # -- the pipeline --------------------------------------------------------------
 
