@@ -11,7 +11,10 @@ survive.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,8 @@ import pytest
 import healkit
 from healkit import _routing
 from healkit._config import ServicePolicy
-from healkit.testing import Fault, FaultServer
+from healkit.etcd import EtcdSource
+from healkit.testing import EtcdServer, Fault, FaultServer
 
 pytestmark = pytest.mark.anyio
 
@@ -198,3 +202,27 @@ def test_build_config_keeps_equal_policies_and_records_changes() -> None:
     assert changes.state
     assert third.changes_since(first) is None  # not built from it
     assert third.changes_since(None) is None
+
+
+async def test_the_etcd_snapshot_file_is_written_off_the_event_loop(
+    etcd_server: EtcdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def recorded(fd: int) -> None:
+        synced.append(threading.get_ident())
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    snapshot = tmp_path / "healkit-etcd.json"
+    async with etcd_server.client() as etcd:
+        await etcd.put(
+            "/healkit/test/services/a", json.dumps(plain(1)["services"]["svc0"]).encode()
+        )
+        source = EtcdSource(etcd, namespace="test", snapshot_path=snapshot)
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            assert set(runtime.config.services) == {"a"}
+    assert synced
+    assert threading.get_ident() not in synced
+    assert set(json.loads(snapshot.read_text())["documents"]) == {"services/a"}
