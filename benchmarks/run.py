@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Final
 
+import bench_apply
 import bench_chaos
 import bench_etcd
 import bench_failures
@@ -47,6 +48,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     ),
     "state": Scenario(
         bench_state.run, "first-call cost and memory with 10,000 new services, 100,000 new hosts"
+    ),
+    "apply": Scenario(
+        bench_apply.run, "the event loop's lag while 1,000 and 10,000-service documents apply"
     ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""

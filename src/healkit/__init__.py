@@ -13,6 +13,7 @@ from healkit._bounded import BoundedMap, EvictionReason, StateEvicted, StateSett
 from healkit._client import AiohttpOptions, Client, RequestOptions
 from healkit._clock import Clock, MonotonicClock
 from healkit._config import (
+    ConfigChanges,
     ConfigSection,
     DeclaresEndpoints,
     HealkitConfig,
@@ -88,6 +89,7 @@ __all__ = [
     "Client",
     "ClientClosedError",
     "Clock",
+    "ConfigChanges",
     "ConfigError",
     "ConfigIssue",
     "ConfigSection",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import itertools
 import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Annotated, Any, Final, Generic, Protocol, TypeVar, cast, final, runtime_checkable
@@ -45,6 +46,7 @@ from healkit._redact import Redactor
 from healkit._stash import Stash
 
 __all__ = [
+    "ConfigChanges",
     "ConfigSection",
     "CoreServiceSettings",
     "DeclaresEndpoints",
@@ -317,6 +319,7 @@ class ServicePolicy:
     """
 
     __slots__ = (
+        "_resolved",
         "_sections",
         "call_limits",
         "endpoints",
@@ -335,6 +338,7 @@ class ServicePolicy:
         sections: Mapping[str, msgspec.Struct],
     ) -> None:
         self.name = name
+        self._resolved = core
         self.endpoints = tuple(normalize_endpoint(e) for e in core.endpoints)
         self.max_body_bytes = core.max_body_bytes
         self.follow_redirects = core.follow_redirects
@@ -355,6 +359,10 @@ class ServicePolicy:
     def __repr__(self) -> str:
         return f"ServicePolicy({self.name!r}, endpoints={self.endpoints!r})"
 
+    def same_as(self, core: CoreServiceSettings) -> bool:
+        """Whether this policy was resolved from settings equal to ``core`` (so it can be kept)."""
+        return type(core) is type(self._resolved) and core == self._resolved
+
     def section(self, section: ConfigSection[S]) -> S:
         """Return this service's settings for a plugin's section."""
         return cast("S", self._sections[section.name])
@@ -372,6 +380,48 @@ class ServicePolicy:
         return doc
 
 
+_SERIALS: Final = itertools.count(1)
+"""Numbers the snapshots of this process, so a diff says which snapshot it is against."""
+
+
+@final
+class ConfigChanges:
+    """What a snapshot changed against the snapshot it was built from.
+
+    :func:`build_config` given a ``previous`` snapshot keeps the
+    :class:`ServicePolicy` object of every service whose resolved settings are
+    equal in both (and so everything plugins derived and keep in its
+    ``stash``). A plugin's ``healkit_configure`` asks
+    :meth:`HealkitConfig.changes_since` for this, to do work in proportion to
+    what changed instead of to the size of the document.
+
+    Attributes:
+        since: the serial number of the snapshot this one was compared with.
+        services: names of the services added, removed or changed (a policy
+            object that is not the previous one).
+        defaults: whether the default policy changed (then every service
+            without a document of its own changed too).
+        state: whether the ``state`` settings changed.
+
+    """
+
+    __slots__ = ("defaults", "services", "since", "state")
+
+    def __init__(
+        self, *, since: int, services: frozenset[str], defaults: bool, state: bool
+    ) -> None:
+        self.since = since
+        self.services = services
+        self.defaults = defaults
+        self.state = state
+
+    def __repr__(self) -> str:
+        return (
+            f"ConfigChanges(services={len(self.services)}, defaults={self.defaults},"
+            f" state={self.state})"
+        )
+
+
 @final
 class HealkitConfig:
     """A validated, immutable configuration snapshot.
@@ -387,20 +437,25 @@ class HealkitConfig:
             and endpoints.
         sections: the plugin sections this snapshot was validated against.
         redactor: redacts secrets from what healkit logs, per ``logging``.
+        serial: a number unique to this snapshot in the process.
+        stash: what plugins derive from the whole snapshot (``healkit_prepare``).
 
     """
 
     __slots__ = (
         "_by_prefix",
+        "_changes",
         "defaults",
         "logging",
         "redactor",
         "sections",
+        "serial",
         "services",
+        "stash",
         "state",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only parts of one snapshot
         self,
         *,
         defaults: ServicePolicy,
@@ -408,7 +463,11 @@ class HealkitConfig:
         logging: LoggingSettings,
         sections: tuple[ConfigSection[Any], ...],
         state: StateSettings | None = None,
+        changes: ConfigChanges | None = None,
     ) -> None:
+        self.serial = next(_SERIALS)
+        self._changes = changes
+        self.stash = Stash()
         self.defaults = defaults
         self.services = dict(services)
         self.logging = logging
@@ -418,6 +477,19 @@ class HealkitConfig:
         prefixes = [(e, name) for name, p in self.services.items() for e in p.endpoints]
         # Longest prefix first, so https://gw/payments wins over https://gw.
         self._by_prefix = tuple(sorted(prefixes, key=lambda item: len(item[0]), reverse=True))
+
+    def changes_since(self, previous: HealkitConfig | None) -> ConfigChanges | None:
+        """Return what changed since ``previous``, or ``None`` if that is not known.
+
+        Known when this snapshot was built from ``previous``
+        (``build_config(..., previous=previous)``, which is how the runtime
+        builds every document a source or :meth:`Runtime.apply` gives it); a
+        plugin that gets ``None`` looks at every service.
+        """
+        changes = self._changes
+        if previous is None or changes is None or changes.since != previous.serial:
+            return None
+        return changes
 
     def policy(self, service: str) -> ServicePolicy:
         """Return the policy of ``service``, or the defaults if it has none."""
@@ -445,6 +517,7 @@ def build_config(
     sections: Iterable[ConfigSection[Any]] = (),
     *,
     origin: str = "python",
+    previous: HealkitConfig | None = None,
 ) -> HealkitConfig:
     """Validate a whole document and return the snapshot it describes.
 
@@ -452,6 +525,11 @@ def build_config(
         raw: the decoded document (a mapping), as parsed from JSON, YAML or TOML.
         sections: the plugin sections known to this runtime.
         origin: where the document came from, for error messages.
+        previous: the snapshot in force, if any: the policy of each service
+            whose resolved settings did not change is kept (the same object),
+            and the snapshot records what changed (:class:`ConfigChanges`).
+            Give it only when the plugins are those ``previous`` was
+            configured with: what they derived for a kept policy stays.
 
     Raises:
         ConfigError: listing every problem found, each with its path.
@@ -481,7 +559,12 @@ def build_config(
     defaults_struct, found = validate(defaults_raw, service_type, path="$.defaults")
     issues += found
     defaults_ok = not found
-    defaults = _policy("*", defaults_struct, section_list) if defaults_struct is not None else None
+    kept = previous.services if previous is not None else {}
+    defaults = (
+        _policy("*", defaults_struct, section_list, previous and previous.defaults)
+        if defaults_struct is not None
+        else None
+    )
 
     services: dict[str, ServicePolicy] = {}
     for name, doc in sorted(services_raw.items()):
@@ -491,17 +574,27 @@ def build_config(
         struct, found = validate(merged, service_type, path=path)
         issues += found
         if struct is not None:
-            services[name] = _policy(name, struct, section_list)
+            services[name] = _policy(name, struct, section_list, kept.get(name))
 
     issues += _shared_endpoints(services)
     if issues or defaults is None:
         raise ConfigError(issues, origin=origin)
+    changes = None
+    if previous is not None:
+        changed = {name for name, policy in services.items() if kept.get(name) is not policy}
+        changes = ConfigChanges(
+            since=previous.serial,
+            services=frozenset(changed.union(kept.keys() - services.keys())),
+            defaults=defaults is not previous.defaults,
+            state=state != previous.state,
+        )
     return HealkitConfig(
         defaults=defaults,
         services=services,
         logging=logging,
         sections=section_list,
         state=state,
+        changes=changes,
     )
 
 
@@ -571,7 +664,11 @@ def _policy(
     name: str,
     struct: CoreServiceSettings,
     sections: tuple[ConfigSection[Any], ...],
+    previous: ServicePolicy | None,
 ) -> ServicePolicy:
+    """Return the policy of ``struct``: ``previous`` itself if resolved from equal settings."""
+    if previous is not None and previous.same_as(struct):
+        return previous
     return ServicePolicy(name, struct, {s.name: getattr(struct, s.name) for s in sections})
 
 

@@ -74,6 +74,13 @@ SECTION: Final = ConfigSection(
 """The ``degraded`` section; read it with ``policy.section(SECTION)``."""
 
 _SETTINGS: Final = StashKey[DegradedSettings]("healkit.degraded")
+_TEMPLATED: Final = StashKey[bool]("healkit.degraded.templated")
+
+
+def _templated(config: HealkitConfig) -> bool:
+    """Whether a policy of ``config`` has a template."""
+    policies = (config.defaults, *config.services.values())
+    return any(policy.section(SECTION).template is not None for policy in policies)
 
 
 @final
@@ -82,10 +89,15 @@ class DegradedResponses:
 
     healkit_name = "degraded"
 
+    @hookimpl
+    def healkit_prepare(self, config: HealkitConfig) -> None:
+        """Note whether some service has a template (off the event loop)."""
+        config.stash[_TEMPLATED] = _templated(config)
+
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a template: the plugin then stays out of the call plan."""
-        policies = (config.defaults, *config.services.values())
-        return all(policy.section(SECTION).template is None for policy in policies)
+        templated = config.stash.get(_TEMPLATED)  # None: healkit_prepare failed
+        return not (_templated(config) if templated is None else templated)
 
     @hookimpl
     def healkit_config_sections(self) -> Sequence[ConfigSection[Any]]:

@@ -381,10 +381,40 @@ class _Plan:
         return sum(len(group) for group in self.groups)
 
 
+class _Index:
+    """What the services of a snapshot ask of the router, found by looking at each once.
+
+    Built off the event loop (``healkit_prepare``) from the settings alone; the
+    plans themselves are compiled on each service's first call.
+    """
+
+    __slots__ = ("branching", "fleets", "probing")
+
+    def __init__(self, config: HealkitConfig | None) -> None:
+        services = config.services if config is not None else {}
+        #: Whether a service has a choice of endpoints (else the plugin is idle).
+        self.branching = False
+        #: The services with probes, and those sharing health (their record TTL), by name.
+        self.probing: tuple[str, ...] = ()
+        self.fleets: dict[str, int] = {}
+        probing: list[str] = []
+        for name, policy in services.items():  # sorted by name, as build_config makes them
+            settings = policy.section(SECTION)
+            if not self.branching:
+                # _Plan.choices, without normalizing every endpoint.
+                self.branching = len(policy.endpoints) + sum(map(len, settings.fallback_groups)) > 1
+            if settings.probe is not None:
+                probing.append(name)
+            if settings.fleet is not None:
+                self.fleets[name] = settings.fleet.ttl
+        self.probing = tuple(probing)
+
+
 _UNAVAILABLE: Final = frozenset({502, 503, 504})
 """Answers that say "this endpoint cannot serve now": another group may."""
 
 _PLAN: Final = StashKey[_Plan]("healkit.routing")
+_INDEX: Final = StashKey[_Index]("healkit.routing.index")
 _ROUTED: Final = StashKey[_Health]("healkit.routing.attempt")
 _REDIRECTS: Final = StashKey[RedirectRules]("healkit.routing.redirects")
 
@@ -402,6 +432,7 @@ class Router:
         random_share: Callable[[], float] | None = None,
     ) -> None:
         self._health: dict[tuple[str, str], _Health] = {}
+        self._index = _Index(None)
         self._turns: dict[tuple[str, int], int] = {}
         self._runtime: Runtime | None = None
         self._config: HealkitConfig | None = None
@@ -426,25 +457,60 @@ class Router:
         return (SECTION,)
 
     @hookimpl
+    def healkit_prepare(self, config: HealkitConfig) -> None:
+        """Note which services have a choice of endpoints, probes, fleet health (off the loop)."""
+        config.stash[_INDEX] = _Index(config)
+
+    @hookimpl
     def healkit_configure(self, config: HealkitConfig, runtime: Runtime) -> None:
-        """Keep what is known of the endpoints still configured; forget the others."""
+        """Keep what is known of the endpoints still configured; forget the others.
+
+        Only the health of services the new snapshot changed is looked at
+        (:meth:`HealkitConfig.changes_since` the snapshot this plugin saw
+        last); the plan of a service is compiled on its first call.
+        """
         self._runtime = runtime
-        self._config = config
+        before, self._config = self._config, config
         # Plugins change only through runtime.register, which configures again.
         breaker = runtime.plugin_manager.get_plugin("breaker")
         self._breaker = breaker if callable(getattr(breaker, "available", None)) else None
-        known = {
-            (name, endpoint)
-            for name, policy in config.services.items()
-            for group in _plan(policy).groups
-            for endpoint in group
-        }
-        self._health = {key: health for key, health in self._health.items() if key in known}
+        index = config.stash.get(_INDEX)
+        if index is None:  # healkit_prepare failed: look at every service now
+            index = config.stash[_INDEX] = _Index(config)
+        self._index = index
+        self._forget_unrouted(config, before)
         self._wake.set()  # the probes follow the new configuration
         self._fleet.touch()
         if runtime.started:
             self._start_probes(runtime)
             self._start_sharing(runtime)
+
+    def _forget_unrouted(self, config: HealkitConfig, before: HealkitConfig | None) -> None:
+        """Forget the health of the endpoints the services ``config`` changed no longer route to.
+
+        Looks at the fewer of the changed services and the endpoints with a
+        health record; at every record when what changed is not known.
+        """
+        changes = config.changes_since(before)
+        health = self._health
+        if before is None or changes is None or changes.defaults:
+            keys = list(health)  # the health of unconfigured services goes too
+        elif len(changes.services) < len(health):
+            keys = [
+                (name, endpoint)
+                for name in changes.services
+                if (old := before.services.get(name)) is not None
+                and (old_plan := old.stash.get(_PLAN)) is not None
+                for endpoint in old_plan.group_of
+                if endpoint is not None
+            ]
+        else:
+            keys = [key for key in health if key[0] in changes.services]
+        services = config.services
+        for key in keys:
+            policy = services.get(key[0])
+            if policy is None or key[1] not in _plan(policy).group_of:
+                health.pop(key, None)
 
     @hookimpl
     def healkit_startup(self, runtime: Runtime) -> None:
@@ -457,17 +523,13 @@ class Router:
         config = self._config
         if config is None or (self._sharing is not None and not self._sharing.done()):
             return
-        fleets = [
-            fleet
-            for policy in config.services.values()
-            if (fleet := _plan(policy).settings.fleet) is not None
-        ]
+        fleets = self._index.fleets
         source = runtime.source
         listen, client = getattr(source, "listen", None), getattr(source, "client", None)
         root = getattr(source, "root", None)
         if not fleets or not callable(listen) or client is None or not isinstance(root, str):
             return  # no etcd source: health stays local
-        ttl = min(fleet.ttl for fleet in fleets)
+        ttl = min(fleets.values())
         fleet_health = self._fleet
         self._wall_offset = time.time() - runtime.clock.now()
         listen("health/", lambda events, _revision: fleet_health.heard(root, events))
@@ -479,7 +541,7 @@ class Router:
     def _start_probes(self, runtime: Runtime) -> None:
         """Run the probe task while some service has probes (it ends when none has)."""
         running = self._probing is not None and not self._probing.done()
-        if not running and self._probe_targets():
+        if not running and self._index.probing:
             self._probing = runtime.start_background("routing probes", self._probe_forever)
 
     @hookimpl
@@ -495,7 +557,8 @@ class Router:
 
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
-        return all(_plan(policy).choices <= 1 for policy in config.services.values())
+        index = config.stash.get(_INDEX)  # None: healkit_prepare did not run or failed
+        return not (index or _Index(config)).branching
 
     # -- the pipeline --------------------------------------------------------------
 
@@ -767,8 +830,8 @@ class Router:
         if config is None:
             return []
         targets: list[tuple[str, str, ProbeSettings]] = []
-        for name, policy in config.services.items():
-            plan = _plan(policy)
+        for name in self._index.probing:
+            plan = _plan(config.services[name])
             probe_settings = plan.settings.probe
             if probe_settings is not None:
                 targets.extend(
@@ -891,10 +954,8 @@ class Router:
         now = self._now()
         upcoming: list[float] = []
         view: dict[str, ServiceView] = {}
-        for name, policy in config.services.items():
-            plan = _plan(policy)
-            if plan.settings.fleet is None:
-                continue
+        for name in self._index.fleets:
+            plan = _plan(config.services[name])
             seen = self._statuses(name, plan, now)
             traffic_group = min((e.group for e in seen if e.usable), default=None)
             traffic = tuple(e.endpoint for e in seen if e.usable and e.group == traffic_group)

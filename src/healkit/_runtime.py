@@ -219,22 +219,52 @@ class Runtime:
             await self._changed.wait()
 
     def _apply_or_raise(
-        self, raw: object, *, origin: str, configure: bool = False
+        self, raw: object, *, origin: str, configure: bool = False, keep: bool = True
     ) -> HealkitConfig:
-        config = build_config(raw, self.sections, origin=origin)
+        failures: list[tuple[str, str, Exception]] = []
+        previous = self._config if keep else None
+        config = _prepared(
+            self.plugin_manager,
+            raw,
+            self.sections,
+            origin=origin,
+            previous=previous,
+            failures=failures,
+        )
+        for failure in failures:
+            self._plugin_failed(*failure)
         return self._install(config, raw, origin=origin, configure=configure)
 
     async def _validate_off_loop(self, raw: object, origin: str) -> HealkitConfig:
-        """Validate ``raw`` in a worker thread, against the sections in force when it ends.
+        """Validate ``raw`` and run ``healkit_prepare`` in a worker thread.
+
+        The new snapshot keeps the policies of the services it leaves unchanged
+        (``build_config(previous=...)``), so the plugins' ``healkit_configure``
+        does work in proportion to what changed, and the plugins' look at every
+        service (``healkit_prepare``) happens off the event loop. If a plugin
+        was registered or another document installed meanwhile, it is
+        validated again.
 
         Raises:
             ConfigError: the document is invalid.
 
         """
         while True:
-            sections = self.sections
-            config = await off_loop(functools.partial(build_config, raw, sections, origin=origin))
-            if sections is self.sections:  # else a plugin was registered meanwhile
+            sections, previous = self.sections, self._config
+            failures: list[tuple[str, str, Exception]] = []
+            build = functools.partial(
+                _prepared,
+                self.plugin_manager,
+                raw,
+                sections,
+                origin=origin,
+                previous=previous,
+                failures=failures,
+            )
+            config = await off_loop(build)
+            for failure in failures:
+                self._plugin_failed(*failure)
+            if sections is self.sections and previous is self._config:
                 return config
 
     def _install(
@@ -323,7 +353,8 @@ class Runtime:
         try:
             self.plugin_manager.check_pending()
             self.sections = config_sections(self.plugin_manager)
-            self._apply_or_raise(self._raw, origin="plugins", configure=True)
+            # New plugins derive their own state: no policy of the old snapshot is kept.
+            self._apply_or_raise(self._raw, origin="plugins", configure=True, keep=False)
         except (ConfigError, pluggy.PluginValidationError):
             self.plugin_manager.unregister(plugin)
             self.sections = config_sections(self.plugin_manager)
@@ -543,6 +574,31 @@ def config_sections(pm: PluginManager) -> tuple[ConfigSection[Any], ...]:
                 raise ConfigError([issue], origin="plugins")
             sections[section.name] = section
     return tuple(sections.values())
+
+
+def _prepared(  # noqa: PLR0913 - what one validation needs, passed to a worker thread
+    pm: PluginManager,
+    raw: object,
+    sections: tuple[ConfigSection[Any], ...],
+    *,
+    origin: str,
+    previous: HealkitConfig | None,
+    failures: list[tuple[str, str, Exception]],
+) -> HealkitConfig:
+    """Validate ``raw`` against ``previous``; let the plugins prepare the snapshot.
+
+    Runs in a worker thread for a source's document: it touches nothing but the
+    new snapshot. The plugins that fail ``healkit_prepare`` are added to
+    ``failures``, to be reported on the event loop.
+
+    Raises:
+        ConfigError: the document is invalid.
+
+    """
+    config = build_config(raw, sections, origin=origin, previous=previous)
+    arguments = {"config": config, "previous": previous}
+    call_each(pm, "healkit_prepare", arguments, lambda *failure: failures.append(failure))
+    return config
 
 
 def _raise_plugin_error(plugin: str, hook: str, error: Exception) -> None:

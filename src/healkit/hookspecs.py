@@ -69,6 +69,27 @@ def healkit_config_sections() -> Sequence[ConfigSection[Any]]:  # type: ignore[e
 
 
 @hookspec
+def healkit_prepare(config: HealkitConfig, previous: HealkitConfig | None) -> None:
+    """Derive what the plugin needs from a new snapshot, before it is installed.
+
+    Called once per validated snapshot, before ``healkit_configure``, with the
+    snapshot in force (``None`` the first time). For a document from a source
+    it runs in a worker thread, off the event loop: put here the work that
+    grows with the document (a look at every service), so that
+    ``healkit_configure`` does work in proportion to what changed
+    (:meth:`HealkitConfig.changes_since`). The snapshot is not in force yet and
+    nothing else sees it: write only into it (``config.stash``, and the
+    ``stash`` of its policies that ``previous`` does not also hold), never into
+    the plugin's own state, which belongs to the event loop. An exception here
+    is logged (``healkit.plugin_error``) and counted; the snapshot is still
+    installed, so ``healkit_configure`` must cope with missing derived data.
+
+    Result: all implementations are called; return values are ignored.
+    May not return an awaitable.
+    """
+
+
+@hookspec
 def healkit_configure(
     config: HealkitConfig, previous: HealkitConfig | None, runtime: Runtime
 ) -> None:

@@ -150,15 +150,12 @@ class BreakerPlugin:
         """
         self._runtime = runtime
         now = runtime.clock.now()
-        registry: dict[Key, Breaker] = {}
-        compiled = {
-            service_policy: self._compile(service_policy, registry)
-            for service_policy in (config.defaults, *config.services.values())
-        }
-        strangers = self._strangers
-        for key, breaker in [*self._registry.items(), *strangers.items()]:
+        before, self._config = self._config, config
+        strangers, registry = self._strangers, self._registry
+        touched = self._touched(config, before)
+        for key, breaker in touched:
             service, endpoint = key
-            policy = config.policy(service).stash[self._policy_key]
+            policy = self._policy(config.policy(service))
             settings = policy.settings
             if endpoint is not None and not policy.per_endpoint:
                 strangers.pop(key)
@@ -177,20 +174,65 @@ class BreakerPlugin:
             elif key not in strangers:  # an unconfigured key's breaker keeps its place
                 strangers.put(key, kept, now)
         strangers.resize(config.state.max_unconfigured, config.state.idle_expiry, now)
-        self._registry = registry
-        self._compiled = compiled
-        self._config = config
 
-    def _compile(self, policy: healkit.ServicePolicy, registry: dict[Key, Breaker]) -> _Policy:
-        compiled = _Policy(policy.section(SECTION), registry)
-        policy.stash[self._policy_key] = compiled
-        return compiled
+    def _touched(
+        self, config: healkit.HealkitConfig, before: healkit.HealkitConfig | None
+    ) -> list[tuple[Key, Breaker]]:
+        """Take out of the registry the breakers whose policy ``config`` may have changed.
+
+        Only the breakers of changed services (and, if the defaults changed, of
+        unconfigured ones) need a look; the others keep their policy. Without
+        a known change set, every breaker does.
+        """
+        strangers, registry = self._strangers, self._registry
+        changes = config.changes_since(before)
+        if before is None or changes is None:
+            self._compiled.clear()
+            touched = [*registry.items(), *strangers.items()]
+            registry.clear()
+            return touched
+        # The fewer of the changed services and the breakers are gone through.
+        names = changes.services
+        compiled = self._compiled
+        if len(names) < len(compiled):
+            for name in names:
+                if (old := before.services.get(name)) is not None:
+                    compiled.pop(old, None)
+        else:
+            self._compiled = {p: c for p, c in compiled.items() if config.policy(p.name) is p}
+        if changes.defaults:
+            self._compiled.pop(before.defaults, None)
+        if len(names) < len(registry):
+            keys = [
+                (name, endpoint)
+                for name in names
+                if (old := before.services.get(name)) is not None
+                for endpoint in (None, *old.known_endpoints)
+            ]
+        else:
+            keys = [key for key in registry if key[0] in names]
+        touched = [(key, registry.pop(key)) for key in keys if key in registry]
+        touched.extend(
+            (key, breaker)
+            for key, breaker in strangers.items()
+            if changes.defaults or key[0] in names
+        )
+        return touched
 
     def _policy(self, policy: healkit.ServicePolicy) -> _Policy:
-        """Return the compiled ``policy`` (compiled now if the snapshot predates this plugin)."""
+        """Return the compiled ``policy``, compiled on its first call in its snapshot.
+
+        The breakers' registry is the plugin's own, one for every snapshot, so
+        a policy kept from one snapshot to the next keeps its compiled form.
+        """
         compiled = policy.stash.get(self._policy_key)
         if compiled is None:
-            compiled = self._compile(policy, self._registry)
+            compiled = policy.stash[self._policy_key] = _Policy(
+                policy.section(SECTION), self._registry
+            )
+        config = self._config
+        if config is not None and config.policy(policy.name) is policy:
+            self._compiled[policy] = compiled  # not the policy of an older snapshot
         return compiled
 
     def _breaker(

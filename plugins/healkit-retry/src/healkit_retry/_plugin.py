@@ -93,6 +93,7 @@ class RetryPlugin:
         "_config",
         "_draw",
         "_injecting",
+        "_injecting_key",
         "_runtime",
         "_strangers",
         "_wall_clock",
@@ -121,6 +122,7 @@ class RetryPlugin:
         self._runtime: healkit.Runtime | None = None
         # Whether any policy adds Idempotency-Key headers (None: not configured yet).
         self._injecting: bool | None = None
+        self._injecting_key = healkit.StashKey[bool]("healkit_retry.injecting")
 
     def __repr__(self) -> str:
         return f"<RetryPlugin budgets={len(self._budgets) + len(self._strangers)}>"
@@ -138,6 +140,11 @@ class RetryPlugin:
         return (SECTION,)
 
     @healkit.hookimpl
+    def healkit_prepare(self, config: healkit.HealkitConfig) -> None:
+        """Note whether a policy adds Idempotency-Key headers (off the event loop)."""
+        config.stash[self._injecting_key] = _injecting(config)
+
+    @healkit.hookimpl
     def healkit_configure(
         self,
         config: healkit.HealkitConfig,
@@ -146,21 +153,35 @@ class RetryPlugin:
     ) -> None:
         """Keep the runtime; keep each budget whose settings did not change.
 
+        Only the services the new snapshot changed are looked at
+        (:meth:`healkit.HealkitConfig.changes_since`).
+
         A service's budget survives a new configuration when its ``budget_*``
         settings are the same in it (other settings may change); otherwise it
         starts afresh with the new settings. A service that gains a document
         keeps its budget for as long as the document names it; one that loses
         it has its budget bounded with the other unconfigured ones.
         """
-        del previous  # compatibility is judged against each budget's own settings
+        del previous  # changes are judged against the snapshot this plugin saw last
         self._runtime = runtime
-        self._config = config
-        policies = (config.defaults, *config.services.values())
-        self._injecting = any(p.section(SECTION).idempotency_key for p in policies)
+        before, self._config = self._config, config
+        changes = config.changes_since(before)
         now = runtime.clock.now()
-        budgets: dict[str, RetryBudget] = {}
+        injecting = config.stash.get(self._injecting_key)
+        self._injecting = _injecting(config) if injecting is None else injecting
+        budgets = self._budgets
         strangers = self._strangers
-        for service, budget in [*self._budgets.items(), *strangers.items()]:
+        if changes is None or changes.defaults:
+            touched = [*budgets.items(), *strangers.items()]
+            budgets.clear()
+        else:
+            # Only the budgets of changed services need a look: the fewer of the
+            # changed services and the budgets are gone through.
+            names = changes.services
+            changed = names if len(names) < len(budgets) else [n for n in budgets if n in names]
+            touched = [(name, budgets.pop(name)) for name in changed if name in budgets]
+            touched.extend((s, budget) for s, budget in strangers.items() if s in names)
+        for service, budget in touched:
             if budget_params(config.policy(service).section(SECTION)) != budget.params:
                 strangers.pop(service)
             elif config.configured(service):
@@ -168,7 +189,6 @@ class RetryPlugin:
                 budgets[service] = budget
             elif service not in strangers:  # an unconfigured service's budget keeps its place
                 strangers.put(service, budget, now)
-        self._budgets = budgets
         strangers.resize(config.state.max_unconfigured, config.state.idle_expiry, now)
 
     @healkit.hookimpl
@@ -353,6 +373,12 @@ class RetryPlugin:
                     window_retries=budget.retries,
                 )
             )
+
+
+def _injecting(config: healkit.HealkitConfig) -> bool:
+    """Whether a policy of ``config`` adds Idempotency-Key headers."""
+    policies = (config.defaults, *config.services.values())
+    return any(policy.section(SECTION).idempotency_key for policy in policies)
 
 
 def _may_retry(call: healkit.CallContext, derived: _Policy) -> bool:

@@ -122,6 +122,7 @@ class TlsPlugin:
     """
 
     __slots__ = (
+        "_active_key",
         "_config",
         "_materials",
         "_refused_key",
@@ -129,6 +130,7 @@ class TlsPlugin:
         "_runtime",
         "_slot_key",
         "_slots",
+        "_users",
         "_wake",
         "_wall_clock",
         "allow_insecure",
@@ -147,10 +149,14 @@ class TlsPlugin:
         self.allow_insecure = allow_insecure
         self._wall_clock = wall_clock
         self._slot_key = healkit.StashKey[_Slot]("healkit_tls.slot")
+        self._active_key = healkit.StashKey[frozenset[str]]("healkit_tls.active")
         self._reloaded_key = healkit.StashKey[bool]("healkit_tls.reloaded")
         self._refused_key = healkit.StashKey[bool]("healkit_tls.refused")
         self._materials: dict[TlsSettings, _Material] = {}
+        # The slots of the services with TLS material ("*": the defaults), and the
+        # services each material is used by, kept up to date per change.
         self._slots: dict[str, _Slot] = {}
+        self._users: dict[_Material, set[str]] = {}
         self._config: healkit.HealkitConfig | None = None
         self._runtime: healkit.Runtime | None = None
         self._wake = asyncio.Event()
@@ -162,8 +168,13 @@ class TlsPlugin:
 
     def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
         """Whether no service asks for TLS settings (then the hooks stay out of the plan)."""
-        policies = (config.defaults, *config.services.values())
-        return not any(policy.section(SECTION).active for policy in policies)
+        active = config.stash.get(self._active_key)  # None: healkit_prepare failed
+        return not (_active(config) if active is None else active)
+
+    @healkit.hookimpl
+    def healkit_prepare(self, config: healkit.HealkitConfig) -> None:
+        """Note the services with TLS settings ("*": the defaults), off the event loop."""
+        config.stash[self._active_key] = _active(config)
 
     @healkit.hookimpl
     def healkit_config_sections(self) -> Sequence[healkit.ConfigSection[Any]]:
@@ -176,38 +187,72 @@ class TlsPlugin:
 
         Material whose section is unchanged is kept as it is (with its context
         and its watch); new sections are loaded now. A service whose new
-        material is rejected keeps the context it had.
+        material is rejected keeps the context it had. Only the services with
+        TLS settings that the snapshot changed are looked at
+        (:meth:`healkit.HealkitConfig.changes_since`).
         """
         self._runtime = runtime
-        materials: dict[TlsSettings, _Material] = {}
-        slots: dict[str, _Slot] = {}
+        before, self._config = self._config, config
+        changes = config.changes_since(before)
+        active = config.stash.get(self._active_key)
+        if active is None:  # healkit_prepare failed
+            active = config.stash[self._active_key] = _active(config)
+        # A policy without TLS settings gets its (empty) slot on its first call;
+        # only the services with TLS settings, now or before, are looked at here.
+        slots = self._slots
+        names: set[str]
+        if changes is None:
+            names = set(active).union(slots)
+            old_slots, self._slots = slots, {}
+            old_materials, self._materials = self._materials, {}
+            self._users = {}
+        else:
+            changed = changes.services | ({"*"} if changes.defaults else set())
+            names = {n for n in active if n in changed} | {n for n in slots if n in changed}
+            old_slots = {name: slots.pop(name) for name in names if name in slots}
+            old_materials = self._materials
+        affected: set[_Material] = set()
         fresh: list[_Material] = []
-        for policy in (config.defaults, *config.services.values()):
-            settings = policy.section(SECTION)
-            if not settings.active:
-                policy.stash[self._slot_key] = _NO_TLS
-                slots[policy.name] = _NO_TLS
+        for name in sorted(names):
+            old = old_slots.get(name)
+            if old is not None and old.material is not None:
+                self._users.get(old.material, set()).discard(name)
+                affected.add(old.material)
+            policy = config.defaults if name == "*" else config.services.get(name)
+            if policy is None or name not in active:
                 continue
-            settings = self._permitted(policy.name, settings)
-            material = materials.get(settings) or self._materials.get(settings)
-            if material is None:
-                material = _Material(settings)
-                fresh.append(material)
-            materials[settings] = material
-            old = self._slots.get(policy.name)
-            slot = _Slot(material, old.context() if old is not None else None)
-            policy.stash[self._slot_key] = slot
-            slots[policy.name] = slot
-        self._materials = materials
-        self._slots = slots
-        self._config = config
-        for material in materials.values():
-            material.services = tuple(
-                name for name, slot in slots.items() if slot.material is material
-            )
+            slot = self._slot(policy, old, old_materials, fresh)
+            if slot.material is not None:
+                self._slots[name] = slot
+                self._users.setdefault(slot.material, set()).add(name)
+                affected.add(slot.material)
+        for material in affected:
+            users = self._users.get(material)
+            material.services = tuple(sorted(users or ()))  # "*" (the defaults) first
+            if not users:
+                self._users.pop(material, None)
+                self._materials.pop(material.settings, None)
         for material in fresh:
             self._refresh(material, "config")
         self._wake.set()
+
+    def _slot(
+        self,
+        policy: healkit.ServicePolicy,
+        old: _Slot | None,
+        old_materials: dict[TlsSettings, _Material],
+        fresh: list[_Material],
+    ) -> _Slot:
+        """Give ``policy`` (with TLS settings) its slot: its material, new if its settings are."""
+        settings = self._permitted(policy.name, policy.section(SECTION))
+        material = self._materials.get(settings) or old_materials.get(settings)
+        if material is None:
+            material = _Material(settings)
+            fresh.append(material)
+        self._materials[settings] = material
+        slot = _Slot(material, old.context() if old is not None else None)
+        policy.stash[self._slot_key] = slot
+        return slot
 
     def _permitted(self, service: str, settings: TlsSettings) -> TlsSettings:
         """Return ``settings``, with verification back on unless turning it off is permitted."""
@@ -535,6 +580,12 @@ class TlsPlugin:
             minimum_version=settings.minimum_version,
             error=material.error,
         )
+
+
+def _active(config: healkit.HealkitConfig) -> frozenset[str]:
+    """Return the names of the policies of ``config`` with TLS settings ("*": the defaults)."""
+    policies = (config.defaults, *config.services.values())
+    return frozenset(policy.name for policy in policies if policy.section(SECTION).active)
 
 
 def certificate_problem(error: BaseException) -> bool:

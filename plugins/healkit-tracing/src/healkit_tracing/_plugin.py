@@ -125,6 +125,7 @@ class TracingPlugin:
     __slots__ = (
         "_breaker",
         "_config",
+        "_enabled_key",
         "_instruments",
         "_lean",
         "_lean_until",
@@ -155,6 +156,7 @@ class TracingPlugin:
         self._trace_config = build_trace_config(self, self._sinks)
         self._breaker: _BreakerReader | None = None
         self._config: healkit.HealkitConfig | None = None
+        self._enabled_key = healkit.StashKey[bool]("healkit_tracing.enabled")
         self._runtime: healkit.Runtime | None = None
         # Whether the plan in force leaves the recording hooks out (healkit_idle_hooks),
         # and the start time before which calls ran under such a plan.
@@ -183,9 +185,13 @@ class TracingPlugin:
 
     def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
         """Whether ``tracing.enabled`` is off for every service: then no per-call hook runs."""
-        return not any(
-            policy_of(policy).enabled for policy in (config.defaults, *config.services.values())
-        )
+        enabled = config.stash.get(self._enabled_key)  # None: healkit_prepare failed
+        return not (_enabled(config) if enabled is None else enabled)
+
+    @healkit.hookimpl
+    def healkit_prepare(self, config: healkit.HealkitConfig) -> None:
+        """Note whether tracing is enabled for some service (off the event loop)."""
+        config.stash[self._enabled_key] = _enabled(config)
 
     def healkit_idle_hooks(self, config: healkit.HealkitConfig) -> Sequence[str]:
         """Name the recording hooks while nothing can record (no SDK): the plan leaves them out."""
@@ -212,9 +218,11 @@ class TracingPlugin:
 
     @healkit.hookimpl
     def healkit_configure(self, config: healkit.HealkitConfig, runtime: healkit.Runtime) -> None:
-        """Compile each policy's settings; find the breaker plugin; record the config version."""
-        for policy in (config.defaults, *config.services.values()):
-            policy_of(policy)
+        """Keep the snapshot; find the breaker plugin, if one is registered; record the version.
+
+        Each policy's settings are compiled on its first call (``policy_of``),
+        not here: a large document costs the event loop nothing up front.
+        """
         self._config = config
         self._runtime = runtime
         breaker = runtime.plugin_manager.get_plugin("breaker")
@@ -651,6 +659,12 @@ class TracingPlugin:
         endpoint = state.attempt.endpoint
         host, port, _ = server_of(endpoint) if endpoint else ("", 0, "")
         return {n.SERVER_ADDRESS: host, n.SERVER_PORT: port, n.SERVICE: state.call.service}
+
+
+def _enabled(config: healkit.HealkitConfig) -> bool:
+    """Whether ``tracing.enabled`` is on for a policy of ``config``."""
+    policies = (config.defaults, *config.services.values())
+    return any(policy.section(SECTION).enabled for policy in policies)
 
 
 def _span_name(call: healkit.CallContext) -> str:
