@@ -108,7 +108,9 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                     if chosen is not None:
                         attempt.endpoint = chosen
                 if plan.has_pre_request:
-                    plan.pre_request(call, attempt)
+                    refusal = plan.pre_request(call, attempt)
+                    if refusal is not None:
+                        raise refusal  # caught below, in this frame: handled as a failed attempt
                 # Sent under min(attempt total, time left before the deadline); inlined
                 # (no coroutine of its own) as this runs on every attempt. An enclosing
                 # cancel scope is not turned into a healkit error here: when it expires
