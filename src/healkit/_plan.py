@@ -269,7 +269,11 @@ class CallPlan:
                 self._failed(hook, index, exc)
                 continue
             # Other results are ignored, as they always were; an observer cannot refuse.
-            if isinstance(refusal, HealkitError) and not hook.observers[index]:
+            if (
+                refusal is not None
+                and isinstance(refusal, HealkitError)
+                and not hook.observers[index]
+            ):
                 return refusal
         return None
 
