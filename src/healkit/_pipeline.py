@@ -183,8 +183,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                 substitute = _substitute(current, call, transport, fallback, error)
                 if substitute is not None:
                     return substitute
-        # Raised here, not in _failed: one frame less in every failed call's traceback.
-        raise _failed(current, runtime.repeats, call, error, stop_reason)  # noqa: TRY301
+        final = _failed(current, runtime.repeats, call, error, stop_reason)
+        raise final  # noqa: TRY301 - here, not in _failed: one frame less in the traceback
     except Passthrough as passing:
         if plan.has_call_abandoned:
             plan.call_abandoned(call, passing.error)
