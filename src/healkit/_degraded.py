@@ -105,13 +105,14 @@ class DegradedResponses:
         return (SECTION,)
 
     @hookimpl(tryfirst=True)
-    def healkit_pre_request(self, call: CallContext, attempt: AttemptContext) -> None:
+    def healkit_pre_request(
+        self, call: CallContext, attempt: AttemptContext
+    ) -> DegradedModeError | None:
         """Refuse every attempt of a service forced into degraded mode."""
         del attempt
         # _settings(), inlined: this runs before every attempt of every call.
         settings = call.policy.stash.get(_SETTINGS) or _settings(call.policy)
-        if settings.force:
-            raise DegradedModeError(call.service)
+        return DegradedModeError(call.service) if settings.force else None
 
     @hookimpl(tryfirst=True)
     def healkit_post_response(

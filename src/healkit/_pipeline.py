@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Generic, NoReturn, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, final
 
 from healkit import _log
 from healkit._context import AttemptContext, CallContext, Fallback
@@ -111,7 +111,9 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                     if chosen is not None:
                         attempt.endpoint = chosen
                 if plan.has_pre_request:
-                    plan.pre_request(call, attempt)
+                    refusal = plan.pre_request(call, attempt)
+                    if refusal is not None:
+                        raise refusal  # caught below, in this frame: handled as a failed attempt
                 # Sent under min(attempt total, time left before the deadline); inlined
                 # (no coroutine of its own) as this runs on every attempt. An enclosing
                 # cancel scope is not turned into a healkit error here: when it expires
@@ -186,7 +188,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                 substitute = _substitute(current, call, transport, fallback, error)
                 if substitute is not None:
                     return substitute
-        _failed(current, runtime.repeats, call, error, stop_reason)
+        final = _failed(current, runtime.repeats, call, error, stop_reason)
+        raise final  # noqa: TRY301 - here, not in _failed: one frame less in the traceback
     except Passthrough as passing:
         if plan.has_call_abandoned:
             plan.call_abandoned(call, passing.error)
@@ -272,12 +275,12 @@ def _failed(
     call: CallContext,
     error: HealkitError,
     stop_reason: str | None,
-) -> NoReturn:
-    """End a call that failed for good: raise its typed error."""
+) -> HealkitError:
+    """End a call that failed for good: return its typed error, for the caller to raise."""
     if stop_reason is not None:
         error.message = f"{error.message} (not retried: {stop_reason})"
     error.attempts = call.records()
     _log.call_failed(repeats, call, error, stop_reason)
     if plan.has_call_end:
         plan.call_end(call, _Ending(call, None, call.clock.now())(), error)
-    raise error
+    return error

@@ -250,18 +250,32 @@ class CallPlan:
             return chosen
         return None
 
-    def pre_request(self, call: CallContext, attempt: AttemptContext) -> None:
-        """Run ``healkit_pre_request``; a decision plugin's HealkitError refuses the attempt."""
+    def pre_request(self, call: CallContext, attempt: AttemptContext) -> HealkitError | None:
+        """Run ``healkit_pre_request``; return the first refusal of a decision plugin.
+
+        A decision plugin refuses the attempt by returning a HealkitError (or
+        by raising one: it propagates); the implementations after it do not run.
+        """
         hook = self._pre_request
         for index, function in hook.indexed:
             try:
-                function(call, attempt)
-            except HealkitError as refusal:
+                refusal = function(call, attempt)
+            except HealkitError as raised:
                 if not hook.observers[index]:
                     raise
-                self._failed(hook, index, refusal)  # an observer cannot refuse: its bug
+                self._failed(hook, index, raised)  # an observer cannot refuse: its bug
+                continue
             except Exception as exc:  # noqa: BLE001 - the error policy of the contract
                 self._failed(hook, index, exc)
+                continue
+            # Other results are ignored, as they always were; an observer cannot refuse.
+            if (
+                refusal is not None
+                and isinstance(refusal, HealkitError)
+                and not hook.observers[index]
+            ):
+                return refusal
+        return None
 
     def post_response(
         self, call: CallContext, attempt: AttemptContext, response: Response | None

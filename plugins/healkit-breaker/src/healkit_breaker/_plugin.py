@@ -283,21 +283,22 @@ class BreakerPlugin:
     @healkit.hookimpl(tryfirst=True)
     def healkit_pre_request(
         self, call: healkit.CallContext, attempt: healkit.AttemptContext
-    ) -> None:
+    ) -> healkit.CircuitOpenError | None:
         """Admit the attempt, or refuse it with ``CircuitOpenError`` before anything is done.
 
-        A closed breaker keeps nothing per attempt; a half-open one gives the
-        attempt a probe slot, kept in ``attempt.stash``.
+        The refusal is returned, not raised: nothing unwinds. A closed breaker
+        keeps nothing per attempt; a half-open one gives the attempt a probe
+        slot, kept in ``attempt.stash``.
         """
         policy = self._compiled.get(call.policy) or self._policy(call.policy)
         if policy.disabled:
-            return
+            return None
         key = (call.service, attempt.endpoint if policy.per_endpoint else None)  # policy.key()
         breaker = policy.registry.get(key) or self._breaker(
             call.config, policy, key, call.clock.now()
         )
         if breaker.admits:
-            return
+            return None
         now = call.clock.now()
         # An open breaker refuses without a probe slot to offer: no limit to build.
         probe = (
@@ -306,8 +307,9 @@ class BreakerPlugin:
             else breaker.try_probe(now, functools.partial(_attempt_limit, call, attempt))
         )
         if probe is None:
-            raise healkit.CircuitOpenError(call.service, key[1], retry_at=breaker.retry_at(now))
+            return healkit.CircuitOpenError(call.service, key[1], retry_at=breaker.retry_at(now))
         attempt.stash[self._probe_key] = probe
+        return None
 
     @healkit.hookimpl
     def healkit_post_response(

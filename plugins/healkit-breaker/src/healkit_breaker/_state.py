@@ -110,6 +110,7 @@ class Breaker:
         "_probe_failures",
         "_probe_slow",
         "_probes",
+        "_refused_until",
         "_trips",
         "_window",
         "admits",
@@ -161,6 +162,14 @@ class Breaker:
         self.state = state
         self.admits = state in _ADMITTING
         self._counting = state in _COUNTING
+        # What refuses() and retry_at() answer, settled here rather than by
+        # comparing states on every refused call.
+        if state is State.FORCED_OPEN:
+            self._refused_until = math.inf
+        elif state is State.OPEN:
+            self._refused_until = self._open_until
+        else:
+            self._refused_until = -math.inf
 
     # -- reading ----------------------------------------------------------------------
 
@@ -190,8 +199,7 @@ class Breaker:
         True while open (its open duration not over) or forced open; then
         :meth:`try_probe` would return ``None`` too.
         """
-        state = self.state
-        return state is State.FORCED_OPEN or (state is State.OPEN and now < self._open_until)
+        return now < self._refused_until
 
     def retry_at(self, now: float) -> float:
         """When an attempt refused at ``now`` may be admitted.
@@ -200,12 +208,8 @@ class Breaker:
         Otherwise ``now``: a half-open breaker frees a probe slot, or closes,
         as soon as a probe ends, which may be at any moment.
         """
-        state = self.state
-        if state is State.OPEN:
-            return self._open_until
-        if state is State.FORCED_OPEN:
-            return math.inf
-        return now
+        until = self._refused_until
+        return now if until == -math.inf else until
 
     def status(self, now: float) -> BreakerStatus:
         """Return a frozen view of the breaker at ``now``."""
