@@ -284,13 +284,10 @@ def package(session: nox.Session) -> None:
         )
         session.run(python, smoke, "breaker", "timeout", "tls", external=True)
 
-        example = readme_example()
-        if ".internal" in example:
-            session.log("README 'Use it' example not run: it calls a host under .internal")
-        else:
-            script = Path(tmp) / "readme_example.py"
-            script.write_text(example, encoding="utf-8")
-            session.run(python, str(script), external=True)
+        # The README's example, exactly as printed (it starts its own upstream).
+        script = Path(tmp) / "readme_example.py"
+        script.write_text(readme_example(), encoding="utf-8")
+        session.run(python, str(script), external=True)
 
         # Copied out of the repository, the example plugin installs as it is,
         # against the core already installed (--find-links: none from an index).
