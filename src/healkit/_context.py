@@ -162,9 +162,10 @@ class CallContext:
         """Make a call context as ``__init__`` does, for healkit's own per-call paths.
 
         Keyword arguments to a class make CPython 3.11 build a dictionary for
-        ``__init__`` (a few hundred ns for a dozen of them); the client and the
-        decorator make one context per call, so they pass everything by
-        position here (both fill the context with ``_fill``).
+        ``__init__`` (a few hundred ns for a dozen of them); the client, the
+        decorator and the httpx transport make one context per call, so they
+        pass everything by position here (this and ``__init__`` both fill the
+        context with ``_fill``).
         """
         self = cls.__new__(cls)
         self._fill(
@@ -365,7 +366,8 @@ class AttemptContext:
         """Make an attempt context as ``__init__`` does, for the executor.
 
         Positional, for the reason given in :meth:`CallContext._start`: the
-        executor makes one per attempt (both fill it with ``_fill``).
+        executor makes one per attempt (this and ``__init__`` both fill it
+        with ``_fill``).
         """
         self = cls.__new__(cls)
         self._fill(number, endpoint, started, timeouts, retry_delay)

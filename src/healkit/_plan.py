@@ -3,7 +3,8 @@
 pluggy's hook calling walks the implementations, builds keyword arguments and
 checks wrappers on every call (~7 µs for five implementations); the hot path
 cannot pay that per attempt. A :class:`CallPlan` is built from
-``hook.get_hookimpls()`` whenever plugins are registered or unregistered: a
+``hook.get_hookimpls()`` when the runtime starts, when a plugin is registered
+and when what the plugins leave out changes (``Runtime.refresh_plan``): a
 tuple of plain functions per hook, in exactly the order pluggy calls them
 (reversed registration order, ``tryfirst`` first, ``trylast`` last), with
 pluggy's result semantics: all non-``None`` results in order, or the first

@@ -323,7 +323,8 @@ class BreakerPlugin:
         The breaker only observes: it never declares a response a failure (the
         retry plugin, or the caller, decides what a response means).
         """
-        # self._judging(), inlined: this is the hot path of every successful call.
+        # self._judging(), inlined, with the compiled policy looked up in
+        # self._compiled first: this is the hot path of every successful call.
         policy = self._compiled.get(call.policy) or call.policy.stash.get(self._policy_key)
         if policy is None or policy.disabled:
             return
