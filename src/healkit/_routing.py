@@ -40,7 +40,6 @@ whatever ``forward_credentials`` says (the upstream, not the operator, chose it)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import re
@@ -535,7 +534,7 @@ class Router:
         listen("health/", lambda events, _revision: fleet_health.heard(root, events))
         self._sharing = runtime.start_background(
             "routing fleet health",
-            lambda: fleet_health.publish_forever(client, root, ttl, self._describe),
+            lambda: fleet_health.publish_forever(client, root, ttl, self._describe, runtime.clock),
         )
 
     def _start_probes(self, runtime: Runtime) -> None:
@@ -841,22 +840,33 @@ class Router:
 
     async def _probe_forever(self) -> None:
         """Probe each endpoint of the services that ask for it, every ``interval``."""
-        loop = asyncio.get_running_loop()
         due: dict[tuple[str, str], float] = {}
         while targets := self._probe_targets():
-            now = loop.time()
+            now = self._now()
             ready = [t for t in targets if due.get((t[0], t[1]), -math.inf) <= now]
             if ready:
                 results = await asyncio.gather(*(self._probe(*target) for target in ready))
-                finished = loop.time()
+                finished = self._now()
                 for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
                     self._probed(service, endpoint, probe_settings, good=good)
                     due[(service, endpoint)] = finished + probe_settings.interval
-            wait = min(due.get((t[0], t[1]), now) for t in targets) - loop.time()
+            wait = min(due.get((t[0], t[1]), now) for t in targets) - self._now()
             if wait > 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                await self._sleep_unless_woken(wait)
+
+    async def _sleep_unless_woken(self, seconds: float) -> None:
+        """Sleep ``seconds`` on the runtime's clock, or less if the configuration changes."""
+        runtime = self._runtime
+        if runtime is None:
+            return
+        sleeper = asyncio.ensure_future(runtime.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
 
     async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool:
         """Probe with the service's TLS context and within its attempt limits."""
