@@ -77,6 +77,7 @@ from healkit._stash import StashKey
 from healkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from healkit._clock import Clock
     from healkit._response import Response
     from healkit._runtime import Runtime
 
@@ -541,7 +542,9 @@ class Router:
         """Run the probe task while some service has probes (it ends when none has)."""
         running = self._probing is not None and not self._probing.done()
         if not running and self._index.probing:
-            self._probing = runtime.start_background("routing probes", self._probe_forever)
+            self._probing = runtime.start_background(
+                "routing probes", lambda: self._probe_forever(runtime.clock)
+            )
 
     @hookimpl
     def healkit_shutdown(self) -> Awaitable[None] | None:
@@ -838,29 +841,26 @@ class Router:
                 )
         return targets
 
-    async def _probe_forever(self) -> None:
-        """Probe each endpoint of the services that ask for it, every ``interval``."""
+    async def _probe_forever(self, clock: Clock) -> None:
+        """Probe each endpoint of the services that ask for it, every ``interval`` of ``clock``."""
         due: dict[tuple[str, str], float] = {}
         while targets := self._probe_targets():
-            now = self._now()
+            now = clock.now()
             ready = [t for t in targets if due.get((t[0], t[1]), -math.inf) <= now]
             if ready:
                 results = await asyncio.gather(*(self._probe(*target) for target in ready))
-                finished = self._now()
+                finished = clock.now()
                 for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
                     self._probed(service, endpoint, probe_settings, good=good)
                     due[(service, endpoint)] = finished + probe_settings.interval
-            wait = min(due.get((t[0], t[1]), now) for t in targets) - self._now()
+            wait = min(due.get((t[0], t[1]), now) for t in targets) - clock.now()
             if wait > 0:
                 self._wake.clear()
-                await self._sleep_unless_woken(wait)
+                await self._sleep_unless_woken(clock, wait)
 
-    async def _sleep_unless_woken(self, seconds: float) -> None:
-        """Sleep ``seconds`` on the runtime's clock, or less if the configuration changes."""
-        runtime = self._runtime
-        if runtime is None:
-            return
-        sleeper = asyncio.ensure_future(runtime.clock.sleep(seconds))
+    async def _sleep_unless_woken(self, clock: Clock, seconds: float) -> None:
+        """Sleep ``seconds`` on ``clock``, or less if the configuration changes."""
+        sleeper = asyncio.ensure_future(clock.sleep(seconds))
         waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
