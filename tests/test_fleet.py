@@ -13,9 +13,10 @@ import msgspec
 import pytest
 
 import healkit
+from healkit._clock import SYSTEM_CLOCK
 from healkit._fleet import InstanceView
 from healkit.etcd import EtcdClient, EtcdSource, WatchEvent
-from healkit.testing import EtcdServer, Fault, FaultServer, TcpProxy
+from healkit.testing import EtcdServer, Fault, FaultServer, ManualClock, TcpProxy
 from healkit_breaker import BreakerPlugin
 
 pytestmark = pytest.mark.anyio
@@ -58,11 +59,13 @@ async def upstreams() -> AsyncIterator[tuple[FaultServer, FaultServer]]:
         yield bad, good
 
 
-async def start(stack: AsyncExitStack, url: str, *plugins: object) -> Instance:
+async def start(
+    stack: AsyncExitStack, url: str, *plugins: object, clock: healkit.Clock = SYSTEM_CLOCK
+) -> Instance:
     etcd = await stack.enter_async_context(EtcdClient(url, timeout=2.0, connect_timeout=1.0))
     source = EtcdSource(etcd, namespace=NAMESPACE)
     client = await stack.enter_async_context(
-        healkit.Client(config=source, plugins=plugins, entry_points=False)
+        healkit.Client(config=source, plugins=plugins, entry_points=False, clock=clock)
     )
     return Instance(source, client)
 
@@ -249,20 +252,35 @@ async def test_an_instance_rewrites_its_view_when_an_ejection_runs_out(
     etcd_server: EtcdServer, upstreams: tuple[FaultServer, FaultServer]
 ) -> None:
     bad, good = upstreams
-    # Longer than the view's write period (1 s), so the ejection is seen first.
     routing = {"eject_after": 1, "eject_time": 2.5, "fleet": {"ttl": 5}}
     service = {"endpoints": [bad.url, good.url], "routing": routing}
+    clock = ManualClock(auto_advance=False)
     async with AsyncExitStack() as stack, etcd_server.client() as etcd:
         await etcd.put(KEY, json.dumps(service).encode())
-        a = await start(stack, etcd_server.url)
-        await a.client.get("/x", service=SERVICE)  # 503 from bad: ejected for 2.5 s
+        a = await start(stack, etcd_server.url, clock=clock)
         name = a.router.fleet_instance
 
         def usable(view: InstanceView | None) -> bool | None:
             return None if view is None else view.services[SERVICE].endpoints[0].usable
 
+        await wait_for_view(etcd, name, lambda view: usable(view) is True)
+        await a.client.get("/x", service=SERVICE)  # 503 from bad: ejected for 2.5 s
+        # The view was written just now: the next write waits out VIEW_PERIOD (1 s).
+        await sleeping(clock)
+        clock.advance(1.0)
         await wait_for_view(etcd, name, lambda view: usable(view) is False)
-        # No call, no event: the instance knew when the ejection would end.
+        # No call, no event: the instance knew when the ejection would end, 1.5 s on.
+        await sleeping(clock)
+        clock.advance(1.0)
+        assert clock.sleeping == 1  # not yet
+        clock.advance(0.5)
         back = await wait_for_view(etcd, name, lambda view: usable(view) is True)
         assert back is not None
         assert back.services[SERVICE].traffic == (bad.url, good.url)
+    assert clock.sleeps[:2] == [1.0, 1.5]  # one period, then to the ejection's end
+
+
+async def sleeping(clock: ManualClock) -> None:
+    """Wait until the fleet health publisher sleeps on ``clock``."""
+    with anyio.fail_after(10):
+        await clock.wait_for_sleepers()

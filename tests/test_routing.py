@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -278,12 +277,6 @@ class Health:
                 await self.changed.wait()
 
 
-async def probed(server: FaultServer, times: int) -> None:
-    """Wait until ``server`` answered ``times`` probes."""
-    with anyio.fail_after(10):
-        await server.wait_for_hits(times, "/health")
-
-
 PROBE_INTERVAL = 0.1
 HEALTHY = 2
 PROBE = {
@@ -295,25 +288,42 @@ PROBE = {
 }
 
 
+async def probe_round(clock: ManualClock, interval: float) -> None:
+    """Wait for the probe task to sleep until its next round, then bring that round."""
+    with anyio.fail_after(10):
+        await clock.wait_for_sleepers()
+    clock.advance(interval)
+
+
 async def test_probes_take_the_primary_down_and_traffic_returns_when_it_recovers(
     servers: list[FaultServer],
 ) -> None:
     primary, backup, _ = servers
     primary.set_default(Fault.status(503))
     health = Health()
-    config = document([primary.url], fallback_groups=[[backup.url]], probe=PROBE)
-    async with healkit.Client(config=config, plugins=[health], entry_points=False) as c:
+    interval = 0.5  # exact in binary: the virtual time adds up exactly
+    probe = {**PROBE, "interval": interval, "timeout": interval}
+    clock = ManualClock(auto_advance=False)
+    config = document([primary.url], fallback_groups=[[backup.url]], probe=probe)
+    async with client(config, clock, health) as c:
+        await probe_round(clock, interval)  # the first probe failed; the second fails too
         await health.wait_for("EndpointDown", primary.url)
         during = await c.get("/x", service=SERVICE)
         primary.set_default(Fault.ok())
-        recovered = time.monotonic()
+        recovered = clock.now()
+        for _ in range(HEALTHY):
+            await probe_round(clock, interval)
         await health.wait_for("EndpointReturned", primary.url)
-        took = time.monotonic() - recovered
+        took = clock.now() - recovered
         after = await c.get("/x", service=SERVICE)
+        with anyio.fail_after(10):
+            await clock.wait_for_sleepers()  # asleep until the round after
     assert (during.status, during.outcome.path) == (200, "fallback")  # type: ignore[union-attr]
     assert (after.outcome.endpoint, after.outcome.path) == (primary.url, "primary")  # type: ignore[union-attr]
-    # Back within interval x healthy_threshold plus one interval, and some scheduling slack.
-    assert took <= PROBE_INTERVAL * (HEALTHY + 1) + 0.4
+    # Back after exactly healthy_threshold intervals, each probe one interval after the last.
+    assert took == interval * HEALTHY
+    assert clock.sleeps == [interval] * (2 + HEALTHY)  # no round early, none skipped
+    assert primary.hits("/health") == 2 + HEALTHY
     assert primary.hits("/x") == 1  # only the call after the return
 
 
@@ -323,13 +333,18 @@ async def test_alternating_probes_never_flap(servers: list[FaultServer]) -> None
     steady.script("/health", *alternating)
     down.script("/health", Fault.status(503), Fault.status(503), *alternating)
     health = Health()
-    config = document([steady.url, down.url], probe=PROBE)
-    async with healkit.Client(config=config, plugins=[health], entry_points=False) as c:
-        await health.wait_for("EndpointDown", down.url)
-        await probed(steady, 12)
-        await probed(down, 14)
+    # Virtual rounds: a probe's real time limit (the interval) is then far off.
+    interval = 30.0
+    clock = ManualClock(auto_advance=False)
+    config = document([steady.url, down.url], probe={**PROBE, "interval": interval, "timeout": 5.0})
+    async with client(config, clock, health) as c:
+        for _ in range(13):  # 14 rounds: the first at the start
+            await probe_round(clock, interval)
+        with anyio.fail_after(10):
+            await clock.wait_for_sleepers()  # the 14th round is over
         router = c.runtime.plugin_manager.get_plugin("routing")
         status = {s.endpoint: s for s in router.status(SERVICE)}
+    assert steady.hits("/health") == down.hits("/health") == 14
     assert health.seen == [("EndpointDown", down.url)]  # nothing went down or came back since
     assert status[steady.url].usable
     assert status[down.url].down

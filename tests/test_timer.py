@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -12,22 +14,47 @@ from healkit._timer import TICK, TimerWheels
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_timer_cancels_after_its_limit_never_before() -> None:
-    wheels = TimerWheels()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    timer = wheels.arm(0.05)
-    expired = False
-    try:
-        await asyncio.sleep(1)
-    except asyncio.CancelledError:
-        expired = timer.expired()
-    finally:
-        timer.disarm()
+class RecordingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that also notes the moment of every ``call_at``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled: list[float] = []
+
+    def call_at(
+        self, when: float, callback: Callable[..., object], *args: object, **kwargs: Any
+    ) -> asyncio.TimerHandle:
+        self.scheduled.append(when)
+        return super().call_at(when, callback, *args, **kwargs)
+
+
+def test_a_timer_cancels_after_its_limit_never_before() -> None:
+    limit = 0.05
+
+    async def attempt() -> tuple[float, float, float, bool]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, RecordingLoop)
+        wheels = TimerWheels()
+        before = loop.time()
+        timer = wheels.arm(limit)
+        after = loop.time()
+        (when,) = loop.scheduled[-1:]
+        expired = False
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            expired = timer.expired()
+        finally:
+            timer.disarm()
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        return before, after, when, expired
+
+    with asyncio.Runner(loop_factory=RecordingLoop) as runner:
+        before, after, when, expired = runner.run(attempt())
     assert expired
-    elapsed = loop.time() - started
-    assert 0.05 <= elapsed < 0.05 + TICK + 0.05
-    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    # The wheel fires on the first tick at or after the limit: never early, at most a tick late.
+    assert before + limit <= when < after + limit + TICK
+    assert round(when / TICK, 6).is_integer()
 
 
 async def test_a_disarmed_timer_never_fires() -> None:

@@ -42,6 +42,7 @@ from healkit._errors import EtcdError
 from healkit._log import get_logger
 
 if TYPE_CHECKING:
+    from healkit._clock import Clock
     from healkit._etcd import EtcdClient, LeaseKeeper, WatchEvent
 
 __all__ = [
@@ -164,7 +165,7 @@ class FleetHealth:
         self._pending: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue()
         # The view: stale when something it shows may have changed.
         self._stale = asyncio.Event()
-        self._view_due: float | None = None  # loop time when it changes by itself
+        self._view_due: float | None = None  # clock time when it changes by itself
         self._last_view: Mapping[str, ServiceView] | None = None
         self._last_write = -math.inf
 
@@ -215,9 +216,13 @@ class FleetHealth:
             self._stale.set()
 
     async def publish_forever(
-        self, client: EtcdClient, root: str, ttl: int, describe: Describe
+        self, client: EtcdClient, root: str, ttl: int, describe: Describe, clock: Clock
     ) -> None:
-        """Keep this instance's reports and view in etcd under a lease, until cancelled."""
+        """Keep this instance's reports and view in etcd under a lease, until cancelled.
+
+        Its pauses (between retries, before the view is written again) are
+        ``clock``'s, the runtime's.
+        """
         while True:
             try:
                 async with client.lease(ttl) as lease:
@@ -228,8 +233,8 @@ class FleetHealth:
                     self._last_view = None
                     self._stale.set()
                     while not lease.expired:
-                        await self._write_view(client, root, lease, describe)
-                        change = await self._next(lease)
+                        await self._write_view(client, root, lease, describe, clock)
+                        change = await self._next(lease, clock)
                         if change is None:
                             continue
                         service, endpoint, out = change
@@ -247,13 +252,13 @@ class FleetHealth:
                     error=type(error).__name__,
                     reason=error.message,
                 )
-                await asyncio.sleep(RETRY_PAUSE)
+                await clock.sleep(RETRY_PAUSE)
 
     async def _write_view(
-        self, client: EtcdClient, root: str, lease: LeaseKeeper, describe: Describe
+        self, client: EtcdClient, root: str, lease: LeaseKeeper, describe: Describe, clock: Clock
     ) -> None:
         """Write this instance's view if it may have changed and did (rate-limited)."""
-        now = asyncio.get_running_loop().time()
+        now = clock.now()
         due = self._view_due is not None and now >= self._view_due
         if not (self._stale.is_set() or due) or now < self._last_write + VIEW_PERIOD:
             return
@@ -268,9 +273,8 @@ class FleetHealth:
         )
         self._last_view, self._last_write = services, now
 
-    def _view_wait(self) -> float | None:
-        """Seconds until the view must be looked at again (``None``: on a change only)."""
-        now = asyncio.get_running_loop().time()
+    def _view_wait(self, now: float) -> float | None:
+        """Seconds from ``now`` until the view is looked at again (``None``: on a change only)."""
         moments = [] if self._view_due is None else [self._view_due]
         if self._stale.is_set():  # changed within VIEW_PERIOD of the last write
             moments.append(now)
@@ -278,7 +282,7 @@ class FleetHealth:
             return None
         return max(min(moments), self._last_write + VIEW_PERIOD, now) - now
 
-    async def _next(self, lease: LeaseKeeper) -> tuple[str, str, bool] | None:
+    async def _next(self, lease: LeaseKeeper, clock: Clock) -> tuple[str, str, bool] | None:
         """Return the next report to publish, or ``None`` when the view is to be looked at.
 
         Raises:
@@ -292,12 +296,14 @@ class FleetHealth:
         if not self._stale.is_set():
             stale = asyncio.ensure_future(self._stale.wait())
             waiting.add(stale)
+        wait = self._view_wait(clock.now())
+        pause = None if wait is None else asyncio.ensure_future(clock.sleep(wait))
+        if pause is not None:
+            waiting.add(pause)
         try:
-            done, _ = await asyncio.wait(
-                waiting, timeout=self._view_wait(), return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in (expiry, stale):
+            for waiter in (expiry, stale, pause):
                 if waiter is not None:
                     waiter.cancel()
             if not change.done():

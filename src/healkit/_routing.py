@@ -40,7 +40,6 @@ whatever ``forward_credentials`` says (the upstream, not the operator, chose it)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import re
@@ -78,6 +77,7 @@ from healkit._stash import StashKey
 from healkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from healkit._clock import Clock
     from healkit._response import Response
     from healkit._runtime import Runtime
 
@@ -535,14 +535,16 @@ class Router:
         listen("health/", lambda events, _revision: fleet_health.heard(root, events))
         self._sharing = runtime.start_background(
             "routing fleet health",
-            lambda: fleet_health.publish_forever(client, root, ttl, self._describe),
+            lambda: fleet_health.publish_forever(client, root, ttl, self._describe, runtime.clock),
         )
 
     def _start_probes(self, runtime: Runtime) -> None:
         """Run the probe task while some service has probes (it ends when none has)."""
         running = self._probing is not None and not self._probing.done()
         if not running and self._index.probing:
-            self._probing = runtime.start_background("routing probes", self._probe_forever)
+            self._probing = runtime.start_background(
+                "routing probes", lambda: self._probe_forever(runtime.clock)
+            )
 
     @hookimpl
     def healkit_shutdown(self) -> Awaitable[None] | None:
@@ -839,24 +841,32 @@ class Router:
                 )
         return targets
 
-    async def _probe_forever(self) -> None:
-        """Probe each endpoint of the services that ask for it, every ``interval``."""
-        loop = asyncio.get_running_loop()
+    async def _probe_forever(self, clock: Clock) -> None:
+        """Probe each endpoint of the services that ask for it, every ``interval`` of ``clock``."""
         due: dict[tuple[str, str], float] = {}
         while targets := self._probe_targets():
-            now = loop.time()
+            now = clock.now()
             ready = [t for t in targets if due.get((t[0], t[1]), -math.inf) <= now]
             if ready:
                 results = await asyncio.gather(*(self._probe(*target) for target in ready))
-                finished = loop.time()
+                finished = clock.now()
                 for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
                     self._probed(service, endpoint, probe_settings, good=good)
                     due[(service, endpoint)] = finished + probe_settings.interval
-            wait = min(due.get((t[0], t[1]), now) for t in targets) - loop.time()
+            wait = min(due.get((t[0], t[1]), now) for t in targets) - clock.now()
             if wait > 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                await self._sleep_unless_woken(clock, wait)
+
+    async def _sleep_unless_woken(self, clock: Clock, seconds: float) -> None:
+        """Sleep ``seconds`` on ``clock``, or less if the configuration changes."""
+        sleeper = asyncio.ensure_future(clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
 
     async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool:
         """Probe with the service's TLS context and within its attempt limits."""
