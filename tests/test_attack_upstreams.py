@@ -11,6 +11,7 @@ import gzip
 import io
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import unquote
 
@@ -299,33 +300,39 @@ def closed_file() -> io.BytesIO:
     return body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "per-call options go to aiohttp unchecked, and aiohttp refuses some with"
-        " plain exceptions raised out of session.request(): a closed file as data="
-        " (ValueError), a cookie name that is not a token (http.cookies.CookieError),"
-        " ssl= of the wrong type (TypeError). HttpTransport.send maps only"
-        " ClientError/OSError. The fix belongs to the per-call options work in"
-        " _client.py (check them, or map them to RequestError in one place)."
-    ),
-)
 @pytest.mark.parametrize(
-    "options",
+    ("options", "message"),
     [
-        pytest.param({"data": "closed-file"}, id="closed-file"),
-        pytest.param({"cookies": {"a b": "c"}}, id="cookie-name"),
-        pytest.param({"ssl": "yes"}, id="ssl-type"),
+        pytest.param({"data": "closed-file"}, "data= is a closed file", id="closed-file"),
+        pytest.param({"cookies": {"a b": "c"}}, "'a b' is not a cookie name", id="cookie-name"),
+        pytest.param({"cookies": [("a;b", "c")]}, "not a cookie name", id="cookie-pairs"),
+        pytest.param({"cookies": "a=b"}, "cookies= must be a mapping", id="cookie-type"),
+        pytest.param({"ssl": "yes"}, "ssl= must be None, a bool", id="ssl-type"),
     ],
 )
 async def test_an_option_aiohttp_refuses_is_a_request_error(
-    fault_server: FaultServer, options: dict[str, Any]
+    fault_server: FaultServer, options: dict[str, Any], message: str
 ) -> None:
+    # Old code: aiohttp's ValueError, CookieError and TypeError escaped the error tree.
     if options.get("data") == "closed-file":
         options = {"data": closed_file()}
     async with client(document(fault_server.url)) as c:
-        with pytest.raises(healkit.RequestError):
+        with pytest.raises(healkit.RequestError, match=message):
             await c.post("/a", service=SERVICE, **options)
+    assert fault_server.hits() == 0
+
+
+async def test_the_options_aiohttp_accepts_still_go_through(fault_server: FaultServer) -> None:
+    cookie = SimpleCookie()
+    cookie["m"] = "n"
+    async with client(document(fault_server.url)) as c:
+        for cookies in ({"a": "b"}, [("a", "b")], cookie):
+            response = await c.post(
+                "/a", service=SERVICE, data=io.BytesIO(b"x"), cookies=cookies, ssl=False
+            )
+            assert response.status == 200
+    assert [r.headers["Cookie"] for r in fault_server.requests] == ["a=b", "a=b", "m=n"]
+    assert [r.body for r in fault_server.requests] == [b"x"] * 3
 
 
 # -- a relative Location is resolved against the encoded path --------------------------

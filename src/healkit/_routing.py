@@ -302,7 +302,6 @@ class _Health:
 
 
 @final
-@final
 class RedirectRules:
     """Where a service's redirects may go, and what a hop to another origin leaves out.
 
