@@ -107,8 +107,8 @@ class HttpTransport:
         headers = attempt_headers(call, attempt)
         limits = attempt.timeouts
         options = self._options
-        if attempt.ssl is not None and "ssl" not in options:
-            options = {**options, "ssl": attempt.ssl}
+        if attempt.ssl is not None or attempt.withheld_headers:
+            options = self._attempt_options(call, attempt)
         try:
             timeout = _client_timeout(limits, self._stream)
             raw = await self._session.request(
@@ -163,6 +163,34 @@ class HttpTransport:
             ) from exc
         response = Response._received(raw, body, public)  # noqa: SLF001 - see _received
         return response, response
+
+    def _attempt_options(self, call: CallContext, attempt: AttemptContext) -> Mapping[str, Any]:
+        """Return the call's options with the attempt's TLS context, less its credentials.
+
+        Credentials (``cookies=``, ``auth=``) are left out for an endpoint the
+        router withholds them from (``attempt.withheld_headers``).
+
+        Raises:
+            RequestError: the session adds credentials to every request (see
+                :func:`_ambient_credentials`): nothing is sent to that endpoint.
+
+        """
+        options = self._options
+        if attempt.ssl is not None and "ssl" not in options:
+            options = {**options, "ssl": attempt.ssl}
+        if not attempt.withheld_headers:
+            return options
+        ambient = _ambient_credentials(self._session, attempt.withheld_headers)
+        if ambient:
+            endpoint = call.config.redactor.url(attempt.endpoint or "")
+            raise RequestError(
+                f"not sent to {endpoint}, an endpoint of another origin than service"
+                f" {call.service!r}'s first: the session sends {', '.join(ambient)} with every"
+                " request (pass credentials per request, or set routing.forward_credentials)"
+            )
+        if any(name in options for name in CREDENTIAL_OPTIONS):
+            return {k: v for k, v in options.items() if k not in CREDENTIAL_OPTIONS}
+        return options
 
     def discard(self, result: Response) -> None:
         """Release a streaming response declared a failure."""
@@ -445,14 +473,19 @@ def redirect_target(current: yarl.URL, location: str) -> yarl.URL | None:
 
 
 def _ambient_credentials(session: aiohttp.ClientSession, names: frozenset[str]) -> tuple[str, ...]:
-    """Name the credentials ``session`` adds to every request (default headers, ``auth``).
+    """Name the credentials ``session`` adds to every request (default headers, ``auth``, cookies).
 
     aiohttp merges a session's default headers and ``auth`` into each request,
-    and offers no way to leave them out of one.
+    and offers no way to leave them out of one; the cookies given to the
+    session (``ClientSession(cookies=...)``) have no domain, and its jar sends
+    them to every host. Cookies the jar took from a response are the
+    responding host's (their domain is set) and do not count.
     """
     found = tuple(sorted({str(name) for name in session.headers if name.lower() in names}))
     if session.auth is not None and "authorization" not in {name.lower() for name in found}:
         found = (*found, "Authorization (the session's auth)")
+    if "cookie" in names and any(not morsel["domain"] for morsel in session.cookie_jar):
+        found = (*found, "cookies without a domain (the session's cookies=)")
     return found
 
 
