@@ -358,26 +358,40 @@ async def test_the_middleware_refuses_a_hop_aiohttp_resolved_to_a_control_charac
     assert fault_server.hits() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "with ResilienceMiddleware aiohttp follows redirects itself and resolves a"
-        " relative Location with yarl's URL.join, which decodes the base path: from"
-        " /files/a%2Fb/c, Location d goes to /files/a/b/d (another resource). The hop"
-        " reaches the middleware already resolved; fixing it means resolving"
-        " redirects in the middleware (or a yarl fix)."
-    ),
-)
-async def test_the_middleware_keeps_the_encoding_of_a_path_a_redirect_is_resolved_against(
-    fault_server: FaultServer,
+@pytest.mark.parametrize("requote", [True, False])
+async def test_the_middleware_refuses_a_hop_aiohttp_resolved_against_the_decoded_path(
+    fault_server: FaultServer, requote: bool
 ) -> None:
+    # aiohttp resolves the relative Location itself, with yarl's URL.join, which
+    # decodes the base path: old code sent the hop to /files/a/b/d, another
+    # resource. The middleware cannot change the URL aiohttp sends; it refuses it.
     fault_server.script("/files/a/b/c", moved("d"))
     async with (
         healkit.Client(plugins=[TimeoutPlugin()], entry_points=False),
-        aiohttp.ClientSession(middlewares=[healkit.ResilienceMiddleware()]) as session,
-        session.get(f"{fault_server.url}/files/a%2Fb/c") as response,
+        aiohttp.ClientSession(
+            middlewares=[healkit.ResilienceMiddleware()], requote_redirect_url=requote
+        ) as session,
     ):
-        assert str(response.url) == f"{fault_server.url}/files/a%2Fb/d"
+        with pytest.raises(
+            healkit.RedirectRefusedError, match="against the decoded path"
+        ) as caught:
+            await session.get(f"{fault_server.url}/files/a%2Fb/c")
+    assert caught.value.location == f"{fault_server.url}/files/a%2Fb/d"
+    assert fault_server.hits() == 1
+
+
+async def test_the_middleware_follows_a_relative_location_yarl_resolves_alike(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.script("/files/a/c", moved("d?x=%2F"))
+    async with (
+        healkit.Client(plugins=[TimeoutPlugin()], entry_points=False),
+        aiohttp.ClientSession(middlewares=[healkit.ResilienceMiddleware()]) as session,
+        session.get(f"{fault_server.url}/files/a/c") as response,
+    ):
+        assert response.status == 200
+    assert fault_server.requests[-1].path == "/files/a/d"
+    assert len(fault_server.requests) == 2
 
 
 # -- a request's max_redirects is bounded as the configuration's -----------------------
