@@ -8,6 +8,7 @@ import re
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
+from http.cookies import BaseCookie, CookieError, Morsel, SimpleCookie
 from types import TracebackType
 from typing import Any, Final, Self, TypedDict, Unpack, final
 
@@ -337,8 +338,10 @@ class Client:
         stream: bool,
     ) -> tuple[CallContext, HttpTransport, str]:
         session = self.session
-        if options and (reserved := RESERVED_OPTIONS & options.keys()):
-            raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
+        if options:
+            if reserved := RESERVED_OPTIONS & options.keys():
+                raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
+            _check_options(options)
         if method not in STANDARD_METHODS:
             _check_method(method)
         method = method.upper()
@@ -585,6 +588,9 @@ def _check_data(data: object) -> None:
     if isinstance(data, str):
         _check_text(data, "data")
         return
+    if isinstance(data, io.IOBase):
+        _check_file(data)
+        return
     if isinstance(data, _BODY_TYPES):
         return
     if isinstance(data, Mapping):
@@ -596,6 +602,11 @@ def _check_data(data: object) -> None:
             "data= must be bytes, str, a form (a mapping or (name, value) pairs), a file"
             f" object, or an async iterable of bytes; got {type(data).__name__}"
         )
+    _check_form(fields)
+
+
+def _check_form(fields: Iterable[object]) -> None:
+    """Raise RequestError unless ``fields`` are (name, value) pairs aiohttp can put in a form."""
     for field in fields:
         if not (isinstance(field, list | tuple) and len(field) == 2):
             raise RequestError("data: the fields of a form must be (name, value) pairs")
@@ -607,6 +618,64 @@ def _check_data(data: object) -> None:
         _check_text(name, "data: a form field name")
         if isinstance(value, str):
             _check_text(value, f"data: the form field {_shown(name)}")
+
+
+def _check_file(data: io.IOBase) -> None:
+    """Raise RequestError unless ``data`` is a file open for reading (else aiohttp's ValueError)."""
+    if data.closed:
+        raise RequestError("data= is a closed file")
+    if not data.readable():
+        raise RequestError("data= is a file object not open for reading")
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Raise RequestError for an aiohttp option aiohttp itself would refuse with its own error.
+
+    aiohttp checks ``ssl=`` (TypeError) and the ``cookies=`` names
+    (``http.cookies.CookieError``) while it builds the request, outside
+    ``aiohttp.ClientError``: checked here, before anything is sent.
+    """
+    if "ssl" in options:
+        given = options["ssl"]
+        if given is not None and not isinstance(given, bool | ssl.SSLContext | aiohttp.Fingerprint):
+            raise RequestError(
+                "ssl= must be None, a bool, an ssl.SSLContext or an aiohttp.Fingerprint,"
+                f" got {type(given).__name__}"
+            )
+    if (cookies := options.get("cookies")) is not None:
+        _check_cookies(cookies)
+
+
+def _check_cookies(cookies: object) -> None:
+    """Raise RequestError unless every cookie of ``cookies=`` has a valid name.
+
+    aiohttp takes a ``http.cookies.BaseCookie`` (its names already checked), a
+    mapping, or (name, value) pairs, each value a str or a ``Morsel``.
+    """
+    if isinstance(cookies, BaseCookie):
+        return
+    if isinstance(cookies, Mapping):
+        pairs: Iterable[object] = cookies.items()
+    elif isinstance(cookies, list | tuple):
+        pairs = cookies
+    else:
+        raise RequestError(
+            "cookies= must be a mapping, (name, value) pairs or an http.cookies.BaseCookie,"
+            f" got {type(cookies).__name__}"
+        )
+    jar: SimpleCookie = SimpleCookie()
+    for pair in pairs:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise RequestError("cookies: each cookie must be a (name, value) pair")
+        name, value = pair
+        if not isinstance(name, str):
+            raise RequestError(f"cookies: a cookie name must be a str, got {type(name).__name__}")
+        if isinstance(value, Morsel):
+            continue  # aiohttp sends the Morsel's own (checked) name
+        try:
+            jar[name] = value  # the standard library's check, as aiohttp's jar makes it
+        except CookieError as exc:
+            raise RequestError(f"cookies: {_shown(name)} is not a cookie name") from exc
 
 
 def _check_text(text: str, what: str) -> None:

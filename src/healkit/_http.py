@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from http.cookies import CookieError
 from typing import Any, Final, final
 from urllib.parse import urljoin
 
@@ -69,6 +70,17 @@ BODY_HEADERS: Final = frozenset(
 )
 """Headers describing a request body: left out when a redirect turns the request into a GET."""
 CREDENTIAL_OPTIONS: Final = ("auth", "cookies")
+# What aiohttp raises, outside aiohttp.ClientError, for options it refuses while
+# it builds a request: its checks of the options and of the request it builds
+# (ClientRequest: compress= beside a Content-Encoding header, chunked= beside a
+# Content-Length, auth= beside an Authorization header, the payload of data=,
+# the cookie jar), all before a connection is taken. Once it sends, aiohttp
+# wraps what fails in ClientError (writing the body, reading the answer). Only
+# the caller's own code could raise them later: an adopted session's
+# middlewares or trace callbacks, whose errors are taken alike.
+_REFUSED_OPTIONS: Final = (ValueError, TypeError, CookieError)
+_REQUEST_ERRORS: Final = (aiohttp.ClientError, OSError, *_REFUSED_OPTIONS)
+_SHOWN_REFUSAL_CHARS: Final = 200
 """aiohttp options that carry credentials: left out on a hop to another origin."""
 
 
@@ -107,8 +119,8 @@ class HttpTransport:
         headers = attempt_headers(call, attempt)
         limits = attempt.timeouts
         options = self._options
-        if attempt.ssl is not None and "ssl" not in options:
-            options = {**options, "ssl": attempt.ssl}
+        if attempt.ssl is not None or attempt.withheld_headers:
+            options = self._attempt_options(call, attempt)
         try:
             timeout = _client_timeout(limits, self._stream)
             raw = await self._session.request(
@@ -123,11 +135,8 @@ class HttpTransport:
                 allow_redirects=False,  # healkit follows them: see _redirected
                 **options,
             )
-        except (aiohttp.ClientError, OSError) as exc:
-            redacted = call.config.redactor.url(url)
-            raise map_aiohttp_error(
-                exc, url=redacted, timeouts=(limits.connect, limits.read)
-            ) from exc
+        except _REQUEST_ERRORS as exc:
+            raise _request_failed(exc, call.config.redactor.url(url), limits) from exc
         public = url  # the URL we built has no userinfo
         if raw.status in REDIRECT_STATUSES or not 100 <= raw.status <= 599:
             hop = _Hop(call.method, url, headers, self._data, options)
@@ -163,6 +172,34 @@ class HttpTransport:
             ) from exc
         response = Response._received(raw, body, public)  # noqa: SLF001 - see _received
         return response, response
+
+    def _attempt_options(self, call: CallContext, attempt: AttemptContext) -> Mapping[str, Any]:
+        """Return the call's options with the attempt's TLS context, less its credentials.
+
+        Credentials (``cookies=``, ``auth=``) are left out for an endpoint the
+        router withholds them from (``attempt.withheld_headers``).
+
+        Raises:
+            RequestError: the session adds credentials to every request (see
+                :func:`_ambient_credentials`): nothing is sent to that endpoint.
+
+        """
+        options = self._options
+        if attempt.ssl is not None and "ssl" not in options:
+            options = {**options, "ssl": attempt.ssl}
+        if not attempt.withheld_headers:
+            return options
+        ambient = _ambient_credentials(self._session, attempt.withheld_headers)
+        if ambient:
+            endpoint = call.config.redactor.url(attempt.endpoint or "")
+            raise RequestError(
+                f"not sent to {endpoint}, an endpoint of another origin than service"
+                f" {call.service!r}'s first: the session sends {', '.join(ambient)} with every"
+                " request (pass credentials per request, or set routing.forward_credentials)"
+            )
+        if any(name in options for name in CREDENTIAL_OPTIONS):
+            return {k: v for k, v in options.items() if k not in CREDENTIAL_OPTIONS}
+        return options
 
     def discard(self, result: Response) -> None:
         """Release a streaming response declared a failure."""
@@ -249,11 +286,8 @@ class HttpTransport:
                     allow_redirects=False,
                     **hop.options,
                 )
-            except (aiohttp.ClientError, OSError) as exc:
-                limits = attempt.timeouts
-                error = map_aiohttp_error(
-                    exc, url=record.location, timeouts=(limits.connect, limits.read)
-                )
+            except _REQUEST_ERRORS as exc:
+                error = _request_failed(exc, record.location, attempt.timeouts)
                 raise reached(error, attempt) from exc
         return raw, str(hop.url)
 
@@ -445,15 +479,35 @@ def redirect_target(current: yarl.URL, location: str) -> yarl.URL | None:
 
 
 def _ambient_credentials(session: aiohttp.ClientSession, names: frozenset[str]) -> tuple[str, ...]:
-    """Name the credentials ``session`` adds to every request (default headers, ``auth``).
+    """Name the credentials ``session`` adds to every request (default headers, ``auth``, cookies).
 
     aiohttp merges a session's default headers and ``auth`` into each request,
-    and offers no way to leave them out of one.
+    and offers no way to leave them out of one; the cookies given to the
+    session (``ClientSession(cookies=...)``) have no domain, and its jar sends
+    them to every host. Cookies the jar took from a response are the
+    responding host's (their domain is set) and do not count.
     """
     found = tuple(sorted({str(name) for name in session.headers if name.lower() in names}))
     if session.auth is not None and "authorization" not in {name.lower() for name in found}:
         found = (*found, "Authorization (the session's auth)")
+    if "cookie" in names and any(not morsel["domain"] for morsel in session.cookie_jar):
+        found = (*found, "cookies without a domain (the session's cookies=)")
     return found
+
+
+def _request_failed(exc: Exception, url: str, limits: Timeouts) -> HealkitError:
+    """Return healkit's error for what ``session.request()`` raised (``_REQUEST_ERRORS``).
+
+    aiohttp's own errors are mapped by :func:`map_aiohttp_error`; the others
+    (``_REFUSED_OPTIONS``) are aiohttp refusing to build the request: nothing
+    was sent, a :class:`RequestError`.
+    """
+    if isinstance(exc, aiohttp.ClientError | OSError):  # InvalidURL is a ValueError too
+        return map_aiohttp_error(exc, url=url, timeouts=(limits.connect, limits.read))
+    detail = str(exc) or type(exc).__name__
+    if len(detail) > _SHOWN_REFUSAL_CHARS:
+        detail = detail[: _SHOWN_REFUSAL_CHARS - 3] + "..."
+    return RequestError(f"aiohttp refused the request's options: {detail}")
 
 
 def _unfollowable(location: str, status: int, here: str) -> RedirectRefusedError:

@@ -27,7 +27,9 @@ task: a request for exactly the ``Location`` of that redirect) and applies
 healkit's rules before the hop is sent: the service's ``follow_redirects``
 and ``max_redirects``, ``routing.allowed_origins``, and no
 ``routing.credential_headers`` on a hop to another origin (aiohttp drops
-``Authorization``, ``Proxy-Authorization`` and ``Cookie`` itself). A failure
+``Authorization``, ``Proxy-Authorization`` and ``Cookie`` itself); a hop
+that aiohttp resolved against the decoded path (yarl's URL.join: ``%2F``
+becomes ``/``) is refused. A failure
 of a hop says ``may_have_reached_server``, and the hops so far are in its
 attempt history.
 """
@@ -71,7 +73,7 @@ __all__ = ["ResilienceMiddleware"]
 class _Redirected:
     """A redirect the middleware returned to aiohttp, which aiohttp may follow next."""
 
-    __slots__ = ("hops", "policy", "source", "target")
+    __slots__ = ("hops", "misresolved", "policy", "source", "target")
 
     def __init__(
         self,
@@ -79,11 +81,17 @@ class _Redirected:
         policy: ServicePolicy,
         source: yarl.URL,
         target: yarl.URL,
+        location: str,
     ) -> None:
         self.hops = hops  # every redirect of the chain so far, this one last
         self.policy = policy  # the policy of the chain's first request: its rules hold
         self.source = source
         self.target = target
+        # Where aiohttp goes instead of ``target``, if anywhere: it resolves the
+        # Location with yarl's URL.join, which decodes the base path as it merges
+        # (/files/a%2Fb/c + d gives /files/a/b/d), requoting the Location or not
+        # (the session's requote_redirect_url).
+        self.misresolved = _joined(source, location) - {target}
 
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
@@ -221,16 +229,29 @@ class ResilienceMiddleware:
                     method=next_method(response.status, method),
                 )
                 first = policy if chain is None else chain.policy
-                _REDIRECTED.set(_Redirected((*hops, record), first, request.url, target))
+                _REDIRECTED.set(_Redirected((*hops, record), first, request.url, target, location))
         return response
+
+
+def _joined(source: yarl.URL, location: str) -> frozenset[yarl.URL]:
+    """Return the URLs aiohttp may resolve ``location`` to from ``source`` (yarl's URL.join)."""
+    joined: set[yarl.URL] = set()
+    for encoded in (False, True):
+        try:
+            joined.add(source.join(yarl.URL(location, encoded=encoded)).with_fragment(None))
+        except ValueError:
+            continue
+    return frozenset(joined)
 
 
 def _hop_of(request: aiohttp.ClientRequest) -> _Redirected | None:
     """Return the redirect ``request`` is the hop of, if any, after checking the hop.
 
     Raises:
-        RedirectRefusedError: the chain's service does not follow redirects, or
-            the hop's origin is outside its ``routing.allowed_origins``.
+        RedirectRefusedError: the chain's service does not follow redirects,
+            the hop's origin is outside its ``routing.allowed_origins``, or
+            aiohttp resolved the redirect's relative ``Location`` to another
+            URL than RFC 3986 does.
         TooManyRedirects: the hop is one more than its ``max_redirects``.
 
     """
@@ -238,9 +259,18 @@ def _hop_of(request: aiohttp.ClientRequest) -> _Redirected | None:
     if chain is None:
         return None
     _REDIRECTED.set(None)
-    if chain.target != request.url:
-        return None  # a new request: the redirect before was not followed
     last = chain.hops[-1]
+    if chain.target != request.url:
+        if request.url in chain.misresolved:
+            reason = (
+                "aiohttp resolved the relative Location against the decoded path, another"
+                f" resource than {last.location} (follow it with healkit.Client, or pass"
+                " allow_redirects=False to aiohttp)"
+            )
+            raise RedirectRefusedError(
+                reason, status=last.status, url=last.url, location=last.location
+            )
+        return None  # a new request: the redirect before was not followed
     policy = chain.policy
     if not policy.follow_redirects:
         reason = "follow_redirects is false (pass allow_redirects=False to aiohttp)"

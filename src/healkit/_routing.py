@@ -29,7 +29,8 @@ and the ``Healkit-Outcome`` header say so, and ``response.outcome.endpoint``
 which endpoint answered. Credentials (``Authorization``, ``Proxy-Authorization``,
 ``Cookie`` and ``routing.credential_headers``) are not sent to an endpoint of
 another origin than the service's first endpoint unless
-``routing.forward_credentials`` is true.
+``routing.forward_credentials`` is true; when the session adds such
+credentials to every request, the transport does not send the attempt there.
 
 The same settings rule the redirects healkit follows (:func:`redirect_rules`):
 a hop must go to one of the service's own origins or to ``allowed_origins``
@@ -301,7 +302,6 @@ class _Health:
         self.returned_at = -math.inf
 
 
-@final
 @final
 class RedirectRules:
     """Where a service's redirects may go, and what a hop to another origin leaves out.

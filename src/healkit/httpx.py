@@ -21,8 +21,10 @@ What httpx does and what healkit does:
   sends each attempt through the wrapped transport (``httpx.AsyncHTTPTransport()``
   by default). A URL under one of the service's endpoints may be re-routed to
   another endpoint or fallback group, as a call addressed by service name is;
-* the response body is read within the attempt (capped by ``max_body_bytes``),
-  so a truncated body is a failed attempt that can be retried; with
+* the response body is read within the attempt and decoded there (gzip and
+  deflate, each step capped by ``max_body_bytes``; the response comes without
+  its ``Content-Encoding``, as from a proxy), so a truncated body is a failed
+  attempt that can be retried; with
   ``stream=True`` a response is judged on its head and its body is read by the
   caller as it arrives (server-sent events, large downloads);
 * failures raise healkit's errors (:class:`healkit.HealkitError` and its
@@ -38,6 +40,7 @@ import asyncio
 import math
 import socket
 import ssl
+import zlib
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Final, Self, final
@@ -78,6 +81,19 @@ OUTCOME_EXTENSION: Final = "healkit.outcome"
 
 _HOP_HEADERS: Final = frozenset({"host", "content-length", "transfer-encoding"})
 """Headers of the original request that each attempt's request sets for itself."""
+
+_DECODED: Final = {
+    "identity": 0,
+    "gzip": zlib.MAX_WBITS | 16,
+    "x-gzip": zlib.MAX_WBITS | 16,
+    "deflate": zlib.MAX_WBITS,  # zlib-wrapped, else raw (as httpx decodes it)
+}
+"""The content codings a buffered body is decoded from, with zlib's ``wbits`` for each.
+
+Any other coding (``br``, ``zstd``) is refused: httpx would decode it without a bound.
+"""
+_MAX_CODINGS: Final = 4
+"""The most content codings a response may stack (``gzip, gzip, ...``)."""
 
 
 @final
@@ -192,6 +208,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             for name, value in request.headers.multi_items()
             if name.lower() not in _HOP_HEADERS
         )
+        if not self._stream and "Accept-Encoding" in headers:
+            headers["Accept-Encoding"] = _decodable(headers.getall("Accept-Encoding"))
         method = request.method.upper()
         clock = runtime.clock
         now = clock.now()
@@ -289,10 +307,15 @@ class _Attempts:
             )
             if self._stream:
                 return answer, judged
+            limit = call.policy.max_body_bytes
             try:
-                raw = await _read_capped(answer, call.policy.max_body_bytes, judged.url)
+                codings = _codings(answer.headers, judged.url)
+                raw = await _read_capped(answer, limit, judged.url)
             finally:
                 await answer.aclose()
+            if codings:
+                raw = _decode(raw, codings, limit, judged.url)
+                _drop_encoding(answer.headers)
         except httpx.HTTPError as exc:
             redacted = call.config.redactor.url(url)
             raise map_httpx_error(
@@ -308,7 +331,7 @@ class _Attempts:
         )
         judged = Response(
             answer.status_code,
-            headers=judged.headers,
+            headers=CIMultiDictProxy(CIMultiDict(result.headers.multi_items())),
             body=raw,
             url=judged.url,
             reason=judged.reason,
@@ -346,6 +369,93 @@ async def _read_capped(answer: httpx.Response, limit: int, url: str) -> bytes:
         if len(buffer) > limit:
             raise BodyTooLargeError(limit, url=url)
     return bytes(buffer)
+
+
+def _codings(headers: httpx.Headers, url: str) -> list[str]:
+    """Return the content codings of a response in the order applied, or refuse them.
+
+    Raises:
+        ProtocolError: a coding this transport does not decode, or too many.
+
+    """
+    codings = [
+        coding.strip().lower()
+        for value in headers.get_list("Content-Encoding")
+        for coding in value.split(",")
+        if coding.strip()
+    ]
+    if len(codings) > _MAX_CODINGS:
+        raise ProtocolError(
+            f"malformed response from {url}: more than {_MAX_CODINGS} content codings"
+        )
+    for coding in codings:
+        if coding not in _DECODED:
+            raise ProtocolError(
+                f"malformed response from {url}: content coding {coding[:32]!r} is not one"
+                " healkit's httpx transport decodes (gzip, deflate)"
+            )
+    return codings
+
+
+def _decodable(accepted: list[str]) -> str:
+    """Return ``Accept-Encoding`` cut to the codings a buffered body is decoded from.
+
+    httpx asks for ``br`` and ``zstd`` when their packages are installed; the
+    transport decodes neither within ``max_body_bytes``, so it does not ask.
+    """
+    kept = [
+        part.strip()
+        for value in accepted
+        for part in value.split(",")
+        if part.split(";", 1)[0].strip().lower() in _DECODED
+    ]
+    return ", ".join(kept) if kept else "identity"
+
+
+def _decode(body: bytes, codings: list[str], limit: int, url: str) -> bytes:
+    """Undo ``codings`` (last applied first), each result capped at ``limit`` bytes.
+
+    Raises:
+        BodyTooLargeError: a step decodes past ``limit``.
+        ProtocolError: the body does not decode as its codings say.
+
+    """
+    for coding in reversed(codings):
+        if coding == "identity" or not body:  # no body (HEAD, 204, 304): nothing to decode
+            continue
+        try:
+            try:
+                body = _inflate(body, _DECODED[coding], limit, url)
+            except zlib.error:
+                if coding != "deflate":
+                    raise
+                body = _inflate(body, -zlib.MAX_WBITS, limit, url)  # raw, as some servers send
+        except zlib.error as exc:
+            raise ProtocolError(
+                f"malformed response from {url}: the body does not decode as {coding}: {exc}"
+            ) from exc
+    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int, url: str) -> bytes:
+    """Decompress every member of ``data`` with zlib, failing past ``limit`` bytes."""
+    decoded = bytearray()
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        decoded += inflater.decompress(data, limit + 1 - len(decoded))
+        if len(decoded) > limit:
+            raise BodyTooLargeError(limit, url=url)
+        if not inflater.eof:
+            raise zlib.error("the stream is truncated")
+        data = inflater.unused_data
+        if not data or wbits < 0:  # a raw deflate stream has one member
+            return bytes(decoded)
+
+
+def _drop_encoding(headers: httpx.Headers) -> None:
+    """Remove what described the encoded body: its coding and its length."""
+    del headers["Content-Encoding"]
+    headers.pop("Content-Length", None)
 
 
 def map_httpx_error(exc: httpx.HTTPError, *, url: str, connect: float, read: float) -> HealkitError:

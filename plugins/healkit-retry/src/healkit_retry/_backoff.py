@@ -22,7 +22,8 @@ from typing import Final
 
 __all__ = ["decorrelated_jitter", "full_jitter", "parse_retry_after"]
 
-_DELAY_SECONDS: Final = re.compile(r"\d{1,15}(?:\.\d{1,9})?")
+# ASCII digits only: \d (and float()) also take other scripts' digits, "٣" among them.
+_DELAY_SECONDS: Final = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?")
 # The exponent beyond which base * 2**n exceeds any cap a document may set.
 _MAX_DOUBLINGS: Final = 64
 
