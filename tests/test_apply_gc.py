@@ -56,8 +56,12 @@ async def test_an_installed_document_adds_about_two_tracked_objects_per_service(
 
 async def test_configuration_structs_are_not_tracked_by_the_garbage_collector() -> None:
     runtime = healkit.Runtime()
-    assert await runtime.submit(document(3), origin="test") is None
+    doc = document(3)
+    doc["services"]["s1"]["retry"] = {"statuses": [502, 503]}
+    doc["services"]["s1"]["routing"] = {"fallback_groups": [["http://dr1.test"]]}
+    assert await runtime.submit(doc, origin="test") is None
     config = runtime.config
+    gc.collect()
     policy = config.services["s1"]
     assert not gc.is_tracked(policy._resolved)  # the service document, plugin sections in it
     assert not gc.is_tracked(config.defaults._resolved)
