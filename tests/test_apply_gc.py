@@ -13,6 +13,8 @@ changed. Structural checks, not timings.
 from __future__ import annotations
 
 import gc
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -211,3 +213,32 @@ async def test_register_applies_a_document_that_is_not_plain() -> None:
     assert await runtime.submit(doc, origin="test") is None
     runtime.register(Late())
     assert runtime.config.services["s0"].endpoints == ("http://h0.test",)
+
+
+def test_threads_that_ask_a_policy_for_its_stash_at_once_get_the_same_one() -> None:
+    # A kept policy is in two snapshots: a call on the loop and healkit_prepare
+    # in a worker thread may make its stash at the same moment.
+    config = healkit.build_config(
+        {"services": {f"s{i}": {"endpoints": [f"http://h{i}.test"]} for i in range(2_000)}}
+    )
+    policies = list(config.services.values())
+    threads = 4
+    seen: list[list[object]] = [[] for _ in range(threads)]
+    barrier = threading.Barrier(threads)
+
+    def ask(k: int) -> None:
+        barrier.wait()
+        seen[k].extend(policy.stash for policy in policies)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        workers = [threading.Thread(target=ask, args=(k,)) for k in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    for i, policy in enumerate(policies):
+        assert all(stashes[i] is policy.stash for stashes in seen), policy.name

@@ -38,6 +38,7 @@ import functools
 import ipaddress
 import itertools
 import re
+import threading
 from collections.abc import Collection, Iterable, Mapping
 from typing import Annotated, Any, Final, Generic, Protocol, TypeVar, cast, final, runtime_checkable
 
@@ -306,6 +307,10 @@ class _Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     state: StateSettings = msgspec.field(default_factory=StateSettings)
 
 
+_STASH_LOCK: Final = threading.Lock()
+"""Makes a policy's stash once, whichever threads ask for it first."""
+
+
 @final
 class ServicePolicy:
     """The resolved policy of one service: defaults merged with its document.
@@ -384,11 +389,17 @@ class ServicePolicy:
         """Plugin state derived from this policy; made on first use.
 
         Most services of a large document are never called: they get no stash,
-        one object fewer for the garbage collector to visit per service.
+        one object fewer for the garbage collector to visit per service. A
+        kept policy is shared by two snapshots, so the loop (a call) and a
+        worker thread (``healkit_prepare``) may ask at once: a lock makes sure
+        they get the same stash.
         """
         stash = self._stash
         if stash is None:
-            stash = self._stash = Stash()
+            with _STASH_LOCK:
+                stash = self._stash
+                if stash is None:
+                    stash = self._stash = Stash()
         return stash
 
     def same_as(self, core: CoreServiceSettings) -> bool:

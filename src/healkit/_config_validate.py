@@ -58,8 +58,11 @@ _SHOWN_INT_BITS: Final = 128
 # Ordered sequences only: a set has no order a document could rely on.
 _ARRAY_LIKE: Final = (list, tuple)
 _PLAIN_LEAVES: Final = frozenset({str, int, float, bool, type(None)})
-_FINGERPRINT_VALUES: Final = 100_000
-"""The most values :func:`fingerprint` visits in one document (a cycle never ends)."""
+_FINGERPRINT_VALUES: Final = 1_000_000
+"""The most values :func:`fingerprint` visits in one document: four times what a
+source's document may hold by default (``DocumentLimits.max_nodes``); a cycle,
+which only a Python document can have, stops there. Beyond it a document has no
+fingerprint: it is validated in full and kept as it is."""
 CHECK: Final = "check"
 """The key of a further check in a field's ``msgspec.Meta(extra=...)``."""
 
