@@ -24,6 +24,11 @@ is a section contributed by a plugin through ``healkit_config_sections``. Unknow
 keys are errors that name the key and its path. A validated document becomes a
 :class:`HealkitConfig`: immutable, with one resolved :class:`ServicePolicy` per
 service, swapped whole when a new document is accepted.
+
+The models are ``gc=False`` Structs: frozen, built from plain values, they
+cannot be part of a reference cycle, so the garbage collector does not track
+them, and a document of 10,000 services does not make every full collection
+of the process (which stops the event loop) longer by 10,000 objects.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import functools
 import ipaddress
 import itertools
 import re
+import threading
 from collections.abc import Collection, Iterable, Mapping
 from typing import Annotated, Any, Final, Generic, Protocol, TypeVar, cast, final, runtime_checkable
 
@@ -40,7 +46,7 @@ import msgspec
 import yarl
 
 from healkit._bounded import StateSettings
-from healkit._config_validate import CHECK, join_path, merge, validate
+from healkit._config_validate import CHECK, fingerprint, join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._redact import Redactor
 from healkit._stash import Stash
@@ -160,7 +166,7 @@ def service_name_issues(names: Iterable[object], *, path: str = "$.services") ->
 
 
 @final
-class Timeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Timeouts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """The time limits of one attempt, in seconds.
 
     Attributes:
@@ -221,7 +227,9 @@ class ConfigSection(Generic[S]):
         return msgspec.convert({}, self.settings)
 
 
-class CoreServiceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class CoreServiceSettings(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False
+):
     """The keys of a service document owned by the core.
 
     Attributes:
@@ -261,7 +269,9 @@ FIRST_PARTY_SECTIONS: Final = {
 
 
 @final
-class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class LoggingSettings(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False
+):
     """What healkit redacts from logs, spans and error messages.
 
     Attributes:
@@ -297,6 +307,10 @@ class _Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     state: StateSettings = msgspec.field(default_factory=StateSettings)
 
 
+_STASH_LOCK: Final = threading.Lock()
+"""Makes a policy's stash once, whichever threads ask for it first."""
+
+
 @final
 class ServicePolicy:
     """The resolved policy of one service: defaults merged with its document.
@@ -321,6 +335,7 @@ class ServicePolicy:
     __slots__ = (
         "_resolved",
         "_sections",
+        "_stash",
         "call_limits",
         "endpoints",
         "follow_redirects",
@@ -328,36 +343,64 @@ class ServicePolicy:
         "max_body_bytes",
         "max_redirects",
         "name",
-        "stash",
     )
 
     def __init__(
         self,
         name: str,
         core: CoreServiceSettings,
-        sections: Mapping[str, msgspec.Struct],
+        sections: Collection[str],
     ) -> None:
+        """Resolve the policy of ``name`` from its validated service document.
+
+        Args:
+            name: the service name (``"*"`` for the default policy).
+            core: the validated service document: the core's keys, and one
+                field per plugin section.
+            sections: the names of the plugin sections of ``core`` (one
+                collection shared by every policy of a snapshot: a policy
+                holds no per-service container of its sections).
+
+        """
         self.name = name
         self._resolved = core
         self.endpoints = tuple(normalize_endpoint(e) for e in core.endpoints)
         self.max_body_bytes = core.max_body_bytes
         self.follow_redirects = core.follow_redirects
         self.max_redirects = core.max_redirects
-        self._sections = dict(sections)
+        self._sections = sections
         declared = (
             e
-            for value in self._sections.values()
+            for value in (getattr(core, section) for section in sections)
             if isinstance(value, DeclaresEndpoints)
             for e in value.declared_endpoints()
         )
         self.known_endpoints = frozenset(self.endpoints).union(
             normalize_endpoint(e) for e in declared
         )
-        self.stash = Stash()
+        self._stash: Stash | None = None
         self.call_limits: tuple[Timeouts, float] | None = None
 
     def __repr__(self) -> str:
         return f"ServicePolicy({self.name!r}, endpoints={self.endpoints!r})"
+
+    @property
+    def stash(self) -> Stash:
+        """Plugin state derived from this policy; made on first use.
+
+        Most services of a large document are never called: they get no stash,
+        one object fewer for the garbage collector to visit per service. A
+        kept policy is shared by two snapshots, so the loop (a call) and a
+        worker thread (``healkit_prepare``) may ask at once: a lock makes sure
+        they get the same stash.
+        """
+        stash = self._stash
+        if stash is None:
+            with _STASH_LOCK:
+                stash = self._stash
+                if stash is None:
+                    stash = self._stash = Stash()
+        return stash
 
     def same_as(self, core: CoreServiceSettings) -> bool:
         """Whether this policy was resolved from settings equal to ``core`` (so it can be kept)."""
@@ -365,7 +408,9 @@ class ServicePolicy:
 
     def section(self, section: ConfigSection[S]) -> S:
         """Return this service's settings for a plugin's section."""
-        return cast("S", self._sections[section.name])
+        if section.name not in self._sections:
+            raise KeyError(section.name)
+        return cast("S", getattr(self._resolved, section.name))
 
     def as_document(self) -> dict[str, Any]:
         """Return the policy as a plain document (every default filled in)."""
@@ -375,8 +420,8 @@ class ServicePolicy:
             "follow_redirects": self.follow_redirects,
             "max_redirects": self.max_redirects,
         }
-        for name, value in sorted(self._sections.items()):
-            doc[name] = msgspec.to_builtins(value)
+        for name in sorted(self._sections):
+            doc[name] = msgspec.to_builtins(getattr(self._resolved, name))
         return doc
 
 
@@ -445,6 +490,8 @@ class HealkitConfig:
     __slots__ = (
         "_by_prefix",
         "_changes",
+        "_defaults_print",
+        "_prints",
         "defaults",
         "logging",
         "redactor",
@@ -477,6 +524,10 @@ class HealkitConfig:
         prefixes = [(e, name) for name, p in self.services.items() for e in p.endpoints]
         # Longest prefix first, so https://gw/payments wins over https://gw.
         self._by_prefix = tuple(sorted(prefixes, key=lambda item: len(item[0]), reverse=True))
+        # What build_config validated, as fingerprints (bytes), so that the next
+        # document validates only the services whose own document changed.
+        self._defaults_print: bytes | None = None
+        self._prints: dict[str, bytes] = {}
 
     def changes_since(self, previous: HealkitConfig | None) -> ConfigChanges | None:
         """Return what changed since ``previous``, or ``None`` if that is not known.
@@ -530,6 +581,9 @@ def build_config(
             and the snapshot records what changed (:class:`ConfigChanges`).
             Give it only when the plugins are those ``previous`` was
             configured with: what they derived for a kept policy stays.
+            A service whose document and defaults are the same as in
+            ``previous`` (same plain values: :func:`fingerprint`) is not
+            validated again: its policy is kept as it is.
 
     Raises:
         ConfigError: listing every problem found, each with its path.
@@ -549,32 +603,48 @@ def build_config(
         logging, state = LoggingSettings(), StateSettings()
     service_type = _service_type(section_list)
 
+    defaults_print = fingerprint(defaults_raw)
     if "endpoints" in defaults_raw:
         issues.append(
             ConfigIssue("$.defaults.endpoints", "endpoints belong to a service, not to defaults")
         )
         defaults_raw = {k: v for k, v in defaults_raw.items() if k != "endpoints"}
-    known_sections = {section.name for section in section_list}
+    known_sections = frozenset(section.name for section in section_list)
     defaults_raw = _without_missing_plugins(defaults_raw, "$.defaults", known_sections, issues)
     defaults_struct, found = validate(defaults_raw, service_type, path="$.defaults")
     issues += found
     defaults_ok = not found
     kept = previous.services if previous is not None else {}
+    kept_prints = (
+        previous._prints  # noqa: SLF001 - the same module's snapshot
+        if previous is not None
+        and defaults_print is not None
+        and previous._defaults_print == defaults_print  # noqa: SLF001
+        and previous.sections == section_list
+        else {}
+    )
     defaults = (
-        _policy("*", defaults_struct, section_list, previous and previous.defaults)
+        _policy("*", defaults_struct, known_sections, previous and previous.defaults)
         if defaults_struct is not None
         else None
     )
 
     services: dict[str, ServicePolicy] = {}
+    prints: dict[str, bytes] = {}
     for name, doc in sorted(services_raw.items()):
+        service_print = fingerprint(doc)
+        if service_print is not None:
+            prints[name] = service_print
+            if kept_prints.get(name) == service_print:
+                services[name] = kept[name]  # validated before, from the same values
+                continue
         path = join_path("$.services", name)
         doc = _without_missing_plugins(doc, path, known_sections, issues)  # noqa: PLW2901
         merged = merge(defaults_raw, doc) if defaults_ok else doc
         struct, found = validate(merged, service_type, path=path)
         issues += found
         if struct is not None:
-            services[name] = _policy(name, struct, section_list, kept.get(name))
+            services[name] = _policy(name, struct, known_sections, kept.get(name))
 
     issues += _shared_endpoints(services)
     if issues or defaults is None:
@@ -588,7 +658,7 @@ def build_config(
             defaults=defaults is not previous.defaults,
             state=state != previous.state,
         )
-    return HealkitConfig(
+    config = HealkitConfig(
         defaults=defaults,
         services=services,
         logging=logging,
@@ -596,6 +666,9 @@ def build_config(
         state=state,
         changes=changes,
     )
+    config._defaults_print = defaults_print  # noqa: SLF001 - the same module's snapshot
+    config._prints = prints  # noqa: SLF001
+    return config
 
 
 def _without_missing_plugins(
@@ -656,6 +729,7 @@ def _service_type(sections: tuple[ConfigSection[Any], ...]) -> type[CoreServiceS
             frozen=True,
             kw_only=True,
             forbid_unknown_fields=True,
+            gc=False,
         ),
     )
 
@@ -663,13 +737,13 @@ def _service_type(sections: tuple[ConfigSection[Any], ...]) -> type[CoreServiceS
 def _policy(
     name: str,
     struct: CoreServiceSettings,
-    sections: tuple[ConfigSection[Any], ...],
+    sections: frozenset[str],
     previous: ServicePolicy | None,
 ) -> ServicePolicy:
     """Return the policy of ``struct``: ``previous`` itself if resolved from equal settings."""
     if previous is not None and previous.same_as(struct):
         return previous
-    return ServicePolicy(name, struct, {s.name: getattr(struct, s.name) for s in sections})
+    return ServicePolicy(name, struct, sections)
 
 
 def _shared_endpoints(services: Mapping[str, ServicePolicy]) -> list[ConfigIssue]:

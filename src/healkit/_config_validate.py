@@ -43,7 +43,7 @@ import msgspec.inspect as mi
 
 from healkit._errors import ConfigError, ConfigIssue
 
-__all__ = ["check", "join_path", "merge", "same_document", "validate"]
+__all__ = ["check", "fingerprint", "join_path", "merge", "same_document", "validate"]
 
 T = TypeVar("T")
 
@@ -57,6 +57,12 @@ _GOT_REPR_LIMIT: Final = 40
 _SHOWN_INT_BITS: Final = 128
 # Ordered sequences only: a set has no order a document could rely on.
 _ARRAY_LIKE: Final = (list, tuple)
+_PLAIN_LEAVES: Final = frozenset({str, int, float, bool, type(None)})
+_FINGERPRINT_VALUES: Final = 1_000_000
+"""The most values :func:`fingerprint` visits in one document: four times what a
+source's document may hold by default (``DocumentLimits.max_nodes``); a cycle,
+which only a Python document can have, stops there. Beyond it a document has no
+fingerprint: it is validated in full and kept as it is."""
 CHECK: Final = "check"
 """The key of a further check in a field's ``msgspec.Meta(extra=...)``."""
 
@@ -173,6 +179,41 @@ def same_document(first: object, second: object) -> bool:
     if isinstance(first, set | frozenset) and isinstance(second, set | frozenset):
         return _typed(first) == _typed(second)
     return bool(first == second)
+
+
+def fingerprint(document: object) -> bytes | None:
+    """Return bytes that are equal for two documents only if they are the same value.
+
+    Only a plain document has one: ``dict`` (string keys), ``list``, ``str``,
+    ``int``, ``float``, ``bool`` and ``None``, exactly these types, which is what
+    JSON and TOML decode to. Anything else (a tuple, a set, a date, a subclass,
+    an integer beyond 64 bits) returns ``None``, since its encoding could be
+    that of another document (a set is written like a list). The encoding tells
+    ``1``, ``True`` and ``1.0`` apart, and keys in another order make other
+    bytes. The bytes are not tracked by the garbage collector, and, unlike a
+    kept reference to the document, do not follow a caller who edits it in place.
+    """
+    pending = [document]
+    visited = 0
+    while pending:
+        value = pending.pop()
+        visited += 1
+        kind = type(value)
+        if visited > _FINGERPRINT_VALUES:
+            return None
+        if kind is dict:
+            items = cast("dict[object, object]", value)
+            if any(type(key) is not str for key in items):
+                return None
+            pending.extend(items.values())
+        elif kind is list:
+            pending.extend(cast("list[object]", value))
+        elif kind not in _PLAIN_LEAVES:
+            return None
+    try:
+        return msgspec.msgpack.encode(document)
+    except (OverflowError, RecursionError, msgspec.EncodeError):
+        return None
 
 
 def _same_keys(first: Mapping[object, object], second: Mapping[object, object]) -> bool:

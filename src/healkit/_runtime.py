@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, NamedTuple, Self, TypeVar, final
 
 import aiohttp
+import msgspec
 import pluggy
 
 from healkit import _log
@@ -34,6 +35,7 @@ from healkit._config import (
     Timeouts,
     build_config,
 )
+from healkit._config_validate import fingerprint
 from healkit._errors import ConfigError, ConfigIssue, PluginError
 from healkit._offload import off_loop
 from healkit._plan import PER_CALL_HOOKS, CallPlan
@@ -159,6 +161,8 @@ class Runtime:
         self.version = 0
         self.rejections = 0
         self._raw: object = {}
+        """The document in force, to validate again when a plugin is registered
+        (:func:`_keepable`: its encoding when it is a plain document)."""
         self._config: HealkitConfig = build_config({}, self.sections, origin="defaults")
         if isinstance(self._source, InMemorySource | FileSource):
             # Local documents are read at once: a bad one fails here, loudly.
@@ -193,11 +197,11 @@ class Runtime:
         serving meanwhile), then swapped in on the loop.
         """
         try:
-            config = await self._validate_off_loop(raw, origin)
+            config, kept = await self._validate_off_loop(raw, origin)
         except ConfigError as error:
             self.reject(error)
             return error
-        self._install(config, raw, origin=origin, configure=True)
+        self._install(config, kept, origin=origin, configure=True)
         return None
 
     def reject(self, error: ConfigError) -> None:
@@ -233,10 +237,13 @@ class Runtime:
         )
         for failure in failures:
             self._plugin_failed(*failure)
-        return self._install(config, raw, origin=origin, configure=configure)
+        return self._install(config, _keepable(raw), origin=origin, configure=configure)
 
-    async def _validate_off_loop(self, raw: object, origin: str) -> HealkitConfig:
+    async def _validate_off_loop(self, raw: object, origin: str) -> tuple[HealkitConfig, object]:
         """Validate ``raw`` and run ``healkit_prepare`` in a worker thread.
+
+        Returns the snapshot, and what the runtime keeps of ``raw``
+        (:func:`_keepable`, worked out in the same thread).
 
         The new snapshot keeps the policies of the services it leaves unchanged
         (``build_config(previous=...)``), so the plugins' ``healkit_configure``
@@ -253,7 +260,7 @@ class Runtime:
             sections, previous = self.sections, self._config
             failures: list[tuple[str, str, Exception]] = []
             build = functools.partial(
-                _prepared,
+                _prepared_and_kept,
                 self.plugin_manager,
                 raw,
                 sections,
@@ -261,18 +268,18 @@ class Runtime:
                 previous=previous,
                 failures=failures,
             )
-            config = await off_loop(build)
+            config, kept = await off_loop(build)
             for failure in failures:
                 self._plugin_failed(*failure)
             if sections is self.sections and previous is self._config:
-                return config
+                return config, kept
 
     def _install(
-        self, config: HealkitConfig, raw: object, *, origin: str, configure: bool
+        self, config: HealkitConfig, kept: object, *, origin: str, configure: bool
     ) -> HealkitConfig:
         previous = self._config
         self._config = config
-        self._raw = raw
+        self._raw = kept
         self.version += 1
         if configure:
             self._configure(previous)
@@ -354,7 +361,7 @@ class Runtime:
             self.plugin_manager.check_pending()
             self.sections = config_sections(self.plugin_manager)
             # New plugins derive their own state: no policy of the old snapshot is kept.
-            self._apply_or_raise(self._raw, origin="plugins", configure=True, keep=False)
+            self._apply_or_raise(_restored(self._raw), origin="plugins", configure=True, keep=False)
         except (ConfigError, pluggy.PluginValidationError):
             self.plugin_manager.unregister(plugin)
             self.sections = config_sections(self.plugin_manager)
@@ -483,8 +490,8 @@ class Runtime:
             await source.load_into(self)  # starts with every part that is valid
         elif not isinstance(source, InMemorySource | FileSource):
             raw = await source.load()
-            config = await self._validate_off_loop(raw, source.origin)
-            self._install(config, raw, origin=source.origin, configure=True)
+            config, kept = await self._validate_off_loop(raw, source.origin)
+            self._install(config, kept, origin=source.origin, configure=True)
         self._started = True
         if not isinstance(source, InMemorySource):
             self.start_background(f"config-watch {source.origin}", lambda: source.watch(self))
@@ -599,6 +606,48 @@ def _prepared(  # noqa: PLR0913 - what one validation needs, passed to a worker 
     arguments = {"config": config, "previous": previous}
     call_each(pm, "healkit_prepare", arguments, lambda *failure: failures.append(failure))
     return config
+
+
+def _prepared_and_kept(  # noqa: PLR0913 - _prepared's arguments
+    pm: PluginManager,
+    raw: object,
+    sections: tuple[ConfigSection[Any], ...],
+    *,
+    origin: str,
+    previous: HealkitConfig | None,
+    failures: list[tuple[str, str, Exception]],
+) -> tuple[HealkitConfig, object]:
+    """:func:`_prepared`, and what the runtime keeps of ``raw`` (:func:`_keepable`)."""
+    config = _prepared(pm, raw, sections, origin=origin, previous=previous, failures=failures)
+    return config, _keepable(raw)
+
+
+@final
+class _Encoded:
+    """A plain document kept as its msgpack encoding (see :func:`_keepable`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _keepable(raw: object) -> object:
+    """Return what the runtime keeps of an installed document ``raw``.
+
+    A plain document (what JSON and TOML decode to) is kept encoded: one
+    ``bytes`` object instead of a few containers per service, for every full
+    garbage collection of the process to visit (each stops the event loop).
+    Decoding gives back an equal document, types included. Any other
+    document is kept as it is.
+    """
+    encoded = fingerprint(raw)
+    return raw if encoded is None else _Encoded(encoded)
+
+
+def _restored(kept: object) -> object:
+    """Return the document that :func:`_keepable` kept."""
+    return msgspec.msgpack.decode(kept.data) if isinstance(kept, _Encoded) else kept
 
 
 def _raise_plugin_error(plugin: str, hook: str, error: Exception) -> None:

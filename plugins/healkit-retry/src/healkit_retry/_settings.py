@@ -52,7 +52,9 @@ Status = Annotated[int, msgspec.Meta(ge=400, le=599)]
 
 
 @final
-class RetrySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RetrySettings(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False
+):
     """The ``retry`` section of a service document.
 
     Attributes:
