@@ -319,7 +319,7 @@ class RedirectRules:
 
     def __init__(self, policy: ServicePolicy, settings: RoutingSettings) -> None:
         self._allowed = settings.allowed_origins
-        endpoints = [*policy.endpoints, *(e for g in settings.fallback_groups for e in g)]
+        endpoints = (*policy.endpoints, *settings.declared_endpoints())
         self._own = frozenset(_origin(e) for e in endpoints)
         self.credentials = CREDENTIAL_HEADERS | {h.lower() for h in settings.credential_headers}
 
