@@ -396,8 +396,7 @@ class _Index:
         services = config.services if config is not None else {}
         #: Whether a service has a choice of endpoints (else the plugin is idle).
         self.branching = False
-        #: The services with probes, and those sharing health (their record TTL), by name.
-        self.probing: tuple[str, ...] = ()
+        #: The services sharing health (their record TTL), by name.
         self.fleets: dict[str, int] = {}
         probing: list[str] = []
         for name, policy in services.items():  # sorted by name, as build_config makes them
@@ -409,7 +408,8 @@ class _Index:
                 probing.append(name)
             if settings.fleet is not None:
                 self.fleets[name] = settings.fleet.ttl
-        self.probing = tuple(probing)
+        #: The services with probes, by name.
+        self.probing: tuple[str, ...] = tuple(probing)
 
 
 _UNAVAILABLE: Final = frozenset({502, 503, 504})
