@@ -372,9 +372,8 @@ class _Hop:
 def attempt_headers(call: CallContext, attempt: AttemptContext) -> CIMultiDict[str] | None:
     """Return the headers one attempt sends: the call's, less withheld ones, plus the attempt's."""
     headers = call.headers_if_any()
-    if attempt.withheld_headers and headers:
-        withheld = attempt.withheld_headers
-        headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in withheld)
+    if attempt.withheld_headers:
+        headers = _without(headers, attempt.withheld_headers)
     if attempt.headers:
         headers = CIMultiDict(headers or ())
         headers.update(attempt.headers)
