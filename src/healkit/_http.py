@@ -70,6 +70,7 @@ BODY_HEADERS: Final = frozenset(
 )
 """Headers describing a request body: left out when a redirect turns the request into a GET."""
 CREDENTIAL_OPTIONS: Final = ("auth", "cookies")
+"""aiohttp options that carry credentials: left out on a hop to another origin."""
 # What aiohttp raises, outside aiohttp.ClientError, for options it refuses while
 # it builds a request: its checks of the options and of the request it builds
 # (ClientRequest: compress= beside a Content-Encoding header, chunked= beside a
@@ -81,7 +82,6 @@ CREDENTIAL_OPTIONS: Final = ("auth", "cookies")
 _REFUSED_OPTIONS: Final = (ValueError, TypeError, CookieError)
 _REQUEST_ERRORS: Final = (aiohttp.ClientError, OSError, *_REFUSED_OPTIONS)
 _SHOWN_REFUSAL_CHARS: Final = 200
-"""aiohttp options that carry credentials: left out on a hop to another origin."""
 
 
 @final
