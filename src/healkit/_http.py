@@ -197,9 +197,7 @@ class HttpTransport:
                 f" {call.service!r}'s first: the session sends {', '.join(ambient)} with every"
                 " request (pass credentials per request, or set routing.forward_credentials)"
             )
-        if any(name in options for name in CREDENTIAL_OPTIONS):
-            return {k: v for k, v in options.items() if k not in CREDENTIAL_OPTIONS}
-        return options
+        return _without_credentials(options)
 
     def discard(self, result: Response) -> None:
         """Release a streaming response declared a failure."""
@@ -361,10 +359,7 @@ class _Hop:
                 )
                 raise RedirectRefusedError(reason, status=status, url=here, location=shown)
             self.headers = _without(self.headers, rules.credentials)
-            if any(name in self.options for name in CREDENTIAL_OPTIONS):
-                self.options = {
-                    k: v for k, v in self.options.items() if k not in CREDENTIAL_OPTIONS
-                }
+            self.options = _without_credentials(self.options)
         self.url = target
         return RedirectRecord(url=here, status=status, location=shown, method=self.method)
 
@@ -527,6 +522,13 @@ def _without(headers: CIMultiDict[str] | None, names: frozenset[str]) -> CIMulti
     if not headers or not any(name.lower() in names for name in headers):
         return headers
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in names)
+
+
+def _without_credentials(options: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Return ``options`` without :data:`CREDENTIAL_OPTIONS`: a copy, the caller's stay whole."""
+    if any(name in options for name in CREDENTIAL_OPTIONS):
+        return {k: v for k, v in options.items() if k not in CREDENTIAL_OPTIONS}
+    return options
 
 
 def reached(error: HealkitError, attempt: AttemptContext) -> HealkitError:
