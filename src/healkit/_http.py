@@ -70,6 +70,7 @@ BODY_HEADERS: Final = frozenset(
 )
 """Headers describing a request body: left out when a redirect turns the request into a GET."""
 CREDENTIAL_OPTIONS: Final = ("auth", "cookies")
+"""aiohttp options that carry credentials: left out on a hop to another origin."""
 # What aiohttp raises, outside aiohttp.ClientError, for options it refuses while
 # it builds a request: its checks of the options and of the request it builds
 # (ClientRequest: compress= beside a Content-Encoding header, chunked= beside a
@@ -81,7 +82,6 @@ CREDENTIAL_OPTIONS: Final = ("auth", "cookies")
 _REFUSED_OPTIONS: Final = (ValueError, TypeError, CookieError)
 _REQUEST_ERRORS: Final = (aiohttp.ClientError, OSError, *_REFUSED_OPTIONS)
 _SHOWN_REFUSAL_CHARS: Final = 200
-"""aiohttp options that carry credentials: left out on a hop to another origin."""
 
 
 @final
@@ -197,9 +197,7 @@ class HttpTransport:
                 f" {call.service!r}'s first: the session sends {', '.join(ambient)} with every"
                 " request (pass credentials per request, or set routing.forward_credentials)"
             )
-        if any(name in options for name in CREDENTIAL_OPTIONS):
-            return {k: v for k, v in options.items() if k not in CREDENTIAL_OPTIONS}
-        return options
+        return _without_credentials(options)
 
     def discard(self, result: Response) -> None:
         """Release a streaming response declared a failure."""
@@ -361,10 +359,7 @@ class _Hop:
                 )
                 raise RedirectRefusedError(reason, status=status, url=here, location=shown)
             self.headers = _without(self.headers, rules.credentials)
-            if any(name in self.options for name in CREDENTIAL_OPTIONS):
-                self.options = {
-                    k: v for k, v in self.options.items() if k not in CREDENTIAL_OPTIONS
-                }
+            self.options = _without_credentials(self.options)
         self.url = target
         return RedirectRecord(url=here, status=status, location=shown, method=self.method)
 
@@ -372,9 +367,8 @@ class _Hop:
 def attempt_headers(call: CallContext, attempt: AttemptContext) -> CIMultiDict[str] | None:
     """Return the headers one attempt sends: the call's, less withheld ones, plus the attempt's."""
     headers = call.headers_if_any()
-    if attempt.withheld_headers and headers:
-        withheld = attempt.withheld_headers
-        headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in withheld)
+    if attempt.withheld_headers:
+        headers = _without(headers, attempt.withheld_headers)
     if attempt.headers:
         headers = CIMultiDict(headers or ())
         headers.update(attempt.headers)
@@ -528,6 +522,13 @@ def _without(headers: CIMultiDict[str] | None, names: frozenset[str]) -> CIMulti
     if not headers or not any(name.lower() in names for name in headers):
         return headers
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in names)
+
+
+def _without_credentials(options: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Return ``options`` without :data:`CREDENTIAL_OPTIONS`: a copy, the caller's stay whole."""
+    if any(name in options for name in CREDENTIAL_OPTIONS):
+        return {k: v for k, v in options.items() if k not in CREDENTIAL_OPTIONS}
+    return options
 
 
 def reached(error: HealkitError, attempt: AttemptContext) -> HealkitError:

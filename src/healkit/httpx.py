@@ -299,22 +299,23 @@ class _Attempts:
                 raise invalid_status(answer.status_code, call.config.redactor.url(url))
             attempt.status = answer.status_code
             answer.headers.pop(OUTCOME_HEADER, None)  # only healkit says how a call went
-            judged = Response(
-                answer.status_code,
-                headers=CIMultiDictProxy(CIMultiDict(answer.headers.multi_items())),
-                url=call.config.redactor.url(url),
-                reason=answer.reason_phrase,
-            )
+            shown = call.config.redactor.url(url)
             if self._stream:
+                judged = Response(
+                    answer.status_code,
+                    headers=CIMultiDictProxy(CIMultiDict(answer.headers.multi_items())),
+                    url=shown,
+                    reason=answer.reason_phrase,
+                )
                 return answer, judged
             limit = call.policy.max_body_bytes
             try:
-                codings = _codings(answer.headers, judged.url)
-                raw = await _read_capped(answer, limit, judged.url)
+                codings = _codings(answer.headers, shown)
+                raw = await _read_capped(answer, limit, shown)
             finally:
                 await answer.aclose()
             if codings:
-                raw = _decode(raw, codings, limit, judged.url)
+                raw = _decode(raw, codings, limit, shown)
                 _drop_encoding(answer.headers)
         except httpx.HTTPError as exc:
             redacted = call.config.redactor.url(url)
@@ -333,8 +334,8 @@ class _Attempts:
             answer.status_code,
             headers=CIMultiDictProxy(CIMultiDict(result.headers.multi_items())),
             body=raw,
-            url=judged.url,
-            reason=judged.reason,
+            url=shown,
+            reason=answer.reason_phrase,
         )
         return result, judged
 
