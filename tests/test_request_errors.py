@@ -70,6 +70,7 @@ INVALID = {
     "host with a space": ({"url": "http://exa mple.test/x"}, "invalid URL: invalid host"),
     "host with a NUL": ({"url": "http://h\x00st/x"}, "invalid URL"),
     "port out of range": ({"url": "http://127.0.0.1:99999/x"}, "invalid URL"),
+    "host IDNA cannot decode": ({"url": "http://xn--a/x"}, "invalid URL: invalid host"),
     "unclosed IPv6 host": ({"url": "http://[::1/x"}, "invalid URL"),
     "deadline not a number": ({"deadline": "soon"}, "deadline must be"),
     "deadline not finite": ({"deadline": math.inf}, "deadline must be"),

@@ -490,10 +490,11 @@ def _address(
             url = yarl.URL(target)
         except ValueError as exc:  # UnicodeError (a host IDNA rejects) included
             raise RequestError(f"invalid URL: {exc}") from exc
-        if not url.host or not url.raw_host:
-            raise RequestError("invalid URL: no host")
+        # url_problem first: reading url.host decodes an IDNA host, which may raise.
         if (problem := url_problem(url)) is not None:
             raise RequestError(f"invalid URL: {problem}")
+        if not url.host:
+            raise RequestError("invalid URL: no host")
         name = service or config.service_for_url(target)
         policy = config.policy(name) if name else config.defaults
         for endpoint in policy.endpoints:
