@@ -131,8 +131,7 @@ class BoundedMap(Generic[K, V]):
         spare: Callable[[V, float], bool] | None = None,
         evicted: Callable[[K, V, EvictionReason], None] | None = None,
     ) -> None:
-        if capacity < 1 or not idle_expiry > 0:
-            raise ValueError("capacity must be at least 1 and idle_expiry more than 0")
+        _check_bounds(capacity, idle_expiry)
         self._entries: OrderedDict[K, _Entry[V]] = OrderedDict()
         self._spare = spare
         self._evicted = evicted
@@ -199,8 +198,7 @@ class BoundedMap(Generic[K, V]):
 
     def resize(self, capacity: int, idle_expiry: float, now: float) -> None:
         """Take new bounds, evicting what no longer fits at ``now``."""
-        if capacity < 1 or not idle_expiry > 0:
-            raise ValueError("capacity must be at least 1 and idle_expiry more than 0")
+        _check_bounds(capacity, idle_expiry)
         self.capacity = capacity
         self.idle_expiry = idle_expiry
         self.expire(now)
@@ -228,3 +226,8 @@ class BoundedMap(Generic[K, V]):
         self.evictions += 1
         if self._evicted is not None:
             self._evicted(key, entry.value, reason)
+
+
+def _check_bounds(capacity: int, idle_expiry: float) -> None:
+    if capacity < 1 or not idle_expiry > 0:
+        raise ValueError("capacity must be at least 1 and idle_expiry more than 0")

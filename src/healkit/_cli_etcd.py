@@ -63,7 +63,6 @@ from healkit._cli_args import (
 )
 from healkit._config import ConfigSection, build_config, name_problem, service_name_issues
 from healkit._config_formats import (
-    DocumentFormat,
     format_for_path,
     load_file,
     parse_document,
@@ -73,7 +72,7 @@ from healkit._config_validate import join_path
 from healkit._entry_logs import routed_logs
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
 from healkit._etcd import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
-from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource, etcd_prefix, key_role
+from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource, etcd_prefix, key_role, stored_format
 from healkit._fleet import HEALTH, INSTANCES, InstanceView, parse_record_key
 from healkit._offload import off_loop
 from healkit._plugins import create_plugin_manager
@@ -523,9 +522,8 @@ async def read_namespace(client: EtcdClient, root: str) -> NamespaceState:
 
 
 def _decode_stored(data: str | bytes, origin: str) -> object:
-    """Decode a stored document as instances do: JSON if it starts with ``{``, else YAML."""
-    fmt: DocumentFormat = "json" if data.lstrip()[:1] in {"{", b"{"} else "yaml"
-    return parse_document(data, fmt=fmt, origin=origin)
+    """Decode a stored document as instances do (:func:`stored_format`)."""
+    return parse_document(data, fmt=stored_format(data), origin=origin)
 
 
 def _path_of(key: str) -> str:

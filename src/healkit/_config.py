@@ -121,7 +121,14 @@ def endpoint_problem(endpoint: object) -> str | None:
     return url_problem(url)
 
 
+@functools.lru_cache(maxsize=4096)
 def _host_problem(host: str) -> str | None:
+    """Return why ``host`` cannot be called, or ``None``.
+
+    Asked for the host of every absolute URL called: a pure function of the
+    host, its answer is cached (a bounded cache, so a stream of new hosts
+    costs what it did, and no more memory).
+    """
     with contextlib.suppress(ValueError):
         ipaddress.ip_address(host)
         return None

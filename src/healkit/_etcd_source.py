@@ -69,7 +69,15 @@ from healkit._log import get_logger
 from healkit._offload import off_loop
 from healkit._sources import ConfigSink
 
-__all__ = ["EtcdSource", "EtcdSourceStatus", "KeyKind", "Listener", "etcd_prefix", "key_role"]
+__all__ = [
+    "EtcdSource",
+    "EtcdSourceStatus",
+    "KeyKind",
+    "Listener",
+    "etcd_prefix",
+    "key_role",
+    "stored_format",
+]
 
 _logger: Final = get_logger("healkit.etcd")
 
@@ -124,6 +132,15 @@ class _Snapshot(msgspec.Struct, frozen=True):
 
 
 KeyKind = Literal["defaults", "service", "overlay", "other"]
+
+
+def stored_format(document: str | bytes) -> DocumentFormat:
+    """Return the format of a document stored in etcd: JSON if it starts with ``{``, else YAML.
+
+    The one rule for instances (:class:`EtcdSource`) and ``healkit config``
+    commands, so both read a key the same way.
+    """
+    return "json" if document.lstrip()[:1] in {"{", b"{"} else "yaml"
 
 
 def key_role(key: str) -> tuple[KeyKind, str, str]:
@@ -718,7 +735,7 @@ class EtcdSource:
         for key, text in texts.items():
             if text is None:
                 continue
-            fmt: DocumentFormat = "json" if text.lstrip().startswith("{") else "yaml"
+            fmt = stored_format(text)
             try:
                 # The bytes as etcd holds them: a value that is not UTF-8 is refused.
                 data = text.encode("utf-8", "surrogateescape")

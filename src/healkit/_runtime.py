@@ -226,18 +226,17 @@ class Runtime:
         self, raw: object, *, origin: str, configure: bool = False, keep: bool = True
     ) -> HealkitConfig:
         failures: list[tuple[str, str, Exception]] = []
-        previous = self._config if keep else None
-        config = _prepared(
+        config, kept = _prepared(
             self.plugin_manager,
             raw,
             self.sections,
             origin=origin,
-            previous=previous,
+            previous=self._config if keep else None,
             failures=failures,
         )
         for failure in failures:
             self._plugin_failed(*failure)
-        return self._install(config, _keepable(raw), origin=origin, configure=configure)
+        return self._install(config, kept, origin=origin, configure=configure)
 
     async def _validate_off_loop(self, raw: object, origin: str) -> tuple[HealkitConfig, object]:
         """Validate ``raw`` and run ``healkit_prepare`` in a worker thread.
@@ -260,7 +259,7 @@ class Runtime:
             sections, previous = self.sections, self._config
             failures: list[tuple[str, str, Exception]] = []
             build = functools.partial(
-                _prepared_and_kept,
+                _prepared,
                 self.plugin_manager,
                 raw,
                 sections,
@@ -591,12 +590,15 @@ def _prepared(  # noqa: PLR0913 - what one validation needs, passed to a worker 
     origin: str,
     previous: HealkitConfig | None,
     failures: list[tuple[str, str, Exception]],
-) -> HealkitConfig:
+) -> tuple[HealkitConfig, object]:
     """Validate ``raw`` against ``previous``; let the plugins prepare the snapshot.
 
     Runs in a worker thread for a source's document: it touches nothing but the
     new snapshot. The plugins that fail ``healkit_prepare`` are added to
     ``failures``, to be reported on the event loop.
+
+    Returns:
+        The snapshot, and what the runtime keeps of ``raw`` (:func:`_keepable`).
 
     Raises:
         ConfigError: the document is invalid.
@@ -605,20 +607,6 @@ def _prepared(  # noqa: PLR0913 - what one validation needs, passed to a worker 
     config = build_config(raw, sections, origin=origin, previous=previous)
     arguments = {"config": config, "previous": previous}
     call_each(pm, "healkit_prepare", arguments, lambda *failure: failures.append(failure))
-    return config
-
-
-def _prepared_and_kept(  # noqa: PLR0913 - _prepared's arguments
-    pm: PluginManager,
-    raw: object,
-    sections: tuple[ConfigSection[Any], ...],
-    *,
-    origin: str,
-    previous: HealkitConfig | None,
-    failures: list[tuple[str, str, Exception]],
-) -> tuple[HealkitConfig, object]:
-    """:func:`_prepared`, and what the runtime keeps of ``raw`` (:func:`_keepable`)."""
-    config = _prepared(pm, raw, sections, origin=origin, previous=previous, failures=failures)
     return config, _keepable(raw)
 
 
