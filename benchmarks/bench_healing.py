@@ -64,7 +64,7 @@ from bench_pipeline import (
 )
 
 import healkit
-from healkit._routing import EndpointDown, EndpointReturned, Router
+from healkit._routing.plugin import EndpointDown, EndpointReturned, Router
 from healkit.testing import Fault, FaultServer, refused_url
 
 __all__ = ["run"]

@@ -5,7 +5,7 @@ Variants, each measured as ``await one()`` in a tight loop inside one event loop
 * ``baseline``: ``one`` is a trivial ``async def`` (the cost of the await itself);
 * ``execute[<set>]``: what ``healkit.Client`` does per call minus HTTP: read the
   runtime's config snapshot, build a fresh ``CallContext`` (the caller's anyio
-  deadline is read lazily, as in ``Client``) and run ``healkit._pipeline.execute``
+  deadline is read lazily, as in ``Client``) and run ``healkit._executor.execute``
   with a transport whose ``send`` returns a prebuilt ``healkit.Response`` without I/O;
 * ``resilient[<set>]``: a trivial ``async def`` decorated with
   ``@healkit.resilient(service=..., runtime=...)`` (adds the decorator's work:
@@ -55,7 +55,7 @@ from _plugins import (
 )
 
 import healkit
-from healkit._pipeline import execute
+from healkit._executor import execute
 from healkit_timeout import TimeoutPlugin
 
 __all__ = [

@@ -7,7 +7,7 @@ Two workloads, each a stream of calls that each name a key never seen before:
 * ``hosts``: 100,000 one-off hosts called by absolute URL (webhooks): service
   ``h<i>.test``, endpoint ``http://h<i>.test:9`` (a budget and a breaker each).
 
-Calls run the real pipeline (``healkit._pipeline.execute``, built as ``Client``
+Calls run the real pipeline (``healkit._executor.execute``, built as ``Client``
 builds it) with the standard plugin set (timeout, retry, breaker), and with the
 timeout plugin alone (no per-key state) for comparison, on the stub transport
 of ``bench_pipeline``: no socket is opened, because a socket per host would
@@ -37,7 +37,7 @@ from _plugins import names, standard_plugins
 from bench_pipeline import StubTransport, logs_dropped
 
 import healkit
-from healkit._pipeline import execute
+from healkit._executor import execute
 from healkit_timeout import TimeoutPlugin
 
 __all__ = ["run"]

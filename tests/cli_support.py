@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from healkit._cli import main
+from healkit._cli.entry import main
 from healkit.testing import EtcdServer
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import healkit
-from healkit import _routing
-from healkit._config import ServicePolicy
+from healkit._config.models import ServicePolicy
+from healkit._routing import plugin as _routing
 from healkit.etcd import EtcdSource
 from healkit.testing import EtcdServer, Fault, FaultServer
 

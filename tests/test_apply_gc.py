@@ -22,7 +22,7 @@ import msgspec
 import pytest
 
 import healkit
-from healkit._config_validate import fingerprint
+from healkit._config.validate import fingerprint
 
 pytestmark = pytest.mark.anyio
 

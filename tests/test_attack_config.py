@@ -23,7 +23,7 @@ import pytest
 
 import healkit
 from healkit import ConfigError, build_config
-from healkit._config_formats import parse_document
+from healkit._config.formats import parse_document
 from healkit.etcd import EtcdSource
 from healkit.testing import EtcdServer, FaultServer
 from healkit_timeout import TimeoutPlugin

@@ -8,10 +8,10 @@ import sys
 import pytest
 
 import healkit
-from healkit._cli import main
+from healkit._cli.entry import main
 
 
-@pytest.mark.parametrize("command", [["-m", "healkit"], ["-m", "healkit._cli"]])
+@pytest.mark.parametrize("command", [["-m", "healkit"], ["-m", "healkit._cli.entry"]])
 def test_python_dash_m_runs_the_command_line(command: list[str]) -> None:
     ran = subprocess.run(  # noqa: S603 - this interpreter, our own module
         [sys.executable, *command, "--version"], capture_output=True, text=True, check=False

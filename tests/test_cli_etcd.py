@@ -29,8 +29,8 @@ import msgspec
 import pytest
 import yaml
 
-from healkit._cli import main
-from healkit._cli_etcd import (
+from healkit._cli.entry import main
+from healkit._cli.etcd import (
     PushConflictError,
     canonical_json,
     commit,
@@ -38,8 +38,8 @@ from healkit._cli_etcd import (
     read_namespace,
     toml_dumps,
 )
-from healkit._fleet import EndpointView, InstanceView, ServiceView
 from healkit._plugins import create_plugin_manager
+from healkit._routing.fleet import EndpointView, InstanceView, ServiceView
 from healkit._runtime import config_sections
 from healkit.etcd import EtcdClient
 from healkit.testing import EtcdServer, refused_url
@@ -557,7 +557,7 @@ def test_watch_stops_after_its_timeout(
 
 
 def test_watch_ends_with_status_130_on_ctrl_c(server: EtcdServer, namespace: str) -> None:
-    command = [sys.executable, "-m", "healkit._cli", "config", "watch"]
+    command = [sys.executable, "-m", "healkit._cli.entry", "config", "watch"]
     env = {**os.environ, "HEALKIT_ETCD_ENDPOINTS": server.url, "HEALKIT_NAMESPACE": namespace}
     with subprocess.Popen(  # noqa: S603 - this interpreter, our own module
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True

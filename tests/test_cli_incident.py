@@ -17,7 +17,7 @@ import anyio
 import pytest
 import trustme
 
-from healkit._cli_etcd import UNDECODABLE
+from healkit._cli.etcd import UNDECODABLE
 from healkit.testing import EtcdServer, Fault, FaultServer, TcpProxy
 from tests.cli_support import Run, cli
 
@@ -29,7 +29,7 @@ async def cli_process(*argv: str) -> Run:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALKIT_")}
     with anyio.fail_after(DEADLINE):
         done = await anyio.run_process(
-            [sys.executable, "-m", "healkit._cli", *argv], check=False, env=env
+            [sys.executable, "-m", "healkit._cli.entry", *argv], check=False, env=env
         )
     return Run(done.returncode, done.stdout.decode(), done.stderr.decode())
 

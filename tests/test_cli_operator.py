@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from healkit._cli import _parser, main
+from healkit._cli.entry import _parser, main
 from healkit._plugins import installed_plugin_names
 from healkit.testing import EtcdServer, refused_url
 from tests.cli_support import cli, connect

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import healkit
-from healkit._cli import main
+from healkit._cli.entry import main
 from healkit.testing import Fault, FaultServer
 from healkit_timeout import SECTION, TimeoutPlugin
 

@@ -10,7 +10,7 @@ import pytest
 
 import healkit
 from healkit import ConfigError, HealkitError, build_config
-from healkit._config_formats import parse_document
+from healkit._config.formats import parse_document
 from healkit.etcd import EtcdClient, EtcdSource, etcd_prefix
 
 pytestmark = pytest.mark.anyio

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from msgspec import Meta, Struct
 
-from healkit._config_formats import format_for_path, load_file, parse_document
-from healkit._config_validate import check, join_path, merge, validate
+from healkit._config.formats import format_for_path, load_file, parse_document
+from healkit._config.validate import check, join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 
 FAST = settings(

@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 import healkit
-from healkit._config import CORE_TIMEOUTS
+from healkit._config.models import CORE_TIMEOUTS
 
 
 def slots(context: healkit.CallContext | healkit.AttemptContext) -> dict[str, object]:

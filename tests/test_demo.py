@@ -1,4 +1,4 @@
-"""Tests of ``healkit demo`` (healkit._demo): real upstream, real client, real time.
+"""Tests of ``healkit demo`` (healkit._demo.app): real upstream, real client, real time.
 
 The demo calls ``asyncio.run`` itself, so these are plain synchronous tests.
 Durations are short; no assertion depends on timing beyond "something happened".
@@ -17,9 +17,10 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 
 import healkit
-from healkit import _cli, _demo
+from healkit._cli import entry as _cli
 from healkit._client import Client
-from healkit._demo import SCENES, Scene, run_demo
+from healkit._demo import app as _demo
+from healkit._demo.app import SCENES, Scene, run_demo
 from healkit._plugins import BUILTIN_PLUGINS
 from healkit.testing import EtcdServer, Fault, capture_events, refused_url
 

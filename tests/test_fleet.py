@@ -14,7 +14,7 @@ import pytest
 
 import healkit
 from healkit._clock import SYSTEM_CLOCK
-from healkit._fleet import InstanceView
+from healkit._routing.fleet import InstanceView
 from healkit.etcd import EtcdClient, EtcdSource, WatchEvent
 from healkit.testing import EtcdServer, Fault, FaultServer, ManualClock, TcpProxy
 from healkit_breaker import BreakerPlugin

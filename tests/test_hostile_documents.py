@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 import healkit
 from healkit import ConfigError, DocumentLimits
-from healkit._config import build_config
-from healkit._config_formats import DocumentFormat, parse_document
+from healkit._config.formats import DocumentFormat, parse_document
+from healkit._config.models import build_config
 from healkit.testing import FaultServer
 from healkit_timeout import SECTION, TimeoutPlugin
 

@@ -56,7 +56,7 @@ def test_yaml_documents_need_the_extra_json_and_toml_do_not(tmp_path: Path) -> N
         """
         import json
         import healkit
-        from healkit._config_formats import load_file, parse_document
+        from healkit._config.formats import load_file, parse_document
 
         folder = sys.argv[1]
         results = {}
@@ -93,7 +93,7 @@ async def test_cli_format_yaml_needs_the_extra(tmp_path: Path, etcd_server: Etcd
     )
     connect = ["--endpoints", etcd_server.url, "--namespace", "noyaml"]
     code = """
-        from healkit._cli import main
+        from healkit._cli.entry import main
         sys.exit(main(sys.argv[1:]))
         """
     pushed = await anyio.run_process(

@@ -309,7 +309,7 @@ async def test_core_limits_apply_without_a_timeout_plugin() -> None:
     await healkit.resilient(service="svc", runtime=rt)(Flaky(0).__call__)()
     number, timeouts, _ = recorder.events[0][1]
     assert number == 1
-    assert timeouts == healkit._config.CORE_TIMEOUTS
+    assert timeouts == healkit._config.models.CORE_TIMEOUTS
     assert all(math.isfinite(v) for v in (timeouts.connect, timeouts.read, timeouts.total))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import healkit
-from healkit._cli import main
+from healkit._cli.entry import main
 from healkit.testing import FaultServer
 from healkit_example_plugin import REQUEST_ID, RequestIdPlugin
 from tests.plugins import RetryUpTo

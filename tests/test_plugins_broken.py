@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 import healkit
-from healkit._cli import main
+from healkit._cli.entry import main
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from healkit._demo import Scene, run_demo
+from healkit._demo.app import Scene, run_demo
 from healkit.testing import Fault
 
 NOISE = ("Error handling request", "Traceback")

@@ -133,7 +133,7 @@ def test_a_plugin_logger_is_under_healkit() -> None:
 def test_import_healkit_loads_no_console_renderer() -> None:
     # structlog loads rich (and rich pygments) when rich is installed: healkit imports neither.
     probe = "import sys, healkit; print(sorted(set(sys.argv[1:]) & set(sys.modules)))"
-    heavy = ["rich", "pygments", "structlog", "healkit._demo"]
+    heavy = ["rich", "pygments", "structlog", "healkit._demo.app"]
     done = subprocess.run(  # noqa: S603 - this interpreter, a script of ours
         [sys.executable, "-c", probe, *heavy],
         capture_output=True,
@@ -146,7 +146,11 @@ def test_import_healkit_loads_no_console_renderer() -> None:
 
 def test_the_demo_without_rich_says_which_extra_to_install() -> None:
     # rich absent (the `demo` extra not installed): a module set to None cannot be imported.
-    code = "import sys; sys.modules['rich'] = None\nfrom healkit._cli import main\nsys.exit(main())"
+    code = (
+        "import sys; sys.modules['rich'] = None\n"
+        "from healkit._cli.entry import main\n"
+        "sys.exit(main())"
+    )
     ran = subprocess.run(  # noqa: S603 - this interpreter, our own module
         [sys.executable, "-c", code, "demo", "--duration", "1"],
         capture_output=True,

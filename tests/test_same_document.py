@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from healkit._config_validate import same_document
+from healkit._config.validate import same_document
 
 
 @pytest.mark.parametrize(

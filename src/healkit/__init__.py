@@ -12,7 +12,8 @@ from importlib.metadata import version as _version
 from healkit._bounded import BoundedMap, EvictionReason, StateEvicted, StateSettings
 from healkit._client import AiohttpOptions, Client, RequestOptions
 from healkit._clock import Clock, MonotonicClock
-from healkit._config import (
+from healkit._config.formats import DocumentLimits
+from healkit._config.models import (
     ConfigChanges,
     ConfigSection,
     DeclaresEndpoints,
@@ -22,7 +23,7 @@ from healkit._config import (
     Timeouts,
     build_config,
 )
-from healkit._config_formats import DocumentLimits
+from healkit._config.sources import ConfigSink, ConfigSource, FileSource, InMemorySource
 from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
 from healkit._decorator import resilient
 from healkit._degraded import DegradedSettings
@@ -67,7 +68,6 @@ from healkit._outcome import AttemptRecord, Outcome, PathTaken, RedirectRecord
 from healkit._plugins import PluginInfo, create_plugin_manager, describe_plugins
 from healkit._response import OUTCOME_HEADER, Response
 from healkit._runtime import Runtime, current_runtime, default_runtime
-from healkit._sources import ConfigSink, ConfigSource, FileSource, InMemorySource
 from healkit._stash import Stash, StashKey
 from healkit._templates import DegradedTemplate
 from healkit.hookspecs import hookimpl

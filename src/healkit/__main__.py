@@ -2,6 +2,6 @@
 
 import sys
 
-from healkit._cli import main
+from healkit._cli.entry import main
 
 sys.exit(main())

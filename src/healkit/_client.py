@@ -19,11 +19,11 @@ from aiohttp.typedefs import LooseCookies, LooseHeaders
 from multidict import CIMultiDict
 
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config import HealkitConfig, ServicePolicy, url_problem, url_under
+from healkit._config.models import HealkitConfig, ServicePolicy, url_problem, url_under
 from healkit._context import CallContext
 from healkit._errors import ClientClosedError, RequestError
+from healkit._executor import execute
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
-from healkit._pipeline import execute
 from healkit._response import Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 

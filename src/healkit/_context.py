@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, Literal, final
 import anyio
 from multidict import CIMultiDict
 
-from healkit._config import CORE_TIMEOUTS, HealkitConfig, ServicePolicy, Timeouts
+from healkit._config.models import CORE_TIMEOUTS, HealkitConfig, ServicePolicy, Timeouts
 from healkit._outcome import AttemptRecord, PathTaken, RedirectRecord
 from healkit._stash import Stash
 

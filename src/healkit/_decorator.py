@@ -10,8 +10,8 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, final
 
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import CallError, RequestError
+from healkit._executor import Passthrough, execute
 from healkit._outcome import Outcome
-from healkit._pipeline import Passthrough, execute
 from healkit._runtime import Runtime, current_runtime, default_runtime
 
 __all__ = ["resilient"]

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Final, final
 
 import msgspec
 
-from healkit._config import ConfigSection, HealkitConfig, ServicePolicy
+from healkit._config.models import ConfigSection, HealkitConfig, ServicePolicy
 from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
 from healkit._errors import CircuitOpenError, DegradedModeError, HealkitError, HTTPStatusError
 from healkit._response import Response

@@ -29,7 +29,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict
 
-from healkit._config import CORE_TIMEOUTS, MAX_REDIRECTS, Timeouts, url_problem
+from healkit._config.models import CORE_TIMEOUTS, MAX_REDIRECTS, Timeouts, url_problem
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
@@ -43,7 +43,7 @@ from healkit._errors import (
 )
 from healkit._outcome import Outcome, RedirectRecord
 from healkit._response import CHUNK_SIZE, OUTCOME_HEADER, Response
-from healkit._routing import redirect_rules
+from healkit._routing.plugin import redirect_rules
 
 __all__ = [
     "REDIRECT_STATUSES",
@@ -453,7 +453,7 @@ def redirect_target(current: yarl.URL, location: str) -> yarl.URL | None:
     """Resolve a redirect's ``Location`` against the URL that sent it.
 
     Returns ``None`` when it is not an ``http``/``https`` URL with a host that
-    can be called (the rule of :func:`~healkit._config.url_problem`: a label of
+    can be called (the rule of :func:`~healkit._config.models.url_problem`: a label of
     64 characters would fail in the resolver, outside healkit's errors).
     Userinfo and fragment are dropped: credentials never come from an upstream.
     """

@@ -44,7 +44,7 @@ from typing import Final, final
 import aiohttp
 import yarl
 
-from healkit._config import ServicePolicy, url_problem, url_under
+from healkit._config.models import ServicePolicy, url_problem, url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     RedirectRefusedError,
@@ -53,6 +53,7 @@ from healkit._errors import (
     invalid_status,
     map_aiohttp_error,
 )
+from healkit._executor import execute
 from healkit._http import (
     IDEMPOTENT_METHODS,
     REDIRECT_STATUSES,
@@ -61,9 +62,8 @@ from healkit._http import (
     redirect_target,
 )
 from healkit._outcome import Outcome, RedirectRecord
-from healkit._pipeline import execute
 from healkit._response import Response
-from healkit._routing import redirect_rules
+from healkit._routing.plugin import redirect_rules
 from healkit._runtime import Runtime, current_runtime, default_runtime
 
 __all__ = ["ResilienceMiddleware"]

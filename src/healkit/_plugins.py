@@ -32,11 +32,11 @@ import msgspec
 import pluggy
 
 from healkit import hookspecs
-from healkit._config import ConfigSection
+from healkit._config.models import ConfigSection
 from healkit._degraded import DegradedResponses
 from healkit._errors import PluginError
 from healkit._plan import PER_CALL_HOOKS
-from healkit._routing import Router
+from healkit._routing.plugin import Router
 
 __all__ = [
     "BLOCK_ENV",

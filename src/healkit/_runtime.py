@@ -27,7 +27,7 @@ import pluggy
 
 from healkit import _log
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config import (
+from healkit._config.models import (
     CORE_TIMEOUTS,
     ConfigSection,
     HealkitConfig,
@@ -35,12 +35,12 @@ from healkit._config import (
     Timeouts,
     build_config,
 )
-from healkit._config_validate import fingerprint
+from healkit._config.sources import ConfigSource, FileSource, InMemorySource, PartialConfigSource
+from healkit._config.validate import fingerprint
 from healkit._errors import ConfigError, ConfigIssue, PluginError
 from healkit._offload import off_loop
 from healkit._plan import PER_CALL_HOOKS, CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
-from healkit._sources import ConfigSource, FileSource, InMemorySource, PartialConfigSource
 from healkit._stash import StashKey
 from healkit._timer import TimerWheels
 

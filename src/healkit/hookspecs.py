@@ -31,7 +31,7 @@ import pluggy
 if TYPE_CHECKING:
     import aiohttp
 
-    from healkit._config import ConfigSection, HealkitConfig, ServicePolicy, Timeouts
+    from healkit._config.models import ConfigSection, HealkitConfig, ServicePolicy, Timeouts
     from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
     from healkit._errors import HealkitError
     from healkit._outcome import Outcome

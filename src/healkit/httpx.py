@@ -51,7 +51,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from healkit._client import IDEMPOTENCY_HEADER
 from healkit._client import _address as address
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config import url_under
+from healkit._config.models import url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
@@ -68,9 +68,9 @@ from healkit._errors import (
     TLSError,
     invalid_status,
 )
+from healkit._executor import execute
 from healkit._http import IDEMPOTENT_METHODS, attempt_headers, join_url
 from healkit._outcome import Outcome
-from healkit._pipeline import execute
 from healkit._response import OUTCOME_HEADER, Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 

@@ -3,14 +3,14 @@
 Every failure, whatever the decoder, becomes a :class:`~healkit._errors.ConfigError`
 at path ``$`` with a one-line reason that carries the line and column when the
 decoder knows them; no decoder exception escapes. The result is only *decoded*:
-checking it against a model is :func:`healkit._config_validate.validate`'s job.
+checking it against a model is :func:`healkit._config.validate.validate`'s job.
 
 Format notes:
 
 - Text is UTF-8 (a leading byte order mark is tolerated); anything else is refused.
 - YAML needs PyYAML, the extra ``yaml`` (``pip install 'healkit[yaml]'``); without
   it a YAML document is a ConfigError saying so. It is loaded with PyYAML's
-  safe loader (see :mod:`healkit._config_yaml`): tags that
+  safe loader (see :mod:`healkit._config.yaml_format`): tags that
   would construct Python objects (``!!python/object``, ``!!python/name``...) are
   refused. YAML 1.1 rules apply (``on``/``off``/``yes``/``no`` are booleans),
   anchors, aliases and ``<<`` merge keys work, and a key repeated in one mapping
@@ -176,7 +176,7 @@ def parse_document(
     )
     if fmt == "yaml":
         require_yaml(origin)
-        from healkit._config_yaml import YAMLError  # noqa: PLC0415 - PyYAML: only for YAML
+        from healkit._config.yaml_format import YAMLError  # noqa: PLC0415 - PyYAML: only for YAML
 
         decode_errors = (*decode_errors, YAMLError)
     try:
@@ -270,7 +270,7 @@ def load_file(path: str | os.PathLike[str], *, limits: DocumentLimits = DEFAULT_
 def _decode(text: str, fmt: DocumentFormat, limits: DocumentLimits) -> object:
     """Run the decoder of ``fmt`` within ``limits``; decoder exceptions propagate."""
     if fmt == "yaml":
-        from healkit._config_yaml import load_yaml  # noqa: PLC0415 - PyYAML: only for YAML
+        from healkit._config.yaml_format import load_yaml  # noqa: PLC0415 - PyYAML: only for YAML
 
         return load_yaml(text, limits)
     document = _JSON_DECODER.decode(text.encode("utf-8")) if fmt == "json" else tomllib.loads(text)

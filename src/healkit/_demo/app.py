@@ -75,14 +75,14 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from healkit._cli.entry_logs import routed_logs
 from healkit._client import Client
-from healkit._entry_logs import routed_logs
 from healkit._errors import CircuitOpenError, HealkitError, OutcomeUnavailableError
-from healkit._etcd import EtcdClient
-from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource
 from healkit._outcome import AttemptRecord
 from healkit._plugins import create_plugin_manager, describe_plugins
 from healkit._runtime import Runtime, config_sections
+from healkit.etcd._client import EtcdClient
+from healkit.etcd._source import DEFAULT_PREFIX, EtcdSource
 from healkit.testing import Fault, FaultServer
 
 if TYPE_CHECKING:  # the plugin and SDK packages are imported only when a run needs them

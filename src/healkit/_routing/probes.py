@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal, final
 import aiohttp
 import msgspec
 
-from healkit._config import Seconds, Timeouts
+from healkit._config.models import Seconds, Timeouts
 
 __all__ = ["ProbeSettings", "probe"]
 

@@ -4,7 +4,7 @@
 
     healkit plugins [--json] [--check] [--block NAME ...]
     healkit config validate FILE|DIR [--json] [--block NAME ...]
-    healkit config push FILE|DIR [--dry-run] [--prune] [--json]     (etcd; see _cli_etcd)
+    healkit config push FILE|DIR [--dry-run] [--prune] [--json]     (etcd; see etcd.py)
     healkit config get [SERVICE] [--json | --format json|yaml|toml]
     healkit config diff FILE|DIR [--prune] [--json]
     healkit config watch [--count N] [--timeout SECONDS] [--json]
@@ -13,7 +13,7 @@
     healkit status [--json]
     healkit demo [--duration SECONDS] [--concurrency N] [--json] [--etcd ENDPOINTS] [--trace]
 
-Every command keeps the conventions of :mod:`healkit._cli_args`: data on
+Every command keeps the conventions of :mod:`healkit._cli.args`: data on
 stdout (one JSON document with ``--json``), problems on stderr after it, each
 line prefixed ``healkit:``, exit status 0 (ok), 1 (invalid or failed), 2
 (usage) or 130 (interrupted).
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from healkit._cli_args import (
+from healkit._cli.args import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -40,10 +40,10 @@ from healkit._cli_args import (
     positive_int,
     write_json,
 )
-from healkit._cli_etcd import add_commands as add_etcd_commands
-from healkit._cli_etcd import assemble, load_source, write_config_error
-from healkit._config import build_config
-from healkit._config_formats import load_file
+from healkit._cli.etcd import add_commands as add_etcd_commands
+from healkit._cli.etcd import assemble, load_source, write_config_error
+from healkit._config.formats import load_file
+from healkit._config.models import build_config
 from healkit._errors import ConfigError, EtcdError, PluginError
 from healkit._plugins import (
     check_plugin_sections,
@@ -254,7 +254,7 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     # The demo is an application on top of the library: its live view needs rich
     # (the `demo` extra), which the library never imports. Load it only here.
     try:
-        from healkit._demo import DemoError, run_demo  # noqa: PLC0415
+        from healkit._demo.app import DemoError, run_demo  # noqa: PLC0415
     except ModuleNotFoundError as missing:
         if missing.name != "rich":
             raise

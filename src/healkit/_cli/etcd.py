@@ -49,7 +49,7 @@ from typing import Any, Final, Literal, TextIO, final
 
 import msgspec
 
-from healkit._cli_args import (
+from healkit._cli.args import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -61,22 +61,22 @@ from healkit._cli_args import (
     positive_int,
     write_json,
 )
-from healkit._config import ConfigSection, build_config, name_problem, service_name_issues
-from healkit._config_formats import (
+from healkit._cli.entry_logs import routed_logs
+from healkit._config.formats import (
     format_for_path,
     load_file,
     parse_document,
     require_yaml,
 )
-from healkit._config_validate import join_path
-from healkit._entry_logs import routed_logs
+from healkit._config.models import ConfigSection, build_config, name_problem, service_name_issues
+from healkit._config.validate import join_path
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError
-from healkit._etcd import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
-from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource, etcd_prefix, key_role, stored_format
-from healkit._fleet import HEALTH, INSTANCES, InstanceView, parse_record_key
 from healkit._offload import off_loop
 from healkit._plugins import create_plugin_manager
+from healkit._routing.fleet import HEALTH, INSTANCES, InstanceView, parse_record_key
 from healkit._runtime import config_sections
+from healkit.etcd._client import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
+from healkit.etcd._source import DEFAULT_PREFIX, EtcdSource, etcd_prefix, key_role, stored_format
 
 __all__ = [
     "Change",
@@ -936,7 +936,7 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
 def _render(document: object, fmt: OutputFormat) -> str:
     if fmt == "yaml":
         require_yaml("--format yaml")
-        from healkit._config_yaml import dump_yaml  # noqa: PLC0415 - PyYAML: only for YAML
+        from healkit._config.yaml_format import dump_yaml  # noqa: PLC0415 - PyYAML: only for YAML
 
         return dump_yaml(document)
     if fmt == "toml":

@@ -60,14 +60,14 @@ from typing import Final, Literal, final
 import anyio
 import msgspec
 
-from healkit._config import name_problem
-from healkit._config_formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
-from healkit._config_validate import join_path, same_document
+from healkit._config.formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
+from healkit._config.models import name_problem
+from healkit._config.sources import ConfigSink
+from healkit._config.validate import join_path, same_document
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError, EtcdUnavailable
-from healkit._etcd import EtcdClient, EtcdWatch, KeyValue, WatchEvent
 from healkit._log import get_logger
 from healkit._offload import off_loop
-from healkit._sources import ConfigSink
+from healkit.etcd._client import EtcdClient, EtcdWatch, KeyValue, WatchEvent
 
 __all__ = [
     "EtcdSource",

@@ -52,7 +52,7 @@ import aiohttp
 import msgspec
 import yarl
 
-from healkit._config import (
+from healkit._config.models import (
     ConfigSection,
     Endpoint,
     HealkitConfig,
@@ -71,9 +71,9 @@ from healkit._errors import (
     TimeoutExceeded,
     TransportError,
 )
-from healkit._fleet import EndpointView, FleetHealth, FleetSettings, ServiceView
 from healkit._log import get_logger
-from healkit._probes import ProbeSettings, probe
+from healkit._routing.fleet import EndpointView, FleetHealth, FleetSettings, ServiceView
+from healkit._routing.probes import ProbeSettings, probe
 from healkit._stash import StashKey
 from healkit.hookspecs import hookimpl
 

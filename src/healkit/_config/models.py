@@ -46,7 +46,7 @@ import msgspec
 import yarl
 
 from healkit._bounded import StateSettings
-from healkit._config_validate import CHECK, fingerprint, join_path, merge, validate
+from healkit._config.validate import CHECK, fingerprint, join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._redact import Redactor
 from healkit._stash import Stash

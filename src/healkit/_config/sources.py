@@ -29,7 +29,7 @@ from typing import Protocol, final, runtime_checkable
 
 import anyio
 
-from healkit._config_formats import (
+from healkit._config.formats import (
     DEFAULT_LIMITS,
     DocumentLimits,
     format_for_path,

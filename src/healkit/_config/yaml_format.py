@@ -1,7 +1,7 @@
 """YAML documents: PyYAML's safe loader, composing within :class:`DocumentLimits`.
 
 Imported only when a YAML document is read or written (PyYAML is the optional
-extra ``yaml``): :func:`healkit._config_formats.require_yaml` says whether it
+extra ``yaml``): :func:`healkit._config.formats.require_yaml` says whether it
 is installed, with a :class:`~healkit._errors.ConfigError` telling how to
 install it when it is not.
 """
@@ -17,7 +17,7 @@ from yaml.composer import Composer
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from healkit._config_formats import (
+from healkit._config.formats import (
     _MAX_INT_BITS,
     MAX_INT_DIGITS,
     DocumentLimits,

@@ -9,7 +9,7 @@ The errors (:class:`~healkit.EtcdError` and its subclasses) are in ``healkit``
 with the rest of the error tree.
 """
 
-from healkit._etcd import (
+from healkit.etcd._client import (
     Compare,
     DeleteOp,
     DeleteResult,
@@ -28,7 +28,7 @@ from healkit._etcd import (
     WatchResponse,
     prefix_range_end,
 )
-from healkit._etcd_source import DEFAULT_PREFIX, EtcdSource, EtcdSourceStatus, etcd_prefix
+from healkit.etcd._source import DEFAULT_PREFIX, EtcdSource, EtcdSourceStatus, etcd_prefix
 
 __all__ = [
     "DEFAULT_PREFIX",
