@@ -265,6 +265,7 @@ class Observer:
             {
                 "at_s": round(self._stopwatch.elapsed(), 3),
                 "scene": self._scene(),
+                "endpoint": event.endpoint,
                 "from": was,
                 "to": now,
                 "reason": event.reason,
