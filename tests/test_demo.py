@@ -19,8 +19,12 @@ from anyio.from_thread import start_blocking_portal
 import healkit
 from healkit._cli import entry as _cli
 from healkit._client import Client
-from healkit._demo import app as _demo
-from healkit._demo.app import SCENES, Scene, run_demo
+from healkit._demo import pki as _pki
+from healkit._demo import scenes as _scenes
+from healkit._demo import telemetry as _telemetry
+from healkit._demo import traffic as _traffic
+from healkit._demo.app import run_demo
+from healkit._demo.scenes import SCENES, Scene, Upstreams
 from healkit._plugins import BUILTIN_PLUGINS
 from healkit.testing import EtcdServer, Fault, capture_events, refused_url
 
@@ -29,8 +33,13 @@ SCENE_NAMES = [scene.name for scene in SCENES]
 # Scenes without stalls, for tests that need a run but not the whole script:
 # every call ends within milliseconds, so the run ends on time.
 QUICK = (
-    Scene(name="ok", fraction=0.5, faults=(Fault.ok(),), description="fine"),
-    Scene(name="resets", fraction=0.5, faults=(Fault.reset(),), description="resets"),
+    Scene(name="ok", fraction=0.5, upstreams=Upstreams(faults=(Fault.ok(),)), description="fine"),
+    Scene(
+        name="resets",
+        fraction=0.5,
+        upstreams=Upstreams(faults=(Fault.reset(),)),
+        description="resets",
+    ),
 )
 
 
@@ -91,8 +100,8 @@ def test_json_summary_of_a_run() -> None:
     assert summary["by_path"]["primary"] > 0
     assert summary["statuses"]["200"] > 0
     if "timeout" in installed_plugins():
-        assert summary["timeouts"] == dict(_demo.TIMEOUTS)
-        assert summary["settings"]["timeout"] == dict(_demo.TIMEOUTS)
+        assert summary["timeouts"] == dict(_scenes.TIMEOUTS)
+        assert summary["settings"]["timeout"] == dict(_scenes.TIMEOUTS)
         # Stalls end in typed timeouts (or are answered by the fallback).
         assert all(
             issubclass(getattr(healkit, name), healkit.HealkitError)
@@ -108,27 +117,24 @@ def test_json_summary_of_a_run() -> None:
 
 
 OK = Fault.ok()
+BOTH_OK = Upstreams(faults=(OK,), fallback=OK)
 HEALING_SCENES = (
-    Scene(name="fine", fraction=0.15, faults=(OK,), description="fine", fallback=OK),
+    Scene(name="fine", fraction=0.15, upstreams=BOTH_OK, description="fine"),
     Scene(
         name="primary down",
         fraction=0.2,
-        faults=(Fault.status(503),),
+        upstreams=Upstreams(faults=(Fault.status(503),), down=True, fallback=OK),
         description="503, health check too",
-        down=True,
-        fallback=OK,
-        policy={"degraded": {"template": _demo.DEGRADED_TEMPLATE}},
+        policy={"degraded": {"template": _scenes.DEGRADED_TEMPLATE}},
     ),
-    Scene(name="healed", fraction=0.25, faults=(OK,), description="fine again", fallback=OK),
+    Scene(name="healed", fraction=0.25, upstreams=BOTH_OK, description="fine again"),
     Scene(
         name="all down",
         fraction=0.15,
-        faults=(Fault.reset(),),
+        upstreams=Upstreams(faults=(Fault.reset(),), down=True, fallback=Fault.reset()),
         description="both reset",
-        down=True,
-        fallback=Fault.reset(),
     ),
-    Scene(name="recovery", fraction=0.25, faults=(OK,), description="fine again", fallback=OK),
+    Scene(name="recovery", fraction=0.25, upstreams=BOTH_OK, description="fine again"),
 )
 
 
@@ -157,8 +163,8 @@ def test_failover_switch_back_and_degraded_in_the_summary() -> None:
 
 def test_a_table_gives_the_fallback_in_every_scene_or_none() -> None:
     mixed = (
-        Scene(name="a", fraction=0.5, faults=(OK,), description="a", fallback=OK),
-        Scene(name="b", fraction=0.5, faults=(OK,), description="b"),
+        Scene(name="a", fraction=0.5, upstreams=BOTH_OK, description="a"),
+        Scene(name="b", fraction=0.5, upstreams=Upstreams(faults=(OK,)), description="b"),
     )
     with pytest.raises(ValueError, match="every scene or in none"):
         run_demo(duration=1, concurrency=1, as_json=True, out=io.StringIO(), scenes=mixed)
@@ -237,20 +243,26 @@ def test_scene_table() -> None:
     assert len(set(SCENE_NAMES)) == len(SCENE_NAMES)
     assert all(scene.description for scene in SCENES)
     outage = next(scene for scene in SCENES if scene.name == "outage")
-    assert outage.play(timeouts=True)[0] == (Fault.blackhole(),)
+    assert outage.upstreams.play(timeouts=True) == (Fault.blackhole(),)
     # Without a plugin that sets short limits, nothing may hang.
-    assert outage.play(timeouts=False)[0] == (Fault.reset(),)
+    assert outage.upstreams.play(timeouts=False) == (Fault.reset(),)
+    assert outage.describe(timeouts=False) != outage.describe(timeouts=True)
     healthy = SCENES[0]
-    assert healthy.play(timeouts=False) == healthy.play(timeouts=True)
+    assert healthy.upstreams.play(timeouts=False) == healthy.upstreams.play(timeouts=True)
+    assert healthy.describe(timeouts=False) == healthy.describe(timeouts=True)
 
 
-@pytest.mark.parametrize(
-    ("fraction", "faults"),
-    [(0.0, (Fault.ok(),)), (1.5, (Fault.ok(),)), (0.5, ())],
-)
-def test_invalid_scene(fraction: float, faults: tuple[Fault, ...]) -> None:
+@pytest.mark.parametrize("fraction", [0.0, 1.5])
+def test_invalid_scene(fraction: float) -> None:
     with pytest.raises(ValueError, match="scene 'x'"):
-        Scene(name="x", fraction=fraction, faults=faults, description="d")
+        Scene(name="x", fraction=fraction, upstreams=Upstreams(faults=(OK,)), description="d")
+
+
+def test_upstreams_need_a_fault() -> None:
+    with pytest.raises(ValueError, match="at least one fault"):
+        Upstreams(faults=())
+    with pytest.raises(ValueError, match="at least one fault"):
+        Upstreams(faults=(OK,), core_faults=())
 
 
 @pytest.mark.parametrize(
@@ -259,7 +271,11 @@ def test_invalid_scene(fraction: float, faults: tuple[Fault, ...]) -> None:
         {"duration": 0.0},
         {"duration": math.inf},
         {"concurrency": 0},
-        {"scenes": (Scene(name="x", fraction=0.5, faults=(Fault.ok(),), description="d"),)},
+        {
+            "scenes": (
+                Scene(name="x", fraction=0.5, upstreams=Upstreams(faults=(OK,)), description="d"),
+            )
+        },
         {"scenes": ()},
     ],
 )
@@ -276,8 +292,13 @@ def test_invalid_arguments(kwargs: dict[str, Any]) -> None:
 
 def test_custom_scene_table() -> None:
     scenes = (
-        Scene(name="ok", fraction=0.5, faults=(Fault.ok(),), description="fine"),
-        Scene(name="teapot", fraction=0.5, faults=(Fault.status(418),), description="tea"),
+        Scene(name="ok", fraction=0.5, upstreams=Upstreams(faults=(OK,)), description="fine"),
+        Scene(
+            name="teapot",
+            fraction=0.5,
+            upstreams=Upstreams(faults=(Fault.status(418),)),
+            description="tea",
+        ),
     )
     out = io.StringIO()
 
@@ -293,15 +314,20 @@ def test_custom_scene_table() -> None:
 
 def test_percentile_is_exact_nearest_rank() -> None:
     values = sorted(float(n) for n in range(1, 101))
-    assert _demo._percentile(values, 0.5) == 50.0
-    assert _demo._percentile(values, 0.99) == 99.0
-    assert _demo._percentile([3.0], 0.99) == 3.0
-    assert _demo._percentile([], 0.5) is None
+    assert _traffic.percentile(values, 0.5) == 50.0
+    assert _traffic.percentile(values, 0.99) == 99.0
+    assert _traffic.percentile([3.0], 0.99) == 3.0
+    assert _traffic.percentile([], 0.5) is None
 
 
 BREAKER_SCENES = (
-    Scene(name="storm", fraction=0.4, faults=(Fault.status(503),), description="503s"),
-    Scene(name="healed", fraction=0.6, faults=(Fault.ok(),), description="fine"),
+    Scene(
+        name="storm",
+        fraction=0.4,
+        upstreams=Upstreams(faults=(Fault.status(503),)),
+        description="503s",
+    ),
+    Scene(name="healed", fraction=0.6, upstreams=Upstreams(faults=(OK,)), description="fine"),
 )
 
 
@@ -313,7 +339,7 @@ def test_a_503_storm_trips_the_breaker_and_a_probe_closes_it() -> None:
 
     assert status == 0
     summary = json.loads(out.getvalue())
-    assert summary["settings"]["breaker"] == dict(_demo.BREAKER)
+    assert summary["settings"]["breaker"] == dict(_scenes.BREAKER)
     moves = [(t["from"], t["to"]) for t in summary["breaker_transitions"]]
     assert moves[0] == ("closed", "open")
     assert moves[-1] == ("half_open", "closed")
@@ -325,18 +351,18 @@ def test_a_503_storm_trips_the_breaker_and_a_probe_closes_it() -> None:
     assert storm["errors_by_type"]["CircuitOpenError"] > 0
     assert summary["by_scene"]["healed"]["statuses"]["200"] > 0
     if "retry" in installed_plugins():
-        assert summary["settings"]["retry"] == dict(_demo.RETRY)
+        assert summary["settings"]["retry"] == dict(_scenes.RETRY)
         assert storm["retries"] > 0  # the 503s before the trip were retried
 
 
 POLICY_SCENES = (
-    Scene(name="ok", fraction=0.5, faults=(Fault.ok(),), description="fine"),
+    Scene(name="ok", fraction=0.5, upstreams=Upstreams(faults=(OK,)), description="fine"),
     Scene(
         name="down",
         fraction=0.5,
-        faults=(Fault.reset(),),
+        upstreams=Upstreams(faults=(Fault.reset(),)),
         description="resets; the operator adds a degraded response",
-        policy={"degraded": {"template": _demo.DEGRADED_TEMPLATE}},
+        policy={"degraded": {"template": _scenes.DEGRADED_TEMPLATE}},
     ),
 )
 
@@ -401,15 +427,15 @@ def test_cli_demo_with_an_unreachable_etcd_fails_clearly(
 # -- the TLS scene ---------------------------------------------------------------------
 
 TLS_SCENES = (
-    Scene(name="before", fraction=0.3, faults=(Fault.ok(),), description="A"),
+    Scene(name="before", fraction=0.3, upstreams=Upstreams(faults=(OK,)), description="A"),
     Scene(
         name="rotation",
         fraction=0.4,
-        faults=(Fault.ok(),),
+        upstreams=Upstreams(faults=(OK,)),
         description="A -> B",
         rotate_client_certificate=True,
     ),
-    Scene(name="after", fraction=0.3, faults=(Fault.ok(),), description="B"),
+    Scene(name="after", fraction=0.3, upstreams=Upstreams(faults=(OK,)), description="B"),
 )
 
 
@@ -443,7 +469,7 @@ def test_the_client_certificate_is_rotated_mid_traffic_without_a_failure() -> No
     assert sum(tls["presented"].values()) == summary["requests"]
     assert tls["rejected_material"] == 0
     # The service used HTTPS and the generated files, which are gone now.
-    assert summary["settings"]["tls"]["reload_interval"] == _demo.TLS_RELOAD_INTERVAL
+    assert summary["settings"]["tls"]["reload_interval"] == _pki.TLS_RELOAD_INTERVAL
     assert not Path(summary["settings"]["tls"]["ca_file"]).exists()
 
 
@@ -476,7 +502,7 @@ TRACE_SCENES = (
     Scene(
         name="flaky",
         fraction=1.0,
-        faults=(Fault.status(503), Fault.ok(), Fault.ok(), Fault.ok()),
+        upstreams=Upstreams(faults=(Fault.status(503), OK, OK, OK)),
         description="1 response in 4 is a 503",
     ),
 )
@@ -554,7 +580,7 @@ def test_histogram_quantile_interpolates_within_a_bucket() -> None:
     bounds = (0.005, 0.01, 0.025)
     # 10 values in (0.005, 0.01], 10 in (0.01, 0.025]; smallest 0.006, largest 0.02.
     buckets = (0, 10, 10, 0)
-    assert _demo._histogram_quantile(bounds, buckets, 0.5, 0.006, 0.02) == 0.01
-    assert math.isclose(_demo._histogram_quantile(bounds, buckets, 0.25, 0.006, 0.02), 0.008)
-    assert _demo._histogram_quantile(bounds, buckets, 1.0, 0.006, 0.02) == 0.02
-    assert _demo._histogram_quantile(bounds, (0, 0, 0, 0), 0.5, math.inf, -math.inf) is None
+    assert _telemetry.histogram_quantile(bounds, buckets, 0.5, 0.006, 0.02) == 0.01
+    assert math.isclose(_telemetry.histogram_quantile(bounds, buckets, 0.25, 0.006, 0.02), 0.008)
+    assert _telemetry.histogram_quantile(bounds, buckets, 1.0, 0.006, 0.02) == 0.02
+    assert _telemetry.histogram_quantile(bounds, (0, 0, 0, 0), 0.5, math.inf, -math.inf) is None

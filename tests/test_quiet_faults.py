@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from healkit._demo.app import Scene, run_demo
+from healkit._demo.app import run_demo
+from healkit._demo.scenes import Scene, Upstreams
 from healkit.testing import Fault
 
 NOISE = ("Error handling request", "Traceback")
@@ -21,8 +22,9 @@ def test_the_demo_screen_shows_no_server_traceback(
     trickle = Scene(
         name="trickle",
         fraction=1.0,
-        faults=(Fault.slow_body(8, 0.2, chunk=b"x" * 256),),
-        core_faults=(Fault.ok(),),
+        upstreams=Upstreams(
+            faults=(Fault.slow_body(8, 0.2, chunk=b"x" * 256),), core_faults=(Fault.ok(),)
+        ),
         description="a body trickles in",
     )
     out = io.StringIO()

@@ -1,4 +1,47 @@
 """``healkit demo``: an application built on healkit, not part of the library.
 
-Nothing in the library imports this package; the CLI imports it lazily.
+Nothing in the library imports this package; the CLI imports it lazily. Its
+modules, each a concern of the demo:
+
+- :mod:`.scenes`: what each scene does to the upstreams and to the configuration (data);
+- :mod:`.pki`: the demo's certificates;
+- :mod:`.traffic`: the load generator and its counters;
+- :mod:`.telemetry`: what the demo observes (typed events through ``healkit_event``,
+  the OpenTelemetry SDK in memory with ``--trace``);
+- :mod:`.view`: the live view with rich, the summary (table or JSON);
+- :mod:`.app`: :func:`~healkit._demo.app.run_demo`, which wires them.
 """
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeAlias, final
+
+__all__ = ["DemoError", "Say", "Stopwatch"]
+
+Say: TypeAlias = Callable[[str, str], None]
+"""Shows a notable moment of the run: its text, and a rich style (``""``: plain)."""
+
+
+class DemoError(Exception):
+    """The demo cannot run as asked: an option needs a package that is missing or blocked."""
+
+
+@final
+class Stopwatch:
+    """When the run started (``time.monotonic()``), shared by the parts that time it."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        """Start now; :meth:`start` again when the scenes start playing."""
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        """Start again from now."""
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds since the start."""
+        return time.monotonic() - self.started
