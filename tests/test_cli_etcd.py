@@ -29,15 +29,10 @@ import msgspec
 import pytest
 import yaml
 
+from healkit._cli.documents import canonical_json, read_namespace
 from healkit._cli.entry import main
-from healkit._cli.etcd import (
-    PushConflictError,
-    canonical_json,
-    commit,
-    plan_push,
-    read_namespace,
-    toml_dumps,
-)
+from healkit._cli.push import PushConflictError, commit, plan_push
+from healkit._cli.toml_writer import toml_dumps
 from healkit._plugins import create_plugin_manager
 from healkit._routing.fleet import EndpointView, InstanceView, ServiceView
 from healkit._runtime import config_sections
