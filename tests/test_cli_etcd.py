@@ -38,7 +38,7 @@ from healkit._routing.fleet import EndpointView, InstanceView, ServiceView
 from healkit._runtime import config_sections
 from healkit.etcd import EtcdClient
 from healkit.testing import EtcdServer, refused_url
-from tests.cli_support import cli, connect
+from tests.cli_support import cli, connect, interruptible_child
 
 T = TypeVar("T")
 DEADLINE = 20.0
@@ -554,9 +554,7 @@ def test_watch_stops_after_its_timeout(
 def test_watch_ends_with_status_130_on_ctrl_c(server: EtcdServer, namespace: str) -> None:
     command = [sys.executable, "-m", "healkit._cli.entry", "config", "watch"]
     env = {**os.environ, "HEALKIT_ETCD_ENDPOINTS": server.url, "HEALKIT_NAMESPACE": namespace}
-    with subprocess.Popen(  # noqa: S603 - this interpreter, our own module
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
-    ) as process:
+    with interruptible_child(command, env) as process:
         assert process.stdout is not None
         assert process.stdout.readline().startswith(f"watching {root(namespace)}")
         process.send_signal(signal.SIGINT)
