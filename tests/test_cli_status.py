@@ -102,3 +102,27 @@ async def test_status_text_says_the_primary_group_is_tried_when_every_endpoint_i
     )
     assert "service payments (quorum 1):" in run.out
     assert "traffic now: nowhere healthy (the primary group is tried anyway)" in run.out
+
+
+async def test_status_fleet_view_holds_the_valid_documents_only(
+    etcd_server: EtcdServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with etcd_server.client() as etcd:
+        await etcd.put(ROOT + "services/payments", json.dumps({"endpoints": ["http://a.internal"]}))
+        await etcd.put(ROOT + "services/broken", json.dumps({"endpoints": ["ftp://b.internal"]}))
+        run: Run = await anyio.to_thread.run_sync(
+            lambda: cli(capsys, "status", "--json", *connect(etcd_server, NAMESPACE))
+        )
+        assert run.status == 1
+        fleet = json.loads(run.out)["fleet"]
+        assert list(fleet) == ["payments"]
+        assert fleet["payments"]["quorum"] is None  # no fleet health: reports do not count
+        assert fleet["payments"]["traffic"] == {"group": 0, "endpoints": ["http://a.internal"]}
+
+        # Invalid defaults: instances keep what they applied last, which etcd no longer shows.
+        await etcd.put(ROOT + "defaults", json.dumps({"routing": {"fleet": {"quorum": 0}}}))
+        run = await anyio.to_thread.run_sync(
+            lambda: cli(capsys, "status", "--json", *connect(etcd_server, NAMESPACE))
+        )
+        assert run.status == 1
+        assert json.loads(run.out)["fleet"] == {}

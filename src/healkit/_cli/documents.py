@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any, Final, final
 
 from healkit._config.formats import format_for_path, load_file, parse_document
-from healkit._config.models import ConfigSection, build_config, service_name_issues
+from healkit._config.models import (
+    ConfigSection,
+    HealkitConfig,
+    build_config,
+    service_name_issues,
+)
 from healkit._config.validate import join_path
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._plugins import create_plugin_manager
@@ -39,9 +44,7 @@ __all__ = [
     "check_after",
     "check_namespace",
     "decode_stored",
-    "key_of_path",
     "load_source",
-    "path_of",
     "plugin_sections",
     "read_namespace",
     "service_names",
@@ -98,15 +101,16 @@ def decode_stored(data: str | bytes, origin: str) -> object:
     return parse_document(data, fmt=stored_format(data), origin=origin)
 
 
-def path_of(key: str) -> str:
+def _path_of(key: str) -> str:
+    """Return where the document of ``key`` lies in the whole document (``$.services.x``)."""
     kind, service, _ = key_role(key)
     return "$.defaults" if kind == "defaults" else join_path("$.services", service)
 
 
-def key_of_path(path: str, keys: Iterable[str]) -> str | None:
+def _key_of_path(path: str, keys: Iterable[str]) -> str | None:
     """Return the key among ``keys`` whose document ``path`` lies in, or ``None``."""
     for key in keys:
-        where = path_of(key)
+        where = _path_of(key)
         if path == where or path.startswith((f"{where}.", f"{where}[")):
             return key
     return None
@@ -180,7 +184,7 @@ def _load_directory(path: Path) -> dict[str, object]:
         key = DEFAULTS if file.stem == DEFAULTS else f"{SERVICES}{file.stem}"
         if key in origins:
             issues.append(
-                ConfigIssue(path_of(key), f"both {origins[key].name} and {file.name} define it")
+                ConfigIssue(_path_of(key), f"both {origins[key].name} and {file.name} define it")
             )
             continue
         origins[key] = file
@@ -231,14 +235,14 @@ def check_after(
         try:
             documents[key] = decode_stored(data, state.root + key)
         except ConfigError as error:
-            issues += [ConfigIssue(path_of(key), i.reason) for i in error.issues]
+            issues += [ConfigIssue(_path_of(key), i.reason) for i in error.issues]
     try:
         build_config(assemble(documents), sections, origin=state.root)
     except ConfigError as error:
         issues += error.issues
     if issues:
         keys = [k for k in {*state.keys, *changed} if key_role(k)[0] in {"defaults", "service"}]
-        unchanged = [i for i in issues if key_of_path(i.path, keys) not in changed]
+        unchanged = [i for i in issues if _key_of_path(i.path, keys) not in changed]
         marked = [
             ConfigIssue(i.path, f"{i.reason} (in etcd, not in the pushed document)")
             if i in unchanged
@@ -262,14 +266,28 @@ class NamespaceCheck:
     """The decoded document of each key that decodes (relative keys)."""
     problems: dict[str, list[ConfigIssue]]
     """The issues of each key (``""``: issues no single key explains)."""
+    config: HealkitConfig | None
+    """The configuration of the defaults and service documents that decode, if valid."""
 
-    def in_force(self) -> dict[str, object]:
-        """Return the defaults and service documents that instances apply: those without issues."""
-        return {
+    def in_force(self, sections: Sequence[ConfigSection[Any]]) -> HealkitConfig | None:
+        """Return the configuration instances apply: every document without issues.
+
+        ``None`` when the defaults have issues: instances then keep a
+        configuration that etcd no longer shows.
+        """
+        if self.config is not None:
+            return self.config
+        if self.problems.get(DEFAULTS):
+            return None
+        valid = {
             key: document
             for key, document in self.documents.items()
             if key_role(key)[0] in {"defaults", "service"} and not self.problems.get(key)
         }
+        try:
+            return build_config(assemble(valid), sections)
+        except ConfigError:  # issues no single key explains: listed as the namespace's
+            return None
 
 
 def check_namespace(
@@ -284,7 +302,11 @@ def check_namespace(
         except ConfigError as error:
             problems.setdefault(key, []).extend(error.issues)
     base = {k: v for k, v in decoded.items() if key_role(k)[0] in {"defaults", "service"}}
-    _attribute(build_issues(assemble(base), sections), base, problems)
+    config: HealkitConfig | None = None
+    try:
+        config = build_config(assemble(base), sections)
+    except ConfigError as error:
+        _attribute(error.issues, base, problems)
     channels = sorted({key_role(k)[2] for k in decoded if key_role(k)[0] == "overlay"})
     for channel in channels:
         overlays = {
@@ -299,10 +321,10 @@ def check_namespace(
                 merged[key] = {**below, **overlay}
         found = build_issues(assemble(merged), sections)
         for issue in found:
-            target = key_of_path(issue.path, overlays)
+            target = _key_of_path(issue.path, overlays)
             if target is not None:
                 problems.setdefault(f"channels/{channel}/{target}", []).append(issue)
-    return NamespaceCheck(documents=decoded, problems=problems)
+    return NamespaceCheck(documents=decoded, problems=problems, config=config)
 
 
 def build_issues(document: object, sections: Sequence[ConfigSection[Any]]) -> list[ConfigIssue]:
@@ -320,5 +342,5 @@ def _attribute(
     problems: dict[str, list[ConfigIssue]],
 ) -> None:
     for issue in issues:
-        key = key_of_path(issue.path, documents)
+        key = _key_of_path(issue.path, documents)
         problems.setdefault(key if key is not None else "", []).append(issue)

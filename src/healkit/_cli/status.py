@@ -33,15 +33,13 @@ from healkit._cli.args import (
 )
 from healkit._cli.connection import Connection, etcd_command
 from healkit._cli.documents import (
-    NamespaceCheck,
     NamespaceState,
-    assemble,
     check_namespace,
     plugin_sections,
     read_namespace,
 )
-from healkit._config.models import ConfigSection, HealkitConfig, build_config
-from healkit._errors import ConfigError, ConfigIssue
+from healkit._config.models import ConfigSection, HealkitConfig
+from healkit._errors import ConfigIssue
 from healkit._routing.fleet import (
     HEALTH,
     INSTANCES,
@@ -265,23 +263,13 @@ def build_report(  # noqa: PLR0913 - the parts of one read of etcd
         valid=not whole and all(d.valid for d in documents),
         issues=whole,
         documents=documents,
-        fleet=_fleet(_in_force(checked, sections), _reports(state.root, health), views),
+        fleet=_fleet(checked.in_force(sections), _reports(state.root, health), views),
         unreadable_instance_records=unreadable,
     )
 
 
 def _issues(issues: Sequence[ConfigIssue]) -> tuple[Issue, ...]:
     return tuple(Issue(path=i.path, reason=i.reason) for i in issues)
-
-
-def _in_force(
-    checked: NamespaceCheck, sections: Sequence[ConfigSection[Any]]
-) -> HealkitConfig | None:
-    """Return the configuration instances apply: the valid documents (``None``: none is)."""
-    try:
-        return build_config(assemble(checked.in_force()), sections)
-    except ConfigError:  # invalid defaults: instances keep what they had; it is listed above
-        return None
 
 
 def _reports(root: str, kvs: Sequence[KeyValue]) -> dict[tuple[str, str], list[str]]:
