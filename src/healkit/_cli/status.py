@@ -38,7 +38,7 @@ from healkit._cli.documents import (
     plugin_sections,
     read_namespace,
 )
-from healkit._config.models import ConfigSection, HealkitConfig
+from healkit._config.models import ConfigSection, HealkitConfig, ServicePolicy
 from healkit._errors import ConfigIssue
 from healkit._routing.fleet import (
     HEALTH,
@@ -303,55 +303,64 @@ def _fleet(
     reports: Mapping[tuple[str, str], Sequence[str]],
     views: Sequence[InstanceView],
 ) -> dict[str, ServiceHealth]:
-    """Per service: its endpoint groups, who reports each endpoint out, where traffic goes.
-
-    The groups and the quorum are the validated policy's (defaults merged, endpoints
-    normalized as the router keeps them); the group is the router's choice when the
-    endpoints reported out by ``quorum`` instances or more are avoided.
-    """
+    """Return the fleet's view of each service of ``config`` (none without a configuration)."""
     if config is None:
         return {}
-    fleet: dict[str, ServiceHealth] = {}
-    for name, policy in config.services.items():
-        try:
-            settings = policy.section(ROUTING)
-        except KeyError:  # the routing plugin is blocked: its defaults
-            settings = ROUTING.default()
-        groups = endpoint_groups(policy, settings)
-        quorum = None if settings.fleet is None else settings.fleet.quorum
+    return {
+        name: _service_health(name, policy, reports, views)
+        for name, policy in config.services.items()
+    }
 
-        def usable(endpoint: str, name: str = name, quorum: int | None = quorum) -> bool:
-            return quorum is None or len(reports.get((name, endpoint), ())) < quorum
 
-        served = serving_group(groups, usable)
-        seen = (
-            InstanceSeen(
-                instance=view.instance,
-                updated=view.updated,
-                endpoints=mine.endpoints,
-                traffic_group=mine.traffic_group,
-                traffic=mine.traffic,
+def _service_health(
+    name: str,
+    policy: ServicePolicy,
+    reports: Mapping[tuple[str, str], Sequence[str]],
+    views: Sequence[InstanceView],
+) -> ServiceHealth:
+    """Return a service's endpoint groups, who reports each endpoint out, where traffic goes.
+
+    The groups and the quorum are the validated policy's (defaults merged,
+    endpoints normalized as the router keeps them); the group is the router's
+    choice when the endpoints reported out by ``quorum`` instances or more
+    are avoided.
+    """
+    try:
+        settings = policy.section(ROUTING)
+    except KeyError:  # the routing plugin is blocked: its defaults
+        settings = ROUTING.default()
+    groups = endpoint_groups(policy, settings)
+    quorum = None if settings.fleet is None else settings.fleet.quorum
+
+    def usable(endpoint: str) -> bool:
+        return quorum is None or len(reports.get((name, endpoint), ())) < quorum
+
+    served = serving_group(groups, usable)
+    seen = (
+        InstanceSeen(
+            instance=view.instance,
+            updated=view.updated,
+            endpoints=mine.endpoints,
+            traffic_group=mine.traffic_group,
+            traffic=mine.traffic,
+        )
+        for view in views
+        if (mine := view.services.get(name)) is not None
+    )
+    return ServiceHealth(
+        quorum=quorum,
+        endpoints=tuple(
+            EndpointReports(
+                endpoint=endpoint,
+                group=index,
+                reported_out_by=tuple(sorted(reports.get((name, endpoint), ()))),
             )
-            for view in views
-            if (mine := view.services.get(name)) is not None
-        )
-        fleet[name] = ServiceHealth(
-            quorum=quorum,
-            endpoints=tuple(
-                EndpointReports(
-                    endpoint=endpoint,
-                    group=index,
-                    reported_out_by=tuple(sorted(reports.get((name, endpoint), ()))),
-                )
-                for index, group in enumerate(groups)
-                for endpoint in group
-            ),
-            traffic=None
-            if served is None
-            else Traffic(group=served[0], endpoints=tuple(served[1])),
-            instances=tuple(sorted(seen, key=lambda entry: entry.instance)),
-        )
-    return fleet
+            for index, group in enumerate(groups)
+            for endpoint in group
+        ),
+        traffic=None if served is None else Traffic(group=served[0], endpoints=tuple(served[1])),
+        instances=tuple(sorted(seen, key=lambda entry: entry.instance)),
+    )
 
 
 # -- text ----------------------------------------------------------------------------------
