@@ -13,10 +13,7 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,15 +26,10 @@ import msgspec
 import pytest
 import yaml
 
+from healkit._cli.documents import canonical_json, read_namespace
 from healkit._cli.entry import main
-from healkit._cli.etcd import (
-    PushConflictError,
-    canonical_json,
-    commit,
-    plan_push,
-    read_namespace,
-    toml_dumps,
-)
+from healkit._cli.push import PushConflictError, commit, plan_push
+from healkit._cli.toml_writer import toml_dumps
 from healkit._plugins import create_plugin_manager
 from healkit._routing.fleet import EndpointView, InstanceView, ServiceView
 from healkit._runtime import config_sections
@@ -554,24 +546,6 @@ def test_watch_stops_after_its_timeout(
         run.out == f"watching {root(namespace)} from revision {run.out.split()[-2][:-1]}: valid\n"
     )
     assert "stopped after 0.05 s" in run.err
-
-
-def test_watch_ends_with_status_130_on_ctrl_c(server: EtcdServer, namespace: str) -> None:
-    command = [sys.executable, "-m", "healkit._cli.entry", "config", "watch"]
-    env = {**os.environ, "HEALKIT_ETCD_ENDPOINTS": server.url, "HEALKIT_NAMESPACE": namespace}
-    with subprocess.Popen(  # noqa: S603 - this interpreter, our own module
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
-    ) as process:
-        assert process.stdout is not None
-        assert process.stdout.readline().startswith(f"watching {root(namespace)}")
-        process.send_signal(signal.SIGINT)
-        try:
-            _, err = process.communicate(timeout=DEADLINE)
-        except subprocess.TimeoutExpired:
-            process.kill()  # never leave the with block waiting for a hung child
-            raise
-    assert process.returncode == 130
-    assert err == "healkit: interrupted\n"
 
 
 # -- status ------------------------------------------------------------------------------------

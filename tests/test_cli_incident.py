@@ -17,7 +17,7 @@ import anyio
 import pytest
 import trustme
 
-from healkit._cli.etcd import UNDECODABLE
+from healkit._cli.get import UNDECODABLE
 from healkit.testing import EtcdServer, Fault, FaultServer, TcpProxy
 from tests.cli_support import Run, cli
 

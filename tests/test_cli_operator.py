@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 from healkit._cli.entry import _parser, main
 from healkit._plugins import installed_plugin_names
 from healkit.testing import EtcdServer, refused_url
-from tests.cli_support import cli, connect
+from tests.cli_support import cli, connect, interruptible_child
 from tests.test_cli_etcd import Lines
 
 PAYMENTS = {"endpoints": ["https://payments.internal:8443"], "retry": {"attempts": 3}}
@@ -424,12 +423,8 @@ def test_ctrl_c_in_a_command_without_etcd_is_one_line_and_status_130(tmp_path: P
     fifo = tmp_path / "stuck.toml"
     os.mkfifo(fifo)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALKIT_")}
-    child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "healkit", "config", "validate", str(fifo)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    child = interruptible_child(
+        [sys.executable, "-m", "healkit", "config", "validate", str(fifo)], env
     )
     writers: list[int] = []
     # Opening a FIFO for writing returns once the reader has opened it: then the

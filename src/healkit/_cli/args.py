@@ -18,12 +18,14 @@ import argparse
 import difflib
 import math
 import re
-from collections.abc import Iterable
-from typing import Final, NoReturn, TextIO
+from collections.abc import Callable, Iterable
+from typing import Final, NoReturn, TextIO, TypeAlias
 
 import msgspec
 import yarl
 
+from healkit._config.models import name_problem
+from healkit._errors import ConfigError
 from healkit._plugins import installed_plugin_names
 
 __all__ = [
@@ -31,13 +33,21 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "BlockOption",
+    "CommandError",
+    "Commands",
     "UsageParser",
     "close_names",
     "etcd_endpoints",
+    "json_option",
     "json_text",
+    "one_line",
     "plugin_name",
+    "plural",
     "positive_float",
     "positive_int",
+    "service_name",
+    "write_config_error",
     "write_json",
 ]
 
@@ -50,7 +60,17 @@ EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 """Interrupted (Ctrl-C)."""
 
+# argparse gives the type of add_subparsers() no public name.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # noqa: SLF001
+"""What ``add_subparsers`` returns: a command module adds its parsers to it."""
+BlockOption = Callable[[argparse.ArgumentParser], None]
+"""Adds ``--block NAME`` (plugins not to load) to a parser."""
+
 _PLUGIN_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class CommandError(Exception):
+    """A failure the command reports as one line on stderr (exit status 1)."""
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -122,6 +142,14 @@ def _endpoint_problem(endpoint: str) -> str | None:
     return None
 
 
+def service_name(text: str) -> str:
+    """Return ``text`` if it is a valid service name (the configuration's rule), else fail."""
+    problem = name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"invalid service name {text!r}: {problem}")
+    return text
+
+
 def plugin_name(text: str) -> str:
     """Return ``text`` if a plugin of that name is installed (built-in or entry point).
 
@@ -163,3 +191,28 @@ def json_text(document: object, *, indent: int = 2) -> str:
 def write_json(out: TextIO, document: object) -> None:
     """Write ``document`` to ``out`` as one JSON document (two-space indent, final newline)."""
     out.write(json_text(document))
+
+
+def json_option(parser: argparse.ArgumentParser, text: str) -> None:
+    """Add ``--json`` to ``parser``, with ``text`` as its help."""
+    parser.add_argument("--json", action="store_true", help=text)
+
+
+def write_config_error(err: TextIO, error: ConfigError) -> None:
+    """Write one line for one issue; else a line saying how many, then one line per issue."""
+    where = f"{error.origin}: " if error.origin else ""
+    if len(error.issues) == 1:
+        err.write(f"healkit: {where}{error.path}: {error.reason}\n")
+        return
+    err.write(f"healkit: {where}invalid ({len(error.issues)} problems):\n")
+    err.writelines(f"  {issue.path}: {issue.reason}\n" for issue in error.issues)
+
+
+def one_line(text: str) -> str:
+    """Return ``text`` with every run of whitespace (newlines too) made one space."""
+    return " ".join(text.split())
+
+
+def plural(count: int) -> str:
+    """Return ``"s"`` unless ``count`` is 1."""
+    return "" if count == 1 else "s"

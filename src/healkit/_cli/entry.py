@@ -4,19 +4,20 @@
 
     healkit plugins [--json] [--check] [--block NAME ...]
     healkit config validate FILE|DIR [--json] [--block NAME ...]
-    healkit config push FILE|DIR [--dry-run] [--prune] [--json]     (etcd; see etcd.py)
-    healkit config get [SERVICE] [--json | --format json|yaml|toml]
-    healkit config diff FILE|DIR [--prune] [--json]
-    healkit config watch [--count N] [--timeout SECONDS] [--json]
-    healkit config history SERVICE [--full] [--limit N] [--json]
-    healkit config rollback SERVICE --to REVISION [--dry-run] [--json]
-    healkit status [--json]
+    healkit config push FILE|DIR [--dry-run] [--prune] [--json]     (push.py)
+    healkit config diff FILE|DIR [--prune] [--json]                 (push.py)
+    healkit config get [SERVICE] [--json | --format json|yaml|toml] (get.py)
+    healkit config watch [--count N] [--timeout SECONDS] [--json]   (watch.py)
+    healkit config history SERVICE [--full] [--limit N] [--json]    (history.py)
+    healkit config rollback SERVICE --to REVISION [--dry-run] [--json]  (history.py)
+    healkit status [--json]                                         (status.py)
     healkit demo [--duration SECONDS] [--concurrency N] [--json] [--etcd ENDPOINTS] [--trace]
 
-Every command keeps the conventions of :mod:`healkit._cli.args`: data on
-stdout (one JSON document with ``--json``), problems on stderr after it, each
-line prefixed ``healkit:``, exit status 0 (ok), 1 (invalid or failed), 2
-(usage) or 130 (interrupted).
+The commands that talk to etcd take the connection options of
+:mod:`healkit._cli.connection`. Every command keeps the conventions of
+:mod:`healkit._cli.args`: data on stdout (one JSON document with ``--json``),
+problems on stderr after it, each line prefixed ``healkit:``, exit status 0
+(ok), 1 (invalid or failed), 2 (usage) or 130 (interrupted).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from healkit._cli import get, history, push, status, watch
 from healkit._cli.args import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -38,10 +40,10 @@ from healkit._cli.args import (
     plugin_name,
     positive_float,
     positive_int,
+    write_config_error,
     write_json,
 )
-from healkit._cli.etcd import add_commands as add_etcd_commands
-from healkit._cli.etcd import assemble, load_source, write_config_error
+from healkit._cli.documents import assemble, load_source
 from healkit._config.formats import load_file
 from healkit._config.models import build_config
 from healkit._errors import ConfigError, EtcdError, PluginError
@@ -129,7 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _block_option(validate)
     validate.set_defaults(run=_validate)
-    add_etcd_commands(commands, config_commands, _block_option)
+    push.add_parsers(config_commands, _block_option)
+    get.add_parser(config_commands)
+    watch.add_parser(config_commands, _block_option)
+    history.add_parsers(config_commands, _block_option)
+    status.add_parser(commands, _block_option)
 
     demo = commands.add_parser(
         "demo",

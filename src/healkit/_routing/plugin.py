@@ -45,7 +45,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, final
 
 import aiohttp
@@ -91,7 +91,9 @@ __all__ = [
     "RedirectRules",
     "Router",
     "RoutingSettings",
+    "endpoint_groups",
     "redirect_rules",
+    "serving_group",
 ]
 
 _logger: Final = get_logger("healkit.routing")
@@ -350,6 +352,32 @@ def redirect_rules(policy: ServicePolicy) -> RedirectRules:
     return rules
 
 
+def endpoint_groups(
+    policy: ServicePolicy, settings: RoutingSettings
+) -> tuple[tuple[str, ...], ...]:
+    """Return the endpoint groups of a service: its ``endpoints``, then each fallback group.
+
+    An empty group (a service without ``endpoints``) is left out.
+    """
+    groups = [tuple(policy.endpoints)]
+    groups.extend(tuple(normalize_endpoint(e) for e in g) for g in settings.fallback_groups)
+    return tuple(group for group in groups if group)
+
+
+def serving_group(
+    groups: Sequence[Sequence[str]], usable: Callable[[str], bool], *, skip: Collection[int] = ()
+) -> tuple[int, list[str]] | None:
+    """Return the first group (not in ``skip``) with a usable endpoint, and its usable endpoints.
+
+    The router's choice of group, for an attempt and for ``healkit status``.
+    ``None``: no group has one (the router then tries the primary group anyway).
+    """
+    for index, group in enumerate(groups):
+        if index not in skip and (found := [e for e in group if usable(e)]):
+            return index, found
+    return None
+
+
 class _Plan:
     """A service's routing, compiled once per configuration snapshot."""
 
@@ -357,9 +385,7 @@ class _Plan:
 
     def __init__(self, policy: ServicePolicy, settings: RoutingSettings) -> None:
         self.settings = settings
-        groups = [tuple(policy.endpoints)]
-        groups.extend(tuple(normalize_endpoint(e) for e in g) for g in settings.fallback_groups)
-        self.groups = tuple(group for group in groups if group)
+        self.groups = endpoint_groups(policy, settings)
         # The group of each endpoint (an endpoint listed twice belongs to the first).
         self.group_of: dict[str | None, int] = {}
         for index, group in enumerate(self.groups):
@@ -602,18 +628,18 @@ class Router:
             )
             if plan.moves:
                 failed_on = _failed_groups(call, plan, earlier)
+
+        def usable(endpoint: str) -> bool:
+            return endpoint not in unreached and self._usable(service, plan, endpoint, now)
+
         # First the groups this call has not failed on, then (all failed) every group.
         for skipped in (failed_on, frozenset()) if failed_on else (failed_on,):
-            for index, group in enumerate(plan.groups):
-                if index in skipped:
-                    continue
-                usable = [
-                    e for e in group if e not in unreached and self._usable(service, plan, e, now)
-                ]
-                if len(usable) > 1 and previous in usable:
-                    usable.remove(previous)  # a retry prefers another endpoint
-                if usable:
-                    return self._pick(service, plan, index, usable), index
+            served = serving_group(plan.groups, usable, skip=skipped)
+            if served is not None:
+                index, endpoints = served
+                if len(endpoints) > 1 and previous in endpoints:
+                    endpoints.remove(previous)  # a retry prefers another endpoint
+                return self._pick(service, plan, index, endpoints), index
         # Nothing usable anywhere: try the primary group all the same.
         return self._pick(service, plan, 0, list(plan.groups[0])), 0
 
@@ -625,12 +651,10 @@ class Router:
         """
         failed_on = _failed_groups(call, plan, call.attempts) | {plan.group_of.get(failing, 0)}
         now = call.clock.now()
-        for index, group in enumerate(plan.groups):
-            if index not in failed_on and any(
-                self._usable(call.service, plan, e, now) for e in group
-            ):
-                return index
-        return None
+        served = serving_group(
+            plan.groups, lambda e: self._usable(call.service, plan, e, now), skip=failed_on
+        )
+        return None if served is None else served[0]
 
     def _pick(self, service: str, plan: _Plan, group: int, usable: list[str]) -> str:
         if len(usable) == 1:
@@ -969,8 +993,8 @@ class Router:
         for name in self._index.fleets:
             plan = _plan(config.services[name])
             seen = self._statuses(name, plan, now)
-            traffic_group = min((e.group for e in seen if e.usable), default=None)
-            traffic = tuple(e.endpoint for e in seen if e.usable and e.group == traffic_group)
+            served = serving_group(plan.groups, {e.endpoint for e in seen if e.usable}.__contains__)
+            traffic_group, traffic = (None, ()) if served is None else (served[0], tuple(served[1]))
             endpoints: list[EndpointView] = []
             for status in seen:
                 health = self._health.get((name, status.endpoint))
