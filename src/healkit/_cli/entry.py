@@ -10,6 +10,7 @@
     healkit config watch [--count N] [--timeout SECONDS] [--json]
     healkit config history SERVICE [--full] [--limit N] [--json]
     healkit config rollback SERVICE --to REVISION [--dry-run] [--json]
+    healkit config simulate FILE|DIR [--against etcd|FILE] [--fail-if THRESHOLD ...] (simulate.py)
     healkit status [--json]
     healkit demo [--duration SECONDS] [--concurrency N] [--json] [--etcd ENDPOINTS] [--trace]
 
@@ -42,6 +43,7 @@ from healkit._cli.args import (
 )
 from healkit._cli.etcd import add_commands as add_etcd_commands
 from healkit._cli.etcd import assemble, load_source, write_config_error
+from healkit._cli.simulate import add_command as add_simulate_command
 from healkit._config.formats import load_file
 from healkit._config.models import build_config
 from healkit._errors import ConfigError, EtcdError, PluginError
@@ -130,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     _block_option(validate)
     validate.set_defaults(run=_validate)
     add_etcd_commands(commands, config_commands, _block_option)
+    add_simulate_command(config_commands, _block_option)
 
     demo = commands.add_parser(
         "demo",
