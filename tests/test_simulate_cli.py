@@ -178,6 +178,16 @@ def test_a_scenario_file_with_errors_names_each_path(
     assert result.out == ""
 
 
+def test_the_documented_scenario_file_is_valid(tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "simulate.md").read_text()
+    blocks = re.findall(r"```toml\n(# scenarios\.toml\n.*?)```", page, re.DOTALL)
+    assert len(blocks) == 1
+    documented = tmp_path / "scenarios.toml"
+    documented.write_text(blocks[0])
+    (name,) = load_scenarios(documented)
+    assert name == "gateway-flap"
+
+
 def test_a_scenario_file_cannot_redefine_a_built_in_one(tmp_path: Path) -> None:
     clash = tmp_path / "clash.toml"
     clash.write_text(SCENARIOS.replace("blip", "healthy"))
