@@ -81,3 +81,16 @@ async def test_capacity_sheds_requests_beyond_the_limit(session: aiohttp.ClientS
         await asyncio.gather(*hung, return_exceptions=True)
     with pytest.raises(ValueError, match="at least 1"):
         server.set_capacity(0)
+
+
+@pytest.mark.anyio
+async def test_max_recorded_bounds_the_requests_kept_not_the_hits(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FaultServer(max_recorded=2) as server:
+        server.set_default(FaultMix.cycle(Fault.status(201), Fault.status(202), Fault.ok()))
+        assert await _statuses(session, server.url + "/x", 5) == [201, 202, 200, 201, 202]
+        assert server.hits() == server.hits("/x") == 5
+        assert [r.fault.status_code for r in server.requests] == [201, 202]
+    with pytest.raises(ValueError, match="max_recorded"):
+        FaultServer(max_recorded=-1)

@@ -36,7 +36,7 @@ import socket
 import ssl
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -493,11 +493,17 @@ class FaultServer:
         "_ssl_context",
     )
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, max_recorded: int | None = None
+    ) -> None:
         """Prepare a server; it starts listening in ``async with``.
 
         Pass a server-side ``ssl_context`` to serve HTTPS instead of HTTP.
+        ``max_recorded`` keeps only the last N requests in :attr:`requests`
+        (``None``: all), for long runs; :meth:`hits` still counts every one.
         """
+        if max_recorded is not None and max_recorded < 0:
+            raise ValueError(f"max_recorded must be >= 0, got {max_recorded}")
         self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -506,7 +512,7 @@ class FaultServer:
         self._capacity: int | None = None
         self._overflow = _OVERFLOW
         self._scripts: dict[str, _Script] = {}
-        self._requests: list[RecordedRequest] = []
+        self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
         self._hits: Counter[str] = Counter()
         self._inflight: dict[int, web.BaseRequest] = {}
         self._max_active = 0
@@ -519,7 +525,7 @@ class FaultServer:
             where = "not started"
         else:
             where = self.url + (" closed" if self._closed else "")
-        return f"<FaultServer {where} hits={len(self._requests)} active={self.active}>"
+        return f"<FaultServer {where} hits={self.hits()} active={self.active}>"
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -647,7 +653,10 @@ class FaultServer:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """A copy of the recorded requests, in the order they were recorded."""
+        """A copy of the recorded requests, in the order they were recorded.
+
+        With ``max_recorded``, only the last ones.
+        """
         return list(self._requests)
 
     @property
@@ -662,7 +671,7 @@ class FaultServer:
 
     def hits(self, path: str | None = None) -> int:
         """How many requests were recorded for ``path`` (for all paths if ``None``)."""
-        return len(self._requests) if path is None else self._hits[path]
+        return self._hits.total() if path is None else self._hits[path]
 
     async def wait_for_hits(self, n: int, path: str | None = None) -> int:
         """Wait until at least ``n`` requests were recorded and return the count.
