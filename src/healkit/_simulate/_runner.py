@@ -19,7 +19,7 @@ import importlib.util
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import yarl
 
@@ -34,6 +34,9 @@ from healkit._simulate._loop import LoopClock, VirtualTimeLoop
 from healkit._simulate._scenarios import Scenario, Upstream
 from healkit.hookspecs import hookimpl
 from healkit.testing._faults import FaultServer
+
+if TYPE_CHECKING:
+    from healkit_breaker import BreakerTransition
 
 __all__ = ["CallRecord", "PhaseWindow", "Run", "Transition", "run_scenario", "simulate_service"]
 
@@ -137,7 +140,8 @@ class _Observer:
         return self._labels.get(endpoint.rstrip("/"), endpoint)
 
 
-def _breaker_transition_type() -> Any:  # noqa: ANN401 - the breaker plugin's event class, if installed
+def _breaker_transition_type() -> type[BreakerTransition] | None:
+    """Return the breaker plugin's transition event class, if the plugin is installed."""
     if importlib.util.find_spec("healkit_breaker") is None:
         return None
     from healkit_breaker import BreakerTransition  # noqa: PLC0415 - an optional plugin

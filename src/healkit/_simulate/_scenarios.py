@@ -59,6 +59,8 @@ _HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{
 _HeaderValue = Annotated[str, msgspec.Meta(pattern=r"^[\t\x20-\x7e]{0,1024}$")]
 _HAS_STATUS: Final = frozenset({"ok", "status", "truncated", "slow_body"})
 _MAX_HEADERS: Final = 32
+_MAX_BODY: Final = 65_536
+_SLOW_CHUNK: Final = "x" * 256
 
 
 class FaultSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -74,6 +76,7 @@ class FaultSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         status: the status of ``ok``, ``status``, ``truncated``, ``slow_body``.
         latency: seconds (simulated) before the upstream acts.
         headers: response headers (``{"Retry-After" = "1"}``).
+        body: the response body, as text (UTF-8); for ``slow_body``, one chunk.
         weight: the relative weight in a random mix (ignored by a cycle).
         chunks: for ``slow_body``.
         chunk_delay: for ``slow_body``, seconds between two chunks.
@@ -84,6 +87,7 @@ class FaultSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
     latency: Seconds = 0.0
     headers: dict[_HeaderName, _HeaderValue] = msgspec.field(default_factory=dict)
+    body: Annotated[str, msgspec.Meta(max_length=_MAX_BODY)] | None = None
     weight: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 1.0
     chunks: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 4
     chunk_delay: Seconds = 0.5
@@ -94,6 +98,12 @@ class FaultSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             raise ValueError(f"a {self.kind!r} fault sends no status: remove 'status'")
         if self.headers and self.kind not in _HAS_STATUS:
             raise ValueError(f"a {self.kind!r} fault sends no headers: remove 'headers'")
+        if self.kind == "hang" and self.latency:
+            raise ValueError("a 'hang' fault never answers: remove 'latency'")
+        if self.body is not None and self.kind not in _HAS_STATUS:
+            raise ValueError(f"a {self.kind!r} fault sends no body: remove 'body'")
+        if self.kind == "slow_body" and self.body == "":
+            raise ValueError("a slow_body fault needs a non-empty body (one chunk)")
         if len(self.headers) > _MAX_HEADERS:
             raise ValueError(f"at most {_MAX_HEADERS} headers")
 
@@ -101,11 +111,19 @@ class FaultSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         """Return the :class:`~healkit.testing.Fault` the fault server applies."""
         headers = self.headers or None
         latency = self.latency
+        body = None if self.body is None else self.body.encode()
         match self.kind:
             case "ok":
-                return Fault.ok(status=self.status or 200, headers=headers, latency=latency)
+                return Fault.ok(
+                    status=self.status or 200,
+                    body=b"ok" if body is None else body,
+                    headers=headers,
+                    latency=latency,
+                )
             case "status":
-                return Fault.status(self.status or 503, headers=headers, latency=latency)
+                return Fault.status(
+                    self.status or 503, body=body or b"", headers=headers, latency=latency
+                )
             case "reset":
                 return Fault.reset(latency=latency)
             case "reset_after_body":
@@ -113,12 +131,17 @@ class FaultSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             case "hang":
                 return Fault.blackhole()
             case "truncated":
-                return Fault.truncated(status=self.status or 200, headers=headers, latency=latency)
+                return Fault.truncated(
+                    status=self.status or 200,
+                    body=b"partial" if body is None else body,
+                    headers=headers,
+                    latency=latency,
+                )
             case "slow_body":
                 return Fault.slow_body(
                     self.chunks,
                     self.chunk_delay,
-                    chunk=b"x" * 256,
+                    chunk=body or _SLOW_CHUNK.encode(),
                     status=self.status or 200,
                     headers=headers,
                     latency=latency,
