@@ -14,6 +14,8 @@ import pytest
 
 import healkit_breaker
 import healkit_retry
+from healkit._routing.plugin import RoutingSettings
+from healkit._routing.probes import ProbeSettings
 from healkit._simulate import (
     BUILTIN_SCENARIOS,
     FaultSpec,
@@ -28,6 +30,8 @@ from healkit._timer import TICK
 
 RETRY = healkit_retry.RetrySettings()
 BREAKER = healkit_breaker.BreakerSettings()
+ROUTING = RoutingSettings()
+PROBES = ProbeSettings()
 
 
 def service(**sections: Any) -> dict[str, Any]:
@@ -191,3 +195,26 @@ def test_a_custom_scenario_runs_its_phases_in_order() -> None:
     ]
     assert phase(report, "ok").success_rate == 1.0
     assert phase(report, "limited").success_rate == 0.0
+
+
+def test_health_probes_run_on_simulated_time_and_bring_the_primary_back() -> None:
+    storm = BUILTIN_SCENARIOS["503-storm"]
+    groups = {"fallback_groups": [["https://pay-b.internal"]]}
+    interval = 1.0
+    probed = run(
+        service(routing={**groups, "probe": {"path": "/health", "interval": interval}}),
+        "503-storm",
+    )
+    # Every endpoint (the primary and its fallback) probed once per interval.
+    assert probed.probes == pytest.approx(2 * storm.duration / interval, abs=2)
+    # The storm fails the health checks too: traffic is on the fallback during it,
+    # and `healthy_threshold` good probes in a row bring the primary back after.
+    assert phase(probed, "storm").success_rate == 1.0
+    assert isinstance(probed.recovery_time, float)
+    assert probed.recovery_time <= interval * (PROBES.healthy_threshold + 1)
+    # Without probes the primary stays ejected for routing.eject_time, longer
+    # than the recovery phase: calls never come back to it.
+    unprobed = run(service(routing=groups), "503-storm")
+    assert unprobed.probes == 0
+    assert phase(unprobed, "after").duration < ROUTING.eject_time
+    assert unprobed.recovery_time == "never"

@@ -82,8 +82,6 @@ class PhaseWindow:
     mark: str | None
     upstream_attempts: int = 0
     """Requests on the traffic path that reached any endpoint during the phase."""
-    primary_attempts: int = 0
-    """Of them, those that reached the service's own endpoints."""
     probes: int = 0
     """Health-probe requests (any other path) during the phase."""
 
@@ -99,8 +97,6 @@ class Run:
     transitions: list[Transition] = field(default_factory=list)
     upstream_attempts: int = 0
     """Requests on the traffic path that reached any endpoint, over the whole run."""
-    primary_attempts: int = 0
-    """Of them, those that reached the service's own endpoints."""
     probes: int = 0
     """Health-probe requests over the whole run."""
 
@@ -231,7 +227,9 @@ async def run_scenario(
     routing = policy.get("routing") or {}
     groups: list[list[str]] = [list(group) for group in routing.get("fallback_groups") or ()]
     probe = routing.get("probe") or {}
-    probe_path = yarl.URL(str(probe.get("path", "/"))).path or "/"
+    probe_path: str | None = yarl.URL(str(probe.get("path", "/"))).path or "/"
+    if probe_path == TRAFFIC_PATH:  # probes then get what calls get, and count as calls
+        probe_path = None
     async with contextlib.AsyncExitStack() as stack:
         primaries = [await stack.enter_async_context(_server()) for _ in primary]
         fallbacks = [
@@ -270,9 +268,7 @@ async def run_scenario(
             await traffic
         finally:
             traffic.cancel()
-        run.upstream_attempts, run.primary_attempts, run.probes = _counts(
-            primaries, everyone, probe_path
-        )
+        run.upstream_attempts, run.probes = _counts(everyone, probe_path)
         run.transitions = observer.transitions
         return run
 
@@ -288,7 +284,7 @@ async def _play(  # noqa: PLR0913, PLR0917 - the servers of each role, and where
     primaries: Sequence[FaultServer],
     fallbacks: Sequence[Sequence[FaultServer]],
     everyone: Sequence[FaultServer],
-    probe_path: str,
+    probe_path: str | None,
     run: Run,
 ) -> None:
     """Switch the upstreams from phase to phase at the phases' start times."""
@@ -299,30 +295,28 @@ async def _play(  # noqa: PLR0913, PLR0917 - the servers of each role, and where
         seed = scenario.seed * 1000 + index
         _apply(phase.primary, primaries, seed, probe_path)
         _apply(phase.fallback, [s for group in fallbacks for s in group], seed + 500, probe_path)
-        before = _counts(primaries, everyone, probe_path)
+        before = _counts(everyone, probe_path)
         window = PhaseWindow(phase.name, start, start + phase.duration, phase.mark)
         run.phases.append(window)
         start += phase.duration
         await asyncio.sleep(max(0.0, origin + start - loop.time()))
-        after = _counts(primaries, everyone, probe_path)
+        after = _counts(everyone, probe_path)
         window.upstream_attempts = after[0] - before[0]
-        window.primary_attempts = after[1] - before[1]
-        window.probes = after[2] - before[2]
+        window.probes = after[1] - before[1]
 
 
-def _apply(upstream: Upstream, servers: Sequence[FaultServer], seed: int, probe_path: str) -> None:
+def _apply(
+    upstream: Upstream, servers: Sequence[FaultServer], seed: int, probe_path: str | None
+) -> None:
     for offset, server in enumerate(servers):
         upstream.apply(server, seed=seed * 100 + offset, probe_path=probe_path)
 
 
-def _counts(
-    primaries: Sequence[FaultServer], everyone: Sequence[FaultServer], probe_path: str
-) -> tuple[int, int, int]:
-    """Count the requests so far: on the traffic path (all, primary), on the probe path."""
+def _counts(everyone: Sequence[FaultServer], probe_path: str | None) -> tuple[int, int]:
+    """Count the requests so far: on the traffic path, and on the probe path."""
     traffic = sum(server.hits(TRAFFIC_PATH) for server in everyone)
-    primary = sum(server.hits(TRAFFIC_PATH) for server in primaries)
-    probes = 0 if probe_path == TRAFFIC_PATH else sum(s.hits(probe_path) for s in everyone)
-    return traffic, primary, probes
+    probes = 0 if probe_path is None else sum(server.hits(probe_path) for server in everyone)
+    return traffic, probes
 
 
 async def _traffic(  # noqa: PLR0913, PLR0917 - what a caller needs to call and to record

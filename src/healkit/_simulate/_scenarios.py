@@ -185,10 +185,15 @@ class Upstream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         weights = [spec.weight for spec in self.faults]
         return FaultMix.random(list(zip(faults, weights, strict=True)), seed=seed)
 
-    def apply(self, server: FaultServer, *, seed: int, probe_path: str) -> None:
-        """Make ``server`` behave like this upstream from now on."""
+    def apply(self, server: FaultServer, *, seed: int, probe_path: str | None) -> None:
+        """Make ``server`` behave like this upstream from now on.
+
+        ``probe_path`` is the path health probes request (``None``: none of its own).
+        """
         server.set_default(self.mix(seed))
         server.set_capacity(self.capacity)
+        if probe_path is None:
+            return
         if self.probes == "ok":
             server.script(probe_path, then=Fault.ok())
         else:
