@@ -333,16 +333,25 @@ def _rows(report: Figures) -> list[tuple[str, str]]:
     ]
 
 
+def _delta_seconds(delta: float) -> str:
+    return f"{delta * 1000:+.0f} ms" if abs(delta) < 1 else f"{delta:+.2f} s"
+
+
+def _delta_count(delta: float) -> str:
+    return f"{delta:+.0f}"
+
+
 _CHANGES: Final[Mapping[str, tuple[str, Callable[[float], str]]]] = {
     "success rate": ("success_rate", lambda d: f"{d * 100:+.1f} pt"),
-    "latency p50": ("p50", lambda d: f"{d * 1000:+.0f} ms"),
-    "latency p99": ("p99", lambda d: f"{d * 1000:+.0f} ms"),
-    "latency max": ("max", lambda d: f"{d * 1000:+.0f} ms"),
+    "latency p50": ("p50", _delta_seconds),
+    "latency p99": ("p99", _delta_seconds),
+    "latency max": ("max", _delta_seconds),
+    "upstream requests": ("upstream_attempts", _delta_count),
     "amplification": ("amplification", lambda d: f"{d:+.2f}"),
-    "breaker transitions": ("breaker_transitions", lambda d: f"{d:+.0f}"),
-    "time to fail over": ("failover_time", lambda d: f"{d * 1000:+.0f} ms"),
-    "time to recover": ("recovery_time", lambda d: f"{d * 1000:+.0f} ms"),
-    "health probes": ("probes", lambda d: f"{d:+.0f}"),
+    "breaker transitions": ("breaker_transitions", _delta_count),
+    "time to fail over": ("failover_time", _delta_seconds),
+    "time to recover": ("recovery_time", _delta_seconds),
+    "health probes": ("probes", _delta_count),
 }
 
 
@@ -383,7 +392,7 @@ def _write_scenario(out: TextIO, scenario: Mapping[str, Any]) -> None:
                 key, shown = _CHANGES[label]
                 number = changes.get(key)
                 delta = "-" if number is None else shown(number)
-            out.write(f"    {label:<22}{before:>18}{now:>18}{delta:>12}\n")
+            out.write(f"    {label:<22}{before:>18}{now:>18}{delta:>12}".rstrip() + "\n")
     for phase in proposed.phases:
         mark = f" [{phase.mark}]" if phase.mark else ""
         out.write(

@@ -111,6 +111,7 @@ FIGURES: Final[Mapping[str, str]] = {
     "p50": "median latency (s)",
     "p99": "99th percentile latency (s)",
     "max": "longest call (s)",
+    "upstream_attempts": "requests the upstreams received for the calls",
     "failed_rate": "share of calls that raised an error",
     "degraded_rate": "share of calls answered with the degraded template",
     "fallback_rate": "share of calls answered by a fallback endpoint",
