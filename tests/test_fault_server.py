@@ -142,7 +142,13 @@ def test_repr_is_short() -> None:
 
 def test_all_is_sorted_and_complete() -> None:
     assert list(_faults.__all__) == sorted(_faults.__all__)
-    assert set(_faults.__all__) == {"Fault", "FaultKind", "FaultServer", "RecordedRequest"}
+    assert set(_faults.__all__) == {
+        "Fault",
+        "FaultKind",
+        "FaultMix",
+        "FaultServer",
+        "RecordedRequest",
+    }
     assert list(_ports.__all__) == sorted(_ports.__all__)
 
 

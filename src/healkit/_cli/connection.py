@@ -81,7 +81,7 @@ class Connection:
         )
 
 
-def _options(parser: argparse.ArgumentParser) -> None:
+def connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("etcd connection")
     group.add_argument(
         "--endpoints",
@@ -132,7 +132,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Connection:
+def resolve_connection(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Connection:
     """Combine the flags with the environment; usage errors exit with status 2."""
     env = os.environ
 
@@ -216,10 +216,10 @@ def etcd_command(
     error, an etcd error or a :class:`CommandError` is written on stderr and
     gives ``failure_status``; Ctrl-C gives :data:`EXIT_INTERRUPTED`.
     """
-    _options(parser)
+    connection_options(parser)
 
     def run(args: argparse.Namespace, out: TextIO) -> int:
-        connection = _resolve(args, parser)
+        connection = resolve_connection(args, parser)
         err = sys.stderr
         try:
             with routed_logs(None):

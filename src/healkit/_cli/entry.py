@@ -10,6 +10,7 @@
     healkit config watch [--count N] [--timeout SECONDS] [--json]   (watch.py)
     healkit config history SERVICE [--full] [--limit N] [--json]    (history.py)
     healkit config rollback SERVICE --to REVISION [--dry-run] [--json]  (history.py)
+    healkit config simulate FILE|DIR [--against etcd|FILE] [--fail-if THRESHOLD ...]  (simulate.py)
     healkit status [--json]                                         (status.py)
     healkit demo [--duration SECONDS] [--concurrency N] [--json] [--etcd ENDPOINTS] [--trace]
 
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from healkit._cli import get, history, push, status, watch
+from healkit._cli import get, history, push, simulate, status, watch
 from healkit._cli.args import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -135,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     get.add_parser(config_commands)
     watch.add_parser(config_commands, _block_option)
     history.add_parsers(config_commands, _block_option)
+    simulate.add_command(config_commands, _block_option)
     status.add_parser(commands, _block_option)
 
     demo = commands.add_parser(

@@ -2,7 +2,8 @@
 
 * :class:`FaultServer`: a real aiohttp server on loopback whose paths follow a
   script of faults (latency, status bursts, resets, hangs, truncated and slow
-  bodies) and which records every request it handles.
+  bodies) and which records every request it handles; :class:`FaultMix`
+  cycles or draws (seeded) several faults, and a capacity sheds load.
 * :class:`ManualClock`: virtual time; backoff sleeps are instant and exact.
 * :func:`refused_url`, :func:`unused_tcp_port`: addresses where nothing listens.
 * :class:`EtcdServer`: a real etcd on free loopback ports in a temporary
@@ -26,7 +27,7 @@ from __future__ import annotations
 from healkit._testmode import is_testing, set_testing
 from healkit.testing._clock import ManualClock
 from healkit.testing._etcd import EtcdServer, find_etcd_binary
-from healkit.testing._faults import Fault, FaultKind, FaultServer, RecordedRequest
+from healkit.testing._faults import Fault, FaultKind, FaultMix, FaultServer, RecordedRequest
 from healkit.testing._logs import capture_events
 from healkit.testing._ports import refused_url, unused_tcp_port
 from healkit.testing._proxy import TcpProxy
@@ -36,6 +37,7 @@ __all__ = [
     "EtcdServer",
     "Fault",
     "FaultKind",
+    "FaultMix",
     "FaultServer",
     "LoopbackResolver",
     "ManualClock",

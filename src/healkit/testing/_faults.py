@@ -16,9 +16,14 @@ the client presented)::
         assert server.hits("/pay") == 3
 
 Scripts are per path (the request method does not matter) and can be replaced at
-any time, also while requests are in flight. Leaving the ``async with`` block
-aborts the connections of requests still being handled (a blackhole, a long
-latency), so shutdown is prompt; their clients see a connection error.
+any time, also while requests are in flight. Paths without a script get the
+default: one fault, or a :class:`FaultMix` (faults cycled in order, or drawn at
+random from a seeded generator, so a run can be repeated exactly). A capacity
+(:meth:`FaultServer.set_capacity`) makes the server answer the requests beyond
+``limit`` at once with an overflow fault, as an overloaded upstream sheds load.
+
+Leaving the ``async with`` block aborts the connections of requests still being handled
+(a blackhole, a long latency), so shutdown is prompt; their clients see a connection error.
 """
 
 import asyncio
@@ -26,12 +31,13 @@ import contextlib
 import enum
 import json
 import math
+import random
 import socket
 import ssl
 import struct
 import time
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Final, Self, final
@@ -39,7 +45,7 @@ from typing import Final, Self, final
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["Fault", "FaultKind", "FaultServer", "RecordedRequest"]
+__all__ = ["Fault", "FaultKind", "FaultMix", "FaultServer", "RecordedRequest"]
 
 _HOST: Final = "127.0.0.1"
 # Grace period aiohttp gives a handler on shutdown before cancelling it. The
@@ -332,6 +338,71 @@ class Fault:
 
 
 _OK: Final = Fault.ok()
+_OVERFLOW: Final = Fault.status(503, body=b"over capacity")
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultMix:
+    """Several faults for the requests to a path: cycled in order, or drawn at random.
+
+    Build one with :meth:`cycle` or :meth:`random` and give it to
+    :meth:`FaultServer.set_default`. A random mix draws from its own
+    ``random.Random(seed)``: the same requests in the same order get the same
+    faults on every run.
+    """
+
+    faults: tuple[Fault, ...]
+    """The faults, in order."""
+    weights: tuple[float, ...] | None = None
+    """The relative weight of each fault (``None``: cycle through them in order)."""
+    seed: int = 0
+    """The seed of the random draw."""
+
+    def __post_init__(self) -> None:
+        """Reject a mix that cannot draw."""
+        if not self.faults:
+            raise ValueError("a FaultMix needs at least one fault")
+        if self.weights is not None and (
+            len(self.weights) != len(self.faults)
+            or not all(math.isfinite(w) and w >= 0 for w in self.weights)
+            or not sum(self.weights) > 0
+        ):
+            raise ValueError("weights must be one finite number >= 0 per fault, not all 0")
+
+    @classmethod
+    def cycle(cls, *faults: Fault) -> "FaultMix":
+        """Answer with ``faults[0]``, ``faults[1]``... and start over after the last."""
+        return cls(faults=faults)
+
+    @classmethod
+    def random(cls, choices: Sequence[tuple[Fault, float]], *, seed: int) -> "FaultMix":
+        """Draw each request's fault from ``(fault, weight)`` pairs, seeded with ``seed``."""
+        return cls(
+            faults=tuple(fault for fault, _ in choices),
+            weights=tuple(float(weight) for _, weight in choices),
+            seed=seed,
+        )
+
+
+@final
+class _Drawer:
+    """The state of a default :class:`FaultMix`: its generator or its place in the cycle."""
+
+    __slots__ = ("_mix", "_next", "_rng")
+
+    def __init__(self, mix: FaultMix) -> None:
+        self._mix = mix
+        self._rng = random.Random(mix.seed)  # noqa: S311 - a repeatable draw, not a secret
+        self._next = 0
+
+    def draw(self) -> Fault:
+        mix = self._mix
+        if mix.weights is None:
+            fault = mix.faults[self._next % len(mix.faults)]
+            self._next += 1
+            return fault
+        return self._rng.choices(mix.faults, weights=mix.weights)[0]
 
 
 @final
@@ -407,12 +478,14 @@ class FaultServer:
     """
 
     __slots__ = (
+        "_capacity",
         "_changed",
         "_closed",
         "_default",
         "_hits",
         "_inflight",
         "_max_active",
+        "_overflow",
         "_port",
         "_requests",
         "_runner",
@@ -420,18 +493,26 @@ class FaultServer:
         "_ssl_context",
     )
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, max_recorded: int | None = None
+    ) -> None:
         """Prepare a server; it starts listening in ``async with``.
 
         Pass a server-side ``ssl_context`` to serve HTTPS instead of HTTP.
+        ``max_recorded`` keeps only the last N requests in :attr:`requests`
+        (``None``: all), for long runs; :meth:`hits` still counts every one.
         """
+        if max_recorded is not None and max_recorded < 0:
+            raise ValueError(f"max_recorded must be >= 0, got {max_recorded}")
         self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._closed = False
-        self._default = _OK
+        self._default: Fault | _Drawer = _OK
+        self._capacity: int | None = None
+        self._overflow = _OVERFLOW
         self._scripts: dict[str, _Script] = {}
-        self._requests: list[RecordedRequest] = []
+        self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
         self._hits: Counter[str] = Counter()
         self._inflight: dict[int, web.BaseRequest] = {}
         self._max_active = 0
@@ -444,7 +525,7 @@ class FaultServer:
             where = "not started"
         else:
             where = self.url + (" closed" if self._closed else "")
-        return f"<FaultServer {where} hits={len(self._requests)} active={self.active}>"
+        return f"<FaultServer {where} hits={self.hits()} active={self.active}>"
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -535,18 +616,35 @@ class FaultServer:
             raise ValueError(f"path must start with '/', got {path!r}")
         self._scripts[path] = _Script(faults, then)
 
-    def set_default(self, fault: Fault) -> None:
-        """Use ``fault`` for every request to a path without a script."""
-        self._default = fault
+    def set_default(self, fault: Fault | FaultMix) -> None:
+        """Use ``fault`` for every request to a path without a script.
+
+        A :class:`FaultMix` starts from its beginning (its first fault, or a
+        generator freshly seeded) each time it is set.
+        """
+        self._default = fault if isinstance(fault, Fault) else _Drawer(fault)
+
+    def set_capacity(self, limit: int | None, *, overflow: Fault = _OVERFLOW) -> None:
+        """Handle at most ``limit`` requests at once; answer the others with ``overflow``.
+
+        A request that arrives while ``limit`` are being handled gets
+        ``overflow`` (by default an immediate ``503``) instead of its scripted
+        or default fault, which is not used up. ``None`` lifts the limit.
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._capacity = limit
+        self._overflow = overflow
 
     def reset(self) -> None:
-        """Forget scripts, the default fault and the recorded requests.
+        """Forget scripts, the default fault, the capacity and the recorded requests.
 
         Requests in flight are not affected (they keep their fault, and are
         recorded if they had not been yet).
         """
         self._scripts.clear()
         self._default = _OK
+        self._capacity = None
         self._requests.clear()
         self._hits.clear()
         self._max_active = self.active
@@ -555,7 +653,10 @@ class FaultServer:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """A copy of the recorded requests, in the order they were recorded."""
+        """A copy of the recorded requests, in the order they were recorded.
+
+        With ``max_recorded``, only the last ones.
+        """
         return list(self._requests)
 
     @property
@@ -570,7 +671,7 @@ class FaultServer:
 
     def hits(self, path: str | None = None) -> int:
         """How many requests were recorded for ``path`` (for all paths if ``None``)."""
-        return len(self._requests) if path is None else self._hits[path]
+        return self._hits.total() if path is None else self._hits[path]
 
     async def wait_for_hits(self, n: int, path: str | None = None) -> int:
         """Wait until at least ``n`` requests were recorded and return the count.
@@ -594,6 +695,15 @@ class FaultServer:
         while self._inflight:
             await self._changed.wait()
 
+    def _fault_for(self, path: str) -> Fault:
+        if self._capacity is not None and len(self._inflight) >= self._capacity:
+            return self._overflow
+        script = self._scripts.get(path)
+        if script is not None:
+            return script.advance()
+        default = self._default
+        return default if isinstance(default, Fault) else default.draw()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -602,8 +712,7 @@ class FaultServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived_at = time.monotonic()
-        script = self._scripts.get(request.path)
-        fault = self._default if script is None else script.advance()
+        fault = self._fault_for(request.path)
         key = id(request)
         self._inflight[key] = request
         self._max_active = max(self._max_active, len(self._inflight))
