@@ -75,7 +75,7 @@ from healkit._offload import off_loop
 from healkit._plugins import create_plugin_manager
 from healkit._routing.fleet import HEALTH, INSTANCES, InstanceView, parse_record_key
 from healkit._runtime import config_sections
-from healkit.etcd._client import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
+from healkit.etcd import Compare, DeleteOp, EtcdClient, KeyValue, PutOp, prefix_range_end
 from healkit.etcd._source import DEFAULT_PREFIX, EtcdSource, etcd_prefix, key_role, stored_format
 
 __all__ = [

@@ -67,7 +67,9 @@ from healkit._config.validate import join_path, same_document
 from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError, EtcdUnavailable
 from healkit._log import get_logger
 from healkit._offload import off_loop
-from healkit.etcd._client import EtcdClient, EtcdWatch, KeyValue, WatchEvent
+from healkit.etcd._client import EtcdClient
+from healkit.etcd._messages import KeyValue, WatchEvent
+from healkit.etcd._watch import EtcdWatch
 
 __all__ = [
     "EtcdSource",
