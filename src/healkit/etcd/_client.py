@@ -28,14 +28,16 @@ failover, authentication and decoding are the :class:`~healkit.etcd._gateway.Gat
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Self, final
 
 from healkit._errors import EtcdProtocolError, EtcdRequestError
-from healkit.etcd._gateway import DEFAULT_MAX_MESSAGE, Gateway, stream_error
+from healkit.etcd._feed import Subscription, subscribe
+from healkit.etcd._gateway import DEFAULT_MAX_MESSAGE, Gateway, Settings, settings, stream_error
 from healkit.etcd._lease import LeaseKeeper
 from healkit.etcd._messages import (
     DELETE_REPLY,
@@ -118,28 +120,30 @@ class EtcdClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         self._gateway = Gateway(
-            endpoints,
-            username=username,
-            password=password,
-            ca_file=ca_file,
-            cert_file=cert_file,
-            key_file=key_file,
-            ssl_context=ssl_context,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            max_message_bytes=max_message_bytes,
+            settings(
+                endpoints,
+                username=username,
+                password=password,
+                ca_file=ca_file,
+                cert_file=cert_file,
+                key_file=key_file,
+                ssl_context=ssl_context,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                max_message_bytes=max_message_bytes,
+            )
         )
 
     def __repr__(self) -> str:
         """Show the endpoints and the user, never the password."""
-        gateway = self._gateway
-        user = f" user={gateway.username!r}" if gateway.username else ""
-        return f"<EtcdClient {', '.join(gateway.endpoints)}{user}>"
+        options = self._gateway.settings
+        user = f" user={options.username!r}" if options.username else ""
+        return f"<EtcdClient {', '.join(options.endpoints)}{user}>"
 
     @property
     def endpoints(self) -> tuple[str, ...]:
         """The endpoints' base URLs, in the order given."""
-        return self._gateway.endpoints
+        return self._gateway.settings.endpoints
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -409,6 +413,44 @@ class EtcdClient:
 
     # -- watch ---------------------------------------------------------------------
 
+    def follow(
+        self,
+        prefix: str,
+        *,
+        liveness_timeout: float,
+        random: Callable[[], float],
+        start: RangeResult | None = None,
+    ) -> Subscription:
+        """Follow every key under ``prefix`` through the one watch this process shares for it.
+
+        Every client in the event loop with the same endpoints, credentials,
+        TLS and timeouts that follows the same prefix (with the same
+        ``liveness_timeout``) shares one watch stream, on connections of its
+        own that stay open until the last subscriber leaves. The subscription
+        starts with every key at one revision (when the watch has read them),
+        (``start``, or the watch's own read), then each later revision's events whole; see
+        :class:`~healkit.etcd.EtcdSource`, its user, for the rules it follows.
+        Close it with ``await subscription.aclose()``.
+
+        Args:
+            prefix: the keys' prefix (a namespace's root).
+            liveness_timeout: seconds within which a stream that died silently
+                is noticed (see :class:`~healkit.etcd.EtcdSource`).
+            random: the jitter of the reconnection backoff, if this starts the watch.
+            start: what the caller read under ``prefix`` (:meth:`range_all`): if
+                this starts the watch, it watches from the revision after it.
+
+        """
+        options = self._gateway.settings
+        return subscribe(
+            functools.partial(_client_with, options),
+            options,
+            prefix,
+            liveness_timeout=liveness_timeout,
+            random=random,
+            start=start,
+        )
+
     def watch(  # noqa: PLR0913 - keyword-only options of etcd's WatchCreateRequest
         self,
         key: Key,
@@ -448,3 +490,16 @@ class EtcdClient:
         }
         body.update({name: value for name, value in options.items() if value})
         return EtcdWatch(self._gateway, {"create_request": body}, idle_timeout=idle_timeout)
+
+
+def _client_with(options: Settings) -> EtcdClient:
+    """Return a new client with the same connection settings (the TLS context itself)."""
+    return EtcdClient(
+        options.endpoints,
+        username=options.username,
+        password=options.password,
+        ssl_context=options.ssl_context,
+        timeout=options.timeout,
+        connect_timeout=options.connect_timeout,
+        max_message_bytes=options.max_message_bytes,
+    )

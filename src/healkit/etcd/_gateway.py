@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import os
 import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Final, TypeVar, final
 
 import aiohttp
@@ -44,7 +47,15 @@ from healkit._errors import (
 from healkit._log import get_logger
 from healkit.etcd._messages import AUTH_REPLY, ENCODER, ERROR_REPLY, R, StreamError
 
-__all__ = ["DEFAULT_MAX_MESSAGE", "Gateway", "GatewayStream", "classify", "stream_error"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "Gateway",
+    "GatewayStream",
+    "Settings",
+    "classify",
+    "settings",
+    "stream_error",
+]
 
 logger: Final = get_logger("healkit.etcd")
 
@@ -405,10 +416,98 @@ class GatewayStream:
 
 
 @final
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """How to reach etcd: the options of :class:`~healkit.etcd.EtcdClient`, checked.
+
+    Equal settings reach the same endpoints as the same user through the same
+    TLS (the same files with the same content, or the same
+    :class:`ssl.SSLContext` object), so their users may share connections.
+    """
+
+    endpoints: tuple[str, ...]
+    """The endpoints' base URLs, in the order given."""
+    username: str | None
+    """The user to authenticate as (``None``: no auth)."""
+    password: str | None = dataclasses.field(repr=False)
+    """The user's password."""
+    ssl_context: ssl.SSLContext | None = dataclasses.field(compare=False)
+    """The TLS context (``None``: the system's, for https endpoints)."""
+    tls: tuple[tuple[str, str], ...] | ssl.SSLContext | None
+    """What the TLS context is made of: each file's path and SHA-256, or the context given."""
+    timeout: float
+    """Seconds a request (not a stream) may take as a whole, per endpoint."""
+    connect_timeout: float
+    """Seconds to connect to one endpoint."""
+    max_message_bytes: int
+    """The largest reply or stream message accepted."""
+
+
+def settings(  # noqa: PLR0913 - keyword-only connection options
+    endpoints: str | Sequence[str],
+    *,
+    username: str | None,
+    password: str | None,
+    ca_file: str | os.PathLike[str] | None,
+    cert_file: str | os.PathLike[str] | None,
+    key_file: str | os.PathLike[str] | None,
+    ssl_context: ssl.SSLContext | None,
+    timeout: float,
+    connect_timeout: float,
+    max_message_bytes: int,
+) -> Settings:
+    """Check and normalize :class:`~healkit.etcd.EtcdClient`'s options; load the TLS files.
+
+    Raises:
+        ValueError: an option is invalid, or a TLS file cannot be loaded.
+
+    """
+    files = ca_file is not None or cert_file is not None or key_file is not None
+    if files and ssl_context is not None:
+        raise ValueError("give TLS files or ssl_context, not both")
+    if (username is None) != (password is None):
+        raise ValueError("username and password go together")
+    if not (timeout > 0 and connect_timeout > 0):
+        raise ValueError("timeout and connect_timeout must be > 0")
+    if max_message_bytes <= 0:
+        raise ValueError("max_message_bytes must be > 0")
+    listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    if not listed:
+        raise ValueError("at least one etcd endpoint is needed")
+    tls = files or ssl_context is not None
+    normalized = tuple(normalize_endpoint(item, tls=tls) for item in listed)
+    if tls and any(item.startswith("http://") for item in normalized):
+        raise ValueError("TLS options are given but an endpoint uses http://")
+    made_of: tuple[tuple[str, str], ...] | ssl.SSLContext | None = ssl_context
+    if files:
+        ssl_context = tls_context(ca_file, cert_file, key_file)
+        made_of = tuple(
+            (os.fspath(path), _digest(path))
+            for path in (ca_file, cert_file, key_file)
+            if path is not None
+        )
+    return Settings(
+        endpoints=normalized,
+        username=username,
+        password=password,
+        ssl_context=ssl_context,
+        tls=made_of,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        max_message_bytes=max_message_bytes,
+    )
+
+
+def _digest(path: str | os.PathLike[str]) -> str:
+    """Return the SHA-256 of a TLS file (read once more after ``ssl`` loaded it)."""
+    with _loading(f"the file {os.fspath(path)!r}"):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@final
 class Gateway:
     """One etcd connection set: session, endpoint order, TLS, auth token, decoding.
 
-    The arguments are :class:`~healkit.etcd.EtcdClient`'s, checked here.
     Connections are opened on first use; :meth:`close` closes them all, open
     streams included, and the gateway cannot be used again.
     """
@@ -416,74 +515,25 @@ class Gateway:
     __slots__ = (
         "_auth_task",
         "_closed",
-        "_connect_timeout",
-        "_endpoints",
-        "_max_message",
-        "_password",
-        "_preferred",
+        "_order_start",
         "_session",
-        "_ssl",
         "_timeout",
         "_token",
-        "_username",
+        "settings",
     )
 
-    def __init__(  # noqa: PLR0913 - keyword-only connection options
-        self,
-        endpoints: str | Sequence[str],
-        *,
-        username: str | None,
-        password: str | None,
-        ca_file: str | os.PathLike[str] | None,
-        cert_file: str | os.PathLike[str] | None,
-        key_file: str | os.PathLike[str] | None,
-        ssl_context: ssl.SSLContext | None,
-        timeout: float,
-        connect_timeout: float,
-        max_message_bytes: int,
-    ) -> None:
-        files = ca_file is not None or cert_file is not None or key_file is not None
-        if files and ssl_context is not None:
-            raise ValueError("give TLS files or ssl_context, not both")
-        if (username is None) != (password is None):
-            raise ValueError("username and password go together")
-        if not (timeout > 0 and connect_timeout > 0):
-            raise ValueError("timeout and connect_timeout must be > 0")
-        if max_message_bytes <= 0:
-            raise ValueError("max_message_bytes must be > 0")
-        listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        if not listed:
-            raise ValueError("at least one etcd endpoint is needed")
-        tls = files or ssl_context is not None
-        self._endpoints = tuple(normalize_endpoint(item, tls=tls) for item in listed)
-        if tls and any(item.startswith("http://") for item in self._endpoints):
-            raise ValueError("TLS options are given but an endpoint uses http://")
-        self._ssl: ssl.SSLContext | bool = True
-        if ssl_context is not None:
-            self._ssl = ssl_context
-        elif files:
-            self._ssl = tls_context(ca_file, cert_file, key_file)
-        self._username = username
-        self._password = password
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
-        self._connect_timeout = connect_timeout
-        self._max_message = max_message_bytes
-        self._preferred = 0
+    def __init__(self, settings: Settings) -> None:
+        self.settings: Final = settings
+        """What the gateway connects with."""
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.timeout, connect=settings.connect_timeout
+        )
+        self._order_start = 0
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         # None: not authenticated yet; "": etcd has auth disabled.
         self._token: str | None = None
         self._auth_task: asyncio.Task[None] | None = None
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        """The endpoints' base URLs, in the order given."""
-        return self._endpoints
-
-    @property
-    def username(self) -> str | None:
-        """The user the gateway authenticates as (``None``: no auth)."""
-        return self._username
 
     def open(self) -> None:
         """Create the session now (connections are still opened on first use)."""
@@ -514,9 +564,13 @@ class Gateway:
             )
         return self._session
 
+    def _ssl(self) -> ssl.SSLContext | bool:
+        context = self.settings.ssl_context
+        return True if context is None else context
+
     def _order(self) -> list[int]:
-        count = len(self._endpoints)
-        return [(self._preferred + step) % count for step in range(count)]
+        count = len(self.settings.endpoints)
+        return [(self._order_start + step) % count for step in range(count)]
 
     # -- requests ------------------------------------------------------------------
 
@@ -560,16 +614,18 @@ class Gateway:
         reached = False
         cause: BaseException | None = None
         for index in self._order():
-            endpoint = self._endpoints[index]
+            endpoint = self.settings.endpoints[index]
             try:
                 async with session.post(
                     endpoint + path,
                     data=payload,
                     headers=headers,
                     timeout=self._timeout,
-                    ssl=self._ssl,
+                    ssl=self._ssl(),
                 ) as response:
-                    raw = await _read_body(response, self._max_message, endpoint, path)
+                    raw = await _read_body(
+                        response, self.settings.max_message_bytes, endpoint, path
+                    )
                     status = response.status
             except _NOT_SENT as exc:
                 cause, failure = exc, describe(exc, endpoint)
@@ -585,7 +641,7 @@ class Gateway:
                     reached = True
                     failure = f"HTTP {status}: {_snippet(raw)}"
                 else:
-                    self._preferred = index
+                    self._order_start = index
                     return status, raw, endpoint
             failures.append((endpoint, failure))
             _log_failure(endpoint, path, failure)
@@ -628,7 +684,7 @@ class Gateway:
         while True:
             token = await self._auth_token()
             response, endpoint = await self._open(path, payload, token, idle_timeout=idle_timeout)
-            stream = GatewayStream(response, endpoint, path, self._max_message)
+            stream = GatewayStream(response, endpoint, path, self.settings.max_message_bytes)
             try:
                 return stream, await self._begin(stream, response, first)
             except EtcdAuthError:
@@ -650,7 +706,9 @@ class Gateway:
     ) -> M:
         """Raise the error etcd refused a stream with (not HTTP 200), else read its start."""
         if response.status != 200:
-            raw = await _read_body(response, self._max_message, stream.endpoint, stream.path)
+            raw = await _read_body(
+                response, self.settings.max_message_bytes, stream.endpoint, stream.path
+            )
             raise _reply_error(response.status, raw, stream.endpoint, stream.path)
         return await first(stream)
 
@@ -661,16 +719,16 @@ class Gateway:
         session = self._ensure_session()
         headers = {"Authorization": token} if token else None
         timeout = aiohttp.ClientTimeout(
-            total=None, connect=self._connect_timeout, sock_read=idle_timeout
+            total=None, connect=self.settings.connect_timeout, sock_read=idle_timeout
         )
         failures: list[tuple[str, str]] = []
         cause: BaseException | None = None
         reached = False
         for index in self._order():
-            endpoint = self._endpoints[index]
+            endpoint = self.settings.endpoints[index]
             try:
                 response = await session.post(
-                    endpoint + path, data=payload, headers=headers, timeout=timeout, ssl=self._ssl
+                    endpoint + path, data=payload, headers=headers, timeout=timeout, ssl=self._ssl()
                 )
             except _NOT_SENT as exc:
                 failure, cause = describe(exc, endpoint), exc
@@ -678,7 +736,7 @@ class Gateway:
                 # Opening a stream changes nothing: safe to try the next endpoint.
                 failure, cause, reached = describe(exc, endpoint), exc, True
             else:
-                self._preferred = index
+                self._order_start = index
                 return response, endpoint
             failures.append((endpoint, failure))
             _log_failure(endpoint, path, failure)
@@ -693,7 +751,7 @@ class Gateway:
 
     async def _auth_token(self) -> str | None:
         """Return the token to send (``None``: no credentials, or auth disabled in etcd)."""
-        if self._username is None:
+        if self.settings.username is None:
             return None
         while self._token is None:
             task = self._auth_task
@@ -718,7 +776,9 @@ class Gateway:
 
     async def _authenticate(self) -> None:
         path = "/v3/auth/authenticate"
-        payload = ENCODER.encode({"name": self._username, "password": self._password})
+        payload = ENCODER.encode(
+            {"name": self.settings.username, "password": self.settings.password}
+        )
         status, raw, endpoint = await self._post(path, payload, None, idempotent=True)
         if status != 200:
             error = _reply_error(status, raw, endpoint, path)
@@ -726,9 +786,9 @@ class Gateway:
                 if _REASON_AUTH_NOT_ENABLED in error.reason:
                     self._token = ""
                     return
+                user = self.settings.username
                 raise EtcdAuthError(
-                    f"etcd at {endpoint} refused authentication as user {self._username!r}: "
-                    f"{error.reason}",
+                    f"etcd at {endpoint} refused authentication as user {user!r}: {error.reason}",
                     code=error.code,
                     reason=error.reason,
                     endpoint=endpoint,
@@ -737,5 +797,5 @@ class Gateway:
         reply = decode(AUTH_REPLY, raw, path, endpoint)
         if not reply.token:
             raise EtcdProtocolError(f"invalid reply from etcd at {endpoint} to {path}: no token")
-        logger.debug("healkit.etcd_authenticated", endpoint=endpoint, user=self._username)
+        logger.debug("healkit.etcd_authenticated", endpoint=endpoint, user=self.settings.username)
         self._token = reply.token
