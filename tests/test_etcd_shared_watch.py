@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 import healkit
-from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, _feed
+from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, RangeResult, _feed
 from healkit.etcd._gateway import settings
 from healkit.testing import EtcdServer
 
@@ -174,3 +174,22 @@ async def test_a_subscriber_too_far_behind_gets_the_state_instead_of_a_growing_q
     reset = next(i for i in items if isinstance(i, _feed.Reset))
     assert not reset.replace
     assert [kv.key for kv in reset.kvs] == [(ROOT + "services/a").encode()]
+
+
+async def test_a_read_that_seeds_the_watch_reaches_the_subscribers_waiting_for_one(
+    etcd_server: EtcdServer,
+) -> None:
+    url = etcd_server.url
+    await etcd_server.stop()  # etcd is away: the watch cannot read the namespace
+    async with EtcdClient(url) as first, EtcdClient(url) as second:
+        waiting = first.follow(ROOT, liveness_timeout=DEADLINE, random=lambda: 1.0)
+        read = RangeResult(kvs=(), revision=7, count=0, cluster_id=1)
+        seeding = second.follow(ROOT, liveness_timeout=DEADLINE, random=lambda: 1.0, start=read)
+        try:
+            with anyio.fail_after(DEADLINE):
+                while not isinstance(item := await waiting.next(), _feed.Reset):
+                    assert isinstance(item, _feed.Connection)  # etcd unreachable meanwhile
+        finally:
+            await seeding.aclose()
+            await waiting.aclose()
+    assert (item.revision, item.kvs, item.replace) == (7, (), False)

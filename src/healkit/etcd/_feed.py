@@ -243,6 +243,11 @@ class _Feed:
         self._subscribers[subscription] = None
         if start is not None and not self._loaded:
             self._seed(start)
+            # Subscribers waiting for the feed's first read get this one.
+            reset = Reset(start.kvs, start.revision, start.cluster_id, replace=False)
+            for other in self._subscribers:
+                if other is not subscription:
+                    other.push(reset)
         else:
             for item in self.state(replace=False):
                 subscription.push(item)
