@@ -166,7 +166,8 @@ def _describe_connect(exc: aiohttp.ClientConnectorError, *, tls: bool) -> str:
     cause = exc.os_error
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         error = exc.certificate_error
-        reason = getattr(error, "verify_message", "") or str(error)
+        verified = isinstance(error, ssl.SSLCertVerificationError) and error.verify_message
+        reason = verified or str(error)
         return (
             f"TLS: the certificate of {where} is not trusted: {reason}"
             " (is the CA that signed it the one given as CA file?)"
@@ -264,7 +265,7 @@ def _loading(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:  # ssl.SSLError too
-        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        reason = (isinstance(exc, ssl.SSLError) and exc.reason) or exc.strerror or str(exc)
         raise ValueError(f"cannot load {what}: {reason}") from exc
 
 
