@@ -52,8 +52,8 @@ __all__ = [
     "Gateway",
     "GatewayStream",
     "Settings",
-    "classify",
     "settings",
+    "status_error",
     "stream_error",
 ]
 
@@ -365,11 +365,6 @@ class GatewayStream:
         self.path: Final = path
         """The streaming RPC."""
         self._limit = limit
-
-    @property
-    def closed(self) -> bool:
-        """Whether the stream was closed."""
-        return self._response is None
 
     def close(self) -> None:
         """Drop the connection (again: nothing)."""
