@@ -182,7 +182,19 @@ async def test_a_read_that_seeds_the_watch_reaches_the_subscribers_waiting_for_o
     url = etcd_server.url
     await etcd_server.stop()  # etcd is away: the watch cannot read the namespace
     async with EtcdClient(url) as first, EtcdClient(url) as second:
-        waiting = first.follow(ROOT, liveness_timeout=DEADLINE, random=lambda: 1.0)
+        # The feed's next read waits 20 s (its jitter is this first subscriber's):
+        # only its first failure is heard within the test.
+        waiting = first.follow(ROOT, liveness_timeout=DEADLINE, random=lambda: 100.0)
+        with anyio.fail_after(DEADLINE):
+            failed = await waiting.next()
+        assert isinstance(failed, _feed.Connection)
+        assert failed.error is not None
+        # A subscriber joining now hears at once that etcd is away.
+        late = first.follow(ROOT, liveness_timeout=DEADLINE, random=lambda: 1.0)
+        with anyio.fail_after(DEADLINE):
+            assert isinstance(heard := await late.next(), _feed.Connection)
+        assert heard.error is not None
+        await late.aclose()
         read = RangeResult(kvs=(), revision=7, count=0, cluster_id=1)
         seeding = second.follow(ROOT, liveness_timeout=DEADLINE, random=lambda: 1.0, start=read)
         try:

@@ -256,12 +256,12 @@ class _Feed:
         return subscription
 
     def state(self, *, replace: bool) -> list[FeedItem]:
-        """Return the items that bring a subscriber to the state now (none before a read)."""
-        if not self._loaded:
-            return []
-        items: list[FeedItem] = [
-            Reset(tuple(self._kvs.values()), self._revision, self._cluster_id, replace)
-        ]
+        """Return the items that bring a subscriber to the state now: keys, connection."""
+        items: list[FeedItem] = []
+        if self._loaded:
+            items.append(
+                Reset(tuple(self._kvs.values()), self._revision, self._cluster_id, replace)
+            )
         if self._connection is not None:
             items.append(self._connection)
         return items
