@@ -107,7 +107,9 @@ async def test_a_watch_that_is_never_confirmed_times_out(etcd_server: EtcdServer
 async def test_client_sockets_have_tcp_keepalive(etcd_server: EtcdServer) -> None:
     async with etcd_server.client() as client, client.watch("/k") as watch:
         # The stream's own socket, as the kernel sees it (no public handle on it).
-        response = watch._response
+        stream = watch._stream
+        assert stream is not None
+        response = stream._response
         assert response is not None
         assert response.connection is not None
         sock = response.connection.transport.get_extra_info("socket")  # type: ignore[union-attr]

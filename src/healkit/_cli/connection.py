@@ -30,7 +30,7 @@ from healkit._cli.args import (
 )
 from healkit._cli.entry_logs import routed_logs
 from healkit._errors import ConfigError, EtcdError
-from healkit.etcd._client import EtcdClient
+from healkit.etcd import EtcdClient
 from healkit.etcd._source import DEFAULT_PREFIX, etcd_prefix
 
 __all__ = ["DEFAULT_NAMESPACE", "Connection", "Runner", "etcd_command"]

@@ -30,7 +30,7 @@ from healkit._config.validate import join_path
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._plugins import create_plugin_manager
 from healkit._runtime import config_sections
-from healkit.etcd._client import EtcdClient, KeyValue
+from healkit.etcd import EtcdClient, KeyValue
 from healkit.etcd._source import key_role, stored_format
 
 __all__ = [

@@ -39,7 +39,7 @@ from healkit._cli.documents import (
 )
 from healkit._cli.push import Change, PushConflictError, write_diff
 from healkit._errors import ConfigError, EtcdCompacted, EtcdError
-from healkit.etcd._client import Compare, EtcdClient, KeyValue, PutOp
+from healkit.etcd import Compare, EtcdClient, KeyValue, PutOp
 
 __all__ = ["DEFAULT_HISTORY_LIMIT", "add_parsers"]
 

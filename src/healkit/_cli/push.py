@@ -50,7 +50,7 @@ from healkit._cli.documents import (
     read_namespace,
 )
 from healkit._config.models import ConfigSection, build_config
-from healkit.etcd._client import Compare, DeleteOp, EtcdClient, PutOp, prefix_range_end
+from healkit.etcd import Compare, DeleteOp, EtcdClient, PutOp, prefix_range_end
 from healkit.etcd._source import key_role
 
 __all__ = [

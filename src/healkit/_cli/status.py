@@ -49,7 +49,7 @@ from healkit._routing.fleet import (
 )
 from healkit._routing.plugin import SECTION as ROUTING
 from healkit._routing.plugin import endpoint_groups, serving_group
-from healkit.etcd._client import EtcdStatus, KeyValue
+from healkit.etcd import EtcdStatus, KeyValue
 from healkit.etcd._source import key_role
 
 __all__ = [

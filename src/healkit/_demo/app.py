@@ -86,7 +86,7 @@ from healkit._demo.traffic import Traffic
 from healkit._demo.view import REFRESH_PER_SECOND, Events, Facts, View
 from healkit._plugins import create_plugin_manager, describe_plugins
 from healkit._runtime import Runtime, config_sections
-from healkit.etcd._client import EtcdClient
+from healkit.etcd import EtcdClient
 from healkit.etcd._source import DEFAULT_PREFIX, EtcdSource
 from healkit.testing import FaultServer
 

@@ -43,7 +43,7 @@ from healkit._log import get_logger
 
 if TYPE_CHECKING:
     from healkit._clock import Clock
-    from healkit.etcd._client import EtcdClient, LeaseKeeper, WatchEvent
+    from healkit.etcd import EtcdClient, LeaseKeeper, WatchEvent
 
 __all__ = [
     "HEALTH",

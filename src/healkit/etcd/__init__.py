@@ -9,16 +9,15 @@ The errors (:class:`~healkit.EtcdError` and its subclasses) are in ``healkit``
 with the rest of the error tree.
 """
 
-from healkit.etcd._client import (
+from healkit.etcd._client import EtcdClient
+from healkit.etcd._lease import LeaseKeeper
+from healkit.etcd._messages import (
     Compare,
     DeleteOp,
     DeleteResult,
-    EtcdClient,
     EtcdStatus,
-    EtcdWatch,
     KeyValue,
     Lease,
-    LeaseKeeper,
     PutOp,
     PutResult,
     RangeOp,
@@ -29,6 +28,7 @@ from healkit.etcd._client import (
     prefix_range_end,
 )
 from healkit.etcd._source import DEFAULT_PREFIX, EtcdSource, EtcdSourceStatus, etcd_prefix
+from healkit.etcd._watch import EtcdWatch
 
 __all__ = [
     "DEFAULT_PREFIX",

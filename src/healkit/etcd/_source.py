@@ -33,6 +33,13 @@ rest is submitted again. At start the same rules apply (:meth:`EtcdSource.load_i
 the runtime starts with every valid document and refuses to start only when
 documents exist and none of them is usable.
 
+The sources of one process that read the same namespace of the same etcd
+with the same connection settings share one watch stream (see
+:mod:`healkit.etcd._feed`): the first one's bootstrap read starts it, a later
+one takes the state it has reached (one document, like a resynchronization)
+and the changes after it. What each source applies, rejects and reports stays
+its own.
+
 While etcd cannot be reached the configuration in force keeps serving; the
 source says so (a log event, :attr:`EtcdSource.status`) and reconnects with
 capped, jittered backoff. A watch stream that dies silently (packets dropped,
@@ -48,26 +55,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import math
 import os
 import random
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal, final
 
-import anyio
 import msgspec
 
 from healkit._config.formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
 from healkit._config.models import name_problem
 from healkit._config.sources import ConfigSink
 from healkit._config.validate import join_path, same_document
-from healkit._errors import ConfigError, ConfigIssue, EtcdCompacted, EtcdError, EtcdUnavailable
+from healkit._errors import ConfigError, ConfigIssue, EtcdError
 from healkit._log import get_logger
 from healkit._offload import off_loop
-from healkit.etcd._client import EtcdClient, EtcdWatch, KeyValue, WatchEvent
+from healkit.etcd._client import EtcdClient
+from healkit.etcd._feed import Change, Progress, Reset
+from healkit.etcd._messages import KeyValue, RangeResult, WatchEvent
 
 __all__ = [
     "EtcdSource",
@@ -82,8 +89,6 @@ __all__ = [
 _logger: Final = get_logger("healkit.etcd")
 
 DEFAULT_PREFIX: Final = "/healkit/"
-BACKOFF_BASE: Final = 0.1
-BACKOFF_CAP: Final = 10.0
 DEFAULT_LIVENESS: Final = 10.0
 SNAPSHOT_VERSION: Final = 2
 
@@ -184,8 +189,11 @@ class EtcdSource:
         liveness_timeout: seconds within which a watch stream that went
             silently dead (packets dropped, no reset) is noticed, and the
             longest a new watch may take to be confirmed; the source then
-            reconnects and resumes from the last applied revision + 1.
-        random: the random draw for the reconnection jitter (tests fix it).
+            reconnects and resumes from the last applied revision + 1. Sources
+            share a watch only when they have the same liveness timeout.
+        random: the random draw for the reconnection jitter (tests fix it); the
+            watch shared with other sources (see :meth:`watch`) uses the one of
+            the source that started it.
         limits: what one key's document may cost to decode (see
             :class:`~healkit.DocumentLimits`); beyond, it is rejected like an
             invalid one. Set here, locally: no document in etcd can change them.
@@ -202,7 +210,6 @@ class EtcdSource:
         "_extra",
         "_from_snapshot",
         "_good",
-        "_heard",
         "_last_error",
         "_limits",
         "_listeners",
@@ -213,6 +220,7 @@ class EtcdSource:
         "_root",
         "_sink",
         "_snapshot",
+        "_start",
     )
 
     def __init__(  # noqa: PLR0913 - keyword-only options
@@ -231,8 +239,6 @@ class EtcdSource:
             raise ValueError(f"liveness_timeout must be > 0 seconds, got {liveness_timeout!r}")
         self._client = client
         self._liveness = liveness_timeout
-        # Messages the watch stream delivered so far (its sign of life).
-        self._heard = 0
         self._limits = limits
         self._root = etcd_prefix(namespace, prefix)
         if channel is not None and name_problem(channel) is not None:
@@ -256,6 +262,8 @@ class EtcdSource:
         # records...), relative to the root, for the listeners.
         self._extra: dict[str, KeyValue] = {}
         self._listeners: list[tuple[str, Listener]] = []
+        # The bootstrap read, until the watch starts from it.
+        self._start: RangeResult | None = None
 
     def __repr__(self) -> str:
         return f"<EtcdSource {self.origin} revision {self._revision} {self._connection}>"
@@ -388,6 +396,7 @@ class EtcdSource:
                 raise
             self._unreachable(error)
             self._from_snapshot = True
+            self._start = None
             self._revision = snapshot.revision
             self._cluster_id = snapshot.cluster_id
             self._documents = dict(snapshot.documents)
@@ -403,157 +412,64 @@ class EtcdSource:
             self._cluster_id = result.cluster_id
             self._documents = self._config_documents(result.kvs)
             self._extra = self._other_keys(result.kvs)
+            self._start = result
 
     async def watch(self, sink: ConfigSink) -> None:
-        """Apply every change of the namespace, revision by revision, until cancelled."""
+        """Apply every change of the namespace, revision by revision, until cancelled.
+
+        The changes come through the watch that every source of the process
+        with the same connection settings, namespace and ``liveness_timeout``
+        shares (see ``docs/etcd.md``); what is applied, rejected and reported
+        is this source's own.
+        """
         self._sink = sink
         if self._connection == "unreachable":
             sink.emit(self.status)  # started from the snapshot: say so at once
-        failures = 0
-        while True:
-            try:
-                if self._from_snapshot:
-                    # Started from the snapshot: what etcd holds now replaces it.
-                    await self._resync(sink)
-                await self._follow(sink)
-            except EtcdCompacted as compacted:
-                _logger.warning(
-                    "healkit.etcd_compacted",
-                    applied_revision=self._revision,
-                    compact_revision=compacted.compact_revision,
-                )
-                failures = 0
-                await self._resync(sink)
-            except EtcdError as error:
-                if self._connection == "connected":
-                    failures = 0  # it worked until now: the backoff starts over
-                self._unreachable(error)
-                failures += 1
-                await anyio.sleep(self._backoff(failures))
+        start, self._start = self._start, None
+        subscription = self._client.follow(
+            self._root, liveness_timeout=self._liveness, random=self._random, start=start
+        )
+        try:
+            while True:
+                item = await subscription.next()
+                if isinstance(item, Reset):
+                    await self._reset(item, sink)
+                elif isinstance(item, Change):
+                    if item.revision > self._revision:
+                        await self._apply_events(item.events, sink)
+                elif isinstance(item, Progress):
+                    if item.revision > self._revision:
+                        # Nothing of ours changed up to there.
+                        self._revision = item.revision
+                        self._changed.set()
+                elif item.error is None:
+                    self._connected()
+                else:
+                    self._unreachable(item.error)
+        finally:
+            await subscription.aclose()
 
     # -- following etcd -----------------------------------------------------------------
 
-    async def _follow(self, sink: ConfigSink) -> None:
-        async with self._watch_stream() as stream:
-            if stream.created_revision < self._revision:
-                # etcd was restored from an older backup (or is another cluster): a
-                # watch from our next revision would wait for a future that is not ours.
-                await self._went_back(stream.created_revision, sink)
-                return
-            self._connected()
-            async for response in stream:
-                self._heard += 1
-                if response.revision < self._revision:
-                    await self._went_back(response.revision, sink)
-                    return
-                fresh = [e for e in response.events if e.kv.mod_revision > self._revision]
-                # A response can carry several revisions (catching up after a
-                # reconnection): each revision is applied on its own, whole.
-                for _, events in itertools.groupby(fresh, key=lambda e: e.kv.mod_revision):
-                    await self._apply_events(list(events), sink)
-                if not response.events and response.revision > self._revision:
-                    # A progress notification: nothing of ours changed up to there.
-                    self._revision = response.revision
-                    self._changed.set()
+    async def _reset(self, reset: Reset, sink: ConfigSink) -> None:
+        """Take every key at one revision: apply the difference as one document.
 
-    @contextlib.asynccontextmanager
-    async def _watch_stream(self) -> AsyncIterator[EtcdWatch]:
-        """Open the watch from the next revision, guarded against a silent death.
-
-        The watch must be confirmed within ``liveness_timeout``; while it runs,
-        :meth:`_guard` closes it when it is found dead, which ends the
-        iteration, and leaving the block raises the reason
-        (:class:`~healkit.EtcdUnavailable`): the source reconnects.
+        A state older than the revision applied is skipped (this source read a
+        newer one itself; the changes after it follow), unless etcd's revision
+        went backwards, or this source started from its snapshot file.
         """
-        watch = self._client.watch(
-            self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
-        )
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                with anyio.fail_after(self._liveness):
-                    stream = await stack.enter_async_context(watch)
-            except TimeoutError as timeout:
-                reason = f"etcd did not confirm the watch within {self._liveness:g} s"
-                raise _dead(watch.endpoint, reason) from timeout
-            dead: list[EtcdUnavailable] = []
-            guard = asyncio.create_task(self._guard(stream.endpoint, dead, stream.aclose))
-            try:
-                yield stream
-            finally:
-                guard.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await guard
-            if dead:
-                raise dead[0]
-
-    async def _guard(
-        self, endpoint: str, dead: list[EtcdUnavailable], close: Callable[[], Awaitable[None]]
-    ) -> None:
-        """Close the watch once it is found dead, with the reason in ``dead``.
-
-        Every third of ``liveness_timeout`` without a message on the stream, a
-        cheap read (the namespace's keys changed since the applied revision)
-        goes to etcd. The stream is dead when that read gets no answer within
-        a third of ``liveness_timeout``, or when etcd holds a change of the
-        namespace that the stream did not deliver by the next check. So a
-        silent death is noticed within ``liveness_timeout``. The read is
-        linearizable: a member cut off from its cluster's leader, whose watch
-        would stay quiet, fails it, and the client moves to another endpoint.
-        """
-        period = self._liveness / 3
-        heard = self._heard
-        expected = 0  # a revision of the namespace in etcd that the stream must deliver
-        while True:
-            await anyio.sleep(period)
-            if expected > self._revision:
-                reason = f"the watch did not deliver revision {expected} that etcd has"
-                break
-            expected = 0
-            if self._heard != heard:
-                heard = self._heard
-                continue
-            try:
-                with anyio.fail_after(period):
-                    probe = await self._client.range(
-                        self._root,
-                        prefix=True,
-                        keys_only=True,
-                        limit=1,
-                        min_mod_revision=self._revision + 1,
-                    )
-            except TimeoutError:
-                reason = f"the watch is silent and etcd did not answer a probe within {period:g} s"
-                break
-            except EtcdError as error:
-                reason = f"the watch is silent and a probe failed: {error.message}"
-                break
-            if probe.kvs:
-                expected = probe.kvs[0].mod_revision
-        dead.append(_dead(endpoint, reason))
-        await close()
-
-    async def _went_back(self, etcd_revision: int, sink: ConfigSink) -> None:
-        _logger.warning(
-            "healkit.etcd_revision_went_back",
-            applied_revision=self._revision,
-            etcd_revision=etcd_revision,
-        )
-        await self._resync(sink)
-
-    async def _resync(self, sink: ConfigSink) -> None:
-        """Read the whole prefix at one revision and apply the difference as one document."""
-        result = await self._client.range_all(self._root, prefix=True)
-        self._check_cluster(result.cluster_id)
+        if reset.revision < self._revision and not (reset.replace or self._from_snapshot):
+            return
+        self._check_cluster(reset.cluster_id)
         self._dispatch(
-            self._difference(self._other_keys(result.kvs), result.revision), result.revision
+            self._difference(self._other_keys(reset.kvs), reset.revision), reset.revision
         )
-        now = self._config_documents(result.kvs)
+        now = self._config_documents(reset.kvs)
         changed: dict[str, str | None] = {key: None for key in self._documents if key not in now}
         changed.update((key, text) for key, text in now.items() if self._documents.get(key) != text)
-        await self._apply(changed, result.revision, sink)
+        await self._apply(changed, reset.revision, sink)
         # Only now is what etcd holds in force (applying may await a worker thread).
         self._from_snapshot = False
-        self._connected()
 
     async def _apply_events(self, events: Sequence[WatchEvent], sink: ConfigSink) -> None:
         """Apply one revision: configuration as one document, other keys to the listeners."""
@@ -844,11 +760,6 @@ class EtcdSource:
         if self._sink is not None:
             self._sink.emit(self.status)
 
-    def _backoff(self, failures: int) -> float:
-        """Full jitter over a doubling ceiling, capped."""
-        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(failures, 16))
-        return ceiling * self._random()
-
     # -- the snapshot file ---------------------------------------------------------------
 
     async def _persist(self) -> None:
@@ -917,15 +828,6 @@ class EtcdSource:
                 reason="the snapshot was written from another etcd cluster",
             )
         self._cluster_id = cluster_id
-
-
-def _dead(endpoint: str, reason: str) -> EtcdUnavailable:
-    """Return the error of a watch stream found dead (the source reconnects and resumes)."""
-    return EtcdUnavailable(
-        f"watch stream from etcd at {endpoint or 'any endpoint'} is dead: {reason}",
-        failures=[(endpoint, reason)] if endpoint else [],
-        endpoint=endpoint or None,
-    )
 
 
 def _text(kv: KeyValue) -> str:

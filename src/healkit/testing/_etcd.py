@@ -42,7 +42,7 @@ from typing import IO, TYPE_CHECKING, Final, Self, final
 
 import aiohttp
 
-from healkit.etcd._client import EtcdClient
+from healkit.etcd import EtcdClient
 from healkit.testing._ports import unused_tcp_port
 
 if TYPE_CHECKING:

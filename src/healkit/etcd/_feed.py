@@ -1,0 +1,453 @@
+"""One watch per namespace and etcd connection set, shared by every source in the process.
+
+Several runtimes in one process (workers, tenants, tests) each have an
+:class:`~healkit.etcd.EtcdSource` for the same namespace of the same etcd.
+Instead of a watch each, they share a feed: one watch stream on one
+connection set of its own, with one liveness probe, one reconnection and one
+resynchronization, and a mirror of the namespace's keys at the revision it
+has reached. Each source subscribes and keeps its own semantics (applied
+revision, rejections, status, last good documents); it receives, in order:
+
+* :class:`Reset`: every key at one revision, when it subscribes (if the feed
+  has read the namespace already; else with the feed's first read) and
+  whenever the feed reads the namespace again (history compacted, etcd
+  restored to an older revision, or the subscriber fell too far behind);
+* :class:`Change`: the events of one revision, whole;
+* :class:`Progress`: nothing under the namespace changed up to a revision;
+* :class:`Connection`: the watch runs, or etcd could not be reached.
+
+The watch follows etcd's rules (see ``DESIGN.md``, "etcd"): read the prefix
+at one revision R, watch from R + 1, resume after a disconnect from the last
+revision reached + 1, read again at one revision after a compaction or when
+etcd's revision went backwards, reconnect with capped, jittered backoff, and
+notice a stream that died silently within the liveness timeout.
+
+Feeds are keyed by event loop, connection settings
+(:class:`~healkit.etcd._gateway.Settings`: endpoints, credentials, TLS,
+timeouts), namespace root and liveness timeout. A feed starts with its first
+subscriber and stops (its watch cancelled, its connections closed) when the
+last one leaves; a later subscriber starts a new one. The reconnection jitter
+is drawn from its first subscriber's ``random``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Final, final
+
+import anyio
+
+from healkit._errors import EtcdCompacted, EtcdError, EtcdUnavailable
+from healkit._log import get_logger
+from healkit.etcd._gateway import Settings
+from healkit.etcd._messages import KeyValue, RangeResult, WatchEvent
+
+if TYPE_CHECKING:
+    from healkit.etcd._client import EtcdClient
+    from healkit.etcd._watch import EtcdWatch
+
+__all__ = ["Change", "Connection", "FeedItem", "Progress", "Reset", "Subscription", "subscribe"]
+
+_logger: Final = get_logger("healkit.etcd")
+
+BACKOFF_BASE: Final = 0.1
+BACKOFF_CAP: Final = 10.0
+QUEUE_LIMIT: Final = 1000
+"""Items a subscriber may have waiting; beyond, they are replaced by one :class:`Reset`."""
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reset:
+    """Every key under the namespace, at one revision."""
+
+    kvs: tuple[KeyValue, ...]
+    """The keys, in key order."""
+    revision: int
+    """The revision they were read at (or reached by the watch)."""
+    cluster_id: int
+    """The etcd cluster they come from."""
+    replace: bool
+    """Take this state whatever the revision applied: etcd's revision went backwards."""
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """The events of one revision under the namespace, oldest first."""
+
+    events: tuple[WatchEvent, ...]
+    """The events."""
+    revision: int
+    """Their revision."""
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """Nothing under the namespace changed up to ``revision``."""
+
+    revision: int
+    """The store's revision."""
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connection:
+    """The watch runs (``error`` is ``None``), or etcd could not be reached."""
+
+    error: EtcdError | None
+    """Why etcd could not be reached."""
+
+
+FeedItem = Reset | Change | Progress | Connection
+
+_FeedKey = tuple[Settings, str, float]
+_feeds: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_FeedKey, _Feed]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def subscribe(  # noqa: PLR0913 - keyword-only options
+    client: Callable[[], EtcdClient],
+    settings: Settings,
+    root: str,
+    *,
+    liveness_timeout: float,
+    random: Callable[[], float],
+    start: RangeResult | None,
+) -> Subscription:
+    """Follow the keys under ``root`` through the feed of this loop, settings and root.
+
+    Args:
+        client: makes the feed's own client (connections), if a new feed starts.
+        settings: the connection settings the feed is shared by.
+        root: the namespace's key prefix.
+        liveness_timeout: see :class:`~healkit.etcd.EtcdSource`.
+        random: the jitter of the reconnection backoff, if a new feed starts.
+        start: the keys under ``root`` as the subscriber read them: a feed that
+            has read nothing yet starts from them and watches from the next revision.
+
+    """
+    feeds = _feeds.setdefault(asyncio.get_running_loop(), {})
+    key = (settings, root, liveness_timeout)
+    feed = feeds.get(key)
+    if feed is None:
+        feed = _Feed(client(), root, liveness_timeout, random)
+        feeds[key] = feed
+
+        def forget(stopped: _Feed = feed) -> None:
+            if feeds.get(key) is stopped:
+                del feeds[key]
+
+        feed.on_stop(forget)
+    return feed.join(start)
+
+
+@final
+class Subscription:
+    """One subscriber's view of a feed: its items in order, waiting for it."""
+
+    __slots__ = ("_feed", "_items", "_left", "_ready")
+
+    def __init__(self, feed: _Feed) -> None:
+        self._feed = feed
+        self._items: collections.deque[FeedItem] = collections.deque()
+        self._ready = asyncio.Event()
+        self._left = False
+
+    def push(self, item: FeedItem) -> None:
+        """Queue ``item``; a subscriber too far behind gets the feed's state instead."""
+        if len(self._items) >= QUEUE_LIMIT:
+            replace = any(isinstance(old, Reset) and old.replace for old in self._items)
+            self._items.clear()
+            self._items.extend(self._feed.state(replace=replace))
+        else:
+            self._items.append(item)
+        self._ready.set()
+
+    async def next(self) -> FeedItem:
+        """Return the next item, waiting for one."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    async def aclose(self) -> None:
+        """Leave the feed; the last subscriber to leave stops it and waits for that."""
+        if not self._left:
+            self._left = True
+            await self._feed.leave(self)
+
+
+@final
+class _Feed:
+    """The shared watch of one namespace (see the module docstring)."""
+
+    __slots__ = (
+        "_client",
+        "_cluster_id",
+        "_connection",
+        "_heard",
+        "_kvs",
+        "_liveness",
+        "_loaded",
+        "_random",
+        "_reload",
+        "_replace",
+        "_revision",
+        "_root",
+        "_stopped",
+        "_subscribers",
+        "_task",
+    )
+
+    def __init__(
+        self, client: EtcdClient, root: str, liveness: float, random: Callable[[], float]
+    ) -> None:
+        self._client = client
+        self._root = root
+        self._liveness = liveness
+        self._random = random
+        self._subscribers: dict[Subscription, None] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopped: list[Callable[[], None]] = []
+        # The mirror: every key under the root, at the revision reached.
+        self._kvs: dict[bytes, KeyValue] = {}
+        self._revision = 0
+        self._cluster_id = 0
+        self._loaded = False
+        self._reload = True
+        self._replace = False
+        self._connection: Connection | None = None
+        # Messages the watch stream delivered so far (its sign of life).
+        self._heard = 0
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the last subscriber leaves."""
+        self._stopped.append(callback)
+
+    def join(self, start: RangeResult | None) -> Subscription:
+        """Add a subscriber; it starts from the feed's state now, if it has one.
+
+        A feed that has read nothing yet takes ``start`` (the subscriber's own
+        read) as its state instead, and watches from the revision after it.
+        """
+        subscription = Subscription(self)
+        self._subscribers[subscription] = None
+        if start is not None and not self._loaded:
+            self._seed(start)
+            # Subscribers waiting for the feed's first read get this one.
+            reset = Reset(start.kvs, start.revision, start.cluster_id, replace=False)
+            for other in self._subscribers:
+                if other is not subscription:
+                    other.push(reset)
+        else:
+            for item in self.state(replace=False):
+                subscription.push(item)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"healkit etcd feed {self._root}")
+        return subscription
+
+    def state(self, *, replace: bool) -> list[FeedItem]:
+        """Return the items that bring a subscriber to the state now: keys, connection."""
+        items: list[FeedItem] = []
+        if self._loaded:
+            items.append(
+                Reset(tuple(self._kvs.values()), self._revision, self._cluster_id, replace)
+            )
+        if self._connection is not None:
+            items.append(self._connection)
+        return items
+
+    async def leave(self, subscription: Subscription) -> None:
+        """Remove a subscriber; without any left, stop the watch and close the connections."""
+        self._subscribers.pop(subscription, None)
+        if self._subscribers:
+            return
+        for callback in self._stopped:
+            callback()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # its cancellation stays its own, not the caller's
+
+    def _broadcast(self, item: FeedItem) -> None:
+        if isinstance(item, Connection):
+            self._connection = item
+        for subscription in list(self._subscribers):
+            subscription.push(item)
+
+    # -- following etcd -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    if self._reload:
+                        await self._load()
+                    await self._follow()
+                except EtcdCompacted as compacted:
+                    _logger.warning(
+                        "healkit.etcd_compacted",
+                        applied_revision=self._revision,
+                        compact_revision=compacted.compact_revision,
+                    )
+                    failures = 0
+                    self._reload = True
+                except EtcdError as error:
+                    if self._connection is not None and self._connection.error is None:
+                        failures = 0  # it worked until now: the backoff starts over
+                    self._broadcast(Connection(error))
+                    failures += 1
+                    await anyio.sleep(self._backoff(failures))
+        finally:
+            await self._client.close()
+
+    async def _load(self) -> None:
+        """Read every key under the root at one revision; hand it to every subscriber."""
+        result = await self._client.range_all(self._root, prefix=True)
+        replace, self._replace = self._replace, False
+        self._seed(result)
+        self._broadcast(Reset(result.kvs, result.revision, result.cluster_id, replace))
+
+    def _seed(self, result: RangeResult) -> None:
+        """Make ``result`` (every key under the root at one revision) the feed's state."""
+        self._kvs = {kv.key: kv for kv in result.kvs}
+        self._revision, self._cluster_id = result.revision, result.cluster_id
+        self._loaded, self._reload = True, False
+
+    async def _follow(self) -> None:
+        async with self._watch_stream() as stream:
+            if stream.created_revision < self._revision:
+                # etcd was restored from an older backup (or is another cluster): a
+                # watch from our next revision would wait for a future that is not ours.
+                self._went_back(stream.created_revision)
+                return
+            self._broadcast(Connection(None))
+            async for response in stream:
+                self._heard += 1
+                if response.revision < self._revision:
+                    self._went_back(response.revision)
+                    return
+                fresh = [e for e in response.events if e.kv.mod_revision > self._revision]
+                # A response can carry several revisions (catching up after a
+                # reconnection): each revision is handed on on its own, whole.
+                for revision, events in itertools.groupby(fresh, key=lambda e: e.kv.mod_revision):
+                    change = Change(tuple(events), revision)
+                    for event in change.events:
+                        if event.type == "DELETE":
+                            self._kvs.pop(event.kv.key, None)
+                        else:
+                            self._kvs[event.kv.key] = event.kv
+                    self._revision = revision
+                    self._broadcast(change)
+                if not response.events and response.revision > self._revision:
+                    # A progress notification: nothing of ours changed up to there.
+                    self._revision = response.revision
+                    self._broadcast(Progress(response.revision))
+
+    def _went_back(self, etcd_revision: int) -> None:
+        _logger.warning(
+            "healkit.etcd_revision_went_back",
+            applied_revision=self._revision,
+            etcd_revision=etcd_revision,
+        )
+        self._reload = self._replace = True
+
+    @contextlib.asynccontextmanager
+    async def _watch_stream(self) -> AsyncIterator[EtcdWatch]:
+        """Open the watch from the next revision, guarded against a silent death.
+
+        The watch must be confirmed within the liveness timeout; while it runs,
+        :meth:`_guard` closes it when it is found dead, which ends the
+        iteration, and leaving the block raises the reason
+        (:class:`~healkit.EtcdUnavailable`): the feed reconnects.
+        """
+        watch = self._client.watch(
+            self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                with anyio.fail_after(self._liveness):
+                    stream = await stack.enter_async_context(watch)
+            except TimeoutError as timeout:
+                reason = f"etcd did not confirm the watch within {self._liveness:g} s"
+                raise _dead(watch.endpoint, reason) from timeout
+            dead: list[EtcdUnavailable] = []
+            guard = asyncio.create_task(self._guard(stream.endpoint, dead, stream.aclose))
+            try:
+                yield stream
+            finally:
+                guard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
+            if dead:
+                raise dead[0]
+
+    async def _guard(
+        self, endpoint: str, dead: list[EtcdUnavailable], close: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Close the watch once it is found dead, with the reason in ``dead``.
+
+        Every third of the liveness timeout without a message on the stream, a
+        cheap read (the namespace's keys changed since the revision reached)
+        goes to etcd. The stream is dead when that read gets no answer within
+        a third of the liveness timeout, or when etcd holds a change of the
+        namespace that the stream did not deliver by the next check. So a
+        silent death is noticed within the liveness timeout. The read is
+        linearizable: a member cut off from its cluster's leader, whose watch
+        would stay quiet, fails it, and the client moves to another endpoint.
+        """
+        period = self._liveness / 3
+        heard = self._heard
+        expected = 0  # a revision of the namespace in etcd that the stream must deliver
+        while True:
+            await anyio.sleep(period)
+            if expected > self._revision:
+                reason = f"the watch did not deliver revision {expected} that etcd has"
+                break
+            expected = 0
+            if self._heard != heard:
+                heard = self._heard
+                continue
+            try:
+                with anyio.fail_after(period):
+                    probe = await self._client.range(
+                        self._root,
+                        prefix=True,
+                        keys_only=True,
+                        limit=1,
+                        min_mod_revision=self._revision + 1,
+                    )
+            except TimeoutError:
+                reason = f"the watch is silent and etcd did not answer a probe within {period:g} s"
+                break
+            except EtcdError as error:
+                reason = f"the watch is silent and a probe failed: {error.message}"
+                break
+            if probe.kvs:
+                expected = probe.kvs[0].mod_revision
+        dead.append(_dead(endpoint, reason))
+        await close()
+
+    def _backoff(self, failures: int) -> float:
+        """Full jitter over a doubling ceiling, capped."""
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(failures, 16))
+        return ceiling * self._random()
+
+
+def _dead(endpoint: str, reason: str) -> EtcdUnavailable:
+    """Return the error of a watch stream found dead (the feed reconnects and resumes)."""
+    return EtcdUnavailable(
+        f"watch stream from etcd at {endpoint or 'any endpoint'} is dead: {reason}",
+        failures=[(endpoint, reason)] if endpoint else [],
+        endpoint=endpoint or None,
+    )
