@@ -10,8 +10,9 @@ prefers an endpoint other than the one that just failed.
 An endpoint is unusable while it is *ejected* (``eject_after`` failures in a
 row: ejected for ``eject_time``, doubling on each further ejection up to
 ``eject_time_max``; at most ``max_ejected_fraction`` of a group at once, and
-always at least one endpoint) or while its circuit breaker refuses calls (the
-``breaker`` plugin, when installed). A failure that provably never reached the
+always at least one endpoint) or while a plugin says it would refuse an attempt
+there (``healkit_endpoint_available``: the ``breaker`` plugin, when installed,
+or any other circuit breaker). A failure that provably never reached the
 server (a refused connection, a breaker's refusal) moves the call to another
 usable endpoint at once, without a backoff. When no endpoint is usable, the
 primary group is tried anyway.
@@ -44,9 +45,10 @@ import asyncio
 import math
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar, final
 
 import aiohttp
 import msgspec
@@ -68,14 +70,16 @@ from healkit._errors import (
     DeadlineExceeded,
     HealkitError,
     HTTPStatusError,
+    PluginError,
     TimeoutExceeded,
     TransportError,
 )
 from healkit._log import get_logger
+from healkit._plan import CompiledHook, compile_hook
 from healkit._routing.fleet import EndpointView, FleetHealth, FleetSettings, ServiceView
 from healkit._routing.probes import ProbeSettings, probe
 from healkit._stash import StashKey
-from healkit.hookspecs import hookimpl
+from healkit.hookspecs import CircuitState, hookimpl
 
 if TYPE_CHECKING:
     from healkit._clock import Clock
@@ -95,6 +99,7 @@ __all__ = [
 ]
 
 _logger: Final = get_logger("healkit.routing")
+_T = TypeVar("_T")
 
 CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
 _ORIGIN_PATTERN: Final = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5})?$")
@@ -444,7 +449,10 @@ class Router:
         self._session: aiohttp.ClientSession | None = None
         self._probing: asyncio.Task[None] | None = None
         self._fleet = FleetHealth()
-        self._breaker: Any = None
+        # The hooks routing asks of the other plugins, compiled when configured.
+        self._gates: CompiledHook | None = None  # healkit_endpoint_available (None: nobody)
+        self._circuits: CompiledHook | None = None  # healkit_circuit_state
+        self._tls: CompiledHook | None = None  # healkit_tls_context
         self._sharing: asyncio.Task[None] | None = None
         self._wall_offset = 0.0  # Unix time minus the runtime clock, for the shared view
 
@@ -474,8 +482,11 @@ class Router:
         self._runtime = runtime
         before, self._config = self._config, config
         # Plugins change only through runtime.register, which configures again.
-        breaker = runtime.plugin_manager.get_plugin("breaker")
-        self._breaker = breaker if callable(getattr(breaker, "available", None)) else None
+        pm = runtime.plugin_manager
+        gates = compile_hook(pm, "healkit_endpoint_available")
+        self._gates = gates if gates.functions else None
+        self._circuits = compile_hook(pm, "healkit_circuit_state")
+        self._tls = compile_hook(pm, "healkit_tls_context")
         index = config.stash.get(_INDEX)
         if index is None:  # healkit_prepare failed: look at every service now
             index = config.stash[_INDEX] = _Index(config)
@@ -559,6 +570,7 @@ class Router:
         """Any event (an ejection, a breaker transition) may change the shared view."""
         self._fleet.touch()
 
+    @hookimpl
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
         index = config.stash.get(_INDEX)  # None: healkit_prepare did not run or failed
@@ -670,8 +682,8 @@ class Router:
             self._fleet.report(service, endpoint, out=False)
             if self._fleet.others(service, endpoint) >= fleet.quorum:
                 return False
-        breaker = self._breaker
-        return breaker is None or bool(breaker.available(service, endpoint))
+        gates = self._gates
+        return gates is None or _admitted(gates, service, endpoint)
 
     @hookimpl
     def healkit_post_response(
@@ -877,8 +889,7 @@ class Router:
             raise RuntimeError("the router probes only once configured")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        context = getattr(runtime.plugin_manager.get_plugin("tls"), "context", None)
-        tls = context(service) if callable(context) else None
+        tls = None if self._tls is None else _first(self._tls, ssl.SSLContext, service)
         limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
         return await probe(self._session, endpoint, settings, limits, tls)
 
@@ -995,14 +1006,15 @@ class Router:
         return view, (min(upcoming) - now if upcoming else None)
 
     def _breaker_of(self, service: str, endpoint: str) -> tuple[str | None, float]:
-        """Return the breaker plugin's state of the endpoint, and when it may admit calls again."""
-        breaker = self._breaker
-        if breaker is None:
+        """Return the endpoint's circuit state, and when it may admit calls again.
+
+        Asks ``healkit_circuit_state``: any breaker plugin may answer.
+        """
+        circuits = self._circuits
+        found = None if circuits is None else _first(circuits, CircuitState, service, endpoint)
+        if found is None:
             return None, -math.inf
-        state = breaker.state(service, endpoint)
-        status = breaker.status(service, endpoint)
-        retry_at = getattr(status, "retry_at", None)
-        return str(getattr(state, "value", state)), -math.inf if retry_at is None else retry_at
+        return found.state, -math.inf if found.retry_at is None else found.retry_at
 
     def _wall(self, moment: float, now: float) -> float | None:
         """Return a future moment of the runtime clock in Unix time (``None``: past or never)."""
@@ -1016,6 +1028,38 @@ def _plan(policy: ServicePolicy) -> _Plan:
     if plan is None:
         plan = policy.stash[_PLAN] = _Plan(policy, policy.section(SECTION))
     return plan
+
+
+def _admitted(gates: CompiledHook, service: str, endpoint: str) -> bool:
+    """Whether no decision plugin says it would refuse an attempt to ``endpoint`` now."""
+    for index, gate in gates.indexed:
+        try:
+            if gate(service, endpoint) is False and not gates.observers[index]:
+                return False
+        except Exception as exc:
+            raise PluginError(gates.plugins[index], gates.name, exc) from exc
+    return True
+
+
+def _first(hook: CompiledHook, kind: type[_T], *args: object) -> _T | None:
+    """Return the first answer of a decision plugin to a ``firstresult`` ``hook``.
+
+    Raises:
+        PluginError: an implementation raised, or answered with another type than ``kind``.
+
+    """
+    for index, function in hook.indexed:
+        try:
+            answer = function(*args)
+        except Exception as exc:
+            raise PluginError(hook.plugins[index], hook.name, exc) from exc
+        if answer is None or hook.observers[index]:
+            continue
+        if not isinstance(answer, kind):
+            wrong = TypeError(f"returned {type(answer).__name__}, not a {kind.__name__}")
+            raise PluginError(hook.plugins[index], hook.name, wrong)
+        return answer
+    return None
 
 
 def _release(attempt: AttemptContext) -> _Health | None:
