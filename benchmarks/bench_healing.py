@@ -64,7 +64,8 @@ from bench_pipeline import (
 )
 
 import healkit
-from healkit._routing.plugin import EndpointDown, EndpointReturned, Router
+from healkit._routing.plugin import Router
+from healkit.events import EndpointDown, EndpointReturned
 from healkit.testing import Fault, FaultServer, refused_url
 
 __all__ = ["run"]
