@@ -12,6 +12,13 @@ Emitted by the routing plugin:
 - :class:`EndpointDown` and :class:`EndpointReturned`: its health probes took
   it out of service, or brought it back.
 
+Emitted by circuit breakers (a subclass of each breaker plugin's own):
+
+- :class:`CircuitTransition`: a breaker changed state. The breaker plugin's
+  ``healkit_breaker.BreakerTransition`` is one; a third-party breaker emits
+  this class or a subclass, and observers (the tracing plugin's metrics) count
+  every breaker's transitions alike.
+
 Emitted by the core for every plugin that keeps state of unconfigured hosts:
 
 - :class:`StateEvicted`: such state was dropped (idle, or over the cap).
@@ -36,6 +43,7 @@ from healkit._bounded import EvictionReason, StateEvicted
 from healkit.etcd import EtcdSourceStatus
 
 __all__ = [
+    "CircuitTransition",
     "EndpointDown",
     "EndpointEjected",
     "EndpointReturned",
@@ -95,3 +103,27 @@ class EndpointReturned(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     service: str
     endpoint: str
     probes: int
+
+
+class CircuitTransition(msgspec.Struct, frozen=True, kw_only=True):
+    """A circuit breaker changed state; a breaker plugin may emit a subclass with more fields.
+
+    Attributes:
+        service: the service of the breaker.
+        endpoint: the endpoint it guards; ``None`` for a breaker of the whole
+            service (or of a decorated function).
+        from_state: the state it left, lower case (``"closed"``, ``"open"``,
+            ``"half_open"``, or a state of the plugin's own); a subclass may
+            use a ``str`` enum.
+        to_state: the state it entered, spelled the same way.
+        reason: why, in the plugin's words (``"failure_rate"``...).
+        at: when, on the runtime's clock (``runtime.clock.now()``).
+
+    """
+
+    service: str
+    endpoint: str | None
+    from_state: str
+    to_state: str
+    reason: str
+    at: float

@@ -46,6 +46,7 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
 import healkit
 from healkit.etcd import EtcdSourceStatus
+from healkit.events import CircuitTransition
 from healkit.hookspecs import CircuitState
 from healkit_tracing import _names as n
 from healkit_tracing._connection import build_trace_config
@@ -408,35 +409,30 @@ class TracingPlugin:
                 1, {n.STATE_OWNER: event.owner, n.STATE_REASON: event.reason}
             )
             return
-        self._breaker_transition(event)
+        if isinstance(event, CircuitTransition):
+            self._breaker_transition(event)
 
-    def _breaker_transition(self, event: object) -> None:
-        """Count a circuit breaker transition (any event with its fields); keep the state gauge."""
-        to_state = getattr(event, "to_state", None)
-        from_state = getattr(event, "from_state", None)
-        service = getattr(event, "service", None)
-        if to_state is None or from_state is None or not isinstance(service, str):
-            return
+    def _breaker_transition(self, event: CircuitTransition) -> None:
+        """Count a circuit breaker transition (any breaker's); keep the state gauge."""
+        service = event.service
         config = self._config
         if config is not None:
             policy = policy_of(config.policy(service))
             if not (policy.enabled and policy.metrics):
                 return
-        endpoint = getattr(event, "endpoint", None)
-        if isinstance(endpoint, str) and config is not None:
+        endpoint = event.endpoint
+        if endpoint is not None and config is not None:
             endpoint = config.redactor.url(endpoint)
-        where: dict[str, AttributeValue] = {
-            n.SERVICE: service,
-            n.ENDPOINT: endpoint if isinstance(endpoint, str) else "",
-        }
-        left, entered = _state_name(from_state), _state_name(to_state)
+        where: dict[str, AttributeValue] = {n.SERVICE: service, n.ENDPOINT: endpoint or ""}
+        # str(): a plain str of a breaker's str enum states (OpenTelemetry wants plain values).
+        left, entered = str(event.from_state), str(event.to_state)
         self._instruments.breaker_transitions.add(
             1,
             {
                 **where,
                 n.BREAKER_FROM_STATE: left,
                 n.BREAKER_TO_STATE: entered,
-                n.BREAKER_REASON: str(getattr(event, "reason", n.OTHER)),
+                n.BREAKER_REASON: str(event.reason),
             },
         )
         if left != entered:
@@ -670,9 +666,3 @@ def _span_name(call: healkit.CallContext) -> str:
     if call.transport == "http":
         return call.method if call.method in n.KNOWN_METHODS else "HTTP"
     return call.target
-
-
-def _state_name(state: object) -> str:
-    """Return the name of a breaker state: its enum ``value``, else its string form."""
-    value = getattr(state, "value", state)
-    return value if isinstance(value, str) else str(value)
