@@ -351,6 +351,8 @@ class Runtime:
         """Register a plugin at run time: recompile the plan, revalidate the config.
 
         Raises:
+            PluginError: the plugin breaks the hook contract (checked by the
+                plugin manager, as for plugins given when the runtime is built).
             ConfigError: the configuration in force is invalid with the new
                 plugin's sections; the plugin is unregistered again.
 

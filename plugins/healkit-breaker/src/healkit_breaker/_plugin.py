@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, final
 
@@ -27,8 +28,13 @@ _ERROR_KINDS: Final[Mapping[ErrorKind, type[healkit.HealkitError]]] = {
     "call_error": healkit.CallError,
 }
 _OPENING: Final = frozenset({State.OPEN, State.FORCED_OPEN})
-_CIRCUITS: Final = {state: CircuitState(state=state.value) for state in State}
-"""The report of a breaker that admits calls, by state (shared: nothing to allocate)."""
+_CIRCUITS: Final = {
+    state: CircuitState(
+        state=state.value, retry_at=math.inf if state is State.FORCED_OPEN else None
+    )
+    for state in State
+}
+"""The report of a breaker that admits calls, or was never used, by state (nothing to allocate)."""
 
 
 @final
