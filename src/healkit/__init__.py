@@ -69,7 +69,8 @@ from healkit._middleware import ResilienceMiddleware
 from healkit._outcome import AttemptRecord, Outcome, PathTaken, RedirectRecord
 from healkit._plugins import PluginInfo, create_plugin_manager, describe_plugins
 from healkit._response import OUTCOME_HEADER, Response
-from healkit._routing.plugin import EndpointStatus, endpoint_status
+from healkit._routing.health import EndpointStatus
+from healkit._routing.plugin import endpoint_status
 from healkit._runtime import Runtime, current_runtime, default_runtime
 from healkit._stash import Stash, StashKey
 from healkit._templates import DegradedTemplate

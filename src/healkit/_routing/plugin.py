@@ -77,11 +77,8 @@ from healkit._routing.settings import (
     INDEX,
     PLAN,
     SECTION,
-    RedirectRules,
     RoutingIndex,
     RoutingPlan,
-    RoutingSettings,
-    origin_allowed,
     redirect_rules,
     routing_plan,
 )
@@ -94,17 +91,9 @@ if TYPE_CHECKING:
     from healkit._response import Response
     from healkit._runtime import Runtime
 
-__all__ = [
-    "SECTION",
-    "EndpointStatus",
-    "RedirectRules",
-    "Router",
-    "RoutingSettings",
-    "endpoint_status",
-    "origin_allowed",
-    "redirect_rules",
-]
-"""Besides the router, the names the rest of healkit imports from here."""
+__all__ = ["Router", "endpoint_status", "redirect_rules"]
+"""Besides the router, the names the rest of healkit imports from here (``redirect_rules``
+for ``_http.py`` and ``_middleware.py``, which it does not use itself)."""
 
 _logger: Final = get_logger("healkit.routing")
 _T = TypeVar("_T")
