@@ -64,7 +64,7 @@ from bench_pipeline import (
 )
 
 import healkit
-from healkit._routing.plugin import EndpointDown, EndpointReturned, Router
+from healkit.events import EndpointDown, EndpointReturned
 from healkit.testing import Fault, FaultServer, refused_url
 
 __all__ = ["run"]
@@ -157,10 +157,10 @@ async def _timed_call(client: healkit.Client, endpoint: str, errors: Sequence[st
 
 
 def _primary_usable(client: healkit.Client) -> bool:
-    router = client.runtime.plugin_manager.get_plugin("routing")
-    if not isinstance(router, Router):
+    seen = healkit.endpoint_status(client.runtime, SERVICE)
+    if not seen:
         raise TypeError("the built-in routing plugin is missing")
-    return router.status(SERVICE)[0].usable
+    return seen[0].usable
 
 
 async def _sequential(server: FaultServer, repeats: Repeats) -> dict[str, list[float]]:

@@ -21,7 +21,7 @@ import pytest
 
 import healkit
 from healkit._config.models import ServicePolicy
-from healkit._routing import plugin as _routing
+from healkit._routing import settings as _routing
 from healkit.etcd import EtcdSource
 from healkit.testing import EtcdServer, Fault, FaultServer
 
@@ -81,13 +81,13 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> _Reads:
 def plans(monkeypatch: pytest.MonkeyPatch) -> list[ServicePolicy]:
     """The policies routing compiles a plan for, in order."""
     built: list[ServicePolicy] = []
-    plan = _routing._Plan  # counted, not replaced
+    plan = _routing.RoutingPlan  # counted, not replaced
 
     def counted(policy: ServicePolicy, settings: _routing.RoutingSettings) -> Any:
         built.append(policy)
         return plan(policy, settings)
 
-    monkeypatch.setattr(_routing, "_Plan", counted)
+    monkeypatch.setattr(_routing, "RoutingPlan", counted)
     return built
 
 

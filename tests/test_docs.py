@@ -49,8 +49,8 @@ from healkit._cli.entry import main as cli_main
 from healkit._config.models import CoreServiceSettings, LoggingSettings
 from healkit._degraded import SECTION as DEGRADED_SECTION
 from healkit._degraded import DegradedSettings
-from healkit._routing.plugin import SECTION as ROUTING_SECTION
-from healkit._routing.plugin import RoutingSettings
+from healkit._routing.settings import SECTION as ROUTING_SECTION
+from healkit._routing.settings import RoutingSettings
 from healkit.testing import EtcdServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import healkit
-from healkit._plan import PER_CALL_HOOKS, CallPlan, compile_hook
+from healkit._plan import PER_CALL_HOOKS, compile_hook
 from healkit._plugins import BUILTIN_PLUGINS, create_plugin_manager
 
 BUILTINS = [plugin().healkit_name for plugin in BUILTIN_PLUGINS]  # type: ignore[attr-defined]
@@ -100,11 +100,12 @@ def test_wrappers_are_refused_on_per_call_hooks() -> None:
     with pytest.raises(healkit.PluginError, match="wrappers are not supported") as caught:
         create_plugin_manager(plugins=[Wrapper()], entry_points=False)
     assert caught.value.hook == "register"
-    # A plugin registered on the manager directly is still refused by the plan.
+    # A plugin registered on the manager directly is refused too, and left out.
     pm = create_plugin_manager(entry_points=False)
-    pm.register(Wrapper())
+    plugin = Wrapper()
     with pytest.raises(healkit.PluginError, match="wrappers are not supported"):
-        CallPlan(pm, lambda *_: None, lambda *_: None)
+        pm.register(plugin)
+    assert not pm.is_registered(plugin)
 
 
 def test_misspelled_hooks_are_refused_at_registration() -> None:
@@ -126,6 +127,7 @@ class SometimesIdle:
     def __init__(self, broken: bool = False) -> None:
         self.broken = broken
 
+    @healkit.hookimpl
     def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
         if self.broken:
             raise RuntimeError("cannot tell")
@@ -164,6 +166,7 @@ class QuietObserver:
         self.answer = answer
         self.seen: list[str] = []
 
+    @healkit.hookimpl
     def healkit_idle_hooks(self, config: healkit.HealkitConfig) -> object:
         del config
         return self.answer

@@ -11,8 +11,9 @@ import anyio
 import pytest
 
 import healkit
-from healkit._routing.plugin import EndpointDown, EndpointReturned, Router
+from healkit._routing.plugin import Router
 from healkit._routing.probes import ProbeSettings
+from healkit.events import EndpointDown, EndpointReturned
 from healkit.testing import Fault, FaultServer, ManualClock, refused_url
 from healkit_breaker import BreakerPlugin
 from healkit_retry import RetryPlugin
@@ -249,7 +250,7 @@ async def test_endpoint_health_survives_a_configuration_change(
     ],
 )
 def test_allowed_origins_match_scheme_host_and_a_named_port(url: str, allowed: bool) -> None:
-    from healkit._routing.plugin import origin_allowed  # noqa: PLC0415 - a helper of this module
+    from healkit._routing.settings import origin_allowed  # noqa: PLC0415 - a helper of this module
 
     entries = ["https://*.internal", "https://dr.example.com:8443"]
     assert origin_allowed(url, entries) is allowed

@@ -4,7 +4,9 @@ A resilience pipeline of pluggy hooks (``pre_request``, ``post_response``,
 ``on_error``, ``fallback``) around aiohttp requests and decorated async call
 sites, with plugins for timeouts, retries, circuit breakers and more, all
 configured live. Start with :class:`Client` or :func:`resilient`; the public
-names are exactly those in ``__all__``.
+names are exactly those in ``__all__``. Plugin authors find what they code
+against in :mod:`healkit.plugin` (and :mod:`healkit.hookspecs`), the events
+healkit emits in :mod:`healkit.events`.
 """
 
 from importlib.metadata import version as _version
@@ -67,6 +69,8 @@ from healkit._middleware import ResilienceMiddleware
 from healkit._outcome import AttemptRecord, Outcome, PathTaken, RedirectRecord
 from healkit._plugins import PluginInfo, create_plugin_manager, describe_plugins
 from healkit._response import OUTCOME_HEADER, Response
+from healkit._routing.health import EndpointStatus
+from healkit._routing.plugin import endpoint_status
 from healkit._runtime import Runtime, current_runtime, default_runtime
 from healkit._stash import Stash, StashKey
 from healkit._templates import DegradedTemplate
@@ -105,6 +109,7 @@ __all__ = [
     "DegradedSettings",
     "DegradedTemplate",
     "DocumentLimits",
+    "EndpointStatus",
     "EtcdAuthError",
     "EtcdCompacted",
     "EtcdError",
@@ -153,6 +158,7 @@ __all__ = [
     "current_runtime",
     "default_runtime",
     "describe_plugins",
+    "endpoint_status",
     "get_logger",
     "hookimpl",
     "resilient",

@@ -94,6 +94,7 @@ class DegradedResponses:
         """Note whether some service has a template (off the event loop)."""
         config.stash[_TEMPLATED] = _templated(config)
 
+    @hookimpl
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a template: the plugin then stays out of the call plan."""
         templated = config.stash.get(_TEMPLATED)  # None: healkit_prepare failed

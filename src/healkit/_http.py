@@ -43,7 +43,7 @@ from healkit._errors import (
 )
 from healkit._outcome import Outcome, RedirectRecord
 from healkit._response import CHUNK_SIZE, OUTCOME_HEADER, Response
-from healkit._routing.plugin import redirect_rules
+from healkit._routing.settings import redirect_rules
 
 __all__ = [
     "REDIRECT_STATUSES",

@@ -63,7 +63,7 @@ from healkit._http import (
 )
 from healkit._outcome import Outcome, RedirectRecord
 from healkit._response import Response
-from healkit._routing.plugin import redirect_rules
+from healkit._routing.settings import redirect_rules
 from healkit._runtime import Runtime, current_runtime, default_runtime
 
 __all__ = ["ResilienceMiddleware"]

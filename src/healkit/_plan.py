@@ -31,6 +31,7 @@ from healkit._errors import HealkitError, PluginError
 if TYPE_CHECKING:
     from healkit._context import AttemptContext, CallContext
     from healkit._outcome import Outcome
+    from healkit._plugins import PluginManager
     from healkit._response import Response
 
 __all__ = ["PER_CALL_HOOKS", "CallPlan", "CompiledHook", "compile_hook"]
@@ -98,14 +99,14 @@ class CompiledHook:
         return results
 
 
-def compile_hook(
-    pm: pluggy.PluginManager, name: str, idle: Collection[str] = frozenset()
-) -> CompiledHook:
+def compile_hook(pm: PluginManager, name: str, idle: Collection[str] = frozenset()) -> CompiledHook:
     """Compile one hook of ``pm`` into a :class:`CompiledHook`, leaving out the ``idle`` plugins.
 
+    Wrappers never get here: the plugin manager refuses them on per-call hooks
+    when a plugin is registered.
+
     Raises:
-        PluginError: when an implementation is a wrapper (not supported on
-            compiled hooks).
+        PluginError: ``pm`` has no hook of that name.
 
     """
     caller: pluggy.HookCaller = getattr(pm.hook, name)
@@ -120,15 +121,9 @@ def compile_hook(
     for impl in reversed(caller.get_hookimpls()):
         if impl.plugin_name in idle:
             continue
-        if impl.hookwrapper or impl.wrapper:
-            raise PluginError(
-                impl.plugin_name,
-                name,
-                TypeError("wrappers are not supported on per-call hooks; use tryfirst/trylast"),
-            )
         functions.append(_positional(impl.function, tuple(impl.argnames), spec_args))
         plugins.append(impl.plugin_name)
-        observers.append(bool(getattr(impl.plugin, "healkit_observer", False)))
+        observers.append(pm.is_observer(impl.plugin_name))
     firstresult = bool(spec.opts.get("firstresult", False))
     return CompiledHook(
         name, tuple(functions), tuple(plugins), tuple(observers), firstresult=firstresult
@@ -183,7 +178,7 @@ class CallPlan:
 
     def __init__(
         self,
-        pm: pluggy.PluginManager,
+        pm: PluginManager,
         on_observer_error: ObserverErrorHandler,
         on_fallback_failed: Callable[[str, HealkitError], None],
         *,
@@ -231,6 +226,8 @@ class CallPlan:
         if hook.observers[index]:
             self._on_observer_error(plugin, hook.name, exc)
             return
+        if isinstance(exc, PluginError):
+            raise exc  # another plugin's crash, met through a hook: it names that plugin
         raise PluginError(plugin, hook.name, exc) from exc
 
     def route(self, call: CallContext, attempt: AttemptContext) -> str | None:

@@ -12,8 +12,10 @@ Any of them can be blocked by name.
 An entry point names a plugin class (instantiated with no arguments, once per
 plugin manager, so each client has its own plugin state) or a ready object.
 
-A plugin is checked when it is registered: no wrapper on a per-call hook (they
-are compiled into a call plan) and no ``async def`` implementation of a hook
+A plugin is checked when it is registered, whichever way (the
+:class:`PluginManager` does it): no wrapper on a per-call hook or a hook between
+plugins (they are compiled into plain function calls), no method named after a
+hook but not marked as its implementation and no ``async def`` implementation of a hook
 that may not return an awaitable (pluggy would hand back an unawaited
 coroutine, and the plugin's effect would silently never happen).
 :func:`inspect_plugins` loads the same plugins without stopping at the first
@@ -58,6 +60,11 @@ BLOCK_ENV: Final = "HEALKIT_BLOCK_PLUGINS"
 BUILTIN_PLUGINS: Final[tuple[Callable[[], object], ...]] = (DegradedResponses, Router)
 """The core's own plugins, registered first in every plugin manager."""
 AWAITABLE_HOOKS: Final = frozenset({"healkit_fallback", "healkit_shutdown"})
+COMPILED_HOOKS: Final = frozenset(
+    {*PER_CALL_HOOKS, "healkit_endpoint_available", "healkit_circuit_state", "healkit_tls_context"}
+)
+"""The hooks called through compiled functions (``compile_hook``): no wrappers there."""
+_HOOK_NAMES: Final = frozenset(name for name in vars(hookspecs) if name.startswith("healkit_"))
 """The hooks whose implementations may return an awaitable (healkit awaits it)."""
 
 
@@ -79,6 +86,52 @@ class PluginManager(pluggy.PluginManager):
         self.distributions: dict[str, tuple[str, str]] = {}
         self.builtins: set[str] = set()
         self.broken: dict[str, PluginError] = {}
+        self._observers: set[str] = set()
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin`` as pluggy does; read and check its declared attributes.
+
+        ``healkit_name`` and ``healkit_observer`` (:class:`healkit.hookspecs.Plugin`)
+        are read here, once, and checked; ``name`` defaults to ``healkit_name``
+        (else the class name).
+
+        Raises:
+            PluginError: an attribute is not of its type.
+            ValueError: pluggy's: the plugin or its name is registered already.
+            pluggy.PluginValidationError: pluggy's: an implementation does not
+                match its specification.
+
+        """
+        try:
+            observer = declared_observer(plugin)
+            if name is None:
+                name = declared_name(plugin)
+        except TypeError as exc:
+            raise PluginError(name or type(plugin).__name__, "register", exc) from exc
+        registered = super().register(plugin, name)
+        if registered is None:
+            return None  # blocked
+        try:
+            _check_contract(self, plugin)
+        except TypeError as exc:
+            super().unregister(plugin, registered)
+            raise PluginError(registered, "register", exc) from exc
+        if observer:
+            self._observers.add(registered)
+        return registered
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:  # noqa: ANN401 - pluggy's signature
+        """Unregister a plugin as pluggy does, and forget its role."""
+        if name is None and plugin is not None:
+            name = self.get_name(plugin)
+        removed = super().unregister(plugin, name)
+        if name is not None:
+            self._observers.discard(name)
+        return removed
+
+    def is_observer(self, name: str) -> bool:
+        """Whether the plugin registered as ``name`` declared itself an observer."""
+        return name in self._observers
 
 
 @final
@@ -252,36 +305,43 @@ def _load_entry_point(pm: PluginManager, ep: importlib.metadata.EntryPoint) -> N
     _register(pm, plugin, ep.name)
 
 
-def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+def _register(pm: PluginManager, plugin: object, name: str) -> None:
     try:
         pm.register(plugin, name=name)
     except ValueError as exc:
         raise PluginError(name, "register", exc) from exc
     except pluggy.PluginValidationError as exc:
         raise PluginError(name, "register", exc) from exc
-    try:
-        _check_contract(pm, plugin)
-    except TypeError as exc:
-        pm.unregister(plugin)
-        raise PluginError(name, "register", exc) from exc
 
 
-def _check_contract(pm: pluggy.PluginManager, plugin: object) -> None:
+def _check_contract(pm: PluginManager, plugin: object) -> None:
     """Refuse what pluggy accepts but healkit's pipeline cannot honour.
 
     Raises:
-        TypeError: a wrapper on a per-call hook, or an ``async def`` (or async
-            generator) implementation of a hook that may not return an awaitable.
+        TypeError: a wrapper on a hook of :data:`COMPILED_HOOKS`, an ``async def`` (or async
+            generator) implementation of a hook that may not return an
+            awaitable, or a method named after a hook but not marked with
+            ``@healkit.hookimpl`` (it would silently never be called).
 
     """
+    for attribute in dir(plugin):
+        if (
+            attribute.startswith("healkit_")
+            and attribute in _HOOK_NAMES
+            and pm.parse_hookimpl_opts(plugin, attribute) is None
+            and inspect.isroutine(getattr(plugin, attribute, None))
+        ):
+            raise TypeError(
+                f"{attribute} is not marked with @healkit.hookimpl: it would never be called"
+            )
     for caller in pm.get_hookcallers(plugin) or ():
         for impl in caller.get_hookimpls():
             if impl.plugin is not plugin:
                 continue
-            if caller.name in PER_CALL_HOOKS and (impl.hookwrapper or impl.wrapper):
+            if caller.name in COMPILED_HOOKS and (impl.hookwrapper or impl.wrapper):
                 raise TypeError(
                     f"{caller.name} is a wrapper: wrappers are not supported on "
-                    "per-call hooks; use tryfirst/trylast"
+                    "per-call hooks and the hooks between plugins; use tryfirst/trylast"
                 )
             function = impl.function
             if caller.name not in AWAITABLE_HOOKS and (
@@ -327,7 +387,38 @@ def check_plugin_sections(pm: pluggy.PluginManager) -> dict[str, str]:
 
 
 def _name_of(plugin: object) -> str:
-    return str(getattr(plugin, "healkit_name", None) or type(plugin).__name__)
+    try:
+        return declared_name(plugin)
+    except TypeError as exc:
+        raise PluginError(type(plugin).__name__, "register", exc) from exc
+
+
+def declared_name(plugin: object) -> str:
+    """Return the plugin's ``healkit_name``, or its class name if it declares none.
+
+    Raises:
+        TypeError: ``healkit_name`` is not a non-empty string.
+
+    """
+    name = getattr(plugin, "healkit_name", None)
+    if name is None:
+        return type(plugin).__name__
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"healkit_name must be a non-empty str, not {name!r}")
+    return name
+
+
+def declared_observer(plugin: object) -> bool:
+    """Return the plugin's ``healkit_observer`` (``False`` if it declares none).
+
+    Raises:
+        TypeError: ``healkit_observer`` is not a bool.
+
+    """
+    observer = getattr(plugin, "healkit_observer", False)
+    if not isinstance(observer, bool):
+        raise TypeError(f"healkit_observer must be a bool, not {observer!r}")
+    return observer
 
 
 def describe_plugins(
@@ -355,7 +446,7 @@ def describe_plugins(
                 distribution=dist[0] if dist else None,
                 version=dist[1] if dist else None,
                 hooks=tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())),
-                observer=bool(getattr(plugin, "healkit_observer", False)),
+                observer=pm.is_observer(name),
                 source="built-in"
                 if name in pm.builtins
                 else ("entry point" if dist else "explicit"),

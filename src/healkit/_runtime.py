@@ -318,31 +318,31 @@ class Runtime:
     def _idleness(self) -> _Idleness:
         """Return what the plugins say they have nothing to do per call under the config in force.
 
-        ``healkit_idle(config) -> bool``: ``True`` leaves all of the plugin's
-        per-call hooks out; ``healkit_idle_hooks(config)`` names the ones to
-        leave out (its other hooks stay). A plugin whose answer raises, or
-        names a hook that is not a per-call hook, is kept in the plan whole
-        (and the error reported): when in doubt, a plugin runs.
+        Asks ``healkit_idle`` and ``healkit_idle_hooks`` (see their
+        specifications). A plugin whose answer raises, or names a hook that is
+        not a per-call hook, is kept in the plan whole (and the error
+        reported): when in doubt, a plugin runs.
         """
-        plugins: set[str] = set()
+        pm, arguments = self.plugin_manager, {"config": self._config}
+        failed: set[str] = set()
+
+        def refused(plugin: str, hook: str, error: Exception) -> None:
+            failed.add(plugin)
+            self._plugin_failed(plugin, hook, error)
+
+        plugins = {
+            name
+            for name, idle in call_each(pm, "healkit_idle", arguments, refused)
+            if idle is True and name not in failed
+        }
         hooks: set[tuple[str, str]] = set()
-        config = self._config
-        for name, plugin in self.plugin_manager.list_name_plugin():
-            if (check := getattr(plugin, "healkit_idle", None)) is not None:
-                try:
-                    if check(config) is True:
-                        plugins.add(name)
-                        continue
-                except Exception as error:  # noqa: BLE001 - reported; the plugin stays in the plan
-                    self._plugin_failed(name, "healkit_idle", error)
-                    continue
-            if (name_hooks := getattr(plugin, "healkit_idle_hooks", None)) is not None:
-                try:
-                    named = _per_call_hooks(name_hooks(config))
-                except Exception as error:  # noqa: BLE001 - reported; the plugin stays in the plan
-                    self._plugin_failed(name, "healkit_idle_hooks", error)
-                    continue
-                hooks.update((name, hook) for hook in named)
+        for name, named in call_each(pm, "healkit_idle_hooks", arguments, refused):
+            if name in plugins or name in failed:
+                continue
+            try:
+                hooks.update((name, hook) for hook in _per_call_hooks(named))
+            except (TypeError, ValueError) as error:
+                refused(name, "healkit_idle_hooks", error)
         return _Idleness(frozenset(plugins), frozenset(hooks))
 
     # -- plugins ---------------------------------------------------------------
@@ -351,6 +351,8 @@ class Runtime:
         """Register a plugin at run time: recompile the plan, revalidate the config.
 
         Raises:
+            PluginError: the plugin breaks the hook contract (checked by the
+                plugin manager, as for plugins given when the runtime is built).
             ConfigError: the configuration in force is invalid with the new
                 plugin's sections; the plugin is unregistered again.
 

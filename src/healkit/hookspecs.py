@@ -8,13 +8,25 @@ Order: pluggy's. Implementations run newest-registered first, ``tryfirst``
 ones before all others and ``trylast`` ones after. Entry-point plugins are
 registered first, in the order of their names, then the plugins passed
 explicitly, in the order given. Wrappers
-(``wrapper=True`` / ``hookwrapper=True``) are refused on the per-call hooks,
-because those are compiled into a call plan for speed.
+(``wrapper=True`` / ``hookwrapper=True``) are refused on the per-call hooks and
+the hooks between plugins, because those are compiled into plain function
+calls for speed.
+
+Besides its hook implementations, healkit reads two optional class
+attributes of a plugin, described by the :class:`Plugin` protocol:
+``healkit_name`` (its registered name) and ``healkit_observer`` (its role).
+Both are read once, when the plugin is registered, and checked there.
 
 Roles: a plugin is a *decision* plugin unless it sets the class attribute
 ``healkit_observer = True``. An unexpected exception in a decision plugin fails
 the call with :class:`healkit.PluginError` naming the plugin; an observer's
 exception never fails a call: it is logged once per plugin and counted.
+
+Plugins meet through hooks, never through each other's attributes: the
+routing plugin asks ``healkit_endpoint_available`` whether some plugin (a
+breaker) refuses an endpoint, ``healkit_circuit_state`` for what a breaker
+reports of it and ``healkit_tls_context`` for the TLS context of a service's
+probes, so a third-party breaker or TLS plugin takes either side.
 
 Per-call hooks are plain functions in the hot path: they decide, they do not
 sleep or perform I/O. Only ``healkit_fallback`` and ``healkit_shutdown`` may
@@ -24,11 +36,14 @@ return an awaitable, which healkit awaits.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, final
 
+import msgspec
 import pluggy
 
 if TYPE_CHECKING:
+    import ssl
+
     import aiohttp
 
     from healkit._config.models import ConfigSection, HealkitConfig, ServicePolicy, Timeouts
@@ -38,7 +53,7 @@ if TYPE_CHECKING:
     from healkit._response import Response
     from healkit._runtime import Runtime
 
-__all__ = ["PROJECT", "hookimpl", "hookspec"]
+__all__ = ["PROJECT", "CircuitState", "Plugin", "hookimpl", "hookspec"]
 
 PROJECT = "healkit"
 
@@ -47,6 +62,47 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 """Marker for hook implementations: ``@healkit.hookimpl`` (``tryfirst=True``, ``trylast=True``)."""
+
+
+class Plugin(Protocol):
+    """The class attributes healkit reads of a plugin, besides its hooks; both optional.
+
+    A plugin needs neither (it is then named after its class, and it is a
+    decision plugin); declare the ones it sets as plain class attributes.
+    healkit reads them once, when the plugin is registered: one that is not
+    of its type is refused then with a :class:`healkit.PluginError`.
+
+    Attributes:
+        healkit_name: the name the plugin is registered under when none is
+            given (an entry point's name wins): in ``healkit plugins``, error
+            messages, ``block_plugins``.
+        healkit_observer: ``True`` for an observer plugin (tracing, metrics,
+            logging), whose exceptions never fail a call and whose results of
+            the decision hooks are ignored.
+
+    """
+
+    healkit_name: ClassVar[str]
+    healkit_observer: ClassVar[bool]
+
+
+@final
+class CircuitState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a circuit breaker reports of one endpoint (``healkit_circuit_state``).
+
+    Attributes:
+        state: the breaker's state, lower case: ``"closed"``, ``"open"``,
+            ``"half_open"``, or a state of the plugin's own
+            (``"forced_open"``...). Tracing records it as
+            ``healkit.breaker.state``.
+        retry_at: when the breaker may admit a call again, on the runtime's
+            clock (``runtime.clock.now()``); ``None`` if it admits calls now,
+            ``math.inf`` if never on its own.
+
+    """
+
+    state: str
+    retry_at: float | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -197,6 +253,91 @@ def healkit_max_attempts(policy: ServicePolicy) -> int | None:
     Without an answer a call makes one attempt, and ``attempts=`` may only be
     1. Called once per service and configuration snapshot, and only for calls
     that pass ``attempts=``.
+
+    Result: stops at the first non-``None`` result (``firstresult``). May not
+    return an awaitable.
+    """
+
+
+@hookspec
+def healkit_idle(config: HealkitConfig) -> bool:  # type: ignore[empty-body]
+    """Say whether the plugin has nothing to do per call under ``config``.
+
+    Asked once per configuration snapshot, on the event loop, after
+    ``healkit_configure``, and again when a plugin calls
+    ``runtime.refresh_plan()``. ``True`` leaves all of the plugin's per-call
+    hooks out of the call plan, so that a call does not pay for a plugin no
+    service uses; anything else keeps them. Answer from what
+    ``healkit_prepare`` derived (``config.stash``): the question is asked on
+    the event loop. An exception keeps the plugin in the plan (and is logged
+    and counted): when in doubt, a plugin runs.
+
+    Result: all implementations are called; each answer is about its own
+    plugin. May not return an awaitable.
+    """
+
+
+@hookspec
+def healkit_idle_hooks(config: HealkitConfig) -> Sequence[str]:  # type: ignore[empty-body]
+    """Name the per-call hooks of this plugin that have nothing to do under ``config``.
+
+    Asked as ``healkit_idle`` is (once per snapshot, and on
+    ``runtime.refresh_plan()``), for a plugin that ``healkit_idle`` did not
+    leave out whole. The named hooks of this plugin leave the call plan; its
+    others stay. A name that is not a per-call hook (a typo) is an error:
+    logged and counted, and the plugin stays in the plan whole.
+
+    Result: all implementations are called; each answer is about its own
+    plugin. May not return an awaitable.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Between plugins: what one plugin asks of the others. Called by the routing
+# plugin and by tracing; any plugin may implement and call them.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def healkit_endpoint_available(service: str, endpoint: str) -> bool | None:
+    """Say whether an attempt to ``endpoint`` of ``service`` would be admitted now.
+
+    Asked by the routing plugin for every endpoint it considers for an
+    attempt (the hot path: answer from memory, in constant time). ``False``:
+    this plugin would refuse such an attempt now (an open breaker), so routing
+    sends it elsewhere; ``True`` or ``None``: no objection. Answer without side
+    effects: the attempt may still go elsewhere (a half-open breaker takes no
+    probe slot here). An exception fails the call with a
+    :class:`healkit.PluginError` naming the plugin.
+
+    Result: all implementations are called until one answers ``False``; the
+    endpoint is available unless one does. May not return an awaitable.
+    """
+
+
+@hookspec(firstresult=True)
+def healkit_circuit_state(service: str, endpoint: str | None) -> CircuitState | None:
+    """Report the state of the circuit breaker that guards ``endpoint`` of ``service``.
+
+    ``endpoint`` is a base URL as in ``attempt.endpoint`` (``None``: the
+    service as a whole, for a decorated function). For what others show of
+    the endpoint: tracing's ``healkit.breaker.state`` attribute, the fleet
+    health view, status. ``None``: this plugin guards no such endpoint.
+
+    Result: stops at the first non-``None`` result (``firstresult``). May not
+    return an awaitable.
+    """
+
+
+@hookspec(firstresult=True)
+def healkit_tls_context(service: str) -> ssl.SSLContext | None:
+    """Return the TLS context for connections healkit opens itself to ``service``'s endpoints.
+
+    The routing plugin's health probes connect with it, so that a probe sees
+    an endpoint as calls do (the same CA bundle, client certificate and
+    verification). A TLS plugin answers with the context it gives the
+    service's attempts (``attempt.ssl``). ``None``: no context from this
+    plugin; without an answer aiohttp's default verification applies.
 
     Result: stops at the first non-``None`` result (``firstresult``). May not
     return an awaitable.

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-
 import msgspec
 import pytest
 from tracing_support import SERVICE, RetryAll, Telemetry, document
 
 import healkit
 from healkit.etcd import EtcdSourceStatus
+from healkit.events import CircuitTransition
 from healkit.testing import Fault, FaultServer
 from healkit_breaker import BreakerPlugin
 from healkit_tracing import SECTION, TracingPlugin, TracingSettings
@@ -145,22 +143,6 @@ async def test_connection_timings_can_be_turned_off(
     assert telemetry.points("healkit.connection.acquired") == []
 
 
-class FakeState(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeTransition:
-    """Shaped like healkit_breaker.BreakerTransition: the plugin duck-types events."""
-
-    service: str
-    endpoint: str | None
-    from_state: FakeState
-    to_state: FakeState
-    reason: str
-
-
 async def test_breaker_transition_events_are_counted(telemetry: Telemetry) -> None:
     runtime = healkit.Runtime(
         config=document(["http://payments.internal:8443"]),
@@ -168,8 +150,16 @@ async def test_breaker_transition_events_are_counted(telemetry: Telemetry) -> No
         entry_points=False,
     )
     endpoint = "http://payments.internal:8443"
+    # Any breaker's transition: a plain CircuitTransition, not the breaker plugin's.
     runtime.emit(
-        FakeTransition(SERVICE, endpoint, FakeState.CLOSED, FakeState.OPEN, "failure_rate")
+        CircuitTransition(
+            service=SERVICE,
+            endpoint=endpoint,
+            from_state="closed",
+            to_state="open",
+            reason="failure_rate",
+            at=0.0,
+        )
     )
     runtime.emit(object())  # not a transition: ignored
     # One collection: an older SDK (1.31) reports a gauge's value once only.

@@ -47,8 +47,8 @@ from healkit._routing.fleet import (
     InstanceView,
     parse_record_key,
 )
-from healkit._routing.plugin import SECTION as ROUTING
-from healkit._routing.plugin import endpoint_groups, serving_group
+from healkit._routing.settings import SECTION as ROUTING
+from healkit._routing.settings import endpoint_groups, serving_group
 from healkit.etcd import EtcdStatus, KeyValue
 from healkit.etcd._source import key_role
 

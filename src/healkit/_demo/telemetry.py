@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, final
 from healkit._demo import DemoError
 from healkit._demo.scenes import SERVICE
 from healkit._demo.traffic import one_line, to_ms
-from healkit._routing.plugin import EndpointDown, EndpointEjected, EndpointReturned, Router
+from healkit._routing.plugin import endpoint_status
+from healkit.events import EndpointDown, EndpointEjected, EndpointReturned
 from healkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # the plugin and SDK packages are imported only when a run needs them
@@ -184,7 +185,7 @@ class Observer:
         self._traffic = traffic
         self._say = say
         self._fallback = fallback
-        self._router: Router | None = None
+        self._runtime: Runtime | None = None
         self._dispatch: list[tuple[type[Any], Callable[[Any], None]]] = [
             (EndpointEjected, self._ejected),
             (EndpointDown, self._down),
@@ -207,9 +208,8 @@ class Observer:
 
     @hookimpl
     def healkit_configure(self, runtime: Runtime) -> None:
-        """Find the router of the runtime the observer is registered in."""
-        router = runtime.plugin_manager.get_plugin(Router.healkit_name)
-        self._router = router if isinstance(router, Router) else None
+        """Keep the runtime the observer is registered in, to ask its router."""
+        self._runtime = runtime
 
     @hookimpl
     def healkit_event(self, event: object) -> None:
@@ -231,9 +231,9 @@ class Observer:
         ejection ending, or an open breaker's time passing, has no event: it
         shows on the next frame).
         """
-        if not self._fallback or self._router is None:
+        if not self._fallback or self._runtime is None:
             return
-        usable = [status.group for status in self._router.status(SERVICE) if status.usable]
+        usable = [s.group for s in endpoint_status(self._runtime, SERVICE) if s.usable]
         group = min(usable, default=None)
         change = self.watch.observe(group, self._stopwatch.elapsed(), self._scene())
         if change is not None:

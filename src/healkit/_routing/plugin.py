@@ -10,8 +10,9 @@ prefers an endpoint other than the one that just failed.
 An endpoint is unusable while it is *ejected* (``eject_after`` failures in a
 row: ejected for ``eject_time``, doubling on each further ejection up to
 ``eject_time_max``; at most ``max_ejected_fraction`` of a group at once, and
-always at least one endpoint) or while its circuit breaker refuses calls (the
-``breaker`` plugin, when installed). A failure that provably never reached the
+always at least one endpoint) or while a plugin says it would refuse an attempt
+there (``healkit_endpoint_available``: the ``breaker`` plugin, when installed,
+or any other circuit breaker). A failure that provably never reached the
 server (a refused connection, a breaker's refusal) moves the call to another
 usable endpoint at once, without a backoff. When no endpoint is usable, the
 primary group is tried anyway.
@@ -43,408 +44,62 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import re
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import aiohttp
-import msgspec
-import yarl
 
-from healkit._config.models import (
-    ConfigSection,
-    Endpoint,
-    HealkitConfig,
-    Seconds,
-    ServicePolicy,
-    normalize_endpoint,
-)
+from healkit._config.models import ConfigSection, HealkitConfig
 from healkit._context import AttemptContext, CallContext, RetryDecision
 from healkit._errors import (
     CircuitOpenError,
     ConnectError,
     ConnectTimeout,
-    DeadlineExceeded,
     HealkitError,
     HTTPStatusError,
-    TimeoutExceeded,
-    TransportError,
+    PluginError,
 )
 from healkit._log import get_logger
-from healkit._routing.fleet import EndpointView, FleetHealth, FleetSettings, ServiceView
+from healkit._plan import CompiledHook, compile_hook
+from healkit._routing.fleet import EndpointView, FleetHealth, ServiceView
+from healkit._routing.health import (
+    EndpointStatus,
+    Health,
+    counts_against,
+    failed_groups,
+    moves_on,
+    resendable,
+)
 from healkit._routing.probes import ProbeSettings, probe
+from healkit._routing.settings import (
+    INDEX,
+    PLAN,
+    SECTION,
+    RoutingIndex,
+    RoutingPlan,
+    routing_plan,
+    serving_group,
+)
 from healkit._stash import StashKey
-from healkit.hookspecs import hookimpl
+from healkit.events import EndpointDown, EndpointEjected, EndpointReturned
+from healkit.hookspecs import CircuitState, hookimpl
 
 if TYPE_CHECKING:
     from healkit._clock import Clock
     from healkit._response import Response
     from healkit._runtime import Runtime
 
-__all__ = [
-    "SECTION",
-    "EndpointDown",
-    "EndpointEjected",
-    "EndpointReturned",
-    "EndpointStatus",
-    "RedirectRules",
-    "Router",
-    "RoutingSettings",
-    "endpoint_groups",
-    "redirect_rules",
-    "serving_group",
-]
+__all__ = ["Router", "endpoint_status"]
 
 _logger: Final = get_logger("healkit.routing")
-
-CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
-_ORIGIN_PATTERN: Final = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5})?$")
-
-Origin = Annotated[str, msgspec.Meta(pattern=_ORIGIN_PATTERN.pattern)]
-Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")]
-
-
-@final
-class RoutingSettings(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False
-):
-    """The ``routing`` section of a service document.
-
-    Attributes:
-        fallback_groups: endpoint groups tried, in order, when no endpoint of
-            the groups before is usable (the service's ``endpoints`` are the
-            primary group).
-        balance: within a group, ``round_robin`` or ``least_outstanding``
-            (the less busy of two endpoints picked at random).
-        eject_after: failures in a row that eject an endpoint (0: never).
-        eject_time: seconds of a first ejection.
-        eject_time_max: the cap of the ejection time, which doubles with
-            each further ejection of the endpoint.
-        max_ejected_fraction: the share of a group that may be ejected at once
-            (at least one endpoint may always be).
-        failover: move at once to another endpoint after a failure that never
-            reached the server (refused connection, open breaker).
-        retry_other_groups: once a call failed on a group (a 5xx answer, a
-            connection error, a time limit), send its next attempt to the next
-            group with a usable endpoint, at once, instead of the same group
-            again; a 502, 503 or 504 answer counts as that failure even if no
-            retry plugin declares it one. Only for a request that may be sent
-            again: idempotent (method, ``Idempotency-Key``, declaration) and
-            replayable, or one that never reached the server. No effect
-            without ``fallback_groups``.
-        allowed_origins: when not empty, every fallback endpoint must have one
-            of these origins (``https://dr.example.com:8443``, or a host
-            wildcard ``https://*.internal``).
-        forward_credentials: send credentials to endpoints of another origin
-            than the service's first endpoint too.
-        credential_headers: more header names withheld from such endpoints.
-        probe: active health probes of every endpoint of the service (``None``:
-            none; health is then learnt from real traffic only).
-        fleet: share endpoint health with the other instances through etcd
-            (``None``: this instance keeps it to itself).
-
-    """
-
-    fallback_groups: tuple[tuple[Endpoint, ...], ...] = ()
-    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
-    eject_after: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
-    eject_time: Seconds = 30.0
-    eject_time_max: Seconds = 300.0
-    max_ejected_fraction: Fraction = 0.5
-    failover: bool = True
-    retry_other_groups: bool = True
-    allowed_origins: tuple[Origin, ...] = ()
-    forward_credentials: bool = False
-    credential_headers: tuple[HeaderName, ...] = ()
-    probe: ProbeSettings | None = None
-    fleet: FleetSettings | None = None
-
-    def __post_init__(self) -> None:
-        """Check what one field alone cannot say."""
-        if self.eject_time > self.eject_time_max:
-            raise ValueError(
-                f"eject_time ({self.eject_time}s) must not exceed"
-                f" eject_time_max ({self.eject_time_max}s)"
-            )
-        seen: set[str] = set()
-        for index, group in enumerate(self.fallback_groups):
-            if not group:
-                raise ValueError(f"fallback_groups[{index}] is empty")
-            for endpoint in group:
-                normalized = normalize_endpoint(endpoint)
-                if normalized in seen:
-                    raise ValueError(f"fallback endpoint {normalized} appears twice")
-                seen.add(normalized)
-                if self.allowed_origins and not origin_allowed(normalized, self.allowed_origins):
-                    raise ValueError(f"fallback endpoint {normalized} is outside allowed_origins")
-
-    def declared_endpoints(self) -> tuple[str, ...]:
-        """Return the fallback endpoints: configured endpoints of the service too."""
-        return tuple(endpoint for group in self.fallback_groups for endpoint in group)
-
-
-SECTION: Final = ConfigSection(
-    "routing", RoutingSettings, doc="endpoint groups, balancing, ejection and failover"
-)
-"""The ``routing`` section; read it with ``policy.section(SECTION)``."""
-
-
-def origin_allowed(url: str, allowed: Sequence[str]) -> bool:
-    """Whether ``url``'s scheme and host are allowed (``https://*.internal``: any subdomain).
-
-    An entry with a port (``https://dr.example.com:8443``) allows that port only.
-    """
-    parsed = yarl.URL(url)
-    for entry in allowed:
-        pattern = yarl.URL(entry)
-        if parsed.scheme != pattern.scheme:
-            continue
-        if pattern.explicit_port is not None and parsed.port != pattern.explicit_port:
-            continue  # a port is checked only when the entry names one
-        host, wanted = (parsed.host or "").lower(), (pattern.raw_host or "").lower()
-        if wanted.startswith("*."):
-            if host.endswith(wanted[1:]) and host != wanted[2:]:
-                return True
-        elif host == wanted:
-            return True
-    return False
-
-
-@final
-class EndpointEjected(msgspec.Struct, frozen=True, kw_only=True):
-    """An endpoint was ejected (emitted to ``healkit_event`` and logged).
-
-    Attributes:
-        service: the service.
-        endpoint: the endpoint ejected.
-        failures: failures in a row that ejected it.
-        seconds: for how long.
-        ejections: how many times it was ejected without recovering since.
-
-    """
-
-    service: str
-    endpoint: str
-    failures: int
-    seconds: float
-    ejections: int
-
-
-@final
-class EndpointDown(msgspec.Struct, frozen=True, kw_only=True):
-    """Probes failed ``probes`` times in a row: no traffic until they succeed again."""
-
-    service: str
-    endpoint: str
-    probes: int
-
-
-@final
-class EndpointReturned(msgspec.Struct, frozen=True, kw_only=True):
-    """Probes succeeded ``probes`` times in a row: the endpoint takes traffic again."""
-
-    service: str
-    endpoint: str
-    probes: int
-
-
-@final
-class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """An endpoint of a service as the router sees it now.
-
-    Attributes:
-        service: the service.
-        endpoint: the endpoint.
-        group: 0 for the primary group, 1 for the first fallback group, ...
-        usable: whether an attempt may go there now.
-        ejected_for: seconds of ejection left (0: not ejected).
-        down: whether its probes take it for down.
-        fleet_reports: instances (this one included) that report it out.
-        consecutive_failures: failures since its last success.
-        outstanding: attempts in flight there.
-
-    """
-
-    service: str
-    endpoint: str
-    group: int
-    usable: bool
-    ejected_for: float
-    down: bool
-    fleet_reports: int
-    consecutive_failures: int
-    outstanding: int
-
-
-@final
-class _Health:
-    """What the router remembers of one endpoint of one service."""
-
-    __slots__ = (
-        "down",
-        "ejected_until",
-        "ejections",
-        "failures",
-        "outstanding",
-        "probes_bad",
-        "probes_good",
-        "returned_at",
-        "successes",
-    )
-
-    def __init__(self) -> None:
-        self.failures = 0
-        self.successes = 0
-        self.ejections = 0
-        self.ejected_until = -math.inf
-        self.outstanding = 0
-        self.down = False
-        self.probes_good = 0
-        self.probes_bad = 0
-        self.returned_at = -math.inf
-
-
-@final
-class RedirectRules:
-    """Where a service's redirects may go, and what a hop to another origin leaves out.
-
-    Attributes:
-        credentials: the header names (lower case) dropped on a hop to
-            another origin: ``Authorization``, ``Proxy-Authorization``,
-            ``Cookie`` and ``routing.credential_headers``.
-
-    """
-
-    __slots__ = ("_allowed", "_own", "credentials")
-
-    def __init__(self, policy: ServicePolicy, settings: RoutingSettings) -> None:
-        self._allowed = settings.allowed_origins
-        endpoints = (*policy.endpoints, *settings.declared_endpoints())
-        self._own = frozenset(_origin(e) for e in endpoints)
-        self.credentials = CREDENTIAL_HEADERS | {h.lower() for h in settings.credential_headers}
-
-    def allows(self, url: yarl.URL, start: yarl.URL) -> bool:
-        """Whether a redirect of a request first sent to ``start`` may go to ``url``.
-
-        Any origin may when ``allowed_origins`` is empty; otherwise the origin
-        of ``start``, the service's own origins (its endpoints and fallback
-        groups) and the allowed ones.
-        """
-        if not self._allowed:
-            return True
-        origin = url.origin()
-        if origin == start.origin() or str(origin) in self._own:
-            return True
-        return origin_allowed(str(url), self._allowed)
-
-
-def redirect_rules(policy: ServicePolicy) -> RedirectRules:
-    """Return the redirect rules of ``policy`` (built once per configuration snapshot)."""
-    rules = policy.stash.get(_REDIRECTS)
-    if rules is None:
-        try:
-            settings = policy.section(SECTION)
-        except KeyError:  # a runtime without the routing plugin: its defaults
-            settings = SECTION.default()
-        rules = policy.stash[_REDIRECTS] = RedirectRules(policy, settings)
-    return rules
-
-
-def endpoint_groups(
-    policy: ServicePolicy, settings: RoutingSettings
-) -> tuple[tuple[str, ...], ...]:
-    """Return the endpoint groups of a service: its ``endpoints``, then each fallback group.
-
-    An empty group (a service without ``endpoints``) is left out.
-    """
-    groups = [tuple(policy.endpoints)]
-    groups.extend(tuple(normalize_endpoint(e) for e in g) for g in settings.fallback_groups)
-    return tuple(group for group in groups if group)
-
-
-def serving_group(
-    groups: Sequence[Sequence[str]], usable: Callable[[str], bool], *, skip: Collection[int] = ()
-) -> tuple[int, list[str]] | None:
-    """Return the first group (not in ``skip``) with a usable endpoint, and its usable endpoints.
-
-    The router's choice of group, for an attempt and for ``healkit status``.
-    ``None``: no group has one (the router then tries the primary group anyway).
-    """
-    for index, group in enumerate(groups):
-        if index not in skip and (found := [e for e in group if usable(e)]):
-            return index, found
-    return None
-
-
-class _Plan:
-    """A service's routing, compiled once per configuration snapshot."""
-
-    __slots__ = ("group_of", "groups", "moves", "settings", "strangers", "withheld")
-
-    def __init__(self, policy: ServicePolicy, settings: RoutingSettings) -> None:
-        self.settings = settings
-        self.groups = endpoint_groups(policy, settings)
-        # The group of each endpoint (an endpoint listed twice belongs to the first).
-        self.group_of: dict[str | None, int] = {}
-        for index, group in enumerate(self.groups):
-            for endpoint in group:
-                self.group_of.setdefault(endpoint, index)
-        # Whether a call that failed on a group moves on to the next one.
-        self.moves = settings.retry_other_groups and len(self.groups) > 1
-        first_origin = _origin(self.groups[0][0]) if self.groups else None
-        # The endpoints of another origin than the first: credentials stay away from them.
-        self.strangers = frozenset(
-            e for group in self.groups for e in group if _origin(e) != first_origin
-        )
-        self.withheld = (
-            frozenset()
-            if settings.forward_credentials
-            else CREDENTIAL_HEADERS | {h.lower() for h in settings.credential_headers}
-        )
-
-    @property
-    def choices(self) -> int:
-        return sum(len(group) for group in self.groups)
-
-
-class _Index:
-    """What the services of a snapshot ask of the router, found by looking at each once.
-
-    Built off the event loop (``healkit_prepare``) from the settings alone; the
-    plans themselves are compiled on each service's first call.
-    """
-
-    __slots__ = ("branching", "fleets", "probing")
-
-    def __init__(self, config: HealkitConfig | None) -> None:
-        services = config.services if config is not None else {}
-        #: Whether a service has a choice of endpoints (else the plugin is idle).
-        self.branching = False
-        #: The services sharing health (their record TTL), by name.
-        self.fleets: dict[str, int] = {}
-        probing: list[str] = []
-        for name, policy in services.items():  # sorted by name, as build_config makes them
-            settings = policy.section(SECTION)
-            if not self.branching:
-                # _Plan.choices, without normalizing every endpoint.
-                self.branching = len(policy.endpoints) + sum(map(len, settings.fallback_groups)) > 1
-            if settings.probe is not None:
-                probing.append(name)
-            if settings.fleet is not None:
-                self.fleets[name] = settings.fleet.ttl
-        #: The services with probes, by name.
-        self.probing: tuple[str, ...] = tuple(probing)
-
+_T = TypeVar("_T")
 
 _UNAVAILABLE: Final = frozenset({502, 503, 504})
 """Answers that say "this endpoint cannot serve now": another group may."""
 
-_PLAN: Final = StashKey[_Plan]("healkit.routing")
-_INDEX: Final = StashKey[_Index]("healkit.routing.index")
-_ROUTED: Final = StashKey[_Health]("healkit.routing.attempt")
-_REDIRECTS: Final = StashKey[RedirectRules]("healkit.routing.redirects")
+_ROUTED: Final = StashKey[Health]("healkit.routing.attempt")
 
 
 @final
@@ -459,8 +114,8 @@ class Router:
         draw: Callable[[Sequence[str]], str] | None = None,
         random_share: Callable[[], float] | None = None,
     ) -> None:
-        self._health: dict[tuple[str, str], _Health] = {}
-        self._index = _Index(None)
+        self._health: dict[tuple[str, str], Health] = {}
+        self._index = RoutingIndex(None)
         self._turns: dict[tuple[str, int], int] = {}
         self._runtime: Runtime | None = None
         self._config: HealkitConfig | None = None
@@ -470,7 +125,10 @@ class Router:
         self._session: aiohttp.ClientSession | None = None
         self._probing: asyncio.Task[None] | None = None
         self._fleet = FleetHealth()
-        self._breaker: Any = None
+        # The hooks routing asks of the other plugins, compiled when configured.
+        self._gates: CompiledHook | None = None  # healkit_endpoint_available (None: nobody)
+        self._circuits: CompiledHook | None = None  # healkit_circuit_state
+        self._tls: CompiledHook | None = None  # healkit_tls_context
         self._sharing: asyncio.Task[None] | None = None
         self._wall_offset = 0.0  # Unix time minus the runtime clock, for the shared view
 
@@ -487,7 +145,7 @@ class Router:
     @hookimpl
     def healkit_prepare(self, config: HealkitConfig) -> None:
         """Note which services have a choice of endpoints, probes, fleet health (off the loop)."""
-        config.stash[_INDEX] = _Index(config)
+        config.stash[INDEX] = RoutingIndex(config)
 
     @hookimpl
     def healkit_configure(self, config: HealkitConfig, runtime: Runtime) -> None:
@@ -500,11 +158,14 @@ class Router:
         self._runtime = runtime
         before, self._config = self._config, config
         # Plugins change only through runtime.register, which configures again.
-        breaker = runtime.plugin_manager.get_plugin("breaker")
-        self._breaker = breaker if callable(getattr(breaker, "available", None)) else None
-        index = config.stash.get(_INDEX)
+        pm = runtime.plugin_manager
+        gates = compile_hook(pm, "healkit_endpoint_available")
+        self._gates = gates if gates.functions else None
+        self._circuits = compile_hook(pm, "healkit_circuit_state")
+        self._tls = compile_hook(pm, "healkit_tls_context")
+        index = config.stash.get(INDEX)
         if index is None:  # healkit_prepare failed: look at every service now
-            index = config.stash[_INDEX] = _Index(config)
+            index = config.stash[INDEX] = RoutingIndex(config)
         self._index = index
         self._forget_unrouted(config, before)
         self._wake.set()  # the probes follow the new configuration
@@ -528,7 +189,7 @@ class Router:
                 (name, endpoint)
                 for name in changes.services
                 if (old := before.services.get(name)) is not None
-                and (old_plan := old.stash.get(_PLAN)) is not None
+                and (old_plan := old.stash.get(PLAN)) is not None
                 for endpoint in old_plan.group_of
                 if endpoint is not None
             ]
@@ -537,7 +198,7 @@ class Router:
         services = config.services
         for key in keys:
             policy = services.get(key[0])
-            if policy is None or key[1] not in _plan(policy).group_of:
+            if policy is None or key[1] not in routing_plan(policy).group_of:
                 health.pop(key, None)
 
     @hookimpl
@@ -585,17 +246,18 @@ class Router:
         """Any event (an ejection, a breaker transition) may change the shared view."""
         self._fleet.touch()
 
+    @hookimpl
     def healkit_idle(self, config: HealkitConfig) -> bool:
         """Whether no service has a choice of endpoints (then the plugin costs nothing)."""
-        index = config.stash.get(_INDEX)  # None: healkit_prepare did not run or failed
-        return not (index or _Index(config)).branching
+        index = config.stash.get(INDEX)  # None: healkit_prepare did not run or failed
+        return not (index or RoutingIndex(config)).branching
 
     # -- the pipeline --------------------------------------------------------------
 
     @hookimpl
     def healkit_route(self, call: CallContext, attempt: AttemptContext) -> str | None:
         """Choose a usable endpoint: first group that has one; another one on a retry."""
-        plan = _plan(call.policy)
+        plan = routing_plan(call.policy)
         if plan.choices <= 1:
             return None
         chosen, group_index = self._choose(call, plan)
@@ -610,7 +272,7 @@ class Router:
             attempt.withheld_headers = plan.withheld
         return chosen
 
-    def _choose(self, call: CallContext, plan: _Plan) -> tuple[str, int]:
+    def _choose(self, call: CallContext, plan: RoutingPlan) -> tuple[str, int]:
         """Return the endpoint of the current attempt, and its group."""
         service = call.service
         now = call.clock.now()
@@ -627,12 +289,12 @@ class Router:
                 if a.error is not None and not a.error.may_have_reached_server
             )
             if plan.moves:
-                failed_on = _failed_groups(call, plan, earlier)
+                failed_on = failed_groups(call, plan, earlier)
+        # First the groups this call has not failed on, then (all failed) every group.
 
         def usable(endpoint: str) -> bool:
             return endpoint not in unreached and self._usable(service, plan, endpoint, now)
 
-        # First the groups this call has not failed on, then (all failed) every group.
         for skipped in (failed_on, frozenset()) if failed_on else (failed_on,):
             served = serving_group(plan.groups, usable, skip=skipped)
             if served is not None:
@@ -643,20 +305,20 @@ class Router:
         # Nothing usable anywhere: try the primary group all the same.
         return self._pick(service, plan, 0, list(plan.groups[0])), 0
 
-    def _next_group(self, call: CallContext, plan: _Plan, failing: str | None) -> int | None:
+    def _next_group(self, call: CallContext, plan: RoutingPlan, failing: str | None) -> int | None:
         """Return the first group with a usable endpoint that ``call`` has not failed on.
 
         ``failing`` is the endpoint of the attempt failing now: its group counts
         as failed on, whether or not the attempt's error is recorded yet.
         """
-        failed_on = _failed_groups(call, plan, call.attempts) | {plan.group_of.get(failing, 0)}
+        failed_on = failed_groups(call, plan, call.attempts) | {plan.group_of.get(failing, 0)}
         now = call.clock.now()
         served = serving_group(
             plan.groups, lambda e: self._usable(call.service, plan, e, now), skip=failed_on
         )
         return None if served is None else served[0]
 
-    def _pick(self, service: str, plan: _Plan, group: int, usable: list[str]) -> str:
+    def _pick(self, service: str, plan: RoutingPlan, group: int, usable: list[str]) -> str:
         if len(usable) == 1:
             return usable[0]
         usable = self._warmed(service, plan, usable) or usable
@@ -669,7 +331,7 @@ class Router:
         self._turns[(service, group)] = turn + 1
         return usable[turn % len(usable)]
 
-    def _warmed(self, service: str, plan: _Plan, usable: list[str]) -> list[str]:
+    def _warmed(self, service: str, plan: RoutingPlan, usable: list[str]) -> list[str]:
         """Leave out, by chance, endpoints still in their slow start."""
         probe = plan.settings.probe
         if probe is None or probe.slow_start <= 0:
@@ -683,7 +345,7 @@ class Router:
                 kept.append(endpoint)
         return kept
 
-    def _usable(self, service: str, plan: _Plan, endpoint: str, now: float) -> bool:
+    def _usable(self, service: str, plan: RoutingPlan, endpoint: str, now: float) -> bool:
         health = self._health.get((service, endpoint))
         if health is not None and (health.down or health.ejected_until > now):
             return False
@@ -694,8 +356,8 @@ class Router:
             self._fleet.report(service, endpoint, out=False)
             if self._fleet.others(service, endpoint) >= fleet.quorum:
                 return False
-        breaker = self._breaker
-        return breaker is None or bool(breaker.available(service, endpoint))
+        gates = self._gates
+        return gates is None or _admitted(gates, service, endpoint)
 
     @hookimpl
     def healkit_post_response(
@@ -717,7 +379,7 @@ class Router:
         else:
             health.failures = 0
             health.successes += 1
-            settings = _plan(call.policy).settings
+            settings = routing_plan(call.policy).settings
             if health.successes >= settings.eject_after:
                 health.ejections = 0  # recovered: the next ejection is a first one again
             if settings.fleet is not None and attempt.endpoint is not None:
@@ -728,10 +390,10 @@ class Router:
         self, call: CallContext, attempt: AttemptContext, response: Response
     ) -> HTTPStatusError | None:
         """Declare an unavailable answer a failure if another group may serve the call."""
-        plan = _plan(call.policy)
+        plan = routing_plan(call.policy)
         if (
             not plan.moves
-            or not _resendable(call)
+            or not resendable(call)
             or self._next_group(call, plan, attempt.endpoint) is None
         ):
             return None
@@ -751,15 +413,15 @@ class Router:
         health = _release(attempt)
         # Released already if post_response judged a response (and counted it there); an
         # attempt whose body failed after its head arrived is counted here.
-        if health is not None and _counts(call, attempt, error):
+        if health is not None and counts_against(call, attempt, error):
             self._failed(call, attempt, health)
         if not call.routable:
             return None
-        plan = _plan(call.policy)
+        plan = routing_plan(call.policy)
         if (
             plan.moves
             and error.may_have_reached_server
-            and _moves_on(call, error)
+            and moves_on(call, error)
             and (group := self._next_group(call, plan, attempt.endpoint)) is not None
         ):
             return RetryDecision.again(
@@ -791,10 +453,10 @@ class Router:
         if call.attempts:
             _release(call.attempts[-1])
 
-    def _failed(self, call: CallContext, attempt: AttemptContext, health: _Health) -> None:
+    def _failed(self, call: CallContext, attempt: AttemptContext, health: Health) -> None:
         health.failures += 1
         health.successes = 0
-        settings = _plan(call.policy).settings
+        settings = routing_plan(call.policy).settings
         if settings.eject_after == 0 or health.failures < settings.eject_after:
             return
         endpoint = attempt.endpoint
@@ -827,7 +489,7 @@ class Router:
 
     def _may_eject(self, call: CallContext, endpoint: str) -> bool:
         """Whether ejecting ``endpoint`` keeps its group within ``max_ejected_fraction``."""
-        plan = _plan(call.policy)
+        plan = routing_plan(call.policy)
         now = call.clock.now()
         for group in plan.groups:
             if endpoint in group:
@@ -840,11 +502,11 @@ class Router:
                 return ejected < allowed
         return False
 
-    def _of(self, service: str, endpoint: str) -> _Health:
+    def _of(self, service: str, endpoint: str) -> Health:
         key = (service, endpoint)
         health = self._health.get(key)
         if health is None:
-            health = self._health[key] = _Health()
+            health = self._health[key] = Health()
         return health
 
     # -- active probes -----------------------------------------------------------------
@@ -859,7 +521,7 @@ class Router:
             return []
         targets: list[tuple[str, str, ProbeSettings]] = []
         for name in self._index.probing:
-            plan = _plan(config.services[name])
+            plan = routing_plan(config.services[name])
             probe_settings = plan.settings.probe
             if probe_settings is not None:
                 targets.extend(
@@ -901,8 +563,7 @@ class Router:
             raise RuntimeError("the router probes only once configured")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        context = getattr(runtime.plugin_manager.get_plugin("tls"), "context", None)
-        tls = context(service) if callable(context) else None
+        tls = None if self._tls is None else _first(self._tls, ssl.SSLContext, service)
         limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
         return await probe(self._session, endpoint, settings, limits, tls)
 
@@ -929,7 +590,10 @@ class Router:
         health.probes_bad += 1
         if not health.down and health.probes_bad >= settings.unhealthy_threshold:
             health.down = True
-            if self._config is not None and _plan(self._config.policy(service)).settings.fleet:
+            if (
+                self._config is not None
+                and routing_plan(self._config.policy(service)).settings.fleet
+            ):
                 self._fleet.report(service, endpoint, out=True)
             self._announce(
                 "healkit.endpoint_down",
@@ -956,13 +620,15 @@ class Router:
         config = self._config
         if config is None or service not in config.services:
             return ()
-        return self._statuses(service, _plan(config.policy(service)), self._now())
+        return self._statuses(service, routing_plan(config.policy(service)), self._now())
 
-    def _statuses(self, service: str, plan: _Plan, moment: float) -> tuple[EndpointStatus, ...]:
+    def _statuses(
+        self, service: str, plan: RoutingPlan, moment: float
+    ) -> tuple[EndpointStatus, ...]:
         found = []
         for index, group in enumerate(plan.groups):
             for endpoint in group:
-                health = self._health.get((service, endpoint)) or _Health()
+                health = self._health.get((service, endpoint)) or Health()
                 found.append(
                     EndpointStatus(
                         service=service,
@@ -991,7 +657,7 @@ class Router:
         upcoming: list[float] = []
         view: dict[str, ServiceView] = {}
         for name in self._index.fleets:
-            plan = _plan(config.services[name])
+            plan = routing_plan(config.services[name])
             seen = self._statuses(name, plan, now)
             served = serving_group(plan.groups, {e.endpoint for e in seen if e.usable}.__contains__)
             traffic_group, traffic = (None, ()) if served is None else (served[0], tuple(served[1]))
@@ -1019,14 +685,15 @@ class Router:
         return view, (min(upcoming) - now if upcoming else None)
 
     def _breaker_of(self, service: str, endpoint: str) -> tuple[str | None, float]:
-        """Return the breaker plugin's state of the endpoint, and when it may admit calls again."""
-        breaker = self._breaker
-        if breaker is None:
+        """Return the endpoint's circuit state, and when it may admit calls again.
+
+        Asks ``healkit_circuit_state``: any breaker plugin may answer.
+        """
+        circuits = self._circuits
+        found = None if circuits is None else _first(circuits, CircuitState, service, endpoint)
+        if found is None:
             return None, -math.inf
-        state = breaker.state(service, endpoint)
-        status = breaker.status(service, endpoint)
-        retry_at = getattr(status, "retry_at", None)
-        return str(getattr(state, "value", state)), -math.inf if retry_at is None else retry_at
+        return found.state, -math.inf if found.retry_at is None else found.retry_at
 
     def _wall(self, moment: float, now: float) -> float | None:
         """Return a future moment of the runtime clock in Unix time (``None``: past or never)."""
@@ -1035,14 +702,39 @@ class Router:
         return round(moment + self._wall_offset, 3)
 
 
-def _plan(policy: ServicePolicy) -> _Plan:
-    plan = policy.stash.get(_PLAN)
-    if plan is None:
-        plan = policy.stash[_PLAN] = _Plan(policy, policy.section(SECTION))
-    return plan
+def _admitted(gates: CompiledHook, service: str, endpoint: str) -> bool:
+    """Whether no decision plugin says it would refuse an attempt to ``endpoint`` now."""
+    for index, gate in gates.indexed:
+        try:
+            if gate(service, endpoint) is False and not gates.observers[index]:
+                return False
+        except Exception as exc:
+            raise PluginError(gates.plugins[index], gates.name, exc) from exc
+    return True
 
 
-def _release(attempt: AttemptContext) -> _Health | None:
+def _first(hook: CompiledHook, kind: type[_T], *args: object) -> _T | None:
+    """Return the first answer of a decision plugin to a ``firstresult`` ``hook``.
+
+    Raises:
+        PluginError: an implementation raised, or answered with another type than ``kind``.
+
+    """
+    for index, function in hook.indexed:
+        try:
+            answer = function(*args)
+        except Exception as exc:
+            raise PluginError(hook.plugins[index], hook.name, exc) from exc
+        if answer is None or hook.observers[index]:
+            continue
+        if not isinstance(answer, kind):
+            wrong = TypeError(f"returned {type(answer).__name__}, not a {kind.__name__}")
+            raise PluginError(hook.plugins[index], hook.name, wrong)
+        return answer
+    return None
+
+
+def _release(attempt: AttemptContext) -> Health | None:
     """Take the attempt's endpoint out of its outstanding count (once)."""
     stash = attempt.stash
     health = stash.get(_ROUTED)
@@ -1052,42 +744,11 @@ def _release(attempt: AttemptContext) -> _Health | None:
     return health
 
 
-def _failed_groups(
-    call: CallContext, plan: _Plan, attempts: Sequence[AttemptContext]
-) -> frozenset[int]:
-    """Return the groups ``attempts`` failed on in a way that moves the call on."""
-    return frozenset(
-        plan.group_of.get(a.endpoint, 0)
-        for a in attempts
-        if a.error is not None and _moves_on(call, a.error)
-    )
+def endpoint_status(runtime: Runtime, service: str) -> tuple[EndpointStatus, ...]:
+    """Return every endpoint of ``service``, group by group, as the routing plugin sees it now.
 
-
-def _moves_on(call: CallContext, error: HealkitError) -> bool:
-    """Whether ``error`` says the endpoint failed and the request may go to another group."""
-    if isinstance(error, HTTPStatusError):
-        failed = error.status >= 500
-    else:
-        failed = isinstance(
-            error, TransportError | CircuitOpenError | TimeoutExceeded
-        ) and not isinstance(error, DeadlineExceeded)
-    return failed and (not error.may_have_reached_server or _resendable(call))
-
-
-def _resendable(call: CallContext) -> bool:
-    """Whether the request may be sent again although it may have reached a server."""
-    return call.idempotent and call.replayable
-
-
-def _counts(call: CallContext, attempt: AttemptContext, error: HealkitError) -> bool:
-    """Whether ``error`` says the endpoint failed (not the caller, not another plugin)."""
-    if isinstance(error, HTTPStatusError):
-        return error.status >= 500
-    if isinstance(error, DeadlineExceeded):
-        return call.deadline > attempt.started  # the attempt was sent, and timed out
-    # No connection, a broken one, or an answer that is not HTTP (ProtocolError).
-    return isinstance(error, TransportError | TimeoutExceeded)
-
-
-def _origin(url: str) -> str:
-    return str(yarl.URL(url).origin())
+    Empty when the service is not configured, or when the built-in routing
+    plugin is blocked or replaced in ``runtime``.
+    """
+    router = runtime.plugin_manager.get_plugin("routing")
+    return router.status(service) if isinstance(router, Router) else ()

@@ -7,11 +7,13 @@ from typing import Literal, final
 
 import msgspec
 
+from healkit.events import CircuitTransition
+
 __all__ = ["BreakerStatus", "BreakerTransition", "State", "TransitionReason"]
 
 
-class State(enum.Enum):
-    """The state of one breaker.
+class State(enum.StrEnum):
+    """The state of one breaker (a ``str``: ``State.OPEN == "open"``).
 
     ``CLOSED``, ``OPEN`` and ``HALF_OPEN`` are the breaker's own; the other
     three are set by the ``mode`` an operator configures.
@@ -46,8 +48,11 @@ TransitionReason = Literal[
 
 
 @final
-class BreakerTransition(msgspec.Struct, frozen=True, kw_only=True):
+class BreakerTransition(CircuitTransition, frozen=True, kw_only=True):
     """A breaker changed state: emitted to ``healkit_event`` and logged.
+
+    A :class:`healkit.events.CircuitTransition`, with the breaker's own states
+    and the counts its decision was based on.
 
     Attributes:
         service: the service of the breaker.
@@ -65,15 +70,12 @@ class BreakerTransition(msgspec.Struct, frozen=True, kw_only=True):
 
     """
 
-    service: str
-    endpoint: str | None
     from_state: State
     to_state: State
     reason: TransitionReason
     failures: int
     calls: int
     slow_calls: int
-    at: float
 
 
 @final

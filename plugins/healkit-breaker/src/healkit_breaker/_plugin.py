@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, final
 
 import healkit
+from healkit.hookspecs import CircuitState
 from healkit_breaker._events import BreakerStatus, BreakerTransition, State
 from healkit_breaker._settings import SECTION, BreakerSettings, ErrorKind
 from healkit_breaker._state import Breaker, Probe, initial_state
@@ -26,6 +28,13 @@ _ERROR_KINDS: Final[Mapping[ErrorKind, type[healkit.HealkitError]]] = {
     "call_error": healkit.CallError,
 }
 _OPENING: Final = frozenset({State.OPEN, State.FORCED_OPEN})
+_CIRCUITS: Final = {
+    state: CircuitState(
+        state=state.value, retry_at=math.inf if state is State.FORCED_OPEN else None
+    )
+    for state in State
+}
+"""The report of a breaker that admits calls, or was never used, by state (nothing to allocate)."""
 
 
 @final
@@ -84,10 +93,11 @@ class BreakerPlugin:
     breakers of other keys (hosts called by absolute URL, services without a
     document) are kept within the ``state`` bounds: dropped after
     ``state.idle_expiry`` unused, least recently used first out beyond
-    ``state.max_unconfigured``, a breaker that refuses calls last. Besides
-    the hooks it offers a read API for other plugins (routing, health,
-    status): :meth:`state`, :meth:`available`, :meth:`status` and
-    :meth:`snapshot`.
+    ``state.max_unconfigured``, a breaker that refuses calls last. Other
+    plugins ask it through hooks: ``healkit_endpoint_available`` (routing
+    avoids an endpoint whose breaker refuses) and ``healkit_circuit_state``
+    (tracing, fleet health). Its read API (:meth:`state`, :meth:`available`,
+    :meth:`status`, :meth:`snapshot`) is for applications and tests.
     """
 
     __slots__ = (
@@ -116,7 +126,8 @@ class BreakerPlugin:
         )
         # The compiled policies of the snapshot in force, by policy object: what
         # policy.stash holds too, found with one dict look-up instead of a
-        # method call by the two hooks every attempt runs.
+        # method call by the two hooks every attempt runs (measured: ~50 ns a
+        # look-up against ~120-170 ns for Stash.get).
         self._compiled: dict[healkit.ServicePolicy, _Policy] = {}
         self._config: healkit.HealkitConfig | None = None
         self._runtime: healkit.Runtime | None = None
@@ -414,7 +425,27 @@ class BreakerPlugin:
         else:
             probe.breaker.release_probe(probe)
 
-    # -- the read API for other plugins ---------------------------------------------------
+    # -- the hooks other plugins ask (routing, tracing) ------------------------------------
+
+    @healkit.hookimpl
+    def healkit_endpoint_available(self, service: str, endpoint: str) -> bool:
+        """Answer :meth:`available`: routing sends no attempt where this breaker would refuse it."""
+        return self.available(service, endpoint)
+
+    @healkit.hookimpl
+    def healkit_circuit_state(self, service: str, endpoint: str | None) -> CircuitState:
+        """Report the state of the breaker guarding ``endpoint``, and when it may admit calls."""
+        breaker, settings = self._find(service, endpoint)
+        if breaker is None:
+            return _CIRCUITS[initial_state(settings.mode)]
+        now = self._now()
+        state = breaker.current(now)
+        if breaker.admits:
+            return _CIRCUITS[state]
+        status = breaker.status(now)
+        return CircuitState(state=status.state.value, retry_at=status.retry_at)
+
+    # -- the read API ---------------------------------------------------------------------
 
     def state(self, service: str, endpoint: str | None = None) -> State:
         """Return the state of the breaker that guards ``endpoint`` of ``service``.

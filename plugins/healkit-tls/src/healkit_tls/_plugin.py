@@ -166,6 +166,7 @@ class TlsPlugin:
 
     # -- configuration -----------------------------------------------------------------
 
+    @healkit.hookimpl
     def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
         """Whether no service asks for TLS settings (then the hooks stay out of the plan)."""
         active = config.stash.get(self._active_key)  # None: healkit_prepare failed
@@ -502,6 +503,11 @@ class TlsPlugin:
         policy.stash[self._slot_key] = slot
         return slot
 
+    @healkit.hookimpl
+    def healkit_tls_context(self, service: str) -> ssl.SSLContext | None:
+        """Give connections healkit opens itself (routing's probes) the service's context."""
+        return self.context(service)
+
     # -- the read API ----------------------------------------------------------------------------
 
     def reload(self) -> tuple[TlsStatus, ...]:
@@ -517,8 +523,8 @@ class TlsPlugin:
     def context(self, service: str) -> ssl.SSLContext | None:
         """Return the TLS context attempts of ``service`` use now (``None``: aiohttp's default).
 
-        For code that connects to a service's endpoints outside a call, such as
-        the routing plugin's health probes.
+        For code that connects to a service's endpoints outside a call; other
+        plugins get it through the ``healkit_tls_context`` hook.
         """
         config = self._config
         if config is None:

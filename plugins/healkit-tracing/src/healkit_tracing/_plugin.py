@@ -35,7 +35,7 @@ import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import aiohttp
 import yarl
@@ -46,6 +46,8 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
 import healkit
 from healkit.etcd import EtcdSourceStatus
+from healkit.events import CircuitTransition
+from healkit.hookspecs import CircuitState
 from healkit_tracing import _names as n
 from healkit_tracing._connection import build_trace_config
 from healkit_tracing._logging import ATTEMPT_SPAN
@@ -55,6 +57,7 @@ from healkit_tracing._settings import SECTION
 from healkit_tracing._state import ATTEMPT, POLICY, AttemptSpan, Policy, policy_of
 
 if TYPE_CHECKING:
+    import pluggy
     from opentelemetry.util.types import AttributeValue
 
 __all__ = ["TracingPlugin"]
@@ -65,14 +68,6 @@ VERSION: Final = "0.1.0"
 _SUBSTITUTES: Final = frozenset({"fallback", "degraded"})
 _RECORDING_HOOKS: Final = ("healkit_on_error", "healkit_call_end", "healkit_call_abandoned")
 """The hooks that only end spans and record metrics: nothing to do while nothing records."""
-
-
-class _BreakerReader(Protocol):
-    """What this plugin uses of ``healkit_breaker.BreakerPlugin`` (duck typed)."""
-
-    def state(self, service: str, endpoint: str | None = None) -> object:
-        """Return the breaker's state (an enum whose ``value`` is its name)."""
-        ...
 
 
 @functools.lru_cache(maxsize=256)
@@ -123,7 +118,7 @@ class TracingPlugin:
     """
 
     __slots__ = (
-        "_breaker",
+        "_circuits",
         "_config",
         "_enabled_key",
         "_instruments",
@@ -154,7 +149,8 @@ class TracingPlugin:
             tracer_kind(tracer_provider), meter_kind(meter_provider), self._recording_started
         )
         self._trace_config = build_trace_config(self, self._sinks)
-        self._breaker: _BreakerReader | None = None
+        # healkit_circuit_state, when a plugin implements it (a breaker).
+        self._circuits: pluggy.HookCaller | None = None
         self._config: healkit.HealkitConfig | None = None
         self._enabled_key = healkit.StashKey[bool]("healkit_tracing.enabled")
         self._runtime: healkit.Runtime | None = None
@@ -164,7 +160,7 @@ class TracingPlugin:
         self._lean_until = -math.inf
 
     def __repr__(self) -> str:
-        return f"<TracingPlugin breaker={'yes' if self._breaker is not None else 'no'}>"
+        return f"<TracingPlugin breaker={'yes' if self._circuits is not None else 'no'}>"
 
     @property
     def trace_config(self) -> aiohttp.TraceConfig:
@@ -183,6 +179,7 @@ class TracingPlugin:
 
     # -- configuration -----------------------------------------------------------------
 
+    @healkit.hookimpl
     def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
         """Whether ``tracing.enabled`` is off for every service: then no per-call hook runs."""
         enabled = config.stash.get(self._enabled_key)  # None: healkit_prepare failed
@@ -193,6 +190,7 @@ class TracingPlugin:
         """Note whether tracing is enabled for some service (off the event loop)."""
         config.stash[self._enabled_key] = _enabled(config)
 
+    @healkit.hookimpl
     def healkit_idle_hooks(self, config: healkit.HealkitConfig) -> Sequence[str]:
         """Name the recording hooks while nothing can record (no SDK): the plan leaves them out."""
         del config  # what matters is whether a provider records, not the settings
@@ -225,8 +223,8 @@ class TracingPlugin:
         """
         self._config = config
         self._runtime = runtime
-        breaker = runtime.plugin_manager.get_plugin("breaker")
-        self._breaker = breaker if callable(getattr(breaker, "state", None)) else None
+        circuits = runtime.plugin_manager.hook.healkit_circuit_state
+        self._circuits = circuits if circuits.get_hookimpls() else None
         sinks = self._sinks
         if sinks.watching:
             sinks.refresh()
@@ -411,35 +409,30 @@ class TracingPlugin:
                 1, {n.STATE_OWNER: event.owner, n.STATE_REASON: event.reason}
             )
             return
-        self._breaker_transition(event)
+        if isinstance(event, CircuitTransition):
+            self._breaker_transition(event)
 
-    def _breaker_transition(self, event: object) -> None:
-        """Count a circuit breaker transition (any event with its fields); keep the state gauge."""
-        to_state = getattr(event, "to_state", None)
-        from_state = getattr(event, "from_state", None)
-        service = getattr(event, "service", None)
-        if to_state is None or from_state is None or not isinstance(service, str):
-            return
+    def _breaker_transition(self, event: CircuitTransition) -> None:
+        """Count a circuit breaker transition (any breaker's); keep the state gauge."""
+        service = event.service
         config = self._config
         if config is not None:
             policy = policy_of(config.policy(service))
             if not (policy.enabled and policy.metrics):
                 return
-        endpoint = getattr(event, "endpoint", None)
-        if isinstance(endpoint, str) and config is not None:
+        endpoint = event.endpoint
+        if endpoint is not None and config is not None:
             endpoint = config.redactor.url(endpoint)
-        where: dict[str, AttributeValue] = {
-            n.SERVICE: service,
-            n.ENDPOINT: endpoint if isinstance(endpoint, str) else "",
-        }
-        left, entered = _state_name(from_state), _state_name(to_state)
+        where: dict[str, AttributeValue] = {n.SERVICE: service, n.ENDPOINT: endpoint or ""}
+        # str(): a plain str of a breaker's str enum states (OpenTelemetry wants plain values).
+        left, entered = str(event.from_state), str(event.to_state)
         self._instruments.breaker_transitions.add(
             1,
             {
                 **where,
                 n.BREAKER_FROM_STATE: left,
                 n.BREAKER_TO_STATE: entered,
-                n.BREAKER_REASON: str(getattr(event, "reason", n.OTHER)),
+                n.BREAKER_REASON: str(event.reason),
             },
         )
         if left != entered:
@@ -481,14 +474,15 @@ class TracingPlugin:
                 attributes[n.URL_SCHEME] = scheme
         else:
             attributes[n.CODE_FUNCTION_NAME] = call.target
-        breaker = self._breaker
-        if breaker is not None:
+        circuits = self._circuits
+        if circuits is not None:
             try:
-                state = breaker.state(call.service, attempt.endpoint)
+                circuit = circuits(service=call.service, endpoint=attempt.endpoint)
             except Exception:  # noqa: BLE001, S110 - a reading for a span must not lose the span
                 pass
             else:
-                attributes[n.BREAKER_STATE] = _state_name(state)
+                if isinstance(circuit, CircuitState):
+                    attributes[n.BREAKER_STATE] = circuit.state
         return attributes
 
     def _refused(
@@ -672,9 +666,3 @@ def _span_name(call: healkit.CallContext) -> str:
     if call.transport == "http":
         return call.method if call.method in n.KNOWN_METHODS else "HTTP"
     return call.target
-
-
-def _state_name(state: object) -> str:
-    """Return the name of a breaker state: its enum ``value``, else its string form."""
-    value = getattr(state, "value", state)
-    return value if isinstance(value, str) else str(value)

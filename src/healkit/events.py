@@ -1,0 +1,129 @@
+"""The events healkit's core emits to ``healkit_event``: typed, frozen, documented.
+
+A plugin observes them in its ``healkit_event(event)`` implementation and
+tells them apart with ``isinstance``; every field is typed, so nothing is read
+with ``getattr`` and a default. Times are seconds; endpoints are base URLs as
+configured (redact them with ``config.redactor.url`` before logging them).
+
+Emitted by the routing plugin:
+
+- :class:`EndpointEjected`: an endpoint failed ``routing.eject_after`` times
+  in a row and gets no traffic for a while;
+- :class:`EndpointDown` and :class:`EndpointReturned`: its health probes took
+  it out of service, or brought it back.
+
+Emitted by circuit breakers (a subclass of each breaker plugin's own):
+
+- :class:`CircuitTransition`: a breaker changed state. The breaker plugin's
+  ``healkit_breaker.BreakerTransition`` is one; a third-party breaker emits
+  this class or a subclass, and observers (the tracing plugin's metrics) count
+  every breaker's transitions alike.
+
+Emitted by the core for every plugin that keeps state of unconfigured hosts:
+
+- :class:`StateEvicted`: such state was dropped (idle, or over the cap).
+
+Emitted by the etcd configuration source:
+
+- :class:`EtcdSourceStatus`: the source's connection to etcd changed (also
+  ``healkit.etcd.EtcdSourceStatus``).
+
+Plugins document the events they emit themselves, with their other names (the
+breaker plugin's ``healkit_breaker.BreakerTransition``, the TLS plugin's
+``healkit_tls.TlsRotated``...).
+"""
+
+from __future__ import annotations
+
+from typing import final
+
+import msgspec
+
+from healkit._bounded import EvictionReason, StateEvicted
+from healkit.etcd import EtcdSourceStatus
+
+__all__ = [
+    "CircuitTransition",
+    "EndpointDown",
+    "EndpointEjected",
+    "EndpointReturned",
+    "EtcdSourceStatus",
+    "EvictionReason",
+    "StateEvicted",
+]
+
+
+@final
+class EndpointEjected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An endpoint was ejected (emitted to ``healkit_event`` and logged).
+
+    Attributes:
+        service: the service.
+        endpoint: the endpoint ejected.
+        failures: failures in a row that ejected it.
+        seconds: for how long.
+        ejections: how many times it was ejected without recovering since.
+
+    """
+
+    service: str
+    endpoint: str
+    failures: int
+    seconds: float
+    ejections: int
+
+
+@final
+class EndpointDown(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An endpoint's probes failed ``probes`` times in a row: no traffic until they succeed again.
+
+    Attributes:
+        service: the service.
+        endpoint: the endpoint taken down.
+        probes: failed probes in a row (the probe's ``unhealthy_threshold``).
+
+    """
+
+    service: str
+    endpoint: str
+    probes: int
+
+
+@final
+class EndpointReturned(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An endpoint's probes succeeded ``probes`` times in a row: it takes traffic again.
+
+    Attributes:
+        service: the service.
+        endpoint: the endpoint back in service.
+        probes: good probes in a row (the probe's ``healthy_threshold``).
+
+    """
+
+    service: str
+    endpoint: str
+    probes: int
+
+
+class CircuitTransition(msgspec.Struct, frozen=True, kw_only=True):
+    """A circuit breaker changed state; a breaker plugin may emit a subclass with more fields.
+
+    Attributes:
+        service: the service of the breaker.
+        endpoint: the endpoint it guards; ``None`` for a breaker of the whole
+            service (or of a decorated function).
+        from_state: the state it left, lower case (``"closed"``, ``"open"``,
+            ``"half_open"``, or a state of the plugin's own); a subclass may
+            use a ``str`` enum.
+        to_state: the state it entered, spelled the same way.
+        reason: why, in the plugin's words (``"failure_rate"``...).
+        at: when, on the runtime's clock (``runtime.clock.now()``).
+
+    """
+
+    service: str
+    endpoint: str | None
+    from_state: str
+    to_state: str
+    reason: str
+    at: float
