@@ -24,22 +24,33 @@ from healkit._demo import scenes as _scenes
 from healkit._demo import telemetry as _telemetry
 from healkit._demo import traffic as _traffic
 from healkit._demo.app import run_demo
-from healkit._demo.scenes import SCENES, Scene, Upstreams
+from healkit._demo.scenes import SCENES, Scene
 from healkit._plugins import BUILTIN_PLUGINS
+from healkit._simulate import FaultSpec, Phase, Upstream
 from healkit.testing import EtcdServer, Fault, capture_events, refused_url
 
 SCENE_NAMES = [scene.name for scene in SCENES]
+OK = FaultSpec()
+RESET = FaultSpec(kind="reset")
+
+
+def phase(
+    name: str, duration: float, *faults: FaultSpec, down: bool = False, fallback: FaultSpec = OK
+) -> Phase:
+    """A phase whose primary cycles ``faults``; ``down``: its health check fails too."""
+    return Phase(
+        name=name.replace(" ", "-"),
+        duration=duration,
+        primary=Upstream(faults=faults, order="cycle", probes="same" if down else "ok"),
+        fallback=Upstream(faults=(fallback,)),
+    )
+
 
 # Scenes without stalls, for tests that need a run but not the whole script:
 # every call ends within milliseconds, so the run ends on time.
 QUICK = (
-    Scene(name="ok", fraction=0.5, upstreams=Upstreams(faults=(Fault.ok(),)), description="fine"),
-    Scene(
-        name="resets",
-        fraction=0.5,
-        upstreams=Upstreams(faults=(Fault.reset(),)),
-        description="resets",
-    ),
+    Scene(name="ok", phase=phase("ok", 1, OK), description="fine"),
+    Scene(name="resets", phase=phase("resets", 1, RESET), description="resets"),
 )
 
 
@@ -116,25 +127,21 @@ def test_json_summary_of_a_run() -> None:
     assert (logged > 0) == (summary["errors"] > 0)
 
 
-OK = Fault.ok()
-BOTH_OK = Upstreams(faults=(OK,), fallback=OK)
 HEALING_SCENES = (
-    Scene(name="fine", fraction=0.15, upstreams=BOTH_OK, description="fine"),
+    Scene(name="fine", phase=phase("fine", 0.15, OK), description="fine"),
     Scene(
         name="primary down",
-        fraction=0.2,
-        upstreams=Upstreams(faults=(Fault.status(503),), down=True, fallback=OK),
+        phase=phase("primary down", 0.2, FaultSpec(kind="status"), down=True),
         description="503, health check too",
         policy={"degraded": {"template": _scenes.DEGRADED_TEMPLATE}},
     ),
-    Scene(name="healed", fraction=0.25, upstreams=BOTH_OK, description="fine again"),
+    Scene(name="healed", phase=phase("healed", 0.25, OK), description="fine again"),
     Scene(
         name="all down",
-        fraction=0.15,
-        upstreams=Upstreams(faults=(Fault.reset(),), down=True, fallback=Fault.reset()),
+        phase=phase("all down", 0.15, RESET, down=True, fallback=RESET),
         description="both reset",
     ),
-    Scene(name="recovery", fraction=0.25, upstreams=BOTH_OK, description="fine again"),
+    Scene(name="recovery", phase=phase("recovery", 0.25, OK), description="fine again"),
 )
 
 
@@ -161,13 +168,18 @@ def test_failover_switch_back_and_degraded_in_the_summary() -> None:
     assert (last["scene"], last["to"]) == ("recovery", 0)  # the primary has the traffic back
 
 
-def test_a_table_gives_the_fallback_in_every_scene_or_none() -> None:
-    mixed = (
-        Scene(name="a", fraction=0.5, upstreams=BOTH_OK, description="a"),
-        Scene(name="b", fraction=0.5, upstreams=Upstreams(faults=(OK,)), description="b"),
+def test_without_a_fallback_the_service_has_only_the_primary() -> None:
+    out = io.StringIO()
+
+    status = run_demo(
+        duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK, fallback=False
     )
-    with pytest.raises(ValueError, match="every scene or in none"):
-        run_demo(duration=1, concurrency=1, as_json=True, out=io.StringIO(), scenes=mixed)
+
+    assert status == 0
+    summary = json.loads(out.getvalue())
+    assert summary["fallback_upstream"] is None
+    assert "fallback" not in summary["by_path"]  # the resets end in errors
+    assert summary["errors_by_type"]
 
 
 def test_cli_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -204,7 +216,7 @@ def test_the_logging_configuration_is_restored() -> None:
     before = (top.level, top.propagate, list(top.handlers))
     with capture_events() as seen:
         out = io.StringIO()
-        run_demo(duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK)
+        run_demo(duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK, fallback=False)
 
         assert json.loads(out.getvalue())["log_events"]["healkit.attempt_failed"] > 0
         assert seen == []  # the demo's own events went to the demo
@@ -227,7 +239,9 @@ def test_an_unexpected_exception_is_a_lost_call(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(Client, "get", flaky_get)
     out = io.StringIO()
 
-    status = run_demo(duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK)
+    status = run_demo(
+        duration=0.4, concurrency=2, as_json=True, out=out, scenes=QUICK, fallback=False
+    )
 
     assert status == 1
     summary = json.loads(out.getvalue())
@@ -239,30 +253,29 @@ def test_an_unexpected_exception_is_a_lost_call(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_scene_table() -> None:
-    assert math.isclose(sum(scene.fraction for scene in SCENES), 1.0)
+    assert _scenes.scene_ends(SCENES, 30.0)[-1] == 30.0
     assert len(set(SCENE_NAMES)) == len(SCENE_NAMES)
     assert all(scene.description for scene in SCENES)
     outage = next(scene for scene in SCENES if scene.name == "outage")
-    assert outage.upstreams.play(timeouts=True) == (Fault.blackhole(),)
+    assert outage.primary(timeouts=True).mix(0) == outage.phase.primary.mix(0)
+    assert [spec.fault() for spec in outage.primary(timeouts=True).faults] == [Fault.blackhole()]
     # Without a plugin that sets short limits, nothing may hang.
-    assert outage.upstreams.play(timeouts=False) == (Fault.reset(),)
+    assert [spec.fault() for spec in outage.primary(timeouts=False).faults] == [Fault.reset()]
     assert outage.describe(timeouts=False) != outage.describe(timeouts=True)
     healthy = SCENES[0]
-    assert healthy.upstreams.play(timeouts=False) == healthy.upstreams.play(timeouts=True)
+    assert healthy.primary(timeouts=False) == healthy.primary(timeouts=True)
     assert healthy.describe(timeouts=False) == healthy.describe(timeouts=True)
 
 
-@pytest.mark.parametrize("fraction", [0.0, 1.5])
-def test_invalid_scene(fraction: float) -> None:
+@pytest.mark.parametrize("duration", [0.0, -1.0, math.inf, math.nan])
+def test_invalid_scene(duration: float) -> None:
     with pytest.raises(ValueError, match="scene 'x'"):
-        Scene(name="x", fraction=fraction, upstreams=Upstreams(faults=(OK,)), description="d")
+        Scene(name="x", phase=phase("x", duration, OK), description="d")
 
 
-def test_upstreams_need_a_fault() -> None:
-    with pytest.raises(ValueError, match="at least one fault"):
-        Upstreams(faults=())
-    with pytest.raises(ValueError, match="at least one fault"):
-        Upstreams(faults=(OK,), core_faults=())
+def test_the_scenes_share_the_run_by_their_phases_durations() -> None:
+    scenes = [Scene(name=n, phase=phase(n, d, OK), description=n) for n, d in [("a", 1), ("b", 3)]]
+    assert _scenes.scene_ends(scenes, 2.0) == [0.5, 2.0]
 
 
 @pytest.mark.parametrize(
@@ -271,11 +284,6 @@ def test_upstreams_need_a_fault() -> None:
         {"duration": 0.0},
         {"duration": math.inf},
         {"concurrency": 0},
-        {
-            "scenes": (
-                Scene(name="x", fraction=0.5, upstreams=Upstreams(faults=(OK,)), description="d"),
-            )
-        },
         {"scenes": ()},
     ],
 )
@@ -292,17 +300,19 @@ def test_invalid_arguments(kwargs: dict[str, Any]) -> None:
 
 def test_custom_scene_table() -> None:
     scenes = (
-        Scene(name="ok", fraction=0.5, upstreams=Upstreams(faults=(OK,)), description="fine"),
+        Scene(name="ok", phase=phase("ok", 1, OK), description="fine"),
         Scene(
             name="teapot",
-            fraction=0.5,
-            upstreams=Upstreams(faults=(Fault.status(418),)),
+            phase=phase("teapot", 1, FaultSpec(kind="status", status=418)),
             description="tea",
         ),
     )
     out = io.StringIO()
 
-    assert run_demo(duration=0.6, concurrency=2, as_json=True, out=out, scenes=scenes) == 0
+    status = run_demo(
+        duration=0.6, concurrency=2, as_json=True, out=out, scenes=scenes, fallback=False
+    )
+    assert status == 0
 
     summary = json.loads(out.getvalue())
     assert summary["scenes"] == ["ok", "teapot"]
@@ -321,13 +331,8 @@ def test_percentile_is_exact_nearest_rank() -> None:
 
 
 BREAKER_SCENES = (
-    Scene(
-        name="storm",
-        fraction=0.4,
-        upstreams=Upstreams(faults=(Fault.status(503),)),
-        description="503s",
-    ),
-    Scene(name="healed", fraction=0.6, upstreams=Upstreams(faults=(OK,)), description="fine"),
+    Scene(name="storm", phase=phase("storm", 0.4, FaultSpec(kind="status")), description="503s"),
+    Scene(name="healed", phase=phase("healed", 0.6, OK), description="fine"),
 )
 
 
@@ -335,7 +340,9 @@ BREAKER_SCENES = (
 def test_a_503_storm_trips_the_breaker_and_a_probe_closes_it() -> None:
     out = io.StringIO()
 
-    status = run_demo(duration=4, concurrency=8, as_json=True, out=out, scenes=BREAKER_SCENES)
+    status = run_demo(
+        duration=4, concurrency=8, as_json=True, out=out, scenes=BREAKER_SCENES, fallback=False
+    )
 
     assert status == 0
     summary = json.loads(out.getvalue())
@@ -356,11 +363,10 @@ def test_a_503_storm_trips_the_breaker_and_a_probe_closes_it() -> None:
 
 
 POLICY_SCENES = (
-    Scene(name="ok", fraction=0.5, upstreams=Upstreams(faults=(OK,)), description="fine"),
+    Scene(name="ok", phase=phase("ok", 1, OK), description="fine"),
     Scene(
         name="down",
-        fraction=0.5,
-        upstreams=Upstreams(faults=(Fault.reset(),)),
+        phase=phase("down", 1, RESET),
         description="resets; the operator adds a degraded response",
         policy={"degraded": {"template": _scenes.DEGRADED_TEMPLATE}},
     ),
@@ -370,7 +376,9 @@ POLICY_SCENES = (
 def test_the_operator_changes_the_policy_live_and_calls_see_it() -> None:
     out = io.StringIO()
 
-    status = run_demo(duration=1.5, concurrency=4, as_json=True, out=out, scenes=POLICY_SCENES)
+    status = run_demo(
+        duration=1.5, concurrency=4, as_json=True, out=out, scenes=POLICY_SCENES, fallback=False
+    )
 
     assert status == 0
     summary = json.loads(out.getvalue())
@@ -392,6 +400,7 @@ def test_with_etcd_the_policy_lives_in_etcd_and_changes_there() -> None:
                 out=out,
                 scenes=POLICY_SCENES,
                 etcd=[server.url],
+                fallback=False,
             )
 
             async def demo_keys() -> int:
@@ -427,15 +436,14 @@ def test_cli_demo_with_an_unreachable_etcd_fails_clearly(
 # -- the TLS scene ---------------------------------------------------------------------
 
 TLS_SCENES = (
-    Scene(name="before", fraction=0.3, upstreams=Upstreams(faults=(OK,)), description="A"),
+    Scene(name="before", phase=phase("before", 0.3, OK), description="A"),
     Scene(
         name="rotation",
-        fraction=0.4,
-        upstreams=Upstreams(faults=(OK,)),
+        phase=phase("rotation", 0.4, OK),
         description="A -> B",
         rotate_client_certificate=True,
     ),
-    Scene(name="after", fraction=0.3, upstreams=Upstreams(faults=(OK,)), description="B"),
+    Scene(name="after", phase=phase("after", 0.3, OK), description="B"),
 )
 
 
@@ -443,7 +451,9 @@ TLS_SCENES = (
 def test_the_client_certificate_is_rotated_mid_traffic_without_a_failure() -> None:
     out = io.StringIO()
 
-    status = run_demo(duration=2, concurrency=4, as_json=True, out=out, scenes=TLS_SCENES)
+    status = run_demo(
+        duration=2, concurrency=4, as_json=True, out=out, scenes=TLS_SCENES, fallback=False
+    )
 
     assert status == 0
     summary = json.loads(out.getvalue())
@@ -479,7 +489,9 @@ def test_without_the_tls_plugin_the_demo_says_it_runs_plain_http(
     monkeypatch.setenv("HEALKIT_BLOCK_PLUGINS", "tls")
     out = io.StringIO()
 
-    status = run_demo(duration=0.6, concurrency=2, as_json=False, out=out, scenes=TLS_SCENES)
+    status = run_demo(
+        duration=0.6, concurrency=2, as_json=False, out=out, scenes=TLS_SCENES, fallback=False
+    )
 
     assert status == 0
     text = out.getvalue()
@@ -490,7 +502,9 @@ def test_without_the_tls_plugin_the_demo_says_it_runs_plain_http(
     assert "replaced A -> B" not in text
 
     json_out = io.StringIO()
-    run_demo(duration=0.3, concurrency=2, as_json=True, out=json_out, scenes=TLS_SCENES)
+    run_demo(
+        duration=0.3, concurrency=2, as_json=True, out=json_out, scenes=TLS_SCENES, fallback=False
+    )
     summary = json.loads(json_out.getvalue())
     assert summary["tls"] is None
     assert "tls" not in summary["settings"]
@@ -501,8 +515,7 @@ def test_without_the_tls_plugin_the_demo_says_it_runs_plain_http(
 TRACE_SCENES = (
     Scene(
         name="flaky",
-        fraction=1.0,
-        upstreams=Upstreams(faults=(Fault.status(503), OK, OK, OK)),
+        phase=phase("flaky", 1, FaultSpec(kind="status"), OK, OK, OK),
         description="1 response in 4 is a 503",
     ),
 )
@@ -516,7 +529,13 @@ def test_trace_summary_counts_spans_and_shows_a_retried_call() -> None:
     out = io.StringIO()
 
     status = run_demo(
-        duration=1.0, concurrency=4, as_json=True, out=out, scenes=TRACE_SCENES, trace=True
+        duration=1.0,
+        concurrency=4,
+        as_json=True,
+        out=out,
+        scenes=TRACE_SCENES,
+        trace=True,
+        fallback=False,
     )
 
     assert status == 0

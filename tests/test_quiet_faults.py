@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from healkit._demo.app import run_demo
-from healkit._demo.scenes import Scene, Upstreams
-from healkit.testing import Fault
+from healkit._demo.scenes import Scene
+from healkit._simulate import FaultSpec, Phase, Upstream
 
 NOISE = ("Error handling request", "Traceback")
 
@@ -21,14 +21,19 @@ def test_the_demo_screen_shows_no_server_traceback(
     # A body that trickles longer than the demo's attempt limit: every call cuts it.
     trickle = Scene(
         name="trickle",
-        fraction=1.0,
-        upstreams=Upstreams(
-            faults=(Fault.slow_body(8, 0.2, chunk=b"x" * 256),), core_faults=(Fault.ok(),)
+        phase=Phase(
+            name="trickle",
+            duration=1.0,
+            primary=Upstream(faults=(FaultSpec(kind="slow_body", chunks=8, chunk_delay=0.2),)),
         ),
+        core_primary=Upstream(),
         description="a body trickles in",
     )
     out = io.StringIO()
-    assert run_demo(duration=2.5, concurrency=2, as_json=False, out=out, scenes=(trickle,)) == 0
+    status = run_demo(
+        duration=2.5, concurrency=2, as_json=False, out=out, scenes=(trickle,), fallback=False
+    )
+    assert status == 0
     # The race that logged "Error handling request" (a write between the client's
     # close and the handler's cancellation) is rare: this guards the screen, it
     # does not force the race.

@@ -1,4 +1,4 @@
-"""The scenario model: what it accepts, what it refuses, and that the demo's upstreams fit it."""
+"""The scenario model: what it accepts and what it refuses (the demo's scenes: test_demo_scenes)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 
 from healkit._config.validate import check
 from healkit._errors import ConfigError
-from healkit._simulate import BUILTIN_SCENARIOS, FaultSpec, Phase, Scenario, Upstream
+from healkit._simulate import BUILTIN_SCENARIOS, FaultSpec, Scenario, Upstream
 from healkit._simulate._scenarios import MAX_CALLS
-from healkit.testing import Fault, FaultMix
+from healkit.testing import Fault
 
 
 def test_every_fault_kind_builds_the_fault_server_fault() -> None:
@@ -20,52 +20,6 @@ def test_every_fault_kind_builds_the_fault_server_fault() -> None:
     assert FaultSpec(kind="truncated", status=206).fault() == Fault.truncated(status=206)
     assert FaultSpec(kind="slow_body", chunks=3, chunk_delay=0.1).fault() == Fault.slow_body(
         3, 0.1, chunk=b"x" * 256
-    )
-
-
-def test_the_demo_upstream_behaviours_are_phases() -> None:
-    """Each fault of ``healkit demo``'s scenes, written as data (see the demo's SCENES)."""
-    overloaded = FaultSpec(
-        kind="status",
-        status=503,
-        body="upstream overloaded",
-        headers={"Retry-After": "1"},
-        latency=0.001,
-    )
-    failing = FaultSpec(kind="status", status=503, body="upstream failing", latency=0.001)
-    demo = [
-        (FaultSpec(latency=0.002), Fault.ok(latency=0.002)),
-        (FaultSpec(latency=1.5), Fault.latency(1.5)),
-        (
-            FaultSpec(kind="slow_body", chunks=6, chunk_delay=0.25),
-            Fault.slow_body(6, 0.25, chunk=b"x" * 256),
-        ),
-        (
-            overloaded,
-            Fault.status(
-                503, body=b"upstream overloaded", headers={"Retry-After": "1"}, latency=0.001
-            ),
-        ),
-        (failing, Fault.status(503, body=b"upstream failing", latency=0.001)),
-        (FaultSpec(kind="hang"), Fault.blackhole()),
-        (FaultSpec(kind="reset"), Fault.reset()),
-    ]
-    for spec, fault in demo:
-        assert spec.fault() == fault
-    # A scene cycles its faults in order; `down` is `probes = "same"`, and the
-    # fallback upstream is the phase's `fallback`.
-    storm = Phase(
-        name="storm",
-        duration=3.6,  # the scene's fraction of the run
-        primary=Upstream(
-            faults=(failing,),
-            order="cycle",
-            probes="same",
-        ),
-        fallback=Upstream(order="cycle"),
-    )
-    assert storm.primary.mix(seed=0) == FaultMix.cycle(
-        Fault.status(503, body=b"upstream failing", latency=0.001)
     )
 
 

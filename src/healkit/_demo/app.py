@@ -46,10 +46,12 @@ end adds a trace summary: spans counted by name, path and ``error.type``, the
 attempt spans of one retried call, and the ``http.client.request.duration``
 percentiles from the metrics.
 
-Scenes are a table: a later scene (a fallback upstream, a switch-back) is one
-more :class:`~healkit._demo.scenes.Scene` row, and :func:`run_demo` accepts
-another table. This module wires the parts (see the package's docstring): what
-the demo observes comes from healkit's typed events
+Scenes are a table: a later scene is one more
+:class:`~healkit._demo.scenes.Scene` row, and :func:`run_demo` accepts another
+table. What the upstreams do in a scene is a phase of the scenario model of
+``healkit config simulate``; the demo scripts its fault servers with it.
+This module wires the parts (see the package's docstring): what the demo
+observes comes from healkit's typed events
 (:class:`~healkit._demo.telemetry.Observer`, a plugin of the demo's runtime).
 """
 
@@ -72,13 +74,14 @@ from healkit._client import Client
 from healkit._demo import DemoError, Stopwatch
 from healkit._demo.pki import Pki
 from healkit._demo.scenes import (
-    PATH,
+    HEALTH_PATH,
     SCENES,
-    SCRIPT_LENGTH,
+    SEED,
     SERVICE,
     Scene,
     check_scenes,
     plugin_settings,
+    scene_ends,
     service_document,
 )
 from healkit._demo.telemetry import Observer, TlsTally, Tracing
@@ -96,6 +99,13 @@ ETCD_NAMESPACE: Final = "healkit-demo"
 """The etcd namespace of ``healkit demo --etcd``; its key is deleted at the end."""
 ETCD_KEY: Final = f"{DEFAULT_PREFIX}{ETCD_NAMESPACE}/services/{SERVICE}"
 
+RECORDED: Final = 4096
+"""The requests the primary upstream remembers, with the tls plugin (none without it).
+
+The demo counts the certificates they presented every frame, before the
+upstream forgets them: up to this many requests per frame are counted.
+"""
+
 EXIT_OK: Final = 0
 EXIT_LOST: Final = 1
 EXIT_INTERRUPTED: Final = 130
@@ -110,11 +120,13 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
     scenes: Sequence[Scene] = SCENES,
     etcd: Sequence[str] = (),
     trace: bool = False,
+    fallback: bool = True,
 ) -> int:
     """Run the demo and return the exit status (the ``healkit demo`` command).
 
     Args:
-        duration: seconds to run; the scenes share it by their fractions.
+        duration: seconds to run; the scenes share it in proportion to
+            their phases' durations.
         concurrency: how many callers loop concurrently.
         as_json: show nothing live; write only the summary, as one JSON object.
         out: where to write. A terminal gets the live view; anything else a
@@ -124,6 +136,9 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
             there (empty: the embedded default, no etcd).
         trace: trace the run with the OpenTelemetry SDK (in memory) and add a
             trace summary at the end (needs healkit-tracing and the SDK).
+        fallback: run a fallback upstream, the service's fallback group, which
+            answers as each scene's ``phase.fallback`` says (``False``: the
+            service has only the primary upstream).
 
     Returns:
         0, or 1 if any call was lost (ended other than in a response or a
@@ -151,6 +166,7 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
         etcd=tuple(etcd),
         sections=sections,
         tracing=_tracing(sections) if trace else None,
+        fallback=fallback,
     )
     try:
         with routed_logs(demo.observer.on_log):
@@ -195,6 +211,7 @@ class _Demo:
         etcd: tuple[str, ...],
         sections: frozenset[str],
         tracing: Tracing | None,
+        fallback: bool,
     ) -> None:
         self.facts = Facts(
             duration=duration,
@@ -217,7 +234,7 @@ class _Demo:
             say=self.events.say,
             stopwatch=self.stopwatch,
             tls=TlsTally(len(scenes)) if self.tls_installed else None,
-            fallback=scenes[0].upstreams.fallback is not None,
+            fallback=fallback,
         )
         self.view = View(
             out=out,
@@ -234,6 +251,7 @@ class _Demo:
         self.policy: dict[str, Any] = {}
         """The sections the operator added so far."""
         self.pki: Pki | None = None
+        self._with_fallback = fallback
         self._fallback: FaultServer | None = None
         self._scene_starts: list[float] = []
         self._rotations: deque[float] = deque()
@@ -271,10 +289,15 @@ class _Demo:
 
     async def _serve(self, context: ssl.SSLContext | None) -> None:
         facts = self.facts
-        async with FaultServer(ssl_context=context) as server, contextlib.AsyncExitStack() as stack:
+        # The requests are remembered only to count the client certificates they presented.
+        recorded = RECORDED if self.observer.tls is not None else 0
+        primary = FaultServer(ssl_context=context, max_recorded=recorded)
+        async with primary as server, contextlib.AsyncExitStack() as stack:
             facts.upstream = server.url
-            if facts.scenes[0].upstreams.fallback is not None:
-                self._fallback = await stack.enter_async_context(FaultServer(ssl_context=context))
+            if self._with_fallback:
+                self._fallback = await stack.enter_async_context(
+                    FaultServer(ssl_context=context, max_recorded=0)
+                )
                 facts.fallback_upstream = self._fallback.url
             if self.pki is None:
                 self.events.say("healkit-tls is not installed: the upstream speaks plain HTTP")
@@ -338,13 +361,13 @@ class _Demo:
         facts, traffic = self.facts, self.traffic
         self.stopwatch.start()
         started = self.stopwatch.started
-        boundaries = self._boundaries()
-        self._scene_starts = [started, *(started + b for b in boundaries[:-1])]
+        ends = [started + end for end in scene_ends(facts.scenes, facts.duration)]
+        self._scene_starts = [started, *ends[:-1]]
         if self.pki is not None:
             # Halfway through each rotation scene.
             self._rotations.extend(
-                start + scene.fraction * facts.duration / 2
-                for start, scene in zip(self._scene_starts, facts.scenes, strict=True)
+                (start + end) / 2
+                for start, end, scene in zip(self._scene_starts, ends, facts.scenes, strict=True)
                 if scene.rotate_client_certificate
             )
         self._start_scene(server, 0)
@@ -370,14 +393,6 @@ class _Demo:
         self._harvest(server)
         self.view.refresh()
 
-    def _boundaries(self) -> list[float]:
-        """Seconds from the start at which each scene ends."""
-        running, ends = 0.0, []
-        for scene in self.facts.scenes:
-            running += scene.fraction * self.facts.duration
-            ends.append(running)
-        return ends
-
     def _interrupt(self) -> None:
         """Take the cancellation of Ctrl-C as the end of the demo, or re-raise it.
 
@@ -394,7 +409,7 @@ class _Demo:
     async def _direct(self, server: FaultServer) -> None:
         """Switch scenes on schedule and refresh the view, until the end."""
         scenes, started = self.facts.scenes, self.stopwatch.started
-        boundaries = self._boundaries()
+        boundaries = scene_ends(scenes, self.facts.duration)
         end = started + self.facts.duration
         tick = 1 / REFRESH_PER_SECOND
         next_tick = started + tick
@@ -406,8 +421,7 @@ class _Demo:
                 for following in range(self.traffic.scene + 1, index + 1):
                     self._start_scene(server, following)
                     await self._change_policy(scenes[following])
-            elif server.hits(PATH) >= SCRIPT_LENGTH // 2:
-                self._script(server, index)
+            self._harvest(server)
             next_rotation = self._rotate_when_due(server, now)
             if now >= next_tick:
                 self._frame()
@@ -445,15 +459,19 @@ class _Demo:
         )
 
     def _script(self, server: FaultServer, index: int) -> None:
-        """Script the scene's faults on the upstreams, from the start of their cycle."""
-        self._harvest(server)
-        upstreams = self.facts.scenes[index].upstreams
-        upstreams.script(server, self._fallback, timeouts=self.facts.timeouts)
-        if self.observer.tls is not None:
-            self.observer.tls.restart()
+        """Make the upstreams do what the scene's phase says, from the start of their cycle."""
+        scene = self.facts.scenes[index]
+        primary = scene.primary(timeouts=self.facts.timeouts)
+        primary.apply(server, seed=SEED, probe_path=HEALTH_PATH)
+        if self._fallback is not None:
+            scene.phase.fallback.apply(self._fallback, seed=SEED, probe_path=HEALTH_PATH)
 
     def _harvest(self, server: FaultServer) -> None:
-        """Count the client certificates the upstream saw since the last harvest."""
+        """Count the client certificates the upstream saw since the last harvest.
+
+        Called at every turn of the director's loop (at least every frame),
+        before the upstream forgets them (:data:`RECORDED`).
+        """
         if self.observer.tls is not None and self.pki is not None:
             self.observer.tls.harvest(server, self.pki, self._scene_starts)
 

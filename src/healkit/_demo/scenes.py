@@ -2,13 +2,18 @@
 
 A scene has two parts, kept apart on purpose:
 
-- :class:`Upstreams`: what the fault servers answer (the primary upstream's
-  faults, cycled request by request; whether its health endpoint fails too;
-  what the fallback upstream answers). This part knows nothing of the demo: it
-  is a fault scenario that scripts two :class:`healkit.testing.FaultServer`.
-- the rest of :class:`Scene`: its name and share of the run, what the demo
-  shows while it plays, and what the demo's operator does during it (a live
-  policy change, through etcd with ``--etcd``; a client certificate rotation).
+- its :class:`~healkit._simulate.Phase`: what the upstreams do, written in the
+  scenario model of ``healkit config simulate`` (one definition of "what an
+  upstream does" for both commands): what the primary upstream answers, what
+  the fallback upstream answers, what their health endpoints answer, and for
+  how long. The demo scripts its two :class:`healkit.testing.FaultServer` with
+  :meth:`Upstream.apply <healkit._simulate.Upstream.apply>`. Two scenes are
+  the phases of built-in scenarios (``503-storm``, ``outage-recovery``), so
+  the demo shows what ``healkit config simulate`` measures.
+- the rest of :class:`Scene`: its name, what the demo shows while it plays,
+  what the primary does instead when no plugin sets short time limits, and
+  what the demo's operator does during it (a live policy change, through etcd
+  with ``--etcd``; a client certificate rotation).
 
 The configuration of the demo's service is here too: the plugins found
 installed get short settings fit for a demo that lasts seconds
@@ -18,12 +23,15 @@ keep their defaults.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, final
 
-from healkit.testing import Fault, FaultServer
+from msgspec.structs import replace
+
+from healkit._simulate import BUILTIN_SCENARIOS, FaultSpec, Phase, Upstream
 
 __all__ = [
     "BREAKER",
@@ -33,13 +41,13 @@ __all__ = [
     "RETRY",
     "ROUTING",
     "SCENES",
-    "SCRIPT_LENGTH",
+    "SEED",
     "SERVICE",
     "TIMEOUTS",
     "Scene",
-    "Upstreams",
     "check_scenes",
     "plugin_settings",
+    "scene_ends",
     "service_document",
 ]
 
@@ -49,9 +57,8 @@ PATH: Final = "/api"
 """The upstream path every call requests."""
 HEALTH_PATH: Final = "/health"
 """The path the health probes request on each upstream."""
-SCRIPT_LENGTH: Final = 4096
-"""Faults scripted at a time; the script is renewed when half of it is used."""
-FRACTION_TOLERANCE: Final = 1e-6
+SEED: Final = 17
+"""The seed of the upstreams' random mixes (the default scenes cycle through their faults)."""
 
 TIMEOUTS: Final[Mapping[str, float]] = {
     "connect": 0.5,
@@ -110,65 +117,24 @@ DEGRADED_TEMPLATE: Final[Mapping[str, Any]] = {
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Upstreams:
-    """What the upstreams answer during a scene: the fault part, without the demo's.
-
-    Attributes:
-        faults: what the primary answers on the demo's path, cycled request by request.
-        core_faults: what it answers instead when no plugin sets time limits
-            (the core's built-in limits are long: a hang would stall callers for
-            tens of seconds), or ``None`` to use ``faults`` in both cases.
-        down: the primary's other paths, its health endpoint included, answer
-            with the first fault too (so that health probes take it down);
-            otherwise they answer 200.
-        fallback: what the fallback upstream answers (every path, its health
-            endpoint included); ``None`` when there is no fallback upstream.
-
-    """
-
-    faults: tuple[Fault, ...]
-    core_faults: tuple[Fault, ...] | None = None
-    down: bool = False
-    fallback: Fault | None = None
-
-    def __post_init__(self) -> None:
-        """Reject upstreams that cannot be played."""
-        if not self.faults or self.core_faults == ():
-            raise ValueError("the primary upstream needs at least one fault")
-
-    def play(self, *, timeouts: bool) -> tuple[Fault, ...]:
-        """Return the primary's faults, with or without short time limits."""
-        if timeouts or self.core_faults is None:
-            return self.faults
-        return self.core_faults
-
-    def script(self, primary: FaultServer, fallback: FaultServer | None, *, timeouts: bool) -> None:
-        """Script the servers from the start of the cycle.
-
-        The servers record every request; they are reset first, which keeps
-        their memory bounded however long they play.
-        """
-        faults = self.play(timeouts=timeouts)
-        repeat = max(1, SCRIPT_LENGTH // len(faults))
-        primary.reset()
-        primary.script(PATH, *(faults * repeat), then=faults[0])
-        primary.set_default(faults[0] if self.down else Fault.ok())
-        if fallback is not None and self.fallback is not None:
-            fallback.reset()
-            fallback.set_default(self.fallback)
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Scene:
-    """One phase of the demo: what the upstreams do, for how long, and what the demo adds.
+    """One scene of the demo: what the upstreams do, for how long, and what the demo adds.
 
     Attributes:
         name: a short name, shown live and used as a key of the summary.
-        fraction: the share of the demo's duration; a table's fractions sum to 1.
-        upstreams: what the fault servers answer.
+        phase: what the upstreams do, in the scenario model of ``healkit config
+            simulate``: ``primary`` is what the primary upstream answers (its
+            health endpoint answers per ``probes``: ``same`` takes it down,
+            ``ok`` keeps it up), ``fallback`` what the fallback upstream answers.
+            Its ``duration`` is the scene's share of the run: the scenes share
+            the run's duration in proportion to their phases' durations (those
+            of :data:`SCENES` are seconds of the default 30 s run).
         description: one line shown while the scene plays.
-        core_description: the description when ``upstreams.core_faults`` are played.
+        core_primary: what the primary answers instead when no plugin sets
+            time limits (the core's built-in limits are long: a hang would
+            stall callers for tens of seconds), or ``None`` to play
+            ``phase.primary`` in both cases.
+        core_description: the description when ``core_primary`` is played.
         policy: service sections the operator adds to the demo service's
             document when the scene starts (a live policy change, through
             etcd with ``--etcd``); they stay for the following scenes.
@@ -180,9 +146,9 @@ class Scene:
     """
 
     name: str
-    fraction: float
-    upstreams: Upstreams
+    phase: Phase
     description: str
+    core_primary: Upstream | None = None
     core_description: str | None = None
     policy: Mapping[str, Any] | None = None
     rotate_client_certificate: bool = False
@@ -191,12 +157,18 @@ class Scene:
         """Reject a scene that cannot be played."""
         if not self.name:
             raise ValueError("a scene needs a name")
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"scene {self.name!r}: fraction must be in (0, 1]")
+        if not (math.isfinite(self.phase.duration) and self.phase.duration > 0):
+            raise ValueError(f"scene {self.name!r}: its phase's duration must be > 0 seconds")
+
+    def primary(self, *, timeouts: bool) -> Upstream:
+        """Return what the primary upstream does, with or without short time limits."""
+        if timeouts or self.core_primary is None:
+            return self.phase.primary
+        return self.core_primary
 
     def describe(self, *, timeouts: bool) -> str:
-        """Return the description that goes with the faults played."""
-        if timeouts or self.upstreams.core_faults is None:
+        """Return the description that goes with the primary played."""
+        if timeouts or self.core_primary is None:
             return self.description
         return self.core_description or self.description
 
@@ -205,16 +177,25 @@ def check_scenes(scenes: Sequence[Scene]) -> None:
     """Reject a table that cannot be played.
 
     Raises:
-        ValueError: no scene, fractions that do not sum to 1, or a fallback
-            upstream given in some scenes only.
+        ValueError: no scene.
 
     """
-    if not scenes or not math.isclose(
-        sum(s.fraction for s in scenes), 1.0, abs_tol=FRACTION_TOLERANCE
-    ):
-        raise ValueError("the scenes' fractions must sum to 1")
-    if len({scene.upstreams.fallback is None for scene in scenes}) > 1:
-        raise ValueError("give the fallback upstream's faults in every scene or in none")
+    if not scenes:
+        raise ValueError("the scene table must have at least one scene")
+
+
+def scene_ends(scenes: Sequence[Scene], duration: float) -> list[float]:
+    """Return the second of a run of ``duration`` seconds at which each scene ends.
+
+    The scenes share the run in proportion to their phases' durations; the
+    last one ends at ``duration``.
+    """
+    total = sum(scene.phase.duration for scene in scenes)
+    ends = [
+        duration * end / total for end in itertools.accumulate(s.phase.duration for s in scenes)
+    ]
+    ends[-1] = duration
+    return ends
 
 
 def plugin_settings(
@@ -260,47 +241,58 @@ def service_document(
     return {**service, **settings, **policy}
 
 
-_HEALTHY: Final = (
-    Fault.ok(latency=0.002),
-    Fault.ok(latency=0.004),
-    Fault.ok(latency=0.003),
-    Fault.ok(latency=0.008),
-    Fault.ok(latency=0.005),
+_HEALTHY: Final = tuple(
+    FaultSpec(latency=latency) for latency in (0.002, 0.004, 0.003, 0.008, 0.005)
 )
-_STALL: Final = Fault.latency(1.5)
-_TRICKLE: Final = Fault.slow_body(6, 0.25, chunk=b"x" * 256)
-_UNAVAILABLE: Final = Fault.status(
-    503, body=b"upstream overloaded", headers={"Retry-After": "1"}, latency=0.001
+_STALL: Final = FaultSpec(latency=1.5)
+_TRICKLE: Final = FaultSpec(kind="slow_body", chunks=6, chunk_delay=0.25)
+_UNAVAILABLE: Final = FaultSpec(
+    kind="status",
+    status=503,
+    body="upstream overloaded",
+    headers={"Retry-After": "1"},
+    latency=0.001,
 )
-_FAILING: Final = Fault.status(503, body=b"upstream failing", latency=0.001)
-_OK: Final = Fault.ok()
-_RESETS: Final = Fault.reset()
+
+
+def _cycle(*faults: FaultSpec) -> Upstream:
+    """Return an upstream that answers ``faults`` in order, over and over; its health check 200."""
+    return Upstream(faults=faults, order="cycle", probes="ok")
+
+
+_HEALTHY_UPSTREAM: Final = _cycle(*_HEALTHY)
+_STORM: Final = BUILTIN_SCENARIOS["503-storm"].phases[1]
+"""Every answer a 503, health checks included (the built-in scenario ``503-storm``)."""
+_OUTAGE: Final = BUILTIN_SCENARIOS["outage-recovery"].phases[1]
+"""Every connection reset, health checks included (the built-in scenario ``outage-recovery``)."""
 
 SCENES: Final[tuple[Scene, ...]] = (
     Scene(
         name="healthy",
-        fraction=0.12,
-        upstreams=Upstreams(faults=_HEALTHY, fallback=_OK),
+        phase=Phase(name="healthy", duration=3.6, primary=_HEALTHY_UPSTREAM),
         description="the primary answers 200 in 2-8 ms",
     ),
     Scene(
         name="latency spikes",
-        fraction=0.12,
-        upstreams=Upstreams(
-            faults=(*(_HEALTHY * 3)[:9], _STALL, *(_HEALTHY * 2)[:9], _TRICKLE), fallback=_OK
+        phase=Phase(
+            name="latency-spikes",
+            duration=3.6,
+            primary=_cycle(*(_HEALTHY * 3)[:9], _STALL, *(_HEALTHY * 2)[:9], _TRICKLE),
         ),
         description="1 response in 10 stalls 1.5 s, 1 in 20 trickles its body over 1.5 s",
     ),
     Scene(
         name="503 burst",
-        fraction=0.08,
-        upstreams=Upstreams(faults=(*(_UNAVAILABLE,) * 3, *_HEALTHY, *_HEALTHY[:2]), fallback=_OK),
+        phase=Phase(
+            name="503-burst",
+            duration=2.4,
+            primary=_cycle(*(_UNAVAILABLE,) * 3, *_HEALTHY, *_HEALTHY[:2]),
+        ),
         description="3 responses in 10 are 503 Service Unavailable (Retry-After: 1)",
     ),
     Scene(
         name="503 storm",
-        fraction=0.12,
-        upstreams=Upstreams(faults=(_FAILING,), down=True, fallback=_OK),
+        phase=replace(_STORM, name="503-storm", duration=3.6),
         description=(
             "the primary answers 503 to everything, its health check too: it is ejected,"
             " probed down, and traffic fails over to the fallback"
@@ -308,16 +300,17 @@ SCENES: Final[tuple[Scene, ...]] = (
     ),
     Scene(
         name="healed",
-        fraction=0.10,
-        upstreams=Upstreams(faults=_HEALTHY, fallback=_OK),
+        phase=Phase(name="healed", duration=3.0, primary=_HEALTHY_UPSTREAM),
         description="the primary answers again: good probes switch traffic back to it",
     ),
     Scene(
         name="outage",
-        fraction=0.12,
-        upstreams=Upstreams(
-            faults=(Fault.blackhole(),), core_faults=(_RESETS,), down=True, fallback=_OK
+        phase=replace(
+            _OUTAGE,
+            duration=3.6,
+            primary=Upstream(faults=(FaultSpec(kind="hang"),), order="cycle"),
         ),
+        core_primary=_OUTAGE.primary,
         description=(
             "the primary hangs: traffic fails over to the fallback;"
             " the operator adds a degraded response"
@@ -330,20 +323,17 @@ SCENES: Final[tuple[Scene, ...]] = (
     ),
     Scene(
         name="total outage",
-        fraction=0.10,
-        upstreams=Upstreams(faults=(_RESETS,), down=True, fallback=_RESETS),
+        phase=replace(_OUTAGE, name="total-outage", duration=3.0, fallback=_OUTAGE.primary),
         description="the primary and the fallback reset every connection: degraded responses",
     ),
     Scene(
         name="recovery",
-        fraction=0.14,
-        upstreams=Upstreams(faults=_HEALTHY, fallback=_OK),
+        phase=Phase(name="recovery", duration=4.2, primary=_HEALTHY_UPSTREAM),
         description="both are healthy again: probes switch traffic back to the primary",
     ),
     Scene(
         name="certificate rotation",
-        fraction=0.10,
-        upstreams=Upstreams(faults=_HEALTHY, fallback=_OK),
+        phase=Phase(name="certificate-rotation", duration=3.0, primary=_HEALTHY_UPSTREAM),
         description=(
             "halfway through, the client certificate files are replaced A -> B in one atomic"
             " rename: new connections present B, no call fails"
@@ -351,4 +341,4 @@ SCENES: Final[tuple[Scene, ...]] = (
         rotate_client_certificate=True,
     ),
 )
-"""The default script, played in order."""
+"""The default script, played in order; it is a valid scenario of ``healkit config simulate``."""

@@ -117,32 +117,30 @@ class TlsTally:
     applied_at: float | None = None
     """``time.monotonic()`` when the plugin applied the last rotation."""
     harvested: int = 0
-    """How many of the upstream's recorded requests were counted since its last reset."""
+    """How many requests the upstream had received (``hits()``) at the last harvest."""
 
     def __post_init__(self) -> None:
         """One counter of presented certificates per scene."""
         self.by_scene = [Counter() for _ in range(self.scenes)]
 
     def harvest(self, server: FaultServer, pki: Pki, scene_starts: Sequence[float]) -> None:
-        """Count the client certificates of the requests the upstream recorded since last time.
+        """Count the client certificates of the requests the upstream received since last time.
 
         A request counts in the scene during which it arrived, and as "after the
         rotation" if it arrived after the tls plugin applied the last rotation.
-        Call it before the server is reset; :meth:`restart` after.
+        The upstream may keep only its last requests (``max_recorded``): harvest
+        before more than that many arrived, or the older ones are not counted.
         """
-        recorded = server.requests[self.harvested :]
-        self.harvested += len(recorded)
-        for request in recorded:
+        received = server.hits()
+        new, self.harvested = received - self.harvested, received
+        recorded = server.requests
+        for request in recorded[max(len(recorded) - new, 0) :]:
             subject = pki.subjects.get(label := pki.label(request.peer_certificate), label)
             self.presented[subject] += 1
             scene = max(bisect.bisect_right(scene_starts, request.arrived_at) - 1, 0)
             self.by_scene[scene][subject] += 1
             if self.applied_at is not None and request.arrived_at >= self.applied_at:
                 self.after_rotation[subject] += 1
-
-    def restart(self) -> None:
-        """Count from the upstream's first request again (it was reset)."""
-        self.harvested = 0
 
 
 @final
