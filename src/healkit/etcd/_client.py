@@ -868,7 +868,9 @@ class EtcdClient:
         key_file: see ``cert_file``.
         ssl_context: a ready :class:`ssl.SSLContext` instead of the TLS files.
         timeout: seconds a request (not a watch) may take as a whole, per endpoint.
-        connect_timeout: seconds to connect to one endpoint (also for watches).
+        connect_timeout: seconds to connect to one endpoint; for a watch, also
+            the longest the endpoint may take to start answering before the
+            next endpoint is tried.
         max_message_bytes: the largest reply or watch message accepted.
 
     """
@@ -1492,13 +1494,17 @@ class EtcdClient:
         for index in self._order():
             endpoint = self._endpoints[index]
             try:
-                response = await session.post(
-                    endpoint + path,
-                    data=payload,
-                    headers=headers,
-                    timeout=timeout,
-                    ssl=self._ssl_option(),
-                )
+                # A member that accepts the connection but never answers (a dead
+                # route, a hung process) counts as one that cannot be reached:
+                # the next endpoint is tried, instead of this one again forever.
+                async with asyncio.timeout(self._connect_timeout):
+                    response = await session.post(
+                        endpoint + path,
+                        data=payload,
+                        headers=headers,
+                        timeout=timeout,
+                        ssl=self._ssl_option(),
+                    )
             except _NOT_SENT as exc:
                 failure, cause = _describe(exc, endpoint), exc
             except (aiohttp.ClientError, TimeoutError) as exc:
