@@ -38,6 +38,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from http import HTTPStatus
 from types import TracebackType
 from typing import Annotated, Final, Literal, Protocol, Self, TypeVar, final
 
@@ -766,6 +767,8 @@ def _stale_token(error: EtcdError) -> bool:
 
 
 # Nothing was sent: safe to try the request on another endpoint, whatever it is.
+_REQUIRE_LEADER: Final = "Grpc-Metadata-hasleader"
+"""The gateway passes it on as the gRPC metadata ``hasleader`` (clientv3's WithRequireLeader)."""
 _NOT_SENT: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
@@ -1484,7 +1487,12 @@ class EtcdClient:
     ) -> tuple[aiohttp.ClientResponse, str]:
         """Open a streaming POST on the first endpoint that accepts a connection."""
         session = self._ensure_session()
-        headers = {"Authorization": token} if token else None
+        # etcd's "require leader": a member that has no leader (cut off from its
+        # cluster, or the cluster lost quorum) refuses the watch, or cancels it
+        # when it loses its leader, instead of confirming a watch it cannot feed.
+        headers = {_REQUIRE_LEADER: "true"}
+        if token:
+            headers["Authorization"] = token
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._connect_timeout, sock_read=idle_timeout
         )
@@ -1511,8 +1519,15 @@ class EtcdClient:
                 # Creating a watch changes nothing: safe to try the next endpoint.
                 failure, cause, reached = _describe(exc, endpoint), exc, True
             else:
-                self._preferred = index
-                return response, endpoint
+                if response.status != HTTPStatus.SERVICE_UNAVAILABLE:
+                    self._preferred = index
+                    return response, endpoint
+                # This member has no leader: another one may have.
+                try:
+                    raw = await self._read_body(response, endpoint, path)
+                finally:
+                    response.release()
+                failure, reached = f"HTTP 503: {_snippet(raw)}", True
             failures.append((endpoint, failure))
             _log_failure(endpoint, path, failure)
         tried = "; ".join(f"{endpoint}: {reason}" for endpoint, reason in failures)
