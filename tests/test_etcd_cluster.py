@@ -1,0 +1,283 @@
+"""healkit against a real three-member etcd cluster, with faults.
+
+Every instance watches through the list of the members' URLs (or through a
+:class:`TcpProxy` in front of one member) while the test kills the leader,
+cuts a member off, takes quorum away and brings a member back behind the
+others. After each fault, every instance must hold exactly etcd's history of
+the keys it follows (no revision missed, repeated or out of order) and the
+configuration etcd holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import pytest
+
+import healkit
+from healkit import EtcdError, EtcdUnavailable
+from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, WatchEvent
+from healkit.testing import EtcdCluster, TcpProxy, capture_events
+
+pytestmark = pytest.mark.anyio
+
+NAMESPACE = "cluster"
+ROOT = f"/healkit/{NAMESPACE}/"
+SERVICE = "payments"
+LIVENESS = 1.5
+WAIT = 20.0
+
+
+def document(version: int) -> bytes:
+    """The service's document, version ``version`` (its endpoint names the version)."""
+    return json.dumps({"endpoints": [f"http://v{version}.payments.test"]}).encode()
+
+
+class Instance:
+    """One healkit instance: its own etcd client, source and runtime.
+
+    It records every revision its source hands to the listener of ``seq/``
+    (the keys the writers write), and every status the source publishes.
+    """
+
+    def __init__(self, source: EtcdSource, runtime: healkit.Runtime) -> None:
+        self.source = source
+        self.runtime = runtime
+        self.history: list[tuple[int, str]] = []
+        self.statuses: list[EtcdSourceStatus] = []
+        source.listen("seq/", self._heard)
+
+    def _heard(self, events: Sequence[WatchEvent], revision: int) -> None:
+        self.history.extend((revision, event.kv.key.decode()) for event in events)
+
+    def endpoint(self) -> str:
+        """The endpoint the service's configuration in force names."""
+        return self.runtime.config.services[SERVICE].endpoints[0]
+
+    async def caught_up(self, revision: int) -> EtcdSourceStatus:
+        with anyio.fail_after(WAIT):
+            return await self.source.wait_until(
+                lambda s: s.connection == "connected" and s.applied_revision >= revision
+            )
+
+
+class Statuses:
+    """A ``healkit_event`` subscriber that keeps the source's status events."""
+
+    def __init__(self, instance: list[Instance]) -> None:
+        self._instance = instance
+
+    @healkit.hookimpl
+    def healkit_event(self, event: object) -> None:
+        if isinstance(event, EtcdSourceStatus) and self._instance:
+            self._instance[0].statuses.append(event)
+
+
+async def start(stack: AsyncExitStack, endpoints: Sequence[str]) -> Instance:
+    etcd = await stack.enter_async_context(
+        EtcdClient(list(endpoints), timeout=1.0, connect_timeout=0.5)
+    )
+    source = EtcdSource(etcd, namespace=NAMESPACE, liveness_timeout=LIVENESS)
+    holder: list[Instance] = []
+    runtime = healkit.Runtime(config=source, plugins=[Statuses(holder)], entry_points=False)
+    instance = Instance(source, runtime)
+    holder.append(instance)
+    await stack.enter_async_context(runtime)
+    return instance
+
+
+async def etcd_history(etcd: EtcdClient) -> tuple[list[tuple[int, str]], int]:
+    """Every ``seq/`` key etcd holds, by the revision that wrote it; and etcd's revision."""
+    result = await etcd.range_all(ROOT + "seq/", prefix=True)
+    history = sorted((kv.mod_revision, kv.key.decode()) for kv in result.kvs)
+    return history, result.revision
+
+
+async def assert_same_as_etcd(etcd: EtcdClient, instances: Sequence[Instance]) -> None:
+    """Each instance holds exactly etcd's history and etcd's configuration."""
+    history, revision = await etcd_history(etcd)
+    stored = await etcd.get(ROOT + "services/" + SERVICE)
+    assert stored is not None
+    expected = json.loads(stored.value)["endpoints"][0]
+    for instance in instances:
+        await instance.caught_up(revision)
+        revisions = [rev for rev, _ in instance.history]
+        assert revisions == sorted(revisions), "a revision came out of order"
+        assert instance.history == history
+        assert instance.endpoint() == expected
+
+
+async def write(etcd: EtcdClient, key: str, value: bytes) -> None:
+    """Write once; resend only what provably did not reach etcd (a lost leader refuses)."""
+    while True:
+        try:
+            await etcd.put(key, value)
+        except EtcdUnavailable as error:
+            if error.may_have_reached_server:
+                return  # applied or not: the final read of etcd says which
+            await anyio.sleep(0.05)
+        except EtcdError:
+            await anyio.sleep(0.05)  # "leader changed" and the like: refused, not applied
+        else:
+            return
+
+
+async def test_instances_keep_etcds_history_when_the_leader_dies_under_1000_writes(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    urls = etcd_cluster.urls
+    async with AsyncExitStack() as stack, etcd_cluster.client(timeout=2.0) as writer:
+        await writer.put(ROOT + "services/" + SERVICE, document(0))
+        # Each instance prefers another member: one of them watches through the leader.
+        instances = [await start(stack, urls[i:] + urls[:i]) for i in range(len(urls))]
+        counter = itertools.count()
+        halfway = asyncio.Event()
+
+        async def worker() -> None:
+            while (index := next(counter)) < 1000:
+                if index == 300:
+                    halfway.set()
+                if index % 100 == 0:
+                    await write(writer, ROOT + "services/" + SERVICE, document(index))
+                await write(writer, f"{ROOT}seq/{index:04d}", str(index).encode())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(worker)
+            await halfway.wait()
+            leader = await etcd_cluster.leader()
+            await leader.stop(kill=True)
+            await etcd_cluster.leader(exclude=[leader])
+        history, _ = await etcd_history(writer)
+        assert len(history) > 900  # the writes went on under the new leader
+        await assert_same_as_etcd(writer, instances)
+
+
+async def test_an_instance_behind_a_blackholed_member_moves_to_another_and_resumes(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    first, *others = etcd_cluster.members
+    async with (
+        AsyncExitStack() as stack,
+        etcd_cluster.client() as writer,
+        TcpProxy("127.0.0.1", first.port) as proxy,
+    ):
+        await writer.put(ROOT + "services/" + SERVICE, document(1))
+        instance = await start(stack, [proxy.url, *(member.url for member in others)])
+        await writer.put(ROOT + "seq/a", b"1")
+        before = await instance.caught_up((await etcd_history(writer))[1])
+        proxy.blackhole()  # the member is gone for the instance, without a reset
+        await writer.put(ROOT + "seq/b", b"2")
+        await writer.put(ROOT + "services/" + SERVICE, document(2))
+        await assert_same_as_etcd(writer, [instance])
+        # Resumed from the revision it had applied: nothing read again, nothing repeated.
+        assert before.applied_revision > 0
+        assert [key for _, key in instance.history] == [ROOT + "seq/a", ROOT + "seq/b"]
+        accepted = proxy.accepted
+        await writer.put(ROOT + "seq/c", b"3")
+        await assert_same_as_etcd(writer, [instance])
+        assert proxy.accepted == accepted  # it stays on the member that answers
+
+
+def flapped(instances: Sequence[Instance]) -> bool:
+    """Whether an instance said it was connected again since it was last started."""
+    return any(s.connection == "connected" for i in instances for s in i.statuses)
+
+
+def refusals(events: list[dict[str, Any]], endpoint: str) -> int:
+    """How many times ``endpoint`` refused to open a watch."""
+    return sum(
+        1
+        for event in events
+        if event["event"] == "healkit.etcd_endpoint_failed"
+        and event["path"] == "/v3/watch"
+        and event["endpoint"] == endpoint
+        and "no leader" in event["reason"]
+    )
+
+
+async def test_without_quorum_instances_keep_their_configuration_and_resume_after(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    survivor, *lost = etcd_cluster.members
+    async with (
+        AsyncExitStack() as stack,
+        etcd_cluster.client() as writer,
+        TcpProxy("127.0.0.1", survivor.port) as proxy,
+    ):
+        await writer.put(ROOT + "services/" + SERVICE, document(1))
+        instances = [
+            await start(stack, etcd_cluster.urls),
+            await start(stack, [proxy.url, *(member.url for member in lost)]),
+        ]
+        await writer.put(ROOT + "seq/a", b"1")
+        await assert_same_as_etcd(writer, instances)
+        with capture_events(logging.WARNING) as events:
+            await etcd_cluster.stop(*lost, kill=True)
+            # The survivor still accepts connections and has the data, but no
+            # leader: the instances try it again and again, and must not take
+            # it for etcd (they did, every liveness period, before it refused).
+            with anyio.fail_after(WAIT):
+                while not flapped(instances) and refusals(events, proxy.url) < 3:  # noqa: ASYNC110 - log events, no event to wait on
+                    await anyio.sleep(0.05)
+        for instance in instances:
+            connections = [status.connection for status in instance.statuses]
+            assert connections == ["unreachable"]
+            assert instance.source.status.connection == "unreachable"
+            # The last good configuration serves meanwhile.
+            assert instance.endpoint() == "http://v1.payments.test"
+        # `healkit status` fails, and says why.
+        command = [sys.executable, "-m", "healkit", "status", "--namespace", NAMESPACE]
+        command.extend(["--endpoints", survivor.url])
+        status = await anyio.run_process(command, check=False)
+        assert status.returncode == 1
+        assert b"EtcdUnavailable" in status.stderr
+        # Quorum back: everything resumes, without a restart.
+        await etcd_cluster.start(*lost)
+        await writer.put(ROOT + "seq/b", b"2")
+        await writer.put(ROOT + "services/" + SERVICE, document(2))
+        await assert_same_as_etcd(writer, instances)
+        for instance in instances:
+            assert [status.connection for status in instance.statuses] == [
+                "unreachable",
+                "connected",
+            ]
+
+
+async def test_a_member_back_with_an_older_revision_does_not_roll_an_instance_back(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    leader = await etcd_cluster.leader()
+    behind = next(member for member in etcd_cluster.members if member is not leader)
+    async with (
+        AsyncExitStack() as stack,
+        etcd_cluster.client() as writer,
+        TcpProxy("127.0.0.1", leader.port) as proxy,
+    ):
+        await writer.put(ROOT + "services/" + SERVICE, document(1))
+        instance = await start(stack, [proxy.url])
+        await behind.stop()
+        for index in range(200):
+            await writer.put(f"{ROOT}seq/{index:04d}", b"x" * 1000)
+        await writer.put(ROOT + "services/" + SERVICE, document(2))
+        _, revision = await etcd_history(writer)
+        await instance.caught_up(revision)
+        # The instance moves to the member that comes back with the older revision.
+        applied: list[int] = []
+        instance.source.listen("seq/", lambda _, rev: applied.append(rev))
+        proxy.retarget("127.0.0.1", behind.port)
+        await behind.start()
+        await proxy.cut()
+        await writer.put(ROOT + "seq/last", b"y")
+        await assert_same_as_etcd(writer, [instance])
+        assert applied == sorted(applied)
+        assert all(rev > revision for rev in applied[1:])
+        assert instance.endpoint() == "http://v2.payments.test"
