@@ -11,21 +11,30 @@ configuration etcd holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
 import healkit
 from healkit import EtcdError, EtcdUnavailable
 from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, WatchEvent
-from healkit.testing import EtcdCluster, TcpProxy, capture_events
+from healkit.testing import (
+    EtcdCluster,
+    TcpProxy,
+    capture_events,
+    find_etcd_binary,
+    unused_tcp_port,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -281,3 +290,30 @@ async def test_a_member_back_with_an_older_revision_does_not_roll_an_instance_ba
         assert applied == sorted(applied)
         assert all(rev > revision for rev in applied[1:])
         assert instance.endpoint() == "http://v2.payments.test"
+
+
+async def test_etcds_grpc_proxy_does_not_serve_the_json_gateway(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """What docs/etcd.md says of grpc-proxy: it speaks gRPC only; healkit needs the gateway."""
+    port = unused_tcp_port()
+    members = ",".join(member.endpoint for member in etcd_cluster.members)
+    command = [str(find_etcd_binary()), "grpc-proxy", "start", f"--endpoints={members}"]
+    command.append(f"--listen-addr=127.0.0.1:{port}")
+    proxy = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            with anyio.fail_after(WAIT):
+                while True:  # serving: its /metrics answers
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(url + "/metrics") as response:
+                            if response.status == 200:
+                                break
+                    await anyio.sleep(0.05)
+        async with EtcdClient(url) as etcd:
+            with pytest.raises(EtcdError, match="404"):
+                await etcd.get("/healkit/")
+    finally:
+        proxy.kill()
+        await proxy.wait()
