@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import anyio
@@ -27,12 +28,14 @@ import pytest
 
 import healkit
 from healkit import EtcdError, EtcdUnavailable
-from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, WatchEvent
+from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, KeyValue, WatchEvent
 from healkit.testing import (
     EtcdCluster,
+    FaultServer,
     TcpProxy,
     capture_events,
     find_etcd_binary,
+    refused_url,
     unused_tcp_port,
 )
 
@@ -317,3 +320,53 @@ async def test_etcds_grpc_proxy_does_not_serve_the_json_gateway(
     finally:
         proxy.kill()
         await proxy.wait()
+
+
+async def record(etcd: EtcdClient, key: str, *, not_lease: int = 0) -> KeyValue:
+    """Wait until ``key`` exists in etcd under a lease other than ``not_lease``; return it."""
+    with anyio.fail_after(WAIT):
+        while True:
+            with contextlib.suppress(EtcdError):
+                found = await etcd.get(key)
+                if found is not None and found.lease not in {0, not_lease}:
+                    return found
+            await anyio.sleep(0.05)
+
+
+async def test_fleet_health_records_outlive_a_lost_quorum_and_move_to_a_new_lease(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    primary = refused_url()
+    async with AsyncExitStack() as stack, etcd_cluster.client() as writer, FaultServer() as good:
+        routing = {"eject_after": 1, "eject_time": 60.0, "fleet": {"ttl": 2}}
+        service = {"endpoints": [primary, good.url], "routing": routing}
+        await writer.put(ROOT + "services/" + SERVICE, json.dumps(service).encode())
+        etcd = await stack.enter_async_context(
+            EtcdClient(etcd_cluster.urls, timeout=1.0, connect_timeout=0.5)
+        )
+        source = EtcdSource(etcd, namespace=NAMESPACE, liveness_timeout=LIVENESS)
+        client = await stack.enter_async_context(healkit.Client(config=source, entry_points=False))
+        router: Any = client.runtime.plugin_manager.get_plugin("routing")
+        await client.get("/", service=SERVICE)  # the primary is refused: ejected, reported
+        report = f"{ROOT}health/{SERVICE}/{quote(primary, safe='')}/{router.fleet_instance}"
+        view = f"{ROOT}instances/{router.fleet_instance}"
+        before = await record(writer, report)
+        lost = etcd_cluster.members[1:]
+        with capture_events(logging.WARNING) as events:
+            await etcd_cluster.stop(*lost, kill=True)
+            # No refresh for a whole TTL: the instance takes its lease for lost.
+            with anyio.fail_after(WAIT):
+                while not any(e["event"] == "healkit.etcd_lease_expired" for e in events):  # noqa: ASYNC110 - log events, no event to wait on
+                    await anyio.sleep(0.05)
+        # Meanwhile the instance routes as before, on what it knows itself.
+        response = await client.get("/", service=SERVICE)
+        assert response.status == 200
+        assert [attempt.endpoint for attempt in response.outcome.attempts] == [good.url]  # type: ignore[union-attr]
+        await etcd_cluster.start(*lost)
+        # Quorum back: the report and the view are written again under a new lease...
+        after = await record(writer, report, not_lease=before.lease)
+        assert (await record(writer, view)).lease == after.lease
+        # ...so the old lease, which etcd could not expire without a leader, takes
+        # nothing with it when it goes.
+        await writer.lease_revoke(before.lease)
+        assert await writer.get(report) is not None
