@@ -161,6 +161,23 @@ class EtcdMember:
         """
         await self._cluster.start(self)
 
+    def pause(self) -> None:
+        """Freeze the member (SIGSTOP): it answers nothing and falls behind the others.
+
+        Connections to it stay open (new ones wait in its listen queue). After
+        :meth:`resume` it serves again from the state it had, while it catches
+        up with the cluster: a member with an older revision.
+        """
+        if self._process is None or not self.running:
+            raise RuntimeError(f"etcd member {self.name} is not running")
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a member frozen by :meth:`pause` run again (SIGCONT)."""
+        if self._process is None or not self.running:
+            raise RuntimeError(f"etcd member {self.name} is not running")
+        self._process.send_signal(signal.SIGCONT)
+
     async def stop(self, *, kill: bool = False) -> None:
         """Stop the member: SIGTERM and wait (or SIGKILL at once with ``kill=True``).
 
@@ -173,6 +190,7 @@ class EtcdMember:
         try:
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+                process.send_signal(signal.SIGCONT)  # a paused member acts on it too
                 deadline = time.monotonic() + _STOP_GRACE
                 while process.poll() is None:
                     if time.monotonic() >= deadline:
