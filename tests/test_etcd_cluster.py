@@ -128,16 +128,20 @@ async def assert_same_as_etcd(etcd: EtcdClient, instances: Sequence[Instance]) -
 
 
 async def write(etcd: EtcdClient, key: str, value: bytes) -> None:
-    """Write once; resend only what provably did not reach etcd (a lost leader refuses)."""
+    """Write once; send again only what provably did not reach etcd.
+
+    Whatever else failed may have been applied or not: the final read of etcd
+    says which, and the instances must agree with it.
+    """
     while True:
         try:
             await etcd.put(key, value)
         except EtcdUnavailable as error:
             if error.may_have_reached_server:
-                return  # applied or not: the final read of etcd says which
+                return
             await anyio.sleep(0.05)
         except EtcdError:
-            await anyio.sleep(0.05)  # "leader changed" and the like: refused, not applied
+            return
         else:
             return
 
