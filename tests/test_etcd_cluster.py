@@ -39,7 +39,7 @@ from healkit.testing import (
     unused_tcp_port,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.etcd_cluster]
 
 NAMESPACE = "cluster"
 ROOT = f"/healkit/{NAMESPACE}/"
@@ -290,10 +290,10 @@ async def test_a_member_behind_the_others_does_not_roll_an_instance_back(
         instance.source.listen("seq/", lambda _, rev: applied.append(rev))
         # The instance's next member is the one that comes back with the older revision.
         proxy.retarget("127.0.0.1", behind.port)
-        accepted = proxy.accepted
+        forwarded = proxy.forwarded
         await proxy.cut()
         with anyio.fail_after(WAIT):
-            while proxy.accepted == accepted:  # noqa: ASYNC110 - a count, no event to wait on
+            while proxy.forwarded == forwarded:  # noqa: ASYNC110 - a count, no event to wait on
                 await anyio.sleep(0.001)
         # Its watch waits in the frozen member's queue: answered first thing, behind.
         with capture_events(logging.WARNING) as events:
