@@ -296,7 +296,7 @@ async def _measure(instances: int, processes: int, writes: int, quiet: float) ->
 def run(settings: Settings) -> ScenarioResult:
     """Run a fleet on one namespace of a three-member etcd cluster."""
     if settings.quick:
-        instances, processes, writes, quiet = 20, 2, 10, 2.0
+        instances, processes, writes, quiet = 20, 2, 10, 4.0
     else:
         instances = int(os.environ.get("HEALKIT_BENCH_FLEET", INSTANCES))
         processes, writes, quiet = PROCESSES, WRITES, QUIET
