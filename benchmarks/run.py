@@ -25,6 +25,7 @@ import bench_apply
 import bench_chaos
 import bench_etcd
 import bench_failures
+import bench_fleet
 import bench_healing
 import bench_http
 import bench_pipeline
@@ -51,6 +52,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     ),
     "apply": Scenario(
         bench_apply.run, "the event loop's lag while 1,000 and 10,000-service documents apply"
+    ),
+    "fleet": Scenario(
+        bench_fleet.run, "500 instances on a three-member etcd cluster: propagation, load, storm"
     ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""

@@ -22,7 +22,7 @@ import pytest
 import healkit_breaker
 import healkit_retry
 from healkit._outcome import PathTaken
-from healkit.etcd._source import Connection
+from healkit.events import Connection
 from test_docs import DOCS, MODELS, PAGES, reference_rows
 
 TICKED = re.compile(r"`([^`]+)`")

@@ -35,15 +35,15 @@ breaker plugin's ``healkit_breaker.BreakerTransition``, the TLS plugin's
 
 from __future__ import annotations
 
-from typing import final
+from typing import Literal, final
 
 import msgspec
 
 from healkit._bounded import EvictionReason, StateEvicted
-from healkit.etcd import EtcdSourceStatus
 
 __all__ = [
     "CircuitTransition",
+    "Connection",
     "EndpointDown",
     "EndpointEjected",
     "EndpointReturned",
@@ -127,3 +127,33 @@ class CircuitTransition(msgspec.Struct, frozen=True, kw_only=True):
     to_state: str
     reason: str
     at: float
+
+
+Connection = Literal["connecting", "connected", "unreachable"]
+"""How an etcd source is connected (:attr:`EtcdSourceStatus.connection`)."""
+
+
+@final
+class EtcdSourceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What the source knows of etcd right now (for ``healkit status`` and tests).
+
+    Attributes:
+        connection: ``connecting`` (before the first read), ``connected`` (the
+            watch is open) or ``unreachable`` (the last good configuration
+            serves meanwhile).
+        applied_revision: the etcd revision the configuration in force reflects
+            (0 before the first read, or when started from a snapshot file
+            that had none).
+        from_snapshot: whether the configuration in force was read from the
+            snapshot file, not from etcd, since the source started.
+        last_error: why etcd was last unreachable (``None`` if it never was).
+        rejected: the keys whose latest document was rejected, by key, with the
+            revision of that document.
+
+    """
+
+    connection: Connection
+    applied_revision: int
+    from_snapshot: bool
+    last_error: str | None
+    rejected: dict[str, int]

@@ -5,7 +5,12 @@ writes a record under its own lease::
 
     <prefix><namespace>/health/<service>/<endpoint, percent-encoded>/<instance>
 
-and deletes it when the endpoint is back. Every instance follows the records
+and deletes it when the endpoint is back. Reports are coalesced and
+rate-limited per instance: what the instance wants published is compared with
+what etcd holds under its lease, and the difference is written in one
+transaction, at most once per :data:`REPORT_PERIOD` (an endpoint that flaps
+out and back within it costs no write). In an ejection storm (a primary dies
+and every instance reports it at once) each instance writes once. Every instance follows the records
 of the namespace through its ``EtcdSource`` (``source.listen("health/")``), so
 it can route around an endpoint before failing on it itself, once at least
 ``routing.fleet.quorum`` instances (itself included) report it. A dead
@@ -43,7 +48,7 @@ from healkit._log import get_logger
 
 if TYPE_CHECKING:
     from healkit._clock import Clock
-    from healkit.etcd import EtcdClient, LeaseKeeper, WatchEvent
+    from healkit.etcd import DeleteOp, EtcdClient, LeaseKeeper, PutOp, WatchEvent
 
 __all__ = [
     "HEALTH",
@@ -62,6 +67,10 @@ HEALTH: Final = "health/"
 INSTANCES: Final = "instances/"
 VIEW_PERIOD: Final = 1.0
 """Seconds between two writes of an instance's view, at least (a burst is one write)."""
+REPORT_PERIOD: Final = 0.5
+"""Seconds between two writes of an instance's reports, at least (a burst is one write)."""
+_TXN_OPS: Final = 64
+"""Reports per transaction, well under etcd's ``--max-txn-ops`` (128 by default)."""
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
 RETRY_PAUSE: Final = 1.0
 
@@ -160,9 +169,11 @@ class FleetHealth:
         self.instance = instance or instance_name()
         # (service, endpoint) -> instances that report it out, from etcd.
         self._reports: dict[tuple[str, str], set[str]] = {}
-        # What this instance wants published: True (out) for each key it reports.
-        self._mine: dict[tuple[str, str], bool] = {}
-        self._pending: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue()
+        # What this instance reports out, and what etcd holds of it under the lease.
+        self._mine: set[tuple[str, str]] = set()
+        self._published: set[tuple[str, str]] = set()
+        self._dirty = asyncio.Event()  # set when _mine may differ from _published
+        self._last_report = -math.inf
         # The view: stale when something it shows may have changed.
         self._stale = asyncio.Event()
         self._view_due: float | None = None  # clock time when it changes by itself
@@ -186,12 +197,13 @@ class FleetHealth:
     def report(self, service: str, endpoint: str, *, out: bool) -> None:
         """Say (``out=True``) or take back that this instance takes the endpoint out."""
         key = (service, endpoint)
-        if self._mine.get(key, False) == out:
+        if (key in self._mine) == out:
             return
-        self._mine[key] = out
-        if not out:
-            del self._mine[key]
-        self._pending.put_nowait((service, endpoint, out))
+        if out:
+            self._mine.add(key)
+        else:
+            self._mine.discard(key)
+        self._dirty.set()
 
     def touch(self) -> None:
         """Say that this instance's view may have changed (it is written again if it did)."""
@@ -227,22 +239,14 @@ class FleetHealth:
             try:
                 async with client.lease(ttl) as lease:
                     # A new lease: write again everything this instance reports.
-                    for service, endpoint in list(self._mine):
-                        key = _key(root, service, endpoint, self.instance)
-                        await client.put(key, b"out", lease=lease.id)
+                    self._published = set()
+                    self._dirty.set()
                     self._last_view = None
                     self._stale.set()
                     while not lease.expired:
+                        await self._write_reports(client, root, lease, clock)
                         await self._write_view(client, root, lease, describe, clock)
-                        change = await self._next(lease, clock)
-                        if change is None:
-                            continue
-                        service, endpoint, out = change
-                        key = _key(root, service, endpoint, self.instance)
-                        if out:
-                            await client.put(key, b"out", lease=lease.id)
-                        else:
-                            await client.delete(key)
+                        await self._next(lease, clock)
             except _LeaseLostError:
                 _logger.info("healkit.fleet_health_lease_renewed", instance=self.instance)
             except EtcdError as error:
@@ -253,6 +257,31 @@ class FleetHealth:
                     reason=error.message,
                 )
                 await clock.sleep(RETRY_PAUSE)
+
+    async def _write_reports(
+        self, client: EtcdClient, root: str, lease: LeaseKeeper, clock: Clock
+    ) -> None:
+        """Write the difference between the reports and etcd's records (rate-limited)."""
+        from healkit.etcd import DeleteOp, PutOp  # noqa: PLC0415 - only a fleet loads etcd
+
+        now = clock.now()
+        if not self._dirty.is_set() or now < self._last_report + REPORT_PERIOD:
+            return
+        self._dirty.clear()
+        mine = set(self._mine)
+        ops: list[PutOp | DeleteOp] = [
+            PutOp(key=_key(root, *key, self.instance).encode(), value=b"out", lease=lease.id)
+            for key in sorted(mine - self._published)
+        ]
+        ops.extend(
+            DeleteOp(key=_key(root, *key, self.instance).encode())
+            for key in sorted(self._published - mine)
+        )
+        if not ops:
+            return  # flapped back within the period: nothing to write
+        for start in range(0, len(ops), _TXN_OPS):
+            await client.txn(success=ops[start : start + _TXN_OPS])
+        self._published, self._last_report = mine, now
 
     async def _write_view(
         self, client: EtcdClient, root: str, lease: LeaseKeeper, describe: Describe, clock: Clock
@@ -282,37 +311,35 @@ class FleetHealth:
             return None
         return max(min(moments), self._last_write + VIEW_PERIOD, now) - now
 
-    async def _next(self, lease: LeaseKeeper, clock: Clock) -> tuple[str, str, bool] | None:
-        """Return the next report to publish, or ``None`` when the view is to be looked at.
+    async def _next(self, lease: LeaseKeeper, clock: Clock) -> None:
+        """Wait until the reports or the view are to be written.
 
         Raises:
             _LeaseLostError: the lease expired first.
 
         """
-        change = asyncio.ensure_future(self._pending.get())
+        now = clock.now()
         expiry = asyncio.ensure_future(lease.wait_expired())
-        waiting: set[asyncio.Future[Any]] = {change, expiry}
-        stale = None
+        waiting: set[asyncio.Future[Any]] = {expiry}
+        moments: list[float] = []
+        if self._dirty.is_set():  # changed within REPORT_PERIOD of the last write
+            moments.append(max(self._last_report + REPORT_PERIOD - now, 0.0))
+        else:
+            waiting.add(asyncio.ensure_future(self._dirty.wait()))
         if not self._stale.is_set():
-            stale = asyncio.ensure_future(self._stale.wait())
-            waiting.add(stale)
-        wait = self._view_wait(clock.now())
-        pause = None if wait is None else asyncio.ensure_future(clock.sleep(wait))
-        if pause is not None:
-            waiting.add(pause)
+            waiting.add(asyncio.ensure_future(self._stale.wait()))
+        view = self._view_wait(now)
+        if view is not None:
+            moments.append(view)
+        if moments:
+            waiting.add(asyncio.ensure_future(clock.sleep(min(moments))))
         try:
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in (expiry, stale, pause):
-                if waiter is not None:
-                    waiter.cancel()
-            if not change.done():
-                change.cancel()
-        if change in done:
-            return change.result()
+            for waiter in waiting:
+                waiter.cancel()
         if expiry in done:
             raise _LeaseLostError
-        return None
 
 
 class _LeaseLostError(EtcdError):

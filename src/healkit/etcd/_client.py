@@ -98,7 +98,9 @@ class EtcdClient:
         key_file: see ``cert_file``.
         ssl_context: a ready :class:`ssl.SSLContext` instead of the TLS files.
         timeout: seconds a request (not a watch) may take as a whole, per endpoint.
-        connect_timeout: seconds to connect to one endpoint (also for watches).
+        connect_timeout: seconds to connect to one endpoint; for a watch, also
+            the longest the endpoint may take to start answering before the
+            next endpoint is tried.
         max_message_bytes: the largest reply or watch message accepted.
 
     """

@@ -27,6 +27,7 @@ import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import Final, TypeVar, final
 
@@ -195,6 +196,8 @@ def _stale_token(error: EtcdError) -> bool:
 
 
 # Nothing was sent: safe to try the request on another endpoint, whatever it is.
+_REQUIRE_LEADER: Final = "Grpc-Metadata-hasleader"
+"""The gateway passes it on as the gRPC metadata ``hasleader`` (clientv3's WithRequireLeader)."""
 _NOT_SENT: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
@@ -713,7 +716,12 @@ class Gateway:
     ) -> tuple[aiohttp.ClientResponse, str]:
         """Open a streaming POST on the first endpoint that accepts a connection."""
         session = self._ensure_session()
-        headers = {"Authorization": token} if token else None
+        # etcd's "require leader": a member that has no leader (cut off from its
+        # cluster, or the cluster lost quorum) refuses the stream, or cancels it
+        # when it loses its leader, instead of confirming a watch it cannot feed.
+        headers = {_REQUIRE_LEADER: "true"}
+        if token:
+            headers["Authorization"] = token
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.settings.connect_timeout, sock_read=idle_timeout
         )
@@ -723,17 +731,34 @@ class Gateway:
         for index in self._order():
             endpoint = self.settings.endpoints[index]
             try:
-                response = await session.post(
-                    endpoint + path, data=payload, headers=headers, timeout=timeout, ssl=self._ssl()
-                )
+                # A member that accepts the connection but never answers (a dead
+                # route, a hung process) counts as one that cannot be reached:
+                # the next endpoint is tried, instead of this one again forever.
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    response = await session.post(
+                        endpoint + path,
+                        data=payload,
+                        headers=headers,
+                        timeout=timeout,
+                        ssl=self._ssl(),
+                    )
             except _NOT_SENT as exc:
                 failure, cause = describe(exc, endpoint), exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Opening a stream changes nothing: safe to try the next endpoint.
                 failure, cause, reached = describe(exc, endpoint), exc, True
             else:
-                self._order_start = index
-                return response, endpoint
+                if response.status != HTTPStatus.SERVICE_UNAVAILABLE:
+                    self._order_start = index
+                    return response, endpoint
+                # This member has no leader: another one may have.
+                try:
+                    raw = await _read_body(
+                        response, self.settings.max_message_bytes, endpoint, path
+                    )
+                finally:
+                    response.release()
+                failure, reached = f"HTTP 503: {_snippet(raw)}", True
             failures.append((endpoint, failure))
             _log_failure(endpoint, path, failure)
         tried = "; ".join(f"{endpoint}: {reason}" for endpoint, reason in failures)

@@ -75,6 +75,7 @@ from healkit._offload import off_loop
 from healkit.etcd._client import EtcdClient
 from healkit.etcd._feed import Change, Progress, Reset
 from healkit.etcd._messages import KeyValue, RangeResult, WatchEvent
+from healkit.events import Connection, EtcdSourceStatus
 
 __all__ = [
     "EtcdSource",
@@ -92,36 +93,9 @@ DEFAULT_PREFIX: Final = "/healkit/"
 DEFAULT_LIVENESS: Final = 10.0
 SNAPSHOT_VERSION: Final = 2
 
-Connection = Literal["connecting", "connected", "unreachable"]
 
 Listener = Callable[[Sequence[WatchEvent], int], None]
 """Receives the changes of one revision under a listened prefix, and the revision."""
-
-
-@final
-class EtcdSourceStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """What the source knows of etcd right now (for ``healkit status`` and tests).
-
-    Attributes:
-        connection: ``connecting`` (before the first read), ``connected`` (the
-            watch is open) or ``unreachable`` (the last good configuration
-            serves meanwhile).
-        applied_revision: the etcd revision the configuration in force reflects
-            (0 before the first read, or when started from a snapshot file
-            that had none).
-        from_snapshot: whether the configuration in force was read from the
-            snapshot file, not from etcd, since the source started.
-        last_error: why etcd was last unreachable (``None`` if it never was).
-        rejected: the keys whose latest document was rejected, by key, with the
-            revision of that document.
-
-    """
-
-    connection: Connection
-    applied_revision: int
-    from_snapshot: bool
-    last_error: str | None
-    rejected: dict[str, int]
 
 
 class _Snapshot(msgspec.Struct, frozen=True):

@@ -9,6 +9,9 @@
 * :class:`EtcdServer`: a real etcd on free loopback ports in a temporary
   directory, which can stop, restart, compact and run with TLS or auth
   (:func:`find_etcd_binary` says which etcd binary it runs).
+* :class:`EtcdCluster`: a real etcd cluster of three (or more) members on
+  loopback, whose members (:class:`EtcdMember`) a test can stop, kill and
+  start: lose the leader, lose quorum, bring a member back behind the others.
 * :class:`TcpProxy`: a loopback TCP proxy whose connections a test can cut.
 * :class:`LoopbackResolver`: every ``*.test`` host name on loopback, so one
   server answers for thousands of distinct hosts.
@@ -19,13 +22,15 @@
 
 With healkit installed, pytest loads the fixtures of
 :mod:`healkit.testing._pytest_plugin` (``fault_server``, ``manual_clock``,
-``etcd_server``, ``healkit_testing``) by itself, through the ``pytest11`` entry point.
+``etcd_server``, ``etcd_cluster``, ``healkit_testing``) by itself, through the
+``pytest11`` entry point.
 """
 
 from __future__ import annotations
 
 from healkit._testmode import is_testing, set_testing
 from healkit.testing._clock import ManualClock
+from healkit.testing._cluster import EtcdCluster, EtcdMember
 from healkit.testing._etcd import EtcdServer, find_etcd_binary
 from healkit.testing._faults import Fault, FaultKind, FaultMix, FaultServer, RecordedRequest
 from healkit.testing._logs import capture_events
@@ -34,6 +39,8 @@ from healkit.testing._proxy import TcpProxy
 from healkit.testing._resolver import LoopbackResolver
 
 __all__ = [
+    "EtcdCluster",
+    "EtcdMember",
     "EtcdServer",
     "Fault",
     "FaultKind",

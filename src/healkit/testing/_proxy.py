@@ -25,6 +25,8 @@ class TcpProxy:
     Attributes:
         port: the loopback port the proxy listens on.
         accepted: connections accepted so far (refused ones included).
+        forwarded: bytes passed on from clients to the target so far (handed
+            to the target's socket: a request counted here is in its queue).
 
     """
 
@@ -39,6 +41,7 @@ class TcpProxy:
         self._silenced: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.accepted = 0
+        self.forwarded = 0
 
     def __repr__(self) -> str:
         host, port = self._target
@@ -116,8 +119,8 @@ class TcpProxy:
             return
         self._writers.update((writer, upstream_writer))
         pair = [
-            asyncio.create_task(self._pipe(reader, upstream_writer, writer)),
-            asyncio.create_task(self._pipe(upstream_reader, writer, writer)),
+            asyncio.create_task(self._pipe(reader, upstream_writer, writer, upstream=True)),
+            asyncio.create_task(self._pipe(upstream_reader, writer, writer, upstream=False)),
         ]
         self._tasks.update(pair)
         try:
@@ -150,6 +153,8 @@ class TcpProxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         client: asyncio.StreamWriter,
+        *,
+        upstream: bool,
     ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(_CHUNK):
@@ -157,3 +162,5 @@ class TcpProxy:
                     continue  # dropped on the way
                 writer.write(data)
                 await writer.drain()
+                if upstream:
+                    self.forwarded += len(data)

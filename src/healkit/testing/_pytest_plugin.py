@@ -13,10 +13,18 @@ import pytest
 
 from healkit._testmode import set_testing
 from healkit.testing._clock import ManualClock
+from healkit.testing._cluster import EtcdCluster
 from healkit.testing._etcd import EtcdServer
 from healkit.testing._faults import FaultServer
 
-__all__ = ["anyio_backend", "etcd_server", "fault_server", "healkit_testing", "manual_clock"]
+__all__ = [
+    "anyio_backend",
+    "etcd_cluster",
+    "etcd_server",
+    "fault_server",
+    "healkit_testing",
+    "manual_clock",
+]
 
 
 @pytest.fixture
@@ -48,6 +56,17 @@ async def etcd_server() -> AsyncIterator[EtcdServer]:
     """
     async with EtcdServer() as server:
         yield server
+
+
+@pytest.fixture
+async def etcd_cluster() -> AsyncIterator[EtcdCluster]:
+    """Start a real three-member etcd cluster (:class:`EtcdCluster`) for the test; stop it after.
+
+    Give clients ``cluster.urls`` (``cluster.client()`` does); stop, kill and
+    start its ``members`` to test leader loss, quorum loss and lagging members.
+    """
+    async with EtcdCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
