@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
+import anyio
 from aiohttp import web
+
+T = TypeVar("T")
 
 
 class GatedServer:
@@ -72,3 +76,13 @@ def document(endpoints: list[str] | None = None, name: str = "svc", **limit: Any
     if endpoints:
         service["endpoints"] = endpoints
     return {"services": {name: service}}
+
+
+GUARD = 10.0
+"""Seconds after which a wait that should end at once fails the test instead of hanging it."""
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable``, failing the test if it takes longer than :data:`GUARD` (a hang)."""
+    with anyio.fail_after(GUARD):
+        return await awaitable

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from limit_helpers import GatedServer, document
+from limit_helpers import GatedServer, document, within
 
 import healkit
 from healkit.testing import ManualClock
@@ -25,8 +25,8 @@ async def test_exactly_n_attempts_reach_the_server_and_the_rest_wait(gated: Gate
     config = document([gated.url], concurrency=3, queue=10, max_wait=60.0)
     async with client(config, plugin, clock=clock) as c:
         tasks = [asyncio.create_task(c.get("/x", service="svc")) for _ in range(8)]
-        await gated.wait_for_active(3)
-        await clock.wait_for_sleepers(5)
+        await within(gated.wait_for_active(3))
+        await within(clock.wait_for_sleepers(5))
         status = plugin.status("svc")
         assert status is not None
         assert (status.limit, status.in_flight, status.queued) == (3, 3, 5)
@@ -47,8 +47,8 @@ async def test_a_full_queue_refuses_at_once_without_sending(gated: GatedServer) 
     config = document([gated.url], concurrency=2, queue=1, max_wait=60.0)
     async with client(config, plugin, clock=clock) as c:
         tasks = [asyncio.create_task(c.get("/x", service="svc")) for _ in range(3)]
-        await gated.wait_for_active(2)
-        await clock.wait_for_sleepers(1)
+        await within(gated.wait_for_active(2))
+        await within(clock.wait_for_sleepers(1))
         with pytest.raises(healkit.ConcurrencyLimitError) as caught:
             await c.get("/x", service="svc")
         gated.gate.set()
@@ -67,7 +67,7 @@ async def test_no_queue_refuses_the_attempt_over_the_limit(gated: GatedServer) -
     plugin = LimitPlugin()
     async with client(document([gated.url], concurrency=1), plugin) as c:
         task = asyncio.create_task(c.get("/x", service="svc"))
-        await gated.wait_for_active(1)
+        await within(gated.wait_for_active(1))
         with pytest.raises(healkit.ConcurrencyLimitError):
             await c.get("/x", service="svc")
         gated.gate.set()
@@ -81,9 +81,9 @@ async def test_the_wait_runs_out_on_the_call_clock(gated: GatedServer) -> None:
     config = document([gated.url], concurrency=1, queue=5, max_wait=2.0)
     async with client(config, plugin, clock=clock) as c:
         first = asyncio.create_task(c.get("/x", service="svc"))
-        await gated.wait_for_active(1)
+        await within(gated.wait_for_active(1))
         second = asyncio.create_task(c.get("/x", service="svc"))
-        await clock.wait_for_sleepers()
+        await within(clock.wait_for_sleepers())
         clock.advance(1.999)
         await asyncio.sleep(0)
         assert not second.done()
@@ -105,9 +105,9 @@ async def test_the_wait_never_outlasts_the_call_deadline(gated: GatedServer) -> 
     config = document([gated.url], concurrency=1, queue=5, max_wait=30.0)
     async with client(config, plugin, clock=clock) as c:
         first = asyncio.create_task(c.get("/x", service="svc"))
-        await gated.wait_for_active(1)
+        await within(gated.wait_for_active(1))
         second = asyncio.create_task(c.get("/x", service="svc", deadline=0.5))
-        await clock.wait_for_sleepers()
+        await within(clock.wait_for_sleepers())
         assert clock.sleeps[-1] == pytest.approx(0.5)
         clock.advance(0.5)
         with pytest.raises(healkit.ConcurrencyLimitError):
@@ -122,9 +122,9 @@ async def test_a_cancelled_call_gives_its_slot_and_its_place_back(gated: GatedSe
     config = document([gated.url], concurrency=1, queue=5, max_wait=60.0)
     async with client(config, plugin, clock=clock) as c:
         holder = asyncio.create_task(c.get("/x", service="svc"))
-        await gated.wait_for_active(1)
+        await within(gated.wait_for_active(1))
         waiter = asyncio.create_task(c.get("/x", service="svc"))
-        await clock.wait_for_sleepers(1)
+        await within(clock.wait_for_sleepers(1))
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -148,7 +148,7 @@ async def test_a_refusal_is_answered_by_the_degraded_template(gated: GatedServer
     }
     async with client(config, plugin) as c:
         task = asyncio.create_task(c.get("/x", service="svc"))
-        await gated.wait_for_active(1)
+        await within(gated.wait_for_active(1))
         degraded = await c.get("/x", service="svc")
         gated.gate.set()
         await task
@@ -164,8 +164,8 @@ async def test_per_endpoint_limits_are_separate() -> None:
         async with client(config, plugin) as c:
             first = asyncio.create_task(c.get(one.url + "/x", service="svc"))
             other = asyncio.create_task(c.get(two.url + "/x", service="svc"))
-            await one.wait_for_active(1)
-            await two.wait_for_active(1)
+            await within(one.wait_for_active(1))
+            await within(two.wait_for_active(1))
             with pytest.raises(healkit.ConcurrencyLimitError) as caught:
                 await c.get(one.url + "/x", service="svc")
             one.gate.set()
@@ -203,8 +203,8 @@ async def test_limits_hold_for_decorated_functions_too() -> None:
 
     async with runtime:
         tasks = [asyncio.create_task(work()) for _ in range(6)]
-        await entered.wait()
-        await clock.wait_for_sleepers(4)  # the other four wait in the queue
+        await within(entered.wait())
+        await within(clock.wait_for_sleepers(4))  # the other four wait in the queue
         assert running == 2
         release.set()
         results = await asyncio.gather(*tasks)
