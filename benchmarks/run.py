@@ -27,6 +27,7 @@ import bench_etcd
 import bench_failures
 import bench_healing
 import bench_http
+import bench_overload
 import bench_pipeline
 import bench_state
 from _harness import Scenario, ScenarioResult, Settings, Target, environment, progress
@@ -52,6 +53,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "apply": Scenario(
         bench_apply.run, "the event loop's lag while 1,000 and 10,000-service documents apply"
     ),
+    "overload": Scenario(
+        bench_overload.run, "goodput and latency at 3x capacity with and without limits; throttling"
+    ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""
 
@@ -60,6 +64,7 @@ DISTRIBUTIONS: Final = (
     "healkit-timeout",
     "healkit-retry",
     "healkit-breaker",
+    "healkit-limit",
     "healkit-tls",
     "healkit-tracing",
     "opentelemetry-api",

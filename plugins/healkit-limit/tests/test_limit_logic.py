@@ -139,3 +139,19 @@ async def test_without_a_limit_configured_the_plugin_leaves_the_plan() -> None:
     )
     async with runtime:
         assert runtime.plan.has_admit
+
+
+def test_the_first_accept_in_a_window_drops_the_local_refusals() -> None:
+    throttle = Throttle(2.0, 120.0, now=0.0)
+    throttle.request(0.0)  # sent, and rejected
+    for _ in range(50):
+        throttle.refused(0.0)
+    assert throttle.probability(0.0) == pytest.approx(51 / 52)
+    throttle.request(0.0)
+    throttle.accept(0.0)  # the outage is over: only what the upstream answered counts
+    assert (throttle.requests, throttle.accepts) == (2, 1)
+    assert throttle.probability(0.0) == 0.0
+    throttle.refused(0.0)
+    throttle.request(0.0)
+    throttle.accept(0.0)  # not the first accept of the window: the refusal stays counted
+    assert (throttle.requests, throttle.accepts) == (4, 2)

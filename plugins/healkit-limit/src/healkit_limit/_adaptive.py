@@ -17,15 +17,16 @@ the limit it had.
 
 from __future__ import annotations
 
-import math
 from typing import Final, final
 
 from healkit_limit._settings import LimitSettings
 
-__all__ = ["MEASURE_SAMPLES", "RTT_WEIGHT", "GradientLimit"]
+__all__ = ["HEADROOM", "MEASURE_SAMPLES", "RTT_WEIGHT", "GradientLimit"]
 
 MEASURE_SAMPLES: Final = 16
 """Answers taken, at ``min_concurrency``, to measure the unloaded latency again."""
+HEADROOM: Final = 1.0
+"""Attempts added to each estimate: how the limit probes for more room."""
 RTT_WEIGHT: Final = 0.1
 """The weight of each latency in the moving average the gradient compares with ``min_rtt``."""
 _MIN_GRADIENT: Final = 0.5
@@ -113,7 +114,7 @@ class GradientLimit:
         )
         if gradient >= 1.0 and in_flight * 2 < self.value:
             return  # the caller, not the upstream, limits the load: nothing learned
-        estimate = self.value * gradient + math.sqrt(self.value)
+        estimate = self.value * gradient + HEADROOM
         smoothed = self.value + (estimate - self.value) * settings.smoothing
         self.value = self._bounded(smoothed)
 

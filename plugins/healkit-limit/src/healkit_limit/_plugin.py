@@ -309,10 +309,10 @@ class LimitPlugin:
         if throttle is not None:
             probability = throttle.probability(now)
             if probability > 0 and self._random.random() < probability:
-                throttle.request(now)
+                throttle.refused(now)
                 return healkit.ThrottledError(
                     f"{_where(key)} throttled: the upstream rejects too many calls"
-                    f" ({throttle.requests - 1} requests, {throttle.accepts} accepted in"
+                    f" ({throttle.requests} requests, {throttle.accepts} accepted in"
                     f" {throttle.window:g}s; refusing {probability:.0%})",
                     service=key[0],
                     endpoint=key[1],

@@ -47,7 +47,7 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         min_concurrency: the adaptive limit's floor.
         max_concurrency: the adaptive limit's ceiling.
         tolerance: how much slower than the unloaded latency the upstream may
-            answer before the adaptive limit shrinks (1.5: 50 % slower).
+            answer before the adaptive limit shrinks (1.25: 25 % slower).
         smoothing: the weight of each new estimate of the adaptive limit
             (0 to 1; lower moves more slowly).
         min_rtt_window: seconds over which the unloaded latency (the
@@ -79,7 +79,7 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     adaptive: bool = False
     min_concurrency: Concurrency = 1
     max_concurrency: Concurrency = 1000
-    tolerance: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 1.5
+    tolerance: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 1.25
     smoothing: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
     min_rtt_window: Positive = 30.0
     backoff: Annotated[float, msgspec.Meta(ge=0.5, lt=1)] = 0.9

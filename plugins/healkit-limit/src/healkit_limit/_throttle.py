@@ -6,7 +6,20 @@ reject for load). While the upstream accepts everything the two grow together
 and nothing is refused. When it rejects, the client refuses new attempts
 locally with probability ``max(0, (requests - K * accepts) / (requests + 1))``:
 it sends about ``K`` times what the upstream accepts, so the upstream spends
-little on rejections, and it recovers as soon as accepts come back.
+little on rejections.
+
+A request refused locally counts as a request, as in the SRE book and gRPC's
+adaptive throttler: that is what keeps an outage's cost at a handful of
+requests (about ``ln(rate * window)`` in the first window, then about one per
+window). One exception ends an outage quickly: the first accept after a
+window without any takes the local refusals out of the count. They were a
+guess about an upstream that answered nothing but rejections; kept in, they
+would hold the refusal probability near 1 for several windows after it
+recovered (the accepts would have to outnumber every refusal of the window).
+What stays is what the upstream answered, so a recovered upstream is sent
+everything again within a few accepted requests. While the upstream accepts
+some requests, nothing is taken out, and the client sends about ``K`` times
+what it accepts.
 """
 
 from __future__ import annotations
@@ -32,13 +45,25 @@ class Throttle:
 
     """
 
-    __slots__ = ("_accepts", "_current", "_requests", "_width", "accepts", "k", "requests")
+    __slots__ = (
+        "_accepts",
+        "_current",
+        "_refused",
+        "_refused_total",
+        "_requests",
+        "_width",
+        "accepts",
+        "k",
+        "requests",
+    )
 
     def __init__(self, k: float, window: float, now: float) -> None:
         self.k = k
         self._width = window / BUCKETS
         self._requests = [0] * BUCKETS
         self._accepts = [0] * BUCKETS
+        self._refused = [0] * BUCKETS  # local refusals counted in _requests, per bucket
+        self._refused_total = 0
         self._current = int(now // self._width)
         self.requests = 0
         self.accepts = 0
@@ -55,14 +80,26 @@ class Throttle:
         return max(0.0, (requests - self.k * self.accepts) / (requests + 1))
 
     def request(self, now: float) -> None:
-        """Count a request (sent, or refused by this throttle)."""
+        """Count a request sent to the upstream."""
         self._advance(now)
         self._requests[self._current % BUCKETS] += 1
         self.requests += 1
 
+    def refused(self, now: float) -> None:
+        """Count a request this throttle refused."""
+        self.request(now)
+        self._refused[self._current % BUCKETS] += 1
+        self._refused_total += 1
+
     def accept(self, now: float) -> None:
-        """Count a request the upstream accepted."""
+        """Count a request the upstream accepted (the first in a window drops the refusals)."""
         self._advance(now)
+        if not self.accepts and self._refused_total:
+            for slot in range(BUCKETS):
+                self._requests[slot] -= self._refused[slot]
+                self._refused[slot] = 0
+            self.requests -= self._refused_total
+            self._refused_total = 0
         self._accepts[self._current % BUCKETS] += 1
         self.accepts += 1
 
@@ -75,6 +112,8 @@ class Throttle:
             slot = index % BUCKETS
             self.requests -= self._requests[slot]
             self.accepts -= self._accepts[slot]
+            self._refused_total -= self._refused[slot]
             self._requests[slot] = 0
             self._accepts[slot] = 0
+            self._refused[slot] = 0
         self._current = bucket
