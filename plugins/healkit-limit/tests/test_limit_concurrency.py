@@ -210,3 +210,27 @@ async def test_limits_hold_for_decorated_functions_too() -> None:
         results = await asyncio.gather(*tasks)
     assert results == ["done"] * 6
     assert most == 2
+
+
+class CrashOnResponse:
+    """A decision plugin whose ``healkit_post_response`` crashes."""
+
+    healkit_name = "crash-on-response"
+
+    @healkit.hookimpl(tryfirst=True)
+    def healkit_post_response(self) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_a_plugin_crash_after_admission_gives_the_slot_back(gated: GatedServer) -> None:
+    plugin = LimitPlugin()
+    gated.gate.set()
+    config = document([gated.url], concurrency=1)
+    options: dict[str, Any] = {"plugins": [CrashOnResponse(), plugin], "entry_points": False}
+    async with healkit.Client(config=config, **options) as c:
+        for _ in range(3):  # with the slot lost, the second call would be refused
+            with pytest.raises(healkit.PluginError):
+                await c.get("/x", service="svc")
+    status = plugin.status("svc")
+    assert status is not None
+    assert status.in_flight == 0

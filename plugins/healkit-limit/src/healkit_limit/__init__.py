@@ -19,8 +19,11 @@ degraded response, for example) like any failure. Read the state with
 
 Order: ``healkit_admit`` runs after every ``healkit_pre_request`` admitted the
 attempt (a breaker refuses first, so a refused attempt never waits in the
-queue). The plugin only observes responses and errors: it never declares a
-failure nor decides a retry.
+queue), and ``trylast`` among admissions. ``healkit_post_response`` and
+``healkit_on_error`` are ``tryfirst``, so a slot is given back before another
+plugin's hook could fail the call; a cancelled call gives it back in
+``healkit_call_abandoned``. The plugin only observes responses and errors: it
+never declares a failure nor decides a retry.
 """
 
 from __future__ import annotations

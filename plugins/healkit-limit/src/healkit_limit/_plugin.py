@@ -287,7 +287,7 @@ class LimitPlugin:
 
     # -- the pipeline --------------------------------------------------------------------
 
-    @healkit.hookimpl
+    @healkit.hookimpl(trylast=True)
     def healkit_admit(
         self, call: healkit.CallContext, attempt: healkit.AttemptContext
     ) -> healkit.OverloadError | Awaitable[healkit.OverloadError | None] | None:
@@ -392,7 +392,7 @@ class LimitPlugin:
             throttle.request(now)
         call.stash[self._held_key] = _Held(limiter, throttle, policy.rejects)
 
-    @healkit.hookimpl
+    @healkit.hookimpl(tryfirst=True)
     def healkit_post_response(
         self,
         call: healkit.CallContext,
@@ -409,7 +409,7 @@ class LimitPlugin:
         duration = attempt.duration or 0.0
         _ended(held, attempt.started + duration, duration, accepted=not rejected)
 
-    @healkit.hookimpl
+    @healkit.hookimpl(tryfirst=True)
     def healkit_on_error(
         self,
         call: healkit.CallContext,
@@ -439,16 +439,8 @@ class LimitPlugin:
         _ended(held, now, now - attempt.started, accepted=accepted, dropped=dropped)
 
     @healkit.hookimpl
-    def healkit_call_end(self, call: healkit.CallContext) -> None:
-        """Give back a slot that a crashed plugin left held."""
-        self._abandon(call)
-
-    @healkit.hookimpl
     def healkit_call_abandoned(self, call: healkit.CallContext) -> None:
         """Give back the slot of an attempt that was cancelled."""
-        self._abandon(call)
-
-    def _abandon(self, call: healkit.CallContext) -> None:
         stash = call.stash
         held = stash.get(self._held_key)
         if held is None:
