@@ -14,7 +14,9 @@ Two scenarios, each with its figures side by side in one run:
 * ``throttling``: an upstream that answers 429 to everything for
   ``REJECT_SECONDS``, then accepts everything. Reported: requests sent to it
   while it rejected, against ``K * accepted`` (+ a small constant), and the
-  time from the switch until the client is no longer throttling.
+  time from the switch until the client is no longer throttling. The bound
+  counts the throttle's probes (one per twelfth of the window without a
+  request sent).
 
 The upstream is this file run with ``--serve`` in its own process, so that its
 event loop does not share the client's. Run: ``python
@@ -42,6 +44,7 @@ from aiohttp import web
 
 import healkit
 from healkit_limit import LimitPlugin, LimitSettings
+from healkit_limit._throttle import BUCKETS
 from healkit_timeout import TimeoutPlugin
 
 __all__ = ["run"]
@@ -351,14 +354,21 @@ def throttling(settings: Settings) -> tuple[Table, list[Target], dict[str, Any]]
         data = asyncio.run(throttled(url))
     reject, accept = data["reject_phase"], data["accept_phase"]
     k = LimitSettings().throttle_k
-    bound = k * reject["accepted"] + THROTTLE_SLACK
+    probes = math.ceil(REJECT_SECONDS / (THROTTLE_WINDOW / BUCKETS))
+    bound = k * reject["accepted"] + probes + THROTTLE_SLACK
     table = Table(
         title=(
             f"Throttling: {THROTTLE_RATE:.0f} calls/s; the upstream answers 429 to all for"
             f" {REJECT_SECONDS:g} s, then accepts all for {ACCEPT_SECONDS:g} s"
             f" (K = {k:g}, window {THROTTLE_WINDOW:g} s)"
         ),
-        headers=("phase", "sent to upstream", "accepted", "throttled locally", "bound K*acc+10"),
+        headers=(
+            "phase",
+            "sent to upstream",
+            "accepted",
+            "throttled locally",
+            f"bound K*acc+{probes} probes+{THROTTLE_SLACK}",
+        ),
         rows=(
             (
                 "rejecting",

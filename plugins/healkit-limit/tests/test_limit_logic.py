@@ -155,3 +155,14 @@ def test_the_first_accept_in_a_window_drops_the_local_refusals() -> None:
     throttle.request(0.0)
     throttle.accept(0.0)  # not the first accept of the window: the refusal stays counted
     assert (throttle.requests, throttle.accepts) == (4, 2)
+
+
+def test_a_probe_goes_when_nothing_was_sent_for_a_twelfth_of_the_window() -> None:
+    throttle = Throttle(2.0, 120.0, now=0.0)
+    throttle.request(0.0)
+    assert not throttle.probe_due(120.0 / BUCKETS - 0.001)
+    assert throttle.probe_due(120.0 / BUCKETS)
+    throttle.refused(120.0 / BUCKETS)  # a refusal is not a request sent
+    assert throttle.probe_due(120.0 / BUCKETS)
+    throttle.request(120.0 / BUCKETS)
+    assert not throttle.probe_due(120.0 / BUCKETS)

@@ -12,6 +12,7 @@ from limit_helpers import document, within
 import healkit
 from healkit.testing import Fault, FaultServer, ManualClock
 from healkit_limit import LimitPlugin, LimitSettings
+from healkit_limit._throttle import BUCKETS
 
 pytestmark = pytest.mark.anyio
 
@@ -87,16 +88,17 @@ async def test_throttling_recovers_within_a_window_once_the_upstream_accepts(
 async def test_the_first_accept_after_an_outage_ends_the_throttling(
     fault_server: FaultServer, manual_clock: ManualClock
 ) -> None:
-    # Within the window (the clock stands still): once one request gets
-    # through and is accepted, the local refusals of the outage no longer
-    # count, and a few accepts later nothing is refused.
+    # A twelfth of a window later a probe goes through; once it is accepted,
+    # the local refusals of the outage no longer count, and a few accepts
+    # later nothing is refused.
     fault_server.set_default(Fault.status(429))
     plugin = LimitPlugin(rng=random.Random(5))  # noqa: S311 - a seeded draw, not a secret
     async with client(document([fault_server.url], throttle=True), plugin, manual_clock) as c:
         await calls(c, 300)
         fault_server.set_default(Fault.ok())
-        while not (await calls(c, 1))[0]:  # refused (mostly) until one gets through
-            pass
+        # Nothing was sent for a twelfth of the window: the next call is a probe.
+        manual_clock.advance(WINDOW / BUCKETS)
+        assert await calls(c, 1) == (1, 0, 0)
         status = plugin.status("svc")
         assert status is not None
         assert status.requests < 20  # what the upstream answered, not the 300 refusals

@@ -308,7 +308,11 @@ class LimitPlugin:
         throttle = limits.throttle
         if throttle is not None:
             probability = throttle.probability(now)
-            if probability > 0 and self._random.random() < probability:
+            if (
+                probability > 0
+                and not throttle.probe_due(now)
+                and self._random.random() < probability
+            ):
                 throttle.refused(now)
                 return healkit.ThrottledError(
                     f"{_where(key)} throttled: the upstream rejects too many calls"

@@ -20,6 +20,13 @@ What stays is what the upstream answered, so a recovered upstream is sent
 everything again within a few accepted requests. While the upstream accepts
 some requests, nothing is taken out, and the client sends about ``K`` times
 what it accepts.
+
+For that first accept to come soon, one request goes through whenever none
+was sent for a twelfth of the window (a probe, like a half-open breaker's):
+left to the formula alone, about one request a window gets through an
+outage, so a recovered upstream would wait about a window (often more) to be
+noticed. The probes cost twelve requests a window during an outage, and put
+the recovery within a twelfth of a window.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class Throttle:
     __slots__ = (
         "_accepts",
         "_current",
+        "_last_request",
         "_refused",
         "_refused_total",
         "_requests",
@@ -64,6 +72,7 @@ class Throttle:
         self._accepts = [0] * BUCKETS
         self._refused = [0] * BUCKETS  # local refusals counted in _requests, per bucket
         self._refused_total = 0
+        self._last_request = now
         self._current = int(now // self._width)
         self.requests = 0
         self.accepts = 0
@@ -79,15 +88,22 @@ class Throttle:
         requests = self.requests
         return max(0.0, (requests - self.k * self.accepts) / (requests + 1))
 
+    def probe_due(self, now: float) -> bool:
+        """Whether no request was sent for a twelfth of the window (the next one goes)."""
+        return now - self._last_request >= self._width
+
     def request(self, now: float) -> None:
         """Count a request sent to the upstream."""
+        self._last_request = now
         self._advance(now)
         self._requests[self._current % BUCKETS] += 1
         self.requests += 1
 
     def refused(self, now: float) -> None:
         """Count a request this throttle refused."""
-        self.request(now)
+        self._advance(now)
+        self._requests[self._current % BUCKETS] += 1
+        self.requests += 1
         self._refused[self._current % BUCKETS] += 1
         self._refused_total += 1
 
