@@ -143,7 +143,8 @@ async def test_without_a_limit_configured_the_plugin_leaves_the_plan() -> None:
 
 def test_the_first_accept_in_a_window_drops_the_local_refusals() -> None:
     throttle = Throttle(2.0, 120.0, now=0.0)
-    throttle.request(0.0)  # sent, and rejected
+    throttle.request(0.0)
+    throttle.reject()
     for _ in range(50):
         throttle.refused(0.0)
     assert throttle.probability(0.0) == pytest.approx(51 / 52)
@@ -151,10 +152,14 @@ def test_the_first_accept_in_a_window_drops_the_local_refusals() -> None:
     throttle.accept(0.0)  # the outage is over: only what the upstream answered counts
     assert (throttle.requests, throttle.accepts) == (2, 1)
     assert throttle.probability(0.0) == 0.0
-    throttle.refused(0.0)
+    throttle.refused(0.0)  # after an accept, a local refusal is no evidence
+    assert throttle.requests == 2
     throttle.request(0.0)
-    throttle.accept(0.0)  # not the first accept of the window: the refusal stays counted
-    assert (throttle.requests, throttle.accepts) == (4, 2)
+    throttle.reject()
+    throttle.refused(0.0)  # after a rejection it counts again...
+    throttle.request(0.0)
+    throttle.accept(0.0)  # ...and stays: this is not the first accept of the window
+    assert (throttle.requests, throttle.accepts) == (5, 2)
 
 
 def test_a_probe_goes_when_nothing_was_sent_for_a_twelfth_of_the_window() -> None:

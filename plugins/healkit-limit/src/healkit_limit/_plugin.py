@@ -495,8 +495,11 @@ def _ended(
 ) -> None:
     """Count an admitted attempt's end and give its slot back."""
     throttle = held.throttle
-    if throttle is not None and accepted:
-        throttle.accept(now)
+    if throttle is not None:
+        if accepted:
+            throttle.accept(now)
+        else:
+            throttle.reject()
     limiter = held.limiter
     if limiter is None:
         return

@@ -8,25 +8,26 @@ locally with probability ``max(0, (requests - K * accepts) / (requests + 1))``:
 it sends about ``K`` times what the upstream accepts, so the upstream spends
 little on rejections.
 
-A request refused locally counts as a request, as in the SRE book and gRPC's
-adaptive throttler: that is what keeps an outage's cost at a handful of
-requests (about ``ln(rate * window)`` in the first window, then about one per
-window). One exception ends an outage quickly: the first accept after a
-window without any takes the local refusals out of the count. They were a
-guess about an upstream that answered nothing but rejections; kept in, they
-would hold the refusal probability near 1 for several windows after it
-recovered (the accepts would have to outnumber every refusal of the window).
-What stays is what the upstream answered, so a recovered upstream is sent
-everything again within a few accepted requests. While the upstream accepts
-some requests, nothing is taken out, and the client sends about ``K`` times
-what it accepts.
+A request refused locally counts as a request while the upstream's last
+answer was a rejection, as in the SRE book and gRPC's adaptive throttler:
+that is what keeps an outage's cost at a handful of requests (about
+``ln(rate * window)`` in the first window). Three additions make recovery
+prompt once the upstream accepts again:
 
-For that first accept to come soon, one request goes through whenever none
-was sent for a twelfth of the window (a probe, like a half-open breaker's):
-left to the formula alone, about one request a window gets through an
-outage, so a recovered upstream would wait about a window (often more) to be
-noticed. The probes cost twelve requests a window during an outage, and put
-the recovery within a twelfth of a window.
+* a probe: one request goes through whenever none was sent for a twelfth of
+  the window (like a half-open breaker's), so the first accept comes soon.
+  Left to the formula alone, about one request a window gets through an
+  outage, and a recovered upstream would wait a window or more to be noticed.
+  The probes cost twelve requests a window during an outage;
+* the first accept after a window without any takes the outage's local
+  refusals out of the count: they were a guess, and kept in, they would hold
+  the refusal probability near 1 for several windows;
+* after an accept, local refusals do not count until the upstream rejects
+  again: they are no evidence of overload, and counting them would feed the
+  probability while the accepts catch up.
+
+While the upstream accepts some requests and rejects others, the client sends
+about ``K`` times what it accepts.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Throttle:
         "_last_request",
         "_refused",
         "_refused_total",
+        "_rejecting",
         "_requests",
         "_width",
         "accepts",
@@ -73,6 +75,7 @@ class Throttle:
         self._refused = [0] * BUCKETS  # local refusals counted in _requests, per bucket
         self._refused_total = 0
         self._last_request = now
+        self._rejecting = False  # whether the upstream's last answer was a rejection
         self._current = int(now // self._width)
         self.requests = 0
         self.accepts = 0
@@ -100,16 +103,20 @@ class Throttle:
         self.requests += 1
 
     def refused(self, now: float) -> None:
-        """Count a request this throttle refused."""
+        """Count a request this throttle refused, if the upstream's last answer was a rejection."""
+        if not self._rejecting:
+            return
         self._advance(now)
-        self._requests[self._current % BUCKETS] += 1
+        slot = self._current % BUCKETS
+        self._requests[slot] += 1
         self.requests += 1
-        self._refused[self._current % BUCKETS] += 1
+        self._refused[slot] += 1
         self._refused_total += 1
 
     def accept(self, now: float) -> None:
         """Count a request the upstream accepted (the first in a window drops the refusals)."""
         self._advance(now)
+        self._rejecting = False
         if not self.accepts and self._refused_total:
             for slot in range(BUCKETS):
                 self._requests[slot] -= self._refused[slot]
@@ -118,6 +125,10 @@ class Throttle:
             self._refused_total = 0
         self._accepts[self._current % BUCKETS] += 1
         self.accepts += 1
+
+    def reject(self) -> None:
+        """Note that the upstream rejected a request (counted when it was sent)."""
+        self._rejecting = True
 
     def _advance(self, now: float) -> None:
         bucket = int(now // self._width)
