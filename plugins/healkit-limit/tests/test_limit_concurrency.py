@@ -234,3 +234,24 @@ async def test_a_plugin_crash_after_admission_gives_the_slot_back(gated: GatedSe
     status = plugin.status("svc")
     assert status is not None
     assert status.in_flight == 0
+
+
+async def test_an_attempt_waiting_for_its_token_holds_no_slot(gated: GatedServer) -> None:
+    clock = ManualClock(auto_advance=False)
+    plugin = LimitPlugin()
+    config = document(
+        [gated.url], concurrency=2, rate=10.0, burst=1, rate_mode="smooth", max_wait=1.0
+    )
+    async with client(config, plugin, clock=clock) as c:
+        first = asyncio.create_task(c.get("/x", service="svc"))
+        await within(gated.wait_for_active(1))
+        second = asyncio.create_task(c.get("/x", service="svc"))
+        await within(clock.wait_for_sleepers(1))  # its token is due in 0.1 s
+        status = plugin.status("svc")
+        assert status is not None
+        assert (status.in_flight, status.queued) == (1, 0)
+        clock.advance(0.1)
+        await within(gated.wait_for_active(2))
+        gated.gate.set()
+        responses = await asyncio.gather(first, second)
+    assert [r.status for r in responses] == [200, 200]

@@ -79,9 +79,14 @@ class Limiter:
         self.adaptive = adaptive
         self._grant()
 
+    @property
+    def has_room(self) -> bool:
+        """Whether a slot is free and nobody waits for one."""
+        return self.in_flight < self.limit and not self._queued
+
     def try_acquire(self) -> bool:
         """Take a slot if one is free (and nobody waits for one before)."""
-        if self.in_flight < self.limit and not self._queued:
+        if self.has_room:
             self.in_flight += 1
             return True
         return False

@@ -306,46 +306,36 @@ class LimitPlugin:
         key = (call.service, attempt.endpoint if policy.per_endpoint else None)
         limits = self._registry.get(key) or self._limits(call.config, policy, key, now)
         throttle = limits.throttle
-        if throttle is not None:
-            probability = throttle.probability(now)
-            if (
-                probability > 0
-                and not throttle.probe_due(now)
-                and self._random.random() < probability
-            ):
-                throttle.refused(now)
-                return healkit.ThrottledError(
-                    f"{_where(key)} throttled: the upstream rejects too many calls"
-                    f" ({throttle.requests} requests, {throttle.accepts} accepted in"
-                    f" {throttle.window:g}s; refusing {probability:.0%})",
-                    service=key[0],
-                    endpoint=key[1],
-                )
+        if throttle is not None and (refusal := self._throttled(throttle, key, now)) is not None:
+            return refusal
         limiter = limits.limiter
-        slot = False
-        if limiter is not None:
-            slot = limiter.try_acquire()
-            if not slot and limiter.queue_full:
-                return _queue_full(key, limiter)
+        if limiter is not None and limiter.queue_full and not limiter.has_room:
+            return _queue_full(key, limiter)
         wait = 0.0
         bucket = limits.bucket
         if bucket is not None:
-            allowed = min(policy.settings.max_wait, call.deadline - now) if policy.smooth else 0.0
-            reserved = bucket.reserve(now, allowed)
-            if reserved is None:
-                if slot and limiter is not None:
-                    limiter.release()
-                return healkit.RateLimitedError(
-                    f"{_where(key)} rate limited: {bucket.rate:g} calls/s",
-                    service=key[0],
-                    endpoint=key[1],
-                    retry_after=bucket.wait_for_token(now),
-                )
+            reserved = _reserve(bucket, policy, call, key, now)
+            if isinstance(reserved, healkit.RateLimitedError):
+                return reserved
             wait = reserved
-        if wait == 0.0 and (slot or limiter is None):
+        if wait == 0.0 and (limiter is None or limiter.try_acquire()):
             self._hold(call, policy, limiter, throttle, now)
             return None
-        return self._wait(call, policy, key, limiter, throttle, slot=slot, wait=wait, started=now)
+        return self._wait(call, policy, key, limiter, throttle, wait=wait, started=now)
+
+    def _throttled(self, throttle: Throttle, key: Key, now: float) -> healkit.ThrottledError | None:
+        """Refuse with the throttle's probability (unless a probe is due)."""
+        probability = throttle.probability(now)
+        if probability <= 0 or throttle.probe_due(now) or self._random.random() >= probability:
+            return None
+        throttle.refused(now)
+        return healkit.ThrottledError(
+            f"{_where(key)} throttled: the upstream rejects too many calls"
+            f" ({throttle.requests} requests, {throttle.accepts} accepted in"
+            f" {throttle.window:g}s; refusing {probability:.0%})",
+            service=key[0],
+            endpoint=key[1],
+        )
 
     async def _wait(  # noqa: PLR0913 - the admission's state, handed over whole
         self,
@@ -355,20 +345,14 @@ class LimitPlugin:
         limiter: Limiter | None,
         throttle: Throttle | None,
         *,
-        slot: bool,
         wait: float,
         started: float,
     ) -> healkit.OverloadError | None:
-        """Wait for the reserved token, then for a slot; admit the attempt or refuse it."""
+        """Wait for the reserved token (holding no slot), then for a slot; admit or refuse."""
         clock = call.clock
         if wait > 0:
-            try:
-                await clock.sleep(wait)
-            except BaseException:
-                if slot and limiter is not None:
-                    limiter.release()
-                raise
-        if limiter is not None and not slot and not limiter.try_acquire():
+            await clock.sleep(wait)
+        if limiter is not None and not limiter.try_acquire():
             if limiter.queue_full:
                 return _queue_full(key, limiter)
             allowed = min(policy.settings.max_wait, call.deadline - started)
@@ -508,6 +492,22 @@ def _ended(
         drop = not accepted if dropped is None else dropped
         adaptive.sample(duration, now, in_flight=limiter.in_flight, dropped=drop)
     limiter.release()
+
+
+def _reserve(
+    bucket: TokenBucket, policy: _Policy, call: healkit.CallContext, key: Key, now: float
+) -> float | healkit.RateLimitedError:
+    """Take a token: the seconds until it is due, or the refusal if it is out of reach."""
+    allowed = min(policy.settings.max_wait, call.deadline - now) if policy.smooth else 0.0
+    reserved = bucket.reserve(now, allowed)
+    if reserved is not None:
+        return reserved
+    return healkit.RateLimitedError(
+        f"{_where(key)} rate limited: {bucket.rate:g} calls/s",
+        service=key[0],
+        endpoint=key[1],
+        retry_after=bucket.wait_for_token(now),
+    )
 
 
 def _where(key: Key) -> str:
