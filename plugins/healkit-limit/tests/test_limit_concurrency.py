@@ -255,3 +255,37 @@ async def test_an_attempt_waiting_for_its_token_holds_no_slot(gated: GatedServer
         gated.gate.set()
         responses = await asyncio.gather(first, second)
     assert [r.status for r in responses] == [200, 200]
+
+
+async def test_a_full_endpoint_sends_the_call_to_the_fallback_group() -> None:
+    plugin = LimitPlugin()
+    async with GatedServer() as primary, GatedServer() as fallback:
+        fallback.gate.set()
+        config = document([primary.url], concurrency=1, scope="endpoint")
+        config["services"]["svc"]["routing"] = {"fallback_groups": [[fallback.url]]}
+        async with client(config, plugin) as c:
+            holder = asyncio.create_task(c.get("/x", service="svc"))
+            await within(primary.wait_for_active(1))
+            moved = await c.get("/x", service="svc")
+            primary.gate.set()
+            await holder
+    assert moved.status == 200
+    assert moved.outcome.endpoint == fallback.url
+    assert [a.error for a in moved.outcome.attempts] == ["ConcurrencyLimitError", None]
+    assert primary.hits == 1
+
+
+async def test_a_full_service_does_not_try_every_endpoint() -> None:
+    plugin = LimitPlugin()
+    async with GatedServer() as primary, GatedServer() as fallback:
+        config = document([primary.url], concurrency=1)
+        config["services"]["svc"]["routing"] = {"fallback_groups": [[fallback.url]]}
+        async with client(config, plugin) as c:
+            holder = asyncio.create_task(c.get("/x", service="svc"))
+            await within(primary.wait_for_active(1))
+            with pytest.raises(healkit.ConcurrencyLimitError) as caught:
+                await c.get("/x", service="svc")
+            primary.gate.set()
+            await holder
+    assert len(caught.value.attempts) == 1
+    assert fallback.hits == 0

@@ -68,6 +68,7 @@ from healkit._errors import (
     DeadlineExceeded,
     HealkitError,
     HTTPStatusError,
+    OverloadError,
     TimeoutExceeded,
     TransportError,
 )
@@ -741,11 +742,7 @@ class Router:
             return RetryDecision.again(
                 0.0, reason=f"fallback group {group} after a failure on {attempt.endpoint}"
             )
-        if (
-            not isinstance(error, ConnectError | ConnectTimeout | CircuitOpenError)
-            # A redirect's target refused: the first hop was answered, the request arrived.
-            or error.may_have_reached_server
-        ):
+        if not _fails_over(error):
             return None
         if not plan.settings.failover or plan.choices <= 1:
             return None
@@ -1053,6 +1050,17 @@ def _moves_on(call: CallContext, error: HealkitError) -> bool:
 def _resendable(call: CallContext) -> bool:
     """Whether the request may be sent again although it may have reached a server."""
     return call.idempotent and call.replayable
+
+
+def _fails_over(error: HealkitError) -> bool:
+    """Whether ``error`` never reached the server and another endpoint may take the call."""
+    if isinstance(error, OverloadError):
+        return error.endpoint is not None  # a per-service limit would refuse on every endpoint
+    # A redirect's target refused: the first hop was answered, the request arrived.
+    return (
+        isinstance(error, ConnectError | ConnectTimeout | CircuitOpenError)
+        and not error.may_have_reached_server
+    )
 
 
 def _counts(call: CallContext, attempt: AttemptContext, error: HealkitError) -> bool:
