@@ -23,15 +23,24 @@ def adaptive(**changes: object) -> GradientLimit:
 
 def test_the_limit_grows_while_the_upstream_answers_as_fast_as_unloaded() -> None:
     limit = adaptive()
-    for i in range(50):
+    for i in range(500):  # 5 s of answers, 50 round trips
         limit.sample(RTT, i * 0.01, in_flight=limit.limit, dropped=False)
-    assert limit.limit > 20
+    assert limit.limit > 25
     assert limit.min_rtt == RTT
+
+
+def test_the_limit_moves_once_per_round_trip() -> None:
+    limit = adaptive()
+    for i in range(9):  # answers within the first round trip (0.1 s)
+        limit.sample(RTT, i * 0.01, in_flight=20, dropped=False)
+    assert limit.value == 20.0
+    limit.sample(RTT, RTT, in_flight=20, dropped=False)
+    assert limit.value == pytest.approx(20.2)  # gradient 1: one attempt of headroom, smoothed
 
 
 def test_the_limit_does_not_grow_when_the_caller_limits_the_load() -> None:
     limit = adaptive()
-    for i in range(50):
+    for i in range(500):
         limit.sample(RTT, i * 0.01, in_flight=3, dropped=False)
     assert limit.limit == 20
 
@@ -44,12 +53,14 @@ def test_the_limit_shrinks_when_latency_rises_beyond_the_tolerance() -> None:
     assert limit.limit < 10
 
 
-def test_a_drop_backs_off_multiplicatively_within_the_bounds() -> None:
+def test_a_drop_backs_off_multiplicatively_once_per_round_trip_within_the_bounds() -> None:
     limit = adaptive(min_concurrency=5)
     limit.sample(RTT, 0.0, in_flight=20, dropped=True)
     assert limit.value == pytest.approx(18.0)
-    for _ in range(100):
-        limit.sample(RTT, 0.0, in_flight=20, dropped=True)
+    limit.sample(RTT, RTT / 2, in_flight=20, dropped=True)  # the same overload
+    assert limit.value == pytest.approx(18.0)
+    for i in range(1, 100):
+        limit.sample(RTT, i * RTT, in_flight=20, dropped=True)
     assert limit.limit == 5
 
 

@@ -1,12 +1,15 @@
 """The adaptive concurrency limit: a gradient controller on the upstream's latency.
 
 The limit follows the ratio of the upstream's unloaded latency (the smallest
-latency seen, ``min_rtt``) to its current latency, as Envoy's adaptive
-concurrency filter and Netflix's concurrency-limits gradient do. An upstream
-answering about as fast as unloaded lets the limit grow by a headroom of
-``sqrt(limit)``; one answering more than ``tolerance`` times slower than
-unloaded (requests queue up there) makes it shrink in proportion. A timeout or
-a rejection for load (``reject_statuses``) multiplies it by ``backoff``.
+latency seen, ``min_rtt``) to its current latency (the mean of a round
+trip's answers), once per round trip, as Envoy's adaptive concurrency filter
+and Netflix's concurrency-limits gradient do. An upstream answering about as
+fast as unloaded lets the limit grow by :data:`HEADROOM`; one answering more
+than ``tolerance`` times slower than unloaded (requests queue up there) makes
+it shrink in proportion. A timeout or
+a rejection for load (``reject_statuses``) multiplies it by ``backoff``, at
+most once per round trip (as TCP's congestion control does): the attempts
+that time out together (a burst, a stall) report one overload, not one each.
 
 The unloaded latency cannot be seen while the limit keeps the upstream busy,
 so every ``min_rtt_window`` seconds the controller measures it again, as
@@ -17,18 +20,17 @@ the limit it had.
 
 from __future__ import annotations
 
+import math
 from typing import Final, final
 
 from healkit_limit._settings import LimitSettings
 
-__all__ = ["HEADROOM", "MEASURE_SAMPLES", "RTT_WEIGHT", "GradientLimit"]
+__all__ = ["HEADROOM", "MEASURE_SAMPLES", "GradientLimit"]
 
 MEASURE_SAMPLES: Final = 16
 """Answers taken, at ``min_concurrency``, to measure the unloaded latency again."""
 HEADROOM: Final = 1.0
 """Attempts added to each estimate: how the limit probes for more room."""
-RTT_WEIGHT: Final = 0.1
-"""The weight of each latency in the moving average the gradient compares with ``min_rtt``."""
 _MIN_GRADIENT: Final = 0.5
 """The limit at most halves per answer (before smoothing), as in concurrency-limits."""
 
@@ -43,15 +45,20 @@ class GradientLimit:
         value: the limit in force (a float; the limiter admits ``int(value)``
             attempts at once).
         min_rtt: the unloaded latency in seconds (``None`` before a first answer).
-        rtt: the moving average of recent latencies.
+        rtt: the mean latency of the last round trip's answers.
 
     """
 
     __slots__ = (
+        "_backed_off",
+        "_busiest",
+        "_count",
         "_measured",
         "_measuring",
         "_resumed",
         "_settings",
+        "_sum",
+        "_window",
         "min_rtt",
         "rtt",
         "value",
@@ -65,6 +72,11 @@ class GradientLimit:
         self._measuring: list[float] | None = None  # latencies of a min_rtt measurement
         self._resumed = self.value  # the limit to restore after a measurement
         self._measured = now  # when min_rtt was last measured
+        self._backed_off = -math.inf  # when the limit was last multiplied by backoff
+        self._window = now  # the start of the round trip whose answers are summed
+        self._sum = 0.0
+        self._count = 0
+        self._busiest = 0  # the most attempts in flight at an answer of the round trip
 
     def reconfigure(self, settings: LimitSettings) -> None:
         """Take new parameters; the learned latencies and the limit (bounded anew) stay."""
@@ -99,11 +111,22 @@ class GradientLimit:
                 self.value = self._resumed
             return
         if dropped:
-            self.value = self._bounded(self.value * settings.backoff)
+            if now - self._backed_off >= (self.rtt or rtt):  # once per round trip
+                self._backed_off = now
+                self.value = self._bounded(self.value * settings.backoff)
             return
         if self.min_rtt is None or rtt < self.min_rtt:
             self.min_rtt = rtt
-        self.rtt = rtt if self.rtt is None else self.rtt + (rtt - self.rtt) * RTT_WEIGHT
+        # One update per round trip, on the mean latency of its answers: per answer,
+        # the limit would chase each answer's noise.
+        self._sum += rtt
+        self._count += 1
+        self._busiest = max(self._busiest, in_flight)
+        if now - self._window < self.min_rtt:
+            return
+        self.rtt = self._sum / self._count
+        busiest = self._busiest
+        self._window, self._sum, self._count, self._busiest = now, 0.0, 0, 0
         if now - self._measured >= settings.min_rtt_window:
             self._measuring = []
             self._resumed = self.value
@@ -112,7 +135,7 @@ class GradientLimit:
         gradient = max(
             _MIN_GRADIENT, min(1.0, settings.tolerance * self.min_rtt / max(self.rtt, 1e-9))
         )
-        if gradient >= 1.0 and in_flight * 2 < self.value:
+        if gradient >= 1.0 and busiest * 2 < self.value:
             return  # the caller, not the upstream, limits the load: nothing learned
         estimate = self.value * gradient + HEADROOM
         smoothed = self.value + (estimate - self.value) * settings.smoothing
