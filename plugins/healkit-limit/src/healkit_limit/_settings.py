@@ -48,11 +48,12 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         max_concurrency: the adaptive limit's ceiling.
         tolerance: how much slower than the unloaded latency the upstream may
             answer before the adaptive limit shrinks (1.25: 25 % slower).
-        smoothing: the weight of each new estimate of the adaptive limit
-            (0 to 1; lower moves more slowly).
-        min_rtt_window: seconds over which the unloaded latency (the
-            smallest observed) is measured; older minimums are forgotten, so
-            the limit re-learns an upstream that became slower for good.
+        smoothing: the weight of each new estimate of the adaptive limit,
+            one per round trip (0 to 1; lower moves more slowly).
+        min_rtt_window: how often, in seconds, the unloaded latency is
+            measured again (the limit pinned to ``min_concurrency`` for a few
+            answers), so the limit re-learns an upstream that became slower
+            for good.
         backoff: the factor the adaptive limit is multiplied by when an
             attempt times out or is rejected with one of ``reject_statuses``.
         throttle: client-side adaptive throttling (SRE book, "Handling
