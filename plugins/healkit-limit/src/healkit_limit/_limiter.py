@@ -123,10 +123,6 @@ class Limiter:
         self.in_flight -= 1
         self._grant()
 
-    def grant(self) -> None:
-        """Hand free slots to waiters (after the limit grew)."""
-        self._grant()
-
     def _grant(self) -> None:
         waiters = self._waiters
         while waiters and self.in_flight < self.limit:
