@@ -296,11 +296,12 @@ def package(session: nox.Session) -> None:
         install("--find-links", str(dist), str(copy))
         session.run(python, smoke, "breaker", "request-id", "timeout", "tls", external=True)
 
-        install(wheel("healkit-retry"), wheel("healkit-tracing"))
+        install(wheel("healkit-retry"), wheel("healkit-tracing"), wheel("healkit-limit"))
         session.run(
             python,
             smoke,
             "breaker",
+            "limit",
             "request-id",
             "retry",
             "timeout",

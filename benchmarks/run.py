@@ -28,6 +28,7 @@ import bench_failures
 import bench_fleet
 import bench_healing
 import bench_http
+import bench_overload
 import bench_pipeline
 import bench_state
 from _harness import Scenario, ScenarioResult, Settings, Target, environment, progress
@@ -56,6 +57,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "fleet": Scenario(
         bench_fleet.run, "500 instances on a three-member etcd cluster: propagation, load, storm"
     ),
+    "overload": Scenario(
+        bench_overload.run, "goodput and latency at 3x capacity with and without limits; throttling"
+    ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""
 
@@ -64,6 +68,7 @@ DISTRIBUTIONS: Final = (
     "healkit-timeout",
     "healkit-retry",
     "healkit-breaker",
+    "healkit-limit",
     "healkit-tls",
     "healkit-tracing",
     "opentelemetry-api",

@@ -18,6 +18,7 @@ BUILTINS = [plugin().healkit_name for plugin in BUILTIN_PLUGINS]  # type: ignore
 HOOK_ARGS = {
     "healkit_route": ("call", "attempt"),
     "healkit_pre_request": ("call", "attempt"),
+    "healkit_admit": ("call", "attempt"),
     "healkit_post_response": ("call", "attempt", "response"),
     "healkit_on_error": ("call", "attempt", "error"),
     "healkit_fallback": ("call", "error"),

@@ -170,7 +170,9 @@ def test_an_async_per_call_hook_is_refused_at_registration() -> None:
     assert caught.value.hook == "register"
     message = str(caught.value)
     assert "healkit_pre_request is an async function" in message
-    assert "only healkit_fallback and healkit_shutdown may return an awaitable" in message
+    assert (
+        "only healkit_admit, healkit_fallback, healkit_shutdown may return an awaitable" in message
+    )
 
 
 def test_an_async_fallback_is_accepted() -> None:

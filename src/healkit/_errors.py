@@ -22,6 +22,10 @@ attempts made (``error.attempts``)::
     ├── LimitError
     │   ├── BudgetExhaustedError    a retry or concurrency budget is spent
     │   ├── BodyTooLargeError       the response body exceeded the configured cap
+    │   ├── OverloadError           a load limit refused the attempt before it was sent
+    │   │   ├── ConcurrencyLimitError   too many in flight: the queue is full or the wait ran out
+    │   │   ├── RateLimitedError        the service's rate limit has no token left in time
+    │   │   └── ThrottledError          adaptive throttling: the upstream rejects too much
     │   └── TooManyRedirects        more redirects than the service's ``max_redirects``
     ├── CallError                   a decorated function raised an exception counted as failure
     ├── RequestError                the request itself is invalid (bad URL, unknown service)
@@ -67,6 +71,7 @@ __all__ = [
     "CallError",
     "CircuitOpenError",
     "ClientClosedError",
+    "ConcurrencyLimitError",
     "ConfigError",
     "ConfigIssue",
     "ConnectError",
@@ -84,12 +89,15 @@ __all__ = [
     "HTTPStatusError",
     "HealkitError",
     "LimitError",
+    "OverloadError",
     "PluginError",
     "ProtocolError",
+    "RateLimitedError",
     "ReadTimeout",
     "RedirectRefusedError",
     "RequestError",
     "TLSError",
+    "ThrottledError",
     "TimeoutExceeded",
     "TooManyRedirects",
     "TransportError",
@@ -264,6 +272,57 @@ class BudgetExhaustedError(LimitError):
     """A retry or concurrency budget is spent."""
 
     may_have_reached_server = False
+
+
+class OverloadError(LimitError):
+    """A load limit of the service refused the attempt: nothing was sent.
+
+    Raised by a limit plugin (``healkit-limit``) to protect the upstream and
+    the caller's latency. Like any failed attempt it goes to ``healkit_on_error``
+    and, if the call fails for good, to the fallbacks (a fallback group, a
+    degraded response).
+
+    Attributes:
+        service: the service whose limit refused the attempt.
+        endpoint: the endpoint whose limit refused it (``None`` for a
+            per-service limit).
+        retry_after: seconds after which a call may be admitted, when known.
+
+    """
+
+    may_have_reached_server = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+
+
+@final
+class ConcurrencyLimitError(OverloadError):
+    """The concurrency limit was reached: the wait queue was full, or the wait ran out."""
+
+
+@final
+class RateLimitedError(OverloadError):
+    """The service's rate limit had no token for the attempt within the allowed wait."""
+
+
+@final
+class ThrottledError(OverloadError):
+    """Adaptive throttling refused the attempt: the upstream rejects too many calls.
+
+    Refused with the probability of the SRE book's client-side throttling,
+    ``max(0, (requests - K * accepts) / (requests + 1))`` over a window.
+    """
 
 
 @final

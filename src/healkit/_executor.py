@@ -114,6 +114,11 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                     refusal = plan.pre_request(call, attempt)
                     if refusal is not None:
                         raise refusal  # caught below, in this frame: handled as a failed attempt
+                if plan.has_admit:
+                    refusal = await plan.admit(call, attempt)
+                    if refusal is not None:
+                        raise refusal
+                    attempt.started = clock.now()  # a wait for room is not the attempt's time
                 # Sent under min(attempt total, time left before the deadline); inlined
                 # (no coroutine of its own) as this runs on every attempt. An enclosing
                 # cancel scope is not turned into a healkit error here: when it expires

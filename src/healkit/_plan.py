@@ -39,6 +39,7 @@ __all__ = ["PER_CALL_HOOKS", "CallPlan", "CompiledHook", "compile_hook"]
 PER_CALL_HOOKS: Final = (
     "healkit_route",
     "healkit_pre_request",
+    "healkit_admit",
     "healkit_post_response",
     "healkit_on_error",
     "healkit_fallback",
@@ -157,6 +158,7 @@ class CallPlan:
     """
 
     __slots__ = (
+        "_admit",
         "_call_abandoned",
         "_call_end",
         "_fallback",
@@ -166,6 +168,7 @@ class CallPlan:
         "_post_response",
         "_pre_request",
         "_route",
+        "has_admit",
         "has_call_abandoned",
         "has_call_end",
         "has_fallback",
@@ -194,6 +197,7 @@ class CallPlan:
 
         self._route = compiled("healkit_route")
         self._pre_request = compiled("healkit_pre_request")
+        self._admit = compiled("healkit_admit")
         self._post_response = compiled("healkit_post_response")
         self._on_error = compiled("healkit_on_error")
         self._fallback = compiled("healkit_fallback")
@@ -204,6 +208,7 @@ class CallPlan:
         # Hooks nobody implements are skipped by the executor without a call.
         self.has_route = bool(self._route.functions)
         self.has_pre_request = bool(self._pre_request.functions)
+        self.has_admit = bool(self._admit.functions)
         self.has_post_response = bool(self._post_response.functions)
         self.has_fallback = bool(self._fallback.functions)
         self.has_call_end = bool(self._call_end.functions)
@@ -214,6 +219,7 @@ class CallPlan:
         return (
             self._route,
             self._pre_request,
+            self._admit,
             self._post_response,
             self._on_error,
             self._fallback,
@@ -273,6 +279,35 @@ class CallPlan:
                 and not hook.observers[index]
             ):
                 return refusal
+        return None
+
+    async def admit(self, call: CallContext, attempt: AttemptContext) -> HealkitError | None:
+        """Run ``healkit_admit``, awaiting each wait; return the first refusal of a decision plugin.
+
+        Called only when some plugin implements the hook (``has_admit``). An
+        implementation's error is handled as in ``pre_request``.
+        """
+        hook = self._admit
+        for index, function in hook.indexed:
+            try:
+                refusal = function(call, attempt)
+                if inspect.isawaitable(refusal):
+                    refusal = await _await(refusal)
+            except HealkitError as raised:
+                if not hook.observers[index]:
+                    raise
+                self._failed(hook, index, raised)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+                continue
+            if refusal is None or hook.observers[index]:
+                continue
+            if not isinstance(refusal, HealkitError):
+                wrong = TypeError(f"returned {type(refusal).__name__}, not a HealkitError")
+                self._failed(hook, index, wrong)
+                continue
+            return refusal
         return None
 
     def post_response(

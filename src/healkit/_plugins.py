@@ -59,7 +59,7 @@ BLOCK_ENV: Final = "HEALKIT_BLOCK_PLUGINS"
 """Comma-separated plugin names never to load, in addition to ``block=``."""
 BUILTIN_PLUGINS: Final[tuple[Callable[[], object], ...]] = (DegradedResponses, Router)
 """The core's own plugins, registered first in every plugin manager."""
-AWAITABLE_HOOKS: Final = frozenset({"healkit_fallback", "healkit_shutdown"})
+AWAITABLE_HOOKS: Final = frozenset({"healkit_admit", "healkit_fallback", "healkit_shutdown"})
 COMPILED_HOOKS: Final = frozenset(
     {*PER_CALL_HOOKS, "healkit_endpoint_available", "healkit_circuit_state", "healkit_tls_context"}
 )
@@ -347,7 +347,7 @@ def _check_contract(pm: PluginManager, plugin: object) -> None:
             if caller.name not in AWAITABLE_HOOKS and (
                 inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
             ):
-                allowed = " and ".join(sorted(AWAITABLE_HOOKS))
+                allowed = ", ".join(sorted(AWAITABLE_HOOKS))
                 raise TypeError(
                     f"{caller.name} is an async function, but this hook may not await "
                     f"(only {allowed} may return an awaitable; start a background task "

@@ -29,8 +29,8 @@ reports of it and ``healkit_tls_context`` for the TLS context of a service's
 probes, so a third-party breaker or TLS plugin takes either side.
 
 Per-call hooks are plain functions in the hot path: they decide, they do not
-sleep or perform I/O. Only ``healkit_fallback`` and ``healkit_shutdown`` may
-return an awaitable, which healkit awaits.
+sleep or perform I/O. Only ``healkit_admit``, ``healkit_fallback`` and
+``healkit_shutdown`` may return an awaitable, which healkit awaits.
 """
 
 from __future__ import annotations
@@ -384,6 +384,32 @@ def healkit_pre_request(call: CallContext, attempt: AttemptContext) -> HealkitEr
     return values are ignored. An observer plugin cannot refuse: its returned
     error is ignored, a raised one is its bug (logged and counted). May not
     return an awaitable.
+    """
+
+
+@hookspec
+def healkit_admit(
+    call: CallContext, attempt: AttemptContext
+) -> HealkitError | Awaitable[HealkitError | None] | None:
+    """Admit a prepared attempt under a load limit, waiting for room if need be.
+
+    Called after ``healkit_pre_request`` admitted the attempt (its endpoint
+    and timeouts are final), right before it is sent. Return ``None`` to admit
+    it at once, a :class:`healkit.HealkitError` (usually an
+    :class:`healkit.OverloadError`) to refuse it, or an awaitable that waits
+    for room (a concurrency slot, a rate token) on the call's clock and
+    resolves to ``None`` (admitted) or a refusal. The wait must end by the
+    call's deadline. An attempt that waited starts when the wait ends
+    (``attempt.started`` is set again). A refusal is handled like a failed
+    attempt and goes to ``healkit_on_error``. A plugin that holds something
+    for the attempt (a slot) releases it in ``healkit_post_response`` or
+    ``healkit_on_error``, and in ``healkit_call_end`` and
+    ``healkit_call_abandoned`` for an attempt a crash or a cancellation ended.
+
+    Result: implementations are called in hook order, each awaited before
+    the next, until a decision plugin refuses; the implementations after it
+    do not run for that attempt. An observer plugin cannot refuse. May return
+    an awaitable.
     """
 
 

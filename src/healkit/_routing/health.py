@@ -10,9 +10,12 @@ import msgspec
 
 from healkit._errors import (
     CircuitOpenError,
+    ConnectError,
+    ConnectTimeout,
     DeadlineExceeded,
     HealkitError,
     HTTPStatusError,
+    OverloadError,
     TimeoutExceeded,
     TransportError,
 )
@@ -107,6 +110,17 @@ def moves_on(call: CallContext, error: HealkitError) -> bool:
             error, TransportError | CircuitOpenError | TimeoutExceeded
         ) and not isinstance(error, DeadlineExceeded)
     return failed and (not error.may_have_reached_server or resendable(call))
+
+
+def fails_over(error: HealkitError) -> bool:
+    """Whether ``error`` never reached the server and another endpoint may take the call."""
+    if isinstance(error, OverloadError):
+        return error.endpoint is not None  # a per-service limit would refuse on every endpoint
+    # A redirect's target refused: the first hop was answered, the request arrived.
+    return (
+        isinstance(error, ConnectError | ConnectTimeout | CircuitOpenError)
+        and not error.may_have_reached_server
+    )
 
 
 def resendable(call: CallContext) -> bool:

@@ -54,9 +54,6 @@ import aiohttp
 from healkit._config.models import ConfigSection, HealkitConfig
 from healkit._context import AttemptContext, CallContext, RetryDecision
 from healkit._errors import (
-    CircuitOpenError,
-    ConnectError,
-    ConnectTimeout,
     HealkitError,
     HTTPStatusError,
     PluginError,
@@ -69,6 +66,7 @@ from healkit._routing.health import (
     Health,
     counts_against,
     failed_groups,
+    fails_over,
     moves_on,
     resendable,
 )
@@ -427,11 +425,7 @@ class Router:
             return RetryDecision.again(
                 0.0, reason=f"fallback group {group} after a failure on {attempt.endpoint}"
             )
-        if (
-            not isinstance(error, ConnectError | ConnectTimeout | CircuitOpenError)
-            # A redirect's target refused: the first hop was answered, the request arrived.
-            or error.may_have_reached_server
-        ):
+        if not fails_over(error):
             return None
         if not plan.settings.failover or plan.choices <= 1:
             return None
