@@ -221,6 +221,7 @@ class LimitPlugin:
         """Note whether any policy turns a limit on, off the event loop."""
         config.stash[self._active_key] = _active(config)
 
+    @healkit.hookimpl
     def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
         """Whether no policy turns a limit on (then the hooks stay out of the plan)."""
         active = config.stash.get(self._active_key)  # None: healkit_prepare failed
