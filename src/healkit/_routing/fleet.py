@@ -225,7 +225,7 @@ class FleetHealth:
         """
         while True:
             try:
-                async with client.lease(ttl) as lease:
+                async with client.lease(ttl, clock=clock) as lease:
                     # A new lease: write again everything this instance reports.
                     for service, endpoint in list(self._mine):
                         key = _key(root, service, endpoint, self.instance)
