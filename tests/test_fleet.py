@@ -266,21 +266,28 @@ async def test_an_instance_rewrites_its_view_when_an_ejection_runs_out(
         await wait_for_view(etcd, name, lambda view: usable(view) is True)
         await a.client.get("/x", service=SERVICE)  # 503 from bad: ejected for 2.5 s
         # The view was written just now: the next write waits out VIEW_PERIOD (1 s).
-        await sleeping(clock)
+        # Two sleepers: the publisher, and its lease keeper (a refresh every 5/3 s).
+        await sleeping(clock, 2)
         clock.advance(1.0)
         await wait_for_view(etcd, name, lambda view: usable(view) is False)
         # No call, no event: the instance knew when the ejection would end, 1.5 s on.
-        await sleeping(clock)
-        clock.advance(1.0)
+        await sleeping(clock, 2)
+        clock.advance(1.0)  # wakes the lease keeper (due at 5/3 s), not the publisher
         assert clock.sleeping == 1  # not yet
+        await sleeping(clock, 2)  # the lease keeper refreshed and sleeps again
         clock.advance(0.5)
         back = await wait_for_view(etcd, name, lambda view: usable(view) is True)
         assert back is not None
         assert back.services[SERVICE].traffic == (bad.url, good.url)
-    assert clock.sleeps[:2] == [1.0, 1.5]  # one period, then to the ejection's end
+    publisher = [seconds for seconds in clock.sleeps if seconds != LEASE_REFRESH]
+    assert publisher[:2] == [1.0, 1.5]  # one period, then to the ejection's end
+    assert clock.sleeps.count(LEASE_REFRESH) >= 2  # the lease is kept on the runtime's clock
 
 
-async def sleeping(clock: ManualClock) -> None:
-    """Wait until the fleet health publisher sleeps on ``clock``."""
+LEASE_REFRESH = 5 / 3  # the lease keeper's pause: TTL/3
+
+
+async def sleeping(clock: ManualClock, count: int = 1) -> None:
+    """Wait until ``count`` tasks (the fleet health publisher, its lease keeper) sleep."""
     with anyio.fail_after(10):
-        await clock.wait_for_sleepers()
+        await clock.wait_for_sleepers(count)

@@ -237,7 +237,7 @@ class FleetHealth:
         """
         while True:
             try:
-                async with client.lease(ttl) as lease:
+                async with client.lease(ttl, clock=clock) as lease:
                     # A new lease: write again everything this instance reports.
                     self._published = set()
                     self._dirty.set()

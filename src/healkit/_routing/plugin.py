@@ -81,6 +81,7 @@ from healkit._routing.settings import (
     serving_group,
 )
 from healkit._stash import StashKey
+from healkit.etcd import EtcdSource
 from healkit.events import EndpointDown, EndpointEjected, EndpointReturned
 from healkit.hookspecs import CircuitState, hookimpl
 
@@ -212,14 +213,13 @@ class Router:
             return
         fleets = self._index.fleets
         source = runtime.source
-        listen, client = getattr(source, "listen", None), getattr(source, "client", None)
-        root = getattr(source, "root", None)
-        if not fleets or not callable(listen) or client is None or not isinstance(root, str):
+        if not fleets or not isinstance(source, EtcdSource):
             return  # no etcd source: health stays local
+        client, root = source.client, source.root
         ttl = min(fleets.values())
         fleet_health = self._fleet
         self._wall_offset = time.time() - runtime.clock.now()
-        listen("health/", lambda events, _revision: fleet_health.heard(root, events))
+        source.listen("health/", lambda events, _revision: fleet_health.heard(root, events))
         self._sharing = runtime.start_background(
             "routing fleet health",
             lambda: fleet_health.publish_forever(client, root, ttl, self._describe, runtime.clock),

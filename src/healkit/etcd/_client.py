@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Self, final
 
+from healkit._clock import SYSTEM_CLOCK, Clock
 from healkit._errors import EtcdProtocolError, EtcdRequestError
 from healkit.etcd._feed import Subscription, subscribe
 from healkit.etcd._gateway import DEFAULT_MAX_MESSAGE, Gateway, Settings, settings, stream_error
@@ -386,13 +387,13 @@ class EtcdClient:
             "/v3/lease/revoke", {"ID": lease_id}, EMPTY_REPLY, idempotent=False
         )
 
-    def lease(self, ttl: int) -> LeaseKeeper:
+    def lease(self, ttl: int, *, clock: Clock = SYSTEM_CLOCK) -> LeaseKeeper:
         """Grant a lease and keep it alive while the ``async with`` block runs.
 
-        The lease is refreshed every ``ttl / 3`` seconds in a background task
-        and revoked when the block exits. See :class:`LeaseKeeper`.
+        The lease is refreshed every ``ttl / 3`` seconds of ``clock`` in a
+        background task and revoked when the block exits. See :class:`LeaseKeeper`.
         """
-        return LeaseKeeper(self, ttl)
+        return LeaseKeeper(self, ttl, clock=clock)
 
     # -- cluster -------------------------------------------------------------------
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self, final
 
+from healkit._clock import SYSTEM_CLOCK, Clock
 from healkit._errors import EtcdError
 from healkit._log import get_logger
 from healkit.etcd._messages import Lease
@@ -36,14 +36,28 @@ class LeaseKeeper:
     and re-writing the keys is the owner's decision. Leaving the block revokes
     the lease unless it expired; a failed revoke is logged, not raised (the
     lease then ends with its TTL).
+
+    Its pauses and its "no refresh for a whole TTL" measure are ``clock``'s:
+    the system clock by default, the runtime's where a runtime keeps the
+    lease, a :class:`healkit.testing.ManualClock` in tests.
     """
 
-    __slots__ = ("_client", "_expired", "_last_ok", "_lease", "_refreshes", "_task", "_ttl")
+    __slots__ = (
+        "_client",
+        "_clock",
+        "_expired",
+        "_last_ok",
+        "_lease",
+        "_refreshes",
+        "_task",
+        "_ttl",
+    )
 
-    def __init__(self, client: EtcdClient, ttl: int) -> None:
+    def __init__(self, client: EtcdClient, ttl: int, *, clock: Clock = SYSTEM_CLOCK) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be > 0 seconds")
         self._client = client
+        self._clock = clock
         self._ttl = ttl
         self._lease: Lease | None = None
         self._task: asyncio.Task[None] | None = None
@@ -92,7 +106,7 @@ class LeaseKeeper:
         if self._lease is not None:
             raise RuntimeError("a LeaseKeeper can be entered only once")
         self._lease = await self._client.lease_grant(self._ttl)
-        self._last_ok = time.monotonic()
+        self._last_ok = self._clock.now()
         self._task = asyncio.create_task(self._keep(self._lease))
         return self
 
@@ -125,7 +139,7 @@ class LeaseKeeper:
         interval = max(lease.ttl / 3, 0.05)
         delay = interval
         while True:
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
             try:
                 remaining = await self._client.lease_keepalive(lease.id)
             except EtcdError as error:
@@ -135,7 +149,7 @@ class LeaseKeeper:
                     error=type(error).__name__,
                     reason=error.message,
                 )
-                if time.monotonic() - self._last_ok >= lease.ttl:
+                if self._clock.now() - self._last_ok >= lease.ttl:
                     self._expire(lease, "no refresh succeeded for a whole TTL")
                     return
                 delay = interval / 3
@@ -143,7 +157,7 @@ class LeaseKeeper:
             if remaining <= 0:
                 self._expire(lease, "etcd no longer knows the lease")
                 return
-            self._last_ok = time.monotonic()
+            self._last_ok = self._clock.now()
             self._refreshes += 1
             delay = interval
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, final
 
+import aiohttp
 import anyio
 import msgspec
 
@@ -615,8 +616,10 @@ def certificate_problem(error: BaseException) -> bool:
             text = f"{exc.reason or ''} {exc}".upper()
             if any(marker in text for marker in _CERTIFICATE_REASONS):
                 return True
-        for attribute in ("__cause__", "__context__", "certificate_error", "os_error"):
-            found = getattr(exc, attribute, None)
-            if isinstance(found, BaseException):
-                stack.append(found)
+        linked: list[BaseException | None] = [exc.__cause__, exc.__context__]
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            linked.append(exc.os_error)
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            linked.append(exc.certificate_error)
+        stack.extend(found for found in linked if found is not None)
     return False

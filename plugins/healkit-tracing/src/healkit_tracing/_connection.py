@@ -48,7 +48,7 @@ def _state(sinks: Sinks, ctx: SimpleNamespace) -> AttemptSpan | None:
         sinks.refresh()
     if not (sinks.spans or sinks.metrics):
         return None  # no SDK: no attempt has a state
-    attempt = getattr(ctx, "trace_request_ctx", None)
+    attempt = ctx.trace_request_ctx  # aiohttp always sets it (None unless healkit's request)
     if not isinstance(attempt, healkit.AttemptContext):
         return None
     state = attempt.stash.get(ATTEMPT)

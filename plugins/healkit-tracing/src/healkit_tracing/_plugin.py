@@ -41,7 +41,6 @@ import aiohttp
 import yarl
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.metrics import _internal as metrics_api
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
 import healkit
@@ -52,7 +51,7 @@ from healkit_tracing import _names as n
 from healkit_tracing._connection import build_trace_config
 from healkit_tracing._logging import ATTEMPT_SPAN
 from healkit_tracing._metrics import Instruments
-from healkit_tracing._providers import Sinks, meter_kind, tracer_kind
+from healkit_tracing._providers import Sinks, globals_unset, meter_kind, tracer_kind
 from healkit_tracing._settings import SECTION
 from healkit_tracing._state import ATTEMPT, POLICY, AttemptSpan, Policy, policy_of
 
@@ -249,8 +248,7 @@ class TracingPlugin:
         """Start the attempt's span; inject its context into the attempt's headers."""
         sinks = self._sinks
         if sinks.dormant:
-            # _providers.globals_unset(), inlined: this is every call's cost without an SDK.
-            if trace._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None:  # noqa: SLF001
+            if globals_unset():  # every call's cost without an SDK
                 if call.transport == "http" and otel_context.get_current():
                     self._without_span(call, attempt)  # an incoming trace context to pass on
                 return
@@ -318,7 +316,7 @@ class TracingPlugin:
         """End the failed attempt's span (made now if a plugin refused the attempt)."""
         sinks = self._sinks
         if sinks.dormant:
-            if trace._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None:  # noqa: SLF001
+            if globals_unset():
                 return  # no SDK
             sinks.refresh()
         elif sinks.watching:
@@ -346,7 +344,7 @@ class TracingPlugin:
         """End the last attempt's span if open; show a fallback; record the call's duration."""
         sinks = self._sinks
         if sinks.dormant:
-            if trace._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None:  # noqa: SLF001
+            if globals_unset():
                 return  # no SDK
             sinks.refresh()
         elif sinks.watching:

@@ -12,34 +12,70 @@ up an SDK installed later with ``trace.set_tracer_provider`` or
   ``NoOpTracerProvider`` / ``NoOpMeterProvider`` never record; any other
   provider may (an SDK samples span by span, so spans are still asked
   ``is_recording()``);
-* the global provider, not set yet: the API's proxy. Whether it has been set
-  since is read from the API module's global (``_TRACER_PROVIDER``,
+* the global provider, not set yet: the API's proxy (for traces the public
+  API says so: ``get_tracer_provider()`` returns a ``ProxyTracerProvider``
+  until one is set). Whether one has been set since is then read, on every
+  call, from the API module's globals (``_TRACER_PROVIDER``,
   ``_METER_PROVIDER``), exactly what the API's own proxies read to decide the
   same thing. A global provider can be set once only, so once it is seen set,
   nothing is read again.
 
-Those module globals are private to the API. If a version renames them, the
-proxies are treated as recording: every call then pays the API's no-op cost,
-nothing breaks, and ``tests/test_tracing_providers.py`` says so.
+Those globals are private to the API, and read only where they were verified:
+the public getters cost two environment look-ups a call, and the metrics API
+has no public way at all to tell its proxy from a provider that was set. With
+an opentelemetry-api outside :data:`VERIFIED_API`, nothing private is read:
+the proxies are treated as recording, every call then pays the API's no-op
+cost, nothing breaks, and ``tests/test_tracing_providers.py`` fails to say the
+range needs a look.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib.metadata
+import re
 from collections.abc import Callable
 from typing import Final, final
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import _internal as metrics_api
 
-__all__ = ["READABLE", "Kind", "Sinks", "globals_unset", "meter_kind", "tracer_kind"]
+__all__ = [
+    "API_VERSION",
+    "READABLE",
+    "VERIFIED_API",
+    "Kind",
+    "Sinks",
+    "globals_unset",
+    "meter_kind",
+    "tracer_kind",
+]
 
-READABLE: Final = (
-    hasattr(trace, "_TRACER_PROVIDER")
-    and hasattr(metrics_api, "_METER_PROVIDER")
-    and hasattr(metrics_api, "_PROXY_METER_PROVIDER")
-)
-"""Whether this API version keeps its global providers where :class:`Sinks` reads them."""
+VERIFIED_API: Final = ((1, 30), (1, 46))
+"""The opentelemetry-api versions ``[from, to)`` whose private globals :class:`Sinks` reads.
+
+Checked in the API's source of every release from 1.30.0 to 1.45.2 (the same
+three globals, set in the same place); the plugin's tests pass on 1.30.0,
+1.31.0 and 1.45.2. Widen it only after reading the new release's
+``opentelemetry/trace/__init__.py`` and ``opentelemetry/metrics/_internal/__init__.py``.
+"""
+
+
+def _api_version() -> tuple[int, int] | None:
+    """Return the installed opentelemetry-api's (major, minor), ``None`` if unknown."""
+    try:
+        text = importlib.metadata.version("opentelemetry-api")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    match = re.match(r"(\d+)\.(\d+)", text)
+    return None if match is None else (int(match[1]), int(match[2]))
+
+
+API_VERSION: Final = _api_version()
+"""The installed opentelemetry-api's (major, minor), ``None`` if its metadata is missing."""
+
+READABLE: Final = API_VERSION is not None and VERIFIED_API[0] <= API_VERSION < VERIFIED_API[1]
+"""Whether :class:`Sinks` may read the API's private globals (see :data:`VERIFIED_API`)."""
 
 
 class Kind(enum.Enum):
@@ -59,8 +95,12 @@ def tracer_kind(provider: trace.TracerProvider | None) -> Kind:
         provider = trace.get_tracer_provider()  # loads OTEL_PYTHON_TRACER_PROVIDER if named
     if isinstance(provider, trace.NoOpTracerProvider):
         return Kind.NEVER
-    if isinstance(provider, trace.ProxyTracerProvider) and READABLE:
-        return Kind.MAY if trace._TRACER_PROVIDER is not None else Kind.UNSET  # noqa: SLF001 - see the module docstring
+    if (
+        READABLE
+        and isinstance(provider, trace.ProxyTracerProvider)
+        and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # none set yet
+    ):
+        return Kind.UNSET
     return Kind.MAY
 
 
@@ -70,7 +110,7 @@ def meter_kind(provider: metrics.MeterProvider | None) -> Kind:
         provider = metrics.get_meter_provider()  # loads OTEL_PYTHON_METER_PROVIDER if named
     if isinstance(provider, metrics.NoOpMeterProvider):
         return Kind.NEVER
-    if READABLE and provider is metrics_api._PROXY_METER_PROVIDER:  # noqa: SLF001 - see the module docstring
+    if READABLE and provider is metrics_api._PROXY_METER_PROVIDER:  # noqa: SLF001 - no public way
         return Kind.MAY if metrics_api._METER_PROVIDER is not None else Kind.UNSET  # noqa: SLF001
     return Kind.MAY
 
@@ -80,10 +120,9 @@ class Sinks:
     """Whether spans and metrics may be recorded now.
 
     The hot path reads it in one of two ways. While ``dormant``, nothing
-    records until a global provider is set: :func:`globals_unset` (or the same
-    two reads inlined) says whether that is still so, and :meth:`refresh` takes
-    the change up. Otherwise, ``refresh()`` if ``watching``, then ``spans`` and
-    ``metrics``.
+    records until a global provider is set: :func:`globals_unset` says whether
+    that is still so, and :meth:`refresh` takes the change up. Otherwise,
+    ``refresh()`` if ``watching``, then ``spans`` and ``metrics``.
 
     Attributes:
         spans: the tracer may record (``False``: skip every span).
@@ -139,5 +178,8 @@ class Sinks:
 
 
 def globals_unset() -> bool:
-    """Whether neither global provider has been set (the hot path inlines these two reads)."""
+    """Whether neither global provider has been set (only called while :class:`Sinks` is dormant).
+
+    A :class:`Sinks` is dormant only if :data:`READABLE`: the reads are verified.
+    """
     return trace._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None  # noqa: SLF001
