@@ -238,25 +238,58 @@ class FleetHealth:
         while True:
             try:
                 async with client.lease(ttl, clock=clock) as lease:
-                    # A new lease: write again everything this instance reports.
-                    self._published = set()
-                    self._dirty.set()
-                    self._last_view = None
-                    self._stale.set()
                     while not lease.expired:
-                        await self._write_reports(client, root, lease, clock)
-                        await self._write_view(client, root, lease, describe, clock)
-                        await self._next(lease, clock)
+                        # A new lease, or a write etcd did not confirm: write everything again.
+                        self._write_all()
+                        try:
+                            await self._publish(client, root, lease, describe, clock)
+                        except _LeaseLostError:
+                            raise
+                        except EtcdError as error:
+                            # The lease may well live on (its keeper says when it does
+                            # not): keep it, and its records with it, and try again.
+                            self._unavailable(error)
+                            await clock.sleep(RETRY_PAUSE)
             except _LeaseLostError:
                 _logger.info("healkit.fleet_health_lease_renewed", instance=self.instance)
             except EtcdError as error:
-                _logger.warning(
-                    "healkit.fleet_health_unavailable",
-                    instance=self.instance,
-                    error=type(error).__name__,
-                    reason=error.message,
-                )
+                self._unavailable(error)
                 await clock.sleep(RETRY_PAUSE)
+
+    async def _publish(
+        self,
+        client: EtcdClient,
+        root: str,
+        lease: LeaseKeeper,
+        describe: Describe,
+        clock: Clock,
+    ) -> None:
+        """Write the reports and the view whenever they are due, while the lease lives.
+
+        Raises:
+            _LeaseLostError: the lease expired.
+            EtcdError: etcd did not take a write.
+
+        """
+        while True:
+            await self._write_reports(client, root, lease, clock)
+            await self._write_view(client, root, lease, describe, clock)
+            await self._next(lease, clock)
+
+    def _write_all(self) -> None:
+        """Forget what etcd was last told, so that everything is written again."""
+        self._published = set()
+        self._dirty.set()
+        self._last_view = None
+        self._stale.set()
+
+    def _unavailable(self, error: EtcdError) -> None:
+        _logger.warning(
+            "healkit.fleet_health_unavailable",
+            instance=self.instance,
+            error=type(error).__name__,
+            reason=error.message,
+        )
 
     async def _write_reports(
         self, client: EtcdClient, root: str, lease: LeaseKeeper, clock: Clock
