@@ -29,6 +29,7 @@ from typing import Protocol, final, runtime_checkable
 
 import anyio
 
+from healkit._config.compact import compacted
 from healkit._config.formats import (
     DEFAULT_LIMITS,
     DocumentLimits,
@@ -47,6 +48,11 @@ class ConfigSink(Protocol):
 
     async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
         """Validate and apply ``raw``; return the error if it was rejected.
+
+        ``raw`` may be compact (:func:`~healkit._config.compact.compacted`):
+        its ``defaults`` and service documents held as
+        :class:`~healkit._config.compact.Encoded` bytes, which
+        ``build_config`` decodes one at a time.
 
         The runtime validates in a worker thread; the source awaits the
         outcome before it submits its next document, so documents apply in
@@ -203,7 +209,9 @@ class FileSource:
             if signature == self._signature:
                 continue
             self._signature = signature
-            digest, document = await off_loop(functools.partial(self._fetch, self._digest))
+            digest, document = await off_loop(
+                functools.partial(self._fetch, self._digest, compact=True)
+            )
             if digest == self._digest:
                 continue
             self._digest = digest
@@ -212,12 +220,14 @@ class FileSource:
             else:
                 await sink.submit(document, origin=self.origin)
 
-    def _fetch(self, known: bytes | None) -> tuple[bytes | None, object]:
+    def _fetch(self, known: bytes | None, *, compact: bool = False) -> tuple[bytes | None, object]:
         """Read the file; return its digest and its document (or why there is none).
 
         The document is ``None`` when the digest is ``known`` (nothing changed),
         a :class:`ConfigError` when the file cannot be read (digest ``None``)
-        or decoded. Runs in a worker thread: it touches no state of the source.
+        or decoded. ``compact``: the document is :func:`compacted` here, so that
+        its decoded tree is dropped in this thread, before the runtime validates
+        it. Runs in a worker thread: it touches no state of the source.
         """
         try:
             fmt = format_for_path(self._path)
@@ -228,9 +238,10 @@ class FileSource:
         if digest == known:
             return digest, None
         try:
-            return digest, parse_document(data, fmt=fmt, origin=self.origin, limits=self._limits)
+            document = parse_document(data, fmt=fmt, origin=self.origin, limits=self._limits)
         except ConfigError as error:
             return digest, error
+        return digest, compacted(document) if compact else document
 
     def _stat(self) -> tuple[int, int, int]:
         try:
