@@ -29,11 +29,11 @@ from typing import Protocol, final, runtime_checkable
 
 import anyio
 
-from healkit._config.compact import compacted
 from healkit._config.formats import (
     DEFAULT_LIMITS,
     DocumentLimits,
     format_for_path,
+    parse_compact,
     parse_document,
     read_file,
 )
@@ -225,9 +225,10 @@ class FileSource:
 
         The document is ``None`` when the digest is ``known`` (nothing changed),
         a :class:`ConfigError` when the file cannot be read (digest ``None``)
-        or decoded. ``compact``: the document is :func:`compacted` here, so that
-        its decoded tree is dropped in this thread, before the runtime validates
-        it. Runs in a worker thread: it touches no state of the source.
+        or decoded. ``compact``: the document is decoded compact
+        (:func:`~healkit._config.formats.parse_compact`), so that no tree of the
+        whole document outlives this thread, nor (JSON) exists at all. Runs in
+        a worker thread: it touches no state of the source.
         """
         try:
             fmt = format_for_path(self._path)
@@ -237,11 +238,11 @@ class FileSource:
         digest = hashlib.sha256(data).digest()
         if digest == known:
             return digest, None
+        parse = parse_compact if compact else parse_document
         try:
-            document = parse_document(data, fmt=fmt, origin=self.origin, limits=self._limits)
+            return digest, parse(data, fmt=fmt, origin=self.origin, limits=self._limits)
         except ConfigError as error:
             return digest, error
-        return digest, compacted(document) if compact else document
 
     def _stat(self) -> tuple[int, int, int]:
         try:
