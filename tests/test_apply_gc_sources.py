@@ -20,8 +20,8 @@ import anyio
 import pytest
 
 import healkit
-from healkit import ConfigError
-from healkit._config.compact import Encoded, compacted, expanded
+from healkit import ConfigError, plain_document
+from healkit._config.compact import Encoded, compacted
 from healkit._config.formats import DocumentLimits, parse_compact, parse_document
 from healkit.etcd import EtcdClient, EtcdSource, PutOp
 from healkit.testing import EtcdServer
@@ -93,7 +93,7 @@ async def test_a_file_sources_document_holds_two_tracked_containers(tmp_path: Pa
         group.cancel_scope.cancel()
     submitted = sink.documents[0]
     assert tracked_containers(submitted) <= 2  # the document and its services; was 3 a service
-    assert expanded(submitted) == doc
+    assert plain_document(submitted) == doc
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ async def test_the_etcd_source_submits_and_keeps_its_documents_compact(etcd: Etc
     await source.load_into(sink)
     submitted = sink.documents[-1]
     assert tracked_containers(submitted) <= 2
-    plain = expanded(submitted)
+    plain = plain_document(submitted)
     assert isinstance(plain, dict)
     assert plain["defaults"] == {"max_redirects": 3}
     assert plain["services"]["s0"] == {**service(0), "max_redirects": 4}  # the overlay on top
@@ -208,7 +208,7 @@ def test_a_json_document_is_decoded_one_service_at_a_time() -> None:
     # No collection ran, or one found few more objects alive than before; decoded
     # whole, the tree alone is 20,000 containers (29,500 more objects at the peak).
     assert max(peak[0], before) - before < 1_000
-    assert expanded(compact) == parse_document(text, fmt="json", origin="test")
+    assert plain_document(compact) == parse_document(text, fmt="json", origin="test")
 
 
 JSON_CASES = [
@@ -243,7 +243,7 @@ def test_a_json_document_decoded_compact_is_the_same_or_refused_the_same(
 ) -> None:
     def outcome(parse: Callable[..., object]) -> object:
         try:
-            return expanded(parse(text, fmt="json", origin="test", limits=limits))
+            return plain_document(parse(text, fmt="json", origin="test", limits=limits))
         except ConfigError as error:
             return str(error)
 

@@ -29,7 +29,7 @@ import msgspec
 
 from healkit._config.validate import fingerprint
 
-__all__ = ["Encoded", "compacted", "encoded", "expanded", "opened"]
+__all__ = ["Encoded", "compacted", "encoded", "opened", "plain_document"]
 
 _PARTS: Final = frozenset({"defaults", "services"})
 """The parts of a document kept :class:`Encoded`; any other is small, and copied."""
@@ -87,8 +87,16 @@ def compacted(document: object) -> object:
     return compact
 
 
-def expanded(document: object) -> object:
-    """Return ``document`` with every :class:`Encoded` part decoded: a plain document again."""
+def plain_document(document: object) -> object:
+    """Return ``document`` with every compact part decoded: a plain document again.
+
+    The file and etcd sources submit their documents compact to a
+    :class:`~healkit.ConfigSink`: the ``defaults`` and each service's document
+    may be held as msgpack bytes. A sink of your own that reads a document it
+    is given (to show or compare it) reads ``plain_document(raw)``;
+    :func:`~healkit.build_config` takes either. Any other value is returned
+    as it is.
+    """
     if not isinstance(document, Mapping):
         return document
     plain: dict[object, object] = dict(document)

@@ -49,10 +49,9 @@ class ConfigSink(Protocol):
     async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
         """Validate and apply ``raw``; return the error if it was rejected.
 
-        ``raw`` may be compact (:func:`~healkit._config.compact.compacted`):
-        its ``defaults`` and service documents held as
-        :class:`~healkit._config.compact.Encoded` bytes, which
-        ``build_config`` decodes one at a time.
+        ``raw`` may be compact: its ``defaults`` and service documents held
+        as msgpack bytes, which ``build_config`` decodes one at a time;
+        :func:`~healkit.plain_document` gives the plain document.
 
         The runtime validates in a worker thread; the source awaits the
         outcome before it submits its next document, so documents apply in

@@ -69,7 +69,7 @@ from typing import Final, Literal, final
 
 import msgspec
 
-from healkit._config.compact import encoded, expanded, opened
+from healkit._config.compact import encoded, opened, plain_document
 from healkit._config.formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
 from healkit._config.models import name_problem
 from healkit._config.sources import ConfigSink
@@ -363,7 +363,7 @@ class EtcdSource:
             # The bootstrap read is what the runtime applies now: an instance
             # restarted while etcd is away starts from it, changed since or not.
             await self._persist()
-        return expanded(self._assemble(self._good))
+        return plain_document(self._assemble(self._good))
 
     async def load_into(self, sink: ConfigSink) -> None:
         """Read every document of the namespace at one revision and submit them to ``sink``.
