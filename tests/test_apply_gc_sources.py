@@ -248,3 +248,17 @@ def test_a_json_document_decoded_compact_is_the_same_or_refused_the_same(
             return str(error)
 
     assert outcome(parse_compact) == outcome(parse_document)
+
+
+async def test_an_installed_document_adds_about_one_tracked_object_per_service() -> None:
+    runtime = healkit.Runtime()  # every first-party plugin, from the entry points
+    assert await runtime.submit({"services": {"s0": service(0)}}, origin="test") is None
+    before = tracked()
+    doc = compacted({"services": {f"s{i}": service(i) for i in range(2_000)}})
+    assert await runtime.submit(doc, origin="test") is None
+    added = tracked() - before
+    assert added < 1.2 * 2_000  # its policy; the set of its known endpoints waits for a use
+    policy = runtime.config.services["s7"]
+    assert policy.known_endpoints == {"http://a7.test", "http://b7.test"}
+    assert policy.known_endpoints is policy.known_endpoints
+    assert runtime.config.configured("s7", "http://b7.test")

@@ -343,13 +343,13 @@ class ServicePolicy:
     """
 
     __slots__ = (
+        "_known",
         "_resolved",
         "_sections",
         "_stash",
         "call_limits",
         "endpoints",
         "follow_redirects",
-        "known_endpoints",
         "max_body_bytes",
         "max_redirects",
         "name",
@@ -379,20 +379,34 @@ class ServicePolicy:
         self.follow_redirects = core.follow_redirects
         self.max_redirects = core.max_redirects
         self._sections = sections
-        declared = (
-            e
-            for value in (getattr(core, section) for section in sections)
-            if isinstance(value, DeclaresEndpoints)
-            for e in value.declared_endpoints()
-        )
-        self.known_endpoints = frozenset(self.endpoints).union(
-            normalize_endpoint(e) for e in declared
-        )
+        self._known: frozenset[str] | None = None
         self._stash: Stash | None = None
         self.call_limits: tuple[Timeouts, float] | None = None
 
     def __repr__(self) -> str:
         return f"ServicePolicy({self.name!r}, endpoints={self.endpoints!r})"
+
+    @property
+    def known_endpoints(self) -> frozenset[str]:
+        """``endpoints`` and every endpoint a section of the policy declares, normalized.
+
+        Worked out on first use, like :attr:`stash`: a set is one more object
+        per service for the garbage collector, and most services of a large
+        document are never asked. Threads that ask at once get equal sets.
+        """
+        known = self._known
+        if known is None:
+            core = self._resolved
+            declared = (
+                e
+                for value in (getattr(core, section) for section in self._sections)
+                if isinstance(value, DeclaresEndpoints)
+                for e in value.declared_endpoints()
+            )
+            known = self._known = frozenset(self.endpoints).union(
+                normalize_endpoint(e) for e in declared
+            )
+        return known
 
     @property
     def stash(self) -> Stash:
