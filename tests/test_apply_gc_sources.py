@@ -23,7 +23,7 @@ import healkit
 from healkit import ConfigError, plain_document
 from healkit._config.compact import Encoded, compacted
 from healkit._config.formats import DocumentLimits, parse_compact, parse_document
-from healkit.etcd import EtcdClient, EtcdSource, PutOp
+from healkit.etcd import EtcdClient, EtcdSource, KeyValue, PutOp, WatchEvent
 from healkit.testing import EtcdServer
 
 pytestmark = pytest.mark.anyio
@@ -262,3 +262,10 @@ async def test_an_installed_document_adds_about_one_tracked_object_per_service()
     assert policy.known_endpoints == {"http://a7.test", "http://b7.test"}
     assert policy.known_endpoints is policy.known_endpoints
     assert runtime.config.configured("s7", "http://b7.test")
+
+
+def test_etcd_watch_events_are_not_tracked_by_the_garbage_collector() -> None:
+    kv = KeyValue(key=b"/healkit/gc/services/s1", value=b"{}", mod_revision=7)
+    event = WatchEvent(kv=kv, prev_kv=kv)
+    assert not gc.is_tracked(kv)
+    assert not gc.is_tracked(event)  # one a key of a revision: 10,000 for a large write
