@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,7 +41,7 @@ from typing import Any, Final
 from _harness import ScenarioResult, Settings, Table, Target, progress
 
 import healkit
-from healkit.etcd import EtcdClient, EtcdSource, PutOp
+from healkit.etcd import EtcdClient, EtcdSource
 from healkit.testing import EtcdServer, FaultServer
 
 __all__ = ["run"]
@@ -225,15 +227,29 @@ async def _file_steps(size: int, server: FaultServer) -> dict[str, Observation]:
         return steps
 
 
+_WRITER: Final = """
+import asyncio, json, sys
+from healkit.etcd import EtcdClient, PutOp
+
+async def write(url, root, documents):
+    async with EtcdClient(url) as etcd:
+        ops = [PutOp(key=(root + k).encode(), value=v.encode()) for k, v in documents.items()]
+        await etcd.txn(success=ops)
+
+asyncio.run(write(sys.argv[1], sys.argv[2], json.load(sys.stdin)))
+"""
+
+
 def _write_in_thread(url: str, documents: dict[str, bytes]) -> None:
-    """Write every document in one transaction, from a loop and client of this thread's own."""
+    """Write every document in one transaction, from a process of its own (an operator's tool).
 
-    async def write() -> None:
-        async with EtcdClient(url) as etcd:
-            ops = [PutOp(key=(ROOT + key).encode(), value=doc) for key, doc in documents.items()]
-            await etcd.txn(success=ops)
-
-    asyncio.run(write())
+    In this process, the writer's own objects (the transaction's request and
+    its 10,000 replies) would be collected, and walked, with the runtime's.
+    """
+    text = json.dumps({key: doc.decode() for key, doc in documents.items()})
+    subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", _WRITER, url, ROOT], input=text.encode(), check=True
+    )
 
 
 async def _etcd_steps(size: int, server: FaultServer) -> dict[str, Observation]:
