@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,7 +41,7 @@ from typing import Any, Final
 from _harness import ScenarioResult, Settings, Table, Target, progress
 
 import healkit
-from healkit.etcd import EtcdClient, EtcdSource, PutOp
+from healkit.etcd import EtcdClient, EtcdSource
 from healkit.testing import EtcdServer, FaultServer
 
 __all__ = ["run"]
@@ -64,8 +66,14 @@ def _service(i: int, *, attempt: float = 2.0) -> dict[str, Any]:
     }
 
 
-def _services(size: int, *, changed: int | None = None) -> dict[str, dict[str, Any]]:
-    return {f"s{i}": _service(i, attempt=3.0 if i == changed else 2.0) for i in range(size)}
+def _service_texts(size: int, *, changed: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """Each service's name and JSON document, one at a time.
+
+    The writer stands for another process (an operator's tool): it keeps its
+    documents as text, so that no tree of its own is in the collector's way.
+    """
+    for i in range(size):
+        yield f"s{i}", _encode(_service(i, attempt=3.0 if i == changed else 2.0))
 
 
 def _probe(url: str) -> dict[str, Any]:
@@ -195,41 +203,53 @@ async def _file_steps(size: int, server: FaultServer) -> dict[str, Observation]:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "healkit.json"
 
-        def document(services: dict[str, Any]) -> str:
-            document = {"services": {"probe": _probe(server.url), **services}}
-            return json.dumps(document, separators=(",", ":"))
+        def document(services: Iterator[tuple[str, bytes]]) -> str:
+            parts = [f'"probe":{_encode(_probe(server.url)).decode()}']
+            parts.extend(f'"{name}":{text.decode()}' for name, text in services)
+            return '{"services":{' + ",".join(parts) + "}}"
 
         def replace(text: str) -> None:
             temporary = path.with_suffix(".tmp")
             temporary.write_text(text)
             temporary.replace(path)
 
-        replace(document({}))
+        replace(document(iter(())))
         source = healkit.FileSource(path, poll_interval=0.05)
         runtime, timer = _timed_runtime(source)
         steps: dict[str, Observation] = {}
         async with healkit.Client(runtime=runtime) as client:
             steps["idle"] = await _observe(runtime, timer, client, None)
-            for step, services in (
-                ("grow", _services(size)),
-                ("change one", _services(size, changed=7)),
-            ):
-                text = document(services)  # built before the step: the bench's own work
+            for step, changed in (("grow", None), ("change one", 7)):
+                text = document(_service_texts(size, changed=changed))  # before the step
                 steps[step] = await _observe(
                     runtime, timer, client, lambda text=text: asyncio.to_thread(replace, text)
                 )
         return steps
 
 
+_WRITER: Final = """
+import asyncio, json, sys
+from healkit.etcd import EtcdClient, PutOp
+
+async def write(url, root, documents):
+    async with EtcdClient(url) as etcd:
+        ops = [PutOp(key=(root + k).encode(), value=v.encode()) for k, v in documents.items()]
+        await etcd.txn(success=ops)
+
+asyncio.run(write(sys.argv[1], sys.argv[2], json.load(sys.stdin)))
+"""
+
+
 def _write_in_thread(url: str, documents: dict[str, bytes]) -> None:
-    """Write every document in one transaction, from a loop and client of this thread's own."""
+    """Write every document in one transaction, from a process of its own (an operator's tool).
 
-    async def write() -> None:
-        async with EtcdClient(url) as etcd:
-            ops = [PutOp(key=(ROOT + key).encode(), value=doc) for key, doc in documents.items()]
-            await etcd.txn(success=ops)
-
-    asyncio.run(write())
+    In this process, the writer's own objects (the transaction's request and
+    its 10,000 replies) would be collected, and walked, with the runtime's.
+    """
+    text = json.dumps({key: doc.decode() for key, doc in documents.items()})
+    subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", _WRITER, url, ROOT], input=text.encode(), check=True
+    )
 
 
 async def _etcd_steps(size: int, server: FaultServer) -> dict[str, Observation]:
@@ -243,10 +263,10 @@ async def _etcd_steps(size: int, server: FaultServer) -> dict[str, Observation]:
         client = await stack.enter_async_context(healkit.Client(runtime=runtime))
         steps: dict[str, Observation] = {}
         for step, services in (
-            ("grow", _services(size)),
-            ("change one", {"s7": _service(7, attempt=3.0)}),
+            ("grow", _service_texts(size)),
+            ("change one", iter([("s7", _encode(_service(7, attempt=3.0)))])),
         ):
-            documents = {f"services/{name}": _encode(doc) for name, doc in services.items()}
+            documents = {f"services/{name}": text for name, text in services}
             steps[step] = await _observe(
                 runtime,
                 timer,
@@ -259,12 +279,14 @@ async def _etcd_steps(size: int, server: FaultServer) -> dict[str, Observation]:
 
 
 def _encode(document: dict[str, Any]) -> bytes:
-    return json.dumps(document).encode()
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 async def _measure(sizes: tuple[int, ...]) -> dict[str, dict[str, Observation]]:
     results: dict[str, dict[str, Observation]] = {}
-    async with FaultServer() as server:
+    # The server records no request: its history would grow with every call and
+    # be walked by every full collection (the bench's garbage, not the runtime's).
+    async with FaultServer(max_recorded=0) as server:
         for source, steps in (("file", _file_steps), ("etcd", _etcd_steps)):
             for size in sizes:
                 progress(f"  apply: {source} source, {size} services")

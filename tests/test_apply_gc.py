@@ -4,8 +4,9 @@ A full garbage collection stops the event loop for a time in proportion to
 every object it tracks. The configuration models are ``gc=False`` Structs, a
 policy makes its stash on first use and shares its snapshot's section names,
 and the runtime keeps a plain document encoded: an installed document of N
-services adds about two tracked objects per service (its policy and the
-frozenset of its known endpoints), where it added more than seven. A new
+services adds at most about two tracked objects per service (its policy, and
+the frozenset of its known endpoints once asked for), where it added more
+than seven. A new
 document validates only the services whose own document (or the defaults)
 changed. Structural checks, not timings.
 """

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import healkit
-from healkit import ConfigError
+from healkit import ConfigError, plain_document
 from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
 from healkit.testing import EtcdServer, TcpProxy, capture_events
 
@@ -231,8 +231,9 @@ class RecordingSink:
         match = re.search(r"revision (\d+)$", origin)
         assert match is not None
         self.revisions.append(int(match[1]))
-        assert isinstance(raw, dict)
-        self.documents.append(raw)
+        plain = plain_document(raw)  # the source submits its documents compact
+        assert isinstance(plain, dict)
+        self.documents.append(plain)
         return None
 
     def reject(self, error: ConfigError) -> None:

@@ -14,6 +14,7 @@ from importlib.metadata import version as _version
 from healkit._bounded import BoundedMap, EvictionReason, StateEvicted, StateSettings
 from healkit._client import AiohttpOptions, Client, RequestOptions
 from healkit._clock import Clock, MonotonicClock
+from healkit._config.compact import plain_document
 from healkit._config.formats import DocumentLimits
 from healkit._config.models import (
     ConfigChanges,
@@ -169,5 +170,6 @@ __all__ = [
     "endpoint_status",
     "get_logger",
     "hookimpl",
+    "plain_document",
     "resilient",
 ]

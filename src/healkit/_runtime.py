@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, NamedTuple, Self, TypeVar, final
 
 import aiohttp
-import msgspec
 import pluggy
 
 from healkit import _log
 from healkit._clock import SYSTEM_CLOCK, Clock
+from healkit._config.compact import compacted
 from healkit._config.models import (
     CORE_TIMEOUTS,
     ConfigSection,
@@ -36,7 +36,6 @@ from healkit._config.models import (
     build_config,
 )
 from healkit._config.sources import ConfigSource, FileSource, InMemorySource, PartialConfigSource
-from healkit._config.validate import fingerprint
 from healkit._errors import ConfigError, ConfigIssue, PluginError
 from healkit._offload import off_loop
 from healkit._plan import PER_CALL_HOOKS, CallPlan
@@ -162,7 +161,8 @@ class Runtime:
         self.rejections = 0
         self._raw: object = {}
         """The document in force, to validate again when a plugin is registered
-        (:func:`_keepable`: its encoding when it is a plain document)."""
+        (:func:`~healkit._config.compact.compacted`: each service's document as
+        bytes when it is plain)."""
         self._config: HealkitConfig = build_config({}, self.sections, origin="defaults")
         if isinstance(self._source, InMemorySource | FileSource):
             # Local documents are read at once: a bad one fails here, loudly.
@@ -242,7 +242,7 @@ class Runtime:
         """Validate ``raw`` and run ``healkit_prepare`` in a worker thread.
 
         Returns the snapshot, and what the runtime keeps of ``raw``
-        (:func:`_keepable`, worked out in the same thread).
+        (:func:`~healkit._config.compact.compacted`, worked out in the same thread).
 
         The new snapshot keeps the policies of the services it leaves unchanged
         (``build_config(previous=...)``), so the plugins' ``healkit_configure``
@@ -362,7 +362,7 @@ class Runtime:
             self.plugin_manager.check_pending()
             self.sections = config_sections(self.plugin_manager)
             # New plugins derive their own state: no policy of the old snapshot is kept.
-            self._apply_or_raise(_restored(self._raw), origin="plugins", configure=True, keep=False)
+            self._apply_or_raise(self._raw, origin="plugins", configure=True, keep=False)
         except (ConfigError, pluggy.PluginValidationError):
             self.plugin_manager.unregister(plugin)
             self.sections = config_sections(self.plugin_manager)
@@ -600,44 +600,19 @@ def _prepared(  # noqa: PLR0913 - what one validation needs, passed to a worker 
     ``failures``, to be reported on the event loop.
 
     Returns:
-        The snapshot, and what the runtime keeps of ``raw`` (:func:`_keepable`).
+        The snapshot, and what the runtime keeps of ``raw``: its compact form
+        (:func:`~healkit._config.compact.compacted`), which is also what is
+        validated, one service decoded at a time.
 
     Raises:
         ConfigError: the document is invalid.
 
     """
-    config = build_config(raw, sections, origin=origin, previous=previous)
+    compact = compacted(raw)
+    config = build_config(compact, sections, origin=origin, previous=previous)
     arguments = {"config": config, "previous": previous}
     call_each(pm, "healkit_prepare", arguments, lambda *failure: failures.append(failure))
-    return config, _keepable(raw)
-
-
-@final
-class _Encoded:
-    """A plain document kept as its msgpack encoding (see :func:`_keepable`)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-def _keepable(raw: object) -> object:
-    """Return what the runtime keeps of an installed document ``raw``.
-
-    A plain document (what JSON and TOML decode to) is kept encoded: one
-    ``bytes`` object instead of a few containers per service, for every full
-    garbage collection of the process to visit (each stops the event loop).
-    Decoding gives back an equal document, types included. Any other
-    document is kept as it is.
-    """
-    encoded = fingerprint(raw)
-    return raw if encoded is None else _Encoded(encoded)
-
-
-def _restored(kept: object) -> object:
-    """Return the document that :func:`_keepable` kept."""
-    return msgspec.msgpack.decode(kept.data) if isinstance(kept, _Encoded) else kept
+    return config, compact
 
 
 def _raise_plugin_error(plugin: str, hook: str, error: Exception) -> None:

@@ -34,6 +34,7 @@ from healkit._cli.args import (
 from healkit._cli.connection import Connection, etcd_command
 from healkit._cli.documents import DEFAULTS, SERVICES, build_issues, plugin_sections
 from healkit._cli.entry_logs import routed_logs
+from healkit._config.compact import opened
 from healkit._config.models import ConfigSection, build_config
 from healkit._errors import ConfigError
 from healkit._offload import off_loop
@@ -215,16 +216,19 @@ def _what_happened(key: str, before: Mapping[str, str], now: Mapping[str, str]) 
 
 
 def _flatten(document: object) -> dict[str, str]:
-    """Return the key of each part of an assembled document, with its canonical JSON."""
+    """Return the key of each part of an assembled document, with its canonical JSON.
+
+    The etcd source submits its documents compact: each part is decoded here.
+    """
     flat: dict[str, str] = {}
     if not isinstance(document, Mapping):
         return flat
     if "defaults" in document:
-        flat[DEFAULTS] = json.dumps(document["defaults"], sort_keys=True, default=str)
+        flat[DEFAULTS] = json.dumps(opened(document["defaults"]), sort_keys=True, default=str)
     services = document.get("services")
     if isinstance(services, Mapping):
         for name, value in services.items():
-            flat[f"{SERVICES}{name}"] = json.dumps(value, sort_keys=True, default=str)
+            flat[f"{SERVICES}{name}"] = json.dumps(opened(value), sort_keys=True, default=str)
     return flat
 
 

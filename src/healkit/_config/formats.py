@@ -45,6 +45,7 @@ from typing import Final, Literal, NoReturn, TypeAlias, final
 
 import msgspec
 
+from healkit._config.compact import compacted, encoded
 from healkit._errors import ConfigError, ConfigIssue
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "DocumentLimits",
     "format_for_path",
     "load_file",
+    "parse_compact",
     "parse_document",
     "read_file",
 ]
@@ -75,6 +77,10 @@ _MIB: Final = 1024 * 1024
 # .inf does, so that validation names its path instead of msgspec's pathless
 # "Number out of range".
 _JSON_DECODER: Final = msgspec.json.Decoder(float_hook=float)
+# A JSON object whose values are left undecoded (checked for syntax only).
+_JSON_OUTLINE: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_SERVICE_DEPTH: Final = 3
+"""How deep a service's document lies: the document, ``services``, the service."""
 # Python refuses to read a decimal integer of more digits than this: the
 # conversion is quadratic (CVE-2020-10735). Other spellings escape that limit
 # (YAML 1.1's base 60, ``1:2:3``, costs quadratic time too; TOML's and YAML's
@@ -158,15 +164,7 @@ def parse_document(
             or the top level is not a mapping.
 
     """
-    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
-    if size > limits.max_bytes:
-        _fail(_too_large(size, limits), origin)
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            _fail(f"the document is not valid UTF-8: {exc.reason} at byte {exc.start}", origin)
-    text = text.removeprefix(_BOM)
+    text = _text(text, origin, limits)
     name = _FORMAT_NAMES[fmt]
     decode_errors: tuple[type[Exception], ...] = (
         msgspec.MsgspecError,
@@ -191,6 +189,65 @@ def parse_document(
         got = "null" if document is None else type(document).__name__
         _fail(f"the document must be an object/table at the top level, got {got}", origin)
     return document
+
+
+def parse_compact(
+    text: str | bytes,
+    *,
+    fmt: DocumentFormat,
+    origin: str,
+    limits: DocumentLimits = DEFAULT_LIMITS,
+) -> object:
+    """Decode one configuration document within ``limits``, into its compact form.
+
+    The result is :func:`parse_document`'s, :func:`~healkit._config.compact.compacted`.
+    A JSON document's services are decoded one at a time, each encoded and its
+    tree dropped before the next: a large document never exists as one tree
+    (which the garbage collector would promote, and then walk, while it is
+    decoded). Any document this cannot take so (not a JSON object with
+    ``services`` an object, beyond ``limits``, invalid) is decoded whole by
+    :func:`parse_document`, which gives the same result or the same error.
+
+    Raises:
+        ConfigError: as :func:`parse_document`.
+
+    """
+    if fmt == "json":
+        compact = _json_compact(text, origin, limits)
+        if compact is not None:
+            return compact
+    return compacted(parse_document(text, fmt=fmt, origin=origin, limits=limits))
+
+
+def _json_compact(text: str | bytes, origin: str, limits: DocumentLimits) -> object | None:
+    """Decode a JSON document service by service, or ``None`` to decode it whole."""
+    if limits.max_depth < _SERVICE_DEPTH:
+        return None
+    try:
+        data = _text(text, origin, limits).encode("utf-8")
+        outline = _JSON_OUTLINE.decode(data)
+        part = outline.get("services")
+        services = None if part is None else _JSON_OUTLINE.decode(part)
+        if services is None:
+            return None
+        nodes = 1 + len(outline) + 1 + len(services)  # the mappings and their keys
+        document: dict[str, object] = {}
+        for key, value in outline.items():
+            if key != "services":
+                decoded = _JSON_DECODER.decode(value)
+                nodes = _check_shape(decoded, limits, depth=2, nodes=nodes)
+                document[key] = decoded
+        compact: dict[str, object] = {}
+        for name, value in services.items():
+            decoded = _JSON_DECODER.decode(value)
+            nodes = _check_shape(decoded, limits, depth=_SERVICE_DEPTH, nodes=nodes)
+            compact[name] = encoded(decoded)
+    except (ConfigError, _LimitExceededError, msgspec.MsgspecError, RecursionError):
+        return None  # decoded whole, which says why
+    if nodes > limits.max_nodes:
+        return None
+    document["services"] = compact
+    return compacted(document)  # the defaults, and copies of the other parts
 
 
 def format_for_path(path: str | os.PathLike[str]) -> DocumentFormat:
@@ -267,6 +324,24 @@ def load_file(path: str | os.PathLike[str], *, limits: DocumentLimits = DEFAULT_
     return parse_document(data, fmt=fmt, origin=os.fspath(path), limits=limits)
 
 
+def _text(text: str | bytes, origin: str, limits: DocumentLimits) -> str:
+    """Return the document's text, once its size (UTF-8 bytes) is within ``limits``.
+
+    Raises:
+        ConfigError: it is larger than ``limits.max_bytes``, or not UTF-8.
+
+    """
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        _fail(_too_large(size, limits), origin)
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _fail(f"the document is not valid UTF-8: {exc.reason} at byte {exc.start}", origin)
+    return text.removeprefix(_BOM)
+
+
 def _decode(text: str, fmt: DocumentFormat, limits: DocumentLimits) -> object:
     """Run the decoder of ``fmt`` within ``limits``; decoder exceptions propagate."""
     if fmt == "yaml":
@@ -278,13 +353,16 @@ def _decode(text: str, fmt: DocumentFormat, limits: DocumentLimits) -> object:
     return document
 
 
-def _check_shape(document: object, limits: DocumentLimits) -> None:
+def _check_shape(
+    document: object, limits: DocumentLimits, *, depth: int = 1, nodes: int = 0
+) -> int:
     """Refuse a decoded document that nests deeper or holds more nodes than ``limits``.
 
-    Iterative, and it stops at the first excess: its cost is bounded by the limits.
+    ``document`` may be a part of a larger one, at ``depth``, after ``nodes``
+    counted already; returns the nodes counted with this part. Iterative, and
+    it stops at the first excess: its cost is bounded by the limits.
     """
-    nodes = 0
-    stack: list[tuple[object, int]] = [(document, 1)]
+    stack: list[tuple[object, int]] = [(document, depth)]
     while stack:
         value, depth = stack.pop()
         if depth > limits.max_depth:
@@ -299,6 +377,7 @@ def _check_shape(document: object, limits: DocumentLimits) -> None:
             raise _LimitExceededError(_too_long_int())
         if nodes > limits.max_nodes:
             raise _LimitExceededError(_too_many(limits))
+    return nodes
 
 
 def _describe_error(exc: Exception, text: str, fmt: DocumentFormat) -> str:

@@ -46,6 +46,7 @@ import msgspec
 import yarl
 
 from healkit._bounded import StateSettings
+from healkit._config.compact import Encoded
 from healkit._config.validate import CHECK, fingerprint, join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 from healkit._redact import Redactor
@@ -308,8 +309,10 @@ class DeclaresEndpoints(Protocol):
 
 
 class _Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    defaults: dict[str, Any] = msgspec.field(default_factory=dict)
-    services: dict[Name, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # A mapping, or its Encoded (healkit._config.compact): each is checked on
+    # its own, so that the service documents are not copied (nor decoded) at once.
+    defaults: Any = msgspec.field(default_factory=dict)
+    services: dict[Name, Any] = msgspec.field(default_factory=dict)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     state: StateSettings = msgspec.field(default_factory=StateSettings)
 
@@ -340,13 +343,13 @@ class ServicePolicy:
     """
 
     __slots__ = (
+        "_known",
         "_resolved",
         "_sections",
         "_stash",
         "call_limits",
         "endpoints",
         "follow_redirects",
-        "known_endpoints",
         "max_body_bytes",
         "max_redirects",
         "name",
@@ -376,20 +379,34 @@ class ServicePolicy:
         self.follow_redirects = core.follow_redirects
         self.max_redirects = core.max_redirects
         self._sections = sections
-        declared = (
-            e
-            for value in (getattr(core, section) for section in sections)
-            if isinstance(value, DeclaresEndpoints)
-            for e in value.declared_endpoints()
-        )
-        self.known_endpoints = frozenset(self.endpoints).union(
-            normalize_endpoint(e) for e in declared
-        )
+        self._known: frozenset[str] | None = None
         self._stash: Stash | None = None
         self.call_limits: tuple[Timeouts, float] | None = None
 
     def __repr__(self) -> str:
         return f"ServicePolicy({self.name!r}, endpoints={self.endpoints!r})"
+
+    @property
+    def known_endpoints(self) -> frozenset[str]:
+        """``endpoints`` and every endpoint a section of the policy declares, normalized.
+
+        Worked out on first use, like :attr:`stash`: a set is one more object
+        per service for the garbage collector, and most services of a large
+        document are never asked. Threads that ask at once get equal sets.
+        """
+        known = self._known
+        if known is None:
+            core = self._resolved
+            declared = (
+                e
+                for value in (getattr(core, section) for section in self._sections)
+                if isinstance(value, DeclaresEndpoints)
+                for e in value.declared_endpoints()
+            )
+            known = self._known = frozenset(self.endpoints).union(
+                normalize_endpoint(e) for e in declared
+            )
+        return known
 
     @property
     def stash(self) -> Stash:
@@ -598,26 +615,21 @@ def build_config(
     """
     section_list = tuple(sorted(sections, key=lambda s: s.name))
     document, issues = validate(raw, _Document)
-    defaults_raw: Mapping[str, Any]
-    services_raw: Mapping[str, Mapping[str, Any]]
+    defaults_part: object
+    services_raw: Mapping[str, object]
     if document is not None:
-        defaults_raw, services_raw = document.defaults, document.services
+        defaults_part, services_raw = document.defaults, document.services
         logging, state = document.logging, document.state
     else:
         # Keep going with the parts that have the right shape, so that one
         # pass reports the problems of every service too.
-        defaults_raw, services_raw = _salvage(raw)
+        defaults_part, services_raw = _salvage(raw)
         logging, state = LoggingSettings(), StateSettings()
     service_type = _service_type(section_list)
 
-    defaults_print = fingerprint(defaults_raw)
-    if "endpoints" in defaults_raw:
-        issues.append(
-            ConfigIssue("$.defaults.endpoints", "endpoints belong to a service, not to defaults")
-        )
-        defaults_raw = {k: v for k, v in defaults_raw.items() if k != "endpoints"}
+    defaults_print = _print(defaults_part)
     known_sections = frozenset(section.name for section in section_list)
-    defaults_raw = _without_missing_plugins(defaults_raw, "$.defaults", known_sections, issues)
+    defaults_raw = _defaults_document(defaults_part, known_sections, issues)
     defaults_struct, found = validate(defaults_raw, service_type, path="$.defaults")
     issues += found
     defaults_ok = not found
@@ -638,15 +650,19 @@ def build_config(
 
     services: dict[str, ServicePolicy] = {}
     prints: dict[str, bytes] = {}
-    for name, doc in sorted(services_raw.items()):
-        service_print = fingerprint(doc)
+    for name, part in sorted(services_raw.items()):
+        service_print = _print(part)
         if service_print is not None:
             prints[name] = service_print
             if kept_prints.get(name) == service_print:
                 services[name] = kept[name]  # validated before, from the same values
                 continue
         path = join_path("$.services", name)
-        doc = _without_missing_plugins(doc, path, known_sections, issues)  # noqa: PLW2901
+        # Decoded just in time: one service's tree at a time, dropped once validated.
+        doc = _opened(part, path, issues)
+        if doc is None:
+            continue
+        doc = _without_missing_plugins(doc, path, known_sections, issues)
         merged = merge(defaults_raw, doc) if defaults_ok else doc
         struct, found = validate(merged, service_type, path=path)
         issues += found
@@ -678,6 +694,19 @@ def build_config(
     return config
 
 
+def _defaults_document(
+    part: object, known: Collection[str], issues: list[ConfigIssue]
+) -> Mapping[str, Any]:
+    """Return the ``defaults`` to validate and merge into each service; report what cannot be."""
+    doc = _opened(part, "$.defaults", issues) or {}
+    if "endpoints" in doc:
+        issues.append(
+            ConfigIssue("$.defaults.endpoints", "endpoints belong to a service, not to defaults")
+        )
+        doc = {k: v for k, v in doc.items() if k != "endpoints"}
+    return _without_missing_plugins(doc, "$.defaults", known, issues)
+
+
 def _without_missing_plugins(
     doc: Mapping[str, Any], path: str, known: Collection[str], issues: list[ConfigIssue]
 ) -> Mapping[str, Any]:
@@ -703,18 +732,31 @@ def url_under(url: str, endpoint: str) -> bool:
     return url.startswith(endpoint) and (len(url) == len(endpoint) or url[len(endpoint)] in "/?#")
 
 
-def _salvage(raw: object) -> tuple[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]:
+def _print(part: object) -> bytes | None:
+    """Return the fingerprint of a part of a document (its bytes when it is :class:`Encoded`)."""
+    return part.data if isinstance(part, Encoded) else fingerprint(part)
+
+
+def _opened(part: object, path: str, issues: list[ConfigIssue]) -> Mapping[str, Any] | None:
+    """Return a part of a document as a mapping (decoded if :class:`Encoded`), else report it."""
+    doc = part.decode() if isinstance(part, Encoded) else part
+    if isinstance(doc, Mapping):
+        return cast("Mapping[str, Any]", doc)
+    issues += validate(doc, dict[str, Any], path=path)[1]
+    return None
+
+
+def _salvage(raw: object) -> tuple[object, Mapping[str, object]]:
     """Return the defaults and the well-named services of an invalid document."""
     if not isinstance(raw, Mapping):
         return {}, {}
-    defaults = raw.get("defaults")
     services = raw.get("services")
     return (
-        defaults if isinstance(defaults, Mapping) else {},
+        raw.get("defaults", {}),  # not a mapping: reported where it is opened
         {
             name: doc
             for name, doc in (services.items() if isinstance(services, Mapping) else ())
-            if name_problem(name) is None and isinstance(doc, Mapping)
+            if name_problem(name) is None
         },
     )
 

@@ -33,6 +33,7 @@ from healkit._config.formats import (
     DEFAULT_LIMITS,
     DocumentLimits,
     format_for_path,
+    parse_compact,
     parse_document,
     read_file,
 )
@@ -47,6 +48,10 @@ class ConfigSink(Protocol):
 
     async def submit(self, raw: object, *, origin: str) -> ConfigError | None:
         """Validate and apply ``raw``; return the error if it was rejected.
+
+        ``raw`` may be compact: its ``defaults`` and service documents held
+        as msgpack bytes, which ``build_config`` decodes one at a time;
+        :func:`~healkit.plain_document` gives the plain document.
 
         The runtime validates in a worker thread; the source awaits the
         outcome before it submits its next document, so documents apply in
@@ -203,7 +208,9 @@ class FileSource:
             if signature == self._signature:
                 continue
             self._signature = signature
-            digest, document = await off_loop(functools.partial(self._fetch, self._digest))
+            digest, document = await off_loop(
+                functools.partial(self._fetch, self._digest, compact=True)
+            )
             if digest == self._digest:
                 continue
             self._digest = digest
@@ -212,12 +219,15 @@ class FileSource:
             else:
                 await sink.submit(document, origin=self.origin)
 
-    def _fetch(self, known: bytes | None) -> tuple[bytes | None, object]:
+    def _fetch(self, known: bytes | None, *, compact: bool = False) -> tuple[bytes | None, object]:
         """Read the file; return its digest and its document (or why there is none).
 
         The document is ``None`` when the digest is ``known`` (nothing changed),
         a :class:`ConfigError` when the file cannot be read (digest ``None``)
-        or decoded. Runs in a worker thread: it touches no state of the source.
+        or decoded. ``compact``: the document is decoded compact
+        (:func:`~healkit._config.formats.parse_compact`), so that no tree of the
+        whole document outlives this thread, nor (JSON) exists at all. Runs in
+        a worker thread: it touches no state of the source.
         """
         try:
             fmt = format_for_path(self._path)
@@ -227,8 +237,9 @@ class FileSource:
         digest = hashlib.sha256(data).digest()
         if digest == known:
             return digest, None
+        parse = parse_compact if compact else parse_document
         try:
-            return digest, parse_document(data, fmt=fmt, origin=self.origin, limits=self._limits)
+            return digest, parse(data, fmt=fmt, origin=self.origin, limits=self._limits)
         except ConfigError as error:
             return digest, error
 

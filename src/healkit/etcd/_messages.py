@@ -80,8 +80,13 @@ def key_range(key: Key, *, prefix: bool, range_end: Key | None) -> tuple[bytes, 
 
 
 @final
-class KeyValue(msgspec.Struct, frozen=True, kw_only=True):
-    """A key and its value as etcd stores them."""
+class KeyValue(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A key and its value as etcd stores them.
+
+    ``gc=False``, as :class:`WatchEvent`: bytes and integers, which cannot make
+    a cycle; a revision of 10,000 keys is not 10,000 objects more for the
+    garbage collector to promote and walk.
+    """
 
     key: bytes
     """The key."""
@@ -98,7 +103,7 @@ class KeyValue(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @final
-class WatchEvent(msgspec.Struct, frozen=True, kw_only=True):
+class WatchEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One change seen by a watch."""
 
     type: Literal["PUT", "DELETE"] = "PUT"

@@ -21,6 +21,10 @@ submitted to the runtime; a document of one key that is invalid is rejected
 document stays in force while the others move on. Documents are decoded (within
 the source's :class:`~healkit.DocumentLimits`) and validated in a worker thread,
 one revision after the other: the event loop keeps serving calls meanwhile.
+The source keeps each key's last good document as its bytes
+(:class:`~healkit._config.compact.Encoded`), not as a decoded tree: held for
+as long as the source runs, a tree would make every full garbage collection
+longer; decoded and encoded in one step, it is gone before the collector sees it.
 
 Each key is judged on its own, at every revision that writes it. A document
 that is not UTF-8 or not JSON/YAML is rejected as undecodable; a decoded one
@@ -65,6 +69,7 @@ from typing import Final, Literal, final
 
 import msgspec
 
+from healkit._config.compact import encoded, opened, plain_document
 from healkit._config.formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
 from healkit._config.models import name_problem
 from healkit._config.sources import ConfigSink
@@ -332,7 +337,7 @@ class EtcdSource:
             # The bootstrap read is what the runtime applies now: an instance
             # restarted while etcd is away starts from it, changed since or not.
             await self._persist()
-        return self._assemble(self._good)
+        return plain_document(self._assemble(self._good))
 
     async def load_into(self, sink: ConfigSink) -> None:
         """Read every document of the namespace at one revision and submit them to ``sink``.
@@ -620,7 +625,10 @@ class EtcdSource:
         return await off_loop(functools.partial(self._parse_all, dict(texts)))
 
     def _parse_all(self, texts: Mapping[str, str | None]) -> dict[str, object]:
-        """Decode each document of ``texts`` (in a worker thread: no state of the source)."""
+        """Decode each document of ``texts`` (in a worker thread: no state of the source).
+
+        A plain document is returned :func:`~healkit._config.compact.encoded`.
+        """
         parsed: dict[str, object] = {}
         for key, text in texts.items():
             if text is None:
@@ -629,11 +637,13 @@ class EtcdSource:
             try:
                 # The bytes as etcd holds them: a value that is not UTF-8 is refused.
                 data = text.encode("utf-8", "surrogateescape")
-                parsed[key] = parse_document(
+                document = parse_document(
                     data, fmt=fmt, origin=self._root + key, limits=self._limits
                 )
             except ConfigError as error:
                 parsed[key] = error
+            else:
+                parsed[key] = encoded(document)  # its tree dropped at once, never kept
         return parsed
 
     def _decode(self, key: str, parsed: object, revision: int) -> object | None:
@@ -651,7 +661,7 @@ class EtcdSource:
         return kind, service
 
     def _assemble(self, good: Mapping[str, object]) -> dict[str, object]:
-        """Build the whole document from the good document of each key."""
+        """Build the whole document from the good document of each key (compact, as kept)."""
         services: dict[str, object] = {}
         overlays: dict[str, object] = {}
         document: dict[str, object] = {"services": services}
@@ -667,9 +677,9 @@ class EtcdSource:
             else:
                 overlays[name] = value
         for name, overlay in overlays.items():
-            base = services.get(name, {})
-            if isinstance(base, dict) and isinstance(overlay, dict):
-                services[name] = {**base, **overlay}
+            base, top = opened(services.get(name, {})), opened(overlay)
+            if isinstance(base, dict) and isinstance(top, dict):
+                services[name] = encoded({**base, **top})
         return document
 
     def _blamed(self, key: str, error: ConfigError) -> bool:
