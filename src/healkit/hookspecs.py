@@ -307,7 +307,8 @@ def healkit_endpoint_available(service: str, endpoint: str) -> bool | None:
     this plugin would refuse such an attempt now (an open breaker), so routing
     sends it elsewhere; ``True`` or ``None``: no objection. Answer without side
     effects: the attempt may still go elsewhere (a half-open breaker takes no
-    probe slot here). An exception fails the call with a
+    probe slot here). An exception, or an answer that is not a bool or
+    ``None`` (``0``, ``"no"``), fails the call with a
     :class:`healkit.PluginError` naming the plugin.
 
     Result: all implementations are called until one answers ``False``; the
@@ -337,7 +338,10 @@ def healkit_tls_context(service: str) -> ssl.SSLContext | None:
     an endpoint as calls do (the same CA bundle, client certificate and
     verification). A TLS plugin answers with the context it gives the
     service's attempts (``attempt.ssl``). ``None``: no context from this
-    plugin; without an answer aiohttp's default verification applies.
+    plugin; without an answer aiohttp's default verification applies. An
+    exception, or an answer that is not an :class:`ssl.SSLContext`, is logged
+    as ``healkit.plugin_error`` naming the plugin, and that probe is skipped
+    (the endpoint's health stays as it was; the next round asks again).
 
     Result: stops at the first non-``None`` result (``firstresult``). May not
     return an awaitable.

@@ -61,7 +61,7 @@ from healkit._errors import (
     HTTPStatusError,
     PluginError,
 )
-from healkit._log import get_logger
+from healkit._log import get_logger, plugin_failed
 from healkit._plan import CompiledHook, compile_hook
 from healkit._routing.fleet import EndpointView, FleetHealth, ServiceView
 from healkit._routing.health import (
@@ -539,7 +539,8 @@ class Router:
                 results = await asyncio.gather(*(self._probe(*target) for target in ready))
                 finished = clock.now()
                 for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
-                    self._probed(service, endpoint, probe_settings, good=good)
+                    if good is not None:
+                        self._probed(service, endpoint, probe_settings, good=good)
                     due[(service, endpoint)] = finished + probe_settings.interval
             wait = min(due.get((t[0], t[1]), now) for t in targets) - clock.now()
             if wait > 0:
@@ -556,14 +557,24 @@ class Router:
             sleeper.cancel()
             waker.cancel()
 
-    async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool:
-        """Probe with the service's TLS context and within its attempt limits."""
+    async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool | None:
+        """Probe with the service's TLS context and within its attempt limits.
+
+        ``None``: not probed, the TLS plugin failed (logged as ``healkit.plugin_error``).
+        """
         runtime, config = self._runtime, self._config
         if runtime is None or config is None:
             raise RuntimeError("the router probes only once configured")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        tls = None if self._tls is None else _first(self._tls, ssl.SSLContext, service)
+        try:
+            tls = None if self._tls is None else _first(self._tls, ssl.SSLContext, service)
+        except PluginError as error:
+            # Without the context the probe would not see the endpoint as calls do:
+            # skip this one, keep probing (the task ending would stop every probe).
+            plugin_failed(error.plugin, error.hook, error)
+            runtime.plugin_errors[error.plugin] += 1
+            return None
         limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
         return await probe(self._session, endpoint, settings, limits, tls)
 
@@ -706,10 +717,15 @@ def _admitted(gates: CompiledHook, service: str, endpoint: str) -> bool:
     """Whether no decision plugin says it would refuse an attempt to ``endpoint`` now."""
     for index, gate in gates.indexed:
         try:
-            if gate(service, endpoint) is False and not gates.observers[index]:
-                return False
+            answer = gate(service, endpoint)
         except Exception as exc:
             raise PluginError(gates.plugins[index], gates.name, exc) from exc
+        if gates.observers[index] or answer is None or answer is True:
+            continue
+        if answer is not False:  # 0 or "no" must not pass for "no objection"
+            wrong = TypeError(f"returned {type(answer).__name__}, not a bool or None")
+            raise PluginError(gates.plugins[index], gates.name, wrong)
+        return False
     return True
 
 
