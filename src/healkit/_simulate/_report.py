@@ -267,7 +267,8 @@ def parse_threshold(text: str) -> Threshold:
     """Parse ``outage-recovery/outage:amplification>1.5`` or ``success_rate<99.9%``.
 
     Raises:
-        ValueError: the text is not a threshold, or names an unknown figure.
+        ValueError: the text is not a threshold, names an unknown figure, or its
+            number is too large for a float.
 
     """
     match = _THRESHOLD.match(text.strip())
@@ -281,6 +282,8 @@ def parse_threshold(text: str) -> Threshold:
         where = "a phase" if phase is not None else "a scenario"
         raise ValueError(f"unknown figure {figure!r} for {where}; known: {', '.join(known)}")
     number = float(match["number"]) / (100 if match["percent"] else 1)
+    if not math.isfinite(number):
+        raise ValueError(f"{text!r}: {match['number']} is not a finite number")
     return Threshold(
         spec=text,
         scenario=match["scenario"],
