@@ -131,3 +131,30 @@ def test_against_etcd_with_an_invalid_stored_document_is_refused_with_its_key(
     assert result.status == 1, (result.out, result.err)
     assert message in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_policy_whose_probes_would_not_end_is_refused_before_running(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: probes every microsecond for a 1 s scenario were a billion probe
+    # requests on loopback: the simulation ran for days (MAX_CALLS bounds calls only).
+    policy = tmp_path / "probing.toml"
+    policy.write_text(POLICY + '[services.pay.routing.probe]\npath = "/health"\ninterval = 1e-6\n')
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(
+        '{"scenarios": {"blink": {"rate": 5, "phases": [{"name": "only", "duration": 1}]}}}'
+    )
+    result = cli(
+        capsys,
+        "config",
+        "simulate",
+        str(policy),
+        "--scenario-file",
+        str(scenarios),
+        "--scenario",
+        "blink",
+    )
+    assert result.status == 1, result.out
+    assert "$.services.pay.routing.probe.interval" in result.err
+    assert "1000000 probe requests" in result.err
+    assert "Traceback" not in result.err
