@@ -158,3 +158,36 @@ def test_a_policy_whose_probes_would_not_end_is_refused_before_running(
     assert "$.services.pay.routing.probe.interval" in result.err
     assert "1000000 probe requests" in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_phase_without_calls_does_not_cross_a_threshold_on_its_rates(
+    capsys: pytest.CaptureFixture[str], policy: Path, tmp_path: Path
+) -> None:
+    # Before: a phase shorter than the time between two calls reported a
+    # success rate of 0 (of no calls) and failed the gate on it.
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(
+        '{"scenarios": {"blink": {"rate": 10, "phases": ['
+        '{"name": "before", "duration": 1.02},'
+        '{"name": "blip", "duration": 0.05, "primary": {"faults": [{"kind": "reset"}]}},'
+        '{"name": "after", "duration": 1}]}}}'
+    )
+    result = cli(
+        capsys,
+        "config",
+        "simulate",
+        str(policy),
+        "--scenario-file",
+        str(scenarios),
+        "--scenario",
+        "blink",
+        "--fail-if",
+        "blink/blip:success_rate<0.5",
+        "--fail-if",
+        "blink/blip:calls<1",
+    )
+    assert result.status == 1, result.out
+    assert "phase blip at 1.02 s: no call started in it" in result.out
+    assert "CROSSED" in result.out
+    assert "blink/blip:calls<1 (observed 0)" in result.err
+    assert "success_rate" not in result.err

@@ -414,6 +414,9 @@ def _write_scenario(out: TextIO, scenario: Mapping[str, Any]) -> None:
             out.write(f"    {label:<22}{before:>18}{now:>18}{delta:>12}".rstrip() + "\n")
     for phase in proposed.phases:
         mark = f" [{phase.mark}]" if phase.mark else ""
+        if not phase.calls:
+            out.write(f"    phase {phase.name}{mark} at {phase.start:g} s: no call started in it\n")
+            continue
         out.write(
             f"    phase {phase.name}{mark} at {phase.start:g} s: {phase.calls} calls,"
             f" success {_pct(phase.success_rate)}, amplification {phase.amplification:.2f},"

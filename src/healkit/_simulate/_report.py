@@ -207,10 +207,7 @@ def _time_until(run: Run, mark: str, good: Callable[[CallRecord], bool]) -> floa
 def value(report: Figures, figure: str, phase: str | None = None) -> float | None:
     """Return the number a threshold compares (``"never"``: infinite; ``None``: not applicable)."""
     if phase is not None:
-        for entry in report.phases:
-            if entry.name == phase:
-                return float(getattr(entry, figure))
-        return None
+        return _phase_value(report, figure, phase)
     if figure.endswith("_rate") and figure != "success_rate":
         return _rate(report.paths[figure.removesuffix("_rate")], report.calls)
     if figure == "breaker_transitions":
@@ -219,6 +216,18 @@ def value(report: Figures, figure: str, phase: str | None = None) -> float | Non
     if raw == "never":
         return math.inf
     return None if raw is None else float(raw)
+
+
+def _phase_value(report: Figures, figure: str, phase: str) -> float | None:
+    """Return a phase's figure; ``None`` without such a phase.
+
+    A phase in which no call started has only ``calls``: its rates and
+    latency are of nothing, not 0.
+    """
+    for entry in report.phases:
+        if entry.name == phase:
+            return float(getattr(entry, figure)) if entry.calls or figure == "calls" else None
+    return None
 
 
 def change(current: Figures, proposed: Figures) -> dict[str, float | None]:
