@@ -7,6 +7,7 @@ and never a CI gate that passes because what it names does not exist.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,3 +192,31 @@ def test_a_phase_without_calls_does_not_cross_a_threshold_on_its_rates(
     assert "CROSSED" in result.out
     assert "blink/blip:calls<1 (observed 0)" in result.err
     assert "success_rate" not in result.err
+
+
+def test_a_disruption_phase_without_calls_has_no_failover_time(
+    capsys: pytest.CaptureFixture[str], policy: Path, tmp_path: Path
+) -> None:
+    # Before: "failed over in 0 s" for a disruption no call went through.
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(
+        '{"scenarios": {"blink": {"rate": 10, "phases": ['
+        '{"name": "before", "duration": 1.02},'
+        '{"name": "blip", "duration": 0.05, "mark": "disruption",'
+        ' "primary": {"faults": [{"kind": "reset"}]}},'
+        '{"name": "after", "duration": 1}]}}}'
+    )
+    result = cli(
+        capsys,
+        "config",
+        "simulate",
+        str(policy),
+        "--scenario-file",
+        str(scenarios),
+        "--scenario",
+        "blink",
+        "--json",
+    )
+    assert result.status == 0, result.err
+    (scenario,) = json.loads(result.out)["services"][0]["scenarios"]
+    assert scenario["proposed"]["failover_time"] is None

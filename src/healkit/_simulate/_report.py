@@ -188,11 +188,14 @@ def _phase(window: PhaseWindow, calls: Sequence[CallRecord]) -> PhaseFigures:
 
 
 def _time_until(run: Run, mark: str, good: Callable[[CallRecord], bool]) -> float | Never | None:
-    """Seconds from the marked phase's start until every later call of it is ``good``."""
+    """Seconds from the marked phase's start until every later call of it is ``good``.
+
+    ``None`` without such a phase, or when no call started in it (nothing to measure).
+    """
     window = next((w for w in run.phases if w.mark == mark), None)
-    if window is None:
+    mine = [] if window is None else sorted(_in(window, run.calls), key=lambda c: c.start)
+    if window is None or not mine:
         return None
-    mine = sorted(_in(window, run.calls), key=lambda call: call.start)
     bad = [index for index, call in enumerate(mine) if not good(call)]
     if not bad:
         return 0.0
