@@ -13,10 +13,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+import trustme
 
 from healkit import EtcdAuthError
 from healkit.etcd import EtcdClient
 from healkit.etcd._feed import Connection, FeedItem, Reset, Subscription
+from healkit.etcd._gateway import settings
 from healkit.testing import EtcdServer
 from healkit.testing._etcd import find_etcd_binary
 
@@ -65,7 +67,7 @@ async def test_users_with_other_credentials_never_share_a_watch(tmp_path: Path) 
         async with (
             server.client() as allowed,
             EtcdClient(server.url, username="reader", password=PASSWORD) as reader,
-            server.client(password="not-the-root-password") as impostor,
+            server.client(password="not-the-root-password") as impostor,  # noqa: S106
         ):
             subscriptions = [
                 client.follow(ROOT, liveness_timeout=10.0, random=rng)
@@ -83,3 +85,33 @@ async def test_users_with_other_credentials_never_share_a_watch(tmp_path: Path) 
     for item in (refused, wrong_password):
         assert isinstance(item, Connection)
         assert isinstance(item.error, EtcdAuthError), item.error
+
+
+def test_the_same_tls_files_in_other_roles_are_other_settings(tmp_path: Path) -> None:
+    # Before: only (path, digest) of the files given was kept, not which option
+    # each was. With X = client certificate + CA and Y = client certificate +
+    # key, "trust X, present Y" and "present X with the key in Y (trust the
+    # system's CAs)" were equal settings, so one shared the other's watch and
+    # read through a connection verified with a trust it did not configure.
+    ca = trustme.CA()
+    client = ca.issue_cert("client@example")
+    x, y = tmp_path / "x.pem", tmp_path / "y.pem"
+    x.write_bytes(client.cert_chain_pems[0].bytes() + ca.cert_pem.bytes())
+    y.write_bytes(client.cert_chain_pems[0].bytes() + client.private_key_pem.bytes())
+
+    def made(ca_file: Path | None, cert_file: Path, key_file: Path | None) -> object:
+        return settings(
+            "https://127.0.0.1:2379",
+            username=None,
+            password=None,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            ssl_context=None,
+            timeout=10.0,
+            connect_timeout=3.0,
+            max_message_bytes=1 << 20,
+        )
+
+    assert made(x, y, None) == made(x, y, None)
+    assert made(x, y, None) != made(None, x, y)
