@@ -15,10 +15,14 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 import healkit
-from healkit.testing import FaultServer, ManualClock, capture_events
+from healkit._routing.fleet import InstanceView
+from healkit.etcd import EtcdSource
+from healkit.hookspecs import CircuitState
+from healkit.testing import EtcdServer, FaultServer, ManualClock, capture_events
 
 pytestmark = pytest.mark.anyio
 
@@ -124,4 +128,60 @@ async def test_a_tls_plugin_failing_once_does_not_stop_health_probes(
     assert second_round == 2  # both are probed again
     failures = [e for e in logs if e["event"] == "healkit.plugin_error"]
     assert [(e["plugin"], e["hook"]) for e in failures] == [("flaky-tls", "healkit_tls_context")]
+    assert not [e for e in logs if e["event"] == "healkit.background_task_failed"]
+
+
+class FlakyBreaker:
+    """A third-party breaker whose state report fails at first, or is very long."""
+
+    healkit_name = "flaky-breaker"
+
+    def __init__(self, *, fail: bool) -> None:
+        self.fail = fail
+
+    @healkit.hookimpl
+    def healkit_circuit_state(self, service: str, endpoint: str | None) -> CircuitState:
+        del service, endpoint
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("state not loaded yet")
+        return CircuitState(state="closed-" + "x" * 200)
+
+
+@pytest.mark.parametrize(
+    ("fail", "shown"), [(True, None), (False, "closed-" + "x" * 57)], ids=["raises", "long"]
+)
+async def test_a_failing_or_long_circuit_state_does_not_spoil_fleet_health_sharing(
+    etcd_server: EtcdServer, servers: list[FaultServer], fail: bool, shown: str | None
+) -> None:
+    # Before: the PluginError ended the fleet publishing task (this instance
+    # never wrote its view, nor later its health reports, again), and a state
+    # longer than a record holds made the record unreadable to every reader.
+    namespace = f"attack-circuit-{fail}".lower()
+    root = f"/healkit/{namespace}/"
+    async with etcd_server.client() as etcd:
+        service = {"endpoints": [servers[0].url], "routing": {"fleet": {}}}
+        put = await etcd.put(root + "services/" + SERVICE, msgspec.json.encode(service))
+        with capture_events() as logs:
+            source = EtcdSource(etcd, namespace=namespace)
+            async with (
+                healkit.Client(
+                    config=source, plugins=[FlakyBreaker(fail=fail)], entry_points=False
+                ),
+                etcd.watch(
+                    root + "instances/", prefix=True, start_revision=put.revision + 1
+                ) as watch,
+            ):
+                with anyio.fail_after(20):
+                    written = None
+                    async for response in watch:
+                        if response.events:
+                            written = response.events[0].kv
+                            break
+    assert written is not None
+    view = msgspec.json.decode(written.value, type=InstanceView)  # as status reads it
+    (endpoint,) = view.services[SERVICE].endpoints
+    assert endpoint.breaker == shown
+    failures = [(e["plugin"], e["hook"]) for e in logs if e["event"] == "healkit.plugin_error"]
+    assert failures == ([("flaky-breaker", "healkit_circuit_state")] if fail else [])
     assert not [e for e in logs if e["event"] == "healkit.background_task_failed"]

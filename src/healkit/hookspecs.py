@@ -323,7 +323,10 @@ def healkit_circuit_state(service: str, endpoint: str | None) -> CircuitState | 
     ``endpoint`` is a base URL as in ``attempt.endpoint`` (``None``: the
     service as a whole, for a decorated function). For what others show of
     the endpoint: tracing's ``healkit.breaker.state`` attribute, the fleet
-    health view, status. ``None``: this plugin guards no such endpoint.
+    health view, status. ``None``: this plugin guards no such endpoint. An
+    exception, or an answer that is not a :class:`CircuitState`, is logged as
+    ``healkit.plugin_error`` naming the plugin and the state shown as unknown;
+    the fleet health view keeps the first 64 characters of ``state``.
 
     Result: stops at the first non-``None`` result (``firstresult``). May not
     return an awaitable.

@@ -94,6 +94,7 @@ if TYPE_CHECKING:
 __all__ = ["Router", "endpoint_status"]
 
 _logger: Final = get_logger("healkit.routing")
+_STATE_LONGEST: Final = 64  # the longest breaker state a fleet record (EndpointView) holds
 _T = TypeVar("_T")
 
 _UNAVAILABLE: Final = frozenset({502, 503, 504})
@@ -572,8 +573,7 @@ class Router:
         except PluginError as error:
             # Without the context the probe would not see the endpoint as calls do:
             # skip this one, keep probing (the task ending would stop every probe).
-            plugin_failed(error.plugin, error.hook, error)
-            runtime.plugin_errors[error.plugin] += 1
+            self._plugin_failed(error)
             return None
         limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
         return await probe(self._session, endpoint, settings, limits, tls)
@@ -698,13 +698,26 @@ class Router:
     def _breaker_of(self, service: str, endpoint: str) -> tuple[str | None, float]:
         """Return the endpoint's circuit state, and when it may admit calls again.
 
-        Asks ``healkit_circuit_state``: any breaker plugin may answer.
+        Asks ``healkit_circuit_state``: any breaker plugin may answer. A plugin
+        that fails is logged and the state left unknown (``None``), so that the
+        fleet view is still published; a state is cut to what a record holds.
         """
         circuits = self._circuits
-        found = None if circuits is None else _first(circuits, CircuitState, service, endpoint)
+        try:
+            found = None if circuits is None else _first(circuits, CircuitState, service, endpoint)
+        except PluginError as error:
+            self._plugin_failed(error)
+            return None, -math.inf
         if found is None:
             return None, -math.inf
-        return found.state, -math.inf if found.retry_at is None else found.retry_at
+        retry_at = -math.inf if found.retry_at is None else found.retry_at
+        return found.state[:_STATE_LONGEST], retry_at
+
+    def _plugin_failed(self, error: PluginError) -> None:
+        """Log a plugin's failure in a hook routing asks outside a call, and count it."""
+        plugin_failed(error.plugin, error.hook, error)
+        if self._runtime is not None:
+            self._runtime.plugin_errors[error.plugin] += 1
 
     def _wall(self, moment: float, now: float) -> float | None:
         """Return a future moment of the runtime clock in Unix time (``None``: past or never)."""
