@@ -10,7 +10,7 @@ stop for good.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -95,7 +95,7 @@ class FlakyTls:
         if self.asked == 1:
             if isinstance(self.first, Exception):
                 raise self.first
-            return self.first  # type: ignore[return-value] - the wrong type, on purpose
+            return self.first  # type: ignore[return-value]  # the wrong type, on purpose
         return None
 
 
@@ -148,16 +148,44 @@ class FlakyBreaker:
         return CircuitState(state="closed-" + "x" * 200)
 
 
+class FlakyGate:
+    """A third-party breaker whose first availability answer fails."""
+
+    healkit_name = "flaky-gate"
+
+    def __init__(self) -> None:
+        self.fail = True
+
+    @healkit.hookimpl
+    def healkit_endpoint_available(self, service: str, endpoint: str) -> bool:
+        del service, endpoint
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("state not loaded yet")
+        return True
+
+
 @pytest.mark.parametrize(
-    ("fail", "shown"), [(True, None), (False, "closed-" + "x" * 57)], ids=["raises", "long"]
+    ("plugin", "expected"),
+    [
+        (lambda: FlakyBreaker(fail=True), (True, None, "healkit_circuit_state")),
+        (lambda: FlakyBreaker(fail=False), (True, "closed-" + "x" * 57, None)),
+        (FlakyGate, (False, None, "healkit_endpoint_available")),
+    ],
+    ids=["state raises", "long state", "availability raises"],
 )
-async def test_a_failing_or_long_circuit_state_does_not_spoil_fleet_health_sharing(
-    etcd_server: EtcdServer, servers: list[FaultServer], fail: bool, shown: str | None
+async def test_a_failing_or_long_answer_does_not_spoil_fleet_health_sharing(
+    etcd_server: EtcdServer,
+    servers: list[FaultServer],
+    plugin: Callable[[], object],
+    expected: tuple[bool, str | None, str | None],
 ) -> None:
     # Before: the PluginError ended the fleet publishing task (this instance
     # never wrote its view, nor later its health reports, again), and a state
     # longer than a record holds made the record unreadable to every reader.
-    namespace = f"attack-circuit-{fail}".lower()
+    usable, breaker, hook = expected
+    third_party = plugin()
+    namespace = f"attack-fleet-{type(third_party).__name__}-{breaker is None}".lower()
     root = f"/healkit/{namespace}/"
     async with etcd_server.client() as etcd:
         service = {"endpoints": [servers[0].url], "routing": {"fleet": {}}}
@@ -165,9 +193,7 @@ async def test_a_failing_or_long_circuit_state_does_not_spoil_fleet_health_shari
         with capture_events() as logs:
             source = EtcdSource(etcd, namespace=namespace)
             async with (
-                healkit.Client(
-                    config=source, plugins=[FlakyBreaker(fail=fail)], entry_points=False
-                ),
+                healkit.Client(config=source, plugins=[third_party], entry_points=False),
                 etcd.watch(
                     root + "instances/", prefix=True, start_revision=put.revision + 1
                 ) as watch,
@@ -181,7 +207,8 @@ async def test_a_failing_or_long_circuit_state_does_not_spoil_fleet_health_shari
     assert written is not None
     view = msgspec.json.decode(written.value, type=InstanceView)  # as status reads it
     (endpoint,) = view.services[SERVICE].endpoints
-    assert endpoint.breaker == shown
+    assert (endpoint.usable, endpoint.breaker) == (usable, breaker)
     failures = [(e["plugin"], e["hook"]) for e in logs if e["event"] == "healkit.plugin_error"]
-    assert failures == ([("flaky-breaker", "healkit_circuit_state")] if fail else [])
+    name = getattr(third_party, "healkit_name", None)
+    assert failures == ([] if hook is None else [(name, hook)])
     assert not [e for e in logs if e["event"] == "healkit.background_task_failed"]

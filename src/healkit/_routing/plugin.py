@@ -645,7 +645,7 @@ class Router:
                         service=service,
                         endpoint=endpoint,
                         group=index,
-                        usable=self._usable(service, plan, endpoint, moment),
+                        usable=self._seen_usable(service, plan, endpoint, moment),
                         ejected_for=max(health.ejected_until - moment, 0.0),
                         down=health.down,
                         fleet_reports=self._fleet.reporters(service, endpoint),
@@ -654,6 +654,19 @@ class Router:
                     )
                 )
         return tuple(found)
+
+    def _seen_usable(self, service: str, plan: RoutingPlan, endpoint: str, now: float) -> bool:
+        """Whether a call could use ``endpoint`` now, for the read API and the fleet view.
+
+        A plugin failing to answer ``healkit_endpoint_available`` is logged and
+        the endpoint shown unusable (a call there would fail), rather than
+        failing the whole view.
+        """
+        try:
+            return self._usable(service, plan, endpoint, now)
+        except PluginError as error:
+            self._plugin_failed(error)
+            return False
 
     def _describe(self) -> tuple[dict[str, ServiceView], float | None]:
         """Return how this instance sees the services that share health, and when that changes.
