@@ -100,7 +100,15 @@ class FlakyTls:
 
 
 @pytest.mark.parametrize(
-    "first", [RuntimeError("the key store is locked"), "not a context"], ids=["raises", "str"]
+    "first",
+    [
+        RuntimeError("the key store is locked"),
+        "not a context",
+        # A context of the wrong purpose: before, it was used, and on https
+        # endpoints every probe failed and took them down, naming no plugin.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+    ],
+    ids=["raises", "str", "server-side context"],
 )
 async def test_a_tls_plugin_failing_once_does_not_stop_health_probes(
     servers: list[FaultServer], first: object

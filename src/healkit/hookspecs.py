@@ -342,8 +342,9 @@ def healkit_tls_context(service: str) -> ssl.SSLContext | None:
     verification). A TLS plugin answers with the context it gives the
     service's attempts (``attempt.ssl``). ``None``: no context from this
     plugin; without an answer aiohttp's default verification applies. An
-    exception, or an answer that is not an :class:`ssl.SSLContext`, is logged
-    as ``healkit.plugin_error`` naming the plugin, and that probe is skipped
+    exception, or an answer that is not a client's :class:`ssl.SSLContext` (a
+    ``PROTOCOL_TLS_SERVER`` one is a server's), is logged as
+    ``healkit.plugin_error`` naming the plugin, and that probe is skipped
     (the endpoint's health stays as it was; the next round asks again).
 
     Result: stops at the first non-``None`` result (``firstresult``). May not

@@ -569,7 +569,11 @@ class Router:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         try:
-            tls = None if self._tls is None else _first(self._tls, ssl.SSLContext, service)
+            tls = (
+                None
+                if self._tls is None
+                else _first(self._tls, ssl.SSLContext, service, refuse=_server_side)
+            )
         except PluginError as error:
             # Without the context the probe would not see the endpoint as calls do:
             # skip this one, keep probing (the task ending would stop every probe).
@@ -755,11 +759,19 @@ def _admitted(gates: CompiledHook, service: str, endpoint: str) -> bool:
     return True
 
 
-def _first(hook: CompiledHook, kind: type[_T], *args: object) -> _T | None:
+def _first(
+    hook: CompiledHook,
+    kind: type[_T],
+    *args: object,
+    refuse: Callable[[_T], str | None] | None = None,
+) -> _T | None:
     """Return the first answer of a decision plugin to a ``firstresult`` ``hook``.
 
+    ``refuse`` says what is wrong with an answer of the right type (``None``: nothing).
+
     Raises:
-        PluginError: an implementation raised, or answered with another type than ``kind``.
+        PluginError: an implementation raised, answered with another type than
+            ``kind``, or with an answer ``refuse`` finds wrong.
 
     """
     for index, function in hook.indexed:
@@ -772,7 +784,16 @@ def _first(hook: CompiledHook, kind: type[_T], *args: object) -> _T | None:
         if not isinstance(answer, kind):
             wrong = TypeError(f"returned {type(answer).__name__}, not a {kind.__name__}")
             raise PluginError(hook.plugins[index], hook.name, wrong)
+        if refuse is not None and (reason := refuse(answer)) is not None:
+            raise PluginError(hook.plugins[index], hook.name, ValueError(reason))
         return answer
+    return None
+
+
+def _server_side(context: ssl.SSLContext) -> str | None:
+    """Refuse a server's TLS context where a client's is needed (every connection would fail)."""
+    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        return "returned a server-side SSLContext (PROTOCOL_TLS_SERVER), not a client's"
     return None
 
 
