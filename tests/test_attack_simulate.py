@@ -220,3 +220,21 @@ def test_a_disruption_phase_without_calls_has_no_failover_time(
     assert result.status == 0, result.err
     (scenario,) = json.loads(result.out)["services"][0]["scenarios"]
     assert scenario["proposed"]["failover_time"] is None
+
+
+def test_a_service_with_more_endpoints_than_a_simulation_serves_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: one loopback server per endpoint, however many: past the process's
+    # open-file limit, FaultServer failed with a raw IndexError traceback.
+    endpoints = ", ".join(f'"https://pay-{index}.internal"' for index in range(200))
+    fallback = ", ".join(f'"https://dr-{index}.internal"' for index in range(100))
+    policy = tmp_path / "wide.toml"
+    policy.write_text(
+        f"[services.pay]\nendpoints = [{endpoints}]\n"
+        f"[services.pay.routing]\nfallback_groups = [[{fallback}]]\n"
+    )
+    result = cli(capsys, "config", "simulate", str(policy), "--scenario", "healthy")
+    assert result.status == 1, result.out
+    assert "$.services.pay.endpoints: 300 endpoints" in result.err
+    assert "at most 256" in result.err

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from healkit_breaker import BreakerTransition
 
 __all__ = [
+    "MAX_ENDPOINTS",
     "MAX_PROBES",
     "CallRecord",
     "PhaseWindow",
@@ -52,6 +53,9 @@ __all__ = [
 
 TRAFFIC_PATH: Final = "/simulate"
 """The path every simulated call requests (probes use the policy's probe path)."""
+
+MAX_ENDPOINTS: Final = 256
+"""The most endpoints (primary and fallback) a simulated service may have: one server each."""
 
 MAX_PROBES: Final = 100_000
 """The most health-probe requests one scenario may make (endpoints x duration / interval).
@@ -218,7 +222,8 @@ def simulate_service(
 
     Raises:
         ConfigError: the document is invalid, or lacks the service or its endpoints,
-            or its probes would send more than :data:`MAX_PROBES` requests in a scenario.
+            or has more than :data:`MAX_ENDPOINTS` endpoints, or its probes would send
+            more than :data:`MAX_PROBES` requests in a scenario.
         PluginError: a plugin failed to load.
 
     """
@@ -226,6 +231,7 @@ def simulate_service(
         document, config_sections(create_plugin_manager(block=block)), origin=origin
     )
     policy = service_policy(document, service, origin=origin)
+    _check_endpoints(policy, service, origin=origin)
     for name, scenario in scenarios.items():
         _check_probes(config, service, name, scenario, origin=origin)
     runs = []
@@ -233,6 +239,30 @@ def simulate_service(
         with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
             runs.append(runner.run(run_scenario(policy, service, name, scenario, block=block)))
     return runs
+
+
+def _endpoint_groups(policy: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Return the primary endpoints and the fallback groups of a (validated) service document."""
+    routing = policy.get("routing") or {}
+    groups = [list(group) for group in routing.get("fallback_groups") or ()]
+    return list(policy["endpoints"]), groups
+
+
+def _check_endpoints(policy: Mapping[str, Any], service: str, *, origin: str) -> None:
+    """Refuse a service with more endpoints than a simulation starts servers for.
+
+    Raises:
+        ConfigError: on the service's ``endpoints``.
+
+    """
+    primary, groups = _endpoint_groups(policy)
+    count = len(primary) + sum(len(group) for group in groups)
+    if count > MAX_ENDPOINTS:
+        reason = (
+            f"{count} endpoints (with the fallback groups'); a simulation starts a server"
+            f" for each, at most {MAX_ENDPOINTS}"
+        )
+        raise ConfigError([ConfigIssue(f"$.services.{service}.endpoints", reason)], origin=origin)
 
 
 def _check_probes(
@@ -273,9 +303,8 @@ async def run_scenario(
 ) -> Run:
     """Play ``scenario`` against ``policy`` (a service document, defaults merged in)."""
     loop = asyncio.get_running_loop()
-    primary: list[str] = list(policy["endpoints"])
+    primary, groups = _endpoint_groups(policy)
     routing = policy.get("routing") or {}
-    groups: list[list[str]] = [list(group) for group in routing.get("fallback_groups") or ()]
     probe = routing.get("probe") or {}
     probe_path: str | None = yarl.URL(str(probe.get("path", "/"))).path or "/"
     if probe_path == TRAFFIC_PATH:  # probes then get what calls get, and count as calls
