@@ -220,3 +220,30 @@ async def test_a_failing_or_long_answer_does_not_spoil_fleet_health_sharing(
     name = getattr(third_party, "healkit_name", None)
     assert failures == ([] if hook is None else [(name, hook)])
     assert not [e for e in logs if e["event"] == "healkit.background_task_failed"]
+
+
+class Refuses:
+    """A third-party breaker that refuses one endpoint."""
+
+    healkit_name = "late-breaker"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    @healkit.hookimpl
+    def healkit_endpoint_available(self, service: str, endpoint: str) -> bool:
+        del service
+        return endpoint != self.endpoint
+
+
+async def test_a_breaker_registered_after_start_is_asked_by_routing(
+    servers: list[FaultServer], manual_clock: ManualClock
+) -> None:
+    a, b = servers
+    async with healkit.Client(
+        config=document(a.url, b.url), entry_points=False, clock=manual_clock
+    ) as client:
+        client.runtime.register(Refuses(a.url))
+        answered = [(await client.get("/x", service=SERVICE)).outcome for _ in range(4)]
+    assert [o.endpoint for o in answered if o] == [b.url] * 4
+    assert a.hits("/x") == 0
