@@ -307,7 +307,8 @@ def healkit_endpoint_available(service: str, endpoint: str) -> bool | None:
     this plugin would refuse such an attempt now (an open breaker), so routing
     sends it elsewhere; ``True`` or ``None``: no objection. Answer without side
     effects: the attempt may still go elsewhere (a half-open breaker takes no
-    probe slot here). An exception fails the call with a
+    probe slot here). An exception, or an answer that is not a bool or
+    ``None`` (``0``, ``"no"``), fails the call with a
     :class:`healkit.PluginError` naming the plugin.
 
     Result: all implementations are called until one answers ``False``; the
@@ -322,7 +323,10 @@ def healkit_circuit_state(service: str, endpoint: str | None) -> CircuitState | 
     ``endpoint`` is a base URL as in ``attempt.endpoint`` (``None``: the
     service as a whole, for a decorated function). For what others show of
     the endpoint: tracing's ``healkit.breaker.state`` attribute, the fleet
-    health view, status. ``None``: this plugin guards no such endpoint.
+    health view, status. ``None``: this plugin guards no such endpoint. An
+    exception, or an answer that is not a :class:`CircuitState`, is logged as
+    ``healkit.plugin_error`` naming the plugin and the state shown as unknown;
+    the fleet health view keeps the first 64 characters of ``state``.
 
     Result: stops at the first non-``None`` result (``firstresult``). May not
     return an awaitable.
@@ -337,7 +341,11 @@ def healkit_tls_context(service: str) -> ssl.SSLContext | None:
     an endpoint as calls do (the same CA bundle, client certificate and
     verification). A TLS plugin answers with the context it gives the
     service's attempts (``attempt.ssl``). ``None``: no context from this
-    plugin; without an answer aiohttp's default verification applies.
+    plugin; without an answer aiohttp's default verification applies. An
+    exception, or an answer that is not a client's :class:`ssl.SSLContext` (a
+    ``PROTOCOL_TLS_SERVER`` one is a server's), is logged as
+    ``healkit.plugin_error`` naming the plugin, and that probe is skipped
+    (the endpoint's health stays as it was; the next round asks again).
 
     Result: stops at the first non-``None`` result (``firstresult``). May not
     return an awaitable.

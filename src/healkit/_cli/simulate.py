@@ -167,13 +167,32 @@ def _scenarios(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dic
     return {name: known[name] for name in dict.fromkeys(args.scenario)}
 
 
+def _check_names(
+    threshold: Threshold, scenarios: Mapping[str, Scenario], parser: argparse.ArgumentParser
+) -> None:
+    """Refuse a threshold naming a scenario, or a phase of it, that does not run.
+
+    Such a threshold would never be checked: a typo must not pass a CI gate.
+    """
+    name, phase = threshold.scenario, threshold.phase
+    if name is None:
+        return
+    if name not in scenarios:
+        parser.error(f"--fail-if {threshold.spec!r}: no scenario {name!r}")
+    phases = [entry.name for entry in scenarios[name].phases]
+    if phase is not None and phase not in phases:
+        parser.error(
+            f"--fail-if {threshold.spec!r}: no phase {phase!r} in scenario {name!r}"
+            f"{close_names(phase, phases)}"
+        )
+
+
 def _simulate(args: argparse.Namespace, out: TextIO, parser: argparse.ArgumentParser) -> int:
     err = sys.stderr
     try:
         scenarios = _scenarios(args, parser)
         for threshold in args.fail_if:
-            if threshold.scenario is not None and threshold.scenario not in scenarios:
-                parser.error(f"--fail-if {threshold.spec!r}: no scenario {threshold.scenario!r}")
+            _check_names(threshold, scenarios, parser)
         proposed = _document(args.source)
         current = _current(args, parser)
         services = _services(args, parser, proposed)
@@ -395,6 +414,9 @@ def _write_scenario(out: TextIO, scenario: Mapping[str, Any]) -> None:
             out.write(f"    {label:<22}{before:>18}{now:>18}{delta:>12}".rstrip() + "\n")
     for phase in proposed.phases:
         mark = f" [{phase.mark}]" if phase.mark else ""
+        if not phase.calls:
+            out.write(f"    phase {phase.name}{mark} at {phase.start:g} s: no call started in it\n")
+            continue
         out.write(
             f"    phase {phase.name}{mark} at {phase.start:g} s: {phase.calls} calls,"
             f" success {_pct(phase.success_rate)}, amplification {phase.amplification:.2f},"

@@ -16,10 +16,11 @@ health records of the namespace.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO, final
+from typing import Any, Final, TextIO, final
 
 import msgspec
 
@@ -365,6 +366,35 @@ def _service_health(
 
 # -- text ----------------------------------------------------------------------------------
 
+# Whatever can write under the namespace writes what this text shows: its
+# strings are shown escaped and cut short, and its lists cut, so that a record
+# neither drives the operator's terminal nor floods it (--json keeps all of it).
+_UNSAFE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_LONGEST: Final = 256
+_INSTANCES_SHOWN: Final = 20
+_NAMES_SHOWN: Final = 10
+_ENDPOINTS_SHOWN: Final = 32
+_RECORDS_SHOWN: Final = 20
+
+
+def _shown(text: str) -> str:
+    """Return ``text`` with control and bidi characters escaped, cut to a line's worth."""
+    if len(text) > _LONGEST:
+        text = text[:_LONGEST] + "..."
+    return _UNSAFE.sub(lambda match: ascii(match[0])[1:-1], text)
+
+
+def _names(names: Sequence[str]) -> str:
+    """Return the first names, shown safely, and how many more there are."""
+    shown = ", ".join(_shown(name) for name in names[:_NAMES_SHOWN])
+    hidden = len(names) - _NAMES_SHOWN
+    return f"{shown} and {hidden} more" if hidden > 0 else shown
+
+
+def _more(out: TextIO, hidden: int, what: str, indent: str) -> None:
+    if hidden > 0:
+        out.write(f"{indent}... {hidden} more {what} (--json lists them all)\n")
+
 
 def write_text(out: TextIO, report: StatusReport, now: float) -> None:
     """Write ``report`` for a person; ``now`` (Unix time) turns moments into ages."""
@@ -372,25 +402,32 @@ def write_text(out: TextIO, report: StatusReport, now: float) -> None:
     leader = "no leader" if etcd.leader == "0" else f"leader {etcd.leader}"
     if etcd.leader != "0" and etcd.leader == etcd.member:
         leader += " (this member)"
-    out.write(f"etcd {etcd.endpoint}: version {etcd.version}, revision {etcd.revision}, {leader}\n")
+    out.write(
+        f"etcd {_shown(etcd.endpoint)}: version {_shown(etcd.version)},"
+        f" revision {etcd.revision}, {leader}\n"
+    )
     out.write(
         f"namespace {report.namespace} ({report.prefix}), read at revision {report.revision}\n"
     )
     if not report.documents:
         out.write("  no documents\n")
-    width = max((len(d.key) - len(report.prefix) for d in report.documents), default=0)
-    for document in report.documents:
-        relative = document.key.removeprefix(report.prefix)
+    relatives = [_shown(d.key.removeprefix(report.prefix)) for d in report.documents]
+    width = max(map(len, relatives), default=0)
+    for relative, document in zip(relatives, report.documents, strict=True):
         verdict = "valid" if document.valid else "INVALID"
         out.write(f"  {relative:<{width}}  revision {document.mod_revision:<6} {verdict}\n")
-        out.writelines(f"      {i.path}: {i.reason}\n" for i in document.issues)
-    out.writelines(f"  namespace INVALID: {i.path}: {i.reason}\n" for i in report.issues)
+        out.writelines(f"      {_shown(i.path)}: {_shown(i.reason)}\n" for i in document.issues)
+    out.writelines(
+        f"  namespace INVALID: {_shown(i.path)}: {_shown(i.reason)}\n" for i in report.issues
+    )
     for service, health in report.fleet.items():
         _write_service(out, service, health, now)
+    unreadable = report.unreadable_instance_records
     out.writelines(
-        f"  instance record {r.key} unreadable: {r.reason}\n"
-        for r in report.unreadable_instance_records
+        f"  instance record {_shown(r.key)} unreadable: {_shown(r.reason)}\n"
+        for r in unreadable[:_RECORDS_SHOWN]
     )
+    _more(out, len(unreadable) - _RECORDS_SHOWN, "unreadable instance records", "  ")
 
 
 def _write_service(out: TextIO, service: str, health: ServiceHealth, now: float) -> None:
@@ -400,7 +437,7 @@ def _write_service(out: TextIO, service: str, health: ServiceHealth, now: float)
     out.write(f"service {service} ({shared}):\n")
     for entry in health.endpoints:
         reporters = entry.reported_out_by
-        seen = f"reported out by {', '.join(reporters)}" if reporters else "no report"
+        seen = f"reported out by {_names(reporters)}" if reporters else "no report"
         out.write(f"  group {entry.group}  {entry.endpoint}  {seen}\n")
     traffic = health.traffic
     where = (
@@ -409,8 +446,9 @@ def _write_service(out: TextIO, service: str, health: ServiceHealth, now: float)
         else f"group {traffic.group}: {', '.join(traffic.endpoints)}"
     )
     out.write(f"  traffic now: {where}\n")
-    for seen_by in health.instances:
+    for seen_by in health.instances[:_INSTANCES_SHOWN]:
         _write_instance(out, seen_by, now)
+    _more(out, len(health.instances) - _INSTANCES_SHOWN, "instances", "  ")
 
 
 def _write_instance(out: TextIO, seen: InstanceSeen, now: float) -> None:
@@ -418,14 +456,15 @@ def _write_instance(out: TextIO, seen: InstanceSeen, now: float) -> None:
     where = (
         "nowhere usable (the primary group is tried anyway)"
         if seen.traffic_group is None
-        else f"group {seen.traffic_group}: {', '.join(seen.traffic)}"
+        else f"group {seen.traffic_group}: {_names(seen.traffic)}"
     )
     age = max(now - seen.updated, 0.0)
-    out.write(f"  instance {seen.instance} (as of {age:.0f} s ago): traffic to {where}\n")
+    out.write(f"  instance {_shown(seen.instance)} (as of {age:.0f} s ago): traffic to {where}\n")
     out.writelines(
-        f"    group {entry.group}  {entry.endpoint}  {_local_health(entry, now)}\n"
-        for entry in seen.endpoints
+        f"    group {entry.group}  {_shown(entry.endpoint)}  {_local_health(entry, now)}\n"
+        for entry in seen.endpoints[:_ENDPOINTS_SHOWN]
     )
+    _more(out, len(seen.endpoints) - _ENDPOINTS_SHOWN, "endpoints", "    ")
 
 
 def _local_health(entry: EndpointView, now: float) -> str:
@@ -443,7 +482,7 @@ def _local_health(entry: EndpointView, now: float) -> str:
         health = "unusable"
     if entry.breaker is None:
         return health
-    health += f", breaker {entry.breaker}"
+    health += f", breaker {_shown(entry.breaker)}"
     if retry_at is not None and retry_at > now:
         health += f" (admits calls again in {retry_at - now:.0f} s)"
     return health

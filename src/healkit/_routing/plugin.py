@@ -58,7 +58,7 @@ from healkit._errors import (
     HTTPStatusError,
     PluginError,
 )
-from healkit._log import get_logger
+from healkit._log import get_logger, plugin_failed
 from healkit._plan import CompiledHook, compile_hook
 from healkit._routing.fleet import EndpointView, FleetHealth, ServiceView
 from healkit._routing.health import (
@@ -93,6 +93,7 @@ if TYPE_CHECKING:
 __all__ = ["Router", "endpoint_status"]
 
 _logger: Final = get_logger("healkit.routing")
+_STATE_LONGEST: Final = 64  # the longest breaker state a fleet record (EndpointView) holds
 _T = TypeVar("_T")
 
 _UNAVAILABLE: Final = frozenset({502, 503, 504})
@@ -533,7 +534,8 @@ class Router:
                 results = await asyncio.gather(*(self._probe(*target) for target in ready))
                 finished = clock.now()
                 for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
-                    self._probed(service, endpoint, probe_settings, good=good)
+                    if good is not None:
+                        self._probed(service, endpoint, probe_settings, good=good)
                     due[(service, endpoint)] = finished + probe_settings.interval
             wait = min(due.get((t[0], t[1]), now) for t in targets) - clock.now()
             if wait > 0:
@@ -550,14 +552,27 @@ class Router:
             sleeper.cancel()
             waker.cancel()
 
-    async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool:
-        """Probe with the service's TLS context and within its attempt limits."""
+    async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool | None:
+        """Probe with the service's TLS context and within its attempt limits.
+
+        ``None``: not probed, the TLS plugin failed (logged as ``healkit.plugin_error``).
+        """
         runtime, config = self._runtime, self._config
         if runtime is None or config is None:
             raise RuntimeError("the router probes only once configured")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        tls = None if self._tls is None else _first(self._tls, ssl.SSLContext, service)
+        try:
+            tls = (
+                None
+                if self._tls is None
+                else _first(self._tls, ssl.SSLContext, service, refuse=_server_side)
+            )
+        except PluginError as error:
+            # Without the context the probe would not see the endpoint as calls do:
+            # skip this one, keep probing (the task ending would stop every probe).
+            self._plugin_failed(error)
+            return None
         limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
         return await probe(self._session, endpoint, settings, limits, tls)
 
@@ -628,7 +643,7 @@ class Router:
                         service=service,
                         endpoint=endpoint,
                         group=index,
-                        usable=self._usable(service, plan, endpoint, moment),
+                        usable=self._seen_usable(service, plan, endpoint, moment),
                         ejected_for=max(health.ejected_until - moment, 0.0),
                         down=health.down,
                         fleet_reports=self._fleet.reporters(service, endpoint),
@@ -637,6 +652,19 @@ class Router:
                     )
                 )
         return tuple(found)
+
+    def _seen_usable(self, service: str, plan: RoutingPlan, endpoint: str, now: float) -> bool:
+        """Whether a call could use ``endpoint`` now, for the read API and the fleet view.
+
+        A plugin failing to answer ``healkit_endpoint_available`` is logged and
+        the endpoint shown unusable (a call there would fail), rather than
+        failing the whole view.
+        """
+        try:
+            return self._usable(service, plan, endpoint, now)
+        except PluginError as error:
+            self._plugin_failed(error)
+            return False
 
     def _describe(self) -> tuple[dict[str, ServiceView], float | None]:
         """Return how this instance sees the services that share health, and when that changes.
@@ -681,13 +709,26 @@ class Router:
     def _breaker_of(self, service: str, endpoint: str) -> tuple[str | None, float]:
         """Return the endpoint's circuit state, and when it may admit calls again.
 
-        Asks ``healkit_circuit_state``: any breaker plugin may answer.
+        Asks ``healkit_circuit_state``: any breaker plugin may answer. A plugin
+        that fails is logged and the state left unknown (``None``), so that the
+        fleet view is still published; a state is cut to what a record holds.
         """
         circuits = self._circuits
-        found = None if circuits is None else _first(circuits, CircuitState, service, endpoint)
+        try:
+            found = None if circuits is None else _first(circuits, CircuitState, service, endpoint)
+        except PluginError as error:
+            self._plugin_failed(error)
+            return None, -math.inf
         if found is None:
             return None, -math.inf
-        return found.state, -math.inf if found.retry_at is None else found.retry_at
+        retry_at = -math.inf if found.retry_at is None else found.retry_at
+        return found.state[:_STATE_LONGEST], retry_at
+
+    def _plugin_failed(self, error: PluginError) -> None:
+        """Log a plugin's failure in a hook routing asks outside a call, and count it."""
+        plugin_failed(error.plugin, error.hook, error)
+        if self._runtime is not None:
+            self._runtime.plugin_errors[error.plugin] += 1
 
     def _wall(self, moment: float, now: float) -> float | None:
         """Return a future moment of the runtime clock in Unix time (``None``: past or never)."""
@@ -700,18 +741,31 @@ def _admitted(gates: CompiledHook, service: str, endpoint: str) -> bool:
     """Whether no decision plugin says it would refuse an attempt to ``endpoint`` now."""
     for index, gate in gates.indexed:
         try:
-            if gate(service, endpoint) is False and not gates.observers[index]:
-                return False
+            answer = gate(service, endpoint)
         except Exception as exc:
             raise PluginError(gates.plugins[index], gates.name, exc) from exc
+        if gates.observers[index] or answer is None or answer is True:
+            continue
+        if answer is not False:  # 0 or "no" must not pass for "no objection"
+            wrong = TypeError(f"returned {type(answer).__name__}, not a bool or None")
+            raise PluginError(gates.plugins[index], gates.name, wrong)
+        return False
     return True
 
 
-def _first(hook: CompiledHook, kind: type[_T], *args: object) -> _T | None:
+def _first(
+    hook: CompiledHook,
+    kind: type[_T],
+    *args: object,
+    refuse: Callable[[_T], str | None] | None = None,
+) -> _T | None:
     """Return the first answer of a decision plugin to a ``firstresult`` ``hook``.
 
+    ``refuse`` says what is wrong with an answer of the right type (``None``: nothing).
+
     Raises:
-        PluginError: an implementation raised, or answered with another type than ``kind``.
+        PluginError: an implementation raised, answered with another type than
+            ``kind``, or with an answer ``refuse`` finds wrong.
 
     """
     for index, function in hook.indexed:
@@ -724,7 +778,16 @@ def _first(hook: CompiledHook, kind: type[_T], *args: object) -> _T | None:
         if not isinstance(answer, kind):
             wrong = TypeError(f"returned {type(answer).__name__}, not a {kind.__name__}")
             raise PluginError(hook.plugins[index], hook.name, wrong)
+        if refuse is not None and (reason := refuse(answer)) is not None:
+            raise PluginError(hook.plugins[index], hook.name, ValueError(reason))
         return answer
+    return None
+
+
+def _server_side(context: ssl.SSLContext) -> str | None:
+    """Refuse a server's TLS context where a client's is needed (every connection would fail)."""
+    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        return "returned a server-side SSLContext (PROTOCOL_TLS_SERVER), not a client's"
     return None
 
 

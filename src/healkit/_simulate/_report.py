@@ -188,11 +188,14 @@ def _phase(window: PhaseWindow, calls: Sequence[CallRecord]) -> PhaseFigures:
 
 
 def _time_until(run: Run, mark: str, good: Callable[[CallRecord], bool]) -> float | Never | None:
-    """Seconds from the marked phase's start until every later call of it is ``good``."""
+    """Seconds from the marked phase's start until every later call of it is ``good``.
+
+    ``None`` without such a phase, or when no call started in it (nothing to measure).
+    """
     window = next((w for w in run.phases if w.mark == mark), None)
-    if window is None:
+    mine = [] if window is None else sorted(_in(window, run.calls), key=lambda c: c.start)
+    if window is None or not mine:
         return None
-    mine = sorted(_in(window, run.calls), key=lambda call: call.start)
     bad = [index for index, call in enumerate(mine) if not good(call)]
     if not bad:
         return 0.0
@@ -207,10 +210,7 @@ def _time_until(run: Run, mark: str, good: Callable[[CallRecord], bool]) -> floa
 def value(report: Figures, figure: str, phase: str | None = None) -> float | None:
     """Return the number a threshold compares (``"never"``: infinite; ``None``: not applicable)."""
     if phase is not None:
-        for entry in report.phases:
-            if entry.name == phase:
-                return float(getattr(entry, figure))
-        return None
+        return _phase_value(report, figure, phase)
     if figure.endswith("_rate") and figure != "success_rate":
         return _rate(report.paths[figure.removesuffix("_rate")], report.calls)
     if figure == "breaker_transitions":
@@ -219,6 +219,18 @@ def value(report: Figures, figure: str, phase: str | None = None) -> float | Non
     if raw == "never":
         return math.inf
     return None if raw is None else float(raw)
+
+
+def _phase_value(report: Figures, figure: str, phase: str) -> float | None:
+    """Return a phase's figure; ``None`` without such a phase.
+
+    A phase in which no call started has only ``calls``: its rates and
+    latency are of nothing, not 0.
+    """
+    for entry in report.phases:
+        if entry.name == phase:
+            return float(getattr(entry, figure)) if entry.calls or figure == "calls" else None
+    return None
 
 
 def change(current: Figures, proposed: Figures) -> dict[str, float | None]:
@@ -267,7 +279,8 @@ def parse_threshold(text: str) -> Threshold:
     """Parse ``outage-recovery/outage:amplification>1.5`` or ``success_rate<99.9%``.
 
     Raises:
-        ValueError: the text is not a threshold, or names an unknown figure.
+        ValueError: the text is not a threshold, names an unknown figure, or its
+            number is too large for a float.
 
     """
     match = _THRESHOLD.match(text.strip())
@@ -281,6 +294,8 @@ def parse_threshold(text: str) -> Threshold:
         where = "a phase" if phase is not None else "a scenario"
         raise ValueError(f"unknown figure {figure!r} for {where}; known: {', '.join(known)}")
     number = float(match["number"]) / (100 if match["percent"] else 1)
+    if not math.isfinite(number):
+        raise ValueError(f"{text!r}: {match['number']} is not a finite number")
     return Threshold(
         spec=text,
         scenario=match["scenario"],

@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any, Final, final
 import yarl
 
 from healkit._client import Client
-from healkit._config.models import build_config
+from healkit._config.models import HealkitConfig, build_config
 from healkit._config.validate import merge
 from healkit._errors import ConfigError, ConfigIssue, HealkitError
 from healkit._plugins import create_plugin_manager
 from healkit._routing.plugin import Router
+from healkit._routing.settings import SECTION as ROUTING
+from healkit._routing.settings import endpoint_groups
 from healkit._runtime import Runtime, config_sections
 from healkit._simulate._loop import LoopClock, VirtualTimeLoop
 from healkit._simulate._scenarios import Scenario, Upstream
@@ -38,10 +40,29 @@ from healkit.testing._faults import FaultServer
 if TYPE_CHECKING:
     from healkit_breaker import BreakerTransition
 
-__all__ = ["CallRecord", "PhaseWindow", "Run", "Transition", "run_scenario", "simulate_service"]
+__all__ = [
+    "MAX_ENDPOINTS",
+    "MAX_PROBES",
+    "CallRecord",
+    "PhaseWindow",
+    "Run",
+    "Transition",
+    "run_scenario",
+    "simulate_service",
+]
 
 TRAFFIC_PATH: Final = "/simulate"
 """The path every simulated call requests (probes use the policy's probe path)."""
+
+MAX_ENDPOINTS: Final = 256
+"""The most endpoints (primary and fallback) a simulated service may have: one server each."""
+
+MAX_PROBES: Final = 100_000
+"""The most health-probe requests one scenario may make (endpoints x duration / interval).
+
+Calls are bounded by the scenario (``MAX_CALLS``); probes by the policy: a
+tiny ``routing.probe.interval`` would keep a simulation busy for days.
+"""
 
 
 @final
@@ -200,17 +221,76 @@ def simulate_service(
     runtime (no breaker or budget state carried from one to the next).
 
     Raises:
-        ConfigError: the document is invalid, or lacks the service or its endpoints.
+        ConfigError: the document is invalid, or lacks the service or its endpoints,
+            or has more than :data:`MAX_ENDPOINTS` endpoints, or its probes would send
+            more than :data:`MAX_PROBES` requests in a scenario.
         PluginError: a plugin failed to load.
 
     """
-    build_config(document, config_sections(create_plugin_manager(block=block)), origin=origin)
+    config = build_config(
+        document, config_sections(create_plugin_manager(block=block)), origin=origin
+    )
     policy = service_policy(document, service, origin=origin)
+    _check_endpoints(policy, service, origin=origin)
+    for name, scenario in scenarios.items():
+        _check_probes(config, service, name, scenario, origin=origin)
     runs = []
     for name, scenario in scenarios.items():
         with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
             runs.append(runner.run(run_scenario(policy, service, name, scenario, block=block)))
     return runs
+
+
+def _endpoint_groups(policy: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Return the primary endpoints and the fallback groups of a (validated) service document."""
+    routing = policy.get("routing") or {}
+    groups = [list(group) for group in routing.get("fallback_groups") or ()]
+    return list(policy["endpoints"]), groups
+
+
+def _check_endpoints(policy: Mapping[str, Any], service: str, *, origin: str) -> None:
+    """Refuse a service with more endpoints than a simulation starts servers for.
+
+    Raises:
+        ConfigError: on the service's ``endpoints``.
+
+    """
+    primary, groups = _endpoint_groups(policy)
+    count = len(primary) + sum(len(group) for group in groups)
+    if count > MAX_ENDPOINTS:
+        reason = (
+            f"{count} endpoints (with the fallback groups'); a simulation starts a server"
+            f" for each, at most {MAX_ENDPOINTS}"
+        )
+        raise ConfigError([ConfigIssue(f"$.services.{service}.endpoints", reason)], origin=origin)
+
+
+def _check_probes(
+    config: HealkitConfig, service: str, name: str, scenario: Scenario, *, origin: str
+) -> None:
+    """Refuse a run whose health probes alone would send more than MAX_PROBES requests.
+
+    Raises:
+        ConfigError: on the service's ``routing.probe.interval``.
+
+    """
+    policy = config.services[service]
+    try:
+        settings = policy.section(ROUTING)
+    except KeyError:  # the routing plugin is blocked: no probes
+        return
+    if settings.probe is None:
+        return
+    endpoints = sum(len(group) for group in endpoint_groups(policy, settings))
+    probes = endpoints * scenario.duration / settings.probe.interval
+    if probes > MAX_PROBES:
+        reason = (
+            f"probes of {endpoints} endpoints every {settings.probe.interval:g} s for the"
+            f" {scenario.duration:g} s of scenario {name!r} are {probes:.0f} probe requests;"
+            f" a simulation sends at most {MAX_PROBES}: raise the interval or shorten the scenario"
+        )
+        path = f"$.services.{service}.routing.probe.interval"
+        raise ConfigError([ConfigIssue(path, reason)], origin=origin)
 
 
 async def run_scenario(
@@ -223,9 +303,8 @@ async def run_scenario(
 ) -> Run:
     """Play ``scenario`` against ``policy`` (a service document, defaults merged in)."""
     loop = asyncio.get_running_loop()
-    primary: list[str] = list(policy["endpoints"])
+    primary, groups = _endpoint_groups(policy)
     routing = policy.get("routing") or {}
-    groups: list[list[str]] = [list(group) for group in routing.get("fallback_groups") or ()]
     probe = routing.get("probe") or {}
     probe_path: str | None = yarl.URL(str(probe.get("path", "/"))).path or "/"
     if probe_path == TRAFFIC_PATH:  # probes then get what calls get, and count as calls

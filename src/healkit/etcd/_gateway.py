@@ -432,8 +432,12 @@ class Settings:
     """The user's password."""
     ssl_context: ssl.SSLContext | None = dataclasses.field(compare=False)
     """The TLS context (``None``: the system's, for https endpoints)."""
-    tls: tuple[tuple[str, str], ...] | ssl.SSLContext | None
-    """What the TLS context is made of: each file's path and SHA-256, or the context given."""
+    tls: tuple[tuple[str, str, str], ...] | ssl.SSLContext | None
+    """What the TLS context is made of: each file's role, path and SHA-256, or the context given.
+
+    The role (``ca_file``, ``cert_file``, ``key_file``) counts: the same files
+    in other roles make another context (another trust, another identity).
+    """
     timeout: float
     """Seconds a request (not a stream) may take as a whole, per endpoint."""
     connect_timeout: float
@@ -477,12 +481,13 @@ def settings(  # noqa: PLR0913 - keyword-only connection options
     normalized = tuple(normalize_endpoint(item, tls=tls) for item in listed)
     if tls and any(item.startswith("http://") for item in normalized):
         raise ValueError("TLS options are given but an endpoint uses http://")
-    made_of: tuple[tuple[str, str], ...] | ssl.SSLContext | None = ssl_context
+    made_of: tuple[tuple[str, str, str], ...] | ssl.SSLContext | None = ssl_context
     if files:
         ssl_context = tls_context(ca_file, cert_file, key_file)
+        roles = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
         made_of = tuple(
-            (os.fspath(path), _digest(path))
-            for path in (ca_file, cert_file, key_file)
+            (role, os.fspath(path), _digest(path))
+            for role, path in roles.items()
             if path is not None
         )
     return Settings(
