@@ -370,7 +370,7 @@ class Client:
                     f"deadline must be a finite number of seconds > 0, got {deadline!r}"
                 )
             limit = now + deadline
-        call = CallContext._start(  # noqa: SLF001 - CallContext(...) by position: see _start
+        call = CallContext(  # by position: see CallContext.__init__
             service_name,
             "http",
             method,

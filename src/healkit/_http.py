@@ -212,7 +212,7 @@ class HttpTransport:
 
     def finish(self, result: Response, outcome: Callable[[], Outcome]) -> Response:
         """Attach the outcome."""
-        result.bind_outcome(outcome)
+        result._bind_outcome(outcome)  # noqa: SLF001 - the transport that made the response
         return result
 
     def _follows(self, call: CallContext) -> bool:

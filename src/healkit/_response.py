@@ -154,8 +154,8 @@ class Response:
             self._outcome = self._outcome_source()
         return self._outcome
 
-    def bind_outcome(self, source: Callable[[], Outcome]) -> None:
-        """Attach the call's outcome, built on first read of :attr:`outcome` (used by healkit)."""
+    def _bind_outcome(self, source: Callable[[], Outcome]) -> None:
+        """Attach the call's outcome, built on first read of :attr:`outcome`."""
         self._outcome_source = source
         self._outcome = None
 
