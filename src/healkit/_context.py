@@ -125,8 +125,7 @@ class CallContext:
         attempt_limit: int | None = None,
         attempt_timeout: float | None = None,
     ) -> None:
-        # Positional or keyword: healkit passes them by position, once per call
-        # (CPython 3.11 builds a dictionary for keyword arguments to a class).
+        # healkit's call paths pass these by position: keywords to a class cost a dict each call.
         self.service = service
         self.routable = routable
         self.transport: TransportKind = transport
@@ -350,12 +349,12 @@ class RetryDecision:
         cls, delay: float = 0.0, *, endpoint: str | None = None, reason: str = ""
     ) -> RetryDecision:
         """Propose another attempt after ``delay`` seconds."""
-        return cls(True, delay, endpoint, reason)  # noqa: FBT003 - by position: no dict
+        return cls(True, delay, endpoint, reason)  # noqa: FBT003 - by position, as in CallContext
 
     @classmethod
     def stop(cls, reason: str) -> RetryDecision:
         """Refuse further attempts, saying why (e.g. ``"retry budget exhausted"``)."""
-        return cls(False, 0.0, None, reason)  # noqa: FBT003 - by position: no dict
+        return cls(False, 0.0, None, reason)  # noqa: FBT003 - by position, as in CallContext
 
 
 @final

@@ -214,7 +214,7 @@ def _timed_out(call: CallContext, attempt: AttemptContext) -> TimeoutExceeded:
     return AttemptTimeout(f"attempt {attempt.number} took longer than {total}s", limit=total)
 
 
-def _judged(  # noqa: PLR0913, PLR0917 - the attempt's facts, by position on the hot path
+def _judged(  # noqa: PLR0913, PLR0917 - a step of execute, given its locals
     plan: CallPlan,
     call: CallContext,
     attempt: AttemptContext,
@@ -243,7 +243,7 @@ def _judged(  # noqa: PLR0913, PLR0917 - the attempt's facts, by position on the
     return error
 
 
-def _succeeded(  # noqa: PLR0913, PLR0917 - the attempt's facts, by position on the hot path
+def _succeeded(  # noqa: PLR0913, PLR0917 - a step of execute, given its locals
     plan: CallPlan,
     call: CallContext,
     attempt: AttemptContext,
