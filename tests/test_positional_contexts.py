@@ -107,3 +107,14 @@ def test_a_response_has_no_public_way_to_bind_an_outcome() -> None:
     assert not hasattr(healkit.Response, "bind_outcome")
     with pytest.raises(healkit.OutcomeUnavailableError):
         _ = healkit.Response(200).outcome
+
+
+def test_a_response_takes_its_facts_by_position() -> None:
+    response = healkit.Response(404, {"Content-Type": "text/plain"}, b"gone", "http://h/x", "Gone")
+    assert (response.status, response.body, response.url, response.reason) == (
+        404,
+        b"gone",
+        "http://h/x",
+        "Gone",
+    )
+    assert response.headers["content-type"] == "text/plain"
