@@ -356,7 +356,7 @@ def _selection_call(balance: str | None) -> OneCall:
     else:
         service = {"endpoints": list(STUB_ENDPOINTS), "routing": {"balance": balance}}
     runtime = healkit.Runtime(config={"services": {SERVICE: service}}, entry_points=False)
-    if ("routing" in runtime.plan.idle) != (balance is None):
+    if ("routing" in runtime._plan.idle) != (balance is None):  # noqa: SLF001 - checked, not used
         raise AssertionError("the routing plugin is idle exactly when there is no choice")
     return execute_call(runtime, routable=True)
 

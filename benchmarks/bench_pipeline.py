@@ -140,7 +140,7 @@ class StubTransport:
     def finish(
         self, result: healkit.Response, outcome: Callable[[], healkit.Outcome]
     ) -> healkit.Response:
-        result.bind_outcome(outcome)
+        result._bind_outcome(outcome)  # noqa: SLF001 - as healkit's HTTP transport does
         return result
 
 
@@ -168,7 +168,7 @@ def execute_call(
         config = runtime.config
         # Built as Client._prepare builds it: by position (keywords to a class
         # cost CPython 3.11 a dictionary per call).
-        call = healkit.CallContext._start(  # noqa: SLF001 - what Client does
+        call = healkit.CallContext(
             SERVICE,
             "http",
             "GET",

@@ -100,7 +100,7 @@ async def _stream(
             service, endpoint = workload.key(index)
             transport = StubTransport(healkit.Response(200, body=b"{}", url=endpoint + "/"))
             config = runtime.config
-            call = healkit.CallContext._start(  # noqa: SLF001 - what Client does
+            call = healkit.CallContext(  # by position, as Client builds it
                 service,
                 "http",
                 "POST",

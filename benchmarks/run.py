@@ -6,6 +6,7 @@ Usage::
     python benchmarks/run.py --quick      # a ~10 s smoke run (numbers are rough)
     python benchmarks/run.py --json       # one JSON object on stdout
     python benchmarks/run.py --only http  # one scenario (repeat --only for several)
+    python benchmarks/run.py --guard main # the healthy path, this tree against a revision
 
 A scenario is one function registered in :data:`SCENARIOS`; progress goes to
 stderr. The exit status is 0 even when a target is missed (benchmarks report,
@@ -31,6 +32,7 @@ import bench_http
 import bench_overload
 import bench_pipeline
 import bench_state
+import guard
 from _harness import Scenario, ScenarioResult, Settings, Target, environment, progress
 
 SCENARIOS: Final[dict[str, Scenario]] = {
@@ -62,6 +64,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""
+
+GUARD: Final = "guard"
+GUARD_SUMMARY: Final = "the healthy path (pipeline alone), this tree against a base revision"
 
 DISTRIBUTIONS: Final = (
     "healkit",
@@ -100,6 +105,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 if a target is missed"
     )
+    parser.add_argument(
+        "--guard",
+        metavar="REV",
+        help="instead of the scenarios: the healthy path of this tree against git revision REV,"
+        " in turns, each in its own process (see guard.py)",
+    )
     return parser.parse_args(argv)
 
 
@@ -113,7 +124,8 @@ def _print_text(
     results: dict[str, ScenarioResult], targets: list[Target], *, markdown: bool
 ) -> None:
     for name, result in results.items():
-        print(f"\n## {name}: {SCENARIOS[name].summary}\n" if markdown else "")
+        summary = GUARD_SUMMARY if name == GUARD else SCENARIOS[name].summary
+        print(f"\n## {name}: {summary}\n" if markdown else "")
         for table in result.tables:
             print(table.render(markdown=markdown))
         for note in result.notes:
@@ -134,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(DISTRIBUTIONS)
     started = time.perf_counter()
     results: dict[str, ScenarioResult] = {}
-    for name in args.only or list(SCENARIOS):
+    if args.guard is not None:
+        progress(f"[{GUARD}] {GUARD_SUMMARY}")
+        results[GUARD] = guard.run(settings, args.guard)
+    chosen = [] if args.guard is not None else args.only or list(SCENARIOS)
+    for name in chosen:
         progress(f"[{name}] {SCENARIOS[name].summary}")
         results[name] = SCENARIOS[name].run(settings)
     elapsed = time.perf_counter() - started

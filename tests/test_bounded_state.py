@@ -190,7 +190,7 @@ def first_call_work(plugin: object, known: int) -> int:
             scope_deadline=math.inf,
         )
         attempt = healkit.AttemptContext(1, f"http://{name}:80", started=clock.now())
-        runtime.plan.pre_request(call, attempt)
+        runtime._plan.pre_request(call, attempt)
 
     for index in range(known + 1):  # one over the cap: every new one evicts one now
         first_attempt(f"host-{index}.test")

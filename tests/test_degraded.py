@@ -154,10 +154,10 @@ def test_invalid_sections_are_rejected_with_their_path(
 
 def test_without_any_template_the_plugin_stays_out_of_the_call_plan() -> None:
     runtime = healkit.Runtime(config={"services": {"a": {}}}, entry_points=False)
-    assert "degraded" in runtime.plan.idle
-    assert not runtime.plan.has_pre_request
+    assert "degraded" in runtime._plan.idle
+    assert not runtime._plan.has_pre_request
     runtime.apply({"defaults": {"degraded": {"template": TEMPLATE}}}, origin="operator")
-    assert "degraded" not in runtime.plan.idle
-    assert runtime.plan.has_pre_request
+    assert "degraded" not in runtime._plan.idle
+    assert runtime._plan.has_pre_request
     runtime.apply({"services": {"a": {}}}, origin="operator")
-    assert "degraded" in runtime.plan.idle
+    assert "degraded" in runtime._plan.idle

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import cast
-
-import aiohttp
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
 import healkit
 from healkit._http import _client_timeout
@@ -54,21 +49,3 @@ async def test_a_stalled_buffered_attempt_ends_at_its_attempt_limit(
         with pytest.raises(healkit.AttemptTimeout) as caught:
             await client.get("/hang", service="svc")
     assert caught.value.limit == 0.2
-
-
-@pytest.mark.parametrize("reason", ["Not Found", None])
-def test_a_received_response_is_the_one_init_makes(reason: str | None) -> None:
-    headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "text/plain"}))
-    raw = cast(
-        "aiohttp.ClientResponse", SimpleNamespace(status=404, reason=reason, headers=headers)
-    )
-    received = healkit.Response._received(raw, b"body", "http://h/x")
-    made = healkit.Response(
-        404, headers=headers, body=b"body", url="http://h/x", reason=reason or ""
-    )
-    assert slots(received) == slots(made)
-    assert received.headers is headers
-
-
-def slots(response: healkit.Response) -> dict[str, object]:
-    return {name: getattr(response, name) for name in healkit.Response.__slots__}

@@ -141,19 +141,19 @@ class SometimesIdle:
 
 def test_an_idle_plugin_is_left_out_of_the_plan_until_the_config_needs_it() -> None:
     runtime = healkit.Runtime(plugins=[SometimesIdle()], entry_points=False, block_plugins=BUILTINS)
-    assert runtime.plan.idle == {"sometimes-idle"}
-    assert not runtime.plan.has_pre_request
+    assert runtime._plan.idle == {"sometimes-idle"}
+    assert not runtime._plan.has_pre_request
     runtime.apply({"services": {"busy": {}}}, origin="test")
-    assert runtime.plan.idle == frozenset()
-    assert runtime.plan.has_pre_request
+    assert runtime._plan.idle == frozenset()
+    assert runtime._plan.has_pre_request
 
 
 def test_a_plugin_whose_idle_check_fails_stays_in_the_plan() -> None:
     runtime = healkit.Runtime(
         plugins=[SometimesIdle(broken=True)], entry_points=False, block_plugins=BUILTINS
     )
-    assert runtime.plan.idle == frozenset()
-    assert runtime.plan.has_pre_request
+    assert runtime._plan.idle == frozenset()
+    assert runtime._plan.has_pre_request
     assert runtime.plugin_errors["sometimes-idle"] >= 1
 
 
@@ -193,16 +193,16 @@ async def _call_once(runtime: healkit.Runtime) -> None:
 async def test_hooks_a_plugin_names_idle_are_left_out_and_its_others_stay() -> None:
     plugin = QuietObserver()
     runtime = healkit.Runtime(plugins=[plugin], entry_points=False, block_plugins=BUILTINS)
-    assert runtime.plan.idle_hooks == {("quiet-observer", "healkit_call_end")}
-    assert runtime.plan.idle == frozenset()
-    assert runtime.plan.has_pre_request
-    assert not runtime.plan.has_call_end
+    assert runtime._plan.idle_hooks == {("quiet-observer", "healkit_call_end")}
+    assert runtime._plan.idle == frozenset()
+    assert runtime._plan.has_pre_request
+    assert not runtime._plan.has_call_end
     await _call_once(runtime)
     assert plugin.seen == ["pre_request 1"]
     # Its answer changes for a reason of its own: it asks for the plan again.
     plugin.answer = ()
     runtime.refresh_plan()
-    assert runtime.plan.idle_hooks == frozenset()
+    assert runtime._plan.idle_hooks == frozenset()
     await _call_once(runtime)
     assert plugin.seen == ["pre_request 1", "pre_request 1", "call_end primary"]
 
@@ -216,6 +216,6 @@ def test_a_plugin_naming_hooks_wrongly_stays_in_the_plan_whole(answer: object) -
     runtime = healkit.Runtime(
         plugins=[QuietObserver(answer)], entry_points=False, block_plugins=BUILTINS
     )
-    assert runtime.plan.idle_hooks == frozenset()
-    assert runtime.plan.has_call_end
+    assert runtime._plan.idle_hooks == frozenset()
+    assert runtime._plan.has_call_end
     assert runtime.plugin_errors["quiet-observer"] >= 1

@@ -320,7 +320,7 @@ class Client:
         finally:
             response.release()
 
-    def _prepare(  # noqa: C901, PLR0913, PLR0917 - the request's parts, forwarded from request() and stream()
+    def _prepare(  # noqa: PLR0913, PLR0917 - the request's parts, forwarded from request() and stream()
         self,
         method: str,
         target: str,
@@ -339,8 +339,6 @@ class Client:
     ) -> tuple[CallContext, HttpTransport, str]:
         session = self.session
         if options:
-            if reserved := RESERVED_OPTIONS & options.keys():
-                raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
             _check_options(options)
         if method not in STANDARD_METHODS:
             _check_method(method)
@@ -349,28 +347,11 @@ class Client:
         endpoint, path, service_name, policy, url = _address(config, target, service)
         if params:
             path = _with_query(path, params)
-        request_headers = _request_headers(headers) if headers else None
-        if url is not None and url.user is not None:
-            # Credentials in the URL become a Basic Authorization header (as
-            # aiohttp would do), so that logs and errors never carry the URL's.
-            if request_headers is None:
-                request_headers = CIMultiDict()
-            request_headers.setdefault("Authorization", _basic_auth(url))
+        request_headers = _call_headers(headers, url, json)
         body = _body(json, data)
-        if json is not None:
-            if request_headers is None:
-                request_headers = CIMultiDict()
-            request_headers.setdefault("Content-Type", "application/json")
         clock = self.runtime.clock
         now = clock.now()
-        limit = math.inf
-        if deadline is not None:
-            if not isinstance(deadline, int | float) or not 0 < deadline < math.inf:
-                raise RequestError(
-                    f"deadline must be a finite number of seconds > 0, got {deadline!r}"
-                )
-            limit = now + deadline
-        call = CallContext._start(  # noqa: SLF001 - CallContext(...) by position: see _start
+        call = CallContext(  # by position: see CallContext.__init__
             service_name,
             "http",
             method,
@@ -382,7 +363,7 @@ class Client:
             _is_idempotent(method, request_headers, idempotent),
             body is None or isinstance(body, bytes | str | Mapping),  # replayable
             now,
-            limit,
+            math.inf if deadline is None else now + _deadline_seconds(deadline),
             url is None,  # routable
         )
         if attempts is not None or attempt_timeout is not None:
@@ -523,6 +504,39 @@ def _check_method(method: object) -> None:
         raise RequestError(f"method {_shown(method)} is not an HTTP method (an RFC 9110 token)")
 
 
+def _call_headers(
+    headers: Mapping[str, str] | None, url: yarl.URL | None, json: object
+) -> CIMultiDict[str] | None:
+    """Return the call's headers: the caller's (checked), its URL's credentials, a JSON type.
+
+    Credentials in the URL become a Basic ``Authorization`` header (as aiohttp
+    would do), so that logs and errors never carry the URL's. ``None``: no
+    header at all (most calls; nothing allocated).
+    """
+    checked = _request_headers(headers) if headers else None
+    if url is not None and url.user is not None:
+        if checked is None:
+            checked = CIMultiDict()
+        checked.setdefault("Authorization", _basic_auth(url))
+    if json is not None:
+        if checked is None:
+            checked = CIMultiDict()
+        checked.setdefault("Content-Type", "application/json")
+    return checked
+
+
+def _deadline_seconds(deadline: object) -> float:
+    """Return ``deadline=`` once checked: a finite number of seconds > 0.
+
+    Raises:
+        RequestError: it is not.
+
+    """
+    if not isinstance(deadline, int | float) or not 0 < deadline < math.inf:
+        raise RequestError(f"deadline must be a finite number of seconds > 0, got {deadline!r}")
+    return deadline
+
+
 def _request_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     """Copy the caller's headers, rejecting what cannot be sent as a header field.
 
@@ -630,12 +644,15 @@ def _check_file(data: io.IOBase) -> None:
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
-    """Raise RequestError for an aiohttp option aiohttp itself would refuse with its own error.
+    """Raise RequestError for an option healkit does not take, or aiohttp would refuse.
 
+    The options healkit sets itself (``RESERVED_OPTIONS``) are not accepted.
     aiohttp checks ``ssl=`` (TypeError) and the ``cookies=`` names
     (``http.cookies.CookieError``) while it builds the request, outside
     ``aiohttp.ClientError``: checked here, before anything is sent.
     """
+    if reserved := RESERVED_OPTIONS & options.keys():
+        raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
     if "ssl" in options:
         given = options["ssl"]
         if given is not None and not isinstance(given, bool | ssl.SSLContext | aiohttp.Fingerprint):

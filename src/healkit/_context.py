@@ -43,6 +43,9 @@ _NOTHING_WITHHELD: Final[frozenset[str]] = frozenset()
 class CallContext:
     """One logical call, across all of its attempts.
 
+    The constructor takes its arguments by position or by keyword; the ones
+    after ``clock`` have defaults (``started``: the clock's now).
+
     Attributes:
         service: the service the call is for (from ``service=``, the URL, or the
             decorator).
@@ -103,9 +106,8 @@ class CallContext:
         "transport",
     )
 
-    def __init__(  # noqa: PLR0913 - a context is a bag of named facts
+    def __init__(  # noqa: PLR0913, PLR0917 - a context is a bag of named facts
         self,
-        *,
         service: str,
         transport: TransportKind,
         method: str,
@@ -118,91 +120,12 @@ class CallContext:
         replayable: bool = True,
         started: float | None = None,
         deadline: float = math.inf,
-        scope_deadline: float | None = None,
         routable: bool = False,
+        scope_deadline: float | None = None,
         attempt_limit: int | None = None,
         attempt_timeout: float | None = None,
     ) -> None:
-        self._fill(
-            service,
-            transport,
-            method,
-            target,
-            config,
-            policy,
-            clock,
-            headers,
-            idempotent,
-            replayable,
-            clock.now() if started is None else started,
-            deadline,
-            scope_deadline,
-            routable,
-        )
-        self.attempt_limit = attempt_limit
-        self.attempt_timeout = attempt_timeout
-
-    @classmethod
-    def _start(  # noqa: PLR0913, PLR0917 - the same facts as __init__, by position
-        cls,
-        service: str,
-        transport: TransportKind,
-        method: str,
-        target: str,
-        config: HealkitConfig,
-        policy: ServicePolicy,
-        clock: Clock,
-        headers: CIMultiDict[str] | None,
-        idempotent: bool,
-        replayable: bool,
-        started: float,
-        deadline: float,
-        routable: bool,
-    ) -> CallContext:
-        """Make a call context as ``__init__`` does, for healkit's own per-call paths.
-
-        Keyword arguments to a class make CPython 3.11 build a dictionary for
-        ``__init__`` (a few hundred ns for a dozen of them); the client, the
-        decorator and the httpx transport make one context per call, so they
-        pass everything by position here (this and ``__init__`` both fill the
-        context with ``_fill``).
-        """
-        self = cls.__new__(cls)
-        self._fill(
-            service,
-            transport,
-            method,
-            target,
-            config,
-            policy,
-            clock,
-            headers,
-            idempotent,
-            replayable,
-            started,
-            deadline,
-            None,
-            routable,
-        )
-        return self
-
-    def _fill(  # noqa: PLR0913, PLR0917 - every fact of a call, by position
-        self,
-        service: str,
-        transport: TransportKind,
-        method: str,
-        target: str,
-        config: HealkitConfig,
-        policy: ServicePolicy,
-        clock: Clock,
-        headers: CIMultiDict[str] | None,
-        idempotent: bool,
-        replayable: bool,
-        started: float,
-        deadline: float,
-        scope_deadline: float | None,
-        routable: bool,
-    ) -> None:
+        # healkit's call paths pass these by position: keywords to a class cost a dict each call.
         self.service = service
         self.routable = routable
         self.transport: TransportKind = transport
@@ -214,14 +137,14 @@ class CallContext:
         self._headers = headers
         self.idempotent = idempotent
         self.replayable = replayable
-        self.started = started
+        self.started = clock.now() if started is None else started
         self.deadline = deadline
         self._scope_deadline = scope_deadline
         self.attempts: list[AttemptContext] = []
         self.path: PathTaken = "primary"
         self._stash: Stash | None = None
-        self.attempt_limit = None
-        self.attempt_timeout = None
+        self.attempt_limit = attempt_limit
+        self.attempt_timeout = attempt_timeout
 
     def __repr__(self) -> str:
         return f"<CallContext {self.service} {self.method} {self.target} path={self.path}>"
@@ -347,39 +270,9 @@ class AttemptContext:
         self,
         number: int,
         endpoint: str | None,
-        *,
         started: float,
         timeouts: Timeouts = CORE_TIMEOUTS,
         retry_delay: float = 0.0,
-    ) -> None:
-        self._fill(number, endpoint, started, timeouts, retry_delay)
-
-    @classmethod
-    def _start(
-        cls,
-        number: int,
-        endpoint: str | None,
-        started: float,
-        timeouts: Timeouts,
-        retry_delay: float,
-    ) -> AttemptContext:
-        """Make an attempt context as ``__init__`` does, for the executor.
-
-        Positional, for the reason given in :meth:`CallContext._start`: the
-        executor makes one per attempt (this and ``__init__`` both fill it
-        with ``_fill``).
-        """
-        self = cls.__new__(cls)
-        self._fill(number, endpoint, started, timeouts, retry_delay)
-        return self
-
-    def _fill(
-        self,
-        number: int,
-        endpoint: str | None,
-        started: float,
-        timeouts: Timeouts,
-        retry_delay: float,
     ) -> None:
         self.number = number
         self.endpoint = endpoint
@@ -438,8 +331,8 @@ class RetryDecision:
 
     __slots__ = ("delay", "endpoint", "reason", "retry")
 
-    def __init__(self, *, retry: bool, delay: float, endpoint: str | None, reason: str) -> None:
-        if not math.isfinite(delay) or delay < 0:
+    def __init__(self, retry: bool, delay: float, endpoint: str | None, reason: str) -> None:
+        if not 0.0 <= delay < math.inf:  # NaN fails the comparison too
             raise ValueError(f"retry delay must be finite and >= 0, got {delay!r}")
         self.retry = retry
         self.delay = delay
@@ -456,19 +349,12 @@ class RetryDecision:
         cls, delay: float = 0.0, *, endpoint: str | None = None, reason: str = ""
     ) -> RetryDecision:
         """Propose another attempt after ``delay`` seconds."""
-        return cls(retry=True, delay=delay, endpoint=endpoint, reason=reason)
+        return cls(True, delay, endpoint, reason)  # noqa: FBT003 - by position, as in CallContext
 
     @classmethod
     def stop(cls, reason: str) -> RetryDecision:
         """Refuse further attempts, saying why (e.g. ``"retry budget exhausted"``)."""
-        # Filled here rather than through __init__ (keywords, a delay to check):
-        # a refused call makes one of these, and it has nothing to validate.
-        decision = cls.__new__(cls)
-        decision.retry = False
-        decision.delay = 0.0
-        decision.endpoint = None
-        decision.reason = reason
-        return decision
+        return cls(False, 0.0, None, reason)  # noqa: FBT003 - by position, as in CallContext
 
 
 @final

@@ -116,7 +116,7 @@ def resilient(
             config = active.config
             clock = active.clock
             now = clock.now()
-            call = CallContext._start(  # noqa: SLF001 - CallContext(...) by position: see _start
+            call = CallContext(  # by position: see CallContext.__init__
                 service,
                 "function",
                 "CALL",

@@ -29,7 +29,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict
 
-from healkit._config.models import CORE_TIMEOUTS, MAX_REDIRECTS, Timeouts, url_problem
+from healkit._config.models import MAX_REDIRECTS, Timeouts, url_problem
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
@@ -112,23 +112,17 @@ class HttpTransport:
         self, call: CallContext, attempt: AttemptContext
     ) -> tuple[Response, Response | None]:
         """Make one request; map aiohttp's errors; read the body unless streaming."""
-        if attempt.endpoint is None:
-            raise RequestError(f"no endpoint to send {call.method} {call.target} to")
-        _check_open(self._session)
-        url = join_url(attempt.endpoint, call.target)
-        headers = attempt_headers(call, attempt)
+        # The request and its reads are awaited in this frame (one coroutine per
+        # attempt); the synchronous steps are the functions it calls.
+        url, headers, options = self._request(call, attempt)
         limits = attempt.timeouts
-        options = self._options
-        if attempt.ssl is not None or attempt.withheld_headers:
-            options = self._attempt_options(call, attempt)
         try:
-            timeout = _client_timeout(limits, self._stream)
             raw = await self._session.request(
                 call.method,
                 url,
                 headers=headers,
                 data=self._data,
-                timeout=timeout,
+                timeout=_client_timeout(limits, self._stream),
                 # What aiohttp hands to TraceConfig callbacks (a tracing plugin's):
                 # they find the attempt, and its stash, there.
                 trace_request_ctx=attempt,
@@ -141,28 +135,20 @@ class HttpTransport:
         if raw.status in REDIRECT_STATUSES or not 100 <= raw.status <= 599:
             hop = _Hop(call.method, url, headers, self._data, options)
             raw, public = await self._settled(call, attempt, raw, hop, url)
+        if self._stream:
+            response = Response.streaming(
+                raw, url=public, limit=call.policy.max_body_bytes, read_timeout=limits.read
+            )
+            return response, response
+        attempt.status = raw.status  # known even if reading the body fails
         try:
-            if self._stream:
-                response = Response.streaming(
-                    raw, url=public, limit=call.policy.max_body_bytes, read_timeout=limits.read
-                )
-                return response, response
             try:
-                attempt.status = raw.status  # known even if reading the body fails
                 if call.method == "HEAD":
                     body = b""
+                elif _length_known(raw, call.policy.max_body_bytes, public):
+                    body = await raw.read()
                 else:
-                    limit = call.policy.max_body_bytes
-                    length = raw.content_length
-                    if length is not None and length > limit:
-                        raise BodyTooLargeError(limit, url=public)
-                    if length is None or "Content-Encoding" in raw.headers:
-                        # No declared length, or the length of the encoded body
-                        # (aiohttp decodes gzip...: a small body can decode to
-                        # gigabytes): read in chunks, under the cap.
-                        body = await _read_capped(raw, limit, public)
-                    else:  # the common case, without a coroutine of its own
-                        body = await raw.read()
+                    body = await _read_capped(raw, call.policy.max_body_bytes, public)
             finally:
                 raw.release()
         except (aiohttp.ClientError, OSError) as exc:  # reading the body: a response arrived
@@ -172,6 +158,26 @@ class HttpTransport:
             ) from exc
         response = Response._received(raw, body, public)  # noqa: SLF001 - see _received
         return response, response
+
+    def _request(
+        self, call: CallContext, attempt: AttemptContext
+    ) -> tuple[str, CIMultiDict[str] | None, Mapping[str, Any]]:
+        """Return the URL, headers and aiohttp options of the attempt's request.
+
+        Raises:
+            RequestError: the attempt has no endpoint, or may not be sent to it
+                (see :meth:`_attempt_options`).
+            ClientClosedError: the client was closed during the call.
+
+        """
+        if attempt.endpoint is None:
+            raise RequestError(f"no endpoint to send {call.method} {call.target} to")
+        if self._session.closed:
+            raise ClientClosedError("the client was closed before this attempt")
+        options = self._options
+        if attempt.ssl is not None or attempt.withheld_headers:
+            options = self._attempt_options(call, attempt)
+        return join_url(attempt.endpoint, call.target), attempt_headers(call, attempt), options
 
     def _attempt_options(self, call: CallContext, attempt: AttemptContext) -> Mapping[str, Any]:
         """Return the call's options with the attempt's TLS context, less its credentials.
@@ -212,7 +218,7 @@ class HttpTransport:
 
     def finish(self, result: Response, outcome: Callable[[], Outcome]) -> Response:
         """Attach the outcome."""
-        result.bind_outcome(outcome)
+        result._bind_outcome(outcome)  # noqa: SLF001 - the transport that made the response
         return result
 
     def _follows(self, call: CallContext) -> bool:
@@ -375,12 +381,6 @@ def attempt_headers(call: CallContext, attempt: AttemptContext) -> CIMultiDict[s
     return headers
 
 
-def _check_open(session: aiohttp.ClientSession) -> None:
-    """Raise ClientClosedError if the client closed its session during the call (a retry)."""
-    if session.closed:
-        raise ClientClosedError("the client was closed before this attempt")
-
-
 def join_url(endpoint: str, target: str) -> str:
     """Join an endpoint base URL (no trailing slash) and a target path (with query)."""
     if not target:
@@ -391,7 +391,7 @@ def join_url(endpoint: str, target: str) -> str:
 
 
 def _client_timeout(limits: Timeouts, stream: bool) -> aiohttp.ClientTimeout:
-    """Return aiohttp's limits for an attempt with ``limits`` (memoized per Timeouts object).
+    """Return aiohttp's limits for an attempt with ``limits``.
 
     ``total`` is enforced by the pipeline (it also covers the deadline);
     ``connect`` includes the wait for a pooled connection. ``sock_read`` is
@@ -403,26 +403,17 @@ def _client_timeout(limits: Timeouts, stream: bool) -> aiohttp.ClientTimeout:
     now it is always AttemptTimeout. A streaming attempt keeps ``sock_read``:
     its body is read after the attempt limit is disarmed.
     """
-    global _memo  # noqa: PLW0603 - a one-entry memo of the hot path
-    memo = _memo  # read once: one tuple, so a concurrent update is never seen half done
-    if memo[0] is not limits:  # one Timeouts object per policy and snapshot: an identity check
-        memo = _memo = (limits, _timeouts_for(limits))
-    return memo[1][1] if stream else memo[1][0]
+    buffered, streaming = _timeouts_for(limits)
+    return streaming if stream else buffered
 
 
 @functools.lru_cache(maxsize=256)
 def _timeouts_for(limits: Timeouts) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
-    """Return (buffered, streaming) aiohttp limits for ``limits``."""
+    """Return (buffered, streaming) aiohttp limits for ``limits`` (few: one per policy)."""
     streaming = aiohttp.ClientTimeout(total=None, connect=limits.connect, sock_read=limits.read)
     if limits.read < limits.total:
         return streaming, streaming
     return aiohttp.ClientTimeout(total=None, connect=limits.connect, sock_read=None), streaming
-
-
-_memo: tuple[Timeouts, tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]] = (
-    CORE_TIMEOUTS,
-    _timeouts_for(CORE_TIMEOUTS),
-)
 
 
 def _redirect_options(allow: object, most: object) -> tuple[bool | None, int | None]:
@@ -544,8 +535,25 @@ def reached(error: HealkitError, attempt: AttemptContext) -> HealkitError:
     return error
 
 
+def _length_known(raw: aiohttp.ClientResponse, limit: int, url: str) -> bool:
+    """Whether the body's length is declared, and is the length to read (not encoded).
+
+    Raises:
+        BodyTooLargeError: the declared length is above ``limit``.
+
+    """
+    length = raw.content_length
+    if length is None:
+        return False
+    if length > limit:
+        raise BodyTooLargeError(limit, url=url)
+    # The length of an encoded body says nothing of what it decodes to (aiohttp
+    # decodes gzip...: a small body can decode to gigabytes).
+    return "Content-Encoding" not in raw.headers
+
+
 async def _read_capped(raw: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
-    """Read a body of unknown length, failing as soon as it grows past ``limit``."""
+    """Read a body of unknown (or encoded) length, failing as soon as it grows past ``limit``."""
     buffer = bytearray()
     while chunk := await raw.content.read(CHUNK_SIZE):
         buffer += chunk

@@ -71,13 +71,16 @@ class Response:
     def __init__(
         self,
         status: int,
-        *,
         headers: Mapping[str, str] | CIMultiDictProxy[str] | None = None,
         body: bytes = b"",
         url: str = "",
         reason: str = "",
     ) -> None:
-        """Build a buffered response (how plugins make fallback and degraded responses)."""
+        """Build a buffered response (how plugins make fallback and degraded responses).
+
+        The arguments may be given by position (as healkit's transport does, once
+        per attempt) or by keyword.
+        """
         self.status = status
         self.reason = reason
         self.headers: CIMultiDictProxy[str] = (
@@ -102,35 +105,23 @@ class Response:
         ``limit`` is the body cap; ``read_timeout`` the read limit the connection
         was opened with, if known (for the message of a ReadTimeout while streaming).
         """
-        self = cls._received(raw, None, url)
+        self = cls._received(raw, b"", url)
+        self._body = None  # to be read from the stream
         self._stream = raw
         self._limit = limit
         self._read_timeout = read_timeout
         return self
 
     @classmethod
-    def _received(cls, raw: aiohttp.ClientResponse, body: bytes | None, url: str) -> Response:
-        """Build what ``cls(raw.status, headers=raw.headers, ...)`` builds, for the transport.
+    def _received(cls, raw: aiohttp.ClientResponse, body: bytes, url: str) -> Response:
+        """Wrap what aiohttp received, less an upstream's outcome header.
 
-        Keyword arguments to a class make CPython 3.11 build a dictionary for
-        ``__init__``; every HTTP attempt makes a response, so the transport
-        sets the slots here. ``tests/test_http.py`` keeps it equal to ``__init__``.
+        Only healkit says how a call went (:data:`OUTCOME_HEADER`).
         """
-        self = cls.__new__(cls)
-        self.status = raw.status
-        self.reason = raw.reason or ""
         headers = raw.headers
-        if OUTCOME_HEADER in headers:  # an upstream's claim: only healkit says how a call went
+        if OUTCOME_HEADER in headers:
             headers = _without_outcome(headers)
-        self.headers = headers
-        self.url = url
-        self._body = body
-        self._stream = None
-        self._limit = 0
-        self._read_timeout = None
-        self._outcome = None
-        self._outcome_source = None
-        return self
+        return cls(raw.status, headers, body, url, raw.reason or "")
 
     @property
     def outcome(self) -> Outcome:
@@ -154,8 +145,8 @@ class Response:
             self._outcome = self._outcome_source()
         return self._outcome
 
-    def bind_outcome(self, source: Callable[[], Outcome]) -> None:
-        """Attach the call's outcome, built on first read of :attr:`outcome` (used by healkit)."""
+    def _bind_outcome(self, source: Callable[[], Outcome]) -> None:
+        """Attach the call's outcome, built on first read of :attr:`outcome`."""
         self._outcome_source = source
         self._outcome = None
 

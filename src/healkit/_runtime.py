@@ -149,8 +149,10 @@ class Runtime:
         )
         self.plugin_errors: Counter[str] = Counter()
         self.sections = config_sections(self.plugin_manager)
-        self.plan = self._compile_plan(_Idleness())
-        self.timers = TimerWheels()
+        self._plan = self._compile_plan(_Idleness())
+        """The compiled hooks the executor runs; replaced whole when plugins change."""
+        self._timers = TimerWheels()
+        """The attempt time limits of every call, on shared timer ticks."""
         self.repeats = _log.Repeats()
         """Repeated failures, counted and logged as summaries (see ``healkit._log``)."""
         self._source = _as_source(config)
@@ -303,8 +305,8 @@ class Runtime:
         started with.
         """
         idleness = self._idleness()
-        if idleness != _Idleness(self.plan.idle, self.plan.idle_hooks):
-            self.plan = self._compile_plan(idleness)
+        if idleness != _Idleness(self._plan.idle, self._plan.idle_hooks):
+            self._plan = self._compile_plan(idleness)
 
     def _compile_plan(self, idleness: _Idleness) -> CallPlan:
         return CallPlan(
@@ -367,7 +369,7 @@ class Runtime:
             self.plugin_manager.unregister(plugin)
             self.sections = config_sections(self.plugin_manager)
             raise
-        self.plan = self._compile_plan(self._idleness())
+        self._plan = self._compile_plan(self._idleness())
 
     def _observer_failed(self, plugin: str, hook: str, error: Exception) -> None:
         if plugin not in self.plugin_errors:

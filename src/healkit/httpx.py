@@ -213,7 +213,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         method = request.method.upper()
         clock = runtime.clock
         now = clock.now()
-        call = CallContext._start(  # noqa: SLF001 - by position, as healkit.Client builds it
+        call = CallContext(  # by position, as healkit.Client builds it
             service,
             "http",
             method,

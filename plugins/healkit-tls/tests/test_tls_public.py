@@ -23,9 +23,9 @@ def test_without_tls_settings_the_plugin_stays_out_of_the_call_plan() -> None:
     runtime = healkit.Runtime(
         config={"services": {"a": {}}}, plugins=[healkit_tls.TlsPlugin()], entry_points=False
     )
-    assert "tls" in runtime.plan.idle
+    assert "tls" in runtime._plan.idle
     runtime.apply({"services": {"a": {"tls": {"minimum_version": "1.3"}}}}, origin="test")
-    assert "tls" not in runtime.plan.idle
+    assert "tls" not in runtime._plan.idle
 
 
 def test_the_context_of_a_service_for_probes() -> None:

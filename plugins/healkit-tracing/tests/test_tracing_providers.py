@@ -93,7 +93,7 @@ async def test_without_an_sdk_an_incoming_context_is_passed_on(fault_server: Fau
         config=config, plugins=[TracingPlugin()], entry_points=False
     ) as client:
         # Only pre_request is left in the plan: the context goes on without it.
-        assert client.runtime.plan.idle_hooks == RECORDING_HOOKS_LEFT_OUT
+        assert client.runtime._plan.idle_hooks == RECORDING_HOOKS_LEFT_OUT
         await client.get("/none", service=SERVICE)  # no context yet: nothing to pass on
         token = context.attach(trace.set_span_in_context(NonRecordingSpan(incoming)))
         try:
@@ -119,8 +119,8 @@ async def test_no_op_providers_given(fault_server: FaultServer) -> None:
         config=document([fault_server.url]), plugins=[plugin], entry_points=False
     ) as client:
         # Nothing will ever record: no call builds the Outcome of healkit_call_end.
-        assert client.runtime.plan.idle_hooks == RECORDING_HOOKS_LEFT_OUT
-        assert not client.runtime.plan.has_call_end
+        assert client.runtime._plan.idle_hooks == RECORDING_HOOKS_LEFT_OUT
+        assert not client.runtime._plan.has_call_end
         response = await client.get("/x", service=SERVICE)
     assert response.status == 200
     assert "traceparent" not in fault_server.requests[0].headers
@@ -134,7 +134,7 @@ async def test_metrics_without_a_tracer(fault_server: FaultServer, telemetry: Te
     async with healkit.Client(
         config=document([fault_server.url]), plugins=plugins, entry_points=False
     ) as client:
-        assert client.runtime.plan.idle_hooks == frozenset()
+        assert client.runtime._plan.idle_hooks == frozenset()
         await client.get("/x", service=SERVICE)
     assert telemetry.spans() == []
     assert "traceparent" not in fault_server.requests[0].headers
@@ -210,9 +210,9 @@ async def main() -> None:
             # The call that finds the provider started under the plan without the
             # recording hooks (nothing recorded before): it gets no span; it puts
             # them back for the calls after it.
-            assert client.runtime.plan.idle_hooks
+            assert client.runtime._plan.idle_hooks
             await client.get("/finds", service="svc")
-            assert not client.runtime.plan.idle_hooks
+            assert not client.runtime._plan.idle_hooks
             await client.get("/spans", service="svc")
             metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
             await client.get("/both", service="svc")
@@ -260,11 +260,11 @@ def test_idle_when_every_service_has_tracing_off() -> None:
         plugins=[TracingPlugin()],
         entry_points=False,
     )
-    assert "tracing" in runtime.plan.idle
+    assert "tracing" in runtime._plan.idle
     runtime.apply({"defaults": off, "services": {"a": {}, "b": {"tracing": {"enabled": True}}}})
-    assert "tracing" not in runtime.plan.idle
+    assert "tracing" not in runtime._plan.idle
     runtime.apply({"services": {"a": off}})  # the defaults trace every other service
-    assert "tracing" not in runtime.plan.idle
+    assert "tracing" not in runtime._plan.idle
 
 
 async def test_only_the_services_with_tracing_on_are_traced(
@@ -280,7 +280,7 @@ async def test_only_the_services_with_tracing_on_are_traced(
     async with healkit.Client(
         config=config, plugins=[telemetry.plugin()], entry_points=False
     ) as client:
-        assert "tracing" not in client.runtime.plan.idle
+        assert "tracing" not in client.runtime._plan.idle
         await client.get("/on", service="on")
         await client.get("/off", service="off")
     (span,) = telemetry.spans("GET")
