@@ -194,7 +194,7 @@ async def test_name_role_and_idleness_are_asked_once_per_registration_and_snapsh
         "idle": snapshots,
         "idle_hooks": snapshots,
     }
-    assert runtime.plan.idle_hooks == {("counted", "healkit_call_end")}
+    assert runtime._plan.idle_hooks == {("counted", "healkit_call_end")}
     info = {i.name: i for i in healkit.describe_plugins(runtime.plugin_manager)}["counted"]
     assert info.observer
     assert plugin.reads["observer"] == 1

@@ -143,13 +143,13 @@ async def test_unconfigured_services_keep_their_limits_within_the_state_bounds()
 async def test_without_a_limit_configured_the_plugin_leaves_the_plan() -> None:
     runtime = healkit.Runtime(config={}, plugins=[LimitPlugin()], entry_points=False)
     async with runtime:
-        assert "limit" in runtime.plan.idle
-        assert not runtime.plan.has_admit
+        assert "limit" in runtime._plan.idle
+        assert not runtime._plan.has_admit
     runtime = healkit.Runtime(
         config={"defaults": {"limit": {"rate": 5.0}}}, plugins=[LimitPlugin()], entry_points=False
     )
     async with runtime:
-        assert runtime.plan.has_admit
+        assert runtime._plan.has_admit
 
 
 def test_the_first_accept_in_a_window_drops_the_local_refusals() -> None:

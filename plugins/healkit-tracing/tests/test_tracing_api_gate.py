@@ -98,7 +98,7 @@ async def main() -> None:
         async with healkit.Client(
             config=config, plugins=[TracingPlugin()], entry_points=False
         ) as client:
-            assert not client.runtime.plan.idle_hooks  # every hook runs: the API's no-op cost
+            assert not client.runtime._plan.idle_hooks  # every hook runs: the API's no-op cost
             response = await client.get("/x", service="svc")
     assert response.status == 200
     assert "traceparent" not in server.requests[0].headers  # the proxies record nothing
