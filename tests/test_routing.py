@@ -12,7 +12,7 @@ import pytest
 
 import healkit
 from healkit._routing.plugin import Router
-from healkit._routing.probes import ProbeSettings
+from healkit._routing.settings import ProbeSettings
 from healkit.events import EndpointDown, EndpointReturned
 from healkit.testing import Fault, FaultServer, ManualClock, refused_url
 from healkit_breaker import BreakerPlugin

@@ -14,8 +14,7 @@ import pytest
 
 import healkit_breaker
 import healkit_retry
-from healkit._routing.probes import ProbeSettings
-from healkit._routing.settings import RoutingSettings
+from healkit._routing.settings import ProbeSettings, RoutingSettings
 from healkit._simulate import (
     BUILTIN_SCENARIOS,
     FaultSpec,

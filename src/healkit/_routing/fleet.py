@@ -24,8 +24,9 @@ traffic goes now) in one record under the same lease, for ``healkit status``::
 
 rewritten when the view changes, at most once per :data:`VIEW_PERIOD`.
 
-This module is the bookkeeping and the etcd side; the routing plugin decides
-when to report, asks who reported what, and describes its view.
+This module is the bookkeeping and the etcd side (:class:`FleetHealth`), and
+the instance's view with its sharing (:class:`FleetView`); the routing plugin
+decides when to report and asks who reported what.
 """
 
 from __future__ import annotations
@@ -43,19 +44,28 @@ from urllib.parse import quote, unquote
 
 import msgspec
 
-from healkit._errors import EtcdError
+from healkit._errors import EtcdError, PluginError
 from healkit._log import get_logger
+from healkit._routing.asking import count_failure, first_answer
+from healkit._routing.health import EndpointStatus
+from healkit._routing.settings import RoutingPlan, routing_plan, serving_group
+from healkit.etcd import DeleteOp, EtcdSource, PutOp
+from healkit.hookspecs import CircuitState
 
 if TYPE_CHECKING:
     from healkit._clock import Clock
-    from healkit.etcd import DeleteOp, EtcdClient, LeaseKeeper, PutOp, WatchEvent
+    from healkit._config.models import HealkitConfig
+    from healkit._plan import CompiledHook
+    from healkit._routing.health import Health
+    from healkit._runtime import Runtime
+    from healkit.etcd import EtcdClient, LeaseKeeper, WatchEvent
 
 __all__ = [
     "HEALTH",
     "INSTANCES",
     "EndpointView",
     "FleetHealth",
-    "FleetSettings",
+    "FleetView",
     "InstanceView",
     "ServiceView",
     "instance_name",
@@ -73,22 +83,8 @@ _TXN_OPS: Final = 64
 """Reports per transaction, well under etcd's ``--max-txn-ops`` (128 by default)."""
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
 RETRY_PAUSE: Final = 1.0
-
-
-@final
-class FleetSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``routing.fleet`` table: sharing endpoint health with the other instances.
-
-    Attributes:
-        quorum: instances (this one included) that must report an endpoint out
-            before this instance routes around it; 1 acts on any report.
-        ttl: seconds of the lease under which this instance's reports live;
-            a dead instance's reports disappear after it.
-
-    """
-
-    quorum: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
-    ttl: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 10
+_STATE_LONGEST: Final = 64
+"""The longest breaker state a record holds (a longer one is cut)."""
 
 
 @final
@@ -113,7 +109,7 @@ class EndpointView(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     down: bool
     ejected_until: float | None
     fleet_reports: Annotated[int, msgspec.Meta(ge=0)]
-    breaker: Annotated[str, msgspec.Meta(max_length=64)] | None
+    breaker: Annotated[str, msgspec.Meta(max_length=_STATE_LONGEST)] | None
     breaker_retry_at: float | None
 
 
@@ -295,8 +291,6 @@ class FleetHealth:
         self, client: EtcdClient, root: str, lease: LeaseKeeper, clock: Clock
     ) -> None:
         """Write the difference between the reports and etcd's records (rate-limited)."""
-        from healkit.etcd import DeleteOp, PutOp  # noqa: PLC0415 - only a fleet loads etcd
-
         now = clock.now()
         if not self._dirty.is_set() or now < self._last_report + REPORT_PERIOD:
             return
@@ -373,6 +367,140 @@ class FleetHealth:
                 waiter.cancel()
         if expiry in done:
             raise _LeaseLostError
+
+
+Statuses = Callable[[str, RoutingPlan, float], tuple[EndpointStatus, ...]]
+"""The router's endpoints of a service, group by group, as seen at a moment of its clock."""
+
+
+@final
+class FleetView:
+    """The view this instance shares of the services that share health (``instances/``).
+
+    The router hands it each configuration (:meth:`configure`) and starts it
+    with the runtime (:meth:`start`); the view reads the router's endpoint
+    statuses (``statuses``) and health records (``health``) and asks
+    ``healkit_circuit_state`` of the breaker plugins.
+    """
+
+    def __init__(
+        self,
+        fleet: FleetHealth,
+        health: Mapping[tuple[str, str], Health],
+        statuses: Statuses,
+    ) -> None:
+        self._fleet = fleet
+        self._health = health
+        self._statuses = statuses
+        self._config: HealkitConfig | None = None
+        self._fleets: Mapping[str, int] = {}
+        self._runtime: Runtime | None = None
+        self._circuits: CompiledHook | None = None  # healkit_circuit_state
+        self._sharing: asyncio.Task[None] | None = None
+        self._wall_offset = 0.0  # Unix time minus the runtime clock
+
+    def __repr__(self) -> str:
+        return f"<FleetView {self._fleet.instance} {len(self._fleets)} services>"
+
+    def configure(
+        self,
+        config: HealkitConfig,
+        fleets: Mapping[str, int],
+        runtime: Runtime,
+        circuits: CompiledHook,
+    ) -> None:
+        """Show the services of ``config`` that share health (``fleets``: their record TTL).
+
+        ``circuits`` is ``healkit_circuit_state``, compiled.
+        """
+        self._config, self._fleets, self._runtime = config, fleets, runtime
+        self._circuits = circuits
+
+    def start(self, runtime: Runtime) -> None:
+        """Publish and follow fleet health through the etcd source, once it is asked for."""
+        if self._config is None or (self._sharing is not None and not self._sharing.done()):
+            return
+        fleets = self._fleets
+        source = runtime.source
+        if not fleets or not isinstance(source, EtcdSource):
+            return  # no etcd source: health stays local
+        client, root = source.client, source.root
+        ttl = min(fleets.values())
+        fleet_health = self._fleet
+        self._wall_offset = time.time() - runtime.clock.now()
+        source.listen("health/", lambda events, _revision: fleet_health.heard(root, events))
+        self._sharing = runtime.start_background(
+            "routing fleet health",
+            lambda: fleet_health.publish_forever(client, root, ttl, self.describe, runtime.clock),
+        )
+
+    def describe(self) -> tuple[dict[str, ServiceView], float | None]:
+        """Return how this instance sees the services that share health, and when that changes.
+
+        Times are Unix timestamps; the second value is in how many seconds an
+        ejection ends or an open breaker may admit calls again, if ever.
+        """
+        config, runtime = self._config, self._runtime
+        if config is None:
+            return {}, None
+        now = runtime.clock.now() if runtime is not None else 0.0
+        upcoming: list[float] = []
+        view: dict[str, ServiceView] = {}
+        for name in self._fleets:
+            plan = routing_plan(config.services[name])
+            seen = self._statuses(name, plan, now)
+            served = serving_group(plan.groups, {e.endpoint for e in seen if e.usable}.__contains__)
+            traffic_group, traffic = (None, ()) if served is None else (served[0], tuple(served[1]))
+            endpoints: list[EndpointView] = []
+            for status in seen:
+                health = self._health.get((name, status.endpoint))
+                ejected_until = -math.inf if health is None else health.ejected_until
+                breaker, retry_at = self._breaker_of(name, status.endpoint)
+                upcoming.extend(t for t in (ejected_until, retry_at) if now < t < math.inf)
+                endpoints.append(
+                    EndpointView(
+                        endpoint=status.endpoint,
+                        group=status.group,
+                        usable=status.usable,
+                        down=status.down,
+                        ejected_until=self._wall(ejected_until, now),
+                        fleet_reports=status.fleet_reports,
+                        breaker=breaker,
+                        breaker_retry_at=self._wall(retry_at, now),
+                    )
+                )
+            view[name] = ServiceView(
+                endpoints=tuple(endpoints), traffic_group=traffic_group, traffic=traffic
+            )
+        return view, (min(upcoming) - now if upcoming else None)
+
+    def _breaker_of(self, service: str, endpoint: str) -> tuple[str | None, float]:
+        """Return the endpoint's circuit state, and when it may admit calls again.
+
+        Asks ``healkit_circuit_state``: any breaker plugin may answer. A plugin
+        that fails is logged and the state left unknown (``None``), so that the
+        fleet view is still published; a state is cut to what a record holds.
+        """
+        circuits = self._circuits
+        try:
+            found = (
+                None
+                if circuits is None
+                else first_answer(circuits, CircuitState, service, endpoint)
+            )
+        except PluginError as error:
+            count_failure(self._runtime, error)
+            return None, -math.inf
+        if found is None:
+            return None, -math.inf
+        retry_at = -math.inf if found.retry_at is None else found.retry_at
+        return found.state[:_STATE_LONGEST], retry_at
+
+    def _wall(self, moment: float, now: float) -> float | None:
+        """Return a future moment of the runtime clock in Unix time (``None``: past or never)."""
+        if not now < moment < math.inf:
+            return None
+        return round(moment + self._wall_offset, 3)
 
 
 class _LeaseLostError(EtcdError):

@@ -41,15 +41,10 @@ whatever ``forward_credentials`` says (the upstream, not the operator, chose it)
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
-import ssl
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar, final
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Final, final
 
 from healkit._config.models import ConfigSection, HealkitConfig
 from healkit._context import AttemptContext, CallContext, RetryDecision
@@ -58,9 +53,10 @@ from healkit._errors import (
     HTTPStatusError,
     PluginError,
 )
-from healkit._log import get_logger, plugin_failed
+from healkit._log import get_logger
 from healkit._plan import CompiledHook, compile_hook
-from healkit._routing.fleet import EndpointView, FleetHealth, ServiceView
+from healkit._routing.asking import admitted, count_failure
+from healkit._routing.fleet import FleetHealth, FleetView
 from healkit._routing.health import (
     EndpointStatus,
     Health,
@@ -70,31 +66,28 @@ from healkit._routing.health import (
     moves_on,
     resendable,
 )
-from healkit._routing.probes import ProbeSettings, probe
+from healkit._routing.probes import Prober, count_probe
 from healkit._routing.settings import (
     INDEX,
     PLAN,
     SECTION,
+    ProbeSettings,
     RoutingIndex,
     RoutingPlan,
     routing_plan,
     serving_group,
 )
 from healkit._stash import StashKey
-from healkit.etcd import EtcdSource
 from healkit.events import EndpointDown, EndpointEjected, EndpointReturned
-from healkit.hookspecs import CircuitState, hookimpl
+from healkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from healkit._clock import Clock
     from healkit._response import Response
     from healkit._runtime import Runtime
 
 __all__ = ["Router", "endpoint_status"]
 
 _logger: Final = get_logger("healkit.routing")
-_STATE_LONGEST: Final = 64  # the longest breaker state a fleet record (EndpointView) holds
-_T = TypeVar("_T")
 
 _UNAVAILABLE: Final = frozenset({502, 503, 504})
 """Answers that say "this endpoint cannot serve now": another group may."""
@@ -121,16 +114,11 @@ class Router:
         self._config: HealkitConfig | None = None
         self._draw = draw or random.choice
         self._share = random_share or random.random
-        self._wake = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
-        self._probing: asyncio.Task[None] | None = None
         self._fleet = FleetHealth()
-        # The hooks routing asks of the other plugins, compiled when configured.
-        self._gates: CompiledHook | None = None  # healkit_endpoint_available (None: nobody)
-        self._circuits: CompiledHook | None = None  # healkit_circuit_state
-        self._tls: CompiledHook | None = None  # healkit_tls_context
-        self._sharing: asyncio.Task[None] | None = None
-        self._wall_offset = 0.0  # Unix time minus the runtime clock, for the shared view
+        # healkit_endpoint_available, compiled when configured (None: nobody implements it).
+        self._gates: CompiledHook | None = None
+        self._prober = Prober(self._probed)
+        self._view = FleetView(self._fleet, self._health, self._statuses)
 
     def __repr__(self) -> str:
         return f"<Router {len(self._health)} endpoints>"
@@ -161,18 +149,21 @@ class Router:
         pm = runtime.plugin_manager
         gates = compile_hook(pm, "healkit_endpoint_available")
         self._gates = gates if gates.functions else None
-        self._circuits = compile_hook(pm, "healkit_circuit_state")
-        self._tls = compile_hook(pm, "healkit_tls_context")
         index = config.stash.get(INDEX)
         if index is None:  # healkit_prepare failed: look at every service now
             index = config.stash[INDEX] = RoutingIndex(config)
         self._index = index
         self._forget_unrouted(config, before)
-        self._wake.set()  # the probes follow the new configuration
+        self._prober.configure(
+            config, index.probing, runtime, compile_hook(pm, "healkit_tls_context")
+        )
+        self._view.configure(
+            config, index.fleets, runtime, compile_hook(pm, "healkit_circuit_state")
+        )
         self._fleet.touch()
         if runtime.started:
-            self._start_probes(runtime)
-            self._start_sharing(runtime)
+            self._prober.start(runtime)
+            self._view.start(runtime)
 
     def _forget_unrouted(self, config: HealkitConfig, before: HealkitConfig | None) -> None:
         """Forget the health of the endpoints the services ``config`` changed no longer route to.
@@ -204,41 +195,13 @@ class Router:
     @hookimpl
     def healkit_startup(self, runtime: Runtime) -> None:
         """Start the health probes and the fleet health, if a service asks for them."""
-        self._start_probes(runtime)
-        self._start_sharing(runtime)
-
-    def _start_sharing(self, runtime: Runtime) -> None:
-        """Publish and follow fleet health through the etcd source, once it is asked for."""
-        config = self._config
-        if config is None or (self._sharing is not None and not self._sharing.done()):
-            return
-        fleets = self._index.fleets
-        source = runtime.source
-        if not fleets or not isinstance(source, EtcdSource):
-            return  # no etcd source: health stays local
-        client, root = source.client, source.root
-        ttl = min(fleets.values())
-        fleet_health = self._fleet
-        self._wall_offset = time.time() - runtime.clock.now()
-        source.listen("health/", lambda events, _revision: fleet_health.heard(root, events))
-        self._sharing = runtime.start_background(
-            "routing fleet health",
-            lambda: fleet_health.publish_forever(client, root, ttl, self._describe, runtime.clock),
-        )
-
-    def _start_probes(self, runtime: Runtime) -> None:
-        """Run the probe task while some service has probes (it ends when none has)."""
-        running = self._probing is not None and not self._probing.done()
-        if not running and self._index.probing:
-            self._probing = runtime.start_background(
-                "routing probes", lambda: self._probe_forever(runtime.clock)
-            )
+        self._prober.start(runtime)
+        self._view.start(runtime)
 
     @hookimpl
     def healkit_shutdown(self) -> Awaitable[None] | None:
         """Close the probes' HTTP session."""
-        session, self._session = self._session, None
-        return None if session is None else session.close()
+        return self._prober.close()
 
     @hookimpl
     def healkit_event(self) -> None:
@@ -356,7 +319,7 @@ class Router:
             if self._fleet.others(service, endpoint) >= fleet.quorum:
                 return False
         gates = self._gates
-        return gates is None or _admitted(gates, service, endpoint)
+        return gates is None or admitted(gates, service, endpoint)
 
     @hookimpl
     def healkit_post_response(
@@ -510,109 +473,26 @@ class Router:
         runtime = self._runtime
         return runtime.clock.now() if runtime is not None else 0.0
 
-    def _probe_targets(self) -> list[tuple[str, str, ProbeSettings]]:
-        config = self._config
-        if config is None:
-            return []
-        targets: list[tuple[str, str, ProbeSettings]] = []
-        for name in self._index.probing:
-            plan = routing_plan(config.services[name])
-            probe_settings = plan.settings.probe
-            if probe_settings is not None:
-                targets.extend(
-                    (name, endpoint, probe_settings) for group in plan.groups for endpoint in group
-                )
-        return targets
-
-    async def _probe_forever(self, clock: Clock) -> None:
-        """Probe each endpoint of the services that ask for it, every ``interval`` of ``clock``."""
-        due: dict[tuple[str, str], float] = {}
-        while targets := self._probe_targets():
-            now = clock.now()
-            ready = [t for t in targets if due.get((t[0], t[1]), -math.inf) <= now]
-            if ready:
-                results = await asyncio.gather(*(self._probe(*target) for target in ready))
-                finished = clock.now()
-                for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
-                    if good is not None:
-                        self._probed(service, endpoint, probe_settings, good=good)
-                    due[(service, endpoint)] = finished + probe_settings.interval
-            wait = min(due.get((t[0], t[1]), now) for t in targets) - clock.now()
-            if wait > 0:
-                self._wake.clear()
-                await self._sleep_unless_woken(clock, wait)
-
-    async def _sleep_unless_woken(self, clock: Clock, seconds: float) -> None:
-        """Sleep ``seconds`` on ``clock``, or less if the configuration changes."""
-        sleeper = asyncio.ensure_future(clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-
-    async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool | None:
-        """Probe with the service's TLS context and within its attempt limits.
-
-        ``None``: not probed, the TLS plugin failed (logged as ``healkit.plugin_error``).
-        """
-        runtime, config = self._runtime, self._config
-        if runtime is None or config is None:
-            raise RuntimeError("the router probes only once configured")
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        try:
-            tls = (
-                None
-                if self._tls is None
-                else _first(self._tls, ssl.SSLContext, service, refuse=_server_side)
-            )
-        except PluginError as error:
-            # Without the context the probe would not see the endpoint as calls do:
-            # skip this one, keep probing (the task ending would stop every probe).
-            self._plugin_failed(error)
-            return None
-        limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
-        return await probe(self._session, endpoint, settings, limits, tls)
-
-    def _probed(self, service: str, endpoint: str, settings: ProbeSettings, *, good: bool) -> None:
-        """Count a probe; take the endpoint down, or bring it back, past the thresholds."""
-        health = self._of(service, endpoint)
-        now = self._now()
-        if good:
-            health.probes_bad = 0
-            health.probes_good += 1
-            unusable = health.down or health.ejected_until > now
-            if unusable and health.probes_good >= settings.healthy_threshold:
-                health.down = False
-                health.ejected_until = -math.inf
-                health.failures = 0
-                health.returned_at = now
-                self._fleet.report(service, endpoint, out=False)
-                self._announce(
-                    "healkit.endpoint_returned",
-                    EndpointReturned(service=service, endpoint=endpoint, probes=health.probes_good),
-                )
+    def _probed(self, service: str, endpoint: str, settings: ProbeSettings, good: bool) -> None:
+        """Take a probe's result: report and announce an endpoint that went down or came back."""
+        change = count_probe(
+            self._of(service, endpoint), (service, endpoint, settings), good=good, now=self._now()
+        )
+        if change is None:
             return
-        health.probes_good = 0
-        health.probes_bad += 1
-        if not health.down and health.probes_bad >= settings.unhealthy_threshold:
-            health.down = True
-            if (
-                self._config is not None
-                and routing_plan(self._config.policy(service)).settings.fleet
-            ):
-                self._fleet.report(service, endpoint, out=True)
-            self._announce(
-                "healkit.endpoint_down",
-                EndpointDown(service=service, endpoint=endpoint, probes=health.probes_bad),
-            )
+        if isinstance(change, EndpointReturned):
+            self._fleet.report(service, endpoint, out=False)
+        elif self._config is not None and routing_plan(self._config.policy(service)).settings.fleet:
+            self._fleet.report(service, endpoint, out=True)
+        self._announce(change)
 
-    def _announce(self, name: str, event: EndpointDown | EndpointReturned) -> None:
+    def _announce(self, event: EndpointDown | EndpointReturned) -> None:
         config = self._config
         endpoint = event.endpoint if config is None else config.redactor.url(event.endpoint)
-        log = _logger.warning if isinstance(event, EndpointDown) else _logger.info
+        if isinstance(event, EndpointDown):
+            log, name = _logger.warning, "healkit.endpoint_down"
+        else:
+            log, name = _logger.info, "healkit.endpoint_returned"
         log(name, service=event.service, endpoint=endpoint, probes=event.probes)
         if self._runtime is not None:
             self._runtime.emit(event)
@@ -663,132 +543,8 @@ class Router:
         try:
             return self._usable(service, plan, endpoint, now)
         except PluginError as error:
-            self._plugin_failed(error)
+            count_failure(self._runtime, error)
             return False
-
-    def _describe(self) -> tuple[dict[str, ServiceView], float | None]:
-        """Return how this instance sees the services that share health, and when that changes.
-
-        Times are Unix timestamps; the second value is in how many seconds an
-        ejection ends or an open breaker may admit calls again, if ever.
-        """
-        config = self._config
-        if config is None:
-            return {}, None
-        now = self._now()
-        upcoming: list[float] = []
-        view: dict[str, ServiceView] = {}
-        for name in self._index.fleets:
-            plan = routing_plan(config.services[name])
-            seen = self._statuses(name, plan, now)
-            served = serving_group(plan.groups, {e.endpoint for e in seen if e.usable}.__contains__)
-            traffic_group, traffic = (None, ()) if served is None else (served[0], tuple(served[1]))
-            endpoints: list[EndpointView] = []
-            for status in seen:
-                health = self._health.get((name, status.endpoint))
-                ejected_until = -math.inf if health is None else health.ejected_until
-                breaker, retry_at = self._breaker_of(name, status.endpoint)
-                upcoming.extend(t for t in (ejected_until, retry_at) if now < t < math.inf)
-                endpoints.append(
-                    EndpointView(
-                        endpoint=status.endpoint,
-                        group=status.group,
-                        usable=status.usable,
-                        down=status.down,
-                        ejected_until=self._wall(ejected_until, now),
-                        fleet_reports=status.fleet_reports,
-                        breaker=breaker,
-                        breaker_retry_at=self._wall(retry_at, now),
-                    )
-                )
-            view[name] = ServiceView(
-                endpoints=tuple(endpoints), traffic_group=traffic_group, traffic=traffic
-            )
-        return view, (min(upcoming) - now if upcoming else None)
-
-    def _breaker_of(self, service: str, endpoint: str) -> tuple[str | None, float]:
-        """Return the endpoint's circuit state, and when it may admit calls again.
-
-        Asks ``healkit_circuit_state``: any breaker plugin may answer. A plugin
-        that fails is logged and the state left unknown (``None``), so that the
-        fleet view is still published; a state is cut to what a record holds.
-        """
-        circuits = self._circuits
-        try:
-            found = None if circuits is None else _first(circuits, CircuitState, service, endpoint)
-        except PluginError as error:
-            self._plugin_failed(error)
-            return None, -math.inf
-        if found is None:
-            return None, -math.inf
-        retry_at = -math.inf if found.retry_at is None else found.retry_at
-        return found.state[:_STATE_LONGEST], retry_at
-
-    def _plugin_failed(self, error: PluginError) -> None:
-        """Log a plugin's failure in a hook routing asks outside a call, and count it."""
-        plugin_failed(error.plugin, error.hook, error)
-        if self._runtime is not None:
-            self._runtime.plugin_errors[error.plugin] += 1
-
-    def _wall(self, moment: float, now: float) -> float | None:
-        """Return a future moment of the runtime clock in Unix time (``None``: past or never)."""
-        if not now < moment < math.inf:
-            return None
-        return round(moment + self._wall_offset, 3)
-
-
-def _admitted(gates: CompiledHook, service: str, endpoint: str) -> bool:
-    """Whether no decision plugin says it would refuse an attempt to ``endpoint`` now."""
-    for index, gate in gates.indexed:
-        try:
-            answer = gate(service, endpoint)
-        except Exception as exc:
-            raise PluginError(gates.plugins[index], gates.name, exc) from exc
-        if gates.observers[index] or answer is None or answer is True:
-            continue
-        if answer is not False:  # 0 or "no" must not pass for "no objection"
-            wrong = TypeError(f"returned {type(answer).__name__}, not a bool or None")
-            raise PluginError(gates.plugins[index], gates.name, wrong)
-        return False
-    return True
-
-
-def _first(
-    hook: CompiledHook,
-    kind: type[_T],
-    *args: object,
-    refuse: Callable[[_T], str | None] | None = None,
-) -> _T | None:
-    """Return the first answer of a decision plugin to a ``firstresult`` ``hook``.
-
-    ``refuse`` says what is wrong with an answer of the right type (``None``: nothing).
-
-    Raises:
-        PluginError: an implementation raised, answered with another type than
-            ``kind``, or with an answer ``refuse`` finds wrong.
-
-    """
-    for index, function in hook.indexed:
-        try:
-            answer = function(*args)
-        except Exception as exc:
-            raise PluginError(hook.plugins[index], hook.name, exc) from exc
-        if answer is None or hook.observers[index]:
-            continue
-        if not isinstance(answer, kind):
-            wrong = TypeError(f"returned {type(answer).__name__}, not a {kind.__name__}")
-            raise PluginError(hook.plugins[index], hook.name, wrong)
-        if refuse is not None and (reason := refuse(answer)) is not None:
-            raise PluginError(hook.plugins[index], hook.name, ValueError(reason))
-        return answer
-    return None
-
-
-def _server_side(context: ssl.SSLContext) -> str | None:
-    """Refuse a server's TLS context where a client's is needed (every connection would fail)."""
-    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
-        return "returned a server-side SSLContext (PROTOCOL_TLS_SERVER), not a client's"
-    return None
 
 
 def _release(attempt: AttemptContext) -> Health | None:

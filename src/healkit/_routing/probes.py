@@ -1,74 +1,199 @@
-"""Active health probes: settings, and one probe request.
+"""Active health probes: the router's probe task, and one probe request.
 
-The routing plugin runs the probes (one background task of the runtime) and
-keeps their results with the rest of an endpoint's health; this module says
-what a probe is and makes one.
+While some service has ``routing.probe`` settings, the router runs a
+:class:`Prober` (one background task of the runtime): it probes each endpoint
+of those services every ``interval`` of the runtime's clock, with the service's
+TLS context and within its attempt limits, and hands each result to the router,
+which keeps it with the rest of the endpoint's health (:func:`count_probe` says
+what a result changes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import ssl
-from typing import Annotated, Final, Literal, final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, final
 
 import aiohttp
-import msgspec
 
-from healkit._config.models import Seconds, Timeouts
+from healkit._errors import PluginError
+from healkit._routing.asking import count_failure, first_answer
+from healkit._routing.settings import ProbeSettings, routing_plan
+from healkit.events import EndpointDown, EndpointReturned
 
-__all__ = ["ProbeSettings", "probe"]
+if TYPE_CHECKING:
+    from healkit._clock import Clock
+    from healkit._config.models import HealkitConfig
+    from healkit._plan import CompiledHook
+    from healkit._routing.health import Health
+    from healkit._runtime import Runtime
 
-_SUCCESS: Final = range(200, 400)
+__all__ = ["Probed", "Prober", "Target", "count_probe", "probe"]
 
-Status = Annotated[int, msgspec.Meta(ge=100, le=599)]
+Target = tuple[str, str, ProbeSettings]
+"""What one probe looks at: a service, one of its endpoints, the service's probe settings."""
+
+Probed = Callable[[str, str, ProbeSettings, bool], None]
+"""Takes a probe's result: service, endpoint, probe settings, whether it was good."""
 
 
 @final
-class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``routing.probe`` table: how a service's endpoints are probed.
+class Prober:
+    """The router's probes: one background task of the runtime while a service has probes.
 
-    Attributes:
-        method: ``HEAD`` (nothing to read), ``GET`` or ``OPTIONS``.
-        path: the path probed below each endpoint.
-        expect: the statuses of a good probe; empty: any 2xx or 3xx.
-        interval: seconds between two probes of an endpoint.
-        timeout: seconds a probe may take (at most ``interval``); by default
-            the service's attempt limit (the ``timeout`` plugin's ``attempt``),
-            capped by ``interval``. A probe also keeps to the service's
-            ``connect`` and ``read`` limits.
-        healthy_threshold: good probes in a row that bring a down or ejected
-            endpoint back.
-        unhealthy_threshold: failed probes in a row that take an endpoint down.
-        slow_start: seconds over which an endpoint that came back gets its
-            share of traffic gradually (0: at once).
-
+    The router hands it each configuration (:meth:`configure`, which wakes the
+    task), starts it with the runtime (:meth:`start`) and closes it at
+    shutdown (:meth:`close`); each result goes to ``probed``.
     """
 
-    method: Literal["HEAD", "GET", "OPTIONS"] = "HEAD"
-    path: Annotated[str, msgspec.Meta(pattern=r"^/[^\s#]*$", max_length=2048)] = "/"
-    expect: tuple[Status, ...] = ()
-    interval: Seconds = 5.0
-    timeout: Seconds | None = None
-    healthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
-    unhealthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
-    slow_start: Annotated[float, msgspec.Meta(ge=0, le=3600.0)] = 0.0
+    def __init__(self, probed: Probed) -> None:
+        self._probed = probed
+        self._config: HealkitConfig | None = None
+        self._services: Sequence[str] = ()
+        self._runtime: Runtime | None = None
+        self._tls: CompiledHook | None = None  # healkit_tls_context
+        self._wake = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    def __post_init__(self) -> None:
-        """Reject a timeout longer than the interval: a probe ends before the next starts."""
-        if self.timeout is not None and self.timeout > self.interval:
-            raise ValueError(
-                f"timeout ({self.timeout}s) must not exceed interval ({self.interval}s)"
+    def __repr__(self) -> str:
+        return f"<Prober {len(self._services)} services>"
+
+    def configure(
+        self,
+        config: HealkitConfig,
+        services: Sequence[str],
+        runtime: Runtime,
+        tls: CompiledHook,
+    ) -> None:
+        """Probe the endpoints of ``services`` (those of ``config`` with probes) from now on.
+
+        ``tls`` is ``healkit_tls_context``, compiled; a running task follows
+        the new configuration at once.
+        """
+        self._config, self._services, self._runtime, self._tls = config, services, runtime, tls
+        self._wake.set()
+
+    def start(self, runtime: Runtime) -> None:
+        """Run the probe task while some service has probes (it ends when none has)."""
+        running = self._task is not None and not self._task.done()
+        if not running and self._services:
+            self._task = runtime.start_background(
+                "routing probes", lambda: self._probe_forever(runtime.clock)
             )
 
-    def limits(self, service: Timeouts) -> aiohttp.ClientTimeout:
-        """Return a probe's limits: the service's attempt limits, within this table's."""
-        total = min(service.total, self.interval if self.timeout is None else self.timeout)
-        return aiohttp.ClientTimeout(
-            total=total, connect=min(service.connect, total), sock_read=min(service.read, total)
-        )
+    def close(self) -> Awaitable[None] | None:
+        """Close the probes' HTTP session (``None``: none was opened)."""
+        session, self._session = self._session, None
+        return None if session is None else session.close()
 
-    def good(self, status: int) -> bool:
-        """Whether a probe answered with ``status`` is good."""
-        return status in self.expect if self.expect else status in _SUCCESS
+    def _targets(self) -> list[Target]:
+        config = self._config
+        if config is None:
+            return []
+        targets: list[Target] = []
+        for name in self._services:
+            plan = routing_plan(config.services[name])
+            probe_settings = plan.settings.probe
+            if probe_settings is not None:
+                targets.extend(
+                    (name, endpoint, probe_settings) for group in plan.groups for endpoint in group
+                )
+        return targets
+
+    async def _probe_forever(self, clock: Clock) -> None:
+        """Probe each endpoint of the services that ask for it, every ``interval`` of ``clock``."""
+        due: dict[tuple[str, str], float] = {}
+        while targets := self._targets():
+            now = clock.now()
+            ready = [t for t in targets if due.get((t[0], t[1]), -math.inf) <= now]
+            if ready:
+                results = await asyncio.gather(*(self._probe(*target) for target in ready))
+                finished = clock.now()
+                for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
+                    if good is not None:
+                        self._probed(service, endpoint, probe_settings, good)
+                    due[(service, endpoint)] = finished + probe_settings.interval
+            wait = min(due.get((t[0], t[1]), now) for t in targets) - clock.now()
+            if wait > 0:
+                self._wake.clear()
+                await self._sleep_unless_woken(clock, wait)
+
+    async def _sleep_unless_woken(self, clock: Clock, seconds: float) -> None:
+        """Sleep ``seconds`` on ``clock``, or less if the configuration changes."""
+        sleeper = asyncio.ensure_future(clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def _probe(self, service: str, endpoint: str, settings: ProbeSettings) -> bool | None:
+        """Probe with the service's TLS context and within its attempt limits.
+
+        ``None``: not probed, the TLS plugin failed (logged as ``healkit.plugin_error``).
+        """
+        runtime, config = self._runtime, self._config
+        if runtime is None or config is None:
+            raise RuntimeError("the router probes only once configured")
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        try:
+            tls = (
+                None
+                if self._tls is None
+                else first_answer(self._tls, ssl.SSLContext, service, refuse=_server_side)
+            )
+        except PluginError as error:
+            # Without the context the probe would not see the endpoint as calls do:
+            # skip this one, keep probing (the task ending would stop every probe).
+            count_failure(runtime, error)
+            return None
+        limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
+        return await probe(self._session, endpoint, settings, limits, tls)
+
+
+def count_probe(
+    health: Health,
+    target: Target,
+    *,
+    good: bool,
+    now: float,
+) -> EndpointDown | EndpointReturned | None:
+    """Count a probe's result in ``health``; return the change past a threshold, if any.
+
+    ``healthy_threshold`` good probes in a row bring a down or ejected endpoint
+    back (at ``now``, its slow start begins); ``unhealthy_threshold`` failed
+    ones take it down.
+    """
+    service, endpoint, settings = target
+    if good:
+        health.probes_bad = 0
+        health.probes_good += 1
+        unusable = health.down or health.ejected_until > now
+        if unusable and health.probes_good >= settings.healthy_threshold:
+            health.down = False
+            health.ejected_until = -math.inf
+            health.failures = 0
+            health.returned_at = now
+            return EndpointReturned(service=service, endpoint=endpoint, probes=health.probes_good)
+        return None
+    health.probes_good = 0
+    health.probes_bad += 1
+    if not health.down and health.probes_bad >= settings.unhealthy_threshold:
+        health.down = True
+        return EndpointDown(service=service, endpoint=endpoint, probes=health.probes_bad)
+    return None
+
+
+def _server_side(context: ssl.SSLContext) -> str | None:
+    """Refuse a server's TLS context where a client's is needed (every connection would fail)."""
+    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        return "returned a server-side SSLContext (PROTOCOL_TLS_SERVER), not a client's"
+    return None
 
 
 async def probe(

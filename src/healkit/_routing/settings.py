@@ -1,6 +1,7 @@
 """The ``routing`` section, and what is compiled from it once per configuration snapshot.
 
-:class:`RoutingSettings` is the section; :class:`RedirectRules` say where a
+:class:`RoutingSettings` is the section (its ``probe`` and ``fleet`` tables:
+:class:`ProbeSettings`, :class:`FleetSettings`); :class:`RedirectRules` say where a
 service's redirects may go; :class:`RoutingPlan` is a service's priority
 groups, compiled on its first call; :class:`RoutingIndex` notes, off the event
 loop, which services of a snapshot have a choice of endpoints, probes or fleet
@@ -13,6 +14,7 @@ import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Final, Literal, final
 
+import aiohttp
 import msgspec
 import yarl
 
@@ -22,10 +24,9 @@ from healkit._config.models import (
     HealkitConfig,
     Seconds,
     ServicePolicy,
+    Timeouts,
     normalize_endpoint,
 )
-from healkit._routing.fleet import FleetSettings
-from healkit._routing.probes import ProbeSettings
 from healkit._stash import StashKey
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "INDEX",
     "PLAN",
     "SECTION",
+    "FleetSettings",
+    "ProbeSettings",
     "RedirectRules",
     "RoutingIndex",
     "RoutingPlan",
@@ -49,6 +52,73 @@ _ORIGIN_PATTERN: Final = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5
 Origin = Annotated[str, msgspec.Meta(pattern=_ORIGIN_PATTERN.pattern)]
 Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")]
+Status = Annotated[int, msgspec.Meta(ge=100, le=599)]
+_SUCCESS: Final = range(200, 400)
+
+
+@final
+class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``routing.probe`` table: how a service's endpoints are probed.
+
+    Attributes:
+        method: ``HEAD`` (nothing to read), ``GET`` or ``OPTIONS``.
+        path: the path probed below each endpoint.
+        expect: the statuses of a good probe; empty: any 2xx or 3xx.
+        interval: seconds between two probes of an endpoint.
+        timeout: seconds a probe may take (at most ``interval``); by default
+            the service's attempt limit (the ``timeout`` plugin's ``attempt``),
+            capped by ``interval``. A probe also keeps to the service's
+            ``connect`` and ``read`` limits.
+        healthy_threshold: good probes in a row that bring a down or ejected
+            endpoint back.
+        unhealthy_threshold: failed probes in a row that take an endpoint down.
+        slow_start: seconds over which an endpoint that came back gets its
+            share of traffic gradually (0: at once).
+
+    """
+
+    method: Literal["HEAD", "GET", "OPTIONS"] = "HEAD"
+    path: Annotated[str, msgspec.Meta(pattern=r"^/[^\s#]*$", max_length=2048)] = "/"
+    expect: tuple[Status, ...] = ()
+    interval: Seconds = 5.0
+    timeout: Seconds | None = None
+    healthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
+    unhealthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    slow_start: Annotated[float, msgspec.Meta(ge=0, le=3600.0)] = 0.0
+
+    def __post_init__(self) -> None:
+        """Reject a timeout longer than the interval: a probe ends before the next starts."""
+        if self.timeout is not None and self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout}s) must not exceed interval ({self.interval}s)"
+            )
+
+    def limits(self, service: Timeouts) -> aiohttp.ClientTimeout:
+        """Return a probe's limits: the service's attempt limits, within this table's."""
+        total = min(service.total, self.interval if self.timeout is None else self.timeout)
+        return aiohttp.ClientTimeout(
+            total=total, connect=min(service.connect, total), sock_read=min(service.read, total)
+        )
+
+    def good(self, status: int) -> bool:
+        """Whether a probe answered with ``status`` is good."""
+        return status in self.expect if self.expect else status in _SUCCESS
+
+
+@final
+class FleetSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``routing.fleet`` table: sharing endpoint health with the other instances.
+
+    Attributes:
+        quorum: instances (this one included) that must report an endpoint out
+            before this instance routes around it; 1 acts on any report.
+        ttl: seconds of the lease under which this instance's reports live;
+            a dead instance's reports disappear after it.
+
+    """
+
+    quorum: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    ttl: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 10
 
 
 @final
