@@ -26,6 +26,7 @@ from healkit._errors import (
 )
 from healkit._outcome import Outcome
 from healkit._testmode import TEST_MODE
+from healkit.deadlines import INBOUND_DEADLINE, stamp_remaining
 
 if TYPE_CHECKING:
     from healkit._plan import CallPlan
@@ -97,6 +98,10 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
     timeouts, within = call.policy.call_limits or runtime.call_limits(call.policy)
     if started + within < call.deadline:  # noqa: PLR1730 - call.limit_deadline(within), inlined
         call.deadline = started + within
+    inbound = INBOUND_DEADLINE.get()  # healkit.deadlines.deadline_from's scope, if any
+    if inbound < call.deadline:  # noqa: PLR1730 - as above
+        call.deadline = inbound
+    deadline_header = call.policy.deadline_header if call.transport == "http" else None
     if TEST_MODE.on and TEST_MODE.attempts is not None:
         _limit_attempts(call, TEST_MODE.attempts)
     try:
@@ -132,6 +137,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the hot loop is kept in one
                 if call.attempt_timeout is not None and call.attempt_timeout < total:
                     total = call.attempt_timeout  # the caller's attempt_timeout= lowers it
                 by_deadline = remaining < total
+                if deadline_header is not None:
+                    stamp_remaining(call, attempt, deadline_header)
                 timer = timers.arm(remaining if by_deadline else total)
                 try:
                     result, response = await transport.send(call, attempt)
