@@ -91,6 +91,31 @@ async def test_the_header_replaces_a_callers_own_value(fault_server: FaultServer
     assert sent(fault_server) == ["1000"]
 
 
+async def test_a_redirect_hop_repeats_the_value_of_its_attempt(fault_server: FaultServer) -> None:
+    fault_server.script("/a", Fault.status(307, headers={"Location": "/b"}))
+    async with client(document(fault_server.url), ManualClock()) as c:
+        response = await c.get("/a", service="svc", deadline=3.0)
+    assert response.status == 200
+    assert [r.path for r in fault_server.requests] == ["/a", "/b"]
+    assert sent(fault_server) == ["3000", "3000"]
+
+
+async def test_a_fallback_endpoint_of_another_origin_gets_it_too(
+    fault_server: FaultServer,
+) -> None:
+    # Not a credential: routing withholds Authorization from the other origin, not this.
+    fault_server.set_default(Fault.status(503))
+    async with FaultServer() as backup:
+        config = document(fault_server.url, routing={"fallback_groups": [[backup.url]]})
+        plugins = (RetryUpTo(2, delay=1.0), FailOnStatus(503))
+        async with client(config, ManualClock(), *plugins) as c:
+            response = await c.get("/a", service="svc", headers={"Authorization": "Bearer t"})
+        assert response.status == 200
+        assert sent(fault_server) == ["10000"]
+        assert sent(backup) == ["10000"]  # failover is immediate: no backoff between
+        assert "Authorization" not in backup.requests[0].headers
+
+
 async def test_decorated_functions_get_no_header_but_keep_working() -> None:
     runtime = healkit.Runtime(
         config={"defaults": {"deadline_header": HEADER}}, plugins=[], entry_points=False
