@@ -31,6 +31,7 @@ attempts made (``error.attempts``)::
     ├── RequestError                the request itself is invalid (bad URL, unknown service)
     │   └── ClientClosedError       the client is not open (never entered, or already closed)
     ├── OutcomeUnavailableError     no healkit call returned this response (also a LookupError)
+    ├── DeadlineHeaderError         an inbound deadline header is invalid (also a ValueError)
     ├── ConfigError                 a configuration document is invalid (path and reason per issue)
     ├── PluginError                 a plugin crashed in a decision hook (names the plugin)
     └── EtcdError                   talking to etcd failed (healkit's own etcd client)
@@ -79,6 +80,7 @@ __all__ = [
     "ConnectionLostError",
     "DNSError",
     "DeadlineExceeded",
+    "DeadlineHeaderError",
     "DegradedModeError",
     "EtcdAuthError",
     "EtcdCompacted",
@@ -409,6 +411,28 @@ class ClientClosedError(RequestError):
     The client was never entered (``async with healkit.Client() as client``),
     has been closed, or its adopted aiohttp session was closed. Nothing was sent.
     """
+
+
+@final
+class DeadlineHeaderError(HealkitError, ValueError):
+    """An inbound request's deadline header is not a valid number of milliseconds.
+
+    Raised by :func:`healkit.deadlines.deadline_from` (unless told to ignore
+    bad values) before anything is sent; a server usually answers its caller
+    ``400 Bad Request``.
+
+    Attributes:
+        header: the header's name.
+        value: the offending value, cut to 64 characters.
+
+    """
+
+    may_have_reached_server = False
+
+    def __init__(self, message: str, *, header: str, value: str) -> None:
+        super().__init__(message)
+        self.header = header
+        self.value = value
 
 
 @final

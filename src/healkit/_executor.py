@@ -26,6 +26,7 @@ from healkit._errors import (
 )
 from healkit._outcome import Outcome
 from healkit._testmode import TEST_MODE
+from healkit.deadlines import INBOUND_DEADLINE, stamp_remaining
 
 if TYPE_CHECKING:
     from healkit._config.models import Timeouts
@@ -92,6 +93,7 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the attempt loop and its th
     plan = runtime._plan  # noqa: SLF001 - the runtime's own executor
     clock = call.clock
     timeouts = _call_limits(runtime, call)
+    deadline_header = call.policy.deadline_header if call.transport == "http" else None
     started = call.started
     delay = 0.0
     try:
@@ -106,6 +108,8 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the attempt loop and its th
                         attempt.started = clock.now()  # a wait for room is not the attempt's time
                         error = _too_late(call, attempt)
                 if error is None:
+                    if deadline_header is not None:
+                        stamp_remaining(call, attempt, deadline_header)
                     timer = runtime._timers.arm(_time_limit(call, attempt))  # noqa: SLF001
                     try:
                         result, response = await transport.send(call, attempt)
@@ -155,7 +159,9 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the attempt loop and its th
 
 
 def _call_limits(runtime: Runtime, call: CallContext) -> Timeouts:
-    """Apply the service's call deadline and the test mode to ``call``; return its attempt limits.
+    """Apply the service's call deadline, an inbound deadline and the test mode to ``call``.
+
+    Returns the call's attempt limits.
 
     Both limits are plugin answers (``healkit_attempt_timeouts``,
     ``healkit_call_deadline``), asked once per service and snapshot and kept
@@ -163,6 +169,8 @@ def _call_limits(runtime: Runtime, call: CallContext) -> Timeouts:
     """
     timeouts, within = call.policy.call_limits or runtime.call_limits(call.policy)
     call.limit_deadline(within)
+    # The scope of healkit.deadlines.deadline_from (an inbound deadline), if any.
+    call.deadline = min(call.deadline, INBOUND_DEADLINE.get())
     if TEST_MODE.on and TEST_MODE.attempts is not None:
         allowed = TEST_MODE.attempts
         if call.attempt_limit is None or allowed < call.attempt_limit:

@@ -18,8 +18,8 @@ A document (from Python, a file or etcd) looks like this (TOML shown)::
     [state]                     # bounds of the state of hosts nobody configured
     max_unconfigured = 4096
 
-The core owns ``endpoints``, ``max_body_bytes``, ``follow_redirects`` and
-``max_redirects``; every other key of a service
+The core owns ``endpoints``, ``max_body_bytes``, ``follow_redirects``,
+``max_redirects`` and ``deadline_header``; every other key of a service
 is a section contributed by a plugin through ``healkit_config_sections``. Unknown
 keys are errors that name the key and its path. A validated document becomes a
 :class:`HealkitConfig`: immutable, with one resolved :class:`ServicePolicy` per
@@ -87,6 +87,29 @@ MAX_SECONDS: Final = 24 * 3600.0
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 """A duration in seconds: finite, positive, at most a day."""
+
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")]
+"""An HTTP header name: an RFC 9110 token of 1 to 128 characters."""
+
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "authorization",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "cookie",
+        "expect",
+        "host",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+"""Header names healkit will not overwrite with a value of its own (``deadline_header``)."""
 
 
 def url_problem(url: yarl.URL) -> str | None:
@@ -249,6 +272,9 @@ class CoreServiceSettings(
             hop under healkit's rules; ``False`` returns them as the response.
         max_redirects: the most redirects one attempt follows; one more is a
             ``TooManyRedirects`` error.
+        deadline_header: the header in which every HTTP attempt tells the
+            upstream the milliseconds the call has left (see
+            :mod:`healkit.deadlines`); ``None`` sends none.
 
     """
 
@@ -256,12 +282,18 @@ class CoreServiceSettings(
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = DEFAULT_MAX_BODY_BYTES
     follow_redirects: bool = True
     max_redirects: Annotated[int, msgspec.Meta(ge=0, le=MAX_REDIRECTS)] = DEFAULT_MAX_REDIRECTS
+    deadline_header: HeaderName | None = None
 
     def __post_init__(self) -> None:
-        """Reject duplicate endpoints."""
+        """Reject duplicate endpoints, and a deadline header that would replace another."""
         normalized = [normalize_endpoint(e) for e in self.endpoints]
         if len(set(normalized)) != len(normalized):
             raise ValueError("endpoints must not repeat")
+        if self.deadline_header is not None and self.deadline_header.lower() in RESERVED_HEADERS:
+            raise ValueError(
+                f"deadline_header must not be {self.deadline_header!r}:"
+                " healkit does not replace that header"
+            )
 
 
 CORE_KEYS: Final = frozenset(f for f in CoreServiceSettings.__struct_fields__)
@@ -333,6 +365,8 @@ class ServicePolicy:
         max_body_bytes: the response body cap.
         follow_redirects: whether healkit follows redirects for this service.
         max_redirects: the most redirects one attempt follows.
+        deadline_header: the header that carries the call's remaining
+            milliseconds to the upstream (``None``: not sent).
         stash: plugin state derived from this policy (built once per
             configuration snapshot instead of once per call).
         call_limits: the attempt limits and the call deadline (seconds) the
@@ -348,6 +382,7 @@ class ServicePolicy:
         "_sections",
         "_stash",
         "call_limits",
+        "deadline_header",
         "endpoints",
         "follow_redirects",
         "max_body_bytes",
@@ -378,6 +413,7 @@ class ServicePolicy:
         self.max_body_bytes = core.max_body_bytes
         self.follow_redirects = core.follow_redirects
         self.max_redirects = core.max_redirects
+        self.deadline_header = core.deadline_header
         self._sections = sections
         self._known: frozenset[str] | None = None
         self._stash: Stash | None = None

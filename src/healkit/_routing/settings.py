@@ -21,6 +21,7 @@ import yarl
 from healkit._config.models import (
     ConfigSection,
     Endpoint,
+    HeaderName,
     HealkitConfig,
     Seconds,
     ServicePolicy,
@@ -51,7 +52,6 @@ _ORIGIN_PATTERN: Final = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5
 
 Origin = Annotated[str, msgspec.Meta(pattern=_ORIGIN_PATTERN.pattern)]
 Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")]
 Status = Annotated[int, msgspec.Meta(ge=100, le=599)]
 _SUCCESS: Final = range(200, 400)
 
