@@ -28,18 +28,18 @@ class TokenBucket:
 
     __slots__ = ("_stamp", "rate", "size", "tokens")
 
-    def __init__(self, rate: float, size: int, now: float) -> None:
+    def __init__(self, rate: float, size: float, now: float) -> None:
         self.rate = rate
         self.size = size
         self.tokens = float(size)
         self._stamp = now
 
-    def reconfigure(self, rate: float, size: int, now: float) -> None:
+    def reconfigure(self, rate: float, size: float, now: float) -> None:
         """Take a new rate and size; the tokens held stay (capped by the new size)."""
         self._refill(now)
         self.rate = rate
         self.size = size
-        self.tokens = min(self.tokens, float(size))
+        self.tokens = min(self.tokens, size)
 
     def reserve(self, now: float, max_wait: float) -> float | None:
         """Take a token; return the seconds until it is due (``None``: later than ``max_wait``)."""
@@ -61,5 +61,5 @@ class TokenBucket:
     def _refill(self, now: float) -> None:
         elapsed = now - self._stamp
         if elapsed > 0:
-            self.tokens = min(float(self.size), self.tokens + elapsed * self.rate)
+            self.tokens = min(self.size, self.tokens + elapsed * self.rate)
             self._stamp = now
