@@ -138,16 +138,50 @@ async def test_without_an_etcd_source_a_fleet_rate_refuses_rather_than_guess() -
             await call()
 
 
-async def test_without_fleet_health_records_a_fleet_rate_refuses(etcd_server: EtcdServer) -> None:
+async def test_without_fleet_health_records_a_fleet_rate_waits_then_refuses(
+    etcd_server: EtcdServer,
+) -> None:
     clock = ManualClock(auto_advance=False)
     document = {"limit": FLEET_RATE["limit"]}  # no routing.fleet: nobody writes a record
     async with etcd_server.client() as etcd, AsyncExitStack() as fleet:
         await etcd.put(KEY, json.dumps(document).encode())
         a = await start(fleet, etcd_server.url, clock)
-        with pytest.raises(healkit.RateLimitedError, match=r"routing\.fleet") as refused:
-            await a.call()
+        async with anyio.create_task_group() as group:
+            group.start_soon(advance_once_asleep, clock, LimitSettings().max_wait)
+            with pytest.raises(healkit.RateLimitedError, match=r"routing\.fleet") as refused:
+                await a.call()
         assert refused.value.may_have_reached_server is False
         assert a.status().instances == 1
+
+
+async def test_an_attempt_waits_for_the_first_record_then_takes_its_share(
+    etcd_server: EtcdServer,
+) -> None:
+    clock = ManualClock(auto_advance=False)
+    document = {"limit": FLEET_RATE["limit"]}
+    async with etcd_server.client() as etcd, AsyncExitStack() as fleet:
+        await etcd.put(KEY, json.dumps(document).encode())
+        a = await start(fleet, etcd_server.url, clock)
+
+        async def records_appear() -> None:
+            with anyio.fail_after(10):
+                await clock.wait_for_sleepers(1)  # the attempt waits for the fleet's size
+            await etcd.put(INSTANCES + "one", b"{}")
+            await etcd.put(INSTANCES + "two", b"{}")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(records_appear)
+            assert await a.call() == "ok"
+        revision = await records(etcd, 2)
+        await a.caught_up(revision)
+        status = a.status()
+        assert (status.instances, status.rate, status.burst) == (2, RATE / 2, 15.0)
+
+
+async def advance_once_asleep(clock: ManualClock, seconds: float) -> None:
+    with anyio.fail_after(10):
+        await clock.wait_for_sleepers(1)
+    clock.advance(seconds)
 
 
 def test_a_fleet_scope_needs_a_rate() -> None:

@@ -18,7 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final, final
 
+import anyio
+
+import healkit
 from healkit.etcd import EtcdSource, WatchEvent
+from healkit_limit._limiter import wait_event
 
 __all__ = ["INSTANCES", "MAX_INSTANCES", "FleetCount"]
 
@@ -34,23 +38,32 @@ class FleetCount:
 
     Attributes:
         size: the live instances, at least 1 (this one).
-        seen: whether any record was seen yet: before, the fleet's size is unknown.
 
     """
 
-    __slots__ = ("_changed", "_names", "_root", "_unlisten", "seen", "size")
+    __slots__ = ("_changed", "_names", "_root", "_seen", "_unlisten", "size")
 
     def __init__(self, changed: Callable[[int], None]) -> None:
         self._changed = changed
         self._names: set[bytes] = set()
         self._root = b""
         self._unlisten: Callable[[], None] | None = None
+        self._seen = anyio.Event()
         self.size = 1
-        self.seen = False
 
     def __repr__(self) -> str:
         following = "following" if self._unlisten is not None else "idle"
         return f"<FleetCount {self.size} instances, {following}>"
+
+    @property
+    def seen(self) -> bool:
+        """Whether a record was seen: before, the fleet's size is unknown."""
+        return self._seen.is_set()
+
+    async def wait_seen(self, clock: healkit.Clock, seconds: float) -> bool:
+        """Wait at most ``seconds`` on ``clock`` for a first record; return whether one came."""
+        await wait_event(clock, seconds, self._seen)
+        return self._seen.is_set()
 
     @property
     def following(self) -> bool:
@@ -69,7 +82,7 @@ class FleetCount:
         if unlisten is not None:
             unlisten()
         self._names.clear()
-        self.seen = False
+        self._seen = anyio.Event()
         self.size = 1
 
     def _heard(self, events: Sequence[WatchEvent], revision: int) -> None:
@@ -85,7 +98,7 @@ class FleetCount:
             elif len(names) < MAX_INSTANCES:
                 names.add(key)
         if names:
-            self.seen = True
+            self._seen.set()
         size = max(1, len(names))
         if size != self.size:
             self.size = size

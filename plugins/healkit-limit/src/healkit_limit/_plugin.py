@@ -383,8 +383,12 @@ class LimitPlugin:
         wait = 0.0
         bucket = limits.bucket
         if bucket is not None:
-            reserved = self._reserve(bucket, policy, call, key, now)
-            if isinstance(reserved, healkit.RateLimitedError):
+            reserved = (
+                _reserve(bucket, policy, call, key, now)
+                if not policy.fleet or self._fleet.seen
+                else self._first_count(call, attempt, policy, key)
+            )
+            if not isinstance(reserved, float):
                 return reserved
             wait = reserved
         if wait == 0.0 and (limiter is None or limiter.try_acquire()):
@@ -392,26 +396,34 @@ class LimitPlugin:
             return None
         return self._wait(call, policy, key, limiter, throttle, wait=wait, started=now)
 
-    def _reserve(
-        self, bucket: TokenBucket, policy: _Policy, call: healkit.CallContext, key: Key, now: float
-    ) -> float | healkit.RateLimitedError:
-        """Take a token: the seconds until it is due, or the refusal if it is out of reach.
+    def _first_count(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        policy: _Policy,
+        key: Key,
+    ) -> healkit.RateLimitedError | Awaitable[healkit.OverloadError | None]:
+        """Admit a fleet-wide rate's attempt once the fleet's size is known, or refuse it.
 
-        A fleet-wide rate is refused while the fleet's size is unknown: a guess of
-        one instance would let every instance send the fleet's whole rate.
+        Before the first fleet health record arrives (this instance's own is
+        written as it starts), the attempt waits for it, at most ``max_wait``
+        and never past the deadline; with nothing to count from (no etcd
+        source), it is refused at once. A guess of one instance would let
+        every instance send the fleet's whole rate.
         """
-        if policy.fleet and not self._fleet.seen:
+        if not self._fleet.following:
             return _fleet_unknown(key)
-        allowed = min(policy.settings.max_wait, call.deadline - now) if policy.smooth else 0.0
-        reserved = bucket.reserve(now, allowed)
-        if reserved is not None:
-            return reserved
-        return healkit.RateLimitedError(
-            f"{_where(key)} rate limited: {bucket.rate:g} calls/s",
-            service=key[0],
-            endpoint=key[1],
-            retry_after=bucket.wait_for_token(now),
-        )
+        allowed = min(policy.settings.max_wait, call.deadline - call.clock.now())
+        return self._admit_counted(call, attempt, key, allowed)
+
+    async def _admit_counted(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext, key: Key, allowed: float
+    ) -> healkit.OverloadError | None:
+        """Wait for the fleet's size, then admit the attempt as if it came now."""
+        if allowed <= 0 or not await self._fleet.wait_seen(call.clock, allowed):
+            return _fleet_unknown(key)
+        admitted = self.healkit_admit(call, attempt)
+        return await admitted if isinstance(admitted, Awaitable) else admitted
 
     def _throttled(self, throttle: Throttle, key: Key, now: float) -> healkit.ThrottledError | None:
         """Refuse with the throttle's probability (unless a probe is due)."""
@@ -585,6 +597,22 @@ def _ended(
         drop = not accepted if dropped is None else dropped
         adaptive.sample(duration, now, in_flight=limiter.in_flight, dropped=drop)
     limiter.release()
+
+
+def _reserve(
+    bucket: TokenBucket, policy: _Policy, call: healkit.CallContext, key: Key, now: float
+) -> float | healkit.RateLimitedError:
+    """Take a token: the seconds until it is due, or the refusal if it is out of reach."""
+    allowed = min(policy.settings.max_wait, call.deadline - now) if policy.smooth else 0.0
+    reserved = bucket.reserve(now, allowed)
+    if reserved is not None:
+        return reserved
+    return healkit.RateLimitedError(
+        f"{_where(key)} rate limited: {bucket.rate:g} calls/s",
+        service=key[0],
+        endpoint=key[1],
+        retry_after=bucket.wait_for_token(now),
+    )
 
 
 def _fleet_unknown(key: Key) -> healkit.RateLimitedError:
