@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from contextlib import AsyncExitStack
 from typing import Any
@@ -10,7 +11,7 @@ import anyio
 import pytest
 
 import healkit
-from healkit.etcd import EtcdClient, EtcdSource
+from healkit.etcd import EtcdClient, EtcdSource, PutOp
 from healkit.testing import EtcdServer, ManualClock
 from healkit_limit import LimitPlugin, LimitSettings, LimitStatus
 
@@ -41,6 +42,11 @@ class Instance:
             return "ok"
 
         self.call = call
+
+    async def touch(self) -> None:
+        """Make a call, so that the service's limits exist (a fleet's share starts empty)."""
+        with contextlib.suppress(healkit.RateLimitedError):
+            await self.call()
 
     async def caught_up(self, revision: int) -> None:
         with anyio.fail_after(10):
@@ -88,7 +94,7 @@ async def test_three_instances_share_the_rate_and_rebalance_when_one_stops(
             revision = await records(etcd, 3)
             for instance in (a, b, c):
                 await instance.caught_up(revision)
-                assert await instance.call() == "ok"
+                await instance.touch()
                 status = instance.status()
                 assert (status.instances, status.rate, status.burst) == (3, RATE / 3, 10.0)
         revision = await records(etcd, 2)  # c stopped: its lease was revoked with its record
@@ -101,12 +107,14 @@ async def test_three_instances_share_the_rate_and_rebalance_when_one_stops(
         revision = await records(etcd, 3)
         for instance in (a, b, d):
             await instance.caught_up(revision)
-        assert await d.call() == "ok"
+        await d.touch()
         for instance in (a, b, d):
             assert (instance.status().instances, instance.status().rate) == (3, RATE / 3)
 
 
-async def test_the_share_is_spent_on_the_injected_clock(etcd_server: EtcdServer) -> None:
+async def test_the_share_starts_empty_and_fills_on_the_injected_clock(
+    etcd_server: EtcdServer,
+) -> None:
     clock = ManualClock(auto_advance=False)
     document = {**FLEET_RATE, "limit": {"rate": 4.0, "burst": 4, "rate_scope": "fleet"}}
     async with etcd_server.client() as etcd, AsyncExitStack() as fleet:
@@ -116,13 +124,16 @@ async def test_the_share_is_spent_on_the_injected_clock(etcd_server: EtcdServer)
         revision = await records(etcd, 2)
         await a.caught_up(revision)
         await b.caught_up(revision)
-        assert await a.call() == "ok"
-        assert await a.call() == "ok"  # a's share of the burst: 2 of 4
-        with pytest.raises(healkit.RateLimitedError) as refused:
+        # A newcomer's full bucket would be tokens the fleet never earned.
+        with pytest.raises(healkit.RateLimitedError, match="2 calls/s") as refused:
             await a.call()
-        assert refused.value.retry_after == pytest.approx(0.5)  # 2 tokens a second
-        clock.advance(0.5)
+        assert refused.value.retry_after == pytest.approx(0.5)  # a's share: 2 tokens a second
+        clock.advance(5.0)  # the bucket fills up to a's share of the burst: 2 of 4
         assert await a.call() == "ok"
+        assert await a.call() == "ok"
+        with pytest.raises(healkit.RateLimitedError):
+            await a.call()
+        assert a.status().tokens == pytest.approx(0.0)
 
 
 async def test_without_an_etcd_source_a_fleet_rate_refuses_rather_than_guess() -> None:
@@ -154,7 +165,7 @@ async def test_without_fleet_health_records_a_fleet_rate_waits_then_refuses(
         assert a.status().instances == 1
 
 
-async def test_an_attempt_waits_for_the_first_record_then_takes_its_share(
+async def test_an_attempt_waits_for_the_first_records_then_takes_its_share(
     etcd_server: EtcdServer,
 ) -> None:
     clock = ManualClock(auto_advance=False)
@@ -166,14 +177,15 @@ async def test_an_attempt_waits_for_the_first_record_then_takes_its_share(
         async def records_appear() -> None:
             with anyio.fail_after(10):
                 await clock.wait_for_sleepers(1)  # the attempt waits for the fleet's size
-            await etcd.put(INSTANCES + "one", b"{}")
-            await etcd.put(INSTANCES + "two", b"{}")
+            puts = [PutOp(key=(INSTANCES + name).encode(), value=b"{}") for name in ("a", "b")]
+            await etcd.txn(success=puts)
 
         async with anyio.create_task_group() as group:
             group.start_soon(records_appear)
-            assert await a.call() == "ok"
-        revision = await records(etcd, 2)
-        await a.caught_up(revision)
+            # Counted, then refused by its share's bucket (empty at first), not for the count.
+            with pytest.raises(healkit.RateLimitedError, match="15 calls/s") as refused:
+                await a.call()
+        assert refused.value.retry_after == pytest.approx(1 / 15)
         status = a.status()
         assert (status.instances, status.rate, status.burst) == (2, RATE / 2, 15.0)
 

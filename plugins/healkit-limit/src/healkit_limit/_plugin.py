@@ -103,8 +103,8 @@ class _Limits:
             self.bucket = None
             return
         rate, size = settings.bucket(instances)
-        if bucket is None:
-            self.bucket = TokenBucket(rate, size, now)
+        if bucket is None:  # a share of the fleet's bucket starts empty: see TokenBucket
+            self.bucket = TokenBucket(rate, size, now, empty=settings.rate_scope == "fleet")
         else:
             bucket.reconfigure(rate, size, now)
 

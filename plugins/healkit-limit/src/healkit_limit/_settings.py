@@ -84,7 +84,7 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             or ``fleet`` (they are the fleet's total: each instance applies
             its share, ``rate / n`` and ``burst / n`` but at least one token,
             ``n`` the live instances of the namespace that etcd's fleet
-            health records show).
+            health records show; its bucket starts empty).
 
     """
 
