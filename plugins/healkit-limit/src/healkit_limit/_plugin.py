@@ -271,8 +271,7 @@ class LimitPlugin:
         self._runtime = runtime
         self._config = config
         self._compiled.clear()
-        fleet_wide = config.stash.get(self._fleet_key)  # None: healkit_prepare failed
-        if fleet_wide if fleet_wide is not None else _fleet_wide(config):
+        if self._fleet_wide(config):
             self._count_fleet(runtime)
         now = runtime.clock.now()
         instances = self._fleet.size
@@ -292,6 +291,11 @@ class LimitPlugin:
             elif key not in strangers:
                 strangers.put(key, limits, now)
         strangers.resize(config.state.max_unconfigured, config.state.idle_expiry, now)
+
+    def _fleet_wide(self, config: healkit.HealkitConfig) -> bool:
+        """Whether a policy of ``config`` has a fleet-wide rate (noted by ``healkit_prepare``)."""
+        fleet_wide = config.stash.get(self._fleet_key)  # None: healkit_prepare failed
+        return _fleet_wide(config) if fleet_wide is None else fleet_wide
 
     def _count_fleet(self, runtime: healkit.Runtime) -> None:
         """Count the live instances through the runtime's etcd source, or say why it cannot."""
@@ -317,7 +321,7 @@ class LimitPlugin:
     def healkit_startup(self, runtime: healkit.Runtime) -> None:
         """Count the fleet again if a fleet-wide rate asks for it (a runtime started anew)."""
         config = self._config
-        if config is not None and config.stash.get(self._fleet_key, _fleet_wide(config)):
+        if config is not None and self._fleet_wide(config):
             self._count_fleet(runtime)
 
     @healkit.hookimpl
