@@ -27,6 +27,7 @@ import bench_chaos
 import bench_etcd
 import bench_failures
 import bench_fleet
+import bench_fleet_rate
 import bench_healing
 import bench_http
 import bench_overload
@@ -61,6 +62,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     ),
     "overload": Scenario(
         bench_overload.run, "goodput and latency at 3x capacity with and without limits; throttling"
+    ),
+    "fleet-rate": Scenario(
+        bench_fleet_rate.run, "4 instances sharing a fleet-wide rate limit; one leaves, one joins"
     ),
 }
 """Every benchmark scenario, run in this order. Add a scenario by adding an entry."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from healkit_limit._adaptive import GradientLimit
 from healkit_limit._plugin import LimitPlugin, LimitStatus
-from healkit_limit._settings import SECTION, LimitSettings, RateMode, Scope
+from healkit_limit._settings import SECTION, LimitSettings, RateMode, RateScope, Scope
 
 __all__ = [
     "SECTION",
@@ -39,5 +39,6 @@ __all__ = [
     "LimitSettings",
     "LimitStatus",
     "RateMode",
+    "RateScope",
     "Scope",
 ]

@@ -16,7 +16,7 @@ import anyio
 import healkit
 from healkit_limit._adaptive import GradientLimit
 
-__all__ = ["Limiter"]
+__all__ = ["Limiter", "wait_event"]
 
 _COMPACT_MIN: Final = 16
 """Waiters that gave up are dropped from the queue once they outnumber the live ones (and this)."""
@@ -105,11 +105,7 @@ class Limiter:
         self._waiters.append(waiter)
         self._queued += 1
         try:
-            if isinstance(clock, healkit.MonotonicClock):
-                with anyio.move_on_after(seconds):
-                    await waiter.event.wait()
-            else:
-                await _wait_on(clock, seconds, waiter.event)
+            await wait_event(clock, seconds, waiter.event)
         except BaseException:
             self._give_up(waiter)
             raise
@@ -145,8 +141,12 @@ class Limiter:
             self._waiters = deque(w for w in waiters if not w.gave_up)
 
 
-async def _wait_on(clock: healkit.Clock, seconds: float, event: anyio.Event) -> None:
-    """Wait for ``event``, at most ``seconds`` on ``clock`` (a clock that is not the system's)."""
+async def wait_event(clock: healkit.Clock, seconds: float, event: anyio.Event) -> None:
+    """Wait for ``event``, at most ``seconds`` on ``clock``."""
+    if isinstance(clock, healkit.MonotonicClock):
+        with anyio.move_on_after(seconds):
+            await event.wait()
+        return
     async with anyio.create_task_group() as group:
 
         async def expire() -> None:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Sequence
-from typing import Any, final
+from typing import Any, Final, final
 
 import msgspec
 
 import healkit
+from healkit.etcd import EtcdSource
 from healkit_limit._adaptive import GradientLimit
+from healkit_limit._fleet import FleetCount
 from healkit_limit._limiter import Limiter
 from healkit_limit._rate import TokenBucket
 from healkit_limit._settings import SECTION, LimitSettings
 from healkit_limit._throttle import Throttle
 
 __all__ = ["LimitPlugin", "LimitStatus"]
+
+_logger: Final = healkit.get_logger("healkit.limit")
 
 Key = tuple[str, str | None]
 """(service, endpoint); the endpoint is ``None`` for per-service limits."""
@@ -38,6 +42,11 @@ class LimitStatus(msgspec.Struct, frozen=True, kw_only=True):
         requests: requests in the throttle's window.
         accepts: accepts in the throttle's window.
         tokens: tokens in the rate limit's bucket (``None`` without a rate limit).
+        rate: the rate this instance applies, in attempts a second (``None``
+            without a rate limit): with ``rate_scope = "fleet"``, its share.
+        burst: the most tokens its bucket holds (``None`` without a rate limit).
+        instances: the live instances a fleet-wide rate is shared by (``None``
+            with ``rate_scope = "instance"``).
 
     """
 
@@ -51,26 +60,32 @@ class LimitStatus(msgspec.Struct, frozen=True, kw_only=True):
     requests: int
     accepts: int
     tokens: float | None
+    rate: float | None
+    burst: float | None
+    instances: int | None
 
 
 @final
 class _Limits:
     """The limits of one key: whichever of the three its settings turn on."""
 
-    __slots__ = ("bucket", "limiter", "throttle")
+    __slots__ = ("bucket", "limiter", "settings", "throttle")
 
-    def __init__(self, settings: LimitSettings, now: float) -> None:
+    def __init__(self, settings: LimitSettings, now: float, instances: int) -> None:
         self.limiter: Limiter | None = None
         self.throttle: Throttle | None = None
         self.bucket: TokenBucket | None = None
-        self.apply(settings, now)
+        self.settings = settings
+        self.apply(settings, now, instances)
 
-    def apply(self, settings: LimitSettings, now: float) -> None:
+    def apply(self, settings: LimitSettings, now: float, instances: int) -> None:
         """Take ``settings``, keeping what they still ask for.
 
         Slots in use, the learned adaptive limit, the throttle's counts (if
-        its window is unchanged) and the tokens carry over.
+        its window is unchanged) and the tokens carry over. A fleet-wide rate
+        is shared by ``instances``.
         """
+        self.settings = settings
         self._apply_concurrency(settings, now)
         throttle = self.throttle
         if not settings.throttle:
@@ -79,13 +94,19 @@ class _Limits:
             self.throttle = Throttle(settings.throttle_k, settings.throttle_window, now)
         else:
             throttle.k = settings.throttle_k
-        bucket = self.bucket
+        self.apply_rate(now, instances)
+
+    def apply_rate(self, now: float, instances: int) -> None:
+        """Set the bucket from the settings; a fleet-wide rate is shared by ``instances``."""
+        settings, bucket = self.settings, self.bucket
         if settings.rate is None:
             self.bucket = None
-        elif bucket is None:
-            self.bucket = TokenBucket(settings.rate, settings.bucket_size, now)
+            return
+        rate, size = settings.bucket(instances)
+        if bucket is None:  # a share of the fleet's bucket starts empty: see TokenBucket
+            self.bucket = TokenBucket(rate, size, now, empty=settings.rate_scope == "fleet")
         else:
-            bucket.reconfigure(settings.rate, settings.bucket_size, now)
+            bucket.reconfigure(rate, size, now)
 
     def _apply_concurrency(self, settings: LimitSettings, now: float) -> None:
         limiter = self.limiter
@@ -114,11 +135,12 @@ class _Limits:
 class _Policy:
     """A service policy's limit settings, compiled once per configuration snapshot."""
 
-    __slots__ = ("off", "per_endpoint", "rejects", "settings", "smooth")
+    __slots__ = ("fleet", "off", "per_endpoint", "rejects", "settings", "smooth")
 
     def __init__(self, settings: LimitSettings) -> None:
         self.settings = settings
         self.off = not settings.active
+        self.fleet = settings.rate is not None and settings.rate_scope == "fleet"
         self.per_endpoint = settings.scope == "endpoint"
         self.smooth = settings.rate_mode == "smooth"
         self.rejects = frozenset(settings.reject_statuses)
@@ -149,6 +171,11 @@ def _active(config: healkit.HealkitConfig) -> bool:
     return any(policy.section(SECTION).active for policy in policies)
 
 
+def _fleet_wide(config: healkit.HealkitConfig) -> bool:
+    policies = (config.defaults, *config.services.values())
+    return any(policy.section(SECTION).rate_scope == "fleet" for policy in policies)
+
+
 @final
 class LimitPlugin:
     """Concurrency limits, adaptive throttling and rate limits, configured by the ``limit`` section.
@@ -173,6 +200,8 @@ class LimitPlugin:
         "_active_key",
         "_compiled",
         "_config",
+        "_fleet",
+        "_fleet_key",
         "_held_key",
         "_policy_key",
         "_random",
@@ -187,6 +216,8 @@ class LimitPlugin:
         self._policy_key = healkit.StashKey[_Policy]("healkit_limit.policy")
         self._held_key = healkit.StashKey[_Held]("healkit_limit.held")
         self._active_key = healkit.StashKey[bool]("healkit_limit.active")
+        self._fleet_key = healkit.StashKey[bool]("healkit_limit.fleet")
+        self._fleet = FleetCount(self._rebalance)
         # Not for security: a refusal probability (S311 is about secrets).
         self._random = rng if rng is not None else random.Random()  # noqa: S311
         self._registry: dict[Key, _Limits] = {}
@@ -220,6 +251,7 @@ class LimitPlugin:
     def healkit_prepare(self, config: healkit.HealkitConfig) -> None:
         """Note whether any policy turns a limit on, off the event loop."""
         config.stash[self._active_key] = _active(config)
+        config.stash[self._fleet_key] = _fleet_wide(config)
 
     @healkit.hookimpl
     def healkit_idle(self, config: healkit.HealkitConfig) -> bool:
@@ -239,7 +271,10 @@ class LimitPlugin:
         self._runtime = runtime
         self._config = config
         self._compiled.clear()
+        if self._fleet_wide(config):
+            self._count_fleet(runtime)
         now = runtime.clock.now()
+        instances = self._fleet.size
         strangers, registry = self._strangers, self._registry
         every = [*registry.items(), *strangers.items()]
         registry.clear()
@@ -249,13 +284,50 @@ class LimitPlugin:
             if policy.off or (endpoint is not None and not policy.per_endpoint):
                 strangers.pop(key)
                 continue
-            limits.apply(policy.settings, now)
+            limits.apply(policy.settings, now, instances)
             if config.configured(service, endpoint):
                 strangers.pop(key)
                 registry[key] = limits
             elif key not in strangers:
                 strangers.put(key, limits, now)
         strangers.resize(config.state.max_unconfigured, config.state.idle_expiry, now)
+
+    def _fleet_wide(self, config: healkit.HealkitConfig) -> bool:
+        """Whether a policy of ``config`` has a fleet-wide rate (noted by ``healkit_prepare``)."""
+        fleet_wide = config.stash.get(self._fleet_key)  # None: healkit_prepare failed
+        return _fleet_wide(config) if fleet_wide is None else fleet_wide
+
+    def _count_fleet(self, runtime: healkit.Runtime) -> None:
+        """Count the live instances through the runtime's etcd source, or say why it cannot."""
+        source = runtime.source
+        if isinstance(source, EtcdSource):
+            self._fleet.follow(source)
+        elif not self._fleet.following:
+            _logger.error(
+                "healkit.limit_fleet_unavailable",
+                reason="the configuration is not read from etcd",
+                effect="fleet-wide rate limits refuse every attempt",
+            )
+
+    def _rebalance(self, instances: int) -> None:
+        """Give every fleet-wide bucket its new share: the fleet's size changed."""
+        now = self._now()
+        for _, limits in (*self._registry.items(), *self._strangers.items()):
+            if limits.settings.rate_scope == "fleet":
+                limits.apply_rate(now, instances)
+        _logger.info("healkit.limit_fleet_rebalanced", instances=instances)
+
+    @healkit.hookimpl
+    def healkit_startup(self, runtime: healkit.Runtime) -> None:
+        """Count the fleet again if a fleet-wide rate asks for it (a runtime started anew)."""
+        config = self._config
+        if config is not None and self._fleet_wide(config):
+            self._count_fleet(runtime)
+
+    @healkit.hookimpl
+    def healkit_shutdown(self) -> None:
+        """Stop counting the fleet: a runtime started again counts anew."""
+        self._fleet.stop()
 
     def _policy(self, policy: healkit.ServicePolicy) -> _Policy:
         compiled = policy.stash.get(self._policy_key)
@@ -271,7 +343,7 @@ class LimitPlugin:
     ) -> _Limits:
         limits = self._strangers.get(key, now)
         if limits is None:
-            limits = _Limits(policy.settings, now)
+            limits = _Limits(policy.settings, now, self._fleet.size)
             if config.configured(*key):
                 self._registry[key] = limits
             else:
@@ -315,14 +387,47 @@ class LimitPlugin:
         wait = 0.0
         bucket = limits.bucket
         if bucket is not None:
-            reserved = _reserve(bucket, policy, call, key, now)
-            if isinstance(reserved, healkit.RateLimitedError):
+            reserved = (
+                _reserve(bucket, policy, call, key, now)
+                if not policy.fleet or self._fleet.seen
+                else self._first_count(call, attempt, policy, key)
+            )
+            if not isinstance(reserved, float):
                 return reserved
             wait = reserved
         if wait == 0.0 and (limiter is None or limiter.try_acquire()):
             self._hold(call, policy, limiter, throttle, now)
             return None
         return self._wait(call, policy, key, limiter, throttle, wait=wait, started=now)
+
+    def _first_count(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        policy: _Policy,
+        key: Key,
+    ) -> healkit.RateLimitedError | Awaitable[healkit.OverloadError | None]:
+        """Admit a fleet-wide rate's attempt once the fleet's size is known, or refuse it.
+
+        Before the first fleet health record arrives (this instance's own is
+        written as it starts), the attempt waits for it, at most ``max_wait``
+        and never past the deadline; with nothing to count from (no etcd
+        source), it is refused at once. A guess of one instance would let
+        every instance send the fleet's whole rate.
+        """
+        if not self._fleet.following:
+            return _fleet_unknown(key)
+        allowed = min(policy.settings.max_wait, call.deadline - call.clock.now())
+        return self._admit_counted(call, attempt, key, allowed)
+
+    async def _admit_counted(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext, key: Key, allowed: float
+    ) -> healkit.OverloadError | None:
+        """Wait for the fleet's size, then admit the attempt as if it came now."""
+        if allowed <= 0 or not await self._fleet.wait_seen(call.clock, allowed):
+            return _fleet_unknown(key)
+        admitted = self.healkit_admit(call, attempt)
+        return await admitted if isinstance(admitted, Awaitable) else admitted
 
     def _throttled(self, throttle: Throttle, key: Key, now: float) -> healkit.ThrottledError | None:
         """Refuse with the throttle's probability (unless a probe is due)."""
@@ -468,6 +573,9 @@ class LimitPlugin:
             requests=0 if throttle is None else throttle.requests,
             accepts=0 if throttle is None else throttle.accepts,
             tokens=None if bucket is None else bucket.tokens,
+            rate=None if bucket is None else bucket.rate,
+            burst=None if bucket is None else bucket.size,
+            instances=self._fleet.size if limits.settings.rate_scope == "fleet" else None,
         )
 
     def _now(self) -> float:
@@ -508,6 +616,16 @@ def _reserve(
         service=key[0],
         endpoint=key[1],
         retry_after=bucket.wait_for_token(now),
+    )
+
+
+def _fleet_unknown(key: Key) -> healkit.RateLimitedError:
+    return healkit.RateLimitedError(
+        f"{_where(key)} rate limited: its rate is the fleet's (rate_scope = fleet) and the"
+        " fleet's size is unknown: no fleet health record under instances/ in etcd"
+        " (the configuration must come from etcd and a service must set routing.fleet)",
+        service=key[0],
+        endpoint=key[1],
     )
 
 

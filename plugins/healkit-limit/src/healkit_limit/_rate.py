@@ -6,6 +6,10 @@ refused at once (with the time until the next one). In ``smooth`` mode it
 reserves the next token and waits until it is due, so calls leave at the rate
 instead of in bursts; a reservation further away than the allowed wait is
 refused instead, so the debt (and every wait) stays bounded.
+
+A bucket starts full, or ``empty`` (an instance's share of a fleet-wide rate:
+a full one would add tokens the fleet never earned each time an instance
+starts).
 """
 
 from __future__ import annotations
@@ -28,18 +32,18 @@ class TokenBucket:
 
     __slots__ = ("_stamp", "rate", "size", "tokens")
 
-    def __init__(self, rate: float, size: int, now: float) -> None:
+    def __init__(self, rate: float, size: float, now: float, *, empty: bool = False) -> None:
         self.rate = rate
         self.size = size
-        self.tokens = float(size)
+        self.tokens = 0.0 if empty else float(size)
         self._stamp = now
 
-    def reconfigure(self, rate: float, size: int, now: float) -> None:
+    def reconfigure(self, rate: float, size: float, now: float) -> None:
         """Take a new rate and size; the tokens held stay (capped by the new size)."""
         self._refill(now)
         self.rate = rate
         self.size = size
-        self.tokens = min(self.tokens, float(size))
+        self.tokens = min(self.tokens, size)
 
     def reserve(self, now: float, max_wait: float) -> float | None:
         """Take a token; return the seconds until it is due (``None``: later than ``max_wait``)."""
@@ -61,5 +65,5 @@ class TokenBucket:
     def _refill(self, now: float) -> None:
         elapsed = now - self._stamp
         if elapsed > 0:
-            self.tokens = min(float(self.size), self.tokens + elapsed * self.rate)
+            self.tokens = min(self.size, self.tokens + elapsed * self.rate)
             self._stamp = now

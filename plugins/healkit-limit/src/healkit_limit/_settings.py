@@ -8,12 +8,22 @@ import msgspec
 
 import healkit
 
-__all__ = ["MAX_CONCURRENCY", "MAX_QUEUE", "SECTION", "LimitSettings", "RateMode", "Scope"]
+__all__ = [
+    "MAX_CONCURRENCY",
+    "MAX_QUEUE",
+    "SECTION",
+    "LimitSettings",
+    "RateMode",
+    "RateScope",
+    "Scope",
+]
 
 Scope = Literal["service", "endpoint"]
 """What one limit guards: the service as a whole, or each endpoint of it."""
 RateMode = Literal["refuse", "smooth"]
 """Without a token: refuse at once (token bucket), or wait for the next one (leaky bucket)."""
+RateScope = Literal["instance", "fleet"]
+"""Whose total ``rate`` and ``burst`` are: this instance's, or the whole fleet's (shared)."""
 
 MAX_CONCURRENCY: Final = 100_000
 MAX_QUEUE: Final = 100_000
@@ -70,6 +80,11 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         rate_mode: ``refuse`` (no token: refused at once) or ``smooth`` (the
             attempt waits for its token, at most ``max_wait``: calls are
             spaced as a leaky bucket does).
+        rate_scope: ``instance`` (``rate`` and ``burst`` are this instance's)
+            or ``fleet`` (they are the fleet's total: each instance applies
+            its share, ``rate / n`` and ``burst / n`` but at least one token,
+            ``n`` the live instances of the namespace that etcd's fleet
+            health records show; its bucket starts empty).
 
     """
 
@@ -91,6 +106,7 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     rate: Annotated[float, msgspec.Meta(gt=0, le=1_000_000.0)] | None = None
     burst: Concurrency | None = None
     rate_mode: RateMode = "refuse"
+    rate_scope: RateScope = "instance"
 
     def __post_init__(self) -> None:
         """Check what one field alone cannot say."""
@@ -107,6 +123,8 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             raise ValueError("reject_statuses must not repeat")
         if self.burst is not None and self.rate is None:
             raise ValueError("burst needs rate")
+        if self.rate_scope == "fleet" and self.rate is None:
+            raise ValueError('rate_scope = "fleet" needs rate: the fleet\'s total')
 
     @property
     def active(self) -> bool:
@@ -119,6 +137,20 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         if self.burst is not None:
             return self.burst
         return max(1, int(self.rate or 1))
+
+    def bucket(self, instances: int) -> tuple[float, float]:
+        """Return the rate and the bucket size this instance applies.
+
+        With ``rate_scope = "instance"``, ``rate`` and :attr:`bucket_size` as
+        written. With ``"fleet"``, one share of ``instances`` (at least 1):
+        ``rate / n`` and ``bucket_size / n``, the bucket at least one token,
+        or no attempt could ever take one.
+        """
+        rate, size = self.rate or 1.0, float(self.bucket_size)
+        if self.rate_scope == "instance":
+            return rate, size
+        share = max(1, instances)
+        return rate / share, max(1.0, size / share)
 
 
 SECTION: Final = healkit.ConfigSection(
