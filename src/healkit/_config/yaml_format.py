@@ -9,7 +9,7 @@ install it when it is not.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import yaml
 from yaml import YAMLError
@@ -21,12 +21,14 @@ from healkit._config.formats import (
     _MAX_INT_BITS,
     MAX_INT_DIGITS,
     DocumentLimits,
+    _DuplicateKeyError,
     _LimitExceededError,
     _size,
     _too_deep,
     _too_long_int,
     _too_many,
 )
+from healkit._config.validate import join_path
 
 __all__ = ["YAMLError", "dump_yaml", "load_yaml"]
 
@@ -35,7 +37,8 @@ def load_yaml(text: str, limits: DocumentLimits) -> object:
     """Decode one YAML document within ``limits``; PyYAML's errors propagate.
 
     The bounded loader counts nodes and depth while composing, before anything
-    is constructed: an alias bomb never gets expanded.
+    is constructed: an alias bomb never gets expanded. It refuses a key
+    repeated in one mapping (PyYAML would keep its last value) as it composes it.
     """
     loader = _BoundedYamlLoader(text, limits)
     try:
@@ -80,10 +83,58 @@ class _BoundedComposer(Composer):
         # The shape of each composed node, by id: the nodes stay alive in the
         # tree while it is composed.
         self._shapes: dict[int, _Shape] = {}
+        # The keys of each mapping being composed, by id, and where it is.
+        self._keys: dict[int, set[tuple[str, str]]] = {}
+        self._path: list[int | Node | None] = []
 
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+    def compose_node(self, parent: Node | None, index: int | Node | None) -> Node | None:
+        """Compose one node (PyYAML's), account for it, and refuse a repeated key.
+
+        ``index`` is what PyYAML passes: the key node of a mapping's value, the
+        position of a sequence's item, ``None`` for a key (or the document).
+        """
+        is_key = index is None and isinstance(parent, MappingNode)
+        if not is_key:
+            self._path.append(index)
+        node = self._compose_counted(parent, index)
+        if not is_key:
+            self._path.pop()
+        elif isinstance(node, ScalarNode):
+            self._check_key(parent, node)
+        if isinstance(node, MappingNode):
+            self._keys.pop(id(node), None)
+        return node
+
+    def _check_key(self, mapping: Node | None, key: ScalarNode) -> None:
+        """Refuse ``key`` if ``mapping`` (being composed) holds it already.
+
+        Two scalar keys are the same key when their resolved tag and text are:
+        exact for strings (``a`` and ``"a"`` are one key), the only keys
+        healkit's documents accept.
+        """
+        seen = self._keys.setdefault(id(mapping), set())
+        identity = (key.tag, key.value)
+        if identity in seen:
+            raise _DuplicateKeyError(join_path(self._where(), key.value), key.value)
+        seen.add(identity)
+
+    def _where(self) -> str:
+        """Return the path of the node being composed, from the root."""
+        path = "$"
+        for index in self._path[1:]:  # the first is the document's (None)
+            if isinstance(index, int):
+                path = join_path(path, index)
+            elif isinstance(index, ScalarNode):
+                path = join_path(path, index.value)
+            else:  # a value under a key that is not a scalar: refused by validation
+                path = f"{path}[?]"
+        return path
+
+    def _compose_counted(self, parent: Node | None, index: int | Node | None) -> Node | None:
         """Compose one node (PyYAML's), then account for it."""
         limits = self._limits
+        # types-PyYAML says int; PyYAML passes a mapping value's key node too.
+        index = cast("int", index)
         if self.check_event(AliasEvent):
             node = super().compose_node(parent, index)
             shape = None if node is None else self._shapes.get(id(node))
