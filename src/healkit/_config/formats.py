@@ -83,11 +83,9 @@ _MIB: Final = 1024 * 1024
 _JSON_DECODER: Final = msgspec.json.Decoder(float_hook=float)
 # A JSON object whose values are left undecoded (checked for syntax only).
 _JSON_OUTLINE: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
-# A key of a JSON object ends with a quote, maybe blanks, and a colon; blanks
-# are rare there: the bytes are scanned for them only if a quote has any after.
+# A key of a JSON object ends with a quote, maybe blanks, and a colon.
 _JSON_KEY_END: Final = b'":'
-_JSON_SPACED_KEY_END: Final = re.compile(rb'"[ \t\n\r]+:')
-_JSON_QUOTE_BLANKS: Final = (b'" ', b'"\t', b'"\n', b'"\r')
+_JSON_BLANKS: Final = b" \t\n\r"
 _SERVICE_DEPTH: Final = 3
 """How deep a service's document lies: the document, ``services``, the service."""
 # Python refuses to read a decimal integer of more digits than this: the
@@ -437,17 +435,12 @@ def _may_repeat_keys(data: bytes, keys: int) -> bool:
     """Whether the valid JSON ``data``, decoded to ``keys`` mapping keys, may repeat one.
 
     msgspec keeps the last value of a repeated key. Every key written in
-    ``data`` ends with a quote and a colon (blanks between them allowed), so
-    when there are no more such ends than keys decoded no key was dropped.
-    Otherwise a key may be repeated (or a string value holds ``":``). Counting
-    costs about 1 ms per MiB, 4 ms when a quote is followed by blanks.
+    ``data`` ends with a quote and a colon once blanks are taken out (taking
+    them out never loses such an end), so when there are no more such ends
+    than keys decoded, no key was dropped. Otherwise a key may be repeated (or
+    a string value holds ``":``). About 1.2 ms for 820 KiB.
     """
-    ends = data.count(_JSON_KEY_END)
-    if ends > keys:
-        return True
-    if any(blanks in data for blanks in _JSON_QUOTE_BLANKS):
-        ends += len(_JSON_SPACED_KEY_END.findall(data))
-    return ends > keys
+    return data.translate(None, _JSON_BLANKS).count(_JSON_KEY_END) > keys
 
 
 def _refuse_repeated_keys(text: str) -> None:
