@@ -92,6 +92,9 @@ def test_json_without_a_repeated_key_is_decoded_as_before(text: str) -> None:
         ('services:\n  a: {}\n  "a": {}\n', "$.services.a", "a"),
         ("logging:\n  x:\n    - {k: 1}\n    - {k: 1, k: 2}\n", "$.logging.x[1].k", "k"),
         ("services: {}\nservices: {}\n", "$.services", "services"),
+        # A mapping repeated by an alias is named where it is written first.
+        ("base: &b {a: 1, a: 2}\nsvc: *b\n", "$.base.a", "a"),
+        ("x: [0, &b {a: 1, a: 2}]\nz: [*b]\n", "$.x[1].a", "a"),
     ],
 )
 def test_yaml_refuses_a_repeated_key_at_its_path(text: str, path: str, key: str) -> None:
