@@ -237,3 +237,15 @@ def test_a_scenario_file_with_a_repeated_key_names_its_path(
     result = cli(capsys, "config", "simulate", str(current), "--scenario-file", str(scenarios))
     assert result.status != 0
     assert "$.scenarios.blip.seed: duplicate key 'seed'" in result.err
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    ["[" * 3000 + "]" * 3000, "[" * 100 + "]" * 100, "[" + ",".join(["0"] * 20_000) + "]"],
+)
+def test_a_value_a_repeated_key_hides_is_refused_too(hidden: str) -> None:
+    # msgspec keeps only the last value: the first was never held to the limits.
+    text = '{"services": {"s": ' + hidden + ', "s": {}}}'
+    issues = refused(text, "json")
+    assert len(issues) == 1
+    assert issues[0].path in {"$", "$.services.s"}

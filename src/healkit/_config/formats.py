@@ -447,9 +447,12 @@ def _refuse_repeated_keys(text: str) -> None:
     """Raise :class:`_DuplicateKeyError` for the first repeated key of the valid JSON ``text``.
 
     The rare path (:func:`_may_repeat_keys` said so): the standard library's
-    decoder keeps every key of every object, in order, and the keys are walked
-    in the order of the text. ``text`` is within its limits already (size,
-    depth, nodes, integers), which bound this work too.
+    decoder keeps every key of every object, in order, and the objects are
+    walked from the top, each in the order of the text. The size of ``text``
+    bounds this work. The values a repeated key hid were not checked against
+    the limits: what the standard library cannot read of them (an integer too
+    long, nesting too deep) raises its own error, which ``parse_document``
+    reports; otherwise the repeated key is.
     """
     document = json.loads(text, object_pairs_hook=_Pairs)
     stack: list[tuple[str, object]] = [("$", document)]
