@@ -249,3 +249,16 @@ def test_a_value_a_repeated_key_hides_is_refused_too(hidden: str) -> None:
     issues = refused(text, "json")
     assert len(issues) == 1
     assert issues[0].path in {"$", "$.services.s"}
+
+
+@pytest.mark.anyio
+async def test_a_file_source_refuses_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "healkit.json"
+    path.write_text(RETRY_TWICE_JSON, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        async with healkit.Runtime(config=healkit.FileSource(path), entry_points=False):
+            pass
+    assert caught.value.issues == (
+        ConfigIssue("$.services.svc.retry.attempts", reason("attempts")),
+    )
+    assert caught.value.origin == str(path)
