@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from msgspec import Meta, Struct
 
-from healkit._config.formats import format_for_path, load_file, parse_document
+from healkit._config.formats import DocumentFormat, format_for_path, load_file, parse_document
 from healkit._config.validate import check, join_path, merge, validate
 from healkit._errors import ConfigError, ConfigIssue
 
@@ -745,12 +745,14 @@ def test_yaml_refuses_python_tags(text: str) -> None:
     assert error.reason.startswith("invalid YAML: could not determine a constructor for the tag")
 
 
-def test_yaml_duplicate_keys_keep_the_last_value() -> None:
-    assert parse_document("a: 1\nb: 2\na: 3\n", fmt="yaml", origin="x") == {"a": 3, "b": 2}
-
-
-def test_json_duplicate_keys_keep_the_last_value() -> None:
-    assert parse_document('{"a": 1, "a": 3}', fmt="json", origin="x") == {"a": 3}
+@pytest.mark.parametrize(
+    ("text", "fmt"), [("a: 1\nb: 2\na: 3\n", "yaml"), ('{"a": 1, "b": 2, "a": 3}', "json")]
+)
+def test_duplicate_keys_are_refused(text: str, fmt: DocumentFormat) -> None:
+    # More cases, and every reader: tests/test_duplicate_keys.py.
+    with pytest.raises(ConfigError) as caught:
+        parse_document(text, fmt=fmt, origin="x")
+    assert [issue.path for issue in caught.value.issues] == ["$.a"]
 
 
 def test_yaml_anchors_and_merge_keys() -> None:

@@ -19,7 +19,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import Final, NoReturn, TextIO, TypeAlias
+from typing import Final, NoReturn, TextIO, TypeAlias, TypeVar
 
 import msgspec
 import yarl
@@ -37,6 +37,7 @@ __all__ = [
     "CommandError",
     "Commands",
     "UsageParser",
+    "at_most",
     "close_names",
     "etcd_endpoints",
     "json_option",
@@ -106,6 +107,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+N = TypeVar("N", int, float)
+
+
+def at_most(parse: Callable[[str], N], maximum: N) -> Callable[[str], N]:
+    """Return ``parse`` (:func:`positive_float`...), refusing values above ``maximum``."""
+
+    def bounded(text: str) -> N:
+        value = parse(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {text}")
+        return value
+
+    return bounded
 
 
 def etcd_endpoints(text: str) -> tuple[str, ...]:

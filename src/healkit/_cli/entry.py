@@ -37,6 +37,7 @@ from healkit._cli.args import (
     EXIT_OK,
     EXIT_USAGE,
     UsageParser,
+    at_most,
     etcd_endpoints,
     plugin_name,
     positive_float,
@@ -47,6 +48,7 @@ from healkit._cli.args import (
 from healkit._cli.documents import assemble, load_source
 from healkit._config.formats import load_file
 from healkit._config.models import build_config
+from healkit._demo import MAX_CONCURRENCY, MAX_DURATION
 from healkit._errors import ConfigError, EtcdError, PluginError
 from healkit._plugins import (
     check_plugin_sections,
@@ -148,10 +150,16 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument(
-        "--duration", type=positive_float, default=30.0, help="seconds to run (default 30)"
+        "--duration",
+        type=at_most(positive_float, MAX_DURATION),
+        default=30.0,
+        help=f"seconds to run (default 30, at most {MAX_DURATION:g})",
     )
     demo.add_argument(
-        "--concurrency", type=positive_int, default=16, help="concurrent callers (default 16)"
+        "--concurrency",
+        type=at_most(positive_int, MAX_CONCURRENCY),
+        default=16,
+        help=f"concurrent callers (default 16, at most {MAX_CONCURRENCY})",
     )
     demo.add_argument(
         "--json", action="store_true", help="print only the final summary, as one JSON object"

@@ -21,12 +21,14 @@ from healkit._config.formats import (
     _MAX_INT_BITS,
     MAX_INT_DIGITS,
     DocumentLimits,
+    _DuplicateKeyError,
     _LimitExceededError,
     _size,
     _too_deep,
     _too_long_int,
     _too_many,
 )
+from healkit._config.validate import join_path
 
 __all__ = ["YAMLError", "dump_yaml", "load_yaml"]
 
@@ -35,7 +37,8 @@ def load_yaml(text: str, limits: DocumentLimits) -> object:
     """Decode one YAML document within ``limits``; PyYAML's errors propagate.
 
     The bounded loader counts nodes and depth while composing, before anything
-    is constructed: an alias bomb never gets expanded.
+    is constructed: an alias bomb never gets expanded. It refuses a key
+    repeated in one mapping (PyYAML would keep its last value) once composed.
     """
     loader = _BoundedYamlLoader(text, limits)
     try:
@@ -80,6 +83,16 @@ class _BoundedComposer(Composer):
         # The shape of each composed node, by id: the nodes stay alive in the
         # tree while it is composed.
         self._shapes: dict[int, _Shape] = {}
+        # The first mapping composed that repeats a key, and the key.
+        self._repeated: tuple[MappingNode, ScalarNode] | None = None
+
+    def get_single_node(self) -> Node | None:
+        """Compose the document (PyYAML's), and refuse it if a mapping repeats a key."""
+        node = super().get_single_node()
+        if self._repeated is not None and node is not None:
+            mapping, key = self._repeated
+            raise _DuplicateKeyError(join_path(_path_to(node, mapping), key.value), key.value)
+        return node
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         """Compose one node (PyYAML's), then account for it."""
@@ -105,11 +118,13 @@ class _BoundedComposer(Composer):
             self._text += len(node.value)  # within the document's size: no alias in it
             self._shapes[id(node)] = _Shape(1, 1, len(node.value))
             return node
-        children = (
-            [child for pair in node.value for child in pair]
-            if isinstance(node, MappingNode)
-            else node.value
-        )
+        if isinstance(node, MappingNode):
+            children = [child for pair in node.value for child in pair]
+            if self._repeated is None:
+                key = _repeated_key(node)
+                self._repeated = None if key is None else (node, key)
+        else:
+            children = node.value
         shapes = [self._shapes[id(child)] for child in children]
         self._shapes[id(node)] = _Shape(
             1 + sum(shape.nodes for shape in shapes),
@@ -133,6 +148,50 @@ class _BoundedComposer(Composer):
             raise _LimitExceededError(_too_deep(limits))
         self._nodes += shape.nodes
         self._text += shape.text
+
+
+def _repeated_key(mapping: MappingNode) -> ScalarNode | None:
+    """Return the first scalar key ``mapping`` holds twice, or ``None``.
+
+    Two scalar keys are the same key when their resolved tag and text are:
+    exact for strings (``a`` and ``"a"`` are one key), the only keys healkit's
+    documents accept.
+    """
+    seen: set[tuple[str, str]] = set()
+    for key, _ in mapping.value:
+        if isinstance(key, ScalarNode):
+            identity = (key.tag, key.value)
+            if identity in seen:
+                return key
+            seen.add(identity)
+    return None
+
+
+def _path_to(root: Node, target: Node) -> str:
+    """Return the path of ``target`` inside the composed document ``root``.
+
+    Each node is visited once (aliases share nodes), so this is bounded by
+    the document's nodes; it runs only for a document that is refused.
+    """
+    stack: list[tuple[Node, str]] = [(root, "$")]
+    visited: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if id(node) in visited or isinstance(node, ScalarNode):
+            continue
+        visited.add(id(node))
+        children: list[tuple[Node, str]] = []
+        if isinstance(node, MappingNode):
+            for key, value in node.value:
+                scalar = isinstance(key, ScalarNode)
+                children.append((key, f"{path}[?]"))
+                children.append((value, join_path(path, key.value) if scalar else f"{path}[?]"))
+        else:
+            children.extend((item, join_path(path, index)) for index, item in enumerate(node.value))
+        stack.extend(reversed(children))  # in the document's order: the first path found
+    return "$"  # pragma: no cover - the mapping is in the document it was composed in
 
 
 if yaml.__with_libyaml__:

@@ -1,7 +1,8 @@
 """``healkit demo``: an application built on healkit, not part of the library.
 
-Nothing in the library imports this package; the CLI imports it lazily. Its
-modules, each a concern of the demo:
+Nothing in the library imports this package; the CLI imports the bounds of
+its options from here (no dependency) and the rest lazily. Its modules, each a
+concern of the demo:
 
 - :mod:`.scenes`: what each scene does to the upstreams and to the configuration (data);
 - :mod:`.pki`: the demo's certificates;
@@ -16,9 +17,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeAlias, final
+from typing import Final, TypeAlias, final
 
-__all__ = ["DemoError", "Say", "Stopwatch"]
+__all__ = ["MAX_CONCURRENCY", "MAX_DURATION", "DemoError", "Say", "Stopwatch"]
+
+MAX_DURATION: Final = 3600.0
+"""The longest run, in seconds: an hour shows every scene many times over."""
+MAX_CONCURRENCY: Final = 1000
+"""The most concurrent callers: far beyond what one loopback upstream needs."""
 
 Say: TypeAlias = Callable[[str, str], None]
 """Shows a notable moment of the run: its text, and a rich style (``""``: plain)."""

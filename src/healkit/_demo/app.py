@@ -71,7 +71,7 @@ from typing import Any, Final, TextIO, final
 
 from healkit._cli.entry_logs import routed_logs
 from healkit._client import Client
-from healkit._demo import DemoError, Stopwatch
+from healkit._demo import MAX_CONCURRENCY, MAX_DURATION, DemoError, Stopwatch
 from healkit._demo.pki import Pki
 from healkit._demo.scenes import (
     HEALTH_PATH,
@@ -148,13 +148,17 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
         DemoError: ``trace`` without healkit-tracing or the OpenTelemetry SDK
             (or with the tracing plugin blocked); nothing was run.
         PluginError: an installed plugin failed to load.
-        ValueError: an invalid duration, concurrency or scene table.
+        ValueError: an invalid duration or concurrency (beyond
+            :data:`~healkit._demo.MAX_DURATION`, :data:`~healkit._demo.MAX_CONCURRENCY`
+            included), or scene table.
 
     """
-    if not (math.isfinite(duration) and duration > 0):
-        raise ValueError(f"duration must be a finite number of seconds > 0, got {duration!r}")
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if not (math.isfinite(duration) and 0 < duration <= MAX_DURATION):
+        raise ValueError(
+            f"duration must be a number of seconds > 0 and <= {MAX_DURATION:g}, got {duration!r}"
+        )
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ValueError(f"concurrency must be >= 1 and <= {MAX_CONCURRENCY}, got {concurrency}")
     check_scenes(scenes)
     sections = frozenset(section.name for section in config_sections(create_plugin_manager()))
     demo = _Demo(

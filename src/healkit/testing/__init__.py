@@ -6,6 +6,8 @@
   cycles or draws (seeded) several faults, and a capacity sheds load.
 * :class:`ManualClock`: virtual time; backoff sleeps are instant and exact.
 * :func:`refused_url`, :func:`unused_tcp_port`: addresses where nothing listens.
+* :class:`ListenError`: the ``OSError`` a server of this kit raises when it
+  cannot listen (out of file descriptors...).
 * :class:`EtcdServer`: a real etcd on free loopback ports in a temporary
   directory, which can stop, restart, compact and run with TLS or auth
   (:func:`find_etcd_binary` says which etcd binary it runs).
@@ -34,7 +36,7 @@ from healkit.testing._cluster import EtcdCluster, EtcdMember
 from healkit.testing._etcd import EtcdServer, find_etcd_binary
 from healkit.testing._faults import Fault, FaultKind, FaultMix, FaultServer, RecordedRequest
 from healkit.testing._logs import capture_events
-from healkit.testing._ports import refused_url, unused_tcp_port
+from healkit.testing._ports import ListenError, refused_url, unused_tcp_port
 from healkit.testing._proxy import TcpProxy
 from healkit.testing._resolver import LoopbackResolver
 
@@ -46,6 +48,7 @@ __all__ = [
     "FaultKind",
     "FaultMix",
     "FaultServer",
+    "ListenError",
     "LoopbackResolver",
     "ManualClock",
     "RecordedRequest",

@@ -45,6 +45,8 @@ from typing import Final, Self, final
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from healkit.testing._ports import listening_socket
+
 __all__ = ["Fault", "FaultKind", "FaultMix", "FaultServer", "RecordedRequest"]
 
 _HOST: Final = "127.0.0.1"
@@ -530,7 +532,12 @@ class FaultServer:
     # -- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        """Start listening on a free loopback port."""
+        """Start listening on a free loopback port.
+
+        Raises:
+            ListenError: the server could not listen (out of file descriptors...).
+
+        """
         if self._runner is not None or self._closed:
             raise RuntimeError("a FaultServer can be started only once")
         app = web.Application()
@@ -543,9 +550,16 @@ class FaultServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, _HOST, 0, ssl_context=self._ssl_context)
-            await site.start()
-            self._port = int(runner.addresses[0][1])
+            # Bound here, not by aiohttp: asyncio's create_server skips a socket
+            # it cannot create (out of file descriptors) and listens on none.
+            sock = listening_socket("FaultServer")
+            try:
+                site = web.SockSite(runner, sock, ssl_context=self._ssl_context)
+                await site.start()
+            except BaseException:
+                sock.close()
+                raise
+            self._port = int(sock.getsockname()[1])
         except BaseException:
             await runner.cleanup()
             raise

@@ -6,9 +6,50 @@ in the meantime: use them for addresses that should *not* answer (refused
 connections), and prefer binding to port 0 directly for servers you start.
 """
 
+import errno
 import socket
 
-__all__ = ["refused_url", "unused_tcp_port"]
+__all__ = ["ListenError", "listening_socket", "refused_url", "unused_tcp_port"]
+
+
+class ListenError(OSError):
+    """A test server (:class:`FaultServer`, :class:`TcpProxy`) could not listen.
+
+    Its ``errno`` and ``strerror`` are the operating system's (``EMFILE`` when
+    the process is out of file descriptors, ``EADDRNOTAVAIL`` without a
+    loopback interface); the message says what could not listen and why.
+    """
+
+
+def listening_socket(what: str) -> socket.socket:
+    """Return a TCP socket bound to a free port of ``127.0.0.1``, for a server to listen on.
+
+    Args:
+        what: the server that will listen, for the error message.
+
+    Raises:
+        ListenError: the socket cannot be created or bound.
+
+    """
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _listen_error(what, exc) from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+    except OSError as exc:
+        sock.close()
+        raise _listen_error(what, exc) from exc
+    return sock
+
+
+def _listen_error(what: str, exc: OSError) -> ListenError:
+    name = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return ListenError(
+        exc.errno, f"{what} could not listen on 127.0.0.1: {why}" + (f" ({name})" if name else "")
+    )
 
 
 def unused_tcp_port() -> int:

@@ -7,6 +7,8 @@ import contextlib
 from types import TracebackType
 from typing import Final, Self, final
 
+from healkit.testing._ports import listening_socket
+
 __all__ = ["TcpProxy"]
 
 _CHUNK: Final = 64 * 1024
@@ -53,9 +55,19 @@ class TcpProxy:
         return f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> Self:
-        """Start listening on a free loopback port."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Start listening on a free loopback port.
+
+        Raises:
+            ListenError: the proxy could not listen (out of file descriptors...).
+
+        """
+        sock = listening_socket("TcpProxy")
+        try:
+            self._server = await asyncio.start_server(self._accept, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
         return self
 
     async def __aexit__(
