@@ -92,7 +92,7 @@ async def test_the_middleware_refuses_a_url_no_resolver_accepts(url: str) -> Non
         healkit.Client(plugins=[TimeoutPlugin()], entry_points=False),
         aiohttp.ClientSession(middlewares=[healkit.ResilienceMiddleware()]) as session,
     ):
-        with pytest.raises(healkit.RequestError, match="invalid URL: invalid host"):
+        with pytest.raises(healkit.InvalidRequestError, match="invalid URL: invalid host"):
             await session.get(url)
 
 
@@ -196,7 +196,7 @@ async def test_a_session_default_authorization_is_not_sent_to_a_fallback_of_anot
         client(config, session) as c,
     ):
         # Old code: the fallback answered, and received "Authorization: Bearer s3cret".
-        with pytest.raises(healkit.RequestError, match="the session sends Authorization"):
+        with pytest.raises(healkit.InvalidRequestError, match="the session sends Authorization"):
             await c.get("/b", service=SERVICE)
     assert backup.hits() == 0
 
@@ -299,7 +299,7 @@ async def test_an_option_aiohttp_refuses_is_a_request_error(
     if options.get("data") == "closed-file":
         options = {"data": closed_file()}
     async with client(document(fault_server.url)) as c:
-        with pytest.raises(healkit.RequestError, match=message):
+        with pytest.raises(healkit.InvalidRequestError, match=message):
             await c.post("/a", service=SERVICE, **options)
     assert fault_server.hits() == 0
 
@@ -325,9 +325,11 @@ async def test_an_option_aiohttp_refuses_while_building_the_request_is_a_request
     # Old code: aiohttp's ValueError out of client.post; these are only known
     # to aiohttp's ClientRequest, so healkit maps them where it calls aiohttp.
     async with client(document(fault_server.url)) as c:
-        with pytest.raises(healkit.RequestError, match="aiohttp refused the request's options: "):
+        with pytest.raises(
+            healkit.InvalidRequestError, match="aiohttp refused the request's options: "
+        ):
             await c.post("/a", service=SERVICE, **options)
-        with pytest.raises(healkit.RequestError, match=message):
+        with pytest.raises(healkit.InvalidRequestError, match=message):
             async with c.stream("POST", "/a", service=SERVICE, **options):
                 pass
     assert fault_server.hits() == 0
@@ -382,7 +384,7 @@ async def test_the_middleware_refuses_a_hop_aiohttp_resolved_to_a_control_charac
         healkit.Client(plugins=[TimeoutPlugin()], entry_points=False),
         aiohttp.ClientSession(middlewares=[healkit.ResilienceMiddleware()]) as session,
     ):
-        with pytest.raises(healkit.RequestError, match="a control character in its path"):
+        with pytest.raises(healkit.InvalidRequestError, match="a control character in its path"):
             await session.get(f"{fault_server.url}/a%00b/c")
     assert fault_server.hits() == 1
 
@@ -435,7 +437,9 @@ async def test_a_request_may_not_ask_for_more_redirects_than_a_service_may(
     # the configuration caps max_redirects at 50.
     fault_server.set_default(moved("/a"))
     async with client(document(fault_server.url)) as c:
-        with pytest.raises(healkit.RequestError, match="max_redirects must be an int from 0 to 50"):
+        with pytest.raises(
+            healkit.InvalidRequestError, match="max_redirects must be an int from 0 to 50"
+        ):
             await c.get("/a", service=SERVICE, max_redirects=most)
     assert fault_server.hits() == 0
 

@@ -75,7 +75,9 @@ async def test_more_attempts_than_the_policy_allows_are_refused(
     fault_server: FaultServer, manual_clock: ManualClock
 ) -> None:
     async with client(fault_server, manual_clock) as c:
-        with pytest.raises(healkit.RequestError, match=r"attempts=4 is more than the 3 attempt"):
+        with pytest.raises(
+            healkit.InvalidRequestError, match=r"attempts=4 is more than the 3 attempt"
+        ):
             await c.get("/x", service=SERVICE, attempts=4)
         async with c.stream("GET", "/x", service=SERVICE, attempts=3) as response:
             assert response.status == 200
@@ -86,7 +88,7 @@ async def test_without_a_retry_plugin_one_attempt_is_all_there_is(
     fault_server: FaultServer, manual_clock: ManualClock
 ) -> None:
     async with client(fault_server, manual_clock, retrying=False) as c:
-        with pytest.raises(healkit.RequestError, match=r"more than the 1 attempt"):
+        with pytest.raises(healkit.InvalidRequestError, match=r"more than the 1 attempt"):
             await c.get("/x", service=SERVICE, attempts=2)
         assert (await c.get("/x", service=SERVICE, attempts=1)).status == 200
 
@@ -96,7 +98,9 @@ async def test_attempts_must_be_a_positive_int(
     fault_server: FaultServer, manual_clock: ManualClock, attempts: Any
 ) -> None:
     async with client(fault_server, manual_clock) as c:
-        with pytest.raises(healkit.RequestError, match="attempts must be an int of at least 1"):
+        with pytest.raises(
+            healkit.InvalidRequestError, match="attempts must be an int of at least 1"
+        ):
             await c.get("/x", service=SERVICE, attempts=attempts)
     assert fault_server.hits() == 0
 
@@ -116,7 +120,9 @@ async def test_a_longer_attempt_timeout_than_the_policys_is_refused(
     fault_server: FaultServer, manual_clock: ManualClock
 ) -> None:
     async with client(fault_server, manual_clock) as c:
-        with pytest.raises(healkit.RequestError, match=r"attempt_timeout=25 is more than the 20s"):
+        with pytest.raises(
+            healkit.InvalidRequestError, match=r"attempt_timeout=25 is more than the 20s"
+        ):
             await c.get("/x", service=SERVICE, attempt_timeout=25)
         assert (await c.get("/x", service=SERVICE, attempt_timeout=20)).status == 200
     assert fault_server.hits("/x") == 1
@@ -127,7 +133,9 @@ async def test_attempt_timeout_must_be_finite_seconds(
     fault_server: FaultServer, manual_clock: ManualClock, seconds: Any
 ) -> None:
     async with client(fault_server, manual_clock) as c:
-        with pytest.raises(healkit.RequestError, match="attempt_timeout must be a finite number"):
+        with pytest.raises(
+            healkit.InvalidRequestError, match="attempt_timeout must be a finite number"
+        ):
             await c.get("/x", service=SERVICE, attempt_timeout=seconds)
     assert fault_server.hits() == 0
 
@@ -148,6 +156,6 @@ async def test_a_plugin_answering_a_wrong_attempt_limit_is_skipped(
     async with healkit.Client(
         config=config, plugins=plugins, entry_points=False, clock=manual_clock
     ) as c:
-        with pytest.raises(healkit.RequestError, match="more than the 3 attempt"):
+        with pytest.raises(healkit.InvalidRequestError, match="more than the 3 attempt"):
             await c.get("/x", service=SERVICE, attempts=4)
         assert c.runtime.plugin_errors["wrong"] == 1

@@ -635,7 +635,7 @@ def test_tls_with_a_client_certificate(
         monkeypatch.delenv("HEALKIT_ETCD_KEY_FILE")
         refused = cli(capsys, "status", "--connect-timeout", "2", "--request-timeout", "2")
         assert refused.status == 1
-        assert refused.err.startswith("healkit: EtcdUnavailable: ")
+        assert refused.err.startswith("healkit: EtcdUnavailableError: ")
         assert len(refused.err.splitlines()) == 1
     finally:
         stop(tls)
@@ -690,7 +690,7 @@ def test_unreachable_etcd_is_one_clear_line_and_status_1(
         run = cli(capsys, *argv, "--endpoints", endpoints, "--connect-timeout", "0.5")
         assert run.status == 1
         assert run.out == ""
-        assert run.err.startswith("healkit: EtcdUnavailable: no etcd endpoint could serve")
+        assert run.err.startswith("healkit: EtcdUnavailableError: no etcd endpoint could serve")
         assert len(run.err.splitlines()) == 1
 
 

@@ -101,7 +101,7 @@ async def test_bad_requests_fail_clearly(
     message: str,
 ) -> None:
     async with make_client(service_config(fault_server.url)) as client:
-        with pytest.raises(healkit.RequestError, match=message):
+        with pytest.raises(healkit.InvalidRequestError, match=message):
             await client.get(target, **kwargs)
     assert fault_server.hits() == 0
 
@@ -371,6 +371,6 @@ async def test_plugins_trace_configs_see_each_attempt(fault_server: FaultServer)
         config=config, plugins=[timings, RetryUpTo(2), FailOnStatus(503)], entry_points=False
     ) as client:
         assert (await client.get("/x", service="svc")).status == 200
-        with pytest.raises(healkit.RequestError, match="trace_request_ctx"):
+        with pytest.raises(healkit.InvalidRequestError, match="trace_request_ctx"):
             await client.get("/x", service="svc", trace_request_ctx={})
     assert timings.seen == [(1, fault_server.url), (2, fault_server.url)]

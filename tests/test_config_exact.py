@@ -83,7 +83,7 @@ async def test_a_call_to_a_bad_absolute_url_raises_a_request_error(
     make_client: Callable[..., healkit.Client], url: str, reason: str
 ) -> None:
     async with make_client() as client:  # no configuration at all
-        with pytest.raises(healkit.RequestError, match=reason) as caught:
+        with pytest.raises(healkit.InvalidRequestError, match=reason) as caught:
             await client.get(url)
     assert isinstance(caught.value, HealkitError)
 

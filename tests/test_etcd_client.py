@@ -18,10 +18,10 @@ import pytest
 import healkit
 from healkit import (
     EtcdAuthError,
-    EtcdCompacted,
+    EtcdCompactedError,
     EtcdProtocolError,
     EtcdRequestError,
-    EtcdUnavailable,
+    EtcdUnavailableError,
 )
 from healkit.etcd import (
     Compare,
@@ -250,15 +250,15 @@ async def test_compaction_makes_old_revisions_unreadable(
     first = await client.put("/c", b"1")
     second = await client.put("/c", b"2")
     await client.compact(second.revision)
-    with pytest.raises(EtcdCompacted) as caught:
+    with pytest.raises(EtcdCompactedError) as caught:
         await client.range("/c", revision=first.revision)
     assert caught.value.compact_revision is None
     assert caught.value.code == 11
-    with pytest.raises(EtcdCompacted):
+    with pytest.raises(EtcdCompactedError):
         await client.compact(first.revision)
     third = await client.put("/c", b"3")
     await etcd_server.compact(third.revision)
-    with pytest.raises(EtcdCompacted):
+    with pytest.raises(EtcdCompactedError):
         await client.get("/c", revision=second.revision)
 
 
@@ -308,7 +308,7 @@ async def test_watch_compacted_start_revision(client: EtcdClient) -> None:
     third = await client.put("/wc", b"3")
     await client.compact(third.revision)
     async with client.watch("/wc", start_revision=first.revision) as watch:
-        with pytest.raises(EtcdCompacted) as caught:
+        with pytest.raises(EtcdCompactedError) as caught:
             await next_response(watch)
         assert caught.value.compact_revision == third.revision
         # The watch is closed after the error.
@@ -332,7 +332,7 @@ async def test_watch_ends_with_unavailable_when_etcd_stops(
 ) -> None:
     async with client.watch("/s", prefix=True) as watch:
         await etcd_server.stop()
-        with pytest.raises(EtcdUnavailable):
+        with pytest.raises(EtcdUnavailableError):
             await next_response(watch)
 
 
@@ -449,9 +449,9 @@ async def test_failover_from_a_dead_endpoint_is_remembered(
 async def test_every_endpoint_dead_is_unavailable() -> None:
     dead = [refused_url(), refused_url()]
     async with EtcdClient(dead, connect_timeout=2) as client:
-        with pytest.raises(EtcdUnavailable) as caught:
+        with pytest.raises(EtcdUnavailableError) as caught:
             await client.put("/x", b"1")
-        with pytest.raises(EtcdUnavailable):
+        with pytest.raises(EtcdUnavailableError):
             await client.watch("/x").__aenter__()
     error = caught.value
     assert [endpoint for endpoint, _ in error.failures] == dead
@@ -464,7 +464,7 @@ async def test_client_reconnects_after_etcd_restarts(
 ) -> None:
     before = await client.put("/r", b"before")
     await etcd_server.stop()
-    with pytest.raises(EtcdUnavailable):
+    with pytest.raises(EtcdUnavailableError):
         await client.get("/r")
     await etcd_server.start()
     after = await client.put("/r", b"after")
@@ -559,11 +559,11 @@ async def test_tls_with_client_certificate() -> None:
             assert [e.kv.value for e in response.events] == [b"1"]
 
         async with EtcdClient(server.url, ca_file=server.ca_file) as no_cert:
-            with pytest.raises(EtcdUnavailable):
+            with pytest.raises(EtcdUnavailableError):
                 await no_cert.get("/tls")
 
         async with EtcdClient(server.url) as untrusted:
-            with pytest.raises(EtcdUnavailable, match="certificate") as caught:
+            with pytest.raises(EtcdUnavailableError, match="certificate") as caught:
                 await untrusted.get("/tls")
         assert caught.value.may_have_reached_server is False
 
@@ -598,7 +598,7 @@ async def test_bad_replies_are_rejected(
 ) -> None:
     fault_server.script("/v3/kv/range", fault)
     async with EtcdClient(fault_server.url) as client:
-        with pytest.raises((EtcdProtocolError, EtcdUnavailable), match=match):
+        with pytest.raises((EtcdProtocolError, EtcdUnavailableError), match=match):
             await client.range("/k")
 
 
@@ -625,7 +625,7 @@ async def test_unavailable_member_fails_over_for_reads_only(
     no_leader = {"error": "etcdserver: no leader", "code": 14, "message": "etcdserver: no leader"}
     fault_server.set_default(Fault.json(no_leader, status=503))
     async with EtcdClient([fault_server.url, etcd_server.url]) as client:
-        with pytest.raises(EtcdUnavailable, match="no leader") as caught:
+        with pytest.raises(EtcdUnavailableError, match="no leader") as caught:
             await client.put("/k", b"v")
         assert caught.value.may_have_reached_server
         assert fault_server.hits("/v3/kv/put") == 1
@@ -638,7 +638,7 @@ async def test_write_is_not_resent_after_the_connection_broke(
 ) -> None:
     fault_server.script("/v3/kv/put", Fault.reset_after_body())
     async with EtcdClient([fault_server.url, etcd_server.url]) as client:
-        with pytest.raises(EtcdUnavailable) as caught:
+        with pytest.raises(EtcdUnavailableError) as caught:
             await client.put("/once", b"v")
         assert caught.value.may_have_reached_server
         assert fault_server.hits("/v3/kv/put") == 1
@@ -659,7 +659,7 @@ async def test_bad_watch_streams(fault_server: FaultServer) -> None:
             with pytest.raises(EtcdProtocolError, match="events"):
                 await next_response(watch)
         async with client.watch("/k") as watch:
-            with pytest.raises(EtcdUnavailable, match="ended"):
+            with pytest.raises(EtcdUnavailableError, match="ended"):
                 await next_response(watch)
         fault_server.script(
             "/v3/watch", Fault.json({"result": {"header": {**header, "revision": "1"}}})
@@ -668,7 +668,7 @@ async def test_bad_watch_streams(fault_server: FaultServer) -> None:
             await client.watch("/k").__aenter__()
         error = {"error": {"grpc_code": 14, "message": "etcdserver: no leader"}}
         fault_server.script("/v3/watch", Fault.json(error))
-        with pytest.raises(EtcdUnavailable, match="no leader"):
+        with pytest.raises(EtcdUnavailableError, match="no leader"):
             await client.watch("/k").__aenter__()
 
 

@@ -27,7 +27,7 @@ import anyio
 import pytest
 
 import healkit
-from healkit import EtcdError, EtcdUnavailable
+from healkit import EtcdError, EtcdUnavailableError
 from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, KeyValue, WatchEvent
 from healkit.testing import (
     EtcdCluster,
@@ -136,7 +136,7 @@ async def write(etcd: EtcdClient, key: str, value: bytes) -> None:
     while True:
         try:
             await etcd.put(key, value)
-        except EtcdUnavailable as error:
+        except EtcdUnavailableError as error:
             if error.may_have_reached_server:
                 return
             await anyio.sleep(0.05)
@@ -255,7 +255,7 @@ async def test_without_quorum_instances_keep_their_configuration_and_resume_afte
         command.extend(["--endpoints", survivor.url])
         status = await anyio.run_process(command, check=False)
         assert status.returncode == 1
-        assert b"EtcdUnavailable" in status.stderr
+        assert b"EtcdUnavailableError" in status.stderr
         # Quorum back: everything resumes, without a restart.
         await etcd_cluster.start(*lost)
         await writer.put(ROOT + "seq/b", b"2")

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from healkit import EtcdUnavailable
+from healkit import EtcdUnavailableError
 from healkit.testing import EtcdServer, find_etcd_binary
 from healkit.testing._etcd import BINARY_ENV
 
@@ -72,7 +72,7 @@ async def test_fixture_serves_stops_and_restarts_with_its_data(etcd_server: Etcd
         assert not etcd_server.running
         assert etcd_server.pid is None
         assert not process_exists(pid)
-        with pytest.raises(EtcdUnavailable) as caught:
+        with pytest.raises(EtcdUnavailableError) as caught:
             await client.get("/kept")
         assert caught.value.may_have_reached_server is False
 

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import healkit
-from healkit import ConfigError, EtcdUnavailable
+from healkit import ConfigError, EtcdUnavailableError
 from healkit.etcd import EtcdClient, EtcdSource
 from healkit.testing import EtcdServer, TcpProxy, capture_events
 
@@ -64,7 +64,7 @@ async def test_a_snapshot_of_another_namespace_is_refused(
         with pytest.raises(ConfigError, match="/healkit/ns-a/, not of /healkit/ns-b/") as caught:
             await source.load()
         assert caught.value.origin == str(snapshot)
-        assert isinstance(caught.value.__cause__ or caught.value.__context__, EtcdUnavailable)
+        assert isinstance(caught.value.__cause__ or caught.value.__context__, EtcdUnavailableError)
 
 
 async def test_a_snapshot_of_another_cluster_is_replaced_whole_and_said_so(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 import healkit
 import healkit.testing
 from healkit import hookspecs
@@ -37,3 +39,23 @@ def test_every_hook_states_its_result_semantics() -> None:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert "Result:" in doc, name
         assert "awaitable" in doc, name
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("RequestError", "InvalidRequestError"),
+        ("EtcdCompacted", "EtcdCompactedError"),
+        ("EtcdUnavailable", "EtcdUnavailableError"),
+    ],
+)
+def test_a_renamed_error_keeps_its_old_name_with_a_deprecation_warning(old: str, new: str) -> None:
+    with pytest.warns(DeprecationWarning, match=f"healkit.{old} is renamed healkit.{new}"):
+        former = getattr(healkit, old)
+    assert former is getattr(healkit, new)
+    assert old not in healkit.__all__
+
+
+def test_an_unknown_name_is_still_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        healkit.Nope  # type: ignore[attr-defined]  # noqa: B018

@@ -286,9 +286,9 @@ async def test_max_redirects_per_request_and_zero(
         with pytest.raises(healkit.TooManyRedirects):
             await c.get("/start", service=SERVICE, max_redirects=0)
         assert fault_server.hits() == 1
-        with pytest.raises(healkit.RequestError, match="max_redirects"):
+        with pytest.raises(healkit.InvalidRequestError, match="max_redirects"):
             await c.get("/start", service=SERVICE, max_redirects=-1)
-        with pytest.raises(healkit.RequestError, match="allow_redirects"):
+        with pytest.raises(healkit.InvalidRequestError, match="allow_redirects"):
             await c.get("/start", service=SERVICE, allow_redirects="no")
 
 

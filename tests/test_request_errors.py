@@ -1,7 +1,7 @@
 """Every error a call raises is a HealkitError; an invalid request is refused unsent.
 
 Invalid methods, header names and values, URLs, query parameters and bodies
-raise :class:`healkit.RequestError` naming the argument, before anything is
+raise :class:`healkit.InvalidRequestError` naming the argument, before anything is
 sent; a call on a client that is not open raises :class:`healkit.ClientClosedError`.
 A property test feeds random requests to a real loopback server and checks that
 only the tree's errors come out, and that whatever was sent is what was asked.
@@ -89,7 +89,7 @@ async def test_an_invalid_request_is_a_request_error_and_nothing_is_sent(
     target = parts.pop("url", "/x")
     service = None if target.startswith("http") else "svc"
     async with make_client(service_config(fault_server.url)) as client:
-        with pytest.raises(healkit.RequestError) as caught:
+        with pytest.raises(healkit.InvalidRequestError) as caught:
             await client.request(method, target, service=service, **parts)
     assert named in str(caught.value)
     assert caught.value.may_have_reached_server is False
@@ -100,7 +100,7 @@ async def test_a_header_value_is_named_but_never_shown(
     fault_server: FaultServer, make_client: MakeClient
 ) -> None:
     async with make_client(service_config(fault_server.url)) as client:
-        with pytest.raises(healkit.RequestError) as caught:
+        with pytest.raises(healkit.InvalidRequestError) as caught:
             await client.get("/x", service="svc", headers={"Authorization": "Bearer s3cret\n"})
     assert "'Authorization'" in str(caught.value)
     assert "s3cret" not in str(caught.value)
@@ -119,7 +119,7 @@ async def test_a_call_on_a_closed_client_is_a_client_closed_error(
     with pytest.raises(healkit.ClientClosedError):
         async with client.stream("GET", "/x", service="svc"):
             pass
-    assert isinstance(caught.value, healkit.RequestError)
+    assert isinstance(caught.value, healkit.InvalidRequestError)
     assert caught.value.may_have_reached_server is False
     assert fault_server.hits() == 1
 
@@ -249,7 +249,7 @@ async def test_random_requests_raise_only_healkit_errors_and_send_only_valid_htt
                 json=json,
                 data=data,
             )
-        except healkit.RequestError as refused:
+        except healkit.InvalidRequestError as refused:
             assert fault_server.hits() == sent_before  # refused before anything was sent
             event(f"refused: {refused.message.split(' ', 1)[0]}")
             return

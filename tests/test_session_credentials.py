@@ -53,7 +53,7 @@ async def test_session_cookies_are_not_sent_to_a_fallback_of_another_origin(
         aiohttp.ClientSession(cookies={"session": "abc"}) as session,
         client(with_fallback(primary.url, backup.url), session) as c,
     ):
-        with pytest.raises(healkit.RequestError, match="cookies without a domain") as caught:
+        with pytest.raises(healkit.InvalidRequestError, match="cookies without a domain") as caught:
             await c.get("/b", service=SERVICE)
     assert "routing.forward_credentials" in str(caught.value)
     assert backup.hits() == 0

@@ -9,6 +9,7 @@ against in :mod:`healkit.plugin` (and :mod:`healkit.hookspecs`), the events
 healkit emits in :mod:`healkit.events`.
 """
 
+import warnings as _warnings
 from importlib.metadata import version as _version
 
 from healkit._bounded import BoundedMap, EvictionReason, StateEvicted, StateSettings
@@ -48,13 +49,14 @@ from healkit._errors import (
     DegradedModeError,
     DNSError,
     EtcdAuthError,
-    EtcdCompacted,
+    EtcdCompactedError,
     EtcdError,
     EtcdProtocolError,
     EtcdRequestError,
-    EtcdUnavailable,
+    EtcdUnavailableError,
     HealkitError,
     HTTPStatusError,
+    InvalidRequestError,
     LimitError,
     OutcomeUnavailableError,
     OverloadError,
@@ -63,7 +65,6 @@ from healkit._errors import (
     RateLimitedError,
     ReadTimeout,
     RedirectRefusedError,
-    RequestError,
     ThrottledError,
     TimeoutExceeded,
     TLSError,
@@ -119,11 +120,11 @@ __all__ = [
     "DocumentLimits",
     "EndpointStatus",
     "EtcdAuthError",
-    "EtcdCompacted",
+    "EtcdCompactedError",
     "EtcdError",
     "EtcdProtocolError",
     "EtcdRequestError",
-    "EtcdUnavailable",
+    "EtcdUnavailableError",
     "EventLogger",
     "EvictionReason",
     "Fallback",
@@ -132,6 +133,7 @@ __all__ = [
     "HealkitConfig",
     "HealkitError",
     "InMemorySource",
+    "InvalidRequestError",
     "LimitError",
     "LoggingSettings",
     "MonotonicClock",
@@ -146,7 +148,6 @@ __all__ = [
     "ReadTimeout",
     "RedirectRecord",
     "RedirectRefusedError",
-    "RequestError",
     "RequestOptions",
     "ResilienceMiddleware",
     "Response",
@@ -175,3 +176,23 @@ __all__ = [
     "plain_document",
     "resilient",
 ]
+
+_RENAMED = {
+    "RequestError": "InvalidRequestError",
+    "EtcdCompacted": "EtcdCompactedError",
+    "EtcdUnavailable": "EtcdUnavailableError",
+}
+"""Names of 0.1.0 development builds, kept for a while with a DeprecationWarning."""
+
+
+def __getattr__(name: str) -> object:
+    """Return an error class under its former name, with a :class:`DeprecationWarning`."""
+    if (current := _RENAMED.get(name)) is None:
+        raise AttributeError(f"module 'healkit' has no attribute {name!r}")
+    _warnings.warn(
+        f"healkit.{name} is renamed healkit.{current}"
+        + (" (httpx's RequestError is healkit.TransportError)" if name == "RequestError" else ""),
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return globals()[current]

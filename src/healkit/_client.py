@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from healkit._clock import SYSTEM_CLOCK, Clock
 from healkit._config.models import HealkitConfig, ServicePolicy, url_problem, url_under
 from healkit._context import CallContext
-from healkit._errors import ClientClosedError, RequestError
+from healkit._errors import ClientClosedError, InvalidRequestError
 from healkit._executor import execute
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport
 from healkit._response import Response
@@ -246,7 +246,7 @@ class Client:
             The response (real, fallback or degraded; see ``response.outcome``).
 
         Raises:
-            RequestError: the request is invalid as given (the message names the
+            InvalidRequestError: the request is invalid as given (the message names the
                 argument: ``method``, ``target``, ``params``, ``headers``, ``json``,
                 ``data``, ``deadline``, ``attempts``, ``attempt_timeout``, or
                 above what the service's policy allows); nothing was sent.
@@ -383,10 +383,12 @@ class Client:
         policy = call.policy
         if attempts is not None:
             if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-                raise RequestError(f"attempts must be an int of at least 1, got {attempts!r}")
+                raise InvalidRequestError(
+                    f"attempts must be an int of at least 1, got {attempts!r}"
+                )
             allowed = self.runtime.max_attempts(policy)
             if attempts > allowed:
-                raise RequestError(
+                raise InvalidRequestError(
                     f"attempts={attempts} is more than the {allowed} attempt(s) the policy of"
                     f" service {call.service!r} allows"
                 )
@@ -397,13 +399,13 @@ class Client:
                 or not isinstance(attempt_timeout, int | float)
                 or not 0 < attempt_timeout < math.inf
             ):
-                raise RequestError(
+                raise InvalidRequestError(
                     "attempt_timeout must be a finite number of seconds > 0,"
                     f" got {attempt_timeout!r}"
                 )
             limit = self.runtime.attempt_timeouts(policy).total
             if attempt_timeout > limit:
-                raise RequestError(
+                raise InvalidRequestError(
                     f"attempt_timeout={attempt_timeout:g} is more than the {limit:g}s the policy"
                     f" of service {call.service!r} allows an attempt"
                 )
@@ -465,17 +467,19 @@ def _address(
 ) -> tuple[str, str, str, ServicePolicy, yarl.URL | None]:
     """Return (endpoint, path below it, service name, policy, URL if absolute) for a target."""
     if not isinstance(target, str):
-        raise RequestError(f"target must be a path or a URL (a str), got {type(target).__name__}")
+        raise InvalidRequestError(
+            f"target must be a path or a URL (a str), got {type(target).__name__}"
+        )
     if target.startswith(("http://", "https://")):
         try:
             url = yarl.URL(target)
         except ValueError as exc:  # UnicodeError (a host IDNA rejects) included
-            raise RequestError(f"invalid URL: {exc}") from exc
+            raise InvalidRequestError(f"invalid URL: {exc}") from exc
         # url_problem first: reading url.host decodes an IDNA host, which may raise.
         if (problem := url_problem(url)) is not None:
-            raise RequestError(f"invalid URL: {problem}")
+            raise InvalidRequestError(f"invalid URL: {problem}")
         if not url.host:
-            raise RequestError("invalid URL: no host")
+            raise InvalidRequestError("invalid URL: no host")
         name = service or config.service_for_url(target)
         policy = config.policy(name) if name else config.defaults
         for endpoint in policy.endpoints:
@@ -483,12 +487,12 @@ def _address(
                 return endpoint, target[len(endpoint) :], name or policy.name, policy, url
         return str(url.origin()), url.raw_path_qs, name or url.host, policy, url
     if service is None:
-        raise RequestError(
+        raise InvalidRequestError(
             f"{_shown(target)} is not an absolute URL: pass service= to address a service"
         )
     policy = config.policy(service)
     if not policy.endpoints or policy.name != service:
-        raise RequestError(f"service {service!r} has no endpoints configured")
+        raise InvalidRequestError(f"service {service!r} has no endpoints configured")
     return policy.endpoints[0], target, service, policy, None
 
 
@@ -499,9 +503,11 @@ def _is_idempotent(method: str, headers: CIMultiDict[str] | None, declared: bool
 
 
 def _check_method(method: object) -> None:
-    """Raise RequestError unless ``method`` is an RFC 9110 token (an extension method)."""
+    """Raise InvalidRequestError unless ``method`` is an RFC 9110 token (an extension method)."""
     if not isinstance(method, str) or not _TOKEN.fullmatch(method):
-        raise RequestError(f"method {_shown(method)} is not an HTTP method (an RFC 9110 token)")
+        raise InvalidRequestError(
+            f"method {_shown(method)} is not an HTTP method (an RFC 9110 token)"
+        )
 
 
 def _call_headers(
@@ -529,11 +535,13 @@ def _deadline_seconds(deadline: object) -> float:
     """Return ``deadline=`` once checked: a finite number of seconds > 0.
 
     Raises:
-        RequestError: it is not.
+        InvalidRequestError: it is not.
 
     """
     if not isinstance(deadline, int | float) or not 0 < deadline < math.inf:
-        raise RequestError(f"deadline must be a finite number of seconds > 0, got {deadline!r}")
+        raise InvalidRequestError(
+            f"deadline must be a finite number of seconds > 0, got {deadline!r}"
+        )
     return deadline
 
 
@@ -547,16 +555,18 @@ def _request_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     try:
         checked: CIMultiDict[str] = CIMultiDict(headers)
     except (TypeError, ValueError) as exc:
-        raise RequestError(f"headers= must map header names (str) to values: {exc}") from exc
+        raise InvalidRequestError(f"headers= must map header names (str) to values: {exc}") from exc
     for name, value in checked.items():
         if not _TOKEN.fullmatch(name):
-            raise RequestError(f"headers: {_shown(name)} is not a header name (an RFC 9110 token)")
+            raise InvalidRequestError(
+                f"headers: {_shown(name)} is not a header name (an RFC 9110 token)"
+            )
         if not isinstance(value, str):
-            raise RequestError(
+            raise InvalidRequestError(
                 f"headers: the value of {_shown(name)} must be a str, got {type(value).__name__}"
             )
         if _CONTROL.search(value):
-            raise RequestError(
+            raise InvalidRequestError(
                 f"headers: the value of {_shown(name)} contains a control character (CR, LF, NUL)"
             )
         _check_text(value, f"headers: the value of {_shown(name)}")
@@ -568,7 +578,7 @@ def _with_query(path: str, params: Mapping[str, str]) -> str:
     try:
         return str(yarl.URL(path).update_query(params))
     except (TypeError, ValueError) as exc:
-        raise RequestError(f"params= cannot be put in a query string: {exc}") from exc
+        raise InvalidRequestError(f"params= cannot be put in a query string: {exc}") from exc
 
 
 def _basic_auth(url: yarl.URL) -> str:
@@ -576,7 +586,7 @@ def _basic_auth(url: yarl.URL) -> str:
     try:
         return aiohttp.encode_basic_auth(url.user or "", url.password or "")
     except ValueError as exc:  # UnicodeEncodeError: Basic credentials are Latin-1
-        raise RequestError("invalid URL: its user name or password is not Latin-1") from exc
+        raise InvalidRequestError("invalid URL: its user name or password is not Latin-1") from exc
 
 
 def _body(json: object, data: object) -> object:
@@ -586,15 +596,15 @@ def _body(json: object, data: object) -> object:
             _check_data(data)
         return data
     if data is not None:
-        raise RequestError("pass json= or data=, not both")
+        raise InvalidRequestError("pass json= or data=, not both")
     try:
         return msgspec.json.encode(json)
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
-        raise RequestError(f"json= cannot be encoded as JSON: {exc}") from exc
+        raise InvalidRequestError(f"json= cannot be encoded as JSON: {exc}") from exc
 
 
 def _check_data(data: object) -> None:
-    """Raise RequestError unless aiohttp can send ``data`` as a body.
+    """Raise InvalidRequestError unless aiohttp can send ``data`` as a body.
 
     Besides bytes (not checked) aiohttp sends text (as UTF-8), bytes-like
     objects, file objects, async iterables of bytes, payloads, and forms: a
@@ -613,7 +623,7 @@ def _check_data(data: object) -> None:
     elif isinstance(data, list | tuple):
         fields = data
     else:
-        raise RequestError(
+        raise InvalidRequestError(
             "data= must be bytes, str, a form (a mapping or (name, value) pairs), a file"
             f" object, or an async iterable of bytes; got {type(data).__name__}"
         )
@@ -621,30 +631,32 @@ def _check_data(data: object) -> None:
 
 
 def _check_form(fields: Iterable[object]) -> None:
-    """Raise RequestError unless ``fields`` are (name, value) pairs aiohttp can put in a form."""
+    """Raise InvalidRequestError unless ``fields`` are (name, value) pairs of an aiohttp form."""
     for field in fields:
         if not (isinstance(field, list | tuple) and len(field) == 2):
-            raise RequestError("data: the fields of a form must be (name, value) pairs")
+            raise InvalidRequestError("data: the fields of a form must be (name, value) pairs")
         name, value = field
         if not isinstance(name, str):
-            raise RequestError(f"data: a form field name must be a str, got {type(name).__name__}")
+            raise InvalidRequestError(
+                f"data: a form field name must be a str, got {type(name).__name__}"
+            )
         if _CONTROL.search(name):  # it goes into a header of a multipart form
-            raise RequestError("data: a form field name contains a control character")
+            raise InvalidRequestError("data: a form field name contains a control character")
         _check_text(name, "data: a form field name")
         if isinstance(value, str):
             _check_text(value, f"data: the form field {_shown(name)}")
 
 
 def _check_file(data: io.IOBase) -> None:
-    """Raise RequestError unless ``data`` is a file open for reading (else aiohttp's ValueError)."""
+    """Raise InvalidRequestError unless ``data`` is a file open for reading (not ValueError)."""
     if data.closed:
-        raise RequestError("data= is a closed file")
+        raise InvalidRequestError("data= is a closed file")
     if not data.readable():
-        raise RequestError("data= is a file object not open for reading")
+        raise InvalidRequestError("data= is a file object not open for reading")
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
-    """Raise RequestError for an option healkit does not take, or aiohttp would refuse.
+    """Raise InvalidRequestError for an option healkit does not take, or aiohttp would refuse.
 
     The options healkit sets itself (``RESERVED_OPTIONS``) are not accepted.
     aiohttp checks ``ssl=`` (TypeError) and the ``cookies=`` names
@@ -652,11 +664,11 @@ def _check_options(options: Mapping[str, Any]) -> None:
     ``aiohttp.ClientError``: checked here, before anything is sent.
     """
     if reserved := RESERVED_OPTIONS & options.keys():
-        raise RequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
+        raise InvalidRequestError(f"option(s) {', '.join(sorted(reserved))} are not accepted here")
     if "ssl" in options:
         given = options["ssl"]
         if given is not None and not isinstance(given, bool | ssl.SSLContext | aiohttp.Fingerprint):
-            raise RequestError(
+            raise InvalidRequestError(
                 "ssl= must be None, a bool, an ssl.SSLContext or an aiohttp.Fingerprint,"
                 f" got {type(given).__name__}"
             )
@@ -665,7 +677,7 @@ def _check_options(options: Mapping[str, Any]) -> None:
 
 
 def _check_cookies(cookies: object) -> None:
-    """Raise RequestError unless every cookie of ``cookies=`` has a valid name.
+    """Raise InvalidRequestError unless every cookie of ``cookies=`` has a valid name.
 
     aiohttp takes a ``http.cookies.BaseCookie`` (its names already checked), a
     mapping, or (name, value) pairs, each value a str or a ``Morsel``.
@@ -677,32 +689,34 @@ def _check_cookies(cookies: object) -> None:
     elif isinstance(cookies, list | tuple):
         pairs = cookies
     else:
-        raise RequestError(
+        raise InvalidRequestError(
             "cookies= must be a mapping, (name, value) pairs or an http.cookies.BaseCookie,"
             f" got {type(cookies).__name__}"
         )
     jar: SimpleCookie = SimpleCookie()
     for pair in pairs:
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            raise RequestError("cookies: each cookie must be a (name, value) pair")
+            raise InvalidRequestError("cookies: each cookie must be a (name, value) pair")
         name, value = pair
         if not isinstance(name, str):
-            raise RequestError(f"cookies: a cookie name must be a str, got {type(name).__name__}")
+            raise InvalidRequestError(
+                f"cookies: a cookie name must be a str, got {type(name).__name__}"
+            )
         if isinstance(value, Morsel):
             continue  # aiohttp sends the Morsel's own (checked) name
         try:
             jar[name] = value  # the standard library's check, as aiohttp's jar makes it
         except CookieError as exc:
-            raise RequestError(f"cookies: {_shown(name)} is not a cookie name") from exc
+            raise InvalidRequestError(f"cookies: {_shown(name)} is not a cookie name") from exc
 
 
 def _check_text(text: str, what: str) -> None:
-    """Raise RequestError naming ``what`` unless ``text`` can be encoded as UTF-8."""
+    """Raise InvalidRequestError naming ``what`` unless ``text`` can be encoded as UTF-8."""
     if not text.isascii():
         try:
             text.encode()
         except UnicodeEncodeError as exc:  # a lone surrogate
-            raise RequestError(f"{what} cannot be encoded as UTF-8") from exc
+            raise InvalidRequestError(f"{what} cannot be encoded as UTF-8") from exc
 
 
 def _shown(value: object) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Generic, ParamSpec, TypeVar, final
 
 from healkit._context import AttemptContext, CallContext, Fallback
-from healkit._errors import CallError, RequestError
+from healkit._errors import CallError, InvalidRequestError
 from healkit._executor import Passthrough, execute
 from healkit._outcome import Outcome
 from healkit._runtime import Runtime, current_runtime, default_runtime
@@ -101,7 +101,9 @@ def resilient(
         if not (isinstance(kind, type) and issubclass(kind, Exception)):
             raise TypeError(f"failures must be Exception subclasses, got {kind!r}")
     if deadline is not None and not (deadline > 0 and math.isfinite(deadline)):
-        raise RequestError(f"deadline must be a finite number of seconds > 0, got {deadline!r}")
+        raise InvalidRequestError(
+            f"deadline must be a finite number of seconds > 0, got {deadline!r}"
+        )
 
     def decorate(
         function: Callable[P, Coroutine[Any, Any, T]],

@@ -28,18 +28,18 @@ attempts made (``error.attempts``)::
     │   │   └── ThrottledError          adaptive throttling: the upstream rejects too much
     │   └── TooManyRedirects        more redirects than the service's ``max_redirects``
     ├── CallError                   a decorated function raised an exception counted as failure
-    ├── RequestError                the request itself is invalid (bad URL, unknown service)
+    ├── InvalidRequestError                the request itself is invalid (bad URL, unknown service)
     │   └── ClientClosedError       the client is not open (never entered, or already closed)
     ├── OutcomeUnavailableError     no healkit call returned this response (also a LookupError)
     ├── DeadlineHeaderError         an inbound deadline header is invalid (also a ValueError)
     ├── ConfigError                 a configuration document is invalid (path and reason per issue)
     ├── PluginError                 a plugin crashed in a decision hook (names the plugin)
     └── EtcdError                   talking to etcd failed (healkit's own etcd client)
-        ├── EtcdUnavailable         no endpoint could serve (refused, timed out, no leader)
+        ├── EtcdUnavailableError         no endpoint could serve (refused, timed out, no leader)
         ├── EtcdProtocolError       a reply that is not what etcd's JSON gateway sends
         └── EtcdRequestError        etcd answered with an error (gRPC code and etcd's reason)
             ├── EtcdAuthError       authentication failed, or the user lacks permission
-            └── EtcdCompacted       the requested revision was compacted away
+            └── EtcdCompactedError       the requested revision was compacted away
 
 ``may_have_reached_server`` on every error says whether the request may have been
 seen by the server. Retry logic uses it: a request that provably never left is
@@ -83,13 +83,14 @@ __all__ = [
     "DeadlineHeaderError",
     "DegradedModeError",
     "EtcdAuthError",
-    "EtcdCompacted",
+    "EtcdCompactedError",
     "EtcdError",
     "EtcdProtocolError",
     "EtcdRequestError",
-    "EtcdUnavailable",
+    "EtcdUnavailableError",
     "HTTPStatusError",
     "HealkitError",
+    "InvalidRequestError",
     "LimitError",
     "OverloadError",
     "PluginError",
@@ -97,7 +98,6 @@ __all__ = [
     "RateLimitedError",
     "ReadTimeout",
     "RedirectRefusedError",
-    "RequestError",
     "TLSError",
     "ThrottledError",
     "TimeoutExceeded",
@@ -394,18 +394,20 @@ class CallError(HealkitError):
         self.error = error
 
 
-class RequestError(HealkitError):
+class InvalidRequestError(HealkitError):
     """The request cannot be made as given (invalid URL, unknown service, bad body).
 
     Raised before anything is sent; the message names the argument at fault
-    (``method``, ``headers``, ``json``, ``data``, ``params``, the URL).
+    (``method``, ``headers``, ``json``, ``data``, ``params``, the URL). Not a
+    failure to reach the server: that is :class:`TransportError`, which is
+    what ``httpx.RequestError`` means in httpx.
     """
 
     may_have_reached_server = False
 
 
 @final
-class ClientClosedError(RequestError):
+class ClientClosedError(InvalidRequestError):
     """A call was made on a :class:`healkit.Client` that is not open.
 
     The client was never entered (``async with healkit.Client() as client``),
@@ -542,7 +544,7 @@ class EtcdError(HealkitError):
 
 
 @final
-class EtcdUnavailable(EtcdError):  # noqa: N818 - names the state of etcd, like TimeoutExceeded
+class EtcdUnavailableError(EtcdError):
     """No etcd endpoint could serve the request.
 
     Raised when every endpoint refused the connection, timed out, lost the
@@ -611,7 +613,7 @@ class EtcdAuthError(EtcdRequestError):
 
 
 @final
-class EtcdCompacted(EtcdRequestError):  # noqa: N818 - names the state of the history, as etcd does
+class EtcdCompactedError(EtcdRequestError):
     """The requested revision is older than the history etcd still keeps.
 
     Attributes:
@@ -697,7 +699,7 @@ def map_aiohttp_error(
     elif (malformed := _malformed_answer(exc)) is not None:
         error = ProtocolError(f"malformed response from {url}: {malformed}")
     elif isinstance(exc, aiohttp.InvalidURL):
-        error = RequestError(f"invalid URL {url}")  # aiohttp's text repeats the raw URL
+        error = InvalidRequestError(f"invalid URL {url}")  # aiohttp's text repeats the raw URL
     elif isinstance(exc, aiohttp.ClientResponseError):  # a real status (raise_for_status=True)
         error = HTTPStatusError(exc.status, url=url, body_excerpt=exc.message)
     else:

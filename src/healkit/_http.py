@@ -35,8 +35,8 @@ from healkit._errors import (
     BodyTooLargeError,
     ClientClosedError,
     HealkitError,
+    InvalidRequestError,
     RedirectRefusedError,
-    RequestError,
     TooManyRedirects,
     invalid_status,
     map_aiohttp_error,
@@ -165,13 +165,13 @@ class HttpTransport:
         """Return the URL, headers and aiohttp options of the attempt's request.
 
         Raises:
-            RequestError: the attempt has no endpoint, or may not be sent to it
+            InvalidRequestError: the attempt has no endpoint, or may not be sent to it
                 (see :meth:`_attempt_options`).
             ClientClosedError: the client was closed during the call.
 
         """
         if attempt.endpoint is None:
-            raise RequestError(f"no endpoint to send {call.method} {call.target} to")
+            raise InvalidRequestError(f"no endpoint to send {call.method} {call.target} to")
         if self._session.closed:
             raise ClientClosedError("the client was closed before this attempt")
         options = self._options
@@ -186,7 +186,7 @@ class HttpTransport:
         router withholds them from (``attempt.withheld_headers``).
 
         Raises:
-            RequestError: the session adds credentials to every request (see
+            InvalidRequestError: the session adds credentials to every request (see
                 :func:`_ambient_credentials`): nothing is sent to that endpoint.
 
         """
@@ -198,7 +198,7 @@ class HttpTransport:
         ambient = _ambient_credentials(self._session, attempt.withheld_headers)
         if ambient:
             endpoint = call.config.redactor.url(attempt.endpoint or "")
-            raise RequestError(
+            raise InvalidRequestError(
                 f"not sent to {endpoint}, an endpoint of another origin than service"
                 f" {call.service!r}'s first: the session sends {', '.join(ambient)} with every"
                 " request (pass credentials per request, or set routing.forward_credentials)"
@@ -419,13 +419,15 @@ def _timeouts_for(limits: Timeouts) -> tuple[aiohttp.ClientTimeout, aiohttp.Clie
 def _redirect_options(allow: object, most: object) -> tuple[bool | None, int | None]:
     """Check the per-request ``allow_redirects`` and ``max_redirects`` options."""
     if allow is not None and not isinstance(allow, bool):
-        raise RequestError(f"allow_redirects must be a bool, got {allow!r}")
+        raise InvalidRequestError(f"allow_redirects must be a bool, got {allow!r}")
     if most is not None and (
         isinstance(most, bool) or not isinstance(most, int) or not 0 <= most <= MAX_REDIRECTS
     ):
         # Bounded as the configuration's: each hop is recorded on the attempt.
         shown = "a larger int" if isinstance(most, int) and abs(most) > 10**6 else repr(most)
-        raise RequestError(f"max_redirects must be an int from 0 to {MAX_REDIRECTS}, got {shown}")
+        raise InvalidRequestError(
+            f"max_redirects must be an int from 0 to {MAX_REDIRECTS}, got {shown}"
+        )
     return allow, most
 
 
@@ -485,14 +487,14 @@ def _request_failed(exc: Exception, url: str, limits: Timeouts) -> HealkitError:
 
     aiohttp's own errors are mapped by :func:`map_aiohttp_error`; the others
     (``_REFUSED_OPTIONS``) are aiohttp refusing to build the request: nothing
-    was sent, a :class:`RequestError`.
+    was sent, a :class:`InvalidRequestError`.
     """
     if isinstance(exc, aiohttp.ClientError | OSError):  # InvalidURL is a ValueError too
         return map_aiohttp_error(exc, url=url, timeouts=(limits.connect, limits.read))
     detail = str(exc) or type(exc).__name__
     if len(detail) > _SHOWN_REFUSAL_CHARS:
         detail = detail[: _SHOWN_REFUSAL_CHARS - 3] + "..."
-    return RequestError(f"aiohttp refused the request's options: {detail}")
+    return InvalidRequestError(f"aiohttp refused the request's options: {detail}")
 
 
 def _unfollowable(location: str, status: int, here: str) -> RedirectRefusedError:

@@ -16,7 +16,7 @@ deadline are enforced. What differs, because aiohttp owns the request:
 * the connect and read limits are the session's (``ClientSession(timeout=...)``),
   not the policy's; healkit still bounds each attempt and the whole call;
 * an attempt cannot be re-routed to another endpoint (a plugin that tries
-  gets a :class:`healkit.RequestError`);
+  gets a :class:`healkit.InvalidRequestError`);
 * a fallback must be a response aiohttp can return, so substitute responses
   (fallback and degraded bodies) are not used: the call's error is raised.
 
@@ -47,8 +47,8 @@ import yarl
 from healkit._config.models import ServicePolicy, url_problem, url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
+    InvalidRequestError,
     RedirectRefusedError,
-    RequestError,
     TooManyRedirects,
     invalid_status,
     map_aiohttp_error,
@@ -121,7 +121,7 @@ class _MiddlewareTransport:
     ) -> tuple[aiohttp.ClientResponse, Response | None]:
         request = self._request
         if attempt.endpoint is not None and not attempt.endpoint.startswith(self._origin):
-            raise RequestError(
+            raise InvalidRequestError(
                 "the aiohttp middleware cannot re-route a request; use healkit.Client"
             )
         # call.headers is the request's own header multidict: call-wide plugin
@@ -189,11 +189,11 @@ class ResilienceMiddleware:
         """Run the request through the pipeline."""
         if (problem := url_problem(request.url)) is not None:
             # aiohttp would fail in its resolver, outside its own errors (UnicodeError).
-            raise RequestError(f"invalid URL: {problem}")
+            raise InvalidRequestError(f"invalid URL: {problem}")
         if _CONTROL.search(request.url.raw_path_qs):
             # A redirect aiohttp resolved with yarl's URL.join, which decodes the
             # path it merges (%00, %0D%0A): aiohttp would refuse to write it (ValueError).
-            raise RequestError("invalid URL: a control character in its path or query")
+            raise InvalidRequestError("invalid URL: a control character in its path or query")
         runtime = self._runtime or current_runtime() or default_runtime()
         config = runtime.config
         url = str(request.url)

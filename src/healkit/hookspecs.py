@@ -249,7 +249,7 @@ def healkit_max_attempts(policy: ServicePolicy) -> int | None:
 
     A retry plugin answers with its setting, so that a caller's per-call
     ``attempts=`` can be checked against it before anything is sent (a value
-    above it is a ``RequestError``). ``None``: no answer from this plugin.
+    above it is a ``InvalidRequestError``). ``None``: no answer from this plugin.
     Without an answer a call makes one attempt, and ``attempts=`` may only be
     1. Called once per service and configuration snapshot, and only for calls
     that pass ``attempts=``.

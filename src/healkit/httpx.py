@@ -61,10 +61,10 @@ from healkit._errors import (
     ConnectTimeout,
     DNSError,
     HealkitError,
+    InvalidRequestError,
     OutcomeUnavailableError,
     ProtocolError,
     ReadTimeout,
-    RequestError,
     TLSError,
     invalid_status,
 )
@@ -272,7 +272,7 @@ class _Attempts:
         self, call: CallContext, attempt: AttemptContext
     ) -> tuple[httpx.Response, Response | None]:
         if attempt.endpoint is None:
-            raise RequestError(f"no endpoint to send {call.method} {call.target} to")
+            raise InvalidRequestError(f"no endpoint to send {call.method} {call.target} to")
         url = join_url(attempt.endpoint, call.target)
         limits = attempt.timeouts
         extensions = {
@@ -323,7 +323,9 @@ class _Attempts:
                 exc, url=redacted, connect=limits.connect, read=limits.read
             ) from exc
         except httpx.InvalidURL as exc:
-            raise RequestError(f"invalid URL {call.config.redactor.url(url)}: {exc}") from exc
+            raise InvalidRequestError(
+                f"invalid URL {call.config.redactor.url(url)}: {exc}"
+            ) from exc
         result = httpx.Response(
             answer.status_code,
             headers=answer.headers,
@@ -487,7 +489,7 @@ def map_httpx_error(exc: httpx.HTTPError, *, url: str, connect: float, read: flo
         else:
             error = ConnectError(f"cannot connect to {url}: {detail}")
     elif isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-        error = RequestError(f"cannot send to {url}: {detail}")
+        error = InvalidRequestError(f"cannot send to {url}: {detail}")
     elif isinstance(exc, httpx.RemoteProtocolError):
         error = ProtocolError(f"malformed response from {url}: {detail}")
     else:

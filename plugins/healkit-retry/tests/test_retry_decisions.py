@@ -46,7 +46,7 @@ def status_error(status: int, retry_after: float | None = None) -> healkit.HTTPS
     [
         (healkit.BodyTooLargeError(10, url="http://a.test/x"), "BodyTooLargeError is not a"),
         (healkit.DeadlineExceeded("late", limit=1.0), "the call's deadline passed"),
-        (healkit.RequestError("bad URL"), "RequestError is not a retryable failure"),
+        (healkit.InvalidRequestError("bad URL"), "InvalidRequestError is not a retryable failure"),
         (status_error(500), "HTTP 500 is not a retryable status (retry.statuses)"),
     ],
 )

@@ -38,7 +38,7 @@ from healkit._cli.documents import (
     service_names,
 )
 from healkit._cli.push import Change, PushConflictError, write_diff
-from healkit._errors import ConfigError, EtcdCompacted, EtcdError
+from healkit._errors import ConfigError, EtcdCompactedError, EtcdError
 from healkit.etcd import Compare, EtcdClient, KeyValue, PutOp
 
 __all__ = ["DEFAULT_HISTORY_LIMIT", "add_parsers"]
@@ -151,7 +151,7 @@ async def _walk_history(
             return _HistoryEnd("limit", None)
         try:
             previous = await client.get(key, revision=kv.mod_revision - 1)
-        except EtcdCompacted:
+        except EtcdCompactedError:
             return _HistoryEnd(
                 "compacted",
                 await _compact_revision(client, key.decode("utf-8", "replace"), seconds),
@@ -199,7 +199,7 @@ async def _compact_revision(client: EtcdClient, key: str, seconds: float) -> int
         async with asyncio.timeout(seconds), client.watch(key, start_revision=1) as watch:
             async for _ in watch:  # events: the history was not compacted after all
                 return None
-    except EtcdCompacted as error:
+    except EtcdCompactedError as error:
         return error.compact_revision
     except (EtcdError, TimeoutError):
         return None  # only a detail of the message: not worth failing the command
@@ -222,7 +222,7 @@ async def _rollback(args: argparse.Namespace, connection: Connection, out: TextI
             )
         try:
             then = await client.get(key, revision=args.revision)
-        except EtcdCompacted:
+        except EtcdCompactedError:
             compacted = await _compact_revision(client, key, connection.request_timeout)
             where = f" (history starts at revision {compacted})" if compacted else ""
             raise CommandError(

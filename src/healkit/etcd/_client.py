@@ -17,8 +17,8 @@ interface is deliberately narrow::
 What the gateway sends is validated: int64 values arrive as JSON strings, keys
 and values as base64, and any reply of another shape is an
 :class:`~healkit.EtcdProtocolError`. Errors are typed (see
-:mod:`healkit._errors`): :class:`~healkit.EtcdUnavailable` when no endpoint can
-serve, :class:`~healkit.EtcdAuthError`, :class:`~healkit.EtcdCompacted`,
+:mod:`healkit._errors`): :class:`~healkit.EtcdUnavailableError` when no endpoint can
+serve, :class:`~healkit.EtcdAuthError`, :class:`~healkit.EtcdCompactedError`,
 :class:`~healkit.EtcdRequestError` for any other error reply (with its gRPC
 code). Passwords and tokens never appear in messages or logs.
 
@@ -205,7 +205,7 @@ class EtcdClient:
                 this revision (0: all); ``count`` still counts every key.
 
         Raises:
-            EtcdCompacted: ``revision`` is older than the compacted history.
+            EtcdCompactedError: ``revision`` is older than the compacted history.
             EtcdRequestError: e.g. ``revision`` is in the future (code 11).
 
         """
@@ -240,7 +240,7 @@ class EtcdClient:
         the revision read at: watch from ``revision + 1`` to follow changes.
 
         Raises:
-            EtcdCompacted: the revision was compacted while paging; read again.
+            EtcdCompactedError: the revision was compacted while paging; read again.
 
         """
         if page_size <= 0:
@@ -328,7 +328,7 @@ class EtcdClient:
         revisions are really gone.
 
         Raises:
-            EtcdCompacted: the history is already compacted at or after ``revision``.
+            EtcdCompactedError: the history is already compacted at or after ``revision``.
             EtcdRequestError: ``revision`` is in the future.
 
         """
@@ -476,7 +476,7 @@ class EtcdClient:
             prev_kv: each event carries the key as it was before.
             progress_notify: etcd sends empty responses with the current
                 revision when nothing changed for a while.
-            idle_timeout: give up (EtcdUnavailable) after this many seconds
+            idle_timeout: give up (EtcdUnavailableError) after this many seconds
                 without any message (default: wait for ever).
 
         Returns:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import anyio
 
-from healkit._errors import EtcdCompacted, EtcdError, EtcdUnavailable
+from healkit._errors import EtcdCompactedError, EtcdError, EtcdUnavailableError
 from healkit._log import get_logger
 from healkit.etcd._gateway import Settings
 from healkit.etcd._messages import KeyValue, RangeResult, WatchEvent
@@ -294,7 +294,7 @@ class _Feed:
                     if self._reload:
                         await self._load()
                     await self._follow()
-                except EtcdCompacted as compacted:
+                except EtcdCompactedError as compacted:
                     _logger.warning(
                         "healkit.etcd_compacted",
                         applied_revision=self._revision,
@@ -369,7 +369,7 @@ class _Feed:
         The watch must be confirmed within the liveness timeout; while it runs,
         :meth:`_guard` closes it when it is found dead, which ends the
         iteration, and leaving the block raises the reason
-        (:class:`~healkit.EtcdUnavailable`): the feed reconnects.
+        (:class:`~healkit.EtcdUnavailableError`): the feed reconnects.
         """
         watch = self._client.watch(
             self._root, prefix=True, start_revision=self._revision + 1, progress_notify=True
@@ -381,7 +381,7 @@ class _Feed:
             except TimeoutError as timeout:
                 reason = f"etcd did not confirm the watch within {self._liveness:g} s"
                 raise _dead(watch.endpoint, reason) from timeout
-            dead: list[EtcdUnavailable] = []
+            dead: list[EtcdUnavailableError] = []
             guard = asyncio.create_task(self._guard(stream.endpoint, dead, stream.aclose))
             try:
                 yield stream
@@ -393,7 +393,7 @@ class _Feed:
                 raise dead[0]
 
     async def _guard(
-        self, endpoint: str, dead: list[EtcdUnavailable], close: Callable[[], Awaitable[None]]
+        self, endpoint: str, dead: list[EtcdUnavailableError], close: Callable[[], Awaitable[None]]
     ) -> None:
         """Close the watch once it is found dead, with the reason in ``dead``.
 
@@ -444,9 +444,9 @@ class _Feed:
         return ceiling * self._random()
 
 
-def _dead(endpoint: str, reason: str) -> EtcdUnavailable:
+def _dead(endpoint: str, reason: str) -> EtcdUnavailableError:
     """Return the error of a watch stream found dead (the feed reconnects and resumes)."""
-    return EtcdUnavailable(
+    return EtcdUnavailableError(
         f"watch stream from etcd at {endpoint or 'any endpoint'} is dead: {reason}",
         failures=[(endpoint, reason)] if endpoint else [],
         endpoint=endpoint or None,

@@ -39,11 +39,11 @@ from aiohttp.http_exceptions import LineTooLong
 
 from healkit._errors import (
     EtcdAuthError,
-    EtcdCompacted,
+    EtcdCompactedError,
     EtcdError,
     EtcdProtocolError,
     EtcdRequestError,
-    EtcdUnavailable,
+    EtcdUnavailableError,
 )
 from healkit._log import get_logger
 from healkit.etcd._messages import AUTH_REPLY, ENCODER, ERROR_REPLY, R, StreamError
@@ -123,14 +123,14 @@ _SNIPPET: Final = 200
 def classify(code: int, reason: str, *, endpoint: str, path: str) -> EtcdError:
     """Map an error etcd sent (gRPC code and reason) onto the healkit tree."""
     if code == _GRPC_UNAVAILABLE:
-        return EtcdUnavailable(
+        return EtcdUnavailableError(
             f"etcd at {endpoint} cannot serve {path}: {reason}",
             failures=[(endpoint, reason)],
             endpoint=endpoint,
         )
     message = f"etcd at {endpoint} refused {path}: {reason} (gRPC code {code})"
     if code == _GRPC_OUT_OF_RANGE and _REASON_COMPACTED in reason:
-        return EtcdCompacted(
+        return EtcdCompactedError(
             message, compact_revision=None, code=code, reason=reason, endpoint=endpoint
         )
     is_auth = code in {_GRPC_UNAUTHENTICATED, _GRPC_PERMISSION_DENIED} or (
@@ -379,7 +379,7 @@ class GatewayStream:
         """Read, decode and check the next message of the stream.
 
         Raises:
-            EtcdUnavailable: the stream broke or ended.
+            EtcdUnavailableError: the stream broke or ended.
             EtcdProtocolError: the message is too large, or not etcd's.
 
         """
@@ -396,13 +396,13 @@ class GatewayStream:
                 ) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = describe(exc, endpoint)
-                raise EtcdUnavailable(
+                raise EtcdUnavailableError(
                     f"{self._kind()} stream from etcd at {endpoint} broke: {reason}",
                     failures=[(endpoint, reason)],
                     endpoint=endpoint,
                 ) from exc
             if not line:
-                raise EtcdUnavailable(
+                raise EtcdUnavailableError(
                     f"{self._kind()} stream from etcd at {endpoint} ended",
                     failures=[(endpoint, "stream ended")],
                     endpoint=endpoint,
@@ -650,7 +650,7 @@ class Gateway:
             failures.append((endpoint, failure))
             _log_failure(endpoint, path, failure)
         tried = "; ".join(f"{endpoint}: {reason}" for endpoint, reason in failures)
-        error = EtcdUnavailable(
+        error = EtcdUnavailableError(
             f"no etcd endpoint could serve {path} ({tried})",
             failures=failures,
             may_have_reached_server=reached,
@@ -767,7 +767,7 @@ class Gateway:
             failures.append((endpoint, failure))
             _log_failure(endpoint, path, failure)
         tried = "; ".join(f"{endpoint}: {reason}" for endpoint, reason in failures)
-        raise EtcdUnavailable(
+        raise EtcdUnavailableError(
             f"no etcd endpoint could serve {path} ({tried})",
             failures=failures,
             may_have_reached_server=reached,

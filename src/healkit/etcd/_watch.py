@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Self, final
 
-from healkit._errors import EtcdCompacted, EtcdError, EtcdProtocolError, EtcdRequestError
+from healkit._errors import EtcdCompactedError, EtcdError, EtcdProtocolError, EtcdRequestError
 from healkit.etcd._gateway import Gateway, GatewayStream, status_error, stream_error
 from healkit.etcd._messages import WATCH_MESSAGE, WatchReply, WatchResponse
 
@@ -23,16 +23,16 @@ class EtcdWatch:
     when asked for. Iteration ends only when the watch is closed; everything
     else is an error, after which the watch is closed:
 
-    * :class:`~healkit.EtcdCompacted` with ``compact_revision`` when the start
+    * :class:`~healkit.EtcdCompactedError` with ``compact_revision`` when the start
       revision is older than etcd's history;
-    * :class:`~healkit.EtcdUnavailable` when the stream breaks or ends (etcd
+    * :class:`~healkit.EtcdUnavailableError` when the stream breaks or ends (etcd
       stopped, connection lost, ``idle_timeout`` passed): resume with a new
       watch from the last revision applied, plus one;
     * :class:`~healkit.EtcdAuthError` when etcd refuses the watch;
     * :class:`~healkit.EtcdRequestError` when etcd cancels it for another reason.
 
     Entering raises the same errors when etcd refuses the watch at once (and
-    EtcdUnavailable when no endpoint accepts it).
+    EtcdUnavailableError when no endpoint accepts it).
 
     Closing (leaving the block, or :meth:`aclose`) drops the connection, which
     cancels the watch in etcd; an iteration waiting in another task then ends.
@@ -178,7 +178,7 @@ class EtcdWatch:
     def _canceled(self, reply: WatchReply) -> EtcdError:
         endpoint = self._endpoint
         if reply.compact_revision:
-            return EtcdCompacted(
+            return EtcdCompactedError(
                 f"etcd at {endpoint} canceled the watch: history compacted at revision "
                 f"{reply.compact_revision}",
                 compact_revision=reply.compact_revision,
