@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 import healkit
+from healkit._client import VERIFIED_AIOHTTP, aiohttp_release
 from healkit.testing import Fault, FaultServer, refused_url
 from tests.conftest import service_config
 from tests.plugins import FailOnStatus, RetryUpTo, StaticFallback
@@ -374,3 +375,25 @@ async def test_plugins_trace_configs_see_each_attempt(fault_server: FaultServer)
         with pytest.raises(healkit.InvalidRequestError, match="trace_request_ctx"):
             await client.get("/x", service="svc", trace_request_ctx={})
     assert timings.seen == [(1, fault_server.url), (2, fault_server.url)]
+
+
+async def test_the_installed_aiohttp_is_a_release_whose_private_resend_switch_was_read() -> None:
+    # A new aiohttp release fails here first: read its ClientSession for
+    # _retry_connection, then widen VERIFIED_AIOHTTP (healkit._client).
+    assert VERIFIED_AIOHTTP[0] <= aiohttp_release(aiohttp.__version__) <= VERIFIED_AIOHTTP[1]
+    async with aiohttp.ClientSession() as session:
+        assert session._retry_connection is True
+
+
+@pytest.mark.parametrize(
+    ("version", "release"),
+    [
+        ("3.12.0", (3, 12)),
+        ("3.14.5", (3, 14)),
+        ("4.0.0a1", (4, 0)),
+        ("3.15.0.dev0", (3, 15)),
+        ("x", (0, 0)),
+    ],
+)
+def test_aiohttp_release_reads_major_and_minor(version: str, release: tuple[int, int]) -> None:
+    assert aiohttp_release(version) == release

@@ -452,13 +452,26 @@ def _own_session(trace_configs: list[aiohttp.TraceConfig]) -> aiohttp.ClientSess
     return session
 
 
+def aiohttp_release(version: str) -> tuple[int, int]:
+    """Return the (major, minor) of an aiohttp version string (``(0, 0)`` if unreadable)."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+VERIFIED_AIOHTTP: Final = ((3, 12), (3, 14))
+"""aiohttp releases whose ``ClientSession._retry_connection`` was read (3.12.0 to 3.14.5)."""
+
+_RESEND_SWITCH: Final = (
+    VERIFIED_AIOHTTP[0] <= aiohttp_release(aiohttp.__version__) <= VERIFIED_AIOHTTP[1]
+)
+
+
 def _count_every_attempt(session: aiohttp.ClientSession) -> None:
-    # aiohttp resends an idempotent request once, silently, when the connection
-    # breaks before a response; healkit's pipeline must see (and count) every
-    # attempt, so the session it uses, adopted ones included, leaves resending to
-    # the pipeline. The switch is private to aiohttp: tests/test_client.py fails
-    # if it stops working.
-    if hasattr(session, "_retry_connection"):
+    # aiohttp resends an idempotent request once, silently, when a reused connection
+    # breaks before a response; healkit must see (and count) every attempt, and
+    # aiohttp has no public switch: its private one is set only in the releases
+    # read (VERIFIED_AIOHTTP); tests/test_client.py fails if it stops working.
+    if _RESEND_SWITCH:
         session._retry_connection = False  # noqa: SLF001
 
 
