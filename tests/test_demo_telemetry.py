@@ -89,7 +89,7 @@ async def test_an_ejection_is_a_failover_through_the_typed_event(
         answered = await client.get(PATH, service=SERVICE)
 
     assert answered.outcome.path == "fallback"
-    assert observer.events == {"EndpointEjected": 1}
+    assert observer.events == {"ConfigApplied": 1, "EndpointEjected": 1}
     assert (observer.watch.group, observer.watch.failovers, observer.watch.switch_backs) == (
         1,
         1,
@@ -128,7 +128,7 @@ async def test_a_breaker_transition_is_recorded_from_the_typed_event(
         "consecutive_failures",
     )
     assert moved["failures"] == moved["calls"] == 3
-    assert observer.events == {"BreakerTransition": 1}
+    assert observer.events == {"ConfigApplied": 1, "BreakerTransition": 1}
     assert said.lines == ["breaker closed -> open (consecutive_failures; 3 of 3 failed)"]
     assert observer.watch.changes == []  # no fallback group: traffic is not followed
 
@@ -149,5 +149,7 @@ async def test_an_event_of_another_type_is_counted_and_shown_once(
     runtime.emit(ThirdPartyEvent(service="a"))
     runtime.emit(ThirdPartyEvent(service="b"))
 
-    assert observer.events == {"ThirdPartyEvent": 2}
+    assert observer.events == {"ConfigApplied": 1, "ThirdPartyEvent": 2}
     assert said.lines == ["event ThirdPartyEvent(service='a')"]
+    # The first configuration, typed: recorded, not shown (only the live changes are).
+    assert [c["origin"] for c in observer.config_changes] == ["python"]

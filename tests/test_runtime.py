@@ -212,10 +212,12 @@ def test_events_reach_every_subscriber_and_a_crash_is_contained(logs: list[dict[
 
     runtime = healkit.Runtime(plugins=[Subscriber(), Broken(), Emitter()], entry_points=False)
     assert kept == [runtime]
+    # The runtime's own first event: its configuration applied.
+    assert received == [healkit.events.ConfigApplied(origin="python", version=1, services=0)]
     runtime.emit("first")
     runtime.emit("second")
-    assert received == ["first", "second"]
-    assert runtime.plugin_errors["broken-subscriber"] == 2
+    assert received[1:] == ["first", "second"]
+    assert runtime.plugin_errors["broken-subscriber"] == 3
     assert [e["plugin"] for e in logs if e["event"] == "healkit.plugin_error"] == [
         "broken-subscriber"
     ]

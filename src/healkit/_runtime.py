@@ -42,6 +42,7 @@ from healkit._plan import PER_CALL_HOOKS, CallPlan
 from healkit._plugins import PluginManager, call_each, create_plugin_manager
 from healkit._stash import StashKey
 from healkit._timer import TimerWheels
+from healkit.events import ConfigApplied, ConfigRejected
 
 __all__ = ["ConfigInput", "Runtime", "current_runtime", "default_runtime", "runtime_or_build"]
 
@@ -211,6 +212,7 @@ class Runtime:
         _log.config_rejected(error)
         self.rejections += 1
         self._changed.set()
+        self.emit(ConfigRejected(origin=error.origin, issues=tuple(map(str, error.issues))))
 
     async def wait_for_version(self, version: int) -> None:
         """Return once the configuration version is at least ``version``."""
@@ -286,6 +288,7 @@ class Runtime:
             self._configure(previous)
         self._changed.set()
         _log.config_applied(origin, self.version, len(config.services))
+        self.emit(ConfigApplied(origin=origin, version=self.version, services=len(config.services)))
         return config
 
     def _configure(self, previous: HealkitConfig | None) -> None:

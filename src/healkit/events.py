@@ -23,6 +23,13 @@ Emitted by the core for every plugin that keeps state of unconfigured hosts:
 
 - :class:`StateEvicted`: such state was dropped (idle, or over the cap).
 
+Emitted by every runtime:
+
+- :class:`ConfigApplied`: a configuration was applied (at start, then each
+  live change), with where it came from;
+- :class:`ConfigRejected`: a document was rejected; the configuration in
+  force stays.
+
 Emitted by the etcd configuration source:
 
 - :class:`EtcdSourceStatus`: the source's connection to etcd changed (also
@@ -43,6 +50,8 @@ from healkit._bounded import EvictionReason, StateEvicted
 
 __all__ = [
     "CircuitTransition",
+    "ConfigApplied",
+    "ConfigRejected",
     "Connection",
     "EndpointDown",
     "EndpointEjected",
@@ -157,3 +166,36 @@ class EtcdSourceStatus(msgspec.Struct, frozen=True, kw_only=True):
     from_snapshot: bool
     last_error: str | None
     rejected: dict[str, int]
+
+
+@final
+class ConfigApplied(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A runtime applied a configuration (also logged as ``healkit.config_applied``).
+
+    Attributes:
+        origin: where the document came from (``python``, a file's path, an
+            etcd source's endpoints and prefix...).
+        version: the runtime's configuration version after it (1 for the first).
+        services: how many services it configures.
+
+    """
+
+    origin: str
+    version: int
+    services: int
+
+
+@final
+class ConfigRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A runtime rejected a document; the configuration in force stays.
+
+    Also logged as ``healkit.config_rejected``.
+
+    Attributes:
+        origin: where the document came from.
+        issues: each problem as ``path: reason`` (``$.services.api.timeout``...).
+
+    """
+
+    origin: str
+    issues: tuple[str, ...]

@@ -9,12 +9,10 @@ the tls plugin's ``TlsRotated`` and ``TlsMaterialRejected`` (when those
 plugins are installed). Events of other types are counted by type and the
 first of each is shown.
 
-One fact has no typed event: that a configuration was applied, and where it
-came from (``healkit.config_applied``), or rejected
-(``healkit.config_rejected``). The observer takes those two from healkit's log
-events, which the demo routes to :meth:`Observer.on_log` (they also keep
-healkit's logs off the terminal while the demo draws on it); every log event
-is counted by name for the summary.
+The runtime's :class:`ConfigApplied` and :class:`ConfigRejected` say which
+configuration is in force and where it came from. healkit's log events are
+routed to :meth:`Observer.on_log` only to keep them off the terminal while the
+demo draws on it; they are counted by name for the summary.
 
 :class:`Tracing` is ``--trace``: the tracing plugin with the OpenTelemetry SDK's
 in-memory span exporter and metric reader.
@@ -35,7 +33,13 @@ from healkit._demo import DemoError
 from healkit._demo.scenes import SERVICE
 from healkit._demo.traffic import one_line, to_ms
 from healkit._routing.plugin import endpoint_status
-from healkit.events import EndpointDown, EndpointEjected, EndpointReturned
+from healkit.events import (
+    ConfigApplied,
+    ConfigRejected,
+    EndpointDown,
+    EndpointEjected,
+    EndpointReturned,
+)
 from healkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # the plugin and SDK packages are imported only when a run needs them
@@ -56,10 +60,6 @@ if TYPE_CHECKING:  # the plugin and SDK packages are imported only when a run ne
 
 __all__ = ["CALL_SPAN", "Observer", "TlsTally", "Tracing", "TrafficWatch", "histogram_quantile"]
 
-CONFIG_APPLIED: Final = "healkit.config_applied"
-"""The log event of an applied configuration (no typed event carries its origin)."""
-CONFIG_REJECTED: Final = "healkit.config_rejected"
-"""The log event of a rejected configuration document."""
 _OPENING: Final = frozenset({"open", "forced_open"})
 
 CALL_SPAN: Final = "healkit demo call"
@@ -188,6 +188,8 @@ class Observer:
             (EndpointEjected, self._ejected),
             (EndpointDown, self._down),
             (EndpointReturned, self._returned),
+            (ConfigApplied, self._config_applied),
+            (ConfigRejected, self._config_rejected),
         ]
         # The plugins' packages are optional: their events exist only when they are installed.
         with contextlib.suppress(ImportError):
@@ -306,34 +308,29 @@ class Observer:
     # -- healkit's log events ----------------------------------------------------
 
     def on_log(self, level: str, event: Mapping[str, Any]) -> None:
-        """Count a log event of healkit's; take the configuration changes from it.
+        """Count a log event of healkit's by name (the summary's ``log_events``).
 
         Args:
-            level: the level name in lower case (unused: the name says what happened).
+            level: the level name in lower case (unused).
             event: the event's fields.
 
         """
         del level
-        name = str(event.get("event", "?"))
-        self.log_events[name] += 1
-        if name == CONFIG_APPLIED:
-            self._config_applied(event)
-        elif name == CONFIG_REJECTED:
-            issues = event.get("issues")
-            self._say(f"config rejected from {event.get('origin')}: {issues}", "bold red")
+        self.log_events[str(event.get("event", "?"))] += 1
 
-    def _config_applied(self, event: Mapping[str, Any]) -> None:
+    def _config_applied(self, event: ConfigApplied) -> None:
         """Record a configuration the runtime applied (the first one, then the live changes)."""
         change = {
             "at_s": round(max(self._stopwatch.elapsed(), 0.0), 3),
-            "version": event.get("version"),
-            "origin": str(event.get("origin")),
+            "version": event.version,
+            "origin": event.origin,
         }
         self.config_changes.append(change)
         if len(self.config_changes) > 1:
-            self._say(
-                f"config applied: version {change['version']} from {change['origin']}", "blue"
-            )
+            self._say(f"config applied: version {event.version} from {event.origin}", "blue")
+
+    def _config_rejected(self, event: ConfigRejected) -> None:
+        self._say(f"config rejected from {event.origin}: {list(event.issues)}", "bold red")
 
 
 # -- tracing: the OpenTelemetry SDK, in memory -------------------------------------
