@@ -9,7 +9,7 @@ import pytest
 from limit_helpers import GatedServer, document, within
 
 import healkit
-from healkit.testing import ManualClock
+from healkit.testing import FaultServer, ManualClock
 from healkit_limit import LimitPlugin
 
 pytestmark = pytest.mark.anyio
@@ -61,3 +61,18 @@ async def test_a_scope_change_lets_the_waiters_of_the_dropped_endpoint_limits_go
         responses = await within(asyncio.gather(*tasks))
     assert [r.status for r in responses] == [200] * 2
 
+
+async def test_zero_latency_answers_keep_the_adaptive_limit(fault_server: FaultServer) -> None:
+    # A clock that does not move between an attempt's start and end measures
+    # 0 s: the upstream is exactly as fast as unloaded, nothing to shrink for.
+    # Before the fix the gradient read 0 / 0 as "infinitely slower" and halved
+    # the limit at each answer, down to min_concurrency.
+    clock = ManualClock(auto_advance=False)
+    plugin = LimitPlugin()
+    config = document([fault_server.url], concurrency=50, adaptive=True)
+    async with client(config, plugin, clock) as c:
+        for _ in range(40):
+            assert (await c.get("/ok", service="svc")).status == 200
+    status = plugin.status("svc")
+    assert status is not None
+    assert (status.limit, status.min_rtt) == (50, 0.0)
