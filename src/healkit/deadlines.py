@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final, Literal
 
-from multidict import MultiMapping
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from healkit._clock import SYSTEM_CLOCK, Clock
 from healkit._errors import DeadlineHeaderError
@@ -72,9 +72,9 @@ def deadline_from(
 
     Args:
         headers: the inbound request's headers: an aiohttp
-            ``request.headers`` (any multidict, case-insensitive and with every
-            repeated line), or any mapping (its keys matched without regard to
-            case).
+            ``request.headers`` or any other multidict (every repeated line
+            read), or any mapping; names are matched without regard to case,
+            also in a case-sensitive ``multidict.MultiDict``.
         header: the header's name, as the calling service's ``deadline_header``
             sends it.
         clock: the clock of the clients whose calls the block bounds (the
@@ -115,9 +115,9 @@ def deadline_from(
 
 def _granted_ms(headers: Mapping[str, str] | MultiMapping[str], header: str) -> int | None:
     """Return the smallest valid value of ``header`` (capped), ``None`` if absent."""
-    if isinstance(headers, MultiMapping):
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
         lines = headers.getall(header, ())
-    else:
+    else:  # a case-sensitive multidict's items() has every line too
         wanted = header.lower()
         lines = [value for name, value in headers.items() if name.lower() == wanted]
     if not lines:
