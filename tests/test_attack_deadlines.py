@@ -14,7 +14,7 @@ import pytest
 from multidict import CIMultiDict, MultiDict
 
 import healkit
-from healkit.deadlines import MAX_VALUES, deadline_from
+from healkit.deadlines import MAX_INBOUND_MS, MAX_VALUES, deadline_from
 from healkit.testing import FaultServer, ManualClock
 from healkit_timeout import TimeoutPlugin
 
@@ -133,3 +133,21 @@ async def test_a_callers_header_of_another_case_is_replaced_not_doubled(
     ):
         assert response.status == 200
     assert sent(fault_server) == [["1000"], ["10000"]]
+
+
+async def test_a_huge_deadline_is_sent_as_a_value_healkit_itself_accepts(
+    fault_server: FaultServer,
+) -> None:
+    # Old code sent every digit: deadline=1e18 s went out as a 22-digit value,
+    # which deadline_from on the next service refuses (DeadlineHeaderError: a 400).
+    config = {"services": {"svc": {"endpoints": [fault_server.url], "deadline_header": HEADER}}}
+    async with healkit.Client(
+        config=config, plugins=[], entry_points=False, clock=ManualClock()
+    ) as c:
+        await c.get("/a", service="svc", deadline=1e18)
+        with anyio.move_on_after(1e18):
+            await c.get("/b", service="svc", deadline=1e18)
+    assert sent(fault_server) == [[str(MAX_INBOUND_MS)], [str(MAX_INBOUND_MS)]]
+    request = fault_server.requests[0]
+    with deadline_from(request.headers, header=HEADER) as granted:
+        assert granted == MAX_INBOUND_MS / 1000
