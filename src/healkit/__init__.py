@@ -11,6 +11,7 @@ healkit emits in :mod:`healkit.events`.
 
 import warnings as _warnings
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from healkit._bounded import BoundedMap, EvictionReason, StateEvicted, StateSettings
 from healkit._client import AiohttpOptions, Client, RequestOptions
@@ -183,6 +184,11 @@ _RENAMED = {
     "EtcdUnavailable": "EtcdUnavailableError",
 }
 """Names of 0.1.0 development builds, kept for a while with a DeprecationWarning."""
+
+if _TYPE_CHECKING:  # the former names are still classes to a type checker (``except`` them)
+    RequestError = InvalidRequestError
+    EtcdCompacted = EtcdCompactedError
+    EtcdUnavailable = EtcdUnavailableError
 
 
 def __getattr__(name: str) -> object:

@@ -4,8 +4,9 @@ Two halves, one format. On the way out, a service whose configuration names a
 ``deadline_header`` sends, with every HTTP attempt, the time the call has left
 at the moment the attempt is sent: whole milliseconds, rounded down (after
 rounding to the microsecond, so float noise costs no millisecond), never
-negative (``X-Request-Deadline-Ms: 2350``). On the way in, a server reads that
-header from the request it is handling with :func:`deadline_from`; inside the
+negative, at most :data:`MAX_INBOUND_MS` (``X-Request-Deadline-Ms: 2350``). On
+the way in, a server reads that header from the request it is handling with
+:func:`deadline_from`; inside the
 ``with`` block, every healkit call (client requests, the middleware, decorated
 functions) ends by that deadline at the latest::
 
@@ -31,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final, Literal
 
-from multidict import MultiMapping
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from healkit._clock import SYSTEM_CLOCK, Clock
 from healkit._errors import DeadlineHeaderError
@@ -72,9 +73,9 @@ def deadline_from(
 
     Args:
         headers: the inbound request's headers: an aiohttp
-            ``request.headers`` (any multidict, case-insensitive and with every
-            repeated line), or any mapping (its keys matched without regard to
-            case).
+            ``request.headers`` or any other multidict (every repeated line
+            read), or any mapping; names are matched without regard to case,
+            also in a case-sensitive ``multidict.MultiDict``.
         header: the header's name, as the calling service's ``deadline_header``
             sends it.
         clock: the clock of the clients whose calls the block bounds (the
@@ -115,9 +116,9 @@ def deadline_from(
 
 def _granted_ms(headers: Mapping[str, str] | MultiMapping[str], header: str) -> int | None:
     """Return the smallest valid value of ``header`` (capped), ``None`` if absent."""
-    if isinstance(headers, MultiMapping):
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
         lines = headers.getall(header, ())
-    else:
+    else:  # a case-sensitive multidict's items() has every line too
         wanted = header.lower()
         lines = [value for name, value in headers.items() if name.lower() == wanted]
     if not lines:
@@ -147,8 +148,12 @@ def stamp_remaining(call: CallContext, attempt: AttemptContext, header: str) -> 
     """Add ``header`` with the call's remaining milliseconds to ``attempt``, if finite.
 
     Counts the call's deadline and an enclosing anyio cancel scope's, from now.
+    At most :data:`MAX_INBOUND_MS`: what a receiver counts anyway, and short
+    enough for :func:`deadline_from` to accept (a 10**18-second deadline has
+    22 digits).
     """
     left = min(call.deadline, call.scope_deadline) - call.clock.now()
     if left < math.inf:
         # To the microsecond first: 1000.4 - 1000.0 is 0.39999999999997726.
-        attempt.headers[header] = str(max(0, round(left * 1_000_000) // 1000))
+        ms = min(MAX_INBOUND_MS, max(0, round(left * 1_000_000) // 1000))
+        attempt.headers[header] = str(ms)

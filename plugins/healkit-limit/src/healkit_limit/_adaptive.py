@@ -33,6 +33,12 @@ HEADROOM: Final = 1.0
 """Attempts added to each estimate: how the limit probes for more room."""
 _MIN_GRADIENT: Final = 0.5
 """The limit at most halves per answer (before smoothing), as in concurrency-limits."""
+_RESOLUTION: Final = 1e-9
+"""Latencies below a nanosecond (a clock that did not move: 0 s) count as one nanosecond.
+
+Both sides of the gradient's ratio are floored, so answers as fast as the
+unloaded latency give a ratio of 1 even when both measured 0 s.
+"""
 
 
 @final
@@ -133,7 +139,11 @@ class GradientLimit:
             self.value = float(settings.min_concurrency)
             return
         gradient = max(
-            _MIN_GRADIENT, min(1.0, settings.tolerance * self.min_rtt / max(self.rtt, 1e-9))
+            _MIN_GRADIENT,
+            min(
+                1.0,
+                settings.tolerance * max(self.min_rtt, _RESOLUTION) / max(self.rtt, _RESOLUTION),
+            ),
         )
         if gradient >= 1.0 and busiest * 2 < self.value:
             return  # the caller, not the upstream, limits the load: nothing learned

@@ -43,7 +43,7 @@ class Limiter:
 
     """
 
-    __slots__ = ("_fixed", "_queued", "_waiters", "adaptive", "in_flight", "queue")
+    __slots__ = ("_fixed", "_open", "_queued", "_waiters", "adaptive", "in_flight", "queue")
 
     def __init__(self, limit: int, queue: int, adaptive: GradientLimit | None) -> None:
         self._fixed = limit
@@ -52,6 +52,7 @@ class Limiter:
         self.in_flight = 0
         self._queued = 0
         self._waiters: deque[_Waiter] = deque()
+        self._open = False  # the limit was turned off: every attempt has room
 
     def __repr__(self) -> str:
         return f"<Limiter {self.in_flight}/{self.limit} in flight, {self._queued} queued>"
@@ -82,7 +83,7 @@ class Limiter:
     @property
     def has_room(self) -> bool:
         """Whether a slot is free and nobody waits for one."""
-        return self.in_flight < self.limit and not self._queued
+        return self._open or (self.in_flight < self.limit and not self._queued)
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free (and nobody waits for one before)."""
@@ -113,6 +114,22 @@ class Limiter:
             return True
         self._give_up(waiter)
         return False
+
+    def open(self) -> None:
+        """Let every waiter go at once, past the limit: the limit was turned off or dropped.
+
+        Each takes a slot here, and gives it back here when its attempt ends;
+        so does an attempt that comes to this limiter later (one that waited
+        for its token while the limit was turned off).
+        """
+        self._open = True
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.gave_up:
+                waiter.granted = True
+                self._queued -= 1
+                self.in_flight += 1
+                waiter.event.set()
 
     def release(self) -> None:
         """Free a slot: the oldest waiter gets it, if the limit allows."""

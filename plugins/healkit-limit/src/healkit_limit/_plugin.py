@@ -111,7 +111,7 @@ class _Limits:
     def _apply_concurrency(self, settings: LimitSettings, now: float) -> None:
         limiter = self.limiter
         if settings.concurrency is None:
-            self.limiter = None  # attempts holding a slot release it into the old limiter
+            self.drop()
             return
         adaptive = None
         if settings.adaptive:
@@ -124,6 +124,16 @@ class _Limits:
             self.limiter = Limiter(settings.concurrency, settings.queue, adaptive)
         else:
             limiter.reconfigure(settings.concurrency, settings.queue, adaptive)
+
+    def drop(self) -> None:
+        """Turn the concurrency limit off: its waiters go at once.
+
+        Attempts holding a slot (and the waiters let go) give it back to the
+        old limiter when they end.
+        """
+        if self.limiter is not None:
+            self.limiter.open()
+            self.limiter = None
 
     @property
     def busy(self) -> bool:
@@ -283,6 +293,7 @@ class LimitPlugin:
             policy = self._policy(config.policy(service))
             if policy.off or (endpoint is not None and not policy.per_endpoint):
                 strangers.pop(key)
+                limits.drop()
                 continue
             limits.apply(policy.settings, now, instances)
             if config.configured(service, endpoint):
