@@ -39,14 +39,14 @@ import aiohttp
 
 from healkit.etcd._client import EtcdClient
 from healkit.testing._etcd import (
-    _LOG_TAIL,
     _POLL,
     _START_ATTEMPTS,
-    _STOP_GRACE,
     _etcd_version,
     _kill,
     _PortTakenError,
     find_etcd_binary,
+    log_tail,
+    stop_process,
 )
 from healkit.testing._ports import unused_tcp_port
 
@@ -188,20 +188,8 @@ class EtcdMember:
         if finalizer is not None:
             finalizer.detach()
         try:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-                process.send_signal(signal.SIGCONT)  # a paused member acts on it too
-                deadline = time.monotonic() + _STOP_GRACE
-                while process.poll() is None:
-                    if time.monotonic() >= deadline:
-                        break
-                    await asyncio.sleep(_POLL)
-                if process.poll() is None:
-                    process.kill()
-                    await asyncio.to_thread(process.wait)
+            await stop_process(process, kill=kill)
         finally:
-            if process is not None and process.poll() is None:
-                _kill(process)  # cancelled while waiting: never leave the process behind
             log, self._log = self._log, None
             if log is not None:
                 log.close()
@@ -249,15 +237,7 @@ class EtcdMember:
             await asyncio.sleep(_POLL)
 
     def _log_tail(self, offset: int) -> str:
-        if self._log is not None:
-            self._log.flush()
-        try:
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                text = log.read().decode("utf-8", "replace")
-        except OSError:
-            return "(no etcd log)"
-        return text[-_LOG_TAIL:]
+        return log_tail(self.log_path, self._log, offset)
 
 
 @final

@@ -116,6 +116,42 @@ def _kill(process: subprocess.Popen[bytes], log: IO[bytes] | None = None) -> Non
         log.close()
 
 
+async def stop_process(process: subprocess.Popen[bytes] | None, *, kill: bool) -> None:
+    """Stop an etcd process: SIGTERM (SIGKILL with ``kill``), then SIGKILL after the grace.
+
+    A paused (SIGSTOP) process is continued, so that it acts on the signal. If
+    this is cancelled while waiting, the process is killed all the same.
+    """
+    try:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + _STOP_GRACE
+            while process.poll() is None:
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(_POLL)
+            if process.poll() is None:
+                process.kill()
+                await asyncio.to_thread(process.wait)
+    finally:
+        if process is not None and process.poll() is None:
+            _kill(process)  # cancelled while waiting: never leave the process behind
+
+
+def log_tail(path: Path, log: IO[bytes] | None, offset: int) -> str:
+    """Return the end of an etcd log written since ``offset`` (``log``: the open file, flushed)."""
+    if log is not None:
+        log.flush()
+    try:
+        with path.open("rb") as reader:
+            reader.seek(offset)
+            text = reader.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no etcd log)"
+    return text[-_LOG_TAIL:]
+
+
 @final
 class EtcdServer:
     """A real etcd member on ``127.0.0.1``, for tests.
@@ -363,23 +399,8 @@ class EtcdServer:
         if finalizer is not None:
             finalizer.detach()
         try:
-            if process is not None and process.poll() is None:
-                if kill:
-                    process.kill()
-                else:
-                    process.send_signal(signal.SIGTERM)
-                deadline = time.monotonic() + _STOP_GRACE
-                while process.poll() is None:
-                    if time.monotonic() >= deadline:
-                        break
-                    await asyncio.sleep(_POLL)
-                if process.poll() is None:
-                    process.kill()
-                    await asyncio.to_thread(process.wait)
+            await stop_process(process, kill=kill)
         finally:
-            if process is not None and process.poll() is None:
-                # Cancelled while waiting: never leave the process behind.
-                _kill(process)
             log, self._log = self._log, None
             if log is not None:
                 log.close()
@@ -548,15 +569,7 @@ class EtcdServer:
         raise RuntimeError(f"etcd exited with code {process.returncode} while starting\n{tail}")
 
     def _log_tail(self, offset: int) -> str:
-        if self._log is not None:
-            self._log.flush()
-        try:
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                text = log.read().decode("utf-8", "replace")
-        except OSError:
-            return "(no etcd log)"
-        return text[-_LOG_TAIL:]
+        return log_tail(self.log_path, self._log, offset)
 
     async def _enable_auth(self) -> None:
         await self._post(
