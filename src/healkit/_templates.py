@@ -22,6 +22,8 @@ from typing import Annotated, Any, Final, final
 
 import msgspec
 
+from healkit._config.models import HeaderName
+
 __all__ = ["MAX_VARIABLE_LENGTH", "VARIABLES", "DegradedTemplate", "Rendered"]
 
 VARIABLES: Final = frozenset({"service", "error_type", "timestamp", "retry_after", "request_id"})
@@ -36,7 +38,6 @@ MAX_VARIABLE_LENGTH: Final = 128
 _CONTROL: Final = dict.fromkeys(range(32)) | {127: None}
 _MAX_BODY: Final = 64 * 1024
 
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")]
 HeaderValue = Annotated[str, msgspec.Meta(max_length=1024)]
 
 
