@@ -24,6 +24,9 @@ HOOK_ARGS = {
     "healkit_fallback": ("call", "error"),
     "healkit_call_end": ("call", "outcome", "error"),
     "healkit_call_abandoned": ("call", "exception"),
+    "healkit_hedge_delay": ("call", "attempt"),
+    "healkit_hedge": ("call", "attempt"),
+    "healkit_attempt_cancelled": ("call", "attempt"),
 }
 
 # One implementation: (hook, ordering, result or None, argument subset taken)

@@ -34,7 +34,7 @@ def test_public_objects_have_docstrings() -> None:
 
 def test_every_hook_states_its_result_semantics() -> None:
     hooks = [name for name in vars(hookspecs) if name.startswith("healkit_")]
-    assert len(hooks) == 23
+    assert len(hooks) == 26
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert "Result:" in doc, name

@@ -247,15 +247,23 @@ class AttemptContext:
         retry_delay: the backoff delay slept before this attempt (0 for the first).
         redirects: the redirects this attempt followed so far (set by the
             transport, one record per hop that answered with a redirect).
+        hedge: whether this attempt is a hedge, sent while an earlier attempt
+            of the call is still in flight (see ``healkit_hedge_delay``).
+        cancelled: whether healkit cancelled this attempt because another one
+            answered first (``healkit_attempt_cancelled``).
+        in_flight: whether the attempt was launched and has not ended yet:
+            what a router reads to send a hedge elsewhere.
 
     """
 
     __slots__ = (
         "_stash",
+        "cancelled",
         "duration",
         "endpoint",
         "error",
         "headers",
+        "hedge",
         "number",
         "redirects",
         "retry_delay",
@@ -286,10 +294,17 @@ class AttemptContext:
         self.ssl: ssl.SSLContext | None = None
         self.withheld_headers: frozenset[str] = _NOTHING_WITHHELD
         self.redirects: tuple[RedirectRecord, ...] = ()
+        self.hedge = False
+        self.cancelled = False
         self._stash: Stash | None = None
 
     def __repr__(self) -> str:
         return f"<AttemptContext #{self.number} {self.endpoint}>"
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether the attempt was launched and has not ended yet."""
+        return self.duration is None and self.error is None
 
     @property
     def stash(self) -> Stash:
@@ -310,6 +325,8 @@ class AttemptContext:
             error=type(error).__name__ if error is not None else None,
             reason=error.message if error is not None else None,
             redirects=self.redirects,
+            hedge=self.hedge,
+            cancelled=self.cancelled,
         )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, final
 
 from healkit import _log
 from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
@@ -24,7 +24,7 @@ from healkit._errors import (
     PluginError,
     TimeoutExceeded,
 )
-from healkit._outcome import Outcome
+from healkit._outcome import Outcome, PathTaken
 from healkit._testmode import TEST_MODE
 from healkit.deadlines import INBOUND_DEADLINE, stamp_remaining
 
@@ -79,7 +79,7 @@ class Passthrough(Exception):  # noqa: N818 - not an error of its own: a carrier
         self.error = error
 
 
-async def execute(  # noqa: C901, PLR0912, PLR0915 - the attempt loop and its three awaits
+async def execute(  # noqa: C901 - the attempt loop and its awaits
     runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None
 ) -> R:
     """Run ``call`` to its end: a result (real, fallback or degraded) or a HealkitError.
@@ -99,34 +99,19 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the attempt loop and its th
     try:
         while True:
             attempt = AttemptContext(len(call.attempts) + 1, endpoint, started, timeouts, delay)
+            if plan.has_hedge_delay and (after := plan.hedge_delay(call, attempt)) is not None:
+                lost = await _Race(runtime, plan, call, transport, deadline_header).run(
+                    attempt, after
+                )
+                if not isinstance(lost, _Lost):
+                    return lost
+                error, decision = lost.error, lost.decision
+                break
             call.attempts.append(attempt)
-            try:
-                error = _admitted(plan, call, attempt)
-                if error is None and plan.has_admit:
-                    error = await plan.admit(call, attempt)
-                    if error is None:
-                        attempt.started = clock.now()  # a wait for room is not the attempt's time
-                        error = _too_late(call, attempt)
-                if error is None:
-                    if deadline_header is not None:
-                        stamp_remaining(call, attempt, deadline_header)
-                    timer = runtime._timers.arm(_time_limit(call, attempt))  # noqa: SLF001
-                    try:
-                        result, response = await transport.send(call, attempt)
-                    except asyncio.CancelledError as exc:
-                        if not timer.expired():
-                            raise  # not our limit: the caller (or its cancel scope) cancelled
-                        raise _timed_out(call, attempt) from exc
-                    finally:
-                        timer.disarm()
-                    ended = clock.now()
-                    error = _judged(plan, call, attempt, transport, result, response, ended)
-                    if error is None:
-                        return _succeeded(plan, call, attempt, transport, result, ended)
-            except PluginError:
-                raise
-            except HealkitError as failure:
-                error = failure
+            sent = await _attempt(runtime, plan, call, attempt, transport, deadline_header)
+            if not isinstance(sent, HealkitError):
+                return _succeeded(plan, call, attempt, transport, sent[0], sent[1])
+            error = sent
             decision = _next_step(runtime, plan, call, attempt, error)
             if decision is None or not decision.retry:
                 break
@@ -156,6 +141,50 @@ async def execute(  # noqa: C901, PLR0912, PLR0915 - the attempt loop and its th
     except BaseException as abandoned:  # cancelled (or interrupted): no result, no healkit error
         _abandoned(plan, call, abandoned)
         raise
+
+
+async def _attempt(  # noqa: PLR0913, PLR0917 - a step of execute, given its locals
+    runtime: Runtime,
+    plan: CallPlan,
+    call: CallContext,
+    attempt: AttemptContext,
+    transport: Transport[R],
+    deadline_header: str | None,
+) -> tuple[R, float] | HealkitError:
+    """Admit, send and judge one attempt: its result and end time, or the error it ended with.
+
+    ``CancelledError`` (unless the attempt's own time limit fired),
+    :class:`PluginError` and :class:`Passthrough` propagate.
+    """
+    try:
+        error = _admitted(plan, call, attempt)
+        if error is None and plan.has_admit:
+            error = await plan.admit(call, attempt)
+            if error is None:
+                attempt.started = call.clock.now()  # a wait for room is not the attempt's time
+                error = _too_late(call, attempt)
+        if error is not None:
+            return error
+        if deadline_header is not None:
+            stamp_remaining(call, attempt, deadline_header)
+        timer = runtime._timers.arm(_time_limit(call, attempt))  # noqa: SLF001
+        try:
+            result, response = await transport.send(call, attempt)
+        except asyncio.CancelledError as exc:
+            if not timer.expired():
+                raise  # not our limit: the caller (or its cancel scope) cancelled
+            raise _timed_out(call, attempt) from exc
+        finally:
+            timer.disarm()
+        ended = call.clock.now()
+        error = _judged(plan, call, attempt, transport, result, response, ended)
+    except PluginError:
+        raise
+    except HealkitError as failure:
+        return failure
+    if error is not None:
+        return error
+    return result, ended
 
 
 def _call_limits(runtime: Runtime, call: CallContext) -> Timeouts:
@@ -271,7 +300,7 @@ def _succeeded(  # noqa: PLR0913, PLR0917 - a step of execute, given its locals
     ended: float,
 ) -> R:
     """End the call with the attempt's result: run ``healkit_call_end``, attach the outcome."""
-    outcome = _Ending(call, attempt.endpoint, ended)
+    outcome = _Ending(call, attempt.endpoint, ended, attempt.number)
     if call.path == "fallback":  # a fallback endpoint answered: say so
         marked = transport.accept(Fallback(result, endpoint=attempt.endpoint))
         if marked is not None:
@@ -325,12 +354,15 @@ def _crashed(plan: CallPlan, repeats: _log.Repeats, call: CallContext, crash: Pl
 class _Ending:
     """How a call ended, turned into an :class:`Outcome` only when someone asks."""
 
-    __slots__ = ("_built", "call", "ended", "endpoint")
+    __slots__ = ("_built", "call", "ended", "endpoint", "winner")
 
-    def __init__(self, call: CallContext, endpoint: str | None, ended: float) -> None:
+    def __init__(
+        self, call: CallContext, endpoint: str | None, ended: float, winner: int | None = None
+    ) -> None:
         self.call = call
         self.endpoint = endpoint
         self.ended = ended
+        self.winner = winner
         self._built: Outcome | None = None
 
     def __call__(self) -> Outcome:
@@ -342,6 +374,7 @@ class _Ending:
                 attempts=call.records(),
                 endpoint=self.endpoint,
                 duration=self.ended - call.started,
+                winner=self.winner,
             )
         return self._built
 
@@ -389,3 +422,220 @@ def _failed(
     if plan.has_call_end:
         plan.call_end(call, _Ending(call, None, call.clock.now())(), error)
     return error
+
+
+@final
+class _Lost:
+    """How a race of concurrent attempts ended without an answer: its last failure."""
+
+    __slots__ = ("decision", "error")
+
+    def __init__(self, error: HealkitError, decision: RetryDecision | None) -> None:
+        self.error = error
+        self.decision = decision
+
+
+@final
+class _Race(Generic[R]):
+    """A call's attempts run concurrently: the first answer wins, the others are cancelled.
+
+    The executor hands a call over to a race when ``healkit_hedge_delay``
+    gives a delay for one of its attempts. Each attempt is then a task of its
+    own, made exactly as one after another (:func:`_attempt`: routing,
+    ``pre_request``, admission, its own time limit, ``post_response``). A
+    hedge is launched when the delay passes with the attempt it follows
+    still in flight and ``healkit_hedge`` does not decline; a failed attempt
+    goes to ``healkit_on_error`` as usual, and a retry it is granted is
+    launched after its backoff beside the attempts still in flight. The
+    first attempt whose result no plugin declared a failure wins; the
+    attempts still in flight are cancelled, awaited (their connections are
+    released) and reported with ``healkit_attempt_cancelled``.
+    """
+
+    __slots__ = (
+        "_call",
+        "_deadline_header",
+        "_hedge_after",
+        "_hedge_timer",
+        "_hedging",
+        "_paths",
+        "_plan",
+        "_retry",
+        "_retry_timer",
+        "_running",
+        "_runtime",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        plan: CallPlan,
+        call: CallContext,
+        transport: Transport[R],
+        deadline_header: str | None,
+    ) -> None:
+        self._runtime = runtime
+        self._plan = plan
+        self._call = call
+        self._transport = transport
+        self._deadline_header = deadline_header
+        self._running: dict[asyncio.Future[tuple[R, float] | HealkitError], AttemptContext] = {}
+        self._paths: dict[int, PathTaken] = {}
+        self._hedging = True
+        self._hedge_after: AttemptContext | None = None
+        self._hedge_timer: asyncio.Future[None] | None = None
+        self._retry: tuple[AttemptContext, RetryDecision] | None = None
+        self._retry_timer: asyncio.Future[None] | None = None
+
+    async def run(self, first: AttemptContext, after: float) -> R | _Lost:
+        """Race from ``first`` (``after``: its hedge delay) to the call's answer or last failure."""
+        call = self._call
+        # Read in the caller's task: an attempt's task is outside the caller's cancel scopes.
+        _ = call.scope_deadline
+        self._launch(first, after)
+        lost: _Lost | None = None
+        try:
+            while self._running or self._retry_timer is not None:
+                waiting: set[asyncio.Future[Any]] = set(self._running)
+                for timer in (self._hedge_timer, self._retry_timer):
+                    if timer is not None:
+                        waiting.add(timer)
+                done, _pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in [t for t in done if t in self._running]:
+                    attempt = self._running.pop(task)
+                    sent = task.result()
+                    if not isinstance(sent, HealkitError):
+                        return await self._won(attempt, sent[0], sent[1])
+                    lost = self._failed(attempt, sent)
+                if self._retry_timer is not None and self._retry_timer in done:
+                    self._retry_timer = None
+                    self._start_retry()
+                if self._hedge_timer is not None and self._hedge_timer in done:
+                    self._hedge_timer = None
+                    self._send_hedge()
+        finally:
+            await self._stop()
+        if lost is None:  # pragma: no cover - a race ends by an attempt's end
+            raise RuntimeError("a race ended with no attempt ended")
+        return lost
+
+    def _launch(self, attempt: AttemptContext, after: float | None) -> None:
+        """Start ``attempt`` in a task of its own; arm the hedge due ``after`` seconds later."""
+        call = self._call
+        call.attempts.append(attempt)
+        task = asyncio.ensure_future(self._attempt(attempt))
+        self._running[task] = attempt
+        self._cancel_timer(self._hedge_timer)
+        self._hedge_timer = None
+        if after is not None and self._hedging:
+            self._hedge_after = attempt
+            self._hedge_timer = asyncio.ensure_future(call.clock.sleep(after))
+
+    async def _attempt(self, attempt: AttemptContext) -> tuple[R, float] | HealkitError:
+        """Run one attempt; note the path the call took for it when it was routed."""
+        call = self._call
+        sent = await _attempt(
+            self._runtime, self._plan, call, attempt, self._transport, self._deadline_header
+        )
+        self._paths[attempt.number] = call.path
+        return sent
+
+    def _send_hedge(self) -> None:
+        """Launch the hedge that is due, unless its attempt ended or a plugin declines it."""
+        call, plan = self._call, self._plan
+        previous = self._hedge_after
+        if previous is None or not previous.in_flight:
+            return  # it ended (a failure whose retry may hedge in turn): nothing to back up
+        now = call.clock.now()
+        if now >= min(call.deadline, call.scope_deadline) or not plan.hedge(call, previous):
+            self._hedging = False  # declined: no more hedges for this call
+            return
+        hedge = AttemptContext(len(call.attempts) + 1, previous.endpoint, now, previous.timeouts)
+        hedge.hedge = True
+        self._launch(hedge, plan.hedge_delay(call, hedge))
+
+    def _failed(self, attempt: AttemptContext, error: HealkitError) -> _Lost:
+        """Report a failed attempt to ``healkit_on_error``; schedule the retry it was granted."""
+        decision = _next_step(self._runtime, self._plan, self._call, attempt, error)
+        if decision is not None and decision.retry and self._retry is None:
+            delay = 0.0 if TEST_MODE.on else decision.delay
+            self._retry = (attempt, decision)
+            self._retry_timer = asyncio.ensure_future(self._call.clock.sleep(delay))
+        return _Lost(error, decision)
+
+    def _start_retry(self) -> None:
+        """Launch the retry whose backoff passed."""
+        if self._retry is None:  # pragma: no cover - the timer and the retry go together
+            return
+        failed, decision = self._retry
+        self._retry = None
+        call = self._call
+        attempt = AttemptContext(
+            len(call.attempts) + 1,
+            decision.endpoint or failed.endpoint,
+            call.clock.now(),
+            failed.timeouts,
+            decision.delay,
+        )
+        call.path = "retry"
+        after = self._plan.hedge_delay(call, attempt) if self._hedging else None
+        self._launch(attempt, after)
+
+    async def _won(self, winner: AttemptContext, result: R, ended: float) -> R:
+        """End the call with ``winner``'s result, once the other attempts are cancelled."""
+        await self._stop()
+        call = self._call
+        call.path = self._paths.get(winner.number, call.path)
+        return _succeeded(self._plan, call, winner, self._transport, result, ended)
+
+    async def _stop(self) -> None:
+        """Cancel the timers and the attempts in flight; await them; report what they became.
+
+        An attempt that ended on its own meanwhile is reported as it ended (a
+        failure to ``healkit_on_error``, whose decision no longer matters; a
+        result is released); the cancelled ones to ``healkit_attempt_cancelled``.
+        """
+        self._cancel_timer(self._hedge_timer)
+        self._cancel_timer(self._retry_timer)
+        self._hedge_timer = self._retry_timer = None
+        running, self._running = self._running, {}
+        if not running:
+            return
+        for task in running:
+            task.cancel()
+        try:
+            await asyncio.wait(running)
+        finally:
+            # Cancelled again while waiting (the caller gave up too): the tasks
+            # unwind on their own; what they hold is given back all the same.
+            self._report(running)
+
+    def _report(
+        self, stopped: dict[asyncio.Future[tuple[R, float] | HealkitError], AttemptContext]
+    ) -> None:
+        call, plan = self._call, self._plan
+        now = call.clock.now()
+        for task, attempt in stopped.items():
+            if task.done() and not task.cancelled():
+                problem = task.exception()
+                if problem is None:
+                    sent = task.result()
+                    if isinstance(sent, HealkitError):
+                        _next_step(self._runtime, plan, call, attempt, sent)
+                    else:
+                        if attempt.duration is None:
+                            attempt.duration = sent[1] - attempt.started
+                        self._transport.discard(sent[0])
+                    continue
+                if isinstance(problem, PluginError):
+                    plan.crashed_late(problem)  # the call has its answer: reported, not raised
+            attempt.cancelled = True
+            if attempt.duration is None:
+                attempt.duration = max(now - attempt.started, 0.0)
+            plan.attempt_cancelled(call, attempt)
+
+    @staticmethod
+    def _cancel_timer(timer: asyncio.Future[None] | None) -> None:
+        if timer is not None:
+            timer.cancel()

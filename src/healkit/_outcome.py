@@ -54,6 +54,11 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
         duration: seconds from start to the end of the attempt.
         redirects: the redirects this attempt followed, in order (``status``
             and ``error`` are those of the last hop).
+        hedge: whether the attempt was a hedge: sent while an earlier attempt
+            of the call was still in flight (``healkit_hedge_delay``).
+        cancelled: whether healkit cancelled the attempt because another one
+            answered first (or the call was abandoned while it was in
+            flight): not a failure, and ``error`` is ``None``.
 
     """
 
@@ -65,15 +70,21 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     reason: str | None = None
     redirects: tuple[RedirectRecord, ...] = ()
+    hedge: bool = False
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
-        """Whether the attempt succeeded."""
-        return self.error is None
+        """Whether the attempt succeeded (a cancelled attempt did not)."""
+        return self.error is None and not self.cancelled
 
     def describe(self) -> str:
         """Return a one-line summary, used in error messages."""
         where = self.endpoint or "call"
+        if self.hedge:
+            where = f"{where} (hedge)"
+        if self.cancelled:
+            return f"#{self.number} {where} cancelled after {self.duration * 1000:.1f}ms"
         result = self.error if self.error is not None else f"HTTP {self.status}"
         if self.error is not None and self.status is not None:
             result = f"{self.error} (HTTP {self.status})"
@@ -94,6 +105,10 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
         endpoint: the endpoint that answered (``None`` for a degraded response
             or a decorated function).
         duration: seconds from the start of the call to its end.
+        winner: the number of the attempt whose answer the call returned
+            (``attempts[winner - 1]``); ``None`` when none did (a degraded
+            answer, a cached substitute, a failed call). With hedging it need
+            not be the last attempt.
 
     """
 
@@ -102,10 +117,11 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     attempts: tuple[AttemptRecord, ...]
     endpoint: str | None
     duration: float
+    winner: int | None = None
 
     @property
     def redirects(self) -> tuple[RedirectRecord, ...]:
         """The redirects followed by the attempt that answered (empty if none answered)."""
-        if self.endpoint is None or not self.attempts:
+        if self.winner is None:
             return ()
-        return self.attempts[-1].redirects
+        return self.attempts[self.winner - 1].redirects

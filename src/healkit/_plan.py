@@ -20,6 +20,7 @@ reported to the ``on_observer_error`` callback and never fails the call.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
@@ -45,6 +46,9 @@ PER_CALL_HOOKS: Final = (
     "healkit_fallback",
     "healkit_call_end",
     "healkit_call_abandoned",
+    "healkit_hedge_delay",
+    "healkit_hedge",
+    "healkit_attempt_cancelled",
 )
 
 ObserverErrorHandler = Callable[[str, str, Exception], None]
@@ -159,9 +163,12 @@ class CallPlan:
 
     __slots__ = (
         "_admit",
+        "_attempt_cancelled",
         "_call_abandoned",
         "_call_end",
         "_fallback",
+        "_hedge",
+        "_hedge_delay",
         "_on_error",
         "_on_fallback_failed",
         "_on_observer_error",
@@ -172,6 +179,7 @@ class CallPlan:
         "has_call_abandoned",
         "has_call_end",
         "has_fallback",
+        "has_hedge_delay",
         "has_post_response",
         "has_pre_request",
         "has_route",
@@ -203,6 +211,9 @@ class CallPlan:
         self._fallback = compiled("healkit_fallback")
         self._call_end = compiled("healkit_call_end")
         self._call_abandoned = compiled("healkit_call_abandoned")
+        self._hedge_delay = compiled("healkit_hedge_delay")
+        self._hedge = compiled("healkit_hedge")
+        self._attempt_cancelled = compiled("healkit_attempt_cancelled")
         self._on_observer_error = on_observer_error
         self._on_fallback_failed = on_fallback_failed
         # Hooks nobody implements are skipped by the executor without a call.
@@ -213,6 +224,7 @@ class CallPlan:
         self.has_fallback = bool(self._fallback.functions)
         self.has_call_end = bool(self._call_end.functions)
         self.has_call_abandoned = bool(self._call_abandoned.functions)
+        self.has_hedge_delay = bool(self._hedge_delay.functions)
 
     def hooks(self) -> Sequence[CompiledHook]:
         """Return the compiled hooks (for inspection and tests)."""
@@ -225,6 +237,9 @@ class CallPlan:
             self._fallback,
             self._call_end,
             self._call_abandoned,
+            self._hedge_delay,
+            self._hedge,
+            self._attempt_cancelled,
         )
 
     def _failed(self, hook: CompiledHook, index: int, exc: Exception) -> None:
@@ -384,6 +399,67 @@ class CallPlan:
                 continue
             return result
         return None
+
+    def hedge_delay(self, call: CallContext, attempt: AttemptContext) -> float | None:
+        """Run ``healkit_hedge_delay``; return the first delay a decision plugin gave.
+
+        A delay that is not a positive, finite number of seconds is its plugin's error.
+        """
+        hook = self._hedge_delay
+        for index, function in hook.indexed:
+            try:
+                delay = function(call, attempt)
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+                continue
+            if delay is None or hook.observers[index]:
+                continue
+            if (
+                isinstance(delay, bool)
+                or not isinstance(delay, int | float)
+                or not 0 < delay < math.inf
+            ):
+                wrong = ValueError(f"returned {delay!r}, not a positive, finite delay in seconds")
+                self._failed(hook, index, wrong)
+                continue
+            return float(delay)
+        return None
+
+    def hedge(self, call: CallContext, attempt: AttemptContext) -> bool:
+        """Run ``healkit_hedge``; return ``False`` if a decision plugin declined the hedge."""
+        hook = self._hedge
+        for index, function in hook.indexed:
+            try:
+                allowed = function(call, attempt)
+            except Exception as exc:  # noqa: BLE001 - the error policy of the contract
+                self._failed(hook, index, exc)
+                continue
+            if allowed is None or hook.observers[index]:
+                continue
+            if not isinstance(allowed, bool):
+                wrong = TypeError(f"returned {type(allowed).__name__}, not a bool")
+                self._failed(hook, index, wrong)
+                continue
+            if not allowed:
+                return False
+        return True
+
+    def attempt_cancelled(self, call: CallContext, attempt: AttemptContext) -> None:
+        """Run ``healkit_attempt_cancelled``; every exception is an observer error here."""
+        hook = self._attempt_cancelled
+        for index, function in hook.indexed:
+            try:
+                function(call, attempt)
+            except Exception as exc:  # noqa: BLE001 - releasing must never fail the call
+                self._on_observer_error(hook.plugins[index], hook.name, exc)
+
+    def crashed_late(self, crash: PluginError) -> None:
+        """Report a decision plugin's crash that can no longer fail its call.
+
+        A hedge race's loser that crashed while the winner's answer was being
+        returned: it is logged and counted as an observer's error would be.
+        """
+        self._on_observer_error(crash.plugin, crash.hook, crash)
 
     def call_end(self, call: CallContext, outcome: Outcome, error: HealkitError | None) -> None:
         """Run ``healkit_call_end``; every exception is an observer error here."""

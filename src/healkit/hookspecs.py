@@ -487,6 +487,65 @@ def healkit_event(event: object) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def healkit_hedge_delay(call: CallContext, attempt: AttemptContext) -> float | None:
+    """Return how long to wait for an answer to ``attempt`` before sending a hedge.
+
+    A hedge is another attempt of the same request, sent while the attempts
+    before it are still in flight; the first attempt whose result no plugin
+    declares a failure wins, and healkit cancels the others at once
+    (``healkit_attempt_cancelled``). Asked before each attempt is admitted:
+    the first one, a retry, a hedge. ``None``: no hedge after this attempt;
+    if that is the answer for the first attempt, the call runs its attempts
+    one after another, as without hedging. Otherwise a positive, finite
+    number of seconds, counted from when ``attempt`` is launched; anything
+    else is the plugin's error (:class:`healkit.PluginError`).
+
+    Only requests that may be sent twice should get a delay: the plugin
+    decides, as the retry plugin does for retries (``call.idempotent``,
+    ``call.replayable``).
+
+    Result: the first non-``None`` result of a decision plugin. May not
+    return an awaitable.
+    """
+
+
+@hookspec
+def healkit_hedge(call: CallContext, attempt: AttemptContext) -> bool | None:
+    """Say whether the hedge due after ``attempt`` may be sent now.
+
+    Asked when the delay from ``healkit_hedge_delay`` passed and no attempt
+    of the call has answered, before the hedge is routed and admitted: the
+    moment to spend a budget. ``False`` declines: nothing is sent, and the
+    call sends no more hedges; it waits for the attempts in flight.
+
+    Result: decision plugins are asked in hook order until one returns
+    ``False``; ``True`` and ``None`` do not object. May not return an
+    awaitable.
+    """
+
+
+@hookspec
+def healkit_attempt_cancelled(call: CallContext, attempt: AttemptContext) -> None:
+    """Release what ``attempt`` holds: healkit cancelled it, and it is not a failure.
+
+    Called for each attempt still in flight when another attempt of the call
+    answered first (a hedge race's losers), and for each attempt in flight
+    when a call with concurrent attempts is abandoned (then before
+    ``healkit_call_abandoned``). The attempt sent nothing back: it is not a
+    failure of its endpoint, and no plugin should count it as one.
+    ``attempt.duration`` is set; ``attempt.cancelled`` is ``True``. Called
+    in the caller's task once the attempt's task has ended, so its
+    connection is back with the pool (or closed) by then. A call whose
+    attempts run one after another never gets this hook: a cancellation of
+    the caller ends it with ``healkit_call_abandoned`` alone.
+
+    Result: all implementations are called; return values are ignored. An
+    exception raised here is logged and counted, never raised. May not return
+    an awaitable.
+    """
+
+
 @hookspec
 def healkit_call_abandoned(call: CallContext, exception: BaseException) -> None:
     """Observe a call that ended with neither a result nor a healkit error.
