@@ -43,7 +43,13 @@ class KeepCalls:
 
 
 RECORDING_HOOKS_LEFT_OUT = frozenset(
-    ("tracing", hook) for hook in ("healkit_on_error", "healkit_call_end", "healkit_call_abandoned")
+    ("tracing", hook)
+    for hook in (
+        "healkit_on_error",
+        "healkit_call_end",
+        "healkit_call_abandoned",
+        "healkit_attempt_cancelled",
+    )
 )
 
 

@@ -238,12 +238,15 @@ class Router:
         """Return the endpoint of the current attempt, and its group."""
         service = call.service
         now = call.clock.now()
-        previous: str | None = None
+        avoided: set[str | None] = set()
         unreached: frozenset[str | None] = frozenset()
         failed_on: frozenset[int] = frozenset()
-        if len(call.attempts) > 1:  # a retry: look at the attempts before this one
+        if len(call.attempts) > 1:  # a retry or a hedge: look at the attempts before this one
             earlier = call.attempts[:-1]
-            previous = earlier[-1].endpoint
+            # A retry prefers another endpoint than the last one; a hedge, another
+            # than every one with an attempt of this call still in flight.
+            avoided = {a.endpoint for a in earlier if a.in_flight}
+            avoided.add(earlier[-1].endpoint)
             # Endpoints this call could not reach are out of its way from now on.
             unreached = frozenset(
                 a.endpoint
@@ -261,8 +264,9 @@ class Router:
             served = serving_group(plan.groups, usable, skip=skipped)
             if served is not None:
                 index, endpoints = served
-                if len(endpoints) > 1 and previous in endpoints:
-                    endpoints.remove(previous)  # a retry prefers another endpoint
+                others = [e for e in endpoints if e not in avoided]
+                if others:
+                    endpoints = others
                 return self._pick(service, plan, index, endpoints), index
         # Nothing usable anywhere: try the primary group all the same.
         return self._pick(service, plan, 0, list(plan.groups[0])), 0
@@ -404,6 +408,11 @@ class Router:
         if not others:
             return None
         return RetryDecision.again(0.0, reason=f"failover from {attempt.endpoint}")
+
+    @hookimpl
+    def healkit_attempt_cancelled(self, attempt: AttemptContext) -> None:
+        """Release the endpoint of a hedge race's loser: no answer, so no failure counted."""
+        _release(attempt)
 
     @hookimpl
     def healkit_call_abandoned(self, call: CallContext) -> None:

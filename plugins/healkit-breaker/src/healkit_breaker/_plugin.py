@@ -392,6 +392,14 @@ class BreakerPlugin:
         else:
             self._probe_ended(attempt, now, True, slow, counts=counts)  # noqa: FBT003 - a failure
 
+    @healkit.hookimpl
+    def healkit_attempt_cancelled(self, attempt: healkit.AttemptContext) -> None:
+        """Free the probe slot of a hedge race's loser, if it holds one; count nothing.
+
+        A cancelled attempt got no answer: it says nothing about its endpoint.
+        """
+        self._probe_ended(attempt, 0.0, False, False, counts=False)  # noqa: FBT003 - not counted
+
     def _judging(
         self, call: healkit.CallContext, attempt: healkit.AttemptContext
     ) -> tuple[_Policy, Breaker] | None:

@@ -407,9 +407,11 @@ class LimitPlugin:
                 return reserved
             wait = reserved
         if wait == 0.0 and (limiter is None or limiter.try_acquire()):
-            self._hold(call, policy, limiter, throttle, now)
+            self._hold(attempt, policy, limiter, throttle, now)
             return None
-        return self._wait(call, policy, key, limiter, throttle, wait=wait, started=now)
+        return self._wait(
+            call, attempt, policy, key, limiter=limiter, throttle=throttle, wait=wait, started=now
+        )
 
     def _first_count(
         self,
@@ -457,11 +459,12 @@ class LimitPlugin:
     async def _wait(  # noqa: PLR0913 - the admission's state, handed over whole
         self,
         call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
         policy: _Policy,
         key: Key,
+        *,
         limiter: Limiter | None,
         throttle: Throttle | None,
-        *,
         wait: float,
         started: float,
     ) -> healkit.OverloadError | None:
@@ -481,21 +484,25 @@ class LimitPlugin:
                     service=key[0],
                     endpoint=key[1],
                 )
-        self._hold(call, policy, limiter, throttle, clock.now())
+        self._hold(attempt, policy, limiter, throttle, clock.now())
         return None
 
     def _hold(
         self,
-        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
         policy: _Policy,
         limiter: Limiter | None,
         throttle: Throttle | None,
         now: float,
     ) -> None:
-        """Note what the admitted attempt holds, for its end to give back and count."""
+        """Note what the admitted attempt holds, for its end to give back and count.
+
+        Kept on the attempt, not the call: a hedged call has several attempts
+        in flight, each holding its own slot.
+        """
         if throttle is not None:
             throttle.request(now)
-        call.stash[self._held_key] = _Held(limiter, throttle, policy.rejects)
+        attempt.stash[self._held_key] = _Held(limiter, throttle, policy.rejects)
 
     @healkit.hookimpl(tryfirst=True)
     def healkit_post_response(
@@ -505,11 +512,10 @@ class LimitPlugin:
         response: healkit.Response | None,
     ) -> None:
         """Give the slot back; count the answer (a rejection: a status in ``reject_statuses``)."""
-        stash = call.stash
-        held = stash.get(self._held_key)
+        del call
+        held = self._taken(attempt)
         if held is None:
             return
-        del stash[self._held_key]
         rejected = response is not None and response.status in held.rejects
         duration = attempt.duration or 0.0
         _ended(held, attempt.started + duration, duration, accepted=not rejected)
@@ -528,11 +534,9 @@ class LimitPlugin:
         adaptive limit. Another answer (a status the caller declared a
         failure, a decorated function's counted exception) is an accept.
         """
-        stash = call.stash
-        held = stash.get(self._held_key)
+        held = self._taken(attempt)
         if held is None:
             return
-        del stash[self._held_key]
         now = call.clock.now()
         if isinstance(error, healkit.HTTPStatusError):
             accepted = error.status not in held.rejects
@@ -544,14 +548,28 @@ class LimitPlugin:
         _ended(held, now, now - attempt.started, accepted=accepted, dropped=dropped)
 
     @healkit.hookimpl
+    def healkit_attempt_cancelled(self, attempt: healkit.AttemptContext) -> None:
+        """Give back the slot of a hedge race's loser: no answer, so nothing is counted."""
+        self._release(attempt)
+
+    @healkit.hookimpl
     def healkit_call_abandoned(self, call: healkit.CallContext) -> None:
-        """Give back the slot of an attempt that was cancelled."""
-        stash = call.stash
+        """Give back the slot of an attempt that was cancelled with its call."""
+        for attempt in call.attempts:
+            self._release(attempt)
+
+    def _taken(self, attempt: healkit.AttemptContext) -> _Held | None:
+        """Take what ``attempt`` holds off it (``None``: nothing, or given back already)."""
+        stash = attempt.stash
         held = stash.get(self._held_key)
-        if held is None:
-            return
-        del stash[self._held_key]
-        if held.limiter is not None:
+        if held is not None:
+            del stash[self._held_key]
+        return held
+
+    def _release(self, attempt: healkit.AttemptContext) -> None:
+        """Give back the slot ``attempt`` holds, if any, counting nothing."""
+        held = self._taken(attempt)
+        if held is not None and held.limiter is not None:
             held.limiter.release()
 
     # -- the read API --------------------------------------------------------------------

@@ -29,6 +29,7 @@ class Instruments:
         "etcd_connected",
         "etcd_outages",
         "fallbacks",
+        "hedges",
         "queue_duration",
         "request_duration",
         "retries",
@@ -53,7 +54,14 @@ class Instruments:
             n.METRIC_ATTEMPTS, unit="{attempt}", description="Attempts made by healkit calls."
         )
         self.retries = meter.create_counter(
-            n.METRIC_RETRIES, unit="{retry}", description="Attempts after the first of a call."
+            n.METRIC_RETRIES,
+            unit="{retry}",
+            description="Attempts after the first of a call, made after a failure (not hedges).",
+        )
+        self.hedges = meter.create_counter(
+            n.METRIC_HEDGES,
+            unit="{hedge}",
+            description="Hedges sent: attempts made while an earlier one was still in flight.",
         )
         self.fallbacks = meter.create_counter(
             n.METRIC_FALLBACKS, unit="{call}", description="Calls answered by a fallback."

@@ -31,6 +31,7 @@ look at the flags that sees it asks the runtime for the whole plan again
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -65,7 +66,12 @@ INSTRUMENTATION_NAME: Final = "healkit_tracing"
 VERSION: Final = "0.1.0"
 
 _SUBSTITUTES: Final = frozenset({"fallback", "degraded"})
-_RECORDING_HOOKS: Final = ("healkit_on_error", "healkit_call_end", "healkit_call_abandoned")
+_RECORDING_HOOKS: Final = (
+    "healkit_on_error",
+    "healkit_call_end",
+    "healkit_call_abandoned",
+    "healkit_attempt_cancelled",
+)
 """The hooks that only end spans and record metrics: nothing to do while nothing records."""
 
 
@@ -335,6 +341,21 @@ class TracingPlugin:
             self._finish(state, error_type(error, attempt.status))
 
     @healkit.hookimpl
+    def healkit_attempt_cancelled(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> None:
+        """End the span of a hedge race's loser: cancelled, not an error."""
+        sinks = self._sinks
+        if sinks.watching:
+            sinks.refresh()
+        if not (sinks.spans or sinks.metrics):
+            return
+        del call
+        state = attempt.stash.get(ATTEMPT)
+        if state is not None and not state.ended:
+            self._finish(state, None, cancelled=True)
+
+    @healkit.hookimpl
     def healkit_call_end(
         self,
         call: healkit.CallContext,
@@ -354,19 +375,33 @@ class TracingPlugin:
         policy = call.policy.stash.get(POLICY) or policy_of(call.policy)
         if not policy.enabled:
             return
-        state: AttemptSpan | None = None
-        if call.attempts:
-            last = call.attempts[-1]
-            state = last.stash.get(ATTEMPT)
-            if state is None and error is not None and (sinks.spans or policy.metrics):
-                # A decision plugin crashed before this plugin's pre_request ran.
-                state = self._refused(call, last, policy)
-            if state is not None and not state.ended:
-                self._finish(state, error_type(error, last.status))
+        state = self._end_last(call, outcome, error, policy) if call.attempts else None
         if outcome.path in _SUBSTITUTES:
             self._substitute(call, outcome, state, policy)
         failure = None if error is None else type(error).__name__
         self._record_call(call, policy, outcome.duration, failure)
+
+    def _end_last(
+        self,
+        call: healkit.CallContext,
+        outcome: healkit.Outcome,
+        error: healkit.HealkitError | None,
+        policy: Policy,
+    ) -> AttemptSpan | None:
+        """End the span of the call's last attempt, or of the one that answered, if open."""
+        # With hedging, the attempt that answered is not always the last one.
+        winner = outcome.winner
+        last = call.attempts[-1 if winner is None else winner - 1]
+        state = last.stash.get(ATTEMPT)
+        if state is None and error is not None and (self._sinks.spans or policy.metrics):
+            # A decision plugin crashed before this plugin's pre_request ran.
+            state = self._refused(call, last, policy)
+        if state is None or state.ended:
+            return state
+        if winner is not None and state.span.is_recording() and _raced(call):
+            state.span.set_attribute(n.HEDGE_WON, True)  # noqa: FBT003 - an attribute value
+        self._finish(state, error_type(error, last.status))
+        return state
 
     @healkit.hookimpl
     def healkit_call_abandoned(self, call: healkit.CallContext, exception: BaseException) -> None:
@@ -450,7 +485,9 @@ class TracingPlugin:
             n.ATTEMPT: number,
             n.PATH: call.path,
         }
-        if number > 1:
+        if attempt.hedge:
+            attributes[n.HEDGE] = True
+        elif number > 1:
             attributes[n.RETRY_DELAY] = attempt.retry_delay
         if call.transport == "http":
             method = call.method
@@ -472,16 +509,21 @@ class TracingPlugin:
                 attributes[n.URL_SCHEME] = scheme
         else:
             attributes[n.CODE_FUNCTION_NAME] = call.target
-        circuits = self._circuits
-        if circuits is not None:
-            try:
-                circuit = circuits(service=call.service, endpoint=attempt.endpoint)
-            except Exception:  # noqa: BLE001, S110 - a reading for a span must not lose the span
-                pass
-            else:
-                if isinstance(circuit, CircuitState):
-                    attributes[n.BREAKER_STATE] = circuit.state
+        circuit = self._circuit(call, attempt)
+        if circuit is not None:
+            attributes[n.BREAKER_STATE] = circuit
         return attributes
+
+    def _circuit(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> str | None:
+        """Return what a breaker reports of the attempt's endpoint, if one does."""
+        circuits = self._circuits
+        if circuits is None:
+            return None
+        try:
+            circuit = circuits(service=call.service, endpoint=attempt.endpoint)
+        except Exception:  # noqa: BLE001 - a reading for a span must not lose the span
+            return None
+        return circuit.state if isinstance(circuit, CircuitState) else None
 
     def _refused(
         self, call: healkit.CallContext, attempt: healkit.AttemptContext, policy: Policy
@@ -502,7 +544,14 @@ class TracingPlugin:
             span.set_attributes(self._attributes(call, attempt))
         return state
 
-    def _finish(self, state: AttemptSpan, failure: str | None, *, abandoned: bool = False) -> None:
+    def _finish(
+        self,
+        state: AttemptSpan,
+        failure: str | None,
+        *,
+        abandoned: bool = False,
+        cancelled: bool = False,
+    ) -> None:
         """End an attempt's span and record its metrics."""
         state.ended = True
         state.end_ns = time.time_ns()
@@ -513,17 +562,22 @@ class TracingPlugin:
                 span.set_attribute(n.HTTP_RESPONSE_STATUS_CODE, status)
             if abandoned:
                 span.set_attribute(n.ABANDONED, True)  # noqa: FBT003 - an attribute value
+            if cancelled:
+                span.set_attribute(n.HEDGE_CANCELLED, True)  # noqa: FBT003 - an attribute value
             if failure is not None:
                 span.set_attribute(n.ERROR_TYPE, failure)
                 span.set_status(Status(StatusCode.ERROR, failure))
             span.end(end_time=state.end_ns)
         if state.metrics:
-            self._record_attempt(state, failure)
+            self._record_attempt(state, failure, cancelled=cancelled)
         token = state.token
         if token is not None:
-            # Every end runs in the caller's task, in the context pre_request set it in.
             state.token = None
-            ATTEMPT_SPAN.reset(token)
+            # Attempts one after another end in the caller's task, in the context
+            # pre_request set the span in; a raced attempt set it in its own
+            # task's context, gone with the task (ValueError: another context's).
+            with contextlib.suppress(ValueError):
+                ATTEMPT_SPAN.reset(token)
 
     def _substitute(
         self,
@@ -587,16 +641,15 @@ class TracingPlugin:
             attributes[n.ERROR_TYPE] = failure
         self._instruments.call_duration.record(duration, attributes)
 
-    def _record_attempt(self, state: AttemptSpan, failure: str | None) -> None:
+    def _record_attempt(
+        self, state: AttemptSpan, failure: str | None, *, cancelled: bool = False
+    ) -> None:
         call = state.call
         attempt = state.attempt
         instruments = self._instruments
-        counted: dict[str, AttributeValue] = {n.SERVICE: call.service, n.TRANSPORT: call.transport}
-        if attempt.number > 1:
-            instruments.retries.add(1, counted)
-        if failure is not None:
-            counted = {**counted, n.ERROR_TYPE: failure}
-        instruments.attempts.add(1, counted)
+        self._count_attempt(call, attempt, failure, cancelled=cancelled)
+        if cancelled:
+            return  # cut short: its duration is no request's latency
         endpoint = attempt.endpoint
         if isinstance(attempt.error, healkit.CircuitOpenError):
             where = call.config.redactor.url(endpoint) if endpoint else ""
@@ -620,6 +673,27 @@ class TracingPlugin:
         if failure is not None:
             attributes[n.ERROR_TYPE] = failure
         instruments.request_duration.record(duration, attributes)
+
+    def _count_attempt(
+        self,
+        call: healkit.CallContext,
+        attempt: healkit.AttemptContext,
+        failure: str | None,
+        *,
+        cancelled: bool,
+    ) -> None:
+        """Count the attempt, and the retry or hedge it was."""
+        instruments = self._instruments
+        counted: dict[str, AttributeValue] = {n.SERVICE: call.service, n.TRANSPORT: call.transport}
+        if attempt.hedge:
+            instruments.hedges.add(1, counted)
+        elif attempt.number > 1:
+            instruments.retries.add(1, counted)
+        if failure is not None:
+            counted = {**counted, n.ERROR_TYPE: failure}
+        elif cancelled:
+            counted = {**counted, n.HEDGE_CANCELLED: True}
+        instruments.attempts.add(1, counted)
 
     def connection_timing(
         self,
@@ -657,6 +731,11 @@ def _enabled(config: healkit.HealkitConfig) -> bool:
     """Whether ``tracing.enabled`` is on for a policy of ``config``."""
     policies = (config.defaults, *config.services.values())
     return any(policy.section(SECTION).enabled for policy in policies)
+
+
+def _raced(call: healkit.CallContext) -> bool:
+    """Whether ``call`` sent a hedge (its attempts ran concurrently)."""
+    return any(attempt.hedge for attempt in call.attempts)
 
 
 def _span_name(call: healkit.CallContext) -> str:
