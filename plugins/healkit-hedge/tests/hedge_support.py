@@ -78,3 +78,22 @@ async def hedge_fires(
         await clock.wait_for_sleepers()
         clock.advance(delay)
         return await task
+
+
+class Outcomes:
+    """An observer that keeps the outcome of every call that ended."""
+
+    healkit_name = "outcomes"
+    healkit_observer = True
+
+    def __init__(self) -> None:
+        self.seen: list[healkit.Outcome] = []
+
+    @healkit.hookimpl
+    def healkit_call_end(
+        self,
+        call: healkit.CallContext,
+        outcome: healkit.Outcome,
+        error: healkit.HealkitError | None,
+    ) -> None:
+        self.seen.append(outcome)

@@ -61,6 +61,8 @@ def bucket_of(seconds: float) -> int:
     """Return the index of the bucket that counts ``seconds`` (O(1))."""
     if not seconds > LOWEST:  # NaN and negatives too: they cannot come from a clock
         return 0
+    if seconds >= HIGHEST:
+        return BUCKET_COUNT - 1
     index = math.ceil(math.log(seconds / LOWEST) / _LOG_GROWTH)
     return min(index, BUCKET_COUNT - 1)
 
