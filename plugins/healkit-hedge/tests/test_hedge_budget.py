@@ -9,6 +9,7 @@ import anyio
 import pytest
 from hedge_support import DELAY, SERVICE, Events, Outcomes, client, document, hedge_fires
 
+import healkit
 from healkit.testing import Fault, FaultServer, ManualClock
 from healkit_hedge import HedgeBudgetExhausted, HedgePlugin
 from healkit_hedge._estimator import samples_needed
@@ -113,3 +114,35 @@ async def test_a_policy_change_takes_effect_and_the_budget_follows_it(
     assert clock.sleeps == [0.2]  # the new delay
     assert response.outcome is not None
     assert response.outcome.winner == 2
+
+
+class OtherHedger:
+    """Another plugin that gives hedge delays, for the service ``other`` only."""
+
+    healkit_name = "other-hedger"
+
+    @healkit.hookimpl
+    def healkit_hedge_delay(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> float | None:
+        return DELAY if call.service == "other" and attempt.number == 1 else None
+
+
+async def test_hedges_of_a_service_it_does_not_hedge_are_not_its_business(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.script("/x", Fault.blackhole())
+    clock = ManualClock(auto_advance=False)
+    plugin = HedgePlugin()
+    # "svc" hedges (so the plugin is in the plan); "other" does not.
+    config = document("http://svc.test")
+    config["services"]["other"] = {"endpoints": [fault_server.url]}
+    async with healkit.Client(
+        config=config, plugins=[OtherHedger(), plugin], entry_points=False, clock=clock
+    ) as c:
+        response = await hedge_fires(
+            clock, c.get("/x", service="other"), before=fault_server.wait_for_hits(1)
+        )
+    assert response.outcome is not None
+    assert response.outcome.winner == 2  # the other plugin's hedge went out...
+    assert plugin.status() == []  # ...without this plugin's budget or state

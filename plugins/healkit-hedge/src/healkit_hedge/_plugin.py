@@ -255,9 +255,18 @@ class HedgePlugin:
         return derived.delay(state.estimator)
 
     @healkit.hookimpl
-    def healkit_hedge(self, call: healkit.CallContext, attempt: healkit.AttemptContext) -> bool:
-        """Spend the budget on the hedge due after ``attempt``, or decline it."""
+    def healkit_hedge(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> bool | None:
+        """Spend the budget on the hedge due after ``attempt``, or decline it.
+
+        A call of a service this plugin does not hedge (another plugin gave
+        its delay) is none of its business: no answer.
+        """
         del attempt
+        derived = call.policy.stash.get(POLICY) or _derive(call.policy)
+        if not derived.active:
+            return None
         now = call.clock.now()
         state = self._services.get(call.service) or self._state(call, now)
         budget = state.budget
