@@ -169,7 +169,10 @@ class HedgePlugin:
         states = [*self._services.items(), *self._strangers.items()]
         statuses = []
         for service, state in states:
-            derived = None if config is None else _derive(config.policy(service))
+            derived = None
+            if config is not None:
+                policy = config.policy(service)
+                derived = policy.stash.get(POLICY) or _derive(policy)
             delay = derived.delay(state.estimator) if derived and derived.active else None
             statuses.append(
                 HedgeStatus(
