@@ -296,11 +296,17 @@ def package(session: nox.Session) -> None:
         install("--find-links", str(dist), str(copy))
         session.run(python, smoke, "breaker", "request-id", "timeout", "tls", external=True)
 
-        install(wheel("healkit-retry"), wheel("healkit-tracing"), wheel("healkit-limit"))
+        install(
+            wheel("healkit-retry"),
+            wheel("healkit-tracing"),
+            wheel("healkit-limit"),
+            wheel("healkit-hedge"),
+        )
         session.run(
             python,
             smoke,
             "breaker",
+            "hedge",
             "limit",
             "request-id",
             "retry",

@@ -33,6 +33,7 @@ import bench_http
 import bench_overload
 import bench_pipeline
 import bench_state
+import bench_tail
 import guard
 from _harness import Scenario, ScenarioResult, Settings, Target, environment, progress
 
@@ -63,6 +64,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "overload": Scenario(
         bench_overload.run, "goodput and latency at 3x capacity with and without limits; throttling"
     ),
+    "tail": Scenario(
+        bench_tail.run, "a 5% slow tail with and without hedges; hedges of an always-slow upstream"
+    ),
     "fleet-rate": Scenario(
         bench_fleet_rate.run, "4 instances sharing a fleet-wide rate limit; one leaves, one joins"
     ),
@@ -78,6 +82,7 @@ DISTRIBUTIONS: Final = (
     "healkit-retry",
     "healkit-breaker",
     "healkit-limit",
+    "healkit-hedge",
     "healkit-tls",
     "healkit-tracing",
     "opentelemetry-api",

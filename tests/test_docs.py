@@ -40,6 +40,7 @@ from aiohttp import web
 import healkit
 import healkit_breaker
 import healkit_example_plugin
+import healkit_hedge
 import healkit_limit
 import healkit_retry
 import healkit_timeout
@@ -344,6 +345,7 @@ MODELS: dict[str, type[msgspec.Struct]] = {
     "retry.": healkit_retry.RetrySettings,
     "breaker.": healkit_breaker.BreakerSettings,
     "limit.": healkit_limit.LimitSettings,
+    "hedge.": healkit_hedge.HedgeSettings,
     "tls.": healkit_tls.TlsSettings,
     "tracing.": healkit_tracing.TracingSettings,
 }
@@ -374,7 +376,7 @@ def test_reference_names_every_key_with_its_default() -> None:
         _check_row(row, expected)
 
 
-PLUGIN_PAGES = ("timeout", "retry", "breaker", "limit", "tls", "tracing")
+PLUGIN_PAGES = ("timeout", "retry", "breaker", "limit", "hedge", "tls", "tracing")
 """Plugins whose page documents every key of their section (docs/plugins/NAME.md)."""
 
 
@@ -481,6 +483,7 @@ SECTIONS = (
     healkit_retry.SECTION,
     healkit_breaker.SECTION,
     healkit_limit.SECTION,
+    healkit_hedge.SECTION,
     healkit_tls.SECTION,
     healkit_tracing.SECTION,
     healkit_example_plugin.SECTION,

@@ -13,6 +13,7 @@ too, for compatibility; new plugin-author names are added here only.
 """
 
 from healkit._bounded import BoundedMap, StateSettings
+from healkit._budget import BudgetParams, RequestBudget
 from healkit._config.models import (
     ConfigChanges,
     ConfigSection,
@@ -32,6 +33,7 @@ __all__ = [
     "PROJECT",
     "AttemptContext",
     "BoundedMap",
+    "BudgetParams",
     "CallContext",
     "CircuitState",
     "ConfigChanges",
@@ -43,6 +45,7 @@ __all__ = [
     "Plugin",
     "PluginInfo",
     "PluginManager",
+    "RequestBudget",
     "RetryDecision",
     "Runtime",
     "ServicePolicy",

@@ -52,3 +52,13 @@ def the_namespaces_agree() -> None:
     runtime = healkit.plugin.Runtime(entry_points=False)
     status = healkit.endpoint_status(runtime, "svc")
     assert_type(status, tuple[healkit.EndpointStatus, ...])
+
+
+def request_budget_is_typed(now: float) -> None:
+    """RequestBudget takes its parameters by keyword; its counts are ints."""
+    budget = healkit.plugin.RequestBudget(ratio=0.1, window=10.0, minimum_per_second=1.0)
+    budget.record_request(now)
+    assert_type(budget.try_spend(now), bool)
+    assert_type(budget.spent, int)
+    assert_type(budget.params, healkit.plugin.BudgetParams)
+    healkit.plugin.RequestBudget(0.1, 10.0, 1.0)  # type: ignore[call-arg]
