@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -73,14 +74,13 @@ class FixedDelayHedging:
 
 # -- the scenes, short ---------------------------------------------------------------------
 
-FAST = FaultSpec(latency=0.002)
-SLOW_TAIL = Upstream(faults=(*(FAST,) * 9, FaultSpec(latency=0.505)), order="cycle", probes="ok")
-"""1 answer in 10 is 500 ms late: enough slow answers in a short run."""
-
 
 def scene(name: str) -> Scene:
     return next(played for played in SCENES if played.name == name)
 
+
+SLOW_TAIL = scene("slow tail").phase.primary
+"""The default script's: 1 answer in 20 is 500 ms late."""
 
 TAIL_SCENES = (
     Scene(
@@ -231,3 +231,44 @@ def test_without_the_limit_plugin_the_overload_scene_says_so(
     assert overload["refused"] == 0
     assert overload["limit"]["samples"] == 0
     assert overload["goodput_per_s"] > 0
+
+
+class Terminal(io.StringIO):
+    """Output that says it is a terminal: the demo draws its live view on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.skipif("limit" not in installed_plugins(), reason="healkit-limit not installed")
+def test_the_default_scenes_play_live_with_their_figures() -> None:
+    played = tuple(scene(name) for name in ("slow tail", "slow tail, hedged", "overload"))
+    out = Terminal()
+
+    status = run_demo(
+        duration=3.3,
+        concurrency=16,
+        as_json=False,
+        out=out,
+        scenes=played,
+        fallback=False,
+        plugins=[FixedDelayHedging()],
+    )
+
+    assert status == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # rich's colors and cursor
+    frames, summary = text.split("healkit demo: ", 1)
+    # Live: each scene's row, while it plays.
+    assert re.search(r"hedging +p99 [\d.]+ m?s \(before, in 'slow tail'", frames)
+    assert re.search(r"overload +limit now \d+ \(upstream capacity 6\), in flight \d+", frames)
+    # The summary: hedges were sent and won, the limit moved, refusals were answered.
+    summary = " ".join(summary.split())
+    hedges = re.search(r"slow tail, hedged: p99 .*?; ([\d,]+) hedges sent, ([\d,]+) won", summary)
+    assert hedges is not None
+    assert int(hedges[1].replace(",", "")) > 0
+    limit = re.search(r"limit \d+ -> \d+ \(between \d+ and (\d+); upstream capacity 6\)", summary)
+    assert limit is not None
+    assert int(limit[1]) > _scenes.LIMIT["concurrency"]  # it grew from where it started
+    refused = re.search(r"([\d,]+) refusals answered degraded", summary)
+    assert refused is not None
+    assert int(refused[1].replace(",", "")) > 0
