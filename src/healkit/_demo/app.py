@@ -21,8 +21,8 @@ seconds (see :mod:`healkit._demo.scenes`); the others keep their defaults.
 During the outage the operator changes the policy live (a degraded response is
 added); the hedged slow tail and the overload turn hedging and the adaptive
 concurrency limit on for their scene only (``Scene.settings``), when a plugin
-claims the section, and say so when none does. By default the policy is a document in Python,
-changed with ``runtime.apply``; with ``etcd`` endpoints it lives in etcd
+claims the section, and say so when none does. By default the policy is a
+document in Python, changed with ``runtime.apply``; with ``etcd`` endpoints it lives in etcd
 (namespace :data:`ETCD_NAMESPACE`, removed at the end) and the change is one
 etcd write that the client applies through its watch.
 
