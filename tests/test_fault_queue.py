@@ -9,9 +9,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import msgspec
 import pytest
 
-from healkit._simulate import FaultSpec, Upstream
+from healkit._simulate import BUILTIN_SCENARIOS, FaultSpec, Upstream, figures, simulate_service
 from healkit.testing import Fault, FaultServer
 
 GUARD = 5.0  # guards against a hang, never a timing assertion
@@ -126,3 +127,31 @@ async def test_a_scenario_upstream_with_a_queue(session: aiohttp.ClientSession) 
         await asyncio.gather(*hung, return_exceptions=True)
     with pytest.raises(ValueError, match="a queue needs a capacity"):
         Upstream(queue=4)
+
+
+def test_simulate_an_upstream_that_queues_instead_of_shedding() -> None:
+    """The built-in overload (10 at once, 150 ms, 15 wanted) with a line: slower, not failing."""
+    overload = BUILTIN_SCENARIOS["overload"]
+    shedding = overload.phases[0].primary
+    queueing = msgspec.structs.replace(shedding, queue=1000)
+    scenario = msgspec.structs.replace(
+        overload, phases=(msgspec.structs.replace(overload.phases[0], primary=queueing),)
+    )
+    document = {
+        "services": {
+            "pay": {
+                "endpoints": ["https://pay.internal:8443"],
+                "retry": {"attempts": 1},
+                "breaker": {"mode": "disabled"},
+                "timeout": {"attempt": 30.0, "read": 30.0, "deadline": 60.0},
+            }
+        }
+    }
+    shed = figures(simulate_service(document, "pay", {"shed": overload})[0])
+    queued = figures(simulate_service(document, "pay", {"queued": scenario})[0])
+    latency = shedding.faults[0].latency
+    assert shed.success_rate < 1.0  # the calls beyond 10 at once were answered 503
+    assert shed.max == pytest.approx(latency, abs=0.01)
+    # In line, every call is served, later and later: 15 wanted a second for 10 served.
+    assert queued.success_rate == 1.0
+    assert queued.max > 2 * latency, queued.max
