@@ -40,9 +40,13 @@ from tests.test_demo import installed_plugins
 
 
 class HedgeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ``hedge`` section, as healkit-hedge declares it (the fields the demo sets, and more)."""
+    """The ``hedge`` section, as healkit-hedge declares it (the fields the demo sets, and more).
 
-    enabled: bool = False
+    On by default here: the demo must turn hedging off outside its scene
+    whatever the plugin's defaults are.
+    """
+
+    enabled: bool = True
     delay: float | None = None
     percentile: float = 95.0
     min_delay: float = 0.0
@@ -134,8 +138,9 @@ def test_hedging_cuts_the_slow_tail_and_the_hedges_are_counted_from_the_calls() 
     summary = run(TAIL_SCENES, 2.0, plugins=[FixedDelayHedging()])
 
     assert "hedge" in summary["plugins"]
+    assert summary["settings"]["hedge"] == dict(_scenes.HEDGE_OFF)  # off outside its scene
     before, hedged = summary["by_scene"]["slow tail"], summary["by_scene"]["slow tail, hedged"]
-    assert before["hedges"] == 0  # the section is on for the hedged scene only
+    assert before["hedges"] == 0  # hedging is on for the hedged scene only
     assert hedged["hedges"] > 0
     assert 0 < hedged["hedges_won"] <= hedged["hedges"]
     assert summary["hedges"] == before["hedges"] + hedged["hedges"]

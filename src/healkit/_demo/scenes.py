@@ -20,7 +20,8 @@ The configuration of the demo's service is here too: the plugins found
 installed get short settings fit for a demo that lasts seconds
 (:data:`TIMEOUTS`, :data:`BREAKER`, :data:`RETRY`, :data:`ROUTING`); the others
 keep their defaults. :data:`HEDGE` and :data:`LIMIT` are turned on by the
-scenes that show them, when a plugin claims their section.
+scenes that show them, when a plugin claims their section (hedging is off
+otherwise: :data:`HEDGE_OFF`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "DEGRADED_TEMPLATE",
     "HEALTH_PATH",
     "HEDGE",
+    "HEDGE_OFF",
     "LIMIT",
     "NOT_INSTALLED",
     "PATH",
@@ -126,6 +128,12 @@ A fixed delay of 50 ms: six times the healthy answers' slowest (8 ms), a
 tenth of the slow answers' 500 ms. A call still unanswered then gets a second
 attempt, and the first answer wins; the plugin's budget (its defaults) bounds
 the extra load.
+"""
+HEDGE_OFF: Final[Mapping[str, Any]] = {"enabled": False}
+"""The ``hedge`` section outside the hedged scene, when a plugin claims it.
+
+Hedging stays off whatever the plugin's defaults, so that the slow tail is
+seen unhedged first, and the other scenes show what they show without it.
 """
 LIMIT: Final[Mapping[str, Any]] = {"concurrency": 3, "adaptive": True}
 """The ``limit`` section during the overload scene, when the limit plugin is installed.
@@ -252,6 +260,8 @@ def plugin_settings(
         settings["breaker"] = dict(BREAKER)
         if "retry" in sections:
             settings["retry"] = dict(RETRY)
+    if "hedge" in sections:
+        settings["hedge"] = dict(HEDGE_OFF)
     if tls is not None:
         settings["tls"] = dict(tls)
     return settings
