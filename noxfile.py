@@ -346,4 +346,4 @@ def bench_smoke(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """healkit's main job on its embedded default: traffic through a scripted outage."""
     sync(session)
-    session.run("healkit", "demo", *(session.posargs or ["--duration", "30"]), external=False)
+    session.run("healkit", "demo", *session.posargs, external=False)

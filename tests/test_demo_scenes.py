@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from healkit._config.validate import check
+from healkit._demo import DEFAULT_DURATION
 from healkit._demo.pki import Pki
 from healkit._demo.scenes import SCENES, Scene
 from healkit._demo.telemetry import TlsTally
@@ -32,7 +33,8 @@ def test_the_demo_scenes_are_a_valid_scenario_of_simulate() -> None:
     demo = Scenario(description="healkit demo", phases=tuple(s.phase for s in SCENES))
     # What a scenario file with these phases would hold passes the file format's checks.
     assert check(msgspec.to_builtins(demo), Scenario) == demo
-    assert demo.duration == pytest.approx(30.0)  # the default run: a phase's duration is seconds
+    # The default run: a phase's duration is seconds.
+    assert demo.duration == pytest.approx(DEFAULT_DURATION) == 36.0
     for played in SCENES:
         if played.core_primary is not None:
             assert check(msgspec.to_builtins(played.core_primary), Upstream) == played.core_primary

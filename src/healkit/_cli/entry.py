@@ -48,7 +48,7 @@ from healkit._cli.args import (
 from healkit._cli.documents import assemble, load_source
 from healkit._config.formats import load_file
 from healkit._config.models import build_config
-from healkit._demo import MAX_CONCURRENCY, MAX_DURATION
+from healkit._demo import DEFAULT_DURATION, MAX_CONCURRENCY, MAX_DURATION
 from healkit._errors import ConfigError, EtcdError, PluginError
 from healkit._plugins import (
     check_plugin_sections,
@@ -152,8 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duration",
         type=at_most(positive_float, MAX_DURATION),
-        default=30.0,
-        help=f"seconds to run (default 30, at most {MAX_DURATION:g})",
+        default=DEFAULT_DURATION,
+        help=f"seconds to run (default {DEFAULT_DURATION:g}, at most {MAX_DURATION:g})",
     )
     demo.add_argument(
         "--concurrency",

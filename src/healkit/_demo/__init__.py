@@ -19,7 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Final, TypeAlias, final
 
-__all__ = ["MAX_CONCURRENCY", "MAX_DURATION", "DemoError", "Say", "Stopwatch"]
+__all__ = ["DEFAULT_DURATION", "MAX_CONCURRENCY", "MAX_DURATION", "DemoError", "Say", "Stopwatch"]
+
+DEFAULT_DURATION: Final = 36.0
+"""The default run, in seconds: each default scene plays for as many seconds as its phase lasts."""
 
 MAX_DURATION: Final = 3600.0
 """The longest run, in seconds: an hour shows every scene many times over."""

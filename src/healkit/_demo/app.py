@@ -9,15 +9,20 @@ the time is up. Meanwhile the upstreams play a script of
 :data:`~healkit._demo.scenes.SCENES`:
 healthy, latency spikes, 503 bursts, a 503 storm (failover to the fallback),
 healed (probes switch traffic back), an outage, a total outage (degraded
-responses), recovery. The terminal shows the traffic live with rich, where it
+responses), recovery, a slow tail (then hedged: p99 before and after, hedges
+sent and won), an overload (the adaptive concurrency limit finding the
+upstream's capacity; refusals answered by the degraded response), a client
+certificate rotation. The terminal shows the traffic live with rich, where it
 goes now included; the end is a summary (a table, or one JSON object with
 ``--json``) that counts failovers, switch-backs and degraded responses.
 
 The plugins found installed get short settings fit for a demo that lasts
 seconds (see :mod:`healkit._demo.scenes`); the others keep their defaults.
 During the outage the operator changes the policy live (a degraded response is
-added). By default the policy is a document in Python,
-changed with ``runtime.apply``; with ``etcd`` endpoints it lives in etcd
+added); the hedged slow tail and the overload turn hedging and the adaptive
+concurrency limit on for their scene only (``Scene.settings``), when a plugin
+claims the section, and say so when none does. By default the policy is a
+document in Python, changed with ``runtime.apply``; with ``etcd`` endpoints it lives in etcd
 (namespace :data:`ETCD_NAMESPACE`, removed at the end) and the change is one
 etcd write that the client applies through its watch.
 
@@ -67,7 +72,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO, final
+from typing import TYPE_CHECKING, Any, Final, TextIO, final
 
 from healkit._cli.entry_logs import routed_logs
 from healkit._client import Client
@@ -75,6 +80,7 @@ from healkit._demo import MAX_CONCURRENCY, MAX_DURATION, DemoError, Stopwatch
 from healkit._demo.pki import Pki
 from healkit._demo.scenes import (
     HEALTH_PATH,
+    NOT_INSTALLED,
     SCENES,
     SEED,
     SERVICE,
@@ -82,9 +88,10 @@ from healkit._demo.scenes import (
     check_scenes,
     plugin_settings,
     scene_ends,
+    scene_settings,
     service_document,
 )
-from healkit._demo.telemetry import Observer, TlsTally, Tracing
+from healkit._demo.telemetry import LoadWatch, Observer, TlsTally, Tracing
 from healkit._demo.traffic import Traffic
 from healkit._demo.view import REFRESH_PER_SECOND, Events, Facts, View
 from healkit._plugins import create_plugin_manager, describe_plugins
@@ -92,6 +99,9 @@ from healkit._runtime import Runtime, config_sections
 from healkit.etcd import EtcdClient
 from healkit.etcd._source import DEFAULT_PREFIX, EtcdSource
 from healkit.testing import FaultServer
+
+if TYPE_CHECKING:
+    from healkit_limit import LimitPlugin
 
 __all__ = ["DemoError", "run_demo"]
 
@@ -121,6 +131,7 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
     etcd: Sequence[str] = (),
     trace: bool = False,
     fallback: bool = True,
+    plugins: Sequence[object] = (),
 ) -> int:
     """Run the demo and return the exit status (the ``healkit demo`` command).
 
@@ -139,6 +150,9 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
         fallback: run a fallback upstream, the service's fallback group, which
             answers as each scene's ``phase.fallback`` says (``False``: the
             service has only the primary upstream).
+        plugins: more plugins for the demo's runtime, besides the installed
+            ones (one named as an installed plugin takes its place; the demo
+            runs its own instance of the limit plugin, so do not pass one).
 
     Returns:
         0, or 1 if any call was lost (ended other than in a response or a
@@ -160,7 +174,8 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ValueError(f"concurrency must be >= 1 and <= {MAX_CONCURRENCY}, got {concurrency}")
     check_scenes(scenes)
-    sections = frozenset(section.name for section in config_sections(create_plugin_manager()))
+    manager = create_plugin_manager(plugins=plugins)
+    sections = frozenset(section.name for section in config_sections(manager))
     demo = _Demo(
         duration=duration,
         concurrency=concurrency,
@@ -171,6 +186,7 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
         sections=sections,
         tracing=_tracing(sections) if trace else None,
         fallback=fallback,
+        plugins=tuple(plugins),
     )
     try:
         with routed_logs(demo.observer.on_log):
@@ -181,6 +197,15 @@ def run_demo(  # noqa: PLR0913 - keyword-only options of the command
     if demo.facts.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_LOST if demo.traffic.total.lost else EXIT_OK
+
+
+def _limit_plugin(sections: frozenset[str]) -> LimitPlugin | None:
+    """Return the demo's own instance of the limit plugin, whose limits it reads, if installed."""
+    if "limit" not in sections:
+        return None
+    from healkit_limit import LimitPlugin  # noqa: PLC0415 - an optional plugin, not the core
+
+    return LimitPlugin()
 
 
 def _tracing(sections: frozenset[str]) -> Tracing:
@@ -216,6 +241,7 @@ class _Demo:
         sections: frozenset[str],
         tracing: Tracing | None,
         fallback: bool,
+        plugins: tuple[object, ...],
     ) -> None:
         self.facts = Facts(
             duration=duration,
@@ -230,8 +256,16 @@ class _Demo:
         self.events = Events(out, self.stopwatch, as_json=as_json)
         self.tracing = tracing
         self.traffic = Traffic(
-            scenes=len(scenes), say=self.events.say, keep_recent=self.events.live, tracing=tracing
+            scenes=len(scenes),
+            say=self.events.say,
+            keep_recent=self.events.live,
+            tracing=tracing,
+            answered=frozenset(
+                index for index, scene in enumerate(scenes) if "limit" in (scene.settings or {})
+            ),
         )
+        self.limit = _limit_plugin(sections)
+        self.load = LoadWatch(self.limit, len(scenes))
         self.observer = Observer(
             scenes=[scene.name for scene in scenes],
             traffic=self.traffic,
@@ -249,11 +283,15 @@ class _Demo:
             observer=self.observer,
             tracing=tracing,
             events=self.events,
+            load=self.load,
         )
         self.etcd: EtcdClient | None = None
         self.runtime: Runtime | None = None
-        self.policy: dict[str, Any] = {}
-        """The sections the operator added so far."""
+        self.policy: dict[str, Any] = dict(scenes[0].policy or {})
+        """The sections the operator added so far (the first scene's from the start)."""
+        self.scene_settings: dict[str, dict[str, Any]] = scene_settings(scenes[0], sections)
+        """The sections of the scene playing (``Scene.settings``, those a plugin claims)."""
+        self._plugins = plugins
         self.pki: Pki | None = None
         self._with_fallback = fallback
         self._fallback: FaultServer | None = None
@@ -273,7 +311,12 @@ class _Demo:
                 "the upstream answers 200 (healkit-tls is not installed: plain HTTP,"
                 " no client certificate to rotate)"
             )
-        return description
+        missing = [
+            NOT_INSTALLED.get(name, f"no installed plugin claims the {name} section")
+            for name in scene.settings or {}
+            if name not in self.facts.sections
+        ]
+        return "; ".join([description, *missing])
 
     # -- the run ---------------------------------------------------------------
 
@@ -314,9 +357,11 @@ class _Demo:
                 facts.sections, None if self.pki is None else self.pki.section()
             )
             # A plugin passed explicitly takes the place of the entry-point one of its name.
-            plugins: list[object] = [self.observer]
+            plugins: list[object] = [self.observer, *self._plugins]
             if self.tracing is not None:
                 plugins.append(self.tracing.plugin)
+            if self.limit is not None:
+                plugins.append(self.limit)
             if facts.etcd:
                 self.etcd = await stack.enter_async_context(EtcdClient(facts.etcd))
                 await self.etcd.put(ETCD_KEY, self._service_json())
@@ -339,26 +384,43 @@ class _Demo:
     def _service(self) -> dict[str, Any]:
         facts = self.facts
         return service_document(
-            facts.upstream, facts.fallback_upstream, facts.settings, self.policy
+            facts.upstream,
+            facts.fallback_upstream,
+            facts.settings,
+            {**self.policy, **self.scene_settings},
         )
 
     def _service_json(self) -> bytes:
         return json.dumps(self._service()).encode()
 
     async def _change_policy(self, scene: Scene) -> None:
-        """Add the scene's sections to the demo service's document, live."""
-        if not scene.policy:
+        """Add the scene's sections to the demo service's document, live.
+
+        The previous scene's own settings (``Scene.settings``) are taken out,
+        this one's put in.
+        """
+        before = {**self.policy, **self.scene_settings}
+        self.policy.update(scene.policy or {})
+        self.scene_settings = scene_settings(scene, self.facts.sections)
+        after = {**self.policy, **self.scene_settings}
+        if after == before:
             return
-        self.policy.update(scene.policy)
-        sections = ", ".join(sorted(scene.policy))
+        changes = [f"{name} on" for name in sorted(after) if name not in before]
+        changes += [f"{name} off" for name in sorted(before) if name not in after]
+        changes += [
+            f"{name} changed"
+            for name in sorted(after)
+            if before.get(name, after[name]) != after[name]
+        ]
+        what = ", ".join(changes)
         if self.etcd is not None:
             result = await self.etcd.put(ETCD_KEY, self._service_json())
             self.events.say(
-                f"operator: {sections} written to etcd ({ETCD_KEY}, revision {result.revision})",
+                f"operator: {what}, written to etcd ({ETCD_KEY}, revision {result.revision})",
                 "bold blue",
             )
         elif self.runtime is not None:
-            self.events.say(f"operator: {sections} added with runtime.apply", "bold blue")
+            self.events.say(f"operator: {what}, with runtime.apply", "bold blue")
             self.runtime.apply({"services": {SERVICE: self._service()}}, origin="demo operator")
 
     async def _play(self, server: FaultServer, client: Client) -> None:
@@ -428,7 +490,7 @@ class _Demo:
             self._harvest(server)
             next_rotation = self._rotate_when_due(server, now)
             if now >= next_tick:
-                self._frame()
+                self._frame(server)
                 next_tick += tick
                 if next_tick <= now:  # fell behind: skip the missed frames
                     next_tick = now + tick
@@ -445,15 +507,17 @@ class _Demo:
             self._rotate(server)
         return self._rotations[0] if self._rotations else math.inf
 
-    def _frame(self) -> None:
-        """Count spans (with ``trace``), see where traffic goes now, refresh the view."""
+    def _frame(self, server: FaultServer) -> None:
+        """Count spans (``trace``), see where traffic goes and the load now, refresh the view."""
         if self.tracing is not None:
             self.tracing.drain()
         self.observer.watch_traffic()
+        self.load.sample(self.traffic.scene, server)
         self.view.refresh()
 
     def _start_scene(self, server: FaultServer, index: int) -> None:
         self.traffic.scene = index
+        self.facts.scene_started.append(self.stopwatch.elapsed())
         self._script(server, index)
         scenes = self.facts.scenes
         self.events.say(

@@ -13,12 +13,15 @@ A scene has two parts, kept apart on purpose:
 - the rest of :class:`Scene`: its name, what the demo shows while it plays,
   what the primary does instead when no plugin sets short time limits, and
   what the demo's operator does during it (a live policy change, through etcd
-  with ``--etcd``; a client certificate rotation).
+  with ``--etcd``; plugin settings in force for the scene only, such as
+  hedging or an adaptive concurrency limit; a client certificate rotation).
 
 The configuration of the demo's service is here too: the plugins found
 installed get short settings fit for a demo that lasts seconds
 (:data:`TIMEOUTS`, :data:`BREAKER`, :data:`RETRY`, :data:`ROUTING`); the others
-keep their defaults.
+keep their defaults. :data:`HEDGE` and :data:`LIMIT` are turned on by the
+scenes that show them, when a plugin claims their section (hedging is off
+otherwise: :data:`HEDGE_OFF`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ __all__ = [
     "BREAKER",
     "DEGRADED_TEMPLATE",
     "HEALTH_PATH",
+    "HEDGE",
+    "HEDGE_OFF",
+    "LIMIT",
+    "NOT_INSTALLED",
     "PATH",
     "RETRY",
     "ROUTING",
@@ -48,6 +55,7 @@ __all__ = [
     "check_scenes",
     "plugin_settings",
     "scene_ends",
+    "scene_settings",
     "service_document",
 ]
 
@@ -113,6 +121,37 @@ DEGRADED_TEMPLATE: Final[Mapping[str, Any]] = {
     "json": {"error": "the service is degraded", "service": "${service}", "cause": "${error_type}"},
 }
 """The degraded response the operator adds during the outage."""
+HEDGE: Final[Mapping[str, Any]] = {"enabled": True, "delay": 0.05}
+"""The ``hedge`` section during the hedged slow-tail scene, when a plugin claims it.
+
+A fixed delay of 50 ms: six times the healthy answers' slowest (8 ms), a
+tenth of the slow answers' 500 ms. A call still unanswered then gets a second
+attempt, and the first answer wins; the plugin's budget (its defaults) bounds
+the extra load.
+"""
+HEDGE_OFF: Final[Mapping[str, Any]] = {"enabled": False}
+"""The ``hedge`` section outside the hedged scene, when a plugin claims it.
+
+Hedging stays off whatever the plugin's defaults, so that the slow tail is
+seen unhedged first, and the other scenes show what they show without it.
+"""
+LIMIT: Final[Mapping[str, Any]] = {"concurrency": 3, "adaptive": True}
+"""The ``limit`` section during the overload scene, when the limit plugin is installed.
+
+The adaptive concurrency limit starts from 3 attempts at once, below the
+overloaded upstream's capacity (6), so that it measures the upstream unloaded
+and then finds its capacity, growing while the latency stays within the
+plugin's tolerance. The other settings are the plugin's defaults: no queue, so
+an attempt beyond the limit is refused at once, and the degraded response
+answers for it. (Started above the capacity, with the demo's callers keeping
+the upstream's line full, the limit would never see the unloaded latency
+within a scene of seconds: it measures it again every ``min_rtt_window``, 30 s.)
+"""
+NOT_INSTALLED: Final[Mapping[str, str]] = {
+    "hedge": "hedging is not installed (no plugin claims the hedge section): no hedges",
+    "limit": "healkit-limit is not installed: no concurrency limit, the upstream's line grows",
+}
+"""What a scene says when no installed plugin claims a section of its ``settings``."""
 
 
 @final
@@ -128,7 +167,7 @@ class Scene:
             ``ok`` keeps it up), ``fallback`` what the fallback upstream answers.
             Its ``duration`` is the scene's share of the run: the scenes share
             the run's duration in proportion to their phases' durations (those
-            of :data:`SCENES` are seconds of the default 30 s run).
+            of :data:`SCENES` are seconds of the default 36 s run).
         description: one line shown while the scene plays.
         core_primary: what the primary answers instead when no plugin sets
             time limits (the core's built-in limits are long: a hang would
@@ -138,6 +177,11 @@ class Scene:
         policy: service sections the operator adds to the demo service's
             document when the scene starts (a live policy change, through
             etcd with ``--etcd``); they stay for the following scenes.
+        settings: service sections in force only while the scene plays: the
+            operator adds them when it starts and takes them out when it ends
+            (live policy changes, as ``policy``). A section that no installed
+            plugin claims is left out, and the scene says so
+            (:data:`NOT_INSTALLED`): it plays without it.
         rotate_client_certificate: halfway through the scene, replace the
             client certificate files with the next certificate (A by B, then
             B by A...) in one atomic rename. Only with the tls plugin installed;
@@ -151,6 +195,7 @@ class Scene:
     core_primary: Upstream | None = None
     core_description: str | None = None
     policy: Mapping[str, Any] | None = None
+    settings: Mapping[str, Mapping[str, Any]] | None = None
     rotate_client_certificate: bool = False
 
     def __post_init__(self) -> None:
@@ -215,9 +260,24 @@ def plugin_settings(
         settings["breaker"] = dict(BREAKER)
         if "retry" in sections:
             settings["retry"] = dict(RETRY)
+    if "hedge" in sections:
+        settings["hedge"] = dict(HEDGE_OFF)
     if tls is not None:
         settings["tls"] = dict(tls)
     return settings
+
+
+def scene_settings(scene: Scene, sections: frozenset[str]) -> dict[str, dict[str, Any]]:
+    """Return the scene's own sections that an installed plugin claims (see ``Scene.settings``).
+
+    Args:
+        scene: the scene.
+        sections: the configuration sections of the installed plugins.
+
+    """
+    return {
+        name: dict(values) for name, values in (scene.settings or {}).items() if name in sections
+    }
 
 
 def service_document(
@@ -232,7 +292,8 @@ def service_document(
         upstream: the primary upstream's URL.
         fallback: the fallback upstream's URL (empty: none).
         settings: the plugin sections (:func:`plugin_settings`).
-        policy: the sections the operator added so far.
+        policy: the sections the operator added so far, and those of the
+            scene playing (:func:`scene_settings`).
 
     """
     service: dict[str, Any] = {"endpoints": [upstream]}
@@ -246,6 +307,12 @@ _HEALTHY: Final = tuple(
 )
 _STALL: Final = FaultSpec(latency=1.5)
 _TRICKLE: Final = FaultSpec(kind="slow_body", chunks=6, chunk_delay=0.25)
+_SLOW: Final = FaultSpec(latency=0.505)
+"""A healthy answer 500 ms late: the slow tail."""
+_SATURATED: Final = Upstream(
+    faults=(FaultSpec(latency=0.03),), order="cycle", capacity=6, queue=1000, probes="ok"
+)
+"""Serves 6 requests at once, 30 ms each (200 a second), and makes the others wait in line."""
 _UNAVAILABLE: Final = FaultSpec(
     kind="status",
     status=503,
@@ -269,7 +336,7 @@ _OUTAGE: Final = BUILTIN_SCENARIOS["outage-recovery"].phases[1]
 SCENES: Final[tuple[Scene, ...]] = (
     Scene(
         name="healthy",
-        phase=Phase(name="healthy", duration=3.6, primary=_HEALTHY_UPSTREAM),
+        phase=Phase(name="healthy", duration=3.0, primary=_HEALTHY_UPSTREAM),
         description="the primary answers 200 in 2-8 ms",
     ),
     Scene(
@@ -330,6 +397,32 @@ SCENES: Final[tuple[Scene, ...]] = (
         name="recovery",
         phase=Phase(name="recovery", duration=4.2, primary=_HEALTHY_UPSTREAM),
         description="both are healthy again: probes switch traffic back to the primary",
+    ),
+    Scene(
+        name="slow tail",
+        phase=Phase(name="slow-tail", duration=1.8, primary=_cycle(*(_HEALTHY * 4)[:19], _SLOW)),
+        description="1 answer in 20 takes 500 ms longer: the p99 is the slow answers'",
+    ),
+    Scene(
+        name="slow tail, hedged",
+        phase=Phase(
+            name="slow-tail-hedged", duration=1.8, primary=_cycle(*(_HEALTHY * 4)[:19], _SLOW)
+        ),
+        description=(
+            "the same upstream; the operator turns hedging on: a call unanswered after 50 ms"
+            " gets a second attempt, the first answer wins"
+        ),
+        settings={"hedge": HEDGE},
+    ),
+    Scene(
+        name="overload",
+        phase=Phase(name="overload", duration=3.0, primary=_SATURATED),
+        description=(
+            "the primary serves 6 at once (30 ms each) and queues the rest; the operator turns"
+            " the adaptive concurrency limit on: it finds the capacity, and the degraded"
+            " response answers the refused calls"
+        ),
+        settings={"limit": LIMIT, "degraded": {"template": DEGRADED_TEMPLATE}},
     ),
     Scene(
         name="certificate rotation",

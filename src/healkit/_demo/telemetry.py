@@ -14,6 +14,11 @@ configuration is in force and where it came from. healkit's log events are
 routed to :meth:`Observer.on_log` only to keep them off the terminal while the
 demo draws on it; they are counted by name for the summary.
 
+:class:`LoadWatch` samples, every frame, the concurrency limit the limit
+plugin applies to the demo's service (``LimitPlugin.status``: the plugin
+instance the demo runs) and the primary upstream's line (the fault server's
+``active`` and ``queued``).
+
 :class:`Tracing` is ``--trace``: the tracing plugin with the OpenTelemetry SDK's
 in-memory span exporter and metric reader.
 """
@@ -55,10 +60,20 @@ if TYPE_CHECKING:  # the plugin and SDK packages are imported only when a run ne
     from healkit._runtime import Runtime
     from healkit.testing import FaultServer
     from healkit_breaker import BreakerTransition
+    from healkit_limit import LimitPlugin, LimitStatus
     from healkit_tls import TlsMaterialRejected, TlsRotated
     from healkit_tracing import TracingPlugin
 
-__all__ = ["CALL_SPAN", "Observer", "TlsTally", "Tracing", "TrafficWatch", "histogram_quantile"]
+__all__ = [
+    "CALL_SPAN",
+    "LimitTrace",
+    "LoadWatch",
+    "Observer",
+    "TlsTally",
+    "Tracing",
+    "TrafficWatch",
+    "histogram_quantile",
+]
 
 _OPENING: Final = frozenset({"open", "forced_open"})
 
@@ -141,6 +156,75 @@ class TlsTally:
             self.by_scene[scene][subject] += 1
             if self.applied_at is not None and request.arrived_at >= self.applied_at:
                 self.after_rotation[subject] += 1
+
+
+@final
+@dataclass(slots=True)
+class LimitTrace:
+    """The concurrency limit and the upstream's line during one scene, as sampled every frame.
+
+    The limit's fields stay ``None`` while the limit plugin reports no
+    concurrency limit for the service (not installed, off, or no call yet).
+    """
+
+    samples: int = 0
+    first: int | None = None
+    low: int | None = None
+    high: int | None = None
+    last: int | None = None
+    in_flight_max: int = 0
+    upstream_queued_max: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the trace as JSON-ready values."""
+        return {
+            "samples": self.samples,
+            "first": self.first,
+            "min": self.low,
+            "max": self.high,
+            "last": self.last,
+            "in_flight_max": self.in_flight_max,
+            "upstream_queued_max": self.upstream_queued_max,
+        }
+
+
+@final
+class LoadWatch:
+    """The demo service's concurrency limit and the primary upstream's line, sampled.
+
+    Args:
+        limit: the limit plugin of the demo's runtime (``None``: not installed).
+        scenes: how many scenes the run plays.
+
+    """
+
+    def __init__(self, limit: LimitPlugin | None, scenes: int) -> None:
+        self.by_scene = [LimitTrace() for _ in range(scenes)]
+        self.now: LimitStatus | None = None
+        """The limit plugin's last report for the service (``None``: none)."""
+        self.serving = 0
+        """Requests the primary upstream was handling at the last sample (not those in line)."""
+        self.queued = 0
+        """Requests waiting in the primary upstream's line at the last sample."""
+        self._limit = limit
+
+    def sample(self, scene: int, server: FaultServer) -> None:
+        """Read the limit and the upstream's line now; count them in scene ``scene``."""
+        self.queued = server.queued
+        self.serving = server.active - self.queued
+        trace = self.by_scene[scene]
+        trace.upstream_queued_max = max(trace.upstream_queued_max, self.queued)
+        self.now = status = None if self._limit is None else self._limit.status(SERVICE)
+        if status is None or status.limit is None:
+            return
+        limit = status.limit
+        trace.samples += 1
+        if trace.first is None:
+            trace.first = limit
+        trace.low = limit if trace.low is None else min(trace.low, limit)
+        trace.high = limit if trace.high is None else max(trace.high, limit)
+        trace.last = limit
+        trace.in_flight_max = max(trace.in_flight_max, status.in_flight)
 
 
 @final

@@ -3,6 +3,10 @@
 Every call ends as a response (counted by ``response.outcome.path`` and status)
 or as a :class:`healkit.HealkitError` (counted by type). Anything else is
 *lost*, which is a bug in healkit: the demo shows it and exits with status 1.
+
+Hedges and load-limit refusals are counted from each call's attempt records
+(:class:`~healkit.AttemptRecord`: ``hedge``, ``error``, and the outcome's
+``winner``), not from a plugin's internals: any hedging or limit plugin shows.
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ import asyncio
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, final
 
 from healkit._demo.scenes import PATH, SERVICE
-from healkit._errors import CircuitOpenError, HealkitError, OutcomeUnavailableError
+from healkit._errors import (
+    CircuitOpenError,
+    HealkitError,
+    OutcomeUnavailableError,
+    OverloadError,
+)
 from healkit._outcome import AttemptRecord
 
 if TYPE_CHECKING:
@@ -24,7 +33,7 @@ if TYPE_CHECKING:
     from healkit._demo import Say
     from healkit._demo.telemetry import Tracing
 
-__all__ = ["Recent", "Tally", "Traffic", "failures", "percentile", "to_ms"]
+__all__ = ["REFUSALS", "Recent", "Tally", "Traffic", "failures", "percentile", "to_ms"]
 
 ERROR_PAUSE: Final = 0.01
 """Seconds a caller pauses after an error or a degraded response before its
@@ -37,30 +46,83 @@ LOST_EXAMPLES: Final = 5
 """Lost calls described in the summary (the others are counted only)."""
 
 
+def _subclasses(cls: type[HealkitError]) -> Iterator[type[HealkitError]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _subclasses(sub)
+
+
+REFUSALS: Final = frozenset(cls.__name__ for cls in _subclasses(OverloadError))
+"""The names of the errors of an attempt a load limit refused (``OverloadError`` and below)."""
+
+
 @final
 @dataclass(slots=True)
 class Tally:
-    """Counts and latencies of a set of calls (all of them, or one scene's)."""
+    """Counts and latencies of a set of calls (all of them, or one scene's).
 
+    ``hedges``: attempts sent as hedges; ``hedges_won``: calls a hedge
+    answered. ``refused``: calls a load limit refused an attempt of;
+    ``refused_degraded``: those the degraded response answered. With
+    ``keep_answered``, the latencies of the calls an upstream answered (not a
+    template, not a refusal) are kept apart: the latency of admitted calls
+    under a load limit.
+    """
+
+    keep_answered: bool = False
     requests: int = 0
     lost: int = 0
     retries: int = 0
     rejected_by_breaker: int = 0
+    hedges: int = 0
+    hedges_won: int = 0
+    refused: int = 0
+    refused_degraded: int = 0
+    answered_ok: int = 0
+    """Calls an upstream answered with a 2xx (the goodput's count)."""
     by_path: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     _sorted: list[float] = field(default_factory=list)
     _pending: list[float] = field(default_factory=list)
+    _answered: list[float] = field(default_factory=list)
 
-    def add(self, latency: float, attempts: Sequence[AttemptRecord]) -> None:
-        """Count one finished call and its attempts (its outcome is counted by the caller)."""
+    def add(
+        self,
+        latency: float,
+        attempts: Sequence[AttemptRecord],
+        *,
+        winner: int | None = None,
+        label: str = "",
+        status: str | None = None,
+    ) -> None:
+        """Count one finished call and its attempts (its outcome is counted by the caller).
+
+        Args:
+            latency: seconds the call took.
+            attempts: its attempt records.
+            winner: the number of the attempt whose answer the call returned.
+            label: how it ended (a path, or ``error: <type>``).
+            status: the status of its response, if it ended in one.
+
+        """
         self.requests += 1
         self._pending.append(latency)
         if attempts:
-            self.retries += len(attempts) - 1
+            self.retries += sum(not attempt.hedge for attempt in attempts) - 1
             self.rejected_by_breaker += sum(
                 attempt.error == CircuitOpenError.__name__ for attempt in attempts
             )
+            self.hedges += sum(attempt.hedge for attempt in attempts)
+            if any(attempt.error in REFUSALS for attempt in attempts):
+                self.refused += 1
+                self.refused_degraded += label == "degraded"
+        if winner is None:
+            return
+        self.hedges_won += attempts[winner - 1].hedge
+        self.answered_ok += status is not None and status.startswith("2")
+        if self.keep_answered:
+            self._answered.append(latency)
 
     def latencies(self) -> list[float]:
         """Every latency recorded, sorted (kept sorted between calls: cheap to repeat)."""
@@ -70,6 +132,11 @@ class Tally:
             self._sorted.sort()  # timsort merges the sorted run with the new tail
         return self._sorted
 
+    def answered(self) -> list[float]:
+        """Return the latencies of the calls an upstream answered, sorted (``keep_answered``)."""
+        self._answered.sort()
+        return self._answered
+
     def as_dict(self) -> dict[str, Any]:
         """Return the tally as JSON-ready values."""
         ordered = self.latencies()
@@ -78,6 +145,10 @@ class Tally:
             "lost": self.lost,
             "retries": self.retries,
             "rejected_by_breaker": self.rejected_by_breaker,
+            "hedges": self.hedges,
+            "hedges_won": self.hedges_won,
+            "refused": self.refused,
+            "refused_degraded": self.refused_degraded,
             "by_path": dict(sorted(self.by_path.items())),
             "errors_by_type": dict(sorted(self.errors.items())),
             "statuses": dict(sorted(self.statuses.items())),
@@ -131,6 +202,8 @@ class Traffic:
 
     Args:
         scenes: how many scenes the run plays.
+        answered: the indexes of the scenes whose tallies keep the latencies
+            of the calls an upstream answered apart (``Tally.keep_answered``).
         say: shows a notable moment (the first error of a type, a lost call).
         keep_recent: keep the calls of the last :data:`WINDOW` seconds (the live view).
         tracing: with ``--trace``, runs each call in a span of the demo's own.
@@ -138,10 +211,16 @@ class Traffic:
     """
 
     def __init__(
-        self, *, scenes: int, say: Say, keep_recent: bool, tracing: Tracing | None
+        self,
+        *,
+        scenes: int,
+        say: Say,
+        keep_recent: bool,
+        tracing: Tracing | None,
+        answered: frozenset[int] = frozenset(),
     ) -> None:
         self.total = Tally()
-        self.by_scene = [Tally() for _ in range(scenes)]
+        self.by_scene = [Tally(keep_answered=index in answered) for index in range(scenes)]
         self.scene = 0
         """The index of the scene playing now."""
         self.recent: deque[Recent] = deque()
@@ -176,16 +255,16 @@ class Traffic:
             started = time.monotonic()
             self.in_flight += 1  # stays counted only if cancelled (a second Ctrl-C)
             if self._tracing is None:
-                status, attempts, label = await self._call(client, scene)
+                status, attempts, label, winner = await self._call(client, scene)
             else:
                 with self._tracing.call() as mark:
-                    status, attempts, label = await self._call(client, scene)
+                    status, attempts, label, winner = await self._call(client, scene)
                     mark(len(attempts), label)
             self.in_flight -= 1
             ended = time.monotonic()
             latency = ended - started
             for tally in (self.total, scene):
-                tally.add(latency, attempts)
+                tally.add(latency, attempts, winner=winner, label=label, status=status)
             if self._keep_recent:
                 self.recent.append(Recent(ended, latency, label, status))
             if status is None or label == "degraded":
@@ -193,22 +272,23 @@ class Traffic:
 
     async def _call(
         self, client: Client, scene: Tally
-    ) -> tuple[str | None, Sequence[AttemptRecord], str]:
-        """Make one call; count how it ended; return its status, attempts and label."""
+    ) -> tuple[str | None, Sequence[AttemptRecord], str, int | None]:
+        """Make one call; count how it ended; return its status, attempts, label and winner."""
         try:
             response = await client.get(PATH, service=SERVICE)
         except HealkitError as error:
             label = self._count_error(scene, type(error).__name__, error.message)
-            return None, error.attempts, label
+            return None, error.attempts, label, None
         except Exception as error:  # noqa: BLE001 - a lost call is what the demo exists to catch
-            return None, (), self._count_lost(scene, f"{type(error).__name__}: {error}")
+            return None, (), self._count_lost(scene, f"{type(error).__name__}: {error}"), None
         try:
             outcome = response.outcome
         except OutcomeUnavailableError:
-            return None, (), self._count_lost(scene, f"response without an outcome: {response!r}")
+            description = f"response without an outcome: {response!r}"
+            return None, (), self._count_lost(scene, description), None
         status = str(response.status)
         label = self._count_response(scene, outcome.path, status)
-        return status, outcome.attempts, label
+        return status, outcome.attempts, label, outcome.winner
 
     def _count_response(self, scene: Tally, path: str, status: str) -> str:
         if status not in self.total.statuses and not status.startswith("2"):

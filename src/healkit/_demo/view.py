@@ -23,15 +23,15 @@ from rich.table import Table
 from rich.text import Text
 
 from healkit._demo.pki import CLIENT_CERTIFICATES, TLS_RELOAD_INTERVAL
-from healkit._demo.scenes import PATH, SERVICE, TIMEOUTS
+from healkit._demo.scenes import NOT_INSTALLED, PATH, SERVICE, TIMEOUTS
 from healkit._demo.telemetry import DURATION_METRIC
-from healkit._demo.traffic import Recent, Tally, failures, percentile
+from healkit._demo.traffic import Recent, Tally, failures, percentile, to_ms
 
 if TYPE_CHECKING:
     from healkit._demo import Stopwatch
     from healkit._demo.pki import Pki
     from healkit._demo.scenes import Scene
-    from healkit._demo.telemetry import Observer, Tracing
+    from healkit._demo.telemetry import LoadWatch, Observer, Tracing
     from healkit._demo.traffic import Traffic
 
 __all__ = ["Events", "Facts", "View"]
@@ -98,6 +98,8 @@ class Facts:
     interrupted: bool = False
     elapsed: float = 0.0
     """Seconds the run lasted, once it ended (0 before)."""
+    scene_started: list[float] = field(default_factory=list)
+    """When each scene played so far started, in seconds since the run's start."""
 
     @property
     def timeouts(self) -> bool:
@@ -118,6 +120,7 @@ class View:
         observer: what the events said.
         tracing: with ``--trace``, the spans and metrics.
         events: the notable moments, and the console (live or not).
+        load: the concurrency limit and the upstream's line, sampled.
 
     """
 
@@ -132,6 +135,7 @@ class View:
         observer: Observer,
         tracing: Tracing | None,
         events: Events,
+        load: LoadWatch,
     ) -> None:
         self.out = out
         self.as_json = as_json
@@ -143,6 +147,7 @@ class View:
         self._observer = observer
         self._tracing = tracing
         self._events = events
+        self._load = load
         self._live: Live | None = None
 
     # -- the live view ---------------------------------------------------------
@@ -208,6 +213,11 @@ class View:
                     facts.descriptions[index],
                 ),
             )
+            figures = self.figures(index)
+            if "hedging" in figures:
+                head.add_row("hedging", _hedging_text(figures["hedging"]))
+            if "overload" in figures:
+                head.add_row("overload", self._overload_now(figures["overload"]))
         progress = Table.grid(padding=(0, 1))
         progress.add_row(
             ProgressBar(total=facts.duration, completed=elapsed, width=30),
@@ -220,6 +230,70 @@ class View:
             head.add_row("traffic now", self._traffic_now())
         head.add_row("plugins", ", ".join(facts.plugins) or "none (core only)")
         return head
+
+    def _overload_now(self, overload: Mapping[str, Any]) -> Text:
+        """Render the overload scene's figures, with the limit and the upstream's line now."""
+        load = self._load
+        now = load.now
+        limit = "-" if now is None or now.limit is None else f"{now.limit}"
+        in_flight = "-" if now is None else f"{now.in_flight}"
+        return Text.assemble(
+            f"limit now {limit} (upstream capacity {overload['capacity']}),"
+            f" in flight {in_flight}; upstream serving {load.serving}, {load.queued} in line\n",
+            _overload_text(overload),
+        )
+
+    # -- what the scenes with settings of their own show -------------------------
+
+    def figures(self, index: int) -> dict[str, Any]:
+        """Return the measured figures of scene ``index`` that its settings are about.
+
+        A scene with ``hedge`` settings: its p99 and the previous scene's, the
+        hedges sent and won. A scene with ``limit`` settings: the limit's
+        samples, the upstream's capacity and line, the goodput (calls an
+        upstream answered with a 2xx, a second), the p99 of those calls, and
+        the refusals (answered degraded). Every count is of the calls made.
+        """
+        facts, traffic = self.facts, self._traffic
+        scene, tally = facts.scenes[index], traffic.by_scene[index]
+        settings = scene.settings or {}
+        figures: dict[str, Any] = {}
+        if "hedge" in settings:
+            before = traffic.by_scene[index - 1] if index else None
+            figures["hedging"] = {
+                "installed": "hedge" in facts.sections,
+                "before_scene": facts.scenes[index - 1].name if index else None,
+                "p99_before_ms": (
+                    None if before is None else to_ms(percentile(before.latencies(), 0.99))
+                ),
+                "p99_ms": to_ms(percentile(tally.latencies(), 0.99)),
+                "hedges_sent": tally.hedges,
+                "hedges_won": tally.hedges_won,
+            }
+        if "limit" in settings:
+            seconds = self._scene_seconds(index)
+            figures["overload"] = {
+                "installed": "limit" in facts.sections,
+                "capacity": scene.primary(timeouts=facts.timeouts).capacity,
+                "limit": self._load.by_scene[index].as_dict(),
+                "goodput_per_s": round(tally.answered_ok / seconds, 1) if seconds else None,
+                "answered_p99_ms": to_ms(percentile(tally.answered(), 0.99)),
+                "refused": tally.refused,
+                "refused_degraded": tally.refused_degraded,
+            }
+        return figures
+
+    def _scene_seconds(self, index: int) -> float:
+        """How long scene ``index`` played (so far), in seconds."""
+        starts = self.facts.scene_started
+        if index >= len(starts):
+            return 0.0
+        end = (
+            starts[index + 1]
+            if index + 1 < len(starts)
+            else self.facts.elapsed or self._stopwatch.elapsed()
+        )
+        return max(end - starts[index], 0.0)
 
     def _traffic_now(self) -> Text:
         group = self._observer.watch.group
@@ -313,6 +387,15 @@ class View:
             "cancelled": traffic.in_flight,
             "tls": self._tls_summary(),
             "trace": None if self._tracing is None else self._tracing.summary(),
+            "hedges": total["hedges"],
+            "hedges_won": total["hedges_won"],
+            "refused": total["refused"],
+            "refused_degraded": total["refused_degraded"],
+            "scene_figures": {
+                scene.name: figures
+                for index, scene in enumerate(facts.scenes)
+                if (figures := self.figures(index))
+            },
         }
 
     def _tls_summary(self) -> dict[str, Any] | None:
@@ -401,6 +484,8 @@ class View:
             moves = Counter(f"{m['from']} -> {m['to']}" for m in summary["breaker_transitions"])
             table.add_row("breaker", _counts(dict(moves)))
             table.add_row("refused by breaker", f"{summary['rejected_by_breaker']:,} attempts")
+        for name, text in _figure_rows(summary["scene_figures"]):
+            table.add_row(name, text)
         table.add_row("plugins", ", ".join(facts.plugins) or "none (core only)")
         table.add_row("tls", _tls_facts(summary["tls"]))
         lost = summary["lost"]
@@ -418,6 +503,51 @@ class View:
         if summary["trace"] is not None:
             return Group(scenes, table, _trace_table(summary["trace"]))
         return Group(scenes, table)
+
+
+def _figure_rows(scene_figures: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, Text]]:
+    """Yield a summary row for each figure of each scene that has some."""
+    for name, figures in scene_figures.items():
+        if "hedging" in figures:
+            yield "hedging", Text(f"{name}: ").append_text(_hedging_text(figures["hedging"]))
+        if "overload" in figures:
+            yield "overload", Text(f"{name}: ").append_text(_overload_text(figures["overload"]))
+
+
+def _hedging_text(hedging: Mapping[str, Any]) -> Text:
+    """Render the p99 before (the previous scene) and now, and the hedges sent and won."""
+    before = hedging["before_scene"]
+    p99 = f"p99 {_fmt_ms(_seconds(hedging['p99_ms']))}"
+    if before is not None:
+        p99 += f" (before, in {before!r}: {_fmt_ms(_seconds(hedging['p99_before_ms']))})"
+    if not hedging["installed"]:
+        return Text(f"{NOT_INSTALLED['hedge']}; {p99}", style="yellow")
+    return Text(
+        f"{p99}; {hedging['hedges_sent']:,} hedges sent, {hedging['hedges_won']:,} won",
+        style="green" if hedging["hedges_won"] else "",
+    )
+
+
+def _overload_text(overload: Mapping[str, Any]) -> Text:
+    """Render the goodput, the p99 of admitted calls, the refusals, and how the limit moved."""
+    goodput = overload["goodput_per_s"]
+    parts = [
+        f"goodput {goodput:,.0f}/s" if goodput is not None else "goodput -",
+        f"p99 of admitted calls {_fmt_ms(_seconds(overload['answered_p99_ms']))}",
+        (
+            f"{overload['refused_degraded']:,} refusals answered degraded"
+            f" (of {overload['refused']:,} refused)"
+        ),
+    ]
+    limit = overload["limit"]
+    if not overload["installed"]:
+        return Text("; ".join([NOT_INSTALLED["limit"], *parts]), style="yellow")
+    if limit["first"] is not None:
+        parts.append(
+            f"limit {limit['first']} -> {limit['last']} (between {limit['min']} and"
+            f" {limit['max']}; upstream capacity {overload['capacity']})"
+        )
+    return Text("; ".join(parts))
 
 
 def _tls_facts(tls: Mapping[str, Any] | None) -> Text:

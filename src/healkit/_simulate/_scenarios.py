@@ -3,7 +3,8 @@
 A scenario is a sequence of phases played on the simulated clock. In each
 phase the service's primary endpoints and its fallback endpoints each answer
 with a mix of faults (drawn at random from the scenario's seed, or cycled in
-order), optionally with a capacity beyond which requests are shed. Scenario
+order), optionally with a capacity beyond which requests wait in a line or
+are shed. Scenario
 files (TOML, YAML or JSON) hold a ``scenarios`` table of them by name::
 
     [scenarios.flaky-gateway]
@@ -159,7 +160,12 @@ class Upstream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         order: ``random``: each request's answer is drawn by weight from the
             scenario's seed; ``cycle``: the faults in order, over and over.
         capacity: the most requests one endpoint handles at once; the
-            others are answered ``503`` at once (``None``: no limit).
+            others wait in its line (``queue``) or are answered ``503`` at
+            once (``None``: no limit).
+        queue: how many requests beyond ``capacity`` wait for a slot, first
+            in, first out (their latency grows with the line, as at a
+            saturated server); the others are answered ``503`` at once.
+            Needs ``capacity``.
         probes: what the health-probe path answers: ``same`` as the other
             requests, or ``ok`` (the endpoint looks healthy to probes).
 
@@ -170,12 +176,15 @@ class Upstream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     )
     order: Literal["random", "cycle"] = "random"
     capacity: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    queue: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
     probes: Literal["same", "ok"] = "same"
 
     def __post_init__(self) -> None:
-        """Refuse a random mix whose weights are all 0."""
+        """Refuse a random mix whose weights are all 0, and a queue without a capacity."""
         if self.order == "random" and not any(spec.weight > 0 for spec in self.faults):
             raise ValueError("a random mix needs a fault with a weight above 0")
+        if self.queue and self.capacity is None:
+            raise ValueError("a queue needs a capacity: the requests it waits for")
 
     def mix(self, seed: int) -> FaultMix:
         """Return the fault server's mix for these faults, seeded with ``seed``."""
@@ -191,7 +200,7 @@ class Upstream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ``probe_path`` is the path health probes request (``None``: none of its own).
         """
         server.set_default(self.mix(seed))
-        server.set_capacity(self.capacity)
+        server.set_capacity(self.capacity, queue=self.queue)
         if probe_path is None:
             return
         if self.probes == "ok":

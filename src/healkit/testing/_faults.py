@@ -19,8 +19,10 @@ Scripts are per path (the request method does not matter) and can be replaced at
 any time, also while requests are in flight. Paths without a script get the
 default: one fault, or a :class:`FaultMix` (faults cycled in order, or drawn at
 random from a seeded generator, so a run can be repeated exactly). A capacity
-(:meth:`FaultServer.set_capacity`) makes the server answer the requests beyond
-``limit`` at once with an overflow fault, as an overloaded upstream sheds load.
+(:meth:`FaultServer.set_capacity`) makes the server handle at most ``limit``
+requests at once, as a saturated upstream does: up to ``queue`` more wait in
+line for a slot (their latency grows with the line), and the requests beyond
+those are answered at once with an overflow fault (load shed).
 
 Leaving the ``async with`` block aborts the connections of requests still being handled
 (a blackhole, a long latency), so shutdown is prompt; their clients see a connection error.
@@ -489,10 +491,12 @@ class FaultServer:
         "_max_active",
         "_overflow",
         "_port",
+        "_queue",
         "_requests",
         "_runner",
         "_scripts",
         "_ssl_context",
+        "_waiting",
     )
 
     def __init__(
@@ -512,7 +516,10 @@ class FaultServer:
         self._closed = False
         self._default: Fault | _Drawer = _OK
         self._capacity: int | None = None
+        self._queue = 0
         self._overflow = _OVERFLOW
+        # Requests waiting for a slot, oldest first: each waits on its future.
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._scripts: dict[str, _Script] = {}
         self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
         self._hits: Counter[str] = Counter()
@@ -638,17 +645,30 @@ class FaultServer:
         """
         self._default = fault if isinstance(fault, Fault) else _Drawer(fault)
 
-    def set_capacity(self, limit: int | None, *, overflow: Fault = _OVERFLOW) -> None:
-        """Handle at most ``limit`` requests at once; answer the others with ``overflow``.
+    def set_capacity(
+        self, limit: int | None, *, queue: int = 0, overflow: Fault = _OVERFLOW
+    ) -> None:
+        """Handle at most ``limit`` requests at once, queue up to ``queue`` more, shed the rest.
 
-        A request that arrives while ``limit`` are being handled gets
-        ``overflow`` (by default an immediate ``503``) instead of its scripted
-        or default fault, which is not used up. ``None`` lifts the limit.
+        A request that arrives while ``limit`` are being handled waits in line
+        (first in, first out) when fewer than ``queue`` are waiting, and gets
+        its scripted or default fault once a request ends and frees a slot: it
+        is recorded then (its ``arrived_at`` is still its arrival), and the
+        fault's latency counts from then, so the line adds to it as at an
+        upstream that serves ``limit`` at once. A request that finds the line
+        full gets ``overflow`` (by default an immediate ``503``) instead of its
+        fault, which is not used up. A client that gives up leaves the line.
+        ``None`` lifts the limit; a new limit applies at once (a higher one, or
+        none, lets waiting requests go).
         """
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        if queue < 0:
+            raise ValueError(f"queue must be at least 0, got {queue}")
         self._capacity = limit
+        self._queue = queue
         self._overflow = overflow
+        self._admit_waiting()
 
     def reset(self) -> None:
         """Forget scripts, the default fault, the capacity and the recorded requests.
@@ -659,6 +679,8 @@ class FaultServer:
         self._scripts.clear()
         self._default = _OK
         self._capacity = None
+        self._queue = 0
+        self._admit_waiting()
         self._requests.clear()
         self._hits.clear()
         self._max_active = self.active
@@ -675,8 +697,13 @@ class FaultServer:
 
     @property
     def active(self) -> int:
-        """How many requests the server is handling right now."""
+        """How many requests the server is handling right now (those waiting in line included)."""
         return len(self._inflight)
+
+    @property
+    def queued(self) -> int:
+        """How many requests are waiting for a slot right now (see :meth:`set_capacity`)."""
+        return len(self._waiting)
 
     @property
     def max_active(self) -> int:
@@ -709,14 +736,51 @@ class FaultServer:
         while self._inflight:
             await self._changed.wait()
 
+    async def wait_for_queued(self, n: int) -> int:
+        """Wait until exactly ``n`` requests wait for a slot and return ``n``.
+
+        Like :meth:`wait_for_hits`, it does not time out by itself. Raises
+        :class:`RuntimeError` if the server closes first.
+        """
+        while self.queued != n:
+            if self._closed:
+                raise RuntimeError(
+                    f"FaultServer closed with {self.queued} requests queued, not {n}"
+                )
+            await self._changed.wait()
+        return n
+
     def _fault_for(self, path: str) -> Fault:
-        if self._capacity is not None and len(self._inflight) >= self._capacity:
-            return self._overflow
         script = self._scripts.get(path)
         if script is not None:
             return script.advance()
         default = self._default
         return default if isinstance(default, Fault) else default.draw()
+
+    def _full(self) -> bool:
+        """Whether every slot is taken (by requests being handled, not waiting)."""
+        busy = len(self._inflight) - len(self._waiting)
+        return self._capacity is not None and busy >= self._capacity
+
+    async def _wait_for_a_slot(self) -> None:
+        """Wait in line until :meth:`_admit_waiting` hands this request a slot."""
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        self._notify()
+        try:
+            await turn
+        finally:
+            if not turn.done() or turn.cancelled():  # the client left (or the server closed)
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(turn)
+
+    def _admit_waiting(self) -> None:
+        """Hand free slots to the requests waiting longest."""
+        while self._waiting and not self._full():
+            turn = self._waiting.popleft()  # from now on it counts as being handled
+            if not turn.done():
+                turn.set_result(None)
+            self._notify()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -726,11 +790,17 @@ class FaultServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived_at = time.monotonic()
-        fault = self._fault_for(request.path)
+        wait = shed = False
+        if self._full():
+            wait = len(self._waiting) < self._queue
+            shed = not wait
         key = id(request)
         self._inflight[key] = request
         self._max_active = max(self._max_active, len(self._inflight))
         try:
+            if wait:
+                await self._wait_for_a_slot()
+            fault = self._overflow if shed else self._fault_for(request.path)
             body = b"" if fault.kind is FaultKind.RESET else await request.content.read()
             self._requests.append(
                 RecordedRequest(
@@ -751,6 +821,7 @@ class FaultServer:
             return await _apply(fault, request)
         finally:
             del self._inflight[key]
+            self._admit_waiting()
             self._notify()
 
 
