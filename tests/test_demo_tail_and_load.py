@@ -164,7 +164,10 @@ def test_hedging_cuts_the_slow_tail_and_the_hedges_are_counted_from_the_calls() 
     ]
 
 
-def test_without_a_hedging_plugin_the_scene_says_so_and_counts_no_hedge() -> None:
+def test_without_a_hedging_plugin_the_scene_says_so_and_counts_no_hedge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HEALKIT_BLOCK_PLUGINS", "hedge")  # as if healkit-hedge were not installed
     out = io.StringIO()
 
     status = run_demo(
