@@ -904,3 +904,52 @@ async def test_a_hedge_sees_the_callers_cancel_scope_deadline(upstream: Upstream
     # Read in the caller's task, not in the hedge's (which is in no cancel scope).
     assert reader.seen[2] < math.inf
     assert reader.seen[2] == reader.seen[1]
+
+
+class CrashingRetry:
+    """A decision plugin whose ``healkit_on_error`` crashes."""
+
+    healkit_name = "crashing-retry"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @healkit.hookimpl
+    def healkit_on_error(self) -> None:
+        self.calls += 1
+        raise RuntimeError("on_error crashed")
+
+
+async def test_a_decision_crash_on_a_loser_that_failed_with_the_winner_is_reported(
+    logs: list[dict[str, Any]], loop_errors: list[dict[str, Any]]
+) -> None:
+    clock = ManualClock(auto_advance=False)
+    hedge, crashing = Hedge(1.0), CrashingRetry()
+    gates = [asyncio.Event(), asyncio.Event()]
+    calls: list[int] = []
+
+    async with _client(clock, hedge, crashing) as client:
+
+        @healkit.resilient(service="fn", idempotent=True, runtime=client.runtime)
+        async def work() -> str:
+            number = len(calls) + 1
+            calls.append(number)
+            await gates[number - 1].wait()
+            if number == 2:
+                raise OSError("the hedge failed as the first answered")
+            return "first"
+
+        task = asyncio.create_task(work())
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(1.0)
+        with anyio.fail_after(GUARD):
+            while len(calls) < 2:  # noqa: ASYNC110 - checkpoints until the hedge started
+                await asyncio.sleep(0)
+        for gate in gates:  # both end in the same turn of the loop
+            gate.set()
+        with anyio.fail_after(GUARD):
+            assert await task == "first"
+        assert client.runtime.plugin_errors["crashing-retry"] == 1
+    assert crashing.calls == 1
+    assert hedge.events == ["call_end None"]  # the crash stopped healkit_on_error

@@ -651,7 +651,10 @@ class _Race(Generic[R]):
                 if problem is None:
                     sent = task.result()
                     if isinstance(sent, HealkitError):
-                        _next_step(self._runtime, plan, call, attempt, sent)
+                        try:
+                            _next_step(self._runtime, plan, call, attempt, sent)
+                        except PluginError as crash:  # the call's end is decided already
+                            plan.crashed_late(crash)
                     else:
                         if attempt.duration is None:
                             attempt.duration = sent[1] - attempt.started
