@@ -953,3 +953,22 @@ async def test_a_decision_crash_on_a_loser_that_failed_with_the_winner_is_report
         assert client.runtime.plugin_errors["crashing-retry"] == 1
     assert crashing.calls == 1
     assert hedge.events == ["call_end None"]  # the crash stopped healkit_on_error
+
+
+async def test_no_timer_of_the_race_outlives_the_call(upstream: Upstream) -> None:
+    clock = ManualClock(auto_advance=False)
+    hedge = Hedge(1.0)
+    async with _client(clock, hedge) as client:
+        before = _tasks_of_the_race()
+
+        async def answer() -> None:
+            (await upstream.wait_for(1)).reply(200)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(answer)
+            with anyio.fail_after(GUARD):
+                response = await client.get(upstream.url + "/x")
+            left = _tasks_of_the_race() - before  # read at once, before any other await
+    assert response.outcome.winner == 1
+    assert left == set()
+    assert clock.sleeping == 0  # the hedge's timer ended with the call

@@ -458,6 +458,7 @@ class _Race(Generic[R]):
     __slots__ = (
         "_call",
         "_deadline_header",
+        "_dropped",
         "_hedge_after",
         "_hedge_timer",
         "_hedging",
@@ -493,6 +494,7 @@ class _Race(Generic[R]):
         self._hedge_timer: asyncio.Future[None] | None = None
         self._retry: tuple[AttemptContext, RetryDecision] | None = None
         self._retry_timer: asyncio.Future[None] | None = None
+        self._dropped: list[asyncio.Future[None]] = []
 
     async def run(self, first: AttemptContext, after: float) -> R | _Lost:
         """Race from ``first`` (``after``: its hedge delay) to the call's answer or last failure."""
@@ -533,7 +535,7 @@ class _Race(Generic[R]):
         call.attempts.append(attempt)
         task = asyncio.ensure_future(self._attempt(attempt))
         self._running[task] = attempt
-        self._cancel_timer(self._hedge_timer)
+        self._drop_timer(self._hedge_timer)
         self._hedge_timer = None
         if after is not None and self._hedging:
             self._hedge_after = attempt
@@ -618,25 +620,27 @@ class _Race(Generic[R]):
         The attempts are awaited to their end even if the caller is cancelled
         meanwhile (an anyio cancel scope cancels it again at every await), as
         ``asyncio.TaskGroup`` awaits its children; that cancellation is raised
-        once they ended and were reported.
+        once they ended and were reported. Cancelled timers are awaited too:
+        no task of the race outlives the call.
         """
-        self._cancel_timer(self._hedge_timer)
-        self._cancel_timer(self._retry_timer)
+        self._drop_timer(self._hedge_timer)
+        self._drop_timer(self._retry_timer)
         self._hedge_timer = self._retry_timer = None
         running, self._running = self._running, {}
-        if not running:
-            return
         for task in running:
             task.cancel()
         interrupted: asyncio.CancelledError | None = None
-        pending = [task for task in running if not task.done()]
+        pending: list[asyncio.Future[Any]] = [*self._dropped, *running]
+        self._dropped = []
+        pending = [task for task in pending if not task.done()]
         while pending:
             try:
                 await asyncio.wait(pending)
             except asyncio.CancelledError as exc:  # the caller gave up too: raised below
                 interrupted = exc
             pending = [task for task in pending if not task.done()]
-        self._report(running)
+        if running:
+            self._report(running)
         if interrupted is not None:
             raise interrupted
 
@@ -667,7 +671,9 @@ class _Race(Generic[R]):
                 attempt.duration = max(now - attempt.started, 0.0)
             plan.attempt_cancelled(call, attempt)
 
-    @staticmethod
-    def _cancel_timer(timer: asyncio.Future[None] | None) -> None:
-        if timer is not None:
+    def _drop_timer(self, timer: asyncio.Future[None] | None) -> None:
+        """Cancel ``timer``; keep it, until it ended, for :meth:`_stop` to await."""
+        if timer is not None and not timer.done():
             timer.cancel()
+            self._dropped = [t for t in self._dropped if not t.done()]
+            self._dropped.append(timer)
