@@ -548,14 +548,36 @@ async def test_each_attempt_has_its_own_time_limit(upstream: Upstream) -> None:
 
 async def test_the_calls_deadline_ends_the_race(upstream: Upstream) -> None:
     clock = ManualClock(auto_advance=False)
-    hedge = Hedge(1.0)
+    hedge = Hedge(0.5)
     async with _client(clock, hedge) as client:
-        task = asyncio.create_task(client.get(upstream.url + "/x", deadline=0.3))
-        await upstream.wait_for(1)
+        task = asyncio.create_task(client.get(upstream.url + "/x", deadline=2.0))
+        await _hedged(upstream, clock, hedge)  # the hedge has 1.5 s left, attempt 1 has 2 s
         with pytest.raises(healkit.DeadlineExceeded) as caught, anyio.fail_after(GUARD):
             await task
-    assert [r.error for r in caught.value.attempts] == ["DeadlineExceeded"]
+    assert [(r.hedge, r.error) for r in caught.value.attempts] == [
+        (False, "DeadlineExceeded"),
+        (True, "DeadlineExceeded"),
+    ]
+    assert hedge.cancelled == []
+
+
+async def test_no_hedge_is_sent_after_the_calls_deadline(upstream: Upstream) -> None:
+    clock = ManualClock(auto_advance=False)
+    hedge = Hedge(5.0)
+    async with _client(clock, hedge) as client:
+        task = asyncio.create_task(client.get(upstream.url + "/x", deadline=4.0))
+        first = await upstream.wait_for(1)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(5.0)  # the hedge is due after the deadline (on the call's clock)
+        for _ in range(20):  # give a (wrong) hedge every chance to be sent
+            await asyncio.sleep(0)
+        first.reply(200)
+        with anyio.fail_after(GUARD):
+            response = await task
     assert len(upstream.requests) == 1
+    assert response.outcome.winner == 1
+    assert hedge.hedges == []
 
 
 # -- plugin faults ---------------------------------------------------------------------------
@@ -972,3 +994,35 @@ async def test_no_timer_of_the_race_outlives_the_call(upstream: Upstream) -> Non
     assert response.outcome.winner == 1
     assert left == set()
     assert clock.sleeping == 0  # the hedge's timer ended with the call
+
+
+async def test_a_decorated_function_that_fails_twice_in_a_race() -> None:
+    clock = ManualClock(auto_advance=False)
+    hedge = Hedge(1.0)
+    fail = asyncio.Event()
+    calls: list[int] = []
+
+    async with _client(clock, hedge) as client:
+
+        @healkit.resilient(service="fn", idempotent=True, runtime=client.runtime)
+        async def work() -> str:
+            calls.append(len(calls) + 1)
+            await fail.wait()
+            raise OSError(f"attempt {len(calls)} failed")
+
+        task = asyncio.create_task(work())
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(1.0)
+        with anyio.fail_after(GUARD):
+            while len(calls) < 2:  # noqa: ASYNC110 - checkpoints until the hedge started
+                await asyncio.sleep(0)
+        fail.set()
+        with pytest.raises(healkit.CallError) as caught, anyio.fail_after(GUARD):
+            await task
+    assert isinstance(caught.value.error, OSError)
+    assert [(r.hedge, r.error, r.cancelled) for r in caught.value.attempts] == [
+        (False, "CallError", False),
+        (True, "CallError", False),
+    ]
+    assert hedge.events == ["on_error 1", "on_error 2", "call_end CallError"]
