@@ -100,9 +100,8 @@ async def execute(  # noqa: C901 - the attempt loop and its awaits
         while True:
             attempt = AttemptContext(len(call.attempts) + 1, endpoint, started, timeouts, delay)
             if plan.has_hedge_delay and (after := plan.hedge_delay(call, attempt)) is not None:
-                lost = await _Race(runtime, plan, call, transport, deadline_header).run(
-                    attempt, after
-                )
+                race = _Race(runtime, plan, call, transport, deadline_header, timeouts)
+                lost = await race.run(attempt, after)
                 if not isinstance(lost, _Lost):
                     return lost
                 error, decision = lost.error, lost.decision
@@ -450,11 +449,16 @@ class _Race(Generic[R]):
     first attempt whose result no plugin declared a failure wins; the
     attempts still in flight are cancelled, awaited (their connections are
     released) and reported with ``healkit_attempt_cancelled``.
+
+    Every attempt starts from the call's limits (``timeouts``), as one after
+    another does, whatever a plugin set on the attempt before it; hedges
+    count towards the caller's ``attempts=`` (``call.attempt_limit``).
     """
 
     __slots__ = (
         "_call",
         "_deadline_header",
+        "_dropped",
         "_hedge_after",
         "_hedge_timer",
         "_hedging",
@@ -464,18 +468,21 @@ class _Race(Generic[R]):
         "_retry_timer",
         "_running",
         "_runtime",
+        "_timeouts",
         "_transport",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - the race's part of execute's locals
         self,
         runtime: Runtime,
         plan: CallPlan,
         call: CallContext,
         transport: Transport[R],
         deadline_header: str | None,
+        timeouts: Timeouts,
     ) -> None:
         self._runtime = runtime
+        self._timeouts = timeouts
         self._plan = plan
         self._call = call
         self._transport = transport
@@ -487,6 +494,7 @@ class _Race(Generic[R]):
         self._hedge_timer: asyncio.Future[None] | None = None
         self._retry: tuple[AttemptContext, RetryDecision] | None = None
         self._retry_timer: asyncio.Future[None] | None = None
+        self._dropped: list[asyncio.Future[None]] = []
 
     async def run(self, first: AttemptContext, after: float) -> R | _Lost:
         """Race from ``first`` (``after``: its hedge delay) to the call's answer or last failure."""
@@ -502,7 +510,8 @@ class _Race(Generic[R]):
                     if timer is not None:
                         waiting.add(timer)
                 done, _pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                for task in [t for t in done if t in self._running]:
+                # In launch order: of two answers that came together, the earlier attempt's wins.
+                for task in [t for t in self._running if t in done]:
                     attempt = self._running.pop(task)
                     sent = task.result()
                     if not isinstance(sent, HealkitError):
@@ -526,7 +535,7 @@ class _Race(Generic[R]):
         call.attempts.append(attempt)
         task = asyncio.ensure_future(self._attempt(attempt))
         self._running[task] = attempt
-        self._cancel_timer(self._hedge_timer)
+        self._drop_timer(self._hedge_timer)
         self._hedge_timer = None
         if after is not None and self._hedging:
             self._hedge_after = attempt
@@ -548,10 +557,15 @@ class _Race(Generic[R]):
         if previous is None or not previous.in_flight:
             return  # it ended (a failure whose retry may hedge in turn): nothing to back up
         now = call.clock.now()
-        if now >= min(call.deadline, call.scope_deadline) or not plan.hedge(call, previous):
-            self._hedging = False  # declined: no more hedges for this call
+        limit = call.attempt_limit
+        if (
+            (limit is not None and len(call.attempts) >= limit)
+            or now >= min(call.deadline, call.scope_deadline)
+            or not plan.hedge(call, previous)
+        ):
+            self._hedging = False  # no room, no time, or declined: no more hedges for this call
             return
-        hedge = AttemptContext(len(call.attempts) + 1, previous.endpoint, now, previous.timeouts)
+        hedge = AttemptContext(len(call.attempts) + 1, previous.endpoint, now, self._timeouts)
         hedge.hedge = True
         self._launch(hedge, plan.hedge_delay(call, hedge))
 
@@ -575,7 +589,7 @@ class _Race(Generic[R]):
             len(call.attempts) + 1,
             decision.endpoint or failed.endpoint,
             call.clock.now(),
-            failed.timeouts,
+            self._timeouts,
             decision.delay,
         )
         call.path = "retry"
@@ -583,8 +597,15 @@ class _Race(Generic[R]):
         self._launch(attempt, after)
 
     async def _won(self, winner: AttemptContext, result: R, ended: float) -> R:
-        """End the call with ``winner``'s result, once the other attempts are cancelled."""
-        await self._stop()
+        """End the call with ``winner``'s result, once the other attempts are cancelled.
+
+        If the caller gives up meanwhile, the result is released: nobody will have it.
+        """
+        try:
+            await self._stop()
+        except BaseException:
+            self._transport.discard(result)
+            raise
         call = self._call
         call.path = self._paths.get(winner.number, call.path)
         return _succeeded(self._plan, call, winner, self._transport, result, ended)
@@ -595,21 +616,33 @@ class _Race(Generic[R]):
         An attempt that ended on its own meanwhile is reported as it ended (a
         failure to ``healkit_on_error``, whose decision no longer matters; a
         result is released); the cancelled ones to ``healkit_attempt_cancelled``.
+
+        The attempts are awaited to their end even if the caller is cancelled
+        meanwhile (an anyio cancel scope cancels it again at every await), as
+        ``asyncio.TaskGroup`` awaits its children; that cancellation is raised
+        once they ended and were reported. Cancelled timers are awaited too:
+        no task of the race outlives the call.
         """
-        self._cancel_timer(self._hedge_timer)
-        self._cancel_timer(self._retry_timer)
+        self._drop_timer(self._hedge_timer)
+        self._drop_timer(self._retry_timer)
         self._hedge_timer = self._retry_timer = None
         running, self._running = self._running, {}
-        if not running:
-            return
         for task in running:
             task.cancel()
-        try:
-            await asyncio.wait(running)
-        finally:
-            # Cancelled again while waiting (the caller gave up too): the tasks
-            # unwind on their own; what they hold is given back all the same.
+        interrupted: asyncio.CancelledError | None = None
+        pending: list[asyncio.Future[Any]] = [*self._dropped, *running]
+        self._dropped = []
+        pending = [task for task in pending if not task.done()]
+        while pending:
+            try:
+                await asyncio.wait(pending)
+            except asyncio.CancelledError as exc:  # the caller gave up too: raised below
+                interrupted = exc
+            pending = [task for task in pending if not task.done()]
+        if running:
             self._report(running)
+        if interrupted is not None:
+            raise interrupted
 
     def _report(
         self, stopped: dict[asyncio.Future[tuple[R, float] | HealkitError], AttemptContext]
@@ -622,7 +655,10 @@ class _Race(Generic[R]):
                 if problem is None:
                     sent = task.result()
                     if isinstance(sent, HealkitError):
-                        _next_step(self._runtime, plan, call, attempt, sent)
+                        try:
+                            _next_step(self._runtime, plan, call, attempt, sent)
+                        except PluginError as crash:  # the call's end is decided already
+                            plan.crashed_late(crash)
                     else:
                         if attempt.duration is None:
                             attempt.duration = sent[1] - attempt.started
@@ -635,7 +671,9 @@ class _Race(Generic[R]):
                 attempt.duration = max(now - attempt.started, 0.0)
             plan.attempt_cancelled(call, attempt)
 
-    @staticmethod
-    def _cancel_timer(timer: asyncio.Future[None] | None) -> None:
-        if timer is not None:
+    def _drop_timer(self, timer: asyncio.Future[None] | None) -> None:
+        """Cancel ``timer``; keep it, until it ended, for :meth:`_stop` to await."""
+        if timer is not None and not timer.done():
             timer.cancel()
+            self._dropped = [t for t in self._dropped if not t.done()]
+            self._dropped.append(timer)

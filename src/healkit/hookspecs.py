@@ -517,7 +517,12 @@ def healkit_hedge(call: CallContext, attempt: AttemptContext) -> bool | None:
     Asked when the delay from ``healkit_hedge_delay`` passed and no attempt
     of the call has answered, before the hedge is routed and admitted: the
     moment to spend a budget. ``False`` declines: nothing is sent, and the
-    call sends no more hedges; it waits for the attempts in flight.
+    call sends no more hedges; it waits for the attempts in flight. Not
+    asked (and no more hedges are sent) once the call made as many attempts
+    as the caller allows (``attempts=``, ``call.attempt_limit``) or its
+    deadline passed. A hedge starts from the call's limits
+    (``attempt.timeouts``), as a retry does, not from what a plugin set on
+    the attempt before it.
 
     Result: decision plugins are asked in hook order until one returns
     ``False``; ``True`` and ``None`` do not object. May not return an
@@ -536,7 +541,9 @@ def healkit_attempt_cancelled(call: CallContext, attempt: AttemptContext) -> Non
     failure of its endpoint, and no plugin should count it as one.
     ``attempt.duration`` is set; ``attempt.cancelled`` is ``True``. Called
     in the caller's task once the attempt's task has ended, so its
-    connection is back with the pool (or closed) by then. A call whose
+    connection is back with the pool (or closed) by then, even when the
+    caller was cancelled meanwhile (then the call waits for its attempts to
+    end before the cancellation goes on). A call whose
     attempts run one after another never gets this hook: a cancellation of
     the caller ends it with ``healkit_call_abandoned`` alone.
 
