@@ -137,8 +137,16 @@ class RequestBudget:
         return True
 
     def _slide(self, now: float) -> None:
-        """Move the window to the bucket of ``now``, forgetting the buckets that left it."""
+        """Move the window to the bucket of ``now``, forgetting the buckets that left it.
+
+        A time in an earlier bucket still in the window (read before a later one
+        was counted: a call's start, counted when its first attempt runs) is
+        counted in the current bucket; only a time a whole window back (the
+        clock was replaced) starts the window over.
+        """
         epoch = math.floor(now * self._buckets_per_second)
+        if 0 < self._epoch - epoch < BUCKETS and self._bucket_start < math.inf:
+            return
         width = 1.0 / self._buckets_per_second
         self._bucket_start = epoch * width
         self._bucket_end = (epoch + 1) * width
