@@ -121,6 +121,24 @@ class RequestBudget:
         self.spent += 1
         return True
 
+    def carry(self, previous: RequestBudget, now: float) -> None:
+        """Count the window of ``previous`` (the same calls' budget, other parameters) here.
+
+        Its requests and extra requests still in its window at ``now`` count in
+        this budget's current bucket (and leave the window with it): a new
+        configuration takes effect on the traffic already counted, and never
+        grants the reserve afresh. Call it on a budget that counted nothing yet.
+        """
+        if not previous._bucket_start <= now < previous._bucket_end:
+            previous._slide(now)
+        if not self._bucket_start <= now < self._bucket_end:
+            self._slide(now)
+        self._request_counts[self._index] += previous.requests
+        self._extra_counts[self._index] += previous.spent
+        self.requests += previous.requests
+        self.spent += previous.spent
+        self._last_report = previous._last_report
+
     def allowance(self) -> float:
         """Return how many extra requests the window allows with its current requests."""
         return self._ratio * self.requests + self._reserve - _EPSILON

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
+from hedge_support import SERVICE, Outcomes, client, document
+
 from healkit.plugin import RequestBudget
+from healkit.testing import Fault, FaultServer, ManualClock
+from healkit_hedge import HedgePlugin
 
 
 def spend_all(budget: RequestBudget, now: float) -> int:
@@ -49,3 +57,34 @@ def test_a_time_a_whole_window_back_starts_the_window_over() -> None:
     assert spend_all(budget, 1005.0) == 2
     budget.record_request(5.0)
     assert (budget.requests, budget.spent) == (1, 0)
+
+
+@pytest.mark.anyio
+async def test_a_budget_change_mid_traffic_does_not_grant_the_reserve_afresh(
+    fault_server: FaultServer,
+) -> None:
+    # Every answer is slower than the delay: every call would like a hedge. An
+    # operator lowers budget_ratio to relieve the upstream; old code gave the
+    # service a new, empty budget, whose reserve went out at once: more hedges
+    # in the window than either policy allows.
+    fault_server.set_default(Fault.ok(latency=0.002))
+    clock = ManualClock()  # the hedge timer fires at once, in virtual time
+    outcomes = Outcomes()
+    plugin = HedgePlugin()
+    first: dict[str, Any] = {"delay": 0.001, "budget_ratio": 0.5, "budget_min_per_second": 0.5}
+    async with client(fault_server.url, outcomes, clock=clock, plugin=plugin, **first) as c:
+        for _ in range(4):
+            await asyncio.gather(*(c.get("/x", service=SERVICE) for _ in range(10)))
+        assert hedges(outcomes) == 0.5 * 40 + 0.5 * 10  # the first budget, all used
+        lowered = {**first, "budget_ratio": 0.1}
+        c.runtime.apply(document(fault_server.url, enabled=True, **lowered))
+        outcomes.seen.clear()
+        await asyncio.gather(*(c.get("/x", service=SERVICE) for _ in range(10)))
+        (status,) = plugin.status()
+    assert hedges(outcomes) == 0  # 25 hedges for 50 calls: beyond 0.1 * 50 + 5 already
+    assert (status.window_requests, status.window_hedges) == (50, 25)
+    assert status.declined == (40 - 25) + 10
+
+
+def hedges(outcomes: Outcomes) -> int:
+    return sum(a.hedge for o in outcomes.seen for a in o.attempts)

@@ -109,12 +109,14 @@ class _Service:
         self.budget = _budget(budget_params(settings))
         self.declined = 0
 
-    def apply(self, settings: HedgeSettings) -> None:
-        """Take new settings: the samples stay; the budget only if its parameters did."""
+    def apply(self, settings: HedgeSettings, now: float) -> None:
+        """Take new settings: the samples stay, and so do the budget's counts at ``now``."""
         self.estimator.retarget(settings.percentile)
         params = budget_params(settings)
         if params != self.budget.params:
-            self.budget = _budget(params)
+            budget = _budget(params)
+            budget.carry(self.budget, now)
+            self.budget = budget
 
 
 def _budget(params: BudgetParams) -> RequestBudget:
@@ -210,9 +212,10 @@ class HedgePlugin:
         """Carry each service's state over to ``config``.
 
         A service whose policy still hedges keeps its latency samples (the
-        estimate follows the new ``percentile``) and its budget, unless the
-        ``budget_*`` settings changed (then the budget starts afresh). A
-        service whose policy no longer hedges loses its state.
+        estimate follows the new ``percentile``) and its budget's counts (a
+        budget with new ``budget_*`` settings takes over the old one's window,
+        so a reload never grants the reserve afresh). A service whose policy
+        no longer hedges loses its state.
         """
         self._runtime = runtime
         self._config = config
@@ -225,7 +228,7 @@ class HedgePlugin:
             if not settings.active:
                 strangers.pop(service)
                 continue
-            state.apply(settings)
+            state.apply(settings, now)
             if config.configured(service):
                 strangers.pop(service)
                 services[service] = state
