@@ -14,10 +14,9 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from aiohttp import web
 from opentelemetry.trace import StatusCode
 from tracing_support import SERVICE, Telemetry, document
-
-from aiohttp import web
 
 import healkit
 from healkit.testing import Fault, FaultServer, ManualClock
