@@ -216,14 +216,25 @@ class HedgePlugin:
         budget with new ``budget_*`` settings takes over the old one's window,
         so a reload never grants the reserve afresh). A service whose policy
         no longer hedges loses its state.
+
+        Only the services the new snapshot changed are looked at
+        (:meth:`healkit.HealkitConfig.changes_since`), every one when the
+        defaults changed: a reload costs the event loop what it changed.
         """
         self._runtime = runtime
-        self._config = config
+        before, self._config = self._config, config
+        changes = config.changes_since(before)
         now = runtime.clock.now()
         services, strangers = self._services, self._strangers
-        every = [*services.items(), *strangers.items()]
-        services.clear()
-        for service, state in every:
+        if changes is None or changes.defaults:
+            touched = [*services.items(), *strangers.items()]
+            services.clear()
+        else:
+            names = changes.services
+            changed = names if len(names) < len(services) else [n for n in services if n in names]
+            touched = [(name, services.pop(name)) for name in changed if name in services]
+            touched.extend((s, state) for s, state in strangers.items() if s in names)
+        for service, state in touched:
             settings = config.policy(service).section(SECTION)
             if not settings.active:
                 strangers.pop(service)
