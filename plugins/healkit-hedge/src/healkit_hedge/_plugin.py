@@ -255,8 +255,10 @@ class HedgePlugin:
     ) -> float | None:
         """Give the hedge delay for a call that may be sent twice and has hedges left.
 
-        The first attempt of every call of a hedging service counts as a
-        request of its budget.
+        Hedges left: fewer than ``max_hedges`` sent, and the hedge's number
+        within the call's ``attempt_limit`` (the caller's ``attempts=``). The
+        first attempt of every call of a hedging service counts as a request
+        of its budget.
         """
         derived = call.policy.stash.get(POLICY) or _derive(call.policy)
         if not derived.active:
@@ -266,6 +268,9 @@ class HedgePlugin:
             state.budget.record_request(call.started)
         if not (call.replayable and call.idempotent):
             return None  # a request that may not be sent twice is never hedged
+        limit = call.attempt_limit  # the caller's attempts=, the test mode's attempts
+        if limit is not None and attempt.number >= limit:
+            return None  # the hedge would be one attempt more than the caller allows
         hedges = attempt.hedge + sum(1 for a in call.attempts if a.hedge and a is not attempt)
         if hedges >= derived.max_hedges:
             return None
