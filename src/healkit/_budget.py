@@ -121,6 +121,24 @@ class RequestBudget:
         self.spent += 1
         return True
 
+    def carry(self, previous: RequestBudget, now: float) -> None:
+        """Count the window of ``previous`` (the same calls' budget, other parameters) here.
+
+        Its requests and extra requests still in its window at ``now`` count in
+        this budget's current bucket (and leave the window with it): a new
+        configuration takes effect on the traffic already counted, and never
+        grants the reserve afresh. Call it on a budget that counted nothing yet.
+        """
+        if not previous._bucket_start <= now < previous._bucket_end:
+            previous._slide(now)
+        if not self._bucket_start <= now < self._bucket_end:
+            self._slide(now)
+        self._request_counts[self._index] += previous.requests
+        self._extra_counts[self._index] += previous.spent
+        self.requests += previous.requests
+        self.spent += previous.spent
+        self._last_report = previous._last_report
+
     def allowance(self) -> float:
         """Return how many extra requests the window allows with its current requests."""
         return self._ratio * self.requests + self._reserve - _EPSILON
@@ -137,8 +155,16 @@ class RequestBudget:
         return True
 
     def _slide(self, now: float) -> None:
-        """Move the window to the bucket of ``now``, forgetting the buckets that left it."""
+        """Move the window to the bucket of ``now``, forgetting the buckets that left it.
+
+        A time in an earlier bucket still in the window (read before a later one
+        was counted: a call's start, counted when its first attempt runs) is
+        counted in the current bucket; only a time a whole window back (the
+        clock was replaced) starts the window over.
+        """
         epoch = math.floor(now * self._buckets_per_second)
+        if 0 < self._epoch - epoch < BUCKETS and self._bucket_start < math.inf:
+            return
         width = 1.0 / self._buckets_per_second
         self._bucket_start = epoch * width
         self._bucket_end = (epoch + 1) * width

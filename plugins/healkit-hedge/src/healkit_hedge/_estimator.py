@@ -8,12 +8,17 @@ current window is full it becomes the previous one and a new one starts, so the
 estimate follows the last one to two windows of answers and forgets older
 ones. The percentile is recomputed every :data:`REFRESH_SAMPLES` samples (a
 pass over the buckets, a fixed cost spread over those samples), never per
-read. Memory is fixed: two arrays of :data:`BUCKET_COUNT` counters.
+read. Memory is fixed: two arrays of :data:`BUCKET_COUNT` 16-bit counters
+(about 1.2 KB per service, so that the ``state.max_unconfigured`` services a
+flood of hosts may create stay a few megabytes).
 """
 
 from __future__ import annotations
 
 import math
+from array import array
+from itertools import accumulate
+from operator import add
 from typing import Final, final
 
 __all__ = [
@@ -40,6 +45,8 @@ _EDGES: Final = tuple(LOWEST * GROWTH**index for index in range(BUCKET_COUNT))
 
 WINDOW_SAMPLES: Final = 1000
 """Samples per window: the estimate covers the last 1000 to 2000 answers."""
+_EMPTY: Final = array("H", [0]) * BUCKET_COUNT
+"""A window with no sample; ``H`` counters hold a full window's samples in one bucket."""
 REFRESH_SAMPLES: Final = 50
 """The percentile is recomputed every 50 samples."""
 MIN_SAMPLES: Final = 100
@@ -89,8 +96,8 @@ class LatencyEstimator:
     )
 
     def __init__(self, percentile: float) -> None:
-        self._current = [0] * BUCKET_COUNT
-        self._previous = [0] * BUCKET_COUNT
+        self._current = array("H", _EMPTY)
+        self._previous = array("H", _EMPTY)
         self._current_total = 0
         self._previous_total = 0
         self._until_refresh = REFRESH_SAMPLES
@@ -124,8 +131,7 @@ class LatencyEstimator:
             self._previous, self._current = self._current, self._previous
             self._previous_total = self._current_total
             self._current_total = 0
-            for index in range(BUCKET_COUNT):
-                self._current[index] = 0
+            self._current[:] = _EMPTY
             self._until_refresh = 0
         self._until_refresh -= 1
         if self._until_refresh <= 0:
@@ -139,11 +145,7 @@ class LatencyEstimator:
             self.estimate = None
             return
         rank = max(1, math.ceil(self._fraction * total))
-        seen = 0
-        current, previous = self._current, self._previous
-        for index in range(BUCKET_COUNT - 1):
-            seen += current[index] + previous[index]
-            if seen >= rank:
-                self.estimate = _EDGES[index]
-                return
-        self.estimate = _EDGES[-1]  # the rank lies in the last bucket
+        # The running count of both windows, bucket by bucket, reaches the total
+        # (>= rank) at the last bucket at the latest.
+        counts = zip(_EDGES, accumulate(map(add, self._current, self._previous)), strict=True)
+        self.estimate = next(edge for edge, seen in counts if seen >= rank)

@@ -109,12 +109,14 @@ class _Service:
         self.budget = _budget(budget_params(settings))
         self.declined = 0
 
-    def apply(self, settings: HedgeSettings) -> None:
-        """Take new settings: the samples stay; the budget only if its parameters did."""
+    def apply(self, settings: HedgeSettings, now: float) -> None:
+        """Take new settings: the samples stay, and so do the budget's counts at ``now``."""
         self.estimator.retarget(settings.percentile)
         params = budget_params(settings)
         if params != self.budget.params:
-            self.budget = _budget(params)
+            budget = _budget(params)
+            budget.carry(self.budget, now)
+            self.budget = budget
 
 
 def _budget(params: BudgetParams) -> RequestBudget:
@@ -210,22 +212,34 @@ class HedgePlugin:
         """Carry each service's state over to ``config``.
 
         A service whose policy still hedges keeps its latency samples (the
-        estimate follows the new ``percentile``) and its budget, unless the
-        ``budget_*`` settings changed (then the budget starts afresh). A
-        service whose policy no longer hedges loses its state.
+        estimate follows the new ``percentile``) and its budget's counts (a
+        budget with new ``budget_*`` settings takes over the old one's window,
+        so a reload never grants the reserve afresh). A service whose policy
+        no longer hedges loses its state.
+
+        Only the services the new snapshot changed are looked at
+        (:meth:`healkit.HealkitConfig.changes_since`), every one when the
+        defaults changed: a reload costs the event loop what it changed.
         """
         self._runtime = runtime
-        self._config = config
+        before, self._config = self._config, config
+        changes = config.changes_since(before)
         now = runtime.clock.now()
         services, strangers = self._services, self._strangers
-        every = [*services.items(), *strangers.items()]
-        services.clear()
-        for service, state in every:
+        if changes is None or changes.defaults:
+            touched = [*services.items(), *strangers.items()]
+            services.clear()
+        else:
+            names = changes.services
+            changed = names if len(names) < len(services) else [n for n in services if n in names]
+            touched = [(name, services.pop(name)) for name in changed if name in services]
+            touched.extend((s, state) for s, state in strangers.items() if s in names)
+        for service, state in touched:
             settings = config.policy(service).section(SECTION)
             if not settings.active:
                 strangers.pop(service)
                 continue
-            state.apply(settings)
+            state.apply(settings, now)
             if config.configured(service):
                 strangers.pop(service)
                 services[service] = state
@@ -241,8 +255,10 @@ class HedgePlugin:
     ) -> float | None:
         """Give the hedge delay for a call that may be sent twice and has hedges left.
 
-        The first attempt of every call of a hedging service counts as a
-        request of its budget.
+        Hedges left: fewer than ``max_hedges`` sent, and the hedge's number
+        within the call's ``attempt_limit`` (the caller's ``attempts=``). The
+        first attempt of every call of a hedging service counts as a request
+        of its budget.
         """
         derived = call.policy.stash.get(POLICY) or _derive(call.policy)
         if not derived.active:
@@ -252,6 +268,9 @@ class HedgePlugin:
             state.budget.record_request(call.started)
         if not (call.replayable and call.idempotent):
             return None  # a request that may not be sent twice is never hedged
+        limit = call.attempt_limit  # the caller's attempts=, the test mode's attempts
+        if limit is not None and attempt.number >= limit:
+            return None  # the hedge would be one attempt more than the caller allows
         hedges = attempt.hedge + sum(1 for a in call.attempts if a.hedge and a is not attempt)
         if hedges >= derived.max_hedges:
             return None
