@@ -253,6 +253,9 @@ class AttemptContext:
             answered first (``healkit_attempt_cancelled``).
         in_flight: whether the attempt was launched and has not ended yet:
             what a router reads to send a hedge elsewhere.
+        path: the path the call had taken when this attempt was routed
+            (``primary``, ``retry`` or ``fallback``): the call's path if this
+            attempt answers.
 
     """
 
@@ -265,6 +268,7 @@ class AttemptContext:
         "headers",
         "hedge",
         "number",
+        "path",
         "redirects",
         "retry_delay",
         "ssl",
@@ -296,6 +300,7 @@ class AttemptContext:
         self.redirects: tuple[RedirectRecord, ...] = ()
         self.hedge = False
         self.cancelled = False
+        self.path: PathTaken = "primary"
         self._stash: Stash | None = None
 
     def __repr__(self) -> str:

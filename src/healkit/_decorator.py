@@ -28,6 +28,8 @@ class _FunctionTransport(Generic[T]):
 
     __slots__ = ("_args", "_failures", "_function", "_kwargs")
 
+    concurrent = True  # each attempt is a call of its own
+
     def __init__(
         self,
         function: Callable[..., Awaitable[T]],

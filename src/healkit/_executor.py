@@ -24,7 +24,7 @@ from healkit._errors import (
     PluginError,
     TimeoutExceeded,
 )
-from healkit._outcome import Outcome, PathTaken
+from healkit._outcome import Outcome
 from healkit._testmode import TEST_MODE
 from healkit.deadlines import INBOUND_DEADLINE, stamp_remaining
 
@@ -42,7 +42,17 @@ DEADLINE_STOP: Final = "the next attempt could not start before the call's deadl
 
 
 class Transport(Protocol, Generic[R]):
-    """One way of making an attempt: HTTP over aiohttp, a function call, ..."""
+    """One way of making an attempt: HTTP over aiohttp, a function call, ...
+
+    Attributes:
+        concurrent: whether two attempts of one call may be in flight at once
+            (hedging). ``False`` for a transport whose attempts share one
+            mutable request (the aiohttp middleware's): its calls are never
+            raced, whatever ``healkit_hedge_delay`` says.
+
+    """
+
+    concurrent: bool
 
     async def send(self, call: CallContext, attempt: AttemptContext) -> tuple[R, Response | None]:
         """Make the attempt; return the result and, for HTTP, the response to judge.
@@ -79,7 +89,7 @@ class Passthrough(Exception):  # noqa: N818 - not an error of its own: a carrier
         self.error = error
 
 
-async def execute(  # noqa: C901 - the attempt loop and its awaits
+async def execute(  # noqa: C901, PLR0912 - the attempt loop and its awaits
     runtime: Runtime, call: CallContext, transport: Transport[R], endpoint: str | None
 ) -> R:
     """Run ``call`` to its end: a result (real, fallback or degraded) or a HealkitError.
@@ -99,18 +109,24 @@ async def execute(  # noqa: C901 - the attempt loop and its awaits
     try:
         while True:
             attempt = AttemptContext(len(call.attempts) + 1, endpoint, started, timeouts, delay)
-            if plan.has_hedge_delay and (after := plan.hedge_delay(call, attempt)) is not None:
-                race = _Race(runtime, plan, call, transport, deadline_header, timeouts)
-                lost = await race.run(attempt, after)
-                if not isinstance(lost, _Lost):
-                    return lost
-                error, decision = lost.error, lost.decision
-                break
             call.attempts.append(attempt)
-            sent = await _attempt(runtime, plan, call, attempt, transport, deadline_header)
-            if not isinstance(sent, HealkitError):
-                return _succeeded(plan, call, attempt, transport, sent[0], sent[1])
-            error = sent
+            error = _admitted(plan, call, attempt)
+            if error is None:
+                if (
+                    plan.has_hedge_delay
+                    and transport.concurrent
+                    and (after := plan.hedge_delay(call, attempt)) is not None
+                ):
+                    race = _Race(runtime, plan, call, transport, deadline_header, timeouts)
+                    lost = await race.run(attempt, after)
+                    if not isinstance(lost, _Lost):
+                        return lost
+                    error, decision = lost.error, lost.decision
+                    break
+                sent = await _attempt(runtime, plan, call, attempt, transport, deadline_header)
+                if not isinstance(sent, HealkitError):
+                    return _succeeded(plan, call, attempt, transport, sent[0], sent[1])
+                error = sent
             decision = _next_step(runtime, plan, call, attempt, error)
             if decision is None or not decision.retry:
                 break
@@ -150,20 +166,20 @@ async def _attempt(  # noqa: PLR0913, PLR0917 - a step of execute, given its loc
     transport: Transport[R],
     deadline_header: str | None,
 ) -> tuple[R, float] | HealkitError:
-    """Admit, send and judge one attempt: its result and end time, or the error it ended with.
+    """Admit, send and judge an attempt ``healkit_pre_request`` let through (:func:`_admitted`).
 
-    ``CancelledError`` (unless the attempt's own time limit fired),
-    :class:`PluginError` and :class:`Passthrough` propagate.
+    Returns its result and end time, or the error it ended with (a refusal of
+    ``healkit_admit`` included). ``CancelledError`` (unless the attempt's own
+    time limit fired), :class:`PluginError` and :class:`Passthrough` propagate.
     """
     try:
-        error = _admitted(plan, call, attempt)
-        if error is None and plan.has_admit:
+        if plan.has_admit:
             error = await plan.admit(call, attempt)
             if error is None:
                 attempt.started = call.clock.now()  # a wait for room is not the attempt's time
                 error = _too_late(call, attempt)
-        if error is not None:
-            return error
+            if error is not None:
+                return error
         if deadline_header is not None:
             stamp_remaining(call, attempt, deadline_header)
         timer = runtime._timers.arm(_time_limit(call, attempt))  # noqa: SLF001
@@ -209,7 +225,7 @@ def _call_limits(runtime: Runtime, call: CallContext) -> Timeouts:
 def _admitted(plan: CallPlan, call: CallContext, attempt: AttemptContext) -> HealkitError | None:
     """Route the attempt and run ``healkit_pre_request``; return what refuses it, if anything.
 
-    A refusal is returned, not raised (a plugin that raises one: it
+    A refusal a plugin returns or raises is returned (a :class:`PluginError`
     propagates). An attempt that would start at or after the call's deadline
     is refused with :class:`DeadlineExceeded`.
     """
@@ -217,8 +233,14 @@ def _admitted(plan: CallPlan, call: CallContext, attempt: AttemptContext) -> Hea
         chosen = plan.route(call, attempt)
         if chosen is not None:
             attempt.endpoint = chosen
+    attempt.path = call.path  # what a race makes the call's path if this attempt wins
     if plan.has_pre_request:
-        refusal = plan.pre_request(call, attempt)
+        try:
+            refusal = plan.pre_request(call, attempt)
+        except PluginError:
+            raise
+        except HealkitError as raised:
+            return raised
         if refusal is not None:
             return refusal
     return _too_late(call, attempt)
@@ -462,7 +484,7 @@ class _Race(Generic[R]):
         "_hedge_after",
         "_hedge_timer",
         "_hedging",
-        "_paths",
+        "_lost",
         "_plan",
         "_retry",
         "_retry_timer",
@@ -488,21 +510,24 @@ class _Race(Generic[R]):
         self._transport = transport
         self._deadline_header = deadline_header
         self._running: dict[asyncio.Future[tuple[R, float] | HealkitError], AttemptContext] = {}
-        self._paths: dict[int, PathTaken] = {}
         self._hedging = True
         self._hedge_after: AttemptContext | None = None
         self._hedge_timer: asyncio.Future[None] | None = None
         self._retry: tuple[AttemptContext, RetryDecision] | None = None
         self._retry_timer: asyncio.Future[None] | None = None
         self._dropped: list[asyncio.Future[None]] = []
+        self._lost: _Lost | None = None
 
     async def run(self, first: AttemptContext, after: float) -> R | _Lost:
-        """Race from ``first`` (``after``: its hedge delay) to the call's answer or last failure."""
+        """Race from ``first`` to the call's answer or last failure.
+
+        ``first`` is in ``call.attempts`` and ``healkit_pre_request`` let it
+        through; ``after`` is its hedge delay.
+        """
         call = self._call
         # Read in the caller's task: an attempt's task is outside the caller's cancel scopes.
         _ = call.scope_deadline
         self._launch(first, after)
-        lost: _Lost | None = None
         try:
             while self._running or self._retry_timer is not None:
                 waiting: set[asyncio.Future[Any]] = set(self._running)
@@ -516,7 +541,7 @@ class _Race(Generic[R]):
                     sent = task.result()
                     if not isinstance(sent, HealkitError):
                         return await self._won(attempt, sent[0], sent[1])
-                    lost = self._failed(attempt, sent)
+                    self._failed(attempt, sent)
                 if self._retry_timer is not None and self._retry_timer in done:
                     self._retry_timer = None
                     self._start_retry()
@@ -525,30 +550,34 @@ class _Race(Generic[R]):
                     self._send_hedge()
         finally:
             await self._stop()
-        if lost is None:  # pragma: no cover - a race ends by an attempt's end
+        if self._lost is None:  # pragma: no cover - a race ends by an attempt's end
             raise RuntimeError("a race ended with no attempt ended")
-        return lost
+        return self._lost
+
+    def _start(self, attempt: AttemptContext) -> None:
+        """Prepare a hedge or a retry as one after another does; launch it unless refused."""
+        call, plan = self._call, self._plan
+        call.attempts.append(attempt)
+        refusal = _admitted(plan, call, attempt)
+        if refusal is not None:
+            self._failed(attempt, refusal)
+            return
+        self._launch(attempt, plan.hedge_delay(call, attempt) if self._hedging else None)
 
     def _launch(self, attempt: AttemptContext, after: float | None) -> None:
         """Start ``attempt`` in a task of its own; arm the hedge due ``after`` seconds later."""
         call = self._call
-        call.attempts.append(attempt)
-        task = asyncio.ensure_future(self._attempt(attempt))
+        task = asyncio.ensure_future(
+            _attempt(
+                self._runtime, self._plan, call, attempt, self._transport, self._deadline_header
+            )
+        )
         self._running[task] = attempt
         self._drop_timer(self._hedge_timer)
         self._hedge_timer = None
         if after is not None and self._hedging:
             self._hedge_after = attempt
             self._hedge_timer = asyncio.ensure_future(call.clock.sleep(after))
-
-    async def _attempt(self, attempt: AttemptContext) -> tuple[R, float] | HealkitError:
-        """Run one attempt; note the path the call took for it when it was routed."""
-        call = self._call
-        sent = await _attempt(
-            self._runtime, self._plan, call, attempt, self._transport, self._deadline_header
-        )
-        self._paths[attempt.number] = call.path
-        return sent
 
     def _send_hedge(self) -> None:
         """Launch the hedge that is due, unless its attempt ended or a plugin declines it."""
@@ -567,16 +596,16 @@ class _Race(Generic[R]):
             return
         hedge = AttemptContext(len(call.attempts) + 1, previous.endpoint, now, self._timeouts)
         hedge.hedge = True
-        self._launch(hedge, plan.hedge_delay(call, hedge))
+        self._start(hedge)
 
-    def _failed(self, attempt: AttemptContext, error: HealkitError) -> _Lost:
+    def _failed(self, attempt: AttemptContext, error: HealkitError) -> None:
         """Report a failed attempt to ``healkit_on_error``; schedule the retry it was granted."""
         decision = _next_step(self._runtime, self._plan, self._call, attempt, error)
         if decision is not None and decision.retry and self._retry is None:
             delay = 0.0 if TEST_MODE.on else decision.delay
             self._retry = (attempt, decision)
             self._retry_timer = asyncio.ensure_future(self._call.clock.sleep(delay))
-        return _Lost(error, decision)
+        self._lost = _Lost(error, decision)
 
     def _start_retry(self) -> None:
         """Launch the retry whose backoff passed."""
@@ -593,8 +622,7 @@ class _Race(Generic[R]):
             decision.delay,
         )
         call.path = "retry"
-        after = self._plan.hedge_delay(call, attempt) if self._hedging else None
-        self._launch(attempt, after)
+        self._start(attempt)
 
     async def _won(self, winner: AttemptContext, result: R, ended: float) -> R:
         """End the call with ``winner``'s result, once the other attempts are cancelled.
@@ -607,7 +635,7 @@ class _Race(Generic[R]):
             self._transport.discard(result)
             raise
         call = self._call
-        call.path = self._paths.get(winner.number, call.path)
+        call.path = winner.path
         return _succeeded(self._plan, call, winner, self._transport, result, ended)
 
     async def _stop(self) -> None:

@@ -90,6 +90,8 @@ class HttpTransport:
 
     __slots__ = ("_data", "_follow", "_options", "_session", "_stream")
 
+    concurrent = True  # each attempt is a request of its own
+
     def __init__(
         self,
         session: aiohttp.ClientSession,

@@ -103,6 +103,10 @@ _REDIRECTED: Final = ContextVar[_Redirected | None]("healkit_middleware_redirect
 class _MiddlewareTransport:
     __slots__ = ("_attempt_headers", "_handler", "_hops", "_origin", "_request")
 
+    # Every attempt sends the one aiohttp request the middleware was given, its
+    # headers rewritten per attempt: two at once would send each other's.
+    concurrent = False
+
     def __init__(
         self,
         request: aiohttp.ClientRequest,

@@ -494,8 +494,11 @@ def healkit_hedge_delay(call: CallContext, attempt: AttemptContext) -> float | N
     A hedge is another attempt of the same request, sent while the attempts
     before it are still in flight; the first attempt whose result no plugin
     declares a failure wins, and healkit cancels the others at once
-    (``healkit_attempt_cancelled``). Asked before each attempt is admitted:
-    the first one, a retry, a hedge. ``None``: no hedge after this attempt;
+    (``healkit_attempt_cancelled``). Asked for each attempt (the first one,
+    a retry, a hedge) once routing and ``healkit_pre_request`` let it
+    through, before ``healkit_admit`` and the send; ``attempt`` is the last
+    of ``call.attempts``. A transport whose attempts cannot be in flight
+    together (the aiohttp middleware's) is never asked. ``None``: no hedge after this attempt;
     if that is the answer for the first attempt, the call runs its attempts
     one after another, as without hedging. Otherwise a positive, finite
     number of seconds, counted from when ``attempt`` is launched; anything

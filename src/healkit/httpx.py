@@ -254,6 +254,8 @@ class _Attempts:
 
     __slots__ = ("_body", "_closing", "_extensions", "_inner", "_stream")
 
+    concurrent = True  # each attempt builds its own httpx.Request
+
     def __init__(
         self,
         inner: httpx.AsyncBaseTransport,

@@ -94,15 +94,6 @@ async def test_a_hedge_avoids_an_endpoint_whose_breaker_is_open(
     assert standby.hits() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core race: _Race records an attempt's path (call.path) when the attempt ENDS;"
-        " a retry routed to the fallback group meanwhile set call.path = 'fallback',"
-        " so the first attempt's answer from the primary endpoint is reported as"
-        " outcome.path == 'fallback'"
-    ),
-)
 async def test_a_primary_answer_is_no_fallback_when_a_failed_hedges_retry_went_there(
     standby: FaultServer,
 ) -> None:
