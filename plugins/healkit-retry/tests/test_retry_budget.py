@@ -89,11 +89,37 @@ async def test_budget_survives_a_config_change_that_keeps_its_settings(
             await c.get("/x", service=SERVICE)
         assert fault_server.hits("/x") == 3  # still spent
 
+        # New settings take over the window: 3 retries in it now, 1 spent already.
         changed = {**settings, "budget_min_retries_per_second": 0.3}
         c.runtime.apply(document(fault_server.url, attempts=4, **changed))
-        with pytest.raises(healkit.HTTPStatusError, match="all 4 attempts made"):
+        with pytest.raises(healkit.HTTPStatusError, match="budget exhausted"):
             await c.get("/x", service=SERVICE)
-        assert fault_server.hits("/x") == 7  # a new budget
+        assert fault_server.hits("/x") == 6  # 2 retries more, not a fresh reserve of 3
+
+
+async def test_a_lowered_budget_does_not_grant_its_reserve_afresh(
+    fault_server: FaultServer, manual_clock: ManualClock
+) -> None:
+    # An operator lowers the budget during an outage to relieve the upstream; a
+    # fresh, empty budget would have sent its whole reserve of retries at once.
+    fault_server.set_default(Fault.status(503))
+    settings: dict[str, Any] = {
+        "budget_ratio": 0.5,
+        "budget_min_retries_per_second": 0.5,
+        **TINY_BACKOFF,
+    }
+    async with client(fault_server.url, clock=manual_clock, attempts=2, **settings) as c:
+        for _ in range(20):
+            with pytest.raises(healkit.HTTPStatusError):
+                await c.get("/x", service=SERVICE)
+        assert fault_server.hits("/x") == 20 + 15  # 0.5 * 20 + 0.5 * 10 retries
+        lowered = {**settings, "budget_ratio": 0.1}
+        c.runtime.apply(document(fault_server.url, attempts=2, **lowered))
+        for _ in range(10):
+            with pytest.raises(healkit.HTTPStatusError, match="budget exhausted"):
+                await c.get("/x", service=SERVICE)
+        # 15 retries for 30 calls: beyond 0.1 * 30 + 5 already, so none more.
+        assert fault_server.hits("/x") == 35 + 10
 
 
 def test_budget_window_slides_bucket_by_bucket() -> None:

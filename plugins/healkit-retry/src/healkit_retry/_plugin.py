@@ -156,9 +156,9 @@ class RetryPlugin:
         Only the services the new snapshot changed are looked at
         (:meth:`healkit.HealkitConfig.changes_since`).
 
-        A service's budget survives a new configuration when its ``budget_*``
-        settings are the same in it (other settings may change); otherwise it
-        starts afresh with the new settings. A service that gains a document
+        A service's budget survives a new configuration; when its ``budget_*``
+        settings changed, a budget with the new settings takes over its window
+        (the requests and retries counted so far). A service that gains a document
         keeps its budget for as long as the document names it; one that loses
         it has its budget bounded with the other unconfigured ones.
         """
@@ -182,9 +182,15 @@ class RetryPlugin:
             touched = [(name, budgets.pop(name)) for name in changed if name in budgets]
             touched.extend((s, budget) for s, budget in strangers.items() if s in names)
         for service, budget in touched:
-            if budget_params(config.policy(service).section(SECTION)) != budget.params:
+            params = budget_params(config.policy(service).section(SECTION))
+            if params != budget.params:
+                # New settings take effect on the traffic already counted: a fresh,
+                # empty budget would grant its whole reserve again at once.
+                changed = RetryBudget(params)
+                changed.carry(budget, now)
+                budget = changed
                 strangers.pop(service)
-            elif config.configured(service):
+            if config.configured(service):
                 strangers.pop(service)
                 budgets[service] = budget
             elif service not in strangers:  # an unconfigured service's budget keeps its place
