@@ -181,14 +181,14 @@ class RetryPlugin:
             changed = names if len(names) < len(budgets) else [n for n in budgets if n in names]
             touched = [(name, budgets.pop(name)) for name in changed if name in budgets]
             touched.extend((s, budget) for s, budget in strangers.items() if s in names)
-        for service, budget in touched:
+        for service, kept in touched:
+            budget = kept
             params = budget_params(config.policy(service).section(SECTION))
-            if params != budget.params:
+            if params != kept.params:
                 # New settings take effect on the traffic already counted: a fresh,
                 # empty budget would grant its whole reserve again at once.
-                changed = RetryBudget(params)
-                changed.carry(budget, now)
-                budget = changed
+                budget = RetryBudget(params)
+                budget.carry(kept, now)
                 strangers.pop(service)
             if config.configured(service):
                 strangers.pop(service)
