@@ -65,7 +65,9 @@ async def test_the_percentile_delay_is_used_once_enough_answers_were_timed(
     fault_server.script("/x", *[Fault.ok()] * samples_needed(95.0), Fault.blackhole())
     clock = ManualClock(auto_advance=False)
     plugin = HedgePlugin()
-    async with client(fault_server.url, clock=clock, plugin=plugin, min_delay=0.03) as c:
+    async with client(
+        fault_server.url, clock=clock, plugin=plugin, min_delay=0.03, percentile=95.0
+    ) as c:
         for _ in range(samples_needed(95.0)):
             await c.get("/x", service=SERVICE)
         # Until now no timer: the percentile was not known. Every answer took no

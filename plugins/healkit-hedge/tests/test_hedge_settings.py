@@ -15,7 +15,7 @@ def test_defaults_are_the_documented_safe_ones() -> None:
     settings = HedgeSettings()
     assert not settings.enabled
     assert settings.delay is None
-    assert settings.percentile == 95.0
+    assert settings.percentile == 90.0
     assert settings.min_delay == 0.01
     assert settings.max_hedges == 1
     assert (settings.budget_ratio, settings.budget_window) == (0.1, 10.0)

@@ -27,8 +27,9 @@ class HedgeSettings(
             follows ``percentile`` of the service's recent latency, and no
             hedge is sent until enough answers were timed to know it.
         percentile: which percentile of the recent latency the delay follows
-            (strictly between 0 and 100). Default 95: at most about 5% of the
-            calls are hedged, the ones in the slow tail.
+            (strictly between 0 and 100). Default 90, to match the default
+            budget of 10%: hedging after the p(100 - x) latency sends about x%
+            extra requests, as Finagle's backup requests tie the two.
         min_delay: seconds; the floor of the delay, fixed or estimated.
             Default 0.01 s: below that, a hedge would answer the jitter of the
             event loop and of the network rather than a slow upstream, and the
@@ -49,7 +50,7 @@ class HedgeSettings(
 
     enabled: bool = False
     delay: Annotated[float, msgspec.Meta(gt=0, le=60.0)] | None = None
-    percentile: Annotated[float, msgspec.Meta(gt=0, lt=100)] = 95.0
+    percentile: Annotated[float, msgspec.Meta(gt=0, lt=100)] = 90.0
     min_delay: Annotated[float, msgspec.Meta(ge=0, le=60.0)] = 0.01
     max_hedges: Annotated[int, msgspec.Meta(ge=0, le=MAX_HEDGES)] = 1
     budget_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
