@@ -32,15 +32,14 @@ import contextlib
 import gc
 import math
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from _harness import ScenarioResult, Settings, Table, Target, progress
+from _upstream import serve as serve_app
+from _upstream import upstream_process
 from aiohttp import web
 from bench_pipeline import logs_dropped
 
@@ -92,40 +91,15 @@ def serve(capacity: int, latency: float) -> None:
         rejecting[0] = request.query.get("on") == "1"
         return web.Response(text="ok")
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/work", work)
-        app.router.add_post("/reject", toggle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(f"http://127.0.0.1:{port}", flush=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
-        await runner.cleanup()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/work", work)
+    app.router.add_post("/reject", toggle)
+    serve_app(app)
 
 
-@contextlib.contextmanager
-def upstream() -> Iterator[str]:
+def upstream() -> contextlib.AbstractContextManager[str]:
     """Start the upstream in its own process; yield its base URL."""
-    process = subprocess.Popen(  # noqa: S603 - this file, run with this interpreter
-        [sys.executable, str(Path(__file__)), "--serve", str(CAPACITY), str(LATENCY)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None  # noqa: S101 - set by Popen above
-        yield process.stdout.readline().strip()
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        process.terminate()
-        process.wait(timeout=5.0)
+    return upstream_process(Path(__file__), CAPACITY, LATENCY)
 
 
 # -- the overload scenario ---------------------------------------------------------

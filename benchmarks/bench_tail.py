@@ -31,16 +31,15 @@ import contextlib
 import gc
 import math
 import random
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 from _harness import ScenarioResult, Settings, Table, Target, progress
+from _upstream import serve as serve_app
+from _upstream import upstream_process
 from aiohttp import web
 from bench_pipeline import logs_dropped
 
@@ -100,50 +99,17 @@ def serve(base: float, share: float, extra: float, seed: int) -> None:
         del request
         return web.Response(text=str(state["count"]))
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/work", work)
-        app.router.add_get("/slow", work)
-        app.router.add_post("/reset", reset)
-        app.router.add_get("/count", count)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(f"http://127.0.0.1:{port}", flush=True)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
-        await runner.cleanup()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/work", work)
+    app.router.add_get("/slow", work)
+    app.router.add_post("/reset", reset)
+    app.router.add_get("/count", count)
+    serve_app(app)
 
 
-@contextlib.contextmanager
-def upstream() -> Iterator[str]:
+def upstream() -> contextlib.AbstractContextManager[str]:
     """Start the upstream in its own process; yield its base URL."""
-    process = subprocess.Popen(  # noqa: S603 - this file, run with this interpreter
-        [
-            sys.executable,
-            str(Path(__file__)),
-            "--serve",
-            str(BASE),
-            str(SLOW_SHARE),
-            str(SLOW_EXTRA),
-            str(SEED),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None  # noqa: S101 - set by Popen above
-        yield process.stdout.readline().strip()
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        process.terminate()
-        process.wait(timeout=5.0)
+    return upstream_process(Path(__file__), BASE, SLOW_SHARE, SLOW_EXTRA, SEED)
 
 
 # -- running calls -------------------------------------------------------------------

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import structlog
 from tracing_support import Telemetry
 
+from healkit.testing import Fault, FaultServer
 from healkit_tracing import add_trace_ids
 
 
@@ -72,3 +73,11 @@ def logs() -> Iterator[list[dict[str, Any]]]:
             structlog.configure(**saved)
         else:
             structlog.reset_defaults()
+
+
+@pytest.fixture
+async def silent() -> AsyncIterator[FaultServer]:
+    """An upstream that reads each request and never answers."""
+    async with FaultServer() as server:
+        server.set_default(Fault.blackhole())
+        yield server

@@ -16,30 +16,12 @@ import pytest
 import structlog
 from aiohttp import web
 from opentelemetry.trace import StatusCode
-from tracing_support import SERVICE, Telemetry, document
+from tracing_support import SERVICE, OneHedge, Telemetry, document
 
 import healkit
-from healkit.testing import Fault, FaultServer, ManualClock
+from healkit.testing import FaultServer, ManualClock
 
 pytestmark = pytest.mark.anyio
-
-
-class OneHedge:
-    """A real hedging plugin: one hedge after a fixed delay."""
-
-    healkit_name = "one-hedge"
-
-    @healkit.hookimpl
-    def healkit_hedge_delay(self, attempt: healkit.AttemptContext) -> float | None:
-        return None if attempt.hedge else 0.05
-
-
-@pytest.fixture
-async def silent() -> AsyncIterator[FaultServer]:
-    """An upstream that reads each request and never answers."""
-    async with FaultServer() as server:
-        server.set_default(Fault.blackhole())
-        yield server
 
 
 class FailStatuses:

@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from opentelemetry.trace import StatusCode
-from tracing_support import SERVICE, Telemetry, document
+from tracing_support import SERVICE, OneHedge, Telemetry, document
 
 import healkit
-from healkit.testing import Fault, FaultServer, ManualClock
+from healkit.testing import FaultServer, ManualClock
 
 pytestmark = pytest.mark.anyio
-
-
-class OneHedge:
-    """A real hedging plugin: one hedge after a fixed delay."""
-
-    healkit_name = "one-hedge"
-
-    @healkit.hookimpl
-    def healkit_hedge_delay(self, attempt: healkit.AttemptContext) -> float | None:
-        return None if attempt.hedge else 0.05
-
-
-@pytest.fixture
-async def silent() -> AsyncIterator[FaultServer]:
-    """An upstream that reads each request and never answers."""
-    async with FaultServer() as server:
-        server.set_default(Fault.blackhole())
-        yield server
 
 
 async def test_each_hedge_has_its_span_and_the_loser_is_not_an_error(

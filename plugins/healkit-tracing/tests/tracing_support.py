@@ -173,3 +173,13 @@ class Degrade:
 def iter_attributes(spans: Sequence[ReadableSpan]) -> Iterator[tuple[str, object]]:
     for span in spans:
         yield from (span.attributes or {}).items()
+
+
+class OneHedge:
+    """A real hedging plugin: one hedge after a fixed delay."""
+
+    healkit_name = "one-hedge"
+
+    @healkit.hookimpl
+    def healkit_hedge_delay(self, attempt: healkit.AttemptContext) -> float | None:
+        return None if attempt.hedge else 0.05
