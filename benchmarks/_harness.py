@@ -54,6 +54,12 @@ class Target:
         """Whether the value is within the limit."""
         return self.value <= self.limit
 
+    def describe(self) -> str:
+        """Return one line: the value against the limit, and whether it was met."""
+        verdict = "met" if self.met else "MISSED"
+        unit = self.unit
+        return f"{self.name}: {self.value:.3f} {unit} (limit {self.limit} {unit}): {verdict}"
+
     def as_json(self) -> dict[str, JSONValue]:
         """Return the target as a JSON object."""
         return {
@@ -107,6 +113,15 @@ class ScenarioResult:
     def as_json(self) -> dict[str, JSONValue]:
         """Return data, targets and notes as one JSON object."""
         return {**self.data, "targets": [t.as_json() for t in self.targets], "notes": self.notes}
+
+    def print(self) -> None:
+        """Print the tables, notes and targets: a scenario's file run on its own."""
+        for table in self.tables:
+            print(table.render())
+        for note in self.notes:
+            print(f"  note: {note}")
+        for target in self.targets:
+            print(target.describe())
 
 
 @dataclass(frozen=True, slots=True)

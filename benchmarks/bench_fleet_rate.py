@@ -365,16 +365,7 @@ def main() -> None:
     if args.serve:
         serve()
         return
-    result = run(Settings(quick=args.quick))
-    for table in result.tables:
-        print(table.render())
-    for note in result.notes:
-        print(f"  note: {note}")
-    for target in result.targets:
-        verdict = "met" if target.met else "MISSED"
-        print(
-            f"{target.name}: {target.value:.3f} {target.unit} (limit {target.limit:g}): {verdict}"
-        )
+    run(Settings(quick=args.quick)).print()
 
 
 if __name__ == "__main__":

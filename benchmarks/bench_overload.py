@@ -411,15 +411,7 @@ def main() -> None:
     if args.serve:
         serve(int(args.serve[0]), float(args.serve[1]))
         return
-    result = run(Settings(quick=args.quick))
-    for table in result.tables:
-        print(table.render())
-        print()
-    for target in result.targets:
-        print(
-            f"{target.name}: {target.value:.3g} {target.unit} (limit {target.limit:g}): "
-            f"{'met' if target.met else 'MISSED'}"
-        )
+    run(Settings(quick=args.quick)).print()
 
 
 if __name__ == "__main__":

@@ -340,15 +340,7 @@ def main() -> None:
         base, share, extra, seed = args.serve
         serve(float(base), float(share), float(extra), int(seed))
         return
-    result = run(Settings(quick=args.quick))
-    for table in result.tables:
-        print(table.render())
-        print()
-    for target in result.targets:
-        print(
-            f"{target.name}: {target.value:.3g} {target.unit} (limit {target.limit:g}): "
-            f"{'met' if target.met else 'MISSED'}"
-        )
+    run(Settings(quick=args.quick)).print()
 
 
 if __name__ == "__main__":

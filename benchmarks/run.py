@@ -141,9 +141,7 @@ def _print_text(
             print(f"\n{note}" if markdown else f"  note: {note}")
     print("\n## Targets\n" if markdown else "\nTargets:")
     for target in targets:
-        verdict = "met" if target.met else "MISSED"
-        unit = target.unit
-        line = f"{target.name}: {target.value:.3f} {unit} (limit {target.limit} {unit}): {verdict}"
+        line = target.describe()
         print(f"- {line}" if markdown else f"  {line}")
 
 
