@@ -253,9 +253,6 @@ class AttemptContext:
             answered first (``healkit_attempt_cancelled``).
         in_flight: whether the attempt was launched and has not ended yet:
             what a router reads to send a hedge elsewhere.
-        path: the path the call had taken when this attempt was routed
-            (``primary``, ``retry`` or ``fallback``): the call's path if this
-            attempt answers.
 
     """
 
@@ -268,7 +265,6 @@ class AttemptContext:
         "headers",
         "hedge",
         "number",
-        "path",
         "redirects",
         "retry_delay",
         "ssl",
@@ -300,7 +296,6 @@ class AttemptContext:
         self.redirects: tuple[RedirectRecord, ...] = ()
         self.hedge = False
         self.cancelled = False
-        self.path: PathTaken = "primary"
         self._stash: Stash | None = None
 
     def __repr__(self) -> str:

@@ -24,7 +24,7 @@ from healkit._errors import (
     PluginError,
     TimeoutExceeded,
 )
-from healkit._outcome import Outcome
+from healkit._outcome import Outcome, PathTaken
 from healkit._testmode import TEST_MODE
 from healkit.deadlines import INBOUND_DEADLINE, stamp_remaining
 
@@ -233,7 +233,6 @@ def _admitted(plan: CallPlan, call: CallContext, attempt: AttemptContext) -> Hea
         chosen = plan.route(call, attempt)
         if chosen is not None:
             attempt.endpoint = chosen
-    attempt.path = call.path  # what a race makes the call's path if this attempt wins
     if plan.has_pre_request:
         try:
             refusal = plan.pre_request(call, attempt)
@@ -461,9 +460,10 @@ class _Race(Generic[R]):
     """A call's attempts run concurrently: the first answer wins, the others are cancelled.
 
     The executor hands a call over to a race when ``healkit_hedge_delay``
-    gives a delay for one of its attempts. Each attempt is then a task of its
-    own, made exactly as one after another (:func:`_attempt`: routing,
-    ``pre_request``, admission, its own time limit, ``post_response``). A
+    gives a delay for one of its attempts. Each attempt is then prepared as
+    one after another is (:func:`_admitted`: routing, ``pre_request``) and
+    run in a task of its own (:func:`_attempt`: admission, its own time
+    limit, ``post_response``). A
     hedge is launched when the delay passes with the attempt it follows
     still in flight and ``healkit_hedge`` does not decline; a failed attempt
     goes to ``healkit_on_error`` as usual, and a retry it is granted is
@@ -485,6 +485,7 @@ class _Race(Generic[R]):
         "_hedge_timer",
         "_hedging",
         "_lost",
+        "_paths",
         "_plan",
         "_retry",
         "_retry_timer",
@@ -517,6 +518,8 @@ class _Race(Generic[R]):
         self._retry_timer: asyncio.Future[None] | None = None
         self._dropped: list[asyncio.Future[None]] = []
         self._lost: _Lost | None = None
+        # The call's path when each attempt was routed: the call's path if it wins.
+        self._paths: dict[int, PathTaken] = {}
 
     async def run(self, first: AttemptContext, after: float) -> R | _Lost:
         """Race from ``first`` to the call's answer or last failure.
@@ -527,6 +530,7 @@ class _Race(Generic[R]):
         call = self._call
         # Read in the caller's task: an attempt's task is outside the caller's cancel scopes.
         _ = call.scope_deadline
+        self._paths[first.number] = call.path
         self._launch(first, after)
         try:
             while self._running or self._retry_timer is not None:
@@ -562,6 +566,7 @@ class _Race(Generic[R]):
         if refusal is not None:
             self._failed(attempt, refusal)
             return
+        self._paths[attempt.number] = call.path
         self._launch(attempt, plan.hedge_delay(call, attempt) if self._hedging else None)
 
     def _launch(self, attempt: AttemptContext, after: float | None) -> None:
@@ -635,7 +640,7 @@ class _Race(Generic[R]):
             self._transport.discard(result)
             raise
         call = self._call
-        call.path = winner.path
+        call.path = self._paths[winner.number]
         return _succeeded(self._plan, call, winner, self._transport, result, ended)
 
     async def _stop(self) -> None:
