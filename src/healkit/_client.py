@@ -23,7 +23,7 @@ from healkit._config.models import HealkitConfig, ServicePolicy, url_problem, ur
 from healkit._context import CallContext
 from healkit._errors import ClientClosedError, InvalidRequestError
 from healkit._executor import execute
-from healkit._http import IDEMPOTENT_METHODS, HttpTransport
+from healkit._http import IDEMPOTENT_METHODS, HttpTransport, replayable
 from healkit._response import Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
@@ -223,6 +223,9 @@ class Client:
             headers: request headers.
             json: a body encoded as JSON with msgspec.
             data: a raw body (bytes, str, a form mapping) as aiohttp accepts it.
+                A body read as it is sent (a file object, an async iterable,
+                a form holding one) is sent at most once: the call is not
+                retried once it was sent, nor redirected by a 307 or 308.
             deadline: seconds within which the whole call must end, all attempts
                 and backoff included (combined with the timeout plugin's deadline
                 and any enclosing anyio cancel scope: the earliest wins).
@@ -361,7 +364,7 @@ class Client:
             clock,
             request_headers,
             _is_idempotent(method, request_headers, idempotent),
-            body is None or isinstance(body, bytes | str | Mapping),  # replayable
+            replayable(body),
             now,
             math.inf if deadline is None else now + _deadline_seconds(deadline),
             url is None,  # routable

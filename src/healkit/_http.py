@@ -15,12 +15,17 @@ another origin, 303 (and 301/302 after a POST) turned into a GET without a
 body, 307/308 resending method and body (a streamed body cannot be: refused).
 Each hop is recorded on the attempt; once one was answered, any later failure
 of the attempt says the request may have reached the server.
+
+A request body that is read as it is sent (a file object, an async iterable,
+a form or multipart holding one: see :func:`replayable`) is sent at most
+once per call: :class:`SentOnce` refuses any later send that could find it
+read, whoever asked for it (a retry, a failover, a hedge).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from http.cookies import CookieError
 from typing import Any, Final, final
 from urllib.parse import urljoin
@@ -48,11 +53,13 @@ from healkit._routing.settings import redirect_rules
 __all__ = [
     "REDIRECT_STATUSES",
     "HttpTransport",
+    "SentOnce",
     "attempt_headers",
     "join_url",
     "next_method",
     "reached",
     "redirect_target",
+    "replayable",
 ]
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -82,13 +89,17 @@ CREDENTIAL_OPTIONS: Final = ("auth", "cookies")
 _REFUSED_OPTIONS: Final = (ValueError, TypeError, CookieError)
 _REQUEST_ERRORS: Final = (aiohttp.ClientError, OSError, *_REFUSED_OPTIONS)
 _SHOWN_REFUSAL_CHARS: Final = 200
+_IN_MEMORY: Final = (bytes, bytearray, memoryview, str, aiohttp.payload.BytesPayload)
+"""Bodies (and form field values) aiohttp sends from memory: the same bytes at every send."""
+_READ_WHEN_SENT: Final = (AsyncIterable, aiohttp.payload.AsyncIterablePayload)
+"""Bodies first read once a connection is made: untouched by an attempt that never connected."""
 
 
 @final
 class HttpTransport:
     """Sends the attempts of one HTTP call through an aiohttp session."""
 
-    __slots__ = ("_data", "_follow", "_options", "_session", "_stream")
+    __slots__ = ("_data", "_follow", "_once", "_options", "_session", "_stream")
 
     concurrent = True  # each attempt is a request of its own
 
@@ -102,6 +113,7 @@ class HttpTransport:
         self._session = session
         self._data = data
         self._stream = stream
+        self._once: SentOnce | None = None  # made by the first send of a body read once
         self._follow: tuple[bool | None, int | None] | None = None
         if "allow_redirects" in options or "max_redirects" in options:
             options = dict(options)
@@ -118,6 +130,10 @@ class HttpTransport:
         # attempt); the synchronous steps are the functions it calls.
         url, headers, options = self._request(call, attempt)
         limits = attempt.timeouts
+        once = None
+        if not call.replayable:
+            once = self._once = self._once or SentOnce(self._data)
+            once.take(call, attempt)
         try:
             raw = await self._session.request(
                 call.method,
@@ -132,7 +148,10 @@ class HttpTransport:
                 **options,
             )
         except _REQUEST_ERRORS as exc:
-            raise _request_failed(exc, call.config.redactor.url(url), limits) from exc
+            error = _request_failed(exc, call.config.redactor.url(url), limits)
+            if once is not None:
+                once.failed(error)
+            raise error from exc
         public = url  # the URL we built has no userinfo
         if raw.status in REDIRECT_STATUSES or not 100 <= raw.status <= 599:
             hop = _Hop(call.method, url, headers, self._data, options)
@@ -370,6 +389,84 @@ class _Hop:
             self.options = _without_credentials(self.options)
         self.url = target
         return RedirectRecord(url=here, status=status, location=shown, method=self.method)
+
+
+def replayable(data: object) -> bool:
+    """Whether a request body (what aiohttp takes as ``data=``) can be sent again, whole.
+
+    True for no body, bytes and bytes-like objects, text, aiohttp's in-memory
+    payloads (``BytesPayload``: JSON, text, encoded forms), and forms (a
+    mapping or ``(name, value)`` pairs) or ``aiohttp.MultipartWriter`` whose
+    every value is one of those, or a number: each send rebuilds them from
+    memory. False for what is read as it is sent (a file object, an async
+    iterable: an async generator, an ``aiohttp.StreamReader``), for a form or
+    multipart holding one, for an ``aiohttp.FormData`` (its fields are
+    aiohttp's to see), and for any other payload.
+    """
+    if data is None or isinstance(data, _IN_MEMORY):
+        return True
+    if isinstance(data, Mapping):
+        return all(_replayable_field(value) for value in data.values())
+    if isinstance(data, list | tuple):
+        return all(
+            isinstance(field, list | tuple) and len(field) == 2 and _replayable_field(field[1])
+            for field in data
+        )
+    if isinstance(data, aiohttp.MultipartWriter):
+        return all(replayable(part) for part, _, _ in data)
+    return False
+
+
+def _replayable_field(value: object) -> bool:
+    """Whether a form field's value is sent from memory (text, bytes, a number, a payload)."""
+    return isinstance(value, int | float) or (
+        not isinstance(value, Mapping | list | tuple) and replayable(value)
+    )
+
+
+@final
+class SentOnce:
+    """The sends of one call's request body that cannot be replayed: at most one reads it.
+
+    A transport asks :meth:`take` before each send of such a body. The first
+    send takes it; a later one (a retry, a failover, a hedge, whoever asked
+    for it) is refused, unless every send so far failed before the body could
+    be read: an async iterable is read only once a connection is made, so a
+    refused connection leaves it whole. A file object is not: aiohttp closes
+    the payload it made of it when the request ends, however it ends.
+    """
+
+    __slots__ = ("_body", "_taken_by")
+
+    def __init__(self, body: object) -> None:
+        self._body = body
+        self._taken_by: int | None = None  # the number of the attempt that took the body
+
+    def take(self, call: CallContext, attempt: AttemptContext) -> None:
+        """Take the body for ``attempt``'s send.
+
+        Raises:
+            InvalidRequestError: an earlier attempt took it already (nothing is sent).
+
+        """
+        if self._taken_by is not None:
+            body = self._body
+            kind = (
+                "a form holding a file or a stream"
+                if isinstance(body, Mapping | list | tuple)
+                else type(body).__name__
+            )
+            raise InvalidRequestError(
+                f"not sent again: the request body ({kind}) is read as it is sent, and"
+                f" attempt #{self._taken_by} of this {call.method} sent it (pass bytes for"
+                " a request that may be sent more than once)"
+            )
+        self._taken_by = attempt.number
+
+    def failed(self, error: HealkitError) -> None:
+        """Give the body back if the send that took it failed before it could be read."""
+        if not error.may_have_reached_server and isinstance(self._body, _READ_WHEN_SENT):
+            self._taken_by = None
 
 
 def attempt_headers(call: CallContext, attempt: AttemptContext) -> CIMultiDict[str] | None:

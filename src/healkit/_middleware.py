@@ -18,7 +18,10 @@ deadline are enforced. What differs, because aiohttp owns the request:
 * an attempt cannot be re-routed to another endpoint (a plugin that tries
   gets a :class:`healkit.InvalidRequestError`);
 * a fallback must be a response aiohttp can return, so substitute responses
-  (fallback and degraded bodies) are not used: the call's error is raised.
+  (fallback and degraded bodies) are not used: the call's error is raised;
+* the request body is aiohttp's payload, which every attempt sends again: a
+  body read as it is sent (a file object, an async iterable, a multipart
+  holding one) makes the call not replayable; it is sent at most once.
 
 Redirects: aiohttp, not healkit, follows them (``allow_redirects``,
 ``max_redirects`` of the request), calling the middleware once per hop. The
@@ -29,7 +32,9 @@ and ``max_redirects``, ``routing.allowed_origins``, and no
 ``routing.credential_headers`` on a hop to another origin (aiohttp drops
 ``Authorization``, ``Proxy-Authorization`` and ``Cookie`` itself); a hop
 that aiohttp resolved against the decoded path (yarl's URL.join: ``%2F``
-becomes ``/``) is refused. A failure
+becomes ``/``) is refused, and so is a hop that would send again a body read
+as it was sent (a 307 or 308 after a streamed upload: aiohttp before 3.14
+sends it empty; 3.14 raises ``aiohttp.ClientPayloadError`` before the hop). A failure
 of a hop says ``may_have_reached_server``, and the hops so far are in its
 attempt history.
 """
@@ -57,9 +62,11 @@ from healkit._executor import execute
 from healkit._http import (
     IDEMPOTENT_METHODS,
     REDIRECT_STATUSES,
+    SentOnce,
     next_method,
     reached,
     redirect_target,
+    replayable,
 )
 from healkit._outcome import Outcome, RedirectRecord
 from healkit._response import Response
@@ -73,18 +80,21 @@ __all__ = ["ResilienceMiddleware"]
 class _Redirected:
     """A redirect the middleware returned to aiohttp, which aiohttp may follow next."""
 
-    __slots__ = ("hops", "misresolved", "policy", "source", "target")
+    __slots__ = ("hops", "misresolved", "policy", "resends_stream", "source", "target")
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - the redirect's facts, by position as the others
         self,
         hops: tuple[RedirectRecord, ...],
         policy: ServicePolicy,
         source: yarl.URL,
         target: yarl.URL,
         location: str,
+        resends_stream: bool,
     ) -> None:
         self.hops = hops  # every redirect of the chain so far, this one last
         self.policy = policy  # the policy of the chain's first request: its rules hold
+        # Whether the hop would send again a body that was read as it was sent.
+        self.resends_stream = resends_stream
         self.source = source
         self.target = target
         # Where aiohttp goes instead of ``target``, if anywhere: it resolves the
@@ -101,7 +111,7 @@ _REDIRECTED: Final = ContextVar[_Redirected | None]("healkit_middleware_redirect
 
 @final
 class _MiddlewareTransport:
-    __slots__ = ("_attempt_headers", "_handler", "_hops", "_origin", "_request")
+    __slots__ = ("_attempt_headers", "_handler", "_hops", "_once", "_origin", "_request")
 
     # Every attempt sends the one aiohttp request the middleware was given, its
     # headers rewritten per attempt: two at once would send each other's.
@@ -119,6 +129,7 @@ class _MiddlewareTransport:
         self._origin = origin
         self._hops = hops
         self._attempt_headers: tuple[str, ...] = ()
+        self._once: SentOnce | None = None  # made by the first send of a body read once
 
     async def send(
         self, call: CallContext, attempt: AttemptContext
@@ -136,12 +147,18 @@ class _MiddlewareTransport:
         for name, value in attempt.headers.items():
             request.headers[name] = value
         attempt.redirects = self._hops
+        once = None
+        if not call.replayable:
+            once = self._once = self._once or SentOnce(request.body)
+            once.take(call, attempt)
         try:
             raw = await self._handler(request)
         except (aiohttp.ClientError, OSError) as exc:
             url = call.config.redactor.url(request.url)
-            error = map_aiohttp_error(exc, url=url, timeouts=(None, None))
-            raise reached(error, attempt) from exc
+            error = reached(map_aiohttp_error(exc, url=url, timeouts=(None, None)), attempt)
+            if once is not None:
+                once.failed(error)
+            raise error from exc
         if not 100 <= raw.status <= 599:
             raw.release()
             error = invalid_status(raw.status, call.config.redactor.url(request.url))
@@ -219,6 +236,7 @@ class ResilienceMiddleware:
             clock=clock,
             headers=request.headers,
             idempotent=method in IDEMPOTENT_METHODS or "Idempotency-Key" in request.headers,
+            replayable=replayable(request.body),
         )
         transport = _MiddlewareTransport(request, handler, origin, hops)
         response = await execute(runtime, call, transport, endpoint)
@@ -233,7 +251,10 @@ class ResilienceMiddleware:
                     method=next_method(response.status, method),
                 )
                 first = policy if chain is None else chain.policy
-                _REDIRECTED.set(_Redirected((*hops, record), first, request.url, target, location))
+                resends = not call.replayable and record.method == method
+                _REDIRECTED.set(
+                    _Redirected((*hops, record), first, request.url, target, location, resends)
+                )
         return response
 
 
@@ -253,7 +274,8 @@ def _hop_of(request: aiohttp.ClientRequest) -> _Redirected | None:
 
     Raises:
         RedirectRefusedError: the chain's service does not follow redirects,
-            the hop's origin is outside its ``routing.allowed_origins``, or
+            the hop would send again a body that cannot be replayed, the
+            hop's origin is outside its ``routing.allowed_origins``, or
             aiohttp resolved the redirect's relative ``Location`` to another
             URL than RFC 3986 does.
         TooManyRedirects: the hop is one more than its ``max_redirects``.
@@ -281,6 +303,12 @@ def _hop_of(request: aiohttp.ClientRequest) -> _Redirected | None:
         raise RedirectRefusedError(reason, status=last.status, url=last.url, location=last.location)
     if len(chain.hops) > policy.max_redirects:
         raise TooManyRedirects(policy.max_redirects, url=last.url)
+    if chain.resends_stream:
+        reason = (
+            "the request body was read as it was sent and cannot be sent again"
+            " (pass bytes, or allow_redirects=False to aiohttp)"
+        )
+        raise RedirectRefusedError(reason, status=last.status, url=last.url, location=last.location)
     rules = redirect_rules(policy)
     if not rules.allows(request.url, yarl.URL(chain.hops[0].url)):
         reason = "its origin is outside routing.allowed_origins"
