@@ -79,15 +79,26 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
         return self.error is None and not self.cancelled
 
     def describe(self) -> str:
-        """Return a one-line summary, used in error messages."""
+        """Return a one-line summary, used in error messages.
+
+        ``#2 https://a.example HTTP 200 in 3.1ms`` for an HTTP attempt that was
+        answered, ``#1 call returned in 0.4ms`` for a decorated function's
+        attempt that returned, the error's class name for a failed attempt,
+        ``no answer yet`` for an HTTP attempt still in flight.
+        """
         where = self.endpoint or "call"
         if self.hedge:
             where = f"{where} (hedge)"
         if self.cancelled:
             return f"#{self.number} {where} cancelled after {self.duration * 1000:.1f}ms"
-        result = self.error if self.error is not None else f"HTTP {self.status}"
-        if self.error is not None and self.status is not None:
-            result = f"{self.error} (HTTP {self.status})"
+        if self.error is not None:
+            result = self.error if self.status is None else f"{self.error} (HTTP {self.status})"
+        elif self.status is not None:
+            result = f"HTTP {self.status}"
+        elif self.endpoint is None:
+            result = "returned"  # a decorated function's attempt: no endpoint, no status
+        else:  # a record taken while the attempt is in flight: it has no duration yet
+            return f"#{self.number} {where} no answer yet"
         if self.redirects:
             count = len(self.redirects)
             result = f"{result} after {count} redirect{'s' if count > 1 else ''}"
