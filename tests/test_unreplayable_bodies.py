@@ -280,6 +280,29 @@ async def test_client_sends_a_streamed_body_once_when_the_answer_is_503(
     assert upstream.bodies("/flaky")[0]
 
 
+def a_multipart_in_memory() -> aiohttp.MultipartWriter:
+    writer = aiohttp.MultipartWriter("form-data")
+    writer.append(WHOLE)
+    return writer
+
+
+@pytest.mark.parametrize(
+    "body",
+    [WHOLE, bytearray(WHOLE), [("part", WHOLE.decode())], a_multipart_in_memory],
+    ids=["bytes", "bytearray", "form pairs", "multipart of bytes"],
+)
+async def test_client_retries_a_body_held_in_memory_whole(
+    upstream: Upstream, manual_clock: ManualClock, body: object
+) -> None:
+    data = body() if callable(body) else body
+    async with client(upstream.url, manual_clock) as c:
+        response = await c.put("/flaky", service=SERVICE, data=data)
+    assert response.status == 200
+    first, second = upstream.bodies("/flaky")
+    assert first == second  # the multipart's boundary too: the same payload, sent again
+    assert len(second) >= len(WHOLE)
+
+
 async def test_client_refuses_a_plugin_resending_a_spent_stream(
     upstream: Upstream, manual_clock: ManualClock
 ) -> None:
