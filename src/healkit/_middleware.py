@@ -34,9 +34,9 @@ and ``max_redirects``, ``routing.allowed_origins``, and no
 that aiohttp resolved against the decoded path (yarl's URL.join: ``%2F``
 becomes ``/``) is refused, and so is a hop that would send again a body read
 as it was sent (a 307 or 308 after a streamed upload: aiohttp before 3.14
-sends it empty; 3.14 raises ``aiohttp.ClientPayloadError`` before the hop). A failure
-of a hop says ``may_have_reached_server``, and the hops so far are in its
-attempt history.
+sends it empty; 3.14 raises ``aiohttp.ClientPayloadError`` before the hop
+for an async iterable). A failure of a hop says ``may_have_reached_server``,
+and the hops so far are in its attempt history.
 """
 
 from __future__ import annotations
