@@ -240,3 +240,33 @@ async def test_a_tiny_eject_time_never_overflows_however_many_ejections(
     assert len(traffic.ejections) == 1100
     assert all(0 < s <= 1e-300 for s in traffic.ejections)
     assert math.isclose(traffic.ejections[-1], 1e-300)
+
+
+async def test_failures_coming_back_during_an_ejection_do_not_eject_again(
+    upstreams: tuple[FaultServer, FaultServer],
+) -> None:
+    """Calls sent before the ejection and failing during it say nothing new of the endpoint.
+
+    Before, each one ejected it again, twice as long: four callers in flight
+    made a first ejection of 5 s one of 10 s.
+    """
+    failing, healthy = upstreams
+    failing.set_default(Fault.status(500, latency=0.05))  # real: the calls overlap there
+    routing = {"eject_after": 1, "eject_time": 5.0, "max_ejected_fraction": 1.0}
+    config = {"services": {SERVICE: {"endpoints": [failing.url, healthy.url], "routing": routing}}}
+    clock = ManualClock()
+    traffic = Traffic(clock)
+    async with healkit.Client(
+        config=config, plugins=[traffic], entry_points=False, clock=clock
+    ) as c:
+
+        async def call() -> None:
+            await c.get("/api", service=SERVICE)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(4):  # round robin: two of them in flight at the failing endpoint
+                group.start_soon(call)
+        status = {s.endpoint: s for s in healkit.endpoint_status(c.runtime, SERVICE)}
+    assert failing.hits("/api") == 2
+    assert traffic.ejections == [5.0]
+    assert status[failing.url].ejected_for == 5.0

@@ -107,7 +107,7 @@ class Health:
         doublings, decay = settings.eject_doublings, settings.eject_decay
         # Beyond the cap an ejection adds nothing to remember: the next is as long.
         remembered = min(self.ejections, doublings)
-        quiet = now - self.ejected_until  # inf: never ejected
+        quiet = max(now - self.ejected_until, 0.0)  # inf: never ejected
         remembered = 0 if quiet >= decay * remembered else remembered - int(quiet // decay)
         seconds = settings.ejection_time(remembered)
         self.ejections = min(remembered + 1, doublings + 1)
