@@ -33,12 +33,13 @@ def test_good_probes_bring_a_down_endpoint_back_and_start_its_slow_start() -> No
     assert health.returned_at == 8.0
 
 
-def test_good_probes_end_an_ejection_but_leave_a_usable_endpoint_alone() -> None:
+def test_good_probes_end_an_ejection_they_saw_fail_but_leave_a_usable_endpoint_alone() -> None:
     ejected = Health()
     ejected.ejected_until = 30.0
+    count_probe(ejected, TARGET, good=False, now=9.0)  # the probes saw it fail
     count_probe(ejected, TARGET, good=True, now=10.0)
     assert isinstance(count_probe(ejected, TARGET, good=True, now=11.0), EndpointReturned)
-    assert ejected.ejected_until == -math.inf
+    assert ejected.ejected_until == 11.0  # the ejection ended then
     usable = Health()
     assert [count_probe(usable, TARGET, good=True, now=float(t)) for t in range(3)] == [None] * 3
     assert usable.returned_at == -math.inf

@@ -71,7 +71,10 @@ class EndpointEjected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         endpoint: the endpoint ejected.
         failures: failures in a row that ejected it.
         seconds: for how long.
-        ejections: how many times it was ejected without recovering since.
+        ejections: its ejections still remembered, this one included: each
+            earlier one doubled this one's ``seconds`` (up to
+            ``routing.eject_time_max``, beyond which the count stops growing);
+            one is forgotten per ``routing.eject_decay`` seconds without one.
 
     """
 

@@ -103,6 +103,7 @@ speed of a refusal shows.
 ROUTING: Final[Mapping[str, Any]] = {
     "eject_time": 1.0,
     "eject_time_max": 2.0,
+    "eject_decay": 1.0,
     "probe": {
         "path": HEALTH_PATH,
         "interval": 0.2,
@@ -113,8 +114,13 @@ ROUTING: Final[Mapping[str, Any]] = {
 """The ``routing`` section (next to the fallback group) when the demo runs a fallback upstream.
 
 Short ejections and probes every 0.2 s, so that failover and switch-back
-happen within a scene of a few seconds: 2 failed probes take an upstream down,
-3 good ones in a row bring it back (the hysteresis against flapping)."""
+happen within a scene of a few seconds: 3 failures in a row eject an upstream
+for 1 s, 2 s if it fails again at once (an ejection is forgotten after 1 s
+without one: each scene starts about afresh); 2 failed probes take it down, 3
+good ones in a row bring it back (the hysteresis against flapping). Probes
+that never failed end no ejection: in the 503 burst the health check stays up,
+so the primary's ejections run their time and it is tried again once, not at
+every probe."""
 DEGRADED_TEMPLATE: Final[Mapping[str, Any]] = {
     "status": 503,
     "headers": {"Retry-After": "${retry_after}"},
@@ -355,7 +361,10 @@ SCENES: Final[tuple[Scene, ...]] = (
             duration=2.4,
             primary=_cycle(*(_UNAVAILABLE,) * 3, *_HEALTHY, *_HEALTHY[:2]),
         ),
-        description="3 responses in 10 are 503 Service Unavailable (Retry-After: 1)",
+        description=(
+            "3 responses in 10 are 503 Service Unavailable (Retry-After: 1), 3 in a row:"
+            " the primary is ejected, tried again when that ends, and ejected for twice as long"
+        ),
     ),
     Scene(
         name="503 storm",

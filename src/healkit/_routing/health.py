@@ -22,7 +22,7 @@ from healkit._errors import (
 
 if TYPE_CHECKING:
     from healkit._context import AttemptContext, CallContext
-    from healkit._routing.settings import RoutingPlan
+    from healkit._routing.settings import RoutingPlan, RoutingSettings
 
 __all__ = [
     "EndpointStatus",
@@ -64,7 +64,12 @@ class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 @final
 class Health:
-    """What the router remembers of one endpoint of one service."""
+    """What the router remembers of one endpoint of one service.
+
+    ``ejected_until`` is when its ejection ends or ended (``-inf``: never
+    ejected); ``ejections`` the ejections still remembered (see :meth:`eject`);
+    ``probe_failed`` whether a probe failed since it was last ejected.
+    """
 
     __slots__ = (
         "down",
@@ -72,22 +77,45 @@ class Health:
         "ejections",
         "failures",
         "outstanding",
+        "probe_failed",
         "probes_bad",
         "probes_good",
         "returned_at",
-        "successes",
     )
 
     def __init__(self) -> None:
         self.failures = 0
-        self.successes = 0
         self.ejections = 0
         self.ejected_until = -math.inf
         self.outstanding = 0
         self.down = False
         self.probes_good = 0
         self.probes_bad = 0
+        self.probe_failed = False
         self.returned_at = -math.inf
+
+    def eject(self, settings: RoutingSettings, now: float) -> float:
+        """Eject the endpoint from ``now``; return for how many seconds.
+
+        Each earlier ejection still remembered doubles the time, up to
+        ``eject_time_max``; one is forgotten for each ``eject_decay`` seconds
+        since the last ejection ended, and no more are remembered than it
+        takes to reach the cap (``ejections`` counts this one too: at most
+        one more). The probes' good answers so far no longer count
+        (:func:`~healkit._routing.probes.count_probe`).
+        """
+        doublings, decay = settings.eject_doublings, settings.eject_decay
+        # Beyond the cap an ejection adds nothing to remember: the next is as long.
+        remembered = min(self.ejections, doublings)
+        quiet = max(now - self.ejected_until, 0.0)  # inf: never ejected
+        remembered = 0 if quiet >= decay * remembered else remembered - int(quiet // decay)
+        seconds = settings.ejection_time(remembered)
+        self.ejections = min(remembered + 1, doublings + 1)
+        self.ejected_until = now + seconds
+        self.failures = 0
+        self.probes_good = 0
+        self.probe_failed = False
+        return seconds
 
 
 def failed_groups(

@@ -8,8 +8,9 @@ has one (round-robin, or the less busy of two picked at random), and a retry
 prefers an endpoint other than the one that just failed.
 
 An endpoint is unusable while it is *ejected* (``eject_after`` failures in a
-row: ejected for ``eject_time``, doubling on each further ejection up to
-``eject_time_max``; at most ``max_ejected_fraction`` of a group at once, and
+row: ejected for ``eject_time``, doubling with each earlier ejection still
+remembered up to ``eject_time_max``, one forgotten per ``eject_decay`` seconds
+without an ejection; at most ``max_ejected_fraction`` of a group at once, and
 always at least one endpoint) or while a plugin says it would refuse an attempt
 there (``healkit_endpoint_available``: the ``breaker`` plugin, when installed,
 or any other circuit breaker). A failure that provably never reached the
@@ -344,11 +345,10 @@ class Router:
                 return self._unavailable(call, attempt, response)
         else:
             health.failures = 0
-            health.successes += 1
-            settings = routing_plan(call.policy).settings
-            if health.successes >= settings.eject_after:
-                health.ejections = 0  # recovered: the next ejection is a first one again
-            if settings.fleet is not None and attempt.endpoint is not None:
+            if (
+                routing_plan(call.policy).settings.fleet is not None
+                and attempt.endpoint is not None
+            ):
                 self._fleet.report(call.service, attempt.endpoint, out=False)
         return None
 
@@ -422,20 +422,18 @@ class Router:
 
     def _failed(self, call: CallContext, attempt: AttemptContext, health: Health) -> None:
         health.failures += 1
-        health.successes = 0
         settings = routing_plan(call.policy).settings
         if settings.eject_after == 0 or health.failures < settings.eject_after:
             return
         endpoint = attempt.endpoint
-        if endpoint is None or not self._may_eject(call, endpoint):
-            return
         now = call.clock.now()
-        seconds = min(settings.eject_time * 2.0**health.ejections, settings.eject_time_max)
-        health.ejected_until = now + seconds
-        health.ejections += 1
+        # Failures of calls sent before an ejection, coming back during it, say nothing new.
+        if endpoint is None or health.ejected_until > now or not self._may_eject(call, endpoint):
+            return
+        failures = health.failures
+        seconds = health.eject(settings, now)
         if settings.fleet is not None:
             self._fleet.report(call.service, endpoint, out=True)
-        failures, health.failures = health.failures, 0
         event = EndpointEjected(
             service=call.service,
             endpoint=endpoint,

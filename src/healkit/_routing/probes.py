@@ -165,24 +165,28 @@ def count_probe(
 ) -> EndpointDown | EndpointReturned | None:
     """Count a probe's result in ``health``; return the change past a threshold, if any.
 
-    ``healthy_threshold`` good probes in a row bring a down or ejected endpoint
-    back (at ``now``, its slow start begins); ``unhealthy_threshold`` failed
-    ones take it down.
+    ``healthy_threshold`` good probes in a row bring back a down endpoint, or
+    an ejected one whose probes failed since it was ejected (at ``now``, its
+    slow start begins); ``unhealthy_threshold`` failed ones take it down.
+    Probes that kept passing while calls failed say nothing of those calls'
+    failures ending (a health check that stays up while the service answers
+    503): the ejection then runs its time, and calls try the endpoint again.
     """
     service, endpoint, settings = target
     if good:
         health.probes_bad = 0
         health.probes_good += 1
-        unusable = health.down or health.ejected_until > now
-        if unusable and health.probes_good >= settings.healthy_threshold:
+        back = health.down or (health.ejected_until > now and health.probe_failed)
+        if back and health.probes_good >= settings.healthy_threshold:
             health.down = False
-            health.ejected_until = -math.inf
+            health.ejected_until = min(health.ejected_until, now)  # when the ejection ended
             health.failures = 0
             health.returned_at = now
             return EndpointReturned(service=service, endpoint=endpoint, probes=health.probes_good)
         return None
     health.probes_good = 0
     health.probes_bad += 1
+    health.probe_failed = True
     if not health.down and health.probes_bad >= settings.unhealthy_threshold:
         health.down = True
         return EndpointDown(service=service, endpoint=endpoint, probes=health.probes_bad)

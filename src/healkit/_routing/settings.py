@@ -10,6 +10,7 @@ health.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Final, Literal, final
@@ -136,7 +137,12 @@ class RoutingSettings(
         eject_after: failures in a row that eject an endpoint (0: never).
         eject_time: seconds of a first ejection.
         eject_time_max: the cap of the ejection time, which doubles with
-            each further ejection of the endpoint.
+            each ejection of the endpoint still remembered.
+        eject_decay: seconds after which an ejection is forgotten: each such
+            period that the endpoint goes without being ejected forgets one
+            (its next ejection is half as long), so an endpoint that fails
+            again and again stays out longer each time, and one that behaved
+            long enough starts again from ``eject_time``.
         max_ejected_fraction: the share of a group that may be ejected at once
             (at least one endpoint may always be).
         failover: move at once to another endpoint after a failure that never
@@ -167,6 +173,7 @@ class RoutingSettings(
     eject_after: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
     eject_time: Seconds = 30.0
     eject_time_max: Seconds = 300.0
+    eject_decay: Seconds = 60.0
     max_ejected_fraction: Fraction = 0.5
     failover: bool = True
     retry_other_groups: bool = True
@@ -194,6 +201,23 @@ class RoutingSettings(
                 seen.add(normalized)
                 if self.allowed_origins and not origin_allowed(normalized, self.allowed_origins):
                     raise ValueError(f"fallback endpoint {normalized} is outside allowed_origins")
+
+    @property
+    def eject_doublings(self) -> int:
+        """How many times the ejection time may double before it reaches ``eject_time_max``."""
+        # An estimate from logarithms apart (the ratio of the two times may overflow
+        # a float), made exact with ldexp (exact: a power of two times eject_time).
+        doublings = max(math.ceil(math.log2(self.eject_time_max) - math.log2(self.eject_time)), 0)
+        while doublings > 0 and math.ldexp(self.eject_time, doublings - 1) >= self.eject_time_max:
+            doublings -= 1
+        while math.ldexp(self.eject_time, doublings) < self.eject_time_max:
+            doublings += 1
+        return doublings
+
+    def ejection_time(self, remembered: int) -> float:
+        """Return the seconds of an ejection after ``remembered`` earlier ones (doubled, capped)."""
+        doublings = min(remembered, self.eject_doublings)
+        return min(math.ldexp(self.eject_time, doublings), self.eject_time_max)
 
     def declared_endpoints(self) -> tuple[str, ...]:
         """Return the fallback endpoints: configured endpoints of the service too."""
