@@ -507,9 +507,10 @@ def _address(
             f"{_shown(target)} is not an absolute URL: pass service= to address a service"
         )
     policy = config.policy(service)
-    if not policy.endpoints or policy.name != service:
+    endpoints = policy.endpoints
+    if not endpoints or policy.name != service:
         raise InvalidRequestError(f"service {service!r} has no endpoints configured")
-    return policy.endpoints[0], target, service, policy, None
+    return endpoints[0], target, service, policy, None
 
 
 def _is_idempotent(method: str, headers: CIMultiDict[str] | None, declared: bool | None) -> bool:

@@ -40,7 +40,18 @@ import itertools
 import re
 import threading
 from collections.abc import Collection, Iterable, Mapping
-from typing import Annotated, Any, Final, Generic, Protocol, TypeVar, cast, final, runtime_checkable
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Final,
+    Generic,
+    Protocol,
+    TypeVar,
+    cast,
+    final,
+    runtime_checkable,
+)
 
 import msgspec
 import yarl
@@ -284,11 +295,15 @@ class CoreServiceSettings(
     max_redirects: Annotated[int, msgspec.Meta(ge=0, le=MAX_REDIRECTS)] = DEFAULT_MAX_REDIRECTS
     deadline_header: HeaderName | None = None
 
+    section_names: ClassVar[frozenset[str]] = frozenset()
+    """The plugin sections of this document type (one type per set of sections)."""
+
     def __post_init__(self) -> None:
-        """Reject duplicate endpoints, and a deadline header that would replace another."""
-        normalized = [normalize_endpoint(e) for e in self.endpoints]
+        """Normalize the endpoints; reject duplicates, and a deadline header replacing another."""
+        normalized = tuple(normalize_endpoint(e) for e in self.endpoints)
         if len(set(normalized)) != len(normalized):
             raise ValueError("endpoints must not repeat")
+        msgspec.structs.force_setattr(self, "endpoints", normalized)
         if self.deadline_header is not None and self.deadline_header.lower() in RESERVED_HEADERS:
             raise ValueError(
                 f"deadline_header must not be {self.deadline_header!r}:"
@@ -354,8 +369,14 @@ _STASH_LOCK: Final = threading.Lock()
 
 
 @final
-class ServicePolicy:
+class ServicePolicy(msgspec.Struct, eq=False):
     """The resolved policy of one service: defaults merged with its document.
+
+    A policy holds nothing the garbage collector needs to visit until a
+    plugin keeps state in it (its ``stash``, its call limits, its set of
+    known endpoints): a document of 10,000 services adds 10,000 policies that
+    no collection walks, nor counts towards the next full one, until they are
+    called. Policies compare (and hash) by identity.
 
     Attributes:
         name: the service name (``"*"`` for the default policy).
@@ -376,51 +397,33 @@ class ServicePolicy:
 
     """
 
-    __slots__ = (
-        "_known",
-        "_resolved",
-        "_sections",
-        "_stash",
-        "call_limits",
-        "deadline_header",
-        "endpoints",
-        "follow_redirects",
-        "max_body_bytes",
-        "max_redirects",
-        "name",
-    )
+    name: str
+    _resolved: CoreServiceSettings
+    # Copied from _resolved by __post_init__ (whatever is given): the call path
+    # reads them as plain attributes.
+    max_body_bytes: int = 0
+    follow_redirects: bool = True
+    max_redirects: int = 0
+    deadline_header: str | None = None
+    call_limits: tuple[Timeouts, float] | None = None
+    _known: frozenset[str] | None = None
+    _stash: Stash | None = None
 
-    def __init__(
-        self,
-        name: str,
-        core: CoreServiceSettings,
-        sections: Collection[str],
-    ) -> None:
-        """Resolve the policy of ``name`` from its validated service document.
-
-        Args:
-            name: the service name (``"*"`` for the default policy).
-            core: the validated service document: the core's keys, and one
-                field per plugin section.
-            sections: the names of the plugin sections of ``core`` (one
-                collection shared by every policy of a snapshot: a policy
-                holds no per-service container of its sections).
-
-        """
-        self.name = name
-        self._resolved = core
-        self.endpoints = tuple(normalize_endpoint(e) for e in core.endpoints)
+    def __post_init__(self) -> None:
+        """Copy the core's settings of the validated service document ``_resolved``."""
+        core = self._resolved
         self.max_body_bytes = core.max_body_bytes
         self.follow_redirects = core.follow_redirects
         self.max_redirects = core.max_redirects
         self.deadline_header = core.deadline_header
-        self._sections = sections
-        self._known: frozenset[str] | None = None
-        self._stash: Stash | None = None
-        self.call_limits: tuple[Timeouts, float] | None = None
 
     def __repr__(self) -> str:
         return f"ServicePolicy({self.name!r}, endpoints={self.endpoints!r})"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The service's base URLs, normalized without a trailing slash."""
+        return self._resolved.endpoints
 
     @property
     def known_endpoints(self) -> frozenset[str]:
@@ -435,7 +438,7 @@ class ServicePolicy:
             core = self._resolved
             declared = (
                 e
-                for value in (getattr(core, section) for section in self._sections)
+                for value in (getattr(core, section) for section in core.section_names)
                 if isinstance(value, DeclaresEndpoints)
                 for e in value.declared_endpoints()
             )
@@ -468,7 +471,7 @@ class ServicePolicy:
 
     def section(self, section: ConfigSection[S]) -> S:
         """Return this service's settings for a plugin's section."""
-        if section.name not in self._sections:
+        if section.name not in self._resolved.section_names:
             raise KeyError(section.name)
         return cast("S", getattr(self._resolved, section.name))
 
@@ -480,7 +483,7 @@ class ServicePolicy:
             "follow_redirects": self.follow_redirects,
             "max_redirects": self.max_redirects,
         }
-        for name in sorted(self._sections):
+        for name in sorted(self._resolved.section_names):
             doc[name] = msgspec.to_builtins(getattr(self._resolved, name))
         return doc
 
@@ -679,7 +682,7 @@ def build_config(
         else {}
     )
     defaults = (
-        _policy("*", defaults_struct, known_sections, previous and previous.defaults)
+        _policy("*", defaults_struct, previous and previous.defaults)
         if defaults_struct is not None
         else None
     )
@@ -703,7 +706,7 @@ def build_config(
         struct, found = validate(merged, service_type, path=path)
         issues += found
         if struct is not None:
-            services[name] = _policy(name, struct, known_sections, kept.get(name))
+            services[name] = _policy(name, struct, kept.get(name))
 
     issues += _shared_endpoints(services)
     if issues or defaults is None:
@@ -815,6 +818,7 @@ def _service_type(sections: tuple[ConfigSection[Any], ...]) -> type[CoreServiceS
             kw_only=True,
             forbid_unknown_fields=True,
             gc=False,
+            namespace={"section_names": frozenset(s.name for s in sections)},
         ),
     )
 
@@ -822,13 +826,12 @@ def _service_type(sections: tuple[ConfigSection[Any], ...]) -> type[CoreServiceS
 def _policy(
     name: str,
     struct: CoreServiceSettings,
-    sections: frozenset[str],
     previous: ServicePolicy | None,
 ) -> ServicePolicy:
     """Return the policy of ``struct``: ``previous`` itself if resolved from equal settings."""
     if previous is not None and previous.same_as(struct):
         return previous
-    return ServicePolicy(name, struct, sections)
+    return ServicePolicy(name, struct)
 
 
 def _shared_endpoints(services: Mapping[str, ServicePolicy]) -> list[ConfigIssue]:
