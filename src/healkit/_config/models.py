@@ -115,9 +115,10 @@ RESERVED_HEADERS: Final = frozenset(
 def url_problem(url: yarl.URL) -> str | None:
     """Return why an absolute ``url`` cannot be called (its host or its port), or ``None``.
 
-    The host must be an IP address or a host name that IDNA and RFC 3986 accept:
-    no empty label (``a..b``), no label over 63 characters, no percent-encoded
-    or control characters, 253 characters at most. An explicit port is 1 to 65535.
+    The host must be an IP address (without an IPv6 zone ID) or a host name
+    that IDNA and RFC 3986 accept: no empty label (``a..b``), no label over 63
+    characters, no percent-encoded or control characters, 253 characters at
+    most. An explicit port is 1 to 65535.
     The configuration (each endpoint) and the client (each absolute URL called)
     both ask this function, so one rule decides.
     """
@@ -153,15 +154,18 @@ def _host_problem(host: str) -> str | None:
     host, its answer is cached (a bounded cache, so a stream of new hosts
     costs what it did, and no more memory).
     """
+    shown = msgspec.json.encode(host).decode()
     with contextlib.suppress(ValueError):
-        ipaddress.ip_address(host)
-        return None
+        address = ipaddress.ip_address(host)
+        # aiohttp resolves "fe80::1%25eth0" (RFC 6874) as a name, and an
+        # interface is one machine's: an endpoint shared by a fleet cannot name it.
+        zoned = isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None
+        return f"invalid host {shown}: an IPv6 zone ID is not supported" if zoned else None
     name = host.removesuffix(".")
     if len(name) > MAX_HOST_LENGTH:
         return f"invalid host: longer than {MAX_HOST_LENGTH} characters"
     for label in name.split("."):
         if not _HOST_LABEL.fullmatch(label):
-            shown = msgspec.json.encode(host).decode()
             if not label:
                 return f"invalid host {shown}: empty label"
             if len(label) > MAX_LABEL_LENGTH:

@@ -37,6 +37,7 @@ import yarl
 from aiohttp.connector import AddrInfoType
 from aiohttp.http_exceptions import LineTooLong
 
+from healkit._config.models import url_problem
 from healkit._errors import (
     EtcdAuthError,
     EtcdCompactedError,
@@ -202,20 +203,53 @@ _NOT_SENT: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError
 
 
 def normalize_endpoint(endpoint: str, *, tls: bool) -> str:
+    """Return ``endpoint`` as the client keeps it: ``scheme://host:port``.
+
+    An endpoint without a scheme gets ``https://`` with TLS options, else ``http://``.
+
+    Raises:
+        ValueError: ``endpoint`` is not usable (see :func:`endpoint_problem`); the
+            message shows it without credentials.
+
+    """
     text = endpoint.strip()
     if "://" not in text:
         text = f"{'https' if tls else 'http'}://{text}"
+    problem = endpoint_problem(text)
+    if problem is not None:
+        raise ValueError(f"invalid etcd endpoint {shown_endpoint(endpoint)}: {problem}")
+    return str(yarl.URL(text).origin())
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Return why ``endpoint`` is not an etcd endpoint (``http(s)://HOST[:PORT]``), or ``None``.
+
+    The host and port are held to the rule of every URL healkit calls
+    (:func:`~healkit._config.models.url_problem`: IDNA, labels of 1 to 63
+    characters, port 1 to 65535). Credentials, a path, a query or a fragment
+    are refused. The one rule of :class:`~healkit.etcd.EtcdClient` and of the
+    command line's ``--endpoints``.
+    """
     try:
-        url = yarl.URL(text)
-    except ValueError as exc:
-        raise ValueError(f"invalid etcd endpoint {endpoint!r}") from exc
-    if url.scheme not in {"http", "https"} or not url.host:
-        raise ValueError(f"invalid etcd endpoint {endpoint!r}: expected http(s)://HOST:PORT")
-    if url.user is not None or url.password is not None:
-        raise ValueError("etcd endpoints must not carry credentials; use username= and password=")
-    if url.path not in {"", "/"} or url.query_string or url.fragment:
-        raise ValueError(f"invalid etcd endpoint {endpoint!r}: no path, query or fragment")
-    return str(url.origin())
+        url = yarl.URL(endpoint)
+        url.explicit_port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as error:  # UnicodeError (an IDNA failure) included
+        return f"invalid URL: {error}"
+    if url.scheme not in {"http", "https"} or not url.raw_host:
+        return "expected http(s)://HOST:PORT"
+    if url.raw_user is not None or url.raw_password is not None:
+        return "no credentials in the URL: give the user and the password apart"
+    if url.raw_path not in {"", "/"} or url.raw_query_string or url.raw_fragment:
+        return "no path, query or fragment"
+    return url_problem(url)
+
+
+def shown_endpoint(endpoint: str) -> str:
+    """Return ``endpoint`` quoted for a message, its userinfo (``user:password@``) masked."""
+    return repr(_USERINFO.sub("//***@", endpoint))
+
+
+_USERINFO: Final = re.compile(r"//[^/?#]*@")
 
 
 def _keepalive_socket(addr_info: AddrInfoType) -> socket.socket:

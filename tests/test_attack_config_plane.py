@@ -1,0 +1,118 @@
+"""The configuration plane attacked as an operator would, with the docs as the only guide.
+
+Each test is a probe of issue 12's promises (docs/etcd.md, docs/configuration.md)
+against a real etcd, real files and the real command line, that found a defect:
+an etcd endpoint that the client accepted and then crashed on outside the error
+tree, a password echoed on stderr, an IPv6 zone ID accepted although no call
+can reach it, a watch that resumed on another etcd cluster as if its history
+were ours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+import healkit
+from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus
+from tests.cli_support import cli
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 15.0
+
+
+def document(*endpoints: str) -> bytes:
+    return json.dumps({"endpoints": list(endpoints)}).encode()
+
+
+async def until(source: EtcdSource, condition: Callable[[EtcdSourceStatus], bool]) -> None:
+    with anyio.fail_after(DEADLINE):
+        await source.wait_until(condition)
+
+
+# -- etcd endpoints: one rule for every URL healkit calls ---------------------------------------
+
+HOSTILE_ETCD_ENDPOINTS = [
+    ("http://a..b:2379", 'invalid host "a..b": empty label'),
+    ("http://%00:2379", "invalid host \"%00\": letters, digits, '-' and '_' only in each label"),
+    ("http://a\x00b:2379", "invalid host \"a\\u0000b\": letters, digits, '-' and '_' only"),
+    ("http://" + "a" * 64 + ".test:2379", "a label is longer than 63 characters"),
+    ("http://127.0.0.1:0", "invalid port 0: must be 1 to 65535"),
+    ("http://[fe80::1%25eth0]:2379", "an IPv6 zone ID is not supported"),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "reason"), HOSTILE_ETCD_ENDPOINTS)
+async def test_an_etcd_endpoint_is_held_to_the_host_rule_of_every_url(
+    endpoint: str, reason: str
+) -> None:
+    # Before: accepted, and the first request raised a raw UnicodeError from
+    # getaddrinfo (a..b), or connected to port 0, or resolved the zone as a name.
+    with pytest.raises(ValueError, match="invalid etcd endpoint") as refused:
+        EtcdClient(endpoint)
+    assert reason in str(refused.value)
+    assert type(refused.value) is ValueError
+
+
+@pytest.mark.parametrize(("endpoint", "reason"), HOSTILE_ETCD_ENDPOINTS)
+def test_the_command_line_refuses_the_same_endpoints_in_one_line(
+    capsys: pytest.CaptureFixture[str], endpoint: str, reason: str
+) -> None:
+    # Before: `--endpoints http://a..b:2379` ended in a UnicodeError traceback.
+    run = cli(capsys, "config", "get", "--endpoints", endpoint, "--namespace", "shop")
+    assert run.status == 2
+    assert run.out == ""
+    assert run.err.startswith("healkit: argument --endpoints: invalid etcd endpoint ")
+    assert reason in run.err
+    assert run.err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://root:s3cret-pw@127.0.0.1:2379",
+        "http://root:s3cret-pw@a..b:2379",
+        "http://root:s3cret-pw@127.0.0.1:99999",
+        "https://s3cret-pw@etcd-0:2379",
+    ],
+)
+def test_a_password_in_an_endpoint_is_never_echoed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    # Before: stderr read "invalid etcd endpoint 'http://root:s3cret-pw@...'".
+    flag = cli(capsys, "status", "--endpoints", endpoint)
+    monkeypatch.setenv("HEALKIT_ETCD_ENDPOINTS", endpoint)
+    env = cli(capsys, "config", "watch")
+    for run in (flag, env):
+        assert run.status == 2
+        assert "s3cret-pw" not in run.err
+        assert "***@" in run.err
+    with pytest.raises(ValueError, match="invalid etcd endpoint") as refused:
+        EtcdClient(endpoint)
+    assert "s3cret-pw" not in str(refused.value)
+
+
+@pytest.mark.parametrize("host", ["[fe80::1%25eth0]", "[fe80::1%eth0]", "[::1%25lo]"])
+async def test_an_ipv6_zone_id_is_refused_in_a_document_and_in_a_call(host: str) -> None:
+    # Before: accepted; a call to "%25eth0" (RFC 6874's form) failed to resolve
+    # it as a name, and "%eth0" waited for a connection until the deadline.
+    with pytest.raises(healkit.ConfigError) as refused:
+        healkit.build_config(
+            {"services": {"svc": {"endpoints": ["http://ok.test", f"http://{host}:8080"]}}}
+        )
+    [issue] = refused.value.issues
+    assert issue.path == "$.services.svc.endpoints[1]"
+    assert "an IPv6 zone ID is not supported" in issue.reason
+    async with healkit.Client(entry_points=False) as client:
+        with anyio.fail_after(DEADLINE), pytest.raises(healkit.InvalidRequestError) as call:
+            await client.get(f"http://{host}:1/")
+    assert "an IPv6 zone ID is not supported" in str(call.value)
+
+
+def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
