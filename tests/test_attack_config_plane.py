@@ -19,6 +19,7 @@ import pytest
 
 import healkit
 from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus
+from healkit.testing import EtcdServer, TcpProxy, capture_events
 from tests.cli_support import cli
 
 pytestmark = pytest.mark.anyio
@@ -112,6 +113,43 @@ async def test_an_ipv6_zone_id_is_refused_in_a_document_and_in_a_call(host: str)
         with anyio.fail_after(DEADLINE), pytest.raises(healkit.InvalidRequestError) as call:
             await client.get(f"http://{host}:1/")
     assert "an IPv6 zone ID is not supported" in str(call.value)
+
+
+# -- a watch never resumes on another cluster's history ----------------------------------------
+
+
+async def test_a_watch_that_reconnects_to_another_cluster_reads_everything_again() -> None:
+    namespace = "moved"
+    root = f"/healkit/{namespace}/"
+    async with (
+        EtcdServer() as first,
+        EtcdServer() as second,
+        first.client() as at_first,
+        second.client() as at_second,
+        TcpProxy("127.0.0.1", first.port) as proxy,
+        EtcdClient(proxy.url) as through_proxy,
+    ):
+        await at_first.put(root + "services/a", document("http://a.first.test"))
+        # The other cluster holds other documents, at higher revisions than ours.
+        await at_second.put(root + "services/b", document("http://b.second.test"))
+        for _ in range(5):
+            await at_second.put("/elsewhere", b"x")
+        source = EtcdSource(through_proxy, namespace=namespace, random=lambda: 0.0)
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            assert set(runtime.config.services) == {"a"}
+            with capture_events() as logs:
+                # The endpoint now leads to another cluster (DNS moved, a
+                # restore with bumped revisions): the watch breaks and resumes there.
+                proxy.retarget("127.0.0.1", second.port)
+                await proxy.cut()
+                written = await at_second.put(root + "services/c", document("http://c.test"))
+                await until(source, lambda s: s.applied_revision >= written.revision)
+            # Before: {"a", "c"}, a mix of two clusters' documents.
+            assert set(runtime.config.services) == {"b", "c"}
+            assert source.status.connection == "connected"
+        changed = [e for e in logs if e["event"] == "healkit.etcd_cluster_changed"]
+        assert changed
+        assert changed[0]["etcd_cluster"] != changed[0]["previous_cluster"]
 
 
 def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
