@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 import healkit
-from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus
+from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
 from healkit.testing import EtcdServer, TcpProxy, capture_events
 from tests.cli_support import cli
 
@@ -150,6 +150,65 @@ async def test_a_watch_that_reconnects_to_another_cluster_reads_everything_again
         changed = [e for e in logs if e["event"] == "healkit.etcd_cluster_changed"]
         assert changed
         assert changed[0]["etcd_cluster"] != changed[0]["previous_cluster"]
+
+
+# -- a key under services/ whose name is not a service name ------------------------------------
+
+MISNAMED = ["a%2Fb", "..", "a\u200b", "", "payments/", "a/b", "caf\u00e9"]
+
+
+@pytest.mark.parametrize("name", MISNAMED)
+async def test_a_misnamed_key_is_rejected_alone_and_costs_no_key_written_with_it(
+    etcd_server: EtcdServer, name: str
+) -> None:
+    root = "/healkit/names/"
+    async with etcd_server.client() as etcd:
+        await etcd.put(root + "services/seed", document("http://seed.test"))
+        source = EtcdSource(etcd, namespace="names")
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            with capture_events() as logs:
+                written = await etcd.txn(
+                    success=[
+                        PutOp(
+                            key=f"{root}services/{name}".encode(), value=document("http://x.test")
+                        ),
+                        PutOp(key=f"{root}services/good".encode(), value=document("http://g.test")),
+                    ]
+                )
+                await until(source, lambda s: s.applied_revision >= written.revision)
+            # Before: "good" was rejected too (the issue lay at $.services, no
+            # key's), and "payments/" or "a/b" were ignored without a word.
+            assert set(runtime.config.services) == {"seed", "good"}
+            assert source.status.rejected == {f"services/{name}": written.revision}
+            [rejected] = _events(logs, "healkit.etcd_document_rejected")
+            assert rejected["key"] == f"{root}services/{name}"
+            assert rejected["path"] == "$.services"
+            assert rejected["reason"].startswith("invalid key ")
+
+
+async def test_an_instance_starts_with_every_valid_key_beside_misnamed_ones(
+    etcd_server: EtcdServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = "/healkit/start/"
+    async with etcd_server.client() as etcd:
+        await etcd.put(root + "services/good", document("http://g.test"))
+        for name in MISNAMED:
+            await etcd.put(f"{root}services/{name}", document("http://x.test"))
+        source = EtcdSource(etcd, namespace="start")
+        # Before: ConfigError "no valid document to start with", every key rejected.
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            assert set(runtime.config.services) == {"good"}
+            assert set(source.status.rejected) == {f"services/{name}" for name in MISNAMED}
+    run = await anyio.to_thread.run_sync(
+        lambda: cli(capsys, "status", "--endpoints", etcd_server.url, "--namespace", "start")
+    )
+    assert run.status == 1
+    # Each misnamed key is named as invalid; the valid one stays valid.
+    assert run.err.startswith("healkit: /healkit/start/: invalid: ")
+    for name in MISNAMED:
+        assert f"services/{name}" in run.err
+    assert "services/good" not in run.err
+    assert "(the namespace as a whole)" not in run.err
 
 
 def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:

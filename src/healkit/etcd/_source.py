@@ -71,7 +71,7 @@ import msgspec
 
 from healkit._config.compact import encoded, opened, plain_document
 from healkit._config.formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
-from healkit._config.models import name_problem
+from healkit._config.models import name_problem, service_name_issues
 from healkit._config.sources import ConfigSink
 from healkit._config.validate import join_path, same_document
 from healkit._errors import ConfigError, ConfigIssue, EtcdError
@@ -89,6 +89,7 @@ __all__ = [
     "Listener",
     "etcd_prefix",
     "key_role",
+    "name_issues",
     "stored_format",
 ]
 
@@ -131,16 +132,32 @@ def key_role(key: str) -> tuple[KeyKind, str, str]:
     """Classify a key relative to a namespace's root: (kind, service, channel).
 
     ``defaults``; ``services/<service>``; ``channels/<channel>/services/<service>``
-    (an overlay); anything else is ``other`` (health records...).
+    (an overlay); anything else is ``other`` (health records...). Whatever
+    follows ``services/`` is the service's name, also when it is not a valid
+    name (``payments/``, ``a/b``, empty): such a key is a document that is
+    rejected, never a key silently ignored.
     """
     parts = key.split("/")
     if parts == ["defaults"]:
         return ("defaults", "", "")
-    if len(parts) == 2 and parts[0] == "services":
-        return ("service", parts[1], "")
-    if len(parts) == 4 and parts[0] == "channels" and parts[2] == "services":
-        return ("overlay", parts[3], parts[1])
+    if len(parts) >= 2 and parts[0] == "services":
+        return ("service", "/".join(parts[1:]), "")
+    if len(parts) >= 4 and parts[0] == "channels" and parts[2] == "services":
+        return ("overlay", "/".join(parts[3:]), parts[1])
     return ("other", "", "")
+
+
+def name_issues(key: str) -> list[ConfigIssue]:
+    """Return the issues of the service name in ``key`` (relative to the root); ``[]``: none.
+
+    A key whose name is not a valid service name is refused alone, with the
+    key, before its document is read: judged only in the whole document, the
+    issue would lie at ``$.services``, which no key owns, and every key
+    written with it would be rejected. The one rule of instances and of
+    ``healkit status``, ``config push`` and ``config diff``.
+    """
+    kind, name, _ = key_role(key)
+    return service_name_issues([name]) if kind in {"service", "overlay"} else []
 
 
 def etcd_prefix(namespace: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -632,6 +649,10 @@ class EtcdSource:
         parsed: dict[str, object] = {}
         for key, text in texts.items():
             if text is None:
+                continue
+            misnamed = name_issues(key)
+            if misnamed:
+                parsed[key] = ConfigError(misnamed, origin=self._root + key)
                 continue
             fmt = stored_format(text)
             try:
