@@ -10,12 +10,16 @@ were ours.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import pytest
+from aiohttp import web
 
 import healkit
 from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
@@ -209,6 +213,69 @@ async def test_an_instance_starts_with_every_valid_key_beside_misnamed_ones(
         assert f"services/{name}" in run.err
     assert "services/good" not in run.err
     assert "(the namespace as a whole)" not in run.err
+
+
+# -- a server that only looks like etcd ----------------------------------------------------------
+
+
+def _header(revision: int) -> dict[str, str]:
+    return {"cluster_id": "4660", "member_id": "5", "revision": str(revision), "raft_term": "2"}
+
+
+@contextlib.asynccontextmanager
+async def endless_watch_server() -> AsyncIterator[str]:
+    """An HTTP server that reads like etcd, but whose first watch message never ends.
+
+    It comes in 4 KiB pieces, as a slow or hostile server sends it.
+    """
+    value = base64.b64encode(b'{"endpoints": ["http://a.test"]}').decode()
+    key = base64.b64encode(b"/healkit/fake/services/a").decode()
+
+    async def range_(_: web.Request) -> web.Response:
+        kv = {"key": key, "value": value, "mod_revision": "3", "create_revision": "3"}
+        return web.json_response({"header": _header(5), "kvs": [kv], "count": "1"})
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        created = {"result": {"header": _header(5), "created": True}}
+        await response.write(json.dumps(created).encode() + b"\n")
+        await response.write(
+            b'{"result": {"header": {"revision": "6"}, "events": [{"kv": {"key": "'
+        )
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(b"Q" * 4096)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v3/kv/range", range_)
+    app.router.add_post("/v3/watch", watch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_watch_message_that_never_ends_is_refused_at_the_limit_in_linear_time() -> None:
+    # Before: aiohttp's readline copied the message read so far for each piece:
+    # 64 MiB in 4 KiB pieces took minutes of the event loop (in stalls that
+    # starved every call) before the limit was even reached.
+    async with endless_watch_server() as url, EtcdClient(url) as etcd:
+        source = EtcdSource(etcd, namespace="fake", random=lambda: 1.0)
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            with anyio.fail_after(60):
+                await source.wait_until(lambda s: s.connection == "unreachable")
+            assert runtime.config.policy("a").endpoints == ("http://a.test",)
+        assert source.status.last_error is not None
+        assert "watch message from etcd at" in source.status.last_error
+        assert f"exceeds {64 * 1024 * 1024} bytes" in source.status.last_error
 
 
 def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
