@@ -23,7 +23,7 @@ from aiohttp import web
 
 import healkit
 from healkit.etcd import EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
-from healkit.testing import EtcdServer, TcpProxy, capture_events
+from healkit.testing import EtcdServer, FaultServer, TcpProxy, capture_events
 from tests.cli_support import cli
 
 pytestmark = pytest.mark.anyio
@@ -117,6 +117,24 @@ async def test_an_ipv6_zone_id_is_refused_in_a_document_and_in_a_call(host: str)
         with anyio.fail_after(DEADLINE), pytest.raises(healkit.InvalidRequestError) as call:
             await client.get(f"http://{host}:1/")
     assert "an IPv6 zone ID is not supported" in str(call.value)
+
+
+@pytest.mark.parametrize("host", ["0x7f.1", "127.1", "2130706433", "256.1.1.1", "1.2.3.4.5"])
+async def test_a_host_that_ends_in_a_number_but_is_no_ipv4_address_is_refused(
+    fault_server: FaultServer, host: str
+) -> None:
+    # Before: accepted in a document; a call then failed (aiohttp refuses
+    # "127.1" as "not a canonical IPv4 address") or, for "0x7f.1", went to
+    # 127.0.0.1: the rule of the document was not the rule of the call.
+    with pytest.raises(healkit.ConfigError) as refused:
+        healkit.build_config({"services": {"svc": {"endpoints": [f"http://{host}"]}}})
+    [issue] = refused.value.issues
+    assert issue.path == "$.services.svc.endpoints[0]"
+    assert issue.reason == f'invalid host "{host}": ends in a number but is not an IPv4 address'
+    async with healkit.Client(entry_points=False) as client:
+        with anyio.fail_after(DEADLINE), pytest.raises(healkit.InvalidRequestError):
+            await client.get(f"http://{host}:{fault_server.port}/")
+    assert fault_server.hits() == 0
 
 
 # -- a watch never resumes on another cluster's history ----------------------------------------
