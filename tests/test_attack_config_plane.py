@@ -1,11 +1,14 @@
 """The configuration plane attacked as an operator would, with the docs as the only guide.
 
 Each test is a probe of issue 12's promises (docs/etcd.md, docs/configuration.md)
-against a real etcd, real files and the real command line, that found a defect:
-an etcd endpoint that the client accepted and then crashed on outside the error
-tree, a password echoed on stderr, an IPv6 zone ID accepted although no call
-can reach it, a watch that resumed on another etcd cluster as if its history
-were ours.
+against a real etcd, real files, real loopback servers and the real command
+line, that found a defect: an etcd endpoint that the client accepted and then
+crashed on outside the error tree, a password echoed on stderr, IPv6 zone IDs
+and hosts ending in a number accepted although no call could reach them as
+written, a watch that resumed on another etcd cluster as if its history were
+ours, a misnamed key under services/ that cost every key written with it (and
+an instance its start), a never-ending watch message read in quadratic time,
+and an instance that started with another configuration than the running ones.
 """
 
 from __future__ import annotations
