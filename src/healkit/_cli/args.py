@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 from typing import Final, NoReturn, TextIO, TypeAlias, TypeVar
 
 import msgspec
-import yarl
 
 from healkit._config.models import name_problem
 from healkit._errors import ConfigError
 from healkit._plugins import installed_plugin_names
+from healkit.etcd._gateway import endpoint_problem, shown_endpoint
 
 __all__ = [
     "EXIT_FAILED",
@@ -137,25 +137,13 @@ def etcd_endpoints(text: str) -> tuple[str, ...]:
     if not endpoints:
         raise argparse.ArgumentTypeError(f"no etcd endpoint in {text!r}")
     for endpoint in endpoints:
-        problem = _endpoint_problem(endpoint)
+        problem = endpoint_problem(endpoint)
         if problem is not None:
-            raise argparse.ArgumentTypeError(f"invalid etcd endpoint {endpoint!r}: {problem}")
+            # Never echo a password given in the URL: stderr ends up in CI logs.
+            raise argparse.ArgumentTypeError(
+                f"invalid etcd endpoint {shown_endpoint(endpoint)}: {problem}"
+            )
     return endpoints
-
-
-def _endpoint_problem(endpoint: str) -> str | None:
-    try:
-        url = yarl.URL(endpoint)
-        port = url.port
-    except ValueError as error:
-        return str(error)
-    if url.scheme not in {"http", "https"} or not url.host or port is None:
-        return "expected http(s)://HOST:PORT"
-    if url.user is not None or url.password is not None:
-        return "no credentials in the URL: use --user and --password-file"
-    if url.path not in {"", "/"} or url.query_string or url.fragment:
-        return "no path, query or fragment"
-    return None
 
 
 def service_name(text: str) -> str:

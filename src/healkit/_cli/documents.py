@@ -31,7 +31,7 @@ from healkit._errors import ConfigError, ConfigIssue
 from healkit._plugins import create_plugin_manager
 from healkit._runtime import config_sections
 from healkit.etcd import EtcdClient, KeyValue
-from healkit.etcd._source import key_role, stored_format
+from healkit.etcd._source import key_role, name_issues, stored_format
 
 __all__ = [
     "DEFAULTS",
@@ -232,6 +232,10 @@ def check_after(
         data = changed[key] if key in changed else state.raw(key)
         if data is None:
             continue
+        misnamed = name_issues(key)
+        if misnamed:
+            issues += misnamed
+            continue
         try:
             documents[key] = decode_stored(data, state.root + key)
         except ConfigError as error:
@@ -297,6 +301,10 @@ def check_namespace(
     problems: dict[str, list[ConfigIssue]] = {}
     decoded: dict[str, object] = {}
     for key in state.keys:
+        misnamed = name_issues(key)
+        if misnamed:
+            problems[key] = misnamed
+            continue
         try:
             decoded[key] = decode_stored(state.raw(key) or b"", state.root + key)
         except ConfigError as error:

@@ -88,6 +88,8 @@ ENDPOINT_PATTERN: Final = r"^https?://[^/@\s?#]+(/[^\s?#]*)?$"
 # ASCII labels of 1 to 63 characters (after IDNA encoding), 253 in all. "_" is
 # kept: container and service-discovery names use it.
 _HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# A last label that makes a host "end in a number" (WHATWG URL): decimal, or 0x hex.
+_NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
 MAX_HOST_LENGTH: Final = 253
 MAX_LABEL_LENGTH: Final = 63
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
@@ -126,9 +128,11 @@ RESERVED_HEADERS: Final = frozenset(
 def url_problem(url: yarl.URL) -> str | None:
     """Return why an absolute ``url`` cannot be called (its host or its port), or ``None``.
 
-    The host must be an IP address or a host name that IDNA and RFC 3986 accept:
-    no empty label (``a..b``), no label over 63 characters, no percent-encoded
-    or control characters, 253 characters at most. An explicit port is 1 to 65535.
+    The host must be an IP address (without an IPv6 zone ID) or a host name
+    that IDNA and RFC 3986 accept: no empty label (``a..b``), no label over 63
+    characters, no percent-encoded or control characters, 253 characters at
+    most, not ending in a number (``256.1.1.1``, ``127.1``, ``0x7f.1``: a URL
+    parser reads those as IPv4 addresses). An explicit port is 1 to 65535.
     The configuration (each endpoint) and the client (each absolute URL called)
     both ask this function, so one rule decides.
     """
@@ -164,20 +168,34 @@ def _host_problem(host: str) -> str | None:
     host, its answer is cached (a bounded cache, so a stream of new hosts
     costs what it did, and no more memory).
     """
+    shown = msgspec.json.encode(host).decode()
     with contextlib.suppress(ValueError):
-        ipaddress.ip_address(host)
-        return None
+        address = ipaddress.ip_address(host)
+        # aiohttp resolves "fe80::1%25eth0" (RFC 6874) as a name, and an
+        # interface is one machine's: an endpoint shared by a fleet cannot name it.
+        zoned = isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None
+        return f"invalid host {shown}: an IPv6 zone ID is not supported" if zoned else None
     name = host.removesuffix(".")
     if len(name) > MAX_HOST_LENGTH:
         return f"invalid host: longer than {MAX_HOST_LENGTH} characters"
+    problem = _label_problem(name)
+    if problem is None and _NUMERIC_LABEL.fullmatch(name.rsplit(".", 1)[-1]):
+        # A URL parser (WHATWG) reads such a host as an IPv4 address, and the
+        # resolver maps its legacy forms ("127.1", "0x7f.1", "2130706433")
+        # onto one: it is no host name, and not a canonical address.
+        problem = "ends in a number but is not an IPv4 address"
+    return None if problem is None else f"invalid host {shown}: {problem}"
+
+
+def _label_problem(name: str) -> str | None:
+    """Return why a label of the host ``name`` is not a DNS label, or ``None``."""
     for label in name.split("."):
         if not _HOST_LABEL.fullmatch(label):
-            shown = msgspec.json.encode(host).decode()
             if not label:
-                return f"invalid host {shown}: empty label"
+                return "empty label"
             if len(label) > MAX_LABEL_LENGTH:
-                return f"invalid host {shown}: a label is longer than {MAX_LABEL_LENGTH} characters"
-            return f"invalid host {shown}: letters, digits, '-' and '_' only in each label"
+                return f"a label is longer than {MAX_LABEL_LENGTH} characters"
+            return "letters, digits, '-' and '_' only in each label"
     return None
 
 

@@ -331,11 +331,15 @@ class _Feed:
                 # watch from our next revision would wait for a future that is not ours.
                 self._went_back(stream.created_revision)
                 return
+            if self._other_cluster(stream.endpoint, stream.cluster_id):
+                return
             self._broadcast(Connection(None))
             async for response in stream:
                 self._heard += 1
                 if response.revision < self._revision:
                     self._went_back(response.revision)
+                    return
+                if self._other_cluster(stream.endpoint, response.cluster_id):
                     return
                 fresh = [e for e in response.events if e.kv.mod_revision > self._revision]
                 # A response can carry several revisions (catching up after a
@@ -353,6 +357,26 @@ class _Feed:
                     # A progress notification: nothing of ours changed up to there.
                     self._revision = response.revision
                     self._broadcast(Progress(response.revision))
+
+    def _other_cluster(self, endpoint: str, cluster_id: int) -> bool:
+        """Whether the watch runs on another etcd cluster than the state's; if so, read again.
+
+        The revisions of one cluster mean nothing in another (an endpoint that
+        now leads to another cluster, a cluster restored with a new ID and
+        its revisions bumped): resuming from our next revision there would mix
+        two histories. Everything is read again, as after a restore.
+        """
+        if not (self._cluster_id and cluster_id) or cluster_id == self._cluster_id:
+            return False
+        _logger.warning(
+            "healkit.etcd_cluster_changed",
+            endpoint=endpoint,
+            applied_revision=self._revision,
+            previous_cluster=f"{self._cluster_id:x}",
+            etcd_cluster=f"{cluster_id:x}",
+        )
+        self._reload = self._replace = True
+        return True
 
     def _went_back(self, etcd_revision: int) -> None:
         _logger.warning(

@@ -35,8 +35,8 @@ import aiohttp
 import msgspec
 import yarl
 from aiohttp.connector import AddrInfoType
-from aiohttp.http_exceptions import LineTooLong
 
+from healkit._config.models import url_problem
 from healkit._errors import (
     EtcdAuthError,
     EtcdCompactedError,
@@ -202,20 +202,53 @@ _NOT_SENT: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError
 
 
 def normalize_endpoint(endpoint: str, *, tls: bool) -> str:
+    """Return ``endpoint`` as the client keeps it: ``scheme://host:port``.
+
+    An endpoint without a scheme gets ``https://`` with TLS options, else ``http://``.
+
+    Raises:
+        ValueError: ``endpoint`` is not usable (see :func:`endpoint_problem`); the
+            message shows it without credentials.
+
+    """
     text = endpoint.strip()
     if "://" not in text:
         text = f"{'https' if tls else 'http'}://{text}"
+    problem = endpoint_problem(text)
+    if problem is not None:
+        raise ValueError(f"invalid etcd endpoint {shown_endpoint(endpoint)}: {problem}")
+    return str(yarl.URL(text).origin())
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Return why ``endpoint`` is not an etcd endpoint (``http(s)://HOST[:PORT]``), or ``None``.
+
+    The host and port are held to the rule of every URL healkit calls
+    (:func:`~healkit._config.models.url_problem`: IDNA, labels of 1 to 63
+    characters, port 1 to 65535). Credentials, a path, a query or a fragment
+    are refused. The one rule of :class:`~healkit.etcd.EtcdClient` and of the
+    command line's ``--endpoints``.
+    """
     try:
-        url = yarl.URL(text)
-    except ValueError as exc:
-        raise ValueError(f"invalid etcd endpoint {endpoint!r}") from exc
-    if url.scheme not in {"http", "https"} or not url.host:
-        raise ValueError(f"invalid etcd endpoint {endpoint!r}: expected http(s)://HOST:PORT")
-    if url.user is not None or url.password is not None:
-        raise ValueError("etcd endpoints must not carry credentials; use username= and password=")
-    if url.path not in {"", "/"} or url.query_string or url.fragment:
-        raise ValueError(f"invalid etcd endpoint {endpoint!r}: no path, query or fragment")
-    return str(url.origin())
+        url = yarl.URL(endpoint)
+        url.explicit_port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as error:  # UnicodeError (an IDNA failure) included
+        return f"invalid URL: {error}"
+    if url.scheme not in {"http", "https"} or not url.raw_host:
+        return "expected http(s)://HOST:PORT"
+    if url.raw_user is not None or url.raw_password is not None:
+        return "no credentials in the URL: give the user and the password apart"
+    if url.raw_path not in {"", "/"} or url.raw_query_string or url.raw_fragment:
+        return "no path, query or fragment"
+    return url_problem(url)
+
+
+def shown_endpoint(endpoint: str) -> str:
+    """Return ``endpoint`` quoted for a message, its userinfo (``user:password@``) masked."""
+    return repr(_USERINFO.sub("//***@", endpoint))
+
+
+_USERINFO: Final = re.compile(r"//[^/?#]*@")
 
 
 def _keepalive_socket(addr_info: AddrInfoType) -> socket.socket:
@@ -357,7 +390,7 @@ class GatewayStream:
     waiting in another task then fails.
     """
 
-    __slots__ = ("_limit", "_response", "endpoint", "path")
+    __slots__ = ("_limit", "_pending", "_response", "_scanned", "endpoint", "path")
 
     def __init__(
         self, response: aiohttp.ClientResponse, endpoint: str, path: str, limit: int
@@ -368,6 +401,9 @@ class GatewayStream:
         self.path: Final = path
         """The streaming RPC."""
         self._limit = limit
+        # Bytes read past the last message, and how many of them hold no newline.
+        self._pending = bytearray()
+        self._scanned = 0
 
     def close(self) -> None:
         """Drop the connection (again: nothing)."""
@@ -383,17 +419,12 @@ class GatewayStream:
             EtcdProtocolError: the message is too large, or not etcd's.
 
         """
-        response, endpoint, limit = self._response, self.endpoint, self._limit
+        response, endpoint = self._response, self.endpoint
         if response is None:
             raise RuntimeError("the stream is closed")
         while True:
             try:
-                line = await response.content.readline(max_line_length=limit)
-            except LineTooLong as exc:
-                raise EtcdProtocolError(
-                    f"{self._kind()} message from etcd at {endpoint} exceeds {limit} bytes",
-                    endpoint=endpoint,
-                ) from exc
+                line = await self._line(response.content)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = describe(exc, endpoint)
                 raise EtcdUnavailableError(
@@ -409,6 +440,42 @@ class GatewayStream:
                 )
             if line.strip():
                 return decode(decoder, line, self.path, endpoint)
+
+    async def _line(self, content: aiohttp.StreamReader) -> bytes:
+        """Return the next line (empty at the end of the stream), in time linear in its size.
+
+        Each chunk that arrives is appended once and searched once: a message
+        that never ends costs the event loop what its bytes cost, up to the
+        limit. (aiohttp's ``readline`` copies the whole line read so far for
+        each chunk: a 64 MiB line without a newline kept the loop busy 15 s,
+        in stalls of up to 0.4 s.)
+
+        Raises:
+            EtcdProtocolError: the line is longer than the limit.
+
+        """
+        pending = self._pending
+        while True:
+            end = pending.find(b"\n", self._scanned)
+            if end != -1:
+                line = bytes(pending[: end + 1])
+                del pending[: end + 1]
+                self._scanned = 0
+                return line
+            self._scanned = len(pending)
+            if len(pending) > self._limit:
+                pending.clear()
+                raise EtcdProtocolError(
+                    f"{self._kind()} message from etcd at {self.endpoint} exceeds "
+                    f"{self._limit} bytes",
+                    endpoint=self.endpoint,
+                )
+            data = await content.readany()
+            if not data:
+                line = bytes(pending)
+                pending.clear()
+                return line
+            pending += data
 
     def _kind(self) -> str:
         return self.path.rsplit("/", 1)[-1]

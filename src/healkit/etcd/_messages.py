@@ -138,6 +138,8 @@ class WatchResponse(msgspec.Struct, frozen=True, kw_only=True):
     """When canceled because the start revision was compacted: the compaction revision."""
     progress_notify: bool = False
     """A progress notification: no events, everything up to ``revision`` was sent."""
+    cluster_id: int = 0
+    """ID of the etcd cluster that sent it (from the header; 0 if etcd gave none)."""
 
 
 @final
@@ -577,6 +579,7 @@ class WatchReply(msgspec.Struct, frozen=True):
             cancel_reason=self.cancel_reason,
             compact_revision=self.compact_revision,
             progress_notify=progress,
+            cluster_id=self.header.cluster_id,
         )
 
 

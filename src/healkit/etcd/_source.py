@@ -71,7 +71,7 @@ import msgspec
 
 from healkit._config.compact import encoded, opened, plain_document
 from healkit._config.formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
-from healkit._config.models import name_problem
+from healkit._config.models import name_problem, service_name_issues
 from healkit._config.sources import ConfigSink
 from healkit._config.validate import join_path, same_document
 from healkit._errors import ConfigError, ConfigIssue, EtcdError
@@ -89,6 +89,7 @@ __all__ = [
     "Listener",
     "etcd_prefix",
     "key_role",
+    "name_issues",
     "stored_format",
 ]
 
@@ -117,6 +118,9 @@ class _Snapshot(msgspec.Struct, frozen=True):
 
 KeyKind = Literal["defaults", "service", "overlay", "other"]
 
+DEFAULTS: Final = "defaults"
+"""The key of the namespace's defaults, relative to its root."""
+
 
 def stored_format(document: str | bytes) -> DocumentFormat:
     """Return the format of a document stored in etcd: JSON if it starts with ``{``, else YAML.
@@ -131,16 +135,32 @@ def key_role(key: str) -> tuple[KeyKind, str, str]:
     """Classify a key relative to a namespace's root: (kind, service, channel).
 
     ``defaults``; ``services/<service>``; ``channels/<channel>/services/<service>``
-    (an overlay); anything else is ``other`` (health records...).
+    (an overlay); anything else is ``other`` (health records...). Whatever
+    follows ``services/`` is the service's name, also when it is not a valid
+    name (``payments/``, ``a/b``, empty): such a key is a document that is
+    rejected, never a key silently ignored.
     """
     parts = key.split("/")
     if parts == ["defaults"]:
         return ("defaults", "", "")
-    if len(parts) == 2 and parts[0] == "services":
-        return ("service", parts[1], "")
-    if len(parts) == 4 and parts[0] == "channels" and parts[2] == "services":
-        return ("overlay", parts[3], parts[1])
+    if len(parts) >= 2 and parts[0] == "services":
+        return ("service", "/".join(parts[1:]), "")
+    if len(parts) >= 4 and parts[0] == "channels" and parts[2] == "services":
+        return ("overlay", "/".join(parts[3:]), parts[1])
     return ("other", "", "")
+
+
+def name_issues(key: str) -> list[ConfigIssue]:
+    """Return the issues of the service name in ``key`` (relative to the root); ``[]``: none.
+
+    A key whose name is not a valid service name is refused alone, with the
+    key, before its document is read: judged only in the whole document, the
+    issue would lie at ``$.services``, which no key owns, and every key
+    written with it would be rejected. The one rule of instances and of
+    ``healkit status``, ``config push`` and ``config diff``.
+    """
+    kind, name, _ = key_role(key)
+    return service_name_issues([name]) if kind in {"service", "overlay"} else []
 
 
 def etcd_prefix(namespace: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -200,6 +220,7 @@ class EtcdSource:
         "_sink",
         "_snapshot",
         "_start",
+        "_written",
     )
 
     def __init__(  # noqa: PLR0913 - keyword-only options
@@ -243,6 +264,9 @@ class EtcdSource:
         self._listeners: list[tuple[str, Listener]] = []
         # The bootstrap read, until the watch starts from it.
         self._start: RangeResult | None = None
+        # The revision that wrote each configuration key of the bootstrap read
+        # (empty from a snapshot file), until the runtime has started.
+        self._written: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<EtcdSource {self.origin} revision {self._revision} {self._connection}>"
@@ -355,7 +379,10 @@ class EtcdSource:
         """
         await self._read()
         documents, self._documents, self._good = self._documents, {}, {}
-        error = await self._apply(documents, self._revision, sink, force=True)
+        try:
+            error = await self._apply(documents, self._revision, sink, force=True)
+        finally:
+            self._written = {}
         if error is None and documents and not self._good:
             issues = [
                 ConfigIssue("$", f"{self._root}{key} was rejected at revision {revision}")
@@ -379,6 +406,7 @@ class EtcdSource:
             self._revision = snapshot.revision
             self._cluster_id = snapshot.cluster_id
             self._documents = dict(snapshot.documents)
+            self._written = {}
             _logger.warning(
                 "healkit.etcd_snapshot_used",
                 revision=snapshot.revision,
@@ -390,6 +418,7 @@ class EtcdSource:
             self._revision = result.revision
             self._cluster_id = result.cluster_id
             self._documents = self._config_documents(result.kvs)
+            self._written = {self._key(kv): kv.mod_revision for kv in result.kvs}
             self._extra = self._other_keys(result.kvs)
             self._start = result
 
@@ -557,6 +586,7 @@ class EtcdSource:
         """
         origin = f"{self.origin} revision {revision}"
         pending = set(changed) - refused
+        start = force
         while force or not same_document(good, self._good):
             force = False
             error = await sink.submit(self._assemble(good), origin=origin)
@@ -565,12 +595,34 @@ class EtcdSource:
             if not pending:
                 return error  # the last good documents themselves are refused
             blamed = {key for key in pending if self._blamed(key, error)} or set(pending)
+            if start and self._defaults_came_later(blamed, pending):
+                # A running instance applied those services, then rejected the
+                # defaults that break them: an instance that starts now does too.
+                trial = {key: value for key, value in good.items() if key != DEFAULTS}
+                if await sink.submit(self._assemble(trial), origin=origin) is None:
+                    self._reject(DEFAULTS, revision, error)
+                    refused.add(DEFAULTS)
+                    good.pop(DEFAULTS)
+                    return None
             for key in blamed:
                 self._reject(key, revision, error)
                 self._restore(key, good)
             refused |= blamed
             pending -= blamed
         return None
+
+    def _defaults_came_later(self, blamed: set[str], pending: set[str]) -> bool:
+        """Whether the start's ``blamed`` keys were all written before the defaults.
+
+        Only the bootstrap read knows when each key was written (``_written``).
+        """
+        written = self._written.get(DEFAULTS)
+        return (
+            written is not None
+            and DEFAULTS in pending
+            and DEFAULTS not in blamed
+            and all(self._written.get(key, written) < written for key in blamed)
+        )
 
     def _stage(
         self, changed: Mapping[str, str | None], parsed: Mapping[str, object], revision: int
@@ -611,8 +663,14 @@ class EtcdSource:
         return (self._root + key).encode()
 
     def _config_documents(self, kvs: Sequence[KeyValue]) -> dict[str, str]:
-        """Return the configuration keys among ``kvs`` (relative to the root) and their text."""
-        documents = {self._key(kv): _text(kv) for kv in kvs}
+        """Return the configuration keys among ``kvs`` (relative to the root) and their text.
+
+        In the order they were written (by ``mod_revision``), as a watching
+        instance applied them: where two documents conflict (two services
+        with one endpoint), the one written first is the one kept.
+        """
+        ordered = sorted(kvs, key=lambda kv: kv.mod_revision)
+        documents = {self._key(kv): _text(kv) for kv in ordered}
         return {key: text for key, text in documents.items() if self._role(key) is not None}
 
     async def _parse(self, texts: Mapping[str, str | None]) -> dict[str, object]:
@@ -632,6 +690,10 @@ class EtcdSource:
         parsed: dict[str, object] = {}
         for key, text in texts.items():
             if text is None:
+                continue
+            misnamed = name_issues(key)
+            if misnamed:
+                parsed[key] = ConfigError(misnamed, origin=self._root + key)
                 continue
             fmt = stored_format(text)
             try:

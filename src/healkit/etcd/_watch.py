@@ -71,6 +71,13 @@ class EtcdWatch:
         return self._created.revision
 
     @property
+    def cluster_id(self) -> int:
+        """ID of the etcd cluster that confirmed the watch."""
+        if self._created is None:
+            raise RuntimeError("the watch was not created yet; use `async with`")
+        return self._created.cluster_id
+
+    @property
     def watch_id(self) -> int:
         """The ID etcd gave the watch."""
         if self._created is None:
