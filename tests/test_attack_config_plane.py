@@ -8,7 +8,8 @@ and hosts ending in a number accepted although no call could reach them as
 written, a watch that resumed on another etcd cluster as if its history were
 ours, a misnamed key under services/ that cost every key written with it (and
 an instance its start), a never-ending watch message read in quadratic time,
-and an instance that started with another configuration than the running ones.
+and an instance that started with another configuration than the running ones
+(new defaults, or the other of two services sharing an endpoint).
 """
 
 from __future__ import annotations
@@ -266,13 +267,15 @@ async def test_defaults_that_break_every_service_cost_a_new_instance_no_service(
                 assert set(starting.status.rejected) == {"defaults"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_config judges services in name order (sorted), so at start the issue"
-    " of a shared endpoint lies in the later name ('zeta'), not in the later write"
-    " ('alpha'); the source hands the documents over in write order, but the fix is"
-    " in build_config (_shared_endpoints), which another change owns this round",
-)
+@pytest.mark.parametrize("first", ["zeta", "alpha"])
+def test_of_two_services_sharing_an_endpoint_the_one_named_later_is_refused(first: str) -> None:
+    second = "alpha" if first == "zeta" else "zeta"
+    shared = {"endpoints": ["http://shared.test"]}
+    with pytest.raises(healkit.ConfigError) as caught:
+        healkit.build_config({"services": {first: shared, second: shared}})
+    assert [issue.path for issue in caught.value.issues] == [f"$.services.{second}.endpoints"]
+
+
 async def test_two_services_sharing_an_endpoint_keep_the_first_written_at_every_start(
     etcd_server: EtcdServer,
 ) -> None:

@@ -726,7 +726,7 @@ def build_config(
         if struct is not None:
             services[name] = _policy(name, struct, kept.get(name))
 
-    issues += _shared_endpoints(services)
+    issues += _shared_endpoints(services, services_raw)
     if issues or defaults is None:
         raise ConfigError(issues, origin=origin)
     changes = None
@@ -852,10 +852,22 @@ def _policy(
     return ServicePolicy(name, struct)
 
 
-def _shared_endpoints(services: Mapping[str, ServicePolicy]) -> list[ConfigIssue]:
+def _shared_endpoints(
+    services: Mapping[str, ServicePolicy], order: Iterable[str]
+) -> list[ConfigIssue]:
+    """Report each service that names an endpoint of a service before it in ``order``.
+
+    ``order`` is the document's own (its mapping's order; the etcd source
+    gives its keys in the order they were written): the service named first
+    keeps the endpoint, whichever name sorts first, so that an instance that
+    starts judges as the instances that applied the writes one by one.
+    """
     owner: dict[str, str] = {}
     issues: list[ConfigIssue] = []
-    for name, policy in services.items():
+    for name in order:
+        policy = services.get(name)
+        if policy is None:
+            continue
         for endpoint in policy.endpoints:
             if endpoint in owner:
                 issues.append(
