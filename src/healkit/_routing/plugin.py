@@ -421,14 +421,18 @@ class Router:
             _release(call.attempts[-1])
 
     def _failed(self, call: CallContext, attempt: AttemptContext, health: Health) -> None:
+        now = call.clock.now()
+        # Failures coming back during an ejection (of calls sent before it, or sent
+        # there because nothing else was usable) say nothing new: neither a new
+        # ejection nor one failure in a row towards the next.
+        if health.ejected_until > now:
+            return
         health.failures += 1
         settings = routing_plan(call.policy).settings
         if settings.eject_after == 0 or health.failures < settings.eject_after:
             return
         endpoint = attempt.endpoint
-        now = call.clock.now()
-        # Failures of calls sent before an ejection, coming back during it, say nothing new.
-        if endpoint is None or health.ejected_until > now or not self._may_eject(call, endpoint):
+        if endpoint is None or not self._may_eject(call, endpoint):
             return
         failures = health.failures
         seconds = health.eject(settings, now)
