@@ -267,3 +267,16 @@ async def test_a_refused_resend_names_the_failure_of_the_attempt_that_sent_the_b
 def test_a_form_data_is_judged_by_its_fields() -> None:
     assert replayable(form_of_text()())
     assert replayable(multipart_form_of_text()())
+
+
+@pytest.mark.parametrize("form", [{"user": {"name": "ada"}}, [("user", {"name": "ada"})]])
+async def test_client_refuses_a_nested_form_instead_of_sending_its_keys(
+    upstream: Upstream, manual_clock: ManualClock, form: object
+) -> None:
+    """Before, aiohttp url-encoded the inner mapping's keys: ``user=name`` arrived."""
+    async with healkit.Client(runtime=retrying(upstream.url, manual_clock)) as c:
+        with pytest.raises(
+            healkit.InvalidRequestError, match="'user' is a mapping; a form is flat"
+        ):
+            await c.put("/stored", service=SERVICE, data=form)
+    assert upstream.received == []

@@ -680,6 +680,11 @@ def _check_form(fields: Iterable[object]) -> None:
         _check_text(name, "data: a form field name")
         if isinstance(value, str):
             _check_text(value, f"data: the form field {_shown(name)}")
+        elif isinstance(value, Mapping):  # aiohttp would send its keys alone, as values
+            raise InvalidRequestError(
+                f"data: the form field {_shown(name)} is a mapping; a form is flat"
+                " (pass its entries as fields of their own, or json=)"
+            )
 
 
 def _check_file(data: io.IOBase) -> None:
