@@ -8,18 +8,22 @@ evidence: a body must never arrive empty, cut, or different from the first.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 
 import healkit
 from healkit._http import replayable
 from healkit.testing import ManualClock, refused_url
+from healkit_hedge import HedgePlugin
 from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
 from tests.plugins import FailOnStatus, RetryUpTo
@@ -280,3 +284,99 @@ async def test_client_refuses_a_nested_form_instead_of_sending_its_keys(
         ):
             await c.put("/stored", service=SERVICE, data=form)
     assert upstream.received == []
+
+
+# -- hedges ---------------------------------------------------------------------------
+
+
+class SlowFirst(Upstream):
+    """``/slow`` holds its first request until a second one arrived (a hedge), then answers both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = asyncio.Event()
+        self._runner.app.router.add_route("*", "/slow", self._slow)
+
+    async def _slow(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append(("/slow", body))
+        if len(self.bodies("/slow")) == 1:
+            await self._second.wait()
+        else:
+            self._second.set()
+        return web.Response(text="ok")
+
+
+class OverwriteBeforeHedge:
+    """Overwrites the caller's buffer just before the hedge is sent."""
+
+    healkit_name = "overwrite-before-hedge"
+
+    def __init__(self, buffer: bytearray) -> None:
+        self.buffer = buffer
+
+    @healkit.hookimpl
+    def healkit_pre_request(self, attempt: healkit.AttemptContext) -> None:
+        if attempt.hedge:
+            self.buffer[:] = b"X" * len(self.buffer)
+
+
+def hedging(url: str, clock: ManualClock, *plugins: object) -> healkit.Runtime:
+    hedge = {"enabled": True, "delay": 0.05}
+    return healkit.Runtime(
+        config={"services": {SERVICE: {"endpoints": [url], "hedge": hedge}}},
+        plugins=[*plugins, HedgePlugin(), TimeoutPlugin()],
+        entry_points=False,
+        clock=clock,
+    )
+
+
+async def test_a_hedge_sends_the_bytes_of_the_call_whole() -> None:
+    buffer = bytearray(WHOLE)
+    async with SlowFirst() as upstream:
+        runtime = hedging(upstream.url, ManualClock(), OverwriteBeforeHedge(buffer))
+        async with healkit.Client(runtime=runtime) as c:
+            with anyio.fail_after(10):
+                response = await c.put("/slow", service=SERVICE, data=memoryview(buffer))
+        assert response.status == 200
+        assert upstream.bodies("/slow") == [WHOLE, WHOLE]
+
+
+class Held(Upstream):
+    """``/held`` holds each request until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self._runner.app.router.add_route("*", "/held", self._held)
+
+    async def _held(self, request: web.Request) -> web.Response:
+        self.received.append(("/held", await request.read()))
+        self.arrived.set()
+        await self.release.wait()
+        return web.Response(text="ok")
+
+
+async def chunks() -> AsyncIterator[bytes]:
+    yield WHOLE
+
+
+@pytest.mark.parametrize(("kind", "hedged"), [("bytes", True), ("stream", False)])
+async def test_a_streamed_body_is_never_hedged(kind: str, hedged: bool) -> None:
+    """While the first attempt is held, a hedge waits on the clock only for bytes."""
+    clock = ManualClock(auto_advance=False)
+    async with Held() as upstream:
+        async with (
+            healkit.Client(runtime=hedging(upstream.url, clock)) as c,
+            anyio.create_task_group() as group,
+        ):
+            body = WHOLE if kind == "bytes" else chunks()
+            group.start_soon(functools.partial(c.put, "/held", service=SERVICE, data=body))
+            with anyio.fail_after(10):
+                await upstream.arrived.wait()
+                if hedged:
+                    await clock.wait_for_sleepers()
+            assert clock.sleeping == int(hedged)  # the hedge's delay, or nothing
+            upstream.release.set()
+        assert upstream.bodies("/held") == [WHOLE]
