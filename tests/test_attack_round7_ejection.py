@@ -285,3 +285,43 @@ async def test_failures_answered_during_an_ejection_do_not_count_towards_the_nex
         primary.set_default(Fault.status(500))
         await c.get("/api", service=SERVICE)  # tried again: one failure, not an ejection
         assert watch.ejections == [(5.0, 1)]
+
+
+async def test_a_reload_that_shortens_ejections_shortens_the_current_one(
+    two: tuple[FaultServer, FaultServer],
+) -> None:
+    """An operator lowers eject_time_max mid-incident, then turns ejection off.
+
+    Before, the primary stayed out for the whole ejection decided under the
+    old settings (300 s here), whatever the new document said.
+    """
+    primary, fallback = two
+    primary.set_default(Fault.status(500))
+    routing: dict[str, object] = {
+        "fallback_groups": [[fallback.url]],
+        "eject_after": 1,
+        "eject_time": 300.0,
+        "eject_time_max": 300.0,
+    }
+
+    def document(**changes: object) -> dict[str, object]:
+        service = {"endpoints": [primary.url], "routing": {**routing, **changes}}
+        return {"services": {SERVICE: service}}
+
+    clock = ManualClock()
+    async with healkit.Client(config=document(), entry_points=False, clock=clock) as c:
+        await c.get("/api", service=SERVICE)
+        clock.advance(100.0)
+        (status, _) = healkit.endpoint_status(c.runtime, SERVICE)
+        assert status.ejected_for == 200.0
+        c.runtime.apply(document(eject_time=10.0, eject_time_max=20.0))
+        (status, _) = healkit.endpoint_status(c.runtime, SERVICE)
+        assert status.ejected_for == 20.0  # the new cap, from now
+        c.runtime.apply(document(eject_after=0, eject_time=10.0, eject_time_max=20.0))
+        (status, _) = healkit.endpoint_status(c.runtime, SERVICE)
+        assert (status.ejected_for, status.usable) == (0.0, True)
+        c.runtime.apply(document(eject_time=10.0, eject_time_max=20.0))
+        clock.advance(1.0)
+        await c.get("/api", service=SERVICE)  # tried again, ejected again: twice as long
+        (status, _) = healkit.endpoint_status(c.runtime, SERVICE)
+        assert status.ejected_for == 20.0
