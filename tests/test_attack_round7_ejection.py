@@ -325,3 +325,28 @@ async def test_a_reload_that_shortens_ejections_shortens_the_current_one(
         await c.get("/api", service=SERVICE)  # tried again, ejected again: twice as long
         (status, _) = healkit.endpoint_status(c.runtime, SERVICE)
         assert status.ejected_for == 20.0
+
+
+async def test_health_records_follow_the_configured_endpoints_however_many(
+    two: tuple[FaultServer, FaultServer],
+) -> None:
+    """300 endpoints, each called and ejected once; a reload to one: one record left."""
+    primary, _ = two
+    primary.set_default(Fault.status(500))
+    many = [f"{primary.url}/e{i}" for i in range(300)]
+
+    def document(endpoints: list[str]) -> dict[str, object]:
+        routing = {"eject_after": 1, "max_ejected_fraction": 1.0}
+        return {"services": {SERVICE: {"endpoints": endpoints, "routing": routing}}}
+
+    watch = Watch()
+    async with healkit.Client(
+        config=document(many), plugins=[watch], entry_points=False, clock=ManualClock()
+    ) as c:
+        for _ in many:
+            await c.get("/api", service=SERVICE)
+        router = c.runtime.plugin_manager.get_plugin("routing")
+        assert len(watch.ejections) == len(many)  # max_ejected_fraction 1: every one
+        assert repr(router) == "<Router 300 endpoints>"
+        c.runtime.apply(document(many[:1]))
+        assert repr(router) == "<Router 1 endpoints>"
