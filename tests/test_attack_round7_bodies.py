@@ -35,7 +35,10 @@ WHOLE = b"the whole body"
 
 
 class Upstream:
-    """Records each body; ``/flaky`` answers 503 to its first request, 200 after."""
+    """Records each body; ``/flaky`` answers 503 to its first request, 200 after.
+
+    ``/moved`` answers 307 to ``/stored``, which answers 200.
+    """
 
     def __init__(self) -> None:
         self.received: list[tuple[str, bytes]] = []
@@ -43,6 +46,7 @@ class Upstream:
         app = web.Application()
         app.router.add_route("*", "/flaky", self._flaky)
         app.router.add_route("*", "/stored", self._stored)
+        app.router.add_route("*", "/moved", self._moved)
         self._runner = web.AppRunner(app, handle_signals=False)
 
     async def __aenter__(self) -> Self:
@@ -61,6 +65,10 @@ class Upstream:
     async def _flaky(self, request: web.Request) -> web.Response:
         self.received.append(("/flaky", await request.read()))
         return web.Response(status=503 if len(self.bodies("/flaky")) == 1 else 200)
+
+    async def _moved(self, request: web.Request) -> web.Response:
+        self.received.append(("/moved", await request.read()))
+        return web.Response(status=307, headers={"Location": "/stored"})
 
     async def _stored(self, request: web.Request) -> web.Response:
         self.received.append(("/stored", await request.read()))
@@ -380,3 +388,13 @@ async def test_a_streamed_body_is_never_hedged(kind: str, hedged: bool) -> None:
             assert clock.sleeping == int(hedged)  # the hedge's delay, or nothing
             upstream.release.set()
         assert upstream.bodies("/held") == [WHOLE]
+
+
+async def test_client_follows_a_307_with_a_form_data_of_text_and_its_whole_body(
+    upstream: Upstream, manual_clock: ManualClock
+) -> None:
+    """Before, any FormData made the Client refuse the 307 (RedirectRefusedError)."""
+    async with healkit.Client(runtime=retrying(upstream.url, manual_clock)) as c:
+        response = await c.put("/moved", service=SERVICE, data=form_of_text())
+        assert response.text() == "stored"
+    assert upstream.bodies("/moved") == upstream.bodies("/stored") == [b"name=report&size=3"]
