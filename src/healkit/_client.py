@@ -41,13 +41,11 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 5.5: a field value holds no control character but horizontal tab.
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SHOWN_NAME_CHARS: Final = 64
-# What aiohttp sends as a body besides bytes and str (forms are Mappings or pairs).
+# What aiohttp sends as a body besides bytes, bytes-like objects, FormData (each made
+# into bytes or a payload first) and str (forms are Mappings or pairs).
 _BODY_TYPES: Final = (
-    bytearray,
-    memoryview,
     io.IOBase,
     aiohttp.Payload,
-    aiohttp.FormData,
     AsyncIterable,
 )
 
@@ -223,9 +221,11 @@ class Client:
             headers: request headers.
             json: a body encoded as JSON with msgspec.
             data: a raw body (bytes, str, a form mapping) as aiohttp accepts it.
-                A body read as it is sent (a file object, an async iterable,
-                a form holding one) is sent at most once: the call is not
-                retried once it was sent, nor redirected by a 307 or 308.
+                A bytearray or memoryview is copied: every attempt sends the
+                bytes it held when the call was made. A body read as it is
+                sent (a file object, an async iterable, a form holding one) is
+                sent at most once: the call is not retried once it was sent,
+                nor redirected by a 307 or 308.
             deadline: seconds within which the whole call must end, all attempts
                 and backoff included (combined with the timeout plugin's deadline
                 and any enclosing anyio cancel scope: the earliest wins).
@@ -607,8 +607,18 @@ def _basic_auth(url: yarl.URL) -> str:
 
 
 def _body(json: object, data: object) -> object:
-    """Return the body to send: ``json`` encoded, else ``data`` once checked."""
+    """Return the body to send: ``json`` encoded, else ``data`` once checked.
+
+    Every attempt sends the same body: a bytearray or memoryview is copied
+    (the caller may change it while the call is retried or hedged), and an
+    ``aiohttp.FormData`` is built into its payload once (in memory unless it
+    holds a file or a stream).
+    """
     if json is None:
+        if isinstance(data, bytearray | memoryview):
+            return bytes(data)
+        if isinstance(data, aiohttp.FormData):
+            return _form_payload(data)
         if data is not None and not isinstance(data, bytes):
             _check_data(data)
         return data
@@ -620,12 +630,20 @@ def _body(json: object, data: object) -> object:
         raise InvalidRequestError(f"json= cannot be encoded as JSON: {exc}") from exc
 
 
+def _form_payload(form: aiohttp.FormData) -> aiohttp.Payload:
+    """Return the payload aiohttp makes of ``form`` (it would make it at the first send)."""
+    try:
+        return form()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidRequestError(f"data= is a FormData aiohttp cannot send: {exc}") from exc
+
+
 def _check_data(data: object) -> None:
     """Raise InvalidRequestError unless aiohttp can send ``data`` as a body.
 
-    Besides bytes (not checked) aiohttp sends text (as UTF-8), bytes-like
-    objects, file objects, async iterables of bytes, payloads, and forms: a
-    mapping with str keys, an ``aiohttp.FormData``, or (name, value) pairs.
+    Besides bytes, bytes-like objects and ``aiohttp.FormData`` (not checked)
+    aiohttp sends text (as UTF-8), file objects, async iterables of bytes,
+    payloads, and forms: a mapping with str keys, or (name, value) pairs.
     """
     if isinstance(data, str):
         _check_text(data, "data")
@@ -662,6 +680,11 @@ def _check_form(fields: Iterable[object]) -> None:
         _check_text(name, "data: a form field name")
         if isinstance(value, str):
             _check_text(value, f"data: the form field {_shown(name)}")
+        elif isinstance(value, Mapping):  # aiohttp would send its keys alone, as values
+            raise InvalidRequestError(
+                f"data: the form field {_shown(name)} is a mapping; a form is flat"
+                " (pass its entries as fields of their own, or json=)"
+            )
 
 
 def _check_file(data: io.IOBase) -> None:

@@ -25,7 +25,8 @@ read, whoever asked for it (a retry, a failover, a hedge).
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterable, Callable, Mapping
+import io
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from http.cookies import CookieError
 from typing import Any, Final, final
 from urllib.parse import urljoin
@@ -401,7 +402,8 @@ def replayable(data: object) -> bool:
     memory. False for what is read as it is sent (a file object, an async
     iterable: an async generator, an ``aiohttp.StreamReader``), for a form or
     multipart holding one, for an ``aiohttp.FormData`` (its fields are
-    aiohttp's to see), and for any other payload.
+    aiohttp's to see: ``healkit.Client`` judges the payload it builds of one),
+    and for any other payload.
     """
     if data is None or isinstance(data, _IN_MEMORY):
         return True
@@ -431,42 +433,94 @@ class SentOnce:
     A transport asks :meth:`take` before each send of such a body. The first
     send takes it; a later one (a retry, a failover, a hedge, whoever asked
     for it) is refused, unless every send so far failed before the body could
-    be read: an async iterable is read only once a connection is made, so a
-    refused connection leaves it whole. A file object is not: aiohttp closes
-    the payload it made of it when the request ends, however it ends.
+    be read: an async iterable is read only once a connection is made, and so
+    is a file (or a form of files and values in memory), so a refused
+    connection leaves them whole. A file is given back only if it is still
+    open where it stood when the first send took it: aiohttp closes a file on
+    disk when its request ends, however it ends, but not an ``io.BytesIO``.
     """
 
-    __slots__ = ("_body", "_taken_by")
+    __slots__ = ("_body", "_files", "_taken_by")
 
     def __init__(self, body: object) -> None:
         self._body = body
         self._taken_by: int | None = None  # the number of the attempt that took the body
+        # The body's files and where each stood when first taken (None: not only files).
+        self._files: tuple[tuple[io.IOBase, int], ...] | None = None
 
     def take(self, call: CallContext, attempt: AttemptContext) -> None:
         """Take the body for ``attempt``'s send.
 
         Raises:
-            InvalidRequestError: an earlier attempt took it already (nothing is sent).
+            InvalidRequestError: an earlier attempt took it already (nothing is
+                sent); it names that attempt's failure, if it failed.
 
         """
-        if self._taken_by is not None:
+        taken_by = self._taken_by
+        if taken_by is not None:
             body = self._body
             kind = (
                 "a form holding a file or a stream"
                 if isinstance(body, Mapping | list | tuple)
                 else type(body).__name__
             )
+            failure = next(
+                (
+                    f", and it failed with {type(a.error).__name__}"
+                    for a in call.attempts
+                    if a.number == taken_by and a.error is not None
+                ),
+                "",
+            )
             raise InvalidRequestError(
                 f"not sent again: the request body ({kind}) is read as it is sent, and"
-                f" attempt #{self._taken_by} of this {call.method} sent it (pass bytes for"
-                " a request that may be sent more than once)"
+                f" attempt #{taken_by} of this {call.method} sent it{failure} (pass bytes"
+                " for a request that may be sent more than once)"
             )
+        if self._files is None:
+            self._files = _file_positions(self._body)
         self._taken_by = attempt.number
 
     def failed(self, error: HealkitError) -> None:
         """Give the body back if the send that took it failed before it could be read."""
-        if not error.may_have_reached_server and isinstance(self._body, _READ_WHEN_SENT):
+        if error.may_have_reached_server:
+            return
+        if isinstance(self._body, _READ_WHEN_SENT) or _unmoved(self._files):
             self._taken_by = None
+
+
+def _file_positions(body: object) -> tuple[tuple[io.IOBase, int], ...] | None:
+    """Return the files ``body`` is read from, and where each stands.
+
+    ``None`` unless ``body`` is a file, or a form whose fields are files or
+    values held in memory.
+    """
+    if isinstance(body, Mapping):
+        values: Iterable[object] = body.values()
+    elif isinstance(body, list | tuple):
+        values = (field[1] for field in body if isinstance(field, list | tuple) and len(field) == 2)
+    else:
+        values = (body,)
+    files = []
+    for value in values:
+        if isinstance(value, io.IOBase):
+            try:
+                files.append((value, value.tell()))
+            except (OSError, ValueError):  # closed, or a pipe: where it stands is not known
+                return None
+        elif not _replayable_field(value):
+            return None
+    return tuple(files) if files else None
+
+
+def _unmoved(files: tuple[tuple[io.IOBase, int], ...] | None) -> bool:
+    """Whether every one of ``files`` is open and where it stood (nothing of it was read)."""
+    if files is None:
+        return False
+    try:
+        return all(not file.closed and file.tell() == position for file, position in files)
+    except (OSError, ValueError):
+        return False
 
 
 def attempt_headers(call: CallContext, attempt: AttemptContext) -> CIMultiDict[str] | None:

@@ -394,7 +394,9 @@ class ServicePolicy(msgspec.Struct, eq=False):
     plugin keeps state in it (its ``stash``, its call limits, its set of
     known endpoints): a document of 10,000 services adds 10,000 policies that
     no collection walks, nor counts towards the next full one, until they are
-    called. Policies compare (and hash) by identity.
+    called. Policies compare (and hash) by identity. A policy is not a
+    document: serialize :meth:`as_document` (msgspec, given the policy itself,
+    would encode its internal fields, or fail on its stash once it has one).
 
     Attributes:
         name: the service name (``"*"`` for the default policy).

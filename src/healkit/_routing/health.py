@@ -68,7 +68,8 @@ class Health:
 
     ``ejected_until`` is when its ejection ends or ended (``-inf``: never
     ejected); ``ejections`` the ejections still remembered (see :meth:`eject`);
-    ``probe_failed`` whether a probe failed since it was last ejected.
+    ``probe_failed`` whether its probes saw it fail since it was last ejected
+    (the last probe before the ejection, or one after it).
     """
 
     __slots__ = (
@@ -102,7 +103,9 @@ class Health:
         since the last ejection ended, and no more are remembered than it
         takes to reach the cap (``ejections`` counts this one too: at most
         one more). The probes' good answers so far no longer count
-        (:func:`~healkit._routing.probes.count_probe`).
+        (:func:`~healkit._routing.probes.count_probe`); if the last probe
+        failed, the probes saw what the calls saw (a crash) and their next
+        good streak may end the ejection.
         """
         doublings, decay = settings.eject_doublings, settings.eject_decay
         # Beyond the cap an ejection adds nothing to remember: the next is as long.
@@ -114,7 +117,7 @@ class Health:
         self.ejected_until = now + seconds
         self.failures = 0
         self.probes_good = 0
-        self.probe_failed = False
+        self.probe_failed = self.probes_bad > 0
         return seconds
 
 

@@ -154,7 +154,7 @@ class Router:
         if index is None:  # healkit_prepare failed: look at every service now
             index = config.stash[INDEX] = RoutingIndex(config)
         self._index = index
-        self._forget_unrouted(config, before)
+        self._refresh_health(config, before, runtime.clock.now())
         self._prober.configure(
             config, index.probing, runtime, compile_hook(pm, "healkit_tls_context")
         )
@@ -166,9 +166,15 @@ class Router:
             self._prober.start(runtime)
             self._view.start(runtime)
 
-    def _forget_unrouted(self, config: HealkitConfig, before: HealkitConfig | None) -> None:
-        """Forget the health of the endpoints the services ``config`` changed no longer route to.
+    def _refresh_health(
+        self, config: HealkitConfig, before: HealkitConfig | None, now: float
+    ) -> None:
+        """Bring the health of the services ``config`` changed under their new settings.
 
+        The endpoints they no longer route to are forgotten; an ejection of
+        the others ends within the new ``eject_time_max`` from ``now``, and at
+        once if ejection is now off (``eject_after = 0``): an operator who
+        shortens ejections mid-incident means the current ones too.
         Looks at the fewer of the changed services and the endpoints with a
         health record; at every record when what changed is not known.
         """
@@ -190,8 +196,13 @@ class Router:
         services = config.services
         for key in keys:
             policy = services.get(key[0])
-            if policy is None or key[1] not in routing_plan(policy).group_of:
+            plan = None if policy is None else routing_plan(policy)
+            if plan is None or key[1] not in plan.group_of:
                 health.pop(key, None)
+            elif (record := health.get(key)) is not None:
+                settings = plan.settings
+                longest = 0.0 if settings.eject_after == 0 else settings.eject_time_max
+                record.ejected_until = min(record.ejected_until, now + longest)
 
     @hookimpl
     def healkit_startup(self, runtime: Runtime) -> None:
@@ -421,14 +432,18 @@ class Router:
             _release(call.attempts[-1])
 
     def _failed(self, call: CallContext, attempt: AttemptContext, health: Health) -> None:
+        now = call.clock.now()
+        # Failures coming back during an ejection (of calls sent before it, or sent
+        # there because nothing else was usable) say nothing new: neither a new
+        # ejection nor one failure in a row towards the next.
+        if health.ejected_until > now:
+            return
         health.failures += 1
         settings = routing_plan(call.policy).settings
         if settings.eject_after == 0 or health.failures < settings.eject_after:
             return
         endpoint = attempt.endpoint
-        now = call.clock.now()
-        # Failures of calls sent before an ejection, coming back during it, say nothing new.
-        if endpoint is None or health.ejected_until > now or not self._may_eject(call, endpoint):
+        if endpoint is None or not self._may_eject(call, endpoint):
             return
         failures = health.failures
         seconds = health.eject(settings, now)

@@ -166,7 +166,8 @@ def count_probe(
     """Count a probe's result in ``health``; return the change past a threshold, if any.
 
     ``healthy_threshold`` good probes in a row bring back a down endpoint, or
-    an ejected one whose probes failed since it was ejected (at ``now``, its
+    an ejected one whose probes failed since it was ejected, or just before
+    (:meth:`~healkit._routing.health.Health.eject`; at ``now``, its
     slow start begins); ``unhealthy_threshold`` failed ones take it down.
     Probes that kept passing while calls failed say nothing of those calls'
     failures ending (a health check that stays up while the service answers
