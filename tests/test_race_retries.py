@@ -1,0 +1,347 @@
+"""Retries inside a race of concurrent attempts: every retry granted is sent, or never granted.
+
+The retry plugin spends its budget when it grants a retry (``healkit_on_error``).
+In a race (a call with a hedge delay) several attempts may fail while another
+retry waits for its backoff, and a loser may fail as the winner answers. Each
+test runs the real retry plugin, a small fixed-delay hedging plugin and a
+loopback aiohttp upstream that holds each request until the test answers it;
+backoffs and hedge delays run on a :class:`ManualClock` the test advances. The
+budget's count (``RetryPlugin.unconfigured_budgets``) is compared with the
+retries the upstream actually received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Self
+
+import anyio
+import pytest
+from aiohttp import web
+
+import healkit
+from healkit.testing import ManualClock
+from healkit_retry import RetryPlugin
+
+pytestmark = pytest.mark.anyio
+
+GUARD = 10.0
+"""Seconds a test waits for an event before it fails: a guard against a hang, not a timing."""
+
+HEDGE_DELAY = 1.0
+
+
+class Held:
+    """One request the upstream holds until the test answers it."""
+
+    def __init__(self, number: int, peer: int) -> None:
+        self.number = number
+        self.peer = peer  # the client's port: one per TCP connection
+        self.answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.dropped = asyncio.Event()  # the client closed the connection before the answer
+
+    def reply(self, status: int) -> None:
+        self.answer.set_result(status)
+
+
+class Upstream:
+    """A loopback server that holds each request until :meth:`Held.reply`."""
+
+    def __init__(self) -> None:
+        self.requests: list[Held] = []
+        self._arrived = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        assert request.transport is not None
+        held = Held(len(self.requests) + 1, request.transport.get_extra_info("peername")[1])
+        self.requests.append(held)
+        async with self._arrived:
+            self._arrived.notify_all()
+        try:
+            status = await held.answer
+        except asyncio.CancelledError:
+            held.dropped.set()
+            raise
+        return web.Response(status=status, text=f"answer {held.number}")
+
+    async def wait_for(self, count: int) -> Held:
+        """Return the ``count``-th request once it arrived."""
+        with anyio.fail_after(GUARD):
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: len(self.requests) >= count)
+        return self.requests[count - 1]
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for held in self.requests:
+            if not held.answer.done():
+                held.answer.cancel()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    async with Upstream() as server:
+        yield server
+
+
+class FixedHedge:
+    """Hedge the first attempt of an idempotent call once, after a fixed delay."""
+
+    healkit_name = "fixed-hedge"
+
+    def __init__(self, delay: float = HEDGE_DELAY) -> None:
+        self.delay = delay
+        self.cancelled: list[int] = []
+
+    @healkit.hookimpl
+    def healkit_hedge_delay(
+        self, call: healkit.CallContext, attempt: healkit.AttemptContext
+    ) -> float | None:
+        if attempt.number != 1 or not call.idempotent:
+            return None
+        return self.delay
+
+    @healkit.hookimpl
+    def healkit_attempt_cancelled(self, attempt: healkit.AttemptContext) -> None:
+        self.cancelled.append(attempt.number)
+
+
+class Half(random.Random):
+    """Every jitter draw is 0.5: the n-th retry waits ``0.5 * min(cap, base * 2**(n-1))``."""
+
+    def random(self) -> float:
+        return 0.5
+
+
+def _defaults(**retry: object) -> dict[str, Any]:
+    """Retry settings for every service: backoffs of 0.5 s then 1 s; a budget of 10 retries."""
+    settings = {
+        "base": 1.0,
+        "cap": 5.0,
+        "budget_ratio": 0.0,
+        "budget_window": 10.0,
+        "budget_min_retries_per_second": 1.0,
+        **retry,
+    }
+    return {"defaults": {"retry": settings}}
+
+
+def _granted(retrying: RetryPlugin) -> int:
+    """The retries the plugin's budget counted (calls by absolute URL: unconfigured budgets)."""
+    return sum(budget.retries for _service, budget in retrying.unconfigured_budgets.items())
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition()`` holds (checkpoints, no sleep)."""
+    with anyio.fail_after(GUARD):
+        while not condition():  # noqa: ASYNC110 - checkpoints until the race got there
+            await asyncio.sleep(0)
+
+
+async def _race_of_two(upstream: Upstream, clock: ManualClock) -> tuple[Held, Held]:
+    """Wait for the first attempt, pass the hedge delay; return the two requests held."""
+    first = await upstream.wait_for(1)
+    with anyio.fail_after(GUARD):
+        await clock.wait_for_sleepers(1)
+    clock.advance(HEDGE_DELAY)
+    return first, await upstream.wait_for(2)
+
+
+# -- defect: a second retry granted while one waits for its backoff was dropped ---------------
+
+
+async def test_a_retry_granted_while_another_waits_is_sent_after_its_own_backoff(
+    upstream: Upstream,
+) -> None:
+    clock = ManualClock(auto_advance=False)
+    retrying = RetryPlugin(rng=Half())
+    async with healkit.Client(
+        config=_defaults(attempts=4),
+        plugins=[retrying, FixedHedge()],
+        entry_points=False,
+        clock=clock,
+    ) as client:
+        task = asyncio.create_task(client.get(upstream.url + "/x"))
+        first, hedge = await _race_of_two(upstream, clock)
+        first.reply(503)  # retry 1 granted: backoff 0.5 s
+        await _until(lambda: _granted(retrying) == 1)
+        hedge.reply(503)  # retry 2 granted while retry 1 waits: backoff 1 s
+        await _until(lambda: _granted(retrying) == 2)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(2)  # both backoffs run
+        clock.advance(0.5)
+        third = await upstream.wait_for(3)
+        clock.advance(0.5)
+        fourth = await upstream.wait_for(4)  # the second retry was kept, not dropped
+        third.reply(503)  # attempts = 4 made: no retry, nothing spent
+        fourth.reply(200)
+        with anyio.fail_after(GUARD):
+            response = await task
+    outcome = response.outcome
+    assert response.status == 200
+    assert outcome.winner == 4
+    assert outcome.path == "retry"
+    assert [(a.number, a.hedge, a.error) for a in outcome.attempts] == [
+        (1, False, "HTTPStatusError"),
+        (2, True, "HTTPStatusError"),
+        (3, False, "HTTPStatusError"),
+        (4, False, None),
+    ]
+    # Every retry the budget counted reached the upstream; the hedge is not a retry.
+    retries_sent = sum(1 for a in outcome.attempts[1:] if not a.hedge)
+    assert _granted(retrying) == retries_sent == 2
+    assert len(upstream.requests) == 4
+
+
+async def test_no_retry_is_granted_beyond_the_attempts_with_one_due(upstream: Upstream) -> None:
+    clock = ManualClock(auto_advance=False)
+    retrying = RetryPlugin(rng=Half())
+    async with healkit.Client(
+        config=_defaults(attempts=3),
+        plugins=[retrying, FixedHedge()],
+        entry_points=False,
+        clock=clock,
+    ) as client:
+        task = asyncio.create_task(client.get(upstream.url + "/x"))
+        first, hedge = await _race_of_two(upstream, clock)
+        first.reply(503)  # retry 1 granted: it will be attempt 3, the last
+        await _until(lambda: _granted(retrying) == 1)
+        hedge.reply(503)  # no room for another: refused before the budget is spent
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        for _ in range(10):  # give a (wrong) second grant every chance to be counted
+            await asyncio.sleep(0)
+        assert _granted(retrying) == 1
+        clock.advance(0.5)
+        (await upstream.wait_for(3)).reply(200)
+        with anyio.fail_after(GUARD):
+            response = await task
+    assert response.outcome.winner == 3
+    assert len(response.outcome.attempts) == 3
+    assert _granted(retrying) == 1
+    assert len(upstream.requests) == 3
+
+
+async def test_the_callers_attempts_bound_retries_due_and_hedges(upstream: Upstream) -> None:
+    clock = ManualClock(auto_advance=False)
+    retrying = RetryPlugin(rng=Half())
+    async with healkit.Client(
+        config=_defaults(attempts=5),
+        plugins=[retrying, FixedHedge()],
+        entry_points=False,
+        clock=clock,
+    ) as client:
+        task = asyncio.create_task(client.get(upstream.url + "/x", attempts=3))
+        first, hedge = await _race_of_two(upstream, clock)
+        first.reply(503)
+        hedge.reply(503)
+        await _until(lambda: _granted(retrying) >= 1)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        clock.advance(0.5)
+        (await upstream.wait_for(3)).reply(503)
+        with pytest.raises(healkit.HTTPStatusError) as caught, anyio.fail_after(GUARD):
+            await task
+    assert len(caught.value.attempts) == 3
+    assert "all 3 attempts made (the call's attempt_limit)" in str(caught.value)
+    assert _granted(retrying) == 1  # one retry sent, one counted
+    assert len(upstream.requests) == 3
+
+
+# -- defect: a loser that failed as the winner answered was granted a retry -------------------
+
+
+@pytest.mark.parametrize("failing", [1, 2])
+async def test_a_failure_that_comes_with_the_answer_spends_no_retry(failing: int) -> None:
+    """Attempt ``failing`` fails in the same turn of the loop as the other answers."""
+    clock = ManualClock(auto_advance=False)
+    retrying = RetryPlugin(rng=Half())
+    hedging = FixedHedge()
+    gates = [asyncio.Event(), asyncio.Event()]
+    runs: list[int] = []
+    async with healkit.Client(
+        config=_defaults(), plugins=[retrying, hedging], entry_points=False, clock=clock
+    ) as client:
+
+        @healkit.resilient(service="fn", idempotent=True, runtime=client.runtime)
+        async def work() -> str:
+            number = len(runs) + 1
+            runs.append(number)
+            await gates[number - 1].wait()
+            if number == failing:
+                raise OSError(f"run {number} failed")
+            return f"run {number}"
+
+        task = asyncio.create_task(work())
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(HEDGE_DELAY)
+        await _until(lambda: len(runs) == 2)
+        for gate in gates:  # both end in the same turn of the loop
+            gate.set()
+        with anyio.fail_after(GUARD):
+            assert await task == f"run {3 - failing}"
+    assert _granted(retrying) == 0  # the call had its answer: no retry was due
+    assert len(runs) == 2
+
+
+# -- the race ends with retries due ------------------------------------------------------------
+
+
+async def test_a_retry_due_when_the_hedge_answers_is_dropped_and_its_timer_ends(
+    upstream: Upstream,
+) -> None:
+    clock = ManualClock(auto_advance=False)
+    retrying = RetryPlugin(rng=Half())
+    async with healkit.Client(
+        config=_defaults(), plugins=[retrying, FixedHedge()], entry_points=False, clock=clock
+    ) as client:
+        task = asyncio.create_task(client.get(upstream.url + "/x"))
+        first, hedge = await _race_of_two(upstream, clock)
+        first.reply(503)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)  # the retry's backoff
+        hedge.reply(200)
+        with anyio.fail_after(GUARD):
+            response = await task
+    assert response.outcome.winner == 2
+    assert clock.sleeping == 0  # the backoff's timer ended with the call
+    assert len(upstream.requests) == 2
+
+
+async def test_a_caller_that_gives_up_during_a_races_backoff(upstream: Upstream) -> None:
+    clock = ManualClock(auto_advance=False)
+    retrying = RetryPlugin(rng=Half())
+    hedging = FixedHedge()
+    async with healkit.Client(
+        config=_defaults(attempts=4), plugins=[retrying, hedging], entry_points=False, clock=clock
+    ) as client:
+        task = asyncio.create_task(client.get(upstream.url + "/x"))
+        first, hedge = await _race_of_two(upstream, clock)
+        first.reply(503)
+        hedge.reply(503)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(2)  # both retries wait; no attempt in flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError), anyio.fail_after(GUARD):
+            await task
+        assert clock.sleeping == 0
+    assert len(upstream.requests) == 2
+    assert hedging.cancelled == []
