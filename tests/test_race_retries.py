@@ -8,6 +8,10 @@ loopback aiohttp upstream that holds each request until the test answers it;
 backoffs and hedge delays run on a :class:`ManualClock` the test advances. The
 budget's count (``RetryPlugin.unconfigured_budgets``) is compared with the
 retries the upstream actually received.
+
+The last tests count the TCP connections a race opens (aiohttp's
+``TraceConfig``, and the peer ports the upstream saw): a loser that sent its
+request has its connection closed, and one that sent nothing holds none.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Self
 
+import aiohttp
 import anyio
 import pytest
 from aiohttp import web
 
 import healkit
 from healkit.testing import ManualClock
+from healkit_limit import LimitPlugin
 from healkit_retry import RetryPlugin
 
 pytestmark = pytest.mark.anyio
@@ -345,3 +351,181 @@ async def test_a_caller_that_gives_up_during_a_races_backoff(upstream: Upstream)
         assert clock.sleeping == 0
     assert len(upstream.requests) == 2
     assert hedging.cancelled == []
+
+
+# -- connections --------------------------------------------------------------------------------
+
+
+class Connections:
+    """Counts the connections an aiohttp session creates and reuses (its TraceConfig)."""
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.reused = 0
+        self.queued = 0
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_connection_create_end.append(self._created)
+        self.trace.on_connection_reuseconn.append(self._reused)
+        self.trace.on_connection_queued_start.append(self._queued)
+
+    async def _created(self, *_: object) -> None:
+        self.created += 1
+
+    async def _queued(self, *_: object) -> None:
+        self.queued += 1
+
+    async def _reused(self, *_: object) -> None:
+        self.reused += 1
+
+
+async def test_a_loser_that_sent_its_request_closes_its_connection_the_winners_is_reused(
+    upstream: Upstream,
+) -> None:
+    clock = ManualClock(auto_advance=False)
+    connections = Connections()
+    async with (
+        aiohttp.ClientSession(trace_configs=[connections.trace]) as session,
+        healkit.Client(
+            plugins=[FixedHedge()], entry_points=False, clock=clock, session=session
+        ) as client,
+    ):
+        task = asyncio.create_task(client.get(upstream.url + "/x"))
+        first, hedge = await _race_of_two(upstream, clock)
+        hedge.reply(200)
+        with anyio.fail_after(GUARD):
+            await task
+            await first.dropped.wait()  # mid-request: its connection cannot be reused
+        after = asyncio.create_task(client.get(upstream.url + "/y", attempts=1))
+        (await upstream.wait_for(3)).reply(200)
+        with anyio.fail_after(GUARD):
+            await after
+    assert connections.created == 2
+    assert connections.reused == 1
+    assert upstream.requests[2].peer == hedge.peer  # the next call took the winner's connection
+    assert hedge.peer != first.peer
+
+
+class HoldSecond:
+    """Holds the first hedge (attempt 2) it sees in ``healkit_admit`` until it is cancelled."""
+
+    healkit_name = "hold-second"
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    @healkit.hookimpl
+    def healkit_admit(self, attempt: healkit.AttemptContext) -> object:
+        if attempt.number != 2 or self.waiting.is_set():
+            return None
+        return self._hold()
+
+    async def _hold(self) -> None:
+        self.waiting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def test_a_loser_still_waiting_for_admission_or_a_connection_holds_none(
+    upstream: Upstream,
+) -> None:
+    """A hedge held in admission, then one waiting for the pool's only connection."""
+    clock = ManualClock(auto_advance=False)
+    connections = Connections()
+    holding = HoldSecond()
+    async with (
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1), trace_configs=[connections.trace]
+        ) as session,
+        healkit.Client(
+            plugins=[FixedHedge(), holding], entry_points=False, clock=clock, session=session
+        ) as client,
+    ):
+        # Call 1: its hedge waits in healkit_admit when the first attempt answers.
+        task = asyncio.create_task(client.get(upstream.url + "/x"))
+        first = await upstream.wait_for(1)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(HEDGE_DELAY)
+        with anyio.fail_after(GUARD):
+            await holding.waiting.wait()
+        first.reply(200)
+        with anyio.fail_after(GUARD):
+            assert (await task).outcome.winner == 1
+        assert holding.cancelled.is_set()
+        # Call 2: its hedge is admitted and waits for the pool's only connection.
+        task = asyncio.create_task(client.get(upstream.url + "/y"))
+        second = await upstream.wait_for(2)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(HEDGE_DELAY)
+        await _until(lambda: connections.queued == 1)
+        second.reply(200)
+        with anyio.fail_after(GUARD):
+            assert (await task).outcome.winner == 1
+        # The hedge did not take the connection the answer gave back, nor send on it.
+        assert len(upstream.requests) == 2
+        # Call 3 finds that connection in the pool.
+        task = asyncio.create_task(client.get(upstream.url + "/z", attempts=1))
+        (await upstream.wait_for(3)).reply(200)
+        with anyio.fail_after(GUARD):
+            await task
+    assert connections.created == 1  # neither loser opened or closed a connection
+    assert connections.reused == 2
+    assert {r.peer for r in upstream.requests} == {first.peer}
+
+
+async def test_a_hedge_queued_by_the_limit_plugin_when_the_first_attempt_fails(
+    upstream: Upstream,
+) -> None:
+    """The first attempt fails while its hedge waits in the limit plugin's queue.
+
+    The slot the failure gives back goes to the hedge, which is sent and may
+    answer; no slot and no place in the queue is left taken after the call.
+    """
+    clock = ManualClock(auto_advance=False)
+    limiting = LimitPlugin()
+    limit = {"concurrency": 1, "queue": 4, "max_wait": 30.0}
+    config = {"services": {"svc": {"endpoints": [upstream.url], "limit": limit}}}
+    async with healkit.Client(
+        config=config,
+        plugins=[FixedHedge(), limiting, FailOn503()],
+        entry_points=False,
+        clock=clock,
+    ) as client:
+        task = asyncio.create_task(client.get("/x", service="svc"))
+        first = await upstream.wait_for(1)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(HEDGE_DELAY)
+        await _until(lambda: _held(limiting) == (1, 1))  # attempt 1's slot, the hedge queued
+        first.reply(503)
+        (await upstream.wait_for(2)).reply(200)
+        with anyio.fail_after(GUARD):
+            response = await task
+        assert _held(limiting) == (0, 0)
+    assert response.outcome.winner == 2
+    assert [a.error for a in response.outcome.attempts] == ["HTTPStatusError", None]
+
+
+class FailOn503:
+    """Declares a 503 a failure (no retry plugin here)."""
+
+    healkit_name = "fail-on-503"
+
+    @healkit.hookimpl
+    def healkit_post_response(
+        self, response: healkit.Response | None
+    ) -> healkit.HealkitError | None:
+        if response is not None and response.status == 503:
+            return healkit.HTTPStatusError(503, url=response.url)
+        return None
+
+
+def _held(limiting: LimitPlugin) -> tuple[int, int]:
+    """The slots taken and the attempts queued for ``svc`` (none before its first call)."""
+    state = limiting.status("svc")
+    return (0, 0) if state is None else (state.in_flight, state.queued)

@@ -599,17 +599,32 @@ class _Race(Generic[R]):
     def _launch(self, attempt: AttemptContext, after: float | None) -> None:
         """Start ``attempt`` in a task of its own; arm the hedge due ``after`` seconds later."""
         call = self._call
-        task = asyncio.ensure_future(
-            _attempt(
-                self._runtime, self._plan, call, attempt, self._transport, self._deadline_header
-            )
-        )
+        task = asyncio.ensure_future(self._attempt(attempt))
         self._running[task] = attempt
         self._drop_timer(self._hedge_timer)
         self._hedge_timer = None
         if after is not None and self._hedging:
             self._hedge_after = attempt
             self._hedge_timer = asyncio.ensure_future(call.clock.sleep(after))
+
+    async def _attempt(self, attempt: AttemptContext) -> tuple[R, float] | HealkitError:
+        """Run ``attempt`` (:func:`_attempt`); if it answers, cancel the other attempts at once.
+
+        At once, in this task, before the event loop runs another: an HTTP
+        attempt has given its connection back to the pool by now, and an
+        attempt of this call waiting for a connection would take it, send the
+        request again, and close the connection when it is cancelled.
+        """
+        call = self._call
+        sent = await _attempt(
+            self._runtime, self._plan, call, attempt, self._transport, self._deadline_header
+        )
+        if not isinstance(sent, HealkitError):
+            this = asyncio.current_task()
+            for task in self._running:
+                if task is not this:
+                    task.cancel()
+        return sent
 
     def _send_hedge(self) -> None:
         """Launch the hedge that is due, unless its attempt ended or a plugin declines it."""
@@ -712,7 +727,8 @@ class _Race(Generic[R]):
         call.retries_due = 0
         running, self._running = self._running, {}
         for task in running:
-            task.cancel()
+            if not task.cancelling():  # an answer cancelled the others already
+                task.cancel()
         interrupted: asyncio.CancelledError | None = None
         pending: list[asyncio.Future[Any]] = [*self._dropped, *running]
         self._dropped = []
