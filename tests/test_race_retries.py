@@ -106,19 +106,20 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 class FixedHedge:
-    """Hedge the first attempt of an idempotent call once, after a fixed delay."""
+    """Hedge the attempts numbered ``hedged`` of an idempotent call, after a fixed delay."""
 
     healkit_name = "fixed-hedge"
 
-    def __init__(self, delay: float = HEDGE_DELAY) -> None:
+    def __init__(self, delay: float = HEDGE_DELAY, hedged: tuple[int, ...] = (1,)) -> None:
         self.delay = delay
+        self.hedged = hedged
         self.cancelled: list[int] = []
 
     @healkit.hookimpl
     def healkit_hedge_delay(
         self, call: healkit.CallContext, attempt: healkit.AttemptContext
     ) -> float | None:
-        if attempt.number != 1 or not call.idempotent:
+        if attempt.number not in self.hedged or not call.idempotent:
             return None
         return self.delay
 
@@ -268,6 +269,45 @@ async def test_the_callers_attempts_bound_retries_due_and_hedges(upstream: Upstr
     assert len(caught.value.attempts) == 3
     assert "all 3 attempts made (the call's attempt_limit)" in str(caught.value)
     assert _granted(retrying) == 1  # one retry sent, one counted
+    assert len(upstream.requests) == 3
+
+
+async def test_no_hedge_takes_the_place_of_a_retry_due(upstream: Upstream) -> None:
+    """The hedge of the hedge is due while the retry of attempt 1 waits for its backoff.
+
+    With ``attempts=3`` the retry is attempt 3: the hedge is not sent, and the
+    retry is not pushed beyond the caller's attempts.
+    """
+    clock = ManualClock(auto_advance=False)
+    retrying = RetryPlugin(rng=Half())
+    async with healkit.Client(
+        config=_defaults(attempts=5, base=2.0),  # the first retry waits 1 s
+        plugins=[retrying, FixedHedge(hedged=(1, 2))],
+        entry_points=False,
+        clock=clock,
+    ) as client:
+        task = asyncio.create_task(client.get(upstream.url + "/x", attempts=3))
+        first, _hedge = await _race_of_two(upstream, clock)  # t = 1: the hedge's hedge at 2
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(0.5)
+        first.reply(503)  # t = 1.5: the retry is due at 2.5
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(2)
+        clock.advance(0.5)  # t = 2: the hedge's hedge is due, and has no room
+        for _ in range(20):  # give a (wrong) hedge every chance to be sent
+            await asyncio.sleep(0)
+        clock.advance(0.5)  # t = 2.5: the retry starts
+        third = await upstream.wait_for(3)
+        third.reply(200)
+        with anyio.fail_after(GUARD):
+            response = await task
+    assert [(a.number, a.hedge, a.started) for a in response.outcome.attempts] == [
+        (1, False, 1000.0),
+        (2, True, 1001.0),
+        (3, False, 1002.5),  # the retry, after its backoff
+    ]
+    assert response.outcome.winner == 3
     assert len(upstream.requests) == 3
 
 
@@ -529,3 +569,31 @@ def _held(limiting: LimitPlugin) -> tuple[int, int]:
     """The slots taken and the attempts queued for ``svc`` (none before its first call)."""
     state = limiting.status("svc")
     return (0, 0) if state is None else (state.in_flight, state.queued)
+
+
+async def test_a_caller_that_gives_up_while_a_hedge_waits_in_the_limit_queue(
+    upstream: Upstream,
+) -> None:
+    clock = ManualClock(auto_advance=False)
+    limiting = LimitPlugin()
+    hedging = FixedHedge()
+    limit = {"concurrency": 1, "queue": 4, "max_wait": 30.0}
+    config = {"services": {"svc": {"endpoints": [upstream.url], "limit": limit}}}
+    async with healkit.Client(
+        config=config, plugins=[hedging, limiting], entry_points=False, clock=clock
+    ) as client:
+        task = asyncio.create_task(client.get("/x", service="svc"))
+        first = await upstream.wait_for(1)
+        with anyio.fail_after(GUARD):
+            await clock.wait_for_sleepers(1)
+        clock.advance(HEDGE_DELAY)
+        await _until(lambda: _held(limiting) == (1, 1))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError), anyio.fail_after(GUARD):
+            await task
+        assert _held(limiting) == (0, 0)  # the slot given back, the queue left
+        with anyio.fail_after(GUARD):
+            await first.dropped.wait()
+        assert clock.sleeping == 0
+    assert sorted(hedging.cancelled) == [1, 2]
+    assert len(upstream.requests) == 1
