@@ -495,7 +495,8 @@ class _Race(Generic[R]):
     dropped unsent.
 
     What ends in one turn of the event loop is taken in one order, whatever
-    the scheduler did: an answer first (of two, the earlier attempt's), then
+    the scheduler did: an answer first (the first answer cancels the other
+    attempts at once; of two that came anyway, the earlier attempt's), then
     the failures in launch order, then the retries due (in the order of their
     end of backoff), then the hedge; a hedge due as a retry starts follows
     the retry.
