@@ -311,6 +311,66 @@ async def test_no_hedge_takes_the_place_of_a_retry_due(upstream: Upstream) -> No
     assert len(upstream.requests) == 3
 
 
+class LateTimers:
+    """A :class:`ManualClock` whose sleeps of ``late`` seconds end a few turns of the loop late.
+
+    As on a real event loop, where two timers due at the same time may run
+    in two turns: the race must not depend on which one reports first.
+    """
+
+    def __init__(self, late: float) -> None:
+        self.manual = ManualClock(auto_advance=False)
+        self.late = late
+
+    def now(self) -> float:
+        return self.manual.now()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.manual.sleep(seconds)
+        if seconds == self.late:
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+
+async def test_a_hedge_and_a_retry_due_together_whichever_timer_reports_first(
+    upstream: Upstream,
+) -> None:
+    """At t = 2 the hedge of the hedge and the retry of attempt 1 are due; the retry's timer
+    reports a few turns late. The retry starts first, and the hedge due is not sent beside
+    it: a hedge follows the latest attempt, here the retry (which gets no hedge delay)."""
+    clock = LateTimers(late=0.5)  # the retry's backoff
+    manual = clock.manual
+    retrying = RetryPlugin(rng=Half())
+    async with healkit.Client(
+        config=_defaults(attempts=5),  # the first retry waits 0.5 s
+        plugins=[retrying, FixedHedge(hedged=(1, 2))],
+        entry_points=False,
+        clock=clock,
+    ) as client:
+        task = asyncio.create_task(client.get(upstream.url + "/x"))
+        first, _hedge = await _race_of_two(upstream, manual)  # t = 1: the hedge's hedge at 2
+        with anyio.fail_after(GUARD):
+            await manual.wait_for_sleepers(1)
+        manual.advance(0.5)
+        first.reply(503)  # t = 1.5: the retry is due at 2
+        with anyio.fail_after(GUARD):
+            await manual.wait_for_sleepers(2)
+        manual.advance(0.5)  # t = 2: both are due
+        third = await upstream.wait_for(3)
+        for _ in range(20):  # give a (wrong) hedge every chance to be sent beside it
+            await asyncio.sleep(0)
+        assert len(upstream.requests) == 3
+        third.reply(200)
+        with anyio.fail_after(GUARD):
+            response = await task
+    assert [(a.number, a.hedge, a.started) for a in response.outcome.attempts] == [
+        (1, False, 1000.0),
+        (2, True, 1001.0),
+        (3, False, 1002.0),  # the retry
+    ]
+    assert response.outcome.winner == 3
+
+
 # -- defect: a loser that failed as the winner answered was granted a retry -------------------
 
 
