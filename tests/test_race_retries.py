@@ -2,16 +2,18 @@
 
 The retry plugin spends its budget when it grants a retry (``healkit_on_error``).
 In a race (a call with a hedge delay) several attempts may fail while another
-retry waits for its backoff, and a loser may fail as the winner answers. Each
-test runs the real retry plugin, a small fixed-delay hedging plugin and a
-loopback aiohttp upstream that holds each request until the test answers it;
+retry waits for its backoff, and a loser may fail as the winner answers. The
+tests run the real retry plugin, a small fixed-delay hedging plugin and a
+loopback aiohttp upstream that holds each request until the test answers it
+(a decorated function where two attempts must end in one turn of the loop);
 backoffs and hedge delays run on a :class:`ManualClock` the test advances. The
 budget's count (``RetryPlugin.unconfigured_budgets``) is compared with the
 retries the upstream actually received.
 
-The last tests count the TCP connections a race opens (aiohttp's
-``TraceConfig``, and the peer ports the upstream saw): a loser that sent its
-request has its connection closed, and one that sent nothing holds none.
+The tests under "connections" count the TCP connections a race opens
+(aiohttp's ``TraceConfig``, and the peer ports the upstream saw): a loser that
+sent its request has its connection closed, and one that sent nothing holds
+none. The last ones put a hedge in the limit plugin's queue.
 """
 
 from __future__ import annotations
