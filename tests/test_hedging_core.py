@@ -968,7 +968,9 @@ async def test_a_decision_crash_on_a_loser_that_failed_with_the_winner_is_report
         with anyio.fail_after(GUARD):
             while len(calls) < 2:  # noqa: ASYNC110 - checkpoints until the hedge started
                 await asyncio.sleep(0)
-        for gate in gates:  # both end in the same turn of the loop
+        # Both end in the same turn of the loop, the failing hedge first (an answer
+        # first would cancel the hedge before it ran).
+        for gate in reversed(gates):
             gate.set()
         with anyio.fail_after(GUARD):
             assert await task == "first"

@@ -81,6 +81,13 @@ class CallContext:
             whole (``attempt_timeout=``), never above the policy's; the executor
             sends each attempt under the lower of it and ``attempt.timeouts.total``.
             ``None``: the policy's limit alone.
+        retries_due: retries that ``healkit_on_error`` granted and that wait
+            for their backoff beside attempts still in flight (a call with
+            concurrent attempts, see ``healkit_hedge_delay``): attempts the
+            call will make. Always 0 for a call whose attempts run one after
+            another. The next retry granted is attempt number
+            ``len(call.attempts) + call.retries_due + 1``: a retry plugin
+            counts these towards its limits.
 
     """
 
@@ -99,6 +106,7 @@ class CallContext:
         "path",
         "policy",
         "replayable",
+        "retries_due",
         "routable",
         "service",
         "started",
@@ -145,6 +153,7 @@ class CallContext:
         self._stash: Stash | None = None
         self.attempt_limit = attempt_limit
         self.attempt_timeout = attempt_timeout
+        self.retries_due = 0
 
     def __repr__(self) -> str:
         return f"<CallContext {self.service} {self.method} {self.target} path={self.path}>"

@@ -456,6 +456,25 @@ class _Lost:
 
 
 @final
+class _Due:
+    """A retry granted in a race, waiting for its backoff (``timer``) to pass."""
+
+    __slots__ = ("at", "decision", "failed", "timer")
+
+    def __init__(
+        self,
+        at: float,
+        timer: asyncio.Future[None],
+        failed: AttemptContext,
+        decision: RetryDecision,
+    ) -> None:
+        self.at = at
+        self.timer = timer
+        self.failed = failed
+        self.decision = decision
+
+
+@final
 class _Race(Generic[R]):
     """A call's attempts run concurrently: the first answer wins, the others are cancelled.
 
@@ -466,11 +485,21 @@ class _Race(Generic[R]):
     limit, ``post_response``). A
     hedge is launched when the delay passes with the attempt it follows
     still in flight and ``healkit_hedge`` does not decline; a failed attempt
-    goes to ``healkit_on_error`` as usual, and a retry it is granted is
-    launched after its backoff beside the attempts still in flight. The
-    first attempt whose result no plugin declared a failure wins; the
-    attempts still in flight are cancelled, awaited (their connections are
-    released) and reported with ``healkit_attempt_cancelled``.
+    goes to ``healkit_on_error`` as usual, and every retry it is granted is
+    launched after its own backoff beside the attempts still in flight (the
+    retries granted and not launched yet are ``call.retries_due``, which
+    retry plugins count towards their limits). The first attempt whose
+    result no plugin declared a failure wins; the attempts still in flight
+    are cancelled, awaited (their connections are released) and reported
+    with ``healkit_attempt_cancelled``, and the retries still due are
+    dropped unsent.
+
+    What ends in one turn of the event loop is taken in one order, whatever
+    the scheduler did: an answer first (the first answer cancels the other
+    attempts at once; of two that came anyway, the earlier attempt's), then
+    the failures in launch order, then the retries due (in the order of their
+    end of backoff), then the hedge; a hedge due as a retry starts follows
+    the retry.
 
     Every attempt starts from the call's limits (``timeouts``), as one after
     another does, whatever a plugin set on the attempt before it; hedges
@@ -481,14 +510,13 @@ class _Race(Generic[R]):
         "_call",
         "_deadline_header",
         "_dropped",
+        "_due",
         "_hedge_after",
         "_hedge_timer",
         "_hedging",
         "_lost",
         "_paths",
         "_plan",
-        "_retry",
-        "_retry_timer",
         "_running",
         "_runtime",
         "_timeouts",
@@ -510,12 +538,12 @@ class _Race(Generic[R]):
         self._call = call
         self._transport = transport
         self._deadline_header = deadline_header
-        self._running: dict[asyncio.Future[tuple[R, float] | HealkitError], AttemptContext] = {}
+        self._running: dict[asyncio.Task[tuple[R, float] | HealkitError], AttemptContext] = {}
         self._hedging = True
         self._hedge_after: AttemptContext | None = None
         self._hedge_timer: asyncio.Future[None] | None = None
-        self._retry: tuple[AttemptContext, RetryDecision] | None = None
-        self._retry_timer: asyncio.Future[None] | None = None
+        # The retries granted and not launched yet, in the order of their end of backoff.
+        self._due: list[_Due] = []
         self._dropped: list[asyncio.Future[None]] = []
         self._lost: _Lost | None = None
         # The call's path when each attempt was routed: the call's path if it wins.
@@ -533,22 +561,22 @@ class _Race(Generic[R]):
         self._paths[first.number] = call.path
         self._launch(first, after)
         try:
-            while self._running or self._retry_timer is not None:
+            while self._running or self._due:
                 waiting: set[asyncio.Future[Any]] = set(self._running)
-                for timer in (self._hedge_timer, self._retry_timer):
-                    if timer is not None:
-                        waiting.add(timer)
+                waiting.update(due.timer for due in self._due)
+                if self._hedge_timer is not None:
+                    waiting.add(self._hedge_timer)
                 done, _pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                # In launch order: of two answers that came together, the earlier attempt's wins.
-                for task in [t for t in self._running if t in done]:
+                ended = [task for task in self._running if task in done]  # in launch order
+                for task in ended:  # an answer wins over the failures that came with it
+                    if (answer := _answer(task)) is not None:
+                        return await self._won(self._running.pop(task), answer[0], answer[1])
+                for task in ended:
                     attempt = self._running.pop(task)
-                    sent = task.result()
-                    if not isinstance(sent, HealkitError):
-                        return await self._won(attempt, sent[0], sent[1])
-                    self._failed(attempt, sent)
-                if self._retry_timer is not None and self._retry_timer in done:
-                    self._retry_timer = None
-                    self._start_retry()
+                    sent = task.result()  # a failure; PluginError and Passthrough propagate
+                    if isinstance(sent, HealkitError):
+                        self._failed(attempt, sent)
+                self._start_due()
                 if self._hedge_timer is not None and self._hedge_timer in done:
                     self._hedge_timer = None
                     self._send_hedge()
@@ -572,17 +600,32 @@ class _Race(Generic[R]):
     def _launch(self, attempt: AttemptContext, after: float | None) -> None:
         """Start ``attempt`` in a task of its own; arm the hedge due ``after`` seconds later."""
         call = self._call
-        task = asyncio.ensure_future(
-            _attempt(
-                self._runtime, self._plan, call, attempt, self._transport, self._deadline_header
-            )
-        )
+        task = asyncio.ensure_future(self._attempt(attempt))
         self._running[task] = attempt
         self._drop_timer(self._hedge_timer)
         self._hedge_timer = None
         if after is not None and self._hedging:
             self._hedge_after = attempt
             self._hedge_timer = asyncio.ensure_future(call.clock.sleep(after))
+
+    async def _attempt(self, attempt: AttemptContext) -> tuple[R, float] | HealkitError:
+        """Run ``attempt`` (:func:`_attempt`); if it answers, cancel the other attempts at once.
+
+        At once, in this task, before the event loop runs another: an HTTP
+        attempt has given its connection back to the pool by now, and an
+        attempt of this call waiting for a connection would take it, send the
+        request again, and close the connection when it is cancelled.
+        """
+        call = self._call
+        sent = await _attempt(
+            self._runtime, self._plan, call, attempt, self._transport, self._deadline_header
+        )
+        if not isinstance(sent, HealkitError):
+            this = asyncio.current_task()
+            for task in self._running:
+                if task is not this:
+                    task.cancel()
+        return sent
 
     def _send_hedge(self) -> None:
         """Launch the hedge that is due, unless its attempt ended or a plugin declines it."""
@@ -593,7 +636,7 @@ class _Race(Generic[R]):
         now = call.clock.now()
         limit = call.attempt_limit
         if (
-            (limit is not None and len(call.attempts) >= limit)
+            (limit is not None and len(call.attempts) + call.retries_due >= limit)
             or now >= min(call.deadline, call.scope_deadline)
             or not plan.hedge(call, previous)
         ):
@@ -604,30 +647,47 @@ class _Race(Generic[R]):
         self._start(hedge)
 
     def _failed(self, attempt: AttemptContext, error: HealkitError) -> None:
-        """Report a failed attempt to ``healkit_on_error``; schedule the retry it was granted."""
-        decision = _next_step(self._runtime, self._plan, self._call, attempt, error)
-        if decision is not None and decision.retry and self._retry is None:
+        """Report a failed attempt to ``healkit_on_error``; keep the retry it was granted."""
+        call = self._call
+        decision = _next_step(self._runtime, self._plan, call, attempt, error)
+        if decision is not None and decision.retry:
             delay = 0.0 if TEST_MODE.on else decision.delay
-            self._retry = (attempt, decision)
-            self._retry_timer = asyncio.ensure_future(self._call.clock.sleep(delay))
+            at = call.clock.now() + delay
+            due = _Due(at, asyncio.ensure_future(call.clock.sleep(delay)), attempt, decision)
+            # Behind those due no later: of two due together, the one granted first starts first.
+            index = len(self._due)
+            while index and self._due[index - 1].at > at:
+                index -= 1
+            self._due.insert(index, due)
+            call.retries_due += 1
         self._lost = _Lost(error, decision)
 
-    def _start_retry(self) -> None:
-        """Launch the retry whose backoff passed."""
-        if self._retry is None:  # pragma: no cover - the timer and the retry go together
-            return
-        failed, decision = self._retry
-        self._retry = None
+    def _start_due(self) -> None:
+        """Launch the retries whose backoff passed, in the order their backoffs end.
+
+        A retry whose backoff ends now is launched even if its timer has not
+        reported yet: a hedge due at the same time then follows the retry,
+        whichever timer the event loop ran first.
+        """
         call = self._call
-        attempt = AttemptContext(
-            len(call.attempts) + 1,
-            decision.endpoint or failed.endpoint,
-            call.clock.now(),
-            self._timeouts,
-            decision.delay,
-        )
-        call.path = "retry"
-        self._start(attempt)
+        now = call.clock.now()
+        ready = [due for due in self._due if due.timer.done() or due.at <= now]
+        if not ready:
+            return
+        self._due = [due for due in self._due if due not in ready]
+        for due in ready:
+            self._drop_timer(due.timer)
+            call.retries_due -= 1
+            failed, decision = due.failed, due.decision
+            attempt = AttemptContext(
+                len(call.attempts) + 1,
+                decision.endpoint or failed.endpoint,
+                call.clock.now(),
+                self._timeouts,
+                decision.delay,
+            )
+            call.path = "retry"
+            self._start(attempt)
 
     async def _won(self, winner: AttemptContext, result: R, ended: float) -> R:
         """End the call with ``winner``'s result, once the other attempts are cancelled.
@@ -646,9 +706,12 @@ class _Race(Generic[R]):
     async def _stop(self) -> None:
         """Cancel the timers and the attempts in flight; await them; report what they became.
 
-        An attempt that ended on its own meanwhile is reported as it ended (a
-        failure to ``healkit_on_error``, whose decision no longer matters; a
-        result is released); the cancelled ones to ``healkit_attempt_cancelled``.
+        The retries still due are dropped unsent. An attempt that ended on its
+        own meanwhile is reported as it ended (a failure to
+        ``healkit_on_error``, a result is released); the cancelled ones to
+        ``healkit_attempt_cancelled``. While they are reported the call
+        allows no attempt beyond those it made (``call.attempt_limit``): no
+        retry follows, so a retry plugin grants none and spends no budget.
 
         The attempts are awaited to their end even if the caller is cancelled
         meanwhile (an anyio cancel scope cancels it again at every await), as
@@ -656,12 +719,17 @@ class _Race(Generic[R]):
         once they ended and were reported. Cancelled timers are awaited too:
         no task of the race outlives the call.
         """
+        call = self._call
         self._drop_timer(self._hedge_timer)
-        self._drop_timer(self._retry_timer)
-        self._hedge_timer = self._retry_timer = None
+        self._hedge_timer = None
+        for due in self._due:
+            self._drop_timer(due.timer)
+        self._due = []
+        call.retries_due = 0
         running, self._running = self._running, {}
         for task in running:
-            task.cancel()
+            if not task.cancelling():  # an answer cancelled the others already
+                task.cancel()
         interrupted: asyncio.CancelledError | None = None
         pending: list[asyncio.Future[Any]] = [*self._dropped, *running]
         self._dropped = []
@@ -673,12 +741,17 @@ class _Race(Generic[R]):
                 interrupted = exc
             pending = [task for task in pending if not task.done()]
         if running:
-            self._report(running)
+            limit = call.attempt_limit
+            call.attempt_limit = len(call.attempts)
+            try:
+                self._report(running)
+            finally:
+                call.attempt_limit = limit
         if interrupted is not None:
             raise interrupted
 
     def _report(
-        self, stopped: dict[asyncio.Future[tuple[R, float] | HealkitError], AttemptContext]
+        self, stopped: dict[asyncio.Task[tuple[R, float] | HealkitError], AttemptContext]
     ) -> None:
         call, plan = self._call, self._plan
         now = call.clock.now()
@@ -710,3 +783,11 @@ class _Race(Generic[R]):
             timer.cancel()
             self._dropped = [t for t in self._dropped if not t.done()]
             self._dropped.append(timer)
+
+
+def _answer(task: asyncio.Future[tuple[R, float] | HealkitError]) -> tuple[R, float] | None:
+    """Return an ended attempt's result and end time; ``None`` if it failed or raised."""
+    if task.cancelled() or task.exception() is not None:
+        return None
+    sent = task.result()
+    return None if isinstance(sent, HealkitError) else sent

@@ -522,10 +522,10 @@ def healkit_hedge(call: CallContext, attempt: AttemptContext) -> bool | None:
     moment to spend a budget. ``False`` declines: nothing is sent, and the
     call sends no more hedges; it waits for the attempts in flight. Not
     asked (and no more hedges are sent) once the call made as many attempts
-    as the caller allows (``attempts=``, ``call.attempt_limit``) or its
-    deadline passed. A hedge starts from the call's limits
-    (``attempt.timeouts``), as a retry does, not from what a plugin set on
-    the attempt before it.
+    as the caller allows (``attempts=``, ``call.attempt_limit``), the
+    retries due counted (``call.retries_due``), or its deadline passed. A
+    hedge starts from the call's limits (``attempt.timeouts``), as a retry
+    does, not from what a plugin set on the attempt before it.
 
     Result: decision plugins are asked in hook order until one returns
     ``False``; ``True`` and ``None`` do not object. May not return an

@@ -256,7 +256,7 @@ class RetryPlugin:
     ) -> healkit.RetryDecision:
         """Propose the next attempt, or stop and say why."""
         derived = call.policy.stash.get(POLICY) or self._derive(call.policy)
-        refusal = _refusal(call, attempt, error, derived)
+        refusal = _refusal(call, error, derived)
         if refusal is not None:
             return healkit.RetryDecision.stop(refusal)
 
@@ -288,7 +288,10 @@ class RetryPlugin:
             )
         return healkit.RetryDecision.again(
             delay,
-            reason=f"attempt {attempt.number + 1} of {call.attempt_limit or derived.attempts}",
+            reason=(
+                f"attempt {len(call.attempts) + call.retries_due + 1}"
+                f" of {call.attempt_limit or derived.attempts}"
+            ),
         )
 
     # -- helpers -----------------------------------------------------------------------
@@ -431,7 +434,6 @@ _KINDS: Final[dict[type[healkit.HealkitError], FailureKind | None]] = {}
 
 def _refusal(  # noqa: C901, PLR0911 - one early return per rule reads best
     call: healkit.CallContext,
-    attempt: healkit.AttemptContext,
     error: healkit.HealkitError,
     derived: _Policy,
 ) -> str | None:
@@ -456,9 +458,12 @@ def _refusal(  # noqa: C901, PLR0911 - one early return per rule reads best
             f"{call.method} is not idempotent and the request may have reached the server"
             f" (send an {IDEMPOTENCY_HEADER} header or declare the request idempotent)"
         )
-    if attempt.number >= derived.attempts:
+    # The attempts made and the retries granted beside attempts in flight (a race's):
+    # the retry would be the next attempt. One after another, this is attempt.number.
+    made = len(call.attempts) + call.retries_due
+    if made >= derived.attempts:
         return f"all {derived.attempts} attempts made (retry.attempts)"
-    if call.attempt_limit is not None and attempt.number >= call.attempt_limit:
+    if call.attempt_limit is not None and made >= call.attempt_limit:
         return f"all {call.attempt_limit} attempts made (the call's attempt_limit)"
     return None
 
