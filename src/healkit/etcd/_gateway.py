@@ -13,7 +13,9 @@ Several endpoints are tried in turn: a request moves on to the next endpoint
 when it could not connect (any request), or when the connection broke or the
 member answered ``UNAVAILABLE`` (read-only requests only, which are safe to
 repeat). The endpoint that answered is used first from then on. Passwords
-and tokens never appear in messages or logs.
+and tokens never appear in messages or logs, and are sent only to the
+configured endpoints: a redirect is not followed (etcd never sends one), it
+is a :class:`~healkit.EtcdProtocolError`.
 """
 
 from __future__ import annotations
@@ -626,6 +628,7 @@ class Gateway:
                     headers=headers,
                     timeout=self._timeout,
                     ssl=self._ssl(),
+                    allow_redirects=False,  # the body may hold the password: never resend it
                 ) as response:
                     raw = await _read_body(
                         response, self.settings.max_message_bytes, endpoint, path
@@ -746,6 +749,7 @@ class Gateway:
                         headers=headers,
                         timeout=timeout,
                         ssl=self._ssl(),
+                        allow_redirects=False,
                     )
             except _NOT_SENT as exc:
                 failure, cause = describe(exc, endpoint), exc

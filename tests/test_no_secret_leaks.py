@@ -1,0 +1,62 @@
+"""Secrets planted in requests and settings never come out of healkit's errors or reach strangers.
+
+Each test plants a unique marker where a user puts a secret (a URL's userinfo,
+a token in its query string, an etcd password) and looks for it in what the
+user sees: the error, its ``repr``, the traceback an application logs with
+``logger.exception`` (every chained cause included), the command line's
+output; or in what a server that was not configured received.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+
+import healkit
+from healkit.etcd import EtcdClient
+from healkit.testing import Fault, FaultServer
+
+pytestmark = pytest.mark.anyio
+
+MARKER = "planted-secret-7f3a"
+
+MALFORMED_ANSWERS = {
+    "garbage status line": Fault.garbage_status_line(),
+    "oversized headers": Fault.oversized_headers(),
+    "bad chunking": Fault.bad_chunking(),
+    "bad content length": Fault.malformed(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+}
+
+
+def everything_shown(error: BaseException) -> str:
+    """All the text an application can get out of ``error``: message, repr, traceback, causes."""
+    parts = ["".join(traceback.format_exception(error))]
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        parts += [str(cause), repr(cause), repr(getattr(cause, "__notes__", None))]
+        cause = cause.__cause__
+    return "\n".join(parts)
+
+
+def secret_url(server: FaultServer) -> str:
+    """A URL of ``server`` with the marker in its userinfo and in a token of its query."""
+    with_userinfo = server.url.replace("http://", f"http://user:{MARKER}@")
+    return f"{with_userinfo}/pay?token={MARKER}&page=2"
+
+
+async def test_the_etcd_password_is_not_sent_where_an_endpoint_redirects() -> None:
+    # etcd never redirects; whatever answers 307 at its address (a proxy, a
+    # hijacked port) must not receive the password's resend at another origin.
+    async with FaultServer() as endpoint, FaultServer() as elsewhere:
+        location = f"{elsewhere.url}/v3/auth/authenticate"
+        endpoint.set_default(Fault.status(307, headers={"Location": location}))
+        async with EtcdClient([endpoint.url], username="root", password=MARKER) as client:
+            with pytest.raises(healkit.EtcdProtocolError) as caught:
+                await client.get(b"/healkit/x")
+        assert [r.path for r in endpoint.requests] == ["/v3/auth/authenticate"]
+    assert elsewhere.requests == []
+    assert "HTTP 307" in str(caught.value)
+    assert MARKER not in everything_shown(caught.value)
