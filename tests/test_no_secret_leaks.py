@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import traceback
 
+import aiohttp
 import pytest
+from aiohttp.http_exceptions import HttpProcessingError
 
 import healkit
+from healkit._redact import URL_REDACTED
 from healkit.etcd import EtcdClient
 from healkit.testing import Fault, FaultServer
 
@@ -45,6 +48,47 @@ def secret_url(server: FaultServer) -> str:
     """A URL of ``server`` with the marker in its userinfo and in a token of its query."""
     with_userinfo = server.url.replace("http://", f"http://user:{MARKER}@")
     return f"{with_userinfo}/pay?token={MARKER}&page=2"
+
+
+@pytest.mark.parametrize("fault", MALFORMED_ANSWERS.values(), ids=MALFORMED_ANSWERS.keys())
+async def test_a_malformed_answer_error_and_its_causes_hold_no_url_secret(
+    fault_server: FaultServer, fault: Fault
+) -> None:
+    # aiohttp reports an unparsable answer as ClientResponseError, whose text is
+    # the request's URL as sent (query included): it must not be the __cause__.
+    fault_server.set_default(fault)
+    async with healkit.Client(entry_points=False) as client:
+        with pytest.raises(healkit.ProtocolError) as caught:
+            await client.get(secret_url(fault_server))
+    assert MARKER not in everything_shown(caught.value)
+    assert f"token={URL_REDACTED}" in str(caught.value)
+    # What the parser found wrong is still the cause, for whoever debugs it.
+    assert isinstance(caught.value.__cause__, HttpProcessingError)
+
+
+async def test_a_malformed_answer_after_a_redirect_holds_no_url_secret() -> None:
+    async with FaultServer() as first, FaultServer() as second:
+        first.set_default(
+            Fault.status(307, headers={"Location": f"{second.url}/next?sig={MARKER}"})
+        )
+        second.set_default(Fault.garbage_status_line())
+        async with healkit.Client(entry_points=False) as client:
+            with pytest.raises(healkit.ProtocolError) as caught:
+                await client.get(f"{first.url}/start")
+    assert MARKER not in everything_shown(caught.value)
+
+
+async def test_the_middleware_maps_a_malformed_answer_without_the_url_secret(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.set_default(Fault.garbage_status_line())
+    runtime = healkit.Runtime(entry_points=False)
+    async with aiohttp.ClientSession(
+        middlewares=[healkit.ResilienceMiddleware(runtime)]
+    ) as session:
+        with pytest.raises(healkit.ProtocolError) as caught:
+            await session.get(secret_url(fault_server))
+    assert MARKER not in everything_shown(caught.value)
 
 
 async def test_the_etcd_password_is_not_sent_where_an_endpoint_redirects() -> None:

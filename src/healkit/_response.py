@@ -20,6 +20,7 @@ from healkit._errors import (
     HealkitError,
     HTTPStatusError,
     OutcomeUnavailableError,
+    aiohttp_cause,
     display_url,
     map_aiohttp_error,
 )
@@ -220,7 +221,7 @@ class Response:
             error = map_aiohttp_error(
                 exc, url=display_url(self.url), timeouts=(None, self._read_timeout)
             )
-            raise self._with_attempts(error) from exc
+            raise self._with_attempts(error) from aiohttp_cause(exc)
 
     def _with_attempts(self, error: HealkitError) -> HealkitError:
         outcome = self._bound_outcome()
