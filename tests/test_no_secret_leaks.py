@@ -91,6 +91,23 @@ async def test_the_middleware_maps_a_malformed_answer_without_the_url_secret(
     assert MARKER not in everything_shown(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (f"http://user:{MARKER}@\u2100.example/", "invalid characters under NFKC"),
+        (f"http://user:{MARKER}@[::1/", "Invalid IPv6 URL"),
+    ],
+)
+async def test_an_unparsable_url_error_says_why_without_its_userinfo(url: str, reason: str) -> None:
+    async with healkit.Client(entry_points=False) as client:
+        with pytest.raises(healkit.InvalidRequestError) as caught:
+            await client.get(url)
+    assert reason in str(caught.value)
+    assert MARKER not in everything_shown(caught.value)
+    # Not even as a hidden context: an error reporter may walk __context__.
+    assert caught.value.__context__ is None
+
+
 async def test_the_etcd_password_is_not_sent_where_an_endpoint_redirects() -> None:
     # etcd never redirects; whatever answers 307 at its address (a proxy, a
     # hijacked port) must not receive the password's resend at another origin.
