@@ -19,6 +19,7 @@ import healkit
 from healkit._redact import URL_REDACTED
 from healkit.etcd import EtcdClient
 from healkit.testing import Fault, FaultServer
+from tests.cli_support import cli
 
 pytestmark = pytest.mark.anyio
 
@@ -121,3 +122,25 @@ async def test_the_etcd_password_is_not_sent_where_an_endpoint_redirects() -> No
     assert elsewhere.requests == []
     assert "HTTP 307" in str(caught.value)
     assert MARKER not in everything_shown(caught.value)
+
+
+@pytest.mark.parametrize(
+    "endpoints",
+    [
+        f"http://root:{MARKER}@127.0.0.1:2379",
+        f"http://root:{MARKER}@\u2100:2379",
+        f"https://etcd-0:2379,http://root:{MARKER}@[::1:2379",
+    ],
+)
+def test_the_cli_does_not_echo_an_etcd_password_given_in_an_endpoint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, endpoints: str
+) -> None:
+    flag = cli(capsys, "status", "--endpoints", endpoints)
+    assert flag.status == 2
+    assert "no credentials in the URL" in flag.err
+    assert MARKER not in flag.out + flag.err
+    monkeypatch.setenv("HEALKIT_ETCD_ENDPOINTS", endpoints)
+    env = cli(capsys, "config", "get")
+    assert env.status == 2
+    assert "no credentials in the URL" in env.err
+    assert MARKER not in env.out + env.err

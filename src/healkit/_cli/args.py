@@ -27,6 +27,7 @@ import yarl
 from healkit._config.models import name_problem
 from healkit._errors import ConfigError
 from healkit._plugins import installed_plugin_names
+from healkit._redact import without_userinfo
 
 __all__ = [
     "EXIT_FAILED",
@@ -139,11 +140,15 @@ def etcd_endpoints(text: str) -> tuple[str, ...]:
     for endpoint in endpoints:
         problem = _endpoint_problem(endpoint)
         if problem is not None:
-            raise argparse.ArgumentTypeError(f"invalid etcd endpoint {endpoint!r}: {problem}")
+            shown = without_userinfo(endpoint)  # the message goes to terminals and CI logs
+            raise argparse.ArgumentTypeError(f"invalid etcd endpoint {shown!r}: {problem}")
     return endpoints
 
 
 def _endpoint_problem(endpoint: str) -> str | None:
+    # Before parsing: a parser's message may quote the userinfo.
+    if without_userinfo(endpoint) != endpoint:
+        return "no credentials in the URL: use --user and --password-file"
     try:
         url = yarl.URL(endpoint)
         port = url.port
@@ -151,8 +156,6 @@ def _endpoint_problem(endpoint: str) -> str | None:
         return str(error)
     if url.scheme not in {"http", "https"} or not url.host or port is None:
         return "expected http(s)://HOST:PORT"
-    if url.user is not None or url.password is not None:
-        return "no credentials in the URL: use --user and --password-file"
     if url.path not in {"", "/"} or url.query_string or url.fragment:
         return "no path, query or fragment"
     return None
