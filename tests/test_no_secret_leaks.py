@@ -92,6 +92,19 @@ async def test_the_middleware_maps_a_malformed_answer_without_the_url_secret(
     assert MARKER not in everything_shown(caught.value)
 
 
+async def test_the_repr_of_a_response_shows_its_url_without_the_query(
+    fault_server: FaultServer,
+) -> None:
+    async with healkit.Client(entry_points=False) as client:
+        response = await client.get(secret_url(fault_server))
+        async with client.stream("GET", secret_url(fault_server)) as streamed:
+            streamed_repr = repr(streamed)
+    assert repr(response) == f"<Response 200 {fault_server.url}/pay path=primary>"
+    assert MARKER not in streamed_repr
+    # The attribute is the URL as sent, less its userinfo (as documented).
+    assert response.url == f"{fault_server.url}/pay?token={MARKER}&page=2"
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
