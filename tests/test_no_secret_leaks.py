@@ -105,6 +105,22 @@ async def test_the_repr_of_a_response_shows_its_url_without_the_query(
     assert response.url == f"{fault_server.url}/pay?token={MARKER}&page=2"
 
 
+async def test_the_repr_of_a_call_context_redacts_its_target(fault_server: FaultServer) -> None:
+    seen: list[str] = []
+
+    class Observer:
+        @healkit.hookimpl
+        def healkit_pre_request(
+            self, call: healkit.CallContext, attempt: healkit.AttemptContext
+        ) -> None:
+            seen.extend((repr(call), repr(attempt)))
+
+    async with healkit.Client(plugins=[Observer()], entry_points=False) as client:
+        await client.get(secret_url(fault_server))
+    assert seen[0] == (f"<CallContext 127.0.0.1 GET /pay?token={URL_REDACTED}&page=2 path=primary>")
+    assert MARKER not in "".join(seen)
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
