@@ -25,6 +25,9 @@ pytestmark = pytest.mark.anyio
 
 MARKER = "planted-secret-7f3a"
 
+BEARER = {"Authorization": f"Bearer {MARKER}"}
+ETCD_HEADER = {"cluster_id": "1", "member_id": "1", "revision": "1", "raft_term": "1"}
+
 MALFORMED_ANSWERS = {
     "garbage status line": Fault.garbage_status_line(),
     "oversized headers": Fault.oversized_headers(),
@@ -55,12 +58,13 @@ def secret_url(server: FaultServer) -> str:
 async def test_a_malformed_answer_error_and_its_causes_hold_no_url_secret(
     fault_server: FaultServer, fault: Fault
 ) -> None:
-    # aiohttp reports an unparsable answer as ClientResponseError, whose text is
-    # the request's URL as sent (query included): it must not be the __cause__.
+    # aiohttp reports an unparsable answer as ClientResponseError, whose str is
+    # the request's URL as sent (query included) and whose repr shows the
+    # request's headers: it must not be the __cause__.
     fault_server.set_default(fault)
     async with healkit.Client(entry_points=False) as client:
         with pytest.raises(healkit.ProtocolError) as caught:
-            await client.get(secret_url(fault_server))
+            await client.get(secret_url(fault_server), headers=BEARER)
     assert MARKER not in everything_shown(caught.value)
     assert f"token={URL_REDACTED}" in str(caught.value)
     # What the parser found wrong is still the cause, for whoever debugs it.
@@ -150,6 +154,21 @@ async def test_the_etcd_password_is_not_sent_where_an_endpoint_redirects() -> No
         assert [r.path for r in endpoint.requests] == ["/v3/auth/authenticate"]
     assert elsewhere.requests == []
     assert "HTTP 307" in str(caught.value)
+    assert MARKER not in everything_shown(caught.value)
+
+
+async def test_the_etcd_token_is_not_in_an_etcd_error_or_its_causes() -> None:
+    # An etcd endpoint (here a server that answers as etcd's gateway does) that
+    # logs the client in, then answers a request with something that is not HTTP.
+    async with FaultServer() as endpoint:
+        reply = {"header": ETCD_HEADER, "token": f"{MARKER}.1"}
+        endpoint.script("/v3/auth/authenticate", Fault.json(reply))
+        endpoint.set_default(Fault.garbage_status_line())
+        async with EtcdClient([endpoint.url], username="root", password=MARKER) as client:
+            with pytest.raises(healkit.EtcdUnavailableError) as caught:
+                await client.get(b"/healkit/x")
+        sent = [r.headers.get("Authorization") for r in endpoint.requests]
+    assert sent == [None, f"{MARKER}.1"]  # the token was used: it could have leaked
     assert MARKER not in everything_shown(caught.value)
 
 

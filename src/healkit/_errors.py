@@ -711,16 +711,17 @@ def map_aiohttp_error(
     return error
 
 
-def aiohttp_cause(exc: BaseException) -> BaseException | None:
+def aiohttp_cause(exc: BaseException | None) -> BaseException | None:
     """Return the exception a healkit error mapped from ``exc`` is raised ``from``.
 
-    That is ``exc``, except for aiohttp's errors whose text holds the request's
-    URL as sent, userinfo and query included: ``ClientResponseError`` (its
-    ``str`` and ``repr`` show ``request_info.real_url``) gives way to the parser
-    error behind it, which says what was wrong with the answer without the URL,
-    and ``InvalidURL`` (its text is the raw URL) to nothing. A traceback logged
-    by the application (``logger.exception``) then shows no secret of the URL;
-    the healkit error's own message has the redacted URL.
+    That is ``exc``, except for aiohttp's errors whose text holds the request
+    as sent: ``ClientResponseError`` (its ``str`` shows ``request_info.real_url``,
+    userinfo and query included, and its ``repr`` the request's headers,
+    ``Authorization`` included) gives way to the parser error behind it, which
+    says what was wrong with the answer without them, and ``InvalidURL`` (its
+    text is the raw URL) to nothing. A traceback logged by the application
+    (``logger.exception``) then shows no secret of the request; the healkit
+    error's own message has the redacted URL.
     """
     if isinstance(exc, aiohttp.ClientResponseError):
         return _parser_error(exc)

@@ -46,6 +46,7 @@ from healkit._errors import (
     EtcdProtocolError,
     EtcdRequestError,
     EtcdUnavailableError,
+    aiohttp_cause,
 )
 from healkit._log import get_logger
 from healkit.etcd._messages import AUTH_REPLY, ENCODER, ERROR_REPLY, R, StreamError
@@ -658,7 +659,7 @@ class Gateway:
             failures=failures,
             may_have_reached_server=reached,
         )
-        raise error from cause
+        raise error from aiohttp_cause(cause)  # its repr would show the token
 
     # -- streams -------------------------------------------------------------------
 
@@ -775,7 +776,7 @@ class Gateway:
             f"no etcd endpoint could serve {path} ({tried})",
             failures=failures,
             may_have_reached_server=reached,
-        ) from cause
+        ) from aiohttp_cause(cause)
 
     # -- authentication ------------------------------------------------------------
 
