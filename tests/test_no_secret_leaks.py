@@ -19,6 +19,7 @@ import healkit
 from healkit._redact import URL_REDACTED
 from healkit.etcd import EtcdClient
 from healkit.testing import Fault, FaultServer
+from healkit_hedge import HedgePlugin
 from tests.cli_support import cli
 
 pytestmark = pytest.mark.anyio
@@ -140,6 +141,27 @@ async def test_an_unparsable_url_error_says_why_without_its_userinfo(url: str, r
     assert MARKER not in everything_shown(caught.value)
     # Not even as a hidden context: an error reporter may walk __context__.
     assert caught.value.__context__ is None
+
+
+async def test_a_hedge_to_an_endpoint_of_another_origin_carries_no_credentials() -> None:
+    # A guard: the routing rule (credentials stay with the first endpoint's
+    # origin) holds for hedges too, which run while the first attempt is in flight.
+    async with FaultServer() as first, FaultServer() as other:
+        first.set_default(Fault.ok(latency=5.0))
+        stranger = other.url.replace("127.0.0.1", "localhost")  # another origin
+        hedge = {"enabled": True, "delay": 0.01, "min_delay": 0.01}
+        config = {"services": {"svc": {"endpoints": [first.url, stranger], "hedge": hedge}}}
+        async with healkit.Client(
+            config=config, plugins=[HedgePlugin()], entry_points=False
+        ) as client:
+            response = await client.get(
+                "/x", service="svc", headers={**BEARER, "Cookie": f"s={MARKER}"}
+            )
+        hedged = response.outcome.attempts if response.outcome else ()
+        assert [a.hedge for a in hedged] == [False, True]
+        assert first.requests[0].headers["Authorization"] == f"Bearer {MARKER}"
+        (request,) = other.requests
+    assert MARKER not in repr(list(request.headers.items()))
 
 
 async def test_the_etcd_password_is_not_sent_where_an_endpoint_redirects() -> None:
