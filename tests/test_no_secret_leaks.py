@@ -195,6 +195,23 @@ async def test_the_etcd_token_is_not_in_an_etcd_error_or_its_causes() -> None:
 
 
 @pytest.mark.parametrize(
+    "endpoint",
+    [
+        f"http://root:{MARKER}@\u2100:2379",
+        f"http://root:{MARKER}@[::1:2379",
+        f"ftp://root:{MARKER}@etcd-0:2379",
+        f"root:{MARKER}@etcd-0:2379",
+    ],
+)
+def test_an_etcd_client_refuses_credentials_in_an_endpoint_without_quoting_them(
+    endpoint: str,
+) -> None:
+    with pytest.raises(ValueError, match="must not carry credentials") as caught:
+        EtcdClient([endpoint])
+    assert MARKER not in everything_shown(caught.value)
+
+
+@pytest.mark.parametrize(
     "endpoints",
     [
         f"http://root:{MARKER}@127.0.0.1:2379",

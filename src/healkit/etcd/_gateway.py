@@ -49,6 +49,7 @@ from healkit._errors import (
     aiohttp_cause,
 )
 from healkit._log import get_logger
+from healkit._redact import without_userinfo
 from healkit.etcd._messages import AUTH_REPLY, ENCODER, ERROR_REPLY, R, StreamError
 
 __all__ = [
@@ -206,6 +207,8 @@ _NOT_SENT: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError
 
 def normalize_endpoint(endpoint: str, *, tls: bool) -> str:
     text = endpoint.strip()
+    if without_userinfo(text) != text:  # before any message quotes the endpoint
+        raise ValueError("etcd endpoints must not carry credentials; use username= and password=")
     if "://" not in text:
         text = f"{'https' if tls else 'http'}://{text}"
     try:
@@ -214,8 +217,6 @@ def normalize_endpoint(endpoint: str, *, tls: bool) -> str:
         raise ValueError(f"invalid etcd endpoint {endpoint!r}") from exc
     if url.scheme not in {"http", "https"} or not url.host:
         raise ValueError(f"invalid etcd endpoint {endpoint!r}: expected http(s)://HOST:PORT")
-    if url.user is not None or url.password is not None:
-        raise ValueError("etcd endpoints must not carry credentials; use username= and password=")
     if url.path not in {"", "/"} or url.query_string or url.fragment:
         raise ValueError(f"invalid etcd endpoint {endpoint!r}: no path, query or fragment")
     return str(url.origin())
