@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 import healkit
 from healkit._redact import URL_REDACTED
 from healkit.etcd import EtcdClient
-from healkit.testing import Fault, FaultServer
+from healkit.testing import Fault, FaultServer, capture_events
 from healkit_hedge import HedgePlugin
 from tests.cli_support import cli
 
@@ -95,6 +95,23 @@ async def test_the_middleware_maps_a_malformed_answer_without_the_url_secret(
         with pytest.raises(healkit.ProtocolError) as caught:
             await session.get(secret_url(fault_server))
     assert MARKER not in everything_shown(caught.value)
+
+
+async def test_a_header_routing_calls_a_credential_is_not_logged(
+    fault_server: FaultServer,
+) -> None:
+    # routing.credential_headers declares X-Api-Key a credential of the service
+    # (withheld from other origins): a failed call's log must not print it.
+    fault_server.set_default(Fault.reset())
+    routing = {"credential_headers": ["X-Api-Key"]}
+    config = {"services": {"svc": {"endpoints": [fault_server.url], "routing": routing}}}
+    with capture_events() as events:
+        async with healkit.Client(config=config, entry_points=False) as client:
+            with pytest.raises(healkit.ConnectionLostError):
+                await client.get("/x", service="svc", headers={"X-Api-Key": MARKER})
+    (failed,) = [e for e in events if e["event"] == "healkit.call_failed"]
+    assert failed["headers"] == {"X-Api-Key": "[REDACTED]"}
+    assert MARKER not in repr(events)
 
 
 async def test_the_repr_of_a_response_shows_its_url_without_the_query(

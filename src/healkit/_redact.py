@@ -71,9 +71,15 @@ class Redactor:
         """Whether the header ``name`` is redacted."""
         return name.lower() in self._headers
 
-    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """Return a copy of ``headers`` with secret values replaced."""
-        return {k: REDACTED if k.lower() in self._headers else v for k, v in headers.items()}
+    def headers(
+        self, headers: Mapping[str, str], *, also: frozenset[str] = frozenset()
+    ) -> dict[str, str]:
+        """Return a copy of ``headers`` with secret values replaced.
+
+        ``also``: more secret names, in lower case (a service's credential headers).
+        """
+        secret = self._headers | also if also else self._headers
+        return {k: REDACTED if k.lower() in secret else v for k, v in headers.items()}
 
     def url(self, url: str | yarl.URL) -> str:
         """Return ``url`` without userinfo and with secret query values replaced."""
