@@ -223,7 +223,7 @@ async def test_the_etcd_token_is_not_in_an_etcd_error_or_its_causes() -> None:
 def test_an_etcd_client_refuses_credentials_in_an_endpoint_without_quoting_them(
     endpoint: str,
 ) -> None:
-    with pytest.raises(ValueError, match="must not carry credentials") as caught:
+    with pytest.raises(ValueError, match="credentials") as caught:
         EtcdClient([endpoint])
     assert MARKER not in everything_shown(caught.value)
 
