@@ -16,7 +16,7 @@ import pytest
 from aiohttp.http_exceptions import HttpProcessingError
 
 import healkit
-from healkit._redact import URL_REDACTED
+from healkit._redact import URL_REDACTED, without_userinfo
 from healkit.etcd import EtcdClient
 from healkit.testing import Fault, FaultServer, capture_events
 from healkit_hedge import HedgePlugin
@@ -53,6 +53,21 @@ def secret_url(server: FaultServer) -> str:
     """A URL of ``server`` with the marker in its userinfo and in a token of its query."""
     with_userinfo = server.url.replace("http://", f"http://user:{MARKER}@")
     return f"{with_userinfo}/pay?token={MARKER}&page=2"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://u:pw@h.test:1/x?y=@z", "http://h.test:1/x?y=@z"),
+        ("u:pw@h.test:2379", "h.test:2379"),  # no scheme
+        ("http://u:p@ss@h.test/", "http://h.test/"),  # an unencoded @ in the password
+        ("http://u:pw@[::1", "http://[::1"),  # does not parse
+        ("http://h.test/@x?k=@v#@f", "http://h.test/@x?k=@v#@f"),  # @ after the authority
+        ("http://h.test", "http://h.test"),
+    ],
+)
+def test_without_userinfo_works_on_text_that_may_not_parse(text: str, shown: str) -> None:
+    assert without_userinfo(text) == shown
 
 
 @pytest.mark.parametrize("fault", MALFORMED_ANSWERS.values(), ids=MALFORMED_ANSWERS.keys())
