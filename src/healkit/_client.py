@@ -24,6 +24,7 @@ from healkit._context import CallContext
 from healkit._errors import ClientClosedError, InvalidRequestError
 from healkit._executor import execute
 from healkit._http import IDEMPOTENT_METHODS, HttpTransport, replayable
+from healkit._redact import without_userinfo
 from healkit._response import Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
@@ -487,21 +488,13 @@ def _address(
             f"target must be a path or a URL (a str), got {type(target).__name__}"
         )
     if target.startswith(("http://", "https://")):
-        try:
-            url = yarl.URL(target)
-        except ValueError as exc:  # UnicodeError (a host IDNA rejects) included
-            raise InvalidRequestError(f"invalid URL: {exc}") from exc
-        # url_problem first: reading url.host decodes an IDNA host, which may raise.
-        if (problem := url_problem(url)) is not None:
-            raise InvalidRequestError(f"invalid URL: {problem}")
-        if not url.host:
-            raise InvalidRequestError("invalid URL: no host")
+        url, host = _absolute_url(target)
         name = service or config.service_for_url(target)
         policy = config.policy(name) if name else config.defaults
         for endpoint in policy.endpoints:
             if url_under(target, endpoint):
                 return endpoint, target[len(endpoint) :], name or policy.name, policy, url
-        return str(url.origin()), url.raw_path_qs, name or url.host, policy, url
+        return str(url.origin()), url.raw_path_qs, name or host, policy, url
     if service is None:
         raise InvalidRequestError(
             f"{_shown(target)} is not an absolute URL: pass service= to address a service"
@@ -511,6 +504,41 @@ def _address(
     if not endpoints or policy.name != service:
         raise InvalidRequestError(f"service {service!r} has no endpoints configured")
     return endpoints[0], target, service, policy, None
+
+
+def _absolute_url(target: str) -> tuple[yarl.URL, str]:
+    """Parse the absolute URL ``target`` (return it and its host), unless it cannot be called.
+
+    Raises:
+        InvalidRequestError: ``target`` does not parse, or its host or port is invalid.
+
+    """
+    try:
+        url = yarl.URL(target)
+    except ValueError:  # UnicodeError (a host IDNA rejects) included
+        url = None
+    if url is None:  # raised here: yarl's error, which quotes the userinfo, is no context
+        raise _invalid_url(target)
+    # url_problem first: reading url.host decodes an IDNA host, which may raise.
+    if (problem := url_problem(url)) is not None:
+        raise InvalidRequestError(f"invalid URL: {problem}")
+    host = url.host
+    if not host:
+        raise InvalidRequestError("invalid URL: no host")
+    return url, host
+
+
+def _invalid_url(target: str) -> InvalidRequestError:
+    """Return the error for an absolute URL that yarl cannot parse, saying why.
+
+    yarl's messages quote the URL's authority, userinfo included: the reason is
+    that of the URL without its userinfo.
+    """
+    try:
+        yarl.URL(without_userinfo(target))
+    except ValueError as exc:
+        return InvalidRequestError(f"invalid URL: {exc}")
+    return InvalidRequestError("invalid URL: its user name or password is not valid")
 
 
 def _is_idempotent(method: str, headers: CIMultiDict[str] | None, declared: bool | None) -> bool:

@@ -156,7 +156,13 @@ class CallContext:
         self.retries_due = 0
 
     def __repr__(self) -> str:
-        return f"<CallContext {self.service} {self.method} {self.target} path={self.path}>"
+        """Return ``<CallContext service GET /target path=...>``, the target's secrets redacted.
+
+        A plugin may log it: the query values the configuration's redactor
+        hides (tokens, signatures) are hidden here too.
+        """
+        target = self.config.redactor.url(self.target) if self.transport == "http" else self.target
+        return f"<CallContext {self.service} {self.method} {target} path={self.path}>"
 
     @property
     def headers(self) -> CIMultiDict[str]:

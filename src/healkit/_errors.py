@@ -48,7 +48,9 @@ answer, every later failure of that attempt says ``True``, whatever its class
 (a ``ConnectError`` at the redirect's target included).
 
 aiohttp's exceptions are translated in one place, :func:`map_aiohttp_error`,
-always with ``raise ... from exc`` semantics (the original is the ``__cause__``).
+and raised ``from`` :func:`aiohttp_cause` (the original is the ``__cause__``,
+unless its text quotes the request's URL unredacted: then what it reports, or
+nothing).
 The etcd client maps its own transport errors to :class:`EtcdError` subclasses
 the same way; no etcd error message ever contains a password or an auth token.
 """
@@ -103,6 +105,7 @@ __all__ = [
     "TimeoutExceeded",
     "TooManyRedirects",
     "TransportError",
+    "aiohttp_cause",
     "invalid_status",
     "map_aiohttp_error",
 ]
@@ -678,7 +681,8 @@ def map_aiohttp_error(
             (``None`` where aiohttp applied a limit healkit does not know).
 
     Returns:
-        The most specific healkit error; the caller raises it ``from exc``.
+        The most specific healkit error; the caller raises it
+        ``from aiohttp_cause(exc)``.
 
     """
     connect_limit, read_limit = timeouts
@@ -707,6 +711,37 @@ def map_aiohttp_error(
     return error
 
 
+def aiohttp_cause(exc: BaseException | None) -> BaseException | None:
+    """Return the exception a healkit error mapped from ``exc`` is raised ``from``.
+
+    That is ``exc``, except for aiohttp's errors whose text holds the request
+    as sent: ``ClientResponseError`` (its ``str`` shows ``request_info.real_url``,
+    userinfo and query included, and its ``repr`` the request's headers,
+    ``Authorization`` included) gives way to the parser error behind it, which
+    says what was wrong with the answer without them, and ``InvalidURL`` (its
+    text is the raw URL) to nothing. A traceback logged by the application
+    (``logger.exception``) then shows no secret of the request; the healkit
+    error's own message has the redacted URL.
+    """
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return _parser_error(exc)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return None
+    return exc
+
+
+def _parser_error(exc: BaseException) -> HttpProcessingError | None:
+    """Return the most specific parser error in ``exc``'s cause chain, or ``None``."""
+    parser_error: HttpProcessingError | None = None
+    cause = exc.__cause__
+    for _ in range(_CAUSE_DEPTH):  # aiohttp chains a copy of the parser's error to it
+        if not isinstance(cause, HttpProcessingError):
+            break
+        parser_error = cause
+        cause = cause.__cause__
+    return parser_error
+
+
 def _malformed_answer(exc: BaseException) -> str | None:
     """Describe what aiohttp's parser rejected in the answer, or ``None`` if it did not.
 
@@ -718,13 +753,7 @@ def _malformed_answer(exc: BaseException) -> str | None:
     """
     if not isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
         return None
-    parser_error: HttpProcessingError | None = None
-    cause = exc.__cause__
-    for _ in range(_CAUSE_DEPTH):  # aiohttp chains a copy of the parser's error to it
-        if not isinstance(cause, HttpProcessingError):
-            break
-        parser_error = cause
-        cause = cause.__cause__
+    parser_error = _parser_error(exc)
     if parser_error is None:
         if isinstance(exc, aiohttp.ClientPayloadError):
             return _first_line(str(exc)) or "the body is incomplete or malformed"

@@ -44,6 +44,7 @@ from healkit._errors import (
     InvalidRequestError,
     RedirectRefusedError,
     TooManyRedirects,
+    aiohttp_cause,
     invalid_status,
     map_aiohttp_error,
 )
@@ -152,7 +153,7 @@ class HttpTransport:
             error = _request_failed(exc, call.config.redactor.url(url), limits)
             if once is not None:
                 once.failed(error)
-            raise error from exc
+            raise error from aiohttp_cause(exc)
         public = url  # the URL we built has no userinfo
         if raw.status in REDIRECT_STATUSES or not 100 <= raw.status <= 599:
             hop = _Hop(call.method, url, headers, self._data, options)
@@ -177,7 +178,7 @@ class HttpTransport:
             redacted = call.config.redactor.url(public)
             raise map_aiohttp_error(
                 exc, url=redacted, timeouts=(limits.connect, limits.read)
-            ) from exc
+            ) from aiohttp_cause(exc)
         response = Response._received(raw, body, public)  # noqa: SLF001 - see _received
         return response, response
 
@@ -314,7 +315,7 @@ class HttpTransport:
                 )
             except _REQUEST_ERRORS as exc:
                 error = _request_failed(exc, record.location, attempt.timeouts)
-                raise reached(error, attempt) from exc
+                raise reached(error, attempt) from aiohttp_cause(exc)
         return raw, str(hop.url)
 
 

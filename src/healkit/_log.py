@@ -38,6 +38,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 from healkit._errors import CircuitOpenError
+from healkit._routing.settings import redirect_rules
 
 if TYPE_CHECKING:
     from healkit._context import AttemptContext, CallContext
@@ -393,7 +394,10 @@ def call_failed(
         error=type(error).__name__,
         reason=error.message,
         stop_reason=stop_reason,
-        headers=call.config.redactor.headers(call.headers_if_any() or {}),
+        # The service's routing.credential_headers are credentials in logs too.
+        headers=call.config.redactor.headers(
+            call.headers_if_any() or {}, also=redirect_rules(call.policy).credentials
+        ),
     )
 
 

@@ -55,6 +55,7 @@ from healkit._errors import (
     InvalidRequestError,
     RedirectRefusedError,
     TooManyRedirects,
+    aiohttp_cause,
     invalid_status,
     map_aiohttp_error,
 )
@@ -158,7 +159,7 @@ class _MiddlewareTransport:
             error = reached(map_aiohttp_error(exc, url=url, timeouts=(None, None)), attempt)
             if once is not None:
                 once.failed(error)
-            raise error from exc
+            raise error from aiohttp_cause(exc)
         if not 100 <= raw.status <= 599:
             raw.release()
             error = invalid_status(raw.status, call.config.redactor.url(request.url))

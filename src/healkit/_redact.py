@@ -8,12 +8,13 @@ names below, plus configured ones). Names compare case-insensitively.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Final, final
 
 import yarl
 
-__all__ = ["REDACTED", "URL_REDACTED", "Redactor"]
+__all__ = ["REDACTED", "URL_REDACTED", "Redactor", "without_userinfo"]
 
 REDACTED: Final = "[REDACTED]"
 URL_REDACTED: Final = "REDACTED"
@@ -47,6 +48,8 @@ SECRET_QUERY: Final = frozenset(
 )
 
 
+_AUTHORITY_END: Final = re.compile(r"[/?#]")
+
 URL_CACHE_SIZE: Final = 256
 """URL strings whose redacted form a :class:`Redactor` remembers."""
 
@@ -68,9 +71,15 @@ class Redactor:
         """Whether the header ``name`` is redacted."""
         return name.lower() in self._headers
 
-    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """Return a copy of ``headers`` with secret values replaced."""
-        return {k: REDACTED if k.lower() in self._headers else v for k, v in headers.items()}
+    def headers(
+        self, headers: Mapping[str, str], *, also: frozenset[str] = frozenset()
+    ) -> dict[str, str]:
+        """Return a copy of ``headers`` with secret values replaced.
+
+        ``also``: more secret names, in lower case (a service's credential headers).
+        """
+        secret = self._headers | also if also else self._headers
+        return {k: REDACTED if k.lower() in secret else v for k, v in headers.items()}
 
     def url(self, url: str | yarl.URL) -> str:
         """Return ``url`` without userinfo and with secret query values replaced."""
@@ -94,3 +103,18 @@ class Redactor:
                 ]
             )
         return str(parsed)
+
+
+def without_userinfo(text: str) -> str:
+    """Return the URL ``text`` without the userinfo (``user:pass@``) of its authority.
+
+    Works on the text, so also on a URL that does not parse (the one an error
+    message is about): the authority is what follows ``scheme://`` (or the
+    start, without a scheme) up to the first ``/``, ``?`` or ``#``, and its
+    userinfo all of it up to its last ``@``.
+    """
+    scheme_end = text.find("://")
+    start = 0 if scheme_end < 0 else scheme_end + 3
+    end = _AUTHORITY_END.search(text, start)
+    at = text.rfind("@", start, len(text) if end is None else end.start())
+    return text if at < 0 else text[:start] + text[at + 1 :]

@@ -20,6 +20,7 @@ from healkit._errors import (
     HealkitError,
     HTTPStatusError,
     OutcomeUnavailableError,
+    aiohttp_cause,
     display_url,
     map_aiohttp_error,
 )
@@ -164,9 +165,14 @@ class Response:
         return copy
 
     def __repr__(self) -> str:
+        """Return ``<Response 200 https://host/path path=primary>``: the URL without its query.
+
+        ``url`` keeps the query as sent (tokens, signatures); a ``repr`` ends up
+        in logs, so it shows the URL as error messages do.
+        """
         outcome = self._bound_outcome()
         path = outcome.path if outcome is not None else "?"
-        return f"<Response {self.status} {self.url} path={path}>"
+        return f"<Response {self.status} {display_url(self.url)} path={path}>"
 
     @property
     def ok(self) -> bool:
@@ -220,7 +226,7 @@ class Response:
             error = map_aiohttp_error(
                 exc, url=display_url(self.url), timeouts=(None, self._read_timeout)
             )
-            raise self._with_attempts(error) from exc
+            raise self._with_attempts(error) from aiohttp_cause(exc)
 
     def _with_attempts(self, error: HealkitError) -> HealkitError:
         outcome = self._bound_outcome()

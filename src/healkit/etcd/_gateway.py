@@ -13,7 +13,9 @@ Several endpoints are tried in turn: a request moves on to the next endpoint
 when it could not connect (any request), or when the connection broke or the
 member answered ``UNAVAILABLE`` (read-only requests only, which are safe to
 repeat). The endpoint that answered is used first from then on. Passwords
-and tokens never appear in messages or logs.
+and tokens never appear in messages or logs, and are sent only to the
+configured endpoints: a redirect is not followed (etcd never sends one), it
+is a :class:`~healkit.EtcdProtocolError`.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ from healkit._errors import (
     EtcdProtocolError,
     EtcdRequestError,
     EtcdUnavailableError,
+    aiohttp_cause,
 )
 from healkit._log import get_logger
+from healkit._redact import without_userinfo
 from healkit.etcd._messages import AUTH_REPLY, ENCODER, ERROR_REPLY, R, StreamError
 
 __all__ = [
@@ -216,7 +220,7 @@ def normalize_endpoint(endpoint: str, *, tls: bool) -> str:
         text = f"{'https' if tls else 'http'}://{text}"
     problem = endpoint_problem(text)
     if problem is not None:
-        raise ValueError(f"invalid etcd endpoint {shown_endpoint(endpoint)}: {problem}")
+        raise ValueError(f"invalid etcd endpoint {shown_endpoint(text)}: {problem}")
     return str(yarl.URL(text).origin())
 
 
@@ -229,6 +233,8 @@ def endpoint_problem(endpoint: str) -> str | None:
     are refused. The one rule of :class:`~healkit.etcd.EtcdClient` and of the
     command line's ``--endpoints``.
     """
+    if without_userinfo(endpoint) != endpoint:  # before any message quotes it
+        return "no credentials in the URL: give the user and the password apart"
     try:
         url = yarl.URL(endpoint)
         url.explicit_port  # noqa: B018 - a port that is not a number raises here
@@ -236,8 +242,6 @@ def endpoint_problem(endpoint: str) -> str | None:
         return f"invalid URL: {error}"
     if url.scheme not in {"http", "https"} or not url.raw_host:
         return "expected http(s)://HOST:PORT"
-    if url.raw_user is not None or url.raw_password is not None:
-        return "no credentials in the URL: give the user and the password apart"
     if url.raw_path not in {"", "/"} or url.raw_query_string or url.raw_fragment:
         return "no path, query or fragment"
     return url_problem(url)
@@ -693,6 +697,7 @@ class Gateway:
                     headers=headers,
                     timeout=self._timeout,
                     ssl=self._ssl(),
+                    allow_redirects=False,  # the body may hold the password: never resend it
                 ) as response:
                     raw = await _read_body(
                         response, self.settings.max_message_bytes, endpoint, path
@@ -722,7 +727,7 @@ class Gateway:
             failures=failures,
             may_have_reached_server=reached,
         )
-        raise error from cause
+        raise error from aiohttp_cause(cause)  # its repr would show the token
 
     # -- streams -------------------------------------------------------------------
 
@@ -813,6 +818,7 @@ class Gateway:
                         headers=headers,
                         timeout=timeout,
                         ssl=self._ssl(),
+                        allow_redirects=False,
                     )
             except _NOT_SENT as exc:
                 failure, cause = describe(exc, endpoint), exc
@@ -838,7 +844,7 @@ class Gateway:
             f"no etcd endpoint could serve {path} ({tried})",
             failures=failures,
             may_have_reached_server=reached,
-        ) from cause
+        ) from aiohttp_cause(cause)
 
     # -- authentication ------------------------------------------------------------
 

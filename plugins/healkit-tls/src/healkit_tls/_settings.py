@@ -27,6 +27,9 @@ MinimumVersion = Literal["1.2", "1.3"]
 MAX_PEM_CHARS: Final = 1024 * 1024
 MAX_PATH_CHARS: Final = 4096
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_FIELDS: Final = frozenset({"key_pem"})
+"""Fields whose value ``repr`` never shows."""
+_REDACTED: Final = "[REDACTED]"
 
 Pem = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PEM_CHARS)]
 FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PATH_CHARS)]
@@ -103,6 +106,23 @@ class TlsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             )
         except MaterialError as error:
             raise ValueError(error.reason) from None
+
+    def __repr__(self) -> str:
+        """Show the fields as msgspec does, an inline key as ``[REDACTED]``."""
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"{type(self).__name__}({shown})"
+
+    def __rich_repr__(self) -> list[tuple[str, object]]:
+        """Return each field's ``(name, value)``, an inline key redacted (rich's pretty-print).
+
+        msgspec's own ``repr`` (and ``__rich_repr__``) shows every field, the
+        private key's PEM included: a test's assertion message, a debugger or
+        a pretty-printed policy would show the key.
+        """
+        return [
+            (name, _REDACTED if name in _SECRET_FIELDS and value is not None else value)
+            for name, value in ((name, getattr(self, name)) for name in self.__struct_fields__)
+        ]
 
     @property
     def has_cert(self) -> bool:
