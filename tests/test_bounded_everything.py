@@ -17,11 +17,16 @@ import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
+import anyio
+import msgspec
 import pytest
 
 import healkit
-from healkit.testing import FaultServer
+from healkit._routing.plugin import Router
+from healkit.etcd import EtcdClient, EtcdSource, PutOp
+from healkit.testing import EtcdServer, FaultServer
 
 pytestmark = pytest.mark.anyio
 
@@ -87,3 +92,67 @@ async def test_routing_forgets_the_turns_of_services_the_configuration_dropped(
     # tables, sized for the 500 services configured at once (measured: ~30 KiB
     # here; before the fix, ~450 KiB, and growing with every service).
     assert held.size < 96 * 1024
+
+
+# -- fleet health: records in etcd for endpoints no service shares health for ----------
+
+NAMESPACE = "bounds"
+RECORDS = 5000
+
+
+def fleet_document(*endpoints: str) -> bytes:
+    routing = {"eject_after": 1, "fleet": {"ttl": 2}}
+    return msgspec.json.encode({"endpoints": list(endpoints), "routing": routing})
+
+
+async def write_records(etcd: EtcdClient, keys: list[str]) -> int:
+    """Write a health record under each of ``keys`` (relative to the namespace); last revision."""
+    revision = 0
+    for start in range(0, len(keys), 100):
+        ops = [
+            PutOp(key=f"/healkit/{NAMESPACE}/{key}".encode(), value=b"out")
+            for key in keys[start : start + 100]
+        ]
+        revision = (await etcd.txn(success=ops)).revision
+    return revision
+
+
+def record(service: str, endpoint: str, instance: str) -> str:
+    return f"health/{service}/{quote(endpoint, safe='')}/{instance}"
+
+
+async def test_fleet_health_keeps_the_records_of_endpoints_that_share_health_only(
+    etcd_server: EtcdServer, fault_server: FaultServer
+) -> None:
+    # Anyone who may write fleet health records (every instance) may write
+    # them for any service and endpoint; only those of the services that share
+    # health are of use, and are kept.
+    shared, late = f"{fault_server.url}/a", f"{fault_server.url}/late"
+    async with etcd_server.client() as etcd:
+        await etcd.put(
+            f"/healkit/{NAMESPACE}/services/shared", fleet_document(shared, shared + "2")
+        )
+        source = EtcdSource(etcd, namespace=NAMESPACE)
+        async with healkit.Client(config=source, entry_points=False) as client:
+            router = client.runtime.plugin_manager.get_plugin("routing")
+            assert isinstance(router, Router)
+            with holding("healkit/_routing/") as held:
+                ghosts = [
+                    record(f"ghost-{index}", f"http://ghost-{index}.test", "someone")
+                    for index in range(RECORDS)
+                ]
+                revision = await write_records(
+                    etcd,
+                    [*ghosts, record("shared", shared, "other"), record("late", late, "other")],
+                )
+                with anyio.fail_after(30):
+                    await source.wait_until(lambda s: s.applied_revision >= revision)
+            assert held.size < 16 * 1024  # before: ~2 MiB, a set and a key per record
+            assert {s.endpoint: s.fleet_reports for s in router.status("shared")}[shared] == 1
+            # A service that starts sharing health later finds the records already there.
+            put = await etcd.put(
+                f"/healkit/{NAMESPACE}/services/late", fleet_document(late, late + "2")
+            )
+            with anyio.fail_after(10):
+                await source.wait_until(lambda s: s.applied_revision >= put.revision)
+            assert {s.endpoint: s.fleet_reports for s in router.status("late")}[late] == 1
