@@ -156,3 +156,33 @@ async def test_fleet_health_keeps_the_records_of_endpoints_that_share_health_onl
             with anyio.fail_after(10):
                 await source.wait_until(lambda s: s.applied_revision >= put.revision)
             assert {s.endpoint: s.fleet_reports for s in router.status("late")}[late] == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="The etcd feed mirrors every key of the namespace (_feed.py, for the Reset"
+    " of a late subscriber) and EtcdSource keeps a second copy of every key that"
+    " is not configuration (_source.py, for its listeners), whoever wrote it and"
+    " whether or not a listener wants it: ~1.5 MiB for 5,000 stray keys. The fix"
+    " belongs in healkit/etcd/ (keep only configuration keys and the keys under a"
+    " listened prefix), another engineer's area this round.",
+)
+async def test_the_etcd_source_keeps_no_copy_of_keys_nobody_listens_to(
+    etcd_server: EtcdServer, fault_server: FaultServer
+) -> None:
+    async with etcd_server.client() as etcd:
+        await etcd.put(
+            f"/healkit/{NAMESPACE}/services/shared", fleet_document(fault_server.url + "/a")
+        )
+        source = EtcdSource(etcd, namespace=NAMESPACE)
+        async with healkit.Client(config=source, entry_points=False):
+            with holding("healkit/etcd/") as held:
+                stray = [f"junk/{index}" for index in range(RECORDS // 2)]
+                ghosts = [
+                    record(f"ghost-{index}", f"http://ghost-{index}.test", "someone")
+                    for index in range(RECORDS // 2)
+                ]
+                revision = await write_records(etcd, [*stray, *ghosts])
+                with anyio.fail_after(30):
+                    await source.wait_until(lambda s: s.applied_revision >= revision)
+    assert held.size < 64 * 1024
