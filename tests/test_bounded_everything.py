@@ -13,6 +13,7 @@ not on private attributes.
 from __future__ import annotations
 
 import gc
+import io
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ import msgspec
 import pytest
 
 import healkit
+from healkit._cli.watch import _WatchReport
 from healkit._routing.plugin import Router
 from healkit.etcd import EtcdClient, EtcdSource, PutOp
 from healkit.testing import EtcdServer, FaultServer, ManualClock
@@ -219,3 +221,30 @@ async def test_probes_forget_when_the_endpoints_the_configuration_dropped_were_d
     # What is left is the table of the map, sized for one batch (measured: ~15 KiB;
     # before the fix, ~1.1 MiB: one entry for each endpoint ever probed).
     assert held.size < 64 * 1024
+
+
+# -- healkit config watch: revisions reported, while watching until stopped -------------
+
+
+class Discard(io.TextIOBase):
+    """An output stream that keeps nothing."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def test_config_watch_without_a_count_keeps_nothing_per_revision() -> None:
+    report = _WatchReport((), Discard(), None)
+    report.started("/healkit/x/", {}, 1)
+    with holding("healkit/_cli/watch.py") as held:
+        for revision in range(2, 2 + 20_000):
+            event = {
+                "event": "healkit.etcd_document_rejected",
+                "revision": revision,
+                "key": "services/api",
+                "path": "$.timeout",
+                "reason": "expected a number",
+            }
+            report.log("error", event)
+    assert held.size < 4 * 1024  # before: a set of every revision (~2 MiB for 20,000)
+    assert not report.done.is_set()
