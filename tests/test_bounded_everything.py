@@ -15,8 +15,10 @@ from __future__ import annotations
 import gc
 import io
 import tracemalloc
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
@@ -248,3 +250,32 @@ def test_config_watch_without_a_count_keeps_nothing_per_revision() -> None:
             report.log("error", event)
     assert held.size < 4 * 1024  # before: a set of every revision (~2 MiB for 20,000)
     assert not report.done.is_set()
+
+
+# -- attempt timers: the context of the attempt that armed a tick ------------------------
+
+PAYLOAD: ContextVar[object] = ContextVar("payload")
+
+
+class Payload:
+    """Something large a caller keeps in a context variable (a request, a session)."""
+
+
+async def test_an_ended_call_leaves_nothing_of_its_context_alive(
+    fault_server: FaultServer,
+) -> None:
+    # The attempt timer fires long after the call (its time limit): it must not
+    # hold the caller's context, or the call's, until then. (aiohttp's connection
+    # holds the context that opened it while the connection lives: closed here.)
+    config = {"services": {"svc": {"endpoints": [fault_server.url]}}}
+    async with healkit.Client(config=config, entry_points=False) as client:
+        payload = Payload()
+        alive = weakref.ref(payload)
+        token = PAYLOAD.set(payload)
+        try:
+            assert (await client.get("/x", service="svc")).status == 200
+        finally:
+            PAYLOAD.reset(token)
+        del payload
+    gc.collect()
+    assert alive() is None
