@@ -16,6 +16,7 @@ an outside cancellation arriving at the same moment still propagates.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 import weakref
@@ -72,11 +73,16 @@ class _Wheel:
     per attempt); the wheel fires them.
     """
 
-    __slots__ = ("buckets", "loop", "time")
+    __slots__ = ("buckets", "context", "loop", "time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.buckets: dict[int, set[AttemptTimer]] = {}
+        # The context ticks run in: an empty one of this loop's. call_at would
+        # otherwise copy the context of the attempt that armed the tick first and
+        # keep all its context variables reach (the call, its errors and their
+        # frames) alive until the tick: up to the attempt's time limit after the call.
+        self.context = contextvars.Context()
         # asyncio's own loops tell time with time.monotonic(): read it without
         # the method's frame. Any other loop (uvloop) is asked, as call_at requires.
         base = getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time
@@ -111,7 +117,7 @@ class TimerWheels:
         bucket = buckets.get(tick)
         if bucket is None:
             bucket = buckets[tick] = set()
-            wheel.loop.call_at(tick * TICK, wheel.fire, tick)
+            wheel.loop.call_at(tick * TICK, wheel.fire, tick, context=wheel.context)
         return AttemptTimer(task, bucket)
 
     def _wheel(self, loop: asyncio.AbstractEventLoop) -> _Wheel:

@@ -194,9 +194,10 @@ class _WatchReport:
         else:
             self._out.write(f"revision {revision}: {text}\n")
         self._out.flush()
-        if revision > self._start:
-            self._reported.add(revision)
-        if self._count is not None and len(self._reported) >= self._count:
+        if self._count is None or revision <= self._start:
+            return  # watching until stopped: nothing to count
+        self._reported.add(revision)
+        if len(self._reported) >= self._count:
             self.done.set()
 
     def _write_json(self, record: Mapping[str, Any]) -> None:

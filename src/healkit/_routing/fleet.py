@@ -14,7 +14,11 @@ and every instance reports it at once) each instance writes once. Every instance
 of the namespace through its ``EtcdSource`` (``source.listen("health/")``), so
 it can route around an endpoint before failing on it itself, once at least
 ``routing.fleet.quorum`` instances (itself included) report it. A dead
-instance's records disappear with its lease (refreshed every TTL/3).
+instance's records disappear with its lease (refreshed every TTL/3). Only the
+records of endpoints of services that share health are kept, at most
+:data:`MAX_REPORTERS` instances each: whoever may write a record may write
+one for any key. A service that starts sharing health reads the records
+again, and one that stops takes back this instance's own.
 
 Next to its reports, each such instance keeps its own view of the services
 that share health (every endpoint's local health and breaker state, where its
@@ -85,6 +89,8 @@ _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
 RETRY_PAUSE: Final = 1.0
 _STATE_LONGEST: Final = 64
 """The longest breaker state a record holds (a longer one is cut)."""
+MAX_REPORTERS: Final = 10_000
+"""The most instances counted as reporting one endpoint (a bound on hostile input)."""
 
 
 @final
@@ -163,8 +169,10 @@ class FleetHealth:
 
     def __init__(self, instance: str | None = None) -> None:
         self.instance = instance or instance_name()
-        # (service, endpoint) -> instances that report it out, from etcd.
+        # (service, endpoint) -> instances that report it out, from etcd: only the
+        # endpoints of the services sharing health (anyone may write other keys).
         self._reports: dict[tuple[str, str], set[str]] = {}
+        self._wanted: frozenset[tuple[str, str]] = frozenset()
         # What this instance reports out, and what etcd holds of it under the lease.
         self._mine: set[tuple[str, str]] = set()
         self._published: set[tuple[str, str]] = set()
@@ -201,6 +209,30 @@ class FleetHealth:
             self._mine.discard(key)
         self._dirty.set()
 
+    def want(self, wanted: frozenset[tuple[str, str]]) -> bool:
+        """Follow the records of the ``(service, endpoint)`` pairs ``wanted`` only.
+
+        Forgets the reports of other pairs, and takes back this instance's own
+        (their records are deleted). Returns whether a pair is new: its records
+        in etcd, passed over until now, are to be read again (:meth:`forget`,
+        then listen again).
+        """
+        added = not wanted <= self._wanted
+        self._wanted = wanted
+        reports = self._reports
+        for key in [key for key in reports if key not in wanted]:
+            del reports[key]
+        gone = self._mine - wanted
+        if gone:
+            self._mine -= gone
+            self._dirty.set()
+        return added
+
+    def forget(self) -> None:
+        """Forget every report heard (the records are about to be heard again)."""
+        self._reports.clear()
+        self._stale.set()
+
     def touch(self) -> None:
         """Say that this instance's view may have changed (it is written again if it did)."""
         self._stale.set()
@@ -214,12 +246,18 @@ class FleetHealth:
             if parsed is None:
                 continue
             service, endpoint, instance = parsed
-            reporters = self._reports.setdefault((service, endpoint), set())
+            key = (service, endpoint)
+            if key not in self._wanted:
+                continue  # no service shares health there: nothing to keep
+            reporters = self._reports.get(key)
             if event.type == "DELETE":
-                reporters.discard(instance)
-                if not reporters:
-                    del self._reports[(service, endpoint)]
-            else:
+                if reporters is not None:
+                    reporters.discard(instance)
+                    if not reporters:
+                        del self._reports[key]
+            elif reporters is None:
+                self._reports[key] = {instance}
+            elif len(reporters) < MAX_REPORTERS:
                 reporters.add(instance)
             self._stale.set()
 
@@ -397,6 +435,8 @@ class FleetView:
         self._runtime: Runtime | None = None
         self._circuits: CompiledHook | None = None  # healkit_circuit_state
         self._sharing: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], None] | None = None  # the source's health/ listener
+        self._following: EtcdSource | None = None
         self._wall_offset = 0.0  # Unix time minus the runtime clock
 
     def __repr__(self) -> str:
@@ -415,6 +455,14 @@ class FleetView:
         """
         self._config, self._fleets, self._runtime = config, fleets, runtime
         self._circuits = circuits
+        wanted = frozenset(
+            (name, endpoint)
+            for name in fleets
+            for endpoint in routing_plan(config.services[name]).group_of
+            if endpoint is not None
+        )
+        if self._fleet.want(wanted) and self._following is not None:
+            self._follow(self._following)
 
     def start(self, runtime: Runtime) -> None:
         """Publish and follow fleet health through the etcd source, once it is asked for."""
@@ -428,10 +476,21 @@ class FleetView:
         ttl = min(fleets.values())
         fleet_health = self._fleet
         self._wall_offset = time.time() - runtime.clock.now()
-        source.listen("health/", lambda events, _revision: fleet_health.heard(root, events))
+        self._follow(source)
         self._sharing = runtime.start_background(
             "routing fleet health",
             lambda: fleet_health.publish_forever(client, root, ttl, self.describe, runtime.clock),
+        )
+
+    def _follow(self, source: EtcdSource) -> None:
+        """Hear the health records of ``source`` from scratch (once: listened to again)."""
+        if self._unlisten is not None:
+            self._unlisten()
+        fleet_health, root = self._fleet, source.root
+        fleet_health.forget()
+        self._following = source
+        self._unlisten = source.listen(
+            HEALTH, lambda events, _revision: fleet_health.heard(root, events)
         )
 
     def describe(self) -> tuple[dict[str, ServiceView], float | None]:

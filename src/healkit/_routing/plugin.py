@@ -110,7 +110,8 @@ class Router:
     ) -> None:
         self._health: dict[tuple[str, str], Health] = {}
         self._index = RoutingIndex(None)
-        self._turns: dict[tuple[str, int], int] = {}
+        # Round-robin turns of each configured service, one per group.
+        self._turns: dict[str, list[int]] = {}
         self._runtime: Runtime | None = None
         self._config: HealkitConfig | None = None
         self._draw = draw or random.choice
@@ -176,7 +177,8 @@ class Router:
         once if ejection is now off (``eject_after = 0``): an operator who
         shortens ejections mid-incident means the current ones too.
         Looks at the fewer of the changed services and the endpoints with a
-        health record; at every record when what changed is not known.
+        health record; at every record when what changed is not known. The
+        round-robin turns of the changed services start again.
         """
         changes = config.changes_since(before)
         health = self._health
@@ -203,6 +205,14 @@ class Router:
                 settings = plan.settings
                 longest = 0.0 if settings.eject_after == 0 else settings.eject_time_max
                 record.ejected_until = min(record.ejected_until, now + longest)
+        # A changed service's round robin starts again (its groups may have changed);
+        # a service no longer configured leaves nothing behind.
+        turns = self._turns
+        if before is None or changes is None or changes.defaults:
+            turns.clear()
+        else:
+            for name in changes.services:
+                turns.pop(name, None)
 
     @hookimpl
     def healkit_startup(self, runtime: Runtime) -> None:
@@ -305,8 +315,11 @@ class Router:
             if self._of(service, second).outstanding < self._of(service, first).outstanding:
                 return second
             return first
-        turn = self._turns.get((service, group), 0)
-        self._turns[(service, group)] = turn + 1
+        turns = self._turns.get(service)
+        if turns is None or len(turns) <= group:  # or a call of an older snapshot's groups
+            turns = self._turns[service] = [0] * max(len(plan.groups), group + 1)
+        turn = turns[group]
+        turns[group] = turn + 1
         return usable[turn % len(usable)]
 
     def _warmed(self, service: str, plan: RoutingPlan, usable: list[str]) -> list[str]:

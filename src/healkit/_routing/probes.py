@@ -107,6 +107,9 @@ class Prober:
         """Probe each endpoint of the services that ask for it, every ``interval`` of ``clock``."""
         due: dict[tuple[str, str], float] = {}
         while targets := self._targets():
+            if len(due) > len(targets):  # a configuration dropped some: forget them
+                current = {(t[0], t[1]) for t in targets}
+                due = {key: moment for key, moment in due.items() if key in current}
             now = clock.now()
             ready = [t for t in targets if due.get((t[0], t[1]), -math.inf) <= now]
             if ready:

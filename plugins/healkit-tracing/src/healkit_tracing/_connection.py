@@ -92,7 +92,7 @@ def build_trace_config(plugin: TracingPlugin, sinks: Sinks) -> aiohttp.TraceConf
         state = _state(sinks, ctx)
         seconds = elapsed(ctx, _STARTED_DNS)
         if state is not None and seconds is not None:
-            attributes = {n.DNS_QUESTION_NAME: params.host}
+            attributes = plugin.dns_attributes(state, params.host)
             plugin.connection_timing(
                 state, n.EVENT_DNS, plugin.instruments.dns_duration, seconds, attributes
             )

@@ -33,6 +33,10 @@ KNOWN_METHODS: Final = frozenset(
 
 # -- healkit ---------------------------------------------------------------------------
 
+UNCONFIGURED: Final = "(unconfigured)"
+"""A metric's ``healkit.service``, ``healkit.endpoint`` or ``server.address`` when the
+configuration does not name it: one series for every such host, not one each."""
+
 SERVICE: Final = "healkit.service"
 ENDPOINT: Final = "healkit.endpoint"
 TRANSPORT: Final = "healkit.transport"

@@ -82,6 +82,39 @@ def server_of(endpoint: str) -> tuple[str, int, str]:
     return url.host or "", url.port or 0, url.scheme
 
 
+def service_label(config: healkit.HealkitConfig, service: str) -> str:
+    """Return a metric's ``healkit.service``: the service if it has a document.
+
+    A service without one may be named after the host of an absolute URL: as
+    a metric attribute it would make a time series per host.
+    """
+    return service if config.configured(service) else n.UNCONFIGURED
+
+
+def endpoint_label(config: healkit.HealkitConfig, service: str, endpoint: str | None) -> str:
+    """Return a metric's ``healkit.endpoint``: redacted if configured, empty if none."""
+    if endpoint is None:
+        return ""
+    if config.configured(service, endpoint):
+        return config.redactor.url(endpoint)
+    return n.UNCONFIGURED
+
+
+def server_labels(
+    config: healkit.HealkitConfig, service: str, endpoint: str | None
+) -> dict[str, AttributeValue]:
+    """Return a metric's ``server.address``, ``server.port`` and ``healkit.service``.
+
+    The host and port of an endpoint the configuration names for the service;
+    for any other (a host called by absolute URL) ``server.address`` is
+    :data:`~healkit_tracing._names.UNCONFIGURED` and there is no port.
+    """
+    if endpoint is not None and config.configured(service, endpoint):
+        host, port, _ = server_of(endpoint)
+        return {n.SERVER_ADDRESS: host, n.SERVER_PORT: port, n.SERVICE: service}
+    return {n.SERVER_ADDRESS: n.UNCONFIGURED, n.SERVICE: service_label(config, service)}
+
+
 def _join(endpoint: str, target: str) -> str:
     """Return the URL an HTTP attempt requests: the endpoint, then the target (as the core does)."""
     if not target:
@@ -449,14 +482,19 @@ class TracingPlugin:
         """Count a circuit breaker transition (any breaker's); keep the state gauge."""
         service = event.service
         config = self._config
-        if config is not None:
+        if config is None:  # not configured yet: nothing is named
+            where: dict[str, AttributeValue] = {
+                n.SERVICE: n.UNCONFIGURED,
+                n.ENDPOINT: "" if event.endpoint is None else n.UNCONFIGURED,
+            }
+        else:
             policy = policy_of(config.policy(service))
             if not (policy.enabled and policy.metrics):
                 return
-        endpoint = event.endpoint
-        if endpoint is not None and config is not None:
-            endpoint = config.redactor.url(endpoint)
-        where: dict[str, AttributeValue] = {n.SERVICE: service, n.ENDPOINT: endpoint or ""}
+            where = {
+                n.SERVICE: service_label(config, service),
+                n.ENDPOINT: endpoint_label(config, service, event.endpoint),
+            }
         # str(): a plain str of a breaker's str enum states (OpenTelemetry wants plain values).
         left, entered = str(event.from_state), str(event.to_state)
         self._instruments.breaker_transitions.add(
@@ -594,7 +632,8 @@ class TracingPlugin:
         if not (sinks.metrics and policy.metrics):
             return
         counter = self._instruments.fallbacks if path == "fallback" else self._instruments.degraded
-        counter.add(1, {n.SERVICE: call.service, n.TRANSPORT: call.transport})
+        service = service_label(call.config, call.service)
+        counter.add(1, {n.SERVICE: service, n.TRANSPORT: call.transport})
 
     def _substitute_span(
         self, call: healkit.CallContext, outcome: healkit.Outcome, last: AttemptSpan | None
@@ -633,7 +672,7 @@ class TracingPlugin:
         if not (self._sinks.metrics and policy.metrics):
             return
         attributes: dict[str, AttributeValue] = {
-            n.SERVICE: call.service,
+            n.SERVICE: service_label(call.config, call.service),
             n.TRANSPORT: call.transport,
             n.PATH: call.path,
         }
@@ -651,22 +690,22 @@ class TracingPlugin:
         if cancelled:
             return  # cut short: its duration is no request's latency
         endpoint = attempt.endpoint
+        config, service = call.config, call.service
         if isinstance(attempt.error, healkit.CircuitOpenError):
-            where = call.config.redactor.url(endpoint) if endpoint else ""
-            instruments.breaker_refusals.add(1, {n.SERVICE: call.service, n.ENDPOINT: where})
+            where = endpoint_label(config, service, endpoint or None)
+            instruments.breaker_refusals.add(
+                1, {n.SERVICE: service_label(config, service), n.ENDPOINT: where}
+            )
         if not state.sent or endpoint is None or call.transport != "http":
             return
         duration = attempt.duration
         if duration is None:
             duration = call.clock.now() - attempt.started
-        host, port, scheme = server_of(endpoint)
         method = call.method
         attributes: dict[str, AttributeValue] = {
             n.HTTP_REQUEST_METHOD: method if method in n.KNOWN_METHODS else n.OTHER,
-            n.SERVER_ADDRESS: host,
-            n.SERVER_PORT: port,
-            n.URL_SCHEME: scheme,
-            n.SERVICE: call.service,
+            n.URL_SCHEME: server_of(endpoint)[2],
+            **server_labels(config, service, endpoint),
         }
         if attempt.status is not None:
             attributes[n.HTTP_RESPONSE_STATUS_CODE] = attempt.status
@@ -684,7 +723,10 @@ class TracingPlugin:
     ) -> None:
         """Count the attempt, and the retry or hedge it was."""
         instruments = self._instruments
-        counted: dict[str, AttributeValue] = {n.SERVICE: call.service, n.TRANSPORT: call.transport}
+        counted: dict[str, AttributeValue] = {
+            n.SERVICE: service_label(call.config, call.service),
+            n.TRANSPORT: call.transport,
+        }
         if attempt.hedge:
             instruments.hedges.add(1, counted)
         elif attempt.number > 1:
@@ -721,10 +763,22 @@ class TracingPlugin:
 
     @staticmethod
     def server_attributes(state: AttemptSpan) -> dict[str, AttributeValue]:
-        """``server.address``, ``server.port`` and the service of an attempt."""
-        endpoint = state.attempt.endpoint
-        host, port, _ = server_of(endpoint) if endpoint else ("", 0, "")
-        return {n.SERVER_ADDRESS: host, n.SERVER_PORT: port, n.SERVICE: state.call.service}
+        """``server.address``, ``server.port``, ``healkit.service`` of an attempt's metrics."""
+        call = state.call
+        return server_labels(call.config, call.service, state.attempt.endpoint or None)
+
+    @staticmethod
+    def dns_attributes(state: AttemptSpan, host: str) -> dict[str, AttributeValue]:
+        """``dns.question.name`` of a lookup: the host of a configured endpoint, or none named."""
+        call, endpoint = state.call, state.attempt.endpoint
+        if (
+            endpoint
+            and call.config.configured(call.service, endpoint)
+            and server_of(endpoint)[0] == host
+        ):
+            return {n.DNS_QUESTION_NAME: host}
+        # Another host (an unconfigured endpoint's, a redirect's): one series for them all.
+        return {n.DNS_QUESTION_NAME: n.UNCONFIGURED}
 
 
 def _enabled(config: healkit.HealkitConfig) -> bool:
