@@ -574,6 +574,7 @@ class HealkitConfig:
         "_by_prefix",
         "_changes",
         "_defaults_print",
+        "_longest_prefix",
         "_prints",
         "defaults",
         "logging",
@@ -604,9 +605,9 @@ class HealkitConfig:
         self.state = StateSettings() if state is None else state
         self.sections = sections
         self.redactor = Redactor(headers=logging.redact_headers, query=logging.redact_query)
-        prefixes = [(e, name) for name, p in self.services.items() for e in p.endpoints]
-        # Longest prefix first, so https://gw/payments wins over https://gw.
-        self._by_prefix = tuple(sorted(prefixes, key=lambda item: len(item[0]), reverse=True))
+        # Each endpoint names one service (build_config refuses a shared one).
+        self._by_prefix = {e: name for name, p in self.services.items() for e in p.endpoints}
+        self._longest_prefix = max(map(len, self._by_prefix), default=0)
         # What build_config validated, as fingerprints (bytes), so that the next
         # document validates only the services whose own document changed.
         self._defaults_print: bytes | None = None
@@ -639,9 +640,23 @@ class HealkitConfig:
         return policy is not None and (endpoint is None or endpoint in policy.known_endpoints)
 
     def service_for_url(self, url: str) -> str | None:
-        """Return the service whose endpoint the absolute ``url`` starts with."""
-        for prefix, name in self._by_prefix:
-            if url_under(url, prefix):
+        """Return the service whose endpoint the absolute ``url`` starts with.
+
+        The longest such endpoint wins (``https://gw/payments`` over
+        ``https://gw``). An endpoint is a prefix of ``url`` that ends where
+        ``url`` does or before a ``/``, ``?`` or ``#`` (:func:`url_under`):
+        those prefixes, no longer than the longest endpoint, are looked up
+        from the longest, a few dictionary look-ups whatever the number of
+        services.
+        """
+        by_prefix = self._by_prefix
+        if len(url) <= self._longest_prefix and (name := by_prefix.get(url)) is not None:
+            return name
+        end = min(len(url), self._longest_prefix + 1)
+        while (
+            end := max(url.rfind("/", 0, end), url.rfind("?", 0, end), url.rfind("#", 0, end))
+        ) > 0:
+            if (name := by_prefix.get(url[:end])) is not None:
                 return name
         return None
 
