@@ -900,7 +900,14 @@ def _shared_endpoints(
 
 
 def normalize_endpoint(endpoint: str) -> str:
-    """Return ``endpoint`` as healkit keeps it: no trailing ``/``."""
+    """Return ``endpoint`` as healkit keeps it: as yarl writes it, no trailing ``/``.
+
+    The path is kept as written (``%2F`` stays ``%2F``: decoded, it would
+    name another resource), and a second URL is made only when a trailing
+    ``/`` must go: configuration applies this to every endpoint of a document.
+    """
     url = yarl.URL(endpoint)
-    text = str(url.with_path(url.path.rstrip("/")))
-    return text.rstrip("/")
+    path = url.raw_path
+    if len(path) > 1 and path.endswith("/"):
+        url = url.with_path(path.rstrip("/"), encoded=True)
+    return str(url).rstrip("/")
