@@ -643,12 +643,13 @@ def _body(json: object, data: object) -> object:
     holds a file or a stream).
     """
     if json is None:
+        if data is None or isinstance(data, bytes):
+            return data
         if isinstance(data, bytearray | memoryview):
             return bytes(data)
         if isinstance(data, aiohttp.FormData):
             return _form_payload(data)
-        if data is not None and not isinstance(data, bytes):
-            _check_data(data)
+        _check_data(data)
         return data
     if data is not None:
         raise InvalidRequestError("pass json= or data=, not both")
