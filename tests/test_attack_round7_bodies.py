@@ -2,7 +2,7 @@
 
 A real aiohttp server on loopback records every body that arrived; the
 first answer of ``/flaky`` is a 503 (retried by the retry plugin when the body
-may be sent again), ``/stored`` answers 200. What arrived is the test's
+may be sent again), ``/landed`` answers 200. What arrived is the test's
 evidence: a body must never arrive empty, cut, or different from the first.
 """
 
@@ -13,7 +13,7 @@ import functools
 import io
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import anyio
@@ -26,53 +26,13 @@ from healkit.testing import ManualClock, refused_url
 from healkit_hedge import HedgePlugin
 from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
+from tests.body_support import Upstream
 from tests.plugins import FailOnStatus, RetryUpTo
 
 pytestmark = pytest.mark.anyio
 
 SERVICE = "uploads"
 WHOLE = b"the whole body"
-
-
-class Upstream:
-    """Records each body; ``/flaky`` answers 503 to its first request, 200 after.
-
-    ``/moved`` answers 307 to ``/stored``, which answers 200.
-    """
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, bytes]] = []
-        self.url = ""
-        app = web.Application()
-        app.router.add_route("*", "/flaky", self._flaky)
-        app.router.add_route("*", "/stored", self._stored)
-        app.router.add_route("*", "/moved", self._moved)
-        self._runner = web.AppRunner(app, handle_signals=False)
-
-    async def __aenter__(self) -> Self:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
-
-    def bodies(self, path: str) -> list[bytes]:
-        return [body for where, body in self.received if where == path]
-
-    async def _flaky(self, request: web.Request) -> web.Response:
-        self.received.append(("/flaky", await request.read()))
-        return web.Response(status=503 if len(self.bodies("/flaky")) == 1 else 200)
-
-    async def _moved(self, request: web.Request) -> web.Response:
-        self.received.append(("/moved", await request.read()))
-        return web.Response(status=307, headers={"Location": "/stored"})
-
-    async def _stored(self, request: web.Request) -> web.Response:
-        self.received.append(("/stored", await request.read()))
-        return web.Response(text="stored")
 
 
 @pytest.fixture
@@ -223,9 +183,9 @@ async def test_client_fails_a_file_over_when_the_first_endpoint_refused_the_conn
     async with healkit.Client(
         config=document, plugins=[TimeoutPlugin()], entry_points=False, clock=manual_clock
     ) as c:
-        response = await c.put("/stored", service=SERVICE, data=body)
+        response = await c.put("/landed", service=SERVICE, data=body)
     assert [a.error for a in response.outcome.attempts] == ["ConnectError", None]
-    (arrived,) = upstream.bodies("/stored")
+    (arrived,) = upstream.bodies("/landed")
     assert WHOLE in arrived
 
 
@@ -238,10 +198,10 @@ async def test_a_file_on_disk_closed_by_aiohttp_is_not_failed_over_and_the_error
         config=document, plugins=[TimeoutPlugin()], entry_points=False, clock=manual_clock
     ) as c:
         with a_file(tmp_path) as upload, pytest.raises(healkit.InvalidRequestError) as caught:
-            await c.put("/stored", service=SERVICE, data=upload)
+            await c.put("/landed", service=SERVICE, data=upload)
     assert "attempt #1 of this PUT sent it, and it failed with ConnectError" in str(caught.value)
     assert [a.error for a in caught.value.attempts] == ["ConnectError", "InvalidRequestError"]
-    assert upstream.bodies("/stored") == []  # nothing empty or cut arrived
+    assert upstream.bodies("/landed") == []  # nothing empty or cut arrived
 
 
 async def test_a_file_partly_read_by_the_caller_fails_over_from_where_it_was(
@@ -253,9 +213,9 @@ async def test_a_file_partly_read_by_the_caller_fails_over_from_where_it_was(
     async with healkit.Client(
         config=document, plugins=[TimeoutPlugin()], entry_points=False, clock=manual_clock
     ) as c:
-        response = await c.put("/stored", service=SERVICE, data=upload)
+        response = await c.put("/landed", service=SERVICE, data=upload)
     assert response.status == 200
-    assert upstream.bodies("/stored") == [WHOLE]
+    assert upstream.bodies("/landed") == [WHOLE]
 
 
 async def test_a_refused_resend_names_the_failure_of_the_attempt_that_sent_the_body(
@@ -290,7 +250,7 @@ async def test_client_refuses_a_nested_form_instead_of_sending_its_keys(
         with pytest.raises(
             healkit.InvalidRequestError, match="'user' is a mapping; a form is flat"
         ):
-            await c.put("/stored", service=SERVICE, data=form)
+            await c.put("/landed", service=SERVICE, data=form)
     assert upstream.received == []
 
 
@@ -397,4 +357,4 @@ async def test_client_follows_a_307_with_a_form_data_of_text_and_its_whole_body(
     async with healkit.Client(runtime=retrying(upstream.url, manual_clock)) as c:
         response = await c.put("/moved", service=SERVICE, data=form_of_text())
         assert response.text() == "stored"
-    assert upstream.bodies("/moved") == upstream.bodies("/stored") == [b"name=report&size=3"]
+    assert upstream.bodies("/moved") == upstream.bodies("/landed") == [b"name=report&size=3"]

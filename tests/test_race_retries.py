@@ -21,84 +21,21 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
 
 import healkit
 from healkit.testing import ManualClock
 from healkit_limit import LimitPlugin
 from healkit_retry import RetryPlugin
+from tests.hold_support import GUARD, Held, Upstream
 
 pytestmark = pytest.mark.anyio
 
-GUARD = 10.0
-"""Seconds a test waits for an event before it fails: a guard against a hang, not a timing."""
-
 HEDGE_DELAY = 1.0
-
-
-class Held:
-    """One request the upstream holds until the test answers it."""
-
-    def __init__(self, number: int, peer: int) -> None:
-        self.number = number
-        self.peer = peer  # the client's port: one per TCP connection
-        self.answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.dropped = asyncio.Event()  # the client closed the connection before the answer
-
-    def reply(self, status: int) -> None:
-        self.answer.set_result(status)
-
-
-class Upstream:
-    """A loopback server that holds each request until :meth:`Held.reply`."""
-
-    def __init__(self) -> None:
-        self.requests: list[Held] = []
-        self._arrived = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        assert request.transport is not None
-        held = Held(len(self.requests) + 1, request.transport.get_extra_info("peername")[1])
-        self.requests.append(held)
-        async with self._arrived:
-            self._arrived.notify_all()
-        try:
-            status = await held.answer
-        except asyncio.CancelledError:
-            held.dropped.set()
-            raise
-        return web.Response(status=status, text=f"answer {held.number}")
-
-    async def wait_for(self, count: int) -> Held:
-        """Return the ``count``-th request once it arrived."""
-        with anyio.fail_after(GUARD):
-            async with self._arrived:
-                await self._arrived.wait_for(lambda: len(self.requests) >= count)
-        return self.requests[count - 1]
-
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for held in self.requests:
-            if not held.answer.done():
-                held.answer.cancel()
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 @pytest.fixture
