@@ -480,6 +480,7 @@ class EtcdSource:
         subscription = self._client.follow(
             self._root, liveness_timeout=self._liveness, random=self._random, start=start
         )
+        del start  # the bootstrap read holds every key: not for as long as the source runs
         self._subscription = subscription
         if not all(entry.ready for entry in self._listeners):
             subscription.resync()
