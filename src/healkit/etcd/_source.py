@@ -117,10 +117,9 @@ class Listener(Protocol):
 class _Listening:
     """A listener, its prefix, and whether it has been given the keys there yet."""
 
-    __slots__ = ("listener", "prefix", "ready", "under")
+    __slots__ = ("listener", "ready", "under")
 
-    def __init__(self, prefix: str, under: bytes, listener: Listener) -> None:
-        self.prefix = prefix
+    def __init__(self, under: bytes, listener: Listener) -> None:
         self.under = under  # the whole prefix, as etcd's keys start
         self.listener = listener
         self.ready = False
@@ -285,7 +284,8 @@ class EtcdSource:
         # want of theirs, and a key under no listened prefix is passed over.
         self._listeners: list[_Listening] = []
         # What a watched key must start with to be of use: configuration or listened.
-        self._wanted: tuple[bytes, ...] = self._config_prefixes()
+        self._wanted: tuple[bytes, ...] = ()
+        self._want()
         self._subscription: Subscription | None = None
         # The bootstrap read, until the watch starts from it.
         self._start: RangeResult | None = None
@@ -354,9 +354,9 @@ class EtcdSource:
         """
         if self._role(prefix + "x") is not None or prefix.startswith(("services/", "channels/")):
             raise ValueError(f"{prefix!r} holds configuration keys; listen elsewhere")
-        entry = _Listening(prefix, self._full(prefix), listener)
+        entry = _Listening(self._full(prefix), listener)
         self._listeners.append(entry)
-        self._wanted = (*self._wanted, entry.under)
+        self._want()
         if self._start is not None:
             self._introduce(entry, self._start.kvs, self._start.revision)
         elif self._subscription is not None:
@@ -366,17 +366,15 @@ class EtcdSource:
     def _unlisten(self, entry: _Listening) -> None:
         if entry in self._listeners:
             self._listeners.remove(entry)
-            self._wanted = (
-                *self._config_prefixes(),
-                *(listening.under for listening in self._listeners),
-            )
+            self._want()
 
-    def _config_prefixes(self) -> tuple[bytes, ...]:
-        """Return what the keys of this source's configuration start with."""
+    def _want(self) -> None:
+        """Say what a watched key must start with to be of use: configuration or listened."""
         prefixes = [self._full(DEFAULTS), self._full("services/")]
         if self._channel is not None:
             prefixes.append(self._full(f"channels/{self._channel}/services/"))
-        return tuple(prefixes)
+        prefixes.extend(entry.under for entry in self._listeners)
+        self._wanted = tuple(prefixes)
 
     # -- the ConfigSource protocol ------------------------------------------------
 
