@@ -216,8 +216,8 @@ def deleted(source: EtcdSource) -> asyncio.Event:
     """
     event = asyncio.Event()
 
-    def heard(events: Sequence[WatchEvent], revision: int) -> None:
-        del revision
+    def heard(events: Sequence[WatchEvent], revision: int, *, replace: bool) -> None:
+        del revision, replace
         if any(change.type == "DELETE" for change in events):
             event.set()
 

@@ -67,7 +67,10 @@ class Instance:
         self.statuses: list[EtcdSourceStatus] = []
         source.listen("seq/", self._heard)
 
-    def _heard(self, events: Sequence[WatchEvent], revision: int) -> None:
+    def _heard(self, events: Sequence[WatchEvent], revision: int, *, replace: bool) -> None:
+        if replace:  # every key there (at the start, after a resync): the ones not heard yet
+            known = {key for _, key in self.history}
+            events = [event for event in events if event.kv.key.decode() not in known]
         self.history.extend((revision, event.kv.key.decode()) for event in events)
 
     def endpoint(self) -> str:
@@ -287,7 +290,16 @@ async def test_a_member_behind_the_others_does_not_roll_an_instance_back(
         _, revision = await etcd_history(writer)
         await instance.caught_up(revision)
         applied: list[int] = []
-        instance.source.listen("seq/", lambda _, rev: applied.append(rev))
+        given = anyio.Event()
+
+        def heard(_: Sequence[WatchEvent], rev: int, *, replace: bool) -> None:
+            applied.append(rev)
+            if replace:
+                given.set()
+
+        instance.source.listen("seq/", heard)
+        with anyio.fail_after(WAIT):
+            await given.wait()  # the keys there, read again through the leader
         # The instance's next member is the one that comes back with the older revision.
         proxy.retarget("127.0.0.1", behind.port)
         forwarded = proxy.forwarded

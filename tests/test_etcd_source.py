@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -293,10 +294,20 @@ class Heard:
     """A listener that records what it was told."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[tuple[str, str, bytes]], int]] = []
+        self.calls: list[tuple[list[tuple[str, str, bytes]], int, bool]] = []
+        self._called = asyncio.Event()
 
-    def __call__(self, events: Any, revision: int) -> None:
-        self.calls.append(([(e.type, e.kv.key.decode(), e.kv.value) for e in events], revision))
+    def __call__(self, events: Any, revision: int, *, replace: bool) -> None:
+        told = [(e.type, e.kv.key.decode(), e.kv.value) for e in events]
+        self.calls.append((told, revision, replace))
+        self._called.set()
+
+    async def told(self, calls: int) -> None:
+        """Wait until the listener was called ``calls`` times."""
+        with anyio.fail_after(10):
+            while len(self.calls) < calls:
+                self._called.clear()
+                await self._called.wait()
 
 
 async def test_listeners_follow_their_keys_through_the_same_watch(etcd_server: EtcdServer) -> None:
@@ -310,12 +321,12 @@ async def test_listeners_follow_their_keys_through_the_same_watch(etcd_server: E
                 assert runtime.source is source
                 heard = Heard()
                 stop = source.listen("health/", heard)
-                assert heard.calls == [
-                    (
-                        [("PUT", ROOT + "health/inventory/a/i1", b"down")],
-                        source.status.applied_revision,
-                    )
-                ]
+                # The source keeps no copy: the keys come with the shared watch's next read.
+                await heard.told(1)
+                [(first, at, replace)] = heard.calls
+                assert first == [("PUT", ROOT + "health/inventory/a/i1", b"down")]
+                assert replace
+                assert at >= source.status.applied_revision
                 with pytest.raises(ValueError, match="configuration"):
                     source.listen("services/", heard)
                 put = await direct.put(ROOT + "health/inventory/a/i2", b"down")
@@ -323,8 +334,8 @@ async def test_listeners_follow_their_keys_through_the_same_watch(etcd_server: E
                 gone = await direct.delete(ROOT + "health/inventory/a/i1")
                 await until(source, lambda s: s.applied_revision == gone.revision)
                 assert heard.calls[1:] == [
-                    ([("PUT", ROOT + "health/inventory/a/i2", b"down")], put.revision),
-                    ([("DELETE", ROOT + "health/inventory/a/i1", b"")], gone.revision),
+                    ([("PUT", ROOT + "health/inventory/a/i2", b"down")], put.revision, False),
+                    ([("DELETE", ROOT + "health/inventory/a/i1", b"")], gone.revision, False),
                 ]
                 # Away, compacted: the resync tells the listener what it missed.
                 proxy.block()
@@ -335,9 +346,9 @@ async def test_listeners_follow_their_keys_through_the_same_watch(etcd_server: E
                 await etcd_server.compact(last.revision)
                 proxy.unblock()
                 await until(source, lambda s: s.applied_revision == last.revision)
-                assert sorted(heard.calls[3][0]) == [
-                    ("DELETE", ROOT + "health/inventory/a/i2", b""),
-                    ("PUT", ROOT + "health/inventory/b/i3", b"down"),
+                # Every key there now, replacing what the listener knew (i2 is gone).
+                assert heard.calls[3:] == [
+                    ([("PUT", ROOT + "health/inventory/b/i3", b"down")], last.revision, True)
                 ]
                 stop()
                 await direct.put(ROOT + "health/inventory/b/i4", b"down")
@@ -350,7 +361,7 @@ async def test_a_failing_listener_is_logged_and_the_source_goes_on(etcd: EtcdCli
     source = EtcdSource(etcd, namespace="test")
     runtime = healkit.Runtime(config=source, entry_points=False)
 
-    def broken(events: Any, revision: int) -> None:
+    def broken(events: Any, revision: int, *, replace: bool) -> None:
         raise RuntimeError("listener bug")
 
     async with runtime:

@@ -239,8 +239,14 @@ class FleetHealth:
 
     # -- etcd ------------------------------------------------------------------------
 
-    def heard(self, root: str, events: Sequence[WatchEvent]) -> None:
-        """Take the health records that changed in etcd (a listener of the source)."""
+    def heard(self, root: str, events: Sequence[WatchEvent], *, replace: bool) -> None:
+        """Take the health records that changed in etcd (a listener of the source).
+
+        With ``replace``, ``events`` are every record there now: those heard before go.
+        """
+        if replace:
+            self._reports.clear()
+            self._stale.set()
         for event in events:
             parsed = parse_record_key(event.kv.key.decode("utf-8", "replace")[len(root) :])
             if parsed is None:
@@ -490,7 +496,8 @@ class FleetView:
         fleet_health.forget()
         self._following = source
         self._unlisten = source.listen(
-            HEALTH, lambda events, _revision: fleet_health.heard(root, events)
+            HEALTH,
+            lambda events, _revision, *, replace: fleet_health.heard(root, events, replace=replace),
         )
 
     def describe(self) -> tuple[dict[str, ServiceView], float | None]:

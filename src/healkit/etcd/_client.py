@@ -429,11 +429,14 @@ class EtcdClient:
         Every client in the event loop with the same endpoints, credentials,
         TLS and timeouts that follows the same prefix (with the same
         ``liveness_timeout``) shares one watch stream, on connections of its
-        own that stay open until the last subscriber leaves. The subscription
-        starts with every key at one revision (when the watch has read them),
-        (``start``, or the watch's own read), then each later revision's events whole; see
-        :class:`~healkit.etcd.EtcdSource`, its user, for the rules it follows.
-        Close it with ``await subscription.aclose()``.
+        own that stay open until the last subscriber leaves. The watch keeps
+        no key: a subscription gets each later revision's events whole, from
+        the revision the watch has reached (ignore those ``start`` holds), and
+        every key at one revision (a :class:`~healkit.etcd._feed.Reset`) with
+        the watch's first read and whenever it reads again; without ``start``,
+        or with one older than the watch's revision, it waits for such a read.
+        See :class:`~healkit.etcd.EtcdSource`, its user, for the rules it
+        follows. Close it with ``await subscription.aclose()``.
 
         Args:
             prefix: the keys' prefix (a namespace's root).

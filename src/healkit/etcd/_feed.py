@@ -4,14 +4,13 @@ Several runtimes in one process (workers, tenants, tests) each have an
 :class:`~healkit.etcd.EtcdSource` for the same namespace of the same etcd.
 Instead of a watch each, they share a feed: one watch stream on one
 connection set of its own, with one liveness probe, one reconnection and one
-resynchronization, and a mirror of the namespace's keys at the revision it
-has reached. Each source subscribes and keeps its own semantics (applied
+resynchronization. Each source subscribes and keeps its own semantics (applied
 revision, rejections, status, last good documents); it receives, in order:
 
-* :class:`Reset`: every key at one revision, when it subscribes (if the feed
-  has read the namespace already; else with the feed's first read) and
+* :class:`Reset`: every key at one revision, with the feed's first read and
   whenever the feed reads the namespace again (history compacted, etcd
-  restored to an older revision, or the subscriber fell too far behind);
+  restored to an older revision, a subscriber fell too far behind or joined
+  behind the feed, or asked for it: :meth:`Subscription.resync`);
 * :class:`Change`: the events of one revision, whole;
 * :class:`Progress`: nothing under the namespace changed up to a revision;
 * :class:`Connection`: the watch runs, or etcd could not be reached.
@@ -21,6 +20,20 @@ at one revision R, watch from R + 1, resume after a disconnect from the last
 revision reached + 1, read again at one revision after a compaction or when
 etcd's revision went backwards, reconnect with capped, jittered backoff, and
 notice a stream that died silently within the liveness timeout.
+
+The feed keeps no copy of the keys: what is written under the namespace
+(configuration, fleet records, anything anyone with write access puts there)
+passes through it and is gone once its subscribers took it, so its memory
+does not grow with the namespace. A subscriber that joins a running feed
+starts from its own read of the namespace (``start``) when that read is not
+older than the revision the feed reached: the changes up to its read, which
+the feed hands on too, are older than its state and ignored. One whose read
+is older, or that has none, misses changes the feed will not hand on again:
+the feed reads the namespace again at one revision and hands that to every
+subscriber, as after a compaction (etcd's own answer to a watcher behind its
+history: read again, watch from there). A subscriber that falls behind
+(:data:`QUEUE_LIMIT`) gets the same: its backlog is dropped, then nothing
+until that read.
 
 Feeds are keyed by event loop, connection settings
 (:class:`~healkit.etcd._gateway.Settings`: endpoints, credentials, TLS,
@@ -59,7 +72,7 @@ _logger: Final = get_logger("healkit.etcd")
 BACKOFF_BASE: Final = 0.1
 BACKOFF_CAP: Final = 10.0
 QUEUE_LIMIT: Final = 1000
-"""Items a subscriber may have waiting; beyond, they are replaced by one :class:`Reset`."""
+"""Items a subscriber may have waiting; beyond, they give way to a new read (a :class:`Reset`)."""
 
 
 @final
@@ -154,23 +167,47 @@ def subscribe(  # noqa: PLR0913 - keyword-only options
 class Subscription:
     """One subscriber's view of a feed: its items in order, waiting for it."""
 
-    __slots__ = ("_feed", "_items", "_left", "_ready")
+    __slots__ = ("_behind", "_feed", "_items", "_left", "_ready", "_replace")
 
     def __init__(self, feed: _Feed) -> None:
         self._feed = feed
         self._items: collections.deque[FeedItem] = collections.deque()
         self._ready = asyncio.Event()
         self._left = False
+        # Waiting for a Reset: the changes before it do not apply to this subscriber.
+        self._behind = False
+        # A Reset with ``replace`` was dropped while waiting: the next one replaces.
+        self._replace = False
 
     def push(self, item: FeedItem) -> None:
-        """Queue ``item``; a subscriber too far behind gets the feed's state instead."""
+        """Queue ``item``; a subscriber too far behind waits for a new read of the namespace."""
         if len(self._items) >= QUEUE_LIMIT:
-            replace = any(isinstance(old, Reset) and old.replace for old in self._items)
+            # Too far behind: the backlog goes; a read of the namespace replaces it.
+            self._replace |= any(isinstance(old, Reset) and old.replace for old in self._items)
             self._items.clear()
-            self._items.extend(self._feed.state(replace=replace))
-        else:
-            self._items.append(item)
+            connection = self._feed.connection
+            if connection is not None and not isinstance(item, Connection):
+                self._items.append(connection)
+            if not isinstance(item, Reset):
+                self.resync()
+        if isinstance(item, Reset):
+            if self._replace and not item.replace:
+                item = dataclasses.replace(item, replace=True)
+            self._behind = self._replace = False
+        elif self._behind and isinstance(item, Change | Progress):
+            return  # older than the Reset to come, which holds it
+        self._items.append(item)
         self._ready.set()
+
+    def resync(self) -> None:
+        """Drop the changes until the feed's next :class:`Reset`, and have the feed read one.
+
+        For a subscriber whose state is behind the feed's (it joined late, fell
+        behind, or needs every key again): the Reset brings it to the feed's
+        revision; the changes after it follow.
+        """
+        self._behind = True
+        self._feed.read_again()
 
     async def next(self) -> FeedItem:
         """Return the next item, waiting for one."""
@@ -195,15 +232,16 @@ class _Feed:
         "_cluster_id",
         "_connection",
         "_heard",
-        "_kvs",
         "_liveness",
         "_loaded",
+        "_loading",
         "_random",
         "_reload",
         "_replace",
         "_revision",
         "_root",
         "_stopped",
+        "_stream",
         "_subscribers",
         "_task",
     )
@@ -218,13 +256,14 @@ class _Feed:
         self._subscribers: dict[Subscription, None] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopped: list[Callable[[], None]] = []
-        # The mirror: every key under the root, at the revision reached.
-        self._kvs: dict[bytes, KeyValue] = {}
+        # The revision reached and its cluster; no key is kept (see the module docstring).
         self._revision = 0
         self._cluster_id = 0
         self._loaded = False
         self._reload = True
+        self._loading = False
         self._replace = False
+        self._stream: EtcdWatch | None = None
         self._connection: Connection | None = None
         # Messages the watch stream delivered so far (its sign of life).
         self._heard = 0
@@ -233,11 +272,20 @@ class _Feed:
         """Call ``callback`` when the last subscriber leaves."""
         self._stopped.append(callback)
 
-    def join(self, start: RangeResult | None) -> Subscription:
-        """Add a subscriber; it starts from the feed's state now, if it has one.
+    @property
+    def connection(self) -> Connection | None:
+        """The last word on the connection (``None``: none yet)."""
+        return self._connection
 
-        A feed that has read nothing yet takes ``start`` (the subscriber's own
-        read) as its state instead, and watches from the revision after it.
+    def join(self, start: RangeResult | None) -> Subscription:
+        """Add a subscriber that starts from ``start``, its own read of the namespace.
+
+        A feed that has read nothing yet takes ``start`` as its state, hands it
+        to the subscribers waiting for a first read, and watches from the
+        revision after it. A running feed hands on its changes, the older ones
+        included (the subscriber ignores what its read holds), if ``start`` is
+        not older than the revision it reached; else, or without ``start``,
+        the subscriber waits for the feed's next read (:meth:`Subscription.resync`).
         """
         subscription = Subscription(self)
         self._subscribers[subscription] = None
@@ -248,23 +296,29 @@ class _Feed:
             for other in self._subscribers:
                 if other is not subscription:
                     other.push(reset)
-        else:
-            for item in self.state(replace=False):
-                subscription.push(item)
+        elif self._loaded and (
+            start is None or start.revision < self._revision or start.cluster_id != self._cluster_id
+        ):
+            subscription.resync()
+        if self._connection is not None:
+            subscription.push(self._connection)
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"healkit etcd feed {self._root}")
         return subscription
 
-    def state(self, *, replace: bool) -> list[FeedItem]:
-        """Return the items that bring a subscriber to the state now: keys, connection."""
-        items: list[FeedItem] = []
-        if self._loaded:
-            items.append(
-                Reset(tuple(self._kvs.values()), self._revision, self._cluster_id, replace)
-            )
-        if self._connection is not None:
-            items.append(self._connection)
-        return items
+    def read_again(self) -> None:
+        """Read the namespace again (soon) and hand it to every subscriber as a :class:`Reset`.
+
+        A read under way serves: it is not older than the request. Otherwise
+        the watch stops, and the feed reads and watches from there.
+        """
+        if self._loading or not self._loaded:
+            return  # the read under way, or the first one, is the one asked for
+        self._reload = True
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            stream.close_soon()
 
     async def leave(self, subscription: Subscription) -> None:
         """Remove a subscriber; without any left, stop the watch and close the connections."""
@@ -313,50 +367,57 @@ class _Feed:
 
     async def _load(self) -> None:
         """Read every key under the root at one revision; hand it to every subscriber."""
-        result = await self._client.range_all(self._root, prefix=True)
+        self._loading = True
+        try:
+            result = await self._client.range_all(self._root, prefix=True)
+        finally:
+            self._loading = False
         replace, self._replace = self._replace, False
         self._seed(result)
         self._broadcast(Reset(result.kvs, result.revision, result.cluster_id, replace))
 
     def _seed(self, result: RangeResult) -> None:
         """Make ``result`` (every key under the root at one revision) the feed's state."""
-        self._kvs = {kv.key: kv for kv in result.kvs}
         self._revision, self._cluster_id = result.revision, result.cluster_id
         self._loaded, self._reload = True, False
 
     async def _follow(self) -> None:
         async with self._watch_stream() as stream:
-            if stream.created_revision < self._revision:
-                # etcd was restored from an older backup (or is another cluster): a
-                # watch from our next revision would wait for a future that is not ours.
-                self._went_back(stream.created_revision)
+            if self._reload:
+                return  # asked for a new read while the watch was being created
+            self._stream = stream
+            try:
+                await self._hand_on(stream)
+            finally:
+                self._stream = None
+
+    async def _hand_on(self, stream: EtcdWatch) -> None:
+        """Hand on what ``stream`` delivers until it ends, or etcd's history is not ours."""
+        if stream.created_revision < self._revision:
+            # etcd was restored from an older backup (or is another cluster): a
+            # watch from our next revision would wait for a future that is not ours.
+            self._went_back(stream.created_revision)
+            return
+        if self._other_cluster(stream.endpoint, stream.cluster_id):
+            return
+        self._broadcast(Connection(None))
+        async for response in stream:
+            self._heard += 1
+            if response.revision < self._revision:
+                self._went_back(response.revision)
                 return
-            if self._other_cluster(stream.endpoint, stream.cluster_id):
+            if self._other_cluster(stream.endpoint, response.cluster_id):
                 return
-            self._broadcast(Connection(None))
-            async for response in stream:
-                self._heard += 1
-                if response.revision < self._revision:
-                    self._went_back(response.revision)
-                    return
-                if self._other_cluster(stream.endpoint, response.cluster_id):
-                    return
-                fresh = [e for e in response.events if e.kv.mod_revision > self._revision]
-                # A response can carry several revisions (catching up after a
-                # reconnection): each revision is handed on on its own, whole.
-                for revision, events in itertools.groupby(fresh, key=lambda e: e.kv.mod_revision):
-                    change = Change(tuple(events), revision)
-                    for event in change.events:
-                        if event.type == "DELETE":
-                            self._kvs.pop(event.kv.key, None)
-                        else:
-                            self._kvs[event.kv.key] = event.kv
-                    self._revision = revision
-                    self._broadcast(change)
-                if not response.events and response.revision > self._revision:
-                    # A progress notification: nothing of ours changed up to there.
-                    self._revision = response.revision
-                    self._broadcast(Progress(response.revision))
+            fresh = [e for e in response.events if e.kv.mod_revision > self._revision]
+            # A response can carry several revisions (catching up after a
+            # reconnection): each revision is handed on on its own, whole.
+            for revision, events in itertools.groupby(fresh, key=lambda e: e.kv.mod_revision):
+                self._revision = revision
+                self._broadcast(Change(tuple(events), revision))
+            if not response.events and response.revision > self._revision:
+                # A progress notification: nothing of ours changed up to there.
+                self._revision = response.revision
+                self._broadcast(Progress(response.revision))
 
     def _other_cluster(self, endpoint: str, cluster_id: int) -> bool:
         """Whether the watch runs on another etcd cluster than the state's; if so, read again.

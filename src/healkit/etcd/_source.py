@@ -65,7 +65,7 @@ import random
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal, final
+from typing import Final, Literal, Protocol, final
 
 import msgspec
 
@@ -78,7 +78,7 @@ from healkit._errors import ConfigError, ConfigIssue, EtcdError
 from healkit._log import get_logger
 from healkit._offload import off_loop
 from healkit.etcd._client import EtcdClient
-from healkit.etcd._feed import Change, Progress, Reset
+from healkit.etcd._feed import Change, Progress, Reset, Subscription
 from healkit.etcd._messages import KeyValue, RangeResult, WatchEvent
 from healkit.events import Connection, EtcdSourceStatus
 
@@ -100,8 +100,29 @@ DEFAULT_LIVENESS: Final = 10.0
 SNAPSHOT_VERSION: Final = 2
 
 
-Listener = Callable[[Sequence[WatchEvent], int], None]
-"""Receives the changes of one revision under a listened prefix, and the revision."""
+class Listener(Protocol):
+    """Receives the keys under a listened prefix: every one, or the changes of one revision."""
+
+    def __call__(self, events: Sequence[WatchEvent], revision: int, *, replace: bool) -> None:
+        """Take ``events`` as of ``revision``.
+
+        With ``replace`` the events are every key under the prefix at
+        ``revision``, as ``PUT`` events (maybe none): what the listener knew of
+        the prefix before is to be dropped. Otherwise they are the changes of
+        one revision, deletes included.
+        """
+
+
+@final
+class _Listening:
+    """A listener, its prefix, and whether it has been given the keys there yet."""
+
+    __slots__ = ("listener", "ready", "under")
+
+    def __init__(self, under: bytes, listener: Listener) -> None:
+        self.under = under  # the whole prefix, as etcd's keys start
+        self.listener = listener
+        self.ready = False
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
@@ -206,7 +227,6 @@ class EtcdSource:
         "_cluster_id",
         "_connection",
         "_documents",
-        "_extra",
         "_from_snapshot",
         "_good",
         "_last_error",
@@ -220,6 +240,8 @@ class EtcdSource:
         "_sink",
         "_snapshot",
         "_start",
+        "_subscription",
+        "_wanted",
         "_written",
     )
 
@@ -258,10 +280,13 @@ class EtcdSource:
         self._last_error: str | None = None
         self._changed = asyncio.Event()
         self._sink: ConfigSink | None = None
-        # Keys under the namespace that are not configuration (fleet health
-        # records...), relative to the root, for the listeners.
-        self._extra: dict[str, KeyValue] = {}
-        self._listeners: list[tuple[str, Listener]] = []
+        # No key that is not configuration is kept: listeners keep what they
+        # want of theirs, and a key under no listened prefix is passed over.
+        self._listeners: list[_Listening] = []
+        # What a watched key must start with to be of use: configuration or listened.
+        self._wanted: tuple[bytes, ...] = ()
+        self._want()
+        self._subscription: Subscription | None = None
         # The bootstrap read, until the watch starts from it.
         self._start: RangeResult | None = None
         # The revision that wrote each configuration key of the bootstrap read
@@ -312,12 +337,16 @@ class EtcdSource:
         """Follow the keys under ``<namespace root><prefix>`` through the source's own watch.
 
         For plugins that keep their state in the namespace (fleet health
-        records): ``listener(events, revision)`` is called at once with the
-        keys there now (as ``PUT`` events, if the source has loaded), then
-        with the events of every revision that touches them, after a
-        resynchronization too (deletes synthesized). Configuration keys
-        (``defaults``, ``services/``, ``channels/``) are not listened to. An
-        exception of the listener is logged and does not stop the source.
+        records). ``listener(events, revision, replace=True)`` first gets every
+        key there (as ``PUT`` events): at once if the source holds its
+        bootstrap read, else as soon as the shared watch has read the
+        namespace again; then ``replace=False`` with the events of every
+        revision that touches them, in order. After a resynchronization
+        (compaction, restore) it gets every key there again, with
+        ``replace=True``. The source keeps no copy of these keys: what the
+        listener needs of them, it keeps. Configuration keys (``defaults``,
+        ``services/``, ``channels/``) are not listened to. An exception of the
+        listener is logged and does not stop the source.
 
         Returns:
             A function that removes the listener.
@@ -325,16 +354,27 @@ class EtcdSource:
         """
         if self._role(prefix + "x") is not None or prefix.startswith(("services/", "channels/")):
             raise ValueError(f"{prefix!r} holds configuration keys; listen elsewhere")
-        entry = (prefix, listener)
+        entry = _Listening(self._full(prefix), listener)
         self._listeners.append(entry)
-        current = [
-            WatchEvent(type="PUT", kv=kv)
-            for key, kv in self._extra.items()
-            if key.startswith(prefix)
-        ]
-        if current:
-            self._notify(listener, current, self._revision)
-        return lambda: self._listeners.remove(entry) if entry in self._listeners else None
+        self._want()
+        if self._start is not None:
+            self._introduce(entry, self._start.kvs, self._start.revision)
+        elif self._subscription is not None:
+            self._subscription.resync()  # its keys come with the shared watch's next read
+        return functools.partial(self._unlisten, entry)
+
+    def _unlisten(self, entry: _Listening) -> None:
+        if entry in self._listeners:
+            self._listeners.remove(entry)
+            self._want()
+
+    def _want(self) -> None:
+        """Say what a watched key must start with to be of use: configuration or listened."""
+        prefixes = [self._full(DEFAULTS), self._full("services/")]
+        if self._channel is not None:
+            prefixes.append(self._full(f"channels/{self._channel}/services/"))
+        prefixes.extend(entry.under for entry in self._listeners)
+        self._wanted = tuple(prefixes)
 
     # -- the ConfigSource protocol ------------------------------------------------
 
@@ -419,8 +459,9 @@ class EtcdSource:
             self._cluster_id = result.cluster_id
             self._documents = self._config_documents(result.kvs)
             self._written = {self._key(kv): kv.mod_revision for kv in result.kvs}
-            self._extra = self._other_keys(result.kvs)
             self._start = result
+            for entry in self._listeners:
+                self._introduce(entry, result.kvs, result.revision)
 
     async def watch(self, sink: ConfigSink) -> None:
         """Apply every change of the namespace, revision by revision, until cancelled.
@@ -437,6 +478,10 @@ class EtcdSource:
         subscription = self._client.follow(
             self._root, liveness_timeout=self._liveness, random=self._random, start=start
         )
+        del start  # the bootstrap read holds every key: not for as long as the source runs
+        self._subscription = subscription
+        if not all(entry.ready for entry in self._listeners):
+            subscription.resync()
         try:
             while True:
                 item = await subscription.next()
@@ -455,6 +500,7 @@ class EtcdSource:
                 else:
                     self._unreachable(item.error)
         finally:
+            self._subscription = None
             await subscription.aclose()
 
     # -- following etcd -----------------------------------------------------------------
@@ -467,11 +513,12 @@ class EtcdSource:
         went backwards, or this source started from its snapshot file.
         """
         if reset.revision < self._revision and not (reset.replace or self._from_snapshot):
+            if self._subscription is not None and not all(e.ready for e in self._listeners):
+                self._subscription.resync()  # a listener waits for a state not older
             return
         self._check_cluster(reset.cluster_id)
-        self._dispatch(
-            self._difference(self._other_keys(reset.kvs), reset.revision), reset.revision
-        )
+        for entry in list(self._listeners):
+            self._introduce(entry, reset.kvs, reset.revision)
         now = self._config_documents(reset.kvs)
         changed: dict[str, str | None] = {key: None for key in self._documents if key not in now}
         changed.update((key, text) for key, text in now.items() if self._documents.get(key) != text)
@@ -480,53 +527,49 @@ class EtcdSource:
         self._from_snapshot = False
 
     async def _apply_events(self, events: Sequence[WatchEvent], sink: ConfigSink) -> None:
-        """Apply one revision: configuration as one document, other keys to the listeners."""
+        """Apply one revision: configuration as one document, other keys to the listeners.
+
+        A key that is neither configuration nor listened to is passed over on
+        its first bytes: nothing of it is decoded or kept.
+        """
         revision = max(event.kv.mod_revision for event in events)
         changed: dict[str, str | None] = {}
         others: list[WatchEvent] = []
+        wanted = self._wanted
         for event in events:
+            if not event.kv.key.startswith(wanted):
+                continue
             key = self._key(event.kv)
             if self._role(key) is not None:
                 changed[key] = None if event.type == "DELETE" else _text(event.kv)
-                continue
-            others.append(event)
-            if event.type == "DELETE":
-                self._extra.pop(key, None)
             else:
-                self._extra[key] = event.kv
+                others.append(event)
         self._dispatch(others, revision)
         await self._apply(changed, revision, sink)
 
     # -- listeners -----------------------------------------------------------------------
 
-    def _other_keys(self, kvs: Sequence[KeyValue]) -> dict[str, KeyValue]:
-        """Return the keys among ``kvs`` that are not configuration, relative to the root."""
-        return {key: kv for kv in kvs if self._role(key := self._key(kv)) is None}
-
-    def _difference(self, now: dict[str, KeyValue], revision: int) -> list[WatchEvent]:
-        """Replace the listened keys by ``now``; return the events that lead there."""
-        events = [
-            WatchEvent(type="DELETE", kv=KeyValue(key=self._full(key), mod_revision=revision))
-            for key in self._extra
-            if key not in now
-        ]
-        events.extend(
-            WatchEvent(type="PUT", kv=kv) for key, kv in now.items() if self._extra.get(key) != kv
-        )
-        self._extra = now
-        return events
+    def _introduce(self, entry: _Listening, kvs: Sequence[KeyValue], revision: int) -> None:
+        """Give the listener of ``entry`` every key under its prefix in ``kvs``, at ``revision``."""
+        entry.ready = True
+        under = entry.under
+        current = [WatchEvent(type="PUT", kv=kv) for kv in kvs if kv.key.startswith(under)]
+        self._notify(entry.listener, current, revision, replace=True)
 
     def _dispatch(self, events: Sequence[WatchEvent], revision: int) -> None:
         if not events:
             return
-        for prefix, listener in list(self._listeners):
-            mine = [e for e in events if self._key(e.kv).startswith(prefix)]
-            if mine:
-                self._notify(listener, mine, revision)
+        for entry in list(self._listeners):
+            if entry.ready:
+                mine = [e for e in events if e.kv.key.startswith(entry.under)]
+                if mine:
+                    self._notify(entry.listener, mine, revision, replace=False)
 
-    def _notify(self, listener: Listener, events: Sequence[WatchEvent], revision: int) -> None:
+    def _notify(
+        self, listener: Listener, events: Sequence[WatchEvent], revision: int, *, replace: bool
+    ) -> None:
         try:
-            listener(events, revision)
+            listener(events, revision, replace=replace)
         except Exception as error:  # noqa: BLE001 - a listener's bug must not stop the source
             _logger.error(  # noqa: TRY400 - the reason is enough; no traceback in the log
                 "healkit.etcd_listener_failed",

@@ -100,9 +100,10 @@ class EtcdWatch:
 
     async def aclose(self) -> None:
         """Close the stream (etcd cancels the watch when the connection drops)."""
-        self._close()
+        self.close_soon()
 
-    def _close(self) -> None:
+    def close_soon(self) -> None:
+        """Close the stream now, from synchronous code; an iteration waiting in a task ends."""
         self._closed = True
         stream, self._stream = self._stream, None
         if stream is not None:
@@ -124,13 +125,13 @@ class EtcdWatch:
             if self._closed:
                 # aclose() from another task while this one waited: a normal end.
                 raise StopAsyncIteration from None
-            self._close()
+            self.close_soon()
             raise
         except BaseException:
-            self._close()
+            self.close_soon()
             raise
         if reply.canceled:
-            self._close()
+            self.close_soon()
             raise self._canceled(reply)
         return reply.response()
 
@@ -144,7 +145,7 @@ class EtcdWatch:
                 "/v3/watch", self._body, self._confirmed, idle_timeout=self._idle
             )
         except BaseException:
-            self._close()
+            self.close_soon()
             raise
 
     async def _confirmed(self, stream: GatewayStream) -> WatchResponse:

@@ -85,10 +85,12 @@ class FleetCount:
         self._seen = anyio.Event()
         self.size = 1
 
-    def _heard(self, events: Sequence[WatchEvent], revision: int) -> None:
-        """Take the records that changed (a listener of the source)."""
+    def _heard(self, events: Sequence[WatchEvent], revision: int, *, replace: bool) -> None:
+        """Take the records that changed, or with ``replace`` every record there (a listener)."""
         del revision
         names, root = self._names, self._root
+        if replace:
+            names.clear()
         for event in events:
             key = event.kv.key
             if not key.startswith(root) or len(key) == len(root) or b"/" in key[len(root) :]:
