@@ -264,7 +264,14 @@ async def test_an_instance_rewrites_its_view_when_an_ejection_runs_out(
             return None if view is None else view.services[SERVICE].endpoints[0].usable
 
         await wait_for_view(etcd, name, lambda view: usable(view) is True)
+        started = await etcd.get(KEY)
+        assert started is not None
         await a.client.get("/x", service=SERVICE)  # 503 from bad: ejected for 2.5 s
+        # The instance hears its own report back (a change of its view) before
+        # the clock moves: else the echo, heard at any moment, wakes the publisher.
+        _, reported = await next_health_change(etcd, started.mod_revision)
+        await a.caught_up(reported)
+        assert a.reporters(bad.url) == 1
         # The view was written just now: the next write waits out VIEW_PERIOD (1 s).
         # Two sleepers: the publisher, and its lease keeper (a refresh every 5/3 s).
         await sleeping(clock, 2)

@@ -243,29 +243,41 @@ class FleetHealth:
         """Take the health records that changed in etcd (a listener of the source).
 
         With ``replace``, ``events`` are every record there now: those heard before go.
+        The view is looked at again only if the reports changed (a record
+        heard again, or a read of the namespace finding what was known, does not).
         """
+        before = {key: set(found) for key, found in self._reports.items()} if replace else None
         if replace:
             self._reports.clear()
-            self._stale.set()
+        changed = False
         for event in events:
             parsed = parse_record_key(event.kv.key.decode("utf-8", "replace")[len(root) :])
             if parsed is None:
                 continue
             service, endpoint, instance = parsed
-            key = (service, endpoint)
-            if key not in self._wanted:
-                continue  # no service shares health there: nothing to keep
-            reporters = self._reports.get(key)
-            if event.type == "DELETE":
-                if reporters is not None:
-                    reporters.discard(instance)
-                    if not reporters:
-                        del self._reports[key]
-            elif reporters is None:
-                self._reports[key] = {instance}
-            elif len(reporters) < MAX_REPORTERS:
-                reporters.add(instance)
+            if (service, endpoint) in self._wanted:  # else no service shares health there
+                deleted = event.type == "DELETE"
+                changed |= self._take((service, endpoint), instance, deleted=deleted)
+        if changed if before is None else before != self._reports:
             self._stale.set()
+
+    def _take(self, key: tuple[str, str], instance: str, *, deleted: bool) -> bool:
+        """Note ``instance``'s record on ``key`` written or deleted; whether reports changed."""
+        reporters = self._reports.get(key)
+        if deleted:
+            if reporters is None or instance not in reporters:
+                return False
+            reporters.discard(instance)
+            if not reporters:
+                del self._reports[key]
+            return True
+        if reporters is None:
+            self._reports[key] = {instance}
+            return True
+        if instance in reporters or len(reporters) >= MAX_REPORTERS:
+            return False
+        reporters.add(instance)
+        return True
 
     async def publish_forever(
         self, client: EtcdClient, root: str, ttl: int, describe: Describe, clock: Clock
