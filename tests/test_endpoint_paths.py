@@ -68,3 +68,18 @@ def test_an_endpoint_is_kept_as_yarl_writes_it_without_a_trailing_slash(
     config = healkit.build_config({"services": {"s": {"endpoints": [written]}}})
     assert config.services["s"].endpoints == (kept,)
     assert config.service_for_url(kept + "/x") == "s"
+
+
+async def test_an_absolute_url_with_the_host_in_capitals_belongs_to_its_service() -> None:
+    paths: list[str] = []
+    async with recording_server(paths) as url:
+        port = url.rsplit(":", 1)[1]
+        document = {"services": {"files": {"endpoints": [f"http://localhost:{port}/files"]}}}
+        async with (
+            healkit.Runtime(config=document, entry_points=False) as runtime,
+            healkit.Client(runtime=runtime) as client,
+        ):
+            response = await client.get(f"http://LOCALHOST:{port}/files/c")
+    assert response.status == 200
+    assert response.outcome.service == "files"  # was "localhost": the defaults' policy
+    assert paths == ["/files/c"]

@@ -489,6 +489,9 @@ def _address(
         )
     if target.startswith(("http://", "https://")):
         url, host = _absolute_url(target)
+        # As yarl writes it, as the endpoints are kept: http://API.test:80/x is
+        # http://api.test/x, and belongs to the service of http://api.test.
+        target = str(url)
         name = service or config.service_for_url(target)
         policy = config.policy(name) if name else config.defaults
         for endpoint in policy.endpoints:
