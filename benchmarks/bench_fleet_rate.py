@@ -209,16 +209,27 @@ async def counted(etcd: EtcdClient, members: Sequence[Member], count: int) -> No
         await member.source.wait_until(lambda s: s.applied_revision >= revision)
 
 
-def deleted(source: EtcdSource) -> asyncio.Event:
-    """Return an event set when ``source`` delivers the deletion of an instance record.
+def records_down_to(source: EtcdSource, remaining: int) -> asyncio.Event:
+    """Return an event set once ``source`` has delivered ``remaining`` instance records.
 
-    The limit plugin's own listener was registered first, so it has re-balanced by then.
+    The listener follows the records as the source hands them on: every
+    record with ``replace`` (first, and after any re-read of the namespace,
+    which absorbs a deletion), then each change. The limit plugin's own
+    listener was registered first, so it has re-balanced by then.
     """
     event = asyncio.Event()
+    keys: set[bytes] = set()
 
     def heard(events: Sequence[WatchEvent], revision: int, *, replace: bool) -> None:
-        del revision, replace
-        if any(change.type == "DELETE" for change in events):
+        del revision
+        if replace:
+            keys.clear()
+        for change in events:
+            if change.type == "DELETE":
+                keys.discard(change.kv.key)
+            else:
+                keys.add(change.kv.key)
+        if len(keys) == remaining:
             event.set()
 
     source.listen("instances/", heard)
@@ -266,7 +277,7 @@ async def fleet_run(phases: Phases, server: Upstream) -> tuple[Marks, list[Membe
         marks.start = time.monotonic()
         await asyncio.sleep(phases.steady)
         leaving, staying = members[0], members[1:]
-        heard = [deleted(member.source) for member in staying]
+        heard = [records_down_to(member.source, INSTANCES - 1) for member in staying]
         marks.leave = time.monotonic()
         await leaving.leave()
         await asyncio.gather(*(event.wait() for event in heard))
