@@ -262,15 +262,19 @@ class ConfigSection(Generic[S]):
 
     """
 
-    __slots__ = ("doc", "name", "settings")
+    __slots__ = ("_default", "doc", "name", "settings")
 
     def __init__(self, name: str, settings: type[S], *, doc: str = "") -> None:
         if not name.isidentifier() or name in CORE_KEYS:
             raise ValueError(f"invalid config section name {name!r}")
         if not (isinstance(settings, type) and issubclass(settings, msgspec.Struct)):
             raise TypeError(f"section {name!r}: settings must be a msgspec Struct type")
+        if not settings.__struct_config__.frozen:
+            # Its defaults are one object, shared by every service that does not
+            # mention the section: no service may change another's.
+            raise TypeError(f"section {name!r}: settings must be a frozen msgspec Struct")
         try:
-            msgspec.convert({}, settings)
+            default = msgspec.convert({}, settings)
         except msgspec.ValidationError as error:
             raise TypeError(
                 f"section {name!r}: every setting needs a safe default ({error})"
@@ -278,13 +282,19 @@ class ConfigSection(Generic[S]):
         self.name = name
         self.settings = settings
         self.doc = doc
+        self._default = default
 
     def __repr__(self) -> str:
         return f"ConfigSection({self.name!r}, {self.settings.__name__})"
 
     def default(self) -> S:
-        """Return the section's settings with every default applied."""
-        return msgspec.convert({}, self.settings)
+        """Return the section's settings with every default applied.
+
+        The same object on every call: each service that does not mention the
+        section holds it, so a document of many services makes one, not one
+        per service (frozen settings cannot be changed through any of them).
+        """
+        return self._default
 
 
 class CoreServiceSettings(
@@ -706,7 +716,6 @@ def build_config(
     defaults_raw = _defaults_document(defaults_part, known_sections, issues)
     defaults_struct, found = validate(defaults_raw, service_type, path="$.defaults")
     issues += found
-    defaults_ok = not found
     kept = previous.services if previous is not None else {}
     kept_prints = (
         previous._prints  # noqa: SLF001 - the same module's snapshot
@@ -737,8 +746,10 @@ def build_config(
         if doc is None:
             continue
         doc = _without_missing_plugins(doc, path, known_sections, issues)
-        merged = merge(defaults_raw, doc) if defaults_ok else doc
-        struct, found = validate(merged, service_type, path=path)
+        if defaults_struct is None:  # invalid defaults: reported, and not merged
+            struct, found = validate(doc, service_type, path=path)
+        else:
+            struct, found = _with_defaults(doc, defaults_raw, defaults_struct, path)
         issues += found
         if struct is not None:
             services[name] = _policy(name, struct, kept.get(name))
@@ -766,6 +777,32 @@ def build_config(
     config._defaults_print = defaults_print  # noqa: SLF001 - the same module's snapshot
     config._prints = prints  # noqa: SLF001
     return config
+
+
+def _with_defaults(
+    doc: Mapping[str, Any],
+    defaults_raw: Mapping[str, Any],
+    defaults_struct: CoreServiceSettings,
+    path: str,
+) -> tuple[CoreServiceSettings | None, list[ConfigIssue]]:
+    """Validate a service's ``doc`` merged into the ``defaults``; report its issues.
+
+    A section the service does not mention is the defaults' section as it is:
+    it is not validated again, and every such service holds the defaults' one
+    settings object instead of an equal copy of its own (10,000 services, one
+    object per section, not 10,000 for the garbage collector to count).
+    """
+    inherited = [
+        key for key in defaults_raw if key not in doc and key in defaults_struct.section_names
+    ]
+    base = (
+        {k: v for k, v in defaults_raw.items() if k not in inherited} if inherited else defaults_raw
+    )
+    struct, found = validate(merge(base, doc), type(defaults_struct), path=path)
+    if struct is not None:
+        for key in inherited:
+            msgspec.structs.force_setattr(struct, key, getattr(defaults_struct, key))
+    return struct, found
 
 
 def _defaults_document(
