@@ -228,15 +228,18 @@ async def _file_steps(size: int, server: FaultServer) -> dict[str, Observation]:
 
 
 _WRITER: Final = """
-import asyncio, json, sys
+import asyncio, sys
 from healkit.etcd import EtcdClient, PutOp
 
-async def write(url, root, documents):
+async def write(url, root, lines):
     async with EtcdClient(url) as etcd:
-        ops = [PutOp(key=(root + k).encode(), value=v.encode()) for k, v in documents.items()]
+        ops = []
+        for line in lines:
+            key, _, value = line.partition(b" ")
+            ops.append(PutOp(key=root.encode() + key, value=value))
         await etcd.txn(success=ops)
 
-asyncio.run(write(sys.argv[1], sys.argv[2], json.load(sys.stdin)))
+asyncio.run(write(sys.argv[1], sys.argv[2], sys.stdin.buffer.read().splitlines()))
 """
 
 
@@ -244,11 +247,13 @@ def _write_in_thread(url: str, documents: dict[str, bytes]) -> None:
     """Write every document in one transaction, from a process of its own (an operator's tool).
 
     In this process, the writer's own objects (the transaction's request and
-    its 10,000 replies) would be collected, and walked, with the runtime's.
+    its 10,000 replies) would be collected, and walked, with the runtime's;
+    the documents go to it as lines of bytes (``key value``), which the
+    collector does not track.
     """
-    text = json.dumps({key: doc.decode() for key, doc in documents.items()})
+    lines = b"\n".join(key.encode() + b" " + document for key, document in documents.items())
     subprocess.run(  # noqa: S603 - this interpreter, a fixed script
-        [sys.executable, "-c", _WRITER, url, ROOT], input=text.encode(), check=True
+        [sys.executable, "-c", _WRITER, url, ROOT], input=lines, check=True
     )
 
 
