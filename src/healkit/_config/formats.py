@@ -188,6 +188,13 @@ def parse_document(
             or the top level is not a mapping.
 
     """
+    return _parse(text, fmt=fmt, origin=origin, limits=limits, compact=False)
+
+
+def _parse(
+    text: str | bytes, *, fmt: DocumentFormat, origin: str, limits: DocumentLimits, compact: bool
+) -> object:
+    """Do :func:`parse_document`'s work; see :func:`_decode` for ``compact``."""
     text = _text(text, origin, limits)
     name = _FORMAT_NAMES[fmt]
     decode_errors: tuple[type[Exception], ...] = (
@@ -202,7 +209,7 @@ def parse_document(
 
         decode_errors = (*decode_errors, YAMLError)
     try:
-        document = _decode(text, fmt, limits)
+        document = _decode(text, fmt, limits, compact=compact)
     except _LimitExceededError as exc:
         _fail(str(exc), origin)
     except _DuplicateKeyError as exc:
@@ -227,13 +234,14 @@ def parse_compact(
     """Decode one configuration document within ``limits``, into its compact form.
 
     The result is :func:`parse_document`'s, :func:`~healkit._config.compact.compacted`.
-    A JSON document's services are decoded one at a time, each encoded and its
-    tree dropped before the next: a large document never exists as one tree
-    (which the garbage collector would promote, and then walk, while it is
-    decoded). Any document this cannot take so (not a JSON object with
+    A JSON or YAML document's services are decoded one at a time, each encoded
+    and its tree dropped before the next: a large document never exists as one
+    tree (which the garbage collector would promote, and then walk, while it is
+    decoded). Any document this cannot take so (JSON: not an object with
     ``services`` an object, beyond ``limits``, invalid, a key that may be
-    repeated) is decoded whole by
-    :func:`parse_document`, which gives the same result or the same error.
+    repeated; YAML: see :func:`~healkit._config.yaml_format.load_yaml`) is
+    decoded whole, which gives the same result or the same error. A TOML
+    document is decoded whole.
 
     Raises:
         ConfigError: as :func:`parse_document`.
@@ -243,7 +251,7 @@ def parse_compact(
         compact = _json_compact(text, origin, limits)
         if compact is not None:
             return compact
-    return compacted(parse_document(text, fmt=fmt, origin=origin, limits=limits))
+    return compacted(_parse(text, fmt=fmt, origin=origin, limits=limits, compact=fmt == "yaml"))
 
 
 def _json_compact(text: str | bytes, origin: str, limits: DocumentLimits) -> object | None:
@@ -370,12 +378,16 @@ def _text(text: str | bytes, origin: str, limits: DocumentLimits) -> str:
     return text.removeprefix(_BOM)
 
 
-def _decode(text: str, fmt: DocumentFormat, limits: DocumentLimits) -> object:
-    """Run the decoder of ``fmt`` within ``limits``; decoder exceptions propagate."""
+def _decode(text: str, fmt: DocumentFormat, limits: DocumentLimits, *, compact: bool) -> object:
+    """Run the decoder of ``fmt`` within ``limits``; decoder exceptions propagate.
+
+    With ``compact``, a YAML document's services may come :class:`Encoded`
+    (see :func:`~healkit._config.yaml_format.load_yaml`).
+    """
     if fmt == "yaml":
         from healkit._config.yaml_format import load_yaml  # noqa: PLC0415 - PyYAML: only for YAML
 
-        return load_yaml(text, limits)
+        return load_yaml(text, limits, compact=compact)
     if fmt == "toml":  # tomllib refuses a repeated key itself
         document: object = tomllib.loads(text)
         _check_shape(document, limits, _Tally())

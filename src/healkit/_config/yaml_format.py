@@ -8,15 +8,18 @@ install it when it is not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple, cast
 
 import yaml
 from yaml import YAMLError
 from yaml.composer import Composer
-from yaml.events import AliasEvent
+from yaml.constructor import BaseConstructor, ConstructorError
+from yaml.error import Mark
+from yaml.events import AliasEvent, MappingEndEvent
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from healkit._config.compact import encoded
 from healkit._config.formats import (
     _MAX_INT_BITS,
     MAX_INT_DIGITS,
@@ -33,14 +36,32 @@ from healkit._config.validate import join_path
 __all__ = ["YAMLError", "dump_yaml", "load_yaml"]
 
 
-def load_yaml(text: str, limits: DocumentLimits) -> object:
+def load_yaml(text: str, limits: DocumentLimits, *, compact: bool = False) -> object:
     """Decode one YAML document within ``limits``; PyYAML's errors propagate.
 
     The bounded loader counts nodes and depth while composing, before anything
     is constructed: an alias bomb never gets expanded. It refuses a key
     repeated in one mapping (PyYAML would keep its last value) once composed.
+
+    With ``compact``, each service of the top-level ``services`` mapping is
+    constructed as soon as it is composed, and kept :class:`Encoded` (its
+    msgpack bytes): the nodes of one service are alive at a time, not a
+    composed tree of the whole document (about 50 objects per service, with
+    their marks, which the garbage collector would promote while the rest is
+    composed, and walk). A ``services`` mapping that is anchored, tagged, or
+    has a key that is not a plain string (a merge key ``<<``) is composed whole,
+    as without ``compact``: the same document, or the same error.
     """
-    loader = _BoundedYamlLoader(text, limits)
+    if compact:
+        try:
+            return _load(text, limits, compact=True)
+        except _NotStreamableError:
+            pass
+    return _load(text, limits, compact=False)
+
+
+def _load(text: str, limits: DocumentLimits, *, compact: bool) -> object:
+    loader = _BoundedYamlLoader(text, limits, compact=compact)
     try:
         return loader.get_single_data()
     finally:
@@ -59,6 +80,63 @@ class _Shape(NamedTuple):
     height: int
     text: int
 
+    def beside(self, sibling: _Shape) -> _Shape:
+        """Return the shape of these nodes and ``sibling``'s, side by side."""
+        return _Shape(
+            self.nodes + sibling.nodes, max(self.height, sibling.height), self.text + sibling.text
+        )
+
+    def holder(self) -> _Shape:
+        """Return the shape of one collection node holding these."""
+        return _Shape(self.nodes + 1, self.height + 1, self.text)
+
+
+_SHAPE: Final = "healkit_shape"
+"""The attribute of a composed node that holds its :class:`_Shape` (none while composing it)."""
+
+_STR_TAG: Final = "tag:yaml.org,2002:str"
+_MAP_TAG: Final = "tag:yaml.org,2002:map"
+_COMPACT_TAG: Final = "tag:healkit,2026:compact-services"
+"""The tag of the node standing for a ``services`` mapping constructed as it was composed."""
+
+
+def _shape_of(node: Node) -> _Shape | None:
+    """Return the shape of a node composed in full, or ``None`` (not yet, or not this loader's)."""
+    shape: _Shape | None = vars(node).get(_SHAPE)
+    return shape
+
+
+def _note_shape(node: Node, shape: _Shape) -> None:
+    # On the node itself: it lives as long as the node, whatever is dropped.
+    vars(node)[_SHAPE] = shape
+
+
+def _combined(shapes: Iterable[_Shape]) -> _Shape:
+    """Return the shape of a collection node whose children have ``shapes``."""
+    inside = _Shape(0, 0, 0)
+    for shape in shapes:
+        inside = inside.beside(shape)
+    return inside.holder()
+
+
+class _NotStreamableError(Exception):
+    """The ``services`` mapping cannot be constructed service by service: compose it whole."""
+
+
+class _CompactServices(MappingNode):
+    """Stands for the ``services`` mapping, its services constructed and :class:`Encoded`.
+
+    ``error`` is what constructing a service raised: raised again when the
+    document is constructed and reaches ``services``, so that what the whole
+    document would have raised before (a later syntax error, a repeated key,
+    an error in a part above) still comes first.
+    """
+
+    def __init__(self, start_mark: Mark | None) -> None:
+        super().__init__(_COMPACT_TAG, [], start_mark, start_mark)
+        self.services: dict[object, object] = {}
+        self.error: Exception | None = None
+
 
 class _BoundedComposer(Composer):
     """PyYAML's composer, counting what the document expands to as it composes it.
@@ -73,37 +151,107 @@ class _BoundedComposer(Composer):
     """
 
     check_event: Callable[..., bool]  # the parser's, a base class of the loader
+    get_event: Callable[[], Any]  # the parser's
+    resolve: Callable[..., str]  # the resolver's, a base class too
 
-    def __init__(self, limits: DocumentLimits) -> None:
+    construct_document: Callable[[Node], object]  # the constructor's, a base class too
+
+    def __init__(self, limits: DocumentLimits, *, compact: bool) -> None:
         Composer.__init__(self)
         self._limits = limits
         self._depth = 0
         self._nodes = 0
         self._text = 0
-        # The shape of each composed node, by id: the nodes stay alive in the
-        # tree while it is composed.
-        self._shapes: dict[int, _Shape] = {}
-        # The first mapping composed that repeats a key, and the key.
+        self._compact = compact
+        # Whether the node about to be composed is the top level's "services".
+        self._services_next = False
+        # The first mapping composed that repeats a key, and the key; or, when
+        # that mapping was in a service constructed (and dropped) already, its path.
         self._repeated: tuple[MappingNode, ScalarNode] | None = None
+        self._repeated_at: tuple[str, str] | None = None
 
     def get_single_node(self) -> Node | None:
         """Compose the document (PyYAML's), and refuse it if a mapping repeats a key."""
         node = super().get_single_node()
+        if self._repeated_at is not None:
+            raise _DuplicateKeyError(*self._repeated_at)
         if self._repeated is not None and node is not None:
             mapping, key = self._repeated
             raise _DuplicateKeyError(join_path(_path_to(node, mapping), key.value), key.value)
         return node
 
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+    def compose_mapping_node(self, anchor: Any) -> MappingNode:  # noqa: ANN401 - a name or None; types-PyYAML says a dict
+        """Compose a mapping (PyYAML's); the top level's ``services`` service by service."""
+        services_next, self._services_next = self._services_next, False
+        if not services_next or anchor is not None:
+            return super().compose_mapping_node(anchor)
+        start = self.get_event()
+        tag = start.tag
+        if tag is None or tag == "!":
+            tag = self.resolve(MappingNode, None, start.implicit)
+        if tag != _MAP_TAG:
+            raise _NotStreamableError
+        node = _CompactServices(start.start_mark)
+        inside = _Shape(0, 0, 0)
+        names: set[str] = set()
+        repeated: str | None = None
+        while not self.check_event(MappingEndEvent):
+            key = self.compose_node(node, None)
+            if not (isinstance(key, ScalarNode) and key.tag == _STR_TAG):
+                raise _NotStreamableError  # a merge key, a key that is not a string
+            if key.value in names and repeated is None:
+                repeated = key.value
+            names.add(key.value)
+            value = self._compose_service(node, key)
+            inside = inside.beside(cast("_Shape", _shape_of(key)))
+            inside = inside.beside(cast("_Shape", _shape_of(value)))
+        self.get_event()
+        if repeated is not None and self._repeated is None:
+            self._repeated_at = (join_path("$.services", repeated), repeated)
+        _note_shape(node, inside.holder())
+        return node
+
+    def _compose_service(self, services: _CompactServices, key: ScalarNode) -> Node:
+        """Compose the service named ``key``; construct it, keep it encoded, drop its nodes."""
+        before = self._repeated
+        value = self.compose_node(services, key)
+        if value is None:  # pragma: no cover - PyYAML composes a node from every event
+            raise _NotStreamableError
+        path = join_path("$.services", key.value)
+        if self._repeated is not before and self._repeated_at is None:
+            # A mapping of this service repeats a key: say where, before the nodes go.
+            mapping, again = cast("tuple[MappingNode, ScalarNode]", self._repeated)
+            self._repeated_at = (
+                join_path(_path_to(value, mapping, path), again.value),
+                again.value,
+            )
+        if services.error is None:
+            try:
+                services.services[key.value] = encoded(self.construct_document(value))
+            except Exception as exc:  # noqa: BLE001 - raised again in the document's order
+                services.error = exc
+                _forget_construction(cast("BaseConstructor", self))
+        return value
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # noqa: ANN401 - None, an int or a key Node; types-PyYAML says int
         """Compose one node (PyYAML's), then account for it."""
         limits = self._limits
         if self.check_event(AliasEvent):
+            self._services_next = False
             node = super().compose_node(parent, index)
-            shape = None if node is None else self._shapes.get(id(node))
+            shape = None if node is None else _shape_of(node)
             if shape is None:
                 raise _LimitExceededError("a YAML alias refers to a node that contains it")
             self._expand(shape)
             return node
+        self._services_next = (
+            self._compact
+            and self._depth == 1
+            and isinstance(parent, MappingNode)
+            and isinstance(index, ScalarNode)
+            and index.tag == _STR_TAG
+            and index.value == "services"
+        )
         self._depth += 1
         if self._depth > limits.max_depth:
             raise _LimitExceededError(_too_deep(limits))
@@ -114,9 +262,11 @@ class _BoundedComposer(Composer):
         self._depth -= 1
         if node is None:  # pragma: no cover - PyYAML composes a node from every event
             return None
+        if isinstance(node, _CompactServices):
+            return node  # its shape is noted
         if isinstance(node, ScalarNode):
             self._text += len(node.value)  # within the document's size: no alias in it
-            self._shapes[id(node)] = _Shape(1, 1, len(node.value))
+            _note_shape(node, _Shape(1, 1, len(node.value)))
             return node
         if isinstance(node, MappingNode):
             children = [child for pair in node.value for child in pair]
@@ -125,12 +275,7 @@ class _BoundedComposer(Composer):
                 self._repeated = None if key is None else (node, key)
         else:
             children = node.value
-        shapes = [self._shapes[id(child)] for child in children]
-        self._shapes[id(node)] = _Shape(
-            1 + sum(shape.nodes for shape in shapes),
-            1 + max((shape.height for shape in shapes), default=0),
-            sum(shape.text for shape in shapes),
-        )
+        _note_shape(node, _combined(cast("_Shape", _shape_of(child)) for child in children))
         return node
 
     def _expand(self, shape: _Shape) -> None:
@@ -150,6 +295,14 @@ class _BoundedComposer(Composer):
         self._text += shape.text
 
 
+def _forget_construction(constructor: BaseConstructor) -> None:
+    """Forget what a construction that raised left behind (PyYAML resets it on success only)."""
+    constructor.constructed_objects = {}
+    constructor.recursive_objects = {}
+    constructor.state_generators = []
+    constructor.deep_construct = False
+
+
 def _repeated_key(mapping: MappingNode) -> ScalarNode | None:
     """Return the first scalar key ``mapping`` holds twice, or ``None``.
 
@@ -167,13 +320,13 @@ def _repeated_key(mapping: MappingNode) -> ScalarNode | None:
     return None
 
 
-def _path_to(root: Node, target: Node) -> str:
-    """Return the path of ``target`` inside the composed document ``root``.
+def _path_to(root: Node, target: Node, root_path: str = "$") -> str:
+    """Return the path of ``target`` inside the composed document ``root`` (at ``root_path``).
 
     Each node is visited once (aliases share nodes), so this is bounded by
     the document's nodes; it runs only for a document that is refused.
     """
-    stack: list[tuple[Node, str]] = [(root, "$")]
+    stack: list[tuple[Node, str]] = [(root, root_path)]
     visited: set[int] = set()
     while stack:
         node, path = stack.pop()
@@ -191,7 +344,7 @@ def _path_to(root: Node, target: Node) -> str:
         else:
             children.extend((item, join_path(path, index)) for index, item in enumerate(node.value))
         stack.extend(reversed(children))  # in the document's order: the first path found
-    return "$"  # pragma: no cover - the mapping is in the document it was composed in
+    return root_path  # pragma: no cover - the mapping is in the document it was composed in
 
 
 if yaml.__with_libyaml__:
@@ -203,18 +356,18 @@ if yaml.__with_libyaml__:
         replaces libyaml's own (which would compose without counting).
         """
 
-        def __init__(self, text: str, limits: DocumentLimits) -> None:
+        def __init__(self, text: str, limits: DocumentLimits, *, compact: bool) -> None:
             yaml.CSafeLoader.__init__(self, text)
-            _BoundedComposer.__init__(self, limits)
+            _BoundedComposer.__init__(self, limits, compact=compact)
 
 else:  # pragma: no cover - PyYAML built without libyaml
 
     class _BoundedYamlLoader(_BoundedComposer, yaml.SafeLoader):  # type: ignore[no-redef]
         """PyYAML's pure-Python safe loader, composing with :class:`_BoundedComposer`."""
 
-        def __init__(self, text: str, limits: DocumentLimits) -> None:
+        def __init__(self, text: str, limits: DocumentLimits, *, compact: bool) -> None:
             yaml.SafeLoader.__init__(self, text)
-            _BoundedComposer.__init__(self, limits)
+            _BoundedComposer.__init__(self, limits, compact=compact)
 
 
 def _bounded_int(loader: _BoundedYamlLoader, node: ScalarNode) -> int:
@@ -231,4 +384,14 @@ def _bounded_int(loader: _BoundedYamlLoader, node: ScalarNode) -> int:
     return value
 
 
+def _compact_services(_: _BoundedYamlLoader, node: Node) -> object:
+    """Construct the ``services`` mapping composed service by service: it is built already."""
+    if not isinstance(node, _CompactServices):  # the tag written in a document
+        raise ConstructorError(None, None, f"unknown tag {node.tag!r}", node.start_mark)
+    if node.error is not None:
+        raise node.error
+    return node.services
+
+
 _BoundedYamlLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+_BoundedYamlLoader.add_constructor(_COMPACT_TAG, _compact_services)
