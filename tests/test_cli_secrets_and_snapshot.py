@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
 import healkit
 from healkit import ConfigError, EtcdUnavailableError
@@ -211,3 +214,234 @@ def test_a_snapshot_with_invalid_documents_starts_with_the_valid_ones_only(
             }
 
     anyio.run(start)
+
+
+# -- secrets in what the CLI prints -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdServer]:
+    server = EtcdServer()
+    anyio.run(server.__aenter__)
+    try:
+        yield server
+    finally:
+        anyio.run(server.__aexit__, None, None, None)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:100]
+
+
+@pytest.fixture(scope="module")
+def client_certs() -> tuple[trustme.LeafCert, trustme.LeafCert]:
+    ca = trustme.CA()
+    return ca.issue_cert("defaults.client.test"), ca.issue_cert("pay.client.test")
+
+
+def tls_section(cert: trustme.LeafCert) -> dict[str, str]:
+    return {
+        "cert_pem": cert.cert_chain_pems[0].bytes().decode(),
+        "key_pem": cert.private_key_pem.bytes().decode(),
+    }
+
+
+def key_body(cert: trustme.LeafCert) -> str:
+    """A line of the key's base64 body: what must never be printed."""
+    return cert.private_key_pem.bytes().decode().splitlines()[1]
+
+
+def where(etcd: EtcdServer, namespace: str) -> list[str]:
+    return ["--endpoints", etcd.url, "--namespace", namespace]
+
+
+def stored(etcd: EtcdServer, namespace: str) -> dict[str, bytes]:
+    async def read() -> dict[str, bytes]:
+        async with etcd.client() as client:
+            result = await client.range_all(f"/healkit/{namespace}/", prefix=True)
+        return {kv.key.decode(): kv.value for kv in result.kvs}
+
+    return anyio.run(read)
+
+
+@pytest.fixture
+def secret_namespace(
+    etcd: EtcdServer,
+    namespace: str,
+    client_certs: tuple[trustme.LeafCert, trustme.LeafCert],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> str:
+    """A namespace whose defaults and service ``pay`` hold an inline private key, pushed."""
+    defaults, pay = client_certs
+    document = {
+        "defaults": {"tls": tls_section(defaults)},
+        "services": {
+            "pay": {"endpoints": ["https://pay.test"], "tls": tls_section(pay)},
+            "plain": {"endpoints": ["http://plain.test"]},
+        },
+    }
+    source = tmp_path / "with-secrets.json"
+    source.write_text(json.dumps(document))
+    run = cli(capsys, "config", "push", str(source), *where(etcd, namespace))
+    assert run.status == 0, run.err
+    return namespace
+
+
+def assert_no_key(text: str, certs: tuple[trustme.LeafCert, trustme.LeafCert]) -> None:
+    for cert in certs:
+        assert key_body(cert) not in text
+    assert "PRIVATE KEY" not in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml", "toml"])
+def test_config_get_redacts_inline_keys_of_services_and_defaults(
+    etcd: EtcdServer,
+    secret_namespace: str,
+    client_certs: tuple[trustme.LeafCert, trustme.LeafCert],
+    capsys: pytest.CaptureFixture[str],
+    fmt: str,
+) -> None:
+    run = cli(capsys, "config", "get", "--format", fmt, *where(etcd, secret_namespace))
+    assert run.status == 0, run.err
+    assert_no_key(run.out, client_certs)
+    assert run.out.count("[REDACTED]") == 2
+    assert "BEGIN CERTIFICATE" in run.out  # only the secret is hidden
+    if fmt == "json":
+        document = json.loads(run.out)
+        assert document["services"]["pay"]["tls"]["key_pem"] == "[REDACTED]"
+        assert document["defaults"]["tls"]["key_pem"] == "[REDACTED]"
+        assert document["services"]["plain"] == {"endpoints": ["http://plain.test"]}
+    single = cli(capsys, "config", "get", "pay", *where(etcd, secret_namespace))
+    assert single.status == 0, single.err
+    assert json.loads(single.out)["tls"]["key_pem"] == "[REDACTED]"
+
+
+def test_config_get_raw_prints_a_backup_that_pushes_back_unchanged(
+    etcd: EtcdServer,
+    secret_namespace: str,
+    client_certs: tuple[trustme.LeafCert, trustme.LeafCert],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    run = cli(capsys, "config", "get", "--raw", *where(etcd, secret_namespace))
+    assert run.status == 0, run.err
+    assert all(key_body(cert) in run.out for cert in client_certs)
+    backup = tmp_path / "backup.json"
+    backup.write_text(run.out)
+    again = cli(capsys, "config", "push", str(backup), *where(etcd, secret_namespace))
+    assert again.status == 0, again.err
+    assert again.out.startswith("nothing to push")
+
+
+@pytest.mark.parametrize("command", ["push", "diff"])
+def test_pushing_a_redacted_document_is_refused_naming_the_key(
+    etcd: EtcdServer,
+    secret_namespace: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: str,
+) -> None:
+    before = stored(etcd, secret_namespace)
+    run = cli(capsys, "config", "get", *where(etcd, secret_namespace))
+    document = json.loads(run.out)
+    document["services"]["pay"]["endpoints"] = ["https://pay-2.test"]  # an operator's edit
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(document))
+    refused = cli(capsys, "config", command, str(edited), *where(etcd, secret_namespace))
+    assert refused.status in {1, 2}
+    line = one_line(refused.err)
+    assert "$.defaults.tls.key_pem is '[REDACTED]'" in line
+    assert "--raw" in line
+    assert stored(etcd, secret_namespace) == before
+
+
+def test_a_redacted_service_file_of_a_directory_is_refused_too(
+    etcd: EtcdServer,
+    secret_namespace: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    before = stored(etcd, secret_namespace)
+    run = cli(capsys, "config", "get", "pay", *where(etcd, secret_namespace))
+    (tmp_path / "pay.json").write_text(run.out)
+    refused = cli(capsys, "config", "push", str(tmp_path), *where(etcd, secret_namespace))
+    assert refused.status == 1
+    assert "$.services.pay.tls.key_pem is '[REDACTED]'" in one_line(refused.err)
+    assert stored(etcd, secret_namespace) == before
+
+
+def test_history_diff_and_rollback_redact_unless_raw(
+    etcd: EtcdServer,
+    secret_namespace: str,
+    client_certs: tuple[trustme.LeafCert, trustme.LeafCert],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    ns = where(etcd, secret_namespace)
+    first = json.loads(cli(capsys, "config", "get", "--raw", *ns).out)
+    first_revision = json.loads(cli(capsys, "config", "history", "pay", "--json", *ns).out)[
+        "versions"
+    ][0]["revision"]
+    # The same key written another way (the traditional form to PKCS #8): only
+    # the secret changes, the certificate stays.
+    key = serialization.load_pem_private_key(client_certs[1].private_key_pem.bytes(), None)
+    reencoded = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    assert reencoded != first["services"]["pay"]["tls"]["key_pem"]
+    changed = json.loads(json.dumps(first))
+    changed["services"]["pay"]["tls"]["key_pem"] = reencoded
+    source = tmp_path / "swapped.json"
+    source.write_text(json.dumps(changed))
+    outputs = {
+        "diff": cli(capsys, "config", "diff", str(source), *ns),
+        "diff --json": cli(capsys, "config", "diff", "--json", str(source), *ns),
+        "push --dry-run": cli(capsys, "config", "push", "--dry-run", str(source), *ns),
+    }
+    pushed = cli(capsys, "config", "push", str(source), *ns)
+    assert pushed.status == 0, pushed.err
+    outputs |= {
+        "history": cli(capsys, "config", "history", "pay", *ns),
+        "history --full": cli(capsys, "config", "history", "pay", "--full", *ns),
+        "history --json": cli(capsys, "config", "history", "pay", "--json", *ns),
+        "rollback --dry-run": cli(
+            capsys, "config", "rollback", "pay", "--to", str(first_revision), "--dry-run", *ns
+        ),
+        "rollback --json --dry-run": cli(
+            capsys,
+            "config",
+            "rollback",
+            "pay",
+            "--to",
+            str(first_revision),
+            "--dry-run",
+            "--json",
+            *ns,
+        ),
+    }
+    for name, run in outputs.items():
+        assert run.status in {0, 1}, (name, run.err)
+        assert_no_key(run.out + run.err, client_certs)
+    assert "only secret settings change" in outputs["diff"].out
+    assert "[REDACTED]" in outputs["history --full"].out
+    assert "only secret settings change" in outputs["rollback --dry-run"].out
+    raw = cli(capsys, "config", "history", "pay", "--full", "--raw", *ns)
+    assert key_body(client_certs[1]) in raw.out
+    assert reencoded.splitlines()[1] in raw.out
+    assert reencoded.splitlines()[1] not in "".join(run.out for run in outputs.values())
+
+
+def test_status_shows_no_secret(
+    etcd: EtcdServer,
+    secret_namespace: str,
+    client_certs: tuple[trustme.LeafCert, trustme.LeafCert],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv in (["status"], ["status", "--json"]):
+        run = cli(capsys, *argv, *where(etcd, secret_namespace))
+        assert run.status == 0, run.err
+        assert_no_key(run.out + run.err, client_certs)
