@@ -14,18 +14,21 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
+import msgspec
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
 import healkit
 from healkit import ConfigError, EtcdUnavailableError
+from healkit._config.models import ConfigSection
+from healkit._config.secrets import redact_document, redacted_paths, section_secrets
 from healkit.etcd import EtcdClient, EtcdSource
-from healkit.testing import EtcdServer
-from healkit.testing._ports import refused_url
+from healkit.plugin import SECRET, secret_fields
+from healkit.testing import EtcdServer, refused_url
 from tests.cli_support import cli
 
 DEADLINE = 30.0  # a ceiling against a hang on a loaded machine, not a timing under test
@@ -445,3 +448,47 @@ def test_status_shows_no_secret(
         run = cli(capsys, *argv, *where(etcd, secret_namespace))
         assert run.status == 0, run.err
         assert_no_key(run.out + run.err, client_certs)
+
+
+class _Upstream(msgspec.Struct, frozen=True):
+    token: Annotated[str, SECRET] | None = None
+    name: str = ""
+
+
+class _VaultSettings(msgspec.Struct, frozen=True):
+    password: Annotated[str, SECRET] = ""
+    one: _Upstream | None = None
+    many: tuple[_Upstream, ...] = ()
+    named: dict[str, _Upstream] = {}
+
+
+def test_secret_paths_follow_nested_structs_optionals_lists_and_mappings() -> None:
+    assert secret_fields(_VaultSettings) == {"password"}
+    secrets = section_secrets([ConfigSection("vault", _VaultSettings)])
+    document = {
+        "endpoints": ["http://a.test"],
+        "vault": {
+            "password": "p",
+            "one": {"token": "t1", "name": "x"},
+            "many": [{"token": "t2"}, {"name": "no token"}, {"token": None}],
+            "named": {"a": {"token": "t3"}},
+        },
+    }
+    original = json.loads(json.dumps(document))
+    shown = redact_document(document, secrets)
+    assert document == original  # a copy is redacted
+    assert shown == {
+        "endpoints": ["http://a.test"],
+        "vault": {
+            "password": "[REDACTED]",
+            "one": {"token": "[REDACTED]", "name": "x"},
+            "many": [{"token": "[REDACTED]"}, {"name": "no token"}, {"token": None}],
+            "named": {"a": {"token": "[REDACTED]"}},
+        },
+    }
+    assert sorted(redacted_paths(shown, secrets, "$.services.s")) == [
+        "$.services.s.vault.many[0].token",
+        "$.services.s.vault.named.a.token",
+        "$.services.s.vault.one.token",
+        "$.services.s.vault.password",
+    ]
