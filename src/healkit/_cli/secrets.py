@@ -56,16 +56,6 @@ class Redaction:
         """Return one key's document (a service's, an overlay, the defaults) as shown."""
         return document if self.raw else redact_document(document, self._secrets)
 
-    def whole(self, document: Mapping[str, object]) -> dict[str, object]:
-        """Return a whole document (``defaults``, ``services``) as shown."""
-        shown = dict(document)
-        if "defaults" in shown:
-            shown["defaults"] = self.document(shown["defaults"])
-        services = shown.get("services")
-        if isinstance(services, Mapping):
-            shown["services"] = {name: self.document(doc) for name, doc in services.items()}
-        return shown
-
     def text(self, text: str | None) -> str | None:
         """Return a stored document's text as shown (``None`` stays ``None``).
 
