@@ -22,6 +22,7 @@ from healkit._config.models import (
     ServicePolicy,
     Timeouts,
 )
+from healkit._config.secrets import SECRET, secret_fields
 from healkit._context import AttemptContext, CallContext, Fallback, RetryDecision
 from healkit._log import EventLogger, get_logger
 from healkit._plugins import PluginInfo, PluginManager, create_plugin_manager, describe_plugins
@@ -31,6 +32,7 @@ from healkit.hookspecs import PROJECT, CircuitState, Plugin, hookimpl, hookspec
 
 __all__ = [
     "PROJECT",
+    "SECRET",
     "AttemptContext",
     "BoundedMap",
     "BudgetParams",
@@ -58,4 +60,5 @@ __all__ = [
     "get_logger",
     "hookimpl",
     "hookspec",
+    "secret_fields",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "check_after",
     "check_namespace",
     "decode_stored",
+    "document_path",
     "load_source",
     "plugin_sections",
     "read_namespace",
@@ -101,7 +102,7 @@ def decode_stored(data: str | bytes, origin: str) -> object:
     return parse_document(data, fmt=stored_format(data), origin=origin)
 
 
-def _path_of(key: str) -> str:
+def document_path(key: str) -> str:
     """Return where the document of ``key`` lies in the whole document (``$.services.x``)."""
     kind, service, _ = key_role(key)
     return "$.defaults" if kind == "defaults" else join_path("$.services", service)
@@ -110,7 +111,7 @@ def _path_of(key: str) -> str:
 def _key_of_path(path: str, keys: Iterable[str]) -> str | None:
     """Return the key among ``keys`` whose document ``path`` lies in, or ``None``."""
     for key in keys:
-        where = _path_of(key)
+        where = document_path(key)
         if path == where or path.startswith((f"{where}.", f"{where}[")):
             return key
     return None
@@ -184,7 +185,9 @@ def _load_directory(path: Path) -> dict[str, object]:
         key = DEFAULTS if file.stem == DEFAULTS else f"{SERVICES}{file.stem}"
         if key in origins:
             issues.append(
-                ConfigIssue(_path_of(key), f"both {origins[key].name} and {file.name} define it")
+                ConfigIssue(
+                    document_path(key), f"both {origins[key].name} and {file.name} define it"
+                )
             )
             continue
         origins[key] = file
@@ -239,7 +242,7 @@ def check_after(
         try:
             documents[key] = decode_stored(data, state.root + key)
         except ConfigError as error:
-            issues += [ConfigIssue(_path_of(key), i.reason) for i in error.issues]
+            issues += [ConfigIssue(document_path(key), i.reason) for i in error.issues]
     try:
         build_config(assemble(documents), sections, origin=state.root)
     except ConfigError as error:

@@ -1,4 +1,7 @@
-"""``healkit config get [SERVICE] [--json | --format json|yaml|toml]``: a namespace's document."""
+"""``healkit config get [SERVICE] [--format json|yaml|toml] [--raw]``: a namespace's document.
+
+Secret settings are shown redacted unless ``--raw`` (:mod:`healkit._cli.secrets`).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +21,18 @@ from healkit._cli.args import (
     service_name,
 )
 from healkit._cli.connection import Connection, etcd_command
-from healkit._cli.documents import SERVICES, assemble, decode_stored, read_namespace, service_names
+from healkit._cli.documents import (
+    SERVICES,
+    assemble,
+    decode_stored,
+    plugin_sections,
+    read_namespace,
+    service_names,
+)
+from healkit._cli.secrets import Redaction, raw_option
 from healkit._cli.toml_writer import toml_dumps
 from healkit._config.formats import require_yaml
+from healkit._config.secrets import REDACTED
 from healkit._errors import ConfigError
 from healkit.etcd._source import key_role
 
@@ -39,7 +51,7 @@ def add_parser(config_commands: Commands) -> None:
         help="print the namespace's document from etcd",
         description=(
             "Print the namespace's whole document (defaults and services) or one service's,"
-            " as etcd holds it."
+            f" as etcd holds it, secret settings shown as {REDACTED} unless --raw."
         ),
     )
     get.add_argument(
@@ -59,10 +71,12 @@ def add_parser(config_commands: Commands) -> None:
         const="json",
         help="print the document as one JSON object (the default; same as --format json)",
     )
+    raw_option(get)
     etcd_command(get, _get)
 
 
 async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
+    shown = Redaction(plugin_sections(()), raw=args.raw)
     async with connection.client() as client:
         state = await read_namespace(client, connection.root)
     document: object
@@ -75,7 +89,7 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
                 f"no document for service {args.service!r} at {state.root}{key}"
                 + close_names(args.service, service_names(state.keys))
             )
-        document = decode_stored(data, state.root + key)
+        document = shown.document(decode_stored(data, state.root + key))
     else:
         documents: dict[str, object] = {}
         for key in state.keys:
@@ -83,7 +97,7 @@ async def _get(args: argparse.Namespace, connection: Connection, out: TextIO) ->
             if key_role(key)[0] not in {"defaults", "service"} or data is None:
                 continue
             try:
-                documents[key] = decode_stored(data, state.root + key)
+                documents[key] = shown.document(decode_stored(data, state.root + key))
             except ConfigError as error:
                 # Show the others; mark this one where its document would be.
                 documents[key] = {UNDECODABLE: error.reason}

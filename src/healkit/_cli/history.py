@@ -2,11 +2,13 @@
 
 ::
 
-    healkit config history SERVICE [--full] [--limit N] [--json]
-    healkit config rollback SERVICE --to REVISION [--dry-run] [--json] [--block NAME ...]
+    healkit config history SERVICE [--full] [--limit N] [--json] [--raw]
+    healkit config rollback SERVICE --to REVISION [--dry-run] [--json] [--raw] [--block NAME ...]
 
 Both read etcd's own history of the service's key (``get`` at an older
-revision), which ends where etcd compacted it.
+revision), which ends where etcd compacted it. Secret settings are shown
+redacted unless ``--raw`` (:mod:`healkit._cli.secrets`); a rollback writes
+the document as it was, secrets included.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from healkit._cli.documents import (
     service_names,
 )
 from healkit._cli.push import Change, PushConflictError, write_diff
+from healkit._cli.secrets import Redaction, raw_option
 from healkit._errors import ConfigError, EtcdCompactedError, EtcdError
 from healkit.etcd import Compare, EtcdClient, KeyValue, PutOp
 
@@ -67,6 +70,7 @@ def add_parsers(config_commands: Commands, block_option: BlockOption) -> None:
         help=f"list at most N versions (default {DEFAULT_HISTORY_LIMIT})",
     )
     json_option(history, "print the versions, with their documents, as one JSON object")
+    raw_option(history)
     etcd_command(history, _history)
 
     rollback = config_commands.add_parser(
@@ -88,6 +92,7 @@ def add_parsers(config_commands: Commands, block_option: BlockOption) -> None:
     )
     rollback.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
     json_option(rollback, "print what was (or would be) written as one JSON object")
+    raw_option(rollback)
     block_option(rollback)
     etcd_command(rollback, _rollback)
 
@@ -103,6 +108,7 @@ class _HistoryEnd:
 
 async def _history(args: argparse.Namespace, connection: Connection, out: TextIO) -> int:
     key = connection.root + SERVICES + args.service
+    shown = Redaction(plugin_sections(()), raw=args.raw)
     versions: list[KeyValue] = []
     async with connection.client() as client:
         kv = await client.get(key)
@@ -120,14 +126,14 @@ async def _history(args: argparse.Namespace, connection: Connection, out: TextIO
             {
                 "key": key,
                 "service": args.service,
-                "versions": [_version_json(v) for v in versions],
+                "versions": [_version_json(v, shown) for v in versions],
                 "ends": {"reason": end.reason, "revision": end.revision},
             },
         )
         return EXIT_OK
     out.write(f"{key} (newest first):\n")
     for version in versions:
-        _write_version(out, version, full=args.full)
+        _write_version(out, version, shown, full=args.full)
     if end.reason == "created":
         out.write(f"history ends: created at revision {end.revision}\n")
     elif end.reason == "compacted":
@@ -161,12 +167,12 @@ async def _walk_history(
         kv = previous
 
 
-def _version_json(kv: KeyValue) -> dict[str, Any]:
+def _version_json(kv: KeyValue, shown: Redaction) -> dict[str, Any]:
     """One version of ``config history --json``: the decoded document, or why it is not one."""
     document: object = None
     undecodable: str | None = None
     try:
-        document = decode_stored(kv.value, "")
+        document = shown.document(decode_stored(kv.value, ""))
     except ConfigError as error:
         undecodable = error.reason
     return {
@@ -177,15 +183,16 @@ def _version_json(kv: KeyValue) -> dict[str, Any]:
     }
 
 
-def _write_version(out: TextIO, kv: KeyValue, *, full: bool) -> None:
-    text = kv.value.decode("utf-8", "replace")
+def _write_version(out: TextIO, kv: KeyValue, shown: Redaction, *, full: bool) -> None:
     head = f"revision {kv.mod_revision}  version {kv.version}"
     if full:
+        text = shown.text(kv.value.decode("utf-8", "replace")) or ""
         out.write(f"{head}:\n")
         out.writelines(f"    {line}\n" for line in text.splitlines())
         return
     try:
-        summary = json.dumps(decode_stored(kv.value, ""), separators=(",", ":"), ensure_ascii=False)
+        document = shown.document(decode_stored(kv.value, ""))
+        summary = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
     except ConfigError as error:
         summary = f"(not a valid document: {error.reason})"
     if len(summary) > _SUMMARY:
@@ -250,6 +257,7 @@ async def _rollback(args: argparse.Namespace, connection: Connection, out: TextI
                         " look at it and try again"
                     )
                 written = result.revision
+    shown = Redaction(sections, raw=args.raw)
     if args.json:
         write_json(
             out,
@@ -258,15 +266,15 @@ async def _rollback(args: argparse.Namespace, connection: Connection, out: TextI
                 "from_revision": then.mod_revision,
                 "changed": change.old != change.new,
                 "dry_run": args.dry_run,
-                "old": change.old,
-                "new": change.new,
+                "old": shown.text(change.old),
+                "new": shown.text(change.new),
                 "written_revision": written,
             },
         )
     elif change.old == change.new:
         out.write(f"{key} already holds the document of revision {args.revision}\n")
     elif written is None:
-        write_diff(out, state.root, [change], state.revision)
+        write_diff(out, state.root, [change], state.revision, shown)
         out.write("dry run: nothing written\n")
     else:
         out.write(

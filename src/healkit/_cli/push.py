@@ -2,15 +2,17 @@
 
 ::
 
-    healkit config push FILE|DIR [--dry-run] [--prune] [--json] [--block NAME ...]
-    healkit config diff FILE|DIR [--prune] [--json] [--block NAME ...]
+    healkit config push FILE|DIR [--dry-run] [--prune] [--json] [--raw] [--block NAME ...]
+    healkit config diff FILE|DIR [--prune] [--json] [--raw] [--block NAME ...]
 
 Writes are safe against concurrent writers: a push reads the namespace at one
 revision, then writes every changed key in one transaction guarded by the
 ``mod_revision`` of every key it read (and by "no service key changed since"),
 so a write made in between fails the push and nothing is written. Documents
 are validated with the installed plugins' sections before anything is written,
-and stored as canonical JSON (sorted keys, two-space indent).
+and stored as canonical JSON (sorted keys, two-space indent). Secret settings
+are shown redacted in diffs unless ``--raw``, and a document holding the
+redaction mark in one is refused (:mod:`healkit._cli.secrets`).
 
 The building blocks (:func:`~healkit._cli.documents.read_namespace`,
 :func:`plan_push`, :func:`commit`) are functions of their own so that tests
@@ -49,6 +51,7 @@ from healkit._cli.documents import (
     plugin_sections,
     read_namespace,
 )
+from healkit._cli.secrets import Redaction, raw_option, refuse_redacted
 from healkit._config.models import ConfigSection, build_config
 from healkit.etcd import Compare, DeleteOp, EtcdClient, PutOp, prefix_range_end
 from healkit.etcd._source import key_role
@@ -87,6 +90,7 @@ def add_parsers(config_commands: Commands, block_option: BlockOption) -> None:
         "--prune", action="store_true", help="delete the services etcd has but the document lacks"
     )
     json_option(push, "print the keys changed (or that would change) as one JSON object")
+    raw_option(push)
     block_option(push)
     etcd_command(push, _push)
 
@@ -101,6 +105,7 @@ def add_parsers(config_commands: Commands, block_option: BlockOption) -> None:
     diff.add_argument("source", metavar="FILE|DIR", help="a whole document, or one file a service")
     diff.add_argument("--prune", action="store_true", help="also show the deletes of --prune")
     json_option(diff, "print the keys that differ, with both documents, as one JSON object")
+    raw_option(diff)
     block_option(diff)
     etcd_command(diff, _diff, failure_status=EXIT_USAGE)
 
@@ -234,10 +239,17 @@ async def commit(client: EtcdClient, plan: PushPlan) -> int:
     return result.revision
 
 
-def write_diff(out: TextIO, root: str, changes: Sequence[Change], revision: int) -> None:
+def write_diff(
+    out: TextIO, root: str, changes: Sequence[Change], revision: int, shown: Redaction
+) -> None:
+    """Write each change as a unified diff, documents as ``shown`` shows them."""
     for change in changes:
-        old = [] if change.old is None else _lines(change.old)
-        new = [] if change.new is None else _lines(change.new)
+        old_text, new_text = shown.text(change.old), shown.text(change.new)
+        if old_text == new_text:
+            out.write(f"{root}{change.key}: only secret settings change (--raw shows them)\n")
+            continue
+        old = [] if old_text is None else _lines(old_text)
+        new = [] if new_text is None else _lines(new_text)
         before = f"etcd:{root}{change.key}@{revision}" if change.old is not None else "/dev/null"
         after = f"new:{root}{change.key}" if change.new is not None else "/dev/null"
         out.writelines(difflib.unified_diff(old, new, before, after))
@@ -256,17 +268,19 @@ def _checked_source(
     """Read FILE|DIR and validate it on its own: its problems come before any etcd trouble."""
     documents = load_source(args.source)
     sections = plugin_sections(args.block)
+    refuse_redacted(documents, sections, args.source)
     build_config(assemble(documents), sections, origin=args.source)
     return documents, sections
 
 
-def _plan_json(plan: PushPlan) -> dict[str, Any]:
+def _plan_json(plan: PushPlan, shown: Redaction) -> dict[str, Any]:
     """Return the JSON object of ``config diff --json`` (``push --json`` adds to it)."""
     return {
         "prefix": plan.root,
         "revision": plan.revision,
         "changes": [
-            {"key": c.key, "action": c.action, "old": c.old, "new": c.new} for c in plan.changes
+            {"key": c.key, "action": c.action, "old": shown.text(c.old), "new": shown.text(c.new)}
+            for c in plan.changes
         ],
         "kept": list(plan.kept),
     }
@@ -289,12 +303,15 @@ async def _push(args: argparse.Namespace, connection: Connection, out: TextIO) -
         if plan.changes and not args.dry_run:
             written = await commit(client, plan)
     count = len(plan.changes)
+    shown = Redaction(sections, raw=args.raw)
     if args.json:
-        write_json(out, _plan_json(plan) | {"dry_run": args.dry_run, "written_revision": written})
+        write_json(
+            out, _plan_json(plan, shown) | {"dry_run": args.dry_run, "written_revision": written}
+        )
     elif not plan.changes:
         out.write(f"nothing to push: etcd already holds this document (revision {plan.revision})\n")
     elif written is None:
-        write_diff(out, plan.root, plan.changes, plan.revision)
+        write_diff(out, plan.root, plan.changes, plan.revision, shown)
         out.write(f"dry run: {count} key{plural(count)} would change; nothing written\n")
     else:
         out.writelines(f"{change.action} {plan.root}{change.key}\n" for change in plan.changes)
@@ -308,8 +325,9 @@ async def _diff(args: argparse.Namespace, connection: Connection, out: TextIO) -
     async with connection.client() as client:
         state = await read_namespace(client, connection.root)
     plan = plan_push(state, documents, sections, prune=args.prune, origin=args.source)
+    shown = Redaction(sections, raw=args.raw)
     if args.json:
-        write_json(out, _plan_json(plan))
+        write_json(out, _plan_json(plan, shown))
     else:
-        write_diff(out, plan.root, plan.changes, plan.revision)
+        write_diff(out, plan.root, plan.changes, plan.revision, shown)
     return EXIT_FAILED if plan.changes else EXIT_OK

@@ -159,6 +159,13 @@ def describe(exc: BaseException, endpoint: str = "") -> str:
     """
     if isinstance(exc, aiohttp.ClientConnectorError):
         return _describe_connect(exc, tls=endpoint.startswith("https://"))
+    if isinstance(exc, aiohttp.ServerDisconnectedError) and endpoint.startswith("http://"):
+        # Raised only before any answer began: etcd serving TLS only closes a
+        # connection that sends it plain HTTP at once, without a word.
+        return (
+            f"{endpoint.removeprefix('http://')} closed the connection without answering"
+            " (does the endpoint expect TLS? then use https://)"
+        )
     text = str(exc)
     name = type(exc).__name__
     if not text and isinstance(exc, TimeoutError):

@@ -59,13 +59,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import math
 import os
 import random
+import stat
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal, Protocol, final
+from typing import Final, Literal, NoReturn, Protocol, final
 
 import msgspec
 
@@ -98,6 +100,9 @@ _logger: Final = get_logger("healkit.etcd")
 DEFAULT_PREFIX: Final = "/healkit/"
 DEFAULT_LIVENESS: Final = 10.0
 SNAPSHOT_VERSION: Final = 2
+SNAPSHOT_MAX_BYTES: Final = 256 * 1024 * 1024
+"""The largest snapshot file read or written: 256 MiB, 256 documents at the largest
+:class:`~healkit.DocumentLimits` allows by default, or tens of thousands of real ones."""
 
 
 class Listener(Protocol):
@@ -882,13 +887,11 @@ class EtcdSource:
 
     def _read_snapshot(self) -> _Snapshot | None:
         path = self._snapshot
-        if path is None or not path.exists():
+        if path is None:
             return None
-        try:
-            snapshot = msgspec.json.decode(path.read_bytes(), type=_Snapshot)
-        except (OSError, msgspec.DecodeError) as error:
-            issue = ConfigIssue("$", f"cannot read the etcd snapshot: {error}")
-            raise ConfigError([issue], origin=str(path)) from error
+        snapshot = _load_snapshot(path)
+        if snapshot is None:
+            return None
         if snapshot.version != SNAPSHOT_VERSION:
             issue = ConfigIssue("$", f"unknown snapshot version {snapshot.version}")
             raise ConfigError([issue], origin=str(path))
@@ -936,6 +939,13 @@ def _write_snapshot(
         documents={k: v for k, v in documents.items() if _storable(v)},
     )
     data = msgspec.json.encode(snapshot)
+    if len(data) > SNAPSHOT_MAX_BYTES:  # it would be refused at a start
+        _logger.error(
+            "healkit.etcd_snapshot_failed",
+            path=str(path),
+            reason=f"the snapshot would be {len(data):,} bytes, over {SNAPSHOT_MAX_BYTES:,}",
+        )
+        return
     handle: int | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -952,6 +962,87 @@ def _write_snapshot(
         _logger.error(  # noqa: TRY400 - the reason is enough; no traceback in the log
             "healkit.etcd_snapshot_failed", path=str(path), reason=str(error)
         )
+
+
+def _load_snapshot(path: Path) -> _Snapshot | None:
+    """Read and decode the snapshot file, or ``None`` if there is none.
+
+    Whatever can write the file can put anything there: it must be a regular
+    file (a FIFO would block the start, a link to ``/dev/zero`` never end),
+    at most :data:`SNAPSHOT_MAX_BYTES` long, and well-formed JSON of the
+    snapshot's shape in which no object repeats a key.
+
+    Raises:
+        ConfigError: the file cannot be read or is refused; the reason says why.
+
+    """
+    try:
+        data = _snapshot_bytes(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        _refuse_snapshot(path, "$", f"cannot read the etcd snapshot: {reason}")
+    try:
+        snapshot = msgspec.json.decode(data, type=_Snapshot)
+    except msgspec.DecodeError as error:
+        _refuse_snapshot(path, "$", f"cannot read the etcd snapshot: {error}")
+    # msgspec keeps the last value of a repeated key: one of two roots, revisions
+    # or documents of a key would win unseen. The shape is checked: the standard
+    # library's decoder, which keeps every key, meets nothing it cannot read.
+    outline = json.loads(data, object_pairs_hook=_Pairs)
+    repeated = _repeated(outline, "$")
+    for key, value in outline:
+        if repeated is None and key == "documents" and isinstance(value, _Pairs):
+            repeated = _repeated(value, join_path("$", key))
+    if repeated is not None:
+        where, key = repeated
+        _refuse_snapshot(
+            path,
+            where,
+            f"the etcd snapshot repeats the key {key!r} (only one of its values can be meant:"
+            " the file was altered)",
+        )
+    return snapshot
+
+
+def _snapshot_bytes(path: Path) -> bytes:
+    """Read the snapshot file's bytes, refusing what is not a regular file of a bounded size.
+
+    Opened without blocking (a FIFO would wait for a writer), then judged by
+    what was opened, not by its name (a link may point anywhere); never more
+    than :data:`SNAPSHOT_MAX_BYTES` + 1 bytes read (a file may grow meanwhile).
+    """
+    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(handle, "rb") as file:
+        status = os.fstat(handle)
+        if not stat.S_ISREG(status.st_mode):
+            _refuse_snapshot(path, "$", "the etcd snapshot is not a regular file")
+        data = b"" if status.st_size > SNAPSHOT_MAX_BYTES else file.read(SNAPSHOT_MAX_BYTES + 1)
+        if status.st_size > SNAPSHOT_MAX_BYTES or len(data) > SNAPSHOT_MAX_BYTES:
+            size = max(status.st_size, len(data))
+            _refuse_snapshot(
+                path, "$", f"the etcd snapshot is {size:,} bytes, over {SNAPSHOT_MAX_BYTES:,}"
+            )
+        return data
+
+
+def _refuse_snapshot(path: Path, where: str, reason: str) -> NoReturn:
+    raise ConfigError([ConfigIssue(where, reason)], origin=str(path))
+
+
+class _Pairs(list[tuple[str, object]]):
+    """A JSON object as the standard library decodes it with every key kept, in order."""
+
+
+def _repeated(pairs: _Pairs, path: str) -> tuple[str, str] | None:
+    """Return the path and the name of the first key ``pairs`` repeats, if any."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return join_path(path, key), key
+        seen.add(key)
+    return None
 
 
 def _storable(text: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Annotated, Final, Literal, final
 import msgspec
 
 import healkit
+from healkit.plugin import SECRET, secret_fields
 from healkit_tls._material import MaterialError, check_inline
 
 __all__ = ["SECTION", "MinimumVersion", "TlsSettings"]
@@ -27,8 +28,6 @@ MinimumVersion = Literal["1.2", "1.3"]
 MAX_PEM_CHARS: Final = 1024 * 1024
 MAX_PATH_CHARS: Final = 4096
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SECRET_FIELDS: Final = frozenset({"key_pem"})
-"""Fields whose value ``repr`` never shows."""
 _REDACTED: Final = "[REDACTED]"
 
 Pem = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PEM_CHARS)]
@@ -71,7 +70,7 @@ class TlsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     cert_file: FilePath | None = None
     cert_pem: Pem | None = None
     key_file: FilePath | None = None
-    key_pem: Pem | None = None
+    key_pem: Annotated[Pem, SECRET] | None = None
     key_password_env: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     minimum_version: MinimumVersion = "1.2"
     verify: bool = True
@@ -119,8 +118,9 @@ class TlsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         private key's PEM included: a test's assertion message, a debugger or
         a pretty-printed policy would show the key.
         """
+        secret = secret_fields(type(self))
         return [
-            (name, _REDACTED if name in _SECRET_FIELDS and value is not None else value)
+            (name, _REDACTED if name in secret and value is not None else value)
             for name, value in ((name, getattr(self, name)) for name in self.__struct_fields__)
         ]
 
