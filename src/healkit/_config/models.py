@@ -296,7 +296,9 @@ class CoreServiceSettings(
         endpoints: base URLs of the service (``http`` or ``https``, no query);
             calls addressed by service name go to the first one; absolute URLs
             that start with one of them are mapped to this service.
-        max_body_bytes: the largest response body healkit reads into memory.
+        max_body_bytes: the largest response body healkit reads into memory;
+            also the largest streamed request body the httpx transport keeps
+            to send again (a longer one is sent once).
         follow_redirects: follow 301, 302, 303, 307 and 308 answers, hop by
             hop under healkit's rules; ``False`` returns them as the response.
         max_redirects: the most redirects one attempt follows; one more is a

@@ -1,0 +1,176 @@
+"""Leftovers of the request path, each against real loopback servers.
+
+* the httpx transport keeps a streamed request body in memory only up to
+  ``max_body_bytes``; a longer one is sent once, as it is read;
+* an absolute URL's scheme is case-insensitive (RFC 3986), in calls and in
+  configured endpoints;
+* the runtime's background tasks (probes, watches) run in a context of their
+  own, not in the context of whoever started the runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from collections.abc import AsyncIterator
+from typing import Self
+
+import httpx
+import pytest
+from aiohttp import web
+
+import healkit
+from healkit.httpx import ResilientTransport, outcome_of
+from healkit.testing import refused_url
+from healkit_retry import RetryPlugin
+from healkit_timeout import TimeoutPlugin
+
+pytestmark = pytest.mark.anyio
+
+CHUNK = bytes(range(256)) * 256
+"""64 KiB of a request body, sent again and again (one object: it costs no memory per chunk)."""
+
+
+class Uploads:
+    """A loopback aiohttp server that counts and hashes the request bodies it reads.
+
+    It keeps no body: a test measuring the client's memory measures the
+    client's. ``/upload`` answers ``status`` (503 by default: a status the
+    retry plugin retries).
+    """
+
+    def __init__(self, status: int = 503) -> None:
+        self.status = status
+        self.received: list[tuple[int, str, str | None, str | None]] = []
+        self.url = ""
+        app = web.Application()
+        app.router.add_route("*", "/upload", self._upload)
+        self._runner = web.AppRunner(app, handle_signals=False)
+
+    async def __aenter__(self) -> Self:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_chunked(len(CHUNK)):
+            digest.update(chunk)
+            size += len(chunk)
+        self.received.append(
+            (
+                size,
+                digest.hexdigest(),
+                request.headers.get("Content-Length"),
+                request.headers.get("Transfer-Encoding"),
+            )
+        )
+        return web.Response(status=self.status)
+
+
+async def _chunks(count: int) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield CHUNK
+
+
+def _digest(count: int) -> str:
+    digest = hashlib.sha256()
+    for _ in range(count):
+        digest.update(CHUNK)
+    return digest.hexdigest()
+
+
+def _transport(url: str, limit: int) -> ResilientTransport:
+    document = {
+        "defaults": {"retry": {"base": 0.001, "cap": 0.002}},
+        "services": {"svc": {"endpoints": [url], "max_body_bytes": limit}},
+    }
+    return ResilientTransport(
+        config=document, plugins=[TimeoutPlugin(), RetryPlugin()], entry_points=False
+    )
+
+
+# -- the httpx transport: a streamed request body is buffered up to max_body_bytes --------
+
+
+async def test_httpx_a_stream_within_max_body_bytes_is_kept_and_sent_again() -> None:
+    async with (
+        Uploads() as server,
+        httpx.AsyncClient(transport=_transport(server.url, limit=4 * len(CHUNK))) as client,
+    ):
+        with pytest.raises(healkit.HTTPStatusError) as caught:
+            await client.put(f"{server.url}/upload", content=_chunks(4))
+    assert len(caught.value.attempts) == 3  # the retry plugin's default: the body was replayed
+    assert server.received == [(4 * len(CHUNK), _digest(4), str(4 * len(CHUNK)), None)] * 3
+
+
+async def test_httpx_a_stream_past_max_body_bytes_arrives_whole_once_and_is_not_retried() -> None:
+    async with (
+        Uploads() as server,
+        httpx.AsyncClient(transport=_transport(server.url, limit=2 * len(CHUNK))) as client,
+    ):
+        response = await client.put(f"{server.url}/upload", content=_chunks(16))
+    assert response.status_code == 503  # the answer, not retried: the body cannot be sent again
+    assert len(outcome_of(response).attempts) == 1
+    assert server.received == [(16 * len(CHUNK), _digest(16), None, "chunked")]
+
+
+async def test_httpx_a_stream_sent_once_keeps_the_callers_content_length() -> None:
+    length = str(16 * len(CHUNK))
+    async with (
+        Uploads(status=200) as server,
+        httpx.AsyncClient(transport=_transport(server.url, limit=len(CHUNK))) as client,
+    ):
+        response = await client.put(
+            f"{server.url}/upload", content=_chunks(16), headers={"Content-Length": length}
+        )
+    assert response.status_code == 200
+    assert outcome_of(response).path == "primary"
+    assert server.received == [(16 * len(CHUNK), _digest(16), length, None)]
+
+
+async def test_httpx_memory_does_not_grow_with_a_streamed_body() -> None:
+    count = 256  # 16 MiB, sent past a buffer of 256 KiB
+    async with (
+        Uploads(status=200) as server,
+        httpx.AsyncClient(transport=_transport(server.url, limit=4 * len(CHUNK))) as client,
+    ):
+        await client.put(f"{server.url}/upload", content=_chunks(2))  # connections, imports
+        tracemalloc.start()
+        try:
+            response = await client.put(f"{server.url}/upload", content=_chunks(count))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert response.status_code == 200
+    assert server.received[-1][:2] == (count * len(CHUNK), _digest(count))
+    assert peak < count * len(CHUNK) // 8  # 2 MiB: a few chunks, not the body
+
+
+async def test_httpx_a_stream_past_the_buffer_fails_over_whole_after_a_refused_connection() -> None:
+    dead = refused_url()
+    async with Uploads(status=200) as server:
+        document = {
+            "services": {
+                "svc": {
+                    "endpoints": [dead],
+                    "max_body_bytes": len(CHUNK),
+                    "routing": {"fallback_groups": [[server.url]]},
+                }
+            }
+        }
+        transport = ResilientTransport(
+            config=document, plugins=[TimeoutPlugin(), RetryPlugin()], entry_points=False
+        )
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.put(f"{dead}/upload", content=_chunks(8))
+    assert response.status_code == 200
+    assert outcome_of(response).endpoint == server.url  # nothing was read by the refused one
+    assert server.received == [(8 * len(CHUNK), _digest(8), None, "chunked")]
