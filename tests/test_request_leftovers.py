@@ -18,10 +18,13 @@ from typing import Self
 import httpx
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import healkit
+from healkit._routing.settings import SECTION as ROUTING
 from healkit.httpx import ResilientTransport, outcome_of
-from healkit.testing import refused_url
+from healkit.testing import FaultServer, refused_url
 from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
 
@@ -174,3 +177,75 @@ async def test_httpx_a_stream_past_the_buffer_fails_over_whole_after_a_refused_c
     assert response.status_code == 200
     assert outcome_of(response).endpoint == server.url  # nothing was read by the refused one
     assert server.received == [(8 * len(CHUNK), _digest(8), None, "chunked")]
+
+
+# -- an absolute URL's scheme is case-insensitive --------------------------------------------
+
+schemes = st.tuples(*(st.sampled_from([c, c.upper()]) for c in "http")).map("".join)
+"""``http`` with any of its letters in capitals (the fault server speaks plain HTTP)."""
+suffixes = st.sampled_from(["/base", "/base/x", "/base/x?q=1", "/base?q=2", "/other/y"])
+
+
+def test_an_endpoint_with_a_scheme_in_capitals_is_the_same_endpoint() -> None:
+    config = healkit.build_config(
+        {
+            "services": {
+                "svc": {
+                    "endpoints": ["HTTP://Upstream.test:8080/Base/"],
+                    "routing": {
+                        "allowed_origins": ["HTTPS://*.Internal"],
+                        "fallback_groups": [["Https://dr.internal"]],
+                    },
+                }
+            }
+        },
+        [ROUTING],
+    )
+    policy = config.policy("svc")
+    assert policy.endpoints == ("http://upstream.test:8080/Base",)
+    assert policy.known_endpoints == {"http://upstream.test:8080/Base", "https://dr.internal"}
+    assert config.service_for_url("http://upstream.test:8080/Base/x") == "svc"
+    assert config.configured("svc", "http://upstream.test:8080/Base")
+
+
+def test_an_endpoint_in_capitals_and_in_lower_case_is_one_endpoint_twice() -> None:
+    with pytest.raises(healkit.ConfigError, match="must not repeat"):
+        healkit.build_config(
+            {"services": {"svc": {"endpoints": ["HTTP://a.test", "http://a.test"]}}}
+        )
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(configured=schemes, called=schemes, suffix=suffixes)
+async def test_any_casing_of_the_scheme_behaves_as_lower_case(
+    fault_server: FaultServer, configured: str, called: str, suffix: str
+) -> None:
+    address = fault_server.url.removeprefix("http://")
+    document = {"services": {"svc": {"endpoints": [f"{configured}://{address}/base"]}}}
+    plugins = [TimeoutPlugin()]
+    seen: list[tuple[object, ...]] = []
+    async with healkit.Client(config=document, plugins=plugins, entry_points=False) as client:
+        for scheme in (called, "http"):
+            response = await client.get(f"{scheme}://{address}{suffix}")
+            outcome = response.outcome
+            seen.append((response.status, outcome.service, outcome.endpoint, response.url))
+            seen.append(_arrived(fault_server))
+    transport = ResilientTransport(config=document, plugins=plugins, entry_points=False)
+    async with httpx.AsyncClient(transport=transport) as http:
+        for scheme in (called, "http"):
+            answer = await http.get(f"{scheme}://{address}{suffix}")
+            outcome = outcome_of(answer)
+            seen.append((answer.status_code, outcome.service, outcome.endpoint))
+            seen.append(_arrived(fault_server))
+    assert seen[0:2] == seen[2:4]  # healkit.Client: as in lower case
+    assert seen[4:6] == seen[6:8]  # the httpx transport: as in lower case
+    assert seen[0][1] == seen[4][1] == ("svc" if suffix.startswith("/base") else "127.0.0.1")
+
+
+def _arrived(server: FaultServer) -> tuple[object, ...]:
+    received = server.requests[-1]
+    return (received.method, received.path, received.query_string)

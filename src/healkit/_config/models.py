@@ -74,6 +74,7 @@ __all__ = [
     "Timeouts",
     "build_config",
     "endpoint_problem",
+    "is_http_url",
     "name_problem",
     "normalize_endpoint",
     "service_name_issues",
@@ -83,7 +84,9 @@ __all__ = [
 S = TypeVar("S", bound=msgspec.Struct)
 
 SERVICE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
-ENDPOINT_PATTERN: Final = r"^https?://[^/@\s?#]+(/[^\s?#]*)?$"
+ENDPOINT_PATTERN: Final = r"^(?i:https?)://[^/@\s?#]+(/[^\s?#]*)?$"
+"""A base URL; its scheme in any case (RFC 3986): :func:`normalize_endpoint` writes it lower."""
+_HTTP_SCHEME: Final = re.compile(r"https?://", re.IGNORECASE)
 # A host name as DNS and IDNA allow it (RFC 1035/1123, RFC 5890): dot-separated
 # ASCII labels of 1 to 63 characters (after IDNA encoding), 253 in all. "_" is
 # kept: container and service-discovery names use it.
@@ -801,6 +804,17 @@ def _without_missing_plugins(
             )
         )
     return {k: v for k, v in doc.items() if k not in missing} if missing else doc
+
+
+def is_http_url(text: str) -> bool:
+    """Whether ``text`` starts with the scheme ``http`` or ``https``, in any case.
+
+    RFC 3986 (section 3.1): schemes are case-insensitive, so ``HTTP://h/x`` is
+    ``http://h/x``. The one rule of what is an absolute URL, not a path, for
+    every target healkit is given.
+    """
+    # The usual spelling first: one startswith, no regular expression.
+    return text.startswith(("http://", "https://")) or _HTTP_SCHEME.match(text) is not None
 
 
 def url_under(url: str, endpoint: str) -> bool:
