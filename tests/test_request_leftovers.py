@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
 import tracemalloc
+import weakref
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Self
 
 import httpx
@@ -20,11 +24,16 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import healkit
 from healkit._routing.settings import SECTION as ROUTING
+from healkit.etcd._feed import Reset, Subscription
 from healkit.httpx import ResilientTransport, outcome_of
-from healkit.testing import FaultServer, refused_url
+from healkit.testing import EtcdServer, FaultServer, ManualClock, refused_url
 from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
 
@@ -39,7 +48,7 @@ class Uploads:
 
     It keeps no body: a test measuring the client's memory measures the
     client's. ``/upload`` answers ``status`` (503 by default: a status the
-    retry plugin retries).
+    retry plugin retries); ``/moved`` answers 307 to ``/upload``.
     """
 
     def __init__(self, status: int = 503) -> None:
@@ -48,6 +57,7 @@ class Uploads:
         self.url = ""
         app = web.Application()
         app.router.add_route("*", "/upload", self._upload)
+        app.router.add_route("*", "/moved", self._moved)
         self._runner = web.AppRunner(app, handle_signals=False)
 
     async def __aenter__(self) -> Self:
@@ -60,6 +70,10 @@ class Uploads:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._runner.cleanup()
+
+    async def _moved(self, request: web.Request) -> web.Response:
+        await self._upload(request)
+        return web.Response(status=307, headers={"Location": "/upload"})
 
     async def _upload(self, request: web.Request) -> web.Response:
         digest = hashlib.sha256()
@@ -249,3 +263,97 @@ async def test_any_casing_of_the_scheme_behaves_as_lower_case(
 def _arrived(server: FaultServer) -> tuple[object, ...]:
     received = server.requests[-1]
     return (received.method, received.path, received.query_string)
+
+
+# -- the runtime's background tasks run in a context of their own ---------------------------
+
+TENANT: ContextVar[object] = ContextVar("healkit_test_tenant")
+"""A request-scoped context variable, as an application sets one (a tenant, a request's state)."""
+
+
+class Held:
+    """What a request's context variable holds (large, in an application)."""
+
+    __slots__ = ("__weakref__",)
+
+
+class Watching:
+    """A clock whose sleeps note what the sleeping task's context holds.
+
+    Each sleep is made in the task that sleeps (the probe loop's): it notes
+    whether :data:`TENANT` is set there, and starts a span there, as any
+    instrumented library would for work done in that task.
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.manual = ManualClock(auto_advance=False)
+        self.tracer = tracer
+        self.saw_tenant: list[bool] = []
+
+    def now(self) -> float:
+        return self.manual.now()
+
+    async def sleep(self, seconds: float) -> None:
+        self.saw_tenant.append(TENANT.get(None) is not None)
+        with self.tracer.start_as_current_span("probe round"):
+            pass
+        await self.manual.sleep(seconds)
+
+
+async def test_probes_keep_nothing_of_the_context_that_started_the_runtime(
+    fault_server: FaultServer,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    clock = Watching(tracer)
+    document = {
+        "services": {
+            "svc": {"endpoints": [fault_server.url], "routing": {"probe": {"interval": 5.0}}}
+        }
+    }
+    runtime = healkit.Runtime(
+        config=document, plugins=[TimeoutPlugin()], entry_points=False, clock=clock
+    )
+
+    async def request() -> weakref.ref[Held]:
+        """A request's scope that starts the runtime (a first call starts it so)."""
+        held = Held()
+        TENANT.set(held)
+        with tracer.start_as_current_span("request"):
+            await runtime.start()
+        return weakref.ref(held)
+
+    try:
+        held = await asyncio.create_task(request())  # its context ends with it
+        await fault_server.wait_for_hits(1)  # the first probe
+        await clock.manual.wait_for_sleepers()  # the probe loop waits for the next round
+        gc.collect()
+        assert held() is None
+        assert clock.saw_tenant == [False]
+    finally:
+        await runtime.stop()
+    (probe_round,) = [s for s in exporter.get_finished_spans() if s.name == "probe round"]
+    assert probe_round.parent is None
+
+
+async def test_the_shared_etcd_watch_keeps_nothing_of_its_first_subscribers_context(
+    etcd_server: EtcdServer,
+) -> None:
+    async with etcd_server.client() as client:
+
+        async def request() -> tuple[Subscription, weakref.ref[Held]]:
+            held = Held()
+            TENANT.set(held)
+            subscription = client.follow("/ctx/", liveness_timeout=5.0, random=lambda: 0.0)
+            return subscription, weakref.ref(held)
+
+        subscription, held = await asyncio.create_task(request())
+        try:
+            while not isinstance(await subscription.next(), Reset):  # the watch runs
+                pass
+            gc.collect()
+            assert held() is None
+        finally:
+            await subscription.aclose()
