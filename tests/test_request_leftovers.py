@@ -153,6 +153,22 @@ async def test_httpx_a_stream_sent_once_keeps_the_callers_content_length() -> No
     assert server.received == [(16 * len(CHUNK), _digest(16), length, None)]
 
 
+async def test_httpx_does_not_follow_a_307_with_a_stream_it_sent_once() -> None:
+    async with (
+        Uploads(status=200) as server,
+        httpx.AsyncClient(
+            transport=_transport(server.url, limit=len(CHUNK)), follow_redirects=True
+        ) as client,
+    ):
+        with pytest.raises(healkit.InvalidRequestError, match="not sent again"):
+            await client.put(f"{server.url}/moved", content=_chunks(4))
+        moved = await client.put(f"{server.url}/moved", content=_chunks(1))  # within the limit
+    assert moved.status_code == 200
+    whole = (4 * len(CHUNK), _digest(4), None, "chunked")
+    once = (len(CHUNK), _digest(1), str(len(CHUNK)), None)
+    assert server.received == [whole, once, once]  # /moved; then /moved and /upload
+
+
 async def test_httpx_memory_does_not_grow_with_a_streamed_body() -> None:
     count = 256  # 16 MiB, sent past a buffer of 256 KiB
     async with (

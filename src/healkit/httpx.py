@@ -378,21 +378,35 @@ class _Attempts:
 
 
 @final
-class _Remainder:
+class _Remainder(httpx.AsyncByteStream):
     """A request body longer than the buffer: the chunks read so far, then the rest as it comes.
 
-    httpx sends it as it is read, so it is sent once (:class:`~healkit._http.SentOnce`).
-    ``length``: the caller's ``Content-Length``, kept (else the body goes chunked).
+    httpx sends it as it is read, so it is sent once (:class:`~healkit._http.SentOnce`
+    refuses a second attempt); it also becomes the request's stream, so that
+    httpx's own second send (a 307 or 308 it follows) is refused here, not
+    sent cut short. ``length``: the caller's ``Content-Length``, kept (else
+    the body goes chunked).
     """
 
-    __slots__ = ("_head", "_rest", "length")
+    __slots__ = ("_head", "_limit", "_rest", "_started", "length")
 
-    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes], length: str | None) -> None:
+    def __init__(
+        self, head: list[bytes], rest: AsyncIterator[bytes], length: str | None, limit: int
+    ) -> None:
         self._head = deque(head)
         self._rest = rest
+        self._limit = limit
+        self._started = False
         self.length = length
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._started:
+            raise InvalidRequestError(
+                "not sent again: the request body is a stream longer than max_body_bytes"
+                f" ({self._limit} bytes), sent once as it was read (pass bytes, or raise"
+                " max_body_bytes, for a request that may be sent more than once)"
+            )
+        self._started = True
         head = self._head
         while head:
             yield head.popleft()  # each chunk let go once sent
@@ -406,10 +420,13 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
     A body given as bytes, text, JSON or a form is in memory already. A stream
     (an async iterator) is read up to ``limit`` bytes, so that every attempt
     can send it; past that, what was read is sent first, then the rest as it
-    is read: memory does not grow with the body.
+    is read: memory does not grow with the body. Either way the result
+    becomes ``request.stream`` (as ``request.aread()`` would make it), which
+    httpx sends again when it follows a 307 or 308.
 
     Raises:
-        InvalidRequestError: the body is a synchronous stream.
+        InvalidRequestError: the body is a synchronous stream, or a stream
+            past ``limit`` that was sent already.
 
     """
     try:
@@ -428,10 +445,14 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
         try:
             chunk = await anext(rest)
         except StopAsyncIteration:
-            return b"".join(head)
+            body = b"".join(head)
+            request.stream = httpx.ByteStream(body)
+            return body
         head.append(chunk)
         size += len(chunk)
-    return _Remainder(head, rest, request.headers.get("Content-Length"))
+    remainder = _Remainder(head, rest, request.headers.get("Content-Length"), limit)
+    request.stream = remainder
+    return remainder
 
 
 def _with_length(
