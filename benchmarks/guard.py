@@ -1,12 +1,16 @@
 """The healthy-path guard: this tree against a base revision, side by side in one run.
 
-``run.py --guard REV`` exports ``src/`` and ``benchmarks/`` of the git revision
-``REV`` into a temporary directory, then runs the ``pipeline`` scenario
-(the pipeline alone on a stub transport) of each tree in its own process,
-in turns: base, this tree, this tree, base, ... (``ROUNDS`` rounds), so
-that the machine's drift hits both alike. Each process imports its own tree's
-``healkit`` (``PYTHONPATH``); the plugin distributions are the installed ones,
-the same for both.
+``run.py --guard REV`` exports ``src/``, ``plugins/`` and ``benchmarks/`` of
+the git revision ``REV`` into a temporary directory, then runs the
+``pipeline`` scenario (the pipeline alone on a stub transport) of each tree
+in its own process, in turns: base, this tree, this tree, base, ...
+(``ROUNDS`` rounds), so that the machine's drift hits both alike. Each process
+imports its own tree's ``healkit`` and its own tree's plugins
+(``PYTHONPATH``: ``src/`` and every ``plugins/*/src``, ahead of the installed
+distributions), so a base whose core lacks an API that this tree's plugins
+use (``CallContext.retries_due`` for the retry plugin) runs with the plugins
+written for it. A plugin the base does not have comes from the installed
+distribution.
 
 For every healthy variant (``execute[...]`` and ``resilient[...]``, not the
 refused calls, not the SDK variant) the guard reports the median over the
@@ -32,13 +36,18 @@ from _harness import ScenarioResult, Settings, Table, Target, progress
 ROUNDS: Final = 4
 """Runs of each tree (in turns: A B B A ...)."""
 QUICK_ROUNDS: Final = 2
+_SHOWN_STDERR: Final = 4000
+"""The characters of a failed run's stderr shown (its traceback's end)."""
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent
 
 
 def _export(revision: str, into: Path) -> None:
-    """Write ``src/`` and ``benchmarks/`` of ``revision`` under ``into``."""
-    command = ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "src", "benchmarks"]
+    """Write ``src/``, ``plugins/`` and ``benchmarks/`` of ``revision`` under ``into``."""
+    command = [
+        *("git", "-C", str(ROOT), "archive", "--format=tar", revision),
+        *("src", "plugins", "benchmarks"),
+    ]
     # git from PATH, as the developer running the benchmarks does.
     archive = subprocess.run(command, check=True, capture_output=True).stdout  # noqa: S603
     with tempfile.TemporaryFile() as buffer:
@@ -53,10 +62,24 @@ def _pipeline(tree: Path, *, quick: bool) -> dict[str, float]:
     command = [sys.executable, str(tree / "benchmarks" / "run.py"), "--only", "pipeline", "--json"]
     if quick:
         command.append("--quick")
-    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-    done = subprocess.run(command, check=True, capture_output=True, env=env, text=True)  # noqa: S603 - our own script
+    env = {**os.environ, "PYTHONPATH": _import_path(tree)}
+    done = subprocess.run(command, capture_output=True, env=env, text=True, check=False)  # noqa: S603 - our own script
+    if done.returncode != 0:
+        # The tree's own error (an API its benchmark or plugins need), not a bare exit status.
+        shown = done.stderr.strip()[-_SHOWN_STDERR:]
+        raise GuardError(f"{tree}: {' '.join(command[1:])} failed:\n{shown}")
     variants = json.loads(done.stdout)["pipeline"]["variants"]
     return {name: float(v["us_per_call"]["median"]) for name, v in variants.items()}
+
+
+def _import_path(tree: Path) -> str:
+    """Return the ``PYTHONPATH`` of a process running ``tree``: its core, then its plugins."""
+    paths = [tree / "src", *sorted((tree / "plugins").glob("*/src"))]
+    return os.pathsep.join(str(path) for path in paths)
+
+
+class GuardError(RuntimeError):
+    """A tree's pipeline scenario failed; the message holds what it wrote on stderr."""
 
 
 def _healthy(name: str) -> bool:
@@ -113,7 +136,7 @@ def run(settings: Settings, base: str) -> ScenarioResult:
             "each number is the median over the runs of each run's median; spread: the larger"
             " of the two trees' ranges of per-run medians."
         ),
-        "both trees run with the installed plugin distributions; only healkit itself differs.",
+        "each tree runs with its own plugins (its plugins/*/src ahead of the installed ones).",
     ]
     data: dict[str, object] = {"base": base, "rounds": rounds, "variants": variants}
     return ScenarioResult(data=data, tables=[table], targets=targets, notes=notes)

@@ -19,7 +19,13 @@ from aiohttp.typedefs import LooseCookies, LooseHeaders
 from multidict import CIMultiDict
 
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config.models import HealkitConfig, ServicePolicy, url_problem, url_under
+from healkit._config.models import (
+    HealkitConfig,
+    ServicePolicy,
+    is_http_url,
+    url_problem,
+    url_under,
+)
 from healkit._context import CallContext
 from healkit._errors import ClientClosedError, InvalidRequestError
 from healkit._executor import execute
@@ -487,9 +493,9 @@ def _address(
         raise InvalidRequestError(
             f"target must be a path or a URL (a str), got {type(target).__name__}"
         )
-    if target.startswith(("http://", "https://")):
+    if is_http_url(target):
         url, host = _absolute_url(target)
-        # As yarl writes it, as the endpoints are kept: http://API.test:80/x is
+        # As yarl writes it, as the endpoints are kept: HTTP://API.test:80/x is
         # http://api.test/x, and belongs to the service of http://api.test.
         target = str(url)
         name = service or config.service_for_url(target)

@@ -542,13 +542,19 @@ class Runtime:
         """Run ``function()`` as a task owned by this runtime until :meth:`stop`.
 
         A task that fails is logged (``healkit.background_task_failed``); it is
-        not restarted.
+        not restarted. It runs in a context of its own (``contextvars.Context()``),
+        not in that of whoever started the runtime: a request's context variables
+        (a trace's span, a tenant, an inbound deadline) neither outlive the
+        request in it nor reach what the task does (probes, watches).
         """
         if not self._started:
             raise PluginError(name, "start_background", RuntimeError("the runtime is not started"))
-        task = asyncio.get_running_loop().create_task(function(), name=f"healkit: {name}")
+        context = contextvars.Context()  # the callback's too: it would copy the caller's
+        task = asyncio.get_running_loop().create_task(
+            function(), name=f"healkit: {name}", context=context
+        )
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._task_done, context=context)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:

@@ -175,7 +175,8 @@ def healkit_startup(runtime: Runtime) -> None:
 
     Start tasks with ``runtime.start_background(name, coroutine_function)``;
     the runtime cancels and awaits them when it stops, so none outlives the
-    client. Do not block.
+    client, and runs each in a context of its own (none of the starter's
+    context variables). Do not block.
 
     Result: all implementations are called; return values are ignored.
     May not return an awaitable (start a background task instead).

@@ -21,6 +21,10 @@ What httpx does and what healkit does:
   sends each attempt through the wrapped transport (``httpx.AsyncHTTPTransport()``
   by default). A URL under one of the service's endpoints may be re-routed to
   another endpoint or fallback group, as a call addressed by service name is;
+* a request body given as a stream (an async ``content=`` iterator,
+  ``files=``) is kept in memory up to ``max_body_bytes``, so that every
+  attempt sends it whole; a longer one is sent once, as it is read (what was
+  read first, then the rest), and is not retried or hedged;
 * the response body is read within the attempt and decoded there (gzip and
   deflate, each step capped by ``max_body_bytes``; the response comes without
   its ``Content-Encoding``, as from a proxy), so a truncated body is a failed
@@ -41,7 +45,8 @@ import math
 import socket
 import ssl
 import zlib
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Final, Self, final
 
@@ -69,7 +74,7 @@ from healkit._errors import (
     invalid_status,
 )
 from healkit._executor import execute
-from healkit._http import IDEMPOTENT_METHODS, attempt_headers, join_url
+from healkit._http import IDEMPOTENT_METHODS, SentOnce, attempt_headers, join_url
 from healkit._outcome import Outcome
 from healkit._response import OUTCOME_HEADER, Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
@@ -198,11 +203,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if self._closed:
             raise ClientClosedError("the healkit httpx transport is closed")
         await self._start()
-        body = await request.aread()
         runtime = self.runtime
         config = runtime.config
         target = str(request.url)
         endpoint, path, service, policy, _ = address(config, target, self._service)
+        body = await _request_body(request, policy.max_body_bytes)
         headers = CIMultiDict(
             (name, value)
             for name, value in request.headers.multi_items()
@@ -223,7 +228,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             clock,
             headers or None,
             method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in headers,
-            True,  # noqa: FBT003 - replayable: the body was read, every attempt can send it
+            isinstance(body, bytes),  # replayable: in memory, every attempt can send it
             now,
             math.inf,
             url_under(target, endpoint),  # routable: the URL is under a configured endpoint
@@ -252,14 +257,14 @@ def outcome_of(response: httpx.Response) -> Outcome:
 class _Attempts:
     """Sends the attempts of one call through the wrapped httpx transport."""
 
-    __slots__ = ("_body", "_closing", "_extensions", "_inner", "_stream")
+    __slots__ = ("_body", "_closing", "_extensions", "_inner", "_once", "_stream")
 
     concurrent = True  # each attempt builds its own httpx.Request
 
     def __init__(
         self,
         inner: httpx.AsyncBaseTransport,
-        body: bytes,
+        body: bytes | _Remainder,
         extensions: dict[str, object],
         stream: bool,
         closing: set[asyncio.Task[None]],
@@ -269,6 +274,8 @@ class _Attempts:
         self._extensions = extensions
         self._stream = stream
         self._closing = closing
+        # A body past the buffer is sent at most once, as healkit.Client sends a stream.
+        self._once = None if isinstance(body, bytes) else SentOnce(body)
 
     async def send(
         self, call: CallContext, attempt: AttemptContext
@@ -287,12 +294,15 @@ class _Attempts:
             },
         }
         headers = attempt_headers(call, attempt)
+        body, once = self._body, self._once
+        if once is not None:
+            once.take(call, attempt)
         try:
             request = httpx.Request(
                 call.method,
                 url,
-                headers=list(headers.items()) if headers else None,
-                content=self._body,
+                headers=_with_length(headers, body),
+                content=body,
                 extensions=extensions,
             )
             answer = await self._inner.handle_async_request(request)
@@ -321,9 +331,10 @@ class _Attempts:
                 _drop_encoding(answer.headers)
         except httpx.HTTPError as exc:
             redacted = call.config.redactor.url(url)
-            raise map_httpx_error(
-                exc, url=redacted, connect=limits.connect, read=limits.read
-            ) from exc
+            error = map_httpx_error(exc, url=redacted, connect=limits.connect, read=limits.read)
+            if once is not None:
+                once.failed(error)  # given back if the body cannot have been read
+            raise error from exc
         except httpx.InvalidURL as exc:
             raise InvalidRequestError(
                 f"invalid URL {call.config.redactor.url(url)}: {exc}"
@@ -364,6 +375,94 @@ class _Attempts:
     def finish(self, result: httpx.Response, outcome: Callable[[], Outcome]) -> httpx.Response:
         result.extensions[OUTCOME_EXTENSION] = outcome()
         return result
+
+
+@final
+class _Remainder(httpx.AsyncByteStream):
+    """A request body longer than the buffer: the chunks read so far, then the rest as it comes.
+
+    httpx sends it as it is read, so it is sent once (:class:`~healkit._http.SentOnce`
+    refuses a second attempt); it also becomes the request's stream, so that
+    httpx's own second send (a 307 or 308 it follows) is refused here, not
+    sent cut short. ``length``: the caller's ``Content-Length``, kept (else
+    the body goes chunked).
+    """
+
+    __slots__ = ("_head", "_limit", "_rest", "_started", "length")
+
+    def __init__(
+        self, head: list[bytes], rest: AsyncIterator[bytes], length: str | None, limit: int
+    ) -> None:
+        self._head = deque(head)
+        self._rest = rest
+        self._limit = limit
+        self._started = False
+        self.length = length
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._started:
+            raise InvalidRequestError(
+                "not sent again: the request body is a stream longer than max_body_bytes"
+                f" ({self._limit} bytes), sent once as it was read (pass bytes, or raise"
+                " max_body_bytes, for a request that may be sent more than once)"
+            )
+        self._started = True
+        head = self._head
+        while head:
+            yield head.popleft()  # each chunk let go once sent
+        async for chunk in self._rest:
+            yield chunk
+
+
+async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainder:
+    """Return ``request``'s body: in memory if at most ``limit`` bytes, else a :class:`_Remainder`.
+
+    A body given as bytes, text, JSON or a form is in memory already. A stream
+    (an async iterator) is read up to ``limit`` bytes, so that every attempt
+    can send it; past that, what was read is sent first, then the rest as it
+    is read: memory does not grow with the body. Either way the result
+    becomes ``request.stream`` (as ``request.aread()`` would make it), which
+    httpx sends again when it follows a 307 or 308.
+
+    Raises:
+        InvalidRequestError: the body is a synchronous stream, or a stream
+            past ``limit`` that was sent already.
+
+    """
+    try:
+        return request.content
+    except httpx.RequestNotRead:
+        pass
+    stream = request.stream
+    if not isinstance(stream, AsyncIterable):
+        raise InvalidRequestError(
+            "the request body is a synchronous iterator: an httpx.AsyncClient sends async ones"
+        )
+    rest = aiter(stream)
+    head: list[bytes] = []
+    size = 0
+    while size <= limit:
+        try:
+            chunk = await anext(rest)
+        except StopAsyncIteration:
+            body = b"".join(head)
+            request.stream = httpx.ByteStream(body)
+            return body
+        head.append(chunk)
+        size += len(chunk)
+    remainder = _Remainder(head, rest, request.headers.get("Content-Length"), limit)
+    request.stream = remainder
+    return remainder
+
+
+def _with_length(
+    headers: CIMultiDict[str] | None, body: bytes | _Remainder
+) -> list[tuple[str, str]] | None:
+    """Return an attempt's headers for httpx, with the length of a streamed body if known."""
+    fields = list(headers.items()) if headers else None
+    if isinstance(body, _Remainder) and body.length is not None:
+        fields = [*(fields or ()), ("Content-Length", body.length)]
+    return fields
 
 
 async def _read_capped(answer: httpx.Response, limit: int, url: str) -> bytes:

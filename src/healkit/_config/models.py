@@ -74,6 +74,7 @@ __all__ = [
     "Timeouts",
     "build_config",
     "endpoint_problem",
+    "is_http_url",
     "name_problem",
     "normalize_endpoint",
     "service_name_issues",
@@ -83,7 +84,9 @@ __all__ = [
 S = TypeVar("S", bound=msgspec.Struct)
 
 SERVICE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
-ENDPOINT_PATTERN: Final = r"^https?://[^/@\s?#]+(/[^\s?#]*)?$"
+ENDPOINT_PATTERN: Final = r"^(?i:https?)://[^/@\s?#]+(/[^\s?#]*)?$"
+"""A base URL; its scheme in any case (RFC 3986): :func:`normalize_endpoint` writes it lower."""
+_HTTP_SCHEME: Final = re.compile(r"https?://", re.IGNORECASE)
 # A host name as DNS and IDNA allow it (RFC 1035/1123, RFC 5890): dot-separated
 # ASCII labels of 1 to 63 characters (after IDNA encoding), 253 in all. "_" is
 # kept: container and service-discovery names use it.
@@ -306,7 +309,9 @@ class CoreServiceSettings(
         endpoints: base URLs of the service (``http`` or ``https``, no query);
             calls addressed by service name go to the first one; absolute URLs
             that start with one of them are mapped to this service.
-        max_body_bytes: the largest response body healkit reads into memory.
+        max_body_bytes: the largest response body healkit reads into memory;
+            also the largest streamed request body the httpx transport keeps
+            to send again (a longer one is sent once).
         follow_redirects: follow 301, 302, 303, 307 and 308 answers, hop by
             hop under healkit's rules; ``False`` returns them as the response.
         max_redirects: the most redirects one attempt follows; one more is a
@@ -836,6 +841,17 @@ def _without_missing_plugins(
             )
         )
     return {k: v for k, v in doc.items() if k not in missing} if missing else doc
+
+
+def is_http_url(text: str) -> bool:
+    """Whether ``text`` starts with the scheme ``http`` or ``https``, in any case.
+
+    RFC 3986 (section 3.1): schemes are case-insensitive, so ``HTTP://h/x`` is
+    ``http://h/x``. The one rule of what is an absolute URL, not a path, for
+    every target healkit is given.
+    """
+    # The usual spelling first: one startswith, no regular expression.
+    return text.startswith(("http://", "https://")) or _HTTP_SCHEME.match(text) is not None
 
 
 def url_under(url: str, endpoint: str) -> bool:

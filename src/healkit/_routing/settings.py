@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
-_ORIGIN_PATTERN: Final = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5})?$")
+_ORIGIN_PATTERN: Final = re.compile(r"^(?i:https?)://(\*\.)?[A-Za-z0-9.\-]+(:\d{1,5})?$")
 
 Origin = Annotated[str, msgspec.Meta(pattern=_ORIGIN_PATTERN.pattern)]
 Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import itertools
 import weakref
@@ -303,7 +304,10 @@ class _Feed:
         if self._connection is not None:
             subscription.push(self._connection)
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"healkit etcd feed {self._root}")
+            # Shared by every subscriber of the loop: in no subscriber's context.
+            self._task = asyncio.create_task(
+                self._run(), name=f"healkit etcd feed {self._root}", context=contextvars.Context()
+            )
         return subscription
 
     def read_again(self) -> None:

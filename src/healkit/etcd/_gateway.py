@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import os
@@ -863,9 +864,11 @@ class Gateway:
             task = self._auth_task
             if task is None:
                 # One authentication at a time, shared by every request waiting
-                # for it; shield() keeps it going if one waiter is cancelled.
-                task = asyncio.create_task(self._authenticate())
-                task.add_done_callback(self._auth_done)
+                # for it (so in none's context); shield() keeps it going if one
+                # waiter is cancelled.
+                context = contextvars.Context()
+                task = asyncio.create_task(self._authenticate(), context=context)
+                task.add_done_callback(self._auth_done, context=context)
                 self._auth_task = task
             await asyncio.shield(task)
         return self._token or None
