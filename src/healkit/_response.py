@@ -235,11 +235,19 @@ class Response:
         return error
 
     def text(self, encoding: str | None = None) -> str:
-        """Decode the body: ``encoding``, else the charset of Content-Type, else UTF-8."""
+        """Decode the body: ``encoding``, else the charset of Content-Type, else UTF-8.
+
+        Bytes that do not decode become U+FFFD. A charset Python does not know,
+        or one that cannot decode with replacement (``idna``, ``undefined``, a
+        name that is not ASCII), is replaced by UTF-8: the charset is the
+        upstream's word, and reading the text never raises.
+        """
         charset = encoding or _charset(self.headers.get("Content-Type", "")) or "utf-8"
         try:
             return self.body.decode(charset, errors="replace")
-        except LookupError:  # an unknown charset named by the server
+        # LookupError: a charset Python does not know. ValueError (UnicodeError among
+        # them): a codec that refuses errors="replace", or a name that is not ASCII.
+        except (LookupError, ValueError):
             return self.body.decode("utf-8", errors="replace")
 
     @overload
