@@ -8,12 +8,16 @@ caller sees, what each server received, and what healkit logged.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
+import httpx
 import pytest
 
 import healkit
-from healkit.testing import Fault, FaultServer
+from healkit.httpx import ResilientTransport, outcome_of
+from healkit.testing import Fault, FaultServer, refused_url
 from healkit_timeout import TimeoutPlugin
 
 pytestmark = pytest.mark.anyio
@@ -23,6 +27,12 @@ SERVICE = "api"
 
 def client(config: dict[str, Any]) -> healkit.Client:
     return healkit.Client(config=config, plugins=[TimeoutPlugin()], entry_points=False)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[FaultServer]]:
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(FaultServer()) for _ in range(2)]
 
 
 # -- Response.text() under a charset the upstream chose -------------------------------
@@ -71,3 +81,62 @@ async def test_text_never_raises_on_a_charset_of_bytes_that_are_not_utf8() -> No
         async with client(config) as c:
             response = await c.get("/t", service=SERVICE)
     assert response.text() == BODY.decode("utf-8", errors="replace")
+
+
+# -- URL userinfo ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["ftp://user:s3cr3t@files.test/x", "user:s3cr3t@api.test/x"])
+async def test_a_target_that_is_not_an_absolute_url_is_refused_without_its_password(
+    target: str,
+) -> None:
+    # Old code: the message quoted the target whole, password included.
+    async with client({}) as c:
+        with pytest.raises(healkit.InvalidRequestError) as caught:
+            await c.get(target)
+    assert "s3cr3t" not in str(caught.value)
+    assert "is not an absolute URL" in str(caught.value)
+
+
+def moved_to(url: str) -> Fault:
+    return Fault.status(307, headers={"Location": url})
+
+
+@pytest.mark.parametrize(("userinfo", "basic"), [("user:pw@", "dXNlcjpwdw=="), (":pw@", "OnB3")])
+async def test_an_absolute_url_with_userinfo_is_called_under_its_services_policy(
+    servers: list[FaultServer], userinfo: str, basic: str
+) -> None:
+    # Old code looked the service up with the userinfo in the URL: no endpoint
+    # matched, the call ran under the defaults, and the service's
+    # routing.credential_headers went along to another origin on a redirect. A
+    # password without a user name was not sent at all.
+    primary, other = servers
+    primary.script("/start", then=moved_to(f"{other.url}/landing"))
+    routing = {"credential_headers": ["X-Api-Key"]}
+    config = {"services": {SERVICE: {"endpoints": [primary.url], "routing": routing}}}
+    with_userinfo = primary.url.replace("http://", f"http://{userinfo}")
+    async with client(config) as c:
+        response = await c.get(f"{with_userinfo}/start", headers={"X-Api-Key": "k3y"})
+    assert response.status == 200
+    assert response.outcome.service == SERVICE
+    assert primary.requests[0].headers["Authorization"] == f"Basic {basic}"
+    assert primary.requests[0].headers["X-Api-Key"] == "k3y"
+    assert not {"Authorization", "X-Api-Key"} & other.requests[0].headers.keys()
+
+
+async def test_httpx_a_url_with_userinfo_fails_over_as_its_service(
+    fault_server: FaultServer,
+) -> None:
+    # Old code: the URL kept its userinfo when the transport asked whether it is
+    # under one of the service's endpoints: it was not routable, and the call to
+    # a refused primary failed instead of going to the fallback group.
+    fault_server.script("/x", then=Fault.ok(body=b"from the fallback"))
+    primary = refused_url()
+    routing = {"fallback_groups": [[fault_server.url]]}
+    config = {"services": {SERVICE: {"endpoints": [primary], "routing": routing}}}
+    transport = ResilientTransport(config=config, plugins=[TimeoutPlugin()], entry_points=False)
+    async with httpx.AsyncClient(transport=transport) as http:
+        response = await http.get(primary.replace("http://", "http://user:pw@") + "/x")
+    assert response.content == b"from the fallback"
+    outcome = outcome_of(response)
+    assert (outcome.service, outcome.path) == (SERVICE, "fallback")
