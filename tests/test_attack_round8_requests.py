@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 import healkit
+from healkit._log import MAX_FIELD_CHARS, MAX_LOGGED_HEADERS
 from healkit.httpx import ResilientTransport, outcome_of
-from healkit.testing import Fault, FaultServer, refused_url
+from healkit.testing import Fault, FaultServer, capture_events, refused_url
 from healkit_timeout import TimeoutPlugin
 
 pytestmark = pytest.mark.anyio
@@ -140,3 +141,38 @@ async def test_httpx_a_url_with_userinfo_fails_over_as_its_service(
     assert response.content == b"from the fallback"
     outcome = outcome_of(response)
     assert (outcome.service, outcome.path) == (SERVICE, "fallback")
+
+
+# -- what a log line carries of the caller's request ----------------------------------
+
+
+def field_texts(event: dict[str, Any]) -> list[str]:
+    texts = [value for value in event.values() if isinstance(value, str)]
+    headers = event.get("headers") or {}
+    return [*texts, *headers, *headers.values()]
+
+
+async def test_log_events_carry_a_bounded_part_of_the_callers_request() -> None:
+    # Old code logged the method, the reason (quoting the URL) and every header
+    # whole: one failed call with a 1 MB path, a 100 KB method or 10,000
+    # headers wrote a log line of megabytes.
+    config = {"services": {SERVICE: {"endpoints": [refused_url()]}}}
+    headers = {f"X-H{i}": "v" * 2_000 for i in range(MAX_LOGGED_HEADERS * 2)}
+    with capture_events() as events:
+        # Two clients: a second failure of the same kind in one would be summarised.
+        async with client(config) as c:
+            with pytest.raises(healkit.ConnectError):
+                await c.request("X" * 100_000, "/" + "p" * 1_000_000, service=SERVICE)
+        async with client(config) as c:
+            with pytest.raises(healkit.ConnectError):
+                await c.get("/q", service=SERVICE, headers=headers)
+    failed = [e for e in events if e["event"] in {"healkit.attempt_failed", "healkit.call_failed"}]
+    assert {e["event"] for e in failed} == {"healkit.attempt_failed", "healkit.call_failed"}
+    longest = MAX_FIELD_CHARS + len("... (1000000 characters)") + 64
+    for event in failed:
+        assert all(len(text) <= longest for text in field_texts(event)), event["event"]
+    with_headers = [e for e in failed if e["event"] == "healkit.call_failed" and e["headers"]]
+    (logged,) = (e["headers"] for e in with_headers)
+    assert len(logged) == MAX_LOGGED_HEADERS + 1
+    assert logged["..."] == f"{MAX_LOGGED_HEADERS} more headers"
+    assert logged["X-H0"].endswith("... (2000 characters)")
