@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Self
 
+import aiohttp
 import httpx
 import pytest
+from aiohttp import web
 
 import healkit
 from healkit._log import MAX_FIELD_CHARS, MAX_LOGGED_HEADERS
 from healkit.httpx import ResilientTransport, outcome_of
 from healkit.testing import Fault, FaultServer, capture_events, refused_url
+from healkit_breaker import BreakerPlugin
+from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
 
 pytestmark = pytest.mark.anyio
@@ -176,3 +180,140 @@ async def test_log_events_carry_a_bounded_part_of_the_callers_request() -> None:
     assert len(logged) == MAX_LOGGED_HEADERS + 1
     assert logged["..."] == f"{MAX_LOGGED_HEADERS} more headers"
     assert logged["X-H0"].endswith("... (2000 characters)")
+
+
+# -- the application closes its client while calls are in flight ----------------------
+
+
+class Holding:
+    """A loopback server that holds every request until released; says when n arrived."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self.count = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        self.count += 1
+        if self.count == self.n:
+            self.arrived.set()
+        if request.path == "/hold":
+            await self.release.wait()
+        return web.Response(text="ok")
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._hold)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+CALLS = 6
+SHARED = {
+    "services": {
+        SERVICE: {
+            "retry": {"attempts": 3},
+            "breaker": {"consecutive_failures": 2},
+            "routing": {"eject_after": 2},
+        }
+    }
+}
+
+
+def shared_runtime(url: str) -> healkit.Runtime:
+    config = {"services": {SERVICE: {**SHARED["services"][SERVICE], "endpoints": [url]}}}
+    return healkit.Runtime(
+        config=config,
+        plugins=[RetryPlugin(), BreakerPlugin(), TimeoutPlugin()],
+        entry_points=False,
+    )
+
+
+async def test_closing_a_client_of_a_shared_runtime_does_not_fail_the_endpoint() -> None:
+    # Old code: the calls in flight failed with ConnectionLostError, which the
+    # breaker and routing counted against the (healthy) endpoint; their retries
+    # were refused with CircuitOpenError, and so was the next client of the
+    # runtime. They now end with ClientClosedError, which counts against nothing.
+    async with Holding(CALLS) as upstream:
+        runtime = shared_runtime(upstream.url)
+        await runtime.start()
+        try:
+            closing = healkit.Client(runtime=runtime)
+            async with closing:
+                calls = [
+                    asyncio.ensure_future(closing.get("/hold", service=SERVICE))
+                    for _ in range(CALLS)
+                ]
+                await upstream.arrived.wait()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert {type(result) for result in results} == {healkit.ClientClosedError}
+            assert all(error.may_have_reached_server for error in results)  # type: ignore[union-attr]
+            (status,) = healkit.endpoint_status(runtime, SERVICE)
+            assert (status.usable, status.consecutive_failures) == (True, 0)
+            async with healkit.Client(runtime=runtime) as after:
+                response = await after.get("/next", service=SERVICE)
+            assert response.status == 200
+        finally:
+            await runtime.stop()
+
+
+async def test_closing_a_middleware_session_ends_its_calls_with_client_closed() -> None:
+    # Old code: the failures counted against the endpoint, and the retries were
+    # refused by its breaker (CircuitOpenError); without a breaker, a retry went
+    # into aiohttp's handler for the closed session, which raised AssertionError
+    # (outside healkit's tree) to the caller.
+    async with Holding(CALLS) as upstream:
+        runtime = shared_runtime(upstream.url)
+        await runtime.start()
+        try:
+            session = aiohttp.ClientSession(middlewares=[healkit.ResilienceMiddleware(runtime)])
+
+            async def call() -> int:
+                async with session.get(f"{upstream.url}/hold") as response:
+                    return response.status
+
+            calls = [asyncio.ensure_future(call()) for _ in range(CALLS)]
+            await upstream.arrived.wait()
+            await session.close()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert {type(result) for result in results} == {healkit.ClientClosedError}
+            (status,) = healkit.endpoint_status(runtime, SERVICE)
+            assert (status.usable, status.consecutive_failures) == (True, 0)
+        finally:
+            await runtime.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="httpx transport: calls in flight when the AsyncClient closes fail as the"
+    " endpoint's failures (counted by breaker and routing; retries refused with"
+    " CircuitOpenError). Fix in src/healkit/httpx.py _Attempts.send (check the"
+    " transport's closed flag when mapping an error), left to the owner of httpx.py",
+)
+async def test_httpx_closing_the_client_does_not_fail_the_endpoint() -> None:
+    async with Holding(CALLS) as upstream:
+        runtime = shared_runtime(upstream.url)
+        await runtime.start()
+        try:
+            http = httpx.AsyncClient(transport=ResilientTransport(runtime=runtime))
+            calls = [asyncio.ensure_future(http.get(f"{upstream.url}/hold")) for _ in range(CALLS)]
+            await upstream.arrived.wait()
+            await http.aclose()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert {type(result) for result in results} == {healkit.ClientClosedError}
+            (status,) = healkit.endpoint_status(runtime, SERVICE)
+            assert (status.usable, status.consecutive_failures) == (True, 0)
+        finally:
+            await runtime.stop()
