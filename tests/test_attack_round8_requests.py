@@ -359,3 +359,24 @@ async def test_a_slow_probe_holds_up_no_other_services_probes(fault_server: Faul
             # It was sent while the slow probe still waited for its answer.
             (status,) = healkit.endpoint_status(c.runtime, "slow")
             assert not status.down
+
+
+# -- reading a streamed body: the cap holds whatever size is asked for ----------------
+
+
+@pytest.mark.parametrize("size", [-1, 0])
+async def test_iter_chunks_refuses_a_size_that_would_escape_the_cap(
+    fault_server: FaultServer, size: int
+) -> None:
+    # Old code passed size to aiohttp: -1 read the whole body into memory before
+    # the cap was checked (a body that decodes to gigabytes, or never ends, was
+    # read whole), and 0 ended at once, as if the body were empty.
+    fault_server.script("/big", then=Fault.ok(body=b"x" * 200_000))
+    config = {"services": {SERVICE: {"endpoints": [fault_server.url], "max_body_bytes": 1000}}}
+    async with client(config) as c, c.stream("GET", "/big", service=SERVICE) as response:
+        with pytest.raises(ValueError, match="size must be an int of at least 1"):
+            async for _ in response.iter_chunks(size):
+                pass
+        with pytest.raises(healkit.BodyTooLargeError):
+            async for _ in response.iter_chunks(100):
+                pass
