@@ -8,7 +8,7 @@ caller sees, what each server received, and what healkit logged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
 from typing import Any, Self
 
@@ -380,3 +380,40 @@ async def test_iter_chunks_refuses_a_size_that_would_escape_the_cap(
         with pytest.raises(healkit.BodyTooLargeError):
             async for _ in response.iter_chunks(100):
                 pass
+
+
+# -- the deadline covers the fallback ---------------------------------------------------
+
+
+class SlowCache:
+    """A fallback that fetches from a cache that never answers."""
+
+    healkit_name = "slow-cache"
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    @healkit.hookimpl
+    def healkit_fallback(self) -> Awaitable[healkit.Fallback | None]:
+        async def fetch() -> healkit.Fallback | None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+            return None  # pragma: no cover - the cache never answers
+
+        return fetch()
+
+
+async def test_an_awaited_fallback_ends_with_the_calls_deadline() -> None:
+    # Old code awaited a fallback without bound: a call with a 0.2 s deadline
+    # whose fallback waited on a dead cache never ended.
+    cache = SlowCache()
+    config = {"services": {SERVICE: {"endpoints": [refused_url()]}}}
+    runtime_plugins = [cache, TimeoutPlugin()]
+    async with healkit.Client(config=config, plugins=runtime_plugins, entry_points=False) as c:
+        with anyio.fail_after(10), pytest.raises(healkit.ConnectError) as caught:
+            await c.get("/x", service=SERVICE, deadline=0.2)
+    assert cache.cancelled
+    assert "the fallback was cut short by the call's deadline" in str(caught.value)
