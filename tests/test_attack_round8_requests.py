@@ -417,3 +417,33 @@ async def test_an_awaited_fallback_ends_with_the_calls_deadline() -> None:
             await c.get("/x", service=SERVICE, deadline=0.2)
     assert cache.cancelled
     assert "the fallback was cut short by the call's deadline" in str(caught.value)
+
+
+# -- httpx: a redirect whose Location httpx cannot parse --------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=httpx.RemoteProtocolError,
+    reason="httpx's client builds the next request of every redirect, even with"
+    " follow_redirects off, and raises httpx.RemoteProtocolError for a Location it cannot"
+    " parse: an httpx exception, which docs/httpx.md says never reaches the caller. Fix in"
+    " src/healkit/httpx.py _Attempts.send (refuse such an answer with"
+    " RedirectRefusedError), left to the owner of httpx.py this round",
+)
+async def test_httpx_a_redirect_to_an_unparsable_location_is_a_healkit_error() -> None:
+    answer = b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n"
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    async with server:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        transport = ResilientTransport(plugins=[TimeoutPlugin()], entry_points=False)
+        async with httpx.AsyncClient(transport=transport) as http:
+            with pytest.raises(healkit.HealkitError):
+                await http.get(f"{url}/x")
