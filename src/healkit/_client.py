@@ -496,8 +496,11 @@ def _address(
     if is_http_url(target):
         url, host = _absolute_url(target)
         # As yarl writes it, as the endpoints are kept: HTTP://API.test:80/x is
-        # http://api.test/x, and belongs to the service of http://api.test.
-        target = str(url)
+        # http://api.test/x, and belongs to the service of http://api.test. Without
+        # its userinfo (sent as Authorization: see _call_headers), which no endpoint
+        # has: http://user:pw@api.test/x belongs to that service too, and its policy
+        # (credential_headers, allowed_origins...) applies to it.
+        target = str(url.with_user(None) if _has_userinfo(url) else url)
         name = service or config.service_for_url(target)
         policy = config.policy(name) if name else config.defaults
         for endpoint in policy.endpoints:
@@ -506,7 +509,9 @@ def _address(
         return str(url.origin()), url.raw_path_qs, name or host, policy, url
     if service is None:
         raise InvalidRequestError(
-            f"{_shown(target)} is not an absolute URL: pass service= to address a service"
+            # Shown without userinfo: HTTP://user:pw@host/ or user:pw@host/ holds credentials.
+            f"{_shown(without_userinfo(target))} is not an absolute URL: pass service= to"
+            " address a service"
         )
     policy = config.policy(service)
     endpoints = policy.endpoints
@@ -574,7 +579,7 @@ def _call_headers(
     header at all (most calls; nothing allocated).
     """
     checked = _request_headers(headers) if headers else None
-    if url is not None and url.user is not None:
+    if url is not None and _has_userinfo(url):
         if checked is None:
             checked = CIMultiDict()
         checked.setdefault("Authorization", _basic_auth(url))
@@ -633,6 +638,11 @@ def _with_query(path: str, params: Mapping[str, str]) -> str:
         return str(yarl.URL(path).update_query(params))
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"params= cannot be put in a query string: {exc}") from exc
+
+
+def _has_userinfo(url: yarl.URL) -> bool:
+    """Whether ``url`` has userinfo: a user name, a password, or both (``http://:pw@host``)."""
+    return url.user is not None or url.password is not None
 
 
 def _basic_auth(url: yarl.URL) -> str:

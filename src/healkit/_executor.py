@@ -12,6 +12,7 @@ carrying its attempt history.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, final
 
@@ -139,7 +140,7 @@ async def execute(  # noqa: C901, PLR0912 - the attempt loop and its awaits
         # The plan in force now: a backoff may have changed it.
         current = runtime._plan  # noqa: SLF001
         if current.has_fallback:
-            offered = await current.fallback(call, error)
+            offered = await _fallback(current, call, error)
             substitute = _substitute(current, call, transport, offered, error)
             if substitute is not None:
                 return substitute
@@ -421,6 +422,26 @@ def _substitute(
     if plan.has_call_end:
         plan.call_end(call, outcome(), None)
     return transport.finish(result, outcome)
+
+
+async def _fallback(plan: CallPlan, call: CallContext, error: HealkitError) -> Fallback | None:
+    """Run ``healkit_fallback`` within the time the call has left before its deadline.
+
+    A fallback that answers without waiting (a degraded template) always
+    answers; one whose awaitable is still pending when the deadline passes
+    (a cache that does not answer) is cancelled, no later implementation is
+    asked, and ``error``'s message says so: the call ends by its deadline.
+    """
+    remaining = call.deadline - call.clock.now()
+    if remaining == math.inf:
+        return await plan.fallback(call, error)
+    try:
+        async with asyncio.timeout(max(remaining, 0.0)):
+            return await plan.fallback(call, error)
+    except TimeoutError:
+        error.message = f"{error.message} (the fallback was cut short by the call's deadline)"
+        error.args = (error.message,)
+        return None
 
 
 def _failed(

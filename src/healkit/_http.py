@@ -62,6 +62,7 @@ __all__ = [
     "reached",
     "redirect_target",
     "replayable",
+    "unless_closed",
 ]
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -153,7 +154,7 @@ class HttpTransport:
             error = _request_failed(exc, call.config.redactor.url(url), limits)
             if once is not None:
                 once.failed(error)
-            raise error from aiohttp_cause(exc)
+            raise unless_closed(self._session, error, attempt) from aiohttp_cause(exc)
         public = url  # the URL we built has no userinfo
         if raw.status in REDIRECT_STATUSES or not 100 <= raw.status <= 599:
             hop = _Hop(call.method, url, headers, self._data, options)
@@ -176,9 +177,8 @@ class HttpTransport:
                 raw.release()
         except (aiohttp.ClientError, OSError) as exc:  # reading the body: a response arrived
             redacted = call.config.redactor.url(public)
-            raise map_aiohttp_error(
-                exc, url=redacted, timeouts=(limits.connect, limits.read)
-            ) from aiohttp_cause(exc)
+            error = map_aiohttp_error(exc, url=redacted, timeouts=(limits.connect, limits.read))
+            raise unless_closed(self._session, error, attempt) from aiohttp_cause(exc)
         response = Response._received(raw, body, public)  # noqa: SLF001 - see _received
         return response, response
 
@@ -314,8 +314,8 @@ class HttpTransport:
                     **hop.options,
                 )
             except _REQUEST_ERRORS as exc:
-                error = _request_failed(exc, record.location, attempt.timeouts)
-                raise reached(error, attempt) from aiohttp_cause(exc)
+                error = reached(_request_failed(exc, record.location, attempt.timeouts), attempt)
+                raise unless_closed(self._session, error, attempt) from aiohttp_cause(exc)
         return raw, str(hop.url)
 
 
@@ -391,6 +391,26 @@ class _Hop:
             self.options = _without_credentials(self.options)
         self.url = target
         return RedirectRecord(url=here, status=status, location=shown, method=self.method)
+
+
+def unless_closed(
+    session: aiohttp.ClientSession, error: HealkitError, attempt: AttemptContext
+) -> HealkitError:
+    """Return ``error`` of an attempt, or a ClientClosedError if ``session`` was closed under it.
+
+    The attempt then failed because the application closed its client or
+    session (the connections went with it), which says nothing of the
+    endpoint: a :class:`ClientClosedError` is not counted against it (a
+    breaker, an ejection) nor retried. It keeps ``error``'s
+    ``may_have_reached_server``.
+    """
+    if not session.closed:
+        return error
+    closed = ClientClosedError(
+        f"the client was closed during attempt {attempt.number} ({error.message})"
+    )
+    closed.may_have_reached_server = error.may_have_reached_server
+    return closed
 
 
 def replayable(data: object) -> bool:

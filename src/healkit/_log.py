@@ -34,6 +34,7 @@ interval, not 20,000 a second.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from healkit._errors import ConfigError, HealkitError
 
 __all__ = [
+    "MAX_FIELD_CHARS",
+    "MAX_LOGGED_HEADERS",
     "MAX_SUMMARIES",
     "ROOT_LOGGER",
     "SUMMARY_INTERVAL",
@@ -163,6 +166,14 @@ SUMMARY_INTERVAL: Final = 10.0
 
 MAX_SUMMARIES: Final = 1024
 """Kinds of repeated failure followed at once; the oldest is summarised and dropped beyond."""
+
+MAX_FIELD_CHARS: Final = 1024
+"""The longest text an event field of a call carries (``reason``, ``method``, a header's
+name or value): the caller's path, method and headers, and the messages that quote
+them, are any length. Longer text is cut and says how long it was."""
+
+MAX_LOGGED_HEADERS: Final = 64
+"""The headers ``healkit.call_failed`` lists; one more entry, ``...``, counts the rest."""
 
 Kind = Literal["refusal", "attempt", "call"]
 _SUMMARY_EVENTS: Final[dict[Kind, tuple[str, int]]] = {
@@ -314,7 +325,7 @@ def attempt_failed(
             path=call.path,
             endpoint=endpoint,
             error=key[3],
-            reason=error.message,
+            reason=_cut(error.message),
             # The breaker may let a probe through in this many seconds.
             closes_in=round(max(refusal.retry_at - now, 0.0), 6),
         )
@@ -324,10 +335,10 @@ def attempt_failed(
         service=call.service,
         attempt=attempt.number,
         path=call.path,
-        method=call.method,
+        method=_cut(call.method),
         endpoint=endpoint,
         error=key[3],
-        reason=error.message,
+        reason=_cut(error.message),
         status=attempt.status,
     )
 
@@ -364,7 +375,7 @@ def fallback_failed(plugin: str, error: HealkitError) -> None:
         "healkit.fallback_failed",
         plugin=plugin,
         error=type(error).__name__,
-        reason=error.message,
+        reason=_cut(error.message),
     )
 
 
@@ -390,15 +401,38 @@ def call_failed(
         service=call.service,
         attempt=call.attempt_number,
         path=call.path,
-        method=call.method,
+        method=_cut(call.method),
         error=type(error).__name__,
-        reason=error.message,
-        stop_reason=stop_reason,
-        # The service's routing.credential_headers are credentials in logs too.
-        headers=call.config.redactor.headers(
-            call.headers_if_any() or {}, also=redirect_rules(call.policy).credentials
-        ),
+        reason=_cut(error.message),
+        stop_reason=None if stop_reason is None else _cut(stop_reason),
+        headers=_logged_headers(call),
     )
+
+
+def _cut(text: str) -> str:
+    """Return ``text``, cut to :data:`MAX_FIELD_CHARS` characters if longer (saying so)."""
+    if len(text) <= MAX_FIELD_CHARS:
+        return text
+    return f"{text[:MAX_FIELD_CHARS]}... ({len(text)} characters)"
+
+
+def _logged_headers(call: CallContext) -> dict[str, str]:
+    """Return the call's headers as ``healkit.call_failed`` logs them: redacted and bounded.
+
+    At most :data:`MAX_LOGGED_HEADERS` of them, names and values cut by :func:`_cut`.
+    """
+    headers = call.headers_if_any()
+    if not headers:
+        return {}
+    # The service's routing.credential_headers are credentials in logs too.
+    redacted = call.config.redactor.headers(headers, also=redirect_rules(call.policy).credentials)
+    logged = {
+        _cut(name): _cut(value)
+        for name, value in itertools.islice(redacted.items(), MAX_LOGGED_HEADERS)
+    }
+    if len(redacted) > MAX_LOGGED_HEADERS:
+        logged["..."] = f"{len(redacted) - MAX_LOGGED_HEADERS} more headers"
+    return logged
 
 
 def plugin_failed(plugin: str, hook: str, error: Exception) -> None:
@@ -408,7 +442,7 @@ def plugin_failed(plugin: str, hook: str, error: Exception) -> None:
         plugin=plugin,
         hook=hook,
         error=type(error).__name__,
-        reason=str(error),
+        reason=_cut(str(error)),
     )
 
 
@@ -429,5 +463,8 @@ def config_rejected(error: ConfigError) -> None:
 def background_failed(name: str, error: BaseException) -> None:
     """Log ``healkit.background_task_failed``."""
     logger.error(
-        "healkit.background_task_failed", task=name, error=type(error).__name__, reason=str(error)
+        "healkit.background_task_failed",
+        task=name,
+        error=type(error).__name__,
+        reason=_cut(str(error)),
     )

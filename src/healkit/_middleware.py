@@ -52,6 +52,7 @@ import yarl
 from healkit._config.models import ServicePolicy, url_problem, url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
+    ClientClosedError,
     InvalidRequestError,
     RedirectRefusedError,
     TooManyRedirects,
@@ -68,6 +69,7 @@ from healkit._http import (
     reached,
     redirect_target,
     replayable,
+    unless_closed,
 )
 from healkit._outcome import Outcome, RedirectRecord
 from healkit._response import Response
@@ -148,6 +150,13 @@ class _MiddlewareTransport:
         for name, value in attempt.headers.items():
             request.headers[name] = value
         attempt.redirects = self._hops
+        # aiohttp's handler asserts that the session is open (an AssertionError):
+        # a retry after the application closed the session is refused here.
+        session = request.session
+        if session.closed:
+            raise ClientClosedError(
+                f"the aiohttp session was closed before attempt {attempt.number}"
+            )
         once = None
         if not call.replayable:
             once = self._once = self._once or SentOnce(request.body)
@@ -159,7 +168,7 @@ class _MiddlewareTransport:
             error = reached(map_aiohttp_error(exc, url=url, timeouts=(None, None)), attempt)
             if once is not None:
                 once.failed(error)
-            raise error from aiohttp_cause(exc)
+            raise unless_closed(session, error, attempt) from aiohttp_cause(exc)
         if not 100 <= raw.status <= 599:
             raw.release()
             error = invalid_status(raw.status, call.config.redactor.url(request.url))

@@ -201,13 +201,18 @@ class Response:
         return self._body
 
     async def iter_chunks(self, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """Yield the body in chunks as it arrives, enforcing ``max_body_bytes``.
+        """Yield the body in chunks of at most ``size`` bytes as they arrive, under the cap.
 
         Raises:
+            ValueError: ``size`` is not an int of at least 1 (aiohttp reads ``-1``
+                as "until the end", which would read the whole body before the
+                cap could stop it; ``0`` would end at once with no body).
             BodyTooLargeError: when the body grows past the cap.
             ReadTimeout, ConnectionLostError: when the connection fails mid-body.
 
         """
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be an int of at least 1, got {size!r}")
         if self._body is not None:
             for start in range(0, len(self._body), size):
                 yield self._body[start : start + size]
@@ -235,11 +240,19 @@ class Response:
         return error
 
     def text(self, encoding: str | None = None) -> str:
-        """Decode the body: ``encoding``, else the charset of Content-Type, else UTF-8."""
+        """Decode the body: ``encoding``, else the charset of Content-Type, else UTF-8.
+
+        Bytes that do not decode become U+FFFD. A charset Python does not know,
+        or one that cannot decode with replacement (``idna``, ``undefined``, a
+        name that is not ASCII), is replaced by UTF-8: the charset is the
+        upstream's word, and reading the text never raises.
+        """
         charset = encoding or _charset(self.headers.get("Content-Type", "")) or "utf-8"
         try:
             return self.body.decode(charset, errors="replace")
-        except LookupError:  # an unknown charset named by the server
+        # LookupError: a charset Python does not know. ValueError (UnicodeError among
+        # them): a codec that refuses errors="replace", or a name that is not ASCII.
+        except (LookupError, ValueError):
             return self.body.decode("utf-8", errors="replace")
 
     @overload

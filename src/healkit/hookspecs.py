@@ -467,7 +467,10 @@ def healkit_fallback(
     Return a :class:`healkit.Fallback` wrapping a :class:`healkit.Response` (HTTP
     calls) or a value of the decorated function's return type. May return an
     awaitable (fetch from a fallback endpoint or a cache); healkit awaits it
-    and, if it resolves to ``None``, asks the next implementation.
+    and, if it resolves to ``None``, asks the next implementation. Awaitables
+    are awaited within the time the call has left before its deadline: one
+    still pending when the deadline passes is cancelled, and the call raises
+    its error.
 
     Result: stops at the first non-``None`` result (``firstresult``).
     """

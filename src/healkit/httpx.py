@@ -56,7 +56,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from healkit._client import IDEMPOTENCY_HEADER
 from healkit._client import _address as address
 from healkit._clock import SYSTEM_CLOCK, Clock
-from healkit._config.models import url_under
 from healkit._context import AttemptContext, CallContext, Fallback
 from healkit._errors import (
     BodyTooLargeError,
@@ -231,7 +230,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             isinstance(body, bytes),  # replayable: in memory, every attempt can send it
             now,
             math.inf,
-            url_under(target, endpoint),  # routable: the URL is under a configured endpoint
+            # routable: the URL is under a configured endpoint (userinfo or not: see address)
+            endpoint in policy.endpoints,
         )
         attempts = _Attempts(self._inner, body, request.extensions, self._stream, self._closing)
         return await execute(runtime, call, attempts, endpoint)
