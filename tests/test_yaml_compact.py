@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from healkit import ConfigError, plain_document
 from healkit._config.compact import Encoded
 from healkit._config.formats import DocumentLimits, parse_compact, parse_document
+from tests.test_apply_gc_sources import LIMITS  # the JSON decoder is held to the same
 
 
 def outcome(parse: Callable[..., object], text: str, limits: DocumentLimits) -> object:
@@ -96,14 +97,6 @@ YAML_CASES = {
     "a deep service": "services:\n  a: " + "[" * 70 + "]" * 70 + "\n",
     "many services": "services:\n" + "".join(f"  s{i}: {{e: [{i}]}}\n" for i in range(300)),
 }
-LIMITS = [
-    DocumentLimits(),
-    DocumentLimits(max_depth=5),
-    DocumentLimits(max_depth=3),
-    DocumentLimits(max_nodes=100),
-    DocumentLimits(max_nodes=10),
-    DocumentLimits(max_bytes=60),
-]
 
 
 @pytest.mark.parametrize("limits", LIMITS)
