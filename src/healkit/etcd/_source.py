@@ -229,6 +229,7 @@ class EtcdSource:
         "_documents",
         "_from_snapshot",
         "_good",
+        "_held",
         "_last_error",
         "_limits",
         "_listeners",
@@ -272,6 +273,10 @@ class EtcdSource:
         self._documents: dict[str, str] = {}
         self._good: dict[str, object] = {}
         self._rejected: dict[str, int] = {}
+        # The decoded document of each key the runtime refused in the namespace
+        # as it was (an endpoint another service holds, defaults that break a
+        # service), with its revision: judged again with every later change.
+        self._held: dict[str, tuple[object, int]] = {}
         self._revision = 0
         # The etcd cluster the documents in force come from (0: not known yet).
         self._cluster_id = 0
@@ -516,12 +521,29 @@ class EtcdSource:
             if self._subscription is not None and not all(e.ready for e in self._listeners):
                 self._subscription.resync()  # a listener waits for a state not older
             return
+        # The revisions of another history (a restore, another cluster) tell
+        # nothing of when the keys were created: every key is judged again.
+        other = reset.replace or (self._from_snapshot and self._cluster_id != reset.cluster_id)
         self._check_cluster(reset.cluster_id)
         for entry in list(self._listeners):
             self._introduce(entry, reset.kvs, reset.revision)
         now = self._config_documents(reset.kvs)
         changed: dict[str, str | None] = {key: None for key in self._documents if key not in now}
-        changed.update((key, text) for key, text in now.items() if self._documents.get(key) != text)
+        created = {
+            self._key(kv) for kv in reset.kvs if other or kv.create_revision > self._revision
+        }
+        for key in created.intersection(self._documents) if not other else ():
+            # Deleted and created again meanwhile: as a watching instance saw
+            # the delete, the document of the key before is gone.
+            self._good.pop(key, None)
+            self._held.pop(key, None)
+        changed.update(
+            (key, text)
+            for key, text in now.items()
+            if key in created or self._documents.get(key) != text
+        )
+        # The keys in the order of their creation now (see _assemble).
+        self._documents = {key: self._documents.get(key, text) for key, text in now.items()}
         await self._apply(changed, reset.revision, sink)
         # Only now is what etcd holds in force (applying may await a worker thread).
         self._from_snapshot = False
@@ -545,7 +567,8 @@ class EtcdSource:
             else:
                 others.append(event)
         self._dispatch(others, revision)
-        await self._apply(changed, revision, sink)
+        # Keys created together are kept in key order, as a bootstrap read orders them.
+        await self._apply(dict(sorted(changed.items())), revision, sink)
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -600,10 +623,14 @@ class EtcdSource:
         if changed or force:
             parsed = await self._parse(changed)
             good, refused = self._stage(changed, parsed, revision)
-            error = await self._settle(good, refused, changed, revision, sink, force=force)
+            retried = self._retry(good, changed)
+            error = await self._settle(
+                good, refused, changed, revision, sink, retried=retried, force=force
+            )
             self._good = good
-            for key in changed.keys() - refused:
+            for key in (changed.keys() | retried) - refused:
                 self._rejected.pop(key, None)
+                self._held.pop(key, None)
         self._revision = revision
         await self._persist()
         self._changed.set()
@@ -617,18 +644,22 @@ class EtcdSource:
         revision: int,
         sink: ConfigSink,
         *,
+        retried: set[str],
         force: bool,
     ) -> ConfigError | None:
         """Submit ``good`` until the runtime takes it, rejecting the keys it blames.
 
         The document is submitted only if it differs (value and type) from the
-        last good one. On a refusal, the changed keys the issues point at are
-        rejected; if they point at none, every changed key still pending is:
-        the document was valid before this revision, so its changes made it
-        invalid. Each round rejects at least one key, so this ends.
+        last good one. On a refusal, the changed and ``retried`` keys the
+        issues point at are rejected; if they point at none, the services in
+        force that name an endpoint of an older key are (:meth:`_evict`), else
+        the retried keys still pending (they were refused before this
+        revision), else every changed key still pending: the document was
+        valid before this revision, so its changes made it invalid. Each round
+        rejects at least one key, so this ends.
         """
         origin = f"{self.origin} revision {revision}"
-        pending = set(changed) - refused
+        pending = (set(changed) - refused) | retried
         start = force
         while force or not same_document(good, self._good):
             force = False
@@ -637,22 +668,47 @@ class EtcdSource:
                 return None
             if not pending:
                 return error  # the last good documents themselves are refused
-            blamed = {key for key in pending if self._blamed(key, error)} or set(pending)
+            pointed = {key for key in pending if self._blamed(key, error)}
+            if not pointed and self._evict(good, pending, revision, error):
+                continue
+            blamed = pointed or (pending & retried) or set(pending)
             if start and self._defaults_came_later(blamed, pending):
                 # A running instance applied those services, then rejected the
                 # defaults that break them: an instance that starts now does too.
                 trial = {key: value for key, value in good.items() if key != DEFAULTS}
                 if await sink.submit(self._assemble(trial), origin=origin) is None:
-                    self._reject(DEFAULTS, revision, error)
+                    self._hold(DEFAULTS, good, revision, error, again=True)
                     refused.add(DEFAULTS)
                     good.pop(DEFAULTS)
                     return None
             for key in blamed:
-                self._reject(key, revision, error)
+                again = key not in pointed or self._endpoint_held(key, good[key], error)
+                self._hold(key, good, revision, error, again=again)
                 self._restore(key, good)
             refused |= blamed
             pending -= blamed
         return None
+
+    def _evict(
+        self, good: dict[str, object], pending: set[str], revision: int, error: ConfigError
+    ) -> bool:
+        """Refuse the applied services that name an endpoint of a service whose key is older.
+
+        A pending document (a key older than theirs, written again to name
+        that endpoint) takes it from them, as an instance that starts now
+        judges: the key created first owns an endpoint. They are refused
+        whole (their document in force names it too) and judged again later.
+        Return whether any was.
+        """
+        evicted = [
+            key
+            for key in good.keys() - pending
+            if self._blamed(key, error) and self._endpoint_held(key, good[key], error)
+        ]
+        for key in evicted:
+            self._hold(key, good, revision, error, again=True)
+            good.pop(key)
+        return bool(evicted)
 
     def _defaults_came_later(self, blamed: set[str], pending: set[str]) -> bool:
         """Whether the start's ``blamed`` keys were all written before the defaults.
@@ -667,6 +723,55 @@ class EtcdSource:
             and all(self._written.get(key, written) < written for key in blamed)
         )
 
+    def _hold(
+        self,
+        key: str,
+        good: Mapping[str, object],
+        revision: int,
+        error: ConfigError,
+        *,
+        again: bool,
+    ) -> None:
+        """Reject the document of ``key`` in ``good``; with ``again``, judge it again later.
+
+        ``again``: the runtime refused it because of other documents (an
+        endpoint another service holds, defaults that break it once merged);
+        a change of those (the service holding the endpoint deleted, the
+        defaults changed) can make it valid without it being written again,
+        as an instance that starts then finds it. A document invalid on its
+        own is not judged again until it is written again.
+        """
+        held = self._held.pop(key, None)
+        if held is not None and held[0] is good[key]:
+            revision = held[1]  # retried: it keeps the revision that wrote it
+        if again:
+            self._held[key] = (good[key], revision)
+        self._reject(key, revision, error)
+
+    def _endpoint_held(self, key: str, document: object, error: ConfigError) -> bool:
+        """Whether the only issues in the document of ``key`` are at its list of endpoints.
+
+        That is where the runtime says that an endpoint of the list belongs to
+        another service (each endpoint's own problems lie at its index).
+        """
+        role = self._role(key)
+        if role is None or role[0] == "defaults":
+            return False
+        path = join_path(join_path("$.services", role[1]), "endpoints")
+        opened_document = opened(document)
+        return (
+            isinstance(opened_document, dict)
+            and isinstance(opened_document.get("endpoints"), list)
+            and all(issue.path == path for issue in error.issues if self._in_document(key, issue))
+        )
+
+    def _retry(self, good: dict[str, object], changed: Mapping[str, str | None]) -> set[str]:
+        """Put the held documents of keys not in ``changed`` into ``good``; return their keys."""
+        retried = {key for key in self._held if key not in changed}
+        for key in retried:
+            good[key] = self._held[key][0]
+        return retried
+
     def _stage(
         self, changed: Mapping[str, str | None], parsed: Mapping[str, object], revision: int
     ) -> tuple[dict[str, object], set[str]]:
@@ -677,6 +782,7 @@ class EtcdSource:
         good = dict(self._good)
         refused: set[str] = set()
         for key, text in changed.items():
+            self._held.pop(key, None)  # judged again now, as written
             if text is None:
                 self._documents.pop(key, None)
                 good.pop(key, None)
@@ -708,11 +814,12 @@ class EtcdSource:
     def _config_documents(self, kvs: Sequence[KeyValue]) -> dict[str, str]:
         """Return the configuration keys among ``kvs`` (relative to the root) and their text.
 
-        In the order they were written (by ``mod_revision``), as a watching
-        instance applied them: where two documents conflict (two services
-        with one endpoint), the one written first is the one kept.
+        In the order their keys were created (``create_revision``, then key
+        order within one revision), the order in which a watching instance
+        keeps them (see :meth:`_assemble`): where two documents conflict (two
+        services with one endpoint), the one whose key was created first is kept.
         """
-        ordered = sorted(kvs, key=lambda kv: kv.mod_revision)
+        ordered = sorted(kvs, key=lambda kv: (kv.create_revision, kv.key))
         documents = {self._key(kv): _text(kv) for kv in ordered}
         return {key: text for key, text in documents.items() if self._role(key) is not None}
 
@@ -766,13 +873,19 @@ class EtcdSource:
         return kind, service
 
     def _assemble(self, good: Mapping[str, object]) -> dict[str, object]:
-        """Build the whole document from the good document of each key (compact, as kept)."""
+        """Build the whole document from the good document of each key (compact, as kept).
+
+        Services come in the order of ``_documents``: the order their keys
+        were created (a key created again comes last), which decides which of
+        two services naming one endpoint keeps it, at start and when watching.
+        """
         services: dict[str, object] = {}
         overlays: dict[str, object] = {}
         document: dict[str, object] = {"services": services}
-        for key, value in good.items():
+        for key in self._documents:
+            value = good.get(key, _ABSENT)
             role = self._role(key)
-            if role is None:
+            if value is _ABSENT or role is None:
                 continue
             kind, name = role
             if kind == "defaults":
@@ -804,7 +917,11 @@ class EtcdSource:
 
         If none does (the key's change made another document invalid, such as a
         service merged with new defaults), every issue is logged with the key.
+        A document rejected again at the same revision (judged again after
+        another key's change) is not logged again.
         """
+        if self._rejected.get(key) == revision:
+            return
         self._rejected[key] = revision
         role = self._role(key)
         mine = [
@@ -917,6 +1034,9 @@ class EtcdSource:
                 reason="the snapshot was written from another etcd cluster",
             )
         self._cluster_id = cluster_id
+
+
+_ABSENT: Final = object()
 
 
 def _text(kv: KeyValue) -> str:
