@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import healkit
 from healkit.etcd import DeleteOp, EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
@@ -260,3 +262,111 @@ async def test_an_older_key_written_again_takes_the_endpoint_of_a_younger_one(
     assert fresh == (frozenset({"alpha"}), "alpha", frozenset({"services/zeta"}))
     assert again == {fresh_again}
     assert fresh_again == (frozenset({"alpha", "zeta"}), "zeta", frozenset())
+
+
+# -- the property, with shared endpoints, moves and deletes -------------------------------------
+
+NAMESPACE = "mixed"
+ROOT = f"/healkit/{NAMESPACE}/"
+NAMES = ("a", "b", "c", "d")
+# Written differently, the same three endpoints: two services naming one conflict.
+POOL = (
+    "http://p.test",
+    "http://P.test:80/",
+    "http://q.test/",
+    "http://q.test",
+    "http://r.test/x",
+    "http://r.test/x/",
+)
+VALID_DOCUMENT = st.builds(
+    lambda endpoints, eject_after: json.dumps(
+        {"endpoints": endpoints, "routing": {"eject_after": eject_after}}
+    ).encode(),
+    st.lists(st.sampled_from(POOL), min_size=1, max_size=2),  # a repeat is invalid alone
+    st.integers(1, 3),
+)
+INVALID_DOCUMENT = st.sampled_from(
+    [
+        b"{not json",
+        b'{"endpoints": "http://p.test"}',
+        b'{"endpoints": ["http://p.test"], "routing": {"eject_after": true}}',
+        b'{"endpoints": ["http://s.test"], "routing": {"eject_after": 2.0}}',
+    ]
+)
+Op = tuple[str, str, bytes | None]  # (kind, name, value): put, delete, or move (name -> name2)
+OPERATIONS = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(NAMES), VALID_DOCUMENT | INVALID_DOCUMENT),
+    st.tuples(st.just("delete"), st.sampled_from(NAMES), st.none()),
+    st.tuples(st.just("move"), st.permutations(NAMES).map(lambda p: p[0] + p[1]), VALID_DOCUMENT),
+)
+
+
+def _ops(operation: Op) -> tuple[list[PutOp | DeleteOp], set[str]]:
+    kind, name, value = operation
+    key = (ROOT + "services/").encode()
+    if kind == "put":
+        assert value is not None
+        return [PutOp(key=key + name.encode(), value=value)], {name}
+    if kind == "delete":
+        return [DeleteOp(key=key + name.encode())], {name}
+    assert value is not None
+    return [DeleteOp(key=key + name[0].encode()), PutOp(key=key + name[1].encode(), value=value)], {
+        name[0],
+        name[1],
+    }
+
+
+def _transaction(operations: list[Op]) -> list[PutOp | DeleteOp]:
+    ops: list[PutOp | DeleteOp] = []
+    touched: set[str] = set()
+    for operation in operations:
+        more, names = _ops(operation)
+        if not names & touched:  # etcd refuses a key twice in one transaction
+            ops += more
+            touched |= names
+    return ops
+
+
+def applied(runtime: healkit.Runtime, source: EtcdSource) -> tuple[object, ...]:
+    config = runtime.config
+    return (
+        {name: policy.as_document() for name, policy in config.services.items()},
+        {
+            url: config.service_for_url(url)
+            for url in ("http://p.test", "http://q.test", "http://r.test/x")
+        },
+        frozenset(source.status.rejected),
+    )
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(transactions=st.lists(st.lists(OPERATIONS, min_size=1, max_size=3), min_size=1, max_size=8))
+async def test_instances_agree_under_mixed_writes_with_shared_endpoints_moves_and_deletes(
+    etcd_server: EtcdServer, transactions: list[list[Op]]
+) -> None:
+    async with etcd_server.client() as etcd:
+        await etcd.put(ROOT + "services/seed", document("http://seed.test"))
+        try:
+            async with instances(etcd, NAMESPACE) as running:
+                for operations in transactions:
+                    written = await etcd.txn(success=_transaction(operations))
+                    for _, source in running:
+                        await until(source, lambda s, r=written.revision: s.applied_revision >= r)
+                    seen = {repr(applied(runtime, source)) for runtime, source in running}
+                    # Three instances, three watches: one judgement.
+                    assert len(seen) == 1
+                runtime, source = running[0]
+                kept_an_older_document = any(
+                    key.removeprefix("services/") in runtime.config.services
+                    for key in source.status.rejected
+                )
+                if not kept_an_older_document:
+                    # Without history to remember, an instance that starts now
+                    # applies the same: one owner per endpoint, by key age.
+                    starting = EtcdSource(etcd, namespace=NAMESPACE, liveness_timeout=6.0)
+                    async with healkit.Runtime(config=starting, entry_points=False) as fresh:
+                        assert repr(applied(fresh, starting)) == seen.pop()
+        finally:
+            await etcd.delete(ROOT, prefix=True)
