@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 import healkit
 from healkit.etcd import DeleteOp, EtcdClient, EtcdSource, EtcdSourceStatus, PutOp
 from healkit.testing import EtcdServer, TcpProxy, capture_events
+from tests.cli_support import cli
 
 pytestmark = pytest.mark.anyio
 
@@ -262,6 +264,58 @@ async def test_an_older_key_written_again_takes_the_endpoint_of_a_younger_one(
     assert fresh == (frozenset({"alpha"}), "alpha", frozenset({"services/zeta"}))
     assert again == {fresh_again}
     assert fresh_again == (frozenset({"alpha", "zeta"}), "zeta", frozenset())
+
+
+# -- the command line judges as the instances do ------------------------------------------------
+
+
+async def test_status_shows_the_owner_of_a_shared_endpoint_that_instances_apply(
+    etcd_server: EtcdServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    namespace = "shown"
+    root = f"/healkit/{namespace}/"
+    async with etcd_server.client() as etcd:
+        await etcd.put(root + "services/zeta", document(SHARED))
+        await etcd.put(root + "services/alpha", document(SHARED + "/"))
+        source = EtcdSource(etcd, namespace=namespace)
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            assert state(runtime, source)[1:] == ("zeta", frozenset({"services/alpha"}))
+    run = await anyio.to_thread.run_sync(
+        lambda: cli(capsys, "status", "--endpoints", etcd_server.url, "--namespace", namespace)
+    )
+    # Before: zeta was marked INVALID and its traffic shown going to alpha
+    # (the first in key order), the opposite of what every instance applies.
+    assert run.status == 1
+    assert run.err == f"healkit: {root}: invalid: services/alpha\n"
+    assert "service zeta (fleet health off):" in run.out
+    assert "service alpha" not in run.out
+
+
+async def test_a_push_is_refused_for_its_own_service_sharing_an_endpoint_in_etcd(
+    etcd_server: EtcdServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    namespace = "pushed"
+    async with etcd_server.client() as etcd:
+        await etcd.put(f"/healkit/{namespace}/services/zeta", document(SHARED))
+    pushed = tmp_path / "beta.json"
+    pushed.write_text(json.dumps({"services": {"beta": {"endpoints": [SHARED + ":80"]}}}))
+    run = await anyio.to_thread.run_sync(
+        lambda: cli(
+            capsys,
+            "config",
+            "push",
+            str(pushed),
+            "--endpoints",
+            etcd_server.url,
+            "--namespace",
+            namespace,
+        )
+    )
+    # Before: the service in etcd (zeta) was blamed, "in etcd, not in the
+    # pushed document", as if the new key would take the endpoint from it.
+    assert run.status == 1
+    assert "$.services.beta.endpoints: endpoint http://shared.test is also an endpoint" in run.err
+    assert "in etcd, not in the pushed document" not in run.err
 
 
 # -- the property, with shared endpoints, moves and deletes -------------------------------------

@@ -87,6 +87,7 @@ __all__ = [
     "EtcdSourceStatus",
     "KeyKind",
     "Listener",
+    "creation_order",
     "etcd_prefix",
     "key_role",
     "name_issues",
@@ -169,6 +170,18 @@ def key_role(key: str) -> tuple[KeyKind, str, str]:
     if len(parts) >= 4 and parts[0] == "channels" and parts[2] == "services":
         return ("overlay", "/".join(parts[3:]), parts[1])
     return ("other", "", "")
+
+
+def creation_order(kv: KeyValue) -> tuple[int, bytes]:
+    """Sort key of the order documents are judged in: their keys' creation, then key order.
+
+    Of two services that name one endpoint, the one whose key was created
+    first (``create_revision``; within one revision, the first in key order)
+    keeps it. The one rule of instances, at start and when watching, and of
+    ``healkit status`` and ``config push``: a key keeps its place when it is
+    written again, and goes last when it is deleted and created again.
+    """
+    return (kv.create_revision, kv.key)
 
 
 def name_issues(key: str) -> list[ConfigIssue]:
@@ -814,12 +827,10 @@ class EtcdSource:
     def _config_documents(self, kvs: Sequence[KeyValue]) -> dict[str, str]:
         """Return the configuration keys among ``kvs`` (relative to the root) and their text.
 
-        In the order their keys were created (``create_revision``, then key
-        order within one revision), the order in which a watching instance
-        keeps them (see :meth:`_assemble`): where two documents conflict (two
-        services with one endpoint), the one whose key was created first is kept.
+        In :func:`creation_order`, the order in which a watching instance
+        keeps them (see :meth:`_assemble`).
         """
-        ordered = sorted(kvs, key=lambda kv: (kv.create_revision, kv.key))
+        ordered = sorted(kvs, key=creation_order)
         documents = {self._key(kv): _text(kv) for kv in ordered}
         return {key: text for key, text in documents.items() if self._role(key) is not None}
 
