@@ -10,13 +10,17 @@ never judged again when that one went).
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -264,6 +268,81 @@ async def test_an_older_key_written_again_takes_the_endpoint_of_a_younger_one(
     assert fresh == (frozenset({"alpha"}), "alpha", frozenset({"services/zeta"}))
     assert again == {fresh_again}
     assert fresh_again == (frozenset({"alpha", "zeta"}), "zeta", frozenset())
+
+
+# -- a server that only looks like etcd ----------------------------------------------------------
+
+
+def _header(revision: int, cluster: int) -> dict[str, str]:
+    return {"cluster_id": str(cluster), "member_id": "5", "revision": str(revision)}
+
+
+@contextlib.asynccontextmanager
+async def two_histories(watch_header: dict[str, str]) -> AsyncIterator[tuple[str, list[int]]]:
+    """An HTTP server shaped like etcd whose reads and watches are not of one history.
+
+    Reads answer from cluster 4660 at revision 10; each watch is created with
+    ``watch_header`` (another cluster, or a revision below the read's) and
+    stays open. Yields its URL and the list of reads served (one item each).
+    """
+    reads: list[int] = []
+    stop = asyncio.Event()
+    value = base64.b64encode(document("http://a.test")).decode()
+    key = base64.b64encode(b"/healkit/fake/services/a").decode()
+
+    async def range_(_: web.Request) -> web.Response:
+        reads.append(1)
+        kv = {"key": key, "value": value, "mod_revision": "3", "create_revision": "3"}
+        return web.json_response({"header": _header(10, 4660), "kvs": [kv], "count": "1"})
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        created = {"result": {"header": watch_header, "created": True}}
+        await response.write(json.dumps(created).encode() + b"\n")
+        await stop.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v3/kv/range", range_)
+    app.router.add_post("/v3/watch", watch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", reads
+    finally:
+        stop.set()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("watch_header", "reason"),
+    [
+        (_header(10, 4661), "its watch answers from cluster 1235, its read from 1234"),
+        (_header(5, 4660), "its watch is at revision 5, below its read's 10"),
+    ],
+)
+async def test_endpoints_that_serve_two_histories_are_reported_not_read_in_a_loop(
+    watch_header: dict[str, str], reason: str
+) -> None:
+    async with two_histories(watch_header) as (url, reads), EtcdClient(url) as etcd:
+        source = EtcdSource(etcd, namespace="fake", random=lambda: 1.0)
+        with capture_events() as logs:
+            async with healkit.Runtime(config=source, entry_points=False) as runtime:
+                # Before: "connected" for ever, while the feed read the namespace
+                # again as fast as the server answered (hundreds of reads a
+                # second), with a warning each time.
+                await until(source, lambda s: s.connection == "unreachable")
+                assert len(reads) == 2  # the start, and once again
+                assert runtime.config.policy("a").endpoints == ("http://a.test",)
+        assert source.status.last_error == (
+            f"etcd at {url} does not serve one history: {reason},"
+            " again after reading everything again"
+        )
+        assert [e["event"] for e in logs].count("healkit.etcd_unreachable") == 1
 
 
 # -- the command line judges as the instances do ------------------------------------------------
