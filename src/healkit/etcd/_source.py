@@ -63,7 +63,7 @@ import math
 import os
 import random
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal, Protocol, final
 
@@ -99,6 +99,8 @@ _logger: Final = get_logger("healkit.etcd")
 DEFAULT_PREFIX: Final = "/healkit/"
 DEFAULT_LIVENESS: Final = 10.0
 SNAPSHOT_VERSION: Final = 2
+LOGGED_ISSUES: Final = 20
+"""Issues logged for one rejected document; more are counted in one last event."""
 
 
 class Listener(Protocol):
@@ -663,65 +665,118 @@ class EtcdSource:
         """Submit ``good`` until the runtime takes it, rejecting the keys it blames.
 
         The document is submitted only if it differs (value and type) from the
-        last good one. On a refusal, the changed and ``retried`` keys the
-        issues point at are rejected; if they point at none, the services in
-        force that name an endpoint of an older key are (:meth:`_evict`), else
-        the retried keys still pending (they were refused before this
-        revision), else every changed key still pending: the document was
-        valid before this revision, so its changes made it invalid. Each round
-        rejects at least one key, so this ends.
+        last good one. It holds the ``retried`` documents (held, see
+        :meth:`_hold`) with this revision's changes: one swap when they fit.
+        On a refusal, the retried keys are rejected again if the issues point
+        at them alone; else they are set aside, this revision's changes are
+        judged without them, and then they are, on their own: a held document
+        never costs a change its place. The changed keys the issues point at
+        are rejected; if they point at none, the services in force that name
+        an endpoint of an older key are (:meth:`_evict`), else every changed
+        key still pending: the document was valid before this revision, so
+        its changes made it invalid. Each round rejects or sets aside at
+        least one key, so this ends.
         """
         origin = f"{self.origin} revision {revision}"
         pending = (set(changed) - refused) | retried
+        aside: set[str] = set()  # held documents set aside until the changes are judged
+        set_aside = False
+        in_force = self._good
         start = force
-        while force or not same_document(good, self._good):
-            force = False
-            error = await sink.submit(self._assemble(good), origin=origin)
+        while True:
+            error = None  # an unchanged document is taken as it is
+            if force or not same_document(good, in_force):
+                force = False
+                error = await sink.submit(self._assemble(good), origin=origin)
             if error is None:
-                return None
-            if not pending:
-                return error  # the last good documents themselves are refused
-            pointed = {key for key in pending if self._blamed(key, error)}
-            if not pointed and self._evict(good, pending, revision, error):
-                continue
-            blamed = pointed or (pending & retried) or set(pending)
-            if start and self._defaults_came_later(blamed, pending):
-                # A running instance applied those services, then rejected the
-                # defaults that break them: an instance that starts now does too.
-                trial = {key: value for key, value in good.items() if key != DEFAULTS}
-                if await sink.submit(self._assemble(trial), origin=origin) is None:
-                    self._hold(DEFAULTS, good, revision, error, again=True)
-                    refused.add(DEFAULTS)
-                    good.pop(DEFAULTS)
+                if not aside:
                     return None
+                in_force = dict(good)  # this revision's changes; now the documents set aside
+                pending = self._bring_back(aside, good)
+                continue
+            if not pending:
+                refused |= aside
+                return error  # the last good documents themselves are refused
+            located = self._locate(good, error)
+            pointed = pending & located.keys()
+            if not set_aside and pending & retried and not (pointed and pointed <= retried):
+                # Judge this revision's changes without the held documents first.
+                set_aside = True
+                aside = pending & retried
+                pending -= aside
+                self._restore_all(aside, good)
+                continue
+            evicted = set() if pointed else self._evict(good, pending, located, revision, error)
+            if evicted:
+                refused |= evicted
+                continue
+            blamed = pointed or set(pending)
+            if (
+                start
+                and self._defaults_came_later(blamed, pending)
+                and await self._without_defaults(good, revision, error, sink)
+            ):
+                refused.add(DEFAULTS)
+                return None
             for key in blamed:
-                again = key not in pointed or self._endpoint_held(key, good[key], error)
+                again = key not in pointed or self._endpoint_held(key, good[key], located[key])
                 self._hold(key, good, revision, error, again=again)
-                self._restore(key, good)
+            self._restore_all(blamed, good)
             refused |= blamed
             pending -= blamed
-        return None
+
+    async def _without_defaults(
+        self, good: dict[str, object], revision: int, error: ConfigError, sink: ConfigSink
+    ) -> bool:
+        """Submit ``good`` without the defaults; if taken, reject (and hold) them.
+
+        At start: a running instance applied the services ``error`` blames,
+        then rejected the defaults that break them; an instance that starts
+        now does too.
+        """
+        trial = {key: value for key, value in good.items() if key != DEFAULTS}
+        origin = f"{self.origin} revision {revision}"
+        if await sink.submit(self._assemble(trial), origin=origin) is not None:
+            return False
+        self._hold(DEFAULTS, good, revision, error, again=True)
+        good.pop(DEFAULTS)
+        return True
+
+    def _bring_back(self, aside: set[str], good: dict[str, object]) -> set[str]:
+        """Put the held documents ``aside`` back into ``good``; return them, emptying ``aside``."""
+        for key in aside:
+            good[key] = self._held[key][0]
+        back = set(aside)
+        aside.clear()
+        return back
 
     def _evict(
-        self, good: dict[str, object], pending: set[str], revision: int, error: ConfigError
-    ) -> bool:
+        self,
+        good: dict[str, object],
+        pending: set[str],
+        located: Mapping[str, Sequence[ConfigIssue]],
+        revision: int,
+        error: ConfigError,
+    ) -> set[str]:
         """Refuse the applied services that name an endpoint of a service whose key is older.
 
         A pending document (a key older than theirs, written again to name
         that endpoint) takes it from them, as an instance that starts now
         judges: the key created first owns an endpoint. They are refused
         whole (their document in force names it too) and judged again later.
-        Return whether any was.
+        Return them.
         """
         evicted = [
             key
-            for key in good.keys() - pending
-            if self._blamed(key, error) and self._endpoint_held(key, good[key], error)
+            for key, issues in located.items()
+            if key not in pending
+            and issues[0].path.endswith(".endpoints")  # most are not: spared the rest
+            and self._endpoint_held(key, good[key], issues)
         ]
         for key in evicted:
             self._hold(key, good, revision, error, again=True)
             good.pop(key)
-        return bool(evicted)
+        return set(evicted)
 
     def _defaults_came_later(self, blamed: set[str], pending: set[str]) -> bool:
         """Whether the start's ``blamed`` keys were all written before the defaults.
@@ -761,8 +816,8 @@ class EtcdSource:
             self._held[key] = (good[key], revision)
         self._reject(key, revision, error)
 
-    def _endpoint_held(self, key: str, document: object, error: ConfigError) -> bool:
-        """Whether the only issues in the document of ``key`` are at its list of endpoints.
+    def _endpoint_held(self, key: str, document: object, issues: Sequence[ConfigIssue]) -> bool:
+        """Whether the ``issues`` in the document of ``key`` are all at its list of endpoints.
 
         That is where the runtime says that an endpoint of the list belongs to
         another service (each endpoint's own problems lie at its index).
@@ -771,11 +826,11 @@ class EtcdSource:
         if role is None or role[0] == "defaults":
             return False
         path = join_path(join_path("$.services", role[1]), "endpoints")
+        if not all(issue.path == path for issue in issues):
+            return False
         opened_document = opened(document)
-        return (
-            isinstance(opened_document, dict)
-            and isinstance(opened_document.get("endpoints"), list)
-            and all(issue.path == path for issue in error.issues if self._in_document(key, issue))
+        return isinstance(opened_document, dict) and isinstance(
+            opened_document.get("endpoints"), list
         )
 
     def _retry(self, good: dict[str, object], changed: Mapping[str, str | None]) -> set[str]:
@@ -808,6 +863,11 @@ class EtcdSource:
             else:
                 good[key] = decoded
         return good, refused
+
+    def _restore_all(self, keys: Iterable[str], good: dict[str, object]) -> None:
+        """Put back the last good document of each of ``keys`` in ``good`` (or none)."""
+        for key in keys:
+            self._restore(key, good)
 
     def _restore(self, key: str, good: dict[str, object]) -> None:
         """Put back the last good document of ``key`` in ``good`` (or none)."""
@@ -911,17 +971,42 @@ class EtcdSource:
                 services[name] = encoded({**base, **top})
         return document
 
-    def _blamed(self, key: str, error: ConfigError) -> bool:
-        """Whether an issue of ``error`` lies in the document of ``key``."""
-        return any(self._in_document(key, issue) for issue in error.issues)
+    def _locate(
+        self, good: Mapping[str, object], error: ConfigError
+    ) -> dict[str, list[ConfigIssue]]:
+        """Return the issues of ``error`` that lie in the document of each key of ``good``.
 
-    def _in_document(self, key: str, issue: ConfigIssue) -> bool:
+        Each issue is read for the key of the document it lies in
+        (:func:`_service_of`): a refusal of a namespace of many services with
+        an issue in each costs no more than its issues.
+        """
+        located: dict[str, list[ConfigIssue]] = {}
+        for issue in error.issues:
+            name = _service_of(issue.path)
+            if name is None:
+                keys = [DEFAULTS] if issue.path.startswith(_DEFAULTS_PATHS) else []
+            else:
+                keys = [f"services/{name}"]
+                if self._channel is not None:
+                    keys.append(f"channels/{self._channel}/services/{name}")
+            for key in keys:
+                if key in good:
+                    located.setdefault(key, []).append(issue)
+        return located
+
+    def _document_path(self, key: str) -> str | None:
+        """Return the path of the document of ``key`` in the whole document (``None``: none)."""
         role = self._role(key)
         if role is None:
-            return False
+            return None
         kind, name = role
-        path = "$.defaults" if kind == "defaults" else join_path("$.services", name)
-        return issue.path == path or issue.path.startswith((f"{path}.", f"{path}["))
+        return "$.defaults" if kind == "defaults" else join_path("$.services", name)
+
+    def _in_document(self, key: str, issue: ConfigIssue) -> bool:
+        path = self._document_path(key)
+        return path is not None and (
+            issue.path == path or issue.path.startswith((f"{path}.", f"{path}["))
+        )
 
     def _reject(self, key: str, revision: int, error: ConfigError) -> None:
         """Log the issues of ``error`` that lie in the document of ``key``.
@@ -929,7 +1014,8 @@ class EtcdSource:
         If none does (the key's change made another document invalid, such as a
         service merged with new defaults), every issue is logged with the key.
         A document rejected again at the same revision (judged again after
-        another key's change) is not logged again.
+        another key's change) is not logged again. At most
+        :data:`LOGGED_ISSUES` issues are logged, then how many more there are.
         """
         if self._rejected.get(key) == revision:
             return
@@ -940,13 +1026,24 @@ class EtcdSource:
             for issue in error.issues
             if role is None or issue.path == "$" or self._in_document(key, issue)
         ]
-        for issue in mine or error.issues:
+        issues = mine or error.issues
+        for issue in issues[:LOGGED_ISSUES]:
             _logger.error(
                 "healkit.etcd_document_rejected",
                 key=self._root + key,
                 revision=revision,
                 path=issue.path,
                 reason=issue.reason,
+            )
+        if len(issues) > LOGGED_ISSUES:
+            # Defaults that break every service of a large namespace: one line
+            # per service would flood the log and stall the event loop.
+            _logger.error(
+                "healkit.etcd_document_rejected",
+                key=self._root + key,
+                revision=revision,
+                path="$",
+                reason=f"and {len(issues) - LOGGED_ISSUES} more issues (not logged)",
             )
 
     # -- connection state ------------------------------------------------------------
@@ -1048,6 +1145,26 @@ class EtcdSource:
 
 
 _ABSENT: Final = object()
+_SERVICES: Final = "$.services."
+_QUOTED_SERVICES: Final = '$.services["'
+_DEFAULTS_PATHS: Final = ("$.defaults.", "$.defaults[")
+
+
+def _service_of(path: str) -> str | None:
+    """Return the service whose document an issue's ``path`` is in (``None``: none).
+
+    The inverse of :func:`~healkit._config.validate.join_path` for
+    ``$.services``: a name is quoted (``$.services["a.b"]``) unless it is an
+    identifier, which holds no ``.`` nor ``[``; a valid name needs no escape.
+    """
+    if path.startswith(_SERVICES):
+        start = len(_SERVICES)
+        ends = [end for end in (path.find(".", start), path.find("[", start)) if end >= 0]
+        return path[start : min(ends, default=len(path))]
+    if path.startswith(_QUOTED_SERVICES):
+        end = path.find('"]', len(_QUOTED_SERVICES))
+        return path[len(_QUOTED_SERVICES) : end] if end >= 0 else None
+    return None
 
 
 def _text(kv: KeyValue) -> str:
