@@ -242,6 +242,26 @@ async def test_defaults_refused_for_a_service_apply_once_that_service_is_fixed(
     assert fresh[1][2] == frozenset()
 
 
+async def test_defaults_judged_again_never_cost_a_change_of_a_service_they_break(
+    etcd_server: EtcdServer,
+) -> None:
+    namespace = "innocent"
+    root = f"/healkit/{namespace}/"
+    capped = {"endpoints": ["http://a.test"], "routing": {"eject_time_max": 50}}
+    async with etcd_server.client() as etcd:
+        await etcd.put(root + "services/a", json.dumps(capped))
+        source = EtcdSource(etcd, namespace=namespace)
+        async with healkit.Runtime(config=source, entry_points=False) as runtime:
+            breaking = await etcd.put(root + "defaults", b'{"routing": {"eject_time": 100}}')
+            await until(source, lambda s: s.applied_revision >= breaking.revision)
+            # Valid with the defaults in force, still below the refused ones.
+            capped["routing"] = {"eject_time_max": 60}
+            changed = await etcd.put(root + "services/a", json.dumps(capped))
+            await until(source, lambda s: s.applied_revision >= changed.revision)
+            assert source.status.rejected == {"defaults": breaking.revision}
+            assert runtime.config.policy("a").as_document()["routing"]["eject_time_max"] == 60.0
+
+
 async def test_an_older_key_written_again_takes_the_endpoint_of_a_younger_one(
     etcd_server: EtcdServer,
 ) -> None:
