@@ -35,7 +35,11 @@ point at are rejected (or, if they point at no key written in that revision,
 every key written in it: together they made the document invalid) and the
 rest is submitted again. At start the same rules apply (:meth:`EtcdSource.load_into`):
 the runtime starts with every valid document and refuses to start only when
-documents exist and none of them is usable.
+documents exist and none of them is usable. Documents are assembled in the
+order their keys were created (:func:`creation_order`), so that of two
+services naming one endpoint every instance keeps the same one, and a
+document refused only because of other documents is held and judged again
+with each later change of the configuration.
 
 The sources of one process that read the same namespace of the same etcd
 with the same connection settings share one watch stream (see
