@@ -31,7 +31,7 @@ from healkit._errors import ConfigError, ConfigIssue
 from healkit._plugins import create_plugin_manager
 from healkit._runtime import config_sections
 from healkit.etcd import EtcdClient, KeyValue
-from healkit.etcd._source import key_role, name_issues, stored_format
+from healkit.etcd._source import creation_order, key_role, name_issues, stored_format
 
 __all__ = [
     "DEFAULTS",
@@ -84,6 +84,10 @@ class NamespaceState:
         """Return the stored bytes of ``key`` (relative), or ``None`` if absent."""
         kv = self.keys.get(key)
         return None if kv is None else kv.value
+
+    def judged(self) -> list[str]:
+        """Return the keys in the order instances judge them (:func:`creation_order`)."""
+        return sorted(self.keys, key=lambda key: creation_order(self.keys[key]))
 
 
 async def read_namespace(client: EtcdClient, root: str) -> NamespaceState:
@@ -229,7 +233,8 @@ def check_after(
     """Validate the namespace as it will be once ``changed`` is written."""
     documents: dict[str, object] = {}
     issues: list[ConfigIssue] = []
-    for key in sorted({*state.keys, *changed}):
+    # The keys the push creates come last, together, in key order, as instances judge them.
+    for key in [*state.judged(), *sorted(changed.keys() - state.keys.keys())]:
         if key_role(key)[0] not in {"defaults", "service"}:
             continue
         data = changed[key] if key in changed else state.raw(key)
@@ -303,7 +308,7 @@ def check_namespace(
     """Decode and check every document of ``state``, each channel's overlays too."""
     problems: dict[str, list[ConfigIssue]] = {}
     decoded: dict[str, object] = {}
-    for key in state.keys:
+    for key in state.judged():
         misnamed = name_issues(key)
         if misnamed:
             problems[key] = misnamed

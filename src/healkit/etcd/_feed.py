@@ -57,7 +57,12 @@ from typing import TYPE_CHECKING, Final, final
 
 import anyio
 
-from healkit._errors import EtcdCompactedError, EtcdError, EtcdUnavailableError
+from healkit._errors import (
+    EtcdCompactedError,
+    EtcdError,
+    EtcdProtocolError,
+    EtcdUnavailableError,
+)
 from healkit._log import get_logger
 from healkit.etcd._gateway import Settings
 from healkit.etcd._messages import KeyValue, RangeResult, WatchEvent
@@ -236,6 +241,7 @@ class _Feed:
         "_liveness",
         "_loaded",
         "_loading",
+        "_mismatched",
         "_random",
         "_reload",
         "_replace",
@@ -264,6 +270,9 @@ class _Feed:
         self._reload = True
         self._loading = False
         self._replace = False
+        # The last read was made because the watch's history was not the
+        # read's, and no watch message has agreed with a read since.
+        self._mismatched = False
         self._stream: EtcdWatch | None = None
         self._connection: Connection | None = None
         # Messages the watch stream delivered so far (its sign of life).
@@ -400,7 +409,7 @@ class _Feed:
         if stream.created_revision < self._revision:
             # etcd was restored from an older backup (or is another cluster): a
             # watch from our next revision would wait for a future that is not ours.
-            self._went_back(stream.created_revision)
+            self._went_back(stream.endpoint, stream.created_revision)
             return
         if self._other_cluster(stream.endpoint, stream.cluster_id):
             return
@@ -408,10 +417,11 @@ class _Feed:
         async for response in stream:
             self._heard += 1
             if response.revision < self._revision:
-                self._went_back(response.revision)
+                self._went_back(stream.endpoint, response.revision)
                 return
             if self._other_cluster(stream.endpoint, response.cluster_id):
                 return
+            self._mismatched = False
             fresh = [e for e in response.events if e.kv.mod_revision > self._revision]
             # A response can carry several revisions (catching up after a
             # reconnection): each revision is handed on on its own, whole.
@@ -433,6 +443,10 @@ class _Feed:
         """
         if not (self._cluster_id and cluster_id) or cluster_id == self._cluster_id:
             return False
+        self._mismatch(
+            endpoint,
+            f"its watch answers from cluster {cluster_id:x}, its read from {self._cluster_id:x}",
+        )
         _logger.warning(
             "healkit.etcd_cluster_changed",
             endpoint=endpoint,
@@ -440,16 +454,37 @@ class _Feed:
             previous_cluster=f"{self._cluster_id:x}",
             etcd_cluster=f"{cluster_id:x}",
         )
-        self._reload = self._replace = True
         return True
 
-    def _went_back(self, etcd_revision: int) -> None:
+    def _went_back(self, endpoint: str, etcd_revision: int) -> None:
+        self._mismatch(
+            endpoint,
+            f"its watch is at revision {etcd_revision}, below its read's {self._revision}",
+        )
         _logger.warning(
             "healkit.etcd_revision_went_back",
             applied_revision=self._revision,
             etcd_revision=etcd_revision,
         )
+
+    def _mismatch(self, endpoint: str, reason: str) -> None:
+        """Read everything again: the watch's history is not the one read.
+
+        Once, that is a restore or a move to another cluster. Again, before
+        any watch message agreed with the read made for the first, the
+        endpoints do not serve one history (a balancer over two clusters, a
+        server that only looks like etcd): reading again at once would loop
+        as fast as it answers. That raises :class:`~healkit.EtcdProtocolError`,
+        so that the feed says so and reads again after its backoff.
+        """
         self._reload = self._replace = True
+        if self._mismatched:
+            raise EtcdProtocolError(
+                f"etcd at {endpoint or 'any endpoint'} does not serve one history: {reason},"
+                " again after reading everything again",
+                endpoint=endpoint or None,
+            )
+        self._mismatched = True
 
     @contextlib.asynccontextmanager
     async def _watch_stream(self) -> AsyncIterator[EtcdWatch]:

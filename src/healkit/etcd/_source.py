@@ -35,7 +35,11 @@ point at are rejected (or, if they point at no key written in that revision,
 every key written in it: together they made the document invalid) and the
 rest is submitted again. At start the same rules apply (:meth:`EtcdSource.load_into`):
 the runtime starts with every valid document and refuses to start only when
-documents exist and none of them is usable.
+documents exist and none of them is usable. Documents are assembled in the
+order their keys were created (:func:`creation_order`), so that of two
+services naming one endpoint every instance keeps the same one, and a
+document refused only because of other documents is held and judged again
+with each later change of the configuration.
 
 The sources of one process that read the same namespace of the same etcd
 with the same connection settings share one watch stream (see
@@ -65,7 +69,7 @@ import os
 import random
 import stat
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal, NoReturn, Protocol, final
 
@@ -89,6 +93,7 @@ __all__ = [
     "EtcdSourceStatus",
     "KeyKind",
     "Listener",
+    "creation_order",
     "etcd_prefix",
     "key_role",
     "name_issues",
@@ -103,6 +108,8 @@ SNAPSHOT_VERSION: Final = 2
 SNAPSHOT_MAX_BYTES: Final = 256 * 1024 * 1024
 """The largest snapshot file read or written: 256 MiB, 256 documents at the largest
 :class:`~healkit.DocumentLimits` allows by default, or tens of thousands of real ones."""
+LOGGED_ISSUES: Final = 20
+"""Issues logged for one rejected document; more are counted in one last event."""
 
 
 class Listener(Protocol):
@@ -176,6 +183,18 @@ def key_role(key: str) -> tuple[KeyKind, str, str]:
     return ("other", "", "")
 
 
+def creation_order(kv: KeyValue) -> tuple[int, bytes]:
+    """Sort key of the order documents are judged in: their keys' creation, then key order.
+
+    Of two services that name one endpoint, the one whose key was created
+    first (``create_revision``; within one revision, the first in key order)
+    keeps it. The one rule of instances, at start and when watching, and of
+    ``healkit status`` and ``config push``: a key keeps its place when it is
+    written again, and goes last when it is deleted and created again.
+    """
+    return (kv.create_revision, kv.key)
+
+
 def name_issues(key: str) -> list[ConfigIssue]:
     """Return the issues of the service name in ``key`` (relative to the root); ``[]``: none.
 
@@ -234,6 +253,7 @@ class EtcdSource:
         "_documents",
         "_from_snapshot",
         "_good",
+        "_held",
         "_last_error",
         "_limits",
         "_listeners",
@@ -277,6 +297,10 @@ class EtcdSource:
         self._documents: dict[str, str] = {}
         self._good: dict[str, object] = {}
         self._rejected: dict[str, int] = {}
+        # The decoded document of each key the runtime refused in the namespace
+        # as it was (an endpoint another service holds, defaults that break a
+        # service), with its revision: judged again with every later change.
+        self._held: dict[str, tuple[object, int]] = {}
         self._revision = 0
         # The etcd cluster the documents in force come from (0: not known yet).
         self._cluster_id = 0
@@ -521,12 +545,29 @@ class EtcdSource:
             if self._subscription is not None and not all(e.ready for e in self._listeners):
                 self._subscription.resync()  # a listener waits for a state not older
             return
+        # The revisions of another history (a restore, another cluster) tell
+        # nothing of when the keys were created: every key is judged again.
+        other = reset.replace or (self._from_snapshot and self._cluster_id != reset.cluster_id)
         self._check_cluster(reset.cluster_id)
         for entry in list(self._listeners):
             self._introduce(entry, reset.kvs, reset.revision)
         now = self._config_documents(reset.kvs)
         changed: dict[str, str | None] = {key: None for key in self._documents if key not in now}
-        changed.update((key, text) for key, text in now.items() if self._documents.get(key) != text)
+        created = {
+            self._key(kv) for kv in reset.kvs if other or kv.create_revision > self._revision
+        }
+        for key in created.intersection(self._documents) if not other else ():
+            # Deleted and created again meanwhile: as a watching instance saw
+            # the delete, the document of the key before is gone.
+            self._good.pop(key, None)
+            self._held.pop(key, None)
+        changed.update(
+            (key, text)
+            for key, text in now.items()
+            if key in created or self._documents.get(key) != text
+        )
+        # The keys in the order of their creation now (see _assemble).
+        self._documents = {key: self._documents.get(key, text) for key, text in now.items()}
         await self._apply(changed, reset.revision, sink)
         # Only now is what etcd holds in force (applying may await a worker thread).
         self._from_snapshot = False
@@ -550,7 +591,8 @@ class EtcdSource:
             else:
                 others.append(event)
         self._dispatch(others, revision)
-        await self._apply(changed, revision, sink)
+        # Keys created together are kept in key order, as a bootstrap read orders them.
+        await self._apply(dict(sorted(changed.items())), revision, sink)
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -605,10 +647,14 @@ class EtcdSource:
         if changed or force:
             parsed = await self._parse(changed)
             good, refused = self._stage(changed, parsed, revision)
-            error = await self._settle(good, refused, changed, revision, sink, force=force)
+            retried = self._retry(good, changed)
+            error = await self._settle(
+                good, refused, changed, revision, sink, retried=retried, force=force
+            )
             self._good = good
-            for key in changed.keys() - refused:
+            for key in (changed.keys() | retried) - refused:
                 self._rejected.pop(key, None)
+                self._held.pop(key, None)
         self._revision = revision
         await self._persist()
         self._changed.set()
@@ -622,42 +668,124 @@ class EtcdSource:
         revision: int,
         sink: ConfigSink,
         *,
+        retried: set[str],
         force: bool,
     ) -> ConfigError | None:
         """Submit ``good`` until the runtime takes it, rejecting the keys it blames.
 
         The document is submitted only if it differs (value and type) from the
-        last good one. On a refusal, the changed keys the issues point at are
-        rejected; if they point at none, every changed key still pending is:
-        the document was valid before this revision, so its changes made it
-        invalid. Each round rejects at least one key, so this ends.
+        last good one. It holds the ``retried`` documents (held, see
+        :meth:`_hold`) with this revision's changes: one swap when they fit.
+        On a refusal, the retried keys are rejected again if the issues point
+        at them alone; else they are set aside, this revision's changes are
+        judged without them, and then they are, on their own: a held document
+        never costs a change its place. The changed keys the issues point at
+        are rejected; if they point at none, the services in force that name
+        an endpoint of an older key are (:meth:`_evict`), else every changed
+        key still pending: the document was valid before this revision, so
+        its changes made it invalid. Each round rejects or sets aside at
+        least one key, so this ends.
         """
         origin = f"{self.origin} revision {revision}"
-        pending = set(changed) - refused
+        pending = (set(changed) - refused) | retried
+        aside: set[str] = set()  # held documents set aside until the changes are judged
+        set_aside = False
+        in_force = self._good
         start = force
-        while force or not same_document(good, self._good):
-            force = False
-            error = await sink.submit(self._assemble(good), origin=origin)
+        while True:
+            error = None  # an unchanged document is taken as it is
+            if force or not same_document(good, in_force):
+                force = False
+                error = await sink.submit(self._assemble(good), origin=origin)
             if error is None:
-                return None
-            if not pending:
-                return error  # the last good documents themselves are refused
-            blamed = {key for key in pending if self._blamed(key, error)} or set(pending)
-            if start and self._defaults_came_later(blamed, pending):
-                # A running instance applied those services, then rejected the
-                # defaults that break them: an instance that starts now does too.
-                trial = {key: value for key, value in good.items() if key != DEFAULTS}
-                if await sink.submit(self._assemble(trial), origin=origin) is None:
-                    self._reject(DEFAULTS, revision, error)
-                    refused.add(DEFAULTS)
-                    good.pop(DEFAULTS)
+                if not aside:
                     return None
+                in_force = dict(good)  # this revision's changes; now the documents set aside
+                pending = self._bring_back(aside, good)
+                continue
+            if not pending:
+                refused |= aside
+                return error  # the last good documents themselves are refused
+            located = self._locate(good, error)
+            pointed = pending & located.keys()
+            if not set_aside and pending & retried and not (pointed and pointed <= retried):
+                # Judge this revision's changes without the held documents first.
+                set_aside = True
+                aside = pending & retried
+                pending -= aside
+                self._restore_all(aside, good)
+                continue
+            evicted = set() if pointed else self._evict(good, pending, located, revision, error)
+            if evicted:
+                refused |= evicted
+                continue
+            blamed = pointed or set(pending)
+            if (
+                start
+                and self._defaults_came_later(blamed, pending)
+                and await self._without_defaults(good, revision, error, sink)
+            ):
+                refused.add(DEFAULTS)
+                return None
             for key in blamed:
-                self._reject(key, revision, error)
-                self._restore(key, good)
+                again = key not in pointed or self._endpoint_held(key, good[key], located[key])
+                self._hold(key, good, revision, error, again=again)
+            self._restore_all(blamed, good)
             refused |= blamed
             pending -= blamed
-        return None
+
+    async def _without_defaults(
+        self, good: dict[str, object], revision: int, error: ConfigError, sink: ConfigSink
+    ) -> bool:
+        """Submit ``good`` without the defaults; if taken, reject (and hold) them.
+
+        At start: a running instance applied the services ``error`` blames,
+        then rejected the defaults that break them; an instance that starts
+        now does too.
+        """
+        trial = {key: value for key, value in good.items() if key != DEFAULTS}
+        origin = f"{self.origin} revision {revision}"
+        if await sink.submit(self._assemble(trial), origin=origin) is not None:
+            return False
+        self._hold(DEFAULTS, good, revision, error, again=True)
+        good.pop(DEFAULTS)
+        return True
+
+    def _bring_back(self, aside: set[str], good: dict[str, object]) -> set[str]:
+        """Put the held documents ``aside`` back into ``good``; return them, emptying ``aside``."""
+        for key in aside:
+            good[key] = self._held[key][0]
+        back = set(aside)
+        aside.clear()
+        return back
+
+    def _evict(
+        self,
+        good: dict[str, object],
+        pending: set[str],
+        located: Mapping[str, Sequence[ConfigIssue]],
+        revision: int,
+        error: ConfigError,
+    ) -> set[str]:
+        """Refuse the applied services that name an endpoint of a service whose key is older.
+
+        A pending document (a key older than theirs, written again to name
+        that endpoint) takes it from them, as an instance that starts now
+        judges: the key created first owns an endpoint. They are refused
+        whole (their document in force names it too) and judged again later.
+        Return them.
+        """
+        evicted = [
+            key
+            for key, issues in located.items()
+            if key not in pending
+            and issues[0].path.endswith(".endpoints")  # most are not: spared the rest
+            and self._endpoint_held(key, good[key], issues)
+        ]
+        for key in evicted:
+            self._hold(key, good, revision, error, again=True)
+            good.pop(key)
+        return set(evicted)
 
     def _defaults_came_later(self, blamed: set[str], pending: set[str]) -> bool:
         """Whether the start's ``blamed`` keys were all written before the defaults.
@@ -672,6 +800,55 @@ class EtcdSource:
             and all(self._written.get(key, written) < written for key in blamed)
         )
 
+    def _hold(
+        self,
+        key: str,
+        good: Mapping[str, object],
+        revision: int,
+        error: ConfigError,
+        *,
+        again: bool,
+    ) -> None:
+        """Reject the document of ``key`` in ``good``; with ``again``, judge it again later.
+
+        ``again``: the runtime refused it because of other documents (an
+        endpoint another service holds, defaults that break it once merged);
+        a change of those (the service holding the endpoint deleted, the
+        defaults changed) can make it valid without it being written again,
+        as an instance that starts then finds it. A document invalid on its
+        own is not judged again until it is written again.
+        """
+        held = self._held.pop(key, None)
+        if held is not None and held[0] is good[key]:
+            revision = held[1]  # retried: it keeps the revision that wrote it
+        if again:
+            self._held[key] = (good[key], revision)
+        self._reject(key, revision, error)
+
+    def _endpoint_held(self, key: str, document: object, issues: Sequence[ConfigIssue]) -> bool:
+        """Whether the ``issues`` in the document of ``key`` are all at its list of endpoints.
+
+        That is where the runtime says that an endpoint of the list belongs to
+        another service (each endpoint's own problems lie at its index).
+        """
+        role = self._role(key)
+        if role is None or role[0] == "defaults":
+            return False
+        path = join_path(join_path("$.services", role[1]), "endpoints")
+        if not all(issue.path == path for issue in issues):
+            return False
+        opened_document = opened(document)
+        return isinstance(opened_document, dict) and isinstance(
+            opened_document.get("endpoints"), list
+        )
+
+    def _retry(self, good: dict[str, object], changed: Mapping[str, str | None]) -> set[str]:
+        """Put the held documents of keys not in ``changed`` into ``good``; return their keys."""
+        retried = {key for key in self._held if key not in changed}
+        for key in retried:
+            good[key] = self._held[key][0]
+        return retried
+
     def _stage(
         self, changed: Mapping[str, str | None], parsed: Mapping[str, object], revision: int
     ) -> tuple[dict[str, object], set[str]]:
@@ -682,6 +859,7 @@ class EtcdSource:
         good = dict(self._good)
         refused: set[str] = set()
         for key, text in changed.items():
+            self._held.pop(key, None)  # judged again now, as written
             if text is None:
                 self._documents.pop(key, None)
                 good.pop(key, None)
@@ -694,6 +872,11 @@ class EtcdSource:
             else:
                 good[key] = decoded
         return good, refused
+
+    def _restore_all(self, keys: Iterable[str], good: dict[str, object]) -> None:
+        """Put back the last good document of each of ``keys`` in ``good`` (or none)."""
+        for key in keys:
+            self._restore(key, good)
 
     def _restore(self, key: str, good: dict[str, object]) -> None:
         """Put back the last good document of ``key`` in ``good`` (or none)."""
@@ -713,11 +896,10 @@ class EtcdSource:
     def _config_documents(self, kvs: Sequence[KeyValue]) -> dict[str, str]:
         """Return the configuration keys among ``kvs`` (relative to the root) and their text.
 
-        In the order they were written (by ``mod_revision``), as a watching
-        instance applied them: where two documents conflict (two services
-        with one endpoint), the one written first is the one kept.
+        In :func:`creation_order`, the order in which a watching instance
+        keeps them (see :meth:`_assemble`).
         """
-        ordered = sorted(kvs, key=lambda kv: kv.mod_revision)
+        ordered = sorted(kvs, key=creation_order)
         documents = {self._key(kv): _text(kv) for kv in ordered}
         return {key: text for key, text in documents.items() if self._role(key) is not None}
 
@@ -771,13 +953,19 @@ class EtcdSource:
         return kind, service
 
     def _assemble(self, good: Mapping[str, object]) -> dict[str, object]:
-        """Build the whole document from the good document of each key (compact, as kept)."""
+        """Build the whole document from the good document of each key (compact, as kept).
+
+        Services come in the order of ``_documents``: the order their keys
+        were created (a key created again comes last), which decides which of
+        two services naming one endpoint keeps it, at start and when watching.
+        """
         services: dict[str, object] = {}
         overlays: dict[str, object] = {}
         document: dict[str, object] = {"services": services}
-        for key, value in good.items():
+        for key in self._documents:
+            value = good.get(key, _ABSENT)
             role = self._role(key)
-            if role is None:
+            if value is _ABSENT or role is None:
                 continue
             kind, name = role
             if kind == "defaults":
@@ -792,24 +980,54 @@ class EtcdSource:
                 services[name] = encoded({**base, **top})
         return document
 
-    def _blamed(self, key: str, error: ConfigError) -> bool:
-        """Whether an issue of ``error`` lies in the document of ``key``."""
-        return any(self._in_document(key, issue) for issue in error.issues)
+    def _locate(
+        self, good: Mapping[str, object], error: ConfigError
+    ) -> dict[str, list[ConfigIssue]]:
+        """Return the issues of ``error`` that lie in the document of each key of ``good``.
 
-    def _in_document(self, key: str, issue: ConfigIssue) -> bool:
+        Each issue is read for the key of the document it lies in
+        (:func:`_service_of`): a refusal of a namespace of many services with
+        an issue in each costs no more than its issues.
+        """
+        located: dict[str, list[ConfigIssue]] = {}
+        for issue in error.issues:
+            name = _service_of(issue.path)
+            if name is None:
+                keys = [DEFAULTS] if issue.path.startswith(_DEFAULTS_PATHS) else []
+            else:
+                keys = [f"services/{name}"]
+                if self._channel is not None:
+                    keys.append(f"channels/{self._channel}/services/{name}")
+            for key in keys:
+                if key in good:
+                    located.setdefault(key, []).append(issue)
+        return located
+
+    def _document_path(self, key: str) -> str | None:
+        """Return the path of the document of ``key`` in the whole document (``None``: none)."""
         role = self._role(key)
         if role is None:
-            return False
+            return None
         kind, name = role
-        path = "$.defaults" if kind == "defaults" else join_path("$.services", name)
-        return issue.path == path or issue.path.startswith((f"{path}.", f"{path}["))
+        return "$.defaults" if kind == "defaults" else join_path("$.services", name)
+
+    def _in_document(self, key: str, issue: ConfigIssue) -> bool:
+        path = self._document_path(key)
+        return path is not None and (
+            issue.path == path or issue.path.startswith((f"{path}.", f"{path}["))
+        )
 
     def _reject(self, key: str, revision: int, error: ConfigError) -> None:
         """Log the issues of ``error`` that lie in the document of ``key``.
 
         If none does (the key's change made another document invalid, such as a
         service merged with new defaults), every issue is logged with the key.
+        A document rejected again at the same revision (judged again after
+        another key's change) is not logged again. At most
+        :data:`LOGGED_ISSUES` issues are logged, then how many more there are.
         """
+        if self._rejected.get(key) == revision:
+            return
         self._rejected[key] = revision
         role = self._role(key)
         mine = [
@@ -817,13 +1035,24 @@ class EtcdSource:
             for issue in error.issues
             if role is None or issue.path == "$" or self._in_document(key, issue)
         ]
-        for issue in mine or error.issues:
+        issues = mine or error.issues
+        for issue in issues[:LOGGED_ISSUES]:
             _logger.error(
                 "healkit.etcd_document_rejected",
                 key=self._root + key,
                 revision=revision,
                 path=issue.path,
                 reason=issue.reason,
+            )
+        if len(issues) > LOGGED_ISSUES:
+            # Defaults that break every service of a large namespace: one line
+            # per service would flood the log and stall the event loop.
+            _logger.error(
+                "healkit.etcd_document_rejected",
+                key=self._root + key,
+                revision=revision,
+                path="$",
+                reason=f"and {len(issues) - LOGGED_ISSUES} more issues (not logged)",
             )
 
     # -- connection state ------------------------------------------------------------
@@ -920,6 +1149,29 @@ class EtcdSource:
                 reason="the snapshot was written from another etcd cluster",
             )
         self._cluster_id = cluster_id
+
+
+_ABSENT: Final = object()
+_SERVICES: Final = "$.services."
+_QUOTED_SERVICES: Final = '$.services["'
+_DEFAULTS_PATHS: Final = ("$.defaults.", "$.defaults[")
+
+
+def _service_of(path: str) -> str | None:
+    """Return the service whose document an issue's ``path`` is in (``None``: none).
+
+    The inverse of :func:`~healkit._config.validate.join_path` for
+    ``$.services``: a name is quoted (``$.services["a.b"]``) unless it is an
+    identifier, which holds no ``.`` nor ``[``; a valid name needs no escape.
+    """
+    if path.startswith(_SERVICES):
+        start = len(_SERVICES)
+        ends = [end for end in (path.find(".", start), path.find("[", start)) if end >= 0]
+        return path[start : min(ends, default=len(path))]
+    if path.startswith(_QUOTED_SERVICES):
+        end = path.find('"]', len(_QUOTED_SERVICES))
+        return path[len(_QUOTED_SERVICES) : end] if end >= 0 else None
+    return None
 
 
 def _text(kv: KeyValue) -> str:
