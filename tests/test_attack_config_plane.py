@@ -276,6 +276,21 @@ def test_of_two_services_sharing_an_endpoint_the_one_named_later_is_refused(firs
     assert [issue.path for issue in caught.value.issues] == [f"$.services.{second}.endpoints"]
 
 
+def test_a_service_refused_for_a_shared_endpoint_claims_none_of_its_others() -> None:
+    # c is refused (a named http://x first): its other endpoint is free for b,
+    # as it was for an instance that refused c when it was written.
+    document = {
+        "services": {
+            "a": {"endpoints": ["http://x.test"]},
+            "c": {"endpoints": ["http://x.test", "http://y.test"]},
+            "b": {"endpoints": ["http://y.test"]},
+        }
+    }
+    with pytest.raises(healkit.ConfigError) as caught:
+        healkit.build_config(document)
+    assert [issue.path for issue in caught.value.issues] == ["$.services.c.endpoints"]
+
+
 async def test_two_services_sharing_an_endpoint_keep_the_first_written_at_every_start(
     etcd_server: EtcdServer,
 ) -> None:

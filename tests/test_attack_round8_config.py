@@ -321,14 +321,6 @@ async def test_defaults_that_break_many_services_are_reported_in_bounded_lines(
     assert reported[-1]["reason"] == "and 30 more issues (not logged)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "build_config's shared-endpoint rule (models.py, reworked by another engineer this"
-        " round) lets a service refused for one endpoint still claim its others: an"
-        " instance that starts refuses the service after it too, one that watched does not"
-    ),
-)
 async def test_a_service_refused_for_one_endpoint_blocks_no_other(
     etcd_server: EtcdServer,
 ) -> None:
@@ -346,7 +338,7 @@ async def test_a_service_refused_for_one_endpoint_blocks_no_other(
             seen = {state(runtime, source) for runtime, source in running}
             fresh = await started_now(etcd, namespace)
     assert seen == {(frozenset({"a", "b"}), "a", frozenset({"services/c"}))}
-    # Fails: the instance that starts refuses b too ("also an endpoint of service 'c'").
+    # Failed before: the instance that started refused b too ("also an endpoint of service 'c'").
     assert fresh == (frozenset({"a", "b"}), "a", frozenset({"services/c"}))
 
 

@@ -928,9 +928,11 @@ def _shared_endpoints(
     """Report each service that names an endpoint of a service before it in ``order``.
 
     ``order`` is the document's own (its mapping's order; the etcd source
-    gives its keys in the order they were written): the service named first
+    gives its keys in the order they were created): the service named first
     keeps the endpoint, whichever name sorts first, so that an instance that
-    starts judges as the instances that applied the writes one by one.
+    starts judges as the instances that applied the writes one by one. A
+    service refused so claims none of its endpoints: as for an instance that
+    refused it when it was written, a service after it may name them.
     """
     owner: dict[str, str] = {}
     issues: list[ConfigIssue] = []
@@ -938,17 +940,17 @@ def _shared_endpoints(
         policy = services.get(name)
         if policy is None:
             continue
-        for endpoint in policy.endpoints:
-            if endpoint in owner:
-                issues.append(
-                    ConfigIssue(
-                        join_path(join_path("$.services", name), "endpoints"),
-                        f"endpoint {endpoint} is also an endpoint of service {owner[endpoint]!r};"
-                        " absolute URLs could not be mapped to one service",
-                    )
-                )
-            else:
-                owner[endpoint] = name
+        taken = [endpoint for endpoint in policy.endpoints if endpoint in owner]
+        issues.extend(
+            ConfigIssue(
+                join_path(join_path("$.services", name), "endpoints"),
+                f"endpoint {endpoint} is also an endpoint of service {owner[endpoint]!r};"
+                " absolute URLs could not be mapped to one service",
+            )
+            for endpoint in taken
+        )
+        if not taken:
+            owner.update(dict.fromkeys(policy.endpoints, name))
     return issues
 
 
