@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import math
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -73,9 +72,8 @@ class Prober:
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        # The endpoints not being probed, by when their next probe is due (ties: in order).
-        self._due: list[tuple[float, int, _Key]] = []
-        self._order = itertools.count()
+        # The endpoints not being probed, by when their next probe is due: a heap.
+        self._due: list[tuple[float, _Key]] = []
         self._running: dict[_Key, asyncio.Task[None]] = {}  # the probes in flight
         self._asleep_until = math.inf  # when the scheduler wakes by itself
 
@@ -110,12 +108,8 @@ class Prober:
                 task.cancel()
         # Built anew, so that tables sized for a larger configuration go with it.
         self._running = {key: task for key, task in running.items() if key in targets}
-        due = {key: moment for moment, _, key in self._due}
-        self._due = [
-            (due.get(key, -math.inf), next(self._order), key)
-            for key in targets
-            if key not in self._running
-        ]
+        due = {key: moment for moment, key in self._due}
+        self._due = [(due.get(key, -math.inf), key) for key in targets if key not in self._running]
         heapq.heapify(self._due)
         self._targets = targets
         self._wake.set()
@@ -140,29 +134,27 @@ class Prober:
                 self._wake.clear()
                 now, due = clock.now(), self._due
                 while due and due[0][0] <= now:
-                    key = heapq.heappop(due)[2]
-                    target = (*key, self._targets[key])
-                    self._running[key] = probes.create_task(self._probe_one(target, clock))
+                    key = heapq.heappop(due)[1]
+                    self._running[key] = probes.create_task(self._probe_one(key, clock))
                 self._asleep_until = due[0][0] if due else math.inf
                 if due:
                     await self._sleep_unless_woken(clock, self._asleep_until)
                 else:  # every endpoint is being probed: the first to end wakes this
                     await self._wake.wait()
 
-    async def _probe_one(self, target: Target, clock: Clock) -> None:
+    async def _probe_one(self, key: _Key, clock: Clock) -> None:
         """Probe one endpoint, hand on the result, and make the endpoint due again."""
-        service, endpoint, settings = target
+        (service, endpoint), settings = key, self._targets[key]
         task = asyncio.current_task()
         try:
             good = await self._probe(service, endpoint, settings)
             if good is not None:
                 self._probed(service, endpoint, settings, good)
         finally:
-            key = (service, endpoint)
             if self._running.get(key) is task:  # else dropped by a configuration
                 del self._running[key]
                 moment = clock.now() + self._targets[key].interval
-                heapq.heappush(self._due, (moment, next(self._order), key))
+                heapq.heappush(self._due, (moment, key))  # the key kept by the targets
                 if moment < self._asleep_until:
                     self._wake.set()
 
