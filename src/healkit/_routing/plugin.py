@@ -226,9 +226,14 @@ class Router:
         return self._prober.close()
 
     @hookimpl
-    def healkit_event(self) -> None:
-        """Any event (an ejection, a breaker transition) may change the shared view."""
-        self._fleet.touch()
+    def healkit_event(self, event: object) -> None:
+        """Any event (an ejection, a breaker transition) may change the shared view.
+
+        One probe's result alone does not: one that changes the endpoint's
+        verdict comes with its ``EndpointDown`` or ``EndpointReturned``.
+        """
+        if not isinstance(event, EndpointProbed):
+            self._fleet.touch()
 
     @hookimpl
     def healkit_idle(self, config: HealkitConfig) -> bool:
