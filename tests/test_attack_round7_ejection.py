@@ -16,6 +16,7 @@ import pytest
 import healkit
 from healkit.events import EndpointEjected, EndpointReturned
 from healkit.testing import Fault, FaultServer, ManualClock, TcpProxy
+from tests.probe_support import Probes
 
 pytestmark = pytest.mark.anyio
 
@@ -55,13 +56,6 @@ async def crashable() -> AsyncIterator[tuple[TcpProxy, FaultServer, FaultServer]
         yield proxy, primary, fallback
 
 
-async def probe_round(clock: ManualClock, seconds: float) -> None:
-    """Let the probe round due now finish, then move the clock on."""
-    with anyio.fail_after(10):
-        await clock.wait_for_sleepers()
-    clock.advance(seconds)
-
-
 async def test_a_primary_that_crashed_and_restarted_between_two_probes_comes_back_by_probes(
     crashable: tuple[TcpProxy, FaultServer, FaultServer],
 ) -> None:
@@ -84,21 +78,27 @@ async def test_a_primary_that_crashed_and_restarted_between_two_probes_comes_bac
     config = {"services": {SERVICE: {"endpoints": [proxy.url], "routing": routing}}}
     clock = ManualClock(auto_advance=False)
     watch = Watch()
-    async with healkit.Client(config=config, plugins=[watch], entry_points=False, clock=clock) as c:
-        await probe_round(clock, interval)  # t=0: probes good
+    probes = Probes(clock)
+    plugins = [watch, probes]
+    async with healkit.Client(config=config, plugins=plugins, entry_points=False, clock=clock) as c:
+        start = clock.now()
+        await probes.wait_for(proxy.url, 1)  # t=0: good
+        clock.advance(interval)
         proxy.block()  # the primary crashes: its connections are gone, new ones refused
         await proxy.cut()
-        await probe_round(clock, 0.0)  # t=5: a probe fails (one, not yet down)
+        await probes.wait_for(proxy.url, 2)  # t=5: a probe fails (one, not yet down)
         for _ in range(3):  # calls fail on it, and the fallback answers them
             assert (await c.get("/api", service=SERVICE)).status == 200
         assert watch.ejections == [(30.0, 1)]
         assert serving_group(c.runtime) == 1
         proxy.unblock()  # restarted before the next probe
-        clock.advance(interval)
-        await probe_round(clock, interval)  # t=10: good
-        await probe_round(clock, 0.0)  # t=15: good: healthy_threshold reached
+        await probes.step(interval, proxy.url)  # t=10: good
+        await probes.step(interval, proxy.url)  # t=15: good: healthy_threshold reached
         assert watch.returns == [proxy.url]
         assert serving_group(c.runtime) == 0  # back at t=15, not at t=35
+    assert probes.of(proxy.url) == [
+        (start + when, good) for when, good in [(0, True), (5, False), (10, True), (15, True)]
+    ]
 
 
 async def test_a_primary_down_by_its_probes_comes_back_once_it_restarts(
@@ -116,20 +116,28 @@ async def test_a_primary_down_by_its_probes_comes_back_once_it_restarts(
     config = {"services": {SERVICE: {"endpoints": [proxy.url], "routing": routing}}}
     clock = ManualClock(auto_advance=False)
     watch = Watch()
-    async with healkit.Client(config=config, plugins=[watch], entry_points=False, clock=clock) as c:
-        await probe_round(clock, interval)
+    probes = Probes(clock)
+    plugins = [watch, probes]
+    async with healkit.Client(config=config, plugins=plugins, entry_points=False, clock=clock) as c:
+        start = clock.now()
+        await probes.wait_for(proxy.url, 1)  # t=0: good
+        clock.advance(interval)
         proxy.block()
         await proxy.cut()
         for _ in range(3):  # ejected for 300 s at once
             assert (await c.get("/api", service=SERVICE)).status == 200
-        for _ in range(4):  # down by its probes
-            await probe_round(clock, interval)
+        await probes.wait_for(proxy.url, 2)  # t=5: failed
+        for _ in range(3):  # t=10 (down by its probes), 15, 20: failed
+            await probes.step(interval, proxy.url)
         assert watch.ejections == [(300.0, 1)]
+        assert healkit.endpoint_status(c.runtime, SERVICE)[0].down
         proxy.unblock()
-        await probe_round(clock, interval)
-        await probe_round(clock, 0.0)
+        await probes.step(interval, proxy.url)  # t=25: good
+        await probes.step(interval, proxy.url)  # t=30: good: healthy_threshold reached
         assert watch.returns == [proxy.url]
         assert serving_group(c.runtime) == 0  # not 300 s later
+    assert [good for _, good in probes.of(proxy.url)] == [True] + [False] * 4 + [True] * 2
+    assert probes.of(proxy.url)[-1][0] == start + 30.0
 
 
 @pytest.mark.parametrize(

@@ -323,15 +323,6 @@ async def test_httpx_closing_the_client_does_not_fail_the_endpoint() -> None:
 # -- a probe of an endpoint that answers slowly ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routing probes run in rounds (asyncio.gather): a probe that takes its whole"
-    " time limit (here 2 s, up to the service's attempt limit) holds up every other"
-    " endpoint's probes, whatever their interval, and with them the switch-back. Fix"
-    " (one task per probe in _routing/probes.py) drafted, left: the probe tests of"
-    " test_routing.py, test_attack_round7_ejection.py, test_attack_contract.py and"
-    " test_bounded_everything.py step the clock by rounds and need rewriting with it",
-)
 async def test_a_slow_probe_holds_up_no_other_services_probes(fault_server: FaultServer) -> None:
     async with Holding(1) as slow:
         slow_probe = {"path": "/hold", "interval": 30.0, "timeout": 2.0, "unhealthy_threshold": 1}

@@ -31,6 +31,7 @@ from healkit._cli.watch import _WatchReport
 from healkit._routing.plugin import Router
 from healkit.etcd import EtcdClient, EtcdSource, PutOp
 from healkit.testing import EtcdServer, FaultServer, ManualClock
+from tests.probe_support import Probes
 
 pytestmark = pytest.mark.anyio
 
@@ -227,6 +228,27 @@ async def test_probes_forget_when_the_endpoints_the_configuration_dropped_were_d
     # What is left is the table of the map, sized for one batch (measured: ~15 KiB;
     # before the fix, ~1.1 MiB: one entry for each endpoint ever probed).
     assert held.size < 64 * 1024
+
+
+async def test_probes_keep_one_small_entry_per_endpoint_between_probes(
+    fault_server: FaultServer,
+) -> None:
+    # Each endpoint's probe is scheduled on its own: between two probes what it
+    # keeps is its due time in the scheduler's heap and its slot in the table of
+    # probes in flight (measured: ~300 bytes an endpoint), not a task asleep for
+    # it (measured: ~2.3 KiB an endpoint).
+    endpoints = 500
+    clock = ManualClock(auto_advance=False)
+    probes = Probes(clock)
+    async with healkit.Client(
+        config=probed(fault_server, range(0)), plugins=[probes], entry_points=False, clock=clock
+    ) as client:
+        with holding("healkit/_routing/probes.py") as held:
+            client.runtime.apply(probed(fault_server, range(endpoints // 2)))
+            await probes.wait_for(None, endpoints)  # each probed once, each result counted
+            with anyio.fail_after(30):
+                await clock.wait_for_sleepers()  # asleep until the next one is due
+    assert held.size < 400 * endpoints
 
 
 # -- healkit config watch: revisions reported, while watching until stopped -------------

@@ -18,6 +18,7 @@ from healkit.testing import Fault, FaultServer, ManualClock, refused_url
 from healkit_breaker import BreakerPlugin
 from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
+from tests.probe_support import Probes
 
 pytestmark = pytest.mark.anyio
 
@@ -289,13 +290,6 @@ PROBE = {
 }
 
 
-async def probe_round(clock: ManualClock, interval: float) -> None:
-    """Wait for the probe task to sleep until its next round, then bring that round."""
-    with anyio.fail_after(10):
-        await clock.wait_for_sleepers()
-    clock.advance(interval)
-
-
 async def test_probes_take_the_primary_down_and_traffic_returns_when_it_recovers(
     servers: list[FaultServer],
 ) -> None:
@@ -305,25 +299,31 @@ async def test_probes_take_the_primary_down_and_traffic_returns_when_it_recovers
     interval = 0.5  # exact in binary: the virtual time adds up exactly
     probe = {**PROBE, "interval": interval, "timeout": interval}
     clock = ManualClock(auto_advance=False)
+    probes = Probes(clock)
+    start = clock.now()
     config = document([primary.url], fallback_groups=[[backup.url]], probe=probe)
-    async with client(config, clock, health) as c:
-        await probe_round(clock, interval)  # the first probe failed; the second fails too
+    async with client(config, clock, health, probes) as c:
+        await probes.wait_for(primary.url, 1)  # the first probe failed
+        await probes.step(interval, primary.url)  # the second fails too
         await health.wait_for("EndpointDown", primary.url)
         during = await c.get("/x", service=SERVICE)
         primary.set_default(Fault.ok())
         recovered = clock.now()
         for _ in range(HEALTHY):
-            await probe_round(clock, interval)
+            await probes.step(interval, primary.url)
         await health.wait_for("EndpointReturned", primary.url)
         took = clock.now() - recovered
         after = await c.get("/x", service=SERVICE)
         with anyio.fail_after(10):
-            await clock.wait_for_sleepers()  # asleep until the round after
+            await clock.wait_for_sleepers()  # asleep until the next probe is due
     assert (during.status, during.outcome.path) == (200, "fallback")  # type: ignore[union-attr]
     assert (after.outcome.endpoint, after.outcome.path) == (primary.url, "primary")  # type: ignore[union-attr]
     # Back after exactly healthy_threshold intervals, each probe one interval after the last.
     assert took == interval * HEALTHY
-    assert clock.sleeps == [interval] * (2 + HEALTHY)  # no round early, none skipped
+    expected = [False] * 2 + [True] * HEALTHY
+    assert probes.of(primary.url) == [
+        (start + n * interval, good) for n, good in enumerate(expected)
+    ]  # no probe early, none skipped
     assert primary.hits("/health") == 2 + HEALTHY
     assert primary.hits("/x") == 1  # only the call after the return
 
@@ -334,18 +334,21 @@ async def test_alternating_probes_never_flap(servers: list[FaultServer]) -> None
     steady.script("/health", *alternating)
     down.script("/health", Fault.status(503), Fault.status(503), *alternating)
     health = Health()
-    # Virtual rounds: a probe's real time limit (the interval) is then far off.
+    # Virtual intervals: a probe's real time limit (5 s) is then far off.
     interval = 30.0
     clock = ManualClock(auto_advance=False)
+    probes = Probes(clock)
     config = document([steady.url, down.url], probe={**PROBE, "interval": interval, "timeout": 5.0})
-    async with client(config, clock, health) as c:
-        for _ in range(13):  # 14 rounds: the first at the start
-            await probe_round(clock, interval)
-        with anyio.fail_after(10):
-            await clock.wait_for_sleepers()  # the 14th round is over
+    async with client(config, clock, health, probes) as c:
+        await probes.wait_for(steady.url, 1)
+        await probes.wait_for(down.url, 1)
+        for _ in range(13):  # 14 probes of each: the first at the start
+            await probes.step(interval, steady.url, down.url)
         router = c.runtime.plugin_manager.get_plugin("routing")
         status = {s.endpoint: s for s in router.status(SERVICE)}
     assert steady.hits("/health") == down.hits("/health") == 14
+    assert [good for _, good in probes.of(steady.url)] == [True, False] * 7
+    assert [good for _, good in probes.of(down.url)] == [False, False] + [True, False] * 6
     assert health.seen == [("EndpointDown", down.url)]  # nothing went down or came back since
     assert status[steady.url].usable
     assert status[down.url].down

@@ -10,7 +10,8 @@ Emitted by the routing plugin:
 - :class:`EndpointEjected`: an endpoint failed ``routing.eject_after`` times
   in a row and gets no traffic for a while;
 - :class:`EndpointDown` and :class:`EndpointReturned`: its health probes took
-  it out of service, or brought it back.
+  it out of service, or brought it back;
+- :class:`EndpointProbed`: one health probe of it ended, with its result.
 
 Emitted by circuit breakers (a subclass of each breaker plugin's own):
 
@@ -55,6 +56,7 @@ __all__ = [
     "Connection",
     "EndpointDown",
     "EndpointEjected",
+    "EndpointProbed",
     "EndpointReturned",
     "EtcdSourceStatus",
     "EvictionReason",
@@ -99,6 +101,26 @@ class EndpointDown(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     service: str
     endpoint: str
     probes: int
+
+
+@final
+class EndpointProbed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One health probe of an endpoint ended, and its result was counted.
+
+    Emitted after the :class:`EndpointDown` or :class:`EndpointReturned` the
+    result caused, if any. A probe that was not sent (the TLS plugin failed to
+    give a context) emits nothing.
+
+    Attributes:
+        service: the service.
+        endpoint: the endpoint probed.
+        good: whether it answered as the probe expects (status, within time).
+
+    """
+
+    service: str
+    endpoint: str
+    good: bool
 
 
 @final

@@ -79,7 +79,7 @@ from healkit._routing.settings import (
     serving_group,
 )
 from healkit._stash import StashKey
-from healkit.events import EndpointDown, EndpointEjected, EndpointReturned
+from healkit.events import EndpointDown, EndpointEjected, EndpointProbed, EndpointReturned
 from healkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -226,9 +226,14 @@ class Router:
         return self._prober.close()
 
     @hookimpl
-    def healkit_event(self) -> None:
-        """Any event (an ejection, a breaker transition) may change the shared view."""
-        self._fleet.touch()
+    def healkit_event(self, event: object) -> None:
+        """Any event (an ejection, a breaker transition) may change the shared view.
+
+        One probe's result alone does not: one that changes the endpoint's
+        verdict comes with its ``EndpointDown`` or ``EndpointReturned``.
+        """
+        if not isinstance(event, EndpointProbed):
+            self._fleet.touch()
 
     @hookimpl
     def healkit_idle(self, config: HealkitConfig) -> bool:
@@ -509,17 +514,21 @@ class Router:
         return runtime.clock.now() if runtime is not None else 0.0
 
     def _probed(self, service: str, endpoint: str, settings: ProbeSettings, good: bool) -> None:
-        """Take a probe's result: report and announce an endpoint that went down or came back."""
+        """Take a probe's result: announce it, and an endpoint that went down or came back."""
         change = count_probe(
             self._of(service, endpoint), (service, endpoint, settings), good=good, now=self._now()
         )
-        if change is None:
-            return
-        if isinstance(change, EndpointReturned):
-            self._fleet.report(service, endpoint, out=False)
-        elif self._config is not None and routing_plan(self._config.policy(service)).settings.fleet:
-            self._fleet.report(service, endpoint, out=True)
-        self._announce(change)
+        if change is not None:
+            if isinstance(change, EndpointReturned):
+                self._fleet.report(service, endpoint, out=False)
+            elif (
+                self._config is not None
+                and routing_plan(self._config.policy(service)).settings.fleet
+            ):
+                self._fleet.report(service, endpoint, out=True)
+            self._announce(change)
+        if self._runtime is not None:
+            self._runtime.emit(EndpointProbed(service=service, endpoint=endpoint, good=good))
 
     def _announce(self, event: EndpointDown | EndpointReturned) -> None:
         config = self._config

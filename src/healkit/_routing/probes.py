@@ -1,16 +1,21 @@
-"""Active health probes: the router's probe task, and one probe request.
+"""Active health probes: the router's probe scheduler, and one probe request.
 
 While some service has ``routing.probe`` settings, the router runs a
-:class:`Prober` (one background task of the runtime): it probes each endpoint
-of those services every ``interval`` of the runtime's clock, with the service's
-TLS context and within its attempt limits, and hands each result to the router,
-which keeps it with the rest of the endpoint's health (:func:`count_probe` says
-what a result changes).
+:class:`Prober` (one background task of the runtime). Each endpoint of those
+services is scheduled on its own, as Envoy's health checker gives each host its
+own timer: its next probe is due ``interval`` of the runtime's clock after its
+last one ended, and runs as a task of its own, with the service's TLS context
+and within its own time limit. A slow or unanswered probe therefore delays no
+other endpoint's probes; an endpoint whose probe still runs is not probed again
+until it ends, so at most one probe per configured endpoint is in flight. Each
+result goes to the router, which keeps it with the rest of the endpoint's
+health (:func:`count_probe` says what a result changes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,28 +43,42 @@ Target = tuple[str, str, ProbeSettings]
 Probed = Callable[[str, str, ProbeSettings, bool], None]
 """Takes a probe's result: service, endpoint, probe settings, whether it was good."""
 
+_Key = tuple[str, str]  # a service, one of its endpoints
+
 
 @final
 class Prober:
-    """The router's probes: one background task of the runtime while a service has probes.
+    """The router's probes: one scheduler task of the runtime while a service has probes.
 
-    The router hands it each configuration (:meth:`configure`, which wakes the
-    task), starts it with the runtime (:meth:`start`) and closes it at
-    shutdown (:meth:`close`); each result goes to ``probed``.
+    The router hands it each configuration (:meth:`configure`: endpoints no
+    longer configured are forgotten, their probes in flight cancelled), starts
+    it with the runtime (:meth:`start`) and closes it at shutdown
+    (:meth:`close`); each result goes to ``probed``.
+
+    The scheduler keeps, for each endpoint not being probed, the moment its
+    next probe is due, in a heap: it sleeps on the runtime's clock until the
+    earliest of them, starts the probes due then (one task each, in a task
+    group, so that they end with it), and sleeps again. A probe that ends
+    makes its endpoint due again ``interval`` later, and wakes the scheduler
+    only if that comes before the moment it sleeps until.
     """
 
     def __init__(self, probed: Probed) -> None:
         self._probed = probed
         self._config: HealkitConfig | None = None
-        self._services: Sequence[str] = ()
+        self._targets: dict[_Key, ProbeSettings] = {}
         self._runtime: Runtime | None = None
         self._tls: CompiledHook | None = None  # healkit_tls_context
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        # The endpoints not being probed, by when their next probe is due: a heap.
+        self._due: list[tuple[float, _Key]] = []
+        self._running: dict[_Key, asyncio.Task[None]] = {}  # the probes in flight
+        self._asleep_until = math.inf  # when the scheduler wakes by itself
 
     def __repr__(self) -> str:
-        return f"<Prober {len(self._services)} services>"
+        return f"<Prober {len(self._targets)} endpoints, {len(self._running)} probing>"
 
     def configure(
         self,
@@ -70,16 +89,35 @@ class Prober:
     ) -> None:
         """Probe the endpoints of ``services`` (those of ``config`` with probes) from now on.
 
-        ``tls`` is ``healkit_tls_context``, compiled; a running task follows
-        the new configuration at once.
+        ``tls`` is ``healkit_tls_context``, compiled. An endpoint still
+        configured keeps its due time, and a probe of it in flight runs on; a
+        new one is due at once; the probes in flight of the others are
+        cancelled, and nothing of them is kept.
         """
-        self._config, self._services, self._runtime, self._tls = config, services, runtime, tls
+        self._config, self._runtime, self._tls = config, runtime, tls
+        targets: dict[_Key, ProbeSettings] = {}
+        for name in services:
+            plan = routing_plan(config.services[name])
+            probe_settings = plan.settings.probe
+            if probe_settings is not None:
+                for group in plan.groups:
+                    targets.update(((name, endpoint), probe_settings) for endpoint in group)
+        running = self._running
+        for key, task in running.items():
+            if key not in targets:
+                task.cancel()
+        # Built anew, so that tables sized for a larger configuration go with it.
+        self._running = {key: task for key, task in running.items() if key in targets}
+        due = {key: moment for moment, key in self._due}
+        self._due = [(due.get(key, -math.inf), key) for key in targets if key not in self._running]
+        heapq.heapify(self._due)
+        self._targets = targets
         self._wake.set()
 
     def start(self, runtime: Runtime) -> None:
-        """Run the probe task while some service has probes (it ends when none has)."""
+        """Run the probe scheduler while some service has probes (it ends when none has)."""
         running = self._task is not None and not self._task.done()
-        if not running and self._services:
+        if not running and self._targets:
             self._task = runtime.start_background(
                 "routing probes", lambda: self._probe_forever(runtime.clock)
             )
@@ -89,44 +127,40 @@ class Prober:
         session, self._session = self._session, None
         return None if session is None else session.close()
 
-    def _targets(self) -> list[Target]:
-        config = self._config
-        if config is None:
-            return []
-        targets: list[Target] = []
-        for name in self._services:
-            plan = routing_plan(config.services[name])
-            probe_settings = plan.settings.probe
-            if probe_settings is not None:
-                targets.extend(
-                    (name, endpoint, probe_settings) for group in plan.groups for endpoint in group
-                )
-        return targets
-
     async def _probe_forever(self, clock: Clock) -> None:
-        """Probe each endpoint of the services that ask for it, every ``interval`` of ``clock``."""
-        due: dict[tuple[str, str], float] = {}
-        while targets := self._targets():
-            if len(due) > len(targets):  # a configuration dropped some: forget them
-                current = {(t[0], t[1]) for t in targets}
-                due = {key: moment for key, moment in due.items() if key in current}
-            now = clock.now()
-            ready = [t for t in targets if due.get((t[0], t[1]), -math.inf) <= now]
-            if ready:
-                results = await asyncio.gather(*(self._probe(*target) for target in ready))
-                finished = clock.now()
-                for (service, endpoint, probe_settings), good in zip(ready, results, strict=True):
-                    if good is not None:
-                        self._probed(service, endpoint, probe_settings, good)
-                    due[(service, endpoint)] = finished + probe_settings.interval
-            wait = min(due.get((t[0], t[1]), now) for t in targets) - clock.now()
-            if wait > 0:
+        """Start each endpoint's probe when it is due on ``clock``; end with the last target."""
+        async with asyncio.TaskGroup() as probes:
+            while self._targets:
                 self._wake.clear()
-                await self._sleep_unless_woken(clock, wait)
+                now, due = clock.now(), self._due
+                while due and due[0][0] <= now:
+                    key = heapq.heappop(due)[1]
+                    self._running[key] = probes.create_task(self._probe_one(key, clock))
+                self._asleep_until = due[0][0] if due else math.inf
+                if due:
+                    await self._sleep_unless_woken(clock, self._asleep_until)
+                else:  # every endpoint is being probed: the first to end wakes this
+                    await self._wake.wait()
 
-    async def _sleep_unless_woken(self, clock: Clock, seconds: float) -> None:
-        """Sleep ``seconds`` on ``clock``, or less if the configuration changes."""
-        sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    async def _probe_one(self, key: _Key, clock: Clock) -> None:
+        """Probe one endpoint, hand on the result, and make the endpoint due again."""
+        (service, endpoint), settings = key, self._targets[key]
+        task = asyncio.current_task()
+        try:
+            good = await self._probe(service, endpoint, settings)
+            if good is not None:
+                self._probed(service, endpoint, settings, good)
+        finally:
+            if self._running.get(key) is task:  # else dropped by a configuration
+                del self._running[key]
+                moment = clock.now() + self._targets[key].interval
+                heapq.heappush(self._due, (moment, key))  # the key kept by the targets
+                if moment < self._asleep_until:
+                    self._wake.set()
+
+    async def _sleep_unless_woken(self, clock: Clock, moment: float) -> None:
+        """Sleep until ``moment`` of ``clock``, or less if woken (configured, a probe ended)."""
+        sleeper = asyncio.ensure_future(_sleep_until(clock, moment))
         waker = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
@@ -157,6 +191,11 @@ class Prober:
             return None
         limits = settings.limits(runtime.attempt_timeouts(config.policy(service)))
         return await probe(self._session, endpoint, settings, limits, tls)
+
+
+async def _sleep_until(clock: Clock, moment: float) -> None:
+    """Sleep until ``moment`` of ``clock``, counted from when the sleep begins."""
+    await clock.sleep(moment - clock.now())
 
 
 def count_probe(
