@@ -46,7 +46,7 @@ import socket
 import ssl
 import zlib
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Final, Self, final
 
@@ -69,12 +69,20 @@ from healkit._errors import (
     OutcomeUnavailableError,
     ProtocolError,
     ReadTimeout,
+    RedirectRefusedError,
     TLSError,
     invalid_status,
 )
 from healkit._executor import execute
-from healkit._http import IDEMPOTENT_METHODS, SentOnce, attempt_headers, join_url
-from healkit._outcome import Outcome
+from healkit._http import (
+    IDEMPOTENT_METHODS,
+    REDIRECT_STATUSES,
+    SentOnce,
+    attempt_headers,
+    closed_during,
+    join_url,
+)
+from healkit._outcome import AttemptRecord, Outcome
 from healkit._response import OUTCOME_HEADER, Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
@@ -98,6 +106,8 @@ Any other coding (``br``, ``zstd``) is refused: httpx would decode it without a 
 """
 _MAX_CODINGS: Final = 4
 """The most content codings a response may stack (``gzip, gzip, ...``)."""
+_PIECE: Final = 64 * 1024
+"""The most bytes one step of a streamed body's decoding hands on at a time."""
 
 
 @final
@@ -183,6 +193,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         finally:
             await self._inner.aclose()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: no attempt is sent after it."""
+        return self._closed
+
     async def _start(self) -> None:
         if self.runtime.started:
             return
@@ -207,12 +222,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         target = str(request.url)
         endpoint, path, service, policy, _ = address(config, target, self._service)
         body = await _request_body(request, policy.max_body_bytes)
+        # As sent: httpx takes header values as bytes, and Latin-1 gives each byte back.
         headers = CIMultiDict(
-            (name, value)
-            for name, value in request.headers.multi_items()
-            if name.lower() not in _HOP_HEADERS
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in request.headers.raw
+            if name.lower().decode("latin-1") not in _HOP_HEADERS
         )
-        if not self._stream and "Accept-Encoding" in headers:
+        if "Accept-Encoding" in headers:
             headers["Accept-Encoding"] = _decodable(headers.getall("Accept-Encoding"))
         method = request.method.upper()
         clock = runtime.clock
@@ -233,7 +249,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             # routable: the URL is under a configured endpoint (userinfo or not: see address)
             endpoint in policy.endpoints,
         )
-        attempts = _Attempts(self._inner, body, request.extensions, self._stream, self._closing)
+        attempts = _Attempts(
+            self, self._inner, request, body, stream=self._stream, closing=self._closing
+        )
         return await execute(runtime, call, attempts, endpoint)
 
 
@@ -257,21 +275,25 @@ def outcome_of(response: httpx.Response) -> Outcome:
 class _Attempts:
     """Sends the attempts of one call through the wrapped httpx transport."""
 
-    __slots__ = ("_body", "_closing", "_extensions", "_inner", "_once", "_stream")
+    __slots__ = ("_body", "_closing", "_extensions", "_inner", "_once", "_owner", "_stream", "_url")
 
     concurrent = True  # each attempt builds its own httpx.Request
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - what one call's attempts share; built in one place
         self,
+        owner: ResilientTransport,
         inner: httpx.AsyncBaseTransport,
+        request: httpx.Request,
         body: bytes | _Remainder,
-        extensions: dict[str, object],
+        *,
         stream: bool,
         closing: set[asyncio.Task[None]],
     ) -> None:
+        self._owner = owner
         self._inner = inner
+        self._url = request.url
         self._body = body
-        self._extensions = extensions
+        self._extensions = request.extensions
         self._stream = stream
         self._closing = closing
         # A body past the buffer is sent at most once, as healkit.Client sends a stream.
@@ -282,6 +304,8 @@ class _Attempts:
     ) -> tuple[httpx.Response, Response | None]:
         if attempt.endpoint is None:
             raise InvalidRequestError(f"no endpoint to send {call.method} {call.target} to")
+        if self._owner.closed:  # the wrapped transport is closed: its pool would open anew
+            raise ClientClosedError(f"the client was closed before attempt {attempt.number}")
         url = join_url(attempt.endpoint, call.target)
         limits = attempt.timeouts
         extensions = {
@@ -297,6 +321,7 @@ class _Attempts:
         body, once = self._body, self._once
         if once is not None:
             once.take(call, attempt)
+        shown = call.config.redactor.url(url)
         try:
             request = httpx.Request(
                 call.method,
@@ -306,53 +331,51 @@ class _Attempts:
                 extensions=extensions,
             )
             answer = await self._inner.handle_async_request(request)
-            if not 100 <= answer.status_code <= 599:
-                await answer.aclose()
-                raise invalid_status(answer.status_code, call.config.redactor.url(url))
-            attempt.status = answer.status_code
-            answer.headers.pop(OUTCOME_HEADER, None)  # only healkit says how a call went
-            shown = call.config.redactor.url(url)
-            if self._stream:
-                judged = Response(
-                    answer.status_code,
-                    headers=CIMultiDictProxy(CIMultiDict(answer.headers.multi_items())),
-                    url=shown,
-                    reason=answer.reason_phrase,
-                )
-                return answer, judged
-            limit = call.policy.max_body_bytes
+            body_stream = _async_body(answer, shown)
             try:
-                codings = _codings(answer.headers, shown)
-                raw = await _read_capped(answer, limit, shown)
-            finally:
+                codings = self._judge_head(answer, attempt, shown)
+            except HealkitError:
                 await answer.aclose()
-            if codings:
-                raw = _decode(raw, codings, limit, shown)
-                _drop_encoding(answer.headers)
+                raise
+            if self._stream:
+                answer.stream = _Streamed(body_stream, codings, shown, self._owner, attempt)
+                return answer, _judged(answer, shown, b"")
+            raw = await _read_body(answer, codings, call.policy.max_body_bytes, shown)
         except httpx.HTTPError as exc:
-            redacted = call.config.redactor.url(url)
-            error = map_httpx_error(exc, url=redacted, connect=limits.connect, read=limits.read)
+            error = map_httpx_error(exc, url=shown, connect=limits.connect, read=limits.read)
             if once is not None:
                 once.failed(error)  # given back if the body cannot have been read
-            raise error from exc
+            raise _unless_closed(self._owner, error, attempt) from exc
         except httpx.InvalidURL as exc:
-            raise InvalidRequestError(
-                f"invalid URL {call.config.redactor.url(url)}: {exc}"
-            ) from exc
+            raise InvalidRequestError(f"invalid URL {shown}: {exc}") from exc
         result = httpx.Response(
             answer.status_code,
             headers=answer.headers,
             content=raw,
             extensions=dict(answer.extensions),
         )
-        judged = Response(
-            answer.status_code,
-            headers=CIMultiDictProxy(CIMultiDict(result.headers.multi_items())),
-            body=raw,
-            url=shown,
-            reason=answer.reason_phrase,
-        )
-        return result, judged
+        return result, _judged(result, shown, raw)
+
+    def _judge_head(self, answer: httpx.Response, attempt: AttemptContext, url: str) -> list[str]:
+        """Check an answer's head; return the content codings its body is decoded from.
+
+        The codings' headers are dropped: the body is handed on decoded.
+
+        Raises:
+            ProtocolError: a status out of 100 to 599, or codings not decoded here.
+            RedirectRefusedError: a redirect whose ``Location`` httpx cannot follow.
+
+        """
+        if not 100 <= answer.status_code <= 599:
+            raise invalid_status(answer.status_code, url)
+        attempt.status = answer.status_code
+        answer.headers.pop(OUTCOME_HEADER, None)  # only healkit says how a call went
+        if answer.status_code in REDIRECT_STATUSES and "Location" in answer.headers:
+            _check_location(self._url, answer.status_code, answer.headers["Location"], url)
+        codings = _codings(answer.headers, url)
+        if codings:
+            _drop_encoding(answer.headers)
+        return codings
 
     def discard(self, result: httpx.Response) -> None:
         """Close a streaming response declared a failure (in the background: it awaits)."""
@@ -373,8 +396,80 @@ class _Attempts:
         return httpx.Response(value.status, headers=headers, content=value.body)
 
     def finish(self, result: httpx.Response, outcome: Callable[[], Outcome]) -> httpx.Response:
-        result.extensions[OUTCOME_EXTENSION] = outcome()
+        made = result.extensions[OUTCOME_EXTENSION] = outcome()
+        if isinstance(result.stream, _Streamed):
+            result.stream.attempts = made.attempts
         return result
+
+
+def _async_body(answer: httpx.Response, url: str) -> httpx.AsyncByteStream:
+    """Return the body stream of the wrapped transport's ``answer``, which must be async.
+
+    Raises:
+        ProtocolError: the body is a synchronous stream (a custom wrapped
+            transport's): httpx's ``AsyncClient`` would raise ``TypeError``.
+
+    """
+    stream = answer.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        answer.close()
+        raise ProtocolError(
+            f"malformed response from {url}: the wrapped transport answered with a"
+            " synchronous body (an httpx.AsyncBaseTransport answers with an AsyncByteStream)"
+        )
+    return stream
+
+
+def _judged(answer: httpx.Response, url: str, body: bytes) -> Response:
+    """Return healkit's view of ``answer``, for the plugins to judge (``b""``: body unread)."""
+    return Response(
+        answer.status_code,
+        headers=CIMultiDictProxy(CIMultiDict(answer.headers.multi_items())),
+        body=body,
+        url=url,
+        reason=answer.reason_phrase,
+    )
+
+
+def _unless_closed(
+    owner: ResilientTransport, error: HealkitError, attempt: AttemptContext
+) -> HealkitError:
+    """Return ``error``, or a ClientClosedError if the application closed ``owner`` under it.
+
+    The wrapped transport's connections went with it: the failure is not the
+    endpoint's, and is neither counted against it nor retried (as for
+    :class:`healkit.Client`).
+    """
+    return closed_during(error, attempt) if owner.closed else error
+
+
+def _check_location(sent: httpx.URL, status: int, location: str, url: str) -> None:
+    """Refuse a redirect whose ``Location`` httpx cannot turn into its next request.
+
+    httpx's client builds the next request of every redirect, even with
+    ``follow_redirects`` off (``response.next_request``), as its
+    ``_redirect_url`` does here: ``sent`` is the URL the client sent,
+    ``url`` the (redacted) URL that answered.
+
+    Raises:
+        RedirectRefusedError: the ``Location`` is not a URL httpx can parse or
+            resolve (it would raise ``httpx.RemoteProtocolError``,
+            ``httpx.InvalidURL`` or idna's ``UnicodeError`` to the caller).
+
+    """
+    try:
+        target = httpx.URL(location)
+        if target.scheme and not target.host:
+            target = target.copy_with(host=sent.host)
+        if target.is_relative_url:
+            sent.join(target)
+    except (httpx.InvalidURL, ValueError):  # idna's errors are UnicodeErrors: ValueErrors
+        raise RedirectRefusedError(
+            "the Location is not a URL httpx can follow",
+            status=status,
+            url=url,
+            location="<invalid URL>",
+        ) from None
 
 
 @final
@@ -412,6 +507,131 @@ class _Remainder(httpx.AsyncByteStream):
             yield head.popleft()  # each chunk let go once sent
         async for chunk in self._rest:
             yield chunk
+
+
+@final
+class _Streamed(httpx.AsyncByteStream):
+    """The body of a response handed over unread (``stream=True``), as the caller reads it.
+
+    Decoded here from its content codings (gzip, deflate) and with httpx's
+    errors translated, so that reading it raises healkit's errors only, with
+    the call's attempts (``attempts``, set when the call ends).
+    """
+
+    __slots__ = ("_attempt", "_owner", "_raw", "_steps", "_url", "attempts")
+
+    def __init__(
+        self,
+        raw: httpx.AsyncByteStream,
+        codings: Sequence[str],
+        url: str,
+        owner: ResilientTransport,
+        attempt: AttemptContext,
+    ) -> None:
+        self._raw = raw
+        self._steps = [_Inflating(coding) for coding in reversed(codings) if coding != "identity"]
+        self._url = url
+        self._owner = owner
+        self._attempt = attempt
+        self.attempts: tuple[AttemptRecord, ...] = ()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._raw:
+                for piece in _through(self._steps, chunk, self._url):
+                    yield piece
+            for step in self._steps:
+                step.end(self._url)
+        except httpx.HTTPError as exc:
+            raise self._failed(self._mapped(exc)) from exc
+        except ProtocolError as error:
+            raise self._failed(error) from error.__cause__
+
+    async def aclose(self) -> None:
+        try:
+            await self._raw.aclose()
+        except httpx.HTTPError as exc:
+            raise self._failed(self._mapped(exc)) from exc
+
+    def _mapped(self, exc: httpx.HTTPError) -> HealkitError:
+        limits = self._attempt.timeouts
+        return map_httpx_error(exc, url=self._url, connect=limits.connect, read=limits.read)
+
+    def _failed(self, error: HealkitError) -> HealkitError:
+        error = _unless_closed(self._owner, error, self._attempt)
+        error.attempts = self.attempts
+        return error
+
+
+@final
+class _Inflating:
+    """One content coding of a streamed body, undone as the body arrives.
+
+    What it hands on comes in pieces of at most :data:`_PIECE` bytes, so that a
+    small chunk that decodes to much is never held whole. ``deflate`` is
+    zlib-wrapped or raw (as some servers send it), told by its first two bytes.
+    """
+
+    __slots__ = ("_coding", "_fed", "_pending", "_wbits", "_zlib")
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._wbits = _DECODED[coding]
+        self._zlib = zlib.decompressobj(self._wbits)
+        self._pending: bytes | None = b"" if coding == "deflate" else None
+        self._fed = False
+
+    def feed(self, data: bytes, url: str) -> Iterator[bytes]:
+        """Yield what ``data``, the next bytes of the body, decodes to."""
+        if self._pending is not None:
+            data = self._pending + data
+            if len(data) < 2:
+                self._pending = data
+                return
+            self._pending = None
+            if data[0] & 0x0F != 8 or (data[0] << 8 | data[1]) % 31:  # RFC 1950's header check
+                self._wbits = -zlib.MAX_WBITS
+                self._zlib = zlib.decompressobj(self._wbits)
+        self._fed = self._fed or bool(data)
+        try:
+            while True:
+                if self._zlib.eof and data:
+                    if self._wbits < 0:  # a raw deflate stream has one member
+                        return
+                    self._zlib = zlib.decompressobj(self._wbits)  # the next gzip member
+                piece = self._zlib.decompress(data, _PIECE)
+                data = self._zlib.unused_data if self._zlib.eof else self._zlib.unconsumed_tail
+                if piece:
+                    yield piece
+                if not data and len(piece) < _PIECE:
+                    return
+        except zlib.error as exc:
+            raise self._malformed(str(exc), url) from exc
+
+    def end(self, url: str) -> None:
+        """Check that the body ended where its coding does.
+
+        Raises:
+            ProtocolError: the coded stream is cut short.
+
+        """
+        if self._pending or (self._fed and not self._zlib.eof):
+            raise self._malformed("the stream is truncated", url)
+
+    def _malformed(self, detail: str, url: str) -> ProtocolError:
+        return ProtocolError(
+            f"malformed response from {url}: the body does not decode as {self._coding}: {detail}"
+        )
+
+
+def _through(steps: Sequence[_Inflating], data: bytes, url: str) -> Iterator[bytes]:
+    """Yield what ``data`` decodes to through ``steps`` (the coding applied last first)."""
+    if not steps:
+        if data:
+            yield data
+        return
+    for piece in steps[0].feed(data, url):
+        yield from _through(steps[1:], piece, url)
 
 
 async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainder:
@@ -457,12 +677,36 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
 
 def _with_length(
     headers: CIMultiDict[str] | None, body: bytes | _Remainder
-) -> list[tuple[str, str]] | None:
-    """Return an attempt's headers for httpx, with the length of a streamed body if known."""
-    fields = list(headers.items()) if headers else None
+) -> list[tuple[bytes, bytes]] | None:
+    """Return an attempt's headers for httpx, with the length of a streamed body if known.
+
+    As bytes: httpx would encode text as ASCII, and refuse (``UnicodeEncodeError``)
+    the bytes its caller gave (read here as Latin-1).
+    """
+    fields = [(_octets(k), _octets(v)) for k, v in headers.items()] if headers else None
     if isinstance(body, _Remainder) and body.length is not None:
-        fields = [*(fields or ()), ("Content-Length", body.length)]
+        fields = [*(fields or ()), (b"Content-Length", _octets(body.length))]
     return fields
+
+
+def _octets(text: str) -> bytes:
+    """Return a header name or value as sent: Latin-1 gives back the caller's bytes.
+
+    Text past Latin-1 (a plugin's) goes as UTF-8, as aiohttp sends it.
+    """
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
+
+
+async def _read_body(answer: httpx.Response, codings: list[str], limit: int, url: str) -> bytes:
+    """Read a buffered body within its attempt and decode it, each step under ``limit``."""
+    try:
+        raw = await _read_capped(answer, limit, url)
+    finally:
+        await answer.aclose()
+    return _decode(raw, codings, limit, url) if codings else raw
 
 
 async def _read_capped(answer: httpx.Response, limit: int, url: str) -> bytes:
