@@ -15,7 +15,7 @@ import socket
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Self
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -330,3 +330,61 @@ async def test_closing_the_client_mid_body_ends_the_read_with_client_closed() ->
             with pytest.raises(healkit.ClientClosedError):
                 await anext(body)
             await closing
+
+
+# -- redirects that httpx follows ----------------------------------------------------------
+
+
+def redirecting(requests: list[None]) -> Handler:
+    """A handler that redirects every request to the next path (/0, /1, ...)."""
+
+    async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(None)
+        writer.write(
+            b"HTTP/1.1 302 Found\r\nLocation: /%d\r\nContent-Length: 0\r\n\r\n" % len(requests)
+        )
+        await writer.drain()
+
+    return handle
+
+
+def service_transport(url: str, **service: Any) -> ResilientTransport:
+    config = {"services": {"loop": {"endpoints": [url], **service}}}
+    return ResilientTransport(config=config, plugins=[TimeoutPlugin()], entry_points=False)
+
+
+@pytest.mark.parametrize(("limit", "sent"), [(None, 11), (3, 4)])
+async def test_more_redirects_than_max_redirects_is_a_healkit_error(
+    limit: int | None, sent: int
+) -> None:
+    # Old code: httpx followed the loop for its own 20 hops, then raised
+    # httpx.TooManyRedirects. The transport now counts the hops (httpx hands each
+    # hop the extensions of the request before it) under the service's max_redirects.
+    requests: list[None] = []
+    async with RawServer(redirecting(requests)) as server:
+        service = {} if limit is None else {"max_redirects": limit}
+        transport = service_transport(server.url, **service)
+        async with httpx.AsyncClient(transport=transport, follow_redirects=True) as http:
+            with pytest.raises(healkit.TooManyRedirects) as caught:
+                await http.get(f"{server.url}/start")
+    assert len(requests) == sent
+    assert caught.value.limit == sent - 1
+    assert caught.value.url == f"{server.url}/{sent - 1}"
+    assert caught.value.may_have_reached_server
+
+
+async def test_a_request_sent_again_is_not_a_redirect_hop() -> None:
+    requests: list[None] = []
+    async with RawServer(redirecting(requests)) as server:
+        transport = service_transport(server.url, max_redirects=1)
+        async with httpx.AsyncClient(transport=transport) as http:
+            request = http.build_request("GET", f"{server.url}/again")
+            answers = [await http.send(request) for _ in range(3)]  # sent again: no hop
+            hop = answers[-1].next_request
+            assert hop is not None
+            last = (await http.send(hop)).next_request  # the one hop max_redirects allows
+            assert last is not None
+            with pytest.raises(healkit.TooManyRedirects):
+                await http.send(last)
+    assert [answer.status_code for answer in answers] == [302, 302, 302]
+    assert len(requests) == 4

@@ -44,6 +44,7 @@ import asyncio
 import math
 import socket
 import ssl
+import weakref
 import zlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -71,6 +72,7 @@ from healkit._errors import (
     ReadTimeout,
     RedirectRefusedError,
     TLSError,
+    TooManyRedirects,
     invalid_status,
 )
 from healkit._executor import execute
@@ -106,6 +108,11 @@ Any other coding (``br``, ``zstd``) is refused: httpx would decode it without a 
 """
 _MAX_CODINGS: Final = 4
 """The most content codings a response may stack (``gzip, gzip, ...``)."""
+_CHAIN: Final = "healkit.redirects"
+"""The key of a request's ``extensions`` under which the redirects that led to it are counted.
+
+httpx copies a request's extensions into the next request of its redirect.
+"""
 _PIECE: Final = 64 * 1024
 """The most bytes one step of a streamed body's decoding hands on at a time."""
 
@@ -221,6 +228,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         config = runtime.config
         target = str(request.url)
         endpoint, path, service, policy, _ = address(config, target, self._service)
+        _count_hop(request, policy.max_redirects, config.redactor.url(target))
         body = await _request_body(request, policy.max_body_bytes)
         # As sent: httpx takes header values as bytes, and Latin-1 gives each byte back.
         headers = CIMultiDict(
@@ -293,7 +301,7 @@ class _Attempts:
         self._inner = inner
         self._url = request.url
         self._body = body
-        self._extensions = request.extensions
+        self._extensions = {k: v for k, v in request.extensions.items() if k != _CHAIN}
         self._stream = stream
         self._closing = closing
         # A body past the buffer is sent at most once, as healkit.Client sends a stream.
@@ -429,6 +437,46 @@ def _judged(answer: httpx.Response, url: str, body: bytes) -> Response:
         url=url,
         reason=answer.reason_phrase,
     )
+
+
+@final
+class _Chain:
+    """The redirects httpx followed to reach a request (``request.extensions[_CHAIN]``)."""
+
+    __slots__ = ("hops", "last", "limit", "url")
+
+    def __init__(self, request: httpx.Request, limit: int, url: str) -> None:
+        self.hops = 0
+        self.last = weakref.ref(request)  # the chain's latest request
+        self.limit = limit  # the first request's service's max_redirects
+        self.url = url  # the (redacted) URL of the latest request
+
+
+def _count_hop(request: httpx.Request, limit: int, url: str) -> None:
+    """Count ``request`` as a hop of the redirects httpx follows; refuse one too many.
+
+    httpx follows redirects above the transport (``follow_redirects=True``),
+    each hop a request of its own: its ``max_redirects`` (20) would end a
+    chain with its own ``httpx.TooManyRedirects``. The chain is counted in
+    the requests' extensions, which httpx hands from each hop to the next; a
+    request sent again as it is (``client.send(request)``) is not a hop.
+
+    Raises:
+        TooManyRedirects: more hops than the first request's service's
+            ``max_redirects``.
+
+    """
+    chain = request.extensions.get(_CHAIN)
+    if not isinstance(chain, _Chain):
+        request.extensions[_CHAIN] = _Chain(request, limit, url)
+        return
+    if chain.last() is request:
+        return
+    chain.hops += 1
+    if chain.hops > chain.limit:
+        raise TooManyRedirects(chain.limit, url=chain.url)
+    chain.last = weakref.ref(request)
+    chain.url = url
 
 
 def _unless_closed(
