@@ -388,3 +388,47 @@ async def test_a_request_sent_again_is_not_a_redirect_hop() -> None:
                 await http.send(last)
     assert [answer.status_code for answer in answers] == [302, 302, 302]
     assert len(requests) == 4
+
+
+# -- the text of a response, in the charset the upstream named ---------------------------
+
+TEXT = "café ".encode() + b"\xff"
+
+
+@pytest.mark.parametrize(
+    ("charset", "stream"),
+    [
+        ("undefined", False),  # always raises UnicodeError
+        ("undefined", True),
+        ("idna", False),  # refuses errors="replace"
+        ("idna", True),
+        ("base64", False),  # bytes to bytes, not text: AssertionError in the codec
+        ("rot13", True),  # str to str: TypeError
+        ("punycode", False),  # UnicodeDecodeError on \xff, whatever the error handler
+        ("utf-16", False),  # "UTF-16 stream does not start with BOM", with replacement too
+    ],
+)
+async def test_text_never_raises_whatever_charset_the_upstream_names(
+    charset: str, stream: bool
+) -> None:
+    # Old code: httpx's response.text raised the codec's error (UnicodeError,
+    # TypeError, AssertionError), outside healkit's tree. As healkit.Response.text,
+    # the text is read as UTF-8 then.
+    answer = head(len(TEXT), content_type=f"text/plain; charset={charset}") + TEXT
+    async with RawServer(answering(answer)) as server:
+        response = await fetch(transport(stream=stream), f"{server.url}/x")
+    assert response.text == TEXT.decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("stream", MODES)
+@pytest.mark.parametrize(
+    ("charset", "body"),
+    [("latin-1", "café".encode("latin-1")), ("utf-16", "café".encode("utf-16"))],
+)
+async def test_a_charset_that_decodes_the_body_is_kept(
+    charset: str, body: bytes, stream: bool
+) -> None:
+    answer = head(len(body), content_type=f"text/plain; charset={charset}") + body
+    async with RawServer(answering(answer)) as server:
+        response = await fetch(transport(stream=stream), f"{server.url}/x")
+    assert response.text == "café"

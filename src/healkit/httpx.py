@@ -41,6 +41,7 @@ What httpx does and what healkit does:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import math
 import socket
 import ssl
@@ -113,6 +114,8 @@ _CHAIN: Final = "healkit.redirects"
 
 httpx copies a request's extensions into the next request of its redirect.
 """
+_SAFE_CHARSETS: Final = frozenset({"utf-8", "ascii", "iso8859-1", "cp1252"})
+"""Codecs (by Python's name) that decode any bytes with replacement: not tried on a body."""
 _PIECE: Final = 64 * 1024
 """The most bytes one step of a streamed body's decoding hands on at a time."""
 
@@ -407,7 +410,35 @@ class _Attempts:
         made = result.extensions[OUTCOME_EXTENSION] = outcome()
         if isinstance(result.stream, _Streamed):
             result.stream.attempts = made.attempts
+            _readable_text(result, b"")  # the body is unread: codecs that decode no body
+        else:
+            _readable_text(result, result.content)
         return result
+
+
+def _readable_text(response: httpx.Response, body: bytes) -> None:
+    """Have ``response.text`` decode with UTF-8 if its charset cannot decode ``body``.
+
+    httpx decodes the text with the Content-Type's charset, the upstream's
+    word, and with replacement; a codec that refuses replacement (``idna``),
+    always fails (``undefined``), is not text (``base64``) or fails on the body
+    (``utf-16`` without a byte order mark) would raise its own error from
+    ``response.text``. As :meth:`healkit.Response.text` does, UTF-8 is used
+    then. A charset Python does not know is left to httpx's default encoding.
+    """
+    charset = response.charset_encoding
+    if charset is None:
+        return
+    try:
+        if codecs.lookup(charset).name in _SAFE_CHARSETS:
+            return
+        decoder = codecs.getincrementaldecoder(charset)(errors="replace")
+        decoder.decode(body)  # as httpx decodes it: the body, then the end
+        decoder.decode(b"", final=True)
+    except LookupError:  # a charset Python does not know: httpx uses its default encoding
+        return
+    except Exception:  # noqa: BLE001 - a codec is any code: whatever it raises, it cannot decode
+        response.encoding = "utf-8"
 
 
 def _async_body(answer: httpx.Response, url: str) -> httpx.AsyncByteStream:
