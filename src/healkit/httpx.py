@@ -30,9 +30,13 @@ What httpx does and what healkit does:
   its ``Content-Encoding``, as from a proxy), so a truncated body is a failed
   attempt that can be retried; with
   ``stream=True`` a response is judged on its head and its body is read by the
-  caller as it arrives (server-sent events, large downloads);
+  caller as it arrives (server-sent events, large downloads), decoded as it
+  is read;
 * failures raise healkit's errors (:class:`healkit.HealkitError` and its
-  subclasses, with the attempt history), not httpx's;
+  subclasses, with the attempt history), not httpx's: the call's, the reading
+  of a streamed body, a redirect httpx could not turn into its next request,
+  a chain of redirects past ``max_redirects``; a call cut short by closing the
+  client is a :class:`healkit.ClientClosedError`, not the endpoint's failure;
 * TLS is the wrapped transport's (``httpx.AsyncHTTPTransport(verify=...)``):
   httpx has no per-request TLS context, so the TLS plugin's per-service
   contexts do not apply here.
