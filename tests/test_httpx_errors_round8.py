@@ -14,15 +14,17 @@ import gzip
 import socket
 import struct
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Self
 
 import httpx
 import pytest
 
 import healkit
-from healkit.httpx import ResilientTransport
+from healkit.httpx import ResilientTransport, outcome_of
+from healkit.testing import refused_url
 from healkit_timeout import TimeoutPlugin
+from tests.plugins import StaticFallback
 
 pytestmark = pytest.mark.anyio
 
@@ -432,3 +434,20 @@ async def test_a_charset_that_decodes_the_body_is_kept(
     async with RawServer(answering(answer)) as server:
         response = await fetch(transport(stream=stream), f"{server.url}/x")
     assert response.text == "café"
+
+
+async def test_a_fallback_response_with_an_unread_stream_is_handed_on_unread() -> None:
+    # A fallback plugin may answer with an httpx.Response of its own, its body a
+    # stream. The first draft of the charset rule read response.content, which
+    # raised httpx.ResponseNotRead for it.
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"from the cache"
+
+    cached = httpx.Response(200, content=chunks())
+    resilient = ResilientTransport(
+        plugins=[TimeoutPlugin(), StaticFallback(cached)], entry_points=False
+    )
+    async with httpx.AsyncClient(transport=resilient) as http:
+        response = await http.get(refused_url())
+    assert response.content == b"from the cache"
+    assert outcome_of(response).path == "fallback"

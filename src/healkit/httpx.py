@@ -414,9 +414,11 @@ class _Attempts:
         made = result.extensions[OUTCOME_EXTENSION] = outcome()
         if isinstance(result.stream, _Streamed):
             result.stream.attempts = made.attempts
-            _readable_text(result, b"")  # the body is unread: codecs that decode no body
-        else:
-            _readable_text(result, result.content)
+        try:
+            body = result.content
+        except httpx.ResponseNotRead:  # streamed: only a codec that decodes no body is told
+            body = b""
+        _readable_text(result, body)
         return result
 
 
