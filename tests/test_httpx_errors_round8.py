@@ -451,3 +451,22 @@ async def test_a_fallback_response_with_an_unread_stream_is_handed_on_unread() -
         response = await http.get(refused_url())
     assert response.content == b"from the cache"
     assert outcome_of(response).path == "fallback"
+
+
+@pytest.mark.parametrize("stream", MODES)
+async def test_a_cookie_that_is_not_ascii_cannot_break_the_client(stream: bool) -> None:
+    # Old code: httpx's jar kept the cookie named "\xff" and every later request
+    # to the host raised UnicodeEncodeError as httpx built its Cookie header.
+    answer = (
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: \xff=bad\r\nSet-Cookie: good=1\r\n"
+        b"Set-Cookie: caf\xc3\xa9=bad\r\nContent-Length: 0\r\n\r\n"
+    )
+    async with (
+        RawServer(answering(answer)) as server,
+        httpx.AsyncClient(transport=transport(stream=stream)) as http,
+    ):
+        first = await http.get(f"{server.url}/first")
+        second = await http.get(f"{server.url}/second")
+    assert first.headers.get_list("Set-Cookie") == ["good=1"]
+    assert second.status_code == 200
+    assert b"\r\nCookie: good=1\r\n" in server.heads[1]

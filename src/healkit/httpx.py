@@ -385,6 +385,7 @@ class _Attempts:
             raise invalid_status(answer.status_code, url)
         attempt.status = answer.status_code
         answer.headers.pop(OUTCOME_HEADER, None)  # only healkit says how a call went
+        _drop_unsendable_cookies(answer.headers)
         if answer.status_code in REDIRECT_STATUSES and "Location" in answer.headers:
             _check_location(self._url, answer.status_code, answer.headers["Location"], url)
         codings = _codings(answer.headers, url)
@@ -463,6 +464,20 @@ def _async_body(answer: httpx.Response, url: str) -> httpx.AsyncByteStream:
             " synchronous body (an httpx.AsyncBaseTransport answers with an AsyncByteStream)"
         )
     return stream
+
+
+def _drop_unsendable_cookies(headers: httpx.Headers) -> None:
+    """Drop each ``Set-Cookie`` that is not ASCII (RFC 6265's cookies are).
+
+    httpx's client keeps such a cookie in its jar, then fails every later
+    request to that host as it builds the ``Cookie`` header (``UnicodeEncodeError``,
+    before the transport): an upstream could so break the client for good.
+    """
+    cookies = [value for name, value in headers.raw if name.lower() == b"set-cookie"]
+    if all(value.isascii() for value in cookies):
+        return
+    del headers["Set-Cookie"]
+    headers.update(httpx.Headers([(b"Set-Cookie", v) for v in cookies if v.isascii()]))
 
 
 def _judged(answer: httpx.Response, url: str, body: bytes) -> Response:
