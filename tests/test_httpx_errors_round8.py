@@ -109,6 +109,55 @@ def head(length: int | None = None, **headers: str) -> bytes:
 MODES = [pytest.param(False, id="buffered"), pytest.param(True, id="stream")]
 
 
+# -- before the answer: connect, write, the head (mapped already; kept so) --------------
+
+
+async def reset_at_once(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    reset(writer)
+
+
+async def reset_mid_upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(1000)
+    reset(writer)
+
+
+async def close_at_once(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+@pytest.mark.parametrize("stream", MODES)
+@pytest.mark.parametrize(
+    ("handler", "body", "error"),
+    [
+        pytest.param(reset_at_once, b"", healkit.ConnectionLostError, id="reset"),  # ReadError
+        pytest.param(
+            reset_mid_upload, b"x" * (4 * 1024 * 1024), healkit.ConnectionLostError, id="upload"
+        ),
+        pytest.param(close_at_once, b"", healkit.ProtocolError, id="closed"),  # RemoteProtocolError
+        pytest.param(answering(b"GARBAGE\r\n\r\n"), b"", healkit.ProtocolError, id="garbage"),
+    ],
+)
+async def test_a_failure_before_the_answer_is_a_healkit_error(
+    handler: Handler, body: bytes, error: type[healkit.HealkitError], stream: bool
+) -> None:
+    async with (
+        RawServer(handler) as server,
+        httpx.AsyncClient(transport=transport(stream=stream)) as http,
+    ):
+        with pytest.raises(error) as caught:
+            await http.post(f"{server.url}/x", content=body)
+    assert caught.value.may_have_reached_server
+    assert isinstance(caught.value.__cause__, httpx.TransportError)
+
+
+@pytest.mark.parametrize("stream", MODES)
+async def test_a_refused_connection_is_a_connect_error(stream: bool) -> None:
+    async with httpx.AsyncClient(transport=transport(stream=stream)) as http:
+        with pytest.raises(healkit.ConnectError) as caught:
+            await http.post(refused_url(), content=b"x")
+    assert not caught.value.may_have_reached_server
+
+
 # -- a body that breaks off after the head: read by the caller with stream=True ---------
 
 
