@@ -433,6 +433,8 @@ def _readable_text(response: httpx.Response, body: bytes) -> None:
     ``response.text``. As :meth:`healkit.Response.text` does, UTF-8 is used
     then. A charset Python does not know is left to httpx's default encoding.
     """
+    if "charset" not in response.headers.get("Content-Type", "").lower():
+        return  # most answers (JSON) name none: httpx's parse of the header costs microseconds
     charset = response.charset_encoding
     if charset is None:
         return
