@@ -158,6 +158,31 @@ async def test_a_refused_connection_is_a_connect_error(stream: bool) -> None:
     assert not caught.value.may_have_reached_server
 
 
+async def test_waiting_for_a_pooled_connection_too_long_is_a_connect_timeout() -> None:
+    # httpx.PoolTimeout: the one connection of the pool is held by a call in flight.
+    arrived = asyncio.Event()
+
+    async def hold(_reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        arrived.set()
+        await server.release.wait()
+
+    one = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1))
+    config = {"defaults": {"timeout": {"connect": 0.2, "read": 30.0}}}
+    resilient = ResilientTransport(
+        one, config=config, plugins=[TimeoutPlugin()], entry_points=False
+    )
+    async with RawServer(hold) as server, httpx.AsyncClient(transport=resilient) as http:
+        holding = asyncio.ensure_future(http.get(f"{server.url}/hold"))
+        await arrived.wait()  # the first call has the pool's one connection
+        with pytest.raises(healkit.ConnectTimeout) as caught:
+            await http.get(f"{server.url}/wait")
+        server.release.set()
+        with pytest.raises(healkit.HealkitError):
+            await holding
+    assert not caught.value.may_have_reached_server
+    assert isinstance(caught.value.__cause__, httpx.PoolTimeout)
+
+
 # -- a body that breaks off after the head: read by the caller with stream=True ---------
 
 
