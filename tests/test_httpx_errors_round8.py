@@ -23,6 +23,8 @@ import pytest
 import healkit
 from healkit.httpx import ResilientTransport, outcome_of
 from healkit.testing import refused_url
+from healkit_breaker import BreakerPlugin
+from healkit_retry import RetryPlugin
 from healkit_timeout import TimeoutPlugin
 from tests.plugins import StaticFallback
 
@@ -544,3 +546,46 @@ async def test_a_cookie_that_is_not_ascii_cannot_break_the_client(stream: bool) 
     assert first.headers.get_list("Set-Cookie") == ["good=1"]
     assert second.status_code == 200
     assert b"\r\nCookie: good=1\r\n" in server.heads[1]
+
+
+async def test_closing_the_client_mid_call_with_stream_does_not_fail_the_endpoint() -> None:
+    # As test_attack_round8_requests.py checks it for the buffered mode: calls
+    # whose heads had not come yet end with ClientClosedError, and neither the
+    # breaker nor routing counts them against the endpoint.
+    calls = 4
+    arrived = asyncio.Event()
+
+    async def hold(_reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        if len(server.heads) == calls:
+            arrived.set()
+        await server.release.wait()
+
+    async with RawServer(hold) as server:
+        config = {
+            "services": {
+                "svc": {
+                    "endpoints": [server.url],
+                    "retry": {"attempts": 3},
+                    "breaker": {"consecutive_failures": 2},
+                    "routing": {"eject_after": 2},
+                }
+            }
+        }
+        runtime = healkit.Runtime(
+            config=config,
+            plugins=[RetryPlugin(), BreakerPlugin(), TimeoutPlugin()],
+            entry_points=False,
+        )
+        await runtime.start()
+        try:
+            resilient = ResilientTransport(runtime=runtime, stream=True)
+            http = httpx.AsyncClient(transport=resilient)
+            pending = [asyncio.ensure_future(http.get(f"{server.url}/x")) for _ in range(calls)]
+            await arrived.wait()
+            await http.aclose()
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            assert {type(result) for result in results} == {healkit.ClientClosedError}
+            (status,) = healkit.endpoint_status(runtime, "svc")
+            assert (status.usable, status.consecutive_failures) == (True, 0)
+        finally:
+            await runtime.stop()
