@@ -296,13 +296,6 @@ async def test_closing_a_middleware_session_ends_its_calls_with_client_closed() 
             await runtime.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="httpx transport: calls in flight when the AsyncClient closes fail as the"
-    " endpoint's failures (counted by breaker and routing; retries refused with"
-    " CircuitOpenError). Fix in src/healkit/httpx.py _Attempts.send (check the"
-    " transport's closed flag when mapping an error), left to the owner of httpx.py",
-)
 async def test_httpx_closing_the_client_does_not_fail_the_endpoint() -> None:
     async with Holding(CALLS) as upstream:
         runtime = shared_runtime(upstream.url)
@@ -413,15 +406,6 @@ async def test_an_awaited_fallback_ends_with_the_calls_deadline() -> None:
 # -- httpx: a redirect whose Location httpx cannot parse --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=httpx.RemoteProtocolError,
-    reason="httpx's client builds the next request of every redirect, even with"
-    " follow_redirects off, and raises httpx.RemoteProtocolError for a Location it cannot"
-    " parse: an httpx exception, which docs/httpx.md says never reaches the caller. Fix in"
-    " src/healkit/httpx.py _Attempts.send (refuse such an answer with"
-    " RedirectRefusedError), left to the owner of httpx.py this round",
-)
 async def test_httpx_a_redirect_to_an_unparsable_location_is_a_healkit_error() -> None:
     answer = b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n"
 

@@ -57,6 +57,7 @@ __all__ = [
     "HttpTransport",
     "SentOnce",
     "attempt_headers",
+    "closed_during",
     "join_url",
     "next_method",
     "reached",
@@ -404,8 +405,15 @@ def unless_closed(
     breaker, an ejection) nor retried. It keeps ``error``'s
     ``may_have_reached_server``.
     """
-    if not session.closed:
-        return error
+    return error if not session.closed else closed_during(error, attempt)
+
+
+def closed_during(error: HealkitError, attempt: AttemptContext) -> ClientClosedError:
+    """Return the :class:`ClientClosedError` of an attempt that failed with ``error``.
+
+    For a transport whose client the application closed during the attempt
+    (see :func:`unless_closed`); it keeps ``error``'s ``may_have_reached_server``.
+    """
     closed = ClientClosedError(
         f"the client was closed during attempt {attempt.number} ({error.message})"
     )

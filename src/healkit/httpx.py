@@ -30,9 +30,13 @@ What httpx does and what healkit does:
   its ``Content-Encoding``, as from a proxy), so a truncated body is a failed
   attempt that can be retried; with
   ``stream=True`` a response is judged on its head and its body is read by the
-  caller as it arrives (server-sent events, large downloads);
+  caller as it arrives (server-sent events, large downloads), decoded as it
+  is read;
 * failures raise healkit's errors (:class:`healkit.HealkitError` and its
-  subclasses, with the attempt history), not httpx's;
+  subclasses, with the attempt history), not httpx's: the call's, the reading
+  of a streamed body, a redirect httpx could not turn into its next request,
+  a chain of redirects past ``max_redirects``; a call cut short by closing the
+  client is a :class:`healkit.ClientClosedError`, not the endpoint's failure;
 * TLS is the wrapped transport's (``httpx.AsyncHTTPTransport(verify=...)``):
   httpx has no per-request TLS context, so the TLS plugin's per-service
   contexts do not apply here.
@@ -41,12 +45,14 @@ What httpx does and what healkit does:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import math
 import socket
 import ssl
+import weakref
 import zlib
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Final, Self, final
 
@@ -69,12 +75,21 @@ from healkit._errors import (
     OutcomeUnavailableError,
     ProtocolError,
     ReadTimeout,
+    RedirectRefusedError,
     TLSError,
+    TooManyRedirects,
     invalid_status,
 )
 from healkit._executor import execute
-from healkit._http import IDEMPOTENT_METHODS, SentOnce, attempt_headers, join_url
-from healkit._outcome import Outcome
+from healkit._http import (
+    IDEMPOTENT_METHODS,
+    REDIRECT_STATUSES,
+    SentOnce,
+    attempt_headers,
+    closed_during,
+    join_url,
+)
+from healkit._outcome import AttemptRecord, Outcome
 from healkit._response import OUTCOME_HEADER, Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
@@ -98,6 +113,15 @@ Any other coding (``br``, ``zstd``) is refused: httpx would decode it without a 
 """
 _MAX_CODINGS: Final = 4
 """The most content codings a response may stack (``gzip, gzip, ...``)."""
+_CHAIN: Final = "healkit.redirects"
+"""The key of a request's ``extensions`` under which the redirects that led to it are counted.
+
+httpx copies a request's extensions into the next request of its redirect.
+"""
+_SAFE_CHARSETS: Final = frozenset({"utf-8", "ascii", "iso8859-1", "cp1252"})
+"""Codecs (by Python's name) that decode any bytes with replacement: not tried on a body."""
+_PIECE: Final = 64 * 1024
+"""The most bytes one step of a streamed body's decoding hands on at a time."""
 
 
 @final
@@ -183,6 +207,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         finally:
             await self._inner.aclose()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: no attempt is sent after it."""
+        return self._closed
+
     async def _start(self) -> None:
         if self.runtime.started:
             return
@@ -206,13 +235,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         config = runtime.config
         target = str(request.url)
         endpoint, path, service, policy, _ = address(config, target, self._service)
+        _count_hop(request, policy.max_redirects, config.redactor.url(target))
         body = await _request_body(request, policy.max_body_bytes)
+        # As sent: httpx takes header values as bytes, and Latin-1 gives each byte back.
         headers = CIMultiDict(
-            (name, value)
-            for name, value in request.headers.multi_items()
-            if name.lower() not in _HOP_HEADERS
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in request.headers.raw
+            if name.lower().decode("latin-1") not in _HOP_HEADERS
         )
-        if not self._stream and "Accept-Encoding" in headers:
+        if "Accept-Encoding" in headers:
             headers["Accept-Encoding"] = _decodable(headers.getall("Accept-Encoding"))
         method = request.method.upper()
         clock = runtime.clock
@@ -233,7 +264,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             # routable: the URL is under a configured endpoint (userinfo or not: see address)
             endpoint in policy.endpoints,
         )
-        attempts = _Attempts(self._inner, body, request.extensions, self._stream, self._closing)
+        attempts = _Attempts(
+            self, self._inner, request, body, stream=self._stream, closing=self._closing
+        )
         return await execute(runtime, call, attempts, endpoint)
 
 
@@ -257,21 +290,25 @@ def outcome_of(response: httpx.Response) -> Outcome:
 class _Attempts:
     """Sends the attempts of one call through the wrapped httpx transport."""
 
-    __slots__ = ("_body", "_closing", "_extensions", "_inner", "_once", "_stream")
+    __slots__ = ("_body", "_closing", "_extensions", "_inner", "_once", "_owner", "_stream", "_url")
 
     concurrent = True  # each attempt builds its own httpx.Request
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - what one call's attempts share; built in one place
         self,
+        owner: ResilientTransport,
         inner: httpx.AsyncBaseTransport,
+        request: httpx.Request,
         body: bytes | _Remainder,
-        extensions: dict[str, object],
+        *,
         stream: bool,
         closing: set[asyncio.Task[None]],
     ) -> None:
+        self._owner = owner
         self._inner = inner
+        self._url = request.url
         self._body = body
-        self._extensions = extensions
+        self._extensions = {k: v for k, v in request.extensions.items() if k != _CHAIN}
         self._stream = stream
         self._closing = closing
         # A body past the buffer is sent at most once, as healkit.Client sends a stream.
@@ -282,6 +319,8 @@ class _Attempts:
     ) -> tuple[httpx.Response, Response | None]:
         if attempt.endpoint is None:
             raise InvalidRequestError(f"no endpoint to send {call.method} {call.target} to")
+        if self._owner.closed:  # the wrapped transport is closed: its pool would open anew
+            raise ClientClosedError(f"the client was closed before attempt {attempt.number}")
         url = join_url(attempt.endpoint, call.target)
         limits = attempt.timeouts
         extensions = {
@@ -297,6 +336,7 @@ class _Attempts:
         body, once = self._body, self._once
         if once is not None:
             once.take(call, attempt)
+        shown = call.config.redactor.url(url)
         try:
             request = httpx.Request(
                 call.method,
@@ -306,53 +346,52 @@ class _Attempts:
                 extensions=extensions,
             )
             answer = await self._inner.handle_async_request(request)
-            if not 100 <= answer.status_code <= 599:
-                await answer.aclose()
-                raise invalid_status(answer.status_code, call.config.redactor.url(url))
-            attempt.status = answer.status_code
-            answer.headers.pop(OUTCOME_HEADER, None)  # only healkit says how a call went
-            shown = call.config.redactor.url(url)
-            if self._stream:
-                judged = Response(
-                    answer.status_code,
-                    headers=CIMultiDictProxy(CIMultiDict(answer.headers.multi_items())),
-                    url=shown,
-                    reason=answer.reason_phrase,
-                )
-                return answer, judged
-            limit = call.policy.max_body_bytes
+            body_stream = _async_body(answer, shown)
             try:
-                codings = _codings(answer.headers, shown)
-                raw = await _read_capped(answer, limit, shown)
-            finally:
+                codings = self._judge_head(answer, attempt, shown)
+            except HealkitError:
                 await answer.aclose()
-            if codings:
-                raw = _decode(raw, codings, limit, shown)
-                _drop_encoding(answer.headers)
+                raise
+            if self._stream:
+                answer.stream = _Streamed(body_stream, codings, shown, self._owner, attempt)
+                return answer, _judged(answer, shown, b"")
+            raw = await _read_body(answer, codings, call.policy.max_body_bytes, shown)
         except httpx.HTTPError as exc:
-            redacted = call.config.redactor.url(url)
-            error = map_httpx_error(exc, url=redacted, connect=limits.connect, read=limits.read)
+            error = map_httpx_error(exc, url=shown, connect=limits.connect, read=limits.read)
             if once is not None:
                 once.failed(error)  # given back if the body cannot have been read
-            raise error from exc
+            raise _unless_closed(self._owner, error, attempt) from exc
         except httpx.InvalidURL as exc:
-            raise InvalidRequestError(
-                f"invalid URL {call.config.redactor.url(url)}: {exc}"
-            ) from exc
+            raise InvalidRequestError(f"invalid URL {shown}: {exc}") from exc
         result = httpx.Response(
             answer.status_code,
             headers=answer.headers,
             content=raw,
             extensions=dict(answer.extensions),
         )
-        judged = Response(
-            answer.status_code,
-            headers=CIMultiDictProxy(CIMultiDict(result.headers.multi_items())),
-            body=raw,
-            url=shown,
-            reason=answer.reason_phrase,
-        )
-        return result, judged
+        return result, _judged(result, shown, raw)
+
+    def _judge_head(self, answer: httpx.Response, attempt: AttemptContext, url: str) -> list[str]:
+        """Check an answer's head; return the content codings its body is decoded from.
+
+        The codings' headers are dropped: the body is handed on decoded.
+
+        Raises:
+            ProtocolError: a status out of 100 to 599, or codings not decoded here.
+            RedirectRefusedError: a redirect whose ``Location`` httpx cannot follow.
+
+        """
+        if not 100 <= answer.status_code <= 599:
+            raise invalid_status(answer.status_code, url)
+        attempt.status = answer.status_code
+        answer.headers.pop(OUTCOME_HEADER, None)  # only healkit says how a call went
+        _drop_unsendable_cookies(answer.headers)
+        if answer.status_code in REDIRECT_STATUSES and "Location" in answer.headers:
+            _check_location(self._url, answer.status_code, answer.headers["Location"], url)
+        codings = _codings(answer.headers, url)
+        if codings:
+            _drop_encoding(answer.headers)
+        return codings
 
     def discard(self, result: httpx.Response) -> None:
         """Close a streaming response declared a failure (in the background: it awaits)."""
@@ -373,8 +412,166 @@ class _Attempts:
         return httpx.Response(value.status, headers=headers, content=value.body)
 
     def finish(self, result: httpx.Response, outcome: Callable[[], Outcome]) -> httpx.Response:
-        result.extensions[OUTCOME_EXTENSION] = outcome()
+        made = result.extensions[OUTCOME_EXTENSION] = outcome()
+        if isinstance(result.stream, _Streamed):
+            result.stream.attempts = made.attempts
+        try:
+            body = result.content
+        except httpx.ResponseNotRead:  # streamed: only a codec that decodes no body is told
+            body = b""
+        _readable_text(result, body)
         return result
+
+
+def _readable_text(response: httpx.Response, body: bytes) -> None:
+    """Have ``response.text`` decode with UTF-8 if its charset cannot decode ``body``.
+
+    httpx decodes the text with the Content-Type's charset, the upstream's
+    word, and with replacement; a codec that refuses replacement (``idna``),
+    always fails (``undefined``), is not text (``base64``) or fails on the body
+    (``utf-16`` without a byte order mark) would raise its own error from
+    ``response.text``. As :meth:`healkit.Response.text` does, UTF-8 is used
+    then. A charset Python does not know is left to httpx's default encoding.
+    """
+    if "charset" not in response.headers.get("Content-Type", "").lower():
+        return  # most answers (JSON) name none: httpx's parse of the header costs microseconds
+    charset = response.charset_encoding
+    if charset is None:
+        return
+    try:
+        if codecs.lookup(charset).name in _SAFE_CHARSETS:
+            return
+        decoder = codecs.getincrementaldecoder(charset)(errors="replace")
+        decoder.decode(body)  # as httpx decodes it: the body, then the end
+        decoder.decode(b"", final=True)
+    except LookupError:  # a charset Python does not know: httpx uses its default encoding
+        return
+    except Exception:  # noqa: BLE001 - a codec is any code: whatever it raises, it cannot decode
+        response.encoding = "utf-8"
+
+
+def _async_body(answer: httpx.Response, url: str) -> httpx.AsyncByteStream:
+    """Return the body stream of the wrapped transport's ``answer``, which must be async.
+
+    Raises:
+        ProtocolError: the body is a synchronous stream (a custom wrapped
+            transport's): httpx's ``AsyncClient`` would raise ``TypeError``.
+
+    """
+    stream = answer.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        answer.close()
+        raise ProtocolError(
+            f"malformed response from {url}: the wrapped transport answered with a"
+            " synchronous body (an httpx.AsyncBaseTransport answers with an AsyncByteStream)"
+        )
+    return stream
+
+
+def _drop_unsendable_cookies(headers: httpx.Headers) -> None:
+    """Drop each ``Set-Cookie`` that is not ASCII (RFC 6265's cookies are).
+
+    httpx's client keeps such a cookie in its jar, then fails every later
+    request to that host as it builds the ``Cookie`` header (``UnicodeEncodeError``,
+    before the transport): an upstream could so break the client for good.
+    """
+    cookies = [value for name, value in headers.raw if name.lower() == b"set-cookie"]
+    if all(value.isascii() for value in cookies):
+        return
+    del headers["Set-Cookie"]
+    headers.update(httpx.Headers([(b"Set-Cookie", v) for v in cookies if v.isascii()]))
+
+
+def _judged(answer: httpx.Response, url: str, body: bytes) -> Response:
+    """Return healkit's view of ``answer``, for the plugins to judge (``b""``: body unread)."""
+    return Response(
+        answer.status_code,
+        headers=CIMultiDictProxy(CIMultiDict(answer.headers.multi_items())),
+        body=body,
+        url=url,
+        reason=answer.reason_phrase,
+    )
+
+
+@final
+class _Chain:
+    """The redirects httpx followed to reach a request (``request.extensions[_CHAIN]``)."""
+
+    __slots__ = ("hops", "last", "limit", "url")
+
+    def __init__(self, request: httpx.Request, limit: int, url: str) -> None:
+        self.hops = 0
+        self.last = weakref.ref(request)  # the chain's latest request
+        self.limit = limit  # the first request's service's max_redirects
+        self.url = url  # the (redacted) URL of the latest request
+
+
+def _count_hop(request: httpx.Request, limit: int, url: str) -> None:
+    """Count ``request`` as a hop of the redirects httpx follows; refuse one too many.
+
+    httpx follows redirects above the transport (``follow_redirects=True``),
+    each hop a request of its own: its ``max_redirects`` (20) would end a
+    chain with its own ``httpx.TooManyRedirects``. The chain is counted in
+    the requests' extensions, which httpx hands from each hop to the next; a
+    request sent again as it is (``client.send(request)``) is not a hop.
+
+    Raises:
+        TooManyRedirects: more hops than the first request's service's
+            ``max_redirects``.
+
+    """
+    chain = request.extensions.get(_CHAIN)
+    if not isinstance(chain, _Chain):
+        request.extensions[_CHAIN] = _Chain(request, limit, url)
+        return
+    if chain.last() is request:
+        return
+    chain.hops += 1
+    if chain.hops > chain.limit:
+        raise TooManyRedirects(chain.limit, url=chain.url)
+    chain.last = weakref.ref(request)
+    chain.url = url
+
+
+def _unless_closed(
+    owner: ResilientTransport, error: HealkitError, attempt: AttemptContext
+) -> HealkitError:
+    """Return ``error``, or a ClientClosedError if the application closed ``owner`` under it.
+
+    The wrapped transport's connections went with it: the failure is not the
+    endpoint's, and is neither counted against it nor retried (as for
+    :class:`healkit.Client`).
+    """
+    return closed_during(error, attempt) if owner.closed else error
+
+
+def _check_location(sent: httpx.URL, status: int, location: str, url: str) -> None:
+    """Refuse a redirect whose ``Location`` httpx cannot turn into its next request.
+
+    httpx's client builds the next request of every redirect, even with
+    ``follow_redirects`` off (``response.next_request``), as its
+    ``_redirect_url`` does here: ``sent`` is the URL the client sent,
+    ``url`` the (redacted) URL that answered.
+
+    Raises:
+        RedirectRefusedError: the ``Location`` is not a URL httpx can parse or
+            resolve (it would raise ``httpx.RemoteProtocolError``,
+            ``httpx.InvalidURL`` or idna's ``UnicodeError`` to the caller).
+
+    """
+    try:
+        target = httpx.URL(location)
+        if target.scheme and not target.host:
+            target = target.copy_with(host=sent.host)
+        if target.is_relative_url:
+            sent.join(target)
+    except (httpx.InvalidURL, ValueError):  # idna's errors are UnicodeErrors: ValueErrors
+        raise RedirectRefusedError(
+            "the Location is not a URL httpx can follow",
+            status=status,
+            url=url,
+            location="<invalid URL>",
+        ) from None
 
 
 @final
@@ -412,6 +609,131 @@ class _Remainder(httpx.AsyncByteStream):
             yield head.popleft()  # each chunk let go once sent
         async for chunk in self._rest:
             yield chunk
+
+
+@final
+class _Streamed(httpx.AsyncByteStream):
+    """The body of a response handed over unread (``stream=True``), as the caller reads it.
+
+    Decoded here from its content codings (gzip, deflate) and with httpx's
+    errors translated, so that reading it raises healkit's errors only, with
+    the call's attempts (``attempts``, set when the call ends).
+    """
+
+    __slots__ = ("_attempt", "_owner", "_raw", "_steps", "_url", "attempts")
+
+    def __init__(
+        self,
+        raw: httpx.AsyncByteStream,
+        codings: Sequence[str],
+        url: str,
+        owner: ResilientTransport,
+        attempt: AttemptContext,
+    ) -> None:
+        self._raw = raw
+        self._steps = [_Inflating(coding) for coding in reversed(codings) if coding != "identity"]
+        self._url = url
+        self._owner = owner
+        self._attempt = attempt
+        self.attempts: tuple[AttemptRecord, ...] = ()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._raw:
+                for piece in _through(self._steps, chunk, self._url):
+                    yield piece
+            for step in self._steps:
+                step.end(self._url)
+        except httpx.HTTPError as exc:
+            raise self._failed(self._mapped(exc)) from exc
+        except ProtocolError as error:
+            raise self._failed(error) from error.__cause__
+
+    async def aclose(self) -> None:
+        try:
+            await self._raw.aclose()
+        except httpx.HTTPError as exc:
+            raise self._failed(self._mapped(exc)) from exc
+
+    def _mapped(self, exc: httpx.HTTPError) -> HealkitError:
+        limits = self._attempt.timeouts
+        return map_httpx_error(exc, url=self._url, connect=limits.connect, read=limits.read)
+
+    def _failed(self, error: HealkitError) -> HealkitError:
+        error = _unless_closed(self._owner, error, self._attempt)
+        error.attempts = self.attempts
+        return error
+
+
+@final
+class _Inflating:
+    """One content coding of a streamed body, undone as the body arrives.
+
+    What it hands on comes in pieces of at most :data:`_PIECE` bytes, so that a
+    small chunk that decodes to much is never held whole. ``deflate`` is
+    zlib-wrapped or raw (as some servers send it), told by its first two bytes.
+    """
+
+    __slots__ = ("_coding", "_fed", "_pending", "_wbits", "_zlib")
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._wbits = _DECODED[coding]
+        self._zlib = zlib.decompressobj(self._wbits)
+        self._pending: bytes | None = b"" if coding == "deflate" else None
+        self._fed = False
+
+    def feed(self, data: bytes, url: str) -> Iterator[bytes]:
+        """Yield what ``data``, the next bytes of the body, decodes to."""
+        if self._pending is not None:
+            data = self._pending + data
+            if len(data) < 2:
+                self._pending = data
+                return
+            self._pending = None
+            if data[0] & 0x0F != 8 or (data[0] << 8 | data[1]) % 31:  # RFC 1950's header check
+                self._wbits = -zlib.MAX_WBITS
+                self._zlib = zlib.decompressobj(self._wbits)
+        self._fed = self._fed or bool(data)
+        try:
+            while True:
+                if self._zlib.eof and data:
+                    if self._wbits < 0:  # a raw deflate stream has one member
+                        return
+                    self._zlib = zlib.decompressobj(self._wbits)  # the next gzip member
+                piece = self._zlib.decompress(data, _PIECE)
+                data = self._zlib.unused_data if self._zlib.eof else self._zlib.unconsumed_tail
+                if piece:
+                    yield piece
+                if not data and len(piece) < _PIECE:
+                    return
+        except zlib.error as exc:
+            raise self._malformed(str(exc), url) from exc
+
+    def end(self, url: str) -> None:
+        """Check that the body ended where its coding does.
+
+        Raises:
+            ProtocolError: the coded stream is cut short.
+
+        """
+        if self._pending or (self._fed and not self._zlib.eof):
+            raise self._malformed("the stream is truncated", url)
+
+    def _malformed(self, detail: str, url: str) -> ProtocolError:
+        return ProtocolError(
+            f"malformed response from {url}: the body does not decode as {self._coding}: {detail}"
+        )
+
+
+def _through(steps: Sequence[_Inflating], data: bytes, url: str) -> Iterator[bytes]:
+    """Yield what ``data`` decodes to through ``steps`` (the coding applied last first)."""
+    if not steps:
+        if data:
+            yield data
+        return
+    for piece in steps[0].feed(data, url):
+        yield from _through(steps[1:], piece, url)
 
 
 async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainder:
@@ -457,12 +779,36 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
 
 def _with_length(
     headers: CIMultiDict[str] | None, body: bytes | _Remainder
-) -> list[tuple[str, str]] | None:
-    """Return an attempt's headers for httpx, with the length of a streamed body if known."""
-    fields = list(headers.items()) if headers else None
+) -> list[tuple[bytes, bytes]] | None:
+    """Return an attempt's headers for httpx, with the length of a streamed body if known.
+
+    As bytes: httpx would encode text as ASCII, and refuse (``UnicodeEncodeError``)
+    the bytes its caller gave (read here as Latin-1).
+    """
+    fields = [(_octets(k), _octets(v)) for k, v in headers.items()] if headers else None
     if isinstance(body, _Remainder) and body.length is not None:
-        fields = [*(fields or ()), ("Content-Length", body.length)]
+        fields = [*(fields or ()), (b"Content-Length", _octets(body.length))]
     return fields
+
+
+def _octets(text: str) -> bytes:
+    """Return a header name or value as sent: Latin-1 gives back the caller's bytes.
+
+    Text past Latin-1 (a plugin's) goes as UTF-8, as aiohttp sends it.
+    """
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
+
+
+async def _read_body(answer: httpx.Response, codings: list[str], limit: int, url: str) -> bytes:
+    """Read a buffered body within its attempt and decode it, each step under ``limit``."""
+    try:
+        raw = await _read_capped(answer, limit, url)
+    finally:
+        await answer.aclose()
+    return _decode(raw, codings, limit, url) if codings else raw
 
 
 async def _read_capped(answer: httpx.Response, limit: int, url: str) -> bytes:
