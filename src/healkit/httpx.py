@@ -206,7 +206,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         runtime = self.runtime
         config = runtime.config
         target = str(request.url)
-        endpoint, path, service, policy, _ = address(config, target, self._service)
+        endpoint, path, service, policy, url = address(config, target, self._service)
         body = await _request_body(request, policy.max_body_bytes)
         headers = CIMultiDict(
             (name, value)
@@ -231,7 +231,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             isinstance(body, bytes),  # replayable: in memory, every attempt can send it
             now,
             math.inf,
-            url_under(target, endpoint),  # routable: the URL is under a configured endpoint
+            # routable: the URL, as yarl writes it (as the endpoints are kept), is
+            # under a configured endpoint; httpx keeps HTTP://h:80 and %41 as written.
+            url is not None and url_under(str(url), endpoint),
         )
         attempts = _Attempts(self._inner, body, request.extensions, self._stream, self._closing)
         return await execute(runtime, call, attempts, endpoint)
@@ -425,8 +427,10 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
     httpx sends again when it follows a 307 or 308.
 
     Raises:
-        InvalidRequestError: the body is a synchronous stream, or a stream
-            past ``limit`` that was sent already.
+        InvalidRequestError: the body is a synchronous stream, a stream past
+            ``limit`` that was sent already, or a stream that raised before
+            ``limit`` bytes were read (nothing was sent: the caller's error
+            is its ``__cause__``).
 
     """
     try:
@@ -448,6 +452,10 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
             body = b"".join(head)
             request.stream = httpx.ByteStream(body)
             return body
+        except Exception as exc:
+            raise InvalidRequestError(
+                f"the request body stream raised {type(exc).__name__} before it was sent"
+            ) from exc
         head.append(chunk)
         size += len(chunk)
     remainder = _Remainder(head, rest, request.headers.get("Content-Length"), limit)
