@@ -10,15 +10,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import msgspec
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import healkit
 from healkit import ConfigError, HealkitError, InvalidRequestError, plain_document
 from healkit._config.formats import DocumentLimits, _describe_error, parse_compact, parse_document
+from healkit._config.models import ConfigSection
 from healkit.httpx import ResilientTransport, outcome_of
 from healkit.testing import FaultServer, refused_url
+from healkit_retry import SECTION as RETRY
 from healkit_timeout import TimeoutPlugin
 
 pytestmark = pytest.mark.anyio
@@ -206,3 +210,41 @@ async def test_an_httpx_body_stream_that_raises_while_it_is_sent_is_a_healkit_er
         with pytest.raises(HealkitError) as raised:
             await http.post(f"{fault_server.url}/p", content=failing_body(6, 5))
     assert raised.value.attempts
+
+
+# -- one shared settings object per section ---------------------------------------------------
+
+
+class _TaggedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Frozen, yet with containers that can be changed in place."""
+
+    tags: list[str] = []
+    weights: dict[str, int] = {}
+
+
+TAGGED: ConfigSection[_TaggedSettings] = ConfigSection("tagged", _TaggedSettings)
+
+
+def test_a_section_whose_settings_hold_mutable_containers_is_not_shared() -> None:
+    # A frozen Struct's list or dict still changes in place: shared by every
+    # service (and every runtime of the process), one plugin's slip would
+    # change the settings of all. Such settings are one object per service.
+    document = {
+        "defaults": {"tagged": {"tags": ["from-defaults"]}},
+        "services": {"a": {}, "b": {}},
+    }
+    config = healkit.build_config(document, [TAGGED])
+    a, b = (config.policy(name).section(TAGGED) for name in ("a", "b"))
+    a.tags.append("changed in a")
+    a.weights["x"] = 1
+    assert b.tags == ["from-defaults"]
+    assert b.weights == {}
+    first = TAGGED.default()
+    first.tags.append("changed")
+    assert TAGGED.default().tags == []
+
+
+def test_a_section_of_immutable_settings_is_still_one_shared_object() -> None:
+    config = healkit.build_config({"services": {"a": {}, "b": {}}}, [RETRY])
+    a, b = (config.policy(name).section(RETRY) for name in ("a", "b"))
+    assert a is b is RETRY.default()
