@@ -452,6 +452,8 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
             body = b"".join(head)
             request.stream = httpx.ByteStream(body)
             return body
+        except HealkitError:
+            raise  # a body sent once, asked for again (a 307 or 308 httpx follows)
         except Exception as exc:
             raise InvalidRequestError(
                 f"the request body stream raised {type(exc).__name__} before it was sent"
