@@ -747,8 +747,10 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
     httpx sends again when it follows a 307 or 308.
 
     Raises:
-        InvalidRequestError: the body is a synchronous stream, or a stream
-            past ``limit`` that was sent already.
+        InvalidRequestError: the body is a synchronous stream, a stream past
+            ``limit`` that was sent already, or a stream that raised before
+            ``limit`` bytes were read (nothing was sent: the caller's error
+            is its ``__cause__``).
 
     """
     try:
@@ -770,6 +772,12 @@ async def _request_body(request: httpx.Request, limit: int) -> bytes | _Remainde
             body = b"".join(head)
             request.stream = httpx.ByteStream(body)
             return body
+        except HealkitError:
+            raise  # a body sent once, asked for again (a 307 or 308 httpx follows)
+        except Exception as exc:
+            raise InvalidRequestError(
+                f"the request body stream raised {type(exc).__name__} before it was sent"
+            ) from exc
         head.append(chunk)
         size += len(chunk)
     remainder = _Remainder(head, rest, request.headers.get("Content-Length"), limit)

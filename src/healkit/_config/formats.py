@@ -74,7 +74,6 @@ _SUFFIXES: Final[dict[str, DocumentFormat]] = {
 _FORMAT_NAMES: Final[dict[DocumentFormat, str]] = {"json": "JSON", "yaml": "YAML", "toml": "TOML"}
 _JSON_BYTE: Final = re.compile(r" \(byte (\d+)\)$")
 _MSGSPEC_LOCATION: Final = re.compile(r" - at `[^`]*`$")
-_YAML_MARK: Final = re.compile(r'^\s*in "[^"]*", line (\d+), column (\d+)\s*$')
 _BOM: Final = "\ufeff"
 _MIB: Final = 1024 * 1024
 # A JSON number too large for a float (1e999) decodes to an infinity, as YAML's
@@ -500,14 +499,9 @@ def _describe_error(exc: Exception, text: str, fmt: DocumentFormat) -> str:
             message = f"{message[: located.start()]} at line {line}, column {column}"
         return message.removeprefix("JSON is malformed: ")
     if fmt == "yaml":
-        parts: list[str] = []
-        for raw_line in message.splitlines():
-            mark = _YAML_MARK.match(raw_line)
-            if mark is not None and parts:
-                parts[-1] += f" at line {mark[1]}, column {mark[2]}"
-            elif raw_line.strip():
-                parts.append(raw_line.strip())
-        return ": ".join(parts) or message
+        from healkit._config.yaml_format import describe_yaml_error  # noqa: PLC0415 - PyYAML: only for YAML
+
+        return describe_yaml_error(exc)
     return message
 
 

@@ -34,11 +34,15 @@ of the process (which stops the event loop) longer by 10,000 objects.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import decimal
+import enum
 import functools
 import ipaddress
 import itertools
 import re
 import threading
+import uuid
 from collections.abc import Collection, Iterable, Mapping
 from typing import (
     Annotated,
@@ -46,6 +50,7 @@ from typing import (
     ClassVar,
     Final,
     Generic,
+    NamedTuple,
     Protocol,
     TypeVar,
     cast,
@@ -265,7 +270,7 @@ class ConfigSection(Generic[S]):
 
     """
 
-    __slots__ = ("_default", "doc", "name", "settings")
+    __slots__ = ("_default", "_shared", "doc", "name", "settings")
 
     def __init__(self, name: str, settings: type[S], *, doc: str = "") -> None:
         if not name.isidentifier() or name in CORE_KEYS:
@@ -286,6 +291,7 @@ class ConfigSection(Generic[S]):
         self.settings = settings
         self.doc = doc
         self._default = default
+        self._shared = _unchanging(default)
 
     def __repr__(self) -> str:
         return f"ConfigSection({self.name!r}, {self.settings.__name__})"
@@ -295,9 +301,14 @@ class ConfigSection(Generic[S]):
 
         The same object on every call: each service that does not mention the
         section holds it, so a document of many services makes one, not one
-        per service (frozen settings cannot be changed through any of them).
+        per service. Unless the defaults hold a container that changes in
+        place (a ``list``, a ``dict``: a frozen Struct may): then a new object
+        on each call, or a change through one service's settings would be
+        every service's, in every runtime.
         """
-        return self._default
+        if self._shared:
+            return self._default
+        return msgspec.convert({}, self.settings)
 
 
 class CoreServiceSettings(
@@ -720,6 +731,7 @@ def build_config(
     known_sections = frozenset(section.name for section in section_list)
     defaults_raw = _defaults_document(defaults_part, known_sections, issues)
     defaults_struct, found = validate(defaults_raw, service_type, path="$.defaults")
+    inherit = _Defaults.of(defaults_raw, defaults_struct)
     issues += found
     kept = previous.services if previous is not None else {}
     kept_prints = (
@@ -751,10 +763,7 @@ def build_config(
         if doc is None:
             continue
         doc = _without_missing_plugins(doc, path, known_sections, issues)
-        if defaults_struct is None:  # invalid defaults: reported, and not merged
-            struct, found = validate(doc, service_type, path=path)
-        else:
-            struct, found = _with_defaults(doc, defaults_raw, defaults_struct, path)
+        struct, found = inherit.validate(doc, service_type, path)
         issues += found
         if struct is not None:
             services[name] = _policy(name, struct, kept.get(name))
@@ -784,30 +793,51 @@ def build_config(
     return config
 
 
-def _with_defaults(
-    doc: Mapping[str, Any],
-    defaults_raw: Mapping[str, Any],
-    defaults_struct: CoreServiceSettings,
-    path: str,
-) -> tuple[CoreServiceSettings | None, list[ConfigIssue]]:
-    """Validate a service's ``doc`` merged into the ``defaults``; report its issues.
+class _Defaults(NamedTuple):
+    """The defaults that each service document is merged into."""
 
-    A section the service does not mention is the defaults' section as it is:
-    it is not validated again, and every such service holds the defaults' one
-    settings object instead of an equal copy of its own (10,000 services, one
-    object per section, not 10,000 for the garbage collector to count).
-    """
-    inherited = [
-        key for key in defaults_raw if key not in doc and key in defaults_struct.section_names
-    ]
-    base = (
-        {k: v for k, v in defaults_raw.items() if k not in inherited} if inherited else defaults_raw
-    )
-    struct, found = validate(merge(base, doc), type(defaults_struct), path=path)
-    if struct is not None:
-        for key in inherited:
-            msgspec.structs.force_setattr(struct, key, getattr(defaults_struct, key))
-    return struct, found
+    raw: Mapping[str, Any]
+    struct: CoreServiceSettings | None
+    """The defaults validated; ``None`` when invalid (reported, and not merged)."""
+    shared: frozenset[str]
+    """The sections a service not writing them holds as the defaults' own object."""
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any], struct: CoreServiceSettings | None) -> _Defaults:
+        """Return the defaults ``raw``, validated as ``struct``.
+
+        A section is shared when none of its values changes in place (a
+        ``list`` or a ``dict`` inside a frozen Struct would): one service
+        changing it would change it for all.
+        """
+        shared = frozenset(
+            name
+            for name in (struct.section_names if struct is not None else ())
+            if name in raw and _unchanging(getattr(struct, name))
+        )
+        return cls(raw, struct, shared)
+
+    def validate(
+        self, doc: Mapping[str, Any], service_type: type[CoreServiceSettings], path: str
+    ) -> tuple[CoreServiceSettings | None, list[ConfigIssue]]:
+        """Validate a service's ``doc`` merged into these defaults; report its issues.
+
+        A section the service does not mention, among the shared ones, is the
+        defaults' section as it is: it is not validated again, and every such
+        service holds the defaults' one settings object instead of an equal
+        copy of its own (10,000 services, one object per section, not 10,000
+        for the garbage collector to count).
+        """
+        defaults = self.struct
+        if defaults is None:
+            return validate(doc, service_type, path=path)
+        inherited = [key for key in self.raw if key not in doc and key in self.shared]
+        base = {k: v for k, v in self.raw.items() if k not in inherited} if inherited else self.raw
+        struct, found = validate(merge(base, doc), service_type, path=path)
+        if struct is not None:
+            for key in inherited:
+                msgspec.structs.force_setattr(struct, key, getattr(defaults, key))
+        return struct, found
 
 
 def _defaults_document(
@@ -886,6 +916,37 @@ def _salvage(raw: object) -> tuple[object, Mapping[str, object]]:
             if name_problem(name) is None
         },
     )
+
+
+_UNCHANGING: Final = (
+    str,
+    bytes,
+    int,
+    float,
+    complex,
+    type(None),
+    decimal.Decimal,
+    uuid.UUID,
+    dt.date,
+    dt.time,
+    dt.timedelta,
+    enum.Enum,
+)
+
+
+def _unchanging(value: object) -> bool:
+    """Whether ``value`` cannot change in place, whatever is inside it.
+
+    Scalars, tuples, frozensets and frozen Structs of them cannot; a list, a
+    dict, a set or any other object may (a frozen Struct may hold them).
+    """
+    if isinstance(value, _UNCHANGING):
+        return True
+    if isinstance(value, tuple | frozenset):
+        return all(_unchanging(item) for item in value)
+    if isinstance(value, msgspec.Struct) and value.__struct_config__.frozen:
+        return all(_unchanging(getattr(value, name)) for name in value.__struct_fields__)
+    return False
 
 
 @functools.lru_cache(maxsize=64)

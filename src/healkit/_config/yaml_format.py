@@ -14,8 +14,8 @@ from typing import Any, Final, NamedTuple, cast
 import yaml
 from yaml import YAMLError
 from yaml.composer import Composer
-from yaml.constructor import BaseConstructor, ConstructorError
-from yaml.error import Mark
+from yaml.constructor import ConstructorError
+from yaml.error import Mark, MarkedYAMLError
 from yaml.events import AliasEvent, MappingEndEvent
 from yaml.nodes import MappingNode, Node, ScalarNode
 
@@ -33,7 +33,7 @@ from healkit._config.formats import (
 )
 from healkit._config.validate import join_path
 
-__all__ = ["YAMLError", "dump_yaml", "load_yaml"]
+__all__ = ["YAMLError", "describe_yaml_error", "dump_yaml", "load_yaml"]
 
 
 def load_yaml(text: str, limits: DocumentLimits, *, compact: bool = False) -> object:
@@ -49,8 +49,9 @@ def load_yaml(text: str, limits: DocumentLimits, *, compact: bool = False) -> ob
     composed tree of the whole document (about 50 objects per service, with
     their marks, which the garbage collector would promote while the rest is
     composed, and walk). A ``services`` mapping that is anchored, tagged, or
-    has a key that is not a plain string (a merge key ``<<``) is composed whole,
-    as without ``compact``: the same document, or the same error.
+    has a key that is not a plain string (a merge key ``<<``), or a document
+    with a service that cannot be constructed, is decoded again whole, as
+    without ``compact``: the same document, or the same error.
     """
     if compact:
         try:
@@ -66,6 +67,37 @@ def _load(text: str, limits: DocumentLimits, *, compact: bool) -> object:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def describe_yaml_error(exc: Exception) -> str:
+    """Say in one line what decoding a YAML document raised, and where; never quote the document.
+
+    PyYAML's pure-Python parser writes the document's line under each mark of
+    its errors (a secret written on that line with it); libyaml's parser does
+    not. Both are described from the error's parts, the same way.
+    """
+    if not isinstance(exc, MarkedYAMLError):
+        lines = (line.strip() for line in str(exc).splitlines())
+        return ": ".join(line for line in lines if line) or type(exc).__name__
+    context_mark, problem_mark = exc.context_mark, exc.problem_mark
+    if exc.problem is not None and _same_place(context_mark, problem_mark):
+        context_mark = None  # PyYAML's own rule: one mark for both
+    parts: list[str] = []
+    for text, mark in ((exc.context, context_mark), (exc.problem, problem_mark)):
+        where = None if mark is None else f"at line {mark.line + 1}, column {mark.column + 1}"
+        part = " ".join(filter(None, (text, where)))
+        if part:
+            parts.append(part)
+    if exc.note:
+        parts.append(exc.note)
+    return ": ".join(parts) or type(exc).__name__
+
+
+def _same_place(mark: Mark | None, other: Mark | None) -> bool:
+    """Whether two marks point at the same place."""
+    if mark is None or other is None:
+        return False
+    return (mark.name, mark.line, mark.column) == (other.name, other.line, other.column)
 
 
 def dump_yaml(document: object) -> str:
@@ -124,18 +156,11 @@ class _NotStreamableError(Exception):
 
 
 class _CompactServices(MappingNode):
-    """Stands for the ``services`` mapping, its services constructed and :class:`Encoded`.
-
-    ``error`` is what constructing a service raised: raised again when the
-    document is constructed and reaches ``services``, so that what the whole
-    document would have raised before (a later syntax error, a repeated key,
-    an error in a part above) still comes first.
-    """
+    """Stands for the ``services`` mapping, its services constructed and :class:`Encoded`."""
 
     def __init__(self, start_mark: Mark | None) -> None:
         super().__init__(_COMPACT_TAG, [], start_mark, start_mark)
         self.services: dict[object, object] = {}
-        self.error: Exception | None = None
 
 
 class _BoundedComposer(Composer):
@@ -206,7 +231,7 @@ class _BoundedComposer(Composer):
             inside = inside.beside(cast("_Shape", _shape_of(key)))
             inside = inside.beside(cast("_Shape", _shape_of(value)))
         self.get_event()
-        if repeated is not None and self._repeated is None:
+        if repeated is not None and self._repeated is None and self._repeated_at is None:
             self._repeated_at = (join_path("$.services", repeated), repeated)
         _note_shape(node, inside.holder())
         return node
@@ -225,12 +250,14 @@ class _BoundedComposer(Composer):
                 join_path(_path_to(value, mapping, path), again.value),
                 again.value,
             )
-        if services.error is None:
-            try:
-                services.services[key.value] = encoded(self.construct_document(value))
-            except Exception as exc:  # noqa: BLE001 - raised again in the document's order
-                services.error = exc
-                _forget_construction(cast("BaseConstructor", self))
+        try:
+            services.services[key.value] = encoded(self.construct_document(value))
+        except Exception as exc:
+            # Which error the whole document raises first depends on the order
+            # PyYAML constructs it in (breadth first, merge keys flattened as
+            # they are reached, parts around services included): only
+            # constructing it whole says which, and with which message.
+            raise _NotStreamableError from exc
         return value
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # noqa: ANN401 - None, an int or a key Node; types-PyYAML says int
@@ -293,14 +320,6 @@ class _BoundedComposer(Composer):
             raise _LimitExceededError(_too_deep(limits))
         self._nodes += shape.nodes
         self._text += shape.text
-
-
-def _forget_construction(constructor: BaseConstructor) -> None:
-    """Forget what a construction that raised left behind (PyYAML resets it on success only)."""
-    constructor.constructed_objects = {}
-    constructor.recursive_objects = {}
-    constructor.state_generators = []
-    constructor.deep_construct = False
 
 
 def _repeated_key(mapping: MappingNode) -> ScalarNode | None:
@@ -388,10 +407,44 @@ def _compact_services(_: _BoundedYamlLoader, node: Node) -> object:
     """Construct the ``services`` mapping composed service by service: it is built already."""
     if not isinstance(node, _CompactServices):  # the tag written in a document
         raise ConstructorError(None, None, f"unknown tag {node.tag!r}", node.start_mark)
-    if node.error is not None:
-        raise node.error
     return node.services
 
 
-_BoundedYamlLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+_Construct = Callable[[_BoundedYamlLoader, ScalarNode], object]
+
+
+def _refusing_malformed(construct: _Construct, tag: str, *, quoting: bool) -> _Construct:
+    """Return ``construct`` refusing a malformed scalar with a ``ConstructorError``.
+
+    PyYAML's scalar constructors trust the text to match their tag's implicit
+    pattern; a tag written explicitly breaks that (``!!bool x`` raises a
+    ``KeyError``, ``!!int ''`` an ``IndexError``, ``!!timestamp x`` an
+    ``AttributeError``). With ``quoting``, the constructor's ``ValueError``
+    quotes the text (``int()``'s and ``float()``'s: a secret written under the
+    wrong tag) and is refused the same way: the refusal names the tag and
+    where the scalar is, never its text.
+    """
+    refused: tuple[type[Exception], ...] = (KeyError, IndexError, AttributeError)
+    if quoting:
+        refused = (*refused, ValueError)
+
+    def construct_or_refuse(loader: _BoundedYamlLoader, node: ScalarNode) -> object:
+        try:
+            return construct(loader, node)
+        except refused:
+            problem = f"this is not a valid {tag} (its text is not shown)"
+            raise ConstructorError(None, None, problem, node.start_mark) from None
+
+    return construct_or_refuse
+
+
+for _tag, _construct, _quoting in (
+    ("bool", _BoundedYamlLoader.construct_yaml_bool, False),
+    ("float", _BoundedYamlLoader.construct_yaml_float, True),
+    ("int", _bounded_int, True),
+    ("timestamp", _BoundedYamlLoader.construct_yaml_timestamp, False),
+):
+    _BoundedYamlLoader.add_constructor(
+        f"tag:yaml.org,2002:{_tag}", _refusing_malformed(_construct, f"!!{_tag}", quoting=_quoting)
+    )
 _BoundedYamlLoader.add_constructor(_COMPACT_TAG, _compact_services)
