@@ -191,7 +191,7 @@ async def test_a_watch_that_stays_healthy_starts_the_backoff_over() -> None:
     async with fake.running(), EtcdClient(fake.url) as etcd:
         # Its first liveness check, after a third of liveness_timeout, proves it.
         source = EtcdSource(
-            etcd, namespace="fake", random=lambda: 0.5, clock=clock, liveness_timeout=0.3
+            etcd, namespace="fake", random=lambda: 0.5, clock=clock, liveness_timeout=3.0
         )
         with capture_events() as logs:
             async with healkit.Runtime(config=source, entry_points=False):
