@@ -172,6 +172,7 @@ class _WatchReport:
             "healkit.etcd_unreachable",
             "healkit.etcd_reconnected",
             "healkit.etcd_compacted",
+            "healkit.etcd_watch_retrying",
         }:
             details = ", ".join(f"{k}={v}" for k, v in event.items() if k != "event")
             sys.stderr.write(f"healkit: {str(name).removeprefix('healkit.')} ({details})\n")

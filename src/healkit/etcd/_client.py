@@ -422,13 +422,14 @@ class EtcdClient:
         *,
         liveness_timeout: float,
         random: Callable[[], float],
+        clock: Clock = SYSTEM_CLOCK,
         start: RangeResult | None = None,
     ) -> Subscription:
         """Follow every key under ``prefix`` through the one watch this process shares for it.
 
         Every client in the event loop with the same endpoints, credentials,
         TLS and timeouts that follows the same prefix (with the same
-        ``liveness_timeout``) shares one watch stream, on connections of its
+        ``liveness_timeout`` and ``clock``) shares one watch stream, on connections of its
         own that stay open until the last subscriber leaves. The watch keeps
         no key: a subscription gets each later revision's events whole, from
         the revision the watch has reached (ignore those ``start`` holds), and
@@ -443,6 +444,8 @@ class EtcdClient:
             liveness_timeout: seconds within which a stream that died silently
                 is noticed (see :class:`~healkit.etcd.EtcdSource`).
             random: the jitter of the reconnection backoff, if this starts the watch.
+            clock: what the reconnection backoff waits on (tests give a
+                :class:`~healkit.testing.ManualClock`).
             start: what the caller read under ``prefix`` (:meth:`range_all`): if
                 this starts the watch, it watches from the revision after it.
 
@@ -454,6 +457,7 @@ class EtcdClient:
             prefix,
             liveness_timeout=liveness_timeout,
             random=random,
+            clock=clock,
             start=start,
         )
 

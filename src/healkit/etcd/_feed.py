@@ -21,6 +21,22 @@ revision reached + 1, read again at one revision after a compaction or when
 etcd's revision went backwards, reconnect with capped, jittered backoff, and
 notice a stream that died silently within the liveness timeout.
 
+A watch that etcd merely confirmed proves nothing: a server that confirms it
+and then sends garbage, closes it, answers from another cluster or sends
+progress notifications that move nothing would otherwise be retried as fast
+as it answers. A watch is *useful* once it delivered a change or a progress
+notification that moved the revision, or once its first liveness check
+passed (it stayed open and well-formed for a third of the liveness timeout).
+Only then does the feed say that the watch runs (:class:`Connection`) and
+start its backoff over. Until then each failed attempt waits longer:
+:data:`BACKOFF_BASE` seconds after the first, times :data:`BACKOFF_MULTIPLIER`
+after each further one, up to :data:`BACKOFF_CAP`, each spread by
+±:data:`BACKOFF_JITTER` (gRPC's connection backoff, with etcd's smaller
+scale). A failure is logged once, by the sources (``healkit.etcd_unreachable``);
+the attempts that fail after it are counted in one ``healkit.etcd_watch_retrying``
+line per :data:`SUMMARY_INTERVAL` at most. The backoff and the summaries run
+on the clock of the feed's first subscriber (:class:`~healkit.Clock`).
+
 The feed keeps no copy of the keys: what is written under the namespace
 (configuration, fleet records, anything anyone with write access puts there)
 passes through it and is gone once its subscribers took it, so its memory
@@ -40,7 +56,8 @@ Feeds are keyed by event loop, connection settings
 timeouts), namespace root and liveness timeout. A feed starts with its first
 subscriber and stops (its watch cancelled, its connections closed) when the
 last one leaves; a later subscriber starts a new one. The reconnection jitter
-is drawn from its first subscriber's ``random``.
+is drawn from its first subscriber's ``random``; subscribers share a feed only
+when they give the same clock.
 """
 
 from __future__ import annotations
@@ -57,6 +74,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import anyio
 
+from healkit._clock import Clock
 from healkit._errors import (
     EtcdCompactedError,
     EtcdError,
@@ -76,7 +94,15 @@ __all__ = ["Change", "Connection", "FeedItem", "Progress", "Reset", "Subscriptio
 _logger: Final = get_logger("healkit.etcd")
 
 BACKOFF_BASE: Final = 0.1
+"""Seconds between a failed watch attempt and the next, after the first failure (± jitter)."""
+BACKOFF_MULTIPLIER: Final = 1.6
+"""How much longer the wait grows after each further attempt that failed before it was useful."""
 BACKOFF_CAP: Final = 10.0
+"""The longest wait between two attempts (± jitter): it is reached after 11 failed attempts."""
+BACKOFF_JITTER: Final = 0.2
+"""Each wait is drawn uniformly within ± this fraction of itself."""
+SUMMARY_INTERVAL: Final = 60.0
+"""Seconds (on the feed's clock) between two lines that count the attempts still failing."""
 QUEUE_LIMIT: Final = 1000
 """Items a subscriber may have waiting; beyond, they give way to a new read (a :class:`Reset`)."""
 
@@ -127,7 +153,7 @@ class Connection:
 
 FeedItem = Reset | Change | Progress | Connection
 
-_FeedKey = tuple[Settings, str, float]
+_FeedKey = tuple[Settings, str, float, Clock]
 _feeds: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_FeedKey, _Feed]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -140,6 +166,7 @@ def subscribe(  # noqa: PLR0913 - keyword-only options
     *,
     liveness_timeout: float,
     random: Callable[[], float],
+    clock: Clock,
     start: RangeResult | None,
 ) -> Subscription:
     """Follow the keys under ``root`` through the feed of this loop, settings and root.
@@ -150,15 +177,16 @@ def subscribe(  # noqa: PLR0913 - keyword-only options
         root: the namespace's key prefix.
         liveness_timeout: see :class:`~healkit.etcd.EtcdSource`.
         random: the jitter of the reconnection backoff, if a new feed starts.
+        clock: what the reconnection backoff sleeps on; feeds are shared by clock.
         start: the keys under ``root`` as the subscriber read them: a feed that
             has read nothing yet starts from them and watches from the next revision.
 
     """
     feeds = _feeds.setdefault(asyncio.get_running_loop(), {})
-    key = (settings, root, liveness_timeout)
+    key = (settings, root, liveness_timeout, clock)
     feed = feeds.get(key)
     if feed is None:
-        feed = _Feed(client(), root, liveness_timeout, random)
+        feed = _Feed(client(), root, liveness_timeout, random, clock)
         feeds[key] = feed
 
         def forget(stopped: _Feed = feed) -> None:
@@ -235,13 +263,17 @@ class _Feed:
 
     __slots__ = (
         "_client",
+        "_clock",
         "_cluster_id",
         "_connection",
+        "_failed",
+        "_failures",
         "_heard",
         "_liveness",
         "_loaded",
         "_loading",
         "_mismatched",
+        "_proven",
         "_random",
         "_reload",
         "_replace",
@@ -250,16 +282,23 @@ class _Feed:
         "_stopped",
         "_stream",
         "_subscribers",
+        "_summarized",
         "_task",
     )
 
     def __init__(
-        self, client: EtcdClient, root: str, liveness: float, random: Callable[[], float]
+        self,
+        client: EtcdClient,
+        root: str,
+        liveness: float,
+        random: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self._client = client
         self._root = root
         self._liveness = liveness
         self._random = random
+        self._clock = clock
         self._subscribers: dict[Subscription, None] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopped: list[Callable[[], None]] = []
@@ -277,6 +316,14 @@ class _Feed:
         self._connection: Connection | None = None
         # Messages the watch stream delivered so far (its sign of life).
         self._heard = 0
+        # Whether the watch running now proved useful (see the module docstring).
+        self._proven = False
+        # Attempts that failed since a watch last proved useful: the backoff's exponent.
+        self._failures = 0
+        # Since when failed attempts are being counted for a summary line (None:
+        # none failed since a watch was useful), and how many failed since.
+        self._summarized: float | None = None
+        self._failed = 0
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the last subscriber leaves."""
@@ -354,29 +401,67 @@ class _Feed:
     # -- following etcd -----------------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
+        compacted_before = False  # the last attempt ended in a compaction, useless
         try:
             while True:
+                self._proven = False
                 try:
                     if self._reload:
                         await self._load()
                     await self._follow()
                 except EtcdCompactedError as compacted:
+                    # Read again at once; but a history compacted again before
+                    # any watch was useful is no restore: it waits its turn.
+                    again = compacted_before and not self._proven
+                    compacted_before = True
+                    self._reload = True
+                    if again:
+                        await self._retry(compacted)
+                        continue
                     _logger.warning(
                         "healkit.etcd_compacted",
                         applied_revision=self._revision,
                         compact_revision=compacted.compact_revision,
                     )
-                    failures = 0
-                    self._reload = True
                 except EtcdError as error:
-                    if self._connection is not None and self._connection.error is None:
-                        failures = 0  # it worked until now: the backoff starts over
+                    compacted_before = False
                     self._broadcast(Connection(error))
-                    failures += 1
-                    await anyio.sleep(self._backoff(failures))
+                    await self._retry(error)
+                else:
+                    compacted_before = False
         finally:
             await self._client.close()
+
+    async def _retry(self, error: EtcdError) -> None:
+        """Count a failed attempt, summarize it when it is time, and wait the backoff."""
+        self._failures += 1
+        delay = self._backoff(self._failures)
+        now = self._clock.now()
+        if self._summarized is None:
+            # The first failure: the sources log it (healkit.etcd_unreachable).
+            self._summarized, self._failed = now, 0
+        else:
+            self._failed += 1
+            if now - self._summarized >= SUMMARY_INTERVAL:
+                _logger.warning(
+                    "healkit.etcd_watch_retrying",
+                    attempts=self._failed,
+                    seconds=round(now - self._summarized, 3),
+                    reason=str(error),
+                    retry_in=round(delay, 3),
+                )
+                self._summarized, self._failed = now, 0
+        await self._clock.sleep(delay)
+
+    def _prove(self) -> None:
+        """Mark the watch running now useful: say that it runs, and start the backoff over."""
+        if self._proven:
+            return
+        self._proven = True
+        self._failures = 0
+        self._summarized = None
+        if self._connection is None or self._connection.error is not None:
+            self._broadcast(Connection(None))
 
     async def _load(self) -> None:
         """Read every key under the root at one revision; hand it to every subscriber."""
@@ -413,7 +498,6 @@ class _Feed:
             return
         if self._other_cluster(stream.endpoint, stream.cluster_id):
             return
-        self._broadcast(Connection(None))
         async for response in stream:
             self._heard += 1
             if response.revision < self._revision:
@@ -426,10 +510,12 @@ class _Feed:
             # A response can carry several revisions (catching up after a
             # reconnection): each revision is handed on on its own, whole.
             for revision, events in itertools.groupby(fresh, key=lambda e: e.kv.mod_revision):
+                self._prove()
                 self._revision = revision
                 self._broadcast(Change(tuple(events), revision))
             if not response.events and response.revision > self._revision:
                 # A progress notification: nothing of ours changed up to there.
+                self._prove()
                 self._revision = response.revision
                 self._broadcast(Progress(response.revision))
 
@@ -529,6 +615,8 @@ class _Feed:
         silent death is noticed within the liveness timeout. The read is
         linearizable: a member cut off from its cluster's leader, whose watch
         would stay quiet, fails it, and the client moves to another endpoint.
+        A check that passes (the stream delivered, or etcd holds nothing it
+        missed) proves the watch useful.
         """
         period = self._liveness / 3
         heard = self._heard
@@ -541,6 +629,7 @@ class _Feed:
             expected = 0
             if self._heard != heard:
                 heard = self._heard
+                self._prove()
                 continue
             try:
                 with anyio.fail_after(period):
@@ -559,13 +648,15 @@ class _Feed:
                 break
             if probe.kvs:
                 expected = probe.kvs[0].mod_revision
+            else:
+                self._prove()
         dead.append(_dead(endpoint, reason))
         await close()
 
     def _backoff(self, failures: int) -> float:
-        """Full jitter over a doubling ceiling, capped."""
-        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(failures, 16))
-        return ceiling * self._random()
+        """Return the wait after ``failures`` failed attempts: growing, capped, jittered."""
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * BACKOFF_MULTIPLIER ** min(failures - 1, 64))
+        return ceiling * (1.0 + BACKOFF_JITTER * (2.0 * self._random() - 1.0))
 
 
 def _dead(endpoint: str, reason: str) -> EtcdUnavailableError:

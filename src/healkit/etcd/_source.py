@@ -75,6 +75,7 @@ from typing import Final, Literal, NoReturn, Protocol, final
 
 import msgspec
 
+from healkit._clock import SYSTEM_CLOCK, Clock
 from healkit._config.compact import encoded, opened, plain_document
 from healkit._config.formats import DEFAULT_LIMITS, DocumentFormat, DocumentLimits, parse_document
 from healkit._config.models import name_problem, service_name_issues
@@ -238,6 +239,9 @@ class EtcdSource:
         random: the random draw for the reconnection jitter (tests fix it); the
             watch shared with other sources (see :meth:`watch`) uses the one of
             the source that started it.
+        clock: what the reconnection backoff waits on and its summary lines
+            are timed by (tests give a :class:`~healkit.testing.ManualClock`);
+            sources share a watch only when they have the same clock.
         limits: what one key's document may cost to decode (see
             :class:`~healkit.DocumentLimits`); beyond, it is rejected like an
             invalid one. Set here, locally: no document in etcd can change them.
@@ -248,6 +252,7 @@ class EtcdSource:
         "_changed",
         "_channel",
         "_client",
+        "_clock",
         "_cluster_id",
         "_connection",
         "_documents",
@@ -280,6 +285,7 @@ class EtcdSource:
         snapshot_path: str | os.PathLike[str] | None = None,
         liveness_timeout: float = DEFAULT_LIVENESS,
         random: Callable[[], float] = random.random,
+        clock: Clock = SYSTEM_CLOCK,
         limits: DocumentLimits = DEFAULT_LIMITS,
     ) -> None:
         if not 0 < liveness_timeout < math.inf:
@@ -293,6 +299,7 @@ class EtcdSource:
         self._channel = channel
         self._snapshot = None if snapshot_path is None else Path(snapshot_path)
         self._random = random
+        self._clock = clock
         # Raw documents by key as etcd has them now, and the last good one of each.
         self._documents: dict[str, str] = {}
         self._good: dict[str, object] = {}
@@ -496,7 +503,7 @@ class EtcdSource:
         """Apply every change of the namespace, revision by revision, until cancelled.
 
         The changes come through the watch that every source of the process
-        with the same connection settings, namespace and ``liveness_timeout``
+        with the same connection settings, namespace, ``liveness_timeout`` and clock
         shares (see ``docs/etcd.md``); what is applied, rejected and reported
         is this source's own.
         """
@@ -505,7 +512,11 @@ class EtcdSource:
             sink.emit(self.status)  # started from the snapshot: say so at once
         start, self._start = self._start, None
         subscription = self._client.follow(
-            self._root, liveness_timeout=self._liveness, random=self._random, start=start
+            self._root,
+            liveness_timeout=self._liveness,
+            random=self._random,
+            clock=self._clock,
+            start=start,
         )
         del start  # the bootstrap read holds every key: not for as long as the source runs
         self._subscription = subscription
