@@ -21,7 +21,11 @@ deadline are enforced. What differs, because aiohttp owns the request:
   (fallback and degraded bodies) are not used: the call's error is raised;
 * the request body is aiohttp's payload, which every attempt sends again: a
   body read as it is sent (a file object, an async iterable, a multipart
-  holding one) makes the call not replayable; it is sent at most once.
+  holding one) makes the call not replayable; it is sent at most once. A body
+  that raises while aiohttp sends it is reported by aiohttp as the connection
+  breaking, and so is a ``ConnectionLostError`` here (``healkit.Client`` and
+  the httpx transport, which send the body themselves, raise the caller's
+  :class:`healkit.InvalidRequestError`).
 
 Redirects: aiohttp, not healkit, follows them (``allow_redirects``,
 ``max_redirects`` of the request), calling the middleware once per hop. The
