@@ -1,11 +1,13 @@
 """The caller's request body failing while it is sent is the caller's error.
 
-In every HTTP front door (healkit.Client, the httpx transport): an
+In every HTTP front door (healkit.Client, the httpx transport, the aiohttp
+middleware for a payload that holds no open file): an
 :class:`healkit.InvalidRequestError` raised from the body's own exception,
 the call's attempts attached, ``may_have_reached_server`` true once a byte of
 the body was sent; never retried, never counted against the endpoint (a
 breaker that trips on one failure stays closed). Before, healkit.Client gave
-a ``ConnectionLostError`` that tripped the breaker, and the httpx transport
+a ``ConnectionLostError`` that tripped the breaker (and so did the
+middleware), and the httpx transport
 let the body's raw exception out without the attempt history.
 
 The upstream is a raw asyncio server on loopback that reads what arrives:
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
@@ -303,20 +306,47 @@ async def test_httpx_a_stream_failing_while_sent_is_the_callers_error(
 # -- the aiohttp middleware ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp owns the middleware's payload and reports the body's failure as the"
-    " connection's (ClientOSError, the body's exception its cause, as a socket error"
-    " would be): telling them apart needs the payload replaced, and"
-    " ClientRequest.update_body closes the one it replaces (update_body_from_data warns"
-    " of it): the middleware still gives ConnectionLostError",
-)
+MIDDLEWARE_BODIES: dict[str, Callable[[int], object]] = {
+    "async generator": generator,
+    "async iterator": Iterator,
+    "aiohttp payload": lambda good: aiohttp.payload.AsyncIterablePayload(generator(good)),
+    "io.BytesIO": FailingFile,
+}
+
+
+@pytest.mark.parametrize("body", MIDDLEWARE_BODIES)
 async def test_middleware_a_body_failing_while_sent_is_the_callers_error(
-    upstream: Upstream,
+    upstream: Upstream, body: str
 ) -> None:
     runtime = healkit.Runtime(config=config(upstream.url), plugins=plugins(), entry_points=False)
     middleware = healkit.ResilienceMiddleware(runtime)
     async with aiohttp.ClientSession(middlewares=[middleware]) as session:
-        with pytest.raises(InvalidRequestError) as raised:
-            await session.put(f"{upstream.url}/upload", data=generator(2))
-        assert isinstance(raised.value.__cause__, DiskGoneError)
+        with pytest.raises(InvalidRequestError, match="body raised DiskGoneError") as raised:
+            await session.put(f"{upstream.url}/upload", data=MIDDLEWARE_BODIES[body](2))
+        error = raised.value
+        assert isinstance(error.__cause__, DiskGoneError)
+        assert error.may_have_reached_server
+        assert len(error.attempts) == 1
+        async with asyncio.timeout(10):  # a bound, should the connection never end
+            await upstream.cut_arrived.wait()
+        assert upstream.whole == []
+        async with session.put(f"{upstream.url}/ok", data=b"fine") as response:
+            assert response.status == 200  # the breaker (one failure trips it) stayed closed
+        assert upstream.whole == [b"fine"]
+
+
+async def test_middleware_sends_a_file_on_disk_as_aiohttp_does(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """Its payload holds an open file: not replaced (aiohttp would warn of it), sent whole."""
+    path = tmp_path / "report.bin"
+    path.write_bytes(CHUNK * 3)
+    runtime = healkit.Runtime(config=config(upstream.url), plugins=plugins(), entry_points=False)
+    middleware = healkit.ResilienceMiddleware(runtime)
+    with path.open("rb") as file:
+        async with (
+            aiohttp.ClientSession(middlewares=[middleware]) as session,
+            session.put(f"{upstream.url}/upload", data=file) as response,
+        ):
+            assert response.status == 200
+    assert upstream.whole == [CHUNK * 3]
