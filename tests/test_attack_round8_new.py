@@ -194,13 +194,6 @@ async def test_an_httpx_body_stream_that_raises_before_it_is_sent_is_an_invalid_
     assert fault_server.requests == []  # nothing was sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a streamed body past max_body_bytes that raises while being sent escapes as the"
-    " caller's own OSError, without the attempt history; healkit.Client's aiohttp path"
-    " gives a ConnectionLostError, which counts against the endpoint: which healkit error"
-    " is a design decision left to the maintainers",
-)
 async def test_an_httpx_body_stream_that_raises_while_it_is_sent_is_a_healkit_error(
     fault_server: FaultServer,
 ) -> None:

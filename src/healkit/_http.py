@@ -49,6 +49,7 @@ from healkit._errors import (
     map_aiohttp_error,
 )
 from healkit._outcome import Outcome, RedirectRecord
+from healkit._request_body import WatchedBody, body_failed
 from healkit._response import CHUNK_SIZE, OUTCOME_HEADER, Response
 from healkit._routing.settings import redirect_rules
 
@@ -103,7 +104,7 @@ _READ_WHEN_SENT: Final = (AsyncIterable, aiohttp.payload.AsyncIterablePayload)
 class HttpTransport:
     """Sends the attempts of one HTTP call through an aiohttp session."""
 
-    __slots__ = ("_data", "_follow", "_once", "_options", "_session", "_stream")
+    __slots__ = ("_data", "_follow", "_once", "_options", "_session", "_stream", "_watched")
 
     concurrent = True  # each attempt is a request of its own
 
@@ -118,6 +119,8 @@ class HttpTransport:
         self._data = data
         self._stream = stream
         self._once: SentOnce | None = None  # made by the first send of a body read once
+        # The payload of a body read once, as sent: its failure is told from the connection's.
+        self._watched: WatchedBody | None = None
         self._follow: tuple[bool | None, int | None] | None = None
         if "allow_redirects" in options or "max_redirects" in options:
             options = dict(options)
@@ -134,16 +137,18 @@ class HttpTransport:
         # attempt); the synchronous steps are the functions it calls.
         url, headers, options = self._request(call, attempt)
         limits = attempt.timeouts
-        once = None
+        once = watched = None
+        data = self._data
         if not call.replayable:
-            once = self._once = self._once or SentOnce(self._data)
+            once = self._once = self._once or SentOnce(data)
             once.take(call, attempt)
+            data = watched = self._watched = self._watched or WatchedBody.of(data)
         try:
             raw = await self._session.request(
                 call.method,
                 url,
                 headers=headers,
-                data=self._data,
+                data=data,
                 timeout=_client_timeout(limits, self._stream),
                 # What aiohttp hands to TraceConfig callbacks (a tracing plugin's):
                 # they find the attempt, and its stash, there.
@@ -152,6 +157,8 @@ class HttpTransport:
                 **options,
             )
         except _REQUEST_ERRORS as exc:
+            if watched is not None and (failure := watched.failure) is not None:
+                raise body_failed(failure, watched.sent) from failure
             error = _request_failed(exc, call.config.redactor.url(url), limits)
             if once is not None:
                 once.failed(error)

@@ -21,7 +21,12 @@ deadline are enforced. What differs, because aiohttp owns the request:
   (fallback and degraded bodies) are not used: the call's error is raised;
 * the request body is aiohttp's payload, which every attempt sends again: a
   body read as it is sent (a file object, an async iterable, a multipart
-  holding one) makes the call not replayable; it is sent at most once.
+  holding one) makes the call not replayable; it is sent at most once. Such a
+  body that raises while it is sent is the caller's
+  :class:`healkit.InvalidRequestError` (as in ``healkit.Client``) when aiohttp's
+  payload holds nothing to close (an async iterable, ``io.BytesIO``); a file
+  on disk whose read fails stays the ``ConnectionLostError`` aiohttp reports
+  (see :func:`_watch`).
 
 Redirects: aiohttp, not healkit, follows them (``allow_redirects``,
 ``max_redirects`` of the request), calling the middleware once per hop. The
@@ -72,6 +77,7 @@ from healkit._http import (
     unless_closed,
 )
 from healkit._outcome import Outcome, RedirectRecord
+from healkit._request_body import WatchedBody, body_failed
 from healkit._response import Response
 from healkit._routing.settings import redirect_rules
 from healkit._runtime import Runtime, current_runtime, default_runtime
@@ -114,7 +120,15 @@ _REDIRECTED: Final = ContextVar[_Redirected | None]("healkit_middleware_redirect
 
 @final
 class _MiddlewareTransport:
-    __slots__ = ("_attempt_headers", "_handler", "_hops", "_once", "_origin", "_request")
+    __slots__ = (
+        "_attempt_headers",
+        "_handler",
+        "_hops",
+        "_once",
+        "_origin",
+        "_request",
+        "_watched",
+    )
 
     # Every attempt sends the one aiohttp request the middleware was given, its
     # headers rewritten per attempt: two at once would send each other's.
@@ -133,6 +147,7 @@ class _MiddlewareTransport:
         self._hops = hops
         self._attempt_headers: tuple[str, ...] = ()
         self._once: SentOnce | None = None  # made by the first send of a body read once
+        self._watched: WatchedBody | None = None  # the body read once, as sent (see _watch)
 
     async def send(
         self, call: CallContext, attempt: AttemptContext
@@ -157,13 +172,16 @@ class _MiddlewareTransport:
             raise ClientClosedError(
                 f"the aiohttp session was closed before attempt {attempt.number}"
             )
-        once = None
+        once = watched = None
         if not call.replayable:
             once = self._once = self._once or SentOnce(request.body)
             once.take(call, attempt)
+            watched = self._watched = self._watched or _watch(request)
         try:
             raw = await self._handler(request)
         except (aiohttp.ClientError, OSError) as exc:
+            if watched is not None and (failure := watched.failure) is not None:
+                raise body_failed(failure, watched.sent) from failure
             url = call.config.redactor.url(request.url)
             error = reached(map_aiohttp_error(exc, url=url, timeouts=(None, None)), attempt)
             if once is not None:
@@ -266,6 +284,23 @@ class ResilienceMiddleware:
                     _Redirected((*hops, record), first, request.url, target, location, resends)
                 )
         return response
+
+
+def _watch(request: aiohttp.ClientRequest) -> WatchedBody | None:
+    """Have aiohttp send ``request``'s body watched, if it holds nothing to close.
+
+    An async iterable or a body in memory (``autoclose``): aiohttp takes the
+    new payload as it took the first. Not a file on disk (or a form holding
+    one): replacing its payload, aiohttp would warn of the open file (or close
+    it, with ``update_body``), so a failure of its reads stays the connection's.
+    """
+    body = request.body
+    # Payload.autoclose is aiohttp 3.12.1's: with 3.12.0 no body is watched.
+    if not isinstance(body, aiohttp.Payload) or not getattr(body, "autoclose", False):
+        return None
+    watched = WatchedBody(body)
+    request.update_body_from_data(watched)
+    return watched
 
 
 def _joined(source: yarl.URL, location: str) -> frozenset[yarl.URL]:

@@ -24,7 +24,11 @@ What httpx does and what healkit does:
 * a request body given as a stream (an async ``content=`` iterator,
   ``files=``) is kept in memory up to ``max_body_bytes``, so that every
   attempt sends it whole; a longer one is sent once, as it is read (what was
-  read first, then the rest), and is not retried or hedged;
+  read first, then the rest), and is not retried or hedged; a stream that
+  raises is the caller's error, a :class:`healkit.InvalidRequestError` with
+  the stream's exception as its ``__cause__`` (before anything was sent, or
+  while it was: then ``may_have_reached_server`` is true), never counted
+  against the endpoint;
 * the response body is read within the attempt and decoded there (gzip and
   deflate, each step capped by ``max_body_bytes``; the response comes without
   its ``Content-Encoding``, as from a proxy), so a truncated body is a failed
@@ -90,6 +94,7 @@ from healkit._http import (
     join_url,
 )
 from healkit._outcome import AttemptRecord, Outcome
+from healkit._request_body import body_failed
 from healkit._response import OUTCOME_HEADER, Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
@@ -345,7 +350,7 @@ class _Attempts:
                 content=body,
                 extensions=extensions,
             )
-            answer = await self._inner.handle_async_request(request)
+            answer = await self._answer(request, body)
             body_stream = _async_body(answer, shown)
             try:
                 codings = self._judge_head(answer, attempt, shown)
@@ -370,6 +375,22 @@ class _Attempts:
             extensions=dict(answer.extensions),
         )
         return result, _judged(result, shown, raw)
+
+    async def _answer(self, request: httpx.Request, body: bytes | _Remainder) -> httpx.Response:
+        """Send ``request`` through the wrapped transport.
+
+        Raises:
+            InvalidRequestError: the caller's stream raised while it was sent,
+                with what it raised as its ``__cause__`` (httpcore's pool raises
+                the error again ``from None``).
+
+        """
+        try:
+            return await self._inner.handle_async_request(request)
+        except InvalidRequestError as exc:
+            if isinstance(body, _Remainder) and body.failure is not None:
+                raise exc from body.failure
+            raise
 
     def _judge_head(self, answer: httpx.Response, attempt: AttemptContext, url: str) -> list[str]:
         """Check an answer's head; return the content codings its body is decoded from.
@@ -585,7 +606,7 @@ class _Remainder(httpx.AsyncByteStream):
     the body goes chunked).
     """
 
-    __slots__ = ("_head", "_limit", "_rest", "_started", "length")
+    __slots__ = ("_head", "_limit", "_rest", "_started", "failure", "length")
 
     def __init__(
         self, head: list[bytes], rest: AsyncIterator[bytes], length: str | None, limit: int
@@ -595,6 +616,7 @@ class _Remainder(httpx.AsyncByteStream):
         self._limit = limit
         self._started = False
         self.length = length
+        self.failure: Exception | None = None  # what the caller's stream raised while sent
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._started:
@@ -605,10 +627,22 @@ class _Remainder(httpx.AsyncByteStream):
             )
         self._started = True
         head = self._head
+        sent = 0  # what httpx took: it sends a chunk before it asks for the next
         while head:
-            yield head.popleft()  # each chunk let go once sent
-        async for chunk in self._rest:
+            chunk = head.popleft()  # each chunk let go once sent
             yield chunk
+            sent += len(chunk)
+        rest = self._rest
+        while True:
+            try:
+                chunk = await anext(rest)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:  # the caller's stream failed, not the connection
+                self.failure = exc
+                raise body_failed(exc, sent) from exc
+            yield chunk
+            sent += len(chunk)
 
 
 @final
