@@ -8,6 +8,7 @@ the connection is released when the ``stream`` block ends.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
 
@@ -248,6 +249,8 @@ class Response:
         upstream's word, and reading the text never raises.
         """
         charset = encoding or _charset(self.headers.get("Content-Type", "")) or "utf-8"
+        if not body_charset(charset):
+            charset = "utf-8"
         try:
             return self.body.decode(charset, errors="replace")
         # LookupError: a charset Python does not know. ValueError (UnicodeError among
@@ -291,6 +294,23 @@ def _without_outcome(headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
     kept = CIMultiDict(headers)
     kept.popall(OUTCOME_HEADER)
     return CIMultiDictProxy(kept)
+
+
+NOT_BODY_CHARSETS: Final = frozenset({"idna", "punycode", "undefined"})
+"""Python codecs (by their name) that no body is written in: host names, one that always fails."""
+
+
+def body_charset(charset: str) -> bool:
+    """Whether an upstream's ``charset`` names a codec a body may be decoded with.
+
+    Not one Python does not know (or a name that is not ASCII), nor one of
+    :data:`NOT_BODY_CHARSETS` (which decode some bytes into nonsense, or refuse
+    them, depending on the Python version): the body is read as UTF-8 then.
+    """
+    try:
+        return codecs.lookup(charset).name not in NOT_BODY_CHARSETS
+    except (LookupError, ValueError):  # ValueError: a name that is not ASCII
+        return False
 
 
 def _charset(content_type: str) -> str | None:

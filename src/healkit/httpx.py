@@ -95,7 +95,7 @@ from healkit._http import (
 )
 from healkit._outcome import AttemptRecord, Outcome
 from healkit._request_body import body_failed
-from healkit._response import OUTCOME_HEADER, Response
+from healkit._response import NOT_BODY_CHARSETS, OUTCOME_HEADER, Response
 from healkit._runtime import ConfigInput, Runtime, runtime_or_build
 
 __all__ = ["OUTCOME_EXTENSION", "ResilientTransport", "map_httpx_error", "outcome_of"]
@@ -460,7 +460,11 @@ def _readable_text(response: httpx.Response, body: bytes) -> None:
     if charset is None:
         return
     try:
-        if codecs.lookup(charset).name in _SAFE_CHARSETS:
+        name = codecs.lookup(charset).name
+        if name in _SAFE_CHARSETS:
+            return
+        if name in NOT_BODY_CHARSETS:
+            response.encoding = "utf-8"
             return
         decoder = codecs.getincrementaldecoder(charset)(errors="replace")
         decoder.decode(body)  # as httpx decodes it: the body, then the end
