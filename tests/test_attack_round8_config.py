@@ -487,8 +487,8 @@ VALID_DOCUMENT = st.builds(
     lambda endpoint, eject_after: json.dumps(
         {"endpoints": [endpoint], "routing": {"eject_after": eject_after}}
     ).encode(),
-    # One endpoint each: see the strict xfail below for a service refused
-    # for one of two endpoints.
+    # One endpoint each: a service refused for one of two endpoints has a test
+    # of its own (test_a_service_refused_for_one_endpoint_blocks_no_other).
     st.sampled_from(POOL),
     st.integers(1, 3),
 )
