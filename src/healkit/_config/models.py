@@ -880,8 +880,11 @@ def is_http_url(text: str) -> bool:
     ``http://h/x``. The one rule of what is an absolute URL, not a path, for
     every target healkit is given.
     """
-    # The usual spelling first: one startswith, no regular expression.
-    return text.startswith(("http://", "https://")) or _HTTP_SCHEME.match(text) is not None
+    # The usual spelling first: one startswith; a path ("/api", every call by
+    # service name) never reaches the regular expression.
+    if text.startswith(("http://", "https://")):
+        return True
+    return text[:1] in ("h", "H") and _HTTP_SCHEME.match(text) is not None
 
 
 def url_under(url: str, endpoint: str) -> bool:
